@@ -1,0 +1,136 @@
+//! Every refusal the API can answer, mapped to a gRPC status in one place.
+//! Client mistakes get their own variants and codes with rich details;
+//! unknown causes become INTERNAL with the detail in the log only.
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+use uuid::Uuid;
+
+use crate::engine::EngineError;
+use crate::job::JobState;
+use crate::store::StoreError;
+
+/// How long a client told RESOURCE_EXHAUSTED should wait before retrying.
+pub const RETRY_AFTER_FULL: Duration = Duration::from_secs(1);
+
+/// One bad field: `google.rpc.BadRequest.FieldViolation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub field: String,
+    pub description: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid request: {}", describe(.0))]
+    InvalidArgument(Vec<Violation>),
+    #[error("job {0} not found")]
+    NotFound(Uuid),
+    #[error("idempotency key {key:?} is already used by job {existing_id} for a different request")]
+    IdempotencyConflict { key: String, existing_id: Uuid },
+    #[error("backlog is full ({max} jobs waiting); retry later")]
+    BacklogFull { max: u64 },
+    #[error("too many open watchers (at most {max}); retry later")]
+    TooManyWatchers { max: usize },
+    #[error("jobd is draining and takes no new jobs; retry on another instance")]
+    Draining,
+    #[error("job {id} has already {state}; it cannot be cancelled")]
+    AlreadyFinished { id: Uuid, state: JobState },
+    #[error("store unavailable; retry later")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+fn describe(v: &[Violation]) -> String {
+    v.iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> ApiError {
+        ApiError::InvalidArgument(vec![Violation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+
+    pub fn from_engine(e: EngineError, max_watchers: usize) -> ApiError {
+        match e {
+            EngineError::Draining => ApiError::Draining,
+            EngineError::TooManyWatchers => ApiError::TooManyWatchers { max: max_watchers },
+            EngineError::NotFound(id) => ApiError::NotFound(id),
+            EngineError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            StoreError::Corrupt(m) | StoreError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let msg = e.to_string();
+        match e {
+            ApiError::InvalidArgument(violations) => {
+                let mut d = ErrorDetails::new();
+                for v in violations {
+                    d.add_bad_request_violation(v.field, v.description);
+                }
+                Status::with_error_details(Code::InvalidArgument, msg, d)
+            }
+            ApiError::NotFound(_) => Status::not_found(msg),
+            ApiError::IdempotencyConflict { key, existing_id } => {
+                let d = ErrorDetails::with_error_info(
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "jobd",
+                    [
+                        ("job_id".to_string(), existing_id.to_string()),
+                        ("idempotency_key".to_string(), key),
+                    ],
+                );
+                Status::with_error_details(Code::AlreadyExists, msg, d)
+            }
+            ApiError::BacklogFull { .. } | ApiError::TooManyWatchers { .. } => {
+                let d = ErrorDetails::with_retry_info(Some(RETRY_AFTER_FULL));
+                Status::with_error_details(Code::ResourceExhausted, msg, d)
+            }
+            ApiError::Draining => Status::unavailable(msg),
+            ApiError::AlreadyFinished { .. } => Status::failed_precondition(msg),
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(%detail, "store unavailable");
+                Status::unavailable(msg)
+            }
+            ApiError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Status::internal(msg)
+            }
+        }
+    }
+}
+
+/// The same refusal as a `google.rpc.Status` message, for SubmitBatch results.
+pub fn to_rpc_status(e: ApiError) -> tonic_types::pb::Status {
+    let status = Status::from(e);
+    let details = status.details();
+    if !details.is_empty() {
+        if let Ok(s) = <tonic_types::pb::Status as prost::Message>::decode(details) {
+            return s;
+        }
+    }
+    tonic_types::pb::Status {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        details: vec![],
+    }
+}

@@ -1,0 +1,269 @@
+//! The gRPC surface: `jobd.v1.JobService`. Validates requests
+//! ([`validate`]), calls the engine, converts results ([`convert`]) and maps
+//! every refusal to a status in one place ([`error`]).
+
+pub mod convert;
+pub mod error;
+pub mod validate;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::engine::{Engine, EngineError};
+use crate::events::Subscription;
+use crate::job::Job;
+use crate::proto::{self, job_service_server::JobService};
+use crate::store::{CancelOutcome, InsertOutcome, ListQuery};
+use error::{to_rpc_status, ApiError};
+
+pub struct JobApi {
+    engine: Arc<Engine>,
+    max_batch: usize,
+    max_watchers: usize,
+    /// Ends every WatchStatus stream when the daemon drains (with
+    /// UNAVAILABLE), so the server's graceful close is not held up by them.
+    streams_stop: CancellationToken,
+}
+
+impl JobApi {
+    pub fn new(
+        engine: Arc<Engine>,
+        max_batch: usize,
+        max_watchers: usize,
+        streams_stop: CancellationToken,
+    ) -> Self {
+        JobApi {
+            engine,
+            max_batch,
+            max_watchers,
+            streams_stop,
+        }
+    }
+
+    fn err(&self, e: EngineError) -> Status {
+        ApiError::from_engine(e, self.max_watchers).into()
+    }
+
+    fn outcome(&self, o: InsertOutcome, key: Option<&str>) -> Result<proto::SubmitResponse, ApiError> {
+        match o {
+            InsertOutcome::Created(job) => Ok(proto::SubmitResponse {
+                job: Some(convert::job_to_proto(&job)),
+                deduplicated: false,
+            }),
+            InsertOutcome::Deduplicated(job) => Ok(proto::SubmitResponse {
+                job: Some(convert::job_to_proto(&job)),
+                deduplicated: true,
+            }),
+            InsertOutcome::Conflict { existing_id } => Err(ApiError::IdempotencyConflict {
+                key: key.unwrap_or_default().to_string(),
+                existing_id,
+            }),
+            InsertOutcome::BacklogFull => Err(ApiError::BacklogFull {
+                max: self.engine_max_backlog(),
+            }),
+        }
+    }
+
+    fn engine_max_backlog(&self) -> u64 {
+        self.engine.max_backlog()
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for JobApi {
+    async fn submit(
+        &self,
+        request: Request<proto::SubmitRequest>,
+    ) -> Result<Response<proto::SubmitResponse>, Status> {
+        let req = request.into_inner();
+        let key = req.idempotency_key.clone();
+        let new = validate::submit(req, "", |k| self.engine.kind(k))?;
+        let mut out = self.engine.submit(vec![new]).await.map_err(|e| self.err(e))?;
+        let o = out
+            .pop()
+            .ok_or_else(|| ApiError::Internal("store returned no outcome".into()))?;
+        Ok(Response::new(self.outcome(o, Some(&key))?))
+    }
+
+    async fn submit_batch(
+        &self,
+        request: Request<proto::SubmitBatchRequest>,
+    ) -> Result<Response<proto::SubmitBatchResponse>, Status> {
+        let reqs = request.into_inner().requests;
+        if reqs.len() > self.max_batch {
+            return Err(ApiError::invalid(
+                "requests",
+                format!("{} entries is over the limit of {}", reqs.len(), self.max_batch),
+            )
+            .into());
+        }
+        let mut results: Vec<Option<Result<proto::SubmitResponse, ApiError>>> =
+            Vec::with_capacity(reqs.len());
+        let mut accepted = Vec::new();
+        let mut keys = Vec::new();
+        for (i, req) in reqs.into_iter().enumerate() {
+            let key = req.idempotency_key.clone();
+            match validate::submit(req, &format!("requests[{i}]."), |k| self.engine.kind(k)) {
+                Ok(new) => {
+                    accepted.push(new);
+                    keys.push((i, key));
+                    results.push(None);
+                }
+                Err(e) => results.push(Some(Err(e))),
+            }
+        }
+        if !accepted.is_empty() {
+            let out = self.engine.submit(accepted).await.map_err(|e| self.err(e))?;
+            for ((i, key), o) in keys.into_iter().zip(out) {
+                results[i] = Some(self.outcome(o, Some(&key)));
+            }
+        }
+        let results = results
+            .into_iter()
+            .map(|r| proto::SubmitResult {
+                result: Some(match r {
+                    Some(Ok(resp)) => proto::submit_result::Result::Accepted(resp),
+                    Some(Err(e)) => proto::submit_result::Result::Error(to_rpc_status(e)),
+                    None => proto::submit_result::Result::Error(to_rpc_status(
+                        ApiError::Internal("no outcome for batch entry".into()),
+                    )),
+                }),
+            })
+            .collect();
+        Ok(Response::new(proto::SubmitBatchResponse { results }))
+    }
+
+    async fn get_status(
+        &self,
+        request: Request<proto::GetStatusRequest>,
+    ) -> Result<Response<proto::GetStatusResponse>, Status> {
+        let id = validate::job_id("id", &request.get_ref().id)?;
+        let job = self.engine.get(id).await.map_err(|e| self.err(e))?;
+        Ok(Response::new(proto::GetStatusResponse {
+            job: Some(convert::job_to_proto(&job)),
+        }))
+    }
+
+    type WatchStatusStream = EventStream;
+
+    async fn watch_status(
+        &self,
+        request: Request<proto::WatchStatusRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let id = validate::job_id("id", &request.get_ref().id)?;
+        if self.streams_stop.is_cancelled() {
+            return Err(ApiError::Draining.into());
+        }
+        let (snapshot, sub) = self.engine.watch(id).await.map_err(|e| self.err(e))?;
+        Ok(Response::new(watch_stream(
+            snapshot,
+            sub,
+            self.streams_stop.clone(),
+        )))
+    }
+
+    async fn cancel(
+        &self,
+        request: Request<proto::CancelRequest>,
+    ) -> Result<Response<proto::CancelResponse>, Status> {
+        let id = validate::job_id("id", &request.get_ref().id)?;
+        let job = match self.engine.cancel(id).await.map_err(|e| self.err(e))? {
+            CancelOutcome::NotFound => return Err(ApiError::NotFound(id).into()),
+            CancelOutcome::AlreadyFinished(job) => {
+                return Err(ApiError::AlreadyFinished {
+                    id,
+                    state: job.state,
+                }
+                .into())
+            }
+            CancelOutcome::Cancelled { job, .. } | CancelOutcome::AlreadyCancelled(job) => job,
+        };
+        Ok(Response::new(proto::CancelResponse {
+            job: Some(convert::job_to_proto(&job)),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<proto::ListJobsRequest>,
+    ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        let req = request.into_inner();
+        let state = proto::JobState::try_from(req.state)
+            .map_err(|_| ApiError::invalid("state", format!("unknown state {}", req.state)))?;
+        if !req.kind.is_empty() && !validate::is_valid_kind(&req.kind) {
+            return Err(ApiError::invalid("kind", format!("{:?} is not a kind name", req.kind)).into());
+        }
+        let limit = validate::page_size(req.page_size)?;
+        let query = ListQuery {
+            state: convert::state_from_proto(state),
+            kind: Some(req.kind).filter(|k| !k.is_empty()),
+            after: validate::decode_page_token(&req.page_token)?,
+            // One more than asked tells whether another page exists.
+            limit: limit + 1,
+        };
+        let mut jobs = self.engine.list(&query).await.map_err(|e| self.err(e))?;
+        let next_page_token = if jobs.len() > limit {
+            jobs.truncate(limit);
+            jobs.last().map(|j| validate::encode_page_token(j.id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(proto::ListJobsResponse {
+            jobs: jobs.iter().map(convert::job_to_proto).collect(),
+            next_page_token,
+        }))
+    }
+}
+
+/// Snapshot first, then each later change, ending after a terminal state
+/// (OK) or on drain (UNAVAILABLE).
+fn watch_stream(snapshot: Job, sub: Subscription, stop: CancellationToken) -> EventStream {
+    enum St {
+        Start(Job, Subscription),
+        Follow(Subscription, u64),
+        Done,
+    }
+    Box::pin(futures_util::stream::unfold(
+        St::Start(snapshot, sub),
+        move |st| {
+            let stop = stop.clone();
+            async move {
+                match st {
+                    St::Done => None,
+                    St::Start(job, sub) => {
+                        let next = if job.state.is_terminal() {
+                            St::Done
+                        } else {
+                            St::Follow(sub, job.sequence)
+                        };
+                        Some((Ok(convert::event(&job)), next))
+                    }
+                    St::Follow(sub, last) => loop {
+                        tokio::select! {
+                            job = sub.next() => {
+                                if job.sequence <= last {
+                                    continue;
+                                }
+                                let next = if job.state.is_terminal() {
+                                    St::Done
+                                } else {
+                                    St::Follow(sub, job.sequence)
+                                };
+                                return Some((Ok(convert::event(&job)), next));
+                            }
+                            _ = stop.cancelled() => {
+                                return Some((Err(ApiError::Draining.into()), St::Done));
+                            }
+                        }
+                    },
+                }
+            }
+        },
+    ))
+}

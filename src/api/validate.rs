@@ -1,0 +1,285 @@
+//! Checks at the edge: every field of every request, before the engine sees
+//! it. Each check names the field it rejects.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use super::error::{ApiError, Violation};
+use crate::config::{KindSettings, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT};
+use crate::job::{now_micros, Micros, NewJob};
+use crate::proto;
+
+pub const MAX_KIND_LEN: usize = 64;
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+pub const MAX_LABELS: usize = 32;
+pub const MAX_LABEL_KEY_BYTES: usize = 63;
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+pub const MAX_RUN_AT_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// `[a-z0-9][a-z0-9_.-]{0,63}`
+pub fn is_valid_kind(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_KIND_LEN
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        })
+}
+
+/// Parses a job id field.
+pub fn job_id(field: &str, s: &str) -> Result<Uuid, ApiError> {
+    if s.is_empty() {
+        return Err(ApiError::invalid(field, "required"));
+    }
+    Uuid::try_parse(s)
+        .map_err(|_| ApiError::invalid(field, format!("{s:?} is not a job id (a UUID)")))
+}
+
+fn duration(d: &prost_types::Duration) -> Option<Duration> {
+    if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
+        return None;
+    }
+    Some(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+fn timestamp_micros(t: &prost_types::Timestamp) -> Option<Micros> {
+    // RFC 3339 range: 0001-01-01 .. 9999-12-31.
+    if !(-62_135_596_800..=253_402_300_799).contains(&t.seconds)
+        || !(0..1_000_000_000).contains(&t.nanos)
+    {
+        return None;
+    }
+    Some(t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
+}
+
+/// Validates one submit. `prefix` names the field's place in a batch
+/// (`requests[3].`); `lookup` finds a configured kind.
+pub fn submit<'a>(
+    req: proto::SubmitRequest,
+    prefix: &str,
+    lookup: impl Fn(&str) -> Option<&'a KindSettings>,
+) -> Result<NewJob, ApiError> {
+    let mut v: Vec<Violation> = Vec::new();
+    let mut bad = |field: &str, description: String| {
+        v.push(Violation {
+            field: format!("{prefix}{field}"),
+            description,
+        })
+    };
+    let kind = if req.kind.is_empty() {
+        bad("kind", "required".into());
+        None
+    } else if !is_valid_kind(&req.kind) {
+        bad(
+            "kind",
+            format!("{:?} must match [a-z0-9][a-z0-9_.-]{{0,63}}", req.kind),
+        );
+        None
+    } else {
+        let k = lookup(&req.kind);
+        if k.is_none() {
+            bad("kind", format!("unknown kind {:?}", req.kind));
+        }
+        k
+    };
+    if let Some(k) = kind {
+        if req.payload.len() > k.max_payload_bytes {
+            bad(
+                "payload",
+                format!(
+                    "{} bytes is over the limit of {} bytes",
+                    req.payload.len(),
+                    k.max_payload_bytes
+                ),
+            );
+        }
+    }
+    if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        bad(
+            "idempotency_key",
+            format!("at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
+        );
+    }
+    if req.max_attempts > MAX_ATTEMPTS_LIMIT {
+        bad(
+            "max_attempts",
+            format!("at most {MAX_ATTEMPTS_LIMIT} (0 = the kind's default)"),
+        );
+    }
+    let timeout = match &req.timeout {
+        None => None,
+        Some(d) => match duration(d) {
+            Some(d) if !d.is_zero() && d <= MAX_TIMEOUT => Some(d),
+            _ => {
+                bad("timeout", "must be more than 0 and at most 24h".into());
+                None
+            }
+        },
+    };
+    let now = now_micros();
+    let run_at = match &req.run_at {
+        None => None,
+        Some(t) => match timestamp_micros(t) {
+            Some(m) if m <= now + MAX_RUN_AT_AHEAD.as_micros() as i64 => Some(m),
+            Some(_) => {
+                bad("run_at", "at most one year ahead".into());
+                None
+            }
+            None => {
+                bad("run_at", "not a valid timestamp".into());
+                None
+            }
+        },
+    };
+    if req.labels.len() > MAX_LABELS {
+        bad("labels", format!("at most {MAX_LABELS} labels"));
+    }
+    for (key, value) in &req.labels {
+        if key.is_empty() || key.len() > MAX_LABEL_KEY_BYTES {
+            bad(
+                &format!("labels[{key:?}]"),
+                format!("label keys are 1..={MAX_LABEL_KEY_BYTES} bytes"),
+            );
+        }
+        if value.len() > MAX_LABEL_VALUE_BYTES {
+            bad(
+                &format!("labels[{key:?}]"),
+                format!("label values are at most {MAX_LABEL_VALUE_BYTES} bytes"),
+            );
+        }
+    }
+    let (Some(kind), true) = (kind, v.is_empty()) else {
+        return Err(ApiError::InvalidArgument(v));
+    };
+    let request_hash = request_hash(&req);
+    let labels = req.labels.into_iter().collect();
+    Ok(NewJob {
+        id: Uuid::now_v7(),
+        kind: req.kind,
+        max_attempts: if req.max_attempts == 0 {
+            kind.max_attempts
+        } else {
+            req.max_attempts
+        },
+        priority: req.priority,
+        idempotency_key: Some(req.idempotency_key).filter(|k| !k.is_empty()),
+        labels,
+        payload: Bytes::from(req.payload),
+        timeout: timeout.unwrap_or(kind.timeout),
+        run_at,
+        request_hash,
+        created_at: now,
+    })
+}
+
+/// A hash of everything a submit asks for, so a reused idempotency key with a
+/// different request is told apart from a retry of the same one. Fields are
+/// length-prefixed so no two requests encode alike.
+pub fn request_hash(req: &proto::SubmitRequest) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_le_bytes());
+        h.update(b);
+    };
+    field(req.kind.as_bytes());
+    field(&req.payload);
+    field(&req.priority.to_le_bytes());
+    field(&req.max_attempts.to_le_bytes());
+    match &req.timeout {
+        Some(d) => field(format!("{}.{}", d.seconds, d.nanos).as_bytes()),
+        None => field(b"-"),
+    }
+    match &req.run_at {
+        Some(t) => field(format!("{}.{}", t.seconds, t.nanos).as_bytes()),
+        None => field(b"-"),
+    }
+    let mut labels: Vec<_> = req.labels.iter().collect();
+    labels.sort();
+    for (k, v) in labels {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    h.finalize().into()
+}
+
+/// Page size with its default and bound.
+pub fn page_size(n: u32) -> Result<usize, ApiError> {
+    match n {
+        0 => Ok(DEFAULT_PAGE_SIZE as usize),
+        n if n <= MAX_PAGE_SIZE => Ok(n as usize),
+        _ => Err(ApiError::invalid(
+            "page_size",
+            format!("at most {MAX_PAGE_SIZE}"),
+        )),
+    }
+}
+
+const PAGE_TOKEN_PREFIX: &str = "after:";
+
+/// Page tokens are opaque to clients: base64 of `after:<last id>`.
+pub fn encode_page_token(last: Uuid) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_PREFIX}{last}"))
+}
+
+pub fn decode_page_token(token: &str) -> Result<Option<Uuid>, ApiError> {
+    use base64::Engine;
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || ApiError::invalid("page_token", "not a token returned by ListJobs");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let id = text.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(bad)?;
+    Uuid::try_parse(id).map(Some).map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_pattern() {
+        for ok in ["a", "echo", "0", "a.b-c_d", &"a".repeat(64)] {
+            assert!(is_valid_kind(ok), "{ok}");
+        }
+        for bad in ["", "A", "-a", ".a", "a b", "é", &"a".repeat(65), "a/b"] {
+            assert!(!is_valid_kind(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn page_token_round_trip_and_garbage() {
+        let id = Uuid::now_v7();
+        assert_eq!(decode_page_token(&encode_page_token(id)).unwrap(), Some(id));
+        assert_eq!(decode_page_token("").unwrap(), None);
+        for bad in ["!!", "YWJj", &id.to_string()] {
+            assert!(decode_page_token(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_hash_tells_requests_apart() {
+        let a = proto::SubmitRequest {
+            kind: "echo".into(),
+            payload: b"x".to_vec(),
+            ..Default::default()
+        };
+        let mut b = a.clone();
+        assert_eq!(request_hash(&a), request_hash(&b));
+        b.priority = 1;
+        assert_ne!(request_hash(&a), request_hash(&b));
+        let mut c = a.clone();
+        c.kind = "echox".into();
+        c.payload = vec![];
+        assert_ne!(request_hash(&a), request_hash(&c));
+    }
+}

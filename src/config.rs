@@ -1,0 +1,379 @@
+//! Configuration: the TOML file, then `JOBD_*` environment, then flags (the
+//! last two are merged by clap in `main.rs`). Every bound the daemon keeps is
+//! here with its default as a named constant; `validate` rejects bad values
+//! before any port is bound, naming the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+pub const DEFAULT_STORE: &str = "sqlite:./jobd-data/jobd.db";
+pub const DEFAULT_MAX_BACKLOG: u64 = 100_000;
+pub const DEFAULT_WORKERS: usize = 16;
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+pub const DEFAULT_MAX_BATCH: usize = 1000;
+pub const DEFAULT_MAX_WATCHERS: usize = 10_000;
+pub const DEFAULT_DISPATCH_CHANNEL: usize = 1024;
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(3);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_KIND_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024;
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// A config file that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// Durations are written as humantime strings: "250ms", "3s", "5m", "7days".
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Admin HTTP address (metrics and probes), or "off".
+    pub admin_listen: String,
+    /// Store URL: `memory:` or `sqlite:PATH`.
+    pub store: String,
+    pub queue: QueueConfig,
+    pub drain: DrainConfig,
+    pub retention: RetentionConfig,
+    pub kinds: BTreeMap<String, KindConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: DEFAULT_LISTEN.into(),
+            admin_listen: DEFAULT_ADMIN_LISTEN.into(),
+            store: DEFAULT_STORE.into(),
+            queue: QueueConfig::default(),
+            drain: DrainConfig::default(),
+            retention: RetentionConfig::default(),
+            kinds: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Jobs waiting (QUEUED + RETRY_WAIT) at most; past it Submit answers
+    /// RESOURCE_EXHAUSTED and stores nothing.
+    pub max_backlog: u64,
+    /// Jobs running at once, all kinds together.
+    pub workers: usize,
+    /// Largest payload accepted; larger is INVALID_ARGUMENT.
+    pub max_payload_bytes: usize,
+    /// Most entries in one SubmitBatch; more is INVALID_ARGUMENT.
+    pub max_batch: usize,
+    /// Open WatchStatus streams at most; past it RESOURCE_EXHAUSTED.
+    pub max_watchers: usize,
+    /// Wake-up hints queued for the dispatcher at most; when full, hints are
+    /// dropped (the dispatcher is already awake and reads the store anyway).
+    pub dispatch_channel: usize,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_backlog: DEFAULT_MAX_BACKLOG,
+            workers: DEFAULT_WORKERS,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            max_batch: DEFAULT_MAX_BATCH,
+            max_watchers: DEFAULT_MAX_WATCHERS,
+            dispatch_channel: DEFAULT_DISPATCH_CHANNEL,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// After SIGTERM, keep serving (health NOT_SERVING) this long so load
+    /// balancers notice before Submit is refused.
+    #[serde(deserialize_with = "duration")]
+    pub grace: Duration,
+    /// Then give running jobs this long to finish; the rest are stopped and
+    /// put back to QUEUED without using up an attempt.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        DrainConfig {
+            grace: DEFAULT_GRACE,
+            timeout: DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Finished jobs (and their idempotency keys) are deleted this long after
+    /// they finish.
+    #[serde(deserialize_with = "duration")]
+    pub finished: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            finished: DEFAULT_RETENTION,
+        }
+    }
+}
+
+/// Which handler runs a kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerType {
+    Echo,
+    Sleep,
+    Fail,
+    Command,
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindConfig {
+    pub handler: HandlerType,
+    /// Default per-attempt timeout (a submit may set its own).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Default attempts in all (a submit may set its own).
+    pub max_attempts: Option<u32>,
+    /// Jobs of this kind running at once; default: `queue.workers`.
+    pub concurrency: Option<usize>,
+    #[serde(default)]
+    pub backoff: BackoffConfig,
+    /// Largest payload for this kind; default: `queue.max_payload_bytes`.
+    pub max_payload_bytes: Option<usize>,
+    /// Result bytes kept; longer output is cut.
+    pub max_result_bytes: Option<usize>,
+}
+
+/// Exponential backoff with full jitter: the wait before attempt n+1 is
+/// uniform in [0, min(max, initial * multiplier^(n-1))].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffConfig {
+    #[serde(deserialize_with = "duration")]
+    pub initial: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub max: Duration,
+    pub multiplier: f64,
+}
+
+impl Default for BackoffConfig {
+    fn default() -> Self {
+        BackoffConfig {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            multiplier: 2.0,
+        }
+    }
+}
+
+/// A kind with every default filled in.
+#[derive(Debug, Clone)]
+pub struct KindSettings {
+    pub name: String,
+    pub handler: HandlerType,
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub concurrency: usize,
+    pub backoff: BackoffConfig,
+    pub max_payload_bytes: usize,
+    pub max_result_bytes: usize,
+}
+
+impl Config {
+    /// Reads and parses a TOML file (unknown keys are errors).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<inline>".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// With no kinds declared, jobd serves the builtin demo kinds so the
+    /// README's run command gives a usable daemon at once.
+    pub fn with_default_kinds(mut self) -> Config {
+        if self.kinds.is_empty() {
+            for (name, handler) in [
+                ("echo", HandlerType::Echo),
+                ("sleep", HandlerType::Sleep),
+                ("fail", HandlerType::Fail),
+            ] {
+                self.kinds.insert(
+                    name.into(),
+                    KindConfig {
+                        handler,
+                        timeout: None,
+                        max_attempts: None,
+                        concurrency: None,
+                        backoff: BackoffConfig::default(),
+                        max_payload_bytes: None,
+                        max_result_bytes: None,
+                    },
+                );
+            }
+        }
+        self
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen
+            .parse()
+            .map_err(|e| invalid("listen", format!("{:?} is not an address: {e}", self.listen)))
+    }
+
+    /// Checks every value and resolves the kinds' defaults.
+    pub fn validate(&self) -> Result<Vec<KindSettings>, ConfigError> {
+        self.listen_addr()?;
+        if self.admin_listen != "off" {
+            self.admin_listen.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    "admin_listen",
+                    format!("{:?} is not an address or \"off\": {e}", self.admin_listen),
+                )
+            })?;
+        }
+        if !(self.store.starts_with("sqlite:") || self.store.starts_with("memory")) {
+            return Err(invalid(
+                "store",
+                format!("{:?}: use memory: or sqlite:PATH", self.store),
+            ));
+        }
+        let q = &self.queue;
+        for (key, v) in [
+            ("queue.workers", q.workers as u64),
+            ("queue.max_backlog", q.max_backlog),
+            ("queue.max_payload_bytes", q.max_payload_bytes as u64),
+            ("queue.max_batch", q.max_batch as u64),
+            ("queue.max_watchers", q.max_watchers as u64),
+            ("queue.dispatch_channel", q.dispatch_channel as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if q.workers > 10_000 {
+            return Err(invalid("queue.workers", "at most 10000"));
+        }
+        if q.max_payload_bytes > 64 * 1024 * 1024 {
+            return Err(invalid("queue.max_payload_bytes", "at most 64 MiB"));
+        }
+        if q.max_batch > 10_000 {
+            return Err(invalid("queue.max_batch", "at most 10000"));
+        }
+        if self.drain.timeout.is_zero() {
+            return Err(invalid("drain.timeout", "must be more than 0"));
+        }
+        let mut kinds = Vec::new();
+        for (name, k) in &self.kinds {
+            let key = |f: &str| format!("kinds.{name}.{f}");
+            if !crate::api::validate::is_valid_kind(name) {
+                return Err(invalid(
+                    format!("kinds.{name}"),
+                    "kind names match [a-z0-9][a-z0-9_.-]{0,63}",
+                ));
+            }
+            if matches!(k.handler, HandlerType::Command | HandlerType::Http) {
+                return Err(invalid(
+                    key("handler"),
+                    "the command and http handlers are not available in this build yet \
+                     (use echo, sleep or fail)",
+                ));
+            }
+            let timeout = k.timeout.unwrap_or(DEFAULT_KIND_TIMEOUT);
+            if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                return Err(invalid(key("timeout"), "must be more than 0 and at most 24h"));
+            }
+            let max_attempts = k.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+            if max_attempts == 0 || max_attempts > MAX_ATTEMPTS_LIMIT {
+                return Err(invalid(key("max_attempts"), "must be 1..=100"));
+            }
+            let concurrency = k.concurrency.unwrap_or(q.workers);
+            if concurrency == 0 {
+                return Err(invalid(key("concurrency"), "must be at least 1"));
+            }
+            let b = &k.backoff;
+            if !(b.multiplier.is_finite() && b.multiplier >= 1.0 && b.multiplier <= 100.0) {
+                return Err(invalid(key("backoff.multiplier"), "must be 1.0..=100.0"));
+            }
+            if b.initial > b.max {
+                return Err(invalid(key("backoff.initial"), "must not exceed backoff.max"));
+            }
+            let max_payload_bytes = k.max_payload_bytes.unwrap_or(q.max_payload_bytes);
+            if max_payload_bytes > q.max_payload_bytes {
+                return Err(invalid(
+                    key("max_payload_bytes"),
+                    "must not exceed queue.max_payload_bytes",
+                ));
+            }
+            kinds.push(KindSettings {
+                name: name.clone(),
+                handler: k.handler,
+                timeout,
+                max_attempts,
+                concurrency: concurrency.min(q.workers),
+                backoff: b.clone(),
+                max_payload_bytes,
+                max_result_bytes: k.max_result_bytes.unwrap_or(DEFAULT_MAX_RESULT_BYTES),
+            });
+        }
+        Ok(kinds)
+    }
+}

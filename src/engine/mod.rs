@@ -1,0 +1,276 @@
+//! The engine: takes validated submits into the store, runs due jobs on a
+//! bounded worker pool, retries them, and stops cleanly on drain.
+//!
+//! "Exists" is not "scheduled": a job is in the store before anything else
+//! happens. The dispatcher ([`dispatcher`]) claims due jobs from the store;
+//! the bounded hint channel only wakes it early. The [`sweeper`] promotes due
+//! retries, takes back expired leases, prunes old jobs, and wakes the
+//! dispatcher at least once a second, so a dropped hint delays a job by at
+//! most that long and loses nothing.
+
+mod dispatcher;
+pub mod retry;
+mod sweeper;
+mod worker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::{Config, KindSettings};
+use crate::events::{Events, Subscription, TooManyWatchers};
+use crate::handlers::Registry;
+use crate::job::{now_micros, Job, NewJob};
+use crate::store::{CancelOutcome, InsertOutcome, ListQuery, SharedStore, StoreError};
+
+/// Added to a job's timeout to form its lease: the worker enforces the
+/// timeout itself, so the lease only runs out when the worker is gone.
+pub const LEASE_SLACK: Duration = Duration::from_secs(30);
+/// Most jobs claimed in one store call.
+pub const CLAIM_BATCH: usize = 256;
+/// How long a handler gets to return after it is told to stop (timeout,
+/// cancel, drain) before its task is aborted.
+pub const HANDLER_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the engine refused a request (mapped to gRPC codes in `api::error`).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("jobd is draining and takes no new jobs")]
+    Draining,
+    #[error("too many watchers")]
+    TooManyWatchers,
+    #[error("job {0} not found")]
+    NotFound(Uuid),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<TooManyWatchers> for EngineError {
+    fn from(_: TooManyWatchers) -> Self {
+        EngineError::TooManyWatchers
+    }
+}
+
+/// A configured kind at run time: its settings and its concurrency bound.
+pub struct Kind {
+    pub settings: KindSettings,
+    /// Per-kind bound on running jobs (`kinds.X.concurrency`).
+    slots: Arc<Semaphore>,
+}
+
+pub struct Engine {
+    store: SharedStore,
+    kinds: HashMap<String, Kind>,
+    registry: Registry,
+    events: Arc<Events>,
+    max_backlog: u64,
+    /// Wake-up hints for the dispatcher, bounded by `queue.dispatch_channel`.
+    /// A full channel means the dispatcher has plenty of reasons to wake
+    /// already, so `try_send` failures are ignored.
+    hints: mpsc::Sender<()>,
+    /// Wakes the sweeper early when a new timer (delay, retry) may be sooner
+    /// than the one it sleeps for.
+    sweeper_wake: Notify,
+    /// Global bound on running jobs (`queue.workers`).
+    workers: Arc<Semaphore>,
+    /// Stop tokens of running attempts, to signal a cancel.
+    running: Mutex<HashMap<Uuid, CancellationToken>>,
+    accepting: AtomicBool,
+    /// Stops the dispatcher and sweeper loops (drain step 3).
+    stop_dispatch: CancellationToken,
+    /// Stops every running attempt; they go back to QUEUED (drain step 4).
+    stop_attempts: CancellationToken,
+    retention: Duration,
+}
+
+/// The engine's background tasks, awaited by [`Engine::drain`].
+pub struct EngineTasks {
+    dispatcher: JoinHandle<tokio::task::JoinSet<()>>,
+    sweeper: JoinHandle<()>,
+}
+
+impl Engine {
+    /// Builds the engine and starts its dispatcher and sweeper.
+    pub fn start(
+        config: &Config,
+        kinds: Vec<KindSettings>,
+        registry: Registry,
+        store: SharedStore,
+    ) -> (Arc<Engine>, EngineTasks) {
+        let (hints, hint_rx) = mpsc::channel(config.queue.dispatch_channel);
+        let engine = Arc::new(Engine {
+            store,
+            kinds: kinds
+                .into_iter()
+                .map(|k| {
+                    let slots = Arc::new(Semaphore::new(k.concurrency));
+                    (
+                        k.name.clone(),
+                        Kind {
+                            settings: k,
+                            slots,
+                        },
+                    )
+                })
+                .collect(),
+            registry,
+            events: Events::new(config.queue.max_watchers),
+            max_backlog: config.queue.max_backlog,
+            hints,
+            sweeper_wake: Notify::new(),
+            workers: Arc::new(Semaphore::new(config.queue.workers)),
+            running: Mutex::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
+            stop_dispatch: CancellationToken::new(),
+            stop_attempts: CancellationToken::new(),
+            retention: config.retention.finished,
+        });
+        let tasks = EngineTasks {
+            dispatcher: tokio::spawn(engine.clone().dispatch_loop(hint_rx)),
+            sweeper: tokio::spawn(engine.clone().sweep_loop()),
+        };
+        (engine, tasks)
+    }
+
+    pub fn kind(&self, name: &str) -> Option<&KindSettings> {
+        self.kinds.get(name).map(|k| &k.settings)
+    }
+
+    pub fn events(&self) -> &Arc<Events> {
+        &self.events
+    }
+
+    pub fn store(&self) -> &SharedStore {
+        &self.store
+    }
+
+    pub fn max_backlog(&self) -> u64 {
+        self.max_backlog
+    }
+
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    /// Stores jobs (one commit for the whole batch) and wakes the dispatcher.
+    pub async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<InsertOutcome>, EngineError> {
+        if !self.is_accepting() {
+            return Err(EngineError::Draining);
+        }
+        let delayed = jobs
+            .iter()
+            .any(|j| j.run_at.is_some_and(|t| t > j.created_at));
+        let out = self.store.insert(jobs, self.max_backlog).await?;
+        if out.iter().any(|o| matches!(o, InsertOutcome::Created(_))) {
+            self.hint();
+        }
+        if delayed {
+            self.sweeper_wake.notify_one();
+        }
+        Ok(out)
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<Job, EngineError> {
+        self.store
+            .get(id)
+            .await?
+            .ok_or(EngineError::NotFound(id))
+    }
+
+    pub async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, EngineError> {
+        Ok(self.store.list(query).await?)
+    }
+
+    /// Cancels a job; a running attempt is told to stop.
+    pub async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, EngineError> {
+        let out = self.store.cancel(id, now_micros()).await?;
+        if let CancelOutcome::Cancelled { job, was_running } = &out {
+            self.events.publish(job);
+            if *was_running {
+                if let Some(t) = self.lock_running().get(&id) {
+                    t.cancel();
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The current snapshot and a feed of later changes.
+    pub async fn watch(&self, id: Uuid) -> Result<(Job, Subscription), EngineError> {
+        let sub = self.events.subscribe(id)?;
+        let job = self.get(id).await?;
+        Ok((job, sub))
+    }
+
+    /// Drain step 3: refuse new jobs, stop claiming.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Release);
+        self.stop_dispatch.cancel();
+    }
+
+    /// Drain step 4: waits up to `timeout` for running attempts, then stops
+    /// the rest (they go back to QUEUED without using up an attempt) and
+    /// waits for that, also bounded. `force` (a second signal) cuts both
+    /// waits short. Returns how many attempts had to be stopped.
+    pub async fn drain(
+        &self,
+        tasks: EngineTasks,
+        timeout: Duration,
+        force: &CancellationToken,
+    ) -> usize {
+        self.stop_accepting();
+        let _ = tasks.sweeper.await;
+        let mut workers = match tasks.dispatcher.await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "dispatcher task failed");
+                return 0;
+            }
+        };
+        let wait_all = async {
+            while workers.join_next().await.is_some() {}
+        };
+        let finished = tokio::select! {
+            _ = tokio::time::timeout(timeout, wait_all) => true,
+            _ = force.cancelled() => false,
+        };
+        let stopped = workers.len();
+        if stopped > 0 || !finished {
+            tracing::warn!(
+                running = stopped,
+                "drain timeout reached; stopping running jobs, they go back to the queue"
+            );
+            self.stop_attempts.cancel();
+            let wait_all = async { while workers.join_next().await.is_some() {} };
+            tokio::select! {
+                r = tokio::time::timeout(HANDLER_STOP_GRACE + Duration::from_secs(1), wait_all) => {
+                    if r.is_err() {
+                        tracing::error!(running = workers.len(), "attempts did not stop in time");
+                    }
+                }
+                _ = force.cancelled() => {}
+            }
+            workers.abort_all();
+        }
+        stopped
+    }
+
+    fn hint(&self) {
+        let _ = self.hints.try_send(());
+    }
+
+    /// Hint channel depth, for metrics.
+    pub fn hint_depth(&self) -> usize {
+        self.hints.max_capacity() - self.hints.capacity()
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

@@ -1,0 +1,90 @@
+//! The sweeper: promotes retries whose time came, takes back RUNNING jobs
+//! whose lease ran out, prunes finished jobs past retention, and wakes the
+//! dispatcher for delayed jobs that became due.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Engine;
+use crate::job::{add_micros, now_micros, Micros};
+
+/// The sweeper runs at least this often, so nothing waits on a lost hint
+/// for longer.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+/// Rows touched per store call, so one sweep never holds the writer long.
+const SWEEP_BATCH: usize = 1000;
+/// Pruning runs this often, in batches of `SWEEP_BATCH`.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+impl Engine {
+    pub(super) async fn sweep_loop(self: Arc<Self>) {
+        let mut next_prune = now_micros();
+        loop {
+            let now = now_micros();
+            self.sweep_once(now).await;
+            if now >= next_prune {
+                self.prune(now).await;
+                next_prune = add_micros(now, PRUNE_EVERY);
+            }
+            let sleep_until = match self.store.next_due_at(now).await {
+                Ok(Some(t)) => t.min(add_micros(now, MAX_SLEEP)),
+                _ => add_micros(now, MAX_SLEEP),
+            };
+            let wait = Duration::from_micros(sleep_until.saturating_sub(now_micros()).max(0) as u64);
+            tokio::select! {
+                _ = self.stop_dispatch.cancelled() => return,
+                _ = self.sweeper_wake.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn sweep_once(&self, now: Micros) {
+        loop {
+            let promoted = match self.store.promote_due(now, SWEEP_BATCH).await {
+                Ok(j) => j,
+                Err(e) => {
+                    tracing::warn!(error = %e, "promoting due retries failed");
+                    break;
+                }
+            };
+            for j in &promoted {
+                self.events.publish(j);
+            }
+            if promoted.len() < SWEEP_BATCH {
+                break;
+            }
+        }
+        match self.store.expire_leases(now, SWEEP_BATCH).await {
+            Ok(expired) => {
+                for j in &expired {
+                    tracing::warn!(job = %j.id, state = %j.state, "lease expired; job taken back");
+                    self.events.publish(j);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "expiring leases failed"),
+        }
+        // Due delayed jobs, promoted retries, or a hint that was dropped:
+        // one claim attempt a sweep covers them all.
+        self.hint();
+    }
+
+    async fn prune(&self, now: Micros) {
+        let before = now.saturating_sub(self.retention.as_micros().min(i64::MAX as u128) as i64);
+        loop {
+            match self.store.prune(before, SWEEP_BATCH).await {
+                Ok(n) if n as usize == SWEEP_BATCH => tokio::task::yield_now().await,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!(pruned = n, "pruned finished jobs past retention");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning failed");
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! One attempt of one job: run the handler under its timeout and stop
+//! token, catch a panic, decide the outcome, and write it with the attempt's
+//! fencing token.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use super::{retry, Engine, HANDLER_STOP_GRACE};
+use crate::handlers::{HandlerError, JobContext, Output};
+use crate::job::{add_micros, now_micros, Job, JobState};
+use crate::store::Outcome;
+
+/// Tries to write an outcome before giving up on it (the lease then expires
+/// and the sweeper takes the job back).
+const FINISH_TRIES: u32 = 5;
+
+/// How an attempt ended before the retry decision.
+enum Ended {
+    Ran(Result<Output, HandlerError>),
+    TimedOut,
+    Panicked(String),
+    /// Cancelled by a client: the store already says CANCELLED.
+    Cancelled,
+    /// Stopped by drain: back to QUEUED, attempt not counted.
+    Drained,
+}
+
+impl Engine {
+    pub(super) async fn run_attempt(
+        self: Arc<Self>,
+        job: Job,
+        _global: OwnedSemaphorePermit,
+        _kind: OwnedSemaphorePermit,
+    ) {
+        let span =
+            tracing::debug_span!("attempt", job = %job.id, kind = %job.kind, attempt = job.attempt);
+        self.attempt_inner(job).instrument(span).await;
+    }
+
+    async fn attempt_inner(&self, job: Job) {
+        let stop = self.stop_attempts.child_token();
+        self.lock_running().insert(job.id, stop.clone());
+        let ended = self.execute(&job, stop).await;
+        self.lock_running().remove(&job.id);
+        let outcome = match self.decide(&job, ended) {
+            Some(o) => o,
+            None => return,
+        };
+        self.finish(&job, outcome).await;
+    }
+
+    async fn execute(&self, job: &Job, stop: tokio_util::sync::CancellationToken) -> Ended {
+        let Some(handler) = self.registry.get(&job.kind) else {
+            return Ended::Ran(Err(HandlerError::permanent(format!(
+                "no handler registered for kind {:?}",
+                job.kind
+            ))));
+        };
+        let ctx = JobContext {
+            id: job.id,
+            kind: job.kind.clone(),
+            attempt: job.attempt,
+            max_attempts: job.max_attempts,
+            payload: job.payload.clone(),
+            cancel: stop.clone(),
+        };
+        // Its own task, so a panic is caught as a JoinError and fails only
+        // this attempt.
+        let mut task = tokio::spawn(async move { handler.run(ctx).await });
+        let ended = tokio::select! {
+            r = &mut task => return match r {
+                Ok(r) => Ended::Ran(r),
+                Err(e) if e.is_panic() => Ended::Panicked(panic_message(e.into_panic())),
+                Err(e) => Ended::Ran(Err(HandlerError::retryable(format!("handler task ended: {e}")))),
+            },
+            _ = tokio::time::sleep(job.timeout) => Ended::TimedOut,
+            _ = stop.cancelled() => {
+                if self.stop_attempts.is_cancelled() { Ended::Drained } else { Ended::Cancelled }
+            }
+        };
+        // Tell the handler to stop, give it a moment to clean up, then abort.
+        stop.cancel();
+        if tokio::time::timeout(HANDLER_STOP_GRACE, &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+        ended
+    }
+
+    /// The outcome to store, or `None` when there is nothing to write.
+    fn decide(&self, job: &Job, ended: Ended) -> Option<Outcome> {
+        let kind = self.kind(&job.kind);
+        let (error, after) = match ended {
+            Ended::Cancelled => return None,
+            Ended::Drained => {
+                return Some(Outcome::Requeue {
+                    reason: format!("attempt {} stopped by drain; not counted", job.attempt),
+                })
+            }
+            Ended::Ran(Ok(out)) => {
+                let cap = kind.map_or(usize::MAX, |k| k.max_result_bytes);
+                let result = if out.result.len() > cap {
+                    out.result.slice(..cap)
+                } else {
+                    out.result
+                };
+                return Some(Outcome::Succeeded { result });
+            }
+            Ended::Ran(Err(HandlerError::Permanent { message })) => {
+                return Some(Outcome::Failed {
+                    error: format!("permanent error: {message}"),
+                })
+            }
+            Ended::Ran(Err(HandlerError::Retryable { message, after })) => (message, after),
+            Ended::TimedOut => (
+                format!("timed out after {}", humantime::format_duration(job.timeout)),
+                None,
+            ),
+            Ended::Panicked(msg) => (format!("handler panicked: {msg}"), None),
+        };
+        if job.attempt >= job.max_attempts {
+            return Some(Outcome::Failed {
+                error: format!(
+                    "{error} (attempt {} of {}, no attempts left)",
+                    job.attempt, job.max_attempts
+                ),
+            });
+        }
+        let delay = after.unwrap_or_else(|| {
+            kind.map_or(Duration::from_secs(1), |k| {
+                retry::backoff_delay(&k.backoff, job.attempt)
+            })
+        });
+        Some(Outcome::Retry {
+            error,
+            at: add_micros(now_micros(), delay),
+        })
+    }
+
+    async fn finish(&self, job: &Job, outcome: Outcome) {
+        for try_no in 1..=FINISH_TRIES {
+            match self
+                .store
+                .finish(job.id, job.attempt, outcome.clone(), now_micros())
+                .await
+            {
+                Ok(Some(updated)) => {
+                    tracing::debug!(state = %updated.state, "attempt finished");
+                    self.events.publish(&updated);
+                    match updated.state {
+                        JobState::RetryWait => self.sweeper_wake.notify_one(),
+                        JobState::Queued => self.hint(),
+                        _ => {}
+                    }
+                    return;
+                }
+                Ok(None) => {
+                    tracing::debug!("attempt outcome dropped: job no longer runs this attempt");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, try_no, "writing attempt outcome failed");
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(try_no))).await;
+                }
+            }
+        }
+        tracing::error!("giving up writing the outcome; the lease will expire and the job will be retried");
+    }
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic".into()
+    }
+}
+

@@ -1,0 +1,103 @@
+//! What a job does. A [`Handler`] per kind, looked up in a [`Registry`]
+//! built from the config's kinds (clients pick a kind, never a command).
+//! Library users can register their own handlers.
+
+pub mod builtin;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::{HandlerType, KindSettings};
+
+/// What a handler gets for one attempt.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub id: Uuid,
+    pub kind: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub payload: Bytes,
+    /// Fires when the attempt must stop (cancel, timeout, drain). Handlers
+    /// that hold outside resources should watch it and clean up; the engine
+    /// stops waiting for the handler either way.
+    pub cancel: CancellationToken,
+}
+
+/// A successful attempt's output; the engine caps it at the kind's
+/// `max_result_bytes`.
+#[derive(Debug, Clone, Default)]
+pub struct Output {
+    pub result: Bytes,
+}
+
+/// A failed attempt. The retry decision lives in the type.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HandlerError {
+    /// Try again (after `after` if given, else after the kind's backoff).
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        after: Option<Duration>,
+    },
+    /// Do not try again: the job goes straight to FAILED.
+    #[error("{message}")]
+    Permanent { message: String },
+}
+
+impl HandlerError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        HandlerError::Retryable {
+            message: message.into(),
+            after: None,
+        }
+    }
+    pub fn permanent(message: impl Into<String>) -> Self {
+        HandlerError::Permanent {
+            message: message.into(),
+        }
+    }
+}
+
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn run(&self, job: JobContext) -> Result<Output, HandlerError>;
+}
+
+/// Handlers by kind name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl Registry {
+    /// The handlers for the configured kinds.
+    pub fn from_kinds(kinds: &[KindSettings]) -> Registry {
+        let mut r = Registry::default();
+        for k in kinds {
+            let h: Arc<dyn Handler> = match k.handler {
+                HandlerType::Echo => Arc::new(builtin::Echo),
+                HandlerType::Sleep => Arc::new(builtin::Sleep),
+                HandlerType::Fail => Arc::new(builtin::Fail),
+                // Rejected by Config::validate until these handlers exist.
+                HandlerType::Command | HandlerType::Http => continue,
+            };
+            r.register(&k.name, h);
+        }
+        r
+    }
+
+    /// Adds or replaces the handler of a kind.
+    pub fn register(&mut self, kind: &str, handler: Arc<dyn Handler>) {
+        self.handlers.insert(kind.to_string(), handler);
+    }
+
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
+        self.handlers.get(kind).cloned()
+    }
+}

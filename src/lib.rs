@@ -1,0 +1,30 @@
+//! jobd: a gRPC worker-pool daemon.
+//!
+//! The map, following a job from the client inward:
+//!
+//! - [`api`] — `jobd.v1.JobService` over gRPC: validates each request at the
+//!   edge and maps every refusal to a status code in one place.
+//! - [`engine`] — takes validated jobs into the store, claims due jobs onto a
+//!   bounded pool of workers (global and per-kind semaphores, a `JoinSet`),
+//!   retries with backoff, sweeps due retries and expired leases, drains.
+//! - [`store`] — where jobs live: a [`store::Store`] trait with memory and
+//!   SQLite implementations; every state change is one atomic write.
+//! - [`handlers`] — what a job does, looked up by kind (builtin `echo`,
+//!   `sleep`, `fail`; library users can register their own).
+//! - [`events`] — fans each state change out to WatchStatus streams.
+//! - [`server`] — the lifecycle: open, recover, serve gRPC + health +
+//!   reflection, drain on SIGTERM.
+//! - [`config`] — the TOML file and its bounds; [`job`] — the shared model.
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod events;
+pub mod handlers;
+pub mod job;
+pub mod proto;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::{run, run_with_registry, RunError, Shutdown};

@@ -1,0 +1,142 @@
+//! The `jobd` binary: parses the command line and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use jobd::config::{Config, ConfigError};
+
+/// Exit code for a bad command line or config (sysexits EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "jobd", version, about = "A gRPC worker-pool daemon")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve {
+        /// TOML config file.
+        #[arg(long, env = "JOBD_CONFIG")]
+        config: Option<PathBuf>,
+        /// gRPC listen address (default 127.0.0.1:50051).
+        #[arg(long, env = "JOBD_LISTEN")]
+        listen: Option<String>,
+        /// Admin HTTP address, or "off" (default 127.0.0.1:9090).
+        #[arg(long, env = "JOBD_ADMIN_LISTEN")]
+        admin_listen: Option<String>,
+        /// Store URL: memory: or sqlite:PATH (default sqlite:./jobd-data/jobd.db).
+        #[arg(long, env = "JOBD_STORE")]
+        store: Option<String>,
+        /// Log format; the level comes from RUST_LOG (default info).
+        #[arg(long, value_enum, default_value = "text")]
+        log_format: LogFormat,
+    },
+    /// Validate a config file and print the effective settings.
+    CheckConfig { file: PathBuf },
+}
+
+fn load(
+    file: Option<&PathBuf>,
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    store: Option<String>,
+) -> Result<Config, ConfigError> {
+    let mut config = match file {
+        Some(f) => Config::from_file(f)?,
+        None => Config::default(),
+    };
+    // clap already merged flags over environment; both win over the file.
+    if let Some(v) = listen {
+        config.listen = v;
+    }
+    if let Some(v) = admin_listen {
+        config.admin_listen = v;
+    }
+    if let Some(v) = store {
+        config.store = v;
+    }
+    let config = config.with_default_kinds();
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match load(Some(&file), None, None, None) {
+            Ok(config) => {
+                let kinds = config.validate().unwrap_or_default();
+                println!("{config:#?}");
+                println!("effective kinds: {kinds:#?}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("jobd: {e}");
+                ExitCode::from(EX_USAGE)
+            }
+        },
+        Command::Serve {
+            config,
+            listen,
+            admin_listen,
+            store,
+            log_format,
+        } => {
+            init_logs(log_format);
+            let config = match load(config.as_ref(), listen, admin_listen, store) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("jobd: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("jobd: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("jobd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let addr = config.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let shutdown = jobd::Shutdown::on_signals()?;
+    jobd::run(config, listener, shutdown).await?;
+    Ok(())
+}

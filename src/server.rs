@@ -1,0 +1,193 @@
+//! The daemon's lifecycle: open the store, recover, start the engine, serve
+//! gRPC (JobService, health, reflection), and drain on shutdown in the order
+//! DESIGN.md's "Lifecycle" gives.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+use crate::api::JobApi;
+use crate::config::{Config, ConfigError};
+use crate::engine::Engine;
+use crate::handlers::Registry;
+use crate::job::now_micros;
+use crate::proto::{self, job_service_server::JobServiceServer};
+use crate::store::{self, StoreError};
+
+/// How long the gRPC server may take to close its connections after the
+/// watch streams ended; tonic itself would wait without limit.
+pub const SERVER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Room in a gRPC message beyond the payload limit, for the other fields.
+const MESSAGE_OVERHEAD: usize = 64 * 1024;
+/// The smallest decoded-message limit, so SubmitBatch of small jobs fits.
+const MIN_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
+
+/// How a running daemon is told to stop: `drain` starts the drain sequence,
+/// `force` (a second signal) skips to the end.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    pub drain: CancellationToken,
+    pub force: CancellationToken,
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// First SIGTERM or SIGINT drains; a second one forces.
+    pub fn on_signals() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let s = Shutdown::new();
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let s2 = s.clone();
+        tokio::spawn(async move {
+            for token in [&s2.drain, &s2.force] {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                token.cancel();
+            }
+        });
+        Ok(s)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open store: {0}")]
+    Store(#[from] StoreError),
+    #[error("gRPC server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Runs the daemon with the handlers of the configured kinds.
+pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), RunError> {
+    let kinds = config.validate()?;
+    let registry = Registry::from_kinds(&kinds);
+    run_with_registry(config, registry, listener, shutdown).await
+}
+
+/// Runs the daemon with a caller-built handler registry (library use).
+pub async fn run_with_registry(
+    config: Config,
+    registry: Registry,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    let kinds = config.validate()?;
+    let kind_names: Vec<String> = kinds.iter().map(|k| k.name.clone()).collect();
+    let store = store::open(&config.store).await?;
+    let recovered = store.recover(now_micros()).await?;
+    if !recovered.is_empty() {
+        tracing::warn!(
+            jobs = recovered.len(),
+            "jobs were running when jobd last stopped; their attempts count as used and they were requeued"
+        );
+    }
+    let (engine, tasks) = Engine::start(&config, kinds, registry, store.clone());
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let streams_stop = CancellationToken::new();
+    let api = JobApi::new(
+        engine.clone(),
+        config.queue.max_batch,
+        config.queue.max_watchers,
+        streams_stop.clone(),
+    );
+    let limit = (config.queue.max_payload_bytes + MESSAGE_OVERHEAD).max(MIN_MESSAGE_LIMIT);
+    let service = JobServiceServer::new(api)
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit.max(config.queue.max_payload_bytes * 2));
+
+    let local = listener.local_addr().ok();
+    let server_stop = CancellationToken::new();
+    let server = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            server_stop.clone().cancelled_owned(),
+        );
+    let mut server_task = tokio::spawn(server);
+
+    set_health(&reporter, ServingStatus::Serving).await;
+    tracing::info!(
+        listen = ?local,
+        store = %config.store,
+        kinds = ?kind_names,
+        workers = config.queue.workers,
+        "jobd serving"
+    );
+
+    tokio::select! {
+        _ = shutdown.drain.cancelled() => {}
+        r = &mut server_task => {
+            engine.stop_accepting();
+            let _ = store.close().await;
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.into()),
+                Err(e) => Err(RunError::Store(StoreError::Internal(format!("server task: {e}")))),
+            };
+        }
+    }
+
+    // 1. The "open" sign goes off first.
+    tracing::info!(grace = ?config.drain.grace, "draining: health NOT_SERVING");
+    set_health(&reporter, ServingStatus::NotServing).await;
+    // 2. Keep serving while load balancers notice.
+    tokio::select! {
+        _ = tokio::time::sleep(config.drain.grace) => {}
+        _ = shutdown.force.cancelled() => {}
+    }
+    // 3-4. Refuse new jobs, stop dispatch, let running jobs finish.
+    engine.stop_accepting();
+    tracing::info!(timeout = ?config.drain.timeout, "draining: no new jobs; waiting for running jobs");
+    let stopped = engine.drain(tasks, config.drain.timeout, &shutdown.force).await;
+    // 5. End watch streams, close the server (GOAWAY), flush the store.
+    streams_stop.cancel();
+    server_stop.cancel();
+    tokio::select! {
+        r = tokio::time::timeout(SERVER_CLOSE_TIMEOUT, &mut server_task) => {
+            if r.is_err() {
+                tracing::warn!("connections still open after {SERVER_CLOSE_TIMEOUT:?}; closing them");
+                server_task.abort();
+            }
+        }
+        _ = shutdown.force.cancelled() => server_task.abort(),
+    }
+    store.close().await?;
+    tracing::info!(requeued = stopped, "jobd stopped");
+    Ok(())
+}
+
+async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter
+        .set_service_status(
+            <JobServiceServer<JobApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+

@@ -1,0 +1,316 @@
+//! In-memory store: for tests and throwaway use. Nothing survives a restart.
+//! A single mutex guards everything; every operation is short and never
+//! awaits while holding it.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::{
+    transition, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, StateCounts,
+    Store, StoreError,
+};
+use crate::job::{Job, JobState, Micros, NewJob};
+
+#[derive(Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    closed: AtomicBool,
+}
+
+struct Entry {
+    job: Job,
+    /// Insertion order: the FIFO tie-breaker within a priority.
+    seq: u64,
+}
+
+/// The jobs plus indexes derived from them; `unindex`/`index` keep the
+/// indexes in step around every change.
+#[derive(Default)]
+struct Inner {
+    jobs: BTreeMap<Uuid, Entry>,
+    next_seq: u64,
+    ready: BTreeSet<(Reverse<i32>, u64, Uuid)>,
+    delayed: BTreeSet<(Micros, Uuid)>,
+    retries: BTreeSet<(Micros, Uuid)>,
+    leases: BTreeSet<(Micros, Uuid)>,
+    idempotency: HashMap<String, Uuid>,
+    counts: StateCounts,
+}
+
+impl Inner {
+    fn keys(&mut self, e: &Entry, add: bool) {
+        let j = &e.job;
+        fn set<T: Ord>(s: &mut BTreeSet<T>, k: T, add: bool) {
+            if add {
+                s.insert(k);
+            } else {
+                s.remove(&k);
+            }
+        }
+        match j.state {
+            JobState::Queued => {
+                set(&mut self.ready, (Reverse(j.priority), e.seq, j.id), add);
+                if let Some(t) = j.next_attempt_at {
+                    set(&mut self.delayed, (t, j.id), add);
+                }
+            }
+            JobState::RetryWait => {
+                if let Some(t) = j.next_attempt_at {
+                    set(&mut self.retries, (t, j.id), add);
+                }
+            }
+            JobState::Running => {
+                if let Some(t) = j.lease_expires_at {
+                    set(&mut self.leases, (t, j.id), add);
+                }
+            }
+            _ => {}
+        }
+        let c = self.counts.entry(j.state).or_default();
+        if add {
+            *c += 1;
+        } else {
+            *c -= 1;
+        }
+    }
+
+    /// Runs `f` on one job with its index entries kept in step.
+    fn update<R>(&mut self, id: Uuid, f: impl FnOnce(&mut Job) -> R) -> Option<(R, Job)> {
+        let mut e = self.jobs.remove(&id)?;
+        self.keys(&e, false);
+        let r = f(&mut e.job);
+        self.keys(&e, true);
+        let snapshot = e.job.clone();
+        self.jobs.insert(id, e);
+        Some((r, snapshot))
+    }
+
+    fn waiting(&self) -> u64 {
+        [JobState::Queued, JobState::RetryWait]
+            .iter()
+            .map(|s| self.counts.get(s).copied().unwrap_or(0))
+            .sum()
+    }
+
+    fn due(set: &BTreeSet<(Micros, Uuid)>, now: Micros, limit: usize) -> Vec<Uuid> {
+        set.iter()
+            .take_while(|(t, _)| *t <= now)
+            .take(limit)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("store is closed".into()));
+        }
+        self.inner
+            .lock()
+            .map_err(|_| StoreError::Internal("memory store lock poisoned".into()))
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn insert(
+        &self,
+        jobs: Vec<NewJob>,
+        max_backlog: u64,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        let mut g = self.lock()?;
+        let mut out = Vec::with_capacity(jobs.len());
+        for new in jobs {
+            if let Some(key) = &new.idempotency_key {
+                if let Some(existing) = g.idempotency.get(key).and_then(|id| g.jobs.get(id)) {
+                    out.push(if existing.job.request_hash == new.request_hash {
+                        InsertOutcome::Deduplicated(existing.job.clone())
+                    } else {
+                        InsertOutcome::Conflict {
+                            existing_id: existing.job.id,
+                        }
+                    });
+                    continue;
+                }
+            }
+            if g.waiting() >= max_backlog {
+                out.push(InsertOutcome::BacklogFull);
+                continue;
+            }
+            let job = new.into_job();
+            if let Some(key) = &job.idempotency_key {
+                g.idempotency.insert(key.clone(), job.id);
+            }
+            let seq = g.next_seq;
+            g.next_seq += 1;
+            let e = Entry {
+                job: job.clone(),
+                seq,
+            };
+            g.keys(&e, true);
+            g.jobs.insert(job.id, e);
+            out.push(InsertOutcome::Created(job));
+        }
+        Ok(out)
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        Ok(self.lock()?.jobs.get(&id).map(|e| e.job.clone()))
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<Job>, StoreError> {
+        let g = self.lock()?;
+        let start = match q.after {
+            Some(a) => std::ops::Bound::Excluded(a),
+            None => std::ops::Bound::Unbounded,
+        };
+        Ok(g.jobs
+            .range((start, std::ops::Bound::Unbounded))
+            .map(|(_, e)| &e.job)
+            .filter(|j| q.state.is_none_or(|s| j.state == s))
+            .filter(|j| q.kind.as_ref().is_none_or(|k| &j.kind == k))
+            .take(q.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
+        let mut g = self.lock()?;
+        let mut caps = req.kinds.clone();
+        let mut picked = Vec::new();
+        for (_, _, id) in g.ready.iter() {
+            if picked.len() >= req.limit {
+                break;
+            }
+            let job = &g.jobs[id].job;
+            if !transition::is_due(job, req.now) {
+                continue;
+            }
+            if let Some(cap) = caps.get_mut(&job.kind) {
+                if *cap > 0 {
+                    *cap -= 1;
+                    picked.push(*id);
+                }
+            }
+        }
+        Ok(picked
+            .into_iter()
+            .filter_map(|id| {
+                g.update(id, |j| transition::claim(j, req.now, req.lease_slack))
+                    .map(|(_, j)| j)
+            })
+            .collect())
+    }
+
+    async fn finish(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        outcome: Outcome,
+        now: Micros,
+    ) -> Result<Option<Job>, StoreError> {
+        let mut g = self.lock()?;
+        Ok(match g.update(id, |j| transition::finish(j, attempt, outcome, now)) {
+            Some((true, job)) => Some(job),
+            _ => None,
+        })
+    }
+
+    async fn cancel(&self, id: Uuid, now: Micros) -> Result<CancelOutcome, StoreError> {
+        let mut g = self.lock()?;
+        let Some(state) = g.jobs.get(&id).map(|e| e.job.state) else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let job = || g.jobs[&id].job.clone();
+        Ok(match state {
+            JobState::Cancelled => CancelOutcome::AlreadyCancelled(job()),
+            JobState::Succeeded | JobState::Failed => CancelOutcome::AlreadyFinished(job()),
+            _ => {
+                let (was_running, job) = g
+                    .update(id, |j| transition::cancel(j, now))
+                    .expect("job present");
+                CancelOutcome::Cancelled { job, was_running }
+            }
+        })
+    }
+
+    async fn promote_due(&self, now: Micros, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let mut g = self.lock()?;
+        let ids = Inner::due(&g.retries, now, limit);
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| g.update(id, |j| transition::promote(j, now)))
+            .map(|(_, j)| j)
+            .collect())
+    }
+
+    async fn expire_leases(&self, now: Micros, limit: usize) -> Result<Vec<Job>, StoreError> {
+        let mut g = self.lock()?;
+        let ids = Inner::due(&g.leases, now, limit);
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| g.update(id, |j| transition::lease_lost(j, now, "lease expired")))
+            .map(|(_, j)| j)
+            .collect())
+    }
+
+    async fn recover(&self, now: Micros) -> Result<Vec<Job>, StoreError> {
+        let mut g = self.lock()?;
+        let ids: Vec<Uuid> = g.leases.iter().map(|(_, id)| *id).collect();
+        Ok(ids
+            .into_iter()
+            .filter_map(|id| {
+                g.update(id, |j| transition::lease_lost(j, now, "daemon stopped"))
+            })
+            .map(|(_, j)| j)
+            .collect())
+    }
+
+    async fn next_due_at(&self, after: Micros) -> Result<Option<Micros>, StoreError> {
+        let g = self.lock()?;
+        let from = (after.saturating_add(1), Uuid::nil());
+        Ok([&g.delayed, &g.retries, &g.leases]
+            .iter()
+            .filter_map(|s| s.range(from..).next().map(|(t, _)| *t))
+            .min())
+    }
+
+    async fn counts(&self) -> Result<StateCounts, StoreError> {
+        Ok(self.lock()?.counts.clone())
+    }
+
+    async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {
+        let mut g = self.lock()?;
+        let ids: Vec<Uuid> = g
+            .jobs
+            .values()
+            .filter(|e| e.job.state.is_terminal() && e.job.finished_at.is_some_and(|t| t < before))
+            .take(limit)
+            .map(|e| e.job.id)
+            .collect();
+        for id in &ids {
+            if let Some(e) = g.jobs.remove(id) {
+                g.keys(&e, false);
+                if let Some(k) = &e.job.idempotency_key {
+                    g.idempotency.remove(k);
+                }
+            }
+        }
+        Ok(ids.len() as u64)
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}

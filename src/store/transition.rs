@@ -1,0 +1,95 @@
+//! The state machine, applied to a job record in memory. Stores load the
+//! row, call one of these, and write the result back in the same atomic
+//! step, so every store follows exactly the same rules.
+
+use crate::job::{add_micros, Job, JobState, Micros};
+
+use super::Outcome;
+
+fn touch(job: &mut Job, state: JobState, now: Micros) {
+    job.state = state;
+    job.updated_at = now;
+    job.sequence += 1;
+}
+
+/// Whether a QUEUED job may start at `now`.
+pub fn is_due(job: &Job, now: Micros) -> bool {
+    job.state == JobState::Queued && job.next_attempt_at.is_none_or(|t| t <= now)
+}
+
+/// QUEUED -> RUNNING with a new attempt number and lease.
+pub fn claim(job: &mut Job, now: Micros, lease_slack: std::time::Duration) {
+    debug_assert_eq!(job.state, JobState::Queued);
+    job.attempt += 1;
+    job.started_at = Some(now);
+    job.next_attempt_at = None;
+    job.lease_expires_at = Some(add_micros(now, job.timeout + lease_slack));
+    touch(job, JobState::Running, now);
+}
+
+/// Applies an attempt's outcome if `attempt` is still the running one.
+/// Returns false (and changes nothing) for a stale attempt.
+pub fn finish(job: &mut Job, attempt: u32, outcome: Outcome, now: Micros) -> bool {
+    if job.state != JobState::Running || job.attempt != attempt {
+        return false;
+    }
+    job.lease_expires_at = None;
+    match outcome {
+        Outcome::Succeeded { result } => {
+            job.result = result;
+            job.finished_at = Some(now);
+            touch(job, JobState::Succeeded, now);
+        }
+        Outcome::Retry { error, at } => {
+            job.last_error = error;
+            job.next_attempt_at = Some(at);
+            touch(job, JobState::RetryWait, now);
+        }
+        Outcome::Failed { error } => {
+            job.last_error = error;
+            job.finished_at = Some(now);
+            touch(job, JobState::Failed, now);
+        }
+        Outcome::Requeue { reason } => {
+            // Drain: the attempt was cut short by us, not by the job, so it
+            // does not count.
+            job.attempt = job.attempt.saturating_sub(1);
+            job.last_error = reason;
+            touch(job, JobState::Queued, now);
+        }
+    }
+    true
+}
+
+/// Cancels a job that is not terminal. Returns whether it was running.
+pub fn cancel(job: &mut Job, now: Micros) -> bool {
+    let was_running = job.state == JobState::Running;
+    job.lease_expires_at = None;
+    job.next_attempt_at = None;
+    job.finished_at = Some(now);
+    touch(job, JobState::Cancelled, now);
+    was_running
+}
+
+/// RETRY_WAIT -> QUEUED once its time came.
+pub fn promote(job: &mut Job, now: Micros) {
+    debug_assert_eq!(job.state, JobState::RetryWait);
+    job.next_attempt_at = None;
+    touch(job, JobState::Queued, now);
+}
+
+/// A RUNNING job whose worker is gone (lease expired, or the daemon died
+/// mid-attempt). The attempt counts as used: a job that crashes the daemon
+/// must not be retried forever. It goes back to QUEUED while attempts
+/// remain, else to FAILED.
+pub fn lease_lost(job: &mut Job, now: Micros, why: &str) {
+    debug_assert_eq!(job.state, JobState::Running);
+    job.lease_expires_at = None;
+    job.last_error = format!("attempt {} lost: {why}", job.attempt);
+    if job.attempt >= job.max_attempts {
+        job.finished_at = Some(now);
+        touch(job, JobState::Failed, now);
+    } else {
+        touch(job, JobState::Queued, now);
+    }
+}
