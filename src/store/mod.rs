@@ -149,8 +149,9 @@ pub async fn open(url: &str) -> Result<SharedStore, StoreError> {
     }
     if let Some(path) = url.strip_prefix("sqlite:") {
         let path = path.strip_prefix("//").unwrap_or(path);
-        let _ = path;
-        return Err(StoreError::Internal("sqlite: not built yet".into()));
+        return sqlite::SqliteStore::open(path)
+            .await
+            .map(|s| Arc::new(s) as SharedStore);
     }
     Err(StoreError::Internal(format!(
         "unsupported store URL {url:?} (use memory: or sqlite:PATH)"
