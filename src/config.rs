@@ -274,9 +274,12 @@ impl Config {
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.listen
-            .parse()
-            .map_err(|e| invalid("listen", format!("{:?} is not an address: {e}", self.listen)))
+        self.listen.parse().map_err(|e| {
+            invalid(
+                "listen",
+                format!("{:?} is not an address: {e}", self.listen),
+            )
+        })
     }
 
     /// Checks every value and resolves the kinds' defaults.
@@ -339,7 +342,10 @@ impl Config {
             }
             let timeout = k.timeout.unwrap_or(DEFAULT_KIND_TIMEOUT);
             if timeout.is_zero() || timeout > MAX_TIMEOUT {
-                return Err(invalid(key("timeout"), "must be more than 0 and at most 24h"));
+                return Err(invalid(
+                    key("timeout"),
+                    "must be more than 0 and at most 24h",
+                ));
             }
             let max_attempts = k.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
             if max_attempts == 0 || max_attempts > MAX_ATTEMPTS_LIMIT {
@@ -354,7 +360,10 @@ impl Config {
                 return Err(invalid(key("backoff.multiplier"), "must be 1.0..=100.0"));
             }
             if b.initial > b.max {
-                return Err(invalid(key("backoff.initial"), "must not exceed backoff.max"));
+                return Err(invalid(
+                    key("backoff.initial"),
+                    "must not exceed backoff.max",
+                ));
             }
             let max_payload_bytes = k.max_payload_bytes.unwrap_or(q.max_payload_bytes);
             if max_payload_bytes > q.max_payload_bytes {

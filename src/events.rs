@@ -132,3 +132,61 @@ impl Drop for Subscription {
         self.events.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::NewJob;
+
+    fn job(seq: u64) -> Job {
+        let mut j = NewJob {
+            id: Uuid::nil(),
+            kind: "k".into(),
+            max_attempts: 1,
+            priority: 0,
+            idempotency_key: None,
+            labels: Default::default(),
+            payload: Default::default(),
+            timeout: std::time::Duration::from_secs(1),
+            run_at: None,
+            request_hash: [0; 32],
+            created_at: 0,
+        }
+        .into_job();
+        j.sequence = seq;
+        j
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_coalesces_to_the_latest_snapshot() {
+        let ev = Events::new(10);
+        let sub = ev.subscribe(Uuid::nil()).unwrap();
+        for seq in 1..=(WATCHER_BUFFER as u64 + 5) {
+            ev.publish(&job(seq));
+        }
+        let mut got = Vec::new();
+        while let Ok(j) =
+            tokio::time::timeout(std::time::Duration::from_millis(20), sub.next()).await
+        {
+            got.push(j.sequence);
+        }
+        assert_eq!(
+            *got.last().unwrap(),
+            WATCHER_BUFFER as u64 + 5,
+            "latest kept"
+        );
+        assert!(got.len() <= WATCHER_BUFFER);
+        assert!(got.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[tokio::test]
+    async fn watchers_are_bounded_and_released_on_drop() {
+        let ev = Events::new(2);
+        let a = ev.subscribe(Uuid::nil()).unwrap();
+        let _b = ev.subscribe(Uuid::nil()).unwrap();
+        assert!(ev.subscribe(Uuid::nil()).is_err());
+        drop(a);
+        assert_eq!(ev.watcher_count(), 1);
+        assert!(ev.subscribe(Uuid::nil()).is_ok());
+    }
+}

@@ -71,7 +71,11 @@ pub enum RunError {
 }
 
 /// Runs the daemon with the handlers of the configured kinds.
-pub async fn run(config: Config, listener: TcpListener, shutdown: Shutdown) -> Result<(), RunError> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
     let kinds = config.validate()?;
     let registry = Registry::from_kinds(&kinds);
     run_with_registry(config, registry, listener, shutdown).await
@@ -163,7 +167,9 @@ pub async fn run_with_registry(
     // 3-4. Refuse new jobs, stop dispatch, let running jobs finish.
     engine.stop_accepting();
     tracing::info!(timeout = ?config.drain.timeout, "draining: no new jobs; waiting for running jobs");
-    let stopped = engine.drain(tasks, config.drain.timeout, &shutdown.force).await;
+    let stopped = engine
+        .drain(tasks, config.drain.timeout, &shutdown.force)
+        .await;
     // 5. End watch streams, close the server (GOAWAY), flush the store.
     streams_stop.cancel();
     server_stop.cancel();
@@ -190,4 +196,3 @@ async fn set_health(reporter: &tonic_health::server::HealthReporter, status: Ser
         )
         .await;
 }
-

@@ -43,7 +43,11 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
         max_attempts: j.max_attempts,
         priority: j.priority,
         idempotency_key: j.idempotency_key.clone().unwrap_or_default(),
-        labels: j.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        labels: j
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         created_at: Some(timestamp(j.created_at)),
         updated_at: Some(timestamp(j.updated_at)),
         started_at: j.started_at.map(timestamp),

@@ -28,7 +28,9 @@ pub enum ApiError {
     InvalidArgument(Vec<Violation>),
     #[error("job {0} not found")]
     NotFound(Uuid),
-    #[error("idempotency key {key:?} is already used by job {existing_id} for a different request")]
+    #[error(
+        "idempotency key {key:?} is already used by job {existing_id} for a different request"
+    )]
     IdempotencyConflict { key: String, existing_id: Uuid },
     #[error("backlog is full ({max} jobs waiting); retry later")]
     BacklogFull { max: u64 },

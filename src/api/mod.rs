@@ -48,7 +48,11 @@ impl JobApi {
         ApiError::from_engine(e, self.max_watchers).into()
     }
 
-    fn outcome(&self, o: InsertOutcome, key: Option<&str>) -> Result<proto::SubmitResponse, ApiError> {
+    fn outcome(
+        &self,
+        o: InsertOutcome,
+        key: Option<&str>,
+    ) -> Result<proto::SubmitResponse, ApiError> {
         match o {
             InsertOutcome::Created(job) => Ok(proto::SubmitResponse {
                 job: Some(convert::job_to_proto(&job)),
@@ -84,7 +88,11 @@ impl JobService for JobApi {
         let req = request.into_inner();
         let key = req.idempotency_key.clone();
         let new = validate::submit(req, "", |k| self.engine.kind(k))?;
-        let mut out = self.engine.submit(vec![new]).await.map_err(|e| self.err(e))?;
+        let mut out = self
+            .engine
+            .submit(vec![new])
+            .await
+            .map_err(|e| self.err(e))?;
         let o = out
             .pop()
             .ok_or_else(|| ApiError::Internal("store returned no outcome".into()))?;
@@ -99,7 +107,11 @@ impl JobService for JobApi {
         if reqs.len() > self.max_batch {
             return Err(ApiError::invalid(
                 "requests",
-                format!("{} entries is over the limit of {}", reqs.len(), self.max_batch),
+                format!(
+                    "{} entries is over the limit of {}",
+                    reqs.len(),
+                    self.max_batch
+                ),
             )
             .into());
         }
@@ -119,7 +131,11 @@ impl JobService for JobApi {
             }
         }
         if !accepted.is_empty() {
-            let out = self.engine.submit(accepted).await.map_err(|e| self.err(e))?;
+            let out = self
+                .engine
+                .submit(accepted)
+                .await
+                .map_err(|e| self.err(e))?;
             for ((i, key), o) in keys.into_iter().zip(out) {
                 results[i] = Some(self.outcome(o, Some(&key)));
             }
@@ -130,9 +146,9 @@ impl JobService for JobApi {
                 result: Some(match r {
                     Some(Ok(resp)) => proto::submit_result::Result::Accepted(resp),
                     Some(Err(e)) => proto::submit_result::Result::Error(to_rpc_status(e)),
-                    None => proto::submit_result::Result::Error(to_rpc_status(
-                        ApiError::Internal("no outcome for batch entry".into()),
-                    )),
+                    None => proto::submit_result::Result::Error(to_rpc_status(ApiError::Internal(
+                        "no outcome for batch entry".into(),
+                    ))),
                 }),
             })
             .collect();
@@ -197,7 +213,9 @@ impl JobService for JobApi {
         let state = proto::JobState::try_from(req.state)
             .map_err(|_| ApiError::invalid("state", format!("unknown state {}", req.state)))?;
         if !req.kind.is_empty() && !validate::is_valid_kind(&req.kind) {
-            return Err(ApiError::invalid("kind", format!("{:?} is not a kind name", req.kind)).into());
+            return Err(
+                ApiError::invalid("kind", format!("{:?} is not a kind name", req.kind)).into(),
+            );
         }
         let limit = validate::page_size(req.page_size)?;
         let query = ListQuery {
@@ -210,7 +228,9 @@ impl JobService for JobApi {
         let mut jobs = self.engine.list(&query).await.map_err(|e| self.err(e))?;
         let next_page_token = if jobs.len() > limit {
             jobs.truncate(limit);
-            jobs.last().map(|j| validate::encode_page_token(j.id)).unwrap_or_default()
+            jobs.last()
+                .map(|j| validate::encode_page_token(j.id))
+                .unwrap_or_default()
         } else {
             String::new()
         };

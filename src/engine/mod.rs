@@ -110,13 +110,7 @@ impl Engine {
                 .into_iter()
                 .map(|k| {
                     let slots = Arc::new(Semaphore::new(k.concurrency));
-                    (
-                        k.name.clone(),
-                        Kind {
-                            settings: k,
-                            slots,
-                        },
-                    )
+                    (k.name.clone(), Kind { settings: k, slots })
                 })
                 .collect(),
             registry,
@@ -177,10 +171,7 @@ impl Engine {
     }
 
     pub async fn get(&self, id: Uuid) -> Result<Job, EngineError> {
-        self.store
-            .get(id)
-            .await?
-            .ok_or(EngineError::NotFound(id))
+        self.store.get(id).await?.ok_or(EngineError::NotFound(id))
     }
 
     pub async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, EngineError> {
@@ -233,9 +224,7 @@ impl Engine {
                 return 0;
             }
         };
-        let wait_all = async {
-            while workers.join_next().await.is_some() {}
-        };
+        let wait_all = async { while workers.join_next().await.is_some() {} };
         let finished = tokio::select! {
             _ = tokio::time::timeout(timeout, wait_all) => true,
             _ = force.cancelled() => false,

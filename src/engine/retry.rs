@@ -9,7 +9,9 @@ use crate::config::BackoffConfig;
 /// The ceiling of the wait after attempt `attempt` (1-based) failed:
 /// `min(max, initial * multiplier^(attempt-1))`.
 pub fn backoff_cap(b: &BackoffConfig, attempt: u32) -> Duration {
-    let exp = b.multiplier.powi(attempt.saturating_sub(1).min(1000) as i32);
+    let exp = b
+        .multiplier
+        .powi(attempt.saturating_sub(1).min(1000) as i32);
     let secs = (b.initial.as_secs_f64() * exp).min(b.max.as_secs_f64());
     Duration::try_from_secs_f64(secs).unwrap_or(b.max)
 }

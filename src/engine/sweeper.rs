@@ -30,7 +30,8 @@ impl Engine {
                 Ok(Some(t)) => t.min(add_micros(now, MAX_SLEEP)),
                 _ => add_micros(now, MAX_SLEEP),
             };
-            let wait = Duration::from_micros(sleep_until.saturating_sub(now_micros()).max(0) as u64);
+            let wait =
+                Duration::from_micros(sleep_until.saturating_sub(now_micros()).max(0) as u64);
             tokio::select! {
                 _ = self.stop_dispatch.cancelled() => return,
                 _ = self.sweeper_wake.notified() => {}

@@ -118,7 +118,10 @@ impl Engine {
             }
             Ended::Ran(Err(HandlerError::Retryable { message, after })) => (message, after),
             Ended::TimedOut => (
-                format!("timed out after {}", humantime::format_duration(job.timeout)),
+                format!(
+                    "timed out after {}",
+                    humantime::format_duration(job.timeout)
+                ),
                 None,
             ),
             Ended::Panicked(msg) => (format!("handler panicked: {msg}"), None),
@@ -169,7 +172,9 @@ impl Engine {
                 }
             }
         }
-        tracing::error!("giving up writing the outcome; the lease will expire and the job will be retried");
+        tracing::error!(
+            "giving up writing the outcome; the lease will expire and the job will be retried"
+        );
     }
 }
 
@@ -182,4 +187,3 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         "non-string panic".into()
     }
 }
-

@@ -71,7 +71,11 @@ impl Handler for Fail {
                 job.attempt
             )));
         }
-        let why = if text.is_empty() { "failure requested" } else { &text };
+        let why = if text.is_empty() {
+            "failure requested"
+        } else {
+            &text
+        };
         Err(HandlerError::retryable(format!("fail: {why}")))
     }
 }

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    transition, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, StateCounts,
-    Store, StoreError,
+    transition, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, StateCounts, Store,
+    StoreError,
 };
 use crate::job::{Job, JobState, Micros, NewJob};
 
@@ -220,10 +220,12 @@ impl Store for MemoryStore {
         now: Micros,
     ) -> Result<Option<Job>, StoreError> {
         let mut g = self.lock()?;
-        Ok(match g.update(id, |j| transition::finish(j, attempt, outcome, now)) {
-            Some((true, job)) => Some(job),
-            _ => None,
-        })
+        Ok(
+            match g.update(id, |j| transition::finish(j, attempt, outcome, now)) {
+                Some((true, job)) => Some(job),
+                _ => None,
+            },
+        )
     }
 
     async fn cancel(&self, id: Uuid, now: Micros) -> Result<CancelOutcome, StoreError> {
@@ -269,9 +271,7 @@ impl Store for MemoryStore {
         let ids: Vec<Uuid> = g.leases.iter().map(|(_, id)| *id).collect();
         Ok(ids
             .into_iter()
-            .filter_map(|id| {
-                g.update(id, |j| transition::lease_lost(j, now, "daemon stopped"))
-            })
+            .filter_map(|id| g.update(id, |j| transition::lease_lost(j, now, "daemon stopped")))
             .map(|(_, j)| j)
             .collect())
     }

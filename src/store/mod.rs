@@ -40,7 +40,9 @@ pub enum InsertOutcome {
     /// Same idempotency key, same request: the existing job.
     Deduplicated(Job),
     /// Same idempotency key, different request.
-    Conflict { existing_id: Uuid },
+    Conflict {
+        existing_id: Uuid,
+    },
     /// The backlog is at its bound; nothing was stored.
     BacklogFull,
 }
@@ -48,13 +50,22 @@ pub enum InsertOutcome {
 /// How an attempt ended, as the engine decided it.
 #[derive(Debug, Clone)]
 pub enum Outcome {
-    Succeeded { result: Bytes },
+    Succeeded {
+        result: Bytes,
+    },
     /// RUNNING -> RETRY_WAIT until `at`.
-    Retry { error: String, at: Micros },
+    Retry {
+        error: String,
+        at: Micros,
+    },
     /// RUNNING -> FAILED (permanent error or attempts used up).
-    Failed { error: String },
+    Failed {
+        error: String,
+    },
     /// RUNNING -> QUEUED without using up the attempt (drain).
-    Requeue { reason: String },
+    Requeue {
+        reason: String,
+    },
 }
 
 /// Answer to a cancel request.
@@ -62,7 +73,10 @@ pub enum Outcome {
 pub enum CancelOutcome {
     NotFound,
     /// The job was QUEUED, RETRY_WAIT or RUNNING and is now CANCELLED.
-    Cancelled { job: Job, was_running: bool },
+    Cancelled {
+        job: Job,
+        was_running: bool,
+    },
     /// Already CANCELLED: nothing changed.
     AlreadyCancelled(Job),
     /// SUCCEEDED or FAILED: cannot be cancelled.

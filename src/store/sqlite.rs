@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{
-    transition, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, StateCounts,
-    Store, StoreError,
+    transition, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, StateCounts, Store,
+    StoreError,
 };
 use crate::job::{Job, JobState, Micros, NewJob};
 
@@ -129,7 +129,9 @@ fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
     let payload: Vec<u8> = r.get(9)?;
     let result: Vec<u8> = r.get(10)?;
     Ok(Job {
-        id: Uuid::from_slice(&id).map_err(|_| rusqlite::Error::InvalidColumnType(0, "id".into(), rusqlite::types::Type::Blob))?,
+        id: Uuid::from_slice(&id).map_err(|_| {
+            rusqlite::Error::InvalidColumnType(0, "id".into(), rusqlite::types::Type::Blob)
+        })?,
         kind: r.get(1)?,
         state: state_from(r.get(2)?)?,
         attempt: r.get(3)?,
@@ -157,10 +159,14 @@ fn map_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode as C;
     match &e {
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
-            C::DiskFull | C::ReadOnly | C::CannotOpen | C::SystemIoFailure | C::DatabaseBusy
-            | C::DatabaseLocked | C::PermissionDenied | C::OutOfMemory => {
-                StoreError::Unavailable(e.to_string())
-            }
+            C::DiskFull
+            | C::ReadOnly
+            | C::CannotOpen
+            | C::SystemIoFailure
+            | C::DatabaseBusy
+            | C::DatabaseLocked
+            | C::PermissionDenied
+            | C::OutOfMemory => StoreError::Unavailable(e.to_string()),
             C::NotADatabase | C::DatabaseCorrupt => StoreError::Corrupt(e.to_string()),
             _ => StoreError::Internal(e.to_string()),
         },
@@ -228,11 +234,9 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 fn count_waiting(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row(
-        "SELECT COUNT(*) FROM jobs WHERE state IN (0, 2)",
-        [],
-        |r| r.get(0),
-    )
+    conn.query_row("SELECT COUNT(*) FROM jobs WHERE state IN (0, 2)", [], |r| {
+        r.get(0)
+    })
 }
 
 impl SqliteStore {
@@ -384,7 +388,10 @@ fn run_group(conn: &mut Connection, batch: &mut Vec<Work>, st: &mut WriterState)
         st.waiting = count_waiting(conn).unwrap_or(before);
     }
     for r in replies {
-        r(commit.as_ref().map(|_| ()).map_err(|e| StoreError::Unavailable(e.to_string())));
+        r(commit
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| StoreError::Unavailable(e.to_string())));
     }
 }
 
@@ -403,7 +410,10 @@ fn guarded<T>(
 
 fn load(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Job>, StoreError> {
     tx.prepare_cached(&format!("SELECT {COLS} FROM jobs WHERE id = ?1"))
-        .and_then(|mut s| s.query_row([id.as_bytes().as_slice()], row_to_job).optional())
+        .and_then(|mut s| {
+            s.query_row([id.as_bytes().as_slice()], row_to_job)
+                .optional()
+        })
         .map_err(map_err)
 }
 
@@ -442,7 +452,10 @@ fn save(
         })
         .map_err(map_err)?;
     if n != 1 {
-        return Err(StoreError::Internal(format!("job {} changed under the writer", job.id)));
+        return Err(StoreError::Internal(format!(
+            "job {} changed under the writer",
+            job.id
+        )));
     }
     st.waiting += i64::from(job.state.is_waiting()) - i64::from(old_state.is_waiting());
     Ok(())
@@ -489,7 +502,9 @@ fn insert_one(
 ) -> Result<InsertOutcome, StoreError> {
     if let Some(key) = &new.idempotency_key {
         let existing = tx
-            .prepare_cached(&format!("SELECT {COLS} FROM jobs WHERE idempotency_key = ?1"))
+            .prepare_cached(&format!(
+                "SELECT {COLS} FROM jobs WHERE idempotency_key = ?1"
+            ))
             .and_then(|mut s| s.query_row([key], row_to_job).optional())
             .map_err(map_err)?;
         if let Some(job) = existing {
@@ -728,7 +743,9 @@ impl Store for SqliteStore {
     async fn counts(&self) -> Result<StateCounts, StoreError> {
         self.read(|c| {
             let mut s = c.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
-            let rows = s.query_map([], |r| Ok((state_from(r.get(0)?)?, r.get::<_, i64>(1)? as u64)))?;
+            let rows = s.query_map([], |r| {
+                Ok((state_from(r.get(0)?)?, r.get::<_, i64>(1)? as u64))
+            })?;
             rows.collect()
         })
         .await
@@ -755,8 +772,10 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let _ = rx.await;
-        self.readers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(())
     }
 }
-

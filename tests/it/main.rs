@@ -1,0 +1,8 @@
+//! Integration tests: one binary, a module per capability, every test over
+//! real gRPC on an ephemeral port.
+
+mod api;
+mod binary;
+mod helpers;
+mod interop;
+mod store_contract;
