@@ -517,7 +517,7 @@ fn insert_one(
             });
         }
     }
-    if st.waiting >= max_backlog as i64 {
+    if st.waiting >= max_backlog.min(i64::MAX as u64) as i64 {
         return Ok(InsertOutcome::BacklogFull);
     }
     let job = new.into_job();

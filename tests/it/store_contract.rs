@@ -1,1 +1,442 @@
+//! The store contract: the same suite runs against every implementation.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use jobd::job::{now_micros, JobState, NewJob};
+use jobd::store::{
+    self, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, SharedStore,
+};
+use uuid::Uuid;
+
+fn new_job(kind: &str, priority: i32) -> NewJob {
+    NewJob {
+        id: Uuid::now_v7(),
+        kind: kind.into(),
+        max_attempts: 3,
+        priority,
+        idempotency_key: None,
+        labels: BTreeMap::from([("team".to_string(), "a".to_string())]),
+        payload: Bytes::from_static(b"payload"),
+        timeout: Duration::from_secs(10),
+        run_at: None,
+        request_hash: [7; 32],
+        created_at: now_micros(),
+    }
+}
+
+fn claim_req(limit: usize, kinds: &[(&str, usize)]) -> ClaimRequest {
+    ClaimRequest {
+        now: now_micros(),
+        limit,
+        kinds: kinds
+            .iter()
+            .map(|(k, n)| (k.to_string(), *n))
+            .collect::<HashMap<_, _>>(),
+        lease_slack: Duration::from_secs(30),
+    }
+}
+
+async fn insert(s: &SharedStore, j: NewJob) -> jobd::job::Job {
+    match s.insert(vec![j], u64::MAX).await.unwrap().pop().unwrap() {
+        InsertOutcome::Created(j) => j,
+        other => panic!("{other:?}"),
+    }
+}
+
+pub async fn transitions_and_fencing(s: SharedStore) {
+    let j = insert(&s, new_job("k", 0)).await;
+    assert_eq!((j.state, j.attempt, j.sequence), (JobState::Queued, 0, 1));
+    let got = s.get(j.id).await.unwrap().unwrap();
+    assert_eq!(got, j, "round trip keeps every field");
+    let claimed = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let c = &claimed[0];
+    assert_eq!((c.state, c.attempt, c.sequence), (JobState::Running, 1, 2));
+    assert!(c.lease_expires_at.unwrap() > now_micros());
+    // Retry, promote, claim again: attempt 2.
+    let r = s
+        .finish(
+            j.id,
+            1,
+            Outcome::Retry {
+                error: "e1".into(),
+                at: now_micros() - 1,
+            },
+            now_micros(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.state, JobState::RetryWait);
+    assert_eq!(s.promote_due(now_micros(), 10).await.unwrap().len(), 1);
+    let c2 = s
+        .claim(&claim_req(10, &[("k", 10)]))
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(c2.attempt, 2);
+    // A stale attempt changes nothing.
+    let stale = s
+        .finish(
+            j.id,
+            1,
+            Outcome::Succeeded {
+                result: Bytes::from_static(b"old"),
+            },
+            now_micros(),
+        )
+        .await
+        .unwrap();
+    assert!(stale.is_none());
+    let done = s
+        .finish(
+            j.id,
+            2,
+            Outcome::Succeeded {
+                result: Bytes::from_static(b"new"),
+            },
+            now_micros(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(&done.result[..], b"new");
+    assert!(done.finished_at.is_some());
+    assert_eq!(done.sequence, 6);
+    // Terminal: no more finishes, cancel refused.
+    assert!(s
+        .finish(j.id, 2, Outcome::Failed { error: "x".into() }, now_micros())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(matches!(
+        s.cancel(j.id, now_micros()).await.unwrap(),
+        CancelOutcome::AlreadyFinished(_)
+    ));
+    assert!(matches!(
+        s.cancel(Uuid::now_v7(), now_micros()).await.unwrap(),
+        CancelOutcome::NotFound
+    ));
+}
+
+pub async fn cancel_and_requeue(s: SharedStore) {
+    let q = insert(&s, new_job("k", 0)).await;
+    match s.cancel(q.id, now_micros()).await.unwrap() {
+        CancelOutcome::Cancelled { job, was_running } => {
+            assert_eq!(job.state, JobState::Cancelled);
+            assert!(!was_running);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        s.cancel(q.id, now_micros()).await.unwrap(),
+        CancelOutcome::AlreadyCancelled(_)
+    ));
+    let r = insert(&s, new_job("k", 0)).await;
+    s.claim(&claim_req(1, &[("k", 1)])).await.unwrap();
+    // Drain requeue: attempt not counted.
+    let back = s
+        .finish(
+            r.id,
+            1,
+            Outcome::Requeue {
+                reason: "drain".into(),
+            },
+            now_micros(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((back.state, back.attempt), (JobState::Queued, 0));
+    s.claim(&claim_req(1, &[("k", 1)])).await.unwrap();
+    match s.cancel(r.id, now_micros()).await.unwrap() {
+        CancelOutcome::Cancelled { was_running, .. } => assert!(was_running),
+        other => panic!("{other:?}"),
+    }
+    // The cancelled attempt cannot write its outcome.
+    assert!(s
+        .finish(
+            r.id,
+            1,
+            Outcome::Succeeded {
+                result: Bytes::new()
+            },
+            now_micros()
+        )
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub async fn idempotency_race_yields_one_job(s: SharedStore) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..100 {
+        let s = s.clone();
+        tasks.spawn(async move {
+            let mut j = new_job("k", 0);
+            j.idempotency_key = Some("key-1".into());
+            s.insert(vec![j], u64::MAX).await.unwrap().pop().unwrap()
+        });
+    }
+    let (mut created, mut dedup) = (Vec::new(), Vec::new());
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            InsertOutcome::Created(j) => created.push(j.id),
+            InsertOutcome::Deduplicated(j) => dedup.push(j.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(created.len(), 1);
+    assert_eq!(dedup.len(), 99);
+    assert!(dedup.iter().all(|id| *id == created[0]));
+    let mut other = new_job("k", 0);
+    other.idempotency_key = Some("key-1".into());
+    other.request_hash = [8; 32];
+    match s
+        .insert(vec![other], u64::MAX)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+    {
+        InsertOutcome::Conflict { existing_id } => assert_eq!(existing_id, created[0]),
+        o => panic!("{o:?}"),
+    }
+}
+
+pub async fn claim_order_kinds_and_backlog(s: SharedStore) {
+    let a = insert(&s, new_job("k", 0)).await;
+    let b = insert(&s, new_job("k", 5)).await;
+    let c = insert(&s, new_job("k", 0)).await;
+    let d = insert(&s, new_job("other", 9)).await;
+    // `other` has no free slot: skipped, not blocking.
+    let got = s.claim(&claim_req(2, &[("k", 5)])).await.unwrap();
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), [b.id, a.id]);
+    // Per-kind caps within one claim.
+    let got = s
+        .claim(&claim_req(10, &[("k", 1), ("other", 1)]))
+        .await
+        .unwrap();
+    assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), [d.id, c.id]);
+    // Backlog bound: QUEUED + RETRY_WAIT.
+    let counts = s.counts().await.unwrap();
+    assert_eq!(counts.get(&JobState::Running), Some(&4));
+    insert(&s, new_job("k", 0)).await;
+    let out = s
+        .insert(vec![new_job("k", 0), new_job("k", 0)], 2)
+        .await
+        .unwrap();
+    assert!(matches!(out[0], InsertOutcome::Created(_)));
+    assert!(matches!(out[1], InsertOutcome::BacklogFull));
+}
+
+pub async fn delayed_jobs_and_due_times(s: SharedStore) {
+    let now = now_micros();
+    let mut j = new_job("k", 100);
+    j.run_at = Some(now + 60_000_000);
+    let delayed = insert(&s, j).await;
+    assert_eq!(delayed.next_attempt_at, Some(now + 60_000_000));
+    assert!(s
+        .claim(&claim_req(10, &[("k", 10)]))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.next_due_at(now).await.unwrap(), Some(now + 60_000_000));
+    let mut later = claim_req(10, &[("k", 10)]);
+    later.now = now + 60_000_001;
+    assert_eq!(s.claim(&later).await.unwrap()[0].id, delayed.id);
+    // Leases: expired ones come back, the attempt counts.
+    let lease = s
+        .get(delayed.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .lease_expires_at
+        .unwrap();
+    let back = s.expire_leases(lease, 10).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!((back[0].state, back[0].attempt), (JobState::Queued, 1));
+    assert!(back[0].last_error.contains("lease expired"));
+}
+
+pub async fn recover_counts_the_lost_attempt(s: SharedStore) {
+    let mut j = new_job("k", 0);
+    j.max_attempts = 1;
+    let last = insert(&s, j).await;
+    let more = insert(&s, new_job("k", 0)).await;
+    s.claim(&claim_req(10, &[("k", 10)])).await.unwrap();
+    let rec = s.recover(now_micros()).await.unwrap();
+    assert_eq!(rec.len(), 2);
+    let get = |id| s.get(id);
+    assert_eq!(get(last.id).await.unwrap().unwrap().state, JobState::Failed);
+    let m = get(more.id).await.unwrap().unwrap();
+    assert_eq!((m.state, m.attempt), (JobState::Queued, 1));
+}
+
+pub async fn pagination_and_filters(s: SharedStore) {
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        ids.push(
+            insert(&s, new_job(if i % 5 == 0 { "five" } else { "k" }, 0))
+                .await
+                .id,
+        );
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s
+            .list(&ListQuery {
+                after,
+                limit: 7,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|j| j.id);
+        seen.extend(page.into_iter().map(|j| j.id));
+    }
+    assert_eq!(seen, ids);
+    let five = s
+        .list(&ListQuery {
+            kind: Some("five".into()),
+            state: Some(JobState::Queued),
+            limit: 100,
+            after: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(five.len(), 5);
+    let none = s
+        .list(&ListQuery {
+            state: Some(JobState::Failed),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+pub async fn pruning_removes_only_old_finished_jobs(s: SharedStore) {
+    let done = insert(&s, {
+        let mut j = new_job("k", 0);
+        j.idempotency_key = Some("prune-me".into());
+        j
+    })
+    .await;
+    let keep = insert(&s, new_job("k", 0)).await;
+    s.claim(&claim_req(1, &[("k", 1)])).await.unwrap();
+    s.finish(
+        done.id,
+        1,
+        Outcome::Succeeded {
+            result: Bytes::new(),
+        },
+        now_micros(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.prune(now_micros() - 60_000_000, 100).await.unwrap(),
+        0,
+        "not old enough"
+    );
+    assert_eq!(s.prune(now_micros() + 1, 100).await.unwrap(), 1);
+    assert!(s.get(done.id).await.unwrap().is_none());
+    assert!(
+        s.get(keep.id).await.unwrap().is_some(),
+        "unfinished jobs stay"
+    );
+    // The key is free again once its job is gone.
+    let mut again = new_job("k", 0);
+    again.idempotency_key = Some("prune-me".into());
+    again.request_hash = [1; 32];
+    assert!(matches!(
+        s.insert(vec![again], u64::MAX).await.unwrap()[0],
+        InsertOutcome::Created(_)
+    ));
+}
+
+macro_rules! contract {
+    ($($name:ident),*) => {
+        mod memory {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(std::sync::Arc::new(jobd::store::memory::MemoryStore::new())).await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let dir = tempfile::tempdir().unwrap();
+                let url = format!("sqlite:{}/t.db", dir.path().display());
+                let s = jobd::store::open(&url).await.unwrap();
+                super::$name(s.clone()).await;
+                s.close().await.unwrap();
+            })*
+        }
+    };
+}
+
+contract!(
+    transitions_and_fencing,
+    cancel_and_requeue,
+    idempotency_race_yields_one_job,
+    claim_order_kinds_and_backlog,
+    delayed_jobs_and_due_times,
+    recover_counts_the_lost_attempt,
+    pagination_and_filters,
+    pruning_removes_only_old_finished_jobs
+);
+
+#[tokio::test]
+async fn sqlite_survives_reopen_and_refuses_newer_schema_and_garbage() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}/t.db", dir.path().display());
+    let s = store::open(&url).await.unwrap();
+    let j = insert(&s, new_job("k", 0)).await;
+    s.close().await.unwrap();
+    let s = store::open(&url).await.unwrap();
+    assert_eq!(s.get(j.id).await.unwrap().unwrap(), j);
+    s.close().await.unwrap();
+    // A file from a newer jobd.
+    let c = rusqlite_version_bump(&dir.path().join("t.db"));
+    assert!(c.contains("newer"), "{c}");
+    // Not a database at all.
+    let bad = dir.path().join("garbage.db");
+    std::fs::write(&bad, vec![0x5a; 8192]).unwrap();
+    let e = store::open(&format!("sqlite:{}", bad.display()))
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(e, store::StoreError::Corrupt(_)), "{e}");
+    let _ = Arc::new(());
+}
+
+/// Sets `user_version` past what this jobd knows and returns the error.
+fn rusqlite_version_bump(path: &std::path::Path) -> String {
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('PRAGMA user_version=99'); c.commit()",
+        ])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rt = tokio::runtime::Handle::current();
+    let url = format!("sqlite:{}", path.display());
+    let e = std::thread::spawn(move || rt.block_on(store::open(&url)).err().expect("refused"))
+        .join()
+        .unwrap();
+    e.to_string()
+}
