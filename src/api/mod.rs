@@ -245,12 +245,12 @@ impl JobService for JobApi {
 /// (OK) or on drain (UNAVAILABLE).
 fn watch_stream(snapshot: Job, sub: Subscription, stop: CancellationToken) -> EventStream {
     enum St {
-        Start(Job, Subscription),
+        Start(Box<Job>, Subscription),
         Follow(Subscription, u64),
         Done,
     }
     Box::pin(futures_util::stream::unfold(
-        St::Start(snapshot, sub),
+        St::Start(Box::new(snapshot), sub),
         move |st| {
             let stop = stop.clone();
             async move {

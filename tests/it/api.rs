@@ -426,6 +426,7 @@ async fn refused(
 }
 
 #[tokio::test]
+#[allow(clippy::vec_init_then_push)] // one case per statement reads as a table
 async fn every_bad_submit_is_invalid_argument_naming_the_field() {
     let d = start("[queue]\nmax_payload_bytes = 1024\n").await;
     let mut c = d.client().await;
