@@ -105,6 +105,8 @@ pub async fn run_with_registry(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.BadRequest & co., so grpcurl can print error details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
@@ -121,7 +123,10 @@ pub async fn run_with_registry(
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit.max(config.queue.max_payload_bytes * 2));
 
-    let local = listener.local_addr().ok();
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let server_stop = CancellationToken::new();
     let server = tonic::transport::Server::builder()
         .add_service(health)
@@ -136,7 +141,7 @@ pub async fn run_with_registry(
 
     set_health(&reporter, ServingStatus::Serving).await;
     tracing::info!(
-        listen = ?local,
+        listen = %local,
         store = %config.store,
         kinds = ?kind_names,
         workers = config.queue.workers,
