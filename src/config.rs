@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -27,6 +27,10 @@ pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024;
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
+pub const MAX_KILL_GRACE: Duration = Duration::from_secs(60);
+/// Grace for handlers with nothing to clean up.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// A config file that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +191,26 @@ pub struct KindConfig {
     pub max_payload_bytes: Option<usize>,
     /// Result bytes kept; longer output is cut.
     pub max_result_bytes: Option<usize>,
+    /// `command`: argv; the payload goes to stdin, stdout is the result.
+    pub command: Option<Vec<String>>,
+    /// `command`: extra environment (besides JOBD_JOB_ID, JOBD_ATTEMPT, JOBD_KIND).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// `command`: working directory (must exist).
+    pub working_dir: Option<PathBuf>,
+    /// `command`: exit codes that mean "do not retry".
+    #[serde(default)]
+    pub permanent_exit_codes: Vec<i32>,
+    /// `command`: SIGTERM-to-SIGKILL wait on timeout, cancel and drain.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub kill_grace: Option<Duration>,
+    /// `http`: where the payload is sent.
+    pub url: Option<String>,
+    /// `http`: request method (default POST).
+    pub method: Option<String>,
+    /// `http`: extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// Exponential backoff with full jitter: the wait before attempt n+1 is
@@ -211,11 +235,33 @@ impl Default for BackoffConfig {
     }
 }
 
+/// What runs a kind, with its settings checked.
+#[derive(Debug, Clone)]
+pub enum HandlerSpec {
+    Echo,
+    Sleep,
+    Fail,
+    Command {
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+        working_dir: Option<PathBuf>,
+        permanent_exit_codes: Vec<i32>,
+        kill_grace: Duration,
+    },
+    Http {
+        url: String,
+        method: String,
+        headers: BTreeMap<String, String>,
+    },
+}
+
 /// A kind with every default filled in.
 #[derive(Debug, Clone)]
 pub struct KindSettings {
     pub name: String,
-    pub handler: HandlerType,
+    pub handler: HandlerSpec,
+    /// How long a handler told to stop may take before its task is aborted.
+    pub stop_grace: Duration,
     pub timeout: Duration,
     pub max_attempts: u32,
     pub concurrency: usize,
@@ -266,6 +312,14 @@ impl Config {
                         backoff: BackoffConfig::default(),
                         max_payload_bytes: None,
                         max_result_bytes: None,
+                        command: None,
+                        env: BTreeMap::new(),
+                        working_dir: None,
+                        permanent_exit_codes: Vec::new(),
+                        kill_grace: None,
+                        url: None,
+                        method: None,
+                        headers: BTreeMap::new(),
                     },
                 );
             }
@@ -333,13 +387,7 @@ impl Config {
                     "kind names match [a-z0-9][a-z0-9_.-]{0,63}",
                 ));
             }
-            if matches!(k.handler, HandlerType::Command | HandlerType::Http) {
-                return Err(invalid(
-                    key("handler"),
-                    "the command and http handlers are not available in this build yet \
-                     (use echo, sleep or fail)",
-                ));
-            }
+            let (handler, stop_grace) = handler_spec(name, k)?;
             let timeout = k.timeout.unwrap_or(DEFAULT_KIND_TIMEOUT);
             if timeout.is_zero() || timeout > MAX_TIMEOUT {
                 return Err(invalid(
@@ -374,7 +422,8 @@ impl Config {
             }
             kinds.push(KindSettings {
                 name: name.clone(),
-                handler: k.handler,
+                handler,
+                stop_grace,
                 timeout,
                 max_attempts,
                 concurrency: concurrency.min(q.workers),
@@ -385,4 +434,103 @@ impl Config {
         }
         Ok(kinds)
     }
+}
+
+/// Checks the handler-specific keys: each belongs to one handler type.
+fn handler_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), ConfigError> {
+    let key = |f: &str| format!("kinds.{name}.{f}");
+    let is_command = k.handler == HandlerType::Command;
+    let is_http = k.handler == HandlerType::Http;
+    for (field, set, ok) in [
+        ("command", k.command.is_some(), is_command),
+        ("env", !k.env.is_empty(), is_command),
+        ("working_dir", k.working_dir.is_some(), is_command),
+        (
+            "permanent_exit_codes",
+            !k.permanent_exit_codes.is_empty(),
+            is_command,
+        ),
+        ("kill_grace", k.kill_grace.is_some(), is_command),
+        ("url", k.url.is_some(), is_http),
+        ("method", k.method.is_some(), is_http),
+        ("headers", !k.headers.is_empty(), is_http),
+    ] {
+        if set && !ok {
+            return Err(invalid(
+                key(field),
+                format!("not a setting of handler {:?}", k.handler).to_lowercase(),
+            ));
+        }
+    }
+    Ok(match k.handler {
+        HandlerType::Echo => (HandlerSpec::Echo, DEFAULT_STOP_GRACE),
+        HandlerType::Sleep => (HandlerSpec::Sleep, DEFAULT_STOP_GRACE),
+        HandlerType::Fail => (HandlerSpec::Fail, DEFAULT_STOP_GRACE),
+        HandlerType::Command => {
+            let argv = k.command.clone().unwrap_or_default();
+            if argv.first().is_none_or(|a| a.is_empty()) {
+                return Err(invalid(
+                    key("command"),
+                    "required: a non-empty argv list, e.g. [\"sha256sum\"]",
+                ));
+            }
+            if let Some(dir) = &k.working_dir {
+                if !dir.is_dir() {
+                    return Err(invalid(
+                        key("working_dir"),
+                        format!("{} is not a directory", dir.display()),
+                    ));
+                }
+            }
+            let kill_grace = k.kill_grace.unwrap_or(DEFAULT_KILL_GRACE);
+            if kill_grace > MAX_KILL_GRACE {
+                return Err(invalid(key("kill_grace"), "at most 60s"));
+            }
+            (
+                HandlerSpec::Command {
+                    argv,
+                    env: k.env.clone(),
+                    working_dir: k.working_dir.clone(),
+                    permanent_exit_codes: k.permanent_exit_codes.clone(),
+                    kill_grace,
+                },
+                kill_grace + Duration::from_secs(1),
+            )
+        }
+        HandlerType::Http => {
+            let url = k.url.clone().unwrap_or_default();
+            if !url.starts_with("http://") || url.len() <= "http://".len() {
+                return Err(invalid(
+                    key("url"),
+                    format!("{url:?}: required, an http:// URL (https needs the TLS support of a later release)"),
+                ));
+            }
+            let method = k
+                .method
+                .clone()
+                .unwrap_or_else(|| "POST".into())
+                .to_uppercase();
+            if !["POST", "PUT", "PATCH"].contains(&method.as_str()) {
+                return Err(invalid(key("method"), "one of POST, PUT, PATCH"));
+            }
+            for (h, v) in &k.headers {
+                let name_ok =
+                    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                if !name_ok || v.bytes().any(|b| b < 0x20 && b != b'\t') {
+                    return Err(invalid(
+                        format!("kinds.{name}.headers.{h}"),
+                        "not a valid header",
+                    ));
+                }
+            }
+            (
+                HandlerSpec::Http {
+                    url,
+                    method,
+                    headers: k.headers.clone(),
+                },
+                DEFAULT_STOP_GRACE,
+            )
+        }
+    })
 }

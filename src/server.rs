@@ -77,7 +77,10 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
     let kinds = config.validate()?;
-    let registry = Registry::from_kinds(&kinds);
+    let registry = Registry::from_kinds(&kinds).map_err(|message| ConfigError::Invalid {
+        key: "kinds".into(),
+        message,
+    })?;
     run_with_registry(config, registry, listener, shutdown).await
 }
 

@@ -34,9 +34,6 @@ use crate::store::{CancelOutcome, InsertOutcome, ListQuery, SharedStore, StoreEr
 pub const LEASE_SLACK: Duration = Duration::from_secs(30);
 /// Most jobs claimed in one store call.
 pub const CLAIM_BATCH: usize = 256;
-/// How long a handler gets to return after it is told to stop (timeout,
-/// cancel, drain) before its task is aborted.
-pub const HANDLER_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Why the engine refused a request (mapped to gRPC codes in `api::error`).
 #[derive(Debug, thiserror::Error)]
@@ -238,7 +235,7 @@ impl Engine {
             self.stop_attempts.cancel();
             let wait_all = async { while workers.join_next().await.is_some() {} };
             tokio::select! {
-                r = tokio::time::timeout(HANDLER_STOP_GRACE + Duration::from_secs(1), wait_all) => {
+                r = tokio::time::timeout(self.max_stop_grace() + Duration::from_secs(1), wait_all) => {
                     if r.is_err() {
                         tracing::error!(running = workers.len(), "attempts did not stop in time");
                     }
@@ -248,6 +245,15 @@ impl Engine {
             workers.abort_all();
         }
         stopped
+    }
+
+    /// The longest any kind's handler may take to stop.
+    fn max_stop_grace(&self) -> Duration {
+        self.kinds
+            .values()
+            .map(|k| k.settings.stop_grace)
+            .max()
+            .unwrap_or(crate::config::DEFAULT_STOP_GRACE)
     }
 
     fn hint(&self) {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use super::{retry, Engine, HANDLER_STOP_GRACE};
+use super::{retry, Engine};
+use crate::config::DEFAULT_STOP_GRACE;
 use crate::handlers::{HandlerError, JobContext, Output};
 use crate::job::{add_micros, now_micros, Job, JobState};
 use crate::store::Outcome;
@@ -83,10 +84,10 @@ impl Engine {
         };
         // Tell the handler to stop, give it a moment to clean up, then abort.
         stop.cancel();
-        if tokio::time::timeout(HANDLER_STOP_GRACE, &mut task)
-            .await
-            .is_err()
-        {
+        let grace = self
+            .kind(&job.kind)
+            .map_or(DEFAULT_STOP_GRACE, |k| k.stop_grace);
+        if tokio::time::timeout(grace, &mut task).await.is_err() {
             task.abort();
         }
         ended

@@ -3,6 +3,8 @@
 //! Library users can register their own handlers.
 
 pub mod builtin;
+pub mod command;
+pub mod http;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::{HandlerType, KindSettings};
+use crate::config::{HandlerSpec, KindSettings};
 
 /// What a handler gets for one attempt.
 #[derive(Debug, Clone)]
@@ -77,19 +79,39 @@ pub struct Registry {
 
 impl Registry {
     /// The handlers for the configured kinds.
-    pub fn from_kinds(kinds: &[KindSettings]) -> Registry {
+    pub fn from_kinds(kinds: &[KindSettings]) -> Result<Registry, String> {
         let mut r = Registry::default();
         for k in kinds {
-            let h: Arc<dyn Handler> = match k.handler {
-                HandlerType::Echo => Arc::new(builtin::Echo),
-                HandlerType::Sleep => Arc::new(builtin::Sleep),
-                HandlerType::Fail => Arc::new(builtin::Fail),
-                // Rejected by Config::validate until these handlers exist.
-                HandlerType::Command | HandlerType::Http => continue,
+            let h: Arc<dyn Handler> = match &k.handler {
+                HandlerSpec::Echo => Arc::new(builtin::Echo),
+                HandlerSpec::Sleep => Arc::new(builtin::Sleep),
+                HandlerSpec::Fail => Arc::new(builtin::Fail),
+                HandlerSpec::Command {
+                    argv,
+                    env,
+                    working_dir,
+                    permanent_exit_codes,
+                    kill_grace,
+                } => Arc::new(command::CommandHandler {
+                    argv: argv.clone(),
+                    env: env.clone(),
+                    working_dir: working_dir.clone(),
+                    permanent_exit_codes: permanent_exit_codes.clone(),
+                    kill_grace: *kill_grace,
+                    max_output_bytes: k.max_result_bytes,
+                }),
+                HandlerSpec::Http {
+                    url,
+                    method,
+                    headers,
+                } => Arc::new(
+                    http::HttpHandler::new(url, method, headers, k.max_result_bytes)
+                        .map_err(|e| format!("kinds.{}: {e}", k.name))?,
+                ),
             };
             r.register(&k.name, h);
         }
-        r
+        Ok(r)
     }
 
     /// Adds or replaces the handler of a kind.

@@ -84,11 +84,19 @@ impl TestDaemon {
 
     /// Drains and waits for `run` to return.
     pub async fn stop(self) -> Result<(), RunError> {
+        self.stop_keep_dir().await;
+        Ok(())
+    }
+
+    /// Drains, checks `run` returned Ok, and hands back the data directory.
+    pub async fn stop_keep_dir(self) -> tempfile::TempDir {
         self.shutdown.drain.cancel();
         tokio::time::timeout(Duration::from_secs(30), self.handle)
             .await
             .expect("daemon stops in time")
             .expect("daemon task")
+            .expect("daemon stopped cleanly");
+        self.dir
     }
 }
 

@@ -3,6 +3,8 @@
 
 mod api;
 mod binary;
+mod handlers;
 mod helpers;
+mod hostile_files;
 mod interop;
 mod store_contract;

@@ -1,0 +1,190 @@
+//! The `command` handler: runs an operator-configured program per attempt.
+//! The payload goes to stdin, stdout (capped) is the result, exit 0 is
+//! success. The child runs in its own process group, so a timeout, cancel
+//! or drain stops it and every process it started: SIGTERM to the group,
+//! SIGKILL after `kill_grace`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use super::{Handler, HandlerError, JobContext, Output};
+
+/// Bytes of stderr kept for `last_error` (the tail, where errors usually are).
+pub const STDERR_TAIL_BYTES: usize = 4096;
+/// After the program exits, how long to wait for its output pipes to close
+/// (a background grandchild may hold them) before the group is killed.
+const PIPE_CLOSE_WAIT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone)]
+pub struct CommandHandler {
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub working_dir: Option<PathBuf>,
+    pub permanent_exit_codes: Vec<i32>,
+    pub kill_grace: Duration,
+    pub max_output_bytes: usize,
+}
+
+/// Sends `sig` to every process in the group led by `pid`.
+fn signal_group(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) with a negative pid signals a process group; it has
+    // no memory-safety preconditions.
+    unsafe {
+        libc::kill(-(pid as libc::pid_t), sig);
+    }
+}
+
+/// Reads everything, keeping the first `cap` bytes; returns them and
+/// whether more was discarded. Memory stays bounded by `cap`.
+async fn read_capped(mut r: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    let mut buf = [0u8; 8192];
+    let mut overflow = false;
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        let room = cap.saturating_sub(kept.len());
+        kept.extend_from_slice(&buf[..n.min(room)]);
+        overflow |= n > room;
+    }
+    (kept, overflow)
+}
+
+/// Reads everything, keeping the last `cap` bytes.
+async fn read_tail(mut r: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
+    let mut tail = std::collections::VecDeque::with_capacity(cap);
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        for b in &buf[..n] {
+            if tail.len() == cap {
+                tail.pop_front();
+            }
+            tail.push_back(*b);
+        }
+    }
+    tail.into_iter().collect()
+}
+
+impl CommandHandler {
+    fn command(&self, job: &JobContext) -> Command {
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..])
+            .envs(&self.env)
+            .env("JOBD_JOB_ID", job.id.to_string())
+            .env("JOBD_ATTEMPT", job.attempt.to_string())
+            .env("JOBD_KIND", &job.kind)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some(dir) = &self.working_dir {
+            cmd.current_dir(dir);
+        }
+        cmd
+    }
+
+    /// SIGTERM to the group, SIGKILL after the grace; reaps the leader.
+    async fn stop(&self, child: &mut Child, pid: u32) {
+        signal_group(pid, libc::SIGTERM);
+        if tokio::time::timeout(self.kill_grace, child.wait())
+            .await
+            .is_err()
+        {
+            signal_group(pid, libc::SIGKILL);
+            let _ = child.wait().await;
+        }
+        // Grandchildren that ignored SIGTERM must not outlive the job.
+        signal_group(pid, libc::SIGKILL);
+    }
+}
+
+#[async_trait]
+impl Handler for CommandHandler {
+    async fn run(&self, job: JobContext) -> Result<Output, HandlerError> {
+        let mut child = self.command(&job).spawn().map_err(|e| {
+            HandlerError::permanent(format!("cannot start {:?}: {e}", self.argv[0]))
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let mut stdin = child.stdin.take();
+        let payload = job.payload.clone();
+        let feed = async move {
+            if let Some(s) = stdin.as_mut() {
+                // A program that does not read its stdin is fine.
+                let _ = s.write_all(&payload).await;
+                let _ = s.shutdown().await;
+            }
+            drop(stdin);
+        };
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let out_task = tokio::spawn(read_capped(stdout, self.max_output_bytes));
+        let err_task = tokio::spawn(read_tail(stderr, STDERR_TAIL_BYTES));
+        let status = tokio::select! {
+            (status, ()) = async { tokio::join!(child.wait(), feed) } => status,
+            _ = job.cancel.cancelled() => {
+                self.stop(&mut child, pid).await;
+                return Err(HandlerError::retryable("command stopped"));
+            }
+        };
+        // The leader exited; anything it left behind in its group goes too,
+        // once the pipes had a moment to drain.
+        let collect = async { (out_task.await, err_task.await) };
+        let (out, err) = match tokio::time::timeout(PIPE_CLOSE_WAIT, collect).await {
+            Ok(r) => r,
+            Err(_) => {
+                signal_group(pid, libc::SIGKILL);
+                return Err(HandlerError::retryable(
+                    "command exited but a process it started kept its output open; killed",
+                ));
+            }
+        };
+        signal_group(pid, libc::SIGKILL);
+        let (stdout, overflow) = out.unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&err.unwrap_or_default())
+            .trim()
+            .to_string();
+        let status =
+            status.map_err(|e| HandlerError::retryable(format!("waiting for command: {e}")))?;
+        if status.success() {
+            if overflow {
+                tracing::warn!(job = %job.id, cap = self.max_output_bytes, "command output over the cap was discarded");
+            }
+            return Ok(Output {
+                result: stdout.into(),
+            });
+        }
+        let describe = |what: String| {
+            if stderr.is_empty() {
+                what
+            } else {
+                format!("{what}: {stderr}")
+            }
+        };
+        match status.code() {
+            Some(code) if self.permanent_exit_codes.contains(&code) => Err(
+                HandlerError::permanent(describe(format!("exit code {code}"))),
+            ),
+            Some(code) => Err(HandlerError::retryable(describe(format!(
+                "exit code {code}"
+            )))),
+            None => {
+                use std::os::unix::process::ExitStatusExt;
+                Err(HandlerError::retryable(describe(format!(
+                    "killed by signal {}",
+                    status.signal().unwrap_or(0)
+                ))))
+            }
+        }
+    }
+}

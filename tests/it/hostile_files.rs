@@ -1,0 +1,149 @@
+//! Bad or hostile data files: a clear error at start or UNAVAILABLE for new
+//! submits, never silent loss and never a panic.
+
+use std::process::Command;
+use std::time::Duration;
+
+use jobd::proto::JobState;
+use jobd::store::{self, StoreError};
+use tonic::Code;
+
+use crate::helpers::*;
+
+/// A small tmpfs of `size`, unmounted on drop. `None` (with a loud message)
+/// where this machine does not let the tests mount one.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); full-disk and read-only cases not run");
+            return None;
+        }
+        Some(Tmpfs(dir))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+
+    fn remount_ro(&self) {
+        assert!(Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(self.path())
+            .status()
+            .unwrap()
+            .success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_database_is_refused_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let url = format!("sqlite:{}", path.display());
+    let d = start(&format!("store = \"{url}\"\n")).await;
+    let mut c = d.client().await;
+    for i in 0..500 {
+        let mut r = req("echo", &"x".repeat(512));
+        r.run_at = Some(ts_in(Duration::from_secs(3600)));
+        r.idempotency_key = format!("k{i}");
+        submit(&mut c, r).await;
+    }
+    d.stop().await.unwrap();
+    let len = std::fs::metadata(&path).unwrap().len();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(len / 3).unwrap();
+    drop(f);
+    match store::open(&url).await {
+        Err(StoreError::Corrupt(m)) | Err(StoreError::Internal(m)) => {
+            assert!(!m.is_empty())
+        }
+        Err(e) => panic!("unexpected error kind: {e}"),
+        Ok(s) => {
+            // Opened: reading the cut-off part must be an error, not a
+            // silently shorter list.
+            let r = s
+                .list(&store::ListQuery {
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await;
+            assert!(r.is_err(), "a truncated file must not read as fewer jobs");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_disk_answers_unavailable_and_keeps_what_was_acknowledged() {
+    let Some(fs) = Tmpfs::mount("1m") else { return };
+    let d = start(&format!(
+        "store = \"sqlite:{}/jobd.db\"\n[queue]\nmax_payload_bytes = 65536\n",
+        fs.path().display()
+    ))
+    .await;
+    let mut c = d.client().await;
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for _ in 0..200 {
+        let mut r = req("echo", &"z".repeat(60_000));
+        r.run_at = Some(ts_in(Duration::from_secs(3600)));
+        match c.submit(r).await {
+            Ok(resp) => acked.push(resp.into_inner().job.unwrap().id),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let e = refused.expect("a 1 MiB disk fills up");
+    assert_eq!(e.code(), Code::Unavailable, "{e}");
+    assert!(!acked.is_empty());
+    // Still serving, and everything acknowledged is there.
+    for id in &acked {
+        assert_eq!(state(&status(&mut c, id).await), JobState::Queued);
+    }
+    let small = c.submit(req("echo", "")).await;
+    assert!(
+        small.is_ok() || small.as_ref().unwrap_err().code() == Code::Unavailable,
+        "{small:?}"
+    );
+    d.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_directory_is_a_clear_start_error() {
+    let Some(fs) = Tmpfs::mount("4m") else { return };
+    let url = format!("sqlite:{}/jobd.db", fs.path().display());
+    let s = store::open(&url).await.unwrap();
+    s.close().await.unwrap();
+    fs.remount_ro();
+    let config = jobd::Config::from_toml(&format!("store = \"{url}\"\nadmin_listen = \"off\"\n"))
+        .unwrap()
+        .with_default_kinds();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let r = jobd::run(config, listener, jobd::Shutdown::new()).await;
+    match r {
+        Err(jobd::RunError::Store(e)) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("read") || msg.contains("open") || msg.contains("unavailable"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected a store error at start, got {other:?}"),
+    }
+}
