@@ -83,6 +83,11 @@ fn bad_config_exits_64_naming_the_key_before_binding() {
         ),
         ("[drain]\ngrace = \"soon\"\n", "grace"),
         ("listen = \"nowhere\"\n", "listen"),
+        ("[kinds.c]\nhandler = \"command\"\n", "kinds.c.command"),
+        ("[kinds.c]\nhandler = \"echo\"\ncommand = [\"ls\"]\n", "kinds.c.command"),
+        ("[kinds.h]\nhandler = \"http\"\nurl = \"ftp://x\"\n", "kinds.h.url"),
+        ("[kinds.h]\nhandler = \"http\"\nurl = \"http://x\"\nmethod = \"DELETE\"\n", "kinds.h.method"),
+        ("[kinds.c]\nhandler = \"command\"\ncommand = [\"ls\"]\nworking_dir = \"/no/such/dir\"\n", "kinds.c.working_dir"),
     ] {
         let f = dir.path().join("bad.toml");
         std::fs::write(&f, text).unwrap();
@@ -183,7 +188,15 @@ async fn kill_9_loses_no_acknowledged_job() {
         .unwrap_or(3);
     let dir = tempfile::tempdir().unwrap();
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let config = "[queue]\nworkers = 8\n";
+    let effects = dir.path().join("effects.log");
+    // `record` appends "<job id> <attempt>" per run: the side effects to count.
+    let config = format!(
+        "[queue]\nworkers = 8\n[kinds.echo]\nhandler = \"echo\"\n[kinds.sleep]\nhandler = \"sleep\"\n\
+         [kinds.record]\nhandler = \"command\"\nmax_attempts = 100\n\
+         command = [\"sh\", \"-c\", \"echo $JOBD_JOB_ID $JOBD_ATTEMPT >> {}\"]\n",
+        effects.display()
+    );
+    let config = config.as_str();
     for round in 0..kills {
         let mut p = spawn_daemon(dir.path(), config).await;
         let mut clients = tokio::task::JoinSet::new();
@@ -196,7 +209,11 @@ async fn kill_9_loses_no_acknowledged_job() {
                     let payload = format!("r{round}-c{client}-{i}");
                     ledger.lock().unwrap().attempted.insert(payload.clone());
                     // Some jobs sleep so kills land on running jobs too.
-                    let kind = if i % 4 == 0 { "sleep" } else { "echo" };
+                    let kind = match i % 4 {
+                        0 => "sleep",
+                        1 => "record",
+                        _ => "echo",
+                    };
                     let body = if kind == "sleep" {
                         "20".to_string()
                     } else {
@@ -254,6 +271,7 @@ async fn kill_9_loses_no_acknowledged_job() {
     let mut token = String::new();
     let mut stored = 0;
     let mut unexpected = 0;
+    let mut records = Vec::new();
     loop {
         let page = c
             .list_jobs(jobd::proto::ListJobsRequest {
@@ -266,6 +284,9 @@ async fn kill_9_loses_no_acknowledged_job() {
             .into_inner();
         for j in &page.jobs {
             stored += 1;
+            if j.kind == "record" {
+                records.push(j.id.clone());
+            }
             if !attempted.contains(&j.labels["p"]) {
                 unexpected += 1;
             }
@@ -277,8 +298,37 @@ async fn kill_9_loses_no_acknowledged_job() {
         }
         token = page.next_page_token;
     }
+    // Side effects: each `record` job ran at least once once SUCCEEDED, and
+    // never twice within one attempt (a rerun only follows a crash, which
+    // counts as a new attempt). `duplicated` counts jobs whose effect ran
+    // more than once: at-least-once delivery after a kill mid-commit.
+    let log = std::fs::read_to_string(&effects).unwrap_or_default();
+    let mut runs: std::collections::HashMap<&str, Vec<u32>> = Default::default();
+    for line in log.lines() {
+        let (id, attempt) = line.split_once(' ').unwrap();
+        runs.entry(id).or_default().push(attempt.parse().unwrap());
+    }
+    let mut duplicated = 0;
+    for id in &records {
+        let attempts = runs.get(id.as_str()).cloned().unwrap_or_default();
+        assert!(
+            !attempts.is_empty(),
+            "record job {id} succeeded without running"
+        );
+        let mut distinct = attempts.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            attempts.len(),
+            "job {id} ran twice in one attempt: {attempts:?}"
+        );
+        if attempts.len() > 1 {
+            duplicated += 1;
+        }
+    }
     println!(
-        "kills={kills} acknowledged={} stored={stored} lost={lost} unexpected={unexpected}",
+        "kills={kills} acknowledged={} stored={stored} lost={lost} unexpected={unexpected} duplicated={duplicated}",
         acked.len()
     );
     signal(&p.child, "-TERM");
