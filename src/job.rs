@@ -111,6 +111,9 @@ pub struct Job {
     pub sequence: u64,
     /// Hash of the submit request, compared on idempotent resubmits.
     pub request_hash: [u8; 32],
+    /// Set only on the snapshot a claim returns: when this attempt became
+    /// runnable (for the queue-wait metric). Not stored.
+    pub ready_at: Option<Micros>,
 }
 
 /// A validated submit, ready for the store.
@@ -153,6 +156,7 @@ impl NewJob {
             last_error: String::new(),
             sequence: 1,
             request_hash: self.request_hash,
+            ready_at: None,
         }
     }
 }

@@ -16,12 +16,14 @@
 //!   reflection, drain on SIGTERM.
 //! - [`config`] — the TOML file and its bounds; [`job`] — the shared model.
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod engine;
 pub mod events;
 pub mod handlers;
 pub mod job;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod store;

@@ -2,6 +2,7 @@
 //! gRPC (JobService, health, reflection), and drain on shutdown in the order
 //! DESIGN.md's "Lifecycle" gives.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -9,11 +10,13 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+use crate::api::grpc_metrics::GrpcMetricsLayer;
 use crate::api::JobApi;
 use crate::config::{Config, ConfigError};
 use crate::engine::Engine;
 use crate::handlers::Registry;
 use crate::job::now_micros;
+use crate::metrics::Metrics;
 use crate::proto::{self, job_service_server::JobServiceServer};
 use crate::store::{self, StoreError};
 
@@ -68,9 +71,15 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot listen on {addr} (admin_listen): {source}")]
+    AdminBind {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
-/// Runs the daemon with the handlers of the configured kinds.
+/// Runs the daemon with the handlers of the configured kinds, binding the
+/// admin listener from `admin_listen` unless it is "off".
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -81,27 +90,49 @@ pub async fn run(
         key: "kinds".into(),
         message,
     })?;
-    run_with_registry(config, registry, listener, shutdown).await
+    let admin = match config.admin_listen.as_str() {
+        "off" => None,
+        addr => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::AdminBind {
+                    addr: addr.to_string(),
+                    source,
+                })?,
+        ),
+    };
+    run_with_registry(config, registry, listener, admin, shutdown).await
 }
 
-/// Runs the daemon with a caller-built handler registry (library use).
+/// Runs the daemon with a caller-built handler registry and listeners
+/// (library use, and tests that bind port 0).
 pub async fn run_with_registry(
     config: Config,
     registry: Registry,
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
     let kinds = config.validate()?;
     let kind_names: Vec<String> = kinds.iter().map(|k| k.name.clone()).collect();
     let store = store::open(&config.store).await?;
+    let metrics = Arc::new(Metrics::new());
     let recovered = store.recover(now_micros()).await?;
+    metrics.requeued("recovered", recovered.len());
+    for (state, kind, n) in store.count_by_kind().await? {
+        metrics.set_state_count(state, &kind, n);
+    }
     if !recovered.is_empty() {
         tracing::warn!(
             jobs = recovered.len(),
             "jobs were running when jobd last stopped; their attempts count as used and they were requeued"
         );
     }
-    let (engine, tasks) = Engine::start(&config, kinds, registry, store.clone());
+    let (engine, tasks) = Engine::start(&config, kinds, registry, store.clone(), metrics.clone());
+    let admin_stop = CancellationToken::new();
+    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
+    let admin_task =
+        admin.map(|l| tokio::spawn(crate::admin::serve(l, engine.clone(), admin_stop.clone())));
 
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
@@ -132,6 +163,9 @@ pub async fn run_with_registry(
         .unwrap_or_default();
     let server_stop = CancellationToken::new();
     let server = tonic::transport::Server::builder()
+        .layer(GrpcMetricsLayer {
+            metrics: metrics.clone(),
+        })
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -143,8 +177,10 @@ pub async fn run_with_registry(
     let mut server_task = tokio::spawn(server);
 
     set_health(&reporter, ServingStatus::Serving).await;
+    metrics.set_ready(true);
     tracing::info!(
         listen = %local,
+        admin = ?admin_addr,
         store = %config.store,
         kinds = ?kind_names,
         workers = config.queue.workers,
@@ -155,6 +191,7 @@ pub async fn run_with_registry(
         _ = shutdown.drain.cancelled() => {}
         r = &mut server_task => {
             engine.stop_accepting();
+            admin_stop.cancel();
             let _ = store.close().await;
             return match r {
                 Ok(Ok(())) => Ok(()),
@@ -167,6 +204,7 @@ pub async fn run_with_registry(
     // 1. The "open" sign goes off first.
     tracing::info!(grace = ?config.drain.grace, "draining: health NOT_SERVING");
     set_health(&reporter, ServingStatus::NotServing).await;
+    metrics.set_ready(false);
     // 2. Keep serving while load balancers notice.
     tokio::select! {
         _ = tokio::time::sleep(config.drain.grace) => {}
@@ -189,6 +227,10 @@ pub async fn run_with_registry(
             }
         }
         _ = shutdown.force.cancelled() => server_task.abort(),
+    }
+    admin_stop.cancel();
+    if let Some(t) = admin_task {
+        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
     }
     store.close().await?;
     tracing::info!(requeued = stopped, "jobd stopped");

@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod grpc_metrics;
 pub mod validate;
 
 use std::pin::Pin;
@@ -48,6 +49,17 @@ impl JobApi {
         ApiError::from_engine(e, self.max_watchers).into()
     }
 
+    /// Validates a submit, counting refusals.
+    fn validate(
+        &self,
+        req: proto::SubmitRequest,
+        prefix: &str,
+    ) -> Result<crate::job::NewJob, ApiError> {
+        validate::submit(req, prefix, |k| self.engine.kind(k)).inspect_err(|_| {
+            self.engine.metrics().reject("invalid_argument");
+        })
+    }
+
     fn outcome(
         &self,
         o: InsertOutcome,
@@ -87,7 +99,7 @@ impl JobService for JobApi {
     ) -> Result<Response<proto::SubmitResponse>, Status> {
         let req = request.into_inner();
         let key = req.idempotency_key.clone();
-        let new = validate::submit(req, "", |k| self.engine.kind(k))?;
+        let new = self.validate(req, "")?;
         let mut out = self
             .engine
             .submit(vec![new])
@@ -121,7 +133,7 @@ impl JobService for JobApi {
         let mut keys = Vec::new();
         for (i, req) in reqs.into_iter().enumerate() {
             let key = req.idempotency_key.clone();
-            match validate::submit(req, &format!("requests[{i}]."), |k| self.engine.kind(k)) {
+            match self.validate(req, &format!("requests[{i}].")) {
                 Ok(new) => {
                     accepted.push(new);
                     keys.push((i, key));

@@ -99,6 +99,14 @@ impl Engine {
         };
         let got = jobs.len();
         for job in jobs {
+            self.metrics
+                .transition(Some(crate::job::JobState::Queued), &job);
+            if let (Some(ready), Some(started)) = (job.ready_at, job.started_at) {
+                self.metrics
+                    .queue_wait_seconds
+                    .get_or_create(&vec![("kind", job.kind.clone())])
+                    .observe(started.saturating_sub(ready).max(0) as f64 / 1e6);
+            }
             self.events.publish(&job);
             // Only the dispatcher takes permits, and the claim respected the
             // counts read above, so these cannot fail.

@@ -26,7 +26,8 @@ use uuid::Uuid;
 use crate::config::{Config, KindSettings};
 use crate::events::{Events, Subscription, TooManyWatchers};
 use crate::handlers::Registry;
-use crate::job::{now_micros, Job, NewJob};
+use crate::job::{now_micros, Job, JobState, NewJob};
+use crate::metrics::Metrics;
 use crate::store::{CancelOutcome, InsertOutcome, ListQuery, SharedStore, StoreError};
 
 /// Added to a job's timeout to form its lease: the worker enforces the
@@ -84,6 +85,7 @@ pub struct Engine {
     /// Stops every running attempt; they go back to QUEUED (drain step 4).
     stop_attempts: CancellationToken,
     retention: Duration,
+    metrics: Arc<Metrics>,
 }
 
 /// The engine's background tasks, awaited by [`Engine::drain`].
@@ -99,6 +101,7 @@ impl Engine {
         kinds: Vec<KindSettings>,
         registry: Registry,
         store: SharedStore,
+        metrics: Arc<Metrics>,
     ) -> (Arc<Engine>, EngineTasks) {
         let (hints, hint_rx) = mpsc::channel(config.queue.dispatch_channel);
         let engine = Arc::new(Engine {
@@ -121,6 +124,7 @@ impl Engine {
             stop_dispatch: CancellationToken::new(),
             stop_attempts: CancellationToken::new(),
             retention: config.retention.finished,
+            metrics,
         });
         let tasks = EngineTasks {
             dispatcher: tokio::spawn(engine.clone().dispatch_loop(hint_rx)),
@@ -135,6 +139,10 @@ impl Engine {
 
     pub fn events(&self) -> &Arc<Events> {
         &self.events
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -152,13 +160,38 @@ impl Engine {
     /// Stores jobs (one commit for the whole batch) and wakes the dispatcher.
     pub async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<InsertOutcome>, EngineError> {
         if !self.is_accepting() {
+            self.metrics.reject("draining");
             return Err(EngineError::Draining);
         }
         let delayed = jobs
             .iter()
             .any(|j| j.run_at.is_some_and(|t| t > j.created_at));
-        let out = self.store.insert(jobs, self.max_backlog).await?;
-        if out.iter().any(|o| matches!(o, InsertOutcome::Created(_))) {
+        let kinds: Vec<String> = jobs.iter().map(|j| j.kind.clone()).collect();
+        let out = match self.store.insert(jobs, self.max_backlog).await {
+            Ok(out) => out,
+            Err(e) => {
+                self.metrics.reject("store_unavailable");
+                return Err(e.into());
+            }
+        };
+        let mut created = false;
+        for (o, kind) in out.iter().zip(&kinds) {
+            match o {
+                InsertOutcome::Created(job) => {
+                    created = true;
+                    self.metrics.submitted(job);
+                }
+                InsertOutcome::Deduplicated(_) => {
+                    self.metrics
+                        .deduplicated
+                        .get_or_create(&vec![("kind", kind.clone())])
+                        .inc();
+                }
+                InsertOutcome::Conflict { .. } => self.metrics.reject("idempotency_conflict"),
+                InsertOutcome::BacklogFull => self.metrics.reject("backlog_full"),
+            }
+        }
+        if created {
             self.hint();
         }
         if delayed {
@@ -178,9 +211,10 @@ impl Engine {
     /// Cancels a job; a running attempt is told to stop.
     pub async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, EngineError> {
         let out = self.store.cancel(id, now_micros()).await?;
-        if let CancelOutcome::Cancelled { job, was_running } = &out {
+        if let CancelOutcome::Cancelled { job, prev } = &out {
+            self.metrics.transition(Some(*prev), job);
             self.events.publish(job);
-            if *was_running {
+            if *prev == JobState::Running {
                 if let Some(t) = self.lock_running().get(&id) {
                     t.cancel();
                 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Engine;
-use crate::job::{add_micros, now_micros, Micros};
+use crate::job::{add_micros, now_micros, JobState, Micros};
 
 /// The sweeper runs at least this often, so nothing waits on a lost hint
 /// for longer.
@@ -50,8 +50,10 @@ impl Engine {
                 }
             };
             for j in &promoted {
+                self.metrics.transition(Some(JobState::RetryWait), j);
                 self.events.publish(j);
             }
+            self.metrics.requeued("retry_due", promoted.len());
             if promoted.len() < SWEEP_BATCH {
                 break;
             }
@@ -60,8 +62,10 @@ impl Engine {
             Ok(expired) => {
                 for j in &expired {
                     tracing::warn!(job = %j.id, state = %j.state, "lease expired; job taken back");
+                    self.metrics.transition(Some(JobState::Running), j);
                     self.events.publish(j);
                 }
+                self.metrics.requeued("lease_expired", expired.len());
             }
             Err(e) => tracing::warn!(error = %e, "expiring leases failed"),
         }

@@ -19,6 +19,7 @@ use crate::store::Outcome;
 const FINISH_TRIES: u32 = 5;
 
 /// How an attempt ended before the retry decision.
+#[derive(Debug)]
 enum Ended {
     Ran(Result<Output, HandlerError>),
     TimedOut,
@@ -27,6 +28,21 @@ enum Ended {
     Cancelled,
     /// Stopped by drain: back to QUEUED, attempt not counted.
     Drained,
+}
+
+impl Ended {
+    /// The `outcome` label of `jobd_job_attempts_total`.
+    fn label(&self) -> &'static str {
+        match self {
+            Ended::Ran(Ok(_)) => "succeeded",
+            Ended::Ran(Err(HandlerError::Permanent { .. })) => "permanent_error",
+            Ended::Ran(Err(HandlerError::Retryable { .. })) => "error",
+            Ended::TimedOut => "timeout",
+            Ended::Panicked(_) => "panic",
+            Ended::Cancelled => "cancelled",
+            Ended::Drained => "drained",
+        }
+    }
 }
 
 impl Engine {
@@ -44,8 +60,11 @@ impl Engine {
     async fn attempt_inner(&self, job: Job) {
         let stop = self.stop_attempts.child_token();
         self.lock_running().insert(job.id, stop.clone());
+        let began = std::time::Instant::now();
         let ended = self.execute(&job, stop).await;
         self.lock_running().remove(&job.id);
+        self.metrics
+            .attempt(&job.kind, ended.label(), began.elapsed());
         let outcome = match self.decide(&job, ended) {
             Some(o) => o,
             None => return,
@@ -155,6 +174,7 @@ impl Engine {
             {
                 Ok(Some(updated)) => {
                     tracing::debug!(state = %updated.state, "attempt finished");
+                    self.metrics.transition(Some(JobState::Running), &updated);
                     self.events.publish(&updated);
                     match updated.state {
                         JobState::RetryWait => self.sweeper_wake.notify_one(),

@@ -237,11 +237,11 @@ impl Store for MemoryStore {
         Ok(match state {
             JobState::Cancelled => CancelOutcome::AlreadyCancelled(job()),
             JobState::Succeeded | JobState::Failed => CancelOutcome::AlreadyFinished(job()),
-            _ => {
-                let (was_running, job) = g
+            prev => {
+                let (_, job) = g
                     .update(id, |j| transition::cancel(j, now))
                     .expect("job present");
-                CancelOutcome::Cancelled { job, was_running }
+                CancelOutcome::Cancelled { job, prev }
             }
         })
     }
@@ -287,6 +287,15 @@ impl Store for MemoryStore {
 
     async fn counts(&self) -> Result<StateCounts, StoreError> {
         Ok(self.lock()?.counts.clone())
+    }
+
+    async fn count_by_kind(&self) -> Result<Vec<(JobState, String, u64)>, StoreError> {
+        let g = self.lock()?;
+        let mut m: BTreeMap<(JobState, String), u64> = BTreeMap::new();
+        for e in g.jobs.values().filter(|e| !e.job.state.is_terminal()) {
+            *m.entry((e.job.state, e.job.kind.clone())).or_default() += 1;
+        }
+        Ok(m.into_iter().map(|((s, k), n)| (s, k, n)).collect())
     }
 
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {

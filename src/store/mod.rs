@@ -72,10 +72,10 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub enum CancelOutcome {
     NotFound,
-    /// The job was QUEUED, RETRY_WAIT or RUNNING and is now CANCELLED.
+    /// The job was `prev` (QUEUED, RETRY_WAIT or RUNNING) and is now CANCELLED.
     Cancelled {
         job: Job,
-        was_running: bool,
+        prev: JobState,
     },
     /// Already CANCELLED: nothing changed.
     AlreadyCancelled(Job),
@@ -148,6 +148,8 @@ pub trait Store: Send + Sync + 'static {
     /// lease becomes due, so the sweeper can sleep exactly until then.
     async fn next_due_at(&self, after: Micros) -> Result<Option<Micros>, StoreError>;
     async fn counts(&self) -> Result<StateCounts, StoreError>;
+    /// Unfinished jobs by state and kind (to start the metrics' gauges).
+    async fn count_by_kind(&self) -> Result<Vec<(JobState, String, u64)>, StoreError>;
     /// Deletes up to `limit` terminal jobs that finished before `before`.
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError>;
     /// Flushes and closes; later calls fail with `Unavailable`.

@@ -151,6 +151,7 @@ fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
         lease_expires_at: r.get(17)?,
         last_error: r.get(18)?,
         sequence: r.get::<_, i64>(19)? as u64,
+        ready_at: None,
     })
 }
 
@@ -666,11 +667,11 @@ impl Store for SqliteStore {
                 Ok(match job.state {
                     JobState::Cancelled => CancelOutcome::AlreadyCancelled(job),
                     JobState::Succeeded | JobState::Failed => CancelOutcome::AlreadyFinished(job),
-                    s => {
+                    prev => {
                         let a = job.attempt;
-                        let was_running = transition::cancel(&mut job, now);
-                        save(tx, st, &job, s, a)?;
-                        CancelOutcome::Cancelled { job, was_running }
+                        transition::cancel(&mut job, now);
+                        save(tx, st, &job, prev, a)?;
+                        CancelOutcome::Cancelled { job, prev }
                     }
                 })
             })
@@ -745,6 +746,19 @@ impl Store for SqliteStore {
             let mut s = c.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
             let rows = s.query_map([], |r| {
                 Ok((state_from(r.get(0)?)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn count_by_kind(&self) -> Result<Vec<(JobState, String, u64)>, StoreError> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT state, kind, COUNT(*) FROM jobs WHERE state IN (0, 1, 2) GROUP BY state, kind",
+            )?;
+            let rows = s.query_map([], |r| {
+                Ok((state_from(r.get(0)?)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
             })?;
             rows.collect()
         })

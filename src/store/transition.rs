@@ -20,6 +20,7 @@ pub fn is_due(job: &Job, now: Micros) -> bool {
 /// QUEUED -> RUNNING with a new attempt number and lease.
 pub fn claim(job: &mut Job, now: Micros, lease_slack: std::time::Duration) {
     debug_assert_eq!(job.state, JobState::Queued);
+    job.ready_at = Some(job.updated_at.max(job.next_attempt_at.unwrap_or(0)));
     job.attempt += 1;
     job.started_at = Some(now);
     job.next_attempt_at = None;
@@ -61,14 +62,12 @@ pub fn finish(job: &mut Job, attempt: u32, outcome: Outcome, now: Micros) -> boo
     true
 }
 
-/// Cancels a job that is not terminal. Returns whether it was running.
-pub fn cancel(job: &mut Job, now: Micros) -> bool {
-    let was_running = job.state == JobState::Running;
+/// Cancels a job that is not terminal.
+pub fn cancel(job: &mut Job, now: Micros) {
     job.lease_expires_at = None;
     job.next_attempt_at = None;
     job.finished_at = Some(now);
     touch(job, JobState::Cancelled, now);
-    was_running
 }
 
 /// RETRY_WAIT -> QUEUED once its time came.

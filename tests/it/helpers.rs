@@ -36,6 +36,7 @@ concurrency = 1
 
 pub struct TestDaemon {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     pub shutdown: Shutdown,
     pub handle: JoinHandle<Result<(), RunError>>,
     pub dir: tempfile::TempDir,
@@ -53,7 +54,6 @@ pub async fn start_with(head: &str, kinds: &str) -> TestDaemon {
     if !head.contains("store =") {
         text.push_str("store = \"memory:\"\n");
     }
-    text.push_str("admin_listen = \"off\"\n");
     text.push_str(head);
     if !head.contains("[drain]") {
         text.push_str("\n[drain]\ngrace = \"50ms\"\ntimeout = \"2s\"\n");
@@ -63,10 +63,21 @@ pub async fn start_with(head: &str, kinds: &str) -> TestDaemon {
     let config = Config::from_toml(&text).expect("test config parses");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = admin_listener.local_addr().unwrap();
     let shutdown = Shutdown::new();
-    let handle = tokio::spawn(jobd::run(config, listener, shutdown.clone()));
+    let kinds = config.validate().expect("test config is valid");
+    let registry = jobd::handlers::Registry::from_kinds(&kinds).unwrap();
+    let handle = tokio::spawn(jobd::run_with_registry(
+        config,
+        registry,
+        listener,
+        Some(admin_listener),
+        shutdown.clone(),
+    ));
     TestDaemon {
         addr,
+        admin,
         shutdown,
         handle,
         dir,
@@ -201,4 +212,21 @@ pub fn micros(t: &Option<prost_types::Timestamp>) -> i64 {
 /// The real binary Cargo built for this test run.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_jobd")
+}
+
+/// A plain HTTP/1.1 GET (the admin listener); returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
 }

@@ -7,4 +7,5 @@ mod handlers;
 mod helpers;
 mod hostile_files;
 mod interop;
+mod operator;
 mod store_contract;

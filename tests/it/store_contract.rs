@@ -127,9 +127,9 @@ pub async fn transitions_and_fencing(s: SharedStore) {
 pub async fn cancel_and_requeue(s: SharedStore) {
     let q = insert(&s, new_job("k", 0)).await;
     match s.cancel(q.id, now_micros()).await.unwrap() {
-        CancelOutcome::Cancelled { job, was_running } => {
+        CancelOutcome::Cancelled { job, prev } => {
             assert_eq!(job.state, JobState::Cancelled);
-            assert!(!was_running);
+            assert_eq!(prev, JobState::Queued);
         }
         other => panic!("{other:?}"),
     }
@@ -155,7 +155,7 @@ pub async fn cancel_and_requeue(s: SharedStore) {
     assert_eq!((back.state, back.attempt), (JobState::Queued, 0));
     s.claim(&claim_req(1, &[("k", 1)])).await.unwrap();
     match s.cancel(r.id, now_micros()).await.unwrap() {
-        CancelOutcome::Cancelled { was_running, .. } => assert!(was_running),
+        CancelOutcome::Cancelled { prev, .. } => assert_eq!(prev, JobState::Running),
         other => panic!("{other:?}"),
     }
     // The cancelled attempt cannot write its outcome.

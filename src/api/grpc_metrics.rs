@@ -1,0 +1,123 @@
+//! A tower layer that counts every gRPC request by method and status code
+//! and times it, so no handler carries metrics code. For streams the time
+//! and code are those of the response headers (the stream's start).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use futures_util::future::BoxFuture;
+use tonic::Code;
+
+use crate::metrics::Metrics;
+
+/// Methods that get their own label; anything else is `other`, so a client
+/// cannot grow the metric's label set.
+const KNOWN: &[&str] = &[
+    "/jobd.v1.JobService/Submit",
+    "/jobd.v1.JobService/SubmitBatch",
+    "/jobd.v1.JobService/GetStatus",
+    "/jobd.v1.JobService/WatchStatus",
+    "/jobd.v1.JobService/Cancel",
+    "/jobd.v1.JobService/ListJobs",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The canonical upper-case name of a status code.
+pub fn code_name(c: Code) -> &'static str {
+    match c {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetricsLayer {
+    pub metrics: Arc<Metrics>,
+}
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path();
+        let method = KNOWN
+            .iter()
+            .find(|m| **m == path)
+            .copied()
+            .unwrap_or("other");
+        let metrics = self.metrics.clone();
+        let started = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            let code = match &res {
+                // An error in the headers means a trailers-only response;
+                // no grpc-status header means the call is under way (OK so far).
+                Ok(r) => r
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or("OK", |c| code_name(Code::from_i32(c))),
+                Err(_) => "UNKNOWN",
+            };
+            metrics
+                .grpc_requests
+                .get_or_create(&vec![
+                    ("method", method.to_string()),
+                    ("code", code.to_string()),
+                ])
+                .inc();
+            metrics
+                .grpc_seconds
+                .get_or_create(&vec![("method", method.to_string())])
+                .observe(started.elapsed().as_secs_f64());
+            res
+        })
+    }
+}

@@ -1,0 +1,235 @@
+//! Prometheus metrics (via `prometheus-client`). Counters only increase;
+//! the state gauges start from the store's counts and then move only on the
+//! transitions the store confirmed, so they agree with the store.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::job::{Job, JobState};
+
+type Labels = Vec<(&'static str, String)>;
+type HistFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn seconds_histogram() -> Histogram {
+    // 100 µs .. ~105 s in 21 doubling buckets.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub submitted: Family<Labels, Counter>,
+    pub deduplicated: Family<Labels, Counter>,
+    pub rejected: Family<Labels, Counter>,
+    pub attempts: Family<Labels, Counter>,
+    pub finished: Family<Labels, Counter>,
+    pub channel_depth: Gauge,
+    backlog: Family<Labels, Gauge>,
+    inflight: Family<Labels, Gauge>,
+    retry_wait: Family<Labels, Gauge>,
+    pub run_seconds: HistFamily,
+    pub queue_wait_seconds: HistFamily,
+    pub watchers: Gauge,
+    pub sweeper_requeued: Family<Labels, Counter>,
+    pub grpc_requests: Family<Labels, Counter>,
+    pub grpc_seconds: HistFamily,
+    /// The HTTP twin of the gRPC health status, for `/readyz`.
+    ready: AtomicBool,
+}
+
+fn kind(k: &str) -> Labels {
+    vec![("kind", k.to_string())]
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("jobd");
+        let hist = || HistFamily::new_with_constructor(seconds_histogram as fn() -> Histogram);
+        let m = Metrics {
+            registry: Registry::default(),
+            submitted: Family::default(),
+            deduplicated: Family::default(),
+            rejected: Family::default(),
+            attempts: Family::default(),
+            finished: Family::default(),
+            channel_depth: Gauge::default(),
+            backlog: Family::default(),
+            inflight: Family::default(),
+            retry_wait: Family::default(),
+            run_seconds: hist(),
+            queue_wait_seconds: hist(),
+            watchers: Gauge::default(),
+            sweeper_requeued: Family::default(),
+            grpc_requests: Family::default(),
+            grpc_seconds: hist(),
+            ready: AtomicBool::new(false),
+        };
+        let r = &mut registry;
+        r.register(
+            "jobs_submitted",
+            "Jobs stored by Submit/SubmitBatch",
+            m.submitted.clone(),
+        );
+        r.register(
+            "jobs_deduplicated",
+            "Submits answered with an existing job (same idempotency key and request)",
+            m.deduplicated.clone(),
+        );
+        r.register(
+            "jobs_rejected",
+            "Submits refused, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "job_attempts",
+            "Attempts ended, by outcome",
+            m.attempts.clone(),
+        );
+        r.register(
+            "jobs_finished",
+            "Jobs that reached a terminal state",
+            m.finished.clone(),
+        );
+        r.register(
+            "queue_channel_depth",
+            "Wake-up hints waiting in the dispatcher's bounded channel",
+            m.channel_depth.clone(),
+        );
+        r.register("backlog_queued", "Jobs in state QUEUED", m.backlog.clone());
+        r.register(
+            "processing_inflight",
+            "Jobs in state RUNNING",
+            m.inflight.clone(),
+        );
+        r.register(
+            "retry_wait",
+            "Jobs in state RETRY_WAIT",
+            m.retry_wait.clone(),
+        );
+        r.register_with_unit(
+            "job_run",
+            "Duration of attempts",
+            prometheus_client::registry::Unit::Seconds,
+            m.run_seconds.clone(),
+        );
+        r.register_with_unit(
+            "job_queue_wait",
+            "Time from runnable to started, per attempt",
+            prometheus_client::registry::Unit::Seconds,
+            m.queue_wait_seconds.clone(),
+        );
+        r.register("watchers", "Open WatchStatus streams", m.watchers.clone());
+        r.register(
+            "sweeper_requeued",
+            "Jobs the sweeper or recovery moved back to the queue, by reason",
+            m.sweeper_requeued.clone(),
+        );
+        r.register(
+            "grpc_requests",
+            "gRPC requests, by method and status code",
+            m.grpc_requests.clone(),
+        );
+        r.register_with_unit(
+            "grpc_request_duration",
+            "gRPC request latency (to the response headers for streams)",
+            prometheus_client::registry::Unit::Seconds,
+            m.grpc_seconds.clone(),
+        );
+        let info: Family<Labels, Gauge> = Family::default();
+        info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())])
+            .set(1);
+        r.register("build_info", "Build information; always 1", info);
+        Metrics { registry, ..m }
+    }
+
+    fn gauge(&self, state: JobState) -> Option<&Family<Labels, Gauge>> {
+        match state {
+            JobState::Queued => Some(&self.backlog),
+            JobState::Running => Some(&self.inflight),
+            JobState::RetryWait => Some(&self.retry_wait),
+            _ => None,
+        }
+    }
+
+    /// Starts the state gauges from the store's counts.
+    pub fn set_state_count(&self, state: JobState, kind_name: &str, n: u64) {
+        if let Some(g) = self.gauge(state) {
+            g.get_or_create(&kind(kind_name)).set(n as i64);
+        }
+    }
+
+    /// A transition the store confirmed.
+    pub fn transition(&self, from: Option<JobState>, job: &Job) {
+        let k = kind(&job.kind);
+        if let Some(g) = from.and_then(|s| self.gauge(s)) {
+            g.get_or_create(&k).dec();
+        }
+        if let Some(g) = self.gauge(job.state) {
+            g.get_or_create(&k).inc();
+        }
+        if job.state.is_terminal() {
+            self.finished
+                .get_or_create(&vec![
+                    ("kind", job.kind.clone()),
+                    ("state", job.state.to_string()),
+                ])
+                .inc();
+        }
+    }
+
+    pub fn submitted(&self, job: &Job) {
+        self.submitted.get_or_create(&kind(&job.kind)).inc();
+        self.transition(None, job);
+    }
+
+    pub fn reject(&self, reason: &'static str) {
+        self.rejected
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn attempt(&self, kind_name: &str, outcome: &'static str, ran: Duration) {
+        self.attempts
+            .get_or_create(&vec![
+                ("kind", kind_name.to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+        self.run_seconds
+            .get_or_create(&kind(kind_name))
+            .observe(ran.as_secs_f64());
+    }
+
+    pub fn requeued(&self, reason: &'static str, n: usize) {
+        self.sweeper_requeued
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc_by(n as u64);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

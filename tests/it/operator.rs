@@ -1,0 +1,215 @@
+//! The operator surface: /metrics values after a scripted workload, probes
+//! during drain.
+
+use std::time::Duration;
+
+use jobd::proto::{self, JobState};
+
+use crate::helpers::*;
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+}
+
+async fn count(
+    c: &mut proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    s: JobState,
+    kind: &str,
+) -> f64 {
+    let r = c
+        .list_jobs(proto::ListJobsRequest {
+            state: s as i32,
+            kind: kind.into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.jobs.len() as f64
+}
+
+#[tokio::test]
+async fn metrics_after_a_scripted_workload_agree_with_the_store() {
+    let d = start("").await;
+    let mut c = d.client().await;
+    let mut done = Vec::new();
+    for i in 0..3 {
+        done.push(submit(&mut c, req("echo", &format!("e{i}"))).await.id);
+    }
+    let mut r = req("fail", "permanent");
+    r.max_attempts = 1;
+    done.push(submit(&mut c, r).await.id);
+    done.push(submit(&mut c, req("fail", "until:2")).await.id);
+    let later = || {
+        let mut r = req("echo", "later");
+        r.run_at = Some(ts_in(Duration::from_secs(3600)));
+        r
+    };
+    let q1 = submit(&mut c, later()).await;
+    submit(&mut c, later()).await;
+    c.cancel(proto::CancelRequest { id: q1.id.clone() })
+        .await
+        .unwrap();
+    let mut k = req("echo", "dedup");
+    k.idempotency_key = "k".into();
+    done.push(submit(&mut c, k.clone()).await.id);
+    submit(&mut c, k).await;
+    assert!(c.submit(req("nope", "")).await.is_err());
+    let running = submit(&mut c, req("sleep", "60000")).await;
+    for id in &done {
+        wait_terminal(&mut c, id).await;
+    }
+    wait_for(&mut c, &running.id, |s| s == JobState::Running).await;
+
+    let (status, text) = http_get(d.admin, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(&text, "jobd_jobs_submitted_total{kind=\"echo\"}"),
+        6.0
+    );
+    assert_eq!(
+        sample(&text, "jobd_jobs_submitted_total{kind=\"fail\"}"),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, "jobd_jobs_deduplicated_total{kind=\"echo\"}"),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "jobd_jobs_rejected_total{reason=\"invalid_argument\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "jobd_jobs_finished_total{kind=\"echo\",state=\"succeeded\"}"
+        ),
+        4.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "jobd_jobs_finished_total{kind=\"echo\",state=\"cancelled\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "jobd_jobs_finished_total{kind=\"fail\",state=\"failed\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "jobd_jobs_finished_total{kind=\"fail\",state=\"succeeded\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "jobd_job_attempts_total{kind=\"fail\",outcome=\"permanent_error\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "jobd_job_attempts_total{kind=\"fail\",outcome=\"error\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "jobd_job_attempts_total{kind=\"fail\",outcome=\"succeeded\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, "jobd_job_run_seconds_count{kind=\"echo\"}"),
+        4.0
+    );
+    assert_eq!(
+        sample(&text, "jobd_sweeper_requeued_total{reason=\"retry_due\"}"),
+        1.0
+    );
+    // State gauges agree with the store.
+    for (state, gauge) in [
+        (JobState::Queued, "jobd_backlog_queued"),
+        (JobState::Running, "jobd_processing_inflight"),
+        (JobState::RetryWait, "jobd_retry_wait"),
+    ] {
+        for kind in ["echo", "fail", "sleep"] {
+            let want = count(&mut c, state, kind).await;
+            let series = format!("{gauge}{{kind=\"{kind}\"}}");
+            let got = if text.contains(&format!("{series} ")) {
+                sample(&text, &series)
+            } else {
+                0.0
+            };
+            assert_eq!(got, want, "{series}");
+        }
+    }
+    assert_eq!(sample(&text, "jobd_backlog_queued{kind=\"echo\"}"), 1.0);
+    assert_eq!(
+        sample(&text, "jobd_processing_inflight{kind=\"sleep\"}"),
+        1.0
+    );
+    assert!(
+        sample(
+            &text,
+            "jobd_grpc_requests_total{method=\"/jobd.v1.JobService/Submit\",code=\"OK\"}"
+        ) >= 9.0
+    );
+    assert_eq!(sample(&text, "jobd_grpc_requests_total{method=\"/jobd.v1.JobService/Submit\",code=\"INVALID_ARGUMENT\"}"), 1.0);
+    assert_eq!(sample(&text, "jobd_watchers"), 0.0);
+    assert!(text.contains("jobd_build_info{version=\""));
+}
+
+#[tokio::test]
+async fn readyz_flips_to_503_during_drain_before_grpc_stops() {
+    let d = start("[drain]\ngrace = \"600ms\"\ntimeout = \"1s\"\n").await;
+    let mut c = d.client().await;
+    assert_eq!(http_get(d.admin, "/readyz").await.0, 200);
+    assert_eq!(http_get(d.admin, "/healthz").await.0, 200);
+    assert_eq!(http_get(d.admin, "/nope").await.0, 404);
+    d.shutdown.drain.cancel();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while http_get(d.admin, "/readyz").await.0 != 503 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // gRPC still serves while not ready.
+    assert!(
+        c.get_status(proto::GetStatusRequest {
+            id: uuid::Uuid::now_v7().to_string()
+        })
+        .await
+        .unwrap_err()
+        .code()
+            == tonic::Code::NotFound
+    );
+    assert_eq!(http_get(d.admin, "/healthz").await.0, 200);
+    tokio::time::timeout(Duration::from_secs(20), d.handle)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
