@@ -14,10 +14,13 @@
 //! - [`events`] — fans each state change out to WatchStatus streams.
 //! - [`server`] — the lifecycle: open, recover, serve gRPC + health +
 //!   reflection, drain on SIGTERM.
+//! - [`metrics`] and [`admin`] — Prometheus metrics and the HTTP probes.
+//! - [`client`] — the CLI client commands (`jobd submit`, `status`, ...).
 //! - [`config`] — the TOML file and its bounds; [`job`] — the shared model.
 
 pub mod admin;
 pub mod api;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod events;

@@ -14,6 +14,8 @@ const EX_USAGE: u8 = 64;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    common: jobd::client::Common,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -44,6 +46,8 @@ enum Command {
     },
     /// Validate a config file and print the effective settings.
     CheckConfig { file: PathBuf },
+    #[command(flatten)]
+    Client(jobd::client::ClientCommand),
 }
 
 fn load(
@@ -87,6 +91,19 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Client(cmd) => {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("jobd: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            ExitCode::from(rt.block_on(jobd::client::run(cmd, cli.common)))
+        }
         Command::CheckConfig { file } => match load(Some(&file), None, None, None) {
             Ok(config) => {
                 let kinds = config.validate().unwrap_or_default();

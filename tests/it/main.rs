@@ -3,6 +3,7 @@
 
 mod api;
 mod binary;
+mod cli;
 mod handlers;
 mod helpers;
 mod hostile_files;

@@ -1,0 +1,508 @@
+//! The CLI client: `jobd submit | status | watch | cancel | list | health`
+//! talking gRPC to a running daemon. Tables for people, `--json` for
+//! scripts, and exit codes scripts can rely on (see [`exit`]).
+
+use std::io::{IsTerminal, Read, Write};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+use crate::api::convert::state_from_proto;
+use crate::proto::{self, job_service_client::JobServiceClient, JobState};
+
+/// Exit codes of the client commands.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Any other error.
+    pub const ERROR: u8 = 1;
+    /// No such job.
+    pub const NOT_FOUND: u8 = 3;
+    /// With `--wait` / `watch`: the job ended FAILED or CANCELLED.
+    pub const JOB_FAILED: u8 = 4;
+    /// The daemon is down, draining, or its store is unavailable.
+    pub const UNAVAILABLE: u8 = 5;
+    /// Backlog or watcher bound reached: retry later.
+    pub const BUSY: u8 = 6;
+    /// The request was refused as invalid (bad field, unknown kind, key reuse).
+    pub const USAGE: u8 = 64;
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Daemon address.
+    #[arg(
+        long,
+        env = "JOBD_ADDR",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
+    pub addr: String,
+    /// Machine-readable output (one JSON document, or one per line for watch).
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Submit a job.
+    Submit {
+        kind: String,
+        /// Payload text.
+        #[arg(long, conflicts_with = "payload_file")]
+        payload: Option<String>,
+        /// Read the payload from a file ("-" for stdin).
+        #[arg(long)]
+        payload_file: Option<String>,
+        /// Idempotency key.
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        priority: i32,
+        /// Start no sooner than this from now (e.g. 10s, 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        delay: Option<Duration>,
+        /// Per-attempt timeout (e.g. 30s).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        #[arg(long, default_value_t = 0)]
+        max_attempts: u32,
+        /// A label, key=value (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Wait until the job finishes; exit 4 if it FAILED or was CANCELLED.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a job.
+    Status { id: String },
+    /// Follow a job until it finishes; exit 4 if it FAILED or was CANCELLED.
+    Watch { id: String },
+    /// Cancel a job.
+    Cancel { id: String },
+    /// List jobs (oldest first).
+    List {
+        /// queued, running, retry_wait, succeeded, failed or cancelled.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<JobState>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// Most jobs to show.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Ask the daemon's health service.
+    Health,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: expected key=value"))
+}
+
+fn parse_state(s: &str) -> Result<JobState, String> {
+    crate::job::JobState::parse(s)
+        .map(crate::api::convert::state_to_proto)
+        .ok_or_else(|| {
+            format!("{s:?}: one of queued, running, retry_wait, succeeded, failed, cancelled")
+        })
+}
+
+/// A failure with the exit code it maps to.
+struct Failure(u8, String);
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Self {
+        let code = match s.code() {
+            Code::NotFound => exit::NOT_FOUND,
+            Code::Unavailable => exit::UNAVAILABLE,
+            Code::ResourceExhausted => exit::BUSY,
+            Code::InvalidArgument | Code::AlreadyExists | Code::FailedPrecondition => exit::USAGE,
+            _ => exit::ERROR,
+        };
+        let mut msg = format!(
+            "{}: {}",
+            crate::api::grpc_metrics::code_name(s.code()),
+            s.message()
+        );
+        if let Some(br) = s.get_details_bad_request() {
+            for v in br
+                .field_violations
+                .iter()
+                .filter(|v| !s.message().contains(&v.description))
+            {
+                msg.push_str(&format!("\n  {}: {}", v.field, v.description));
+            }
+        }
+        if let Some(info) = s.get_details_error_info() {
+            if let Some(id) = info.metadata.get("job_id") {
+                msg.push_str(&format!("\n  existing job: {id}"));
+            }
+        }
+        if let Some(ri) = s.get_details_retry_info() {
+            if let Some(d) = ri.retry_delay {
+                msg.push_str(&format!(
+                    "\n  retry after {}",
+                    humantime::format_duration(d)
+                ));
+            }
+        }
+        Failure(code, msg)
+    }
+}
+
+fn state_name(s: i32) -> &'static str {
+    JobState::try_from(s)
+        .ok()
+        .and_then(state_from_proto)
+        .map_or("unspecified", |s| s.as_str())
+}
+
+fn ts(t: &Option<prost_types::Timestamp>) -> Value {
+    match t {
+        Some(t) => Value::String(t.to_string()),
+        None => Value::Null,
+    }
+}
+
+/// A job as JSON (payload is not echoed; result as UTF-8 text when it is,
+/// else base64).
+pub fn job_json(j: &proto::Job) -> Value {
+    use base64::Engine;
+    let result = match std::str::from_utf8(&j.result) {
+        Ok(s) => json!({ "text": s }),
+        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(&j.result) }),
+    };
+    json!({
+        "id": j.id, "kind": j.kind, "state": state_name(j.state), "attempt": j.attempt,
+        "max_attempts": j.max_attempts, "priority": j.priority,
+        "idempotency_key": j.idempotency_key, "labels": j.labels,
+        "created_at": ts(&j.created_at), "updated_at": ts(&j.updated_at),
+        "started_at": ts(&j.started_at), "finished_at": ts(&j.finished_at),
+        "next_attempt_at": ts(&j.next_attempt_at), "last_error": j.last_error,
+        "result": result, "payload_size": j.payload_size,
+    })
+}
+
+fn print_job(j: &proto::Job) {
+    let show = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    println!("id:           {}", j.id);
+    println!("kind:         {}", j.kind);
+    println!("state:        {}", state_name(j.state));
+    println!("attempt:      {} of {}", j.attempt, j.max_attempts);
+    println!("priority:     {}", j.priority);
+    if !j.idempotency_key.is_empty() {
+        println!("key:          {}", j.idempotency_key);
+    }
+    for (k, v) in &j.labels {
+        println!("label:        {k}={v}");
+    }
+    println!("created:      {}", show(&j.created_at));
+    println!("started:      {}", show(&j.started_at));
+    println!("finished:     {}", show(&j.finished_at));
+    if j.next_attempt_at.is_some() {
+        println!("next attempt: {}", show(&j.next_attempt_at));
+    }
+    if !j.last_error.is_empty() {
+        println!("last error:   {}", j.last_error);
+    }
+    if !j.result.is_empty() {
+        println!(
+            "result:       {}",
+            String::from_utf8_lossy(&j.result).trim_end()
+        );
+    }
+}
+
+fn is_terminal(s: i32) -> bool {
+    matches!(
+        JobState::try_from(s),
+        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    )
+}
+
+fn final_code(j: &proto::Job) -> u8 {
+    if j.state == JobState::Succeeded as i32 {
+        exit::OK
+    } else {
+        exit::JOB_FAILED
+    }
+}
+
+async fn connect(addr: &str) -> Result<JobServiceClient<Channel>, Failure> {
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    let ch = Channel::from_shared(url.clone())
+        .map_err(|e| Failure(exit::USAGE, format!("bad --addr {addr:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| {
+            Failure(
+                exit::UNAVAILABLE,
+                format!("cannot reach jobd at {url}: {e}"),
+            )
+        })?;
+    Ok(JobServiceClient::new(ch))
+}
+
+/// Follows a job, printing each change: a live line on a terminal, plain
+/// lines otherwise, JSON lines with `--json`.
+async fn follow(
+    c: &mut JobServiceClient<Channel>,
+    id: &str,
+    json: bool,
+) -> Result<proto::Job, Failure> {
+    let mut stream = c
+        .watch_status(proto::WatchStatusRequest {
+            id: id.to_string(),
+            after_sequence: 0,
+        })
+        .await?
+        .into_inner();
+    let live = !json && std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut last: Option<proto::Job> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            msg = stream.message() => match msg? {
+                Some(ev) => {
+                    let job = ev.job.unwrap_or_default();
+                    if json {
+                        println!("{}", json!({ "sequence": ev.sequence, "job": job_json(&job) }));
+                    } else if !live {
+                        println!("{} {} attempt={}", ts(&job.updated_at).as_str().unwrap_or("-"), state_name(job.state), job.attempt);
+                    }
+                    last = Some(job);
+                }
+                None => break,
+            },
+            _ = tick.tick(), if live => {}
+        }
+        if live {
+            if let Some(j) = &last {
+                print!(
+                    "\r{:>7.1}s  {:<10} attempt {}/{}  ",
+                    started.elapsed().as_secs_f64(),
+                    state_name(j.state),
+                    j.attempt,
+                    j.max_attempts
+                );
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+    if live {
+        println!();
+    }
+    match last {
+        Some(j) if is_terminal(j.state) => Ok(j),
+        _ => Err(Failure(
+            exit::UNAVAILABLE,
+            "the watch ended before the job finished (daemon draining?)".into(),
+        )),
+    }
+}
+
+async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
+    if let ClientCommand::Health = cmd {
+        let url = if common.addr.contains("://") {
+            common.addr.clone()
+        } else {
+            format!("http://{}", common.addr)
+        };
+        let ch = Channel::from_shared(url.clone())
+            .map_err(|e| Failure(exit::USAGE, e.to_string()))?
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .map_err(|e| {
+                Failure(
+                    exit::UNAVAILABLE,
+                    format!("cannot reach jobd at {url}: {e}"),
+                )
+            })?;
+        let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+        let r = h
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?
+            .into_inner();
+        let serving =
+            r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+        let name = if serving { "SERVING" } else { "NOT_SERVING" };
+        if common.json {
+            println!("{}", json!({ "status": name }));
+        } else {
+            println!("{name}");
+        }
+        return Ok(if serving { exit::OK } else { exit::UNAVAILABLE });
+    }
+    let mut c = connect(&common.addr).await?;
+    let print = |j: &proto::Job| {
+        if common.json {
+            println!("{}", job_json(j));
+        } else {
+            print_job(j);
+        }
+    };
+    match cmd {
+        ClientCommand::Submit {
+            kind,
+            payload,
+            payload_file,
+            key,
+            priority,
+            delay,
+            timeout,
+            max_attempts,
+            labels,
+            wait,
+        } => {
+            let payload = match (payload, payload_file.as_deref()) {
+                (Some(p), _) => p.into_bytes(),
+                (None, Some("-")) => {
+                    let mut b = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut b)
+                        .map_err(|e| Failure(exit::ERROR, format!("reading stdin: {e}")))?;
+                    b
+                }
+                (None, Some(f)) => std::fs::read(f)
+                    .map_err(|e| Failure(exit::USAGE, format!("reading {f}: {e}")))?,
+                (None, None) => Vec::new(),
+            };
+            let req = proto::SubmitRequest {
+                kind,
+                payload,
+                idempotency_key: key.unwrap_or_default(),
+                priority,
+                max_attempts,
+                timeout: timeout.and_then(|d| prost_types::Duration::try_from(d).ok()),
+                run_at: delay
+                    .map(|d| prost_types::Timestamp::from(std::time::SystemTime::now() + d)),
+                labels: labels.into_iter().collect(),
+            };
+            let r = c.submit(req).await?.into_inner();
+            let job = r.job.unwrap_or_default();
+            if !wait {
+                if common.json {
+                    println!(
+                        "{}",
+                        json!({ "job": job_json(&job), "deduplicated": r.deduplicated })
+                    );
+                } else {
+                    println!(
+                        "{}{}",
+                        job.id,
+                        if r.deduplicated {
+                            " (deduplicated)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                return Ok(exit::OK);
+            }
+            if !common.json {
+                eprintln!("submitted {}", job.id);
+            }
+            let done = follow(&mut c, &job.id, common.json).await?;
+            if !common.json {
+                print_job(&done);
+            }
+            Ok(final_code(&done))
+        }
+        ClientCommand::Status { id } => {
+            let j = c
+                .get_status(proto::GetStatusRequest { id })
+                .await?
+                .into_inner()
+                .job
+                .unwrap_or_default();
+            print(&j);
+            Ok(exit::OK)
+        }
+        ClientCommand::Watch { id } => {
+            let done = follow(&mut c, &id, common.json).await?;
+            if !common.json {
+                print_job(&done);
+            }
+            Ok(final_code(&done))
+        }
+        ClientCommand::Cancel { id } => {
+            let j = c
+                .cancel(proto::CancelRequest { id })
+                .await?
+                .into_inner()
+                .job
+                .unwrap_or_default();
+            print(&j);
+            Ok(exit::OK)
+        }
+        ClientCommand::List { state, kind, limit } => {
+            let mut jobs = Vec::new();
+            let mut token = String::new();
+            while jobs.len() < limit as usize {
+                let page = c
+                    .list_jobs(proto::ListJobsRequest {
+                        state: state.map_or(0, |s| s as i32),
+                        kind: kind.clone().unwrap_or_default(),
+                        page_size: (limit as usize - jobs.len()).min(1000) as u32,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                jobs.extend(page.jobs);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            if common.json {
+                println!("{}", Value::Array(jobs.iter().map(job_json).collect()));
+            } else {
+                println!(
+                    "{:<36}  {:<10}  {:<16}  {:>7}  CREATED",
+                    "ID", "STATE", "KIND", "ATTEMPT"
+                );
+                for j in &jobs {
+                    println!(
+                        "{:<36}  {:<10}  {:<16}  {:>7}  {}",
+                        j.id,
+                        state_name(j.state),
+                        j.kind,
+                        format!("{}/{}", j.attempt, j.max_attempts),
+                        ts(&j.created_at).as_str().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        ClientCommand::Health => unreachable!("handled above"),
+    }
+}
+
+/// Runs one client command; returns the process exit code.
+pub async fn run(cmd: ClientCommand, common: Common) -> u8 {
+    match execute(cmd, &common).await {
+        Ok(code) => code,
+        Err(Failure(code, msg)) => {
+            eprintln!("jobd: {msg}");
+            code
+        }
+    }
+}
