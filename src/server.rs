@@ -163,6 +163,8 @@ pub async fn run_with_registry(
         .unwrap_or_default();
     let server_stop = CancellationToken::new();
     let server = tonic::transport::Server::builder()
+        // One span per RPC (visible at RUST_LOG=debug).
+        .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
         .layer(GrpcMetricsLayer {
             metrics: metrics.clone(),
         })
