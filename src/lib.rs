@@ -15,11 +15,13 @@
 //! - [`server`] — the lifecycle: open, recover, serve gRPC + health +
 //!   reflection, drain on SIGTERM.
 //! - [`metrics`] and [`admin`] — Prometheus metrics and the HTTP probes.
-//! - [`client`] — the CLI client commands (`jobd submit`, `status`, ...).
+//! - [`client`] — the CLI client commands (`jobd submit`, `status`, ...);
+//!   [`bench`] — `jobd bench`, the load generator.
 //! - [`config`] — the TOML file and its bounds; [`job`] — the shared model.
 
 pub mod admin;
 pub mod api;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod engine;

@@ -48,6 +48,8 @@ enum Command {
     CheckConfig { file: PathBuf },
     #[command(flatten)]
     Client(jobd::client::ClientCommand),
+    /// Load-test a running daemon (see README "Benchmarks").
+    Bench(jobd::bench::BenchArgs),
 }
 
 fn load(
@@ -91,6 +93,29 @@ fn init_logs(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench(args) => {
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("jobd: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(jobd::bench::run(&args, &cli.common.addr)) {
+                Ok(rows) => {
+                    if cli.common.json {
+                        println!("{}", jobd::bench::to_json(&rows));
+                    } else {
+                        jobd::bench::print_table(&rows);
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("jobd bench: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Client(cmd) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
@@ -173,7 +174,13 @@ pub async fn run_with_registry(
         .add_service(reflection_v1alpha)
         .add_service(service)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            // Nagle's algorithm would hold small replies for up to 40 ms
+            // behind delayed ACKs; jobs are latency-sensitive small RPCs.
+            TcpListenerStream::new(listener).map(|s| {
+                s.inspect(|s| {
+                    let _ = s.set_nodelay(true);
+                })
+            }),
             server_stop.clone().cancelled_owned(),
         );
     let mut server_task = tokio::spawn(server);

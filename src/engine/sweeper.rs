@@ -42,6 +42,16 @@ impl Engine {
 
     async fn sweep_once(&self, now: Micros) {
         loop {
+            match self.store.release_delayed(now, SWEEP_BATCH).await {
+                Ok(n) if n == SWEEP_BATCH => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "releasing delayed jobs failed");
+                    break;
+                }
+            }
+        }
+        loop {
             let promoted = match self.store.promote_due(now, SWEEP_BATCH).await {
                 Ok(j) => j,
                 Err(e) => {

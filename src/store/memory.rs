@@ -193,7 +193,7 @@ impl Store for MemoryStore {
                 break;
             }
             let job = &g.jobs[id].job;
-            if !transition::is_due(job, req.now) {
+            if job.next_attempt_at.is_some() {
                 continue;
             }
             if let Some(cap) = caps.get_mut(&job.kind) {
@@ -244,6 +244,15 @@ impl Store for MemoryStore {
                 CancelOutcome::Cancelled { job, prev }
             }
         })
+    }
+
+    async fn release_delayed(&self, now: Micros, limit: usize) -> Result<usize, StoreError> {
+        let mut g = self.lock()?;
+        let ids = Inner::due(&g.delayed, now, limit);
+        for id in &ids {
+            g.update(*id, |j| transition::release(j, now));
+        }
+        Ok(ids.len())
     }
 
     async fn promote_due(&self, now: Micros, limit: usize) -> Result<Vec<Job>, StoreError> {

@@ -137,6 +137,10 @@ pub trait Store: Send + Sync + 'static {
         now: Micros,
     ) -> Result<Option<Job>, StoreError>;
     async fn cancel(&self, id: Uuid, now: Micros) -> Result<CancelOutcome, StoreError>;
+    /// Delayed QUEUED jobs whose `run_at` came become claimable (claims only
+    /// look at jobs without a pending time, so delayed jobs never slow them).
+    /// Returns how many.
+    async fn release_delayed(&self, now: Micros, limit: usize) -> Result<usize, StoreError>;
     /// RETRY_WAIT jobs whose time came -> QUEUED.
     async fn promote_due(&self, now: Micros, limit: usize) -> Result<Vec<Job>, StoreError>;
     /// RUNNING jobs whose lease ran out -> QUEUED (or FAILED when that was

@@ -12,9 +12,13 @@ fn touch(job: &mut Job, state: JobState, now: Micros) {
     job.sequence += 1;
 }
 
-/// Whether a QUEUED job may start at `now`.
-pub fn is_due(job: &Job, now: Micros) -> bool {
-    job.state == JobState::Queued && job.next_attempt_at.is_none_or(|t| t <= now)
+/// A delayed QUEUED job whose time came becomes claimable. Not a state
+/// change (no event, same sequence); `updated_at` marks when it became
+/// runnable.
+pub fn release(job: &mut Job, now: Micros) {
+    debug_assert_eq!(job.state, JobState::Queued);
+    job.next_attempt_at = None;
+    job.updated_at = now;
 }
 
 /// QUEUED -> RUNNING with a new attempt number and lease.

@@ -249,7 +249,16 @@ pub async fn delayed_jobs_and_due_times(s: SharedStore) {
     assert_eq!(s.next_due_at(now).await.unwrap(), Some(now + 60_000_000));
     let mut later = claim_req(10, &[("k", 10)]);
     later.now = now + 60_000_001;
-    assert_eq!(s.claim(&later).await.unwrap()[0].id, delayed.id);
+    // Not claimable until the sweeper releases it.
+    assert_eq!(s.release_delayed(now, 10).await.unwrap(), 0);
+    assert_eq!(s.release_delayed(later.now, 10).await.unwrap(), 1);
+    let c = s.claim(&later).await.unwrap();
+    assert_eq!(c[0].id, delayed.id);
+    assert_eq!(
+        c[0].ready_at,
+        Some(later.now),
+        "queue wait counts from run_at"
+    );
     // Leases: expired ones come back, the attempt counts.
     let lease = s
         .get(delayed.id)
