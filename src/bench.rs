@@ -29,6 +29,8 @@ pub enum Scenario {
     E2e,
     /// W concurrent WatchStatus streams on running jobs.
     Watch,
+    /// Store N jobs delayed by an hour (backlog for RSS checks); not in `all`.
+    Preload,
     /// All of the above.
     All,
 }
@@ -61,6 +63,9 @@ pub struct BenchArgs {
     /// Streams opened by `watch`.
     #[arg(long, default_value_t = 10_000)]
     pub watchers: usize,
+    /// How long the `sleep` jobs that `watch` watches run, in milliseconds.
+    #[arg(long, default_value_t = 4000)]
+    pub watch_ms: u64,
     /// The daemon's pid, to report its RSS (same machine only).
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -428,6 +433,42 @@ async fn drain(a: &BenchArgs, chans: &[Channel]) -> Result<Row, String> {
     ))
 }
 
+async fn preload(a: &BenchArgs, chans: &[Channel]) -> Result<Row, String> {
+    let later = prost_types::Timestamp::from(SystemTime::now() + Duration::from_secs(3600));
+    let started = Instant::now();
+    let mut h = hist();
+    let mut loaded = 0;
+    let mut cl = JobServiceClient::new(chans[0].clone());
+    while loaded < a.jobs {
+        let n = (a.jobs - loaded).min(1000);
+        let requests = (0..n)
+            .map(|i| proto::SubmitRequest {
+                run_at: Some(later),
+                ..echo(&a.kind, (loaded + i) as u64)
+            })
+            .collect();
+        let t = Instant::now();
+        cl.submit_batch(proto::SubmitBatchRequest { requests })
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+        loaded += n;
+        progress("preloading", loaded as u64, started);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(row(
+        "preload",
+        format!("n={}", a.jobs),
+        loaded as f64 / secs,
+        "jobs/s",
+        &h,
+        format!(
+            "server RSS {} MB after",
+            rss_mb(a.server_pid).map_or("?".into(), |r| format!("{r:.1}"))
+        ),
+    ))
+}
+
 async fn e2e(a: &BenchArgs, chans: &[Channel]) -> Result<Vec<Row>, String> {
     let run = format!("e2e-{}", std::process::id());
     let interval = Duration::from_secs_f64(1.0 / a.rate.max(1) as f64);
@@ -556,7 +597,7 @@ async fn watch(a: &BenchArgs, addr: &str) -> Result<Row, String> {
             progress("opening watchers", i as u64, started);
         }
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(a.watch_ms / 2)).await;
     let rss_open = rss_mb(a.server_pid);
     while tasks.join_next().await.is_some() {}
     let h = latencies.lock().unwrap().clone();
@@ -613,6 +654,9 @@ pub async fn run(a: &BenchArgs, addr: &str) -> Result<Vec<Row>, String> {
     }
     if all || a.scenario == Scenario::Watch {
         rows.push(watch(a, addr).await?);
+    }
+    if a.scenario == Scenario::Preload {
+        rows.push(preload(a, &chans).await?);
     }
     if std::io::stderr().is_terminal() {
         eprintln!();

@@ -1,0 +1,60 @@
+//! Each `jobd bench` scenario runs for about a second against a real daemon,
+//! so the tool keeps working. No figures are asserted here: speed is
+//! measured by `scripts/bench.sh`, not by tests.
+
+use std::process::Command;
+
+use crate::helpers::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bench_scenario_runs() {
+    let d = start("store = \"sqlite:{dir}/jobd.db\"\n").await;
+    let addr = d.url();
+    for (scenario, rows) in [
+        ("baseline", 1),
+        ("submit", 2),
+        ("batch", 1),
+        ("drain", 1),
+        ("e2e", 2),
+        ("watch", 1),
+    ] {
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "bench",
+            scenario,
+            "--addr",
+            &addr,
+            "--json",
+            "--duration",
+            "1s",
+            "--concurrency",
+            "4",
+            "--batch",
+            "50",
+            "--jobs",
+            "500",
+            "--rate",
+            "50",
+            "--watchers",
+            "50",
+            "--watch-ms",
+            "500",
+        ]);
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{scenario}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let got = v.as_array().unwrap();
+        assert_eq!(got.len(), rows, "{scenario}: {v}");
+        assert!(
+            got.iter().all(|r| r["rate"].as_f64().unwrap() > 0.0),
+            "{scenario}: {v}"
+        );
+    }
+    d.stop().await.unwrap();
+}
