@@ -34,10 +34,17 @@ bench() { "$JOBD" bench "$@" --json --duration "$DURATION" --server-pid "$PID" 2
 
 for run in $(seq "$RUNS"); do
   echo "run $run/$RUNS" >&2
-  start "run$run"
+  # Submit paths alone: jobs due in an hour, so workers do not compete, and
+  # a backlog bound large enough for what a 5 s run stores.
+  start "submit$run" "[queue]
+max_backlog = 10000000"
   sleep 1; echo "{\"run\":$run,\"idle_rss_mb\":$(rss "$PID")}" >> "$OUT"
-  echo "{\"run\":$run,\"rows\":$(bench submit)}" >> "$OUT"
-  echo "{\"run\":$run,\"rows\":$(bench batch)}" >> "$OUT"
+  echo "{\"run\":$run,\"rows\":$(bench submit --delay 1h)}" >> "$OUT"
+  echo "{\"run\":$run,\"rows\":$(bench batch --delay 1h)}" >> "$OUT"
+  stop
+  # Processing paths on a fresh, idle daemon.
+  start "process$run" "[queue]
+max_backlog = 10000000"
   echo "{\"run\":$run,\"rows\":$(bench e2e --rate 50)}" >> "$OUT"
   echo "{\"run\":$run,\"rows\":$(bench drain --jobs "$DRAIN_JOBS")}" >> "$OUT"
   echo "{\"run\":$run,\"rows\":$(bench watch --watchers "$WATCHERS")}" >> "$OUT"
@@ -45,7 +52,7 @@ for run in $(seq "$RUNS"); do
 done
 echo "preload $PRELOAD queued jobs" >&2
 start preload "[queue]
-max_backlog = 2000000"
+max_backlog = 10000000"
 echo "{\"run\":1,\"rows\":$(bench preload --jobs "$PRELOAD")}" >> "$OUT"
 sleep 2; echo "{\"run\":1,\"preload_rss_mb\":$(rss "$PID")}" >> "$OUT"
 stop

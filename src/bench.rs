@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// The daemon's pid, to report its RSS (same machine only).
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// `submit` and `batch`: submit jobs due this far ahead (e.g. 1h), so
+    /// the measurement is the durable submit path alone, not the workers.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub delay: Option<Duration>,
     /// The echo-like kind to submit.
     #[arg(long, default_value = "echo")]
     pub kind: String,
@@ -230,6 +234,16 @@ fn echo(kind: &str, i: u64) -> proto::SubmitRequest {
     }
 }
 
+/// An echo job, due after `delay` if given.
+fn job(a: &BenchArgs, i: u64) -> proto::SubmitRequest {
+    proto::SubmitRequest {
+        run_at: a
+            .delay
+            .map(|d| prost_types::Timestamp::from(SystemTime::now() + d)),
+        ..echo(&a.kind, i)
+    }
+}
+
 async fn baseline(a: &BenchArgs, chans: &[Channel], c: usize) -> Row {
     let (per_s, _, h, errors) = closed_loop("baseline", chans, c, a.duration, |ch| async move {
         let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
@@ -249,13 +263,13 @@ async fn baseline(a: &BenchArgs, chans: &[Channel], c: usize) -> Row {
 }
 
 async fn submit(a: &BenchArgs, chans: &[Channel], c: usize) -> Row {
-    let kind = a.kind.clone();
+    let args = Arc::new(a.clone());
     let seq = Arc::new(AtomicU64::new(0));
     let (_, per_s, h, errors) = closed_loop("submit", chans, c, a.duration, move |ch| {
-        let (kind, seq) = (kind.clone(), seq.clone());
+        let (args, seq) = (args.clone(), seq.clone());
         async move {
             let mut cl = JobServiceClient::new(ch);
-            cl.submit(echo(&kind, seq.fetch_add(1, Ordering::Relaxed)))
+            cl.submit(job(&args, seq.fetch_add(1, Ordering::Relaxed)))
                 .await?;
             Ok(1)
         }
@@ -272,13 +286,13 @@ async fn submit(a: &BenchArgs, chans: &[Channel], c: usize) -> Row {
 }
 
 async fn batch(a: &BenchArgs, chans: &[Channel], b: usize) -> Row {
-    let kind = a.kind.clone();
+    let args = Arc::new(a.clone());
     let (_, per_s, h, errors) =
         closed_loop("batch", chans, a.batch_concurrency, a.duration, move |ch| {
-            let kind = kind.clone();
+            let args = args.clone();
             async move {
                 let mut cl = JobServiceClient::new(ch);
-                let requests = (0..b as u64).map(|i| echo(&kind, i)).collect();
+                let requests = (0..b as u64).map(|i| job(&args, i)).collect();
                 let r = cl
                     .submit_batch(proto::SubmitBatchRequest { requests })
                     .await?

@@ -316,6 +316,20 @@ async fn follow(
     }
 }
 
+/// Follows a job to its end, shows it, and returns the exit code its
+/// final state means.
+async fn follow_to_end(
+    c: &mut JobServiceClient<Channel>,
+    id: &str,
+    json: bool,
+) -> Result<u8, Failure> {
+    let done = follow(c, id, json).await?;
+    if !json {
+        print_job(&done);
+    }
+    Ok(final_code(&done))
+}
+
 async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
     if let ClientCommand::Health = cmd {
         let url = if common.addr.contains("://") {
@@ -420,11 +434,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             if !common.json {
                 eprintln!("submitted {}", job.id);
             }
-            let done = follow(&mut c, &job.id, common.json).await?;
-            if !common.json {
-                print_job(&done);
-            }
-            Ok(final_code(&done))
+            follow_to_end(&mut c, &job.id, common.json).await
         }
         ClientCommand::Status { id } => {
             let j = c
@@ -436,13 +446,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             print(&j);
             Ok(exit::OK)
         }
-        ClientCommand::Watch { id } => {
-            let done = follow(&mut c, &id, common.json).await?;
-            if !common.json {
-                print_job(&done);
-            }
-            Ok(final_code(&done))
-        }
+        ClientCommand::Watch { id } => follow_to_end(&mut c, &id, common.json).await,
         ClientCommand::Cancel { id } => {
             let j = c
                 .cancel(proto::CancelRequest { id })

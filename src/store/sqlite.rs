@@ -297,6 +297,26 @@ impl SqliteStore {
         rx.await.map_err(|_| gone())?
     }
 
+    /// Applies `f` to every job the query (`?1`, `?2` bound to `params`)
+    /// selects, in one write.
+    async fn transition_selected(
+        &self,
+        sql: &'static str,
+        params: (Micros, i64),
+        f: impl Fn(&mut Job) + Send + 'static,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.write(move |tx, st| {
+            guarded(tx, || {
+                let due = ids(tx, sql, rusqlite::params![params.0, params.1])?;
+                transition_all(tx, st, due, |j| {
+                    f(j);
+                    true
+                })
+            })
+        })
+        .await
+    }
+
     /// Runs `f` on a read connection on the blocking pool.
     async fn read<T: Send + 'static>(
         &self,
@@ -699,51 +719,32 @@ impl Store for SqliteStore {
     }
 
     async fn promote_due(&self, now: Micros, limit: usize) -> Result<Vec<Job>, StoreError> {
-        self.write(move |tx, st| {
-            guarded(tx, || {
-                let due = ids(
-                    tx,
-                    "SELECT id FROM jobs INDEXED BY jobs_retry WHERE state = 2 AND next_attempt_at <= ?1 \
-                     ORDER BY next_attempt_at LIMIT ?2",
-                    params![now, limit as i64],
-                )?;
-                transition_all(tx, st, due, |j| {
-                    transition::promote(j, now);
-                    true
-                })
-            })
-        })
+        self.transition_selected(
+            "SELECT id FROM jobs INDEXED BY jobs_retry WHERE state = 2 AND next_attempt_at <= ?1 \
+             ORDER BY next_attempt_at LIMIT ?2",
+            (now, limit as i64),
+            move |j| transition::promote(j, now),
+        )
         .await
     }
 
     async fn expire_leases(&self, now: Micros, limit: usize) -> Result<Vec<Job>, StoreError> {
-        self.write(move |tx, st| {
-            guarded(tx, || {
-                let due = ids(
-                    tx,
-                    "SELECT id FROM jobs INDEXED BY jobs_lease WHERE state = 1 AND lease_expires_at <= ?1 \
-                     ORDER BY lease_expires_at LIMIT ?2",
-                    params![now, limit as i64],
-                )?;
-                transition_all(tx, st, due, |j| {
-                    transition::lease_lost(j, now, "lease expired");
-                    true
-                })
-            })
-        })
+        self.transition_selected(
+            "SELECT id FROM jobs INDEXED BY jobs_lease WHERE state = 1 AND lease_expires_at <= ?1 \
+             ORDER BY lease_expires_at LIMIT ?2",
+            (now, limit as i64),
+            move |j| transition::lease_lost(j, now, "lease expired"),
+        )
         .await
     }
 
     async fn recover(&self, now: Micros) -> Result<Vec<Job>, StoreError> {
-        self.write(move |tx, st| {
-            guarded(tx, || {
-                let running = ids(tx, "SELECT id FROM jobs WHERE state = 1", [])?;
-                transition_all(tx, st, running, |j| {
-                    transition::lease_lost(j, now, "daemon stopped");
-                    true
-                })
-            })
-        })
+        // ?1 and ?2 are unused here: every RUNNING job is from a past life.
+        self.transition_selected(
+            "SELECT id FROM jobs WHERE state = 1 AND ?1 = ?1 AND ?2 = ?2",
+            (now, 0i64),
+            move |j| transition::lease_lost(j, now, "daemon stopped"),
+        )
         .await
     }
 
