@@ -16,7 +16,9 @@ PEER=${PEER:-../shared/peers/bullmq/run.sh}
 cargo build --release --quiet
 JOBD=$PWD/target/release/jobd
 WORK=$(mktemp -d)
-OUT=$WORK/results.jsonl
+# Results outlive the run (data dirs do not): target/bench-results/.
+RES=$PWD/target/bench-results; mkdir -p "$RES"
+OUT=$RES/jobd.jsonl; : > "$OUT"
 PID=""
 stop() { if [ -n "$PID" ]; then kill -TERM "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=""; fi; }
 trap 'stop; rm -rf "$WORK"' EXIT
@@ -58,8 +60,16 @@ sleep 2; echo "{\"run\":1,\"preload_rss_mb\":$(rss "$PID")}" >> "$OUT"
 stop
 
 echo "peer: $PEER" >&2
-PEER_OUT=$WORK/peer.jsonl
-for run in $(seq "$RUNS"); do bash "$PEER" >> "$PEER_OUT" 2>"$WORK/peer.log" || { cat "$WORK/peer.log" >&2; exit 1; }; done
+PEER_OUT=$RES/peer.jsonl; : > "$PEER_OUT"
+for run in $(seq "$RUNS"); do
+  # run.sh can exit 1 after printing its result (its EXIT trap ends on a
+  # failed test when Redis was already running), so judge it by its output.
+  line=$(bash "$PEER" 2>"$RES/peer.log" | tail -n 1) || true
+  case "$line" in
+    *'"headline"'*) echo "$line" >> "$PEER_OUT" ;;
+    *) echo "peer run $run produced no result:" >&2; tail -20 "$RES/peer.log" >&2; exit 1 ;;
+  esac
+done
 
 python3 scripts/bench_report.py "$OUT" "$PEER_OUT" "$(nproc)" "$(df -h . | awk 'NR==2 {print $1" ("$2")"}')" "scripts/bench.sh (RUNS=$RUNS DURATION=$DURATION DRAIN_JOBS=$DRAIN_JOBS WATCHERS=$WATCHERS PRELOAD=$PRELOAD)" > BENCHMARKS.md
 cat BENCHMARKS.md

@@ -24,6 +24,12 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_KIND_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
+pub const DEFAULT_MAX_WATCHERS_PER_CONNECTION: usize = 1000;
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -75,6 +81,7 @@ pub struct Config {
     pub queue: QueueConfig,
     pub drain: DrainConfig,
     pub retention: RetentionConfig,
+    pub limits: LimitsConfig,
     pub kinds: BTreeMap<String, KindConfig>,
 }
 
@@ -87,6 +94,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             drain: DrainConfig::default(),
             retention: RetentionConfig::default(),
+            limits: LimitsConfig::default(),
             kinds: BTreeMap::new(),
         }
     }
@@ -159,6 +167,44 @@ impl Default for RetentionConfig {
     fn default() -> Self {
         RetentionConfig {
             finished: DEFAULT_RETENTION,
+        }
+    }
+}
+
+/// Connection-level bounds of the gRPC listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// gRPC connections served at once; past it new clients wait in the
+    /// kernel's accept backlog until one closes.
+    pub max_connections: usize,
+    /// HTTP/2 streams (concurrent RPCs) per connection; past it the client
+    /// queues new RPCs on its side.
+    pub max_concurrent_streams: u32,
+    /// Open WatchStatus streams per connection; past it RESOURCE_EXHAUSTED.
+    pub max_watchers_per_connection: usize,
+    /// HTTP/2 PING interval on idle connections.
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_interval: Duration,
+    /// A connection whose PING is not answered this fast is closed.
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_timeout: Duration,
+    /// Ceiling on the time to answer one RPC (for streams: to start it);
+    /// past it the RPC fails with CANCELLED. Client deadlines shorter than
+    /// this apply as sent.
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
+            max_watchers_per_connection: DEFAULT_MAX_WATCHERS_PER_CONNECTION,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -374,6 +420,19 @@ impl Config {
         }
         if q.max_batch > 10_000 {
             return Err(invalid("queue.max_batch", "at most 10000"));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_connections", l.max_connections as u64),
+            ("limits.max_concurrent_streams", u64::from(l.max_concurrent_streams)),
+            ("limits.max_watchers_per_connection", l.max_watchers_per_connection as u64),
+            ("limits.keepalive_interval", l.keepalive_interval.as_millis() as u64),
+            ("limits.keepalive_timeout", l.keepalive_timeout.as_millis() as u64),
+            ("limits.request_timeout", l.request_timeout.as_millis() as u64),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be more than 0"));
+            }
         }
         if self.drain.timeout.is_zero() {
             return Err(invalid("drain.timeout", "must be more than 0"));

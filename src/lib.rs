@@ -24,6 +24,7 @@ pub mod api;
 pub mod bench;
 pub mod client;
 pub mod config;
+pub mod connections;
 pub mod engine;
 pub mod events;
 pub mod handlers;

@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
@@ -151,6 +149,7 @@ pub async fn run_with_registry(
         engine.clone(),
         config.queue.max_batch,
         config.queue.max_watchers,
+        config.limits.max_watchers_per_connection,
         streams_stop.clone(),
     );
     let limit = (config.queue.max_payload_bytes + MESSAGE_OVERHEAD).max(MIN_MESSAGE_LIMIT);
@@ -164,6 +163,10 @@ pub async fn run_with_registry(
         .unwrap_or_default();
     let server_stop = CancellationToken::new();
     let server = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
+        .http2_keepalive_interval(Some(config.limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.limits.keepalive_timeout))
+        .timeout(config.limits.request_timeout)
         // One span per RPC (visible at RUST_LOG=debug).
         .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
         .layer(GrpcMetricsLayer {
@@ -174,13 +177,7 @@ pub async fn run_with_registry(
         .add_service(reflection_v1alpha)
         .add_service(service)
         .serve_with_incoming_shutdown(
-            // Nagle's algorithm would hold small replies for up to 40 ms
-            // behind delayed ACKs; jobs are latency-sensitive small RPCs.
-            TcpListenerStream::new(listener).map(|s| {
-                s.inspect(|s| {
-                    let _ = s.set_nodelay(true);
-                })
-            }),
+            crate::connections::incoming(listener, config.limits.max_connections),
             server_stop.clone().cancelled_owned(),
         );
     let mut server_task = tokio::spawn(server);

@@ -7,8 +7,10 @@ pub mod error;
 pub mod grpc_metrics;
 pub mod validate;
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +27,10 @@ pub struct JobApi {
     engine: Arc<Engine>,
     max_batch: usize,
     max_watchers: usize,
+    /// Open watch streams per connection (by peer address), bounded by
+    /// `limits.max_watchers_per_connection`.
+    per_connection: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    max_per_connection: usize,
     /// Ends every WatchStatus stream when the daemon drains (with
     /// UNAVAILABLE), so the server's graceful close is not held up by them.
     streams_stop: CancellationToken,
@@ -35,14 +41,34 @@ impl JobApi {
         engine: Arc<Engine>,
         max_batch: usize,
         max_watchers: usize,
+        max_per_connection: usize,
         streams_stop: CancellationToken,
     ) -> Self {
         JobApi {
             engine,
             max_batch,
             max_watchers,
+            per_connection: Arc::default(),
+            max_per_connection,
             streams_stop,
         }
+    }
+
+    /// Takes one of the connection's watcher places; freed on drop.
+    fn connection_slot(&self, peer: Option<SocketAddr>) -> Result<Option<ConnSlot>, ApiError> {
+        let Some(peer) = peer else { return Ok(None) };
+        let mut m = self.per_connection.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(peer).or_default();
+        if *n >= self.max_per_connection {
+            return Err(ApiError::TooManyWatchers {
+                max: self.max_per_connection,
+            });
+        }
+        *n += 1;
+        Ok(Some(ConnSlot {
+            map: self.per_connection.clone(),
+            peer,
+        }))
     }
 
     fn err(&self, e: EngineError) -> Status {
@@ -86,6 +112,24 @@ impl JobApi {
 
     fn engine_max_backlog(&self) -> u64 {
         self.engine.max_backlog()
+    }
+}
+
+/// One watcher's place on its connection.
+struct ConnSlot {
+    map: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    peer: SocketAddr,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
     }
 }
 
@@ -188,12 +232,17 @@ impl JobService for JobApi {
         if self.streams_stop.is_cancelled() {
             return Err(ApiError::Draining.into());
         }
+        let slot = self.connection_slot(request.remote_addr())?;
         let (snapshot, sub) = self.engine.watch(id).await.map_err(|e| self.err(e))?;
-        Ok(Response::new(watch_stream(
-            snapshot,
-            sub,
-            self.streams_stop.clone(),
-        )))
+        let stream = watch_stream(snapshot, sub, self.streams_stop.clone());
+        // The stream owns the connection place and frees it when it ends.
+        Ok(Response::new(Box::pin(futures_util::StreamExt::map(
+            stream,
+            move |item| {
+                let _ = &slot;
+                item
+            },
+        ))))
     }
 
     async fn cancel(
