@@ -9,5 +9,6 @@ mod handlers;
 mod helpers;
 mod hostile_files;
 mod interop;
+mod limits;
 mod operator;
 mod store_contract;
