@@ -424,11 +424,26 @@ impl Config {
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections as u64),
-            ("limits.max_concurrent_streams", u64::from(l.max_concurrent_streams)),
-            ("limits.max_watchers_per_connection", l.max_watchers_per_connection as u64),
-            ("limits.keepalive_interval", l.keepalive_interval.as_millis() as u64),
-            ("limits.keepalive_timeout", l.keepalive_timeout.as_millis() as u64),
-            ("limits.request_timeout", l.request_timeout.as_millis() as u64),
+            (
+                "limits.max_concurrent_streams",
+                u64::from(l.max_concurrent_streams),
+            ),
+            (
+                "limits.max_watchers_per_connection",
+                l.max_watchers_per_connection as u64,
+            ),
+            (
+                "limits.keepalive_interval",
+                l.keepalive_interval.as_millis() as u64,
+            ),
+            (
+                "limits.keepalive_timeout",
+                l.keepalive_timeout.as_millis() as u64,
+            ),
+            (
+                "limits.request_timeout",
+                l.request_timeout.as_millis() as u64,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be more than 0"));

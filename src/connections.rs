@@ -27,13 +27,21 @@ impl Connected for Conn {
 }
 
 impl AsyncRead for Conn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Conn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -55,7 +63,10 @@ impl AsyncWrite for Conn {
 }
 
 /// The accepted connections as a stream for tonic's `serve_with_incoming`.
-pub fn incoming(listener: TcpListener, max_connections: usize) -> impl Stream<Item = std::io::Result<Conn>> {
+pub fn incoming(
+    listener: TcpListener,
+    max_connections: usize,
+) -> impl Stream<Item = std::io::Result<Conn>> {
     let slots = Arc::new(Semaphore::new(max_connections));
     futures_util::stream::unfold((listener, slots), |(listener, slots)| async move {
         // Wait for a free place before accepting: at the bound, clients
@@ -65,7 +76,10 @@ pub fn incoming(listener: TcpListener, max_connections: usize) -> impl Stream<It
             // Nagle would hold small replies for up to 40 ms behind delayed
             // ACKs; jobd's RPCs are small and latency-sensitive.
             let _ = stream.set_nodelay(true);
-            Conn { stream, _slot: slot }
+            Conn {
+                stream,
+                _slot: slot,
+            }
         });
         Some((r, (listener, slots)))
     })

@@ -57,7 +57,10 @@ impl JobApi {
     /// Takes one of the connection's watcher places; freed on drop.
     fn connection_slot(&self, peer: Option<SocketAddr>) -> Result<Option<ConnSlot>, ApiError> {
         let Some(peer) = peer else { return Ok(None) };
-        let mut m = self.per_connection.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self
+            .per_connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let n = m.entry(peer).or_default();
         if *n >= self.max_per_connection {
             return Err(ApiError::TooManyWatchers {
