@@ -82,6 +82,7 @@ pub struct Config {
     pub drain: DrainConfig,
     pub retention: RetentionConfig,
     pub limits: LimitsConfig,
+    pub auth: AuthConfig,
     pub kinds: BTreeMap<String, KindConfig>,
 }
 
@@ -95,6 +96,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             retention: RetentionConfig::default(),
             limits: LimitsConfig::default(),
+            auth: AuthConfig::default(),
             kinds: BTreeMap::new(),
         }
     }
@@ -206,6 +208,101 @@ impl Default for LimitsConfig {
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
+    }
+}
+
+/// What a token may do (see `api::auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Submit,
+    Admin,
+}
+
+/// A string that never prints: tokens stay out of logs and `check-config`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub token: Secret,
+    pub role: Role,
+}
+
+/// Bearer tokens for JobService. None configured: no authentication (fine
+/// on loopback; see README "Security").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenConfig>,
+    /// A file of `role token` lines (`#` comments), e.g. a mounted secret.
+    pub tokens_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    /// Every configured token, from the file too; a bad one names its place.
+    pub fn all_tokens(&self) -> Result<Vec<TokenConfig>, ConfigError> {
+        let mut out = self.tokens.clone();
+        if let Some(path) = &self.tokens_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                invalid(
+                    "auth.tokens_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (role, token) = line.split_once(char::is_whitespace).ok_or_else(|| {
+                    invalid(
+                        "auth.tokens_file",
+                        format!("line {}: expected `role token`", n + 1),
+                    )
+                })?;
+                let role = match role {
+                    "submit" => Role::Submit,
+                    "admin" => Role::Admin,
+                    other => {
+                        return Err(invalid(
+                            "auth.tokens_file",
+                            format!("line {}: unknown role {other:?} (submit or admin)", n + 1),
+                        ))
+                    }
+                };
+                out.push(TokenConfig {
+                    token: Secret::new(token.trim()),
+                    role,
+                });
+            }
+        }
+        for (i, t) in out.iter().enumerate() {
+            if t.token.expose().len() < 16 {
+                return Err(invalid(
+                    format!("auth.tokens[{i}]"),
+                    "tokens must be at least 16 characters",
+                ));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -421,6 +518,7 @@ impl Config {
         if q.max_batch > 10_000 {
             return Err(invalid("queue.max_batch", "at most 10000"));
         }
+        self.auth.all_tokens()?;
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections as u64),

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
+use crate::api::auth::{Authenticated, Tokens};
 use crate::api::grpc_metrics::GrpcMetricsLayer;
 use crate::api::JobApi;
 use crate::config::{Config, ConfigError};
@@ -156,6 +157,9 @@ pub async fn run_with_registry(
     let service = JobServiceServer::new(api)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit.max(config.queue.max_payload_bytes * 2));
+    let tokens = config.auth.all_tokens()?;
+    let auth_on = !tokens.is_empty();
+    let service = Authenticated::new(service, Tokens::new(tokens));
 
     let local = listener
         .local_addr()
@@ -182,6 +186,13 @@ pub async fn run_with_registry(
         );
     let mut server_task = tokio::spawn(server);
 
+    if !auth_on && !listener_is_loopback(&local) {
+        tracing::warn!(
+            listen = %local,
+            "SECURITY: listening beyond loopback without authentication or TLS: anyone who can \
+             reach this port can submit jobs (and run the configured commands); set [auth] tokens"
+        );
+    }
     set_health(&reporter, ServingStatus::Serving).await;
     metrics.set_ready(true);
     tracing::info!(
@@ -190,6 +201,7 @@ pub async fn run_with_registry(
         store = %config.store,
         kinds = ?kind_names,
         workers = config.queue.workers,
+        auth = auth_on,
         "jobd serving"
     );
 
@@ -241,6 +253,12 @@ pub async fn run_with_registry(
     store.close().await?;
     tracing::info!(requeued = stopped, "jobd stopped");
     Ok(())
+}
+
+fn listener_is_loopback(addr: &str) -> bool {
+    addr.parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false)
 }
 
 async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {

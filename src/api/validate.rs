@@ -266,6 +266,44 @@ mod tests {
         }
     }
 
+    /// Arbitrary bytes decoded as each request message, and every decoded
+    /// submit run through validation: errors, never panics. (A poor man's
+    /// fuzzer that runs in CI; the seed is printed for reproduction.)
+    #[test]
+    fn arbitrary_bytes_never_panic_decoding_or_validation() {
+        use prost::Message;
+        use rand::{Rng, SeedableRng};
+        let seed: u64 = rand::random();
+        println!("seed {seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let kind = crate::config::Config::default()
+            .with_default_kinds()
+            .validate()
+            .unwrap()
+            .remove(0);
+        for _ in 0..50_000 {
+            let len = rng.random_range(0..256);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            if let Ok(req) = proto::SubmitRequest::decode(bytes.as_slice()) {
+                let _ = submit(req, "", |k| (k == kind.name).then_some(&kind));
+            }
+            if let Ok(b) = proto::SubmitBatchRequest::decode(bytes.as_slice()) {
+                for req in b.requests {
+                    let _ = submit(req, "requests[0].", |_| Some(&kind));
+                }
+            }
+            if let Ok(r) = proto::ListJobsRequest::decode(bytes.as_slice()) {
+                let _ = page_size(r.page_size);
+                let _ = decode_page_token(&r.page_token);
+            }
+            if let Ok(r) = proto::GetStatusRequest::decode(bytes.as_slice()) {
+                let _ = job_id("id", &r.id);
+            }
+            let _ = proto::WatchStatusRequest::decode(bytes.as_slice());
+            let _ = proto::CancelRequest::decode(bytes.as_slice());
+        }
+    }
+
     #[test]
     fn request_hash_tells_requests_apart() {
         let a = proto::SubmitRequest {

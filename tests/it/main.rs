@@ -2,6 +2,7 @@
 //! real gRPC on an ephemeral port.
 
 mod api;
+mod auth;
 mod bench_smoke;
 mod binary;
 mod cli;
