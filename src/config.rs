@@ -83,6 +83,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
     pub kinds: BTreeMap<String, KindConfig>,
 }
 
@@ -97,6 +98,7 @@ impl Default for Config {
             retention: RetentionConfig::default(),
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
+            tls: None,
             kinds: BTreeMap::new(),
         }
     }
@@ -208,6 +210,43 @@ impl Default for LimitsConfig {
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
+    }
+}
+
+/// TLS on the gRPC listener (rustls). With `client_ca`, clients must show a
+/// certificate signed by it (mTLS).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// PEM CA bundle for client certificates; unset: no client certificates.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// PEM files read for TLS.
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub client_ca: Option<Vec<u8>>,
+}
+
+impl TlsConfig {
+    pub fn read(&self) -> Result<TlsPem, ConfigError> {
+        let read = |key: &str, p: &Path| {
+            std::fs::read(p).map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))
+        };
+        Ok(TlsPem {
+            cert: read("tls.cert", &self.cert)?,
+            key: read("tls.key", &self.key)?,
+            client_ca: self
+                .client_ca
+                .as_deref()
+                .map(|p| read("tls.client_ca", p))
+                .transpose()?,
+        })
     }
 }
 
@@ -519,6 +558,9 @@ impl Config {
             return Err(invalid("queue.max_batch", "at most 10000"));
         }
         self.auth.all_tokens()?;
+        if let Some(tls) = &self.tls {
+            tls.read()?;
+        }
         let l = &self.limits;
         for (key, v) in [
             ("limits.max_connections", l.max_connections as u64),

@@ -166,7 +166,17 @@ pub async fn run_with_registry(
         .map(|a| a.to_string())
         .unwrap_or_default();
     let server_stop = CancellationToken::new();
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        let pem = tls.read()?;
+        let mut t = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(pem.cert, pem.key));
+        if let Some(ca) = pem.client_ca {
+            t = t.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(t)?;
+    }
+    let server = builder
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
         .http2_keepalive_interval(Some(config.limits.keepalive_interval))
         .http2_keepalive_timeout(Some(config.limits.keepalive_timeout))
@@ -186,7 +196,7 @@ pub async fn run_with_registry(
         );
     let mut server_task = tokio::spawn(server);
 
-    if !auth_on && !listener_is_loopback(&local) {
+    if !auth_on && config.tls.is_none() && !listener_is_loopback(&local) {
         tracing::warn!(
             listen = %local,
             "SECURITY: listening beyond loopback without authentication or TLS: anyone who can \
@@ -202,6 +212,7 @@ pub async fn run_with_registry(
         kinds = ?kind_names,
         workers = config.queue.workers,
         auth = auth_on,
+        tls = config.tls.is_some(),
         "jobd serving"
     );
 

@@ -13,3 +13,4 @@ mod interop;
 mod limits;
 mod operator;
 mod store_contract;
+mod tls;
