@@ -293,6 +293,10 @@ pub struct AuthConfig {
     pub tokens: Vec<TokenConfig>,
     /// A file of `role token` lines (`#` comments), e.g. a mounted secret.
     pub tokens_file: Option<PathBuf>,
+    /// Submit and SubmitBatch calls per second allowed to each token (a
+    /// token bucket with one second of burst); past it RESOURCE_EXHAUSTED.
+    /// 0 = no limit.
+    pub submit_rate: u32,
 }
 
 impl AuthConfig {

@@ -159,7 +159,7 @@ pub async fn run_with_registry(
         .max_encoding_message_size(limit.max(config.queue.max_payload_bytes * 2));
     let tokens = config.auth.all_tokens()?;
     let auth_on = !tokens.is_empty();
-    let service = Authenticated::new(service, Tokens::new(tokens));
+    let service = Authenticated::new(service, Tokens::new(tokens, config.auth.submit_rate));
 
     let local = listener
         .local_addr()

@@ -6,7 +6,9 @@
 //! Roles: `submit` may call Submit, SubmitBatch, GetStatus, WatchStatus and
 //! ListJobs (of every job: jobs have no owner); `admin` may also Cancel.
 
+use std::sync::Mutex;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use subtle::ConstantTimeEq;
@@ -24,22 +26,60 @@ const SUBMIT_METHODS: &[&str] = &[
     "ListJobs",
 ];
 
+/// Per-token submit rate: a token bucket per configured token.
+struct Buckets {
+    rate: f64,
+    /// (tokens left, last refill) per configured token, by index.
+    state: Mutex<Vec<(f64, Instant)>>,
+}
+
+impl Buckets {
+    /// Takes one call's worth; `Err(wait)` when the bucket is empty.
+    fn take(&self, i: usize) -> Result<(), Duration> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (left, last) = &mut s[i];
+        let now = Instant::now();
+        *left = (*left + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
+        *last = now;
+        if *left >= 1.0 {
+            *left -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *left) / self.rate))
+        }
+    }
+}
+
 /// The configured tokens; empty means authentication is off.
 #[derive(Clone, Default)]
-pub struct Tokens(std::sync::Arc<Vec<TokenConfig>>);
+pub struct Tokens {
+    tokens: std::sync::Arc<Vec<TokenConfig>>,
+    buckets: Option<std::sync::Arc<Buckets>>,
+}
 
 impl Tokens {
-    pub fn new(tokens: Vec<TokenConfig>) -> Tokens {
-        Tokens(std::sync::Arc::new(tokens))
+    /// `submit_rate` 0 means no rate limit.
+    pub fn new(tokens: Vec<TokenConfig>, submit_rate: u32) -> Tokens {
+        let buckets = (submit_rate > 0).then(|| {
+            let rate = f64::from(submit_rate);
+            std::sync::Arc::new(Buckets {
+                rate,
+                state: Mutex::new(vec![(rate, Instant::now()); tokens.len()]),
+            })
+        });
+        Tokens {
+            tokens: std::sync::Arc::new(tokens),
+            buckets,
+        }
     }
 
-    /// The role of a presented token; every configured token is compared,
-    /// so the time taken does not tell which one nearly matched.
-    fn role(&self, presented: &[u8]) -> Option<Role> {
+    /// The index and role of a presented token; every configured token is
+    /// compared, so the time taken does not tell which one nearly matched.
+    fn role(&self, presented: &[u8]) -> Option<(usize, Role)> {
         let mut found = None;
-        for t in self.0.iter() {
+        for (i, t) in self.tokens.iter().enumerate() {
             if bool::from(t.token.expose().as_bytes().ct_eq(presented)) {
-                found = Some(t.role);
+                found = Some((i, t.role));
             }
         }
         found
@@ -47,7 +87,7 @@ impl Tokens {
 
     /// Whether a request with these headers may call `path`.
     pub fn check(&self, headers: &http::HeaderMap, path: &str) -> Result<(), Status> {
-        if self.0.is_empty() {
+        if self.tokens.is_empty() {
             return Ok(());
         }
         let presented = headers
@@ -56,17 +96,26 @@ impl Tokens {
             .ok_or_else(|| {
                 Status::unauthenticated("missing bearer token (authorization: Bearer <token>)")
             })?;
-        let role = self
+        let (index, role) = self
             .role(presented)
             .ok_or_else(|| Status::unauthenticated("invalid token"))?;
         let method = path.rsplit('/').next().unwrap_or("");
-        match role {
-            Role::Admin => Ok(()),
-            Role::Submit if SUBMIT_METHODS.contains(&method) => Ok(()),
-            Role::Submit => Err(Status::permission_denied(format!(
+        if role == Role::Submit && !SUBMIT_METHODS.contains(&method) {
+            return Err(Status::permission_denied(format!(
                 "a submit token may not call {method}; it needs an admin token"
-            ))),
+            )));
         }
+        if let (Some(b), "Submit" | "SubmitBatch") = (&self.buckets, method) {
+            b.take(index).map_err(|wait| {
+                use tonic_types::StatusExt;
+                Status::with_error_details(
+                    tonic::Code::ResourceExhausted,
+                    format!("submit rate limit of {} calls/s for this token", b.rate),
+                    tonic_types::ErrorDetails::with_retry_info(Some(wait)),
+                )
+            })?;
+        }
+        Ok(())
     }
 }
 

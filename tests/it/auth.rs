@@ -170,3 +170,34 @@ async fn ten_thousand_malformed_requests_then_a_good_one() {
     assert_eq!(wait_terminal(&mut c, &job.id).await.result, b"still fine");
     d.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn submit_rate_limit_per_token() {
+    let d = start(&format!(
+        "[auth]\nsubmit_rate = 5\ntokens = [{{ token = \"{ADMIN}\", role = \"admin\" }}, {{ token = \"{SUBMITTER}\", role = \"submit\" }}]\n"
+    ))
+    .await;
+    let mut a = client_with(&d.url(), Some(ADMIN)).await;
+    let mut ok = 0;
+    let mut limited = None;
+    for _ in 0..20 {
+        match a.submit(req("echo", "x")).await {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                limited = Some(e);
+                break;
+            }
+        }
+    }
+    let e = limited.expect("the 5/s bucket runs out within 20 quick calls");
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(tonic_types::StatusExt::get_details_retry_info(&e).is_some());
+    assert!((5..=7).contains(&ok), "{ok} calls passed a bucket of 5");
+    // Reads are not limited, and the other token has its own bucket.
+    a.list_jobs(proto::ListJobsRequest::default())
+        .await
+        .unwrap();
+    let mut s = client_with(&d.url(), Some(SUBMITTER)).await;
+    s.submit(req("echo", "x")).await.unwrap();
+    d.stop().await.unwrap();
+}

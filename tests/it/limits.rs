@@ -128,3 +128,37 @@ async fn request_timeout_ceiling_cancels_slow_rpcs() {
     assert!(served);
     d.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_are_never_read_do_not_stall_others() {
+    let d = start("").await;
+    let mut c = d.client().await;
+    // A job with many transitions, watched by 200 streams nobody reads.
+    let mut r = req("fail", "until:20");
+    r.max_attempts = 20;
+    let busy = submit(&mut c, r).await;
+    let lazy = d.client().await;
+    let mut unread = Vec::new();
+    for _ in 0..200 {
+        let mut l = lazy.clone();
+        unread.push(
+            l.watch_status(proto::WatchStatusRequest {
+                id: busy.id.clone(),
+                after_sequence: 0,
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    // Everyone else is served meanwhile, and the busy job finishes.
+    for i in 0..50 {
+        let j = submit(&mut c, req("echo", &format!("{i}"))).await;
+        wait_terminal(&mut c, &j.id).await;
+    }
+    assert_eq!(
+        state(&wait_terminal(&mut c, &busy.id).await),
+        proto::JobState::Succeeded
+    );
+    drop(unread);
+    d.stop().await.unwrap();
+}
