@@ -72,7 +72,13 @@ pub fn incoming(
         // Wait for a free place before accepting: at the bound, clients
         // queue in the kernel instead of being accepted and starved.
         let slot = slots.clone().acquire_owned().await.ok()?;
-        let r = listener.accept().await.map(|(stream, _)| {
+        let r = listener.accept().await;
+        if r.is_err() {
+            // Out of file descriptors (EMFILE) and the like: accept fails at
+            // once until some close, so pause instead of spinning.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let r = r.map(|(stream, _)| {
             // Nagle would hold small replies for up to 40 ms behind delayed
             // ACKs; jobd's RPCs are small and latency-sensitive.
             let _ = stream.set_nodelay(true);

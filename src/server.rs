@@ -23,6 +23,8 @@ use crate::store::{self, StoreError};
 /// How long the gRPC server may take to close its connections after the
 /// watch streams ended; tonic itself would wait without limit.
 pub const SERVER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long flushing the store at exit may take.
+pub const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room in a gRPC message beyond the payload limit, for the other fields.
 const MESSAGE_OVERHEAD: usize = 64 * 1024;
 /// The smallest decoded-message limit, so SubmitBatch of small jobs fits.
@@ -261,7 +263,10 @@ pub async fn run_with_registry(
     if let Some(t) = admin_task {
         let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
     }
-    store.close().await?;
+    match tokio::time::timeout(STORE_CLOSE_TIMEOUT, store.close()).await {
+        Ok(r) => r?,
+        Err(_) => tracing::error!("store did not close in {STORE_CLOSE_TIMEOUT:?}; exiting anyway (committed jobs are on disk)"),
+    }
     tracing::info!(requeued = stopped, "jobd stopped");
     Ok(())
 }

@@ -146,7 +146,9 @@ impl Engine {
                 .iter()
                 .map(|(k, p)| (k.clone(), p.num_permits()))
                 .collect(),
-            lease_slack: LEASE_SLACK,
+            // The lease must outlast timeout + the handler's stop grace, or
+            // the sweeper could requeue a job whose attempt still runs.
+            lease_slack: LEASE_SLACK + self.max_stop_grace(),
         };
         let jobs = self.store.claim(&req).await.map_err(|e| {
             tracing::warn!(error = %e, "claiming jobs failed; will retry");

@@ -78,7 +78,9 @@ pub struct Engine {
     /// Global bound on running jobs (`queue.workers`).
     workers: Arc<Semaphore>,
     /// Stop tokens of running attempts, to signal a cancel.
-    running: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Keyed by job and attempt, so an old attempt never removes a newer
+    /// one's token.
+    running: Mutex<HashMap<(Uuid, u32), CancellationToken>>,
     accepting: AtomicBool,
     /// Stops the dispatcher and sweeper loops (drain step 3).
     stop_dispatch: CancellationToken,
@@ -215,9 +217,9 @@ impl Engine {
             self.metrics.transition(Some(*prev), job);
             self.events.publish(job);
             if *prev == JobState::Running {
-                if let Some(t) = self.lock_running().get(&id) {
-                    t.cancel();
-                }
+                // The worker may not have started yet: the token is made
+                // here then, already cancelled, and the worker picks it up.
+                self.attempt_token(id, job.attempt).cancel();
             }
         }
         Ok(out)
@@ -247,13 +249,21 @@ impl Engine {
         force: &CancellationToken,
     ) -> usize {
         self.stop_accepting();
-        let _ = tasks.sweeper.await;
-        let mut workers = match tasks.dispatcher.await {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(error = %e, "dispatcher task failed");
-                return 0;
-            }
+        // Both loops stop at once unless a store call hangs; a second
+        // signal does not wait for that.
+        let loops = async {
+            let _ = tasks.sweeper.await;
+            tasks.dispatcher.await
+        };
+        let mut workers = tokio::select! {
+            r = loops => match r {
+                Ok(w) => w,
+                Err(e) => {
+                    tracing::error!(error = %e, "dispatcher task failed");
+                    return 0;
+                }
+            },
+            _ = force.cancelled() => return 0,
         };
         let wait_all = async { while workers.join_next().await.is_some() {} };
         let finished = tokio::select! {
@@ -282,7 +292,7 @@ impl Engine {
     }
 
     /// The longest any kind's handler may take to stop.
-    fn max_stop_grace(&self) -> Duration {
+    pub(super) fn max_stop_grace(&self) -> Duration {
         self.kinds
             .values()
             .map(|k| k.settings.stop_grace)
@@ -299,7 +309,16 @@ impl Engine {
         self.hints.max_capacity() - self.hints.capacity()
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
+    /// The stop token of an attempt (created on first use; a child of the
+    /// drain's token).
+    fn attempt_token(&self, id: Uuid, attempt: u32) -> CancellationToken {
+        self.lock_running()
+            .entry((id, attempt))
+            .or_insert_with(|| self.stop_attempts.child_token())
+            .clone()
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, u32), CancellationToken>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

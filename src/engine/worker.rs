@@ -58,11 +58,12 @@ impl Engine {
     }
 
     async fn attempt_inner(&self, job: Job) {
-        let stop = self.stop_attempts.child_token();
-        self.lock_running().insert(job.id, stop.clone());
+        // A cancel that came between the claim and this point left an
+        // already-cancelled token here: the attempt then stops at once.
+        let stop = self.attempt_token(job.id, job.attempt);
         let began = std::time::Instant::now();
         let ended = self.execute(&job, stop).await;
-        self.lock_running().remove(&job.id);
+        self.lock_running().remove(&(job.id, job.attempt));
         self.metrics
             .attempt(&job.kind, ended.label(), began.elapsed());
         let outcome = match self.decide(&job, ended) {

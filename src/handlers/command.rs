@@ -33,6 +33,10 @@ pub struct CommandHandler {
 
 /// Sends `sig` to every process in the group led by `pid`.
 fn signal_group(pid: u32, sig: libc::c_int) {
+    // pid 0 would mean jobd's own group.
+    if pid == 0 {
+        return;
+    }
     // SAFETY: kill(2) with a negative pid signals a process group; it has
     // no memory-safety preconditions.
     unsafe {
@@ -130,9 +134,16 @@ impl Handler for CommandHandler {
         let stderr = child.stderr.take().expect("piped");
         let out_task = tokio::spawn(read_capped(stdout, self.max_output_bytes));
         let err_task = tokio::spawn(read_tail(stderr, STDERR_TAIL_BYTES));
+        // Fed on its own: a program may exit without reading all of stdin,
+        // and a grandchild holding stdin open must not keep us waiting.
+        let feeder = tokio::spawn(feed);
         let status = tokio::select! {
-            (status, ()) = async { tokio::join!(child.wait(), feed) } => status,
+            status = child.wait() => {
+                feeder.abort();
+                status
+            }
             _ = job.cancel.cancelled() => {
+                feeder.abort();
                 self.stop(&mut child, pid).await;
                 return Err(HandlerError::retryable("command stopped"));
             }

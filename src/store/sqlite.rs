@@ -192,8 +192,11 @@ struct WriterState {
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 /// A write request: run on the group's transaction, or handed the error
 /// when the group could not start.
-type Work =
-    Box<dyn FnOnce(Result<(&Transaction<'_>, &mut WriterState), StoreError>) -> Reply + Send>;
+/// Returns the reply and whether the request failed (its savepoint is then
+/// rolled back and the writer's counter restored).
+type Work = Box<
+    dyn FnOnce(Result<(&Transaction<'_>, &mut WriterState), StoreError>) -> (Reply, bool) + Send,
+>;
 
 enum Request {
     Work(Work),
@@ -286,9 +289,11 @@ impl SqliteStore {
         let (tx, rx) = oneshot::channel();
         let work: Work = Box::new(move |ctx| {
             let r = ctx.and_then(|(t, st)| f(t, st));
-            Box::new(move |commit: Result<(), StoreError>| {
+            let failed = r.is_err();
+            let reply: Reply = Box::new(move |commit: Result<(), StoreError>| {
                 let _ = tx.send(commit.and(r));
-            })
+            });
+            (reply, failed)
         });
         self.writer
             .send(Request::Work(work))
@@ -376,7 +381,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, mut st: Wr
     // Requests that raced the close get an error, not silence.
     while let Ok(r) = rx.try_recv() {
         if let Request::Work(w) = r {
-            w(Err(gone()))(Err(gone()));
+            w(Err(gone())).0(Err(gone()));
         }
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
@@ -395,21 +400,46 @@ fn run_group(conn: &mut Connection, batch: &mut Vec<Work>, st: &mut WriterState)
             tracing::warn!(error = %e, "cannot begin store transaction");
             for w in batch.drain(..) {
                 let err = || StoreError::Unavailable(e.to_string());
-                w(Err(err()))(Err(err()));
+                w(Err(err())).0(Err(err()));
             }
             return;
         }
     };
     let mut replies = Vec::with_capacity(batch.len());
+    // Set when SQLite rolled the whole transaction back by itself (it does
+    // on some I/O errors): nothing of this group can be committed then.
+    let mut lost: Option<StoreError> = None;
     for w in batch.drain(..) {
-        let sp = tx.execute_batch("SAVEPOINT w");
-        let reply = w(Ok((&tx, &mut *st)));
-        if sp.is_ok() {
-            let _ = tx.execute_batch("RELEASE w");
+        if let Some(e) = &lost {
+            let err = StoreError::Unavailable(e.to_string());
+            replies.push(w(Err(err)).0);
+            continue;
+        }
+        if let Err(e) = tx.execute_batch("SAVEPOINT w") {
+            replies.push(w(Err(map_err(e))).0);
+            continue;
+        }
+        let waiting = st.waiting;
+        let (reply, failed) = w(Ok((&tx, &mut *st)));
+        if failed {
+            st.waiting = waiting;
         }
         replies.push(reply);
+        if tx.is_autocommit() {
+            lost = Some(StoreError::Unavailable(
+                "the store rolled the transaction back".into(),
+            ));
+        } else {
+            let _ = tx.execute_batch("RELEASE w");
+        }
     }
-    let commit = tx.commit().map_err(map_err);
+    let commit = match lost {
+        Some(e) => {
+            drop(tx);
+            Err(e)
+        }
+        None => tx.commit().map_err(map_err),
+    };
     if let Err(e) = &commit {
         tracing::warn!(error = %e, "store commit failed; nothing in this group was stored");
         st.waiting = count_waiting(conn).unwrap_or(before);

@@ -90,6 +90,13 @@ permanent_exit_codes = [7]
 handler = "command"
 command = ["/nonexistent/jobd-test-program"]
 
+[kinds.noread]
+handler = "command"
+# Exits without reading stdin; a background child keeps stdin open.
+command = ["sh", "-c", "sleep 30 <&0 >/dev/null 2>&1 & echo done"]
+timeout = "20s"
+max_attempts = 1
+
 [kinds.huge]
 handler = "command"
 command = ["sh", "-c", "head -c 50000000 /dev/zero"]
@@ -138,6 +145,15 @@ max_result_bytes = 1000
         "{}",
         done.last_error
     );
+
+    // 1 MiB of stdin (more than a pipe holds) to a program that never reads
+    // it: the job ends when the program does, not at the timeout.
+    let started = std::time::Instant::now();
+    let big = "x".repeat(1024 * 1024);
+    let j = submit(&mut c, req("noread", &big)).await;
+    let done = wait_terminal(&mut c, &j.id).await;
+    assert_eq!(state(&done), JobState::Succeeded, "{}", done.last_error);
+    assert!(started.elapsed() < Duration::from_secs(10));
 
     let j = submit(&mut c, req("huge", "")).await;
     let done = wait_terminal(&mut c, &j.id).await;
