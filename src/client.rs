@@ -237,13 +237,14 @@ fn final_code(j: &proto::Job) -> u8 {
     }
 }
 
-async fn connect(addr: &str) -> Result<JobServiceClient<Channel>, Failure> {
+/// A channel to the daemon (connect errors: exit 5).
+async fn channel(addr: &str) -> Result<Channel, Failure> {
     let url = if addr.contains("://") {
         addr.to_string()
     } else {
         format!("http://{addr}")
     };
-    let ch = Channel::from_shared(url.clone())
+    Channel::from_shared(url.clone())
         .map_err(|e| Failure(exit::USAGE, format!("bad --addr {addr:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5))
         .connect()
@@ -253,8 +254,11 @@ async fn connect(addr: &str) -> Result<JobServiceClient<Channel>, Failure> {
                 exit::UNAVAILABLE,
                 format!("cannot reach jobd at {url}: {e}"),
             )
-        })?;
-    Ok(JobServiceClient::new(ch))
+        })
+}
+
+async fn connect(addr: &str) -> Result<JobServiceClient<Channel>, Failure> {
+    Ok(JobServiceClient::new(channel(addr).await?))
 }
 
 /// Follows a job, printing each change: a live line on a terminal, plain
@@ -332,22 +336,7 @@ async fn follow_to_end(
 
 async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
     if let ClientCommand::Health = cmd {
-        let url = if common.addr.contains("://") {
-            common.addr.clone()
-        } else {
-            format!("http://{}", common.addr)
-        };
-        let ch = Channel::from_shared(url.clone())
-            .map_err(|e| Failure(exit::USAGE, e.to_string()))?
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .map_err(|e| {
-                Failure(
-                    exit::UNAVAILABLE,
-                    format!("cannot reach jobd at {url}: {e}"),
-                )
-            })?;
+        let ch = channel(&common.addr).await?;
         let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
         let r = h
             .check(tonic_health::pb::HealthCheckRequest {
