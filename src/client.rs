@@ -334,25 +334,30 @@ async fn follow_to_end(
     Ok(final_code(&done))
 }
 
+/// `jobd health`: the daemon's overall gRPC health (exit 5 unless SERVING).
+async fn health(common: &Common) -> Result<u8, Failure> {
+    let ch = channel(&common.addr).await?;
+    let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
+    let r = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await?
+        .into_inner();
+    let serving =
+        r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let name = if serving { "SERVING" } else { "NOT_SERVING" };
+    if common.json {
+        println!("{}", json!({ "status": name }));
+    } else {
+        println!("{name}");
+    }
+    Ok(if serving { exit::OK } else { exit::UNAVAILABLE })
+}
+
 async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
     if let ClientCommand::Health = cmd {
-        let ch = channel(&common.addr).await?;
-        let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
-        let r = h
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
-            .await?
-            .into_inner();
-        let serving =
-            r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
-        let name = if serving { "SERVING" } else { "NOT_SERVING" };
-        if common.json {
-            println!("{}", json!({ "status": name }));
-        } else {
-            println!("{name}");
-        }
-        return Ok(if serving { exit::OK } else { exit::UNAVAILABLE });
+        return health(common).await;
     }
     let mut c = connect(&common.addr).await?;
     let print = |j: &proto::Job| {
@@ -485,7 +490,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             }
             Ok(exit::OK)
         }
-        ClientCommand::Health => unreachable!("handled above"),
+        ClientCommand::Health => health(common).await,
     }
 }
 
