@@ -168,7 +168,6 @@ impl Engine {
         let delayed = jobs
             .iter()
             .any(|j| j.run_at.is_some_and(|t| t > j.created_at));
-        let kinds: Vec<String> = jobs.iter().map(|j| j.kind.clone()).collect();
         let out = match self.store.insert(jobs, self.max_backlog).await {
             Ok(out) => out,
             Err(e) => {
@@ -177,16 +176,16 @@ impl Engine {
             }
         };
         let mut created = false;
-        for (o, kind) in out.iter().zip(&kinds) {
+        for o in &out {
             match o {
                 InsertOutcome::Created(job) => {
                     created = true;
                     self.metrics.submitted(job);
                 }
-                InsertOutcome::Deduplicated(_) => {
+                InsertOutcome::Deduplicated(job) => {
                     self.metrics
                         .deduplicated
-                        .get_or_create(&vec![("kind", kind.clone())])
+                        .get_or_create(&vec![("kind", job.kind.clone())])
                         .inc();
                 }
                 InsertOutcome::Conflict { .. } => self.metrics.reject("idempotency_conflict"),

@@ -302,17 +302,16 @@ impl SqliteStore {
         rx.await.map_err(|_| gone())?
     }
 
-    /// Applies `f` to every job the query (`?1`, `?2` bound to `params`)
-    /// selects, in one write.
+    /// Applies `f` to every job the query selects, in one write.
     async fn transition_selected(
         &self,
         sql: &'static str,
-        params: (Micros, i64),
+        params: impl rusqlite::Params + Send + 'static,
         f: impl Fn(&mut Job) + Send + 'static,
     ) -> Result<Vec<Job>, StoreError> {
         self.write(move |tx, st| {
             guarded(tx, || {
-                let due = ids(tx, sql, rusqlite::params![params.0, params.1])?;
+                let due = ids(tx, sql, params)?;
                 transition_all(tx, st, due, |j| {
                     f(j);
                     true
@@ -769,12 +768,10 @@ impl Store for SqliteStore {
     }
 
     async fn recover(&self, now: Micros) -> Result<Vec<Job>, StoreError> {
-        // ?1 and ?2 are unused here: every RUNNING job is from a past life.
-        self.transition_selected(
-            "SELECT id FROM jobs WHERE state = 1 AND ?1 = ?1 AND ?2 = ?2",
-            (now, 0i64),
-            move |j| transition::lease_lost(j, now, "daemon stopped"),
-        )
+        // Every RUNNING job is from a past life of this (single) daemon.
+        self.transition_selected("SELECT id FROM jobs WHERE state = 1", (), move |j| {
+            transition::lease_lost(j, now, "daemon stopped")
+        })
         .await
     }
 

@@ -337,3 +337,32 @@ async fn kill_9_loses_no_acknowledged_job() {
     assert_eq!(lost, 0, "acknowledged jobs lost");
     assert_eq!(unexpected, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_skips_the_drain_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long grace and drain timeout that a second signal must cut short.
+    let mut p = spawn_daemon(dir.path(), "[drain]\ngrace = \"30s\"\ntimeout = \"60s\"\n").await;
+    let mut c = connect(&p.url).await;
+    let long = submit(&mut c, req("sleep", "600000")).await;
+    wait_for(&mut c, &long.id, |s| s == JobState::Running).await;
+    let started = std::time::Instant::now();
+    signal(&p.child, "-TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&p.child, "-TERM");
+    let status = tokio::task::spawn_blocking(move || p.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The interrupted job is still there and runs again in the next life.
+    let store = jobd::store::open(&format!("sqlite:{}/data/jobd.db", dir.path().display()))
+        .await
+        .unwrap();
+    assert!(store.get(long.id.parse().unwrap()).await.unwrap().is_some());
+    store.close().await.unwrap();
+}
