@@ -76,8 +76,10 @@ pub struct Config {
     pub listen: String,
     /// Admin HTTP address (metrics and probes), or "off".
     pub admin_listen: String,
-    /// Store URL: `memory:` or `sqlite:PATH`.
+    /// Store URL: `memory:`, `sqlite:PATH` or `postgres://...`.
     pub store: String,
+    /// Settings of the `postgres://` store (ignored by the others).
+    pub postgres: PostgresConfig,
     pub queue: QueueConfig,
     pub drain: DrainConfig,
     pub retention: RetentionConfig,
@@ -93,6 +95,7 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.into(),
             admin_listen: DEFAULT_ADMIN_LISTEN.into(),
             store: DEFAULT_STORE.into(),
+            postgres: PostgresConfig::default(),
             queue: QueueConfig::default(),
             drain: DrainConfig::default(),
             retention: RetentionConfig::default(),
@@ -173,6 +176,84 @@ impl Default for RetentionConfig {
             finished: DEFAULT_RETENTION,
         }
     }
+}
+
+/// The shared PostgreSQL store (several instances on one queue).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Database connections this instance opens at most (one more is kept
+    /// for LISTEN). Store calls past it wait for a free one, up to `timeout`.
+    pub pool_size: usize,
+    /// Bound on connecting and on every store call; past it the call fails
+    /// with UNAVAILABLE (Submit) or is retried later (workers, sweeper).
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// A RUNNING job's lease: renewed every third of it while this instance
+    /// lives; when an instance dies, its jobs are taken back this long after
+    /// its last renewal.
+    #[serde(deserialize_with = "duration")]
+    pub lease_ttl: Duration,
+    /// This instance's name in the `owner` column. Default: random per
+    /// start. Give each instance a stable, unique name (a StatefulSet pod
+    /// name) and a restarted instance takes its own jobs back at once instead
+    /// of after `lease_ttl`.
+    pub instance_id: Option<String>,
+    /// PostgreSQL schema holding jobd's tables (created if missing).
+    pub schema: String,
+}
+
+pub const DEFAULT_PG_POOL_SIZE: usize = 16;
+pub const DEFAULT_PG_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_PG_LEASE_TTL: Duration = Duration::from_secs(30);
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            pool_size: DEFAULT_PG_POOL_SIZE,
+            timeout: DEFAULT_PG_TIMEOUT,
+            lease_ttl: DEFAULT_PG_LEASE_TTL,
+            instance_id: None,
+            schema: "jobd".into(),
+        }
+    }
+}
+
+impl PostgresConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=1000).contains(&self.pool_size) {
+            return Err(invalid("postgres.pool_size", "must be 1 to 1000"));
+        }
+        if self.timeout < Duration::from_millis(100) {
+            return Err(invalid("postgres.timeout", "must be at least 100ms"));
+        }
+        if self.lease_ttl < Duration::from_secs(1) {
+            return Err(invalid("postgres.lease_ttl", "must be at least 1s"));
+        }
+        if !is_pg_identifier(&self.schema) {
+            return Err(invalid(
+                "postgres.schema",
+                "1 to 40 of a-z, 0-9 and _, not starting with a digit",
+            ));
+        }
+        if let Some(id) = &self.instance_id {
+            if id.is_empty() || id.len() > 100 || id.chars().any(|c| c.is_control()) {
+                return Err(invalid(
+                    "postgres.instance_id",
+                    "1 to 100 printable characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name PostgreSQL takes unquoted: lower-case letters, digits, `_`.
+fn is_pg_identifier(s: &str) -> bool {
+    (1..=40).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// Connection-level bounds of the gRPC listener.
@@ -533,11 +614,18 @@ impl Config {
                 )
             })?;
         }
-        if !(self.store.starts_with("sqlite:") || self.store.starts_with("memory")) {
+        let pg = self.store.starts_with("postgres://") || self.store.starts_with("postgresql://");
+        if !(self.store.starts_with("sqlite:") || self.store.starts_with("memory") || pg) {
             return Err(invalid(
                 "store",
-                format!("{:?}: use memory: or sqlite:PATH", self.store),
+                format!(
+                    "{:?}: use memory:, sqlite:PATH or postgres://...",
+                    self.store
+                ),
             ));
+        }
+        if pg {
+            self.postgres.validate()?;
         }
         let q = &self.queue;
         for (key, v) in [

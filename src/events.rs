@@ -6,7 +6,7 @@
 //! any terminal state, always reaches the watcher.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
@@ -23,6 +23,10 @@ pub struct Events {
     watchers: Mutex<HashMap<Uuid, Vec<Arc<Slot>>>>,
     count: AtomicUsize,
     max: usize,
+    /// Off when a shared store feeds every transition (from any instance)
+    /// through [`Events::deliver`]: the engine's own publishes would then
+    /// race the feed and could reorder events.
+    local: AtomicBool,
 }
 
 #[derive(Default)]
@@ -41,6 +45,7 @@ impl Events {
             watchers: Mutex::new(HashMap::new()),
             count: AtomicUsize::new(0),
             max: max_watchers,
+            local: AtomicBool::new(true),
         })
     }
 
@@ -66,8 +71,30 @@ impl Events {
         })
     }
 
-    /// Hands a new snapshot to every watcher of its job.
+    /// From now on only [`Events::deliver`] reaches watchers.
+    pub fn use_external_feed(&self) {
+        self.local.store(false, Ordering::Release);
+    }
+
+    /// A transition this instance made.
     pub fn publish(&self, job: &Job) {
+        if self.local.load(Ordering::Acquire) {
+            self.deliver(job);
+        }
+    }
+
+    /// Whether job `id` has watchers here.
+    pub fn is_watched(&self, id: &Uuid) -> bool {
+        self.count.load(Ordering::Relaxed) > 0 && self.lock().contains_key(id)
+    }
+
+    /// The jobs with watchers here.
+    pub fn watched(&self) -> Vec<Uuid> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// Hands a new snapshot to every watcher of its job.
+    pub fn deliver(&self, job: &Job) {
         if self.count.load(Ordering::Relaxed) == 0 {
             return;
         }

@@ -23,6 +23,8 @@ use crate::store::{self, StoreError};
 /// How long the gRPC server may take to close its connections after the
 /// watch streams ended; tonic itself would wait without limit.
 pub const SERVER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a remote store is probed for health.
+const STORE_PING_EVERY: Duration = Duration::from_secs(1);
 /// How long flushing the store at exit may take.
 pub const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Room in a gRPC message beyond the payload limit, for the other fields.
@@ -117,7 +119,7 @@ pub async fn run_with_registry(
 ) -> Result<(), RunError> {
     let kinds = config.validate()?;
     let kind_names: Vec<String> = kinds.iter().map(|k| k.name.clone()).collect();
-    let store = store::open(&config.store).await?;
+    let store = store::open_with(&config.store, &config.postgres).await?;
     let metrics = Arc::new(Metrics::new());
     let recovered = store.recover(now_micros()).await?;
     metrics.requeued("recovered", recovered.len());
@@ -207,6 +209,13 @@ pub async fn run_with_registry(
     }
     set_health(&reporter, ServingStatus::Serving).await;
     metrics.set_ready(true);
+    let health_stop = CancellationToken::new();
+    let store_health = tokio::spawn(follow_store_health(
+        store.clone(),
+        reporter.clone(),
+        metrics.clone(),
+        health_stop.clone(),
+    ));
     tracing::info!(
         listen = %local,
         admin = ?admin_addr,
@@ -232,7 +241,9 @@ pub async fn run_with_registry(
         }
     }
 
-    // 1. The "open" sign goes off first.
+    // 1. The "open" sign goes off first (and stays off).
+    health_stop.cancel();
+    let _ = store_health.await;
     tracing::info!(grace = ?config.drain.grace, "draining: health NOT_SERVING");
     set_health(&reporter, ServingStatus::NotServing).await;
     metrics.set_ready(false);
@@ -269,6 +280,46 @@ pub async fn run_with_registry(
     }
     tracing::info!(requeued = stopped, "jobd stopped");
     Ok(())
+}
+
+/// Shared (remote) stores: health follows the store, NOT_SERVING while it
+/// cannot be reached, so probes and load balancers steer clients to other
+/// instances, and back once it answers again.
+async fn follow_store_health(
+    store: store::SharedStore,
+    reporter: tonic_health::server::HealthReporter,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    if !store.is_shared() {
+        return;
+    }
+    let mut up = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(STORE_PING_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        let ok = tokio::select! {
+            r = store.ping() => r,
+            _ = stop.cancelled() => return,
+        };
+        if ok.is_ok() == up {
+            continue;
+        }
+        up = ok.is_ok();
+        match ok {
+            Ok(()) => tracing::info!("store reachable again: health SERVING"),
+            Err(e) => tracing::warn!(error = %e, "store unreachable: health NOT_SERVING"),
+        }
+        let status = if up {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        set_health(&reporter, status).await;
+        metrics.set_ready(up);
+    }
 }
 
 fn listener_is_loopback(addr: &str) -> bool {

@@ -9,6 +9,7 @@
 //! most that long and loses nothing.
 
 mod dispatcher;
+mod feed;
 pub mod retry;
 mod sweeper;
 mod worker;
@@ -80,7 +81,7 @@ pub struct Engine {
     /// Stop tokens of running attempts, to signal a cancel.
     /// Keyed by job and attempt, so an old attempt never removes a newer
     /// one's token.
-    running: Mutex<HashMap<(Uuid, u32), CancellationToken>>,
+    running: Mutex<HashMap<(Uuid, u32), RunningAttempt>>,
     accepting: AtomicBool,
     /// Stops the dispatcher and sweeper loops (drain step 3).
     stop_dispatch: CancellationToken,
@@ -88,6 +89,14 @@ pub struct Engine {
     stop_attempts: CancellationToken,
     retention: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// An attempt running here.
+struct RunningAttempt {
+    stop: CancellationToken,
+    /// The job's sequence when this attempt was claimed: later changes
+    /// announced by a shared store (a cancel on another instance) stop it.
+    claimed_at_sequence: u64,
 }
 
 /// The engine's background tasks, awaited by [`Engine::drain`].
@@ -128,6 +137,12 @@ impl Engine {
             retention: config.retention.finished,
             metrics,
         });
+        if let Some(feed) = engine.store.changes() {
+            // Transitions reach watchers through the store, from whichever
+            // instance made them.
+            engine.events.use_external_feed();
+            tokio::spawn(engine.clone().feed_loop(feed));
+        }
         let tasks = EngineTasks {
             dispatcher: tokio::spawn(engine.clone().dispatch_loop(hint_rx)),
             sweeper: tokio::spawn(engine.clone().sweep_loop()),
@@ -218,7 +233,7 @@ impl Engine {
             if *prev == JobState::Running {
                 // The worker may not have started yet: the token is made
                 // here then, already cancelled, and the worker picks it up.
-                self.attempt_token(id, job.attempt).cancel();
+                self.attempt_token(id, job.attempt, 0).cancel();
             }
         }
         Ok(out)
@@ -309,15 +324,20 @@ impl Engine {
     }
 
     /// The stop token of an attempt (created on first use; a child of the
-    /// drain's token).
-    fn attempt_token(&self, id: Uuid, attempt: u32) -> CancellationToken {
-        self.lock_running()
+    /// drain's token). `sequence`: the job's sequence as the caller saw it.
+    fn attempt_token(&self, id: Uuid, attempt: u32, sequence: u64) -> CancellationToken {
+        let mut running = self.lock_running();
+        let r = running
             .entry((id, attempt))
-            .or_insert_with(|| self.stop_attempts.child_token())
-            .clone()
+            .or_insert_with(|| RunningAttempt {
+                stop: self.stop_attempts.child_token(),
+                claimed_at_sequence: 0,
+            });
+        r.claimed_at_sequence = r.claimed_at_sequence.max(sequence);
+        r.stop.clone()
     }
 
-    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, u32), CancellationToken>> {
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, u32), RunningAttempt>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -2,6 +2,7 @@
 //! whose lease ran out, prunes finished jobs past retention, and wakes the
 //! dispatcher for delayed jobs that became due.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,16 +16,24 @@ const MAX_SLEEP: Duration = Duration::from_secs(1);
 const SWEEP_BATCH: usize = 1000;
 /// Pruning runs this often, in batches of `SWEEP_BATCH`.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// With a shared store, the state gauges are re-read from it this often
+/// (other instances' transitions move them too).
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 impl Engine {
     pub(super) async fn sweep_loop(self: Arc<Self>) {
         let mut next_prune = now_micros();
+        let mut next_gauges = now_micros();
         loop {
             let now = now_micros();
             self.sweep_once(now).await;
             if now >= next_prune {
                 self.prune(now).await;
                 next_prune = add_micros(now, PRUNE_EVERY);
+            }
+            if self.store.is_shared() && now >= next_gauges {
+                self.refresh_gauges().await;
+                next_gauges = add_micros(now, GAUGES_EVERY);
             }
             let sleep_until = match self.store.next_due_at(now).await {
                 Ok(Some(t)) => t.min(add_micros(now, MAX_SLEEP)),
@@ -41,6 +50,12 @@ impl Engine {
     }
 
     async fn sweep_once(&self, now: Micros) {
+        // Shared stores: renew this instance's leases before taking back
+        // anyone's expired ones.
+        let running: Vec<uuid::Uuid> = self.lock_running().keys().map(|(id, _)| *id).collect();
+        if let Err(e) = self.store.heartbeat(now, &running).await {
+            tracing::warn!(error = %e, "renewing leases failed");
+        }
         loop {
             match self.store.release_delayed(now, SWEEP_BATCH).await {
                 Ok(n) if n == SWEEP_BATCH => continue,
@@ -82,6 +97,31 @@ impl Engine {
         // Due delayed jobs, promoted retries, or a hint that was dropped:
         // one claim attempt a sweep covers them all.
         self.hint();
+    }
+
+    /// Sets every state gauge from the store's counts.
+    async fn refresh_gauges(&self) {
+        let rows = match self.store.count_by_kind().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading job counts failed");
+                return;
+            }
+        };
+        let mut counts: HashMap<(JobState, String), u64> = self
+            .kinds
+            .keys()
+            .flat_map(|k| {
+                [JobState::Queued, JobState::Running, JobState::RetryWait]
+                    .map(|s| ((s, k.clone()), 0))
+            })
+            .collect();
+        for (state, kind, n) in rows {
+            counts.insert((state, kind), n);
+        }
+        for ((state, kind), n) in counts {
+            self.metrics.set_state_count(state, &kind, n);
+        }
     }
 
     async fn prune(&self, now: Micros) {

@@ -60,7 +60,7 @@ impl Engine {
     async fn attempt_inner(&self, job: Job) {
         // A cancel that came between the claim and this point left an
         // already-cancelled token here: the attempt then stops at once.
-        let stop = self.attempt_token(job.id, job.attempt);
+        let stop = self.attempt_token(job.id, job.attempt, job.sequence);
         let began = std::time::Instant::now();
         let ended = self.execute(&job, stop).await;
         self.lock_running().remove(&(job.id, job.attempt));

@@ -1,10 +1,12 @@
 //! Durable job storage. One [`Store`] trait, three places to keep jobs:
-//! [`memory`] (tests, throwaway use), [`sqlite`] (the embedded default) and,
-//! later, PostgreSQL. Every state change is one atomic store write that
+//! [`memory`] (tests, throwaway use), [`sqlite`] (the embedded default) and
+//! [`postgres`] (several instances on one queue). Every state change is one atomic store write that
 //! returns the job's new snapshot; the transition rules themselves live in
 //! [`transition`] so that every implementation applies the same ones.
 
+pub mod codec;
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 pub mod transition;
 
@@ -106,6 +108,16 @@ pub struct ListQuery {
     pub limit: usize,
 }
 
+/// A transition some instance made, as a shared store announces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Job `id` now has `sequence`.
+    Job { id: Uuid, sequence: u64 },
+    /// Announcements may have been missed (the feed reconnected or
+    /// overflowed): re-read whatever is watched or running.
+    Resync,
+}
+
 /// Number of jobs in each state.
 pub type StateCounts = BTreeMap<JobState, u64>;
 
@@ -158,12 +170,52 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError>;
     /// Flushes and closes; later calls fail with `Unavailable`.
     async fn close(&self) -> Result<(), StoreError>;
+
+    /// Several instances share this store: only the store knows every
+    /// transition and every count.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Shared stores: a feed of every transition any instance makes. `None`
+    /// for single-instance stores (the engine publishes its own).
+    fn changes(&self) -> Option<tokio::sync::mpsc::Receiver<Change>> {
+        None
+    }
+    /// Shared stores: job `id`'s snapshots after sequence `after`, oldest
+    /// first, from a short event history (WatchStatus across instances).
+    async fn events_since(&self, _id: Uuid, _after: u64) -> Result<Vec<Job>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Called on every sweep with the jobs whose attempts run here: shared
+    /// stores renew their leases (and only theirs: a job whose result could
+    /// not be written must still time out and run elsewhere).
+    async fn heartbeat(&self, _now: Micros, _running: &[Uuid]) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Whether the store answers now (drives health for remote stores).
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 pub type SharedStore = Arc<dyn Store>;
 
-/// Opens the store a URL names: `memory:`, `sqlite:PATH`.
+/// Opens the store a URL names: `memory:`, `sqlite:PATH`, `postgres://...`
+/// (with default PostgreSQL settings).
 pub async fn open(url: &str) -> Result<SharedStore, StoreError> {
+    open_with(url, &crate::config::PostgresConfig::default()).await
+}
+
+/// Opens the store a URL names, with the `[postgres]` settings.
+pub async fn open_with(
+    url: &str,
+    pg: &crate::config::PostgresConfig,
+) -> Result<SharedStore, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return postgres::PostgresStore::open(url, pg)
+            .await
+            .map(|s| Arc::new(s) as SharedStore);
+    }
     if url == "memory:" || url == "memory" {
         return Ok(Arc::new(memory::MemoryStore::new()));
     }
@@ -174,6 +226,6 @@ pub async fn open(url: &str) -> Result<SharedStore, StoreError> {
             .map(|s| Arc::new(s) as SharedStore);
     }
     Err(StoreError::Internal(format!(
-        "unsupported store URL {url:?} (use memory: or sqlite:PATH)"
+        "unsupported store URL {url:?} (use memory:, sqlite:PATH or postgres://...)"
     )))
 }

@@ -9,7 +9,6 @@
 //! connections on the blocking thread pool; WAL lets them run beside the
 //! writer.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,6 +19,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transactio
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::codec::{self, decode_labels, encode_labels};
 use super::{
     transition, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, StateCounts, Store,
     StoreError,
@@ -82,47 +82,11 @@ const COLS: &str = "id, kind, state, attempt, max_attempts, priority, idempotenc
     finished_at, next_attempt_at, lease_expires_at, last_error, sequence";
 
 fn state_code(s: JobState) -> i64 {
-    match s {
-        JobState::Queued => 0,
-        JobState::Running => 1,
-        JobState::RetryWait => 2,
-        JobState::Succeeded => 3,
-        JobState::Failed => 4,
-        JobState::Cancelled => 5,
-    }
+    codec::state_code(s).into()
 }
 
 fn state_from(code: i64) -> rusqlite::Result<JobState> {
-    JobState::ALL
-        .into_iter()
-        .find(|s| state_code(*s) == code)
-        .ok_or(rusqlite::Error::IntegralValueOutOfRange(2, code))
-}
-
-/// Labels as length-prefixed key/value pairs: compact and needs no JSON.
-fn encode_labels(labels: &BTreeMap<String, String>) -> Vec<u8> {
-    let mut out = Vec::new();
-    for (k, v) in labels {
-        for s in [k, v] {
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
-    }
-    out
-}
-
-fn decode_labels(mut b: &[u8]) -> BTreeMap<String, String> {
-    let take = |b: &mut &[u8]| -> Option<String> {
-        let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
-        let s = String::from_utf8_lossy(b.get(4..4 + n)?).into_owned();
-        *b = &b[4 + n..];
-        Some(s)
-    };
-    let mut m = BTreeMap::new();
-    while let (Some(k), Some(v)) = (take(&mut b), take(&mut b)) {
-        m.insert(k, v);
-    }
-    m
+    codec::state_from_code(code).ok_or(rusqlite::Error::IntegralValueOutOfRange(2, code))
 }
 
 fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {

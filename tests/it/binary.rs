@@ -26,16 +26,21 @@ pub struct Proc {
 
 /// Starts `jobd serve` on a fresh port with a SQLite store in `dir`.
 pub async fn spawn_daemon(dir: &std::path::Path, extra_config: &str) -> Proc {
-    let port = free_port();
-    let cfg = dir.join("jobd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
+    spawn_config(
+        dir,
+        &format!(
             "store = \"sqlite:{}/data/jobd.db\"\nadmin_listen = \"off\"\n{extra_config}",
             dir.display()
         ),
     )
-    .unwrap();
+    .await
+}
+
+/// Starts `jobd serve` on a fresh port with exactly this config file.
+pub async fn spawn_config(dir: &std::path::Path, config: &str) -> Proc {
+    let port = free_port();
+    let cfg = dir.join(format!("jobd-{port}.toml"));
+    std::fs::write(&cfg, config).unwrap();
     let mut child = Command::new(bin())
         .args(["serve", "--config"])
         .arg(&cfg)

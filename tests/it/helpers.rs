@@ -49,6 +49,15 @@ pub async fn start(head: &str) -> TestDaemon {
 }
 
 pub async fn start_with(head: &str, kinds: &str) -> TestDaemon {
+    start_custom(head, kinds, |_| {}).await
+}
+
+/// [`start_with`], letting the test add its own handlers to the registry.
+pub async fn start_custom(
+    head: &str,
+    kinds: &str,
+    customize: impl FnOnce(&mut jobd::handlers::Registry),
+) -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
     let mut text = String::new();
     if !head.contains("store =") {
@@ -67,7 +76,8 @@ pub async fn start_with(head: &str, kinds: &str) -> TestDaemon {
     let admin = admin_listener.local_addr().unwrap();
     let shutdown = Shutdown::new();
     let kinds = config.validate().expect("test config is valid");
-    let registry = jobd::handlers::Registry::from_kinds(&kinds).unwrap();
+    let mut registry = jobd::handlers::Registry::from_kinds(&kinds).unwrap();
+    customize(&mut registry);
     let handle = tokio::spawn(jobd::run_with_registry(
         config,
         registry,

@@ -12,5 +12,7 @@ mod hostile_files;
 mod interop;
 mod limits;
 mod operator;
+mod pg;
+mod postgres;
 mod store_contract;
 mod tls;

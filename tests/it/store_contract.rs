@@ -393,6 +393,15 @@ macro_rules! contract {
                 s.close().await.unwrap();
             })*
         }
+        mod postgres {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(pg) = crate::pg::PgSchema::new(stringify!($name)).await else { return };
+                let s = pg.open().await;
+                super::$name(s.clone()).await;
+                s.close().await.unwrap();
+            })*
+        }
     };
 }
 

@@ -1,0 +1,73 @@
+//! Encodings the SQL stores share, so SQLite and PostgreSQL rows mean the
+//! same thing.
+
+use std::collections::BTreeMap;
+
+use crate::job::JobState;
+
+/// A state as stored: small integers in lifecycle order, so `state >= 3`
+/// means terminal in the partial indexes.
+pub fn state_code(s: JobState) -> i16 {
+    match s {
+        JobState::Queued => 0,
+        JobState::Running => 1,
+        JobState::RetryWait => 2,
+        JobState::Succeeded => 3,
+        JobState::Failed => 4,
+        JobState::Cancelled => 5,
+    }
+}
+
+pub fn state_from_code(code: i64) -> Option<JobState> {
+    JobState::ALL
+        .into_iter()
+        .find(|s| i64::from(state_code(*s)) == code)
+}
+
+/// Labels as length-prefixed key/value pairs: compact and needs no JSON.
+pub fn encode_labels(labels: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (k, v) in labels {
+        for s in [k, v] {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    out
+}
+
+pub fn decode_labels(mut b: &[u8]) -> BTreeMap<String, String> {
+    let take = |b: &mut &[u8]| -> Option<String> {
+        let n = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        let s = String::from_utf8_lossy(b.get(4..4 + n)?).into_owned();
+        *b = &b[4 + n..];
+        Some(s)
+    };
+    let mut m = BTreeMap::new();
+    while let (Some(k), Some(v)) = (take(&mut b), take(&mut b)) {
+        m.insert(k, v);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_states_round_trip() {
+        let labels: BTreeMap<String, String> = [("a", ""), ("tenant", "ünï")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(decode_labels(&encode_labels(&labels)), labels);
+        assert!(
+            decode_labels(&[1, 0]).is_empty(),
+            "truncated input is not a panic"
+        );
+        for s in JobState::ALL {
+            assert_eq!(state_from_code(state_code(s).into()), Some(s));
+        }
+        assert_eq!(state_from_code(9), None);
+    }
+}

@@ -1,0 +1,111 @@
+//! jobd's tables in PostgreSQL, and the migrations that make them: applied
+//! at start inside one transaction under an advisory lock, so instances
+//! starting together apply each version exactly once.
+
+use deadpool_postgres::Object;
+use sha2::{Digest, Sha256};
+
+use super::map_err;
+use crate::store::StoreError;
+
+/// Schema versions, applied in order under an advisory lock; the
+/// `jobd_migrations` table records which ran.
+pub(super) const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE jobs (
+    seq              BIGINT GENERATED ALWAYS AS IDENTITY,
+    id               UUID PRIMARY KEY,
+    kind             TEXT NOT NULL,
+    state            SMALLINT NOT NULL,
+    attempt          INTEGER NOT NULL,
+    max_attempts     INTEGER NOT NULL,
+    priority         INTEGER NOT NULL,
+    idempotency_key  TEXT UNIQUE,
+    request_hash     BYTEA NOT NULL,
+    labels           BYTEA NOT NULL,
+    payload          BYTEA NOT NULL,
+    result           BYTEA NOT NULL,
+    timeout_us       BIGINT NOT NULL,
+    created_at       BIGINT NOT NULL,
+    updated_at       BIGINT NOT NULL,
+    started_at       BIGINT,
+    finished_at      BIGINT,
+    next_attempt_at  BIGINT,
+    lease_expires_at BIGINT,
+    last_error       TEXT NOT NULL,
+    sequence         BIGINT NOT NULL,
+    owner            TEXT
+);
+-- Claim order: claimable QUEUED jobs (no pending run_at) by priority, then age.
+CREATE INDEX jobs_ready ON jobs (priority DESC, seq) WHERE state = 0 AND next_attempt_at IS NULL;
+CREATE INDEX jobs_delayed ON jobs (next_attempt_at) WHERE state = 0 AND next_attempt_at IS NOT NULL;
+CREATE INDEX jobs_retry ON jobs (next_attempt_at) WHERE state = 2;
+CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE state = 1;
+CREATE INDEX jobs_owner ON jobs (owner) WHERE state = 1;
+CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state >= 3;
+CREATE INDEX jobs_state_id ON jobs (state, id);
+CREATE INDEX jobs_kind_id ON jobs (kind, id);
+-- What each transition changed, kept briefly for watchers on other instances.
+CREATE UNLOGGED TABLE job_events (
+    job_id           UUID NOT NULL,
+    sequence         BIGINT NOT NULL,
+    state            SMALLINT NOT NULL,
+    attempt          INTEGER NOT NULL,
+    updated_at       BIGINT NOT NULL,
+    started_at       BIGINT,
+    finished_at      BIGINT,
+    next_attempt_at  BIGINT,
+    lease_expires_at BIGINT,
+    last_error       TEXT NOT NULL,
+    PRIMARY KEY (job_id, sequence)
+);
+CREATE INDEX job_events_updated ON job_events (updated_at);
+"#];
+
+/// An advisory-lock key per schema, so instances on different schemas of
+/// one database do not wait for each other's migrations.
+fn lock_key(schema: &str) -> i64 {
+    let h = Sha256::digest(format!("jobd migrations {schema}").as_bytes());
+    i64::from_le_bytes(h[..8].try_into().unwrap_or([0; 8]))
+}
+
+pub(super) async fn migrate(client: &mut Object, schema: &str) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(map_err)?;
+    // Instances starting together queue here; the first applies, the
+    // rest find the versions recorded.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(schema)])
+        .await
+        .map_err(map_err)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}; \
+         CREATE TABLE IF NOT EXISTS {schema}.jobd_migrations ( \
+           version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    ))
+    .await
+    .map_err(map_err)?;
+    let row = tx
+        .query_one(
+            &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.jobd_migrations"),
+            &[],
+        )
+        .await
+        .map_err(map_err)?;
+    let version: i32 = row.get(0);
+    let known = MIGRATIONS.len() as i32;
+    if version > known {
+        return Err(StoreError::Corrupt(format!(
+            "database schema {schema} is at version {version}, newer than this jobd knows \
+             ({known}); run a newer jobd"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.batch_execute(sql).await.map_err(map_err)?;
+        tx.execute(
+            &format!("INSERT INTO {schema}.jobd_migrations (version) VALUES ($1)"),
+            &[&(i as i32 + 1)],
+        )
+        .await
+        .map_err(map_err)?;
+        tracing::info!(version = i + 1, schema, "applied store migration");
+    }
+    tx.commit().await.map_err(map_err)
+}
