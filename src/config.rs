@@ -219,6 +219,15 @@ impl Default for PostgresConfig {
     }
 }
 
+impl Config {
+    /// The request size limit in effect (`limits.max_message_bytes`).
+    pub fn max_message_bytes(&self) -> usize {
+        self.limits
+            .max_message_bytes
+            .unwrap_or((self.queue.max_payload_bytes + MESSAGE_OVERHEAD).max(MIN_MESSAGE_LIMIT))
+    }
+}
+
 impl PostgresConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=1000).contains(&self.pool_size) {
@@ -279,7 +288,16 @@ pub struct LimitsConfig {
     /// this apply as sent.
     #[serde(deserialize_with = "duration")]
     pub request_timeout: Duration,
+    /// Largest request message decoded, in bytes; larger ones are refused
+    /// before they are read (OUT_OF_RANGE). Default: the payload limit plus
+    /// 64 KiB for the other fields, at least 4 MiB (room for SubmitBatch).
+    pub max_message_bytes: Option<usize>,
 }
+
+/// Room in a request beyond the payload limit, for the other fields.
+pub const MESSAGE_OVERHEAD: usize = 64 * 1024;
+/// The smallest default request limit, so SubmitBatch of small jobs fits.
+pub const MIN_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -290,6 +308,7 @@ impl Default for LimitsConfig {
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            max_message_bytes: None,
         }
     }
 }
@@ -651,7 +670,16 @@ impl Config {
         }
         self.auth.all_tokens()?;
         if let Some(tls) = &self.tls {
-            tls.read()?;
+            crate::tls::Tls::new(tls)?;
+        }
+        if let Some(n) = self.limits.max_message_bytes {
+            let least = self.queue.max_payload_bytes + 1024;
+            if n < least || n > 1 << 30 {
+                return Err(invalid(
+                    "limits.max_message_bytes",
+                    format!("must be {least} (queue.max_payload_bytes + 1 KiB) to 1 GiB"),
+                ));
+            }
         }
         let l = &self.limits;
         for (key, v) in [

@@ -90,3 +90,48 @@ pub fn incoming(
         Some((r, (listener, slots)))
     })
 }
+
+/// TLS connections for tonic: each handshake runs on a task of its own
+/// (holding its connection place), bounded by [`crate::tls::HANDSHAKE_TIMEOUT`],
+/// so a slow or silent client never holds up accepting others. Each
+/// handshake uses the TLS settings of its moment (see [`crate::tls`]).
+pub fn incoming_tls(
+    listener: TcpListener,
+    max_connections: usize,
+    tls: Arc<crate::tls::Tls>,
+) -> impl Stream<Item = std::io::Result<tokio_rustls::server::TlsStream<Conn>>> {
+    use futures_util::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let plain = incoming(listener, max_connections);
+        futures_util::pin_mut!(plain);
+        loop {
+            let next = tokio::select! {
+                c = plain.next() => c,
+                // The server stopped taking connections.
+                _ = tx.closed() => return,
+            };
+            let conn = match next {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    continue;
+                }
+                None => return,
+            };
+            let (acceptor, tx) = (tls.acceptor(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(conn))
+                    .await
+                {
+                    Ok(Ok(s)) => {
+                        let _ = tx.send(Ok(s)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{run, run_with_registry, RunError, Shutdown};

@@ -27,10 +27,6 @@ pub const SERVER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const STORE_PING_EVERY: Duration = Duration::from_secs(1);
 /// How long flushing the store at exit may take.
 pub const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Room in a gRPC message beyond the payload limit, for the other fields.
-const MESSAGE_OVERHEAD: usize = 64 * 1024;
-/// The smallest decoded-message limit, so SubmitBatch of small jobs fits.
-const MIN_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
 
 /// How a running daemon is told to stop: `drain` starts the drain sequence,
 /// `force` (a second signal) skips to the end.
@@ -157,9 +153,10 @@ pub async fn run_with_registry(
         config.limits.max_watchers_per_connection,
         streams_stop.clone(),
     );
-    let limit = (config.queue.max_payload_bytes + MESSAGE_OVERHEAD).max(MIN_MESSAGE_LIMIT);
+    let limit = config.max_message_bytes();
     let service = JobServiceServer::new(api)
         .max_decoding_message_size(limit)
+        // A reply may carry a result next to its payload.
         .max_encoding_message_size(limit.max(config.queue.max_payload_bytes * 2));
     let tokens = config.auth.all_tokens()?;
     let auth_on = !tokens.is_empty();
@@ -170,17 +167,8 @@ pub async fn run_with_registry(
         .map(|a| a.to_string())
         .unwrap_or_default();
     let server_stop = CancellationToken::new();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &config.tls {
-        let pem = tls.read()?;
-        let mut t = tonic::transport::ServerTlsConfig::new()
-            .identity(tonic::transport::Identity::from_pem(pem.cert, pem.key));
-        if let Some(ca) = pem.client_ca {
-            t = t.client_ca_root(tonic::transport::Certificate::from_pem(ca));
-        }
-        builder = builder.tls_config(t)?;
-    }
-    let server = builder
+    let tls = config.tls.as_ref().map(crate::tls::Tls::new).transpose()?;
+    let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
         .http2_keepalive_interval(Some(config.limits.keepalive_interval))
         .http2_keepalive_timeout(Some(config.limits.keepalive_timeout))
@@ -193,12 +181,20 @@ pub async fn run_with_registry(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(service)
-        .serve_with_incoming_shutdown(
-            crate::connections::incoming(listener, config.limits.max_connections),
-            server_stop.clone().cancelled_owned(),
-        );
-    let mut server_task = tokio::spawn(server);
+        .add_service(service);
+    let stop = server_stop.clone().cancelled_owned();
+    let max_conns = config.limits.max_connections;
+    let mut server_task = match &tls {
+        Some(tls) => {
+            tokio::spawn(reload_tls_on_sighup(tls.clone(), server_stop.clone()));
+            let incoming = crate::connections::incoming_tls(listener, max_conns, tls.clone());
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+        None => {
+            let incoming = crate::connections::incoming(listener, max_conns);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+    };
 
     if !auth_on && config.tls.is_none() && !listener_is_loopback(&local) {
         tracing::warn!(
@@ -319,6 +315,31 @@ async fn follow_store_health(
         };
         set_health(&reporter, status).await;
         metrics.set_ready(up);
+    }
+}
+
+/// SIGHUP re-reads the TLS files: new connections get the new certificate,
+/// open ones keep theirs. A bad file is logged and the old settings stay.
+async fn reload_tls_on_sighup(tls: Arc<crate::tls::Tls>, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; TLS files will not be reloaded");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            r = hup.recv() => if r.is_none() { return },
+            _ = stop.cancelled() => return,
+        }
+        match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate and key reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: TLS reload failed; keeping the current certificate")
+            }
+        }
     }
 }
 

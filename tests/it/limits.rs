@@ -162,3 +162,50 @@ async fn streams_that_are_never_read_do_not_stall_others() {
     drop(unread);
     d.stop().await.unwrap();
 }
+
+/// A SubmitBatch of two echo jobs whose encoded size is exactly `total`.
+fn batch_of_size(total: usize) -> proto::SubmitBatchRequest {
+    use prost::Message;
+    let make = |p: usize| proto::SubmitBatchRequest {
+        requests: vec![
+            req("echo", &"a".repeat(50_000)),
+            req("echo", &"b".repeat(p)),
+        ],
+    };
+    let mut p = 0;
+    for _ in 0..10 {
+        let n = make(p).encoded_len();
+        if n == total {
+            return make(p);
+        }
+        p = (p as i64 + total as i64 - n as i64) as usize;
+    }
+    panic!("cannot build a {total}-byte message");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_size_limit_holds_at_its_bound_and_refuses_one_byte_more() {
+    let d =
+        start("[queue]\nmax_payload_bytes = 60000\n[limits]\nmax_message_bytes = 100000\n").await;
+    let mut c = d.client().await;
+    let at = c
+        .submit_batch(batch_of_size(100_000))
+        .await
+        .expect("a message of exactly max_message_bytes is served")
+        .into_inner();
+    assert_eq!(at.results.len(), 2);
+    assert!(at
+        .results
+        .iter()
+        .all(|r| matches!(r.result, Some(proto::submit_result::Result::Accepted(_)))));
+    let e = c.submit_batch(batch_of_size(100_001)).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::OutOfRange, "{e:?}");
+    assert!(e.message().contains("100000"), "{}", e.message());
+    // The connection and the daemon carry on.
+    let ok = submit(&mut c, req("echo", "after")).await;
+    assert_eq!(
+        wait_terminal(&mut c, &ok.id).await.state,
+        proto::JobState::Succeeded as i32
+    );
+    d.stop().await.unwrap();
+}

@@ -128,3 +128,92 @@ async fn mtls_accepts_a_good_client_certificate_and_refuses_others() {
         );
     }
 }
+
+/// SIGHUP swaps the certificate for new connections; a connection made
+/// before keeps working (a reconnect would fail: it trusts only the old CA);
+/// a broken file on SIGHUP keeps the current certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_without_dropping_connections() {
+    let (old, new) = (Pki::new(), Pki::new());
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = old.leaf(&["localhost"]);
+    let cert_path = write(dir.path(), "server.pem", &cert);
+    let key_path = write(dir.path(), "server.key", &key);
+    let port = crate::binary::free_port();
+    let cfg = write(
+        dir.path(),
+        "jobd.toml",
+        &format!(
+            "store = \"sqlite:{}/data/jobd.db\"\nadmin_listen = \"off\"\n\
+             [tls]\ncert = \"{cert_path}\"\nkey = \"{key_path}\"\n",
+            dir.path().display()
+        ),
+    );
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "serve",
+            "--config",
+            &cfg,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut before = None;
+    for _ in 0..500 {
+        if let Ok(c) = tls_client(&url, &old.ca_pem, None).await {
+            before = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut before = before.expect("daemon serves TLS");
+    let job = submit(&mut before, req("echo", "before reload")).await;
+
+    let (cert2, key2) = new.leaf(&["localhost"]);
+    write(dir.path(), "server.pem", &cert2);
+    write(dir.path(), "server.key", &key2);
+    let hup = |pid: u32| {
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    hup(child.id());
+    let mut reloaded = false;
+    for _ in 0..250 {
+        if tls_client(&url, &new.ca_pem, None).await.is_ok() {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(reloaded, "new connections never got the new certificate");
+    assert!(
+        tls_client(&url, &old.ca_pem, None).await.is_err(),
+        "new connections still get the old certificate"
+    );
+    // The old connection was not dropped: this would need a reconnect,
+    // which its old CA cannot pass.
+    let j = wait_terminal(&mut before, &job.id).await;
+    assert_eq!(state(&j), jobd::proto::JobState::Succeeded);
+
+    // A broken file is refused; the daemon keeps serving the new certificate.
+    write(dir.path(), "server.pem", "not a certificate");
+    hup(child.id());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut c = tls_client(&url, &new.ca_pem, None)
+        .await
+        .expect("still serving after a bad reload");
+    submit(&mut c, req("echo", "after bad reload")).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a bad reload stopped the daemon"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

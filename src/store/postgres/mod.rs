@@ -20,12 +20,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 use tokio_util::sync::CancellationToken;
@@ -86,6 +87,10 @@ const EVENT_RETENTION: Duration = Duration::from_secs(600);
 const FEED_BUFFER: usize = 4096;
 /// How long a health ping may take.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Results written in one transaction at most.
+const FINISH_BATCH: usize = 512;
+/// Results waiting for the batcher at most; workers wait (async) past it.
+const FINISH_QUEUE: usize = 4096;
 
 pub struct PostgresStore {
     pool: Pool,
@@ -98,10 +103,30 @@ pub struct PostgresStore {
     /// QUEUED + RETRY_WAIT as of the last count plus this instance's changes
     /// since: the backlog bound. Recounted every heartbeat, so other
     /// instances' submits are seen within a second.
-    waiting: AtomicI64,
+    waiting: Arc<AtomicI64>,
     last_renew: AtomicI64,
     closed: AtomicBool,
     stop: CancellationToken,
+    /// Results go to the batcher ([`finish_loop`]).
+    finisher: mpsc::Sender<FinishRequest>,
+}
+
+/// One attempt's result, waiting for the batcher.
+struct FinishRequest {
+    id: Uuid,
+    attempt: u32,
+    outcome: Outcome,
+    now: Micros,
+    reply: oneshot::Sender<Result<Option<Job>, StoreError>>,
+}
+
+/// What writes need besides the transaction: who we are, where notices
+/// go, and the backlog estimate to keep.
+#[derive(Clone)]
+struct Writer {
+    instance: String,
+    channel: String,
+    waiting: Arc<AtomicI64>,
 }
 
 /// PostgreSQL's errors sorted into what the caller can do about them:
@@ -201,17 +226,33 @@ impl PostgresStore {
             let host = std::env::var("HOSTNAME").unwrap_or_default();
             format!("{host}-{}", Uuid::now_v7().simple())
         });
+        let waiting = Arc::new(AtomicI64::new(0));
+        let channel = format!("jobd_{schema}");
+        let stop = CancellationToken::new();
+        let (finisher, finish_rx) = mpsc::channel(FINISH_QUEUE);
+        tokio::spawn(finish_loop(
+            pool.clone(),
+            Writer {
+                instance: instance.clone(),
+                channel: channel.clone(),
+                waiting: waiting.clone(),
+            },
+            cfg.timeout,
+            finish_rx,
+            stop.clone(),
+        ));
         let store = PostgresStore {
             pool,
             pg,
-            channel: format!("jobd_{schema}"),
+            channel,
             instance,
             lease_ttl: cfg.lease_ttl,
             timeout: cfg.timeout,
-            waiting: AtomicI64::new(0),
+            waiting: waiting.clone(),
             last_renew: AtomicI64::new(0),
             closed: AtomicBool::new(false),
-            stop: CancellationToken::new(),
+            stop,
+            finisher,
         };
         store
             .run(async {
@@ -273,73 +314,24 @@ impl PostgresStore {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Job>, StoreError> {
-        let st = tx.prepare_cached(sql).await.map_err(map_err)?;
-        rows_to_jobs(&tx.query(&st, params).await.map_err(map_err)?)
+        select(tx, sql, params).await
     }
 
-    /// Writes back `jobs` (changed from `old`) in one statement.
+    fn writer(&self) -> Writer {
+        Writer {
+            instance: self.instance.clone(),
+            channel: self.channel.clone(),
+            waiting: self.waiting.clone(),
+        }
+    }
+
     async fn save(
         &self,
         tx: &Tx<'_>,
         jobs: &[Job],
         old: &[(JobState, u32)],
     ) -> Result<(), StoreError> {
-        if jobs.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
-        let states: Vec<i16> = jobs.iter().map(|j| state_code(j.state)).collect();
-        let attempts: Vec<i32> = jobs.iter().map(|j| to_i32(j.attempt)).collect();
-        let results: Vec<&[u8]> = jobs.iter().map(|j| j.result.as_ref()).collect();
-        let updated: Vec<i64> = jobs.iter().map(|j| j.updated_at).collect();
-        let started: Vec<Option<i64>> = jobs.iter().map(|j| j.started_at).collect();
-        let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at).collect();
-        let next: Vec<Option<i64>> = jobs.iter().map(|j| j.next_attempt_at).collect();
-        let lease: Vec<Option<i64>> = jobs.iter().map(|j| j.lease_expires_at).collect();
-        let errors: Vec<&str> = jobs.iter().map(|j| j.last_error.as_str()).collect();
-        let seqs: Vec<i64> = jobs.iter().map(|j| j.sequence as i64).collect();
-        let old_states: Vec<i16> = old.iter().map(|(s, _)| state_code(*s)).collect();
-        let old_attempts: Vec<i32> = old.iter().map(|(_, a)| to_i32(*a)).collect();
-        let st = tx.prepare_cached(SAVE).await.map_err(map_err)?;
-        let n: i64 = tx
-            .query_one(
-                &st,
-                &[
-                    &ids,
-                    &states,
-                    &attempts,
-                    &results,
-                    &updated,
-                    &started,
-                    &finished,
-                    &next,
-                    &lease,
-                    &errors,
-                    &seqs,
-                    &old_states,
-                    &old_attempts,
-                    &self.instance,
-                    &self.channel,
-                ],
-            )
-            .await
-            .map_err(map_err)?
-            .get(0);
-        if n as usize != jobs.len() {
-            // Rows are locked FOR UPDATE before a transition, so this is a bug.
-            return Err(StoreError::Internal(format!(
-                "{} of {} jobs changed under the store",
-                jobs.len() - n as usize,
-                jobs.len()
-            )));
-        }
-        let delta: i64 = jobs
-            .iter()
-            .zip(old)
-            .map(|(j, (s, _))| i64::from(j.state.is_waiting()) - i64::from(s.is_waiting()))
-            .sum();
-        self.waiting.fetch_add(delta, Ordering::AcqRel);
-        Ok(())
+        save(&self.writer(), tx, jobs, old).await
     }
 
     /// Locks the rows `sql` selects, applies `f` to each, saves those it
@@ -426,6 +418,181 @@ impl PostgresStore {
             .map(|r| r.try_get::<_, Uuid>(0).map_err(map_err))
             .collect()
     }
+}
+
+async fn select(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Job>, StoreError> {
+    let st = tx.prepare_cached(sql).await.map_err(map_err)?;
+    rows_to_jobs(&tx.query(&st, params).await.map_err(map_err)?)
+}
+
+/// Writes back `jobs` (changed from `old`) in one statement.
+async fn save(
+    w: &Writer,
+    tx: &Tx<'_>,
+    jobs: &[Job],
+    old: &[(JobState, u32)],
+) -> Result<(), StoreError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let states: Vec<i16> = jobs.iter().map(|j| state_code(j.state)).collect();
+    let attempts: Vec<i32> = jobs.iter().map(|j| to_i32(j.attempt)).collect();
+    let results: Vec<&[u8]> = jobs.iter().map(|j| j.result.as_ref()).collect();
+    let updated: Vec<i64> = jobs.iter().map(|j| j.updated_at).collect();
+    let started: Vec<Option<i64>> = jobs.iter().map(|j| j.started_at).collect();
+    let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at).collect();
+    let next: Vec<Option<i64>> = jobs.iter().map(|j| j.next_attempt_at).collect();
+    let lease: Vec<Option<i64>> = jobs.iter().map(|j| j.lease_expires_at).collect();
+    let errors: Vec<&str> = jobs.iter().map(|j| j.last_error.as_str()).collect();
+    let seqs: Vec<i64> = jobs.iter().map(|j| j.sequence as i64).collect();
+    let old_states: Vec<i16> = old.iter().map(|(s, _)| state_code(*s)).collect();
+    let old_attempts: Vec<i32> = old.iter().map(|(_, a)| to_i32(*a)).collect();
+    let st = tx.prepare_cached(SAVE).await.map_err(map_err)?;
+    let n: i64 = tx
+        .query_one(
+            &st,
+            &[
+                &ids,
+                &states,
+                &attempts,
+                &results,
+                &updated,
+                &started,
+                &finished,
+                &next,
+                &lease,
+                &errors,
+                &seqs,
+                &old_states,
+                &old_attempts,
+                &w.instance,
+                &w.channel,
+            ],
+        )
+        .await
+        .map_err(map_err)?
+        .get(0);
+    if n as usize != jobs.len() {
+        // Rows are locked FOR UPDATE before a transition, so this is a bug.
+        return Err(StoreError::Internal(format!(
+            "{} of {} jobs changed under the store",
+            jobs.len() - n as usize,
+            jobs.len()
+        )));
+    }
+    let delta: i64 = jobs
+        .iter()
+        .zip(old)
+        .map(|(j, (s, _))| i64::from(j.state.is_waiting()) - i64::from(s.is_waiting()))
+        .sum();
+    w.waiting.fetch_add(delta, Ordering::AcqRel);
+    Ok(())
+}
+
+/// Writes attempts' results in batches: every result waiting when a
+/// transaction starts goes into it, so one commit (and one round of
+/// NOTIFY, which PostgreSQL serializes across commits) serves many workers.
+async fn finish_loop(
+    pool: Pool,
+    w: Writer,
+    timeout: Duration,
+    mut rx: mpsc::Receiver<FinishRequest>,
+    stop: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(FINISH_BATCH);
+    loop {
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, FINISH_BATCH) => n,
+            _ = stop.cancelled() => return,
+        };
+        if n == 0 {
+            return;
+        }
+        let requests: Vec<(Uuid, u32, Outcome, Micros)> = batch
+            .iter()
+            .map(|r| (r.id, r.attempt, r.outcome.clone(), r.now))
+            .collect();
+        let result = match tokio::time::timeout(timeout, finish_batch(&pool, &w, requests)).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "postgres did not answer within {timeout:?}"
+            ))),
+        };
+        match result {
+            Ok(jobs) => {
+                for (r, j) in batch.drain(..).zip(jobs) {
+                    let _ = r.reply.send(Ok(j));
+                }
+            }
+            Err(e) => {
+                for r in batch.drain(..) {
+                    let _ = r.reply.send(Err(same_error(&e)));
+                }
+            }
+        }
+    }
+}
+
+/// The same error again, for every request of a failed batch.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        StoreError::Internal(m) => StoreError::Internal(m.clone()),
+    }
+}
+
+/// One transaction for a batch of results; each answer is the job after
+/// its result, or `None` where fencing refused it.
+async fn finish_batch(
+    pool: &Pool,
+    w: &Writer,
+    requests: Vec<(Uuid, u32, Outcome, Micros)>,
+) -> Result<Vec<Option<Job>>, StoreError> {
+    let mut c = pool
+        .get()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("postgres: {e}")))?;
+    let tx = c.transaction().await.map_err(map_err)?;
+    let mut ids: Vec<Uuid> = requests.iter().map(|r| r.0).collect();
+    // Locks in id order: batches never wait on each other in a cycle.
+    ids.sort_unstable();
+    ids.dedup();
+    let mut jobs: HashMap<Uuid, (Job, (JobState, u32))> = select(
+        &tx,
+        &format!("SELECT {COLS} FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE"),
+        &[&ids],
+    )
+    .await?
+    .into_iter()
+    .map(|j| {
+        let old = (j.state, j.attempt);
+        (j.id, (j, old))
+    })
+    .collect();
+    let mut answers = Vec::with_capacity(requests.len());
+    let mut changed = HashSet::new();
+    for (id, attempt, outcome, now) in requests {
+        let answer = jobs.get_mut(&id).and_then(|(j, _)| {
+            transition::finish(j, attempt, outcome, now).then(|| {
+                changed.insert(id);
+                j.clone()
+            })
+        });
+        answers.push(answer);
+    }
+    let (done, old): (Vec<Job>, Vec<(JobState, u32)>) = jobs
+        .into_values()
+        .filter(|(j, _)| changed.contains(&j.id))
+        .unzip();
+    save(w, &tx, &done, &old).await?;
+    tx.commit().await.map_err(map_err)?;
+    Ok(answers)
 }
 
 fn dedup(existing: &Job, hash: &[u8; 32]) -> InsertOutcome {
@@ -607,19 +774,20 @@ impl Store for PostgresStore {
         outcome: Outcome,
         now: Micros,
     ) -> Result<Option<Job>, StoreError> {
-        let mut outcome = Some(outcome);
-        Ok(self
-            .transition_selected(
-                &format!("SELECT {COLS} FROM jobs WHERE id = $1 FOR UPDATE"),
-                &[&id],
-                |j| {
-                    outcome
-                        .take()
-                        .is_some_and(|o| transition::finish(j, attempt, o, now))
-                },
-            )
-            .await?
-            .pop())
+        let (reply, rx) = oneshot::channel();
+        let req = FinishRequest {
+            id,
+            attempt,
+            outcome,
+            now,
+            reply,
+        };
+        let gone = || StoreError::Unavailable("postgres store is closed".into());
+        self.run(async {
+            self.finisher.send(req).await.map_err(|_| gone())?;
+            rx.await.map_err(|_| gone())?
+        })
+        .await
     }
 
     async fn cancel(&self, id: Uuid, now: Micros) -> Result<CancelOutcome, StoreError> {
