@@ -501,6 +501,15 @@ async fn database_restart_under_load_loses_no_acknowledged_job() {
             (acked, refused, slowest)
         });
     }
+    // A watcher on B of a job that comes due during the outage: B's LISTEN
+    // connection drops with the database, and must resubscribe and re-read.
+    let mut cb = b.client().await;
+    let mut r = req("sleep", "10");
+    r.run_at = Some(prost_types::Timestamp::from(
+        std::time::SystemTime::now() + Duration::from_secs(2),
+    ));
+    let watched = submit(&mut cb, r).await;
+    let watch = tokio::spawn(async move { watch_all(&mut cb, &watched.id).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(cluster("stop"), "could not stop the PostgreSQL cluster");
     let down = Instant::now();
@@ -563,6 +572,9 @@ async fn database_restart_under_load_loses_no_acknowledged_job() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    let events = watch.await.unwrap().expect("watch across the restart");
+    let seqs: Vec<u64> = events.iter().map(|e| e.sequence).collect();
+    assert_eq!(seqs, [1, 2, 3], "every state, in order, across the restart");
     s.close().await.unwrap();
     a.stop().await.unwrap();
     b.stop().await.unwrap();

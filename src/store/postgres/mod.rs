@@ -362,6 +362,31 @@ impl PostgresStore {
         .await
     }
 
+    /// Up to `limit` jobs in `state` whose `time_column` is due, earliest
+    /// first, skipping rows another instance holds, each changed by `f`.
+    async fn transition_due(
+        &self,
+        state: JobState,
+        time_column: &str,
+        now: Micros,
+        limit: usize,
+        mut f: impl FnMut(&mut Job),
+    ) -> Result<Vec<Job>, StoreError> {
+        self.transition_selected(
+            &format!(
+                "SELECT {COLS} FROM jobs WHERE state = {} AND {time_column} <= $1 \
+                 ORDER BY {time_column} LIMIT $2 FOR UPDATE SKIP LOCKED",
+                state_code(state)
+            ),
+            &[&now, &(limit as i64)],
+            |j| {
+                f(j);
+                true
+            },
+        )
+        .await
+    }
+
     /// Jobs already stored under these idempotency keys.
     async fn by_keys(tx: &Tx<'_>, keys: &[&str]) -> Result<HashMap<String, Job>, StoreError> {
         if keys.is_empty() {
@@ -839,33 +864,17 @@ impl Store for PostgresStore {
     }
 
     async fn promote_due(&self, now: Micros, limit: usize) -> Result<Vec<Job>, StoreError> {
-        self.transition_selected(
-            &format!(
-                "SELECT {COLS} FROM jobs WHERE state = 2 AND next_attempt_at <= $1 \
-                 ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED"
-            ),
-            &[&now, &(limit as i64)],
-            |j| {
-                transition::promote(j, now);
-                true
-            },
-        )
+        self.transition_due(JobState::RetryWait, "next_attempt_at", now, limit, |j| {
+            transition::promote(j, now)
+        })
         .await
     }
 
     async fn expire_leases(&self, now: Micros, limit: usize) -> Result<Vec<Job>, StoreError> {
         // Any instance's: a dead instance's leases are not renewed.
-        self.transition_selected(
-            &format!(
-                "SELECT {COLS} FROM jobs WHERE state = 1 AND lease_expires_at <= $1 \
-                 ORDER BY lease_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED"
-            ),
-            &[&now, &(limit as i64)],
-            |j| {
-                transition::lease_lost(j, now, "lease expired");
-                true
-            },
-        )
+        self.transition_due(JobState::Running, "lease_expires_at", now, limit, |j| {
+            transition::lease_lost(j, now, "lease expired")
+        })
         .await
     }
 
