@@ -25,6 +25,8 @@ use crate::store::{self, StoreError};
 pub const SERVER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a remote store is probed for health.
 const STORE_PING_EVERY: Duration = Duration::from_secs(1);
+/// Failed probes in a row that turn health NOT_SERVING.
+const STORE_PING_FAILURES: u32 = 2;
 /// How long flushing the store at exit may take.
 pub const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -290,7 +292,7 @@ async fn follow_store_health(
     if !store.is_shared() {
         return;
     }
-    let mut up = true;
+    let (mut up, mut failures) = (true, 0);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(STORE_PING_EVERY) => {}
@@ -300,10 +302,13 @@ async fn follow_store_health(
             r = store.ping() => r,
             _ = stop.cancelled() => return,
         };
-        if ok.is_ok() == up {
+        failures = if ok.is_ok() { 0 } else { failures + 1 };
+        // One slow ping is not an outage.
+        let now_up = failures < STORE_PING_FAILURES;
+        if now_up == up {
             continue;
         }
-        up = ok.is_ok();
+        up = now_up;
         match ok {
             Ok(()) => tracing::info!("store reachable again: health SERVING"),
             Err(e) => tracing::warn!(error = %e, "store unreachable: health NOT_SERVING"),

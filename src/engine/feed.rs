@@ -27,9 +27,10 @@ impl Engine {
                     let after = match delivered.get(&id) {
                         Some(&d) if sequence <= d => continue,
                         Some(&d) => d,
-                        // Watchers got a snapshot after subscribing: it holds
-                        // everything before this notice.
-                        None => sequence.saturating_sub(1),
+                        // Everything the short history has: streams skip
+                        // what their snapshot already showed, and a missed
+                        // notice cannot leave a gap.
+                        None => 0,
                     };
                     self.catch_up(&mut delivered, id, after).await;
                 }
@@ -72,8 +73,15 @@ impl Engine {
         for j in &events {
             self.events.deliver(j);
         }
-        if let Some(j) = events.last() {
-            delivered.insert(id, j.sequence);
+        match events.last() {
+            // Nothing follows a terminal state.
+            Some(j) if j.state.is_terminal() => {
+                delivered.remove(&id);
+            }
+            Some(j) => {
+                delivered.insert(id, j.sequence);
+            }
+            None => {}
         }
     }
 

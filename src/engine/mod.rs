@@ -87,6 +87,8 @@ pub struct Engine {
     stop_dispatch: CancellationToken,
     /// Stops every running attempt; they go back to QUEUED (drain step 4).
     stop_attempts: CancellationToken,
+    /// Stops lease renewal, once drain has no attempt left running.
+    stop_heartbeat: CancellationToken,
     retention: Duration,
     metrics: Arc<Metrics>,
 }
@@ -104,6 +106,10 @@ pub struct EngineTasks {
     dispatcher: JoinHandle<tokio::task::JoinSet<()>>,
     sweeper: JoinHandle<()>,
 }
+
+/// Shared stores: how often the heartbeat runs (the store renews leases at
+/// its own pace within it).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 impl Engine {
     /// Builds the engine and starts its dispatcher and sweeper.
@@ -134,6 +140,7 @@ impl Engine {
             accepting: AtomicBool::new(true),
             stop_dispatch: CancellationToken::new(),
             stop_attempts: CancellationToken::new(),
+            stop_heartbeat: CancellationToken::new(),
             retention: config.retention.finished,
             metrics,
         });
@@ -142,6 +149,9 @@ impl Engine {
             // instance made them.
             engine.events.use_external_feed();
             tokio::spawn(engine.clone().feed_loop(feed));
+        }
+        if engine.store.is_shared() {
+            tokio::spawn(engine.clone().heartbeat_loop());
         }
         let tasks = EngineTasks {
             dispatcher: tokio::spawn(engine.clone().dispatch_loop(hint_rx)),
@@ -233,7 +243,16 @@ impl Engine {
             if *prev == JobState::Running {
                 // The worker may not have started yet: the token is made
                 // here then, already cancelled, and the worker picks it up.
-                self.attempt_token(id, job.attempt, 0).cancel();
+                if self.store.is_shared() {
+                    // It may run on another instance: only stop an attempt
+                    // here (the others learn of it through the store).
+                    let running = self.lock_running();
+                    if let Some(r) = running.get(&(id, job.attempt)) {
+                        r.stop.cancel();
+                    }
+                } else {
+                    self.attempt_token(id, job.attempt, 0).cancel();
+                }
             }
         }
         Ok(out)
@@ -263,6 +282,8 @@ impl Engine {
         force: &CancellationToken,
     ) -> usize {
         self.stop_accepting();
+        // Leases are renewed until every attempt has ended, however drain ends.
+        let _heartbeat = self.stop_heartbeat.clone().drop_guard();
         // Both loops stop at once unless a store call hangs; a second
         // signal does not wait for that.
         let loops = async {

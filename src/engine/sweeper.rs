@@ -50,12 +50,6 @@ impl Engine {
     }
 
     async fn sweep_once(&self, now: Micros) {
-        // Shared stores: renew this instance's leases before taking back
-        // anyone's expired ones.
-        let running: Vec<uuid::Uuid> = self.lock_running().keys().map(|(id, _)| *id).collect();
-        if let Err(e) = self.store.heartbeat(now, &running).await {
-            tracing::warn!(error = %e, "renewing leases failed");
-        }
         loop {
             match self.store.release_delayed(now, SWEEP_BATCH).await {
                 Ok(n) if n == SWEEP_BATCH => continue,
@@ -97,6 +91,36 @@ impl Engine {
         // Due delayed jobs, promoted retries, or a hint that was dropped:
         // one claim attempt a sweep covers them all.
         self.hint();
+    }
+
+    /// Shared stores: renews the leases of the attempts running here, on a
+    /// task of its own (a long sweep or a drain must not let them lapse),
+    /// and stops attempts whose job is no longer this instance's: cancelled
+    /// elsewhere while the change feed was down, or taken back.
+    pub(super) async fn heartbeat_loop(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(super::HEARTBEAT_EVERY) => {}
+                _ = self.stop_heartbeat.cancelled() => return,
+            }
+            let running: Vec<(uuid::Uuid, u32)> = self.lock_running().keys().copied().collect();
+            let ids: Vec<uuid::Uuid> = running.iter().map(|(id, _)| *id).collect();
+            let renewed = match self.store.heartbeat(now_micros(), &ids).await {
+                Ok(Some(r)) => r.into_iter().collect::<std::collections::HashSet<_>>(),
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewing leases failed");
+                    continue;
+                }
+            };
+            let lock = self.lock_running();
+            for key in running.iter().filter(|(id, _)| !renewed.contains(id)) {
+                if let Some(r) = lock.get(key).filter(|r| !r.stop.is_cancelled()) {
+                    tracing::info!(job = %key.0, attempt = key.1, "job is no longer this instance's; stopping its attempt");
+                    r.stop.cancel();
+                }
+            }
+        }
     }
 
     /// Sets every state gauge from the store's counts.

@@ -186,11 +186,17 @@ pub trait Store: Send + Sync + 'static {
     async fn events_since(&self, _id: Uuid, _after: u64) -> Result<Vec<Job>, StoreError> {
         Ok(Vec::new())
     }
-    /// Called on every sweep with the jobs whose attempts run here: shared
+    /// Called every second with the jobs whose attempts run here: shared
     /// stores renew their leases (and only theirs: a job whose result could
-    /// not be written must still time out and run elsewhere).
-    async fn heartbeat(&self, _now: Micros, _running: &[Uuid]) -> Result<(), StoreError> {
-        Ok(())
+    /// not be written must still time out and run elsewhere). When it
+    /// renewed, returns the ids it renewed: a running id missing from them is
+    /// no longer this instance's to run.
+    async fn heartbeat(
+        &self,
+        _now: Micros,
+        _running: &[Uuid],
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        Ok(None)
     }
     /// Whether the store answers now (drives health for remote stores).
     async fn ping(&self) -> Result<(), StoreError> {

@@ -475,6 +475,13 @@ async fn every_bad_submit_is_invalid_argument_naming_the_field() {
         },
     ));
     cases.push((
+        "idempotency_key",
+        proto::SubmitRequest {
+            idempotency_key: "nul\0inside".into(),
+            ..base()
+        },
+    ));
+    cases.push((
         "max_attempts",
         proto::SubmitRequest {
             max_attempts: 101,

@@ -390,6 +390,24 @@ async fn one_idempotency_key_sent_to_three_instances_makes_one_job() {
     }
 }
 
+/// PostgreSQL text cannot hold NUL; a command's stderr may. The error is
+/// kept (NUL replaced), not a failed write that would rerun the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_byte_in_stderr_is_stored_not_a_failed_write() {
+    let Some(pg) = PgSchema::new("nul").await else {
+        return;
+    };
+    let kinds = "[kinds.nul]\nhandler = \"command\"\nmax_attempts = 1\n\
+                 command = [\"sh\", \"-c\", \"printf 'a\\\\000b' >&2; exit 3\"]\n";
+    let d = start_with(&pg.toml(""), kinds).await;
+    let mut c = d.client().await;
+    let job = submit(&mut c, req("nul", "")).await;
+    let done = wait_terminal(&mut c, &job.id).await;
+    assert_eq!(state(&done), proto::JobState::Failed);
+    assert!(done.last_error.contains("a\u{fffd}b"), "{:?}", done.last_error);
+    d.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_are_safe_when_instances_start_together() {
     let Some(pg) = PgSchema::new("migrate").await else {

@@ -15,6 +15,10 @@ use crate::store::Change;
 
 /// Pause before the LISTEN connection is made again.
 const LISTEN_RETRY: Duration = Duration::from_millis(500);
+/// The LISTEN connection is asked `SELECT 1` every this many 100 ms ticks...
+const LIVENESS_TICKS: u32 = 50;
+/// ...and replaced when it does not answer within this.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Keeps a LISTEN connection open and forwards each notice; reconnects
 /// (and asks for a resync) whenever it drops.
@@ -58,6 +62,7 @@ pub(super) async fn listen_loop(
                     .is_ok()
                     && tx.send(Change::Resync).await.is_ok();
                 if listening {
+                    let mut ticks = 0u32;
                     loop {
                         tokio::select! {
                             _ = &mut driver => break,
@@ -71,6 +76,20 @@ pub(super) async fn listen_loop(
                                 {
                                     driver.abort();
                                     return;
+                                }
+                                ticks += 1;
+                                // A connection can die without a word (a
+                                // half-open TCP link): ask it now and then.
+                                if ticks.is_multiple_of(LIVENESS_TICKS) {
+                                    let alive = tokio::time::timeout(
+                                        LIVENESS_TIMEOUT,
+                                        client.simple_query("SELECT 1"),
+                                    )
+                                    .await;
+                                    if !matches!(alive, Ok(Ok(_))) {
+                                        tracing::warn!("postgres LISTEN connection stopped answering");
+                                        break;
+                                    }
                                 }
                             }
                         }

@@ -109,6 +109,8 @@ pub struct PostgresStore {
     stop: CancellationToken,
     /// Results go to the batcher ([`finish_loop`]).
     finisher: mpsc::Sender<FinishRequest>,
+    /// Health pings' own connection.
+    ping_client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
 /// One attempt's result, waiting for the batcher.
@@ -136,9 +138,11 @@ fn map_err(e: tokio_postgres::Error) -> StoreError {
         None => StoreError::Unavailable(format!("postgres: {e}")),
         Some(db) => {
             let code = db.code().code();
-            let transient = ["08", "53", "57P", "40001", "40P01", "55P03", "25006"]
-                .iter()
-                .any(|p| code.starts_with(p));
+            let transient = [
+                "08", "53", "57P", "57014", "40001", "40P01", "55P03", "25006",
+            ]
+            .iter()
+            .any(|p| code.starts_with(p));
             if transient {
                 StoreError::Unavailable(format!("postgres: {}: {}", code, db.message()))
             } else {
@@ -146,6 +150,11 @@ fn map_err(e: tokio_postgres::Error) -> StoreError {
             }
         }
     }
+}
+
+/// A column that does not decode as jobd wrote it.
+fn bad_row(e: tokio_postgres::Error) -> StoreError {
+    StoreError::Corrupt(format!("postgres row: {e}"))
 }
 
 fn to_i32(n: u32) -> i32 {
@@ -157,30 +166,30 @@ fn corrupt(what: &str) -> StoreError {
 }
 
 fn row_to_job(r: &Row) -> Result<Job, StoreError> {
-    let state: i16 = r.try_get(2).map_err(map_err)?;
-    let hash: Vec<u8> = r.try_get(7).map_err(map_err)?;
-    let labels: &[u8] = r.try_get(8).map_err(map_err)?;
+    let state: i16 = r.try_get(2).map_err(bad_row)?;
+    let hash: Vec<u8> = r.try_get(7).map_err(bad_row)?;
+    let labels: &[u8] = r.try_get(8).map_err(bad_row)?;
     Ok(Job {
-        id: r.try_get(0).map_err(map_err)?,
-        kind: r.try_get(1).map_err(map_err)?,
+        id: r.try_get(0).map_err(bad_row)?,
+        kind: r.try_get(1).map_err(bad_row)?,
         state: state_from_code(state.into()).ok_or_else(|| corrupt("state"))?,
-        attempt: r.try_get::<_, i32>(3).map_err(map_err)?.max(0) as u32,
-        max_attempts: r.try_get::<_, i32>(4).map_err(map_err)?.max(0) as u32,
-        priority: r.try_get(5).map_err(map_err)?,
-        idempotency_key: r.try_get(6).map_err(map_err)?,
+        attempt: r.try_get::<_, i32>(3).map_err(bad_row)?.max(0) as u32,
+        max_attempts: r.try_get::<_, i32>(4).map_err(bad_row)?.max(0) as u32,
+        priority: r.try_get(5).map_err(bad_row)?,
+        idempotency_key: r.try_get(6).map_err(bad_row)?,
         request_hash: hash.try_into().map_err(|_| corrupt("request hash"))?,
         labels: decode_labels(labels),
-        payload: Bytes::from(r.try_get::<_, Vec<u8>>(9).map_err(map_err)?),
-        result: Bytes::from(r.try_get::<_, Vec<u8>>(10).map_err(map_err)?),
-        timeout: Duration::from_micros(r.try_get::<_, i64>(11).map_err(map_err)?.max(0) as u64),
-        created_at: r.try_get(12).map_err(map_err)?,
-        updated_at: r.try_get(13).map_err(map_err)?,
-        started_at: r.try_get(14).map_err(map_err)?,
-        finished_at: r.try_get(15).map_err(map_err)?,
-        next_attempt_at: r.try_get(16).map_err(map_err)?,
-        lease_expires_at: r.try_get(17).map_err(map_err)?,
-        last_error: r.try_get(18).map_err(map_err)?,
-        sequence: r.try_get::<_, i64>(19).map_err(map_err)?.max(0) as u64,
+        payload: Bytes::from(r.try_get::<_, Vec<u8>>(9).map_err(bad_row)?),
+        result: Bytes::from(r.try_get::<_, Vec<u8>>(10).map_err(bad_row)?),
+        timeout: Duration::from_micros(r.try_get::<_, i64>(11).map_err(bad_row)?.max(0) as u64),
+        created_at: r.try_get(12).map_err(bad_row)?,
+        updated_at: r.try_get(13).map_err(bad_row)?,
+        started_at: r.try_get(14).map_err(bad_row)?,
+        finished_at: r.try_get(15).map_err(bad_row)?,
+        next_attempt_at: r.try_get(16).map_err(bad_row)?,
+        lease_expires_at: r.try_get(17).map_err(bad_row)?,
+        last_error: r.try_get(18).map_err(bad_row)?,
+        sequence: r.try_get::<_, i64>(19).map_err(bad_row)?.max(0) as u64,
         ready_at: None,
     })
 }
@@ -253,6 +262,7 @@ impl PostgresStore {
             closed: AtomicBool::new(false),
             stop,
             finisher,
+            ping_client: tokio::sync::Mutex::new(None),
         };
         store
             .run(async {
@@ -473,7 +483,14 @@ async fn save(
     let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at).collect();
     let next: Vec<Option<i64>> = jobs.iter().map(|j| j.next_attempt_at).collect();
     let lease: Vec<Option<i64>> = jobs.iter().map(|j| j.lease_expires_at).collect();
-    let errors: Vec<&str> = jobs.iter().map(|j| j.last_error.as_str()).collect();
+    // PostgreSQL text cannot hold NUL (a command's stderr may).
+    let errors: Vec<std::borrow::Cow<'_, str>> = jobs
+        .iter()
+        .map(|j| match j.last_error.contains('\0') {
+            true => j.last_error.replace('\0', "\u{fffd}").into(),
+            false => j.last_error.as_str().into(),
+        })
+        .collect();
     let seqs: Vec<i64> = jobs.iter().map(|j| j.sequence as i64).collect();
     let old_states: Vec<i16> = old.iter().map(|(s, _)| state_code(*s)).collect();
     let old_attempts: Vec<i32> = old.iter().map(|(_, a)| to_i32(*a)).collect();
@@ -960,23 +977,33 @@ impl Store for PostgresStore {
         let events_before = now_micros().saturating_sub(EVENT_RETENTION.as_micros() as i64);
         self.run(async {
             let c = self.client().await?;
-            let st = c
+            // Old events first, all of them, in bounded statements: they
+            // outnumber jobs several times over.
+            let ev = c
                 .prepare_cached(
-                    "WITH d AS (DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
-                       WHERE state >= 3 AND finished_at < $1 ORDER BY finished_at LIMIT $2 \
-                       FOR UPDATE SKIP LOCKED) RETURNING id), \
-                     e AS (DELETE FROM job_events WHERE ctid IN (SELECT ctid FROM job_events \
-                       WHERE updated_at < $3 LIMIT $2)) \
-                     SELECT COUNT(*) FROM d",
+                    "DELETE FROM job_events WHERE ctid IN (SELECT ctid FROM job_events \
+                     WHERE updated_at < $1 LIMIT $2)",
                 )
                 .await
                 .map_err(map_err)?;
-            let n: i64 = c
-                .query_one(&st, &[&before, &(limit as i64), &events_before])
+            let batch = (limit as i64).max(1) * 10;
+            while c
+                .execute(&ev, &[&events_before, &batch])
                 .await
                 .map_err(map_err)?
-                .get(0);
-            Ok(n as u64)
+                == batch as u64
+            {}
+            let st = c
+                .prepare_cached(
+                    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
+                     WHERE state >= 3 AND finished_at < $1 ORDER BY finished_at LIMIT $2 \
+                     FOR UPDATE SKIP LOCKED)",
+                )
+                .await
+                .map_err(map_err)?;
+            c.execute(&st, &[&before, &(limit as i64)])
+                .await
+                .map_err(map_err)
         })
         .await
     }
@@ -1029,16 +1056,16 @@ impl Store for PostgresStore {
                     // The row as it is now, with the fields a transition
                     // changes as they were at that event.
                     let mut j = row_to_job(r)?;
-                    let s: i16 = r.try_get(20).map_err(map_err)?;
+                    let s: i16 = r.try_get(20).map_err(bad_row)?;
                     j.state = state_from_code(s.into()).ok_or_else(|| corrupt("state"))?;
-                    j.attempt = r.try_get::<_, i32>(21).map_err(map_err)?.max(0) as u32;
-                    j.updated_at = r.try_get(22).map_err(map_err)?;
-                    j.started_at = r.try_get(23).map_err(map_err)?;
-                    j.finished_at = r.try_get(24).map_err(map_err)?;
-                    j.next_attempt_at = r.try_get(25).map_err(map_err)?;
-                    j.lease_expires_at = r.try_get(26).map_err(map_err)?;
-                    j.last_error = r.try_get(27).map_err(map_err)?;
-                    j.sequence = r.try_get::<_, i64>(28).map_err(map_err)?.max(0) as u64;
+                    j.attempt = r.try_get::<_, i32>(21).map_err(bad_row)?.max(0) as u32;
+                    j.updated_at = r.try_get(22).map_err(bad_row)?;
+                    j.started_at = r.try_get(23).map_err(bad_row)?;
+                    j.finished_at = r.try_get(24).map_err(bad_row)?;
+                    j.next_attempt_at = r.try_get(25).map_err(bad_row)?;
+                    j.lease_expires_at = r.try_get(26).map_err(bad_row)?;
+                    j.last_error = r.try_get(27).map_err(bad_row)?;
+                    j.sequence = r.try_get::<_, i64>(28).map_err(bad_row)?.max(0) as u64;
                     if j.state != JobState::Succeeded {
                         j.result = Bytes::new();
                     }
@@ -1049,39 +1076,68 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn heartbeat(&self, now: Micros, running: &[Uuid]) -> Result<(), StoreError> {
+    async fn heartbeat(
+        &self,
+        now: Micros,
+        running: &[Uuid],
+    ) -> Result<Option<Vec<Uuid>>, StoreError> {
+        // Other instances' submits reach the backlog bound within a second.
+        self.count_waiting().await?;
         let every = (self.lease_ttl / 3).as_micros() as i64;
         if now.saturating_sub(self.last_renew.load(Ordering::Acquire)) < every {
-            return Ok(());
+            return Ok(None);
         }
         let lease = add_micros(now, self.lease_ttl);
-        self.run(async {
-            let c = self.client().await?;
-            let st = c
-                .prepare_cached(
-                    "UPDATE jobs SET lease_expires_at = $1 \
-                     WHERE state = 1 AND owner = $2 AND id = ANY($3)",
-                )
-                .await
-                .map_err(map_err)?;
-            c.execute(&st, &[&lease, &self.instance, &running])
-                .await
-                .map_err(map_err)
-        })
-        .await?;
+        let renewed = self
+            .run(async {
+                let c = self.client().await?;
+                // Rows are locked in id order, as result batches lock them.
+                let st = c
+                    .prepare_cached(
+                        "UPDATE jobs SET lease_expires_at = $1 WHERE id IN ( \
+                           SELECT id FROM jobs WHERE state = 1 AND owner = $2 AND id = ANY($3) \
+                           ORDER BY id FOR UPDATE) \
+                         RETURNING id",
+                    )
+                    .await
+                    .map_err(map_err)?;
+                let rows = c
+                    .query(&st, &[&lease, &self.instance, &running])
+                    .await
+                    .map_err(map_err)?;
+                rows.iter()
+                    .map(|r| r.try_get::<_, Uuid>(0).map_err(bad_row))
+                    .collect::<Result<Vec<Uuid>, StoreError>>()
+            })
+            .await?;
         self.last_renew.store(now, Ordering::Release);
-        self.count_waiting().await
+        Ok(Some(renewed))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
+        // A connection of its own: a pool busy with work must not look
+        // like a database that is gone.
+        let mut client = self.ping_client.lock().await;
         let r = tokio::time::timeout(PING_TIMEOUT.min(self.timeout), async {
-            let c = self.client().await?;
-            c.simple_query("SELECT 1")
-                .await
-                .map_err(map_err)
-                .map(|_| ())
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                let (c, conn) = self.pg.connect(NoTls).await.map_err(map_err)?;
+                tokio::spawn(conn);
+                *client = Some(c);
+            }
+            match client.as_ref() {
+                Some(c) => c
+                    .simple_query("SELECT 1")
+                    .await
+                    .map_err(map_err)
+                    .map(|_| ()),
+                None => Err(StoreError::Unavailable("postgres: no connection".into())),
+            }
         })
-        .await;
-        r.unwrap_or_else(|_| Err(StoreError::Unavailable("postgres ping timed out".into())))
+        .await
+        .unwrap_or_else(|_| Err(StoreError::Unavailable("postgres ping timed out".into())));
+        if r.is_err() {
+            *client = None;
+        }
+        r
     }
 }
