@@ -404,7 +404,11 @@ async fn a_nul_byte_in_stderr_is_stored_not_a_failed_write() {
     let job = submit(&mut c, req("nul", "")).await;
     let done = wait_terminal(&mut c, &job.id).await;
     assert_eq!(state(&done), proto::JobState::Failed);
-    assert!(done.last_error.contains("a\u{fffd}b"), "{:?}", done.last_error);
+    assert!(
+        done.last_error.contains("a\u{fffd}b"),
+        "{:?}",
+        done.last_error
+    );
     d.stop().await.unwrap();
 }
 
