@@ -52,7 +52,15 @@ impl Engine {
                 break;
             }
             if more && claims.len() < CLAIMS_IN_FLIGHT {
-                if let Some(reserved) = self.reserve() {
+                // With a claim already on its way, a shared store gets the
+                // next one only for a worthwhile batch: each claim there is
+                // a commit that PostgreSQL serializes (NOTIFY).
+                let least = if claims.is_empty() {
+                    1
+                } else {
+                    self.claim_min_batch
+                };
+                if let Some(reserved) = self.reserve(least) {
                     claims.spawn(self.clone().claim(reserved));
                     more = false;
                     continue;
@@ -111,10 +119,11 @@ impl Engine {
     }
 
     /// Takes every free worker permit (up to a batch) and every free kind
-    /// permit; `None` when nothing could run now.
-    fn reserve(&self) -> Option<Reserved> {
+    /// permit; `None` when fewer than `least` workers are free or no kind
+    /// could run now.
+    fn reserve(&self, least: usize) -> Option<Reserved> {
         let free = self.workers.available_permits().min(CLAIM_BATCH);
-        if free == 0 {
+        if free == 0 || free < least {
             return None;
         }
         let global = self

@@ -2,7 +2,7 @@
 //! instance, becomes WatchStatus events here (in order, none skipped) and
 //! stops attempts running here that another instance cancelled.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -11,6 +11,38 @@ use uuid::Uuid;
 use super::Engine;
 use crate::job::JobState;
 use crate::store::Change;
+
+/// Jobs whose late notices are remembered at most.
+const LATE_NOTICES: usize = 4096;
+
+/// The latest sequence announced for jobs that were not running here when
+/// their notice came, kept briefly: an attempt that starts just after its
+/// job was cancelled on another instance then stops at once.
+#[derive(Default)]
+pub(super) struct LateNotices {
+    sequence: HashMap<Uuid, u64>,
+    order: VecDeque<Uuid>,
+}
+
+impl LateNotices {
+    fn record(&mut self, id: Uuid, sequence: u64) {
+        let s = self.sequence.entry(id).or_insert_with(|| {
+            self.order.push_back(id);
+            0
+        });
+        *s = (*s).max(sequence);
+        if self.order.len() > LATE_NOTICES {
+            if let Some(old) = self.order.pop_front() {
+                self.sequence.remove(&old);
+            }
+        }
+    }
+
+    /// Whether job `id` changed after `sequence` (its claim).
+    pub(super) fn moved_since(&self, id: &Uuid, sequence: u64) -> bool {
+        self.sequence.get(id).is_some_and(|s| *s > sequence)
+    }
+}
 
 impl Engine {
     pub(super) async fn feed_loop(self: Arc<Self>, mut feed: mpsc::Receiver<Change>) {
@@ -88,14 +120,21 @@ impl Engine {
     /// An attempt running here whose job changed since its claim (by a
     /// cancel on another instance, or a lease taken back) is told to stop.
     async fn stop_if_moved(&self, id: Uuid, sequence: u64) {
-        let candidates: Vec<(u32, tokio_util::sync::CancellationToken)> = self
-            .lock_running()
-            .iter()
-            .filter(|((job, _), r)| {
-                *job == id && sequence > r.claimed_at_sequence && !r.stop.is_cancelled()
-            })
-            .map(|((_, attempt), r)| (*attempt, r.stop.clone()))
-            .collect();
+        let candidates: Vec<(u32, tokio_util::sync::CancellationToken)> = {
+            let running = self.lock_running();
+            if !running.keys().any(|(job, _)| *job == id) {
+                // Its worker may be about to start: it checks these.
+                self.lock_late_notices().record(id, sequence);
+                return;
+            }
+            running
+                .iter()
+                .filter(|((job, _), r)| {
+                    *job == id && sequence > r.claimed_at_sequence && !r.stop.is_cancelled()
+                })
+                .map(|((_, attempt), r)| (*attempt, r.stop.clone()))
+                .collect()
+        };
         if candidates.is_empty() {
             return;
         }

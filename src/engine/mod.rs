@@ -89,6 +89,11 @@ pub struct Engine {
     stop_attempts: CancellationToken,
     /// Stops lease renewal, once drain has no attempt left running.
     stop_heartbeat: CancellationToken,
+    /// Free workers a claim needs while another is in flight (see the
+    /// dispatcher): 1, or a quarter of the pool for shared stores.
+    claim_min_batch: usize,
+    /// Shared stores: see [`feed::LateNotices`].
+    late_notices: Mutex<feed::LateNotices>,
     retention: Duration,
     metrics: Arc<Metrics>,
 }
@@ -121,6 +126,7 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> (Arc<Engine>, EngineTasks) {
         let (hints, hint_rx) = mpsc::channel(config.queue.dispatch_channel);
+        let store_shared = store.is_shared();
         let engine = Arc::new(Engine {
             store,
             kinds: kinds
@@ -141,6 +147,12 @@ impl Engine {
             stop_dispatch: CancellationToken::new(),
             stop_attempts: CancellationToken::new(),
             stop_heartbeat: CancellationToken::new(),
+            late_notices: Mutex::default(),
+            claim_min_batch: if store_shared {
+                (config.queue.workers / 4).max(1)
+            } else {
+                1
+            },
             retention: config.retention.finished,
             metrics,
         });
@@ -355,7 +367,16 @@ impl Engine {
                 claimed_at_sequence: 0,
             });
         r.claimed_at_sequence = r.claimed_at_sequence.max(sequence);
+        // Checked under the `running` lock, as the feed records them.
+        if sequence > 0 && self.lock_late_notices().moved_since(&id, sequence) {
+            tracing::info!(job = %id, attempt, "job changed on another instance before its attempt started; stopping it");
+            r.stop.cancel();
+        }
         r.stop.clone()
+    }
+
+    fn lock_late_notices(&self) -> std::sync::MutexGuard<'_, feed::LateNotices> {
+        self.late_notices.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, u32), RunningAttempt>> {

@@ -91,16 +91,24 @@ impl Engine {
         // Its own task, so a panic is caught as a JoinError and fails only
         // this attempt.
         let mut task = tokio::spawn(async move { handler.run(ctx).await });
+        let stopped = || {
+            if self.stop_attempts.is_cancelled() {
+                Ended::Drained
+            } else {
+                Ended::Cancelled
+            }
+        };
         let ended = tokio::select! {
             r = &mut task => return match r {
+                // A handler that fails once told to stop failed because of
+                // the stop (both branches can be ready at once).
+                Ok(Err(_)) | Err(_) if stop.is_cancelled() => stopped(),
                 Ok(r) => Ended::Ran(r),
                 Err(e) if e.is_panic() => Ended::Panicked(panic_message(e.into_panic())),
                 Err(e) => Ended::Ran(Err(HandlerError::retryable(format!("handler task ended: {e}")))),
             },
             _ = tokio::time::sleep(job.timeout) => Ended::TimedOut,
-            _ = stop.cancelled() => {
-                if self.stop_attempts.is_cancelled() { Ended::Drained } else { Ended::Cancelled }
-            }
+            _ = stop.cancelled() => stopped(),
         };
         // Tell the handler to stop, give it a moment to clean up, then abort.
         stop.cancel();
