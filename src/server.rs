@@ -148,18 +148,20 @@ pub async fn run_with_registry(
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let streams_stop = CancellationToken::new();
+    let limit = config.max_message_bytes();
+    // A reply may carry a result next to its payload.
+    let reply_limit = limit.max(config.queue.max_payload_bytes * 2);
     let api = JobApi::new(
         engine.clone(),
         config.queue.max_batch,
         config.queue.max_watchers,
         config.limits.max_watchers_per_connection,
+        reply_limit,
         streams_stop.clone(),
     );
-    let limit = config.max_message_bytes();
     let service = JobServiceServer::new(api)
         .max_decoding_message_size(limit)
-        // A reply may carry a result next to its payload.
-        .max_encoding_message_size(limit.max(config.queue.max_payload_bytes * 2));
+        .max_encoding_message_size(reply_limit);
     let tokens = config.auth.all_tokens()?;
     let auth_on = !tokens.is_empty();
     let service = Authenticated::new(service, Tokens::new(tokens, config.auth.submit_rate));

@@ -32,6 +32,8 @@ pub struct JobApi {
     /// `limits.max_watchers_per_connection`.
     per_connection: Arc<Mutex<HashMap<SocketAddr, usize>>>,
     max_per_connection: usize,
+    /// The largest reply encoded; ListJobs pages stop short of it.
+    max_reply_bytes: usize,
     /// Ends every WatchStatus stream when the daemon drains (with
     /// UNAVAILABLE), so the server's graceful close is not held up by them.
     streams_stop: CancellationToken,
@@ -43,6 +45,7 @@ impl JobApi {
         max_batch: usize,
         max_watchers: usize,
         max_per_connection: usize,
+        max_reply_bytes: usize,
         streams_stop: CancellationToken,
     ) -> Self {
         JobApi {
@@ -51,6 +54,7 @@ impl JobApi {
             max_watchers,
             per_connection: Arc::default(),
             max_per_connection,
+            max_reply_bytes,
             streams_stop,
         }
     }
@@ -118,6 +122,9 @@ impl JobApi {
         self.engine.max_backlog()
     }
 }
+
+/// Room in a ListJobs reply for what is not a job (token, framing).
+const REPLY_SLACK: usize = 1024;
 
 /// One watcher's place on its connection.
 struct ConnSlot {
@@ -290,17 +297,30 @@ impl JobService for JobApi {
             // One more than asked tells whether another page exists.
             limit: limit + 1,
         };
-        let mut jobs = self.engine.list(&query).await.map_err(|e| self.err(e))?;
-        let next_page_token = if jobs.len() > limit {
-            jobs.truncate(limit);
-            jobs.last()
-                .map(|j| validate::encode_page_token(j.id))
+        let jobs = self.engine.list(&query).await.map_err(|e| self.err(e))?;
+        // A page ends early rather than outgrow the reply limit (results
+        // can be large); the token then continues after its last job.
+        let budget = self.max_reply_bytes.saturating_sub(REPLY_SLACK);
+        let (mut page, mut size) = (Vec::new(), 0);
+        for j in jobs.iter().take(limit) {
+            let p = convert::job_to_proto(j);
+            let n = prost::Message::encoded_len(&p) + 16;
+            if !page.is_empty() && size + n > budget {
+                break;
+            }
+            size += n;
+            page.push(p);
+        }
+        let next_page_token = if page.len() < jobs.len() {
+            page.len()
+                .checked_sub(1)
+                .map(|last| validate::encode_page_token(jobs[last].id))
                 .unwrap_or_default()
         } else {
             String::new()
         };
         Ok(Response::new(proto::ListJobsResponse {
-            jobs: jobs.iter().map(convert::job_to_proto).collect(),
+            jobs: page,
             next_page_token,
         }))
     }

@@ -209,3 +209,42 @@ async fn request_size_limit_holds_at_its_bound_and_refuses_one_byte_more() {
     );
     d.stop().await.unwrap();
 }
+
+/// Replies have a limit too (`max(max_message_bytes, 2 x max_payload_bytes)`):
+/// a ListJobs page of jobs with large results ends early, with a token for
+/// the rest, instead of failing to encode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_pages_stop_short_of_the_reply_limit() {
+    let d =
+        start("[queue]\nmax_payload_bytes = 60000\n[limits]\nmax_message_bytes = 100000\n").await;
+    let mut c = d.client().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let j = submit(&mut c, req("echo", &format!("{i}").repeat(50_000))).await;
+        wait_terminal(&mut c, &j.id).await;
+        ids.push(j.id);
+    }
+    // 3 results of 50,000 bytes do not fit the 120,000-byte reply limit.
+    let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let page = c
+            .list_jobs(proto::ListJobsRequest {
+                page_size: 10,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("a page that fits the reply limit")
+            .into_inner();
+        pages += 1;
+        assert!(page.jobs.iter().all(|j| j.result.len() == 50_000));
+        seen.extend(page.jobs.into_iter().map(|j| j.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, ids, "every job once, in order");
+    assert_eq!(pages, 2, "2 jobs fit in a page, then 1");
+    d.stop().await.unwrap();
+}
