@@ -33,17 +33,16 @@ const WRITE_QUEUE: usize = 4096;
 const GROUP_MAX: usize = 1024;
 /// Idle read connections kept.
 const MAX_READERS: usize = 4;
-/// Rows a claim looks at at most, when saturated kinds fill the front of
-/// the queue.
-const CLAIM_SCAN_MAX: usize = 10_000;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Queries name their partial index (`INDEXED BY`): without statistics the
 /// planner would pick `jobs_state_id` and sort every QUEUED row per claim.
+/// Once applied, a migration is never edited: changes are new entries.
 ///
 /// Schema versions, applied in order; `PRAGMA user_version` says how many
 /// have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jobs (
     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
     id               BLOB NOT NULL UNIQUE,
@@ -75,7 +74,14 @@ CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE state = 1;
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE state >= 3;
 CREATE INDEX jobs_state_id ON jobs (state, id);
 CREATE INDEX jobs_kind_id ON jobs (kind, id);
-"#];
+"#,
+    r#"
+-- v2: claims read each kind's own queue, so kinds at their bound (or no
+-- longer configured) can never crowd others out of a claim.
+CREATE INDEX jobs_ready_kind ON jobs (kind, priority DESC, seq) WHERE state = 0 AND next_attempt_at IS NULL;
+DROP INDEX jobs_ready;
+"#,
+];
 
 const COLS: &str = "id, kind, state, attempt, max_attempts, priority, idempotency_key, \
     request_hash, labels, payload, result, timeout_us, created_at, updated_at, started_at, \
@@ -622,32 +628,35 @@ impl Store for SqliteStore {
         let req = req.clone();
         self.write(move |tx, st| {
             guarded(tx, || {
-                let mut caps = req.kinds.clone();
-                let mut picked = Vec::new();
+                // Each kind's own queue, up to its free slots; then the
+                // best `limit` of those by priority and age.
+                let mut candidates: Vec<(i32, i64, Vec<u8>)> = Vec::new();
                 {
                     let mut s = tx
                         .prepare_cached(
-                            "SELECT id, kind FROM jobs INDEXED BY jobs_ready WHERE state = 0 \
-                             AND next_attempt_at IS NULL \
-                             ORDER BY priority DESC, seq LIMIT ?1",
+                            "SELECT priority, seq, id FROM jobs INDEXED BY jobs_ready_kind \
+                             WHERE state = 0 AND next_attempt_at IS NULL AND kind = ?1 \
+                             ORDER BY priority DESC, seq LIMIT ?2",
                         )
                         .map_err(map_err)?;
-                    let mut rows = s.query(params![CLAIM_SCAN_MAX as i64]).map_err(map_err)?;
-                    while let Some(r) = rows.next().map_err(map_err)? {
-                        let kind: String = r.get(1).map_err(map_err)?;
-                        if let Some(cap) = caps.get_mut(&kind).filter(|c| **c > 0) {
-                            *cap -= 1;
-                            let b: Vec<u8> = r.get(0).map_err(map_err)?;
-                            picked.push(
-                                Uuid::from_slice(&b)
-                                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                            );
-                            if picked.len() >= req.limit {
-                                break;
-                            }
+                    for (kind, cap) in req.kinds.iter().filter(|(_, n)| **n > 0) {
+                        let n = (*cap).min(req.limit) as i64;
+                        let rows = s
+                            .query_map(params![kind, n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                            .map_err(map_err)?;
+                        for r in rows {
+                            candidates.push(r.map_err(map_err)?);
                         }
                     }
                 }
+                candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+                candidates.truncate(req.limit);
+                let picked = candidates
+                    .into_iter()
+                    .map(|(_, _, id)| {
+                        Uuid::from_slice(&id).map_err(|e| StoreError::Corrupt(e.to_string()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 transition_all(tx, st, picked, |j| {
                     transition::claim(j, req.now, req.lease_slack);
                     true

@@ -235,6 +235,32 @@ pub async fn claim_order_kinds_and_backlog(s: SharedStore) {
     assert!(matches!(out[1], InsertOutcome::BacklogFull));
 }
 
+/// A kind with many urgent jobs but one free slot never keeps another
+/// kind's job out of a claim (each kind's queue is read on its own).
+pub async fn busy_kinds_never_crowd_out_others(s: SharedStore) {
+    let jobs: Vec<NewJob> = (0..300).map(|_| new_job("busy", 10)).collect();
+    s.insert(jobs, u64::MAX).await.unwrap();
+    let quiet = insert(&s, new_job("quiet", 0)).await;
+    let got = s
+        .claim(&claim_req(10, &[("busy", 1), ("quiet", 1)]))
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = got.iter().map(|j| j.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["busy", "quiet"],
+        "priority order, each kind within its slots"
+    );
+    assert_eq!(got[1].id, quiet.id);
+    // The global limit still applies, best first.
+    let got = s
+        .claim(&claim_req(1, &[("busy", 5), ("quiet", 5)]))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].kind, "busy");
+}
+
 pub async fn delayed_jobs_and_due_times(s: SharedStore) {
     let now = now_micros();
     let mut j = new_job("k", 100);
@@ -410,6 +436,7 @@ contract!(
     cancel_and_requeue,
     idempotency_race_yields_one_job,
     claim_order_kinds_and_backlog,
+    busy_kinds_never_crowd_out_others,
     delayed_jobs_and_due_times,
     recover_counts_the_lost_attempt,
     pagination_and_filters,

@@ -194,6 +194,14 @@ fn row_to_job(r: &Row) -> Result<Job, StoreError> {
     })
 }
 
+/// [`COLS`] with a table alias, for queries that join.
+fn prefixed(alias: &str) -> String {
+    COLS.split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn rows_to_jobs(rows: &[Row]) -> Result<Vec<Job>, StoreError> {
     rows.iter().map(row_to_job).collect()
 }
@@ -774,36 +782,34 @@ impl Store for PostgresStore {
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
-        let kinds: Vec<&str> = req
+        // Each kind's own queue, up to its free slots; then the best
+        // `limit` of those by priority and age. Rows read but not taken stay
+        // QUEUED (their locks end with the transaction).
+        let (kinds, caps): (Vec<&str>, Vec<i64>) = req
             .kinds
             .iter()
             .filter(|(_, n)| **n > 0)
-            .map(|(k, _)| k.as_str())
-            .collect();
-        let scan = req.kinds.values().sum::<usize>().min(req.limit);
-        if kinds.is_empty() || scan == 0 {
+            .map(|(k, n)| (k.as_str(), (*n).min(req.limit) as i64))
+            .unzip();
+        if kinds.is_empty() || req.limit == 0 {
             return Ok(Vec::new());
         }
-        let mut caps = req.kinds.clone();
         let lease = add_micros(req.now, self.lease_ttl);
         self.transition_selected(
             &format!(
-                "SELECT {COLS} FROM jobs WHERE state = 0 AND next_attempt_at IS NULL \
-                 AND kind = ANY($1) ORDER BY priority DESC, seq LIMIT $2 FOR UPDATE SKIP LOCKED"
+                "SELECT {} FROM unnest($1::text[], $2::int8[]) AS k(kind, n) \
+                 CROSS JOIN LATERAL (SELECT {COLS}, seq FROM jobs \
+                   WHERE state = 0 AND next_attempt_at IS NULL AND kind = k.kind \
+                   ORDER BY priority DESC, seq LIMIT k.n FOR UPDATE SKIP LOCKED) j \
+                 ORDER BY j.priority DESC, j.seq LIMIT $3",
+                prefixed("j")
             ),
-            &[&kinds, &(scan as i64)],
+            &[&kinds, &caps, &(req.limit as i64)],
             |j| {
-                // Rows of a kind past its bound stay QUEUED (unlocked at commit).
-                match caps.get_mut(&j.kind).filter(|n| **n > 0) {
-                    Some(n) => {
-                        *n -= 1;
-                        transition::claim(j, req.now, req.lease_slack);
-                        // The lease is renewed while this instance lives.
-                        j.lease_expires_at = Some(lease);
-                        true
-                    }
-                    None => false,
-                }
+                transition::claim(j, req.now, req.lease_slack);
+                // The lease is renewed while this instance runs the attempt.
+                j.lease_expires_at = Some(lease);
+                true
             },
         )
         .await
@@ -1039,11 +1045,7 @@ impl Store for PostgresStore {
                        e.next_attempt_at, e.lease_expires_at, e.last_error, e.sequence \
                      FROM job_events e JOIN jobs j ON j.id = e.job_id \
                      WHERE e.job_id = $1 AND e.sequence > $2 ORDER BY e.sequence",
-                    cols = COLS
-                        .split(", ")
-                        .map(|c| format!("j.{c}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    cols = prefixed("j")
                 ))
                 .await
                 .map_err(map_err)?;

@@ -10,7 +10,8 @@ use crate::store::StoreError;
 
 /// Schema versions, applied in order under an advisory lock; the
 /// `jobd_migrations` table records which ran.
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE jobs (
     seq              BIGINT GENERATED ALWAYS AS IDENTITY,
     id               UUID PRIMARY KEY,
@@ -59,7 +60,14 @@ CREATE UNLOGGED TABLE job_events (
     PRIMARY KEY (job_id, sequence)
 );
 CREATE INDEX job_events_updated ON job_events (updated_at);
-"#];
+"#,
+    r#"
+-- v2: claims read each kind's own queue, so kinds at their bound (or no
+-- longer configured) can never crowd others out of a claim.
+CREATE INDEX jobs_ready_kind ON jobs (kind, priority DESC, seq) WHERE state = 0 AND next_attempt_at IS NULL;
+DROP INDEX jobs_ready;
+"#,
+];
 
 /// An advisory-lock key per schema, so instances on different schemas of
 /// one database do not wait for each other's migrations.
