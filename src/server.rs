@@ -231,6 +231,7 @@ pub async fn run_with_registry(
         _ = shutdown.drain.cancelled() => {}
         r = &mut server_task => {
             engine.stop_accepting();
+            engine.stop_lease_renewal();
             admin_stop.cancel();
             let _ = store.close().await;
             return match r {

@@ -277,6 +277,12 @@ impl Engine {
         Ok((job, sub))
     }
 
+    /// Stops renewing leases without a drain (the server failed): attempts
+    /// still running here lose their jobs to other instances after the lease.
+    pub fn stop_lease_renewal(&self) {
+        self.stop_heartbeat.cancel();
+    }
+
     /// Drain step 3: refuse new jobs, stop claiming.
     pub fn stop_accepting(&self) {
         self.accepting.store(false, Ordering::Release);
