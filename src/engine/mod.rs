@@ -112,9 +112,9 @@ pub struct EngineTasks {
     sweeper: JoinHandle<()>,
 }
 
-/// Shared stores: how often the heartbeat runs (the store renews leases at
-/// its own pace within it).
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// Shared stores: how often the heartbeat runs (the store renews leases and
+/// recounts at its own pace within it; often enough for a 1 s lease).
+const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 
 impl Engine {
     /// Builds the engine and starts its dispatcher and sweeper.

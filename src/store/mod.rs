@@ -186,7 +186,7 @@ pub trait Store: Send + Sync + 'static {
     async fn events_since(&self, _id: Uuid, _after: u64) -> Result<Vec<Job>, StoreError> {
         Ok(Vec::new())
     }
-    /// Called every second with the jobs whose attempts run here: shared
+    /// Called several times a second with the jobs whose attempts run here: shared
     /// stores renew their leases (and only theirs: a job whose result could
     /// not be written must still time out and run elsewhere). When it
     /// renewed, returns the ids it renewed: a running id missing from them is

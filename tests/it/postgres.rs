@@ -390,6 +390,49 @@ async fn one_idempotency_key_sent_to_three_instances_makes_one_job() {
     }
 }
 
+/// A drain outlasting the lease: the draining instance keeps renewing its
+/// leases until its last attempt ends (else another instance would take the
+/// jobs back mid-drain), a job that ends in time succeeds on attempt 1, and
+/// one the drain stops goes back to the queue with its attempt not counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_keeps_leases_alive_and_requeues_what_it_stops() {
+    let Some(pg) = PgSchema::new("drain").await else {
+        return;
+    };
+    let lease = "lease_ttl = \"1s\"\n";
+    // Only A runs `slow`; B only watches the leases with its sweeper.
+    let a_kinds = format!("{KINDS}\n[kinds.slow]\nhandler = \"sleep\"\n");
+    let a = start_with(
+        &format!(
+            "{}[drain]\ngrace = \"0s\"\ntimeout = \"2500ms\"\n",
+            pg.toml(lease)
+        ),
+        &a_kinds,
+    )
+    .await;
+    let b = start(&pg.toml(lease)).await;
+    let mut c = a.client().await;
+    let short = submit(&mut c, req("slow", "1800")).await;
+    let long = submit(&mut c, req("slow", "60000")).await;
+    for id in [&short.id, &long.id] {
+        wait_for(&mut c, id, |s| s == proto::JobState::Running).await;
+    }
+    a.stop().await.unwrap();
+    let s = pg.open().await;
+    let short = s.get(short.id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(
+        (short.state, short.attempt),
+        (JobState::Succeeded, 1),
+        "{}",
+        short.last_error
+    );
+    let long = s.get(long.id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!((long.state, long.attempt), (JobState::Queued, 0));
+    assert!(long.last_error.contains("drain"), "{}", long.last_error);
+    s.close().await.unwrap();
+    b.stop().await.unwrap();
+}
+
 /// PostgreSQL text cannot hold NUL; a command's stderr may. The error is
 /// kept (NUL replaced), not a failed write that would rerun the job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
