@@ -89,6 +89,9 @@ pub struct Engine {
     stop_attempts: CancellationToken,
     /// Stops lease renewal, once drain has no attempt left running.
     stop_heartbeat: CancellationToken,
+    /// Several instances share the store (read once: it decides paths taken
+    /// per job).
+    shared: bool,
     /// Free workers a claim needs while another is in flight (see the
     /// dispatcher): 1, or a quarter of the pool for shared stores.
     claim_min_batch: usize,
@@ -126,7 +129,7 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> (Arc<Engine>, EngineTasks) {
         let (hints, hint_rx) = mpsc::channel(config.queue.dispatch_channel);
-        let store_shared = store.is_shared();
+        let shared = store.is_shared();
         let engine = Arc::new(Engine {
             store,
             kinds: kinds
@@ -148,7 +151,8 @@ impl Engine {
             stop_attempts: CancellationToken::new(),
             stop_heartbeat: CancellationToken::new(),
             late_notices: Mutex::default(),
-            claim_min_batch: if store_shared {
+            shared,
+            claim_min_batch: if shared {
                 (config.queue.workers / 4).max(1)
             } else {
                 1
@@ -162,7 +166,7 @@ impl Engine {
             engine.events.use_external_feed();
             tokio::spawn(engine.clone().feed_loop(feed));
         }
-        if engine.store.is_shared() {
+        if shared {
             tokio::spawn(engine.clone().heartbeat_loop());
         }
         let tasks = EngineTasks {
@@ -255,7 +259,7 @@ impl Engine {
             if *prev == JobState::Running {
                 // The worker may not have started yet: the token is made
                 // here then, already cancelled, and the worker picks it up.
-                if self.store.is_shared() {
+                if self.shared {
                     // It may run on another instance: only stop an attempt
                     // here (the others learn of it through the store).
                     let running = self.lock_running();
@@ -374,7 +378,7 @@ impl Engine {
             });
         r.claimed_at_sequence = r.claimed_at_sequence.max(sequence);
         // Checked under the `running` lock, as the feed records them.
-        if sequence > 0 && self.lock_late_notices().moved_since(&id, sequence) {
+        if self.shared && sequence > 0 && self.lock_late_notices().moved_since(&id, sequence) {
             tracing::info!(job = %id, attempt, "job changed on another instance before its attempt started; stopping it");
             r.stop.cancel();
         }

@@ -31,7 +31,7 @@ impl Engine {
                 self.prune(now).await;
                 next_prune = add_micros(now, PRUNE_EVERY);
             }
-            if self.store.is_shared() && now >= next_gauges {
+            if self.shared && now >= next_gauges {
                 self.refresh_gauges().await;
                 next_gauges = add_micros(now, GAUGES_EVERY);
             }

@@ -96,14 +96,10 @@ pub struct PostgresStore {
     pool: Pool,
     /// For the LISTEN connection.
     pg: tokio_postgres::Config,
-    channel: String,
-    instance: String,
+    /// Shared with the result batcher.
+    w: Arc<Writer>,
     lease_ttl: Duration,
     timeout: Duration,
-    /// QUEUED + RETRY_WAIT as of the last count plus this instance's changes
-    /// since: the backlog bound. Recounted every heartbeat, so other
-    /// instances' submits are seen within a second.
-    waiting: Arc<AtomicI64>,
     last_renew: AtomicI64,
     last_count: AtomicI64,
     closed: AtomicBool,
@@ -125,11 +121,13 @@ struct FinishRequest {
 
 /// What writes need besides the transaction: who we are, where notices
 /// go, and the backlog estimate to keep.
-#[derive(Clone)]
 struct Writer {
     instance: String,
     channel: String,
-    waiting: Arc<AtomicI64>,
+    /// QUEUED + RETRY_WAIT as of the last count plus this instance's changes
+    /// since: the backlog bound. Recounted every second, so other
+    /// instances' submits are seen within a second.
+    waiting: AtomicI64,
 }
 
 /// PostgreSQL's errors sorted into what the caller can do about them:
@@ -195,6 +193,19 @@ fn row_to_job(r: &Row) -> Result<Job, StoreError> {
     })
 }
 
+/// Each kind's own queue up to its free slots (`$1` kinds, `$2` slots),
+/// then the best `$3` of those by priority and age.
+static CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM unnest($1::text[], $2::int8[]) AS k(kind, n) \
+         CROSS JOIN LATERAL (SELECT {COLS}, seq FROM jobs \
+           WHERE state = 0 AND next_attempt_at IS NULL AND kind = k.kind \
+           ORDER BY priority DESC, seq LIMIT k.n FOR UPDATE SKIP LOCKED) j \
+         ORDER BY j.priority DESC, j.seq LIMIT $3",
+        prefixed("j")
+    )
+});
+
 /// [`COLS`] with a table alias, for queries that join.
 fn prefixed(alias: &str) -> String {
     COLS.split(", ")
@@ -244,17 +255,16 @@ impl PostgresStore {
             let host = std::env::var("HOSTNAME").unwrap_or_default();
             format!("{host}-{}", Uuid::now_v7().simple())
         });
-        let waiting = Arc::new(AtomicI64::new(0));
-        let channel = format!("jobd_{schema}");
+        let w = Arc::new(Writer {
+            instance,
+            channel: format!("jobd_{schema}"),
+            waiting: AtomicI64::new(0),
+        });
         let stop = CancellationToken::new();
         let (finisher, finish_rx) = mpsc::channel(FINISH_QUEUE);
         tokio::spawn(finish_loop(
             pool.clone(),
-            Writer {
-                instance: instance.clone(),
-                channel: channel.clone(),
-                waiting: waiting.clone(),
-            },
+            w.clone(),
             cfg.timeout,
             finish_rx,
             stop.clone(),
@@ -262,11 +272,9 @@ impl PostgresStore {
         let store = PostgresStore {
             pool,
             pg,
-            channel,
-            instance,
+            w,
             lease_ttl: cfg.lease_ttl,
             timeout: cfg.timeout,
-            waiting: waiting.clone(),
             last_renew: AtomicI64::new(0),
             last_count: AtomicI64::new(0),
             closed: AtomicBool::new(false),
@@ -281,13 +289,13 @@ impl PostgresStore {
             })
             .await?;
         store.count_waiting().await?;
-        tracing::info!(instance = %store.instance, schema, "postgres store open");
+        tracing::info!(instance = %store.w.instance, schema, "postgres store open");
         Ok(store)
     }
 
     /// This instance's name in the `owner` column.
     pub fn instance_id(&self) -> &str {
-        &self.instance
+        &self.w.instance
     }
 
     /// Bounds a store call by `timeout`: past it the call is UNAVAILABLE.
@@ -325,33 +333,8 @@ impl PostgresStore {
                 Ok(c.query_one(&st, &[]).await.map_err(map_err)?.get(0))
             })
             .await?;
-        self.waiting.store(n, Ordering::Release);
+        self.w.waiting.store(n, Ordering::Release);
         Ok(())
-    }
-
-    async fn select(
-        tx: &Tx<'_>,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<Job>, StoreError> {
-        select(tx, sql, params).await
-    }
-
-    fn writer(&self) -> Writer {
-        Writer {
-            instance: self.instance.clone(),
-            channel: self.channel.clone(),
-            waiting: self.waiting.clone(),
-        }
-    }
-
-    async fn save(
-        &self,
-        tx: &Tx<'_>,
-        jobs: &[Job],
-        old: &[(JobState, u32)],
-    ) -> Result<(), StoreError> {
-        save(&self.writer(), tx, jobs, old).await
     }
 
     /// Locks the rows `sql` selects, applies `f` to each, saves those it
@@ -365,7 +348,7 @@ impl PostgresStore {
         self.run(async {
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(map_err)?;
-            let mut jobs = Self::select(&tx, sql, params).await?;
+            let mut jobs = select(&tx, sql, params).await?;
             let mut old = Vec::with_capacity(jobs.len());
             jobs.retain_mut(|j| {
                 let before = (j.state, j.attempt);
@@ -375,7 +358,7 @@ impl PostgresStore {
                 }
                 changed
             });
-            self.save(&tx, &jobs, &old).await?;
+            save(&self.w, &tx, &jobs, &old).await?;
             tx.commit().await.map_err(map_err)?;
             Ok(jobs)
         })
@@ -412,7 +395,7 @@ impl PostgresStore {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        let jobs = Self::select(
+        let jobs = select(
             tx,
             &format!("SELECT {COLS} FROM jobs WHERE idempotency_key = ANY($1)"),
             &[&keys],
@@ -551,7 +534,7 @@ async fn save(
 /// NOTIFY, which PostgreSQL serializes across commits) serves many workers.
 async fn finish_loop(
     pool: Pool,
-    w: Writer,
+    w: Arc<Writer>,
     timeout: Duration,
     mut rx: mpsc::Receiver<FinishRequest>,
     stop: CancellationToken,
@@ -674,7 +657,7 @@ impl Store for PostgresStore {
                     .collect();
                 let existing = Self::by_keys(&tx, &keys).await?;
                 let mut room = (max_backlog.min(i64::MAX as u64) as i64)
-                    .saturating_sub(self.waiting.load(Ordering::Acquire));
+                    .saturating_sub(self.w.waiting.load(Ordering::Acquire));
                 let mut out: Vec<Option<InsertOutcome>> = vec![None; jobs.len()];
                 // Index into `fresh` of the job taking each key in this batch.
                 let mut batch_keys: HashMap<String, usize> = HashMap::new();
@@ -730,7 +713,7 @@ impl Store for PostgresStore {
                     });
                 }
                 tx.commit().await.map_err(map_err)?;
-                self.waiting.fetch_add(created, Ordering::AcqRel);
+                self.w.waiting.fetch_add(created, Ordering::AcqRel);
                 Ok(out)
             })
             .await?;
@@ -797,23 +780,12 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let lease = add_micros(req.now, self.lease_ttl);
-        self.transition_selected(
-            &format!(
-                "SELECT {} FROM unnest($1::text[], $2::int8[]) AS k(kind, n) \
-                 CROSS JOIN LATERAL (SELECT {COLS}, seq FROM jobs \
-                   WHERE state = 0 AND next_attempt_at IS NULL AND kind = k.kind \
-                   ORDER BY priority DESC, seq LIMIT k.n FOR UPDATE SKIP LOCKED) j \
-                 ORDER BY j.priority DESC, j.seq LIMIT $3",
-                prefixed("j")
-            ),
-            &[&kinds, &caps, &(req.limit as i64)],
-            |j| {
-                transition::claim(j, req.now, req.lease_slack);
-                // The lease is renewed while this instance runs the attempt.
-                j.lease_expires_at = Some(lease);
-                true
-            },
-        )
+        self.transition_selected(&CLAIM_SQL, &[&kinds, &caps, &(req.limit as i64)], |j| {
+            transition::claim(j, req.now, req.lease_slack);
+            // The lease is renewed while this instance runs the attempt.
+            j.lease_expires_at = Some(lease);
+            true
+        })
         .await
     }
 
@@ -844,7 +816,7 @@ impl Store for PostgresStore {
         self.run(async {
             let mut c = self.client().await?;
             let tx = c.transaction().await.map_err(map_err)?;
-            let Some(mut job) = Self::select(
+            let Some(mut job) = select(
                 &tx,
                 &format!("SELECT {COLS} FROM jobs WHERE id = $1 FOR UPDATE"),
                 &[&id],
@@ -859,8 +831,7 @@ impl Store for PostgresStore {
                 prev => {
                     let a = job.attempt;
                     transition::cancel(&mut job, now);
-                    self.save(&tx, std::slice::from_ref(&job), &[(prev, a)])
-                        .await?;
+                    save(&self.w, &tx, std::slice::from_ref(&job), &[(prev, a)]).await?;
                     CancelOutcome::Cancelled { job, prev }
                 }
             };
@@ -909,7 +880,7 @@ impl Store for PostgresStore {
         // leases run out.
         self.transition_selected(
             &format!("SELECT {COLS} FROM jobs WHERE state = 1 AND owner = $1 FOR UPDATE"),
-            &[&self.instance],
+            &[&self.w.instance],
             |j| {
                 transition::lease_lost(j, now, "instance restarted");
                 true
@@ -1031,7 +1002,7 @@ impl Store for PostgresStore {
         let (tx, rx) = mpsc::channel(FEED_BUFFER);
         tokio::spawn(listen::listen_loop(
             self.pg.clone(),
-            self.channel.clone(),
+            self.w.channel.clone(),
             tx,
             self.stop.clone(),
         ));
@@ -1109,7 +1080,7 @@ impl Store for PostgresStore {
                     .await
                     .map_err(map_err)?;
                 let rows = c
-                    .query(&st, &[&lease, &self.instance, &running])
+                    .query(&st, &[&lease, &self.w.instance, &running])
                     .await
                     .map_err(map_err)?;
                 rows.iter()
