@@ -41,11 +41,10 @@ EXPOSE 50051 9090
 #   or HTTP on the admin port: httpGet { path: /readyz, port: 9090 } (and
 #   /healthz for liveness). jobd reports NOT_SERVING while it drains, so a
 #   terminating pod leaves the endpoints before it stops taking work.
-# - Docker: HEALTHCHECK runs a command inside the container, and this image
-#   ships no curl or grpc_health_probe. The intended form, once the CLI's
-#   `health` command exists, is:
-# HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-#   CMD ["/usr/local/bin/jobd", "health"]
+# - Docker: HEALTHCHECK runs jobd's own gRPC health client (the image ships
+#   no curl or grpc_health_probe); it exits non-zero unless SERVING.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["/usr/local/bin/jobd", "health", "--addr", "http://127.0.0.1:50051"]
 
 # jobd handles SIGTERM itself (drain, then exit). Handlers of kind "command"
 # start child processes; run with `docker run --init` (or tini) if they may

@@ -31,8 +31,7 @@ fn route(engine: &Engine, path: &str) -> Response<Full<Bytes>> {
     let m = engine.metrics();
     match path {
         "/metrics" => {
-            m.channel_depth.set(engine.hint_depth() as i64);
-            m.watchers.set(engine.events().watcher_count() as i64);
+            m.set_live(engine.hint_depth(), engine.events().watcher_count());
             reply(
                 StatusCode::OK,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",

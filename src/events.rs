@@ -35,9 +35,11 @@ struct Slot {
     notify: Notify,
 }
 
-/// Returned when `max_watchers` streams are already open.
+/// Returned when `max` (`queue.max_watchers`) streams are already open.
 #[derive(Debug, Clone, Copy)]
-pub struct TooManyWatchers;
+pub struct TooManyWatchers {
+    pub max: usize,
+}
 
 impl Events {
     pub fn new(max_watchers: usize) -> Arc<Events> {
@@ -60,7 +62,7 @@ impl Events {
         let prev = self.count.fetch_add(1, Ordering::AcqRel);
         if prev >= self.max {
             self.count.fetch_sub(1, Ordering::AcqRel);
-            return Err(TooManyWatchers);
+            return Err(TooManyWatchers { max: self.max });
         }
         let slot = Arc::new(Slot::default());
         self.lock().entry(id).or_default().push(slot.clone());

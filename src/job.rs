@@ -8,6 +8,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use uuid::Uuid;
 
+/// Longest kind name.
+pub const MAX_KIND_LEN: usize = 64;
+
+/// Kind names, for the config and for requests alike:
+/// `[a-z0-9][a-z0-9_.-]{0,63}`.
+pub fn is_valid_kind(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_KIND_LEN
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
+        })
+}
+
 /// Microseconds since the Unix epoch.
 pub type Micros = i64;
 

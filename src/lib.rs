@@ -7,17 +7,21 @@
 //! - [`engine`] — takes validated jobs into the store, claims due jobs onto a
 //!   bounded pool of workers (global and per-kind semaphores, a `JoinSet`),
 //!   retries with backoff, sweeps due retries and expired leases, drains.
-//! - [`store`] — where jobs live: a [`store::Store`] trait with memory and
-//!   SQLite implementations; every state change is one atomic write.
+//! - [`store`] — where jobs live: a [`store::Store`] trait with memory,
+//!   SQLite and PostgreSQL implementations (PostgreSQL: several instances on
+//!   one queue); every state change is one atomic write.
 //! - [`handlers`] — what a job does, looked up by kind (builtin `echo`,
 //!   `sleep`, `fail`; library users can register their own).
 //! - [`events`] — fans each state change out to WatchStatus streams.
-//! - [`server`] — the lifecycle: open, recover, serve gRPC + health +
-//!   reflection, drain on SIGTERM.
+//! - [`server`] — the lifecycle: [`prepare`] checks the config and reads
+//!   its files once, then [`run`] opens the store, recovers, serves gRPC +
+//!   health + reflection, and drains on SIGTERM; [`connections`] bounds the
+//!   accepted connections, [`tls`] terminates TLS (reloaded on SIGHUP).
 //! - [`metrics`] and [`admin`] — Prometheus metrics and the HTTP probes.
 //! - [`client`] — the CLI client commands (`jobd submit`, `status`, ...);
 //!   [`bench`] — `jobd bench`, the load generator.
-//! - [`config`] — the TOML file and its bounds; [`job`] — the shared model.
+//! - [`config`] — the TOML file and its bounds, plain data; [`job`] — the
+//!   shared model. Neither imports anything above it.
 
 pub mod admin;
 pub mod api;
@@ -36,4 +40,4 @@ pub mod store;
 pub mod tls;
 
 pub use config::Config;
-pub use server::{run, run_with_registry, RunError, Shutdown};
+pub use server::{prepare, run, run_with_listeners, Prepared, RunError, Shutdown};

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use jobd::config::{Config, ConfigError};
+use jobd::Prepared;
 
 /// Exit code for a bad command line or config (sysexits EX_USAGE).
 const EX_USAGE: u8 = 64;
@@ -37,7 +38,7 @@ enum Command {
         /// Admin HTTP address, or "off" (default 127.0.0.1:9090).
         #[arg(long, env = "JOBD_ADMIN_LISTEN")]
         admin_listen: Option<String>,
-        /// Store URL: memory: or sqlite:PATH (default sqlite:./jobd-data/jobd.db).
+        /// Store URL: memory:, sqlite:PATH or postgres://... (default sqlite:./jobd-data/jobd.db).
         #[arg(long, env = "JOBD_STORE")]
         store: Option<String>,
         /// Log format; the level comes from RUST_LOG (default info).
@@ -52,12 +53,13 @@ enum Command {
     Bench(jobd::bench::BenchArgs),
 }
 
+/// The config from file, environment and flags, checked and resolved once.
 fn load(
     file: Option<&PathBuf>,
     listen: Option<String>,
     admin_listen: Option<String>,
     store: Option<String>,
-) -> Result<Config, ConfigError> {
+) -> Result<Prepared, ConfigError> {
     let mut config = match file {
         Some(f) => Config::from_file(f)?,
         None => Config::default(),
@@ -72,9 +74,7 @@ fn load(
     if let Some(v) = store {
         config.store = v;
     }
-    let config = config.with_default_kinds();
-    config.validate()?;
-    Ok(config)
+    jobd::prepare(config.with_default_kinds())
 }
 
 fn init_logs(format: LogFormat) {
@@ -130,10 +130,9 @@ fn main() -> ExitCode {
             ExitCode::from(rt.block_on(jobd::client::run(cmd, cli.common)))
         }
         Command::CheckConfig { file } => match load(Some(&file), None, None, None) {
-            Ok(config) => {
-                let kinds = config.validate().unwrap_or_default();
-                println!("{config:#?}");
-                println!("effective kinds: {kinds:#?}");
+            Ok(prepared) => {
+                println!("{:#?}", prepared.config);
+                println!("effective kinds: {:#?}", prepared.kinds);
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -149,8 +148,8 @@ fn main() -> ExitCode {
             log_format,
         } => {
             init_logs(log_format);
-            let config = match load(config.as_ref(), listen, admin_listen, store) {
-                Ok(c) => c,
+            let prepared = match load(config.as_ref(), listen, admin_listen, store) {
+                Ok(p) => p,
                 Err(e) => {
                     eprintln!("jobd: {e}");
                     return ExitCode::from(EX_USAGE);
@@ -163,7 +162,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve(config)) {
+            match rt.block_on(serve(prepared)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("jobd: {e}");
@@ -174,12 +173,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let addr = config.listen_addr()?;
+async fn serve(prepared: Prepared) -> Result<(), Box<dyn std::error::Error>> {
+    let addr = prepared.config.listen_addr()?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let shutdown = jobd::Shutdown::on_signals()?;
-    jobd::run(config, listener, shutdown).await?;
+    jobd::run(prepared, listener, shutdown).await?;
     Ok(())
 }

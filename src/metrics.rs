@@ -24,21 +24,21 @@ fn seconds_histogram() -> Histogram {
 
 pub struct Metrics {
     registry: Registry,
-    pub submitted: Family<Labels, Counter>,
-    pub deduplicated: Family<Labels, Counter>,
-    pub rejected: Family<Labels, Counter>,
-    pub attempts: Family<Labels, Counter>,
-    pub finished: Family<Labels, Counter>,
-    pub channel_depth: Gauge,
+    submitted: Family<Labels, Counter>,
+    deduplicated: Family<Labels, Counter>,
+    rejected: Family<Labels, Counter>,
+    attempts: Family<Labels, Counter>,
+    finished: Family<Labels, Counter>,
+    channel_depth: Gauge,
     backlog: Family<Labels, Gauge>,
     inflight: Family<Labels, Gauge>,
     retry_wait: Family<Labels, Gauge>,
-    pub run_seconds: HistFamily,
-    pub queue_wait_seconds: HistFamily,
-    pub watchers: Gauge,
-    pub sweeper_requeued: Family<Labels, Counter>,
-    pub grpc_requests: Family<Labels, Counter>,
-    pub grpc_seconds: HistFamily,
+    run_seconds: HistFamily,
+    queue_wait_seconds: HistFamily,
+    watchers: Gauge,
+    sweeper_requeued: Family<Labels, Counter>,
+    grpc_requests: Family<Labels, Counter>,
+    grpc_seconds: HistFamily,
     /// The HTTP twin of the gRPC health status, for `/readyz`.
     ready: AtomicBool,
 }
@@ -192,6 +192,38 @@ impl Metrics {
     pub fn submitted(&self, job: &Job) {
         self.submitted.get_or_create(&kind(&job.kind)).inc();
         self.transition(None, job);
+    }
+
+    pub fn deduplicated(&self, job: &Job) {
+        self.deduplicated.get_or_create(&kind(&job.kind)).inc();
+    }
+
+    /// Time from runnable to started, for an attempt that just started.
+    pub fn started(&self, job: &Job) {
+        if let (Some(ready), Some(started)) = (job.ready_at, job.started_at) {
+            self.queue_wait_seconds
+                .get_or_create(&kind(&job.kind))
+                .observe(started.saturating_sub(ready).max(0) as f64 / 1e6);
+        }
+    }
+
+    /// One gRPC call answered with `code`.
+    pub fn grpc_request(&self, method: &str, code: &str, took: Duration) {
+        self.grpc_requests
+            .get_or_create(&vec![
+                ("method", method.to_string()),
+                ("code", code.to_string()),
+            ])
+            .inc();
+        self.grpc_seconds
+            .get_or_create(&vec![("method", method.to_string())])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Gauges read at scrape time from the engine.
+    pub fn set_live(&self, channel_depth: usize, watchers: usize) {
+        self.channel_depth.set(channel_depth as i64);
+        self.watchers.set(watchers as i64);
     }
 
     pub fn reject(&self, reason: &'static str) {

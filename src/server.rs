@@ -12,13 +12,14 @@ use tonic_health::ServingStatus;
 use crate::api::auth::{Authenticated, Tokens};
 use crate::api::grpc_metrics::GrpcMetricsLayer;
 use crate::api::JobApi;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, KindSettings, TokenConfig};
 use crate::engine::Engine;
 use crate::handlers::Registry;
 use crate::job::now_micros;
 use crate::metrics::Metrics;
 use crate::proto::{self, job_service_server::JobServiceServer};
 use crate::store::{self, StoreError};
+use crate::tls::Tls;
 
 /// How long the gRPC server may take to close its connections after the
 /// watch streams ended; tonic itself would wait without limit.
@@ -73,6 +74,9 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The server task panicked or was aborted.
+    #[error("gRPC server task failed: {0}")]
+    Server(String),
     #[error("cannot listen on {addr} (admin_listen): {source}")]
     AdminBind {
         addr: String,
@@ -80,19 +84,55 @@ pub enum RunError {
     },
 }
 
-/// Runs the daemon with the handlers of the configured kinds, binding the
-/// admin listener from `admin_listen` unless it is "off".
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: Shutdown,
-) -> Result<(), RunError> {
+/// A config checked and resolved once, with every file it names read once:
+/// what `jobd serve` runs and `jobd check-config` prints. Library users and
+/// tests may register their own handlers in `registry` before [`run`].
+pub struct Prepared {
+    pub config: Config,
+    pub kinds: Vec<KindSettings>,
+    pub registry: Registry,
+    tokens: Vec<TokenConfig>,
+    tls: Option<Arc<Tls>>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("config", &self.config)
+            .field("kinds", &self.kinds)
+            .field("tokens", &self.tokens.len())
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+/// Checks the config, resolves the kinds, builds the handler registry, and
+/// reads the token and TLS files: each exactly once (TLS again on SIGHUP).
+pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
     let kinds = config.validate()?;
     let registry = Registry::from_kinds(&kinds).map_err(|message| ConfigError::Invalid {
         key: "kinds".into(),
         message,
     })?;
-    let admin = match config.admin_listen.as_str() {
+    let tokens = config.auth.load_tokens()?;
+    let tls = config.tls.as_ref().map(Tls::new).transpose()?;
+    Ok(Prepared {
+        config,
+        kinds,
+        registry,
+        tokens,
+        tls,
+    })
+}
+
+/// Runs the daemon, binding the admin listener from `admin_listen` unless
+/// it is "off".
+pub async fn run(
+    prepared: Prepared,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) -> Result<(), RunError> {
+    let admin = match prepared.config.admin_listen.as_str() {
         "off" => None,
         addr => Some(
             TcpListener::bind(addr)
@@ -103,19 +143,23 @@ pub async fn run(
                 })?,
         ),
     };
-    run_with_registry(config, registry, listener, admin, shutdown).await
+    run_with_listeners(prepared, listener, admin, shutdown).await
 }
 
-/// Runs the daemon with a caller-built handler registry and listeners
-/// (library use, and tests that bind port 0).
-pub async fn run_with_registry(
-    config: Config,
-    registry: Registry,
+/// Runs the daemon on listeners the caller bound (tests bind port 0).
+pub async fn run_with_listeners(
+    prepared: Prepared,
     listener: TcpListener,
     admin: Option<TcpListener>,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
-    let kinds = config.validate()?;
+    let Prepared {
+        config,
+        kinds,
+        registry,
+        tokens,
+        tls,
+    } = prepared;
     let kind_names: Vec<String> = kinds.iter().map(|k| k.name.clone()).collect();
     let store = store::open_with(&config.store, &config.postgres).await?;
     let metrics = Arc::new(Metrics::new());
@@ -154,7 +198,6 @@ pub async fn run_with_registry(
     let api = JobApi::new(
         engine.clone(),
         config.queue.max_batch,
-        config.queue.max_watchers,
         config.limits.max_watchers_per_connection,
         reply_limit,
         streams_stop.clone(),
@@ -162,7 +205,6 @@ pub async fn run_with_registry(
     let service = JobServiceServer::new(api)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(reply_limit);
-    let tokens = config.auth.all_tokens()?;
     let auth_on = !tokens.is_empty();
     let service = Authenticated::new(service, Tokens::new(tokens, config.auth.submit_rate));
 
@@ -171,7 +213,6 @@ pub async fn run_with_registry(
         .map(|a| a.to_string())
         .unwrap_or_default();
     let server_stop = CancellationToken::new();
-    let tls = config.tls.as_ref().map(crate::tls::Tls::new).transpose()?;
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
         .http2_keepalive_interval(Some(config.limits.keepalive_interval))
@@ -200,7 +241,7 @@ pub async fn run_with_registry(
         }
     };
 
-    if !auth_on && config.tls.is_none() && !listener_is_loopback(&local) {
+    if !auth_on && tls.is_none() && !listener_is_loopback(&local) {
         tracing::warn!(
             listen = %local,
             "SECURITY: listening beyond loopback without authentication or TLS: anyone who can \
@@ -223,7 +264,7 @@ pub async fn run_with_registry(
         kinds = ?kind_names,
         workers = config.queue.workers,
         auth = auth_on,
-        tls = config.tls.is_some(),
+        tls = tls.is_some(),
         "jobd serving"
     );
 
@@ -237,7 +278,7 @@ pub async fn run_with_registry(
             return match r {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.into()),
-                Err(e) => Err(RunError::Store(StoreError::Internal(format!("server task: {e}")))),
+                Err(e) => Err(RunError::Server(e.to_string())),
             };
         }
     }
@@ -328,7 +369,7 @@ async fn follow_store_health(
 
 /// SIGHUP re-reads the TLS files: new connections get the new certificate,
 /// open ones keep theirs. A bad file is logged and the old settings stay.
-async fn reload_tls_on_sighup(tls: Arc<crate::tls::Tls>, stop: CancellationToken) {
+async fn reload_tls_on_sighup(tls: Arc<Tls>, stop: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,

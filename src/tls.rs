@@ -2,6 +2,7 @@
 //! fixed `ServerTlsConfig`), so that SIGHUP can swap in renewed certificate
 //! files: new connections use the new files, open ones keep their session.
 
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -30,9 +31,32 @@ fn bad(key: &str, message: impl std::fmt::Display) -> ConfigError {
     }
 }
 
+/// PEM files read for TLS.
+struct TlsPem {
+    cert: Vec<u8>,
+    key: Vec<u8>,
+    client_ca: Option<Vec<u8>>,
+}
+
+/// Reads each file once (at start, and again on SIGHUP).
+fn read_pem(files: &TlsConfig) -> Result<TlsPem, ConfigError> {
+    let read = |key: &str, p: &Path| {
+        std::fs::read(p).map_err(|e| bad(key, format!("cannot read {}: {e}", p.display())))
+    };
+    Ok(TlsPem {
+        cert: read("tls.cert", &files.cert)?,
+        key: read("tls.key", &files.key)?,
+        client_ca: files
+            .client_ca
+            .as_deref()
+            .map(|p| read("tls.client_ca", p))
+            .transpose()?,
+    })
+}
+
 /// Reads and checks the files: certificate chain, key, optional client CA.
 fn load(files: &TlsConfig) -> Result<Arc<ServerConfig>, ConfigError> {
-    let pem = files.read()?;
+    let pem = read_pem(files)?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem.cert)
         .collect::<Result<_, _>>()
         .map_err(|e| bad("tls.cert", format!("not a PEM certificate chain: {e}")))?;

@@ -60,11 +60,13 @@ impl ApiError {
             description: description.into(),
         }])
     }
+}
 
-    pub fn from_engine(e: EngineError, max_watchers: usize) -> ApiError {
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
         match e {
             EngineError::Draining => ApiError::Draining,
-            EngineError::TooManyWatchers => ApiError::TooManyWatchers { max: max_watchers },
+            EngineError::TooManyWatchers { max } => ApiError::TooManyWatchers { max },
             EngineError::NotFound(id) => ApiError::NotFound(id),
             EngineError::Store(s) => s.into(),
         }

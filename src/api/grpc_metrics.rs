@@ -106,17 +106,7 @@ where
                     .map_or("OK", |c| code_name(Code::from_i32(c))),
                 Err(_) => "UNKNOWN",
             };
-            metrics
-                .grpc_requests
-                .get_or_create(&vec![
-                    ("method", method.to_string()),
-                    ("code", code.to_string()),
-                ])
-                .inc();
-            metrics
-                .grpc_seconds
-                .get_or_create(&vec![("method", method.to_string())])
-                .observe(started.elapsed().as_secs_f64());
+            metrics.grpc_request(method, code, started.elapsed());
             res
         })
     }

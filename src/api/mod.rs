@@ -27,7 +27,6 @@ use error::{to_rpc_status, ApiError};
 pub struct JobApi {
     engine: Arc<Engine>,
     max_batch: usize,
-    max_watchers: usize,
     /// Open watch streams per connection (by peer address), bounded by
     /// `limits.max_watchers_per_connection`.
     per_connection: Arc<Mutex<HashMap<SocketAddr, usize>>>,
@@ -43,7 +42,6 @@ impl JobApi {
     pub fn new(
         engine: Arc<Engine>,
         max_batch: usize,
-        max_watchers: usize,
         max_per_connection: usize,
         max_reply_bytes: usize,
         streams_stop: CancellationToken,
@@ -51,7 +49,6 @@ impl JobApi {
         JobApi {
             engine,
             max_batch,
-            max_watchers,
             per_connection: Arc::default(),
             max_per_connection,
             max_reply_bytes,
@@ -80,7 +77,7 @@ impl JobApi {
     }
 
     fn err(&self, e: EngineError) -> Status {
-        ApiError::from_engine(e, self.max_watchers).into()
+        ApiError::from(e).into()
     }
 
     /// Validates a submit, counting refusals.

@@ -12,7 +12,7 @@ use crate::config::{KindSettings, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT};
 use crate::job::{now_micros, Micros, NewJob};
 use crate::proto;
 
-pub const MAX_KIND_LEN: usize = 64;
+pub use crate::job::{is_valid_kind, MAX_KIND_LEN};
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_KEY_BYTES: usize = 63;
@@ -20,17 +20,6 @@ pub const MAX_LABEL_VALUE_BYTES: usize = 256;
 pub const MAX_RUN_AT_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
-
-/// `[a-z0-9][a-z0-9_.-]{0,63}`
-pub fn is_valid_kind(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_KIND_LEN
-        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-        && b.iter().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'.' | b'-')
-        })
-}
 
 /// Parses a job id field.
 pub fn job_id(field: &str, s: &str) -> Result<Uuid, ApiError> {

@@ -174,14 +174,8 @@ impl Engine {
         jobs: Vec<Job>,
     ) {
         for job in jobs {
-            self.metrics.transition(Some(JobState::Queued), &job);
-            if let (Some(ready), Some(started)) = (job.ready_at, job.started_at) {
-                self.metrics
-                    .queue_wait_seconds
-                    .get_or_create(&vec![("kind", job.kind.clone())])
-                    .observe(started.saturating_sub(ready).max(0) as f64 / 1e6);
-            }
-            self.events.publish(&job);
+            self.metrics.started(&job);
+            self.announce(Some(JobState::Queued), &job);
             let global = reserved.global.split(1);
             let kind = reserved.kinds.get_mut(&job.kind).and_then(|p| p.split(1));
             match (global, kind) {

@@ -42,8 +42,8 @@ pub const CLAIM_BATCH: usize = 256;
 pub enum EngineError {
     #[error("jobd is draining and takes no new jobs")]
     Draining,
-    #[error("too many watchers")]
-    TooManyWatchers,
+    #[error("too many watchers (at most {max})")]
+    TooManyWatchers { max: usize },
     #[error("job {0} not found")]
     NotFound(Uuid),
     #[error(transparent)]
@@ -51,8 +51,8 @@ pub enum EngineError {
 }
 
 impl From<TooManyWatchers> for EngineError {
-    fn from(_: TooManyWatchers) -> Self {
-        EngineError::TooManyWatchers
+    fn from(e: TooManyWatchers) -> Self {
+        EngineError::TooManyWatchers { max: e.max }
     }
 }
 
@@ -113,6 +113,20 @@ struct RunningAttempt {
 pub struct EngineTasks {
     dispatcher: JoinHandle<tokio::task::JoinSet<()>>,
     sweeper: JoinHandle<()>,
+    /// Shared stores: lease renewal, until drain has no attempt left.
+    heartbeat: Option<JoinHandle<()>>,
+    /// Shared stores: transitions from the store to watchers, until drain
+    /// ends (the watch streams end right after it).
+    feed: Option<JoinHandle<()>>,
+}
+
+/// Ends a background task when drain returns, whichever way it returns.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Shared stores: how often the heartbeat runs (the store renews leases and
@@ -160,18 +174,18 @@ impl Engine {
             retention: config.retention.finished,
             metrics,
         });
-        if let Some(feed) = engine.store.changes() {
+        let feed = engine.store.changes().map(|feed| {
             // Transitions reach watchers through the store, from whichever
             // instance made them.
             engine.events.use_external_feed();
-            tokio::spawn(engine.clone().feed_loop(feed));
-        }
-        if shared {
-            tokio::spawn(engine.clone().heartbeat_loop());
-        }
+            tokio::spawn(engine.clone().feed_loop(feed))
+        });
+        let heartbeat = shared.then(|| tokio::spawn(engine.clone().heartbeat_loop()));
         let tasks = EngineTasks {
             dispatcher: tokio::spawn(engine.clone().dispatch_loop(hint_rx)),
             sweeper: tokio::spawn(engine.clone().sweep_loop()),
+            heartbeat,
+            feed,
         };
         (engine, tasks)
     }
@@ -223,12 +237,7 @@ impl Engine {
                     created = true;
                     self.metrics.submitted(job);
                 }
-                InsertOutcome::Deduplicated(job) => {
-                    self.metrics
-                        .deduplicated
-                        .get_or_create(&vec![("kind", job.kind.clone())])
-                        .inc();
-                }
+                InsertOutcome::Deduplicated(job) => self.metrics.deduplicated(job),
                 InsertOutcome::Conflict { .. } => self.metrics.reject("idempotency_conflict"),
                 InsertOutcome::BacklogFull => self.metrics.reject("backlog_full"),
             }
@@ -254,8 +263,7 @@ impl Engine {
     pub async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, EngineError> {
         let out = self.store.cancel(id, now_micros()).await?;
         if let CancelOutcome::Cancelled { job, prev } = &out {
-            self.metrics.transition(Some(*prev), job);
-            self.events.publish(job);
+            self.announce(Some(*prev), job);
             if *prev == JobState::Running {
                 // The worker may not have started yet: the token is made
                 // here then, already cancelled, and the worker picks it up.
@@ -304,13 +312,21 @@ impl Engine {
         force: &CancellationToken,
     ) -> usize {
         self.stop_accepting();
+        let EngineTasks {
+            dispatcher,
+            sweeper,
+            heartbeat,
+            feed,
+        } = tasks;
+        let _feed = feed.map(|t| t.abort_handle()).map(AbortOnDrop);
         // Leases are renewed until every attempt has ended, however drain ends.
         let _heartbeat = self.stop_heartbeat.clone().drop_guard();
+        let _heartbeat_task = heartbeat.map(|t| t.abort_handle()).map(AbortOnDrop);
         // Both loops stop at once unless a store call hangs; a second
         // signal does not wait for that.
         let loops = async {
-            let _ = tasks.sweeper.await;
-            tasks.dispatcher.await
+            let _ = sweeper.await;
+            dispatcher.await
         };
         let mut workers = tokio::select! {
             r = loops => match r {
@@ -355,6 +371,13 @@ impl Engine {
             .map(|k| k.settings.stop_grace)
             .max()
             .unwrap_or(crate::config::DEFAULT_STOP_GRACE)
+    }
+
+    /// "One write, one event": after the store confirmed a transition from
+    /// `prev`, the state gauges move and watchers hear of it.
+    fn announce(&self, prev: Option<JobState>, job: &Job) {
+        self.metrics.transition(prev, job);
+        self.events.publish(job);
     }
 
     fn hint(&self) {

@@ -69,8 +69,7 @@ impl Engine {
                 }
             };
             for j in &promoted {
-                self.metrics.transition(Some(JobState::RetryWait), j);
-                self.events.publish(j);
+                self.announce(Some(JobState::RetryWait), j);
             }
             self.metrics.requeued("retry_due", promoted.len());
             if promoted.len() < SWEEP_BATCH {
@@ -81,8 +80,7 @@ impl Engine {
             Ok(expired) => {
                 for j in &expired {
                     tracing::warn!(job = %j.id, state = %j.state, "lease expired; job taken back");
-                    self.metrics.transition(Some(JobState::Running), j);
-                    self.events.publish(j);
+                    self.announce(Some(JobState::Running), j);
                 }
                 self.metrics.requeued("lease_expired", expired.len());
             }

@@ -183,8 +183,7 @@ impl Engine {
             {
                 Ok(Some(updated)) => {
                     tracing::debug!(state = %updated.state, "attempt finished");
-                    self.metrics.transition(Some(JobState::Running), &updated);
-                    self.events.publish(&updated);
+                    self.announce(Some(JobState::Running), &updated);
                     match updated.state {
                         JobState::RetryWait => self.sweeper_wake.notify_one(),
                         JobState::Queued => self.hint(),

@@ -104,7 +104,7 @@ fn short_tokens_and_bad_token_files_are_config_errors() {
         let c = jobd::Config::from_toml(text);
         let bad = match c {
             Err(_) => true,
-            Ok(c) => c.with_default_kinds().validate().is_err(),
+            Ok(c) => jobd::prepare(c.with_default_kinds()).is_err(),
         };
         assert!(bad, "{text}");
     }

@@ -75,12 +75,10 @@ pub async fn start_custom(
     let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = admin_listener.local_addr().unwrap();
     let shutdown = Shutdown::new();
-    let kinds = config.validate().expect("test config is valid");
-    let mut registry = jobd::handlers::Registry::from_kinds(&kinds).unwrap();
-    customize(&mut registry);
-    let handle = tokio::spawn(jobd::run_with_registry(
-        config,
-        registry,
+    let mut prepared = jobd::prepare(config).expect("test config is valid");
+    customize(&mut prepared.registry);
+    let handle = tokio::spawn(jobd::run_with_listeners(
+        prepared,
         listener,
         Some(admin_listener),
         shutdown.clone(),

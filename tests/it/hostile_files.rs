@@ -135,7 +135,8 @@ async fn read_only_directory_is_a_clear_start_error() {
         .unwrap()
         .with_default_kinds();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let r = jobd::run(config, listener, jobd::Shutdown::new()).await;
+    let prepared = jobd::prepare(config).unwrap();
+    let r = jobd::run(prepared, listener, jobd::Shutdown::new()).await;
     match r {
         Err(jobd::RunError::Store(e)) => {
             let msg = e.to_string();

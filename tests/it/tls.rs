@@ -217,3 +217,129 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Opens a FIFO for writing only if a reader has it open right now
+/// (O_NONBLOCK: ENXIO otherwise), so a test can see whether jobd is reading.
+fn reader_waiting(path: &std::path::Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .ok()
+}
+
+/// `serve` reads each secret file exactly once at start, and the TLS files
+/// again only on SIGHUP. The files are FIFOs that the test feeds once: a
+/// second read at start would block jobd before it serves, and a reader
+/// waiting on a FIFO afterwards is seen by a non-blocking open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reads_each_secret_file_once() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.leaf(&["localhost"]);
+    let token = "0123456789abcdef-once";
+    let fifo = |name: &str| {
+        let p = dir.path().join(name);
+        let c = std::ffi::CString::new(p.display().to_string()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        p
+    };
+    let (cert_path, key_path, tokens_path) =
+        (fifo("server.pem"), fifo("server.key"), fifo("tokens"));
+    // One writer each: it blocks until jobd opens the FIFO, then writes once.
+    let feeders: Vec<_> = [
+        (cert_path.clone(), cert.clone()),
+        (key_path.clone(), key.clone()),
+        (tokens_path.clone(), format!("admin {token}\n")),
+    ]
+    .into_iter()
+    .map(|(p, text)| std::thread::spawn(move || std::fs::write(p, text).unwrap()))
+    .collect();
+    let port = crate::binary::free_port();
+    let cfg = write(
+        dir.path(),
+        "jobd.toml",
+        &format!(
+            "store = \"memory:\"\nadmin_listen = \"off\"\n[auth]\ntokens_file = \"{}\"\n\
+             [tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            tokens_path.display(),
+            cert_path.display(),
+            key_path.display()
+        ),
+    );
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "serve",
+            "--config",
+            &cfg,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut client = None;
+    for _ in 0..500 {
+        if let Ok(c) = tls_client(&url, &pki.ca_pem, None).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Some(mut client) = client else {
+        let _ = child.kill();
+        for p in [&cert_path, &key_path, &tokens_path] {
+            // Unblock a second read so the feeders end, then fail.
+            if let Some(mut f) = reader_waiting(p) {
+                use std::io::Write;
+                let _ = f.write_all(b"");
+            }
+        }
+        panic!("jobd did not serve: it read a secret file more than once at start");
+    };
+    for f in feeders {
+        f.join().unwrap();
+    }
+    let mut r = tonic::Request::new(jobd::proto::GetStatusRequest {
+        id: uuid::Uuid::now_v7().to_string(),
+    });
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let code = client.get_status(r).await.unwrap_err().code();
+    assert_eq!(code, tonic::Code::NotFound, "the token from the file works");
+    for p in [&cert_path, &key_path, &tokens_path] {
+        assert!(
+            reader_waiting(p).is_none(),
+            "{} is being read again",
+            p.display()
+        );
+    }
+
+    // SIGHUP reads the TLS files once more, and not the tokens file.
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    for (p, text) in [(&cert_path, &cert), (&key_path, &key)] {
+        let mut reread = None;
+        for _ in 0..250 {
+            reread = reader_waiting(p);
+            if reread.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut f = reread.unwrap_or_else(|| panic!("SIGHUP did not re-read {}", p.display()));
+        use std::io::Write;
+        f.write_all(text.as_bytes()).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(reader_waiting(&tokens_path).is_none());
+    assert!(tls_client(&url, &pki.ca_pem, None).await.is_ok());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -2,6 +2,16 @@
 //! last two are merged by clap in `main.rs`). Every bound the daemon keeps is
 //! here with its default as a named constant; `validate` rejects bad values
 //! before any port is bound, naming the key.
+//!
+//! Plain data on the ground floor: this module reads no secret file and
+//! imports nothing above it. Kinds are resolved in [`kinds`], tokens in
+//! [`auth`]; `server::prepare` reads the token and TLS files exactly once.
+
+mod auth;
+mod kinds;
+
+pub use auth::{AuthConfig, Role, Secret, TokenConfig};
+pub use kinds::{BackoffConfig, HandlerSpec, HandlerType, KindConfig, KindSettings};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -326,236 +336,6 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-/// PEM files read for TLS.
-pub struct TlsPem {
-    pub cert: Vec<u8>,
-    pub key: Vec<u8>,
-    pub client_ca: Option<Vec<u8>>,
-}
-
-impl TlsConfig {
-    pub fn read(&self) -> Result<TlsPem, ConfigError> {
-        let read = |key: &str, p: &Path| {
-            std::fs::read(p).map_err(|e| invalid(key, format!("cannot read {}: {e}", p.display())))
-        };
-        Ok(TlsPem {
-            cert: read("tls.cert", &self.cert)?,
-            key: read("tls.key", &self.key)?,
-            client_ca: self
-                .client_ca
-                .as_deref()
-                .map(|p| read("tls.client_ca", p))
-                .transpose()?,
-        })
-    }
-}
-
-/// What a token may do (see `api::auth`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Submit,
-    Admin,
-}
-
-/// A string that never prints: tokens stay out of logs and `check-config`.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Secret {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TokenConfig {
-    pub token: Secret,
-    pub role: Role,
-}
-
-/// Bearer tokens for JobService. None configured: no authentication (fine
-/// on loopback; see README "Security").
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    pub tokens: Vec<TokenConfig>,
-    /// A file of `role token` lines (`#` comments), e.g. a mounted secret.
-    pub tokens_file: Option<PathBuf>,
-    /// Submit and SubmitBatch calls per second allowed to each token (a
-    /// token bucket with one second of burst); past it RESOURCE_EXHAUSTED.
-    /// 0 = no limit.
-    pub submit_rate: u32,
-}
-
-impl AuthConfig {
-    /// Every configured token, from the file too; a bad one names its place.
-    pub fn all_tokens(&self) -> Result<Vec<TokenConfig>, ConfigError> {
-        let mut out = self.tokens.clone();
-        if let Some(path) = &self.tokens_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                invalid(
-                    "auth.tokens_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let (role, token) = line.split_once(char::is_whitespace).ok_or_else(|| {
-                    invalid(
-                        "auth.tokens_file",
-                        format!("line {}: expected `role token`", n + 1),
-                    )
-                })?;
-                let role = match role {
-                    "submit" => Role::Submit,
-                    "admin" => Role::Admin,
-                    other => {
-                        return Err(invalid(
-                            "auth.tokens_file",
-                            format!("line {}: unknown role {other:?} (submit or admin)", n + 1),
-                        ))
-                    }
-                };
-                out.push(TokenConfig {
-                    token: Secret::new(token.trim()),
-                    role,
-                });
-            }
-        }
-        for (i, t) in out.iter().enumerate() {
-            if t.token.expose().len() < 16 {
-                return Err(invalid(
-                    format!("auth.tokens[{i}]"),
-                    "tokens must be at least 16 characters",
-                ));
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// Which handler runs a kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum HandlerType {
-    Echo,
-    Sleep,
-    Fail,
-    Command,
-    Http,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KindConfig {
-    pub handler: HandlerType,
-    /// Default per-attempt timeout (a submit may set its own).
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub timeout: Option<Duration>,
-    /// Default attempts in all (a submit may set its own).
-    pub max_attempts: Option<u32>,
-    /// Jobs of this kind running at once; default: `queue.workers`.
-    pub concurrency: Option<usize>,
-    #[serde(default)]
-    pub backoff: BackoffConfig,
-    /// Largest payload for this kind; default: `queue.max_payload_bytes`.
-    pub max_payload_bytes: Option<usize>,
-    /// Result bytes kept; longer output is cut.
-    pub max_result_bytes: Option<usize>,
-    /// `command`: argv; the payload goes to stdin, stdout is the result.
-    pub command: Option<Vec<String>>,
-    /// `command`: extra environment (besides JOBD_JOB_ID, JOBD_ATTEMPT, JOBD_KIND).
-    #[serde(default)]
-    pub env: BTreeMap<String, String>,
-    /// `command`: working directory (must exist).
-    pub working_dir: Option<PathBuf>,
-    /// `command`: exit codes that mean "do not retry".
-    #[serde(default)]
-    pub permanent_exit_codes: Vec<i32>,
-    /// `command`: SIGTERM-to-SIGKILL wait on timeout, cancel and drain.
-    #[serde(default, deserialize_with = "opt_duration")]
-    pub kill_grace: Option<Duration>,
-    /// `http`: where the payload is sent.
-    pub url: Option<String>,
-    /// `http`: request method (default POST).
-    pub method: Option<String>,
-    /// `http`: extra request headers.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-}
-
-/// Exponential backoff with full jitter: the wait before attempt n+1 is
-/// uniform in [0, min(max, initial * multiplier^(n-1))].
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct BackoffConfig {
-    #[serde(deserialize_with = "duration")]
-    pub initial: Duration,
-    #[serde(deserialize_with = "duration")]
-    pub max: Duration,
-    pub multiplier: f64,
-}
-
-impl Default for BackoffConfig {
-    fn default() -> Self {
-        BackoffConfig {
-            initial: Duration::from_secs(1),
-            max: Duration::from_secs(300),
-            multiplier: 2.0,
-        }
-    }
-}
-
-/// What runs a kind, with its settings checked.
-#[derive(Debug, Clone)]
-pub enum HandlerSpec {
-    Echo,
-    Sleep,
-    Fail,
-    Command {
-        argv: Vec<String>,
-        env: BTreeMap<String, String>,
-        working_dir: Option<PathBuf>,
-        permanent_exit_codes: Vec<i32>,
-        kill_grace: Duration,
-    },
-    Http {
-        url: String,
-        method: String,
-        headers: BTreeMap<String, String>,
-    },
-}
-
-/// A kind with every default filled in.
-#[derive(Debug, Clone)]
-pub struct KindSettings {
-    pub name: String,
-    pub handler: HandlerSpec,
-    /// How long a handler told to stop may take before its task is aborted.
-    pub stop_grace: Duration,
-    pub timeout: Duration,
-    pub max_attempts: u32,
-    pub concurrency: usize,
-    pub backoff: BackoffConfig,
-    pub max_payload_bytes: usize,
-    pub max_result_bytes: usize,
-}
-
 impl Config {
     /// Reads and parses a TOML file (unknown keys are errors).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -579,40 +359,6 @@ impl Config {
         })
     }
 
-    /// With no kinds declared, jobd serves the builtin demo kinds so the
-    /// README's run command gives a usable daemon at once.
-    pub fn with_default_kinds(mut self) -> Config {
-        if self.kinds.is_empty() {
-            for (name, handler) in [
-                ("echo", HandlerType::Echo),
-                ("sleep", HandlerType::Sleep),
-                ("fail", HandlerType::Fail),
-            ] {
-                self.kinds.insert(
-                    name.into(),
-                    KindConfig {
-                        handler,
-                        timeout: None,
-                        max_attempts: None,
-                        concurrency: None,
-                        backoff: BackoffConfig::default(),
-                        max_payload_bytes: None,
-                        max_result_bytes: None,
-                        command: None,
-                        env: BTreeMap::new(),
-                        working_dir: None,
-                        permanent_exit_codes: Vec::new(),
-                        kill_grace: None,
-                        url: None,
-                        method: None,
-                        headers: BTreeMap::new(),
-                    },
-                );
-            }
-        }
-        self
-    }
-
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
         self.listen.parse().map_err(|e| {
             invalid(
@@ -622,7 +368,9 @@ impl Config {
         })
     }
 
-    /// Checks every value and resolves the kinds' defaults.
+    /// Checks every value and resolves the kinds' defaults. Reads no file
+    /// (see `server::prepare` for the token and TLS files), so it may run
+    /// any number of times.
     pub fn validate(&self) -> Result<Vec<KindSettings>, ConfigError> {
         self.listen_addr()?;
         if self.admin_listen != "off" {
@@ -668,10 +416,7 @@ impl Config {
         if q.max_batch > 10_000 {
             return Err(invalid("queue.max_batch", "at most 10000"));
         }
-        self.auth.all_tokens()?;
-        if let Some(tls) = &self.tls {
-            crate::tls::Tls::new(tls)?;
-        }
+        self.auth.check()?;
         if let Some(n) = self.limits.max_message_bytes {
             let least = self.queue.max_payload_bytes + 1024;
             if n < least || n > 1 << 30 {
@@ -712,159 +457,6 @@ impl Config {
         if self.drain.timeout.is_zero() {
             return Err(invalid("drain.timeout", "must be more than 0"));
         }
-        let mut kinds = Vec::new();
-        for (name, k) in &self.kinds {
-            let key = |f: &str| format!("kinds.{name}.{f}");
-            if !crate::api::validate::is_valid_kind(name) {
-                return Err(invalid(
-                    format!("kinds.{name}"),
-                    "kind names match [a-z0-9][a-z0-9_.-]{0,63}",
-                ));
-            }
-            let (handler, stop_grace) = handler_spec(name, k)?;
-            let timeout = k.timeout.unwrap_or(DEFAULT_KIND_TIMEOUT);
-            if timeout.is_zero() || timeout > MAX_TIMEOUT {
-                return Err(invalid(
-                    key("timeout"),
-                    "must be more than 0 and at most 24h",
-                ));
-            }
-            let max_attempts = k.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
-            if max_attempts == 0 || max_attempts > MAX_ATTEMPTS_LIMIT {
-                return Err(invalid(key("max_attempts"), "must be 1..=100"));
-            }
-            let concurrency = k.concurrency.unwrap_or(q.workers);
-            if concurrency == 0 {
-                return Err(invalid(key("concurrency"), "must be at least 1"));
-            }
-            let b = &k.backoff;
-            if !(b.multiplier.is_finite() && b.multiplier >= 1.0 && b.multiplier <= 100.0) {
-                return Err(invalid(key("backoff.multiplier"), "must be 1.0..=100.0"));
-            }
-            if b.initial > b.max {
-                return Err(invalid(
-                    key("backoff.initial"),
-                    "must not exceed backoff.max",
-                ));
-            }
-            let max_payload_bytes = k.max_payload_bytes.unwrap_or(q.max_payload_bytes);
-            if max_payload_bytes > q.max_payload_bytes {
-                return Err(invalid(
-                    key("max_payload_bytes"),
-                    "must not exceed queue.max_payload_bytes",
-                ));
-            }
-            kinds.push(KindSettings {
-                name: name.clone(),
-                handler,
-                stop_grace,
-                timeout,
-                max_attempts,
-                concurrency: concurrency.min(q.workers),
-                backoff: b.clone(),
-                max_payload_bytes,
-                max_result_bytes: k.max_result_bytes.unwrap_or(DEFAULT_MAX_RESULT_BYTES),
-            });
-        }
-        Ok(kinds)
+        kinds::resolve(self)
     }
-}
-
-/// Checks the handler-specific keys: each belongs to one handler type.
-fn handler_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), ConfigError> {
-    let key = |f: &str| format!("kinds.{name}.{f}");
-    let is_command = k.handler == HandlerType::Command;
-    let is_http = k.handler == HandlerType::Http;
-    for (field, set, ok) in [
-        ("command", k.command.is_some(), is_command),
-        ("env", !k.env.is_empty(), is_command),
-        ("working_dir", k.working_dir.is_some(), is_command),
-        (
-            "permanent_exit_codes",
-            !k.permanent_exit_codes.is_empty(),
-            is_command,
-        ),
-        ("kill_grace", k.kill_grace.is_some(), is_command),
-        ("url", k.url.is_some(), is_http),
-        ("method", k.method.is_some(), is_http),
-        ("headers", !k.headers.is_empty(), is_http),
-    ] {
-        if set && !ok {
-            return Err(invalid(
-                key(field),
-                format!("not a setting of handler {:?}", k.handler).to_lowercase(),
-            ));
-        }
-    }
-    Ok(match k.handler {
-        HandlerType::Echo => (HandlerSpec::Echo, DEFAULT_STOP_GRACE),
-        HandlerType::Sleep => (HandlerSpec::Sleep, DEFAULT_STOP_GRACE),
-        HandlerType::Fail => (HandlerSpec::Fail, DEFAULT_STOP_GRACE),
-        HandlerType::Command => {
-            let argv = k.command.clone().unwrap_or_default();
-            if argv.first().is_none_or(|a| a.is_empty()) {
-                return Err(invalid(
-                    key("command"),
-                    "required: a non-empty argv list, e.g. [\"sha256sum\"]",
-                ));
-            }
-            if let Some(dir) = &k.working_dir {
-                if !dir.is_dir() {
-                    return Err(invalid(
-                        key("working_dir"),
-                        format!("{} is not a directory", dir.display()),
-                    ));
-                }
-            }
-            let kill_grace = k.kill_grace.unwrap_or(DEFAULT_KILL_GRACE);
-            if kill_grace > MAX_KILL_GRACE {
-                return Err(invalid(key("kill_grace"), "at most 60s"));
-            }
-            (
-                HandlerSpec::Command {
-                    argv,
-                    env: k.env.clone(),
-                    working_dir: k.working_dir.clone(),
-                    permanent_exit_codes: k.permanent_exit_codes.clone(),
-                    kill_grace,
-                },
-                kill_grace + Duration::from_secs(1),
-            )
-        }
-        HandlerType::Http => {
-            let url = k.url.clone().unwrap_or_default();
-            if !url.starts_with("http://") || url.len() <= "http://".len() {
-                return Err(invalid(
-                    key("url"),
-                    format!("{url:?}: required, an http:// URL (https needs the TLS support of a later release)"),
-                ));
-            }
-            let method = k
-                .method
-                .clone()
-                .unwrap_or_else(|| "POST".into())
-                .to_uppercase();
-            if !["POST", "PUT", "PATCH"].contains(&method.as_str()) {
-                return Err(invalid(key("method"), "one of POST, PUT, PATCH"));
-            }
-            for (h, v) in &k.headers {
-                let name_ok =
-                    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-                if !name_ok || v.bytes().any(|b| b < 0x20 && b != b'\t') {
-                    return Err(invalid(
-                        format!("kinds.{name}.headers.{h}"),
-                        "not a valid header",
-                    ));
-                }
-            }
-            (
-                HandlerSpec::Http {
-                    url,
-                    method,
-                    headers: k.headers.clone(),
-                },
-                DEFAULT_STOP_GRACE,
-            )
-        }
-    })
 }
