@@ -195,8 +195,11 @@ pub async fn run_with_listeners(
     let limit = config.max_message_bytes();
     // A reply may carry a result next to its payload.
     let reply_limit = limit.max(config.queue.max_payload_bytes * 2);
+    let auth_on = !tokens.is_empty();
+    let tokens = Tokens::new(tokens, config.auth.submit_rate);
     let api = JobApi::new(
         engine.clone(),
+        tokens.clone(),
         config.queue.max_batch,
         config.limits.max_watchers_per_connection,
         reply_limit,
@@ -205,8 +208,7 @@ pub async fn run_with_listeners(
     let service = JobServiceServer::new(api)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(reply_limit);
-    let auth_on = !tokens.is_empty();
-    let service = Authenticated::new(service, Tokens::new(tokens, config.auth.submit_rate));
+    let service = Authenticated::new(service, tokens);
 
     let local = listener
         .local_addr()

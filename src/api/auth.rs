@@ -34,20 +34,46 @@ struct Buckets {
 }
 
 impl Buckets {
-    /// Takes one call's worth; `Err(wait)` when the bucket is empty.
-    fn take(&self, i: usize) -> Result<(), Duration> {
+    /// Takes `jobs` jobs' worth; `Err(wait)` when the bucket has too few.
+    /// A batch larger than the burst (one second of the rate) goes through
+    /// once the bucket is full and leaves it in debt, so the average rate
+    /// holds and such a batch is not refused forever.
+    fn take(&self, i: usize, jobs: usize) -> Result<(), Duration> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let (left, last) = &mut s[i];
         let now = Instant::now();
         *left = (*left + now.duration_since(*last).as_secs_f64() * self.rate).min(self.rate);
         *last = now;
-        if *left >= 1.0 {
-            *left -= 1.0;
+        let jobs = jobs as f64;
+        let need = jobs.min(self.rate);
+        if *left >= need {
+            *left -= jobs;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - *left) / self.rate))
+            Err(Duration::from_secs_f64((need - *left) / self.rate))
         }
     }
+}
+
+/// Who made a request, put in the request's extensions by
+/// [`Authenticated`] when authentication is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The token's place among the configured tokens.
+    pub token: usize,
+    pub role: Role,
+}
+
+/// The token of an `authorization` header: the scheme is matched without
+/// regard to case (RFC 7235), and spaces after it are skipped.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let at = value.iter().position(|b| *b == b' ')?;
+    let (scheme, rest) = value.split_at(at);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii_start();
+    (!token.is_empty()).then_some(token)
 }
 
 /// The configured tokens; empty means authentication is off.
@@ -85,14 +111,15 @@ impl Tokens {
         found
     }
 
-    /// Whether a request with these headers may call `path`.
-    pub fn check(&self, headers: &http::HeaderMap, path: &str) -> Result<(), Status> {
+    /// Whether a request with these headers may call `path`, and who made
+    /// it (`None` when authentication is off).
+    pub fn check(&self, headers: &http::HeaderMap, path: &str) -> Result<Option<Caller>, Status> {
         if self.tokens.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let presented = headers
             .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .and_then(|v| bearer(v.as_bytes()))
             .ok_or_else(|| {
                 Status::unauthenticated("missing bearer token (authorization: Bearer <token>)")
             })?;
@@ -105,17 +132,23 @@ impl Tokens {
                 "a submit token may not call {method}; it needs an admin token"
             )));
         }
-        if let (Some(b), "Submit" | "SubmitBatch") = (&self.buckets, method) {
-            b.take(index).map_err(|wait| {
-                use tonic_types::StatusExt;
-                Status::with_error_details(
-                    tonic::Code::ResourceExhausted,
-                    format!("submit rate limit of {} calls/s for this token", b.rate),
-                    tonic_types::ErrorDetails::with_retry_info(Some(wait)),
-                )
-            })?;
-        }
-        Ok(())
+        Ok(Some(Caller { token: index, role }))
+    }
+
+    /// Charges `jobs` submitted jobs to the caller's `submit_rate` (every
+    /// job of a SubmitBatch counts, not the call).
+    pub fn charge(&self, caller: Option<&Caller>, jobs: usize) -> Result<(), Status> {
+        let (Some(b), Some(c)) = (&self.buckets, caller) else {
+            return Ok(());
+        };
+        b.take(c.token, jobs).map_err(|wait| {
+            use tonic_types::StatusExt;
+            Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                format!("submit rate limit of {} jobs/s for this token", b.rate),
+                tonic_types::ErrorDetails::with_retry_info(Some(wait)),
+            )
+        })
     }
 }
 
@@ -150,10 +183,30 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         match self.tokens.check(req.headers(), req.uri().path()) {
-            Ok(()) => Box::pin(self.inner.call(req)),
+            Ok(caller) => {
+                if let Some(c) = caller {
+                    req.extensions_mut().insert(c);
+                }
+                Box::pin(self.inner.call(req))
+            }
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for ok in ["Bearer abc", "bearer abc", "BEARER abc", "bEaReR   abc"] {
+            assert_eq!(bearer(ok.as_bytes()), Some(&b"abc"[..]), "{ok}");
+        }
+        for bad in ["Basic abc", "Bearer", "Bearer ", "Bearerabc", "abc"] {
+            assert_eq!(bearer(bad.as_bytes()), None, "{bad}");
         }
     }
 }

@@ -22,10 +22,13 @@ use crate::events::Subscription;
 use crate::job::Job;
 use crate::proto::{self, job_service_server::JobService};
 use crate::store::{CancelOutcome, InsertOutcome, ListQuery};
+use auth::{Caller, Tokens};
 use error::{to_rpc_status, ApiError};
 
 pub struct JobApi {
     engine: Arc<Engine>,
+    /// Charges submitted jobs to each token's `auth.submit_rate`.
+    tokens: Tokens,
     max_batch: usize,
     /// Open watch streams per connection (by peer address), bounded by
     /// `limits.max_watchers_per_connection`.
@@ -41,6 +44,7 @@ pub struct JobApi {
 impl JobApi {
     pub fn new(
         engine: Arc<Engine>,
+        tokens: Tokens,
         max_batch: usize,
         max_per_connection: usize,
         max_reply_bytes: usize,
@@ -48,6 +52,7 @@ impl JobApi {
     ) -> Self {
         JobApi {
             engine,
+            tokens,
             max_batch,
             per_connection: Arc::default(),
             max_per_connection,
@@ -149,6 +154,8 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitRequest>,
     ) -> Result<Response<proto::SubmitResponse>, Status> {
+        self.tokens
+            .charge(request.extensions().get::<Caller>(), 1)?;
         let req = request.into_inner();
         let key = req.idempotency_key.clone();
         let new = self.validate(req, "")?;
@@ -167,6 +174,7 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::SubmitBatchRequest>,
     ) -> Result<Response<proto::SubmitBatchResponse>, Status> {
+        let caller = request.extensions().get::<Caller>().copied();
         let reqs = request.into_inner().requests;
         if reqs.len() > self.max_batch {
             return Err(ApiError::invalid(
@@ -179,6 +187,7 @@ impl JobService for JobApi {
             )
             .into());
         }
+        self.tokens.charge(caller.as_ref(), reqs.len())?;
         let mut results: Vec<Option<Result<proto::SubmitResponse, ApiError>>> =
             Vec::with_capacity(reqs.len());
         let mut accepted = Vec::new();

@@ -201,3 +201,40 @@ async fn submit_rate_limit_per_token() {
     s.submit(req("echo", "x")).await.unwrap();
     d.stop().await.unwrap();
 }
+
+/// `submit_rate` counts jobs: a SubmitBatch of 1,000 pays for 1,000 (it goes
+/// through on a full bucket, then the bucket is in debt), and the scheme
+/// name `bearer` is matched case-insensitively.
+#[tokio::test]
+async fn submit_rate_counts_jobs_and_bearer_is_case_insensitive() {
+    let d = start(&format!(
+        "[auth]\nsubmit_rate = 5\ntokens = [{{ token = \"{ADMIN}\", role = \"admin\" }}]\n"
+    ))
+    .await;
+    let ch = Channel::from_shared(d.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let f: AddToken = Box::new(move |mut r: tonic::Request<()>| {
+        let v: MetadataValue<_> = format!("bEARER {ADMIN}").parse().unwrap();
+        r.metadata_mut().insert("authorization", v);
+        Ok(r)
+    });
+    let mut a = JobServiceClient::with_interceptor(ch, f);
+    let batch = proto::SubmitBatchRequest {
+        requests: (0..1000).map(|_| req("echo", "x")).collect(),
+    };
+    let r = a.submit_batch(batch.clone()).await.unwrap().into_inner();
+    assert_eq!(r.results.len(), 1000);
+    // The bucket now owes ~995 jobs (~199 s at 5/s): everything waits.
+    let e = a.submit(req("echo", "x")).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    let wait = tonic_types::StatusExt::get_details_retry_info(&e)
+        .and_then(|r| r.retry_delay)
+        .expect("retry info");
+    assert!(wait.as_secs() >= 100, "{wait:?}");
+    let e = a.submit_batch(batch).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    d.stop().await.unwrap();
+}
