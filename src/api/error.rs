@@ -112,7 +112,9 @@ impl From<ApiError> for Status {
             ApiError::Draining => Status::unavailable(msg),
             ApiError::AlreadyFinished { .. } => Status::failed_precondition(msg),
             ApiError::Unavailable(detail) => {
-                tracing::warn!(%detail, "store unavailable");
+                if let Some(suppressed) = UNAVAILABLE_LOG.admit() {
+                    tracing::warn!(%detail, suppressed, "store unavailable");
+                }
                 Status::unavailable(msg)
             }
             ApiError::Internal(detail) => {
@@ -120,6 +122,42 @@ impl From<ApiError> for Status {
                 Status::internal(msg)
             }
         }
+    }
+}
+
+/// One "store unavailable" line per [`LOG_EVERY`] at most: on a full disk
+/// every Submit is refused, and a line per refusal would fill the log too.
+static UNAVAILABLE_LOG: LogLimit = LogLimit::new();
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Admits one log line per [`LOG_EVERY`], counting the ones it held back.
+struct LogLimit {
+    /// Milliseconds since the process's first log of this kind, +1 (0 = never).
+    last: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+impl LogLimit {
+    const fn new() -> LogLimit {
+        LogLimit {
+            last: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be written.
+    fn admit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let now = EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1;
+        let last = self.last.load(Relaxed);
+        if last != 0 && now < last + LOG_EVERY.as_millis() as u64
+            || self.last.compare_exchange(last, now, Relaxed, Relaxed).is_err()
+        {
+            self.suppressed.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Relaxed))
     }
 }
 
@@ -136,5 +174,18 @@ pub fn to_rpc_status(e: ApiError) -> tonic_types::pb::Status {
         code: status.code() as i32,
         message: status.message().to_string(),
         details: vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LogLimit;
+
+    #[test]
+    fn log_limit_admits_one_line_per_period() {
+        let l = LogLimit::new();
+        assert_eq!(l.admit(), Some(0));
+        assert_eq!(l.admit(), None);
+        assert_eq!(l.admit(), None);
     }
 }

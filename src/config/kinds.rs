@@ -269,10 +269,14 @@ fn handler_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), C
         }
         HandlerType::Http => {
             let url = k.url.clone().unwrap_or_default();
-            if !url.starts_with("http://") || url.len() <= "http://".len() {
+            // Parsed as the HTTP client will parse it, so a bad URL stops
+            // the start instead of failing every job.
+            let parsed = reqwest::Url::parse(&url);
+            if !url.starts_with("http://") || parsed.as_ref().map_or(true, |u| !u.has_host()) {
+                let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
                 return Err(invalid(
                     key("url"),
-                    format!("{url:?}: required, an http:// URL (https needs the TLS support of a later release)"),
+                    format!("{url:?}{why}: required, an http:// URL with a host (https needs the TLS support of a later release)"),
                 ));
             }
             let method = k

@@ -45,6 +45,8 @@ pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(5);
 pub const MAX_KILL_GRACE: Duration = Duration::from_secs(60);
+/// The largest count bound (connections, watchers, channel places).
+pub const MAX_SLOTS: u64 = 1_000_000;
 /// Grace for handlers with nothing to clean up.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -405,6 +407,26 @@ impl Config {
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        // Semaphores and channels panic past their own maximum (usize::MAX
+        // >> 3 permits); these bounds keep every value far below it.
+        for (key, v, max) in [
+            ("queue.dispatch_channel", q.dispatch_channel as u64, MAX_SLOTS),
+            ("queue.max_watchers", q.max_watchers as u64, MAX_SLOTS),
+            (
+                "limits.max_connections",
+                self.limits.max_connections as u64,
+                MAX_SLOTS,
+            ),
+            (
+                "limits.max_watchers_per_connection",
+                self.limits.max_watchers_per_connection as u64,
+                MAX_SLOTS,
+            ),
+        ] {
+            if v > max {
+                return Err(invalid(key, format!("at most {max}")));
             }
         }
         if q.workers > 10_000 {

@@ -93,6 +93,11 @@ fn bad_config_exits_64_naming_the_key_before_binding() {
         ("[kinds.h]\nhandler = \"http\"\nurl = \"ftp://x\"\n", "kinds.h.url"),
         ("[kinds.h]\nhandler = \"http\"\nurl = \"http://x\"\nmethod = \"DELETE\"\n", "kinds.h.method"),
         ("[kinds.c]\nhandler = \"command\"\ncommand = [\"ls\"]\nworking_dir = \"/no/such/dir\"\n", "kinds.c.working_dir"),
+        // Past a semaphore's maximum these panicked after migrations ran.
+        ("[limits]\nmax_connections = 4611686018427387904\n", "limits.max_connections"),
+        ("[queue]\ndispatch_channel = 4611686018427387904\n", "queue.dispatch_channel"),
+        ("[kinds.h]\nhandler = \"http\"\nurl = \"http://exa mple/hook\"\n", "kinds.h.url"),
+        ("[kinds.h]\nhandler = \"http\"\nurl = \"http://:80/hook\"\n", "kinds.h.url"),
     ] {
         let f = dir.path().join("bad.toml");
         std::fs::write(&f, text).unwrap();
@@ -110,6 +115,16 @@ fn bad_config_exits_64_naming_the_key_before_binding() {
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(64));
+    }
+    // A store URL with no path was taken, then failed with "no such table".
+    for store in ["sqlite:", "memoryx", "mysql://x"] {
+        let out = Command::new(bin())
+            .args(["serve", "--store", store])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{store}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("`store`"), "store not named in: {err}");
     }
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[kinds.hello]\nhandler = \"echo\"\n").unwrap();
