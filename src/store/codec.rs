@@ -5,6 +5,12 @@ use std::collections::BTreeMap;
 
 use crate::job::JobState;
 
+/// The `jobs` columns every row read selects, in the order both stores'
+/// row decoders (and SQLite's INSERT) index them.
+pub const COLS: &str = "id, kind, state, attempt, max_attempts, priority, idempotency_key, \
+    request_hash, labels, payload, result, timeout_us, created_at, updated_at, started_at, \
+    finished_at, next_attempt_at, lease_expires_at, last_error, sequence";
+
 /// A state as stored: small integers in lifecycle order, so `state >= 3`
 /// means terminal in the partial indexes.
 pub fn state_code(s: JobState) -> i16 {

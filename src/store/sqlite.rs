@@ -9,7 +9,7 @@
 //! connections on the blocking thread pool; WAL lets them run beside the
 //! writer.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +19,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transactio
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::codec::{self, decode_labels, encode_labels};
+use super::codec::{self, decode_labels, encode_labels, COLS};
 use super::{
     transition, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, StateCounts, Store,
     StoreError,
@@ -83,16 +83,22 @@ DROP INDEX jobs_ready;
 "#,
 ];
 
-const COLS: &str = "id, kind, state, attempt, max_attempts, priority, idempotency_key, \
-    request_hash, labels, payload, result, timeout_us, created_at, updated_at, started_at, \
-    finished_at, next_attempt_at, lease_expires_at, last_error, sequence";
-
 fn state_code(s: JobState) -> i64 {
     codec::state_code(s).into()
 }
 
 fn state_from(code: i64) -> rusqlite::Result<JobState> {
     codec::state_from_code(code).ok_or(rusqlite::Error::IntegralValueOutOfRange(2, code))
+}
+
+/// A stored value jobd would not have written; [`map_err`] makes it
+/// [`StoreError::Corrupt`].
+fn bad_value(column: usize, what: &str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Blob,
+        format!("bad {what}").into(),
+    )
 }
 
 fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
@@ -102,16 +108,14 @@ fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
     let payload: Vec<u8> = r.get(9)?;
     let result: Vec<u8> = r.get(10)?;
     Ok(Job {
-        id: Uuid::from_slice(&id).map_err(|_| {
-            rusqlite::Error::InvalidColumnType(0, "id".into(), rusqlite::types::Type::Blob)
-        })?,
+        id: Uuid::from_slice(&id).map_err(|_| bad_value(0, "id"))?,
         kind: r.get(1)?,
         state: state_from(r.get(2)?)?,
         attempt: r.get(3)?,
         max_attempts: r.get(4)?,
         priority: r.get(5)?,
         idempotency_key: r.get(6)?,
-        request_hash: hash.try_into().unwrap_or([0; 32]),
+        request_hash: hash.try_into().map_err(|_| bad_value(7, "request hash"))?,
         labels: decode_labels(&labels),
         payload: Bytes::from(payload),
         result: Bytes::from(result),
@@ -144,6 +148,11 @@ fn map_err(e: rusqlite::Error) -> StoreError {
             C::NotADatabase | C::DatabaseCorrupt => StoreError::Corrupt(e.to_string()),
             _ => StoreError::Internal(e.to_string()),
         },
+        // A stored value that does not decode: SQLite columns take any
+        // type, so a damaged or hand-edited file shows up here.
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::InvalidColumnType(..) => StoreError::Corrupt(e.to_string()),
         _ => StoreError::Internal(e.to_string()),
     }
 }
@@ -221,8 +230,8 @@ fn count_waiting(conn: &Connection) -> rusqlite::Result<i64> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
-    pub async fn open(path: &str) -> Result<SqliteStore, StoreError> {
-        let path = PathBuf::from(path);
+    pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
+        let path = path.as_ref().to_path_buf();
         let p = path.clone();
         let (conn, waiting) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
             if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -250,7 +259,8 @@ impl SqliteStore {
         })
     }
 
-    /// Runs `f` in the writer's next group transaction; returns once that
+    /// Runs `f` in the writer's next group transaction, inside a savepoint
+    /// of its own that is rolled back if `f` fails; returns once that
     /// transaction committed (or failed).
     async fn write<T: Send + 'static>(
         &self,
@@ -280,12 +290,10 @@ impl SqliteStore {
         f: impl Fn(&mut Job) + Send + 'static,
     ) -> Result<Vec<Job>, StoreError> {
         self.write(move |tx, st| {
-            guarded(tx, || {
-                let due = ids(tx, sql, params)?;
-                transition_all(tx, st, due, |j| {
-                    f(j);
-                    true
-                })
+            let due = ids(tx, sql, params)?;
+            transition_all(tx, st, due, |j| {
+                f(j);
+                true
             })
         })
         .await
@@ -390,10 +398,12 @@ fn run_group(conn: &mut Connection, batch: &mut Vec<Work>, st: &mut WriterState)
         }
         let waiting = st.waiting;
         let (reply, failed) = w(Ok((&tx, &mut *st)));
-        if failed {
-            st.waiting = waiting;
-        }
         replies.push(reply);
+        if failed {
+            // Undo only this request, so the rest of the group still commits.
+            st.waiting = waiting;
+            let _ = tx.execute_batch("ROLLBACK TO w");
+        }
         if tx.is_autocommit() {
             lost = Some(StoreError::Unavailable(
                 "the store rolled the transaction back".into(),
@@ -419,19 +429,6 @@ fn run_group(conn: &mut Connection, batch: &mut Vec<Work>, st: &mut WriterState)
             .map(|_| ())
             .map_err(|e| StoreError::Unavailable(e.to_string())));
     }
-}
-
-/// Runs one request's statements; on error its savepoint is rolled back so
-/// the rest of the group still commits.
-fn guarded<T>(
-    tx: &Transaction<'_>,
-    f: impl FnOnce() -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    let r = f();
-    if r.is_err() {
-        let _ = tx.execute_batch("ROLLBACK TO w");
-    }
-    r
 }
 
 fn load(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -588,11 +585,9 @@ impl Store for SqliteStore {
         max_backlog: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         self.write(move |tx, st| {
-            guarded(tx, || {
-                jobs.into_iter()
-                    .map(|j| insert_one(tx, st, j, max_backlog))
-                    .collect()
-            })
+            jobs.into_iter()
+                .map(|j| insert_one(tx, st, j, max_backlog))
+                .collect()
         })
         .await
     }
@@ -627,40 +622,38 @@ impl Store for SqliteStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
         let req = req.clone();
         self.write(move |tx, st| {
-            guarded(tx, || {
-                // Each kind's own queue, up to its free slots; then the
-                // best `limit` of those by priority and age.
-                let mut candidates: Vec<(i32, i64, Vec<u8>)> = Vec::new();
-                {
-                    let mut s = tx
-                        .prepare_cached(
-                            "SELECT priority, seq, id FROM jobs INDEXED BY jobs_ready_kind \
-                             WHERE state = 0 AND next_attempt_at IS NULL AND kind = ?1 \
-                             ORDER BY priority DESC, seq LIMIT ?2",
-                        )
+            // Each kind's own queue, up to its free slots; then the
+            // best `limit` of those by priority and age.
+            let mut candidates: Vec<(i32, i64, Vec<u8>)> = Vec::new();
+            {
+                let mut s = tx
+                    .prepare_cached(
+                        "SELECT priority, seq, id FROM jobs INDEXED BY jobs_ready_kind \
+                         WHERE state = 0 AND next_attempt_at IS NULL AND kind = ?1 \
+                         ORDER BY priority DESC, seq LIMIT ?2",
+                    )
+                    .map_err(map_err)?;
+                for (kind, cap) in req.kinds.iter().filter(|(_, n)| **n > 0) {
+                    let n = (*cap).min(req.limit) as i64;
+                    let rows = s
+                        .query_map(params![kind, n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                         .map_err(map_err)?;
-                    for (kind, cap) in req.kinds.iter().filter(|(_, n)| **n > 0) {
-                        let n = (*cap).min(req.limit) as i64;
-                        let rows = s
-                            .query_map(params![kind, n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                            .map_err(map_err)?;
-                        for r in rows {
-                            candidates.push(r.map_err(map_err)?);
-                        }
+                    for r in rows {
+                        candidates.push(r.map_err(map_err)?);
                     }
                 }
-                candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-                candidates.truncate(req.limit);
-                let picked = candidates
-                    .into_iter()
-                    .map(|(_, _, id)| {
-                        Uuid::from_slice(&id).map_err(|e| StoreError::Corrupt(e.to_string()))
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                transition_all(tx, st, picked, |j| {
-                    transition::claim(j, req.now, req.lease_slack);
-                    true
+            }
+            candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            candidates.truncate(req.limit);
+            let picked = candidates
+                .into_iter()
+                .map(|(_, _, id)| {
+                    Uuid::from_slice(&id).map_err(|e| StoreError::Corrupt(e.to_string()))
                 })
+                .collect::<Result<Vec<_>, _>>()?;
+            transition_all(tx, st, picked, |j| {
+                transition::claim(j, req.now, req.lease_slack);
+                true
             })
         })
         .await
@@ -674,32 +667,28 @@ impl Store for SqliteStore {
         now: Micros,
     ) -> Result<Option<Job>, StoreError> {
         self.write(move |tx, st| {
-            guarded(tx, || {
-                Ok(transition_all(tx, st, vec![id], |j| {
-                    transition::finish(j, attempt, outcome.clone(), now)
-                })?
-                .pop())
-            })
+            Ok(transition_all(tx, st, vec![id], |j| {
+                transition::finish(j, attempt, outcome.clone(), now)
+            })?
+            .pop())
         })
         .await
     }
 
     async fn cancel(&self, id: Uuid, now: Micros) -> Result<CancelOutcome, StoreError> {
         self.write(move |tx, st| {
-            guarded(tx, || {
-                let Some(mut job) = load(tx, id)? else {
-                    return Ok(CancelOutcome::NotFound);
-                };
-                Ok(match job.state {
-                    JobState::Cancelled => CancelOutcome::AlreadyCancelled(job),
-                    JobState::Succeeded | JobState::Failed => CancelOutcome::AlreadyFinished(job),
-                    prev => {
-                        let a = job.attempt;
-                        transition::cancel(&mut job, now);
-                        save(tx, st, &job, prev, a)?;
-                        CancelOutcome::Cancelled { job, prev }
-                    }
-                })
+            let Some(mut job) = load(tx, id)? else {
+                return Ok(CancelOutcome::NotFound);
+            };
+            Ok(match job.state {
+                JobState::Cancelled => CancelOutcome::AlreadyCancelled(job),
+                JobState::Succeeded | JobState::Failed => CancelOutcome::AlreadyFinished(job),
+                prev => {
+                    let a = job.attempt;
+                    transition::cancel(&mut job, now);
+                    save(tx, st, &job, prev, a)?;
+                    CancelOutcome::Cancelled { job, prev }
+                }
             })
         })
         .await
@@ -707,15 +696,13 @@ impl Store for SqliteStore {
 
     async fn release_delayed(&self, now: Micros, limit: usize) -> Result<usize, StoreError> {
         self.write(move |tx, _| {
-            guarded(tx, || {
-                tx.prepare_cached(
-                    "UPDATE jobs SET next_attempt_at = NULL, updated_at = ?1 WHERE seq IN \
-                     (SELECT seq FROM jobs INDEXED BY jobs_delayed WHERE state = 0 AND next_attempt_at <= ?1 \
-                      ORDER BY next_attempt_at LIMIT ?2)",
-                )
-                .and_then(|mut s| s.execute(params![now, limit as i64]))
-                .map_err(map_err)
-            })
+            tx.prepare_cached(
+                "UPDATE jobs SET next_attempt_at = NULL, updated_at = ?1 WHERE seq IN \
+                 (SELECT seq FROM jobs INDEXED BY jobs_delayed WHERE state = 0 AND next_attempt_at <= ?1 \
+                  ORDER BY next_attempt_at LIMIT ?2)",
+            )
+            .and_then(|mut s| s.execute(params![now, limit as i64]))
+            .map_err(map_err)
         })
         .await
     }
@@ -787,15 +774,13 @@ impl Store for SqliteStore {
 
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {
         self.write(move |tx, _| {
-            guarded(tx, || {
-                tx.prepare_cached(
-                    "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_finished WHERE state >= 3 \
-                     AND finished_at < ?1 ORDER BY finished_at LIMIT ?2)",
-                )
-                .and_then(|mut s| s.execute(params![before, limit as i64]))
-                .map(|n| n as u64)
-                .map_err(map_err)
-            })
+            tx.prepare_cached(
+                "DELETE FROM jobs WHERE seq IN (SELECT seq FROM jobs INDEXED BY jobs_finished WHERE state >= 3 \
+                 AND finished_at < ?1 ORDER BY finished_at LIMIT ?2)",
+            )
+            .and_then(|mut s| s.execute(params![before, limit as i64]))
+            .map(|n| n as u64)
+            .map_err(map_err)
         })
         .await
     }
@@ -811,5 +796,65 @@ impl Store for SqliteStore {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored value jobd would not have written reads as Corrupt: not
+    /// Internal, not a panic, not a made-up value.
+    #[tokio::test]
+    async fn bad_rows_are_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let raw = Connection::open(&path).unwrap();
+        raw.busy_timeout(BUSY_TIMEOUT).unwrap();
+        let good = [
+            ("id", "x'0123456789abcdef0123456789abcdef'"),
+            ("state", "0"),
+            ("attempt", "0"),
+            ("request_hash", "zeroblob(32)"),
+            ("kind", "'k'"),
+        ];
+        let bad = [
+            ("id", "x'01'"),
+            ("state", "9"),
+            ("attempt", "-1"),
+            ("request_hash", "x'00'"),
+            ("kind", "x'ff'"),
+        ];
+        for (column, value) in bad {
+            let v = |c: &str| {
+                if c == column {
+                    value
+                } else {
+                    good.iter().find(|(g, _)| *g == c).unwrap().1
+                }
+            };
+            raw.execute_batch(&format!(
+                "DELETE FROM jobs; INSERT INTO jobs ({COLS}) VALUES ({}, {}, {}, {}, 1, 0, NULL, \
+                 {}, x'', x'', x'', 0, 0, 0, NULL, NULL, NULL, NULL, '', 0)",
+                v("id"),
+                v("kind"),
+                v("state"),
+                v("attempt"),
+                v("request_hash"),
+            ))
+            .unwrap();
+            let e = store
+                .list(&ListQuery {
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await;
+            assert!(matches!(e, Err(StoreError::Corrupt(_))), "{column}: {e:?}");
+        }
+        raw.execute_batch("UPDATE jobs SET state = 9").unwrap();
+        let e = store.counts().await;
+        assert!(matches!(e, Err(StoreError::Corrupt(_))), "{e:?}");
+        store.close().await.unwrap();
     }
 }

@@ -5,7 +5,6 @@
 use deadpool_postgres::Object;
 use sha2::{Digest, Sha256};
 
-use super::map_err;
 use crate::store::StoreError;
 
 /// Schema versions, applied in order under an advisory lock; the
@@ -77,26 +76,23 @@ fn lock_key(schema: &str) -> i64 {
 }
 
 pub(super) async fn migrate(client: &mut Object, schema: &str) -> Result<(), StoreError> {
-    let tx = client.transaction().await.map_err(map_err)?;
+    let tx = client.transaction().await?;
     // Instances starting together queue here; the first applies, the
     // rest find the versions recorded.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(schema)])
-        .await
-        .map_err(map_err)?;
+        .await?;
     tx.batch_execute(&format!(
         "CREATE SCHEMA IF NOT EXISTS {schema}; \
          CREATE TABLE IF NOT EXISTS {schema}.jobd_migrations ( \
            version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
     ))
-    .await
-    .map_err(map_err)?;
+    .await?;
     let row = tx
         .query_one(
             &format!("SELECT COALESCE(MAX(version), 0) FROM {schema}.jobd_migrations"),
             &[],
         )
-        .await
-        .map_err(map_err)?;
+        .await?;
     let version: i32 = row.get(0);
     let known = MIGRATIONS.len() as i32;
     if version > known {
@@ -106,14 +102,13 @@ pub(super) async fn migrate(client: &mut Object, schema: &str) -> Result<(), Sto
         )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-        tx.batch_execute(sql).await.map_err(map_err)?;
+        tx.batch_execute(sql).await?;
         tx.execute(
             &format!("INSERT INTO {schema}.jobd_migrations (version) VALUES ($1)"),
             &[&(i as i32 + 1)],
         )
-        .await
-        .map_err(map_err)?;
+        .await?;
         tracing::info!(version = i + 1, schema, "applied store migration");
     }
-    tx.commit().await.map_err(map_err)
+    Ok(tx.commit().await?)
 }

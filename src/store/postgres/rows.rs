@@ -1,0 +1,87 @@
+//! Rows back into jobs. Every column is read with `try_get`, so a value jobd
+//! would not have written is [`StoreError::Corrupt`], never a panic and never
+//! mistaken for an unreachable server.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_postgres::types::FromSql;
+use tokio_postgres::Row;
+use uuid::Uuid;
+
+use crate::job::{Job, JobState};
+use crate::store::codec::{decode_labels, state_from_code};
+use crate::store::StoreError;
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("postgres row has a bad {what}"))
+}
+
+/// Column `i` of `r`; one that does not decode as jobd wrote it is Corrupt.
+pub(super) fn col<'a, T: FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, StoreError> {
+    r.try_get(i)
+        .map_err(|e| StoreError::Corrupt(format!("postgres row: {e}")))
+}
+
+/// A `state` column.
+pub(super) fn state(r: &Row, i: usize) -> Result<JobState, StoreError> {
+    let s: i16 = col(r, i)?;
+    state_from_code(s.into()).ok_or_else(|| corrupt("state"))
+}
+
+/// A row of [`COLS`](crate::store::codec::COLS).
+pub(super) fn job(r: &Row) -> Result<Job, StoreError> {
+    let hash: Vec<u8> = col(r, 7)?;
+    let labels: &[u8] = col(r, 8)?;
+    Ok(Job {
+        id: col(r, 0)?,
+        kind: col(r, 1)?,
+        state: state(r, 2)?,
+        attempt: col::<i32>(r, 3)?.max(0) as u32,
+        max_attempts: col::<i32>(r, 4)?.max(0) as u32,
+        priority: col(r, 5)?,
+        idempotency_key: col(r, 6)?,
+        request_hash: hash.try_into().map_err(|_| corrupt("request hash"))?,
+        labels: decode_labels(labels),
+        payload: Bytes::from(col::<Vec<u8>>(r, 9)?),
+        result: Bytes::from(col::<Vec<u8>>(r, 10)?),
+        timeout: Duration::from_micros(col::<i64>(r, 11)?.max(0) as u64),
+        created_at: col(r, 12)?,
+        updated_at: col(r, 13)?,
+        started_at: col(r, 14)?,
+        finished_at: col(r, 15)?,
+        next_attempt_at: col(r, 16)?,
+        lease_expires_at: col(r, 17)?,
+        last_error: col(r, 18)?,
+        sequence: col::<i64>(r, 19)?.max(0) as u64,
+        ready_at: None,
+    })
+}
+
+pub(super) fn jobs(rows: &[Row]) -> Result<Vec<Job>, StoreError> {
+    rows.iter().map(job).collect()
+}
+
+/// A row of [`EVENTS_SINCE`](super::sql::EVENTS_SINCE): the job as it is
+/// now, with the fields a transition changes as they were at that event.
+pub(super) fn event(r: &Row) -> Result<Job, StoreError> {
+    let mut j = job(r)?;
+    j.state = state(r, 20)?;
+    j.attempt = col::<i32>(r, 21)?.max(0) as u32;
+    j.updated_at = col(r, 22)?;
+    j.started_at = col(r, 23)?;
+    j.finished_at = col(r, 24)?;
+    j.next_attempt_at = col(r, 25)?;
+    j.lease_expires_at = col(r, 26)?;
+    j.last_error = col(r, 27)?;
+    j.sequence = col::<i64>(r, 28)?.max(0) as u64;
+    if j.state != JobState::Succeeded {
+        j.result = Bytes::new();
+    }
+    Ok(j)
+}
+
+/// The first column of each row, as job ids.
+pub(super) fn ids<C: FromIterator<Uuid>>(rows: &[Row]) -> Result<C, StoreError> {
+    rows.iter().map(|r| col(r, 0)).collect()
+}

@@ -1,0 +1,298 @@
+//! The store's SQL, and the code that binds the array statements'
+//! parameters, so each `$n` sits next to the text that numbers it.
+//! Statements are prepared once per pooled connection (`prepare_cached`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::LazyLock;
+
+use tokio_postgres::types::ToSql;
+use uuid::Uuid;
+
+use super::{rows, Tx, Writer};
+use crate::job::{Job, JobState};
+use crate::store::codec::{encode_labels, state_code, COLS};
+use crate::store::StoreError;
+
+/// `SELECT` of [`COLS`] with a `WHERE ...` tail.
+fn select_cols(tail: &str) -> String {
+    format!("SELECT {COLS} FROM jobs {tail}")
+}
+
+/// [`COLS`] with a table alias, for queries that join.
+fn prefixed(alias: &str) -> String {
+    COLS.split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Up to `$2` jobs in `state` whose `column` is due (`<= $1`), earliest
+/// first, skipping rows another instance holds.
+fn due(state: JobState, column: &str) -> String {
+    select_cols(&format!(
+        "WHERE state = {} AND {column} <= $1 ORDER BY {column} LIMIT $2 FOR UPDATE SKIP LOCKED",
+        state_code(state)
+    ))
+}
+
+pub(super) const COUNT_WAITING: &str = "SELECT COUNT(*) FROM jobs WHERE state IN (0, 2)";
+
+pub(super) static GET: LazyLock<String> = LazyLock::new(|| select_cols("WHERE id = $1"));
+
+/// One page of ListJobs: `$1` after id, optional `$2` state and `$3` kind,
+/// `$4` rows.
+pub(super) static LIST: LazyLock<String> = LazyLock::new(|| {
+    select_cols(
+        "WHERE id > $1 AND ($2::int2 IS NULL OR state = $2) \
+         AND ($3::text IS NULL OR kind = $3) ORDER BY id LIMIT $4",
+    )
+});
+
+/// One job, locked for a transition.
+pub(super) static LOCK_ONE: LazyLock<String> =
+    LazyLock::new(|| select_cols("WHERE id = $1 FOR UPDATE"));
+
+/// Several jobs locked in id order, so result batches never wait on each
+/// other in a cycle.
+pub(super) static LOCK_IDS: LazyLock<String> =
+    LazyLock::new(|| select_cols("WHERE id = ANY($1) ORDER BY id FOR UPDATE"));
+
+/// This instance's RUNNING jobs (`$1` is its name).
+pub(super) static RECOVER: LazyLock<String> =
+    LazyLock::new(|| select_cols("WHERE state = 1 AND owner = $1 FOR UPDATE"));
+
+pub(super) static PROMOTE_DUE: LazyLock<String> =
+    LazyLock::new(|| due(JobState::RetryWait, "next_attempt_at"));
+
+pub(super) static EXPIRE_LEASES: LazyLock<String> =
+    LazyLock::new(|| due(JobState::Running, "lease_expires_at"));
+
+static BY_KEYS: LazyLock<String> = LazyLock::new(|| select_cols("WHERE idempotency_key = ANY($1)"));
+
+/// Each kind's own queue up to its free slots (`$1` kinds, `$2` slots),
+/// then the best `$3` of those by priority and age.
+pub(super) static CLAIM: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {} FROM unnest($1::text[], $2::int8[]) AS k(kind, n) \
+         CROSS JOIN LATERAL (SELECT {COLS}, seq FROM jobs \
+           WHERE state = 0 AND next_attempt_at IS NULL AND kind = k.kind \
+           ORDER BY priority DESC, seq LIMIT k.n FOR UPDATE SKIP LOCKED) j \
+         ORDER BY j.priority DESC, j.seq LIMIT $3",
+        prefixed("j")
+    )
+});
+
+/// Job `$1`'s events after sequence `$2`: the job's columns, then the
+/// event's (decoded by [`rows::event`]).
+pub(super) static EVENTS_SINCE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {cols}, e.state, e.attempt, e.updated_at, e.started_at, e.finished_at, \
+           e.next_attempt_at, e.lease_expires_at, e.last_error, e.sequence \
+         FROM job_events e JOIN jobs j ON j.id = e.job_id \
+         WHERE e.job_id = $1 AND e.sequence > $2 ORDER BY e.sequence",
+        cols = prefixed("j")
+    )
+});
+
+pub(super) const RELEASE_DELAYED: &str =
+    "UPDATE jobs SET next_attempt_at = NULL, updated_at = $1 WHERE id IN \
+     (SELECT id FROM jobs WHERE state = 0 AND next_attempt_at <= $1 \
+      ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)";
+
+pub(super) const NEXT_DUE: &str = "SELECT LEAST( \
+     (SELECT MIN(next_attempt_at) FROM jobs WHERE state = 0 AND next_attempt_at > $1), \
+     (SELECT MIN(next_attempt_at) FROM jobs WHERE state = 2 AND next_attempt_at > $1), \
+     (SELECT MIN(lease_expires_at) FROM jobs WHERE state = 1 AND lease_expires_at > $1))";
+
+pub(super) const COUNTS: &str = "SELECT state, COUNT(*) FROM jobs GROUP BY state";
+
+pub(super) const COUNT_BY_KIND: &str =
+    "SELECT state, kind, COUNT(*) FROM jobs WHERE state IN (0, 1, 2) \
+     GROUP BY state, kind";
+
+pub(super) const PRUNE_EVENTS: &str =
+    "DELETE FROM job_events WHERE ctid IN (SELECT ctid FROM job_events \
+     WHERE updated_at < $1 LIMIT $2)";
+
+pub(super) const PRUNE_JOBS: &str = "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs \
+     WHERE state >= 3 AND finished_at < $1 ORDER BY finished_at LIMIT $2 \
+     FOR UPDATE SKIP LOCKED)";
+
+/// Renews lease `$1` on this instance's (`$2`) RUNNING jobs among `$3`.
+/// Rows are locked in id order, as result batches lock them.
+pub(super) const RENEW: &str = "UPDATE jobs SET lease_expires_at = $1 WHERE id IN ( \
+       SELECT id FROM jobs WHERE state = 1 AND owner = $2 AND id = ANY($3) \
+       ORDER BY id FOR UPDATE) \
+     RETURNING id";
+
+/// Writes back the jobs a transition changed, fenced on the state and
+/// attempt each was read with; records each change in `job_events` and
+/// announces it. One round trip for any number of jobs.
+const SAVE: &str = "WITH x AS (
+  SELECT * FROM unnest($1::uuid[], $2::int2[], $3::int4[], $4::bytea[], $5::int8[], $6::int8[],
+    $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::int2[], $13::int4[])
+  AS x(id, state, attempt, result, updated_at, started_at, finished_at, next_attempt_at,
+    lease_expires_at, last_error, sequence, old_state, old_attempt)
+), u AS (
+  UPDATE jobs j SET state = x.state, attempt = x.attempt, result = x.result,
+    updated_at = x.updated_at, started_at = x.started_at, finished_at = x.finished_at,
+    next_attempt_at = x.next_attempt_at, lease_expires_at = x.lease_expires_at,
+    last_error = x.last_error, sequence = x.sequence,
+    owner = CASE WHEN x.state = 1 THEN $14 ELSE NULL END
+  FROM x WHERE j.id = x.id AND j.state = x.old_state AND j.attempt = x.old_attempt
+  RETURNING j.id, j.sequence, j.state, j.attempt, j.updated_at, j.started_at, j.finished_at,
+    j.next_attempt_at, j.lease_expires_at, j.last_error
+), e AS (
+  INSERT INTO job_events (job_id, sequence, state, attempt, updated_at, started_at,
+    finished_at, next_attempt_at, lease_expires_at, last_error)
+  SELECT * FROM u
+)
+SELECT count(pg_notify($15, u.id::text || ':' || u.sequence::text)) FROM u";
+
+const INSERT: &str = "INSERT INTO jobs (id, kind, state, attempt, max_attempts, priority,
+    idempotency_key, request_hash, labels, payload, result, timeout_us, created_at, updated_at,
+    next_attempt_at, last_error, sequence)
+  SELECT * FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int4[], $5::int4[], $6::int4[],
+    $7::text[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[], $12::int8[], $13::int8[],
+    $14::int8[], $15::int8[], $16::text[], $17::int8[])
+  ON CONFLICT DO NOTHING RETURNING id";
+
+fn to_i32(n: u32) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// The jobs a [`COLS`] query returns, inside `tx`.
+pub(super) async fn select(
+    tx: &Tx<'_>,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Job>, StoreError> {
+    let st = tx.prepare_cached(sql).await?;
+    rows::jobs(&tx.query(&st, params).await?)
+}
+
+/// Jobs already stored under these idempotency keys.
+pub(super) async fn by_keys(
+    tx: &Tx<'_>,
+    keys: &[&str],
+) -> Result<HashMap<String, Job>, StoreError> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let jobs = select(tx, &BY_KEYS, &[&keys]).await?;
+    Ok(jobs
+        .into_iter()
+        .filter_map(|j| j.idempotency_key.clone().map(|k| (k, j)))
+        .collect())
+}
+
+/// Inserts new jobs in one statement; returns the ids stored (a job whose
+/// key a concurrent submit took first is not).
+pub(super) async fn insert_rows(tx: &Tx<'_>, jobs: &[&Job]) -> Result<HashSet<Uuid>, StoreError> {
+    if jobs.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
+    let states: Vec<i16> = jobs.iter().map(|j| state_code(j.state)).collect();
+    let attempts: Vec<i32> = jobs.iter().map(|j| to_i32(j.attempt)).collect();
+    let max: Vec<i32> = jobs.iter().map(|j| to_i32(j.max_attempts)).collect();
+    let prio: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
+    let keys: Vec<Option<&str>> = jobs.iter().map(|j| j.idempotency_key.as_deref()).collect();
+    let hashes: Vec<&[u8]> = jobs.iter().map(|j| j.request_hash.as_slice()).collect();
+    let labels: Vec<Vec<u8>> = jobs.iter().map(|j| encode_labels(&j.labels)).collect();
+    let payloads: Vec<&[u8]> = jobs.iter().map(|j| j.payload.as_ref()).collect();
+    let results: Vec<&[u8]> = jobs.iter().map(|j| j.result.as_ref()).collect();
+    let timeouts: Vec<i64> = jobs
+        .iter()
+        .map(|j| j.timeout.as_micros().min(i64::MAX as u128) as i64)
+        .collect();
+    let created: Vec<i64> = jobs.iter().map(|j| j.created_at).collect();
+    let updated: Vec<i64> = jobs.iter().map(|j| j.updated_at).collect();
+    let next: Vec<Option<i64>> = jobs.iter().map(|j| j.next_attempt_at).collect();
+    let errors: Vec<&str> = jobs.iter().map(|j| j.last_error.as_str()).collect();
+    let seqs: Vec<i64> = jobs.iter().map(|j| j.sequence as i64).collect();
+    let st = tx.prepare_cached(INSERT).await?;
+    let rows = tx
+        .query(
+            &st,
+            &[
+                &ids, &kinds, &states, &attempts, &max, &prio, &keys, &hashes, &labels, &payloads,
+                &results, &timeouts, &created, &updated, &next, &errors, &seqs,
+            ],
+        )
+        .await?;
+    rows::ids(&rows)
+}
+
+/// Writes back `jobs` (changed from `old`) in one statement.
+pub(super) async fn save(
+    w: &Writer,
+    tx: &Tx<'_>,
+    jobs: &[Job],
+    old: &[(JobState, u32)],
+) -> Result<(), StoreError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let states: Vec<i16> = jobs.iter().map(|j| state_code(j.state)).collect();
+    let attempts: Vec<i32> = jobs.iter().map(|j| to_i32(j.attempt)).collect();
+    let results: Vec<&[u8]> = jobs.iter().map(|j| j.result.as_ref()).collect();
+    let updated: Vec<i64> = jobs.iter().map(|j| j.updated_at).collect();
+    let started: Vec<Option<i64>> = jobs.iter().map(|j| j.started_at).collect();
+    let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at).collect();
+    let next: Vec<Option<i64>> = jobs.iter().map(|j| j.next_attempt_at).collect();
+    let lease: Vec<Option<i64>> = jobs.iter().map(|j| j.lease_expires_at).collect();
+    // PostgreSQL text cannot hold NUL (a command's stderr may).
+    let errors: Vec<std::borrow::Cow<'_, str>> = jobs
+        .iter()
+        .map(|j| match j.last_error.contains('\0') {
+            true => j.last_error.replace('\0', "\u{fffd}").into(),
+            false => j.last_error.as_str().into(),
+        })
+        .collect();
+    let seqs: Vec<i64> = jobs.iter().map(|j| j.sequence as i64).collect();
+    let old_states: Vec<i16> = old.iter().map(|(s, _)| state_code(*s)).collect();
+    let old_attempts: Vec<i32> = old.iter().map(|(_, a)| to_i32(*a)).collect();
+    let st = tx.prepare_cached(SAVE).await?;
+    let row = tx
+        .query_one(
+            &st,
+            &[
+                &ids,
+                &states,
+                &attempts,
+                &results,
+                &updated,
+                &started,
+                &finished,
+                &next,
+                &lease,
+                &errors,
+                &seqs,
+                &old_states,
+                &old_attempts,
+                &w.instance,
+                &w.channel,
+            ],
+        )
+        .await?;
+    let n: i64 = rows::col(&row, 0)?;
+    if n as usize != jobs.len() {
+        // Rows are locked FOR UPDATE before a transition, so this is a bug.
+        return Err(StoreError::Internal(format!(
+            "{} of {} jobs changed under the store",
+            jobs.len() - n as usize,
+            jobs.len()
+        )));
+    }
+    let delta: i64 = jobs
+        .iter()
+        .zip(old)
+        .map(|(j, (s, _))| i64::from(j.state.is_waiting()) - i64::from(s.is_waiting()))
+        .sum();
+    w.waiting.fetch_add(delta, Ordering::AcqRel);
+    Ok(())
+}
