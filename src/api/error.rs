@@ -149,10 +149,17 @@ impl LogLimit {
     fn admit(&self) -> Option<u64> {
         use std::sync::atomic::Ordering::Relaxed;
         static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        let now = EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1;
+        let now = EPOCH
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_millis() as u64
+            + 1;
         let last = self.last.load(Relaxed);
         if last != 0 && now < last + LOG_EVERY.as_millis() as u64
-            || self.last.compare_exchange(last, now, Relaxed, Relaxed).is_err()
+            || self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_err()
         {
             self.suppressed.fetch_add(1, Relaxed);
             return None;

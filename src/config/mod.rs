@@ -190,6 +190,43 @@ impl Default for RetentionConfig {
     }
 }
 
+/// Where jobs are kept, as a store URL names it. One parser, so the
+/// config check and `store::open_with` accept exactly the same URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `memory:`
+    Memory,
+    /// `sqlite:PATH` (or `sqlite://PATH`).
+    Sqlite(PathBuf),
+    /// `postgres://...` or `postgresql://...`, kept whole for the driver.
+    Postgres(String),
+}
+
+impl StoreUrl {
+    /// Reads a store URL. The error names the accepted forms, for a config
+    /// error message.
+    pub fn parse(url: &str) -> Result<StoreUrl, String> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(StoreUrl::Postgres(url.to_string()));
+        }
+        // Bare `memory` was accepted by `open` before this parser existed.
+        if url == "memory:" || url == "memory" {
+            return Ok(StoreUrl::Memory);
+        }
+        if let Some(path) = url.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(format!("store URL {url:?} names no file: use sqlite:PATH"));
+            }
+            return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
+        }
+        Err(format!(
+            "unsupported store URL {url:?} (use memory:, sqlite:PATH, postgres://... \
+             or postgresql://...)"
+        ))
+    }
+}
+
 /// The shared PostgreSQL store (several instances on one queue).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -383,17 +420,8 @@ impl Config {
                 )
             })?;
         }
-        let pg = self.store.starts_with("postgres://") || self.store.starts_with("postgresql://");
-        if !(self.store.starts_with("sqlite:") || self.store.starts_with("memory") || pg) {
-            return Err(invalid(
-                "store",
-                format!(
-                    "{:?}: use memory:, sqlite:PATH or postgres://...",
-                    self.store
-                ),
-            ));
-        }
-        if pg {
+        let store = StoreUrl::parse(&self.store).map_err(|m| invalid("store", m))?;
+        if matches!(store, StoreUrl::Postgres(_)) {
             self.postgres.validate()?;
         }
         let q = &self.queue;
@@ -412,7 +440,11 @@ impl Config {
         // Semaphores and channels panic past their own maximum (usize::MAX
         // >> 3 permits); these bounds keep every value far below it.
         for (key, v, max) in [
-            ("queue.dispatch_channel", q.dispatch_channel as u64, MAX_SLOTS),
+            (
+                "queue.dispatch_channel",
+                q.dispatch_channel as u64,
+                MAX_SLOTS,
+            ),
             ("queue.max_watchers", q.max_watchers as u64, MAX_SLOTS),
             (
                 "limits.max_connections",
@@ -480,5 +512,34 @@ impl Config {
             return Err(invalid("drain.timeout", "must be more than 0"));
         }
         kinds::resolve(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_parse_one_way() {
+        let ok = |u: &str| StoreUrl::parse(u).unwrap();
+        assert_eq!(ok("memory:"), StoreUrl::Memory);
+        assert_eq!(ok("memory"), StoreUrl::Memory);
+        assert_eq!(ok("sqlite:a/b.db"), StoreUrl::Sqlite("a/b.db".into()));
+        assert_eq!(ok("sqlite:///x.db"), StoreUrl::Sqlite("/x.db".into()));
+        for u in ["postgres://h/db", "postgresql://u@h:5432/db"] {
+            assert_eq!(ok(u), StoreUrl::Postgres(u.into()));
+        }
+        for bad in [
+            "memoryx",
+            "memory:x",
+            "sqlite:",
+            "sqlite://",
+            "mysql://h",
+            "",
+        ] {
+            let e = StoreUrl::parse(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+        assert!(StoreUrl::parse("nope").unwrap_err().contains("sqlite:PATH"));
     }
 }

@@ -11,7 +11,6 @@ pub mod sqlite;
 pub mod transition;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -207,42 +206,7 @@ pub trait Store: Send + Sync + 'static {
 
 pub type SharedStore = Arc<dyn Store>;
 
-/// Where jobs are kept, as a store URL names it. One parser, so the
-/// config check and [`open_with`] accept exactly the same URLs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreUrl {
-    /// `memory:`
-    Memory,
-    /// `sqlite:PATH` (or `sqlite://PATH`).
-    Sqlite(PathBuf),
-    /// `postgres://...` or `postgresql://...`, kept whole for the driver.
-    Postgres(String),
-}
-
-impl StoreUrl {
-    /// Reads a store URL. The error names the accepted forms, for a config
-    /// error message.
-    pub fn parse(url: &str) -> Result<StoreUrl, String> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(StoreUrl::Postgres(url.to_string()));
-        }
-        // Bare `memory` was accepted by `open` before this parser existed.
-        if url == "memory:" || url == "memory" {
-            return Ok(StoreUrl::Memory);
-        }
-        if let Some(path) = url.strip_prefix("sqlite:") {
-            let path = path.strip_prefix("//").unwrap_or(path);
-            if path.is_empty() {
-                return Err(format!("store URL {url:?} names no file: use sqlite:PATH"));
-            }
-            return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
-        }
-        Err(format!(
-            "unsupported store URL {url:?} (use memory:, sqlite:PATH, postgres://... \
-             or postgresql://...)"
-        ))
-    }
-}
+pub use crate::config::StoreUrl;
 
 /// Opens the store a URL names: `memory:`, `sqlite:PATH`, `postgres://...`
 /// (with default PostgreSQL settings).
@@ -263,34 +227,5 @@ pub async fn open_with(
         StoreUrl::Postgres(url) => postgres::PostgresStore::open(&url, pg)
             .await
             .map(|s| Arc::new(s) as SharedStore),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn store_urls_parse_one_way() {
-        let ok = |u: &str| StoreUrl::parse(u).unwrap();
-        assert_eq!(ok("memory:"), StoreUrl::Memory);
-        assert_eq!(ok("memory"), StoreUrl::Memory);
-        assert_eq!(ok("sqlite:a/b.db"), StoreUrl::Sqlite("a/b.db".into()));
-        assert_eq!(ok("sqlite:///x.db"), StoreUrl::Sqlite("/x.db".into()));
-        for u in ["postgres://h/db", "postgresql://u@h:5432/db"] {
-            assert_eq!(ok(u), StoreUrl::Postgres(u.into()));
-        }
-        for bad in [
-            "memoryx",
-            "memory:x",
-            "sqlite:",
-            "sqlite://",
-            "mysql://h",
-            "",
-        ] {
-            let e = StoreUrl::parse(bad).unwrap_err();
-            assert!(e.contains(&format!("{bad:?}")), "{e}");
-        }
-        assert!(StoreUrl::parse("nope").unwrap_err().contains("sqlite:PATH"));
     }
 }
