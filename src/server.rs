@@ -225,6 +225,8 @@ pub async fn run_with_listeners(
         .layer(GrpcMetricsLayer {
             metrics: metrics.clone(),
         })
+        // Inside the metrics layer, so metrics count the corrected codes.
+        .layer(crate::api::protocol::ProtocolErrorsLayer)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

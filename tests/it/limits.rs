@@ -248,3 +248,55 @@ async fn list_pages_stop_short_of_the_reply_limit() {
     assert_eq!(pages, 2, "2 jobs fit in a page, then 1");
     d.stop().await.unwrap();
 }
+
+/// A message of the wrong shape for GetStatus: field 1 is a string there.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotAGetStatusRequest {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+}
+
+/// Undecodable protobuf is the client's mistake (INVALID_ARGUMENT, counted
+/// as such in the metrics), and a non-gRPC content type is refused with
+/// HTTP 415 and UNIMPLEMENTED; neither is INTERNAL.
+#[tokio::test]
+async fn undecodable_messages_and_wrong_content_types_are_client_errors() {
+    let d = start("").await;
+    let ch = tonic::transport::Channel::from_shared(d.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut g = tonic::client::Grpc::new(ch.clone());
+    g.ready().await.unwrap();
+    let r: Result<tonic::Response<proto::GetStatusResponse>, tonic::Status> = g
+        .unary(
+            tonic::Request::new(NotAGetStatusRequest { id: 7 }),
+            http::uri::PathAndQuery::from_static("/jobd.v1.JobService/GetStatus"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await;
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("{}/jobd.v1.JobService/GetStatus", d.url()))
+        .header("content-type", "application/json")
+        .header("te", "trailers")
+        .body(tonic::body::Body::empty())
+        .unwrap();
+    let res = tower::ServiceExt::oneshot(ch, req).await.unwrap();
+    assert_eq!(res.status(), http::StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(res.headers()["grpc-status"], "12");
+
+    let (_, text) = http_get(d.admin, "/metrics").await;
+    assert!(
+        text.contains(
+            "jobd_grpc_requests_total{method=\"/jobd.v1.JobService/GetStatus\",code=\"INVALID_ARGUMENT\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("code=\"INTERNAL\""), "{text}");
+    d.stop().await.unwrap();
+}
