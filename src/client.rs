@@ -188,6 +188,21 @@ pub fn job_json(j: &proto::Job) -> Value {
     })
 }
 
+/// Text from the daemon made safe for a terminal: control characters
+/// (ESC, CR, C1 CSI, ...) are shown escaped instead of being executed by it;
+/// `multiline` keeps newlines and tabs (results, errors).
+fn printable(s: &str, multiline: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() && !(multiline && matches!(c, '\n' | '\t')) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn print_job(j: &proto::Job) {
     let show = |t: &Option<prost_types::Timestamp>| {
         t.as_ref()
@@ -200,10 +215,14 @@ fn print_job(j: &proto::Job) {
     println!("attempt:      {} of {}", j.attempt, j.max_attempts);
     println!("priority:     {}", j.priority);
     if !j.idempotency_key.is_empty() {
-        println!("key:          {}", j.idempotency_key);
+        println!("key:          {}", printable(&j.idempotency_key, false));
     }
     for (k, v) in &j.labels {
-        println!("label:        {k}={v}");
+        println!(
+            "label:        {}={}",
+            printable(k, false),
+            printable(v, false)
+        );
     }
     println!("created:      {}", show(&j.created_at));
     println!("started:      {}", show(&j.started_at));
@@ -212,12 +231,12 @@ fn print_job(j: &proto::Job) {
         println!("next attempt: {}", show(&j.next_attempt_at));
     }
     if !j.last_error.is_empty() {
-        println!("last error:   {}", j.last_error);
+        println!("last error:   {}", printable(&j.last_error, true));
     }
     if !j.result.is_empty() {
         println!(
             "result:       {}",
-            String::from_utf8_lossy(&j.result).trim_end()
+            printable(String::from_utf8_lossy(&j.result).trim_end(), true)
         );
     }
 }
@@ -499,7 +518,8 @@ pub async fn run(cmd: ClientCommand, common: Common) -> u8 {
     match execute(cmd, &common).await {
         Ok(code) => code,
         Err(Failure(code, msg)) => {
-            eprintln!("jobd: {msg}");
+            // The message may quote the daemon's status text.
+            eprintln!("jobd: {}", printable(&msg, true));
             code
         }
     }

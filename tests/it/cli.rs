@@ -104,3 +104,25 @@ async fn client_commands_output_and_exit_codes() {
     assert_eq!(o.status.code(), Some(5));
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach jobd"));
 }
+
+/// Labels, results and errors come from clients; `jobd status` shows their
+/// control characters escaped, so a terminal never executes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_escapes_terminal_control_characters() {
+    let d = start("").await;
+    let mut c = d.client().await;
+    let mut r = req("echo", "\x1b]0;pwned\x07\x1b[2J result");
+    r.labels.insert("team".into(), "\x1b[31mred\u{9b}1m".into());
+    let job = submit(&mut c, r).await;
+    wait_terminal(&mut c, &job.id).await;
+    let o = jobd(&d.url(), &["status", &job.id]).await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let out = text(&o);
+    assert!(
+        !out.chars().any(|ch| ch.is_control() && ch != '\n'),
+        "raw control characters in: {out:?}"
+    );
+    assert!(out.contains("\\u{1b}[31mred\\u{9b}1m"), "{out}");
+    assert!(out.contains("\\u{1b}[2J result"), "{out}");
+    d.stop().await.unwrap();
+}
