@@ -33,6 +33,7 @@ pub struct Metrics {
     backlog: Family<Labels, Gauge>,
     inflight: Family<Labels, Gauge>,
     retry_wait: Family<Labels, Gauge>,
+    unconfigured: Family<Labels, Gauge>,
     run_seconds: HistFamily,
     queue_wait_seconds: HistFamily,
     watchers: Gauge,
@@ -68,6 +69,7 @@ impl Metrics {
             backlog: Family::default(),
             inflight: Family::default(),
             retry_wait: Family::default(),
+            unconfigured: Family::default(),
             run_seconds: hist(),
             queue_wait_seconds: hist(),
             watchers: Gauge::default(),
@@ -117,6 +119,11 @@ impl Metrics {
             "retry_wait",
             "Jobs in state RETRY_WAIT",
             m.retry_wait.clone(),
+        );
+        r.register(
+            "unconfigured_kind_jobs",
+            "Unfinished jobs of a kind missing from the config, counted at start (they never run)",
+            m.unconfigured.clone(),
         );
         r.register_with_unit(
             "job_run",
@@ -187,6 +194,12 @@ impl Metrics {
                 ])
                 .inc();
         }
+    }
+
+    pub fn set_unconfigured_kind_jobs(&self, kind_name: &str, n: u64) {
+        self.unconfigured
+            .get_or_create(&kind(kind_name))
+            .set(n as i64);
     }
 
     pub fn submitted(&self, job: &Job) {

@@ -165,8 +165,23 @@ pub async fn run_with_listeners(
     let metrics = Arc::new(Metrics::new());
     let recovered = store.recover(now_micros()).await?;
     metrics.requeued("recovered", recovered.len());
+    let mut unconfigured: std::collections::BTreeMap<String, u64> = Default::default();
     for (state, kind, n) in store.count_by_kind().await? {
         metrics.set_state_count(state, &kind, n);
+        if !state.is_terminal() && !kind_names.contains(&kind) {
+            *unconfigured.entry(kind).or_default() += n;
+        }
+    }
+    // Jobs of a kind no longer in the config never run and hold backlog
+    // places: say so at start, and keep it visible in the metrics.
+    for (kind, jobs) in &unconfigured {
+        tracing::warn!(
+            kind = %kind,
+            jobs,
+            "jobs wait for a kind that is not configured: they will not run until it is \
+             declared again (or cancel them); they count against queue.max_backlog"
+        );
+        metrics.set_unconfigured_kind_jobs(kind, *jobs);
     }
     if !recovered.is_empty() {
         tracing::warn!(

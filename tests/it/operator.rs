@@ -213,3 +213,38 @@ async fn readyz_flips_to_503_during_drain_before_grpc_stops() {
         .unwrap()
         .unwrap();
 }
+
+/// A kind removed from the config: its waiting jobs are counted at start
+/// in `jobd_unconfigured_kind_jobs`, and can still be cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_of_a_removed_kind_are_reported_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("store = \"sqlite:{}/jobd.db\"\n", dir.path().display());
+    let d = start_with(
+        &store,
+        "[kinds.gone]\nhandler = \"echo\"\n[kinds.kept]\nhandler = \"echo\"\n",
+    )
+    .await;
+    let mut c = d.client().await;
+    let mut r = req("gone", "x");
+    r.run_at = Some(ts_in(Duration::from_secs(3600)));
+    let job = submit(&mut c, r).await;
+    d.stop().await.unwrap();
+
+    let d = start_with(&store, "[kinds.kept]\nhandler = \"echo\"\n").await;
+    let (_, text) = http_get(d.admin, "/metrics").await;
+    assert!(
+        text.contains("jobd_unconfigured_kind_jobs{kind=\"gone\"} 1"),
+        "{text}"
+    );
+    let mut c = d.client().await;
+    let cancelled = c
+        .cancel(jobd::proto::CancelRequest { id: job.id.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(state(&cancelled), jobd::proto::JobState::Cancelled);
+    d.stop().await.unwrap();
+}
