@@ -161,7 +161,7 @@ pub async fn run_with_listeners(
         tls,
     } = prepared;
     let kind_names: Vec<String> = kinds.iter().map(|k| k.name.clone()).collect();
-    let store = store::open_with(&config.store, &config.postgres).await?;
+    let store = store::open_for(&config).await?;
     let metrics = Arc::new(Metrics::new());
     let recovered = store.recover(now_micros()).await?;
     metrics.requeued("recovered", recovered.len());

@@ -29,6 +29,7 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_BATCH: usize = 1000;
 pub const DEFAULT_MAX_WATCHERS: usize = 10_000;
 pub const DEFAULT_DISPATCH_CHANNEL: usize = 1024;
+pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(3);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub const DEFAULT_KIND_TIMEOUT: Duration = Duration::from_secs(60);
@@ -136,6 +137,10 @@ pub struct QueueConfig {
     /// Wake-up hints queued for the dispatcher at most; when full, hints are
     /// dropped (the dispatcher is already awake and reads the store anyway).
     pub dispatch_channel: usize,
+    /// `memory:` store only: payload and result bytes held at most (every
+    /// job lives in RAM there); past it Submit answers RESOURCE_EXHAUSTED.
+    /// SQLite and PostgreSQL keep payloads on disk.
+    pub max_memory_bytes: u64,
 }
 
 impl Default for QueueConfig {
@@ -147,6 +152,7 @@ impl Default for QueueConfig {
             max_batch: DEFAULT_MAX_BATCH,
             max_watchers: DEFAULT_MAX_WATCHERS,
             dispatch_channel: DEFAULT_DISPATCH_CHANNEL,
+            max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,
         }
     }
 }
@@ -460,6 +466,12 @@ impl Config {
             if v > max {
                 return Err(invalid(key, format!("at most {max}")));
             }
+        }
+        if q.max_memory_bytes < q.max_payload_bytes as u64 {
+            return Err(invalid(
+                "queue.max_memory_bytes",
+                "must be at least queue.max_payload_bytes",
+            ));
         }
         if q.workers > 10_000 {
             return Err(invalid("queue.workers", "at most 10000"));

@@ -16,10 +16,19 @@ use super::{
 };
 use crate::job::{Job, JobState, Micros, NewJob};
 
-#[derive(Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     closed: AtomicBool,
+    /// Payload and result bytes held at most (`queue.max_memory_bytes`):
+    /// every job lives in RAM here, so the job-count bound alone would let
+    /// 1,000 jobs of 1 MiB take 1 GiB. Past it Submit is RESOURCE_EXHAUSTED.
+    max_bytes: u64,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::with_max_bytes(crate::config::DEFAULT_MAX_MEMORY_BYTES)
+    }
 }
 
 struct Entry {
@@ -40,6 +49,8 @@ struct Inner {
     leases: BTreeSet<(Micros, Uuid)>,
     idempotency: HashMap<String, Uuid>,
     counts: StateCounts,
+    /// Payload and result bytes of every job held.
+    bytes: u64,
 }
 
 impl Inner {
@@ -72,10 +83,13 @@ impl Inner {
             _ => {}
         }
         let c = self.counts.entry(j.state).or_default();
+        let size = (j.payload.len() + j.result.len()) as u64;
         if add {
             *c += 1;
+            self.bytes += size;
         } else {
             *c -= 1;
+            self.bytes -= size;
         }
     }
 
@@ -111,6 +125,14 @@ impl MemoryStore {
         Self::default()
     }
 
+    pub fn with_max_bytes(max_bytes: u64) -> Self {
+        MemoryStore {
+            inner: Mutex::default(),
+            closed: AtomicBool::new(false),
+            max_bytes,
+        }
+    }
+
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>, StoreError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable("store is closed".into()));
@@ -143,7 +165,7 @@ impl Store for MemoryStore {
                     continue;
                 }
             }
-            if g.waiting() >= max_backlog {
+            if g.waiting() >= max_backlog || g.bytes + new.payload.len() as u64 > self.max_bytes {
                 out.push(InsertOutcome::BacklogFull);
                 continue;
             }

@@ -219,8 +219,29 @@ pub async fn open_with(
     url: &str,
     pg: &crate::config::PostgresConfig,
 ) -> Result<SharedStore, StoreError> {
+    open_bounded(url, pg, crate::config::DEFAULT_MAX_MEMORY_BYTES).await
+}
+
+/// Opens the store the config names, with all its settings.
+pub async fn open_for(config: &crate::config::Config) -> Result<SharedStore, StoreError> {
+    open_bounded(
+        &config.store,
+        &config.postgres,
+        config.queue.max_memory_bytes,
+    )
+    .await
+}
+
+/// `max_memory_bytes`: the payload and result bytes `memory:` may hold.
+async fn open_bounded(
+    url: &str,
+    pg: &crate::config::PostgresConfig,
+    max_memory_bytes: u64,
+) -> Result<SharedStore, StoreError> {
     match StoreUrl::parse(url).map_err(StoreError::Internal)? {
-        StoreUrl::Memory => Ok(Arc::new(memory::MemoryStore::new())),
+        StoreUrl::Memory => Ok(Arc::new(memory::MemoryStore::with_max_bytes(
+            max_memory_bytes,
+        ))),
         StoreUrl::Sqlite(path) => sqlite::SqliteStore::open(path)
             .await
             .map(|s| Arc::new(s) as SharedStore),

@@ -300,3 +300,24 @@ async fn undecodable_messages_and_wrong_content_types_are_client_errors() {
     assert!(!text.contains("code=\"INTERNAL\""), "{text}");
     d.stop().await.unwrap();
 }
+
+/// `memory:` holds every payload in RAM: `queue.max_memory_bytes` bounds the
+/// bytes, not just the job count (1,000 delayed 1 MiB jobs were 1 GiB).
+#[tokio::test]
+async fn memory_store_bounds_the_bytes_it_holds() {
+    let d = start("[queue]\nmax_memory_bytes = 3000000\n").await;
+    let mut c = d.client().await;
+    let big = "x".repeat(1024 * 1024);
+    let delayed = || {
+        let mut r = req("echo", &big);
+        r.run_at = Some(ts_in(Duration::from_secs(3600)));
+        r
+    };
+    submit(&mut c, delayed()).await;
+    submit(&mut c, delayed()).await;
+    let e = c.submit(delayed()).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // Small jobs still fit under the bound.
+    submit(&mut c, req("echo", "small")).await;
+    d.stop().await.unwrap();
+}
