@@ -3,7 +3,6 @@
 //! files: new connections use the new files, open ones keep their session.
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -12,10 +11,6 @@ use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ConfigError, TlsConfig};
-
-/// A client that has not finished its handshake by then is dropped, so
-/// idle half-open connections cannot hold places.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The listener's TLS settings, replaceable while serving.
 pub struct Tls {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod grpc_metrics;
+pub mod request_budget;
 pub mod validate;
 
 use std::collections::HashMap;
