@@ -71,7 +71,9 @@ impl Slots {
             // Cancelled under the lock: the evicted slot's drop sees it and
             // leaves `open` alone, since its place is now this one's.
             oldest.cancel();
-            tracing::debug!("all connection places taken: closed the oldest one still in its handshake");
+            tracing::debug!(
+                "all connection places taken: closed the oldest one still in its handshake"
+            );
         }
         let id = s.next_id;
         s.next_id += 1;

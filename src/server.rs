@@ -210,12 +210,8 @@ pub async fn run_with_registry(
     let mut server_task = match &tls {
         Some(tls) => {
             tokio::spawn(reload_tls_on_sighup(tls.clone(), server_stop.clone()));
-            let incoming = crate::connections::incoming_tls(
-                listener,
-                max_conns,
-                handshake,
-                tls.clone(),
-            );
+            let incoming =
+                crate::connections::incoming_tls(listener, max_conns, handshake, tls.clone());
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
         None => {
