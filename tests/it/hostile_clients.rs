@@ -16,7 +16,7 @@ use crate::helpers::*;
 
 /// What a well-behaved client may wait for Health/Check, connect included,
 /// while the daemon is under attack.
-const HEALTH_BOUND: Duration = Duration::from_secs(1);
+pub const HEALTH_BOUND: Duration = Duration::from_secs(1);
 
 /// Raises the soft limit on open files to `need` if it is lower (bounded by
 /// the hard limit); the tests below hold both ends of over a thousand sockets.
@@ -42,7 +42,7 @@ fn raise_fd_limit(need: u64) {
 
 /// Opens `n` connections that never finish the HTTP/2 handshake: half send
 /// nothing, half the first 10 bytes of the preface.
-async fn silent_sockets(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+pub async fn silent_sockets(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let mut s = TcpStream::connect(addr).await.expect("connect");
@@ -144,6 +144,33 @@ async fn speaking_connections_are_not_evicted_by_silent_ones() {
         .expect("speaking client still served");
     assert!(health_check_time(d.addr).await < HEALTH_BOUND);
     d.stop().await.unwrap();
+}
+
+#[test]
+fn hostile_client_limits_are_validated_naming_the_key() {
+    for (text, key) in [
+        ("handshake_timeout = \"0s\"", "limits.handshake_timeout"),
+        ("max_buffered_request_bytes = 0", "limits.max_buffered_request_bytes"),
+        (
+            "max_buffered_request_bytes_per_connection = 0",
+            "limits.max_buffered_request_bytes_per_connection",
+        ),
+        // Smaller than the largest request (4 MiB by default): never served.
+        (
+            "max_buffered_request_bytes_per_connection = 1048576",
+            "limits.max_buffered_request_bytes_per_connection",
+        ),
+        (
+            "max_buffered_request_bytes = 8388608\nmax_buffered_request_bytes_per_connection = 16777216",
+            "limits.max_buffered_request_bytes",
+        ),
+    ] {
+        let config = jobd::Config::from_toml(&format!("[limits]\n{text}\n")).unwrap();
+        let e = config.validate().unwrap_err().to_string();
+        assert!(e.contains(key), "{key} not named in: {e}");
+    }
+    let ok = "[limits]\nmax_buffered_request_bytes = 8388608\nmax_buffered_request_bytes_per_connection = 4194309\n";
+    jobd::Config::from_toml(ok).unwrap().validate().unwrap();
 }
 
 /// VmRSS and VmHWM (peak) of a process, in bytes.
