@@ -127,38 +127,53 @@ type HandshakeEnd = Pin<Box<dyn Future<Output = &'static str> + Send>>;
 pub struct Conn {
     stream: TcpStream,
     slot: Arc<Slot>,
-    /// Some until the client has spoken (see [`Speaking`]).
-    handshake: Option<HandshakeEnd>,
+    handshake: Handshake,
+}
+
+/// Where a connection is in its handshake (see [`Speaking`]).
+enum Handshake {
+    Pending(HandshakeEnd),
+    /// Timed out or evicted (why): every further read or write fails.
+    Ended(&'static str),
+    Spoke,
 }
 
 impl Conn {
     fn new(stream: TcpStream, slot: Slot, timeout: Duration) -> Conn {
         let evicted = slot.evict.clone();
+        // From accept, not from the first read.
+        let deadline = tokio::time::Instant::now() + timeout;
         let end: HandshakeEnd = Box::pin(async move {
             tokio::select! {
-                _ = tokio::time::sleep(timeout) => "handshake timed out",
+                _ = tokio::time::sleep_until(deadline) => "handshake timed out",
                 _ = evicted.cancelled_owned() => "evicted while in its handshake",
             }
         });
         Conn {
             stream,
             slot: Arc::new(slot),
-            handshake: Some(end),
+            handshake: Handshake::Pending(end),
         }
     }
 
-    /// Err once the handshake deadline passed or the connection was evicted.
+    /// Err once the handshake deadline passed or the connection was evicted
+    /// (and on every call after that: the finished future is not polled again).
     fn check(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
-        let Some(end) = self.handshake.as_mut() else {
-            return Ok(());
+        let end = match &mut self.handshake {
+            Handshake::Spoke => return Ok(()),
+            Handshake::Ended(why) => {
+                return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, *why))
+            }
+            Handshake::Pending(end) => end,
         };
         if let Poll::Ready(why) = end.as_mut().poll(cx) {
+            self.handshake = Handshake::Ended(why);
             return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
         }
         if self.slot.spoke.load(Ordering::Acquire) {
             // Spoke and was not evicted first (that would have been seen
             // just above): no more checks.
-            self.handshake = None;
+            self.handshake = Handshake::Spoke;
         }
         Ok(())
     }

@@ -250,7 +250,7 @@ impl http_body::Body for Charged {
                     return Poll::Ready(Some(Err(status)));
                 }
                 let pending = self.framing.advance(data);
-                self.whole = self.held - pending;
+                self.whole = self.held.saturating_sub(pending);
             }
         }
         Poll::Ready(frame)
