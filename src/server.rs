@@ -11,6 +11,7 @@ use tonic_health::ServingStatus;
 
 use crate::api::auth::{Authenticated, Tokens};
 use crate::api::grpc_metrics::GrpcMetricsLayer;
+use crate::api::request_budget::{RequestBudgetLayer, RequestBudgets};
 use crate::api::JobApi;
 use crate::config::{Config, ConfigError, KindSettings, TokenConfig};
 use crate::engine::Engine;
@@ -24,6 +25,15 @@ use crate::tls::Tls;
 /// How long the gRPC server may take to close its connections after the
 /// watch streams ended; tonic itself would wait without limit.
 pub const SERVER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 flow-control windows for requests: how much a client may send
+/// before the server reads it. Request data the application has not read yet
+/// waits in these (at most the connection window per connection, outside the
+/// request budgets); what it has read is charged to the budgets (see
+/// [`crate::api::request_budget`]). 256 KiB keeps `max_connections` x window
+/// small (256 MiB at the default 1,024 connections) and still fills a 1 ms
+/// round trip at 250 MB/s per connection.
+pub const H2_STREAM_WINDOW: u32 = 256 * 1024;
+pub const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
 /// How often a remote store is probed for health.
 const STORE_PING_EVERY: Duration = Duration::from_secs(1);
 /// Failed probes in a row that turn health NOT_SERVING.
@@ -232,6 +242,8 @@ pub async fn run_with_listeners(
     let server_stop = CancellationToken::new();
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(config.limits.keepalive_interval))
         .http2_keepalive_timeout(Some(config.limits.keepalive_timeout))
         .timeout(config.limits.request_timeout)
@@ -242,20 +254,28 @@ pub async fn run_with_listeners(
         })
         // Inside the metrics layer, so metrics count the corrected codes.
         .layer(crate::api::protocol::ProtocolErrorsLayer)
+        .layer(RequestBudgetLayer {
+            budgets: RequestBudgets::new(
+                config.limits.max_buffered_request_bytes,
+                config.limits.max_buffered_request_bytes_per_connection,
+            ),
+        })
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service);
     let stop = server_stop.clone().cancelled_owned();
     let max_conns = config.limits.max_connections;
+    let handshake = config.limits.handshake_timeout;
     let mut server_task = match &tls {
         Some(tls) => {
             tokio::spawn(reload_tls_on_sighup(tls.clone(), server_stop.clone()));
-            let incoming = crate::connections::incoming_tls(listener, max_conns, tls.clone());
+            let incoming =
+                crate::connections::incoming_tls(listener, max_conns, handshake, tls.clone());
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
         None => {
-            let incoming = crate::connections::incoming(listener, max_conns);
+            let incoming = crate::connections::incoming(listener, max_conns, handshake);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
     };

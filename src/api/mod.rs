@@ -7,6 +7,7 @@ pub mod convert;
 pub mod error;
 pub mod grpc_metrics;
 pub mod protocol;
+pub mod request_budget;
 pub mod validate;
 
 use std::collections::HashMap;

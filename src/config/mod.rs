@@ -41,6 +41,9 @@ pub const DEFAULT_MAX_WATCHERS_PER_CONNECTION: usize = 1000;
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_BUFFERED_REQUEST_BYTES: usize = 256 * 1024 * 1024;
+pub const DEFAULT_MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION: usize = 16 * 1024 * 1024;
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
@@ -324,9 +327,26 @@ fn is_pg_identifier(s: &str) -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
-    /// gRPC connections served at once; past it new clients wait in the
-    /// kernel's accept backlog until one closes.
+    /// gRPC connections served at once. When all are taken, a new client
+    /// takes the place of the oldest connection still in its handshake
+    /// (which is closed); when every one has finished its handshake, new
+    /// clients wait in the kernel's accept backlog until one closes.
     pub max_connections: usize,
+    /// Time from accept to the client's HTTP/2 preface and first SETTINGS
+    /// frame (TLS handshake included); a connection that has not sent them
+    /// by then is closed, so silent sockets cannot hold places.
+    #[serde(deserialize_with = "duration")]
+    pub handshake_timeout: Duration,
+    /// Request bytes buffered at once over all connections (read from the
+    /// socket and not yet decoded into a message). A request whose data
+    /// would go past it fails at once with RESOURCE_EXHAUSTED. With the
+    /// HTTP/2 windows (256 KiB per connection) this bounds request memory:
+    /// this + max_connections x 256 KiB.
+    pub max_buffered_request_bytes: usize,
+    /// The same bound per connection, so one client cannot take the whole
+    /// global budget; past it that connection's request fails with
+    /// RESOURCE_EXHAUSTED.
+    pub max_buffered_request_bytes_per_connection: usize,
     /// HTTP/2 streams (concurrent RPCs) per connection; past it the client
     /// queues new RPCs on its side.
     pub max_concurrent_streams: u32,
@@ -358,6 +378,10 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_buffered_request_bytes: DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
+            max_buffered_request_bytes_per_connection:
+                DEFAULT_MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_watchers_per_connection: DEFAULT_MAX_WATCHERS_PER_CONNECTION,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
@@ -496,6 +520,18 @@ impl Config {
         for (key, v) in [
             ("limits.max_connections", l.max_connections as u64),
             (
+                "limits.handshake_timeout",
+                l.handshake_timeout.as_millis() as u64,
+            ),
+            (
+                "limits.max_buffered_request_bytes",
+                l.max_buffered_request_bytes as u64,
+            ),
+            (
+                "limits.max_buffered_request_bytes_per_connection",
+                l.max_buffered_request_bytes_per_connection as u64,
+            ),
+            (
                 "limits.max_concurrent_streams",
                 u64::from(l.max_concurrent_streams),
             ),
@@ -519,6 +555,21 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be more than 0"));
             }
+        }
+        // The largest request (its message plus the 5-byte gRPC frame
+        // header) must fit in the budgets, or it could never be served.
+        let largest = self.max_message_bytes() + 5;
+        if l.max_buffered_request_bytes_per_connection < largest {
+            return Err(invalid(
+                "limits.max_buffered_request_bytes_per_connection",
+                format!("must be at least {largest} (limits.max_message_bytes + 5)"),
+            ));
+        }
+        if l.max_buffered_request_bytes < l.max_buffered_request_bytes_per_connection {
+            return Err(invalid(
+                "limits.max_buffered_request_bytes",
+                "must be at least limits.max_buffered_request_bytes_per_connection",
+            ));
         }
         if self.drain.timeout.is_zero() {
             return Err(invalid("drain.timeout", "must be more than 0"));

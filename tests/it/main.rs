@@ -8,6 +8,7 @@ mod binary;
 mod cli;
 mod handlers;
 mod helpers;
+mod hostile_clients;
 mod hostile_files;
 mod interop;
 mod limits;

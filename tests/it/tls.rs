@@ -343,3 +343,31 @@ async fn serve_reads_each_secret_file_once() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Sockets that never start (or finish) the TLS handshake cannot lock TLS
+/// clients out: at the bound, a new connection takes the place of the
+/// oldest one still in its handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_sockets_do_not_lock_out_tls_clients() {
+    use crate::hostile_clients::{silent_sockets, HEALTH_BOUND};
+    let pki = Pki::new();
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.leaf(&["localhost"]);
+    let d = start(&format!(
+        "[limits]\nmax_connections = 8\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        write(files.path(), "server.pem", &cert),
+        write(files.path(), "server.key", &key)
+    ))
+    .await;
+    let _silent = silent_sockets(d.addr, 16).await;
+    let started = std::time::Instant::now();
+    let served = async {
+        let mut c = tls_client(&d.url(), &pki.ca_pem, None).await.unwrap();
+        c.submit(req("echo", "past the silent ones")).await.unwrap()
+    };
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("TLS client served while silent sockets hold every place");
+    let took = started.elapsed();
+    assert!(took < HEALTH_BOUND, "TLS connect + Submit took {took:?}");
+}
