@@ -13,6 +13,23 @@ pub const COLS: &str = "id, kind, state, attempt, max_attempts, priority, idempo
 
 /// A state as stored: small integers in lifecycle order, so `state >= 3`
 /// means terminal in the partial indexes.
+/// One ListJobs page: only the filters asked for are in the SQL, so each
+/// combination is its own statement with its own index (a generic
+/// `(? IS NULL OR state = ?)` makes the planner scan the table). `mark(n)`
+/// writes the n-th placeholder; parameters are, in order: the id to start
+/// after, then the state if filtered, the kind if filtered, the row limit.
+pub fn list_sql(state: bool, kind: bool, mark: impl Fn(usize) -> String) -> String {
+    let mut n = 1;
+    let mut sql = format!("SELECT {COLS} FROM jobs WHERE id > {}", mark(n));
+    for (on, col) in [(state, "state"), (kind, "kind")] {
+        if on {
+            n += 1;
+            sql += &format!(" AND {col} = {}", mark(n));
+        }
+    }
+    sql + &format!(" ORDER BY id LIMIT {}", mark(n + 1))
+}
+
 pub fn state_code(s: JobState) -> i16 {
     match s {
         JobState::Queued => 0,

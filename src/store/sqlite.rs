@@ -81,6 +81,11 @@ CREATE INDEX jobs_kind_id ON jobs (kind, id);
 CREATE INDEX jobs_ready_kind ON jobs (kind, priority DESC, seq) WHERE state = 0 AND next_attempt_at IS NULL;
 DROP INDEX jobs_ready;
 "#,
+    r#"
+-- v3: ListJobs filtered by kind and state seeks instead of scanning every
+-- job of that state.
+CREATE INDEX jobs_kind_state_id ON jobs (kind, state, id);
+"#,
 ];
 
 fn state_code(s: JobState) -> i64 {
@@ -605,15 +610,19 @@ impl Store for SqliteStore {
         let q = q.clone();
         self.read(move |c| {
             let after = q.after.map(|u| u.as_bytes().to_vec()).unwrap_or_default();
-            let sql = format!(
-                "SELECT {COLS} FROM jobs WHERE id > ?1 AND (?2 IS NULL OR state = ?2) \
-                 AND (?3 IS NULL OR kind = ?3) ORDER BY id LIMIT ?4"
-            );
+            let sql = codec::list_sql(q.state.is_some(), q.kind.is_some(), |n| format!("?{n}"));
             let mut s = c.prepare_cached(&sql)?;
-            let rows = s.query_map(
-                params![after, q.state.map(state_code), q.kind, q.limit as i64],
-                row_to_job,
-            )?;
+            let mut params: Vec<&dyn rusqlite::ToSql> = vec![&after];
+            let state = q.state.map(state_code);
+            if let Some(st) = &state {
+                params.push(st);
+            }
+            if let Some(k) = &q.kind {
+                params.push(k);
+            }
+            let limit = q.limit as i64;
+            params.push(&limit);
+            let rows = s.query_map(params.as_slice(), row_to_job)?;
             rows.collect()
         })
         .await
@@ -802,6 +811,45 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every filter ListJobs offers is answered by an index seek, never a
+    /// scan of the table (a filter that matches nothing took 120 ms on
+    /// 805k rows).
+    #[test]
+    fn list_filters_use_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Connection::open(dir.path().join("t.db")).unwrap();
+        migrate(&mut c).unwrap();
+        for (state, kind, index) in [
+            (false, false, "sqlite_autoindex_jobs_1 (id>?)"),
+            (true, false, "jobs_state_id (state=? AND id>?)"),
+            (false, true, "jobs_kind_id (kind=? AND id>?)"),
+            (
+                true,
+                true,
+                "jobs_kind_state_id (kind=? AND state=? AND id>?)",
+            ),
+        ] {
+            let sql = codec::list_sql(state, kind, |n| format!("?{n}"));
+            let plan: Vec<String> = c
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(
+                    rusqlite::params_from_iter(vec![
+                        rusqlite::types::Value::Null;
+                        2 + state as usize + kind as usize
+                    ]),
+                    |r| r.get::<_, String>(3),
+                )
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan = plan.join("; ");
+            assert!(plan.starts_with("SEARCH"), "{sql}: {plan}");
+            assert!(plan.contains(index), "{sql}: {plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
+        }
+    }
 
     /// A stored value jobd would not have written reads as Corrupt: not
     /// Internal, not a panic, not a made-up value.

@@ -366,13 +366,19 @@ impl Store for PostgresStore {
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<Job>, StoreError> {
-        self.with_statement(&sql::LIST, async |c, st| {
-            let params: [&(dyn ToSql + Sync); 4] = [
-                &q.after.unwrap_or(Uuid::nil()),
-                &q.state.map(state_code),
-                &q.kind,
-                &(q.limit.min(i64::MAX as usize) as i64),
-            ];
+        let statement = sql::list(q.state.is_some(), q.kind.is_some());
+        self.with_statement(&statement, async |c, st| {
+            let after = q.after.unwrap_or(Uuid::nil());
+            let state = q.state.map(state_code);
+            let limit = q.limit.min(i64::MAX as usize) as i64;
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after];
+            if let Some(s) = &state {
+                params.push(s);
+            }
+            if let Some(k) = &q.kind {
+                params.push(k);
+            }
+            params.push(&limit);
             rows::jobs(&c.query(st, &params).await?)
         })
         .await

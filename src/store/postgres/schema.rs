@@ -66,6 +66,11 @@ CREATE INDEX job_events_updated ON job_events (updated_at);
 CREATE INDEX jobs_ready_kind ON jobs (kind, priority DESC, seq) WHERE state = 0 AND next_attempt_at IS NULL;
 DROP INDEX jobs_ready;
 "#,
+    r#"
+-- v3: ListJobs filtered by kind and state seeks instead of scanning every
+-- job of that state.
+CREATE INDEX jobs_kind_state_id ON jobs (kind, state, id);
+"#,
 ];
 
 /// An advisory-lock key per schema, so instances on different schemas of

@@ -40,14 +40,11 @@ pub(super) const COUNT_WAITING: &str = "SELECT COUNT(*) FROM jobs WHERE state IN
 
 pub(super) static GET: LazyLock<String> = LazyLock::new(|| select_cols("WHERE id = $1"));
 
-/// One page of ListJobs: `$1` after id, optional `$2` state and `$3` kind,
-/// `$4` rows.
-pub(super) static LIST: LazyLock<String> = LazyLock::new(|| {
-    select_cols(
-        "WHERE id > $1 AND ($2::int2 IS NULL OR state = $2) \
-         AND ($3::text IS NULL OR kind = $3) ORDER BY id LIMIT $4",
-    )
-});
+/// One page of ListJobs, one statement per combination of filters (see
+/// [`crate::store::codec::list_sql`]).
+pub(super) fn list(state: bool, kind: bool) -> String {
+    crate::store::codec::list_sql(state, kind, |n| format!("${n}"))
+}
 
 /// One job, locked for a transition.
 pub(super) static LOCK_ONE: LazyLock<String> =
