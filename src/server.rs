@@ -34,8 +34,12 @@ pub const SERVER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// round trip at 250 MB/s per connection.
 pub const H2_STREAM_WINDOW: u32 = 256 * 1024;
 pub const H2_CONNECTION_WINDOW: u32 = 256 * 1024;
-/// How often a remote store is probed for health.
+/// How often the store is probed for health (a shared store always; any
+/// store after it refused a write).
 const STORE_PING_EVERY: Duration = Duration::from_secs(1);
+/// Successful probe writes in a row after which a store that refused writes
+/// counts as writable again.
+const STORE_PROBES_TO_RECOVER: u32 = 2;
 /// Failed probes in a row that turn health NOT_SERVING.
 const STORE_PING_FAILURES: u32 = 2;
 /// How long flushing the store at exit may take.
@@ -291,7 +295,7 @@ pub async fn run_with_listeners(
     metrics.set_ready(true);
     let health_stop = CancellationToken::new();
     let store_health = tokio::spawn(follow_store_health(
-        store.clone(),
+        engine.clone(),
         reporter.clone(),
         metrics.clone(),
         health_stop.clone(),
@@ -363,38 +367,61 @@ pub async fn run_with_listeners(
     Ok(())
 }
 
-/// Shared (remote) stores: health follows the store, NOT_SERVING while it
-/// cannot be reached, so probes and load balancers steer clients to other
-/// instances, and back once it answers again.
+/// Health follows the store. A shared (remote) store is pinged: NOT_SERVING
+/// while it cannot be reached. Any store that refused a write (a full disk)
+/// is NOT_SERVING until a probe write succeeds twice in a row. Either way
+/// probes and load balancers steer clients to other instances, and back once
+/// it works again.
 async fn follow_store_health(
-    store: store::SharedStore,
+    engine: Arc<Engine>,
     reporter: tonic_health::server::HealthReporter,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    if !store.is_shared() {
-        return;
-    }
-    let (mut up, mut failures) = (true, 0);
+    let store = engine.store().clone();
+    let shared = store.is_shared();
+    let (mut up, mut ping_failures, mut probes_ok) = (true, 0, 0);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(STORE_PING_EVERY) => {}
             _ = stop.cancelled() => return,
         }
-        let ok = tokio::select! {
-            r = store.ping() => r,
-            _ = stop.cancelled() => return,
-        };
-        failures = if ok.is_ok() { 0 } else { failures + 1 };
-        // One slow ping is not an outage.
-        let now_up = failures < STORE_PING_FAILURES;
+        let mut why = None;
+        if shared {
+            let ok = tokio::select! {
+                r = store.ping() => r,
+                _ = stop.cancelled() => return,
+            };
+            ping_failures = if ok.is_ok() { 0 } else { ping_failures + 1 };
+            // One slow ping is not an outage.
+            if ping_failures >= STORE_PING_FAILURES {
+                why = ok.err().map(|e| format!("store unreachable: {e}"));
+            }
+        }
+        if engine.write_failing() {
+            let probe = tokio::select! {
+                r = store.probe_write() => r,
+                _ = stop.cancelled() => return,
+            };
+            probes_ok = if probe.is_ok() { probes_ok + 1 } else { 0 };
+            if probes_ok >= STORE_PROBES_TO_RECOVER {
+                engine.write_recovered();
+                probes_ok = 0;
+            } else if why.is_none() {
+                why = Some(match probe {
+                    Ok(()) => "store refused writes; probing".to_string(),
+                    Err(e) => format!("store refuses writes: {e}"),
+                });
+            }
+        }
+        let now_up = why.is_none();
         if now_up == up {
             continue;
         }
         up = now_up;
-        match ok {
-            Ok(()) => tracing::info!("store reachable again: health SERVING"),
-            Err(e) => tracing::warn!(error = %e, "store unreachable: health NOT_SERVING"),
+        match why {
+            None => tracing::info!("store works again: health SERVING"),
+            Some(why) => tracing::warn!(%why, "health NOT_SERVING"),
         }
         let status = if up {
             ServingStatus::Serving

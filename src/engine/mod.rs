@@ -83,6 +83,10 @@ pub struct Engine {
     /// one's token.
     running: Mutex<HashMap<(Uuid, u32), RunningAttempt>>,
     accepting: AtomicBool,
+    /// Set when the store refused a write as unavailable (a full disk):
+    /// health goes NOT_SERVING until a probe write succeeds (see
+    /// `server::follow_store_health`).
+    write_failing: AtomicBool,
     /// Stops the dispatcher and sweeper loops (drain step 3).
     stop_dispatch: CancellationToken,
     /// Stops every running attempt; they go back to QUEUED (drain step 4).
@@ -161,6 +165,7 @@ impl Engine {
             workers: Arc::new(Semaphore::new(config.queue.workers)),
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
+            write_failing: AtomicBool::new(false),
             stop_dispatch: CancellationToken::new(),
             stop_attempts: CancellationToken::new(),
             stop_heartbeat: CancellationToken::new(),
@@ -210,6 +215,16 @@ impl Engine {
         self.max_backlog
     }
 
+    /// Whether the store refused a write since the last successful probe.
+    pub fn write_failing(&self) -> bool {
+        self.write_failing.load(Ordering::Acquire)
+    }
+
+    /// A probe write went through: the store takes writes again.
+    pub fn write_recovered(&self) {
+        self.write_failing.store(false, Ordering::Release);
+    }
+
     pub fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::Acquire)
     }
@@ -227,6 +242,9 @@ impl Engine {
             Ok(out) => out,
             Err(e) => {
                 self.metrics.reject("store_unavailable");
+                if matches!(e, StoreError::Unavailable(_)) {
+                    self.write_failing.store(true, Ordering::Release);
+                }
                 return Err(e.into());
             }
         };

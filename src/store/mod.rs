@@ -202,6 +202,11 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// A small durable write, to learn whether a store that refused writes
+    /// (a full disk) takes them again. Default: [`Store::ping`].
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        self.ping().await
+    }
 }
 
 pub type SharedStore = Arc<dyn Store>;

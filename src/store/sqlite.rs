@@ -86,6 +86,11 @@ DROP INDEX jobs_ready;
 -- job of that state.
 CREATE INDEX jobs_kind_state_id ON jobs (kind, state, id);
 "#,
+    r#"
+-- v4: one row that health probes rewrite, to learn whether a store that
+-- refused writes (a full disk) takes them again.
+CREATE TABLE jobd_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);
+"#,
 ];
 
 fn state_code(s: JobState) -> i64 {
@@ -790,6 +795,17 @@ impl Store for SqliteStore {
             .and_then(|mut s| s.execute(params![before, limit as i64]))
             .map(|n| n as u64)
             .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn probe_write(&self) -> Result<(), StoreError> {
+        let now = crate::job::now_micros();
+        self.write(move |tx, _| {
+            tx.prepare_cached("INSERT OR REPLACE INTO jobd_probe (id, at) VALUES (1, ?1)")
+                .and_then(|mut s| s.execute([now]))
+                .map(|_| ())
+                .map_err(map_err)
         })
         .await
     }

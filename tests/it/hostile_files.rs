@@ -7,6 +7,9 @@ use std::time::Duration;
 use jobd::proto::JobState;
 use jobd::store::{self, StoreError};
 use tonic::Code;
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
 
 use crate::helpers::*;
 
@@ -95,6 +98,9 @@ async fn full_disk_answers_unavailable_and_keeps_what_was_acknowledged() {
         fs.path().display()
     ))
     .await;
+    // Room to free later, so the test can watch health come back.
+    let filler = fs.path().join("filler");
+    std::fs::write(&filler, vec![0u8; 256 * 1024]).unwrap();
     let mut c = d.client().await;
     let mut acked = Vec::new();
     let mut refused = None;
@@ -112,6 +118,12 @@ async fn full_disk_answers_unavailable_and_keeps_what_was_acknowledged() {
     let e = refused.expect("a 1 MiB disk fills up");
     assert_eq!(e.code(), Code::Unavailable, "{e}");
     assert!(!acked.is_empty());
+    // Health follows: NOT_SERVING (and /readyz 503) while the store refuses
+    // writes, so orchestrators stop sending traffic it would refuse...
+    assert_eq!(health_becomes(&d, ServingStatus::NotServing).await, 503);
+    // ...and SERVING again once a write goes through.
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(health_becomes(&d, ServingStatus::Serving).await, 200);
     // Still serving, and everything acknowledged is there.
     for id in &acked {
         assert_eq!(state(&status(&mut c, id).await), JobState::Queued);
@@ -147,4 +159,27 @@ async fn read_only_directory_is_a_clear_start_error() {
         }
         other => panic!("expected a store error at start, got {other:?}"),
     }
+}
+
+/// Waits (bounded) until gRPC health reports `want`; returns /readyz's code.
+async fn health_becomes(d: &TestDaemon, want: ServingStatus) -> u16 {
+    let ch = tonic::transport::Channel::from_shared(d.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut h = HealthClient::new(ch);
+    for _ in 0..100 {
+        let got = h
+            .check(HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        if got == want {
+            return http_get(d.admin, "/readyz").await.0;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("health never became {want:?}");
 }
