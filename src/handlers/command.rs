@@ -3,6 +3,13 @@
 //! success. The child runs in its own process group, so a timeout, cancel
 //! or drain stops it and every process it started: SIGTERM to the group,
 //! SIGKILL after `kill_grace`.
+//!
+//! A process that leaves the group (`setsid`, a daemonizing fork) escapes
+//! that signal, so after every attempt jobd also kills each process that
+//! still carries the attempt's `JOBD_JOB_ID` and `JOBD_ATTEMPT` in its
+//! environment ([`kill_strays`]). Only a process that also clears its
+//! environment outlives its job; run under an init (`docker run --init`)
+//! so the system reaps such orphans.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,6 +48,59 @@ fn signal_group(pid: u32, sig: libc::c_int) {
     // no memory-safety preconditions.
     unsafe {
         libc::kill(-(pid as libc::pid_t), sig);
+    }
+}
+
+/// Kills every process of this user that still carries `JOBD_JOB_ID=id`
+/// and `JOBD_ATTEMPT=attempt` in its environment (processes that left the
+/// attempt's process group); returns how many. Reads `/proc`, so it runs on
+/// the blocking pool; unreadable entries (other users, gone) are skipped.
+pub fn kill_strays(id: &str, attempt: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    let want_id = format!("JOBD_JOB_ID={id}");
+    let want_attempt = format!("JOBD_ATTEMPT={attempt}");
+    let me = std::process::id();
+    let mut killed = 0;
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let mut vars = env.split(|b| *b == 0);
+        let (mut has_id, mut has_attempt) = (false, false);
+        for v in &mut vars {
+            has_id |= v == want_id.as_bytes();
+            has_attempt |= v == want_attempt.as_bytes();
+        }
+        if has_id && has_attempt {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            if unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) } == 0 {
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+/// After an attempt: processes it started outside its group go too.
+async fn reap_strays(job: &JobContext) {
+    let (id, attempt) = (job.id.to_string(), job.attempt);
+    let killed = tokio::task::spawn_blocking(move || kill_strays(&id, attempt))
+        .await
+        .unwrap_or(0);
+    if killed > 0 {
+        tracing::warn!(job = %job.id, attempt = job.attempt, killed, "killed processes the command left running outside its process group");
     }
 }
 
@@ -116,7 +176,15 @@ impl CommandHandler {
 #[async_trait]
 impl Handler for CommandHandler {
     async fn run(&self, job: JobContext) -> Result<Output, HandlerError> {
-        let mut child = self.command(&job).spawn().map_err(|e| {
+        let r = self.run_attempt(&job).await;
+        reap_strays(&job).await;
+        r
+    }
+}
+
+impl CommandHandler {
+    async fn run_attempt(&self, job: &JobContext) -> Result<Output, HandlerError> {
+        let mut child = self.command(job).spawn().map_err(|e| {
             HandlerError::permanent(format!("cannot start {:?}: {e}", self.argv[0]))
         })?;
         let pid = child.id().unwrap_or(0);

@@ -385,3 +385,35 @@ async fn http_slow_server_hits_the_timeout() {
     assert_eq!(state(&done), JobState::Failed);
     assert!(done.last_error.contains("timed out"), "{}", done.last_error);
 }
+
+/// A process that leaves the job's process group (`setsid`) does not
+/// outlive the job: it still carries the attempt's environment, and jobd
+/// kills it once the attempt ends.
+#[tokio::test]
+async fn a_process_that_left_the_group_is_killed_when_the_job_ends() {
+    let d = start_with(
+        "",
+        &kinds(
+            r#"
+[kinds.escaper]
+handler = "command"
+command = ["sh", "-c", "setsid sh -c 'echo $$ > \"$PIDFILE\"; exec sleep 777' </dev/null >/dev/null 2>&1 & sleep 0.2; echo started"]
+env = { PIDFILE = "{dir}/escaped.pid" }
+max_attempts = 1
+"#,
+        ),
+    )
+    .await;
+    let mut c = d.client().await;
+    let job = submit(&mut c, req("escaper", "")).await;
+    let done = wait_terminal(&mut c, &job.id).await;
+    assert_eq!(state(&done), JobState::Succeeded, "{}", done.last_error);
+    let pid = read_pid(&d.dir.path().join("escaped.pid")).await;
+    let killed = gone(pid).await;
+    if !killed {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(killed, "the setsid'd process {pid} outlived its job");
+    d.stop().await.unwrap();
+}
