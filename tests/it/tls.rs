@@ -61,6 +61,36 @@ async fn tls_client(
     Ok(JobServiceClient::new(ch))
 }
 
+/// Starts the real binary with config file `cfg` on `port`; returns it and
+/// a TLS client (trusting `ca`) once it serves, or `None` if it never does.
+async fn spawn_tls_binary(
+    cfg: &str,
+    port: u16,
+    ca: &str,
+    log: &str,
+) -> (std::process::Child, Option<JobServiceClient<Channel>>) {
+    let child = std::process::Command::new(bin())
+        .args([
+            "serve",
+            "--config",
+            cfg,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("RUST_LOG", log)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..500 {
+        if let Ok(c) = tls_client(&url, ca, None).await {
+            return (child, Some(c));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, None)
+}
+
 fn write(dir: &std::path::Path, name: &str, pem: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, pem).unwrap();
@@ -149,27 +179,8 @@ async fn sighup_reloads_the_certificate_without_dropping_connections() {
             dir.path().display()
         ),
     );
-    let mut child = std::process::Command::new(bin())
-        .args([
-            "serve",
-            "--config",
-            &cfg,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, before) = spawn_tls_binary(&cfg, port, &old.ca_pem, "info").await;
     let url = format!("http://127.0.0.1:{port}");
-    let mut before = None;
-    for _ in 0..500 {
-        if let Ok(c) = tls_client(&url, &old.ca_pem, None).await {
-            before = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let mut before = before.expect("daemon serves TLS");
     let job = submit(&mut before, req("echo", "before reload")).await;
 
@@ -268,27 +279,8 @@ async fn serve_reads_each_secret_file_once() {
             key_path.display()
         ),
     );
-    let mut child = std::process::Command::new(bin())
-        .args([
-            "serve",
-            "--config",
-            &cfg,
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, client) = spawn_tls_binary(&cfg, port, &pki.ca_pem, "warn").await;
     let url = format!("http://127.0.0.1:{port}");
-    let mut client = None;
-    for _ in 0..500 {
-        if let Ok(c) = tls_client(&url, &pki.ca_pem, None).await {
-            client = Some(c);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let Some(mut client) = client else {
         let _ = child.kill();
         for p in [&cert_path, &key_path, &tokens_path] {
