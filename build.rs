@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure()
+        // No `Client::connect(addr)` constructor: it would clash with
+        // WorkerService's `Connect` RPC. Clients are built from a Channel.
+        .build_transport(false)
         .extern_path(".google.rpc", "::tonic_types::pb")
         .compile_fds(fds)?;
     println!("cargo:rerun-if-changed=proto");

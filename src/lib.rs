@@ -35,6 +35,7 @@ pub mod handlers;
 pub mod job;
 pub mod metrics;
 pub mod proto;
+pub mod remote;
 pub mod server;
 pub mod store;
 pub mod tls;

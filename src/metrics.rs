@@ -34,6 +34,10 @@ pub struct Metrics {
     inflight: Family<Labels, Gauge>,
     retry_wait: Family<Labels, Gauge>,
     unconfigured: Family<Labels, Gauge>,
+    worker_sessions: Family<Labels, Gauge>,
+    worker_assigned: Family<Labels, Counter>,
+    worker_lost: Counter,
+    worker_stale_reports: Counter,
     run_seconds: HistFamily,
     queue_wait_seconds: HistFamily,
     watchers: Gauge,
@@ -70,6 +74,10 @@ impl Metrics {
             inflight: Family::default(),
             retry_wait: Family::default(),
             unconfigured: Family::default(),
+            worker_sessions: Family::default(),
+            worker_assigned: Family::default(),
+            worker_lost: Counter::default(),
+            worker_stale_reports: Counter::default(),
             run_seconds: hist(),
             queue_wait_seconds: hist(),
             watchers: Gauge::default(),
@@ -124,6 +132,26 @@ impl Metrics {
             "unconfigured_kind_jobs",
             "Unfinished jobs of a kind missing from the config, counted at start (they never run)",
             m.unconfigured.clone(),
+        );
+        r.register(
+            "worker_sessions",
+            "Remote worker sessions connected, per kind they serve",
+            m.worker_sessions.clone(),
+        );
+        r.register(
+            "worker_assigned",
+            "Attempts handed to remote workers",
+            m.worker_assigned.clone(),
+        );
+        r.register(
+            "worker_lost",
+            "Remote worker sessions lost (silent for 3 heartbeat intervals, or their stream broke)",
+            m.worker_lost.clone(),
+        );
+        r.register(
+            "worker_stale_reports",
+            "Worker reports for attempts that no longer held their job (changed nothing)",
+            m.worker_stale_reports.clone(),
         );
         r.register_with_unit(
             "job_run",
@@ -200,6 +228,25 @@ impl Metrics {
         self.unconfigured
             .get_or_create(&kind(kind_name))
             .set(n as i64);
+    }
+
+    /// A session serving `kinds` opened (+1) or closed (-1).
+    pub fn worker_sessions(&self, kinds: &[String], delta: i64) {
+        for k in kinds {
+            self.worker_sessions.get_or_create(&kind(k)).inc_by(delta);
+        }
+    }
+
+    pub fn worker_assigned(&self, kind_name: &str) {
+        self.worker_assigned.get_or_create(&kind(kind_name)).inc();
+    }
+
+    pub fn worker_lost(&self) {
+        self.worker_lost.inc();
+    }
+
+    pub fn worker_stale_report(&self) {
+        self.worker_stale_reports.inc();
     }
 
     pub fn submitted(&self, job: &Job) {

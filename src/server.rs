@@ -12,13 +12,17 @@ use tonic_health::ServingStatus;
 use crate::api::auth::{Authenticated, Tokens};
 use crate::api::grpc_metrics::GrpcMetricsLayer;
 use crate::api::request_budget::{RequestBudgetLayer, RequestBudgets};
+use crate::api::worker::WorkerApi;
 use crate::api::JobApi;
 use crate::config::{Config, ConfigError, KindSettings, TokenConfig};
 use crate::engine::Engine;
 use crate::handlers::Registry;
 use crate::job::now_micros;
 use crate::metrics::Metrics;
-use crate::proto::{self, job_service_server::JobServiceServer};
+use crate::proto::{
+    self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
+};
+use crate::remote::Workers;
 use crate::store::{self, StoreError};
 use crate::tls::Tls;
 
@@ -105,6 +109,8 @@ pub struct Prepared {
     pub config: Config,
     pub kinds: Vec<KindSettings>,
     pub registry: Registry,
+    /// Remote worker sessions (kinds with `handler = "remote"`).
+    pub workers: Arc<Workers>,
     tokens: Vec<TokenConfig>,
     tls: Option<Arc<Tls>>,
 }
@@ -124,16 +130,22 @@ impl std::fmt::Debug for Prepared {
 /// reads the token and TLS files: each exactly once (TLS again on SIGHUP).
 pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
     let kinds = config.validate()?;
-    let registry = Registry::from_kinds(&kinds).map_err(|message| ConfigError::Invalid {
-        key: "kinds".into(),
-        message,
-    })?;
+    let workers = Workers::new(
+        config.workers.heartbeat_interval,
+        config.workers.max_sessions,
+    );
+    let registry =
+        Registry::from_kinds(&kinds, &workers).map_err(|message| ConfigError::Invalid {
+            key: "kinds".into(),
+            message,
+        })?;
     let tokens = config.auth.load_tokens()?;
     let tls = config.tls.as_ref().map(Tls::new).transpose()?;
     Ok(Prepared {
         config,
         kinds,
         registry,
+        workers,
         tokens,
         tls,
     })
@@ -171,6 +183,7 @@ pub async fn run_with_listeners(
         config,
         kinds,
         registry,
+        workers,
         tokens,
         tls,
     } = prepared;
@@ -204,6 +217,7 @@ pub async fn run_with_listeners(
         );
     }
     let (engine, tasks) = Engine::start(&config, kinds, registry, store.clone(), metrics.clone());
+    engine.use_workers(workers.clone());
     let admin_stop = CancellationToken::new();
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let admin_task =
@@ -237,6 +251,16 @@ pub async fn run_with_listeners(
     let service = JobServiceServer::new(api)
         .max_decoding_message_size(limit)
         .max_encoding_message_size(reply_limit);
+    let worker_service = Authenticated::new(
+        WorkerServiceServer::new(WorkerApi::new(
+            engine.clone(),
+            workers.clone(),
+            streams_stop.clone(),
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(reply_limit),
+        tokens.clone(),
+    );
     let service = Authenticated::new(service, tokens);
 
     let local = listener
@@ -267,7 +291,8 @@ pub async fn run_with_listeners(
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(service);
+        .add_service(service)
+        .add_service(worker_service);
     let stop = server_stop.clone().cancelled_owned();
     let max_conns = config.limits.max_connections;
     let handshake = config.limits.handshake_timeout;
@@ -337,8 +362,10 @@ pub async fn run_with_listeners(
         _ = tokio::time::sleep(config.drain.grace) => {}
         _ = shutdown.force.cancelled() => {}
     }
-    // 3-4. Refuse new jobs, stop dispatch, let running jobs finish.
+    // 3-4. Refuse new jobs, stop dispatch, let running jobs finish; remote
+    // workers are told to report what they hold by the drain's deadline.
     engine.stop_accepting();
+    workers.drain(std::time::SystemTime::now() + config.drain.timeout);
     tracing::info!(timeout = ?config.drain.timeout, "draining: no new jobs; waiting for running jobs");
     let stopped = engine
         .drain(tasks, config.drain.timeout, &shutdown.force)

@@ -4,7 +4,8 @@
 //! never logged.
 //!
 //! Roles: `submit` may call Submit, SubmitBatch, GetStatus, WatchStatus and
-//! ListJobs (of every job: jobs have no owner); `admin` may also Cancel.
+//! ListJobs (of every job: jobs have no owner); `worker` may call
+//! WorkerService (and nothing else); `admin` may call everything.
 
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -19,12 +20,23 @@ use crate::config::{Role, TokenConfig};
 
 /// Methods a `submit` token may call.
 const SUBMIT_METHODS: &[&str] = &[
-    "Submit",
-    "SubmitBatch",
-    "GetStatus",
-    "WatchStatus",
-    "ListJobs",
+    "/jobd.v1.JobService/Submit",
+    "/jobd.v1.JobService/SubmitBatch",
+    "/jobd.v1.JobService/GetStatus",
+    "/jobd.v1.JobService/WatchStatus",
+    "/jobd.v1.JobService/ListJobs",
 ];
+/// The service a `worker` token may call.
+const WORKER_SERVICE: &str = "/jobd.v1.WorkerService/";
+
+/// Whether `role` may call the method at `path`.
+fn allowed(role: Role, path: &str) -> bool {
+    match role {
+        Role::Admin => true,
+        Role::Submit => SUBMIT_METHODS.contains(&path),
+        Role::Worker => path.starts_with(WORKER_SERVICE),
+    }
+}
 
 /// Per-token submit rate: a token bucket per configured token.
 struct Buckets {
@@ -126,10 +138,16 @@ impl Tokens {
         let (index, role) = self
             .role(presented)
             .ok_or_else(|| Status::unauthenticated("invalid token"))?;
-        let method = path.rsplit('/').next().unwrap_or("");
-        if role == Role::Submit && !SUBMIT_METHODS.contains(&method) {
+        if !allowed(role, path) {
+            let method = path.rsplit('/').next().unwrap_or("");
+            let needs = if path.starts_with(WORKER_SERVICE) {
+                "a worker or admin token"
+            } else {
+                "an admin token"
+            };
             return Err(Status::permission_denied(format!(
-                "a submit token may not call {method}; it needs an admin token"
+                "a {} token may not call {method}; it needs {needs}",
+                format!("{role:?}").to_lowercase()
             )));
         }
         Ok(Some(Caller { token: index, role }))

@@ -36,6 +36,8 @@ pub enum ApiError {
     BacklogFull { max: u64 },
     #[error("too many open watchers (at most {max}); retry later")]
     TooManyWatchers { max: usize },
+    #[error("too many worker sessions (at most {max}); retry later")]
+    TooManySessions { max: usize },
     #[error("jobd is draining and takes no new jobs; retry on another instance")]
     Draining,
     #[error("job {id} has already {state}; it cannot be cancelled")]
@@ -105,7 +107,9 @@ impl From<ApiError> for Status {
                 );
                 Status::with_error_details(Code::AlreadyExists, msg, d)
             }
-            ApiError::BacklogFull { .. } | ApiError::TooManyWatchers { .. } => {
+            ApiError::BacklogFull { .. }
+            | ApiError::TooManyWatchers { .. }
+            | ApiError::TooManySessions { .. } => {
                 let d = ErrorDetails::with_retry_info(Some(RETRY_AFTER_FULL));
                 Status::with_error_details(Code::ResourceExhausted, msg, d)
             }

@@ -9,6 +9,7 @@ pub mod grpc_metrics;
 pub mod protocol;
 pub mod request_budget;
 pub mod validate;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

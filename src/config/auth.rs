@@ -10,7 +10,11 @@ use super::{invalid, ConfigError};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// JobService: submit and read (not Cancel).
     Submit,
+    /// WorkerService only: take and report jobs of remote kinds.
+    Worker,
+    /// Everything.
     Admin,
 }
 
@@ -98,7 +102,12 @@ impl AuthConfig {
             let role = match role {
                 "submit" => Role::Submit,
                 "admin" => Role::Admin,
-                other => return Err(at(&format!("unknown role {other:?} (submit or admin)"))),
+                "worker" => Role::Worker,
+                other => {
+                    return Err(at(&format!(
+                        "unknown role {other:?} (submit, worker or admin)"
+                    )))
+                }
             };
             let token = token.trim();
             if token.len() < MIN_TOKEN_LEN {

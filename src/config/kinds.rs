@@ -23,6 +23,8 @@ pub enum HandlerType {
     Fail,
     Command,
     Http,
+    /// Done by worker processes connected over `jobd.v1.WorkerService`.
+    Remote,
 }
 
 /// A kind as written in the file: every key but `handler` optional.
@@ -106,6 +108,7 @@ pub enum HandlerSpec {
         method: String,
         headers: BTreeMap<String, String>,
     },
+    Remote,
 }
 
 /// A kind with every default filled in.
@@ -236,6 +239,7 @@ fn handler_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), C
         HandlerType::Echo => (HandlerSpec::Echo, DEFAULT_STOP_GRACE),
         HandlerType::Sleep => (HandlerSpec::Sleep, DEFAULT_STOP_GRACE),
         HandlerType::Fail => (HandlerSpec::Fail, DEFAULT_STOP_GRACE),
+        HandlerType::Remote => (HandlerSpec::Remote, DEFAULT_STOP_GRACE),
         HandlerType::Command => {
             let argv = k.command.clone().unwrap_or_default();
             if argv.first().is_none_or(|a| a.is_empty()) {

@@ -102,6 +102,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
     pub tls: Option<TlsConfig>,
+    pub workers: WorkersConfig,
     pub kinds: BTreeMap<String, KindConfig>,
 }
 
@@ -118,6 +119,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             auth: AuthConfig::default(),
             tls: None,
+            workers: WorkersConfig::default(),
             kinds: BTreeMap::new(),
         }
     }
@@ -233,6 +235,32 @@ impl StoreUrl {
             "unsupported store URL {url:?} (use memory:, sqlite:PATH, postgres://... \
              or postgresql://...)"
         ))
+    }
+}
+
+/// Remote worker sessions (`jobd.v1.WorkerService`, kinds with
+/// `handler = "remote"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// A worker sends a message at least this often; one silent for 3 of
+    /// these is lost, and its jobs are retried ("worker lost").
+    #[serde(deserialize_with = "duration")]
+    pub heartbeat_interval: Duration,
+    /// Worker sessions open at once; past it Connect answers
+    /// RESOURCE_EXHAUSTED.
+    pub max_sessions: usize,
+}
+
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_WORKER_SESSIONS: usize = 1000;
+
+impl Default for WorkersConfig {
+    fn default() -> Self {
+        WorkersConfig {
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            max_sessions: DEFAULT_MAX_WORKER_SESSIONS,
+        }
     }
 }
 
@@ -570,6 +598,16 @@ impl Config {
                 "limits.max_buffered_request_bytes",
                 "must be at least limits.max_buffered_request_bytes_per_connection",
             ));
+        }
+        let w = &self.workers;
+        if w.heartbeat_interval < Duration::from_millis(100) || w.heartbeat_interval > MAX_TIMEOUT {
+            return Err(invalid(
+                "workers.heartbeat_interval",
+                "must be 100ms to 24h",
+            ));
+        }
+        if w.max_sessions == 0 || w.max_sessions as u64 > MAX_SLOTS {
+            return Err(invalid("workers.max_sessions", "must be 1 to 1000000"));
         }
         if self.drain.timeout.is_zero() {
             return Err(invalid("drain.timeout", "must be more than 0"));

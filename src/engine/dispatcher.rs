@@ -135,7 +135,11 @@ impl Engine {
             .kinds
             .iter()
             .filter_map(|(name, k)| {
-                let n = k.slots.available_permits().min(free);
+                let n = k
+                    .slots
+                    .available_permits()
+                    .min(free)
+                    .min(self.remote_room(name));
                 let p = k.slots.clone().try_acquire_many_owned(n as u32).ok()?;
                 (n > 0).then(|| (name.clone(), p))
             })

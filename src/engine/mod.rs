@@ -103,6 +103,8 @@ pub struct Engine {
     late_notices: Mutex<feed::LateNotices>,
     retention: Duration,
     metrics: Arc<Metrics>,
+    /// Worker sessions for remote kinds (set once at start).
+    remote: std::sync::OnceLock<Arc<crate::remote::Workers>>,
 }
 
 /// An attempt running here.
@@ -178,6 +180,7 @@ impl Engine {
             },
             retention: config.retention.finished,
             metrics,
+            remote: std::sync::OnceLock::new(),
         });
         let feed = engine.store.changes().map(|feed| {
             // Transitions reach watchers through the store, from whichever
@@ -227,6 +230,29 @@ impl Engine {
 
     pub fn is_accepting(&self) -> bool {
         self.accepting.load(Ordering::Acquire)
+    }
+
+    /// Remote kinds' jobs go to these worker sessions: claims of a remote
+    /// kind are capped by the room its sessions have, and a session that
+    /// comes or frees a place wakes the dispatcher.
+    pub fn use_workers(&self, workers: Arc<crate::remote::Workers>) {
+        workers.connect_engine(self.hints.clone(), self.metrics.clone());
+        let _ = self.remote.set(workers);
+    }
+
+    /// How many more attempts of `kind` may be claimed now: unbounded for
+    /// local kinds; for remote ones, the places of the sessions serving it
+    /// less the attempts of it already running (claimed, not yet reported).
+    pub(super) fn remote_room(&self, kind: &str) -> usize {
+        let Some(k) = self.kinds.get(kind) else {
+            return 0;
+        };
+        if !matches!(k.settings.handler, crate::config::HandlerSpec::Remote) {
+            return usize::MAX;
+        }
+        let Some(w) = self.remote.get() else { return 0 };
+        let running = k.settings.concurrency - k.slots.available_permits();
+        w.capacity(kind).saturating_sub(running)
     }
 
     /// Stores jobs (one commit for the whole batch) and wakes the dispatcher.

@@ -86,6 +86,7 @@ impl Engine {
             attempt: job.attempt,
             max_attempts: job.max_attempts,
             payload: job.payload.clone(),
+            timeout: job.timeout,
             cancel: stop.clone(),
         };
         // Its own task, so a panic is caught as a JoinError and fails only

@@ -25,6 +25,8 @@ pub struct JobContext {
     pub attempt: u32,
     pub max_attempts: u32,
     pub payload: Bytes,
+    /// The attempt's timeout (remote workers get it as a deadline).
+    pub timeout: Duration,
     /// Fires when the attempt must stop (cancel, timeout, drain). Handlers
     /// that hold outside resources should watch it and clean up; the engine
     /// stops waiting for the handler either way.
@@ -79,7 +81,11 @@ pub struct Registry {
 
 impl Registry {
     /// The handlers for the configured kinds.
-    pub fn from_kinds(kinds: &[KindSettings]) -> Result<Registry, String> {
+    /// `workers`: the sessions `handler = "remote"` kinds hand their jobs to.
+    pub fn from_kinds(
+        kinds: &[KindSettings],
+        workers: &Arc<crate::remote::Workers>,
+    ) -> Result<Registry, String> {
         let mut r = Registry::default();
         for k in kinds {
             let h: Arc<dyn Handler> = match &k.handler {
@@ -108,6 +114,10 @@ impl Registry {
                     http::HttpHandler::new(url, method, headers, k.max_result_bytes)
                         .map_err(|e| format!("kinds.{}: {e}", k.name))?,
                 ),
+                HandlerSpec::Remote => Arc::new(crate::remote::RemoteHandler {
+                    workers: workers.clone(),
+                    max_result_bytes: k.max_result_bytes,
+                }),
             };
             r.register(&k.name, h);
         }

@@ -1,0 +1,265 @@
+//! `jobd.v1.WorkerService`: the stream a remote worker process holds. The
+//! first message must be `hello`; after it, every message the worker sends
+//! counts as a heartbeat, reports are fenced by (job, attempt) and answered
+//! with a `ReportAck`, and a session silent for 3 heartbeat intervals, or
+//! whose stream ends, is lost (see [`crate::remote`]).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use super::error::ApiError;
+use super::validate::{MAX_LABELS, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
+use crate::config::HandlerSpec;
+use crate::engine::Engine;
+use crate::handlers::{HandlerError, Output};
+use crate::proto::{self, server_message, worker_message, worker_service_server::WorkerService};
+use crate::remote::{Outbox, Workers, MAX_IN_FLIGHT, OUTBOX_SLACK};
+
+/// Longest `worker_id`.
+pub const MAX_WORKER_ID_BYTES: usize = 256;
+/// Most kinds one session serves.
+pub const MAX_WORKER_KINDS: usize = 64;
+/// Longest error text kept from a `Fail` (the job's `last_error`).
+pub const MAX_FAIL_ERROR_BYTES: usize = 4096;
+/// Silent intervals after which a session is lost.
+pub const LOST_AFTER_INTERVALS: u32 = 3;
+
+pub struct WorkerApi {
+    engine: Arc<Engine>,
+    workers: Arc<Workers>,
+    /// Ends every session when the daemon stops (after drain).
+    streams_stop: CancellationToken,
+}
+
+impl WorkerApi {
+    pub fn new(
+        engine: Arc<Engine>,
+        workers: Arc<Workers>,
+        streams_stop: CancellationToken,
+    ) -> Self {
+        WorkerApi {
+            engine,
+            workers,
+            streams_stop,
+        }
+    }
+
+    /// Checks a hello against DESIGN.md's rules for bad input.
+    fn check_hello(&self, h: &proto::Hello) -> Result<(), ApiError> {
+        if h.worker_id.len() > MAX_WORKER_ID_BYTES || h.worker_id.contains('\0') {
+            return Err(ApiError::invalid(
+                "hello.worker_id",
+                format!("at most {MAX_WORKER_ID_BYTES} bytes, no NUL"),
+            ));
+        }
+        if h.kinds.is_empty() || h.kinds.len() > MAX_WORKER_KINDS {
+            return Err(ApiError::invalid(
+                "hello.kinds",
+                format!("1 to {MAX_WORKER_KINDS} kinds"),
+            ));
+        }
+        for (i, k) in h.kinds.iter().enumerate() {
+            match self.engine.kind(k) {
+                Some(s) if matches!(s.handler, HandlerSpec::Remote) => {}
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        format!("hello.kinds[{i}]"),
+                        format!("kind {k:?} is not declared handler = \"remote\""),
+                    ))
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        format!("hello.kinds[{i}]"),
+                        format!("unknown kind {k:?}"),
+                    ))
+                }
+            }
+        }
+        if h.max_in_flight == 0 || h.max_in_flight > MAX_IN_FLIGHT {
+            return Err(ApiError::invalid(
+                "hello.max_in_flight",
+                format!("must be 1 to {MAX_IN_FLIGHT}"),
+            ));
+        }
+        if h.labels.len() > MAX_LABELS
+            || h.labels.iter().any(|(k, v)| {
+                k.is_empty() || k.len() > MAX_LABEL_KEY_BYTES || v.len() > MAX_LABEL_VALUE_BYTES
+            })
+        {
+            return Err(ApiError::invalid(
+                "hello.labels",
+                format!(
+                    "at most {MAX_LABELS} labels, keys 1 to {MAX_LABEL_KEY_BYTES} bytes, values at most {MAX_LABEL_VALUE_BYTES}"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn message(msg: server_message::Msg) -> Result<proto::ServerMessage, Status> {
+    Ok(proto::ServerMessage { msg: Some(msg) })
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+    s
+}
+
+/// A worker's report as the engine takes it; `None` for a malformed id.
+fn report(msg: worker_message::Msg) -> Option<(String, u32, Result<Output, HandlerError>)> {
+    match msg {
+        worker_message::Msg::Complete(c) => Some((
+            c.job_id,
+            c.attempt,
+            Ok(Output {
+                result: c.result.into(),
+            }),
+        )),
+        worker_message::Msg::Fail(f) => {
+            let error = cut(f.error, MAX_FAIL_ERROR_BYTES);
+            let e = if f.permanent {
+                HandlerError::permanent(error)
+            } else {
+                HandlerError::Retryable {
+                    message: error,
+                    after: f.retry_after.and_then(|d| Duration::try_from(d).ok()),
+                }
+            };
+            Some((f.job_id, f.attempt, Err(e)))
+        }
+        _ => None,
+    }
+}
+
+/// Reads one session's messages until it ends; returns whether it was lost
+/// (silent, broken, or closed by the worker) rather than ended by jobd.
+async fn serve_session(
+    workers: &Workers,
+    session: u64,
+    mut inbound: Streaming<proto::WorkerMessage>,
+    outbox: &Outbox,
+    stop: &CancellationToken,
+) -> bool {
+    let silent = workers.heartbeat_interval() * LOST_AFTER_INTERVALS;
+    loop {
+        let next = tokio::select! {
+            r = tokio::time::timeout(silent, inbound.message()) => r,
+            _ = stop.cancelled() => return false,
+            _ = outbox.closed() => return true,
+        };
+        let msg = match next {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return true,
+            Ok(Err(status)) => {
+                tracing::debug!(session, %status, "worker stream broke");
+                return true;
+            }
+            Err(_) => {
+                tracing::info!(
+                    session,
+                    "worker silent for {LOST_AFTER_INTERVALS} heartbeat intervals"
+                );
+                return true;
+            }
+        };
+        let Some(msg) = msg.msg else { continue };
+        if let worker_message::Msg::Heartbeat(_) = msg {
+            continue;
+        }
+        if let worker_message::Msg::Hello(_) = msg {
+            // A second hello changes nothing; the session stays as opened.
+            continue;
+        }
+        let Some((job_id, attempt, outcome)) = report(msg) else {
+            continue;
+        };
+        let delivered = match Uuid::try_parse(&job_id) {
+            Ok(id) => workers.report(session, id, attempt, outcome),
+            Err(_) => false,
+        };
+        let ack = message(server_message::Msg::Ack(proto::ReportAck {
+            job_id,
+            attempt,
+            stale: !delivered,
+        }));
+        if outbox.try_send(ack).is_err() {
+            tracing::info!(session, "worker does not read its stream; dropped");
+            return true;
+        }
+    }
+}
+
+type ConnectStream = ReceiverStream<Result<proto::ServerMessage, Status>>;
+
+#[tonic::async_trait]
+impl WorkerService for WorkerApi {
+    type ConnectStream = ConnectStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<proto::WorkerMessage>>,
+    ) -> Result<Response<ConnectStream>, Status> {
+        if !self.engine.is_accepting() {
+            return Err(ApiError::Draining.into());
+        }
+        let address = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let silent = self.workers.heartbeat_interval() * LOST_AFTER_INTERVALS;
+        let first = match tokio::time::timeout(silent, inbound.message()).await {
+            Ok(r) => r?,
+            Err(_) => None,
+        };
+        let hello = match first.and_then(|m| m.msg) {
+            Some(worker_message::Msg::Hello(h)) => h,
+            _ => return Err(ApiError::invalid("hello", "the first message must be hello").into()),
+        };
+        self.check_hello(&hello)?;
+        let max_in_flight = hello.max_in_flight as usize;
+        let (tx, rx) = mpsc::channel(max_in_flight + OUTBOX_SLACK);
+        let welcome = message(server_message::Msg::Welcome(proto::Welcome {
+            session_id: String::new(),
+            heartbeat_interval: prost_types::Duration::try_from(self.workers.heartbeat_interval())
+                .ok(),
+        }));
+        // Queued before the session can be assigned anything.
+        let _ = tx.try_send(welcome);
+        let labels: HashMap<String, String> = hello.labels.into_iter().collect();
+        let worker_id = hello.worker_id.clone();
+        let session = self
+            .workers
+            .open(
+                hello.worker_id,
+                hello.kinds,
+                max_in_flight,
+                labels,
+                address,
+                tx.clone(),
+            )
+            .map_err(|e| ApiError::TooManySessions { max: e.max })?;
+        tracing::info!(session, worker = %worker_id, max_in_flight, "worker connected");
+        let (workers, stop) = (self.workers.clone(), self.streams_stop.clone());
+        tokio::spawn(async move {
+            let lost = serve_session(&workers, session, inbound, &tx, &stop).await;
+            workers.close(session, lost);
+            if stop.is_cancelled() {
+                let _ = tx.try_send(Err(Status::unavailable("jobd is shutting down")));
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
