@@ -39,6 +39,7 @@ pub mod remote;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod worker;
 
 pub use config::Config;
 pub use server::{prepare, run, run_with_listeners, Prepared, RunError, Shutdown};

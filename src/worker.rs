@@ -1,0 +1,335 @@
+//! A remote worker in Rust: connects to a jobd's `WorkerService`, serves
+//! kinds with an async closure, and follows the protocol's rules for you —
+//! heartbeats (a task that ends with its stream), at most `max_in_flight`
+//! jobs at once, reports named by (job, attempt), `CancelJob` fires the
+//! job's token, and the session is opened again with capped, jittered
+//! backoff whenever its stream breaks.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), jobd::worker::WorkerError> {
+//! use jobd::worker::{serve, WorkerOptions};
+//! let opts = WorkerOptions::new("http://127.0.0.1:50051", ["resize"]);
+//! let stop = tokio_util::sync::CancellationToken::new();
+//! serve(opts, stop, |job| async move { Ok(job.payload) }).await
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+pub use crate::handlers::HandlerError;
+use crate::proto::{
+    self, server_message, worker_message, worker_service_client::WorkerServiceClient,
+};
+
+/// First wait before connecting again; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where and what a worker serves.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The daemon, e.g. `http://127.0.0.1:50051`.
+    pub addr: String,
+    /// A `worker` (or `admin`) token, when the daemon has auth on.
+    pub token: Option<String>,
+    /// Shown in ListWorkers and the daemon's logs.
+    pub worker_id: String,
+    pub kinds: Vec<String>,
+    /// Jobs run at once (1..=10000).
+    pub max_in_flight: u32,
+    pub labels: HashMap<String, String>,
+}
+
+impl WorkerOptions {
+    pub fn new<K: Into<String>>(addr: &str, kinds: impl IntoIterator<Item = K>) -> Self {
+        WorkerOptions {
+            addr: addr.to_string(),
+            token: None,
+            worker_id: format!("rust-{}", std::process::id()),
+            kinds: kinds.into_iter().map(Into::into).collect(),
+            max_in_flight: 16,
+            labels: HashMap::new(),
+        }
+    }
+}
+
+/// One attempt given to this worker.
+#[derive(Debug, Clone)]
+pub struct WorkJob {
+    pub id: String,
+    pub kind: String,
+    pub attempt: u32,
+    pub payload: Bytes,
+    /// Past it jobd stops the attempt (and fires `cancel`).
+    pub deadline: Option<SystemTime>,
+    /// Fires on `CancelJob` (cancelled, timed out, drained) and when the
+    /// session is lost: the report would be stale, so stop.
+    pub cancel: CancellationToken,
+}
+
+/// Why [`serve`] returned early.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("bad worker options: {0}")]
+    Options(String),
+    /// The daemon refused the session for good (bad hello, wrong role).
+    #[error("jobd refused the worker: {0}")]
+    Refused(tonic::Status),
+}
+
+enum SessionEnd {
+    /// Stopped by the caller.
+    Stopped,
+    /// The stream broke or could not be opened: connect again.
+    Broken(String),
+}
+
+/// Serves jobs until `stop` fires. Each job runs `work` on a task of its
+/// own; its result is reported as `Complete`, its error as `Fail`
+/// (`HandlerError::Permanent` is not retried). On `stop`, jobs being run
+/// are finished and reported; jobs assigned after it are given back as
+/// retryable failures.
+pub async fn serve<F, Fut>(
+    opts: WorkerOptions,
+    stop: CancellationToken,
+    work: F,
+) -> Result<(), WorkerError>
+where
+    F: Fn(WorkJob) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, HandlerError>> + Send + 'static,
+{
+    if opts.kinds.is_empty() || opts.max_in_flight == 0 {
+        return Err(WorkerError::Options(
+            "at least one kind and max_in_flight >= 1".into(),
+        ));
+    }
+    let work = Arc::new(work);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let began = std::time::Instant::now();
+        match session(&opts, &stop, work.clone()).await? {
+            SessionEnd::Stopped => return Ok(()),
+            SessionEnd::Broken(why) => {
+                tracing::info!(%why, "worker session ended; connecting again");
+            }
+        }
+        // A session that lasted resets the backoff.
+        if began.elapsed() > MAX_BACKOFF * 2 {
+            backoff = MIN_BACKOFF;
+        }
+        let jitter = rand::random_range(0.5..1.0);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+            _ = stop.cancelled() => return Ok(()),
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn msg(m: worker_message::Msg) -> proto::WorkerMessage {
+    proto::WorkerMessage { msg: Some(m) }
+}
+
+async fn channel(addr: &str) -> Result<Channel, String> {
+    Channel::from_shared(addr.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// One session: hello, then assignments until the stream ends or `stop`.
+async fn session<F, Fut>(
+    opts: &WorkerOptions,
+    stop: &CancellationToken,
+    work: Arc<F>,
+) -> Result<SessionEnd, WorkerError>
+where
+    F: Fn(WorkJob) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, HandlerError>> + Send + 'static,
+{
+    let ch = match channel(&opts.addr).await {
+        Ok(c) => c,
+        Err(e) => return Ok(SessionEnd::Broken(e)),
+    };
+    // Outbound: hello, heartbeats, reports. Bounded: at most one report per
+    // job in flight, plus heartbeats.
+    let (tx, rx) = mpsc::channel(opts.max_in_flight as usize + 16);
+    let _ = tx
+        .send(msg(worker_message::Msg::Hello(proto::Hello {
+            worker_id: opts.worker_id.clone(),
+            kinds: opts.kinds.clone(),
+            max_in_flight: opts.max_in_flight,
+            labels: opts.labels.clone(),
+        })))
+        .await;
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(t) = &opts.token {
+        match format!("Bearer {t}").parse() {
+            Ok(v) => {
+                req.metadata_mut().insert("authorization", v);
+            }
+            Err(_) => return Err(WorkerError::Options("token is not a valid header".into())),
+        }
+    }
+    let mut inbound = match WorkerServiceClient::new(ch).connect(req).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if refused(&s) => return Err(WorkerError::Refused(s)),
+        Err(s) => return Ok(SessionEnd::Broken(s.to_string())),
+    };
+    // Everything of this session ends with it: the heartbeat task and the
+    // jobs (their reports would be stale).
+    let ended = stop.child_token();
+    let session_over = CancellationToken::new();
+    let _guard = session_over.clone().drop_guard();
+    let mut jobs: JoinSet<()> = JoinSet::new();
+    let mut running: HashMap<(String, u32), CancellationToken> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::channel::<(String, u32)>(opts.max_in_flight as usize + 1);
+    let mut heartbeat = None;
+    let result = loop {
+        let m = tokio::select! {
+            m = inbound.message() => m,
+            Some(key) = done_rx.recv() => {
+                running.remove(&key);
+                continue;
+            }
+            _ = ended.cancelled(), if running.is_empty() => break SessionEnd::Stopped,
+        };
+        let m = match m {
+            Ok(Some(m)) => m,
+            Ok(None) => break SessionEnd::Broken("jobd closed the stream".into()),
+            Err(s) if refused(&s) => {
+                session_over.cancel();
+                return Err(WorkerError::Refused(s));
+            }
+            Err(s) => break SessionEnd::Broken(s.to_string()),
+        };
+        match m.msg {
+            Some(server_message::Msg::Welcome(w)) => {
+                let every = w
+                    .heartbeat_interval
+                    .and_then(|d| Duration::try_from(d).ok())
+                    .unwrap_or(Duration::from_secs(5));
+                heartbeat = Some(tokio::spawn(heartbeats(
+                    tx.clone(),
+                    every,
+                    session_over.clone(),
+                )));
+            }
+            Some(server_message::Msg::Assign(a)) => {
+                let Some(j) = a.job else { continue };
+                let key = (j.id.clone(), j.attempt);
+                if stop.is_cancelled() {
+                    // Stopping: give it back at once rather than start it.
+                    let _ = tx.try_send(msg(worker_message::Msg::Fail(proto::Fail {
+                        job_id: j.id,
+                        attempt: j.attempt,
+                        error: "worker stopping".into(),
+                        permanent: false,
+                        retry_after: None,
+                    })));
+                    continue;
+                }
+                let cancel = session_over.child_token();
+                running.insert(key.clone(), cancel.clone());
+                let job = WorkJob {
+                    id: j.id,
+                    kind: j.kind,
+                    attempt: j.attempt,
+                    payload: a.payload.into(),
+                    deadline: a.deadline.and_then(|t| SystemTime::try_from(t).ok()),
+                    cancel: cancel.clone(),
+                };
+                let (work, tx, done) = (work.clone(), tx.clone(), done_tx.clone());
+                jobs.spawn(async move {
+                    let (id, attempt) = (job.id.clone(), job.attempt);
+                    let r = tokio::select! {
+                        r = work(job) => Some(r),
+                        _ = cancel.cancelled() => None,
+                    };
+                    if let Some(r) = r {
+                        let report = match r {
+                            Ok(result) => worker_message::Msg::Complete(proto::Complete {
+                                job_id: id.clone(),
+                                attempt,
+                                result: result.to_vec(),
+                            }),
+                            Err(e) => {
+                                let (permanent, after) = match &e {
+                                    HandlerError::Permanent { .. } => (true, None),
+                                    HandlerError::Retryable { after, .. } => (false, *after),
+                                };
+                                worker_message::Msg::Fail(proto::Fail {
+                                    job_id: id.clone(),
+                                    attempt,
+                                    error: e.to_string(),
+                                    permanent,
+                                    retry_after: after
+                                        .and_then(|d| prost_types::Duration::try_from(d).ok()),
+                                })
+                            }
+                        };
+                        let _ = tx.send(msg(report)).await;
+                    }
+                    let _ = done.send((id, attempt)).await;
+                });
+            }
+            Some(server_message::Msg::Cancel(c)) => {
+                if let Some(t) = running.get(&(c.job_id, c.attempt)) {
+                    t.cancel();
+                }
+            }
+            Some(server_message::Msg::Ack(_)) | Some(server_message::Msg::Drain(_)) | None => {}
+        }
+    };
+    session_over.cancel();
+    jobs.abort_all();
+    if let Some(h) = heartbeat {
+        h.abort();
+    }
+    Ok(result)
+}
+
+/// Refusals that connecting again cannot fix.
+fn refused(s: &tonic::Status) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::InvalidArgument
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+            | tonic::Code::Unimplemented
+    )
+}
+
+/// Sends a heartbeat every `every` until the session is over.
+async fn heartbeats(
+    tx: mpsc::Sender<proto::WorkerMessage>,
+    every: Duration,
+    over: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = over.cancelled() => return,
+        }
+        if tx
+            .send(msg(worker_message::Msg::Heartbeat(proto::Heartbeat {})))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
