@@ -49,6 +49,28 @@ enum Command {
     CheckConfig { file: PathBuf },
     #[command(flatten)]
     Client(jobd::client::ClientCommand),
+    /// Be a remote worker: run COMMAND once per job of the given kinds
+    /// (declared handler = "remote"): payload on stdin, stdout is the result.
+    Work {
+        /// A kind to serve (repeatable).
+        #[arg(long = "kind", required = true)]
+        kinds: Vec<String>,
+        /// Jobs run at once.
+        #[arg(long, default_value_t = 4)]
+        max_in_flight: u32,
+        /// A worker (or admin) token, when the daemon has auth on.
+        #[arg(long, env = "JOBD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// SIGTERM-to-SIGKILL wait when a job is cancelled.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        kill_grace: std::time::Duration,
+        /// Result bytes kept from stdout.
+        #[arg(long, default_value_t = 65536)]
+        max_output_bytes: usize,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Load-test a running daemon (see README "Benchmarks").
     Bench(jobd::bench::BenchArgs),
 }
@@ -113,6 +135,45 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("jobd bench: {e}");
                     ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Work {
+            kinds,
+            max_in_flight,
+            token,
+            kill_grace,
+            max_output_bytes,
+            command,
+        } => {
+            init_logs(LogFormat::Text);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("jobd: cannot start runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut opts = jobd::worker::WorkerOptions::new(&cli.common.addr, kinds);
+            opts.max_in_flight = max_in_flight;
+            opts.token = token;
+            let r = rt.block_on(async {
+                let shutdown = jobd::Shutdown::on_signals()
+                    .map_err(|e| jobd::worker::WorkerError::Options(e.to_string()))?;
+                jobd::worker::serve_command(
+                    opts,
+                    shutdown.drain,
+                    command,
+                    kill_grace,
+                    max_output_bytes,
+                )
+                .await
+            });
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("jobd work: {e}");
+                    ExitCode::from(EX_USAGE)
                 }
             }
         }

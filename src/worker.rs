@@ -140,7 +140,12 @@ fn msg(m: worker_message::Msg) -> proto::WorkerMessage {
 }
 
 async fn channel(addr: &str) -> Result<Channel, String> {
-    Channel::from_shared(addr.to_string())
+    let url = if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    };
+    Channel::from_shared(url)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_secs(5))
         .connect()
@@ -332,4 +337,51 @@ async fn heartbeats(
             return;
         }
     }
+}
+
+/// `jobd work`: serves `opts.kinds` by running `argv` once per job, as the
+/// daemon's `command` handler would (payload on stdin, stdout is the
+/// result, exit 0 is success, its own process group, SIGTERM then SIGKILL
+/// after `kill_grace` on cancel), so that kind's work runs on this machine.
+pub async fn serve_command(
+    opts: WorkerOptions,
+    stop: CancellationToken,
+    argv: Vec<String>,
+    kill_grace: Duration,
+    max_output_bytes: usize,
+) -> Result<(), WorkerError> {
+    if argv.first().is_none_or(|a| a.is_empty()) {
+        return Err(WorkerError::Options("a command to run is required".into()));
+    }
+    let handler = Arc::new(crate::handlers::command::CommandHandler {
+        argv,
+        env: Default::default(),
+        working_dir: None,
+        permanent_exit_codes: Vec::new(),
+        kill_grace,
+        max_output_bytes,
+    });
+    serve(opts, stop, move |job: WorkJob| {
+        let handler = handler.clone();
+        async move {
+            use crate::handlers::Handler;
+            let id = uuid::Uuid::try_parse(&job.id)
+                .map_err(|e| HandlerError::permanent(format!("bad job id: {e}")))?;
+            let timeout = job
+                .deadline
+                .and_then(|d| d.duration_since(SystemTime::now()).ok())
+                .unwrap_or(Duration::from_secs(24 * 3600));
+            let ctx = crate::handlers::JobContext {
+                id,
+                kind: job.kind,
+                attempt: job.attempt,
+                max_attempts: 0,
+                payload: job.payload,
+                timeout,
+                cancel: job.cancel,
+            };
+            handler.run(ctx).await.map(|o| o.result)
+        }
+    })
+    .await
 }

@@ -436,3 +436,40 @@ async fn worker_role_is_for_worker_service_only() {
     }
     d.stop().await.unwrap();
 }
+
+/// `jobd work` processes: one is killed with `kill -9` mid-job; the job
+/// runs again on the other, with "worker lost" in its history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_process_loses_its_job_to_another() {
+    let d = start_with(HEAD, KINDS).await;
+    let mut c = d.client().await;
+    let spawn = |script: &str| {
+        std::process::Command::new(bin())
+            .args(["work", "--kind", "r", "--max-in-flight", "1", "--addr"])
+            .arg(d.url())
+            .args(["--", "sh", "-c", script])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut slow = spawn("sleep 5");
+    let job = submit(&mut c, req("r", "payload")).await;
+    // Wait until the slow worker holds it, then kill it.
+    wait_for(&mut c, &job.id, |s| s == JobState::Running).await;
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    let mut cat = spawn("cat");
+    let j = wait_terminal(&mut c, &job.id).await;
+    let _ = cat.kill();
+    let _ = cat.wait();
+    assert_eq!(state(&j), JobState::Succeeded, "{}", j.last_error);
+    assert_eq!((j.attempt, j.result.as_slice()), (2, &b"payload"[..]));
+    let events = watch_all(&mut c, &job.id).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.job.as_ref().unwrap().last_error.contains("worker lost")),
+        "{events:?}"
+    );
+    d.stop().await.unwrap();
+}
