@@ -473,3 +473,67 @@ async fn a_killed_worker_process_loses_its_job_to_another() {
     );
     d.stop().await.unwrap();
 }
+
+/// On PostgreSQL, a worker connected to instance A takes the jobs submitted
+/// through instance B (B, with no worker, claims none of them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_worker_on_one_instance_takes_jobs_submitted_on_another() {
+    let Some(pg) = crate::pg::PgSchema::new("remote").await else {
+        return;
+    };
+    let a = start_with(&pg.toml(HEAD), KINDS).await;
+    let b = start_with(&pg.toml(HEAD), KINDS).await;
+    let stop = worker(&a.url(), 8, |job| async move { Ok(job.payload) });
+    let mut cb = b.client().await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(submit(&mut cb, req("r", &format!("{i}"))).await.id);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let j = wait_terminal(&mut cb, id).await;
+        assert_eq!(state(&j), JobState::Succeeded, "{}", j.last_error);
+        assert_eq!(
+            (j.attempt, j.result.clone()),
+            (1, format!("{i}").into_bytes())
+        );
+    }
+    stop.cancel();
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+/// Drain: an attempt not reported by the deadline is requeued without
+/// spending the attempt; after the restart a worker gets it as attempt 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_requeues_unreported_jobs_without_spending_the_attempt() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = format!(
+        "store = \"sqlite:{}/jobd.db\"\n{HEAD}[drain]\ngrace = \"50ms\"\ntimeout = \"300ms\"\n",
+        dir.path().display()
+    );
+    let d = start_with(&head, KINDS).await;
+    let mut c = d.client().await;
+    let mut a = raw(&d.url(), hello(&["r"], 1)).await.unwrap();
+    let job = submit(&mut c, req("r", "x")).await;
+    a.assign().await;
+    // The worker never reports: the drain deadline passes.
+    let stopping = tokio::spawn(d.stop_keep_dir());
+    let cancel = loop {
+        if let server_message::Msg::Cancel(x) = a.next().await {
+            break x;
+        }
+    };
+    assert_eq!(cancel.job_id, job.id);
+    let _ = stopping.await.unwrap();
+    drop(a);
+    let d = start_with(&head, KINDS).await;
+    let mut c = d.client().await;
+    let j = status(&mut c, &job.id).await;
+    assert_eq!(state(&j), JobState::Queued, "{j:?}");
+    let stop = worker(&d.url(), 1, |job| async move { Ok(job.payload) });
+    let j = wait_terminal(&mut c, &job.id).await;
+    assert_eq!(state(&j), JobState::Succeeded);
+    assert_eq!(j.attempt, 1, "the drained attempt was counted");
+    stop.cancel();
+    d.stop().await.unwrap();
+}
