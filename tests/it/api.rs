@@ -208,6 +208,50 @@ async fn idempotent_resubmit_and_conflict() {
     assert_eq!(info.metadata["job_id"], first.job.unwrap().id);
 }
 
+/// Idempotency compares what a request means, not how it is spelled: a
+/// field left to the kind's default equals that default given explicitly.
+#[tokio::test]
+async fn defaulted_and_explicit_kind_defaults_are_the_same_request() {
+    // `fail` declares max_attempts = 3; kinds time out after 60 s by default.
+    let d = start("").await;
+    let mut c = d.client().await;
+    let mut r = req("fail", "x");
+    r.idempotency_key = "defaults".into();
+    r.run_at = Some(ts_in(Duration::from_secs(3600)));
+    let first = c.submit(r.clone()).await.unwrap().into_inner();
+    assert!(!first.deduplicated);
+    let first_id = first.job.unwrap().id;
+    let explicit = [
+        (3, None),
+        (0, Some(Duration::from_secs(60))),
+        (3, Some(Duration::from_secs(60))),
+    ];
+    for (max_attempts, timeout) in explicit {
+        let mut e = r.clone();
+        e.max_attempts = max_attempts;
+        e.timeout = timeout.map(|t| prost_types::Duration::try_from(t).unwrap());
+        let again = c
+            .submit(e)
+            .await
+            .unwrap_or_else(|e| panic!("max_attempts {max_attempts}, timeout {timeout:?}: {e}"))
+            .into_inner();
+        assert!(again.deduplicated);
+        assert_eq!(again.job.unwrap().id, first_id);
+    }
+    // A value other than the default is still a different request.
+    let mut other = r.clone();
+    other.max_attempts = 4;
+    let e = c.submit(other).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let mut other = r;
+    other.timeout = Some(prost_types::Duration {
+        seconds: 61,
+        nanos: 0,
+    });
+    let e = c.submit(other).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+}
+
 #[tokio::test]
 async fn backlog_bound_answers_resource_exhausted_with_retry_info() {
     let d = start("[queue]\nmax_backlog = 2\n").await;
