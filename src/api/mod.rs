@@ -241,8 +241,9 @@ impl JobService for JobApi {
             return Err(ApiError::Draining.into());
         }
         let slot = self.connection_slot(request.remote_addr())?;
+        let after = request.get_ref().after_sequence;
         let (snapshot, sub) = self.engine.watch(id).await.map_err(|e| self.err(e))?;
-        let stream = watch_stream(snapshot, sub, self.streams_stop.clone());
+        let stream = watch_stream(snapshot, after, sub, self.streams_stop.clone());
         // The stream owns the connection place and frees it when it ends.
         Ok(Response::new(Box::pin(futures_util::StreamExt::map(
             stream,
@@ -325,47 +326,62 @@ impl JobService for JobApi {
 
 /// Snapshot first, then each later change, ending after a terminal state
 /// (OK) or on drain (UNAVAILABLE).
-fn watch_stream(snapshot: Job, sub: Subscription, stop: CancellationToken) -> EventStream {
+///
+/// A resume (`after` > 0) skips what the client already has: the snapshot
+/// is sent only when it is newer than `after`; otherwise the stream waits
+/// for the next change, or, for a finished job, ends OK at once. Changes
+/// are followed from the snapshot's sequence, not from `after`, so an
+/// `after` from the future cannot hide real changes.
+fn watch_stream(
+    snapshot: Job,
+    after: u64,
+    sub: Subscription,
+    stop: CancellationToken,
+) -> EventStream {
     enum St {
         Start(Box<Job>, Subscription),
         Follow(Subscription, u64),
         Done,
     }
-    Box::pin(futures_util::stream::unfold(
-        St::Start(Box::new(snapshot), sub),
-        move |st| {
-            let stop = stop.clone();
-            async move {
-                match st {
-                    St::Done => None,
-                    St::Start(job, sub) => {
-                        let next = if job.state.is_terminal() {
-                            St::Done
-                        } else {
-                            St::Follow(sub, job.sequence)
-                        };
-                        Some((Ok(convert::event(&job)), next))
-                    }
-                    St::Follow(sub, last) => loop {
-                        tokio::select! {
-                            job = sub.next() => {
-                                if job.sequence <= last {
-                                    continue;
-                                }
-                                let next = if job.state.is_terminal() {
-                                    St::Done
-                                } else {
-                                    St::Follow(sub, job.sequence)
-                                };
-                                return Some((Ok(convert::event(&job)), next));
-                            }
-                            _ = stop.cancelled() => {
-                                return Some((Err(ApiError::Draining.into()), St::Done));
-                            }
-                        }
-                    },
+    let first = if after == 0 || after < snapshot.sequence {
+        St::Start(Box::new(snapshot), sub)
+    } else if snapshot.state.is_terminal() {
+        St::Done
+    } else {
+        St::Follow(sub, snapshot.sequence)
+    };
+    Box::pin(futures_util::stream::unfold(first, move |st| {
+        let stop = stop.clone();
+        async move {
+            match st {
+                St::Done => None,
+                St::Start(job, sub) => {
+                    let next = if job.state.is_terminal() {
+                        St::Done
+                    } else {
+                        St::Follow(sub, job.sequence)
+                    };
+                    Some((Ok(convert::event(&job)), next))
                 }
+                St::Follow(sub, last) => loop {
+                    tokio::select! {
+                        job = sub.next() => {
+                            if job.sequence <= last {
+                                continue;
+                            }
+                            let next = if job.state.is_terminal() {
+                                St::Done
+                            } else {
+                                St::Follow(sub, job.sequence)
+                            };
+                            return Some((Ok(convert::event(&job)), next));
+                        }
+                        _ = stop.cancelled() => {
+                            return Some((Err(ApiError::Draining.into()), St::Done));
+                        }
+                    }
+                },
             }
-        },
-    ))
+        }
+    }))
 }
