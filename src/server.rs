@@ -193,8 +193,7 @@ pub async fn run_with_listeners(
 
     let streams_stop = CancellationToken::new();
     let limit = config.max_message_bytes();
-    // A reply may carry a result next to its payload.
-    let reply_limit = limit.max(config.queue.max_payload_bytes * 2);
+    let reply_limit = config.max_reply_bytes();
     let api = JobApi::new(
         engine.clone(),
         config.queue.max_batch,

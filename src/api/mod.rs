@@ -76,6 +76,17 @@ impl JobApi {
         }))
     }
 
+    /// A job for a reply: cut to fit the reply limit (see
+    /// [`convert::job_within`]), so no stored job makes a reply fail.
+    fn job(&self, j: &Job) -> proto::Job {
+        convert::job_within(j, self.max_job_bytes())
+    }
+
+    /// The most a job may take in a reply, leaving room for the rest.
+    fn max_job_bytes(&self) -> usize {
+        self.max_reply_bytes.saturating_sub(REPLY_SLACK)
+    }
+
     fn err(&self, e: EngineError) -> Status {
         ApiError::from(e).into()
     }
@@ -98,11 +109,11 @@ impl JobApi {
     ) -> Result<proto::SubmitResponse, ApiError> {
         match o {
             InsertOutcome::Created(job) => Ok(proto::SubmitResponse {
-                job: Some(convert::job_to_proto(&job)),
+                job: Some(self.job(&job)),
                 deduplicated: false,
             }),
             InsertOutcome::Deduplicated(job) => Ok(proto::SubmitResponse {
-                job: Some(convert::job_to_proto(&job)),
+                job: Some(self.job(&job)),
                 deduplicated: true,
             }),
             InsertOutcome::Conflict { existing_id } => Err(ApiError::IdempotencyConflict {
@@ -120,8 +131,11 @@ impl JobApi {
     }
 }
 
-/// Room in a ListJobs reply for what is not a job (token, framing).
+/// Room in a reply for what is not a job (ListJobs' page token, a
+/// JobEvent's sequence, framing).
 const REPLY_SLACK: usize = 1024;
+/// A job's tag and length prefix in a ListJobs page, rounded up.
+const PAGE_ENTRY_FRAMING: usize = 16;
 
 /// One watcher's place on its connection.
 struct ConnSlot {
@@ -226,7 +240,7 @@ impl JobService for JobApi {
         let id = validate::job_id("id", &request.get_ref().id)?;
         let job = self.engine.get(id).await.map_err(|e| self.err(e))?;
         Ok(Response::new(proto::GetStatusResponse {
-            job: Some(convert::job_to_proto(&job)),
+            job: Some(self.job(&job)),
         }))
     }
 
@@ -243,7 +257,13 @@ impl JobService for JobApi {
         let slot = self.connection_slot(request.remote_addr())?;
         let after = request.get_ref().after_sequence;
         let (snapshot, sub) = self.engine.watch(id).await.map_err(|e| self.err(e))?;
-        let stream = watch_stream(snapshot, after, sub, self.streams_stop.clone());
+        let stream = watch_stream(
+            snapshot,
+            after,
+            sub,
+            self.max_job_bytes(),
+            self.streams_stop.clone(),
+        );
         // The stream owns the connection place and frees it when it ends.
         Ok(Response::new(Box::pin(futures_util::StreamExt::map(
             stream,
@@ -271,7 +291,7 @@ impl JobService for JobApi {
             CancelOutcome::Cancelled { job, .. } | CancelOutcome::AlreadyCancelled(job) => job,
         };
         Ok(Response::new(proto::CancelResponse {
-            job: Some(convert::job_to_proto(&job)),
+            job: Some(self.job(&job)),
         }))
     }
 
@@ -298,11 +318,13 @@ impl JobService for JobApi {
         let jobs = self.engine.list(&query).await.map_err(|e| self.err(e))?;
         // A page ends early rather than outgrow the reply limit (results
         // can be large); the token then continues after its last job.
-        let budget = self.max_reply_bytes.saturating_sub(REPLY_SLACK);
+        // Each job is cut to fit on its own, so a page always holds at
+        // least one and paging never sticks at a large one.
+        let budget = self.max_job_bytes();
         let (mut page, mut size) = (Vec::new(), 0);
         for j in jobs.iter().take(limit) {
-            let p = convert::job_to_proto(j);
-            let n = prost::Message::encoded_len(&p) + 16;
+            let p = convert::job_within(j, budget.saturating_sub(PAGE_ENTRY_FRAMING));
+            let n = prost::Message::encoded_len(&p) + PAGE_ENTRY_FRAMING;
             if !page.is_empty() && size + n > budget {
                 break;
             }
@@ -336,6 +358,7 @@ fn watch_stream(
     snapshot: Job,
     after: u64,
     sub: Subscription,
+    max_job_bytes: usize,
     stop: CancellationToken,
 ) -> EventStream {
     enum St {
@@ -361,7 +384,7 @@ fn watch_stream(
                     } else {
                         St::Follow(sub, job.sequence)
                     };
-                    Some((Ok(convert::event(&job)), next))
+                    Some((Ok(convert::event_within(&job, max_job_bytes)), next))
                 }
                 St::Follow(sub, last) => loop {
                     tokio::select! {
@@ -374,7 +397,7 @@ fn watch_stream(
                             } else {
                                 St::Follow(sub, job.sequence)
                             };
-                            return Some((Ok(convert::event(&job)), next));
+                            return Some((Ok(convert::event_within(&job, max_job_bytes)), next));
                         }
                         _ = stop.cancelled() => {
                             return Some((Err(ApiError::Draining.into()), St::Done));

@@ -93,6 +93,8 @@ fn bad_config_exits_64_naming_the_key_before_binding() {
         ("[kinds.h]\nhandler = \"http\"\nurl = \"ftp://x\"\n", "kinds.h.url"),
         ("[kinds.h]\nhandler = \"http\"\nurl = \"http://x\"\nmethod = \"DELETE\"\n", "kinds.h.method"),
         ("[kinds.c]\nhandler = \"command\"\ncommand = [\"ls\"]\nworking_dir = \"/no/such/dir\"\n", "kinds.c.working_dir"),
+        // A result that could not fit in a reply (4 MiB by default).
+        ("[kinds.big]\nhandler = \"echo\"\nmax_result_bytes = 9000000\n", "kinds.big.max_result_bytes"),
     ] {
         let f = dir.path().join("bad.toml");
         std::fs::write(&f, text).unwrap();
