@@ -236,8 +236,7 @@ pub async fn run_with_listeners(
 
     let streams_stop = CancellationToken::new();
     let limit = config.max_message_bytes();
-    // A reply may carry a result next to its payload.
-    let reply_limit = limit.max(config.queue.max_payload_bytes * 2);
+    let reply_limit = config.max_reply_bytes();
     let auth_on = !tokens.is_empty();
     let tokens = Tokens::new(tokens, config.auth.submit_rate);
     let api = JobApi::new(

@@ -57,12 +57,85 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
         result: j.result.to_vec(),
         payload_size: j.payload.len() as u64,
         timeout: prost_types::Duration::try_from(j.timeout).ok(),
+        result_truncated: false,
     }
 }
 
-pub fn event(j: &Job) -> proto::JobEvent {
+/// [`job_to_proto`], cut to at most `max_bytes` encoded: a reply must never
+/// fail on a stored job, whatever limits it was stored under. The result is
+/// cut first (and `result_truncated` set); if that is not enough, the last
+/// error too. Anything else is bounded by validation.
+pub fn job_within(j: &Job, max_bytes: usize) -> proto::Job {
+    use prost::Message;
+    let mut p = job_to_proto(j);
+    if p.encoded_len() <= max_bytes {
+        return p;
+    }
+    p.result_truncated = true;
+    // Cutting the excess always suffices: a shorter length prefix only
+    // makes the message smaller still.
+    let over = p.encoded_len().saturating_sub(max_bytes);
+    let keep = p.result.len().saturating_sub(over);
+    p.result.truncate(keep);
+    let len = p.encoded_len();
+    if len > max_bytes {
+        let mut keep = p.last_error.len().saturating_sub(len - max_bytes);
+        while !p.last_error.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        p.last_error.truncate(keep);
+    }
+    p
+}
+
+/// A WatchStatus event, its job cut like [`job_within`].
+pub fn event_within(j: &Job, max_bytes: usize) -> proto::JobEvent {
     proto::JobEvent {
-        job: Some(job_to_proto(j)),
+        job: Some(job_within(j, max_bytes)),
         sequence: j.sequence,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    fn job(result: usize, error: &str) -> Job {
+        let mut j = crate::job::NewJob {
+            id: uuid::Uuid::nil(),
+            kind: "k".into(),
+            max_attempts: 1,
+            priority: 0,
+            idempotency_key: None,
+            labels: Default::default(),
+            payload: Default::default(),
+            timeout: std::time::Duration::from_secs(1),
+            run_at: None,
+            request_hash: [0; 32],
+            created_at: 0,
+        }
+        .into_job();
+        j.result = vec![7u8; result].into();
+        j.last_error = error.into();
+        j
+    }
+
+    #[test]
+    fn a_job_is_cut_to_fit_and_says_so() {
+        let fits = job(100, "");
+        let whole = job_to_proto(&fits).encoded_len();
+        assert!(!job_within(&fits, whole).result_truncated);
+        for max in [whole - 1, whole - 50, 120] {
+            let p = job_within(&fits, max);
+            assert!(p.result_truncated, "{max}");
+            assert!(p.encoded_len() <= max, "{max}: {}", p.encoded_len());
+            assert!(p.result.len() >= 100 - (whole - max) - 4);
+        }
+        // Nothing left to cut in the result: the error is cut, on a char
+        // boundary.
+        let p = job_within(&job(10, &"é".repeat(500)), 300);
+        assert!(p.result.is_empty() && p.result_truncated);
+        assert!(p.encoded_len() <= 300 && !p.last_error.is_empty());
     }
 }

@@ -84,6 +84,17 @@ impl JobApi {
         }))
     }
 
+    /// A job for a reply: cut to fit the reply limit (see
+    /// [`convert::job_within`]), so no stored job makes a reply fail.
+    fn job(&self, j: &Job) -> proto::Job {
+        convert::job_within(j, self.max_job_bytes())
+    }
+
+    /// The most a job may take in a reply, leaving room for the rest.
+    fn max_job_bytes(&self) -> usize {
+        self.max_reply_bytes.saturating_sub(REPLY_SLACK)
+    }
+
     fn err(&self, e: EngineError) -> Status {
         ApiError::from(e).into()
     }
@@ -106,11 +117,11 @@ impl JobApi {
     ) -> Result<proto::SubmitResponse, ApiError> {
         match o {
             InsertOutcome::Created(job) => Ok(proto::SubmitResponse {
-                job: Some(convert::job_to_proto(&job)),
+                job: Some(self.job(&job)),
                 deduplicated: false,
             }),
             InsertOutcome::Deduplicated(job) => Ok(proto::SubmitResponse {
-                job: Some(convert::job_to_proto(&job)),
+                job: Some(self.job(&job)),
                 deduplicated: true,
             }),
             InsertOutcome::Conflict { existing_id } => Err(ApiError::IdempotencyConflict {
@@ -128,8 +139,11 @@ impl JobApi {
     }
 }
 
-/// Room in a ListJobs reply for what is not a job (token, framing).
+/// Room in a reply for what is not a job (ListJobs' page token, a
+/// JobEvent's sequence, framing).
 const REPLY_SLACK: usize = 1024;
+/// A job's tag and length prefix in a ListJobs page, rounded up.
+const PAGE_ENTRY_FRAMING: usize = 16;
 
 /// One watcher's place on its connection.
 struct ConnSlot {
@@ -238,7 +252,7 @@ impl JobService for JobApi {
         let id = validate::job_id("id", &request.get_ref().id)?;
         let job = self.engine.get(id).await.map_err(|e| self.err(e))?;
         Ok(Response::new(proto::GetStatusResponse {
-            job: Some(convert::job_to_proto(&job)),
+            job: Some(self.job(&job)),
         }))
     }
 
@@ -253,8 +267,15 @@ impl JobService for JobApi {
             return Err(ApiError::Draining.into());
         }
         let slot = self.connection_slot(request.remote_addr())?;
+        let after = request.get_ref().after_sequence;
         let (snapshot, sub) = self.engine.watch(id).await.map_err(|e| self.err(e))?;
-        let stream = watch_stream(snapshot, sub, self.streams_stop.clone());
+        let stream = watch_stream(
+            snapshot,
+            after,
+            sub,
+            self.max_job_bytes(),
+            self.streams_stop.clone(),
+        );
         // The stream owns the connection place and frees it when it ends.
         Ok(Response::new(Box::pin(futures_util::StreamExt::map(
             stream,
@@ -282,7 +303,7 @@ impl JobService for JobApi {
             CancelOutcome::Cancelled { job, .. } | CancelOutcome::AlreadyCancelled(job) => job,
         };
         Ok(Response::new(proto::CancelResponse {
-            job: Some(convert::job_to_proto(&job)),
+            job: Some(self.job(&job)),
         }))
     }
 
@@ -309,11 +330,13 @@ impl JobService for JobApi {
         let jobs = self.engine.list(&query).await.map_err(|e| self.err(e))?;
         // A page ends early rather than outgrow the reply limit (results
         // can be large); the token then continues after its last job.
-        let budget = self.max_reply_bytes.saturating_sub(REPLY_SLACK);
+        // Each job is cut to fit on its own, so a page always holds at
+        // least one and paging never sticks at a large one.
+        let budget = self.max_job_bytes();
         let (mut page, mut size) = (Vec::new(), 0);
         for j in jobs.iter().take(limit) {
-            let p = convert::job_to_proto(j);
-            let n = prost::Message::encoded_len(&p) + 16;
+            let p = convert::job_within(j, budget.saturating_sub(PAGE_ENTRY_FRAMING));
+            let n = prost::Message::encoded_len(&p) + PAGE_ENTRY_FRAMING;
             if !page.is_empty() && size + n > budget {
                 break;
             }
@@ -337,47 +360,63 @@ impl JobService for JobApi {
 
 /// Snapshot first, then each later change, ending after a terminal state
 /// (OK) or on drain (UNAVAILABLE).
-fn watch_stream(snapshot: Job, sub: Subscription, stop: CancellationToken) -> EventStream {
+///
+/// A resume (`after` > 0) skips what the client already has: the snapshot
+/// is sent only when it is newer than `after`; otherwise the stream waits
+/// for the next change, or, for a finished job, ends OK at once. Changes
+/// are followed from the snapshot's sequence, not from `after`, so an
+/// `after` from the future cannot hide real changes.
+fn watch_stream(
+    snapshot: Job,
+    after: u64,
+    sub: Subscription,
+    max_job_bytes: usize,
+    stop: CancellationToken,
+) -> EventStream {
     enum St {
         Start(Box<Job>, Subscription),
         Follow(Subscription, u64),
         Done,
     }
-    Box::pin(futures_util::stream::unfold(
-        St::Start(Box::new(snapshot), sub),
-        move |st| {
-            let stop = stop.clone();
-            async move {
-                match st {
-                    St::Done => None,
-                    St::Start(job, sub) => {
-                        let next = if job.state.is_terminal() {
-                            St::Done
-                        } else {
-                            St::Follow(sub, job.sequence)
-                        };
-                        Some((Ok(convert::event(&job)), next))
-                    }
-                    St::Follow(sub, last) => loop {
-                        tokio::select! {
-                            job = sub.next() => {
-                                if job.sequence <= last {
-                                    continue;
-                                }
-                                let next = if job.state.is_terminal() {
-                                    St::Done
-                                } else {
-                                    St::Follow(sub, job.sequence)
-                                };
-                                return Some((Ok(convert::event(&job)), next));
-                            }
-                            _ = stop.cancelled() => {
-                                return Some((Err(ApiError::Draining.into()), St::Done));
-                            }
-                        }
-                    },
+    let first = if after == 0 || after < snapshot.sequence {
+        St::Start(Box::new(snapshot), sub)
+    } else if snapshot.state.is_terminal() {
+        St::Done
+    } else {
+        St::Follow(sub, snapshot.sequence)
+    };
+    Box::pin(futures_util::stream::unfold(first, move |st| {
+        let stop = stop.clone();
+        async move {
+            match st {
+                St::Done => None,
+                St::Start(job, sub) => {
+                    let next = if job.state.is_terminal() {
+                        St::Done
+                    } else {
+                        St::Follow(sub, job.sequence)
+                    };
+                    Some((Ok(convert::event_within(&job, max_job_bytes)), next))
                 }
+                St::Follow(sub, last) => loop {
+                    tokio::select! {
+                        job = sub.next() => {
+                            if job.sequence <= last {
+                                continue;
+                            }
+                            let next = if job.state.is_terminal() {
+                                St::Done
+                            } else {
+                                St::Follow(sub, job.sequence)
+                            };
+                            return Some((Ok(convert::event_within(&job, max_job_bytes)), next));
+                        }
+                        _ = stop.cancelled() => {
+                            return Some((Err(ApiError::Draining.into()), St::Done));
+                        }
+                    }
+                },
             }
-        },
-    ))
+        }
+    }))
 }

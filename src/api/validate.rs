@@ -148,21 +148,23 @@ pub fn submit<'a>(
     let (Some(kind), true) = (kind, v.is_empty()) else {
         return Err(ApiError::InvalidArgument(v));
     };
-    let request_hash = request_hash(&req);
+    let max_attempts = if req.max_attempts == 0 {
+        kind.max_attempts
+    } else {
+        req.max_attempts
+    };
+    let timeout = timeout.unwrap_or(kind.timeout);
+    let request_hash = request_hash(&req, max_attempts, timeout);
     let labels = req.labels.into_iter().collect();
     Ok(NewJob {
         id: Uuid::now_v7(),
         kind: req.kind,
-        max_attempts: if req.max_attempts == 0 {
-            kind.max_attempts
-        } else {
-            req.max_attempts
-        },
+        max_attempts,
         priority: req.priority,
         idempotency_key: Some(req.idempotency_key).filter(|k| !k.is_empty()),
         labels,
         payload: Bytes::from(req.payload),
-        timeout: timeout.unwrap_or(kind.timeout),
+        timeout,
         run_at,
         request_hash,
         created_at: now,
@@ -171,8 +173,11 @@ pub fn submit<'a>(
 
 /// A hash of everything a submit asks for, so a reused idempotency key with a
 /// different request is told apart from a retry of the same one. Fields are
-/// length-prefixed so no two requests encode alike.
-pub fn request_hash(req: &proto::SubmitRequest) -> [u8; 32] {
+/// length-prefixed so no two requests encode alike. `max_attempts` and
+/// `timeout` are the effective values (the kind's default filled in), so
+/// leaving a field to the default and spelling the default out are the same
+/// request.
+pub fn request_hash(req: &proto::SubmitRequest, max_attempts: u32, timeout: Duration) -> [u8; 32] {
     let mut h = Sha256::new();
     let mut field = |b: &[u8]| {
         h.update((b.len() as u64).to_le_bytes());
@@ -181,11 +186,8 @@ pub fn request_hash(req: &proto::SubmitRequest) -> [u8; 32] {
     field(req.kind.as_bytes());
     field(&req.payload);
     field(&req.priority.to_le_bytes());
-    field(&req.max_attempts.to_le_bytes());
-    match &req.timeout {
-        Some(d) => field(format!("{}.{}", d.seconds, d.nanos).as_bytes()),
-        None => field(b"-"),
-    }
+    field(&max_attempts.to_le_bytes());
+    field(format!("{}.{}", timeout.as_secs(), timeout.subsec_nanos()).as_bytes());
     match &req.run_at {
         Some(t) => field(format!("{}.{}", t.seconds, t.nanos).as_bytes()),
         None => field(b"-"),
@@ -405,13 +407,16 @@ mod tests {
             payload: b"x".to_vec(),
             ..Default::default()
         };
+        let hash = |r: &proto::SubmitRequest| request_hash(r, 3, Duration::from_secs(60));
         let mut b = a.clone();
-        assert_eq!(request_hash(&a), request_hash(&b));
+        assert_eq!(hash(&a), hash(&b));
         b.priority = 1;
-        assert_ne!(request_hash(&a), request_hash(&b));
+        assert_ne!(hash(&a), hash(&b));
         let mut c = a.clone();
         c.kind = "echox".into();
         c.payload = vec![];
-        assert_ne!(request_hash(&a), request_hash(&c));
+        assert_ne!(hash(&a), hash(&c));
+        assert_ne!(hash(&a), request_hash(&a, 4, Duration::from_secs(60)));
+        assert_ne!(hash(&a), request_hash(&a, 3, Duration::from_millis(60_001)));
     }
 }

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::{
     duration, invalid, opt_duration, Config, ConfigError, DEFAULT_KILL_GRACE, DEFAULT_KIND_TIMEOUT,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RESULT_BYTES, DEFAULT_STOP_GRACE, MAX_ATTEMPTS_LIMIT,
-    MAX_KILL_GRACE, MAX_TIMEOUT,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RESULT_BYTES, DEFAULT_STOP_GRACE, JOB_REPLY_OVERHEAD,
+    MAX_ATTEMPTS_LIMIT, MAX_KILL_GRACE, MAX_TIMEOUT,
 };
 
 /// Which handler runs a kind.
@@ -44,7 +44,8 @@ pub struct KindConfig {
     pub backoff: BackoffConfig,
     /// Largest payload for this kind; default: `queue.max_payload_bytes`.
     pub max_payload_bytes: Option<usize>,
-    /// Result bytes kept; longer output is cut.
+    /// Result bytes kept; longer output is cut. Default 64 KiB; at most
+    /// [`Config::max_result_bytes_allowed`], so every job fits a reply.
     pub max_result_bytes: Option<usize>,
     /// `command`: argv; the payload goes to stdin, stdout is the result.
     pub command: Option<Vec<String>>,
@@ -194,6 +195,25 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<KindSettings>, ConfigError>
                 "must not exceed queue.max_payload_bytes",
             ));
         }
+        // A result that cannot fit a reply would make its job unreadable
+        // (GetStatus, WatchStatus and ListJobs would all fail on it).
+        let result_room = config.max_result_bytes_allowed();
+        let max_result_bytes = match k.max_result_bytes {
+            Some(n) if n > result_room => {
+                return Err(invalid(
+                    key("max_result_bytes"),
+                    format!(
+                        "{n} is over {result_room}: a job reply must fit the reply limit of {} \
+                         bytes (the larger of limits.max_message_bytes and 2 x \
+                         queue.max_payload_bytes) with {JOB_REPLY_OVERHEAD} bytes to spare \
+                         for the job's other fields; raise one of those or lower this",
+                        config.max_reply_bytes()
+                    ),
+                ))
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_RESULT_BYTES.min(result_room),
+        };
         kinds.push(KindSettings {
             name: name.clone(),
             handler,
@@ -203,7 +223,7 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<KindSettings>, ConfigError>
             concurrency: concurrency.min(q.workers),
             backoff: b.clone(),
             max_payload_bytes,
-            max_result_bytes: k.max_result_bytes.unwrap_or(DEFAULT_MAX_RESULT_BYTES),
+            max_result_bytes,
         });
     }
     Ok(kinds)

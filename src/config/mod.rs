@@ -312,6 +312,20 @@ impl Config {
             .max_message_bytes
             .unwrap_or((self.queue.max_payload_bytes + MESSAGE_OVERHEAD).max(MIN_MESSAGE_LIMIT))
     }
+
+    /// The largest reply encoded: the request limit, or twice the payload
+    /// limit if that is more (a reply may carry a result as large as a
+    /// payload).
+    pub fn max_reply_bytes(&self) -> usize {
+        self.max_message_bytes()
+            .max(self.queue.max_payload_bytes.saturating_mul(2))
+    }
+
+    /// The largest `max_result_bytes` a kind may have: a job with a result
+    /// that long, and every other field at its bound, still fits a reply.
+    pub fn max_result_bytes_allowed(&self) -> usize {
+        self.max_reply_bytes().saturating_sub(JOB_REPLY_OVERHEAD)
+    }
 }
 
 impl PostgresConfig {
@@ -399,6 +413,10 @@ pub struct LimitsConfig {
 
 /// Room in a request beyond the payload limit, for the other fields.
 pub const MESSAGE_OVERHEAD: usize = 64 * 1024;
+/// Room in a job reply for everything but the result: id, kind, labels
+/// (at most 32 x 319 bytes), idempotency key, last error (handlers keep at
+/// most 4 KiB of it), times, and the reply's own framing.
+pub const JOB_REPLY_OVERHEAD: usize = 32 * 1024;
 /// The smallest default request limit, so SubmitBatch of small jobs fits.
 pub const MIN_MESSAGE_LIMIT: usize = 4 * 1024 * 1024;
 

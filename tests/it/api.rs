@@ -208,6 +208,50 @@ async fn idempotent_resubmit_and_conflict() {
     assert_eq!(info.metadata["job_id"], first.job.unwrap().id);
 }
 
+/// Idempotency compares what a request means, not how it is spelled: a
+/// field left to the kind's default equals that default given explicitly.
+#[tokio::test]
+async fn defaulted_and_explicit_kind_defaults_are_the_same_request() {
+    // `fail` declares max_attempts = 3; kinds time out after 60 s by default.
+    let d = start("").await;
+    let mut c = d.client().await;
+    let mut r = req("fail", "x");
+    r.idempotency_key = "defaults".into();
+    r.run_at = Some(ts_in(Duration::from_secs(3600)));
+    let first = c.submit(r.clone()).await.unwrap().into_inner();
+    assert!(!first.deduplicated);
+    let first_id = first.job.unwrap().id;
+    let explicit = [
+        (3, None),
+        (0, Some(Duration::from_secs(60))),
+        (3, Some(Duration::from_secs(60))),
+    ];
+    for (max_attempts, timeout) in explicit {
+        let mut e = r.clone();
+        e.max_attempts = max_attempts;
+        e.timeout = timeout.map(|t| prost_types::Duration::try_from(t).unwrap());
+        let again = c
+            .submit(e)
+            .await
+            .unwrap_or_else(|e| panic!("max_attempts {max_attempts}, timeout {timeout:?}: {e}"))
+            .into_inner();
+        assert!(again.deduplicated);
+        assert_eq!(again.job.unwrap().id, first_id);
+    }
+    // A value other than the default is still a different request.
+    let mut other = r.clone();
+    other.max_attempts = 4;
+    let e = c.submit(other).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+    let mut other = r;
+    other.timeout = Some(prost_types::Duration {
+        seconds: 61,
+        nanos: 0,
+    });
+    let e = c.submit(other).await.unwrap_err();
+    assert_eq!(e.code(), Code::AlreadyExists);
+}
+
 #[tokio::test]
 async fn backlog_bound_answers_resource_exhausted_with_retry_info() {
     let d = start("[queue]\nmax_backlog = 2\n").await;
@@ -268,6 +312,72 @@ async fn watcher_sees_every_transition_in_order() {
     let again = watch_all(&mut c, &job.id).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].sequence, 6);
+}
+
+/// A reconnect with `after_sequence` gets only what came after it: the
+/// current snapshot when it is newer, else nothing until the next change,
+/// and a finished job already seen ends the stream at once.
+#[tokio::test]
+async fn watch_resumes_after_the_sequence_it_was_given() {
+    let d = start("").await;
+    let mut c = d.client().await;
+    let job = submit(&mut c, req("sleep", "60000")).await;
+    let running = wait_for(&mut c, &job.id, |s| s == JobState::Running).await;
+    let seq = {
+        let mut s = c
+            .watch_status(proto::WatchStatusRequest {
+                id: job.id.clone(),
+                after_sequence: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = s.message().await.unwrap().unwrap();
+        assert_eq!(state(first.job.as_ref().unwrap()), state(&running));
+        first.sequence
+    };
+    let watch = |after: u64| proto::WatchStatusRequest {
+        id: job.id.clone(),
+        after_sequence: after,
+    };
+    // Behind the job: the (newer) snapshot comes first.
+    let mut behind = c.watch_status(watch(seq - 1)).await.unwrap().into_inner();
+    let snap = behind.message().await.unwrap().unwrap();
+    assert_eq!(snap.sequence, seq);
+    // Caught up (or claiming to be ahead): nothing until the next change.
+    let mut caught_up = c.watch_status(watch(seq)).await.unwrap().into_inner();
+    let mut ahead = c.watch_status(watch(seq + 100)).await.unwrap().into_inner();
+    for s in [&mut caught_up, &mut ahead] {
+        let quiet = tokio::time::timeout(Duration::from_millis(300), s.message()).await;
+        assert!(quiet.is_err(), "sent again what the client has: {quiet:?}");
+    }
+    c.cancel(proto::CancelRequest { id: job.id.clone() })
+        .await
+        .unwrap();
+    for s in [&mut behind, &mut caught_up, &mut ahead] {
+        let mut got = Vec::new();
+        while let Some(e) = tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("stream ends after the terminal state")
+            .unwrap()
+        {
+            got.push((e.sequence, state(e.job.as_ref().unwrap())));
+        }
+        assert_eq!(got, [(seq + 1, JobState::Cancelled)]);
+    }
+    // A finished job the client saw finish: the stream ends OK, empty.
+    for after in [seq + 1, seq + 5] {
+        let mut done = c.watch_status(watch(after)).await.unwrap().into_inner();
+        let end = tokio::time::timeout(Duration::from_secs(5), done.message())
+            .await
+            .expect("ends at once");
+        assert!(matches!(end, Ok(None)), "after {after}: {end:?}");
+    }
+    // Before the end: the terminal snapshot alone.
+    let mut late = c.watch_status(watch(seq)).await.unwrap().into_inner();
+    let last = late.message().await.unwrap().unwrap();
+    assert_eq!(last.sequence, seq + 1);
+    assert!(late.message().await.unwrap().is_none());
 }
 
 #[tokio::test]

@@ -98,6 +98,8 @@ fn bad_config_exits_64_naming_the_key_before_binding() {
         ("[queue]\ndispatch_channel = 4611686018427387904\n", "queue.dispatch_channel"),
         ("[kinds.h]\nhandler = \"http\"\nurl = \"http://exa mple/hook\"\n", "kinds.h.url"),
         ("[kinds.h]\nhandler = \"http\"\nurl = \"http://:80/hook\"\n", "kinds.h.url"),
+        // A result that could not fit in a reply (4 MiB by default).
+        ("[kinds.big]\nhandler = \"echo\"\nmax_result_bytes = 9000000\n", "kinds.big.max_result_bytes"),
     ] {
         let f = dir.path().join("bad.toml");
         std::fs::write(&f, text).unwrap();

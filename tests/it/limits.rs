@@ -321,3 +321,123 @@ async fn memory_store_bounds_the_bytes_it_holds() {
     submit(&mut c, req("echo", "small")).await;
     d.stop().await.unwrap();
 }
+
+/// `max_result_bytes` must leave every job readable: at most the reply limit
+/// less `JOB_REPLY_OVERHEAD`, checked at its bound and one byte past it.
+#[test]
+fn max_result_bytes_must_fit_a_reply() {
+    let config = |head: &str, result: usize| {
+        jobd::Config::from_toml(&format!(
+            "{head}\n[kinds.big]\nhandler = \"echo\"\nmax_result_bytes = {result}\n"
+        ))
+        .unwrap()
+    };
+    let room = jobd::Config::default().max_result_bytes_allowed();
+    assert_eq!(room, 4 * 1024 * 1024 - jobd::config::JOB_REPLY_OVERHEAD);
+    for (head, result, ok) in [
+        ("", room, true),
+        ("", room + 1, false),
+        ("", 9_000_000, false),
+        // Larger payloads raise the reply limit to twice their size.
+        ("[queue]\nmax_payload_bytes = 5000000\n", 9_000_000, true),
+        ("[limits]\nmax_message_bytes = 9100000\n", 9_000_000, true),
+        ("[limits]\nmax_message_bytes = 9010000\n", 9_000_000, false),
+    ] {
+        match jobd::prepare(config(head, result)) {
+            Ok(_) => assert!(ok, "{head} {result} accepted"),
+            Err(e) => {
+                assert!(!ok, "{head} {result}: {e}");
+                assert!(e.to_string().contains("kinds.big.max_result_bytes"), "{e}");
+            }
+        }
+    }
+}
+
+/// A job stored under larger limits than the daemon has now (here: a 9 MB
+/// result, then a restart with the defaults) stays readable: GetStatus,
+/// WatchStatus and ListJobs answer it with its result cut and
+/// `result_truncated` set, and paging goes past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_larger_than_a_reply_is_answered_cut_and_paging_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = format!("store = \"sqlite:{}/jobd.db\"\n", dir.path().display());
+    let big_payload: Vec<u8> = (0..9_000_000u32).map(|i| (i % 251) as u8).collect();
+    let ids = {
+        let d = start_with(
+            &format!("{store}[queue]\nmax_payload_bytes = 10000000\n"),
+            "[kinds.echo]\nhandler = \"echo\"\nmax_result_bytes = 9000000\n",
+        )
+        .await;
+        let mut c = d.client().await.max_decoding_message_size(32 << 20);
+        let mut ids = Vec::new();
+        for payload in [b"small".to_vec(), big_payload.clone(), b"after".to_vec()] {
+            let j = submit(
+                &mut c,
+                proto::SubmitRequest {
+                    kind: "echo".into(),
+                    payload,
+                    ..Default::default()
+                },
+            )
+            .await;
+            let done = wait_terminal(&mut c, &j.id).await;
+            assert_eq!(state(&done), proto::JobState::Succeeded);
+            ids.push(j.id);
+        }
+        d.stop().await.unwrap();
+        ids
+    };
+    // The defaults: replies of at most 4 MiB (and a default client's limit).
+    let d = start_with(&store, "[kinds.echo]\nhandler = \"echo\"\n").await;
+    let mut c = d.client().await;
+    let check = |j: &proto::Job| {
+        assert_eq!(j.id, ids[1]);
+        assert_eq!(state(j), proto::JobState::Succeeded);
+        assert!(j.result_truncated);
+        assert!(j.result.len() > 3_000_000 && j.result.len() < 4 << 20);
+        assert_eq!(j.result[..], big_payload[..j.result.len()], "a prefix");
+        assert_eq!(j.payload_size, 9_000_000);
+    };
+    let got = c
+        .get_status(proto::GetStatusRequest { id: ids[1].clone() })
+        .await
+        .expect("GetStatus answers a job stored with a 9 MB result")
+        .into_inner();
+    check(got.job.as_ref().unwrap());
+    let small = status(&mut c, &ids[0]).await;
+    assert!(!small.result_truncated);
+    assert_eq!(small.result, b"small");
+    let events = watch_all(&mut c, &ids[1])
+        .await
+        .expect("WatchStatus answers");
+    assert_eq!(events.len(), 1);
+    check(events[0].job.as_ref().unwrap());
+    for page_size in [1, 10] {
+        let (mut seen, mut token) = (Vec::new(), String::new());
+        for _ in 0..10 {
+            let page = c
+                .list_jobs(proto::ListJobsRequest {
+                    page_size,
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("ListJobs answers every page")
+                .into_inner();
+            for j in &page.jobs {
+                if j.id == ids[1] {
+                    check(j);
+                } else {
+                    assert!(!j.result_truncated);
+                }
+            }
+            seen.extend(page.jobs.into_iter().map(|j| j.id));
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(seen, ids, "page_size {page_size}: every job once, in order");
+    }
+    d.stop().await.unwrap();
+}

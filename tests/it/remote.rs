@@ -328,9 +328,14 @@ async fn a_timeout_pushes_cancel_then_retries() {
         let seen = seen.clone();
         async move {
             if job.attempt == 1 {
-                job.cancel.cancelled().await;
-                seen.fetch_add(1, Ordering::SeqCst);
-                return Err(HandlerError::retryable("stopped"));
+                // Watched on a task of its own: the worker drops this
+                // future once the cancel arrives.
+                let token = job.cancel.clone();
+                tokio::spawn(async move {
+                    token.cancelled().await;
+                    seen.fetch_add(1, Ordering::SeqCst);
+                });
+                std::future::pending::<()>().await;
             }
             Ok(Bytes::from_static(b"second"))
         }
