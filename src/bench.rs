@@ -76,6 +76,11 @@ pub struct BenchArgs {
     /// The echo-like kind to submit.
     #[arg(long, default_value = "echo")]
     pub kind: String,
+    /// Serve `--kind` (declared `handler = "remote"`) from this process: one
+    /// worker session with this `max_in_flight`, answering each job with
+    /// its payload; measures remote workers beside in-process handlers.
+    #[arg(long)]
+    pub remote_worker: Option<u32>,
 }
 
 /// One line of the result table.
@@ -634,6 +639,16 @@ async fn watch(a: &BenchArgs, addr: &str) -> Result<Row, String> {
 /// Runs the scenario; returns the table rows.
 pub async fn run(a: &BenchArgs, addr: &str) -> Result<Vec<Row>, String> {
     let chans = channels(addr, a.connections).await?;
+    let worker = a.remote_worker.map(|n| {
+        let mut opts = crate::worker::WorkerOptions::new(addr, [a.kind.clone()]);
+        opts.max_in_flight = n;
+        opts.worker_id = "jobd-bench".into();
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(crate::worker::serve(opts, stop.clone(), |job| async move {
+            Ok(job.payload)
+        }));
+        stop.drop_guard()
+    });
     let mut rows = Vec::new();
     let all = a.scenario == Scenario::All;
     if all || a.scenario == Scenario::Baseline {
@@ -675,6 +690,7 @@ pub async fn run(a: &BenchArgs, addr: &str) -> Result<Vec<Row>, String> {
     if std::io::stderr().is_terminal() {
         eprintln!();
     }
+    drop(worker);
     Ok(rows)
 }
 

@@ -58,3 +58,40 @@ async fn every_bench_scenario_runs() {
     }
     d.stop().await.unwrap();
 }
+
+/// `jobd bench drain --remote-worker N` serves a remote kind from the bench
+/// process itself: the remote-worker throughput figure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_drain_through_a_remote_worker_runs() {
+    let d = start_with(
+        "store = \"sqlite:{dir}/jobd.db\"\n[queue]\nworkers = 64\n",
+        "[kinds.r]\nhandler = \"remote\"\n",
+    )
+    .await;
+    let addr = d.url();
+    let mut cmd = Command::new(bin());
+    cmd.args([
+        "bench",
+        "drain",
+        "--addr",
+        &addr,
+        "--json",
+        "--jobs",
+        "300",
+        "--kind",
+        "r",
+        "--remote-worker",
+        "64",
+    ]);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v[0]["rate"].as_f64().unwrap() > 0.0, "{v}");
+    d.stop().await.unwrap();
+}
