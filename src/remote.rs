@@ -46,6 +46,7 @@ struct Session {
     labels: HashMap<String, String>,
     address: Option<std::net::SocketAddr>,
     connected_at: SystemTime,
+    last_seen: SystemTime,
     /// Attempts assigned and not yet reported, with where their report goes.
     in_flight: HashMap<(Uuid, u32), oneshot::Sender<Report>>,
     outbox: Outbox,
@@ -74,6 +75,7 @@ pub struct SessionInfo {
     pub labels: HashMap<String, String>,
     pub address: Option<std::net::SocketAddr>,
     pub connected_at: SystemTime,
+    pub last_seen: SystemTime,
 }
 
 /// Every connected session. One mutex: each operation is a few map lookups
@@ -168,6 +170,7 @@ impl Workers {
                 labels,
                 address,
                 connected_at: SystemTime::now(),
+                last_seen: SystemTime::now(),
                 in_flight: HashMap::new(),
                 outbox,
                 draining: false,
@@ -199,6 +202,13 @@ impl Workers {
         }
         drop(s);
         self.room_changed();
+    }
+
+    /// The worker spoke (any message counts as a heartbeat).
+    pub fn seen(&self, session: u64) {
+        if let Some(s) = self.lock().get_mut(&session) {
+            s.last_seen = SystemTime::now();
+        }
     }
 
     /// A worker's report on `(job, attempt)`: delivered to the attempt if
@@ -271,6 +281,7 @@ impl Workers {
                 labels: s.labels.clone(),
                 address: s.address,
                 connected_at: s.connected_at,
+                last_seen: s.last_seen,
             })
             .collect();
         out.sort_by_key(|s| s.session_id);

@@ -20,7 +20,8 @@ use crate::handlers::Registry;
 use crate::job::now_micros;
 use crate::metrics::Metrics;
 use crate::proto::{
-    self, job_service_server::JobServiceServer, worker_service_server::WorkerServiceServer,
+    self, admin_service_server::AdminServiceServer, job_service_server::JobServiceServer,
+    worker_service_server::WorkerServiceServer,
 };
 use crate::remote::Workers;
 use crate::store::{self, StoreError};
@@ -260,6 +261,10 @@ pub async fn run_with_listeners(
         .max_encoding_message_size(reply_limit),
         tokens.clone(),
     );
+    let admin_service = Authenticated::new(
+        AdminServiceServer::new(crate::api::admin::AdminApi::new(workers.clone())),
+        tokens.clone(),
+    );
     let service = Authenticated::new(service, tokens);
 
     let local = listener
@@ -291,7 +296,8 @@ pub async fn run_with_listeners(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(service)
-        .add_service(worker_service);
+        .add_service(worker_service)
+        .add_service(admin_service);
     let stop = server_stop.clone().cancelled_owned();
     let max_conns = config.limits.max_connections;
     let handshake = config.limits.handshake_timeout;

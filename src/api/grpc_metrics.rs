@@ -20,6 +20,8 @@ const KNOWN: &[&str] = &[
     "/jobd.v1.JobService/WatchStatus",
     "/jobd.v1.JobService/Cancel",
     "/jobd.v1.JobService/ListJobs",
+    "/jobd.v1.WorkerService/Connect",
+    "/jobd.v1.AdminService/ListWorkers",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",

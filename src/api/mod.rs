@@ -2,6 +2,7 @@
 //! ([`validate`]), calls the engine, converts results ([`convert`]) and maps
 //! every refusal to a status in one place ([`error`]).
 
+pub mod admin;
 pub mod auth;
 pub mod convert;
 pub mod error;

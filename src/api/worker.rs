@@ -177,6 +177,7 @@ async fn serve_session(
                 return true;
             }
         };
+        workers.seen(session);
         let Some(msg) = msg.msg else { continue };
         if let worker_message::Msg::Heartbeat(_) = msg {
             continue;

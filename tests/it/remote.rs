@@ -428,6 +428,15 @@ async fn worker_role_is_for_worker_service_only() {
             assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
         }
     }
+    for (token, ok) in [(W, false), (S, false), (A, true)] {
+        let r = proto::admin_service_client::AdminServiceClient::with_interceptor(
+            ch.clone(),
+            with(token),
+        )
+        .list_workers(proto::ListWorkersRequest::default())
+        .await;
+        assert_eq!(r.is_ok(), ok, "AdminService with {token}: {r:?}");
+    }
     for (token, ok) in [(W, true), (S, false), (A, true)] {
         let (tx, rx) = mpsc::channel(4);
         tx.send(hello(&["r"], 1)).await.unwrap();
@@ -540,5 +549,48 @@ async fn drain_requeues_unreported_jobs_without_spending_the_attempt() {
     assert_eq!(state(&j), JobState::Succeeded);
     assert_eq!(j.attempt, 1, "the drained attempt was counted");
     stop.cancel();
+    d.stop().await.unwrap();
+}
+
+/// AdminService.ListWorkers shows each session (admin role only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_workers_shows_each_session() {
+    let d = start_with(HEAD, KINDS).await;
+    let mut c = d.client().await;
+    let mut a = raw(&d.url(), hello(&["r"], 3)).await.unwrap();
+    let job = submit(&mut c, req("r", "x")).await;
+    a.assign().await;
+    let ch = tonic::transport::Channel::from_shared(d.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut admin = proto::admin_service_client::AdminServiceClient::new(ch);
+    let list = admin
+        .list_workers(proto::ListWorkersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    assert_eq!(list.len(), 1, "{list:?}");
+    let w = &list[0];
+    assert_eq!(
+        (w.worker_id.as_str(), w.kinds.clone()),
+        ("raw", vec!["r".to_string()])
+    );
+    assert_eq!((w.in_flight, w.max_in_flight), (1, 3));
+    assert!(w.address.starts_with("127.0.0.1:"), "{w:?}");
+    assert!(w.connected_at.is_some() && w.last_seen.is_some());
+    let none = admin
+        .list_workers(proto::ListWorkersRequest {
+            kind: "echo".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    assert!(none.is_empty());
+    a.complete(&job.id, 1, "done").await;
+    assert!(!a.ack().await.stale);
     d.stop().await.unwrap();
 }
