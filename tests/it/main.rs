@@ -15,5 +15,6 @@ mod limits;
 mod operator;
 mod pg;
 mod postgres;
+mod python_worker;
 mod store_contract;
 mod tls;
