@@ -89,6 +89,8 @@ pub struct Workers {
     /// Wakes the engine's dispatcher for the same reason: a remote kind's
     /// jobs are claimed only while some session has room.
     waker: OnceLock<mpsc::Sender<()>>,
+    /// Set by [`Workers::drain`]: its deadline, for sessions opened after it.
+    drain_deadline: Mutex<Option<SystemTime>>,
     metrics: OnceLock<Arc<Metrics>>,
 }
 
@@ -108,6 +110,7 @@ impl Workers {
             max_sessions,
             room: Notify::new(),
             waker: OnceLock::new(),
+            drain_deadline: Mutex::new(None),
             metrics: OnceLock::new(),
         })
     }
@@ -138,7 +141,8 @@ impl Workers {
         self.metrics.get()
     }
 
-    /// Opens a session; its messages go to `outbox`. Returns its id.
+    /// Opens a session; its messages go to `outbox`, the first of them its
+    /// `Welcome` (and a `Drain` when jobd drains already). Returns its id.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         &self,
@@ -156,6 +160,21 @@ impl Workers {
             });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Queued under the lock, so before anything can be assigned.
+        let _ = outbox.try_send(Ok(proto::ServerMessage {
+            msg: Some(proto::server_message::Msg::Welcome(proto::Welcome {
+                session_id: id.to_string(),
+                heartbeat_interval: prost_types::Duration::try_from(self.heartbeat).ok(),
+            })),
+        }));
+        // A session that said hello while jobd started draining is told too.
+        let drain_deadline = *self
+            .drain_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(deadline) = drain_deadline {
+            let _ = outbox.try_send(Ok(drain_message(deadline)));
+        }
         if let Some(m) = self.metrics() {
             m.worker_sessions(&kinds, 1);
         }
@@ -170,7 +189,7 @@ impl Workers {
                 connected_at: SystemTime::now(),
                 in_flight: HashMap::new(),
                 outbox,
-                draining: false,
+                draining: drain_deadline.is_some(),
             },
         );
         drop(sessions);
@@ -246,14 +265,13 @@ impl Workers {
     /// and assigns nothing more.
     pub fn drain(&self, deadline: SystemTime) {
         let mut sessions = self.lock();
+        *self
+            .drain_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(deadline);
         for s in sessions.values_mut() {
             s.draining = true;
-            let msg = proto::ServerMessage {
-                msg: Some(proto::server_message::Msg::Drain(proto::Drain {
-                    deadline: Some(deadline.into()),
-                })),
-            };
-            let _ = s.outbox.try_send(Ok(msg));
+            let _ = s.outbox.try_send(Ok(drain_message(deadline)));
         }
     }
 
@@ -335,6 +353,14 @@ impl Workers {
         }
         drop(sessions);
         self.room_changed();
+    }
+}
+
+fn drain_message(deadline: SystemTime) -> proto::ServerMessage {
+    proto::ServerMessage {
+        msg: Some(proto::server_message::Msg::Drain(proto::Drain {
+            deadline: Some(deadline.into()),
+        })),
     }
 }
 

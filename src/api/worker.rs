@@ -231,13 +231,7 @@ impl WorkerService for WorkerApi {
         self.check_hello(&hello)?;
         let max_in_flight = hello.max_in_flight as usize;
         let (tx, rx) = mpsc::channel(max_in_flight + OUTBOX_SLACK);
-        let welcome = message(server_message::Msg::Welcome(proto::Welcome {
-            session_id: String::new(),
-            heartbeat_interval: prost_types::Duration::try_from(self.workers.heartbeat_interval())
-                .ok(),
-        }));
-        // Queued before the session can be assigned anything.
-        let _ = tx.try_send(welcome);
+        // `open` queues the Welcome (with the session id) first.
         let labels: HashMap<String, String> = hello.labels.into_iter().collect();
         let worker_id = hello.worker_id.clone();
         let session = self

@@ -18,3 +18,4 @@ mod postgres;
 mod python_worker;
 mod store_contract;
 mod tls;
+mod worker_protocol;
