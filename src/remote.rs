@@ -91,6 +91,8 @@ pub struct Workers {
     /// Wakes the engine's dispatcher for the same reason: a remote kind's
     /// jobs are claimed only while some session has room.
     waker: OnceLock<mpsc::Sender<()>>,
+    /// Set by [`Workers::drain`]: its deadline, for sessions opened after it.
+    drain_deadline: Mutex<Option<SystemTime>>,
     metrics: OnceLock<Arc<Metrics>>,
 }
 
@@ -110,6 +112,7 @@ impl Workers {
             max_sessions,
             room: Notify::new(),
             waker: OnceLock::new(),
+            drain_deadline: Mutex::new(None),
             metrics: OnceLock::new(),
         })
     }
@@ -140,7 +143,8 @@ impl Workers {
         self.metrics.get()
     }
 
-    /// Opens a session; its messages go to `outbox`. Returns its id.
+    /// Opens a session; its messages go to `outbox`, the first of them its
+    /// `Welcome` (and a `Drain` when jobd drains already). Returns its id.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         &self,
@@ -158,6 +162,21 @@ impl Workers {
             });
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        // Queued under the lock, so before anything can be assigned.
+        let _ = outbox.try_send(Ok(proto::ServerMessage {
+            msg: Some(proto::server_message::Msg::Welcome(proto::Welcome {
+                session_id: id.to_string(),
+                heartbeat_interval: prost_types::Duration::try_from(self.heartbeat).ok(),
+            })),
+        }));
+        // A session that said hello while jobd started draining is told too.
+        let drain_deadline = *self
+            .drain_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(deadline) = drain_deadline {
+            let _ = outbox.try_send(Ok(drain_message(deadline)));
+        }
         if let Some(m) = self.metrics() {
             m.worker_sessions(&kinds, 1);
         }
@@ -173,7 +192,7 @@ impl Workers {
                 last_seen: SystemTime::now(),
                 in_flight: HashMap::new(),
                 outbox,
-                draining: false,
+                draining: drain_deadline.is_some(),
             },
         );
         drop(sessions);
@@ -256,14 +275,13 @@ impl Workers {
     /// and assigns nothing more.
     pub fn drain(&self, deadline: SystemTime) {
         let mut sessions = self.lock();
+        *self
+            .drain_deadline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(deadline);
         for s in sessions.values_mut() {
             s.draining = true;
-            let msg = proto::ServerMessage {
-                msg: Some(proto::server_message::Msg::Drain(proto::Drain {
-                    deadline: Some(deadline.into()),
-                })),
-            };
-            let _ = s.outbox.try_send(Ok(msg));
+            let _ = s.outbox.try_send(Ok(drain_message(deadline)));
         }
     }
 
@@ -292,11 +310,15 @@ impl Workers {
     /// `None` when no session has room now.
     fn assign(&self, job: &JobContext) -> Option<Assigned> {
         let mut sessions = self.lock();
-        let (id, s) = sessions
-            .iter_mut()
+        // Most room first; a session whose outbox is full is not reading
+        // its stream: it is dropped (its attempts fail "worker lost") and
+        // the next one is tried, so it cannot stall its kinds.
+        let mut candidates: Vec<(usize, u64)> = sessions
+            .iter()
             .filter(|(_, s)| s.kinds.contains(&job.kind) && s.room() > 0)
-            .max_by_key(|(_, s)| s.room())?;
-        let (tx, rx) = oneshot::channel();
+            .map(|(id, s)| (s.room(), *id))
+            .collect();
+        candidates.sort_unstable_by(|a, b| b.cmp(a));
         let deadline = SystemTime::now() + job.timeout;
         let msg = proto::ServerMessage {
             msg: Some(proto::server_message::Msg::Assign(proto::Assign {
@@ -314,18 +336,31 @@ impl Workers {
                 headers: Default::default(),
             })),
         };
-        if s.outbox.try_send(Ok(msg)).is_err() {
-            // Not reading its stream: it will be found lost; try another.
-            return None;
+        for (_, id) in candidates {
+            let Some(s) = sessions.get_mut(&id) else {
+                continue;
+            };
+            if s.outbox.try_send(Ok(msg.clone())).is_err() {
+                if let Some(gone) = sessions.remove(&id) {
+                    tracing::warn!(worker = %gone.worker_id, "worker does not read its stream; session dropped");
+                    if let Some(m) = self.metrics() {
+                        m.worker_sessions(&gone.kinds, -1);
+                        m.worker_lost();
+                    }
+                }
+                continue;
+            }
+            let (tx, rx) = oneshot::channel();
+            s.in_flight.insert((job.id, job.attempt), tx);
+            if let Some(m) = self.metrics() {
+                m.worker_assigned(&job.kind);
+            }
+            return Some(Assigned {
+                session: id,
+                report: rx,
+            });
         }
-        s.in_flight.insert((job.id, job.attempt), tx);
-        if let Some(m) = self.metrics() {
-            m.worker_assigned(&job.kind);
-        }
-        Some(Assigned {
-            session: *id,
-            report: rx,
-        })
+        None
     }
 
     /// The attempt ended on jobd's side (cancel, timeout, drain): forget it
@@ -346,6 +381,14 @@ impl Workers {
         }
         drop(sessions);
         self.room_changed();
+    }
+}
+
+fn drain_message(deadline: SystemTime) -> proto::ServerMessage {
+    proto::ServerMessage {
+        msg: Some(proto::server_message::Msg::Drain(proto::Drain {
+            deadline: Some(deadline.into()),
+        })),
     }
 }
 

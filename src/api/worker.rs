@@ -28,6 +28,9 @@ pub const MAX_WORKER_ID_BYTES: usize = 256;
 pub const MAX_WORKER_KINDS: usize = 64;
 /// Longest error text kept from a `Fail` (the job's `last_error`).
 pub const MAX_FAIL_ERROR_BYTES: usize = 4096;
+/// Longest `Fail.retry_after` honoured (as the http handler caps
+/// Retry-After): a worker cannot park a job for years.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Silent intervals after which a session is lost.
 pub const LOST_AFTER_INTERVALS: u32 = 3;
 
@@ -223,7 +226,13 @@ impl WorkerService for WorkerApi {
         let silent = self.workers.heartbeat_interval() * LOST_AFTER_INTERVALS;
         let first = match tokio::time::timeout(silent, inbound.message()).await {
             Ok(r) => r?,
-            Err(_) => None,
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "hello",
+                    format!("no hello within {silent:?} (3 heartbeat intervals)"),
+                )
+                .into())
+            }
         };
         let hello = match first.and_then(|m| m.msg) {
             Some(worker_message::Msg::Hello(h)) => h,
@@ -232,13 +241,7 @@ impl WorkerService for WorkerApi {
         self.check_hello(&hello)?;
         let max_in_flight = hello.max_in_flight as usize;
         let (tx, rx) = mpsc::channel(max_in_flight + OUTBOX_SLACK);
-        let welcome = message(server_message::Msg::Welcome(proto::Welcome {
-            session_id: String::new(),
-            heartbeat_interval: prost_types::Duration::try_from(self.workers.heartbeat_interval())
-                .ok(),
-        }));
-        // Queued before the session can be assigned anything.
-        let _ = tx.try_send(welcome);
+        // `open` queues the Welcome (with the session id) first.
         let labels: HashMap<String, String> = hello.labels.into_iter().collect();
         let worker_id = hello.worker_id.clone();
         let session = self

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use crate::helpers::*;
 
-fn available(program: &str, probe: &[&str]) -> bool {
+pub(crate) fn available(program: &str, probe: &[&str]) -> bool {
     let ok = Command::new(program)
         .args(probe)
         .output()

@@ -15,6 +15,8 @@ mod limits;
 mod operator;
 mod pg;
 mod postgres;
+mod python_worker;
 mod remote;
 mod store_contract;
 mod tls;
+mod worker_protocol;

@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""A jobd worker: does the work of kinds declared `handler = "remote"`.
+
+    python3 -m grpc_tools.protoc -Iproto --python_out=gen --grpc_python_out=gen \
+        jobd/v1/jobd.proto google/rpc/status.proto
+    PYTHONPATH=gen python3 examples/python/worker.py --kind resize [--addr HOST:PORT]
+"""
+import argparse, os, queue, random, socket, threading, time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from jobd.v1 import jobd_pb2 as pb, jobd_pb2_grpc
+
+
+def work(payload: bytes, stop: threading.Event, mode: str) -> bytes:
+    """The job itself: replace it. Return the result; raise to fail the attempt."""
+    if mode == "sleep":  # payload = milliseconds; stops early on cancel
+        stop.wait(int(payload or b"0") / 1000)
+    return payload
+
+
+class Session:
+    """One Connect stream: what we send, and the attempts we hold."""
+
+    def __init__(self):
+        self.outbox, self.ended, self.draining = queue.Queue(), threading.Event(), False
+        self.held = {}  # (job_id, attempt) -> Event set when jobd cancels it
+
+    def send(self, **msg):
+        if not self.ended.is_set():  # reports for a broken stream are dropped
+            self.outbox.put(pb.WorkerMessage(**msg))
+
+    def requests(self):  # gRPC sends what this iterator yields
+        while (msg := self.outbox.get()) is not None:
+            yield msg
+
+    def heartbeat(self, every):  # ends with the stream
+        while not self.ended.wait(every):
+            self.send(heartbeat=pb.Heartbeat())
+
+
+def run_job(s, args, key, payload, stop):
+    if args.log:  # one append per line: whole lines even with several processes
+        with open(args.log, "a") as f:
+            f.write(f"{key[0]} {key[1]}\n")
+    try:
+        report = {"complete": pb.Complete(job_id=key[0], attempt=key[1], result=work(payload, stop, args.mode))}
+    except Exception as e:
+        report = {"fail": pb.Fail(job_id=key[0], attempt=key[1], error=repr(e))}
+    if s.held.pop(key, None) is not None:  # gone if cancelled: its report would be stale
+        s.send(**report)
+
+
+def session(stub, args, pool):
+    """Holds one stream until it ends; returns whether jobd welcomed us."""
+    s, welcomed = Session(), False
+    s.send(hello=pb.Hello(worker_id=f"{socket.gethostname()}-{os.getpid()}",
+                          kinds=args.kind, max_in_flight=args.max_in_flight))
+    token = [("authorization", f"Bearer {args.token}")] if args.token else None
+    try:
+        for msg in stub.Connect(s.requests(), metadata=token):
+            what = msg.WhichOneof("msg")
+            if what == "welcome":
+                welcomed, every = True, msg.welcome.heartbeat_interval.ToTimedelta().total_seconds() or 5
+                threading.Thread(target=s.heartbeat, args=(every,), daemon=True).start()
+            elif what == "assign" and not s.draining:  # (jobd assigns nothing after drain)
+                key, stop = (msg.assign.job.id, msg.assign.job.attempt), threading.Event()
+                s.held[key] = stop
+                pool.submit(run_job, s, args, key, msg.assign.payload, stop)
+            elif what == "cancel" and (stop := s.held.pop((msg.cancel.job_id, msg.cancel.attempt), None)):
+                stop.set()
+            elif what == "drain":  # finish what we hold; jobd ends the stream when it stops
+                s.draining = True
+    except grpc.RpcError as e:
+        print(f"worker: stream ended: {e.code().name}: {e.details()}", flush=True)
+    finally:  # jobd retries what we held elsewhere: stop it, drop its reports
+        s.ended.set()
+        s.outbox.put(None)
+        for stop in list(s.held.values()):
+            stop.set()
+    return welcomed
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--addr", default=os.environ.get("JOBD_ADDR", "127.0.0.1:50051"))
+    p.add_argument("--token", default=os.environ.get("JOBD_TOKEN"), help="a token of role worker")
+    p.add_argument("--kind", action="append", required=True, help="a remote kind to serve (repeatable)")
+    p.add_argument("--max-in-flight", type=int, default=8, help="jobs run at once")
+    p.add_argument("--mode", choices=["echo", "sleep"], default="echo")
+    p.add_argument("--log", help="append 'job_id attempt' per execution to this file")
+    args = p.parse_args()
+    pool, backoff = ThreadPoolExecutor(args.max_in_flight), 0.5
+    with grpc.insecure_channel(args.addr) as channel:
+        stub = jobd_pb2_grpc.WorkerServiceStub(channel)
+        while True:  # reconnect with capped exponential backoff (and jitter)
+            backoff = 0.5 if session(stub, args, pool) else min(backoff * 2, 30)
+            time.sleep(backoff * random.uniform(0.5, 1))

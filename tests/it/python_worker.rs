@@ -1,0 +1,242 @@
+//! `examples/python/worker.py` against a real daemon: stubs generated from
+//! `proto/` with grpcio-tools, three worker processes serving a remote kind,
+//! 1,000 jobs, each run exactly once. `.ci/run` installs grpcio-tools; under
+//! `CI` a missing tool fails the test, elsewhere it skips loudly.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use jobd::proto::{self, JobState};
+use tokio::process::{Child, Command};
+
+use crate::helpers::*;
+use crate::interop::available;
+
+const WORKERS: usize = 3;
+const JOBS: usize = 1000;
+const MAX_IN_FLIGHT: usize = 32;
+/// Every wait of this test ends by then.
+const BOUND: Duration = Duration::from_secs(120);
+
+const HEAD: &str = r#"
+[queue]
+workers = 128
+
+[workers]
+heartbeat_interval = "2s"
+"#;
+
+const KINDS_PY: &str = r#"
+[kinds.py]
+handler = "remote"
+concurrency = 128
+timeout = "60s"
+"#;
+
+fn repo(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `python3 -m grpc_tools.protoc` on proto/ into `out`.
+async fn generate_stubs(out: &Path) {
+    let o = out.display();
+    let run = Command::new("python3")
+        .args(["-m", "grpc_tools.protoc", "-I", &repo("proto")])
+        .arg(format!("--python_out={o}"))
+        .arg(format!("--grpc_python_out={o}"))
+        .args(["jobd/v1/jobd.proto", "google/rpc/status.proto"])
+        .output();
+    let out = tokio::time::timeout(BOUND, run)
+        .await
+        .expect("protoc finishes")
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "grpc_tools.protoc failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A sample of the daemon's /metrics, 0 when the series is absent.
+async fn metric(d: &TestDaemon, series: &str) -> f64 {
+    let (_, text) = http_get(d.admin, "/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+struct Worker {
+    child: Child,
+    log: std::path::PathBuf,
+    output: std::path::PathBuf,
+}
+
+impl Worker {
+    /// Panics with the worker's output if it has exited.
+    fn check_alive(&mut self) {
+        if let Some(status) = self.child.try_wait().unwrap() {
+            let out = std::fs::read_to_string(&self.output).unwrap_or_default();
+            panic!("python worker exited ({status}):\n{out}");
+        }
+    }
+}
+
+fn spawn_worker(d: &TestDaemon, dir: &Path, stubs: &Path, i: usize) -> Worker {
+    let log = dir.join(format!("worker-{i}.log"));
+    let output = dir.join(format!("worker-{i}.out"));
+    let out = std::fs::File::create(&output).unwrap();
+    let child = Command::new("python3")
+        .arg("-u")
+        .arg(repo("examples/python/worker.py"))
+        .args([
+            "--addr",
+            &d.addr.to_string(),
+            "--kind",
+            "py",
+            "--mode",
+            "echo",
+        ])
+        .args(["--max-in-flight", &MAX_IN_FLIGHT.to_string()])
+        .arg("--log")
+        .arg(&log)
+        .env("PYTHONPATH", stubs)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 starts");
+    Worker { child, log, output }
+}
+
+/// Every job of kind `py`, all pages.
+async fn all_jobs(
+    c: &mut jobd::proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    state: JobState,
+) -> Vec<proto::Job> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .list_jobs(proto::ListJobsRequest {
+                state: state as i32,
+                kind: "py".into(),
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .expect("list_jobs")
+            .into_inner();
+        out.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_workers_run_1000_jobs_exactly_once() {
+    if !available("python3", &["-c", "import grpc_tools"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let stubs = tmp.path().join("stubs");
+    std::fs::create_dir(&stubs).unwrap();
+    generate_stubs(&stubs).await;
+
+    let d = start_with(HEAD, KINDS_PY).await;
+    let mut workers: Vec<Worker> = (0..WORKERS)
+        .map(|i| spawn_worker(&d, tmp.path(), &stubs, i))
+        .collect();
+
+    // All three sessions open before anything is submitted.
+    let deadline = Instant::now() + BOUND;
+    while metric(&d, "jobd_worker_sessions{kind=\"py\"}").await < WORKERS as f64 {
+        workers.iter_mut().for_each(Worker::check_alive);
+        assert!(Instant::now() < deadline, "python workers did not connect");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 1,000 jobs in one batch, each with its own payload.
+    let mut c = d.client().await;
+    let started = std::time::SystemTime::now();
+    let t0 = Instant::now();
+    let requests = (0..JOBS).map(|i| req("py", &format!("job-{i}"))).collect();
+    let results = c
+        .submit_batch(proto::SubmitBatchRequest { requests })
+        .await
+        .expect("submit_batch")
+        .into_inner()
+        .results;
+    let mut payloads: HashMap<String, Vec<u8>> = HashMap::new();
+    for (i, r) in results.into_iter().enumerate() {
+        match r.result {
+            Some(proto::submit_result::Result::Accepted(a)) => {
+                payloads.insert(a.job.unwrap().id, format!("job-{i}").into_bytes());
+            }
+            other => panic!("entry {i} refused: {other:?}"),
+        }
+    }
+    assert_eq!(payloads.len(), JOBS);
+
+    // Until every job SUCCEEDED (bounded; a worker that dies fails at once).
+    loop {
+        let done = all_jobs(&mut c, JobState::Succeeded).await.len();
+        if done == JOBS {
+            break;
+        }
+        let failed = all_jobs(&mut c, JobState::Failed).await;
+        assert!(failed.is_empty(), "jobs failed: {:?}", failed[0]);
+        workers.iter_mut().for_each(Worker::check_alive);
+        assert!(
+            t0.elapsed() < BOUND,
+            "only {done} of {JOBS} jobs succeeded within {BOUND:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Each finished once, on attempt 1, with its payload as the result.
+    let jobs = all_jobs(&mut c, JobState::Unspecified).await;
+    assert_eq!(jobs.len(), JOBS);
+    let mut last_finished = started;
+    for j in &jobs {
+        assert_eq!(state(j), JobState::Succeeded, "{j:?}");
+        assert_eq!(j.attempt, 1, "job {} ran more than once: {j:?}", j.id);
+        assert_eq!(Some(&j.result), payloads.get(&j.id), "result of {}", j.id);
+        let finished = std::time::SystemTime::try_from(j.finished_at.unwrap()).unwrap();
+        last_finished = last_finished.max(finished);
+    }
+    let secs = last_finished.duration_since(started).unwrap().as_secs_f64();
+    println!(
+        "{JOBS} jobs with {WORKERS} python workers (max_in_flight {MAX_IN_FLIGHT}): \
+         first submit to last SUCCEEDED {secs:.2} s, {:.0} jobs/s",
+        JOBS as f64 / secs
+    );
+
+    // The workers' own logs: every job executed exactly once, on attempt 1.
+    let mut seen: HashSet<String> = HashSet::new();
+    for (i, w) in workers.iter().enumerate() {
+        let log = std::fs::read_to_string(&w.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        println!("worker {i} ran {} jobs", lines.len());
+        assert!(!lines.is_empty(), "worker {i} ran no job");
+        for line in lines {
+            let (id, attempt) = line.split_once(' ').expect("`job_id attempt` lines");
+            assert_eq!(attempt, "1", "{line}");
+            assert!(payloads.contains_key(id), "unknown job {id}");
+            assert!(seen.insert(id.to_string()), "job {id} executed twice");
+        }
+    }
+    assert_eq!(seen.len(), JOBS, "executions logged");
+    assert_eq!(metric(&d, "jobd_worker_lost_total").await, 0.0);
+    assert_eq!(metric(&d, "jobd_worker_stale_reports_total").await, 0.0);
+
+    for w in &mut workers {
+        w.check_alive();
+        w.child.kill().await.unwrap();
+    }
+    d.stop().await.unwrap();
+}
