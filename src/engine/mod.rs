@@ -8,6 +8,7 @@
 //! dispatcher at least once a second, so a dropped hint delays a job by at
 //! most that long and loses nothing.
 
+mod completer;
 mod dispatcher;
 mod feed;
 pub mod retry;
@@ -78,6 +79,16 @@ pub struct Engine {
     sweeper_wake: Notify,
     /// Global bound on running jobs (`queue.workers`).
     workers: Arc<Semaphore>,
+    /// Outcomes handed to the completion path and not yet committed, at most
+    /// [`completer::PENDING_PER_WORKER`] × workers: enough for several
+    /// commits' worth of short jobs, while a stalled store holds back the
+    /// pool instead of memory growing. Drain takes every permit back, which
+    /// is how it knows every outcome was written.
+    pending: Arc<Semaphore>,
+    pending_bound: usize,
+    /// To the completion path; as large as `pending`, so a sender holding a
+    /// permit never waits on it.
+    outcomes: mpsc::Sender<completer::Pending>,
     /// Stop tokens of running attempts, to signal a cancel.
     /// Keyed by job and attempt, so an old attempt never removes a newer
     /// one's token.
@@ -113,6 +124,8 @@ struct RunningAttempt {
 pub struct EngineTasks {
     dispatcher: JoinHandle<tokio::task::JoinSet<()>>,
     sweeper: JoinHandle<()>,
+    /// The completion path, ended by drain once no outcome is pending.
+    completer: JoinHandle<()>,
     /// Shared stores: lease renewal, until drain has no attempt left.
     heartbeat: Option<JoinHandle<()>>,
     /// Shared stores: transitions from the store to watchers, until drain
@@ -133,6 +146,10 @@ impl Drop for AbortOnDrop {
 /// recounts at its own pace within it; often enough for a 1 s lease).
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 
+/// Drain waits this long at most for pending outcomes to be committed: more
+/// than the completion path's retries of one group take.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Engine {
     /// Builds the engine and starts its dispatcher and sweeper.
     pub fn start(
@@ -143,6 +160,8 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> (Arc<Engine>, EngineTasks) {
         let (hints, hint_rx) = mpsc::channel(config.queue.dispatch_channel);
+        let pending_bound = completer::PENDING_PER_WORKER * config.queue.workers.max(1);
+        let (outcomes, outcome_rx) = mpsc::channel(pending_bound);
         let shared = store.is_shared();
         let engine = Arc::new(Engine {
             store,
@@ -159,6 +178,9 @@ impl Engine {
             hints,
             sweeper_wake: Notify::new(),
             workers: Arc::new(Semaphore::new(config.queue.workers)),
+            pending: Arc::new(Semaphore::new(pending_bound)),
+            pending_bound,
+            outcomes,
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             stop_dispatch: CancellationToken::new(),
@@ -184,6 +206,7 @@ impl Engine {
         let tasks = EngineTasks {
             dispatcher: tokio::spawn(engine.clone().dispatch_loop(hint_rx)),
             sweeper: tokio::spawn(engine.clone().sweep_loop()),
+            completer: tokio::spawn(engine.clone().complete_loop(outcome_rx)),
             heartbeat,
             feed,
         };
@@ -303,8 +326,10 @@ impl Engine {
 
     /// Drain step 4: waits up to `timeout` for running attempts, then stops
     /// the rest (they go back to QUEUED without using up an attempt) and
-    /// waits for that, also bounded. `force` (a second signal) cuts both
-    /// waits short. Returns how many attempts had to be stopped.
+    /// waits for that, also bounded; then waits (bounded again) until every
+    /// outcome handed to the completion path is committed. `force` (a second
+    /// signal) cuts every wait short. Returns how many attempts had to be
+    /// stopped.
     pub async fn drain(
         &self,
         tasks: EngineTasks,
@@ -315,9 +340,13 @@ impl Engine {
         let EngineTasks {
             dispatcher,
             sweeper,
+            completer,
             heartbeat,
             feed,
         } = tasks;
+        // Ended when drain returns; by then every outcome is written unless
+        // drain was forced or the store would not take them (those jobs rerun).
+        let _completer = AbortOnDrop(completer.abort_handle());
         let _feed = feed.map(|t| t.abort_handle()).map(AbortOnDrop);
         // Leases are renewed until every attempt has ended, however drain ends.
         let _heartbeat = self.stop_heartbeat.clone().drop_guard();
@@ -361,7 +390,26 @@ impl Engine {
             }
             workers.abort_all();
         }
+        self.flush_outcomes(force).await;
         stopped
+    }
+
+    /// Waits until the completion path has committed every outcome handed to
+    /// it, at most [`FLUSH_TIMEOUT`] (the store retries each group a few
+    /// times, then gives up on it) or until `force`.
+    async fn flush_outcomes(&self, force: &CancellationToken) {
+        let all = self.pending_bound as u32;
+        tokio::select! {
+            r = tokio::time::timeout(FLUSH_TIMEOUT, self.pending.acquire_many(all)) => {
+                if r.is_err() {
+                    tracing::error!(
+                        pending = self.pending_outcomes(),
+                        "outcomes not written in time; those jobs will run again"
+                    );
+                }
+            }
+            _ = force.cancelled() => {}
+        }
     }
 
     /// The longest any kind's handler may take to stop.
