@@ -16,7 +16,7 @@ mod sweeper;
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +62,9 @@ pub struct Kind {
     pub settings: KindSettings,
     /// Per-kind bound on running jobs (`kinds.X.concurrency`).
     slots: Arc<Semaphore>,
+    /// Slots of this kind freed so far (handlers returned): the dispatcher
+    /// sizes claims by how many free while a claim commits.
+    freed: AtomicUsize,
 }
 
 pub struct Engine {
@@ -86,6 +89,11 @@ pub struct Engine {
     /// is how it knows every outcome was written.
     pending: Arc<Semaphore>,
     pending_bound: usize,
+    /// Jobs claimed ahead of free slots and waiting for one (see the
+    /// dispatcher), and their bound: [`dispatcher::AHEAD_PER_WORKER`] ×
+    /// workers, so a wrong guess holds only so many jobs back.
+    ahead: AtomicUsize,
+    ahead_bound: usize,
     /// To the completion path; as large as `pending`, so a sender holding a
     /// permit never waits on it.
     outcomes: mpsc::Sender<completer::Pending>,
@@ -169,7 +177,12 @@ impl Engine {
                 .into_iter()
                 .map(|k| {
                     let slots = Arc::new(Semaphore::new(k.concurrency));
-                    (k.name.clone(), Kind { settings: k, slots })
+                    let kind = Kind {
+                        settings: k,
+                        slots,
+                        freed: AtomicUsize::new(0),
+                    };
+                    (kind.settings.name.clone(), kind)
                 })
                 .collect(),
             registry,
@@ -181,6 +194,8 @@ impl Engine {
             pending: Arc::new(Semaphore::new(pending_bound)),
             pending_bound,
             outcomes,
+            ahead: AtomicUsize::new(0),
+            ahead_bound: dispatcher::AHEAD_PER_WORKER * config.queue.workers,
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             stop_dispatch: CancellationToken::new(),
@@ -426,6 +441,12 @@ impl Engine {
     fn announce(&self, prev: Option<JobState>, job: &Job) {
         self.metrics.transition(prev, job);
         self.events.publish(job);
+    }
+
+    /// Jobs claimed ahead of free slots, waiting for one (RUNNING in the
+    /// store, their handlers not started).
+    pub fn claimed_ahead(&self) -> usize {
+        self.ahead.load(Ordering::Acquire)
     }
 
     fn hint(&self) {

@@ -51,7 +51,13 @@ impl Engine {
     ) {
         let span =
             tracing::debug_span!("attempt", job = %job.id, kind = %job.kind, attempt = job.attempt);
+        let kind = job.kind.clone();
         self.attempt_inner(job).instrument(span).await;
+        // Counted before the permits drop, so a claim that sees the slot
+        // free also sees it counted.
+        if let Some(k) = self.kinds.get(&kind) {
+            k.freed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     async fn attempt_inner(&self, job: Job) {
