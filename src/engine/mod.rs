@@ -83,15 +83,17 @@ pub struct Engine {
     /// Global bound on running jobs (`queue.workers`).
     workers: Arc<Semaphore>,
     /// Outcomes handed to the completion path and not yet committed, at most
-    /// [`completer::PENDING_PER_WORKER`] × workers: enough for several
-    /// commits' worth of short jobs, while a stalled store holds back the
-    /// pool instead of memory growing. Drain takes every permit back, which
+    /// [`completer::PENDING_PER_WORKER`] × workers (at least
+    /// [`completer::PENDING_MIN`]): enough for a couple of commits' worth of
+    /// short jobs, while a stalled store holds back the pool instead of
+    /// memory growing. Drain takes every permit back, which
     /// is how it knows every outcome was written.
     pending: Arc<Semaphore>,
     pending_bound: usize,
     /// Jobs claimed ahead of free slots and waiting for one (see the
     /// dispatcher), and their bound: [`dispatcher::AHEAD_PER_WORKER`] ×
-    /// workers, so a wrong guess holds only so many jobs back.
+    /// workers (at least [`dispatcher::AHEAD_MIN`]), so a wrong guess holds
+    /// only so many jobs back.
     ahead: AtomicUsize,
     ahead_bound: usize,
     /// To the completion path; as large as `pending`, so a sender holding a
@@ -168,7 +170,8 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> (Arc<Engine>, EngineTasks) {
         let (hints, hint_rx) = mpsc::channel(config.queue.dispatch_channel);
-        let pending_bound = completer::PENDING_PER_WORKER * config.queue.workers.max(1);
+        let pending_bound =
+            (completer::PENDING_PER_WORKER * config.queue.workers).max(completer::PENDING_MIN);
         let (outcomes, outcome_rx) = mpsc::channel(pending_bound);
         let shared = store.is_shared();
         let engine = Arc::new(Engine {
@@ -195,7 +198,8 @@ impl Engine {
             pending_bound,
             outcomes,
             ahead: AtomicUsize::new(0),
-            ahead_bound: dispatcher::AHEAD_PER_WORKER * config.queue.workers,
+            ahead_bound: (dispatcher::AHEAD_PER_WORKER * config.queue.workers)
+                .max(dispatcher::AHEAD_MIN),
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             stop_dispatch: CancellationToken::new(),

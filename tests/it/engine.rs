@@ -181,34 +181,36 @@ async fn count(store: &SharedStore, s: JobState) -> u64 {
 }
 
 /// A store that stops taking outcomes holds the pool back at the documented
-/// bound (pending outcomes = 4 × workers, plus one finished attempt per
-/// worker waiting for room); jobs stay RUNNING and unannounced until their
+/// bound (pending outcomes: 4 × workers but at least 256, plus one finished
+/// attempt per worker waiting for room); jobs stay RUNNING and unannounced until their
 /// outcome is committed; then everything finishes exactly once, in groups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_store_holds_the_pool_back() {
     const WORKERS: usize = 2;
-    const BOUND: usize = 4 * WORKERS;
     let gated = GatedStore::new(false);
     let store: SharedStore = gated.clone();
     let (engine, tasks, counting) = start(store.clone(), WORKERS);
-    let ids = submit(&engine, 100).await;
+    let bound = engine.pending_bound();
+    assert_eq!(bound, 256);
+    const N: usize = 400;
+    let ids = submit(&engine, N).await;
 
     until("the pool to fill up", async || {
-        counting.total() as usize == BOUND + WORKERS
+        counting.total() as usize == bound + WORKERS
     })
     .await;
-    assert_eq!(engine.pending_outcomes(), BOUND);
+    assert_eq!(engine.pending_outcomes(), bound);
     // Nothing more starts while the store stalls. (Absence needs a wait;
     // the dispatcher and sweeper would claim within milliseconds.)
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(counting.total() as usize, BOUND + WORKERS);
-    assert_eq!(engine.pending_outcomes(), BOUND);
+    assert_eq!(counting.total() as usize, bound + WORKERS);
+    assert_eq!(engine.pending_outcomes(), bound);
     // Jobs claimed ahead of free slots are RUNNING too, without a handler.
     let ahead = engine.claimed_ahead();
-    assert!(ahead <= 4 * WORKERS, "{ahead}");
+    assert!(ahead <= 256, "{ahead}");
     assert_eq!(
         count(&store, JobState::Running).await as usize,
-        BOUND + WORKERS + ahead
+        bound + WORKERS + ahead
     );
     assert_eq!(count(&store, JobState::Succeeded).await, 0);
     // A job whose handler returned is still RUNNING for its watchers.
@@ -218,7 +220,7 @@ async fn stalled_store_holds_the_pool_back() {
 
     gated.open.send_replace(true);
     until("every job to succeed", async || {
-        count(&store, JobState::Succeeded).await == 100
+        count(&store, JobState::Succeeded).await == N as u64
     })
     .await;
     loop {
@@ -229,14 +231,10 @@ async fn stalled_store_holds_the_pool_back() {
         }
     }
     let runs = counting.runs.lock().unwrap().clone();
-    assert_eq!(runs.len(), 100);
+    assert_eq!(runs.len(), N);
     assert!(ids.iter().all(|id| runs[id] == 1), "each job ran once");
     let groups = gated.groups.lock().unwrap().clone();
-    assert_eq!(
-        groups.iter().sum::<usize>(),
-        100,
-        "each outcome written once"
-    );
+    assert_eq!(groups.iter().sum::<usize>(), N, "each outcome written once");
     assert!(
         groups.iter().any(|&n| n > 1),
         "outcomes are written in groups: {groups:?}"
