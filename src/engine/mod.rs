@@ -198,8 +198,14 @@ impl Engine {
             pending_bound,
             outcomes,
             ahead: AtomicUsize::new(0),
-            ahead_bound: (dispatcher::AHEAD_PER_WORKER * config.queue.workers)
-                .max(dispatcher::AHEAD_MIN),
+            // Shared stores renew leases only of attempts running here
+            // (a lease may be as short as 1 s), and a job waiting for a slot
+            // is not running yet: no claims ahead there.
+            ahead_bound: if shared {
+                0
+            } else {
+                (dispatcher::AHEAD_PER_WORKER * config.queue.workers).max(dispatcher::AHEAD_MIN)
+            },
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             stop_dispatch: CancellationToken::new(),
