@@ -74,7 +74,9 @@ impl Engine {
     /// Collects outcomes and commits them in groups, until drain ends it.
     pub(super) async fn complete_loop(self: Arc<Self>, mut rx: mpsc::Receiver<Pending>) {
         let mut commits = JoinSet::new();
-        let mut batch = Vec::with_capacity(COMMIT_BATCH);
+        // Grown by `recv_many` as outcomes arrive: no group-sized
+        // allocation up front or per group.
+        let mut batch = Vec::new();
         loop {
             if commits.len() >= COMMITS_IN_FLIGHT {
                 let _ = commits.join_next().await;
@@ -85,7 +87,7 @@ impl Engine {
                     if n == 0 {
                         break;
                     }
-                    let group = std::mem::replace(&mut batch, Vec::with_capacity(COMMIT_BATCH));
+                    let group = std::mem::take(&mut batch);
                     commits.spawn(self.clone().commit(group));
                 }
                 Some(_) = commits.join_next(), if !commits.is_empty() => {}
