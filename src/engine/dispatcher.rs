@@ -7,8 +7,17 @@
 //! issuing the next would cap throughput at one batch per commit; with
 //! several in flight, slots freed while one commits are claimed in the next
 //! group commit.
+//!
+//! Claims keep pace with the pool: a claim asks for the workers free now
+//! plus those expected to be free by the time its commit lands (as many as
+//! were freed while the previous claim committed, per kind). Jobs claimed
+//! ahead wait for a slot on a task of their own, in claim order; they are
+//! bounded ([`Engine::ahead`]) and give their job back (QUEUED, attempt not
+//! counted) if no slot frees within [`AHEAD_WAIT`], so a wrong guess costs
+//! a little latency, never a lease.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,23 +26,38 @@ use tokio::task::JoinSet;
 
 use super::{Engine, CLAIM_BATCH, LEASE_SLACK};
 use crate::job::{now_micros, Job, JobState};
-use crate::store::ClaimRequest;
+use crate::store::{ClaimRequest, Outcome};
 
 /// Pause after a failed claim, so a broken store is not hammered.
 const CLAIM_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// Claim requests waiting on the store at most.
 pub const CLAIMS_IN_FLIGHT: usize = 4;
+/// Jobs claimed ahead that may wait for a slot at once, per worker, but at
+/// least [`AHEAD_MIN`]: enough to cover what a pool of short jobs frees
+/// during a commit or two. (How many are claimed ahead is the prediction;
+/// this only caps it.)
+pub const AHEAD_PER_WORKER: usize = 4;
+pub const AHEAD_MIN: usize = 256;
+/// How long a job claimed ahead waits for a slot before it goes back to
+/// QUEUED: well inside its lease slack (the lease started at the claim, the
+/// handler's own timeout starts when it runs).
+pub const AHEAD_WAIT: Duration = Duration::from_secs(5);
 
-/// Permits reserved for one claim: they bound what it may take.
+/// Permits reserved for one claim, and how many more jobs (per kind) it may
+/// take ahead of free slots: together they bound what it may take.
 struct Reserved {
     global: OwnedSemaphorePermit,
     kinds: HashMap<String, OwnedSemaphorePermit>,
+    ahead: HashMap<String, usize>,
+    ahead_total: usize,
 }
 
 /// What a finished claim hands back to the loop.
 struct Claimed {
     reserved: Reserved,
     jobs: Result<Vec<Job>, ()>,
+    /// Slots freed per kind while the claim was committing.
+    freed: HashMap<String, usize>,
 }
 
 impl Engine {
@@ -47,6 +71,11 @@ impl Engine {
         let mut claims: JoinSet<Claimed> = JoinSet::new();
         // Whether the store may hold claimable jobs we have not asked for.
         let mut more = true;
+        // Slots freed per kind during the last claim's commit: the guess at
+        // what the next claim's commit will free.
+        let mut predicted: HashMap<String, usize> = HashMap::new();
+        // Jobs the claims in flight may take ahead of free slots.
+        let mut ahead_in_flight = 0;
         loop {
             if self.stop_dispatch.is_cancelled() {
                 break;
@@ -60,7 +89,11 @@ impl Engine {
                 } else {
                     self.claim_min_batch
                 };
-                if let Some(reserved) = self.reserve(least) {
+                let room = self
+                    .ahead_bound
+                    .saturating_sub(self.ahead.load(Ordering::Acquire) + ahead_in_flight);
+                if let Some(reserved) = self.reserve(least, room, &predicted) {
+                    ahead_in_flight += reserved.ahead_total;
                     claims.spawn(self.clone().claim(reserved));
                     more = false;
                     continue;
@@ -70,11 +103,14 @@ impl Engine {
                 biased;
                 _ = self.stop_dispatch.cancelled() => break,
                 Some(r) = claims.join_next(), if !claims.is_empty() => {
-                    let Ok(Claimed { reserved, jobs }) = r else { continue };
+                    let Ok(Claimed { reserved, jobs, freed }) = r else { continue };
+                    ahead_in_flight -= reserved.ahead_total;
+                    predicted = freed;
                     match jobs {
                         Ok(jobs) => {
                             // A full batch: there may be more waiting.
-                            more |= !jobs.is_empty() && jobs.len() == reserved.global.num_permits();
+                            let limit = reserved.global.num_permits() + reserved.ahead_total;
+                            more |= !jobs.is_empty() && jobs.len() == limit;
                             self.spawn_workers(&mut workers, reserved, jobs);
                         }
                         Err(()) => {
@@ -110,6 +146,7 @@ impl Engine {
             if let Ok(Claimed {
                 reserved,
                 jobs: Ok(jobs),
+                ..
             }) = r
             {
                 self.spawn_workers(&mut workers, reserved, jobs);
@@ -119,11 +156,29 @@ impl Engine {
     }
 
     /// Takes every free worker permit (up to a batch) and every free kind
-    /// permit; `None` when fewer than `least` workers are free or no kind
-    /// could run now.
-    fn reserve(&self, least: usize) -> Option<Reserved> {
+    /// permit, and allows up to `room` jobs more, per kind as many as
+    /// `predicted` says will free during the claim's commit; `None` when
+    /// that comes to fewer than `least` jobs or no kind could run.
+    fn reserve(
+        &self,
+        least: usize,
+        room: usize,
+        predicted: &HashMap<String, usize>,
+    ) -> Option<Reserved> {
         let free = self.workers.available_permits().min(CLAIM_BATCH);
-        if free == 0 || free < least {
+        let mut extra = room.min(CLAIM_BATCH - free);
+        // Ahead of free slots only what the pool frees by itself.
+        let ahead: HashMap<String, usize> = predicted
+            .iter()
+            .filter(|(k, _)| self.kinds.contains_key(*k))
+            .filter_map(|(k, &n)| {
+                let n = n.min(extra);
+                extra -= n;
+                (n > 0).then(|| (k.clone(), n))
+            })
+            .collect();
+        let ahead_total: usize = ahead.values().sum();
+        if free + ahead_total == 0 || free + ahead_total < least {
             return None;
         }
         let global = self
@@ -144,33 +199,65 @@ impl Engine {
                 (n > 0).then(|| (name.clone(), p))
             })
             .collect();
-        if kinds.is_empty() {
+        if kinds.is_empty() && ahead.is_empty() {
             return None;
         }
-        Some(Reserved { global, kinds })
+        Some(Reserved {
+            global,
+            kinds,
+            ahead,
+            ahead_total,
+        })
     }
 
     async fn claim(self: Arc<Self>, reserved: Reserved) -> Claimed {
+        let mut kinds: HashMap<String, usize> = reserved
+            .kinds
+            .iter()
+            .map(|(k, p)| (k.clone(), p.num_permits()))
+            .collect();
+        for (k, n) in &reserved.ahead {
+            *kinds.entry(k.clone()).or_default() += n;
+        }
         let req = ClaimRequest {
             now: now_micros(),
-            limit: reserved.global.num_permits(),
-            kinds: reserved
-                .kinds
-                .iter()
-                .map(|(k, p)| (k.clone(), p.num_permits()))
-                .collect(),
+            limit: reserved.global.num_permits() + reserved.ahead_total,
+            kinds,
             // The lease must outlast timeout + the handler's stop grace, or
             // the sweeper could requeue a job whose attempt still runs.
             lease_slack: LEASE_SLACK + self.max_stop_grace(),
         };
+        let before = self.freed_counts();
         let jobs = self.store.claim(&req).await.map_err(|e| {
             tracing::warn!(error = %e, "claiming jobs failed; will retry");
         });
-        Claimed { reserved, jobs }
+        let freed = self
+            .freed_counts()
+            .into_iter()
+            .map(|(k, n)| {
+                let was = before.get(&k).copied().unwrap_or(n);
+                (k, n.wrapping_sub(was))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        Claimed {
+            reserved,
+            jobs,
+            freed,
+        }
+    }
+
+    /// Slots freed so far, per kind (counters that only grow).
+    fn freed_counts(&self) -> HashMap<String, usize> {
+        self.kinds
+            .iter()
+            .map(|(k, kind)| (k.clone(), kind.freed.load(Ordering::Relaxed)))
+            .collect()
     }
 
     /// One worker per claimed job, each with one global and one kind permit
-    /// split off the reservation; the rest is released.
+    /// split off the reservation; jobs beyond it (claimed ahead) wait for
+    /// slots on their own task. What is left of the reservation is released.
     fn spawn_workers(
         self: &Arc<Self>,
         workers: &mut JoinSet<()>,
@@ -186,10 +273,47 @@ impl Engine {
                 (Some(g), Some(k)) => {
                     workers.spawn(self.clone().run_attempt(job, g, k));
                 }
-                // The claim respected the reservation, so this cannot happen.
-                _ => {
-                    tracing::error!(job = %job.id, "no permit for a claimed job; its lease will expire")
+                // Claimed ahead: waits for slots. Half a pair goes back to
+                // the reservation, for a later job of the batch.
+                (g, k) => {
+                    if let Some(g) = g {
+                        reserved.global.merge(g);
+                    }
+                    if let (Some(k), Some(p)) = (k, reserved.kinds.get_mut(&job.kind)) {
+                        p.merge(k);
+                    }
+                    self.ahead.fetch_add(1, Ordering::AcqRel);
+                    workers.spawn(self.clone().run_ahead(job));
                 }
+            }
+        }
+    }
+
+    /// A job claimed ahead of free slots: waits for a kind slot, then a
+    /// worker slot (in claim order: the semaphores are fair), and runs; gives
+    /// the job back to the queue, its attempt not counted, after
+    /// [`AHEAD_WAIT`] or on drain.
+    async fn run_ahead(self: Arc<Self>, job: Job) {
+        let slots = async {
+            let kind = self.kinds.get(&job.kind)?.slots.clone();
+            let k = kind.acquire_owned().await.ok()?;
+            let g = self.workers.clone().acquire_owned().await.ok()?;
+            Some((g, k))
+        };
+        let got = tokio::select! {
+            r = tokio::time::timeout(AHEAD_WAIT, slots) => r.ok().flatten(),
+            _ = self.stop_attempts.cancelled() => None,
+        };
+        self.ahead.fetch_sub(1, Ordering::AcqRel);
+        match got {
+            Some((g, k)) => self.run_attempt(job, g, k).await,
+            None => {
+                tracing::debug!(job = %job.id, "no slot for a job claimed ahead; back to the queue");
+                let reason = format!(
+                    "attempt {} waited for a free worker and was given back; not counted",
+                    job.attempt
+                );
+                self.complete(job, Outcome::Requeue { reason }).await;
             }
         }
     }

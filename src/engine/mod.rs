@@ -8,6 +8,7 @@
 //! dispatcher at least once a second, so a dropped hint delays a job by at
 //! most that long and loses nothing.
 
+mod completer;
 mod dispatcher;
 mod feed;
 pub mod retry;
@@ -15,7 +16,7 @@ mod sweeper;
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +62,9 @@ pub struct Kind {
     pub settings: KindSettings,
     /// Per-kind bound on running jobs (`kinds.X.concurrency`).
     slots: Arc<Semaphore>,
+    /// Slots of this kind freed so far (handlers returned): the dispatcher
+    /// sizes claims by how many free while a claim commits.
+    freed: AtomicUsize,
 }
 
 pub struct Engine {
@@ -78,6 +82,23 @@ pub struct Engine {
     sweeper_wake: Notify,
     /// Global bound on running jobs (`queue.workers`).
     workers: Arc<Semaphore>,
+    /// Outcomes handed to the completion path and not yet committed, at most
+    /// [`completer::PENDING_PER_WORKER`] × workers (at least
+    /// [`completer::PENDING_MIN`]): enough for a couple of commits' worth of
+    /// short jobs, while a stalled store holds back the pool instead of
+    /// memory growing. Drain takes every permit back, which
+    /// is how it knows every outcome was written.
+    pending: Arc<Semaphore>,
+    pending_bound: usize,
+    /// Jobs claimed ahead of free slots and waiting for one (see the
+    /// dispatcher), and their bound: [`dispatcher::AHEAD_PER_WORKER`] ×
+    /// workers (at least [`dispatcher::AHEAD_MIN`]), so a wrong guess holds
+    /// only so many jobs back.
+    ahead: AtomicUsize,
+    ahead_bound: usize,
+    /// To the completion path; as large as `pending`, so a sender holding a
+    /// permit never waits on it.
+    outcomes: mpsc::Sender<completer::Pending>,
     /// Stop tokens of running attempts, to signal a cancel.
     /// Keyed by job and attempt, so an old attempt never removes a newer
     /// one's token.
@@ -119,6 +140,8 @@ struct RunningAttempt {
 pub struct EngineTasks {
     dispatcher: JoinHandle<tokio::task::JoinSet<()>>,
     sweeper: JoinHandle<()>,
+    /// The completion path, ended by drain once no outcome is pending.
+    completer: JoinHandle<()>,
     /// Shared stores: lease renewal, until drain has no attempt left.
     heartbeat: Option<JoinHandle<()>>,
     /// Shared stores: transitions from the store to watchers, until drain
@@ -139,6 +162,10 @@ impl Drop for AbortOnDrop {
 /// recounts at its own pace within it; often enough for a 1 s lease).
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 
+/// Drain waits this long at most for pending outcomes to be committed: more
+/// than the completion path's retries of one group take.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
+
 impl Engine {
     /// Builds the engine and starts its dispatcher and sweeper.
     pub fn start(
@@ -149,6 +176,9 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> (Arc<Engine>, EngineTasks) {
         let (hints, hint_rx) = mpsc::channel(config.queue.dispatch_channel);
+        let pending_bound =
+            (completer::PENDING_PER_WORKER * config.queue.workers).max(completer::PENDING_MIN);
+        let (outcomes, outcome_rx) = mpsc::channel(pending_bound);
         let shared = store.is_shared();
         let engine = Arc::new(Engine {
             store,
@@ -156,7 +186,12 @@ impl Engine {
                 .into_iter()
                 .map(|k| {
                     let slots = Arc::new(Semaphore::new(k.concurrency));
-                    (k.name.clone(), Kind { settings: k, slots })
+                    let kind = Kind {
+                        settings: k,
+                        slots,
+                        freed: AtomicUsize::new(0),
+                    };
+                    (kind.settings.name.clone(), kind)
                 })
                 .collect(),
             registry,
@@ -165,6 +200,18 @@ impl Engine {
             hints,
             sweeper_wake: Notify::new(),
             workers: Arc::new(Semaphore::new(config.queue.workers)),
+            pending: Arc::new(Semaphore::new(pending_bound)),
+            pending_bound,
+            outcomes,
+            ahead: AtomicUsize::new(0),
+            // Shared stores renew leases only of attempts running here
+            // (a lease may be as short as 1 s), and a job waiting for a slot
+            // is not running yet: no claims ahead there.
+            ahead_bound: if shared {
+                0
+            } else {
+                (dispatcher::AHEAD_PER_WORKER * config.queue.workers).max(dispatcher::AHEAD_MIN)
+            },
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             write_failing: AtomicBool::new(false),
@@ -192,6 +239,7 @@ impl Engine {
         let tasks = EngineTasks {
             dispatcher: tokio::spawn(engine.clone().dispatch_loop(hint_rx)),
             sweeper: tokio::spawn(engine.clone().sweep_loop()),
+            completer: tokio::spawn(engine.clone().complete_loop(outcome_rx)),
             heartbeat,
             feed,
         };
@@ -347,8 +395,10 @@ impl Engine {
 
     /// Drain step 4: waits up to `timeout` for running attempts, then stops
     /// the rest (they go back to QUEUED without using up an attempt) and
-    /// waits for that, also bounded. `force` (a second signal) cuts both
-    /// waits short. Returns how many attempts had to be stopped.
+    /// waits for that, also bounded; then waits (bounded again) until every
+    /// outcome handed to the completion path is committed. `force` (a second
+    /// signal) cuts every wait short. Returns how many attempts had to be
+    /// stopped.
     pub async fn drain(
         &self,
         tasks: EngineTasks,
@@ -359,9 +409,13 @@ impl Engine {
         let EngineTasks {
             dispatcher,
             sweeper,
+            completer,
             heartbeat,
             feed,
         } = tasks;
+        // Ended when drain returns; by then every outcome is written unless
+        // drain was forced or the store would not take them (those jobs rerun).
+        let _completer = AbortOnDrop(completer.abort_handle());
         let _feed = feed.map(|t| t.abort_handle()).map(AbortOnDrop);
         // Leases are renewed until every attempt has ended, however drain ends.
         let _heartbeat = self.stop_heartbeat.clone().drop_guard();
@@ -405,7 +459,26 @@ impl Engine {
             }
             workers.abort_all();
         }
+        self.flush_outcomes(force).await;
         stopped
+    }
+
+    /// Waits until the completion path has committed every outcome handed to
+    /// it, at most [`FLUSH_TIMEOUT`] (the store retries each group a few
+    /// times, then gives up on it) or until `force`.
+    async fn flush_outcomes(&self, force: &CancellationToken) {
+        let all = self.pending_bound as u32;
+        tokio::select! {
+            r = tokio::time::timeout(FLUSH_TIMEOUT, self.pending.acquire_many(all)) => {
+                if r.is_err() {
+                    tracing::error!(
+                        pending = self.pending_outcomes(),
+                        "outcomes not written in time; those jobs will run again"
+                    );
+                }
+            }
+            _ = force.cancelled() => {}
+        }
     }
 
     /// The longest any kind's handler may take to stop.
@@ -422,6 +495,12 @@ impl Engine {
     fn announce(&self, prev: Option<JobState>, job: &Job) {
         self.metrics.transition(prev, job);
         self.events.publish(job);
+    }
+
+    /// Jobs claimed ahead of free slots, waiting for one (RUNNING in the
+    /// store, their handlers not started).
+    pub fn claimed_ahead(&self) -> usize {
+        self.ahead.load(Ordering::Acquire)
     }
 
     fn hint(&self) {

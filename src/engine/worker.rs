@@ -1,6 +1,7 @@
 //! One attempt of one job: run the handler under its timeout and stop
-//! token, catch a panic, decide the outcome, and write it with the attempt's
-//! fencing token.
+//! token, catch a panic, decide the outcome, and hand it to the completion
+//! path ([`super::completer`]), which writes it with the attempt's fencing
+//! token. The worker's slot is free as soon as the outcome is handed over.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +12,8 @@ use tracing::Instrument;
 use super::{retry, Engine};
 use crate::config::DEFAULT_STOP_GRACE;
 use crate::handlers::{HandlerError, JobContext, Output};
-use crate::job::{add_micros, now_micros, Job, JobState};
+use crate::job::{add_micros, now_micros, Job};
 use crate::store::Outcome;
-
-/// Tries to write an outcome before giving up on it (the lease then expires
-/// and the sweeper takes the job back).
-const FINISH_TRIES: u32 = 5;
 
 /// How an attempt ended before the retry decision.
 #[derive(Debug)]
@@ -54,7 +51,13 @@ impl Engine {
     ) {
         let span =
             tracing::debug_span!("attempt", job = %job.id, kind = %job.kind, attempt = job.attempt);
+        let kind = job.kind.clone();
         self.attempt_inner(job).instrument(span).await;
+        // Counted before the permits drop, so a claim that sees the slot
+        // free also sees it counted.
+        if let Some(k) = self.kinds.get(&kind) {
+            k.freed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     async fn attempt_inner(&self, job: Job) {
@@ -70,7 +73,9 @@ impl Engine {
             Some(o) => o,
             None => return,
         };
-        self.finish(&job, outcome).await;
+        // The permits (`run_attempt`'s arguments) are released when this
+        // returns: right after the hand-over, not after the commit.
+        self.complete(job, outcome).await;
     }
 
     async fn execute(&self, job: &Job, stop: tokio_util::sync::CancellationToken) -> Ended {
@@ -173,38 +178,6 @@ impl Engine {
             error,
             at: add_micros(now_micros(), delay),
         })
-    }
-
-    async fn finish(&self, job: &Job, outcome: Outcome) {
-        for try_no in 1..=FINISH_TRIES {
-            match self
-                .store
-                .finish(job.id, job.attempt, outcome.clone(), now_micros())
-                .await
-            {
-                Ok(Some(updated)) => {
-                    tracing::debug!(state = %updated.state, "attempt finished");
-                    self.announce(Some(JobState::Running), &updated);
-                    match updated.state {
-                        JobState::RetryWait => self.sweeper_wake.notify_one(),
-                        JobState::Queued => self.hint(),
-                        _ => {}
-                    }
-                    return;
-                }
-                Ok(None) => {
-                    tracing::debug!("attempt outcome dropped: job no longer runs this attempt");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, try_no, "writing attempt outcome failed");
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(try_no))).await;
-                }
-            }
-        }
-        tracing::error!(
-            "giving up writing the outcome; the lease will expire and the job will be retried"
-        );
     }
 }
 

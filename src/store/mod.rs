@@ -70,6 +70,19 @@ pub enum Outcome {
     },
 }
 
+/// One attempt's outcome, for [`Store::finish_many`].
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub id: Uuid,
+    pub attempt: u32,
+    pub outcome: Outcome,
+    /// When the attempt ended (its `finished_at` / `updated_at`).
+    pub now: Micros,
+}
+
+/// Per outcome of [`Store::finish_many`], what [`Store::finish`] answers.
+pub type FinishResults = Vec<Result<Option<Job>, StoreError>>;
+
 /// Answer to a cancel request.
 #[derive(Debug, Clone)]
 pub enum CancelOutcome {
@@ -148,6 +161,20 @@ pub trait Store: Send + Sync + 'static {
         outcome: Outcome,
         now: Micros,
     ) -> Result<Option<Job>, StoreError>;
+    /// Ends many attempts, each exactly as [`Store::finish`] would (same
+    /// fencing), in as few commits as the store can: the engine's completion
+    /// path hands outcomes over in groups so one durable commit serves many.
+    /// Answers one result per item, in order; an item's error leaves the
+    /// others stored. An outer error means none of them was stored.
+    /// The default runs `finish` for all of them at once.
+    async fn finish_many(&self, items: Vec<Finish>) -> Result<FinishResults, StoreError> {
+        Ok(futures_util::future::join_all(
+            items
+                .into_iter()
+                .map(|f| self.finish(f.id, f.attempt, f.outcome, f.now)),
+        )
+        .await)
+    }
     async fn cancel(&self, id: Uuid, now: Micros) -> Result<CancelOutcome, StoreError>;
     /// Delayed QUEUED jobs whose `run_at` came become claimable (claims only
     /// look at jobs without a pending time, so delayed jobs never slow them).

@@ -21,8 +21,8 @@ use uuid::Uuid;
 
 use super::codec::{self, decode_labels, encode_labels, COLS};
 use super::{
-    transition, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, StateCounts, Store,
-    StoreError,
+    transition, CancelOutcome, ClaimRequest, Finish, FinishResults, InsertOutcome, ListQuery,
+    Outcome, StateCounts, Store, StoreError,
 };
 use crate::job::{Job, JobState, Micros, NewJob};
 
@@ -685,6 +685,35 @@ impl Store for SqliteStore {
                 transition::finish(j, attempt, outcome.clone(), now)
             })?
             .pop())
+        })
+        .await
+    }
+
+    async fn finish_many(&self, items: Vec<Finish>) -> Result<FinishResults, StoreError> {
+        // One write request for the whole group (one reply, one wake-up),
+        // each outcome in a savepoint of its own so one failing outcome
+        // does not undo the others.
+        self.write(move |tx, st| {
+            let mut out = Vec::with_capacity(items.len());
+            for f in items {
+                let sp = |sql: &str| tx.prepare_cached(sql).and_then(|mut s| s.execute([]));
+                sp("SAVEPOINT f").map_err(map_err)?;
+                let waiting = st.waiting;
+                let mut outcome = Some(f.outcome);
+                let r = transition_all(tx, st, vec![f.id], |j| {
+                    outcome
+                        .take()
+                        .is_some_and(|o| transition::finish(j, f.attempt, o, f.now))
+                })
+                .map(|mut jobs| jobs.pop());
+                if r.is_err() {
+                    st.waiting = waiting;
+                    sp("ROLLBACK TO f").map_err(map_err)?;
+                }
+                sp("RELEASE f").map_err(map_err)?;
+                out.push(r);
+            }
+            Ok(out)
         })
         .await
     }

@@ -6,6 +6,7 @@ mod auth;
 mod bench_smoke;
 mod binary;
 mod cli;
+mod engine;
 mod handlers;
 mod helpers;
 mod hostile_clients;

@@ -401,6 +401,76 @@ pub async fn pruning_removes_only_old_finished_jobs(s: SharedStore) {
     ));
 }
 
+/// A group of outcomes is applied as each alone would be: fenced by state
+/// and attempt, an outcome for a job twice in one group applied once, an
+/// unknown job skipped, the rest of the group stored.
+pub async fn finish_many_fences_each_outcome(s: SharedStore) {
+    assert!(s.finish_many(Vec::new()).await.unwrap().is_empty());
+    for _ in 0..3 {
+        insert(&s, new_job("k", 0)).await;
+    }
+    let c = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap();
+    assert_eq!(c.len(), 3);
+    let now = now_micros();
+    let done = |j: &jobd::job::Job, attempt: u32| store::Finish {
+        id: j.id,
+        attempt,
+        outcome: Outcome::Succeeded {
+            result: Bytes::from_static(b"ok"),
+        },
+        now,
+    };
+    let retry = store::Finish {
+        outcome: Outcome::Retry {
+            error: "again".into(),
+            at: now + 60_000_000,
+        },
+        ..done(&c[2], c[2].attempt)
+    };
+    let r = s
+        .finish_many(vec![
+            done(&c[0], c[0].attempt),
+            done(&c[1], c[1].attempt + 1),
+            done(&c[0], c[0].attempt),
+            retry,
+            store::Finish {
+                id: Uuid::now_v7(),
+                ..done(&c[0], 1)
+            },
+        ])
+        .await
+        .unwrap();
+    let states: Vec<Option<JobState>> =
+        r.into_iter().map(|r| r.unwrap().map(|j| j.state)).collect();
+    assert_eq!(
+        states,
+        [
+            Some(JobState::Succeeded),
+            None,
+            None,
+            Some(JobState::RetryWait),
+            None
+        ]
+    );
+    let got = |i: usize| {
+        let s = s.clone();
+        let id = c[i].id;
+        async move { s.get(id).await.unwrap().unwrap() }
+    };
+    let a = got(0).await;
+    assert_eq!(
+        (a.state, a.result.as_ref()),
+        (JobState::Succeeded, &b"ok"[..])
+    );
+    assert_eq!(a.sequence, c[0].sequence + 1, "applied once");
+    assert_eq!(
+        got(1).await.state,
+        JobState::Running,
+        "stale attempt fenced"
+    );
+    assert_eq!(got(2).await.state, JobState::RetryWait);
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory {
@@ -440,7 +510,8 @@ contract!(
     delayed_jobs_and_due_times,
     recover_counts_the_lost_attempt,
     pagination_and_filters,
-    pruning_removes_only_old_finished_jobs
+    pruning_removes_only_old_finished_jobs,
+    finish_many_fences_each_outcome
 );
 
 #[tokio::test]

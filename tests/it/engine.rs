@@ -1,0 +1,307 @@
+//! The engine's completion path, driven directly (no gRPC): outcomes are
+//! committed in groups after the worker slot is freed, a stalled store
+//! holds the pool back instead of piling outcomes up, and drain waits for
+//! outcomes not yet committed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use jobd::config::Config;
+use jobd::engine::{Engine, EngineTasks};
+use jobd::handlers::{Handler, HandlerError, JobContext, Output, Registry};
+use jobd::job::{now_micros, Job, JobState, Micros, NewJob};
+use jobd::metrics::Metrics;
+use jobd::store::memory::MemoryStore;
+use jobd::store::{
+    CancelOutcome, ClaimRequest, Finish, FinishResults, InsertOutcome, ListQuery, Outcome,
+    SharedStore, StateCounts, Store, StoreError,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The memory store, except that writing outcomes waits while the gate is
+/// closed (a store stalled on its disk), and the size of every group of
+/// outcomes it is handed is recorded.
+struct GatedStore {
+    inner: MemoryStore,
+    open: watch::Sender<bool>,
+    groups: Mutex<Vec<usize>>,
+}
+
+impl GatedStore {
+    fn new(open: bool) -> Arc<GatedStore> {
+        Arc::new(GatedStore {
+            inner: MemoryStore::new(),
+            open: watch::channel(open).0,
+            groups: Mutex::default(),
+        })
+    }
+
+    async fn gate(&self) {
+        let mut rx = self.open.subscribe();
+        let _ = rx.wait_for(|o| *o).await;
+    }
+}
+
+#[async_trait]
+impl Store for GatedStore {
+    async fn insert(
+        &self,
+        jobs: Vec<NewJob>,
+        max_backlog: u64,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        self.inner.insert(jobs, max_backlog).await
+    }
+    async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
+        self.inner.list(query).await
+    }
+    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
+        self.inner.claim(req).await
+    }
+    async fn finish(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        outcome: Outcome,
+        now: Micros,
+    ) -> Result<Option<Job>, StoreError> {
+        self.gate().await;
+        self.groups.lock().unwrap().push(1);
+        self.inner.finish(id, attempt, outcome, now).await
+    }
+    async fn finish_many(&self, items: Vec<Finish>) -> Result<FinishResults, StoreError> {
+        self.gate().await;
+        self.groups.lock().unwrap().push(items.len());
+        self.inner.finish_many(items).await
+    }
+    async fn cancel(&self, id: Uuid, now: Micros) -> Result<CancelOutcome, StoreError> {
+        self.inner.cancel(id, now).await
+    }
+    async fn release_delayed(&self, now: Micros, limit: usize) -> Result<usize, StoreError> {
+        self.inner.release_delayed(now, limit).await
+    }
+    async fn promote_due(&self, now: Micros, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.inner.promote_due(now, limit).await
+    }
+    async fn expire_leases(&self, now: Micros, limit: usize) -> Result<Vec<Job>, StoreError> {
+        self.inner.expire_leases(now, limit).await
+    }
+    async fn recover(&self, now: Micros) -> Result<Vec<Job>, StoreError> {
+        self.inner.recover(now).await
+    }
+    async fn next_due_at(&self, after: Micros) -> Result<Option<Micros>, StoreError> {
+        self.inner.next_due_at(after).await
+    }
+    async fn counts(&self) -> Result<StateCounts, StoreError> {
+        self.inner.counts().await
+    }
+    async fn count_by_kind(&self) -> Result<Vec<(JobState, String, u64)>, StoreError> {
+        self.inner.count_by_kind().await
+    }
+    async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {
+        self.inner.prune(before, limit).await
+    }
+    async fn close(&self) -> Result<(), StoreError> {
+        self.inner.close().await
+    }
+}
+
+/// Counts how often each job's handler ran.
+#[derive(Default)]
+struct Counting {
+    runs: Mutex<HashMap<Uuid, u32>>,
+}
+
+impl Counting {
+    fn total(&self) -> u32 {
+        self.runs.lock().unwrap().values().sum()
+    }
+}
+
+#[async_trait]
+impl Handler for Counting {
+    async fn run(&self, job: JobContext) -> Result<Output, HandlerError> {
+        *self.runs.lock().unwrap().entry(job.id).or_default() += 1;
+        Ok(Output::default())
+    }
+}
+
+fn start(store: SharedStore, workers: usize) -> (Arc<Engine>, EngineTasks, Arc<Counting>) {
+    let mut config = Config::default().with_default_kinds();
+    config.queue.workers = workers;
+    let kinds = config.validate().unwrap();
+    let mut registry = Registry::from_kinds(&kinds).unwrap();
+    let counting = Arc::new(Counting::default());
+    registry.register("echo", counting.clone());
+    let (engine, tasks) = Engine::start(&config, kinds, registry, store, Arc::new(Metrics::new()));
+    (engine, tasks, counting)
+}
+
+async fn submit(engine: &Engine, n: usize) -> Vec<Uuid> {
+    let jobs: Vec<NewJob> = (0..n)
+        .map(|_| NewJob {
+            id: Uuid::now_v7(),
+            kind: "echo".into(),
+            max_attempts: 3,
+            priority: 0,
+            idempotency_key: None,
+            labels: BTreeMap::new(),
+            payload: Bytes::new(),
+            timeout: Duration::from_secs(10),
+            run_at: None,
+            request_hash: [0; 32],
+            created_at: now_micros(),
+        })
+        .collect();
+    let ids = jobs.iter().map(|j| j.id).collect();
+    for o in engine.submit(jobs).await.unwrap() {
+        assert!(matches!(o, InsertOutcome::Created(_)), "{o:?}");
+    }
+    ids
+}
+
+/// Polls `cond` every few milliseconds for up to 10 s.
+async fn until(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn count(store: &SharedStore, s: JobState) -> u64 {
+    store.counts().await.unwrap().get(&s).copied().unwrap_or(0)
+}
+
+/// A store that stops taking outcomes holds the pool back at the documented
+/// bound (pending outcomes: 4 × workers but at least 256, plus one finished
+/// attempt per worker waiting for room); jobs stay RUNNING and unannounced until their
+/// outcome is committed; then everything finishes exactly once, in groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_store_holds_the_pool_back() {
+    const WORKERS: usize = 2;
+    let gated = GatedStore::new(false);
+    let store: SharedStore = gated.clone();
+    let (engine, tasks, counting) = start(store.clone(), WORKERS);
+    let bound = engine.pending_bound();
+    assert_eq!(bound, 256);
+    const N: usize = 400;
+    let ids = submit(&engine, N).await;
+
+    until("the pool to fill up", async || {
+        counting.total() as usize == bound + WORKERS
+    })
+    .await;
+    assert_eq!(engine.pending_outcomes(), bound);
+    // Nothing more starts while the store stalls. (Absence needs a wait;
+    // the dispatcher and sweeper would claim within milliseconds.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(counting.total() as usize, bound + WORKERS);
+    assert_eq!(engine.pending_outcomes(), bound);
+    // Jobs claimed ahead of free slots are RUNNING too, without a handler.
+    let ahead = engine.claimed_ahead();
+    assert!(ahead <= 256, "{ahead}");
+    assert_eq!(
+        count(&store, JobState::Running).await as usize,
+        bound + WORKERS + ahead
+    );
+    assert_eq!(count(&store, JobState::Succeeded).await, 0);
+    // A job whose handler returned is still RUNNING for its watchers.
+    let ran = *counting.runs.lock().unwrap().keys().next().unwrap();
+    let (snapshot, sub) = engine.watch(ran).await.unwrap();
+    assert_eq!(snapshot.state, JobState::Running);
+
+    gated.open.send_replace(true);
+    until("every job to succeed", async || {
+        count(&store, JobState::Succeeded).await == N as u64
+    })
+    .await;
+    loop {
+        let j = sub.next().await;
+        if j.state != JobState::Running {
+            assert_eq!(j.state, JobState::Succeeded);
+            break;
+        }
+    }
+    let runs = counting.runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), N);
+    assert!(ids.iter().all(|id| runs[id] == 1), "each job ran once");
+    let groups = gated.groups.lock().unwrap().clone();
+    assert_eq!(groups.iter().sum::<usize>(), N, "each outcome written once");
+    assert!(
+        groups.iter().any(|&n| n > 1),
+        "outcomes are written in groups: {groups:?}"
+    );
+    engine
+        .drain(tasks, Duration::from_secs(5), &CancellationToken::new())
+        .await;
+}
+
+/// Drain returns only once every outcome handed to the completion path is
+/// committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_waits_for_pending_outcomes() {
+    let gated = GatedStore::new(false);
+    let store: SharedStore = gated.clone();
+    let (engine, tasks, counting) = start(store.clone(), 2);
+    submit(&engine, 5).await;
+    until("five outcomes pending", async || {
+        engine.pending_outcomes() == 5
+    })
+    .await;
+    assert_eq!(counting.total(), 5);
+
+    let e = engine.clone();
+    let drain = tokio::spawn(async move {
+        e.drain(tasks, Duration::from_secs(5), &CancellationToken::new())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!drain.is_finished(), "drain waits for the store");
+    assert_eq!(count(&store, JobState::Running).await, 5);
+
+    gated.open.send_replace(true);
+    let stopped = tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .expect("drain ends once outcomes are written")
+        .unwrap();
+    assert_eq!(stopped, 0);
+    assert_eq!(engine.pending_outcomes(), 0);
+    assert_eq!(count(&store, JobState::Succeeded).await, 5);
+    assert_eq!(count(&store, JobState::Running).await, 0);
+}
+
+/// Through the real SQLite store (group commit): many short jobs, every
+/// outcome committed once, none lost, none run twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_outcomes_are_neither_lost_nor_doubled() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = jobd::store::open(&format!("sqlite:{}/t.db", dir.path().display()))
+        .await
+        .unwrap();
+    let (engine, tasks, counting) = start(store.clone(), 16);
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        ids.extend(submit(&engine, 300).await);
+    }
+    until("every job to succeed", async || {
+        count(&store, JobState::Succeeded).await == 3000
+    })
+    .await;
+    engine
+        .drain(tasks, Duration::from_secs(5), &CancellationToken::new())
+        .await;
+    let runs = counting.runs.lock().unwrap().clone();
+    assert_eq!(runs.len(), 3000);
+    assert!(ids.iter().all(|id| runs[id] == 1), "each job ran once");
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.values().sum::<u64>(), 3000, "{counts:?}");
+    store.close().await.unwrap();
+}
