@@ -167,10 +167,11 @@ impl Engine {
     ) -> Option<Reserved> {
         let free = self.workers.available_permits().min(CLAIM_BATCH);
         let mut extra = room.min(CLAIM_BATCH - free);
-        // Ahead of free slots only what the pool frees by itself.
+        // Ahead of free slots only what the pool frees by itself, and only
+        // for local kinds: a remote kind's jobs wait for a worker's room.
         let ahead: HashMap<String, usize> = predicted
             .iter()
-            .filter(|(k, _)| self.kinds.contains_key(*k))
+            .filter(|(k, _)| self.kinds.contains_key(*k) && self.remote_room(k) == usize::MAX)
             .filter_map(|(k, &n)| {
                 let n = n.min(extra);
                 extra -= n;

@@ -137,7 +137,8 @@ fn start(store: SharedStore, workers: usize) -> (Arc<Engine>, EngineTasks, Arc<C
     let mut config = Config::default().with_default_kinds();
     config.queue.workers = workers;
     let kinds = config.validate().unwrap();
-    let mut registry = Registry::from_kinds(&kinds).unwrap();
+    let remote = jobd::remote::Workers::new(Duration::from_secs(5), 1);
+    let mut registry = Registry::from_kinds(&kinds, &remote).unwrap();
     let counting = Arc::new(Counting::default());
     registry.register("echo", counting.clone());
     let (engine, tasks) = Engine::start(&config, kinds, registry, store, Arc::new(Metrics::new()));
