@@ -2,8 +2,9 @@
 //!
 //! The map, following a job from the client inward:
 //!
-//! - [`api`] — `jobd.v1.JobService` over gRPC: validates each request at the
-//!   edge and maps every refusal to a status code in one place.
+//! - [`api`] — `jobd.v1.JobService`, `WorkerService` and `AdminService`
+//!   over gRPC: validates each request at the edge and maps every refusal
+//!   to a status code in one place; auth, request budgets, metrics layers.
 //! - [`engine`] — takes validated jobs into the store, claims due jobs onto a
 //!   bounded pool of workers (global and per-kind semaphores, a `JoinSet`),
 //!   retries with backoff, sweeps due retries and expired leases, drains.
@@ -11,7 +12,11 @@
 //!   SQLite and PostgreSQL implementations (PostgreSQL: several instances on
 //!   one queue); every state change is one atomic write.
 //! - [`handlers`] — what a job does, looked up by kind (builtin `echo`,
-//!   `sleep`, `fail`; library users can register their own).
+//!   `sleep`, `fail`, `command`, `http`; library users can register their
+//!   own). `remote` kinds go to [`remote`]: worker processes connected over
+//!   `jobd.v1.WorkerService` (`api::worker`), each session holding at most
+//!   its `max_in_flight` attempts; [`worker`] is the Rust side of that
+//!   protocol (and `jobd work`).
 //! - [`events`] — fans each state change out to WatchStatus streams.
 //! - [`server`] — the lifecycle: [`prepare`] checks the config and reads
 //!   its files once, then [`run`] opens the store, recovers, serves gRPC +
