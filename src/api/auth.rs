@@ -85,10 +85,11 @@ impl Tokens {
         found
     }
 
-    /// Whether a request with these headers may call `path`.
-    pub fn check(&self, headers: &http::HeaderMap, path: &str) -> Result<(), Status> {
+    /// Whether a request with these headers may call `path`; which
+    /// configured token it presented (`None` when auth is off).
+    pub fn check(&self, headers: &http::HeaderMap, path: &str) -> Result<Option<Caller>, Status> {
         if self.tokens.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let presented = headers
             .get(http::header::AUTHORIZATION)
@@ -115,8 +116,16 @@ impl Tokens {
                 )
             })?;
         }
-        Ok(())
+        Ok(Some(Caller { token: index }))
     }
+}
+
+/// Who made a request, when auth is on: put in the request's extensions,
+/// so per-client bounds can key on the token rather than the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Caller {
+    /// The token's place in the configured list (never the token itself).
+    pub token: usize,
 }
 
 /// Wraps a gRPC service with the token check.
@@ -150,9 +159,14 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         match self.tokens.check(req.headers(), req.uri().path()) {
-            Ok(()) => Box::pin(self.inner.call(req)),
+            Ok(caller) => {
+                if let Some(c) = caller {
+                    req.extensions_mut().insert(c);
+                }
+                Box::pin(self.inner.call(req))
+            }
             Err(status) => Box::pin(async move { Ok(status.into_http()) }),
         }
     }
