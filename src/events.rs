@@ -4,10 +4,18 @@
 //! workers that publish: when the buffer is full it is replaced by the latest
 //! snapshot alone (sequences then skip ahead), so the newest state, and thus
 //! any terminal state, always reaches the watcher.
+//!
+//! A watcher that takes nothing while events wait (its client stopped
+//! reading, so its stream is no longer polled) is ended by
+//! [`Events::end_stalled`]: its place, and whatever it [holds], are given
+//! back at once, since its stream may never run again to drop them.
+//!
+//! [holds]: Subscription::hold
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -31,8 +39,37 @@ pub struct Events {
 
 #[derive(Default)]
 struct Slot {
-    buffer: Mutex<VecDeque<Arc<Job>>>,
+    buffer: Mutex<Buffer>,
     notify: Notify,
+    /// Set when the watcher's place is given back (ended as stalled, or
+    /// dropped), so that happens once.
+    released: AtomicBool,
+    /// Other places the watcher holds (per client, per connection), given
+    /// back with its own.
+    held: Mutex<Option<Box<dyn Send>>>,
+}
+
+#[derive(Default)]
+struct Buffer {
+    events: VecDeque<Arc<Job>>,
+    /// Since when an event has waited without the watcher taking one.
+    waiting_since: Option<Instant>,
+}
+
+impl Slot {
+    fn buffer(&self) -> std::sync::MutexGuard<'_, Buffer> {
+        self.buffer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives back the watcher's places; true the first time only.
+    fn release(&self, events: &Events) -> bool {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        events.count.fetch_sub(1, Ordering::AcqRel);
+        drop(self.held.lock().unwrap_or_else(|p| p.into_inner()).take());
+        true
+    }
 }
 
 /// Returned when `max` (`queue.max_watchers`) streams are already open.
@@ -105,16 +142,50 @@ impl Events {
             None => return,
         };
         let job = Arc::new(job.clone());
+        let now = Instant::now();
         for slot in slots {
             {
-                let mut b = slot.buffer.lock().unwrap_or_else(|p| p.into_inner());
-                if b.len() >= WATCHER_BUFFER {
-                    b.clear();
+                let mut b = slot.buffer();
+                if b.events.len() >= WATCHER_BUFFER {
+                    b.events.clear();
                 }
-                b.push_back(job.clone());
+                b.events.push_back(job.clone());
+                b.waiting_since.get_or_insert(now);
             }
             slot.notify.notify_one();
         }
+    }
+
+    /// Ends every watcher that has taken nothing for `idle` while an event
+    /// waited: it leaves the job's list, its places are given back, and its
+    /// [`Subscription::next`] answers `None`. Returns how many were ended.
+    pub fn end_stalled(&self, idle: Duration) -> usize {
+        let Some(before) = Instant::now().checked_sub(idle) else {
+            return 0;
+        };
+        let mut ended = Vec::new();
+        {
+            let mut map = self.lock();
+            map.retain(|_, list| {
+                list.retain(|slot| {
+                    let stalled = slot.buffer().waiting_since.is_some_and(|t| t <= before);
+                    if stalled {
+                        ended.push(slot.clone());
+                    }
+                    !stalled
+                });
+                !list.is_empty()
+            });
+        }
+        // Outside the map's lock: dropping held places takes other locks.
+        ended
+            .into_iter()
+            .filter(|slot| {
+                let first = slot.release(self);
+                slot.notify.notify_one();
+                first
+            })
+            .count()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<Arc<Slot>>>> {
@@ -130,35 +201,57 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// The next snapshot published for this job.
-    pub async fn next(&self) -> Arc<Job> {
+    /// The next snapshot published for this job; `None` once the watcher
+    /// was ended as stalled ([`Events::end_stalled`]).
+    pub async fn next(&self) -> Option<Arc<Job>> {
         loop {
-            if let Some(j) = self
-                .slot
-                .buffer
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front()
+            if self.slot.released.load(Ordering::Acquire) {
+                return None;
+            }
             {
-                return j;
+                let mut b = self.slot.buffer();
+                if let Some(j) = b.events.pop_front() {
+                    // Taken: what still waits waits from now.
+                    b.waiting_since = (!b.events.is_empty()).then(Instant::now);
+                    return Some(j);
+                }
             }
             // notify_one keeps a permit if nobody waits, so a publish between
             // the check above and this await is not missed.
             self.slot.notify.notified().await;
         }
     }
+
+    /// Keeps `places` (the watcher's places in other bounds) until this
+    /// watcher ends, even if it ends as stalled while its stream is never
+    /// polled or dropped.
+    pub fn hold(&self, places: impl Send + 'static) {
+        *self.slot.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(places));
+        // Ended meanwhile: give them back now.
+        if self.slot.released.load(Ordering::Acquire) {
+            drop(
+                self.slot
+                    .held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(),
+            );
+        }
+    }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut map = self.events.lock();
-        if let Some(list) = map.get_mut(&self.id) {
-            list.retain(|s| !Arc::ptr_eq(s, &self.slot));
-            if list.is_empty() {
-                map.remove(&self.id);
+        {
+            let mut map = self.events.lock();
+            if let Some(list) = map.get_mut(&self.id) {
+                list.retain(|s| !Arc::ptr_eq(s, &self.slot));
+                if list.is_empty() {
+                    map.remove(&self.id);
+                }
             }
         }
-        self.events.count.fetch_sub(1, Ordering::AcqRel);
+        self.slot.release(&self.events);
     }
 }
 
@@ -194,7 +287,7 @@ mod tests {
             ev.publish(&job(seq));
         }
         let mut got = Vec::new();
-        while let Ok(j) =
+        while let Ok(Some(j)) =
             tokio::time::timeout(std::time::Duration::from_millis(20), sub.next()).await
         {
             got.push(j.sequence);
@@ -206,6 +299,30 @@ mod tests {
         );
         assert!(got.len() <= WATCHER_BUFFER);
         assert!(got.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_takes_nothing_while_events_wait_is_ended() {
+        let ev = Events::new(2);
+        let idle = ev.subscribe(Uuid::nil()).unwrap();
+        let reading = ev.subscribe(Uuid::nil()).unwrap();
+        let held = Arc::new(());
+        idle.hold(held.clone());
+        // Nothing waiting: a quiet watcher is never stalled.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(ev.end_stalled(Duration::from_millis(10)), 0);
+        ev.publish(&job(2));
+        assert_eq!(reading.next().await.unwrap().sequence, 2);
+        std::thread::sleep(Duration::from_millis(20));
+        ev.publish(&job(3));
+        assert_eq!(ev.end_stalled(Duration::from_millis(10)), 1);
+        assert_eq!(ev.watcher_count(), 1, "its place is given back");
+        assert_eq!(Arc::strong_count(&held), 1, "and what it held");
+        assert!(idle.next().await.is_none());
+        assert_eq!(reading.next().await.unwrap().sequence, 3);
+        drop(idle);
+        assert_eq!(ev.watcher_count(), 1, "given back once");
+        assert!(ev.subscribe(Uuid::nil()).is_ok());
     }
 
     #[tokio::test]

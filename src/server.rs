@@ -244,7 +244,11 @@ pub async fn run_with_listeners(
         engine.clone(),
         tokens.clone(),
         config.queue.max_batch,
-        config.limits.max_watchers_per_connection,
+        crate::api::WatchLimits {
+            per_connection: config.limits.max_watchers_per_connection,
+            per_client: config.limits.max_watchers_per_client,
+            idle_timeout: config.limits.watch_idle_timeout,
+        },
         reply_limit,
         streams_stop.clone(),
     );

@@ -68,10 +68,11 @@ impl Buckets {
 }
 
 /// Who made a request, put in the request's extensions by
-/// [`Authenticated`] when authentication is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// [`Authenticated`] when authentication is on: submit rates and per-client
+/// bounds key on the token rather than the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Caller {
-    /// The token's place among the configured tokens.
+    /// The token's place among the configured tokens (never the token).
     pub token: usize,
     pub role: Role,
 }

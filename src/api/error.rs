@@ -34,8 +34,14 @@ pub enum ApiError {
     IdempotencyConflict { key: String, existing_id: Uuid },
     #[error("backlog is full ({max} jobs waiting); retry later")]
     BacklogFull { max: u64 },
-    #[error("too many open watchers (at most {max}); retry later")]
-    TooManyWatchers { max: usize },
+    #[error("too many open watchers {per} (at most {max}); retry later")]
+    TooManyWatchers { max: usize, per: &'static str },
+    #[error(
+        "watch stream ended: its client read nothing for {} while events waited; \
+         watch again with after_sequence",
+        humantime::format_duration(*.idle)
+    )]
+    WatchStalled { idle: Duration },
     #[error("too many worker sessions (at most {max}); retry later")]
     TooManySessions { max: usize },
     #[error("jobd is draining and takes no new jobs; retry on another instance")]
@@ -68,7 +74,9 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Draining => ApiError::Draining,
-            EngineError::TooManyWatchers { max } => ApiError::TooManyWatchers { max },
+            EngineError::TooManyWatchers { max } => {
+                ApiError::TooManyWatchers { max, per: "in all" }
+            }
             EngineError::NotFound(id) => ApiError::NotFound(id),
             EngineError::Store(s) => s.into(),
         }
@@ -113,6 +121,9 @@ impl From<ApiError> for Status {
                 let d = ErrorDetails::with_retry_info(Some(RETRY_AFTER_FULL));
                 Status::with_error_details(Code::ResourceExhausted, msg, d)
             }
+            // Not UNAVAILABLE: that tells clients to retry at once, and
+            // this client is the cause.
+            ApiError::WatchStalled { .. } => Status::resource_exhausted(msg),
             ApiError::Draining => Status::unavailable(msg),
             ApiError::AlreadyFinished { .. } => Status::failed_precondition(msg),
             ApiError::Unavailable(detail) => {

@@ -7,15 +7,16 @@ pub mod auth;
 pub mod convert;
 pub mod error;
 pub mod grpc_metrics;
+pub mod places;
 pub mod protocol;
 pub mod request_budget;
 pub mod validate;
 pub mod worker;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
@@ -28,16 +29,29 @@ use crate::proto::{self, job_service_server::JobService};
 use crate::store::{CancelOutcome, InsertOutcome, ListQuery};
 use auth::{Caller, Tokens};
 use error::{to_rpc_status, ApiError};
+use places::{ClientKey, Places};
+
+/// Bounds on open WatchStatus streams besides the global one.
+pub struct WatchLimits {
+    /// `limits.max_watchers_per_connection`.
+    pub per_connection: usize,
+    /// `limits.max_watchers_per_client`.
+    pub per_client: usize,
+    /// `limits.watch_idle_timeout`.
+    pub idle_timeout: Duration,
+}
 
 pub struct JobApi {
     engine: Arc<Engine>,
     /// Charges submitted jobs to each token's `auth.submit_rate`.
     tokens: Tokens,
     max_batch: usize,
-    /// Open watch streams per connection (by peer address), bounded by
-    /// `limits.max_watchers_per_connection`.
-    per_connection: Arc<Mutex<HashMap<SocketAddr, usize>>>,
-    max_per_connection: usize,
+    /// Open watch streams per connection (by peer IP:port).
+    per_connection: Places<SocketAddr>,
+    /// Open watch streams per client (token, or peer IP), so one client
+    /// cannot take every place of `queue.max_watchers`.
+    per_client: Places<ClientKey>,
+    watch_idle: Duration,
     /// The largest reply encoded; ListJobs pages stop short of it.
     max_reply_bytes: usize,
     /// Ends every WatchStatus stream when the daemon drains (with
@@ -46,43 +60,31 @@ pub struct JobApi {
 }
 
 impl JobApi {
+    /// Also starts the task that ends stalled watch streams (until
+    /// `streams_stop`); call within a Tokio runtime.
     pub fn new(
         engine: Arc<Engine>,
         tokens: Tokens,
         max_batch: usize,
-        max_per_connection: usize,
+        watch: WatchLimits,
         max_reply_bytes: usize,
         streams_stop: CancellationToken,
     ) -> Self {
+        tokio::spawn(end_stalled_watches(
+            engine.clone(),
+            watch.idle_timeout,
+            streams_stop.clone(),
+        ));
         JobApi {
             engine,
             tokens,
             max_batch,
-            per_connection: Arc::default(),
-            max_per_connection,
+            per_connection: Places::new(watch.per_connection, "on this connection"),
+            per_client: Places::new(watch.per_client, "for this client"),
+            watch_idle: watch.idle_timeout,
             max_reply_bytes,
             streams_stop,
         }
-    }
-
-    /// Takes one of the connection's watcher places; freed on drop.
-    fn connection_slot(&self, peer: Option<SocketAddr>) -> Result<Option<ConnSlot>, ApiError> {
-        let Some(peer) = peer else { return Ok(None) };
-        let mut m = self
-            .per_connection
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let n = m.entry(peer).or_default();
-        if *n >= self.max_per_connection {
-            return Err(ApiError::TooManyWatchers {
-                max: self.max_per_connection,
-            });
-        }
-        *n += 1;
-        Ok(Some(ConnSlot {
-            map: self.per_connection.clone(),
-            peer,
-        }))
     }
 
     /// A job for a reply: cut to fit the reply limit (see
@@ -146,20 +148,23 @@ const REPLY_SLACK: usize = 1024;
 /// A job's tag and length prefix in a ListJobs page, rounded up.
 const PAGE_ENTRY_FRAMING: usize = 16;
 
-/// One watcher's place on its connection.
-struct ConnSlot {
-    map: Arc<Mutex<HashMap<SocketAddr, usize>>>,
-    peer: SocketAddr,
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        let mut m = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = m.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                m.remove(&self.peer);
-            }
+/// Ends, now and then, the watch streams whose clients stopped reading
+/// (see [`crate::events::Events::end_stalled`]). Checks four times per
+/// `idle`, at most every 5 s, so a stream ends at most a quarter late.
+async fn end_stalled_watches(engine: Arc<Engine>, idle: Duration, stop: CancellationToken) {
+    let every = (idle / 4).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.cancelled() => return,
+        }
+        let ended = engine.events().end_stalled(idle);
+        if ended > 0 {
+            tracing::info!(
+                ended,
+                idle = %humantime::format_duration(idle),
+                "ended watch streams whose clients read nothing while events waited"
+            );
         }
     }
 }
@@ -267,24 +272,23 @@ impl JobService for JobApi {
         if self.streams_stop.is_cancelled() {
             return Err(ApiError::Draining.into());
         }
-        let slot = self.connection_slot(request.remote_addr())?;
+        // Places first: a refused watch costs no store read.
+        let peer = request.remote_addr();
+        let on_connection = peer.map(|p| self.per_connection.take(p)).transpose()?;
+        let client = ClientKey::of(request.extensions().get::<Caller>(), peer);
+        let for_client = client.map(|c| self.per_client.take(c)).transpose()?;
         let after = request.get_ref().after_sequence;
         let (snapshot, sub) = self.engine.watch(id).await.map_err(|e| self.err(e))?;
-        let stream = watch_stream(
+        // Given back when the stream ends, or when it is ended as stalled.
+        sub.hold((on_connection, for_client));
+        Ok(Response::new(watch_stream(
             snapshot,
             after,
             sub,
             self.max_job_bytes(),
+            self.watch_idle,
             self.streams_stop.clone(),
-        );
-        // The stream owns the connection place and frees it when it ends.
-        Ok(Response::new(Box::pin(futures_util::StreamExt::map(
-            stream,
-            move |item| {
-                let _ = &slot;
-                item
-            },
-        ))))
+        )))
     }
 
     async fn cancel(
@@ -372,6 +376,7 @@ fn watch_stream(
     after: u64,
     sub: Subscription,
     max_job_bytes: usize,
+    idle: Duration,
     stop: CancellationToken,
 ) -> EventStream {
     enum St {
@@ -402,6 +407,10 @@ fn watch_stream(
                 St::Follow(sub, last) => loop {
                     tokio::select! {
                         job = sub.next() => {
+                            let Some(job) = job else {
+                                let e = ApiError::WatchStalled { idle };
+                                return Some((Err(e.into()), St::Done));
+                            };
                             if job.sequence <= last {
                                 continue;
                             }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use super::{invalid, ConfigError};
 
 /// What a token may do (see `api::auth`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// JobService: submit and read (not Cancel).

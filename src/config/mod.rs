@@ -38,6 +38,9 @@ pub const DEFAULT_MAX_RESULT_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 pub const DEFAULT_MAX_WATCHERS_PER_CONNECTION: usize = 1000;
+/// A tenth of `queue.max_watchers`: ten clients at their bound fill it.
+pub const DEFAULT_MAX_WATCHERS_PER_CLIENT: usize = 1000;
+pub const DEFAULT_WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -393,7 +396,20 @@ pub struct LimitsConfig {
     /// queues new RPCs on its side.
     pub max_concurrent_streams: u32,
     /// Open WatchStatus streams per connection; past it RESOURCE_EXHAUSTED.
+    /// (A connection also carries at most `max_concurrent_streams` RPCs.)
     pub max_watchers_per_connection: usize,
+    /// Open WatchStatus streams per client: per token when auth is on, else
+    /// per peer IP address (every connection from one host counts
+    /// together); past it RESOURCE_EXHAUSTED. Kept below
+    /// `queue.max_watchers` so one client cannot take every place.
+    pub max_watchers_per_client: usize,
+    /// A WatchStatus stream whose client has taken no message for this long
+    /// while one waits (it stopped reading, and HTTP/2 flow control holds
+    /// the rest back) is ended: its watcher places are freed at once, and a
+    /// client that reads again gets RESOURCE_EXHAUSTED (resume with
+    /// `after_sequence`). Watching a quiet job is never idle in this sense.
+    #[serde(deserialize_with = "duration")]
+    pub watch_idle_timeout: Duration,
     /// HTTP/2 PING interval on idle connections.
     #[serde(deserialize_with = "duration")]
     pub keepalive_interval: Duration,
@@ -430,6 +446,8 @@ impl Default for LimitsConfig {
                 DEFAULT_MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION,
             max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
             max_watchers_per_connection: DEFAULT_MAX_WATCHERS_PER_CONNECTION,
+            max_watchers_per_client: DEFAULT_MAX_WATCHERS_PER_CLIENT,
+            watch_idle_timeout: DEFAULT_WATCH_IDLE_TIMEOUT,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
@@ -584,6 +602,14 @@ impl Config {
             (
                 "limits.max_watchers_per_connection",
                 l.max_watchers_per_connection as u64,
+            ),
+            (
+                "limits.max_watchers_per_client",
+                l.max_watchers_per_client as u64,
+            ),
+            (
+                "limits.watch_idle_timeout",
+                l.watch_idle_timeout.as_millis() as u64,
             ),
             (
                 "limits.keepalive_interval",

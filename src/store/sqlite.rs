@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
 use super::codec::{self, decode_labels, encode_labels, COLS};
@@ -31,7 +31,10 @@ use crate::job::{Job, JobState, Micros, NewJob};
 const WRITE_QUEUE: usize = 4096;
 /// Requests in one transaction at most.
 const GROUP_MAX: usize = 1024;
-/// Idle read connections kept.
+/// Reads running at once, and idle read connections kept. Each read holds
+/// a blocking-pool thread and a connection (three descriptors with the WAL),
+/// so reads past it wait for a place instead of growing the pool: 10,000
+/// watch starts at once took 512 threads and ~150 descriptors unbounded.
 const MAX_READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -196,6 +199,8 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: mpsc::Sender<Request>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// [`MAX_READERS`] places; a read takes one for its whole run.
+    read_slots: Arc<Semaphore>,
 }
 
 fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -266,6 +271,7 @@ impl SqliteStore {
             path,
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
+            read_slots: Arc::new(Semaphore::new(MAX_READERS)),
         })
     }
 
@@ -319,7 +325,15 @@ impl SqliteStore {
         }
         let pool = self.readers.clone();
         let path = self.path.clone();
+        // Never closed, so acquiring only fails if that changes.
+        let slot = self
+            .read_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| gone())?;
         tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let conn = match pool.lock().unwrap_or_else(|p| p.into_inner()).pop() {
                 Some(c) => c,
                 None => {

@@ -225,7 +225,7 @@ async fn stalled_store_holds_the_pool_back() {
     })
     .await;
     loop {
-        let j = sub.next().await;
+        let j = sub.next().await.expect("the watch stays open");
         if j.state != JobState::Running {
             assert_eq!(j.state, JobState::Succeeded);
             break;

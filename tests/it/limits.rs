@@ -441,3 +441,289 @@ async fn a_job_larger_than_a_reply_is_answered_cut_and_paging_goes_on() {
     }
     d.stop().await.unwrap();
 }
+
+/// A channel whose connection comes from `from` (any 127.0.0.0/8 address is
+/// this host), so a test can be two clients on two addresses.
+pub async fn channel_from(
+    addr: std::net::SocketAddr,
+    from: std::net::IpAddr,
+) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| async move {
+            let s = tokio::net::TcpSocket::new_v4()?;
+            s.bind(std::net::SocketAddr::new(from, 0))?;
+            let c = s.connect(addr).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(c))
+        }))
+        .await
+        .expect("connect")
+}
+
+/// Threads and open file descriptors of process `pid`.
+fn threads_and_fds(pid: u32) -> (usize, usize) {
+    let count = |what: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/{what}"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    (count("task"), count("fd"))
+}
+
+/// The hostile client of the issue: 10,000 WatchStatus streams from one
+/// host that never read. Another client must still watch, and the daemon's
+/// threads and file descriptors must stay bounded (SQLite reads for the
+/// watch snapshots wait for one of a few readers instead of taking a
+/// blocking thread and a connection each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_unread_watches_leave_others_served_and_the_daemon_bounded() {
+    const HOSTILE: usize = 10_000;
+    const PER_CONN: usize = 250;
+    let dir = tempfile::tempdir().unwrap();
+    // Most of the streams get in (and so read the store); the rest are
+    // refused by the per-client bound.
+    let p = KillOnDrop(
+        crate::binary::spawn_daemon(dir.path(), "[limits]\nmax_watchers_per_client = 9000\n").await,
+    );
+    let pid = p.0.child.id();
+    let addr: std::net::SocketAddr = p.0.url.trim_start_matches("http://").parse().unwrap();
+    let other = std::net::IpAddr::from([127, 0, 0, 2]);
+    let mut good =
+        jobd::proto::job_service_client::JobServiceClient::new(channel_from(addr, other).await);
+    let job = submit(&mut good, req("sleep", "600000")).await;
+    let (threads_idle, fds_idle) = threads_and_fds(pid);
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut max = (0, 0);
+            while !stop.is_cancelled() {
+                let (t, f) = threads_and_fds(pid);
+                max = (max.0.max(t), max.1.max(f));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            max
+        }
+    });
+    let hostile_from = std::net::IpAddr::from([127, 0, 0, 1]);
+    let mut chans = Vec::new();
+    for _ in 0..HOSTILE.div_ceil(PER_CONN) {
+        chans.push(channel_from(addr, hostile_from).await);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..HOSTILE {
+        let mut c =
+            jobd::proto::job_service_client::JobServiceClient::new(chans[i / PER_CONN].clone());
+        let id = job.id.clone();
+        calls.spawn(async move {
+            c.watch_status(proto::WatchStatusRequest {
+                id,
+                after_sequence: 0,
+            })
+            .await
+        });
+    }
+    let (mut open, mut refused) = (Vec::new(), 0);
+    while let Some(r) = calls.join_next().await {
+        match r.unwrap() {
+            Ok(s) => open.push(s),
+            Err(e) => {
+                assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+                refused += 1;
+            }
+        }
+    }
+    stop.cancel();
+    let (threads_max, fds_max) = sampler.await.unwrap();
+    // A client on another address is still served, start to end.
+    let w = good
+        .watch_status(proto::WatchStatusRequest {
+            id: job.id.clone(),
+            after_sequence: 0,
+        })
+        .await;
+    eprintln!(
+        "{HOSTILE} unread watches: {} open, {refused} refused; daemon threads {threads_idle} -> max \
+         {threads_max}, fds {fds_idle} -> max {fds_max}; another client's watch: {:?}",
+        open.len(),
+        w.as_ref().map(|_| "served").map_err(|e| e.code()),
+    );
+    let mut w = w.expect("another client's WatchStatus is served");
+    assert!(w.get_mut().message().await.unwrap().is_some());
+    good.cancel(proto::CancelRequest { id: job.id.clone() })
+        .await
+        .unwrap();
+    let last = w.get_mut().message().await.unwrap().unwrap();
+    assert_eq!(
+        state(last.job.as_ref().unwrap()),
+        proto::JobState::Cancelled
+    );
+    assert_eq!(open.len(), 9000);
+    assert_eq!(refused, HOSTILE - 9000);
+    // Runtime workers, the SQLite writer, a few readers, some slack; and one
+    // descriptor per connection besides the store's few.
+    assert!(
+        threads_max <= threads_idle + 16,
+        "threads {threads_idle} -> {threads_max}"
+    );
+    assert!(
+        fds_max <= fds_idle + chans.len() + 24,
+        "fds {fds_idle} -> {fds_max}"
+    );
+    drop(open);
+}
+
+/// The daemon dies with the test, even one that fails.
+struct KillOnDrop(crate::binary::Proc);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.child.kill();
+        let _ = self.0.child.wait();
+    }
+}
+
+fn watch_req(id: &str) -> proto::WatchStatusRequest {
+    proto::WatchStatusRequest {
+        id: id.into(),
+        after_sequence: 0,
+    }
+}
+
+/// Without auth, watchers are bounded per client IP address, across all of
+/// its connections; another address has places of its own.
+#[tokio::test]
+async fn watchers_per_client_ip_are_bounded_across_connections() {
+    let d = start("[queue]\nmax_watchers = 10\n[limits]\nmax_watchers_per_client = 3\n").await;
+    let mut c = d.client().await;
+    let job = submit(&mut c, req("sleep", "60000")).await;
+    let here = std::net::IpAddr::from([127, 0, 0, 1]);
+    let mut a1 = proto::job_service_client::JobServiceClient::new(channel_from(d.addr, here).await);
+    let mut a2 = proto::job_service_client::JobServiceClient::new(channel_from(d.addr, here).await);
+    let s1 = a1.watch_status(watch_req(&job.id)).await.unwrap();
+    let _s2 = a1.watch_status(watch_req(&job.id)).await.unwrap();
+    let _s3 = a2.watch_status(watch_req(&job.id)).await.unwrap();
+    let e = a2.watch_status(watch_req(&job.id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("for this client (at most 3)"), "{e}");
+    let there = std::net::IpAddr::from([127, 0, 0, 2]);
+    let mut b = proto::job_service_client::JobServiceClient::new(channel_from(d.addr, there).await);
+    let _s4 = b.watch_status(watch_req(&job.id)).await.unwrap();
+    // A closed stream gives its place back, to any connection of the client.
+    drop(s1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Err(e) = a2.watch_status(watch_req(&job.id)).await {
+        assert_eq!(e.code(), Code::ResourceExhausted);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "place not given back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    d.stop().await.unwrap();
+}
+
+/// With auth on, watchers are bounded per token, whatever the address.
+#[tokio::test]
+async fn watchers_per_token_are_bounded() {
+    const A: &str = "token-a-0123456789abcdef";
+    const B: &str = "token-b-0123456789abcdef";
+    let d = start(&format!(
+        "[limits]\nmax_watchers_per_client = 2\n[auth]\ntokens = [\
+         {{ token = \"{A}\", role = \"submit\" }}, {{ token = \"{B}\", role = \"submit\" }}]\n"
+    ))
+    .await;
+    let client = |token: &'static str, ch: tonic::transport::Channel| {
+        proto::job_service_client::JobServiceClient::with_interceptor(
+            ch,
+            move |mut r: tonic::Request<()>| {
+                let v = format!("Bearer {token}").parse().unwrap();
+                r.metadata_mut().insert("authorization", v);
+                Ok(r)
+            },
+        )
+    };
+    let here = std::net::IpAddr::from([127, 0, 0, 1]);
+    let there = std::net::IpAddr::from([127, 0, 0, 2]);
+    let mut a1 = client(A, channel_from(d.addr, here).await);
+    let mut a2 = client(A, channel_from(d.addr, there).await);
+    let job = a1.submit(req("sleep", "60000")).await.unwrap().into_inner();
+    let id = job.job.unwrap().id;
+    let _s1 = a1.watch_status(watch_req(&id)).await.unwrap();
+    let _s2 = a2.watch_status(watch_req(&id)).await.unwrap();
+    let e = a1.watch_status(watch_req(&id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e}");
+    // Another token from the same address is another client.
+    let mut b = client(B, channel_from(d.addr, here).await);
+    let _s3 = b.watch_status(watch_req(&id)).await.unwrap();
+    d.stop().await.unwrap();
+}
+
+/// A client that stops reading while events wait loses its watcher place
+/// after `watch_idle_timeout`; one watching a quiet job keeps it however
+/// long. The job here makes ~180 events of ~9 KB: more than the client's
+/// 64 KiB window and the server's 400 KB HTTP/2 send buffer hold, so the
+/// stream stops being polled and events wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_whose_client_stopped_reading_is_ended_and_its_place_freed() {
+    let d = start("[queue]\nmax_watchers = 1\n[limits]\nwatch_idle_timeout = \"300ms\"\n").await;
+    let mut c = d.client().await;
+    let mut r = req("fail", "until:60");
+    r.max_attempts = 100;
+    r.run_at = Some(ts_in(Duration::from_millis(1500)));
+    r.labels = (0..32)
+        .map(|i| (format!("k{i}"), "v".repeat(256)))
+        .collect();
+    let busy = submit(&mut c, r).await;
+    let other = submit(&mut c, req("sleep", "60000")).await;
+    let ch = tonic::transport::Endpoint::from_shared(d.url())
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut lazy = proto::job_service_client::JobServiceClient::new(ch);
+    let mut stalled = lazy.watch_status(watch_req(&busy.id)).await.unwrap();
+    // Quiet while the job waits for its start: it keeps its place.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let e = c.watch_status(watch_req(&other.id)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    // Then events pile up unread: it is ended and its place given back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut w = loop {
+        match c.watch_status(watch_req(&other.id)).await {
+            Ok(w) => break w,
+            Err(e) => assert_eq!(e.code(), Code::ResourceExhausted),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a watcher that stopped reading still holds its place"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(w.get_mut().message().await.unwrap().is_some());
+    let done = wait_terminal(&mut c, &busy.id).await;
+    assert_eq!(state(&done), proto::JobState::Succeeded);
+    // If it reads again, it gets what was buffered, then learns why its
+    // stream ended (never a silent end without the terminal state).
+    let s = stalled.get_mut();
+    let mut got = 0;
+    let end = loop {
+        match tokio::time::timeout(Duration::from_secs(10), s.message())
+            .await
+            .expect("the ended stream answers")
+        {
+            Ok(Some(e)) => {
+                assert!(!is_terminal(state(e.job.as_ref().unwrap())));
+                got += 1;
+            }
+            Ok(None) => panic!("ended OK after {got} events, without the terminal one"),
+            Err(e) => break e,
+        }
+    };
+    assert!(got > 0);
+    assert_eq!(end.code(), Code::ResourceExhausted, "{end}");
+    assert!(end.message().contains("after_sequence"), "{end}");
+    d.stop().await.unwrap();
+}
