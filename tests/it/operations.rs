@@ -620,3 +620,173 @@ async fn retry_refuses_bad_requests() {
     }
     d.stop().await.unwrap();
 }
+
+async fn cli(addr: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(args)
+        .env("JOBD_ADDR", addr)
+        .env_remove("JOBD_TOKEN");
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+fn json_of(o: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o:?}"))
+}
+
+/// `jobd pause | resume | kinds | retry`, each with --json, and their exit
+/// codes: 0, 3 for an unknown kind, 64 for a refused request, 5 with no
+/// daemon; with auth on, --token (an admin one) is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_operations_with_json_and_exit_codes() {
+    const A: &str = "admin-token-0123456789";
+    const S: &str = "submit-token-0123456789";
+    let d = start_with(
+        &format!(
+            "[auth]\ntokens = [{{ token = \"{S}\", role = \"submit\" }}, {{ token = \"{A}\", role = \"admin\" }}]\n"
+        ),
+        &format!("{KINDS}{RETRY_KINDS}"),
+    )
+    .await;
+    let addr = d.url();
+    let o = cli(&addr, &["pause", "flaky", "--json", "--token", A]).await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v = json_of(&o);
+    assert_eq!(
+        (v[0]["kind"].as_str(), v[0]["paused"].as_bool()),
+        (Some("flaky"), Some(true))
+    );
+    let o = cli(&addr, &["kinds", "--json", "--token", A]).await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v = json_of(&o);
+    let flaky = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == "flaky")
+        .unwrap();
+    assert_eq!(
+        (flaky["paused"].as_bool(), flaky["handler"].as_str()),
+        (Some(true), Some("command"))
+    );
+    let o = cli(&addr, &["kinds", "--token", A]).await;
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("PAUSED"),
+        "{o:?}"
+    );
+    let o = cli(&addr, &["resume", "flaky", "--json", "--token", A]).await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert_eq!(json_of(&o)[0]["paused"].as_bool(), Some(false));
+    // Unknown kind: 3; a submit token: not allowed (1); no token: refused (1).
+    assert_eq!(
+        cli(&addr, &["pause", "nope", "--token", A])
+            .await
+            .status
+            .code(),
+        Some(3)
+    );
+    assert_eq!(
+        cli(&addr, &["resume", "nope", "--json", "--token", A])
+            .await
+            .status
+            .code(),
+        Some(3)
+    );
+    assert_eq!(
+        cli(&addr, &["kinds", "--token", S]).await.status.code(),
+        Some(1)
+    );
+    assert_eq!(cli(&addr, &["kinds"]).await.status.code(), Some(1));
+
+    // retry: a dead job, by filter dry run, then by id.
+    let mut c = jobd::proto::job_service_client::JobServiceClient::with_interceptor(
+        Channel::from_shared(addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+        |mut r: tonic::Request<()>| {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {S}").parse().unwrap());
+            Ok(r)
+        },
+    );
+    let id = c
+        .submit(req("flaky", ""))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+        .id;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let j = c
+            .get_status(proto::GetStatusRequest { id: id.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .job
+            .unwrap();
+        if state(&j) == JobState::Failed {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{j:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let o = cli(
+        &addr,
+        &[
+            "retry",
+            "--kind",
+            "flaky",
+            "--dry-run",
+            "--json",
+            "--token",
+            A,
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v = json_of(&o);
+    assert_eq!(
+        (
+            v["matched"].as_u64(),
+            v["retried"].as_u64(),
+            v["more"].as_bool()
+        ),
+        (Some(1), Some(0), Some(false))
+    );
+    assert_eq!(v["ids"][0].as_str(), Some(id.as_str()));
+    let missing = uuid::Uuid::now_v7().to_string();
+    let o = cli(
+        &addr,
+        &[
+            "retry", "--id", &id, "--id", &missing, "--json", "--token", A,
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v = json_of(&o);
+    assert_eq!(v["retried"].as_u64(), Some(1));
+    assert_eq!(v["skipped"][0]["id"].as_str(), Some(missing.as_str()));
+    assert_eq!(v["skipped"][0]["reason"].as_str(), Some("job not found"));
+    // Refused requests: 64 (bad id, bad state, limit too big).
+    for args in [
+        &["retry", "--id", "nope"][..],
+        &["retry", "--state", "succeeded"],
+        &["retry", "--limit", "10001"],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--token", A]);
+        assert_eq!(cli(&addr, &args).await.status.code(), Some(64), "{args:?}");
+    }
+    d.stop().await.unwrap();
+    // No daemon: 5.
+    assert_eq!(
+        cli(&addr, &["kinds", "--json"]).await.status.code(),
+        Some(5)
+    );
+}
