@@ -79,10 +79,17 @@ impl AdminApi {
     async fn set_paused(&self, kind: &str, paused: bool) -> Result<proto::KindStatus, ApiError> {
         validate::kind_name("kind", kind)?;
         self.engine.set_paused(kind, paused).await?;
-        self.kind_statuses(Some(kind))
+        // A stale pause of a kind no longer configured, just cleared, with
+        // no jobs left: nothing lists it any more.
+        Ok(self
+            .kind_statuses(Some(kind))
             .await?
             .pop()
-            .ok_or_else(|| ApiError::UnknownKind(kind.to_string()))
+            .unwrap_or_else(|| proto::KindStatus {
+                kind: kind.to_string(),
+                handler: "unconfigured".into(),
+                ..Default::default()
+            }))
     }
 
     async fn retry_jobs(

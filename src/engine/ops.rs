@@ -13,7 +13,7 @@ use crate::job::now_micros;
 use crate::store::RetryOutcome;
 
 impl Engine {
-    /// The configured kinds, by name.
+    /// The configured kinds (in no particular order).
     pub fn kinds(&self) -> impl Iterator<Item = &KindSettings> {
         self.kinds.values().map(|k| &k.settings)
     }

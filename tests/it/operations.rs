@@ -236,6 +236,15 @@ async fn unknown_kinds_are_not_found_and_unconfigured_ones_listed() {
     );
     // A stale pause of a kind no longer configured can be cleared...
     assert!(!resume(&mut a, "gone").await.paused);
+    // Even one without jobs.
+    let mut a2 = admin(&d.url()).await;
+    let e = a2
+        .resume_kind(proto::ResumeKindRequest {
+            kind: "gone".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "no longer paused: unknown");
     // ...but such a kind cannot be paused.
     let e = a
         .pause_kind(proto::PauseKindRequest {
