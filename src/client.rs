@@ -1,5 +1,6 @@
-//! The CLI client: `jobd submit | status | watch | cancel | list | health`
-//! talking gRPC to a running daemon. Tables for people, `--json` for
+//! The CLI client: `jobd submit | status | watch | cancel | list | health`,
+//! and the operators' `pause | resume | kinds | retry`, talking gRPC to a
+//! running daemon. Tables for people, `--json` for
 //! scripts, and exit codes scripts can rely on (see [`exit`]).
 
 use std::io::{IsTerminal, Read, Write};
@@ -44,6 +45,10 @@ pub struct Common {
     /// Machine-readable output (one JSON document, or one per line for watch).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Bearer token for the operators' commands (pause, resume, kinds,
+    /// retry need an `admin` token when the daemon has auth on).
+    #[arg(long, env = "JOBD_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,6 +101,34 @@ pub enum ClientCommand {
     },
     /// Ask the daemon's health service.
     Health,
+    /// Pause a kind: its jobs are taken but none starts (running ones
+    /// finish), on every instance, until `resume`. Exit 3 for an unknown kind.
+    Pause { kind: String },
+    /// Resume a paused kind.
+    Resume { kind: String },
+    /// Every kind: handler, paused, job counts, connected workers.
+    Kinds,
+    /// Put FAILED (or CANCELLED) jobs back in the queue with their attempts
+    /// reset: the ones given by --id, or those matching the filter.
+    Retry {
+        /// A job id (repeatable); not with the filter options.
+        #[arg(long = "id", conflicts_with_all = ["kind", "state", "labels"])]
+        ids: Vec<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// failed (default) or cancelled.
+        #[arg(long, value_parser = parse_state)]
+        state: Option<JobState>,
+        /// Only jobs with this label, key=value (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Show what would be retried; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Most jobs per call (default 1000, at most 10000).
+        #[arg(long, default_value_t = 0)]
+        limit: u32,
+    },
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -374,9 +407,173 @@ async fn health(common: &Common) -> Result<u8, Failure> {
     Ok(if serving { exit::OK } else { exit::UNAVAILABLE })
 }
 
+type AdminClient = crate::proto::admin_service_client::AdminServiceClient<
+    tonic::service::interceptor::InterceptedService<Channel, BearerToken>,
+>;
+
+/// Adds `authorization: Bearer <token>` when a token was given.
+#[derive(Clone)]
+struct BearerToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut r: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            r.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(r)
+    }
+}
+
+async fn admin_client(common: &Common) -> Result<AdminClient, Failure> {
+    let token = match &common.token {
+        None => None,
+        Some(t) => Some(
+            format!("Bearer {t}")
+                .parse()
+                .map_err(|_| Failure(exit::USAGE, "--token: not a valid header value".into()))?,
+        ),
+    };
+    Ok(
+        proto::admin_service_client::AdminServiceClient::with_interceptor(
+            channel(&common.addr).await?,
+            BearerToken(token),
+        ),
+    )
+}
+
+fn kind_json(k: &proto::KindStatus) -> Value {
+    json!({
+        "kind": k.kind,
+        "handler": k.handler,
+        "paused": k.paused,
+        "queued": k.queued,
+        "running": k.running,
+        "retry_wait": k.retry_wait,
+        "failed": k.failed,
+        "concurrency": k.concurrency,
+        "connected_workers": k.connected_workers,
+    })
+}
+
+fn print_kinds(kinds: &[proto::KindStatus], json: bool) {
+    if json {
+        println!("{}", Value::Array(kinds.iter().map(kind_json).collect()));
+        return;
+    }
+    println!(
+        "{:<16}  {:<12}  {:<6}  {:>8}  {:>8}  {:>10}  {:>8}  {:>5}  {:>7}",
+        "KIND", "HANDLER", "PAUSED", "QUEUED", "RUNNING", "RETRY_WAIT", "FAILED", "CONC", "WORKERS"
+    );
+    for k in kinds {
+        println!(
+            "{:<16}  {:<12}  {:<6}  {:>8}  {:>8}  {:>10}  {:>8}  {:>5}  {:>7}",
+            printable(&k.kind, false),
+            k.handler,
+            if k.paused { "yes" } else { "no" },
+            k.queued,
+            k.running,
+            k.retry_wait,
+            k.failed,
+            k.concurrency,
+            k.connected_workers
+        );
+    }
+}
+
+/// The operators' commands (AdminService).
+async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
+    let mut a = admin_client(common).await?;
+    match cmd {
+        ClientCommand::Pause { kind } => {
+            let r = a.pause_kind(proto::PauseKindRequest { kind }).await?;
+            print_kinds(
+                &r.into_inner().kind_status.into_iter().collect::<Vec<_>>(),
+                common.json,
+            );
+        }
+        ClientCommand::Resume { kind } => {
+            let r = a.resume_kind(proto::ResumeKindRequest { kind }).await?;
+            print_kinds(
+                &r.into_inner().kind_status.into_iter().collect::<Vec<_>>(),
+                common.json,
+            );
+        }
+        ClientCommand::Kinds => {
+            let r = a.list_kinds(proto::ListKindsRequest {}).await?;
+            print_kinds(&r.into_inner().kinds, common.json);
+        }
+        ClientCommand::Retry {
+            ids,
+            kind,
+            state,
+            labels,
+            dry_run,
+            limit,
+        } => {
+            let filter = ids.is_empty().then(|| proto::RetryFilter {
+                state: state.unwrap_or(JobState::Failed) as i32,
+                kind: kind.unwrap_or_default(),
+                labels: labels.into_iter().collect(),
+                ..Default::default()
+            });
+            let r = a
+                .retry_jobs(proto::RetryJobsRequest {
+                    ids,
+                    filter,
+                    dry_run,
+                    limit,
+                })
+                .await?
+                .into_inner();
+            if common.json {
+                println!(
+                    "{}",
+                    json!({
+                        "matched": r.matched,
+                        "retried": r.retried,
+                        "ids": r.ids,
+                        "skipped": r.skipped.iter().map(|s| json!({"id": s.id, "reason": s.reason})).collect::<Vec<_>>(),
+                        "more": r.more,
+                        "dry_run": dry_run,
+                    })
+                );
+            } else {
+                for id in &r.ids {
+                    println!("{id}");
+                }
+                for s in &r.skipped {
+                    eprintln!("skipped {}: {}", s.id, printable(&s.reason, false));
+                }
+                eprintln!(
+                    "{} matched, {} {}{}",
+                    r.matched,
+                    if dry_run { r.matched } else { r.retried },
+                    if dry_run {
+                        "would be retried (dry run)"
+                    } else {
+                        "retried"
+                    },
+                    if r.more {
+                        "; more matched: run again"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        }
+        _ => unreachable!("not an admin command"),
+    }
+    Ok(exit::OK)
+}
+
 async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
-    if let ClientCommand::Health = cmd {
-        return health(common).await;
+    match cmd {
+        ClientCommand::Health => return health(common).await,
+        ClientCommand::Pause { .. }
+        | ClientCommand::Resume { .. }
+        | ClientCommand::Kinds
+        | ClientCommand::Retry { .. } => return execute_admin(cmd, common).await,
+        _ => {}
     }
     let mut c = connect(&common.addr).await?;
     let print = |j: &proto::Job| {
@@ -510,6 +707,10 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             Ok(exit::OK)
         }
         ClientCommand::Health => health(common).await,
+        ClientCommand::Pause { .. }
+        | ClientCommand::Resume { .. }
+        | ClientCommand::Kinds
+        | ClientCommand::Retry { .. } => execute_admin(cmd, common).await,
     }
 }
 

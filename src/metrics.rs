@@ -34,6 +34,7 @@ pub struct Metrics {
     inflight: Family<Labels, Gauge>,
     retry_wait: Family<Labels, Gauge>,
     unconfigured: Family<Labels, Gauge>,
+    kind_paused: Family<Labels, Gauge>,
     worker_sessions: Family<Labels, Gauge>,
     worker_assigned: Family<Labels, Counter>,
     worker_lost: Counter,
@@ -74,6 +75,7 @@ impl Metrics {
             inflight: Family::default(),
             retry_wait: Family::default(),
             unconfigured: Family::default(),
+            kind_paused: Family::default(),
             worker_sessions: Family::default(),
             worker_assigned: Family::default(),
             worker_lost: Counter::default(),
@@ -132,6 +134,11 @@ impl Metrics {
             "unconfigured_kind_jobs",
             "Unfinished jobs of a kind missing from the config, counted at start (they never run)",
             m.unconfigured.clone(),
+        );
+        r.register(
+            "kind_paused",
+            "1 while the kind is paused (PauseKind): its jobs wait, none starts",
+            m.kind_paused.clone(),
         );
         r.register(
             "worker_sessions",
@@ -222,6 +229,13 @@ impl Metrics {
                 ])
                 .inc();
         }
+    }
+
+    /// 1 while an operator has the kind paused (PauseKind), else 0.
+    pub fn set_kind_paused(&self, kind_name: &str, paused: bool) {
+        self.kind_paused
+            .get_or_create(&kind(kind_name))
+            .set(i64::from(paused));
     }
 
     pub fn set_unconfigured_kind_jobs(&self, kind_name: &str, n: u64) {

@@ -217,7 +217,18 @@ pub async fn run_with_listeners(
             "jobs were running when jobd last stopped; their attempts count as used and they were requeued"
         );
     }
-    let (engine, tasks) = Engine::start(&config, kinds, registry, store.clone(), metrics.clone());
+    let paused = store.paused_kinds().await?;
+    if !paused.is_empty() {
+        tracing::warn!(kinds = ?paused, "kinds are paused: their jobs wait until ResumeKind");
+    }
+    let (engine, tasks) = Engine::start(
+        &config,
+        kinds,
+        registry,
+        store.clone(),
+        metrics.clone(),
+        paused,
+    );
     engine.use_workers(workers.clone());
     let admin_stop = CancellationToken::new();
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
@@ -266,7 +277,10 @@ pub async fn run_with_listeners(
         tokens.clone(),
     );
     let admin_service = Authenticated::new(
-        AdminServiceServer::new(crate::api::admin::AdminApi::new(workers.clone())),
+        AdminServiceServer::new(crate::api::admin::AdminApi::new(
+            engine.clone(),
+            workers.clone(),
+        )),
         tokens.clone(),
     );
     let service = Authenticated::new(service, tokens);

@@ -1,20 +1,226 @@
 //! `jobd.v1.AdminService`: operators' calls (every one needs the `admin`
 //! role when authentication is on).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
+use super::error::ApiError;
+use super::validate::{self, RetryFilter, RetrySelection};
+use crate::config::HandlerSpec;
+use crate::engine::Engine;
+use crate::job::JobState;
 use crate::proto::{self, admin_service_server::AdminService};
 use crate::remote::Workers;
+use crate::store::{ListQuery, RetryOutcome};
+
+/// Jobs a filtered RetryJobs reads at most to find its matches: the
+/// label and time filters are applied to what the (state, kind) index
+/// returns, so a narrow filter over many dead jobs must still end. Past it
+/// the reply says `more`.
+const MAX_RETRY_SCAN: usize = 100_000;
+/// Rows per store read while scanning, and jobs per retry write.
+const RETRY_PAGE: usize = 1000;
 
 pub struct AdminApi {
+    engine: Arc<Engine>,
     workers: Arc<Workers>,
 }
 
 impl AdminApi {
-    pub fn new(workers: Arc<Workers>) -> Self {
-        AdminApi { workers }
+    pub fn new(engine: Arc<Engine>, workers: Arc<Workers>) -> Self {
+        AdminApi { engine, workers }
+    }
+
+    /// Every kind's status: configured ones, plus kinds that are paused or
+    /// still have jobs in the store without being configured. `only`: just
+    /// that kind.
+    async fn kind_statuses(&self, only: Option<&str>) -> Result<Vec<proto::KindStatus>, ApiError> {
+        let store = self.engine.store();
+        let mut statuses: BTreeMap<String, proto::KindStatus> = BTreeMap::new();
+        for k in self.engine.kinds() {
+            if let Some(s) = entry(&mut statuses, only, &k.name) {
+                s.handler = handler_name(&k.handler).into();
+                s.concurrency = k.concurrency.min(u32::MAX as usize) as u32;
+            }
+        }
+        for k in self.engine.paused() {
+            if let Some(s) = entry(&mut statuses, only, &k) {
+                s.paused = true;
+            }
+        }
+        for (state, kind, n) in store.count_by_kind().await? {
+            if let Some(s) = entry(&mut statuses, only, &kind) {
+                match state {
+                    JobState::Queued => s.queued = n,
+                    JobState::Running => s.running = n,
+                    JobState::RetryWait => s.retry_wait = n,
+                    _ => {}
+                }
+            }
+        }
+        for (kind, n) in store.count_failed_by_kind().await? {
+            if let Some(s) = entry(&mut statuses, only, &kind) {
+                s.failed = n;
+            }
+        }
+        for w in self.workers.list() {
+            for k in &w.kinds {
+                if let Some(s) = statuses.get_mut(k) {
+                    s.connected_workers += 1;
+                }
+            }
+        }
+        Ok(statuses.into_values().collect())
+    }
+
+    async fn set_paused(&self, kind: &str, paused: bool) -> Result<proto::KindStatus, ApiError> {
+        validate::kind_name("kind", kind)?;
+        self.engine.set_paused(kind, paused).await?;
+        // A stale pause of a kind no longer configured, just cleared, with
+        // no jobs left: nothing lists it any more.
+        Ok(self
+            .kind_statuses(Some(kind))
+            .await?
+            .pop()
+            .unwrap_or_else(|| proto::KindStatus {
+                kind: kind.to_string(),
+                handler: "unconfigured".into(),
+                ..Default::default()
+            }))
+    }
+
+    async fn retry_jobs(
+        &self,
+        req: proto::RetryJobsRequest,
+    ) -> Result<proto::RetryJobsResponse, ApiError> {
+        let (selection, limit) = validate::retry(&req)?;
+        let mut reply = proto::RetryJobsResponse::default();
+        let candidates = match selection {
+            RetrySelection::Ids(ids) => ids,
+            RetrySelection::Filter(f) => {
+                let (ids, more) = self.matching(&f, limit).await?;
+                reply.more = more;
+                ids
+            }
+        };
+        if req.dry_run {
+            for id in candidates {
+                match self.engine.store().get(id).await? {
+                    None => skip(&mut reply, id, RetryOutcome::NotFound),
+                    Some(j) if !crate::store::transition::retryable(j.state) => {
+                        skip(&mut reply, id, RetryOutcome::NotRetryable(j))
+                    }
+                    Some(_) => {
+                        reply.matched += 1;
+                        reply.ids.push(id.to_string());
+                    }
+                }
+            }
+            return Ok(reply);
+        }
+        for chunk in candidates.chunks(RETRY_PAGE) {
+            let outcomes = self.engine.retry(chunk).await?;
+            for (id, o) in chunk.iter().zip(outcomes) {
+                match o {
+                    RetryOutcome::Retried { .. } => {
+                        reply.matched += 1;
+                        reply.retried += 1;
+                        reply.ids.push(id.to_string());
+                    }
+                    RetryOutcome::BacklogFull => {
+                        reply.matched += 1;
+                        skip(&mut reply, *id, RetryOutcome::BacklogFull);
+                    }
+                    other => skip(&mut reply, *id, other),
+                }
+            }
+        }
+        Ok(reply)
+    }
+
+    /// Up to `limit` ids of jobs the filter matches, oldest first, and
+    /// whether more matched (or the scan bound was reached first).
+    async fn matching(&self, f: &RetryFilter, limit: usize) -> Result<(Vec<Uuid>, bool), ApiError> {
+        let mut ids = Vec::new();
+        let mut after = None;
+        let mut scanned = 0;
+        loop {
+            let page = self
+                .engine
+                .list(&ListQuery {
+                    state: Some(f.state),
+                    kind: f.kind.clone(),
+                    after,
+                    limit: RETRY_PAGE,
+                })
+                .await?;
+            scanned += page.len();
+            for j in page.iter().filter(|j| f.matches(j)) {
+                if ids.len() == limit {
+                    return Ok((ids, true));
+                }
+                ids.push(j.id);
+            }
+            if page.len() < RETRY_PAGE {
+                return Ok((ids, false));
+            }
+            if scanned >= MAX_RETRY_SCAN {
+                return Ok((ids, true));
+            }
+            after = page.last().map(|j| j.id);
+        }
+    }
+}
+
+/// The status of `kind` in `statuses`, made on first use; `None` when
+/// `only` names another kind.
+fn entry<'a>(
+    statuses: &'a mut BTreeMap<String, proto::KindStatus>,
+    only: Option<&str>,
+    kind: &str,
+) -> Option<&'a mut proto::KindStatus> {
+    if only.is_some_and(|o| o != kind) {
+        return None;
+    }
+    Some(
+        statuses
+            .entry(kind.to_string())
+            .or_insert_with(|| proto::KindStatus {
+                kind: kind.to_string(),
+                handler: "unconfigured".into(),
+                ..Default::default()
+            }),
+    )
+}
+
+/// Records an id that was not retried, with why.
+fn skip(reply: &mut proto::RetryJobsResponse, id: Uuid, why: RetryOutcome) {
+    let reason = match why {
+        RetryOutcome::NotFound => "job not found".to_string(),
+        RetryOutcome::NotRetryable(j) => format!(
+            "job is {}; only FAILED or CANCELLED jobs can be retried",
+            j.state.to_string().to_uppercase()
+        ),
+        RetryOutcome::BacklogFull => "backlog is full; retry later".to_string(),
+        RetryOutcome::Retried { .. } => return,
+    };
+    reply.skipped.push(proto::RetrySkipped {
+        id: id.to_string(),
+        reason,
+    });
+}
+
+fn handler_name(h: &HandlerSpec) -> &'static str {
+    match h {
+        HandlerSpec::Echo => "echo",
+        HandlerSpec::Sleep => "sleep",
+        HandlerSpec::Fail => "fail",
+        HandlerSpec::Command { .. } => "command",
+        HandlerSpec::Http { .. } => "http",
+        HandlerSpec::Remote => "remote",
     }
 }
 
@@ -43,5 +249,40 @@ impl AdminService for AdminApi {
             })
             .collect();
         Ok(Response::new(proto::ListWorkersResponse { workers }))
+    }
+
+    async fn pause_kind(
+        &self,
+        request: Request<proto::PauseKindRequest>,
+    ) -> Result<Response<proto::PauseKindResponse>, Status> {
+        let kind_status = self.set_paused(&request.into_inner().kind, true).await?;
+        Ok(Response::new(proto::PauseKindResponse {
+            kind_status: Some(kind_status),
+        }))
+    }
+
+    async fn resume_kind(
+        &self,
+        request: Request<proto::ResumeKindRequest>,
+    ) -> Result<Response<proto::ResumeKindResponse>, Status> {
+        let kind_status = self.set_paused(&request.into_inner().kind, false).await?;
+        Ok(Response::new(proto::ResumeKindResponse {
+            kind_status: Some(kind_status),
+        }))
+    }
+
+    async fn list_kinds(
+        &self,
+        _request: Request<proto::ListKindsRequest>,
+    ) -> Result<Response<proto::ListKindsResponse>, Status> {
+        let kinds = self.kind_statuses(None).await?;
+        Ok(Response::new(proto::ListKindsResponse { kinds }))
+    }
+
+    async fn retry_jobs(
+        &self,
+        request: Request<proto::RetryJobsRequest>,
+    ) -> Result<Response<proto::RetryJobsResponse>, Status> {
+        Ok(Response::new(self.retry_jobs(request.into_inner()).await?))
     }
 }

@@ -28,6 +28,8 @@ pub enum ApiError {
     InvalidArgument(Vec<Violation>),
     #[error("job {0} not found")]
     NotFound(Uuid),
+    #[error("kind {0:?} is not configured")]
+    UnknownKind(String),
     #[error(
         "idempotency key {key:?} is already used by job {existing_id} for a different request"
     )]
@@ -78,6 +80,7 @@ impl From<EngineError> for ApiError {
                 ApiError::TooManyWatchers { max, per: "in all" }
             }
             EngineError::NotFound(id) => ApiError::NotFound(id),
+            EngineError::UnknownKind(k) => ApiError::UnknownKind(k),
             EngineError::Store(s) => s.into(),
         }
     }
@@ -103,7 +106,7 @@ impl From<ApiError> for Status {
                 }
                 Status::with_error_details(Code::InvalidArgument, msg, d)
             }
-            ApiError::NotFound(_) => Status::not_found(msg),
+            ApiError::NotFound(_) | ApiError::UnknownKind(_) => Status::not_found(msg),
             ApiError::IdempotencyConflict { key, existing_id } => {
                 let d = ErrorDetails::with_error_info(
                     "IDEMPOTENCY_KEY_REUSED",

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::error::{ApiError, Violation};
 use crate::config::{KindSettings, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT};
-use crate::job::{now_micros, Micros, NewJob};
+use crate::job::{now_micros, JobState, Micros, NewJob};
 use crate::proto;
 
 pub use crate::job::{is_valid_kind, MAX_KIND_LEN};
@@ -233,6 +233,176 @@ pub fn decode_page_token(token: &str) -> Result<Option<Uuid>, ApiError> {
     let text = String::from_utf8(raw).map_err(|_| bad())?;
     let id = text.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(bad)?;
     Uuid::try_parse(id).map(Some).map_err(|_| bad())
+}
+
+/// Jobs one RetryJobs call handles when the request does not say.
+pub const DEFAULT_RETRY_LIMIT: usize = 1000;
+/// Jobs one RetryJobs call handles at most: the reply lists each id, and
+/// the call must end well within the request timeout.
+pub const MAX_RETRY_LIMIT: usize = 10_000;
+
+/// A kind named in an admin request: required and well-formed (whether it
+/// is configured is the engine's question: NOT_FOUND).
+pub fn kind_name(field: &str, s: &str) -> Result<(), ApiError> {
+    if s.is_empty() {
+        return Err(ApiError::invalid(field, "required"));
+    }
+    if !is_valid_kind(s) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{s:?} must match [a-z0-9][a-z0-9_.-]{{0,63}}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Which jobs a RetryJobs call names.
+#[derive(Debug, Clone)]
+pub enum RetrySelection {
+    /// These ids (no duplicates, in the order given).
+    Ids(Vec<Uuid>),
+    Filter(RetryFilter),
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryFilter {
+    /// FAILED or CANCELLED.
+    pub state: JobState,
+    pub kind: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub finished_after: Option<Micros>,
+    pub finished_before: Option<Micros>,
+}
+
+impl RetryFilter {
+    /// Whether a job of the selected state and kind matches the rest.
+    pub fn matches(&self, job: &crate::job::Job) -> bool {
+        let at = job.finished_at.unwrap_or(0);
+        self.labels
+            .iter()
+            .all(|(k, v)| job.labels.get(k) == Some(v))
+            && self.finished_after.is_none_or(|t| at >= t)
+            && self.finished_before.is_none_or(|t| at < t)
+    }
+}
+
+/// Validates a RetryJobs request: ids or a filter (exactly one), and the
+/// limit. Returns the selection and the effective limit.
+pub fn retry(req: &proto::RetryJobsRequest) -> Result<(RetrySelection, usize), ApiError> {
+    let limit = match req.limit as usize {
+        0 => DEFAULT_RETRY_LIMIT,
+        n if n > MAX_RETRY_LIMIT => {
+            return Err(ApiError::invalid(
+                "limit",
+                format!("at most {MAX_RETRY_LIMIT}"),
+            ))
+        }
+        n => n,
+    };
+    let sel = match (&req.filter, req.ids.is_empty()) {
+        (Some(_), false) => {
+            return Err(ApiError::invalid(
+                "ids",
+                "give either ids or a filter, not both",
+            ))
+        }
+        (None, true) => return Err(ApiError::invalid("ids", "give ids or a filter")),
+        (None, false) => {
+            if req.ids.len() > limit {
+                return Err(ApiError::invalid(
+                    "ids",
+                    format!("{} ids given, more than limit ({limit})", req.ids.len()),
+                ));
+            }
+            let mut seen = std::collections::HashSet::new();
+            let mut ids = Vec::with_capacity(req.ids.len());
+            for (i, s) in req.ids.iter().enumerate() {
+                let id = job_id(&format!("ids[{i}]"), s)?;
+                if seen.insert(id) {
+                    ids.push(id);
+                }
+            }
+            RetrySelection::Ids(ids)
+        }
+        (Some(f), true) => RetrySelection::Filter(retry_filter(f)?),
+    };
+    Ok((sel, limit))
+}
+
+fn retry_filter(f: &proto::RetryFilter) -> Result<RetryFilter, ApiError> {
+    let mut v: Vec<Violation> = Vec::new();
+    let mut bad = |field: &str, description: String| {
+        v.push(Violation {
+            field: format!("filter.{field}"),
+            description,
+        })
+    };
+    let state = match proto::JobState::try_from(f.state) {
+        Ok(proto::JobState::Failed) => Some(JobState::Failed),
+        Ok(proto::JobState::Cancelled) => Some(JobState::Cancelled),
+        _ => {
+            bad(
+                "state",
+                "JOB_STATE_FAILED or JOB_STATE_CANCELLED (only finished, unsuccessful jobs are retried)"
+                    .into(),
+            );
+            None
+        }
+    };
+    if !f.kind.is_empty() && !is_valid_kind(&f.kind) {
+        bad(
+            "kind",
+            format!("{:?} must match [a-z0-9][a-z0-9_.-]{{0,63}}", f.kind),
+        );
+    }
+    if f.labels.len() > MAX_LABELS {
+        bad("labels", format!("at most {MAX_LABELS} labels"));
+    }
+    for (key, value) in &f.labels {
+        if key.is_empty() || key.len() > MAX_LABEL_KEY_BYTES || value.len() > MAX_LABEL_VALUE_BYTES
+        {
+            bad(
+                &format!("labels[{key:?}]"),
+                format!(
+                    "label keys are 1..={MAX_LABEL_KEY_BYTES} bytes, values at most {MAX_LABEL_VALUE_BYTES}"
+                ),
+            );
+        }
+    }
+    let mut time = |field: &str, t: &Option<prost_types::Timestamp>| match t {
+        None => None,
+        Some(t) => {
+            let m = timestamp_micros(t);
+            if m.is_none() {
+                bad(field, "not a valid timestamp".into());
+            }
+            m
+        }
+    };
+    let finished_after = time("finished_after", &f.finished_after);
+    let finished_before = time("finished_before", &f.finished_before);
+    if let (Some(a), Some(b)) = (finished_after, finished_before) {
+        if a >= b {
+            bad(
+                "finished_before",
+                "must be later than finished_after".into(),
+            );
+        }
+    }
+    match state {
+        Some(state) if v.is_empty() => Ok(RetryFilter {
+            state,
+            kind: (!f.kind.is_empty()).then(|| f.kind.clone()),
+            labels: f
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            finished_after,
+            finished_before,
+        }),
+        _ => Err(ApiError::InvalidArgument(v)),
+    }
 }
 
 #[cfg(test)]

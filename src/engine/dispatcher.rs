@@ -190,6 +190,7 @@ impl Engine {
         let kinds: HashMap<String, OwnedSemaphorePermit> = self
             .kinds
             .iter()
+            .filter(|(name, _)| !self.is_paused(name))
             .filter_map(|(name, k)| {
                 let n = k
                     .slots

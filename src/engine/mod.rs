@@ -11,6 +11,7 @@
 mod completer;
 mod dispatcher;
 mod feed;
+mod ops;
 pub mod retry;
 mod sweeper;
 mod worker;
@@ -47,6 +48,8 @@ pub enum EngineError {
     TooManyWatchers { max: usize },
     #[error("job {0} not found")]
     NotFound(Uuid),
+    #[error("kind {0:?} is not configured")]
+    UnknownKind(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -124,6 +127,9 @@ pub struct Engine {
     late_notices: Mutex<feed::LateNotices>,
     retention: Duration,
     metrics: Arc<Metrics>,
+    /// Kinds an operator paused: the dispatcher gives them no slots. Read
+    /// from the store at start (and every sweep on a shared store).
+    paused: Mutex<std::collections::HashSet<String>>,
     /// Worker sessions for remote kinds (set once at start).
     remote: std::sync::OnceLock<Arc<crate::remote::Workers>>,
 }
@@ -174,7 +180,11 @@ impl Engine {
         registry: Registry,
         store: SharedStore,
         metrics: Arc<Metrics>,
+        paused: std::collections::BTreeSet<String>,
     ) -> (Arc<Engine>, EngineTasks) {
+        for k in &kinds {
+            metrics.set_kind_paused(&k.name, paused.contains(&k.name));
+        }
         let (hints, hint_rx) = mpsc::channel(config.queue.dispatch_channel);
         let pending_bound =
             (completer::PENDING_PER_WORKER * config.queue.workers).max(completer::PENDING_MIN);
@@ -227,6 +237,7 @@ impl Engine {
             },
             retention: config.retention.finished,
             metrics,
+            paused: Mutex::new(paused.into_iter().collect()),
             remote: std::sync::OnceLock::new(),
         });
         let feed = engine.store.changes().map(|feed| {

@@ -26,6 +26,10 @@ impl Engine {
         let mut next_gauges = now_micros();
         loop {
             let now = now_micros();
+            if self.shared {
+                // Another instance may have paused or resumed a kind.
+                self.refresh_paused().await;
+            }
             self.sweep_once(now).await;
             if now >= next_prune {
                 self.prune(now).await;

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    transition, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, StateCounts, Store,
-    StoreError,
+    transition, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, RetryOutcome,
+    StateCounts, Store, StoreError,
 };
 use crate::job::{Job, JobState, Micros, NewJob};
 
@@ -51,6 +51,7 @@ struct Inner {
     counts: StateCounts,
     /// Payload and result bytes of every job held.
     bytes: u64,
+    paused: BTreeSet<String>,
 }
 
 impl Inner {
@@ -327,6 +328,60 @@ impl Store for MemoryStore {
             *m.entry((e.job.state, e.job.kind.clone())).or_default() += 1;
         }
         Ok(m.into_iter().map(|((s, k), n)| (s, k, n)).collect())
+    }
+
+    async fn count_failed_by_kind(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let g = self.lock()?;
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for e in g.jobs.values().filter(|e| e.job.state == JobState::Failed) {
+            *m.entry(e.job.kind.clone()).or_default() += 1;
+        }
+        Ok(m.into_iter().collect())
+    }
+
+    async fn retry(
+        &self,
+        ids: &[Uuid],
+        now: Micros,
+        max_backlog: u64,
+    ) -> Result<Vec<RetryOutcome>, StoreError> {
+        let mut g = self.lock()?;
+        Ok(ids
+            .iter()
+            .map(|id| match g.jobs.get(id).map(|e| e.job.clone()) {
+                None => RetryOutcome::NotFound,
+                Some(job) if !transition::retryable(job.state) => RetryOutcome::NotRetryable(job),
+                Some(_) if g.waiting() >= max_backlog => RetryOutcome::BacklogFull,
+                Some(job) => {
+                    let (_, new) = g
+                        .update(*id, |j| transition::retry(j, now))
+                        .expect("job present");
+                    RetryOutcome::Retried {
+                        job: new,
+                        prev: job.state,
+                    }
+                }
+            })
+            .collect())
+    }
+
+    async fn set_kind_paused(
+        &self,
+        kind: &str,
+        paused: bool,
+        _now: Micros,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock()?;
+        if paused {
+            g.paused.insert(kind.to_string());
+        } else {
+            g.paused.remove(kind);
+        }
+        Ok(())
+    }
+
+    async fn paused_kinds(&self) -> Result<BTreeSet<String>, StoreError> {
+        Ok(self.lock()?.paused.clone())
     }
 
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {

@@ -10,7 +10,7 @@ pub mod postgres;
 pub mod sqlite;
 pub mod transition;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +96,23 @@ pub enum CancelOutcome {
     AlreadyCancelled(Job),
     /// SUCCEEDED or FAILED: cannot be cancelled.
     AlreadyFinished(Job),
+}
+
+/// What RetryJobs did to one job.
+#[derive(Debug, Clone)]
+pub enum RetryOutcome {
+    NotFound,
+    /// The job was `prev` (FAILED or CANCELLED) and is now QUEUED with its
+    /// attempts reset.
+    Retried {
+        job: Job,
+        prev: JobState,
+    },
+    /// Not FAILED or CANCELLED (succeeded, or still waiting or running):
+    /// left as it is.
+    NotRetryable(Job),
+    /// The backlog is at its bound: left as it is.
+    BacklogFull,
 }
 
 /// Which jobs the dispatcher may take now.
@@ -193,6 +210,28 @@ pub trait Store: Send + Sync + 'static {
     async fn counts(&self) -> Result<StateCounts, StoreError>;
     /// Unfinished jobs by state and kind (to start the metrics' gauges).
     async fn count_by_kind(&self) -> Result<Vec<(JobState, String, u64)>, StoreError>;
+    /// FAILED jobs by kind (ListKinds; kept apart from [`Store::count_by_kind`],
+    /// which the gauges re-read often, because dead jobs can be many).
+    async fn count_failed_by_kind(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Each FAILED or CANCELLED job in `ids` back to QUEUED with its attempts
+    /// reset ([`transition::retry`]), one outcome per id in order. Each job's
+    /// change is atomic and checked against the backlog bound like a submit.
+    async fn retry(
+        &self,
+        ids: &[Uuid],
+        now: Micros,
+        max_backlog: u64,
+    ) -> Result<Vec<RetryOutcome>, StoreError>;
+    /// Pauses or resumes a kind. Stored, so a pause survives restarts and
+    /// holds for every instance on a shared store.
+    async fn set_kind_paused(
+        &self,
+        kind: &str,
+        paused: bool,
+        now: Micros,
+    ) -> Result<(), StoreError>;
+    /// The kinds paused now.
+    async fn paused_kinds(&self) -> Result<BTreeSet<String>, StoreError>;
     /// Deletes up to `limit` terminal jobs that finished before `before`.
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError>;
     /// Flushes and closes; later calls fail with `Unavailable`.

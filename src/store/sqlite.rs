@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::codec::{self, decode_labels, encode_labels, COLS};
 use super::{
     transition, CancelOutcome, ClaimRequest, Finish, FinishResults, InsertOutcome, ListQuery,
-    Outcome, StateCounts, Store, StoreError,
+    Outcome, RetryOutcome, StateCounts, Store, StoreError,
 };
 use crate::job::{Job, JobState, Micros, NewJob};
 
@@ -93,6 +93,10 @@ CREATE INDEX jobs_kind_state_id ON jobs (kind, state, id);
 -- v4: one row that health probes rewrite, to learn whether a store that
 -- refused writes (a full disk) takes them again.
 CREATE TABLE jobd_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);
+"#,
+    r#"
+-- v5: kinds an operator paused (PauseKind); a row per paused kind.
+CREATE TABLE kind_pauses (kind TEXT PRIMARY KEY, paused_at INTEGER NOT NULL);
 "#,
 ];
 
@@ -824,6 +828,78 @@ impl Store for SqliteStore {
             let rows = s.query_map([], |r| {
                 Ok((state_from(r.get(0)?)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
             })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn count_failed_by_kind(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|c| {
+            let mut s =
+                c.prepare_cached("SELECT kind, COUNT(*) FROM jobs WHERE state = 4 GROUP BY kind")?;
+            let rows = s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn retry(
+        &self,
+        ids: &[Uuid],
+        now: Micros,
+        max_backlog: u64,
+    ) -> Result<Vec<RetryOutcome>, StoreError> {
+        let ids = ids.to_vec();
+        let max = max_backlog.min(i64::MAX as u64) as i64;
+        self.write(move |tx, st| {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(match load(tx, id)? {
+                    None => RetryOutcome::NotFound,
+                    Some(job) if !transition::retryable(job.state) => {
+                        RetryOutcome::NotRetryable(job)
+                    }
+                    Some(_) if st.waiting >= max => RetryOutcome::BacklogFull,
+                    Some(mut job) => {
+                        let (prev, a) = (job.state, job.attempt);
+                        transition::retry(&mut job, now);
+                        save(tx, st, &job, prev, a)?;
+                        RetryOutcome::Retried { job, prev }
+                    }
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_kind_paused(
+        &self,
+        kind: &str,
+        paused: bool,
+        now: Micros,
+    ) -> Result<(), StoreError> {
+        let kind = kind.to_string();
+        self.write(move |tx, _| {
+            let r = if paused {
+                tx.prepare_cached(
+                    "INSERT INTO kind_pauses (kind, paused_at) VALUES (?1, ?2) \
+                     ON CONFLICT (kind) DO NOTHING",
+                )
+                .and_then(|mut s| s.execute(params![kind, now]))
+            } else {
+                tx.prepare_cached("DELETE FROM kind_pauses WHERE kind = ?1")
+                    .and_then(|mut s| s.execute(params![kind]))
+            };
+            r.map(|_| ()).map_err(map_err)
+        })
+        .await
+    }
+
+    async fn paused_kinds(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        self.read(|c| {
+            let mut s = c.prepare_cached("SELECT kind FROM kind_pauses")?;
+            let rows = s.query_map([], |r| r.get(0))?;
             rows.collect()
         })
         .await

@@ -96,3 +96,22 @@ pub fn lease_lost(job: &mut Job, now: Micros, why: &str) {
         touch(job, JobState::Queued, now);
     }
 }
+
+/// FAILED or CANCELLED -> QUEUED (RetryJobs): a fresh start with all its
+/// attempts, same id, its sequence going on so watchers see it come back.
+/// The last error stays until the next attempt ends, so it is still visible.
+pub fn retry(job: &mut Job, now: Micros) {
+    debug_assert!(matches!(job.state, JobState::Failed | JobState::Cancelled));
+    job.attempt = 0;
+    job.result = bytes::Bytes::new();
+    job.started_at = None;
+    job.finished_at = None;
+    job.next_attempt_at = None;
+    job.lease_expires_at = None;
+    touch(job, JobState::Queued, now);
+}
+
+/// Whether RetryJobs may put this job back in the queue.
+pub fn retryable(state: JobState) -> bool {
+    matches!(state, JobState::Failed | JobState::Cancelled)
+}

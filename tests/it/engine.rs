@@ -105,6 +105,28 @@ impl Store for GatedStore {
     async fn count_by_kind(&self) -> Result<Vec<(JobState, String, u64)>, StoreError> {
         self.inner.count_by_kind().await
     }
+    async fn count_failed_by_kind(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.count_failed_by_kind().await
+    }
+    async fn retry(
+        &self,
+        ids: &[Uuid],
+        now: Micros,
+        max_backlog: u64,
+    ) -> Result<Vec<jobd::store::RetryOutcome>, StoreError> {
+        self.inner.retry(ids, now, max_backlog).await
+    }
+    async fn set_kind_paused(
+        &self,
+        kind: &str,
+        paused: bool,
+        now: Micros,
+    ) -> Result<(), StoreError> {
+        self.inner.set_kind_paused(kind, paused, now).await
+    }
+    async fn paused_kinds(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        self.inner.paused_kinds().await
+    }
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {
         self.inner.prune(before, limit).await
     }
@@ -141,7 +163,14 @@ fn start(store: SharedStore, workers: usize) -> (Arc<Engine>, EngineTasks, Arc<C
     let mut registry = Registry::from_kinds(&kinds, &remote).unwrap();
     let counting = Arc::new(Counting::default());
     registry.register("echo", counting.clone());
-    let (engine, tasks) = Engine::start(&config, kinds, registry, store, Arc::new(Metrics::new()));
+    let (engine, tasks) = Engine::start(
+        &config,
+        kinds,
+        registry,
+        store,
+        Arc::new(Metrics::new()),
+        Default::default(),
+    );
     (engine, tasks, counting)
 }
 

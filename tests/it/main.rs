@@ -13,6 +13,7 @@ mod hostile_clients;
 mod hostile_files;
 mod interop;
 mod limits;
+mod operations;
 mod operator;
 mod pg;
 mod postgres;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use jobd::job::{now_micros, JobState, NewJob};
 use jobd::store::{
-    self, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, SharedStore,
+    self, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, RetryOutcome, SharedStore,
 };
 use uuid::Uuid;
 
@@ -471,6 +471,110 @@ pub async fn finish_many_fences_each_outcome(s: SharedStore) {
     assert_eq!(got(2).await.state, JobState::RetryWait);
 }
 
+/// RetryJobs: FAILED and CANCELLED jobs go back to QUEUED with their
+/// attempts reset, same id, sequence going on; anything else is left alone
+/// and said so, per id; the backlog bound holds; the job runs again.
+pub async fn retry_requeues_dead_jobs(s: SharedStore) {
+    let failed = insert(&s, new_job("k", 0)).await;
+    let c = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap();
+    assert_eq!(c.len(), 1);
+    let failed = s
+        .finish(
+            failed.id,
+            1,
+            Outcome::Failed {
+                error: "boom".into(),
+            },
+            now_micros(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let cancelled = insert(&s, new_job("k", 0)).await;
+    let CancelOutcome::Cancelled { job: cancelled, .. } =
+        s.cancel(cancelled.id, now_micros()).await.unwrap()
+    else {
+        panic!("cancel")
+    };
+    let queued = insert(&s, new_job("k", 0)).await;
+    let missing = Uuid::now_v7();
+    let now = now_micros();
+    let out = s
+        .retry(
+            &[failed.id, missing, queued.id, cancelled.id],
+            now,
+            u64::MAX,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 4);
+    match &out[0] {
+        RetryOutcome::Retried { job, prev } => {
+            assert_eq!(*prev, JobState::Failed);
+            assert_eq!(
+                (job.id, job.state, job.attempt, job.sequence),
+                (failed.id, JobState::Queued, 0, failed.sequence + 1)
+            );
+            assert_eq!(
+                (job.finished_at, job.started_at, job.lease_expires_at),
+                (None, None, None)
+            );
+            assert_eq!(job.last_error, "boom", "the last error stays visible");
+            assert_eq!(
+                s.get(job.id).await.unwrap().unwrap(),
+                *job,
+                "stored as returned"
+            );
+        }
+        o => panic!("{o:?}"),
+    }
+    assert!(matches!(out[1], RetryOutcome::NotFound));
+    assert!(matches!(&out[2], RetryOutcome::NotRetryable(j) if j.state == JobState::Queued));
+    assert!(
+        matches!(&out[3], RetryOutcome::Retried { job, prev: JobState::Cancelled } if job.state == JobState::Queued)
+    );
+    // Retried again: no longer dead.
+    let again = s.retry(&[failed.id], now, u64::MAX).await.unwrap();
+    assert!(matches!(&again[0], RetryOutcome::NotRetryable(_)));
+    // It runs again as attempt 1.
+    let c = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap();
+    assert_eq!(c.len(), 3);
+    assert!(c.iter().all(|j| j.attempt == 1));
+    // The backlog bound: with 1 waiting already allowed, nothing more.
+    for j in &c {
+        s.finish(j.id, 1, Outcome::Failed { error: "x".into() }, now_micros())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    insert(&s, new_job("k", 0)).await;
+    let out = s.retry(&[failed.id], now_micros(), 1).await.unwrap();
+    assert!(matches!(out[0], RetryOutcome::BacklogFull), "{out:?}");
+    assert_eq!(
+        s.get(failed.id).await.unwrap().unwrap().state,
+        JobState::Failed
+    );
+    // FAILED counts by kind.
+    let failed_counts = s.count_failed_by_kind().await.unwrap();
+    assert_eq!(failed_counts, vec![("k".to_string(), 3)]);
+}
+
+/// Paused kinds are stored, idempotently both ways.
+pub async fn paused_kinds_are_stored(s: SharedStore) {
+    assert!(s.paused_kinds().await.unwrap().is_empty());
+    for _ in 0..2 {
+        s.set_kind_paused("a", true, now_micros()).await.unwrap();
+        s.set_kind_paused("b", true, now_micros()).await.unwrap();
+    }
+    let got: Vec<String> = s.paused_kinds().await.unwrap().into_iter().collect();
+    assert_eq!(got, ["a", "b"]);
+    for _ in 0..2 {
+        s.set_kind_paused("a", false, now_micros()).await.unwrap();
+    }
+    let got: Vec<String> = s.paused_kinds().await.unwrap().into_iter().collect();
+    assert_eq!(got, ["b"]);
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory {
@@ -511,7 +615,9 @@ contract!(
     recover_counts_the_lost_attempt,
     pagination_and_filters,
     pruning_removes_only_old_finished_jobs,
-    finish_many_fences_each_outcome
+    finish_many_fences_each_outcome,
+    retry_requeues_dead_jobs,
+    paused_kinds_are_stored
 );
 
 #[tokio::test]

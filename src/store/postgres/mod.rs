@@ -34,7 +34,7 @@ use uuid::Uuid;
 use super::codec::state_code;
 use super::{
     transition, CancelOutcome, Change, ClaimRequest, InsertOutcome, ListQuery, Outcome,
-    StateCounts, Store, StoreError,
+    RetryOutcome, StateCounts, Store, StoreError,
 };
 use crate::config::PostgresConfig;
 use crate::job::{add_micros, now_micros, Job, JobState, Micros, NewJob};
@@ -503,6 +503,92 @@ impl Store for PostgresStore {
                     rows::col(&r, 1)?,
                     rows::col::<i64>(&r, 2)? as u64,
                 ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count_failed_by_kind(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_statement(sql::COUNT_FAILED_BY_KIND, async |c, st| {
+            let mut out = Vec::new();
+            for r in c.query(st, &[]).await? {
+                out.push((rows::col(&r, 0)?, rows::col::<i64>(&r, 1)? as u64));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn retry(
+        &self,
+        ids: &[Uuid],
+        now: Micros,
+        max_backlog: u64,
+    ) -> Result<Vec<RetryOutcome>, StoreError> {
+        self.run(async {
+            let mut c = pooled(&self.pool).await?;
+            let tx = c.transaction().await?;
+            let mut found: HashMap<Uuid, Job> = sql::select(&tx, &sql::LOCK_IDS, &[&ids])
+                .await?
+                .into_iter()
+                .map(|j| (j.id, j))
+                .collect();
+            // Like submits, against this instance's count of waiting jobs.
+            let mut room = (max_backlog.min(i64::MAX as u64) as i64)
+                .saturating_sub(self.w.waiting.load(Ordering::Acquire));
+            let mut out = Vec::with_capacity(ids.len());
+            let (mut changed, mut old) = (Vec::new(), Vec::new());
+            for id in ids {
+                out.push(match found.remove(id) {
+                    None => RetryOutcome::NotFound,
+                    Some(job) if !transition::retryable(job.state) => {
+                        RetryOutcome::NotRetryable(job)
+                    }
+                    Some(_) if room <= 0 => RetryOutcome::BacklogFull,
+                    Some(mut job) => {
+                        room -= 1;
+                        let prev = job.state;
+                        old.push((prev, job.attempt));
+                        transition::retry(&mut job, now);
+                        changed.push(job.clone());
+                        RetryOutcome::Retried { job, prev }
+                    }
+                });
+            }
+            sql::save(&self.w, &tx, &changed, &old).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_kind_paused(
+        &self,
+        kind: &str,
+        paused: bool,
+        now: Micros,
+    ) -> Result<(), StoreError> {
+        if paused {
+            self.with_statement(sql::PAUSE_KIND, async |c, st| {
+                c.execute(st, &[&kind, &now]).await?;
+                Ok(())
+            })
+            .await
+        } else {
+            self.with_statement(sql::RESUME_KIND, async |c, st| {
+                c.execute(st, &[&kind]).await?;
+                Ok(())
+            })
+            .await
+        }
+    }
+
+    async fn paused_kinds(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        self.with_statement(sql::PAUSED_KINDS, async |c, st| {
+            let mut out = std::collections::BTreeSet::new();
+            for r in c.query(st, &[]).await? {
+                out.insert(rows::col(&r, 0)?);
             }
             Ok(out)
         })

@@ -71,6 +71,11 @@ DROP INDEX jobs_ready;
 -- job of that state.
 CREATE INDEX jobs_kind_state_id ON jobs (kind, state, id);
 "#,
+    r#"
+-- v4: kinds an operator paused (PauseKind), for every instance; a row per
+-- paused kind.
+CREATE TABLE kind_pauses (kind TEXT PRIMARY KEY, paused_at BIGINT NOT NULL);
+"#,
 ];
 
 /// An advisory-lock key per schema, so instances on different schemas of

@@ -108,6 +108,16 @@ pub(super) const COUNT_BY_KIND: &str =
     "SELECT state, kind, COUNT(*) FROM jobs WHERE state IN (0, 1, 2) \
      GROUP BY state, kind";
 
+pub(super) const COUNT_FAILED_BY_KIND: &str =
+    "SELECT kind, COUNT(*) FROM jobs WHERE state = 4 GROUP BY kind";
+
+pub(super) const PAUSE_KIND: &str = "INSERT INTO kind_pauses (kind, paused_at) VALUES ($1, $2) \
+     ON CONFLICT (kind) DO NOTHING";
+
+pub(super) const RESUME_KIND: &str = "DELETE FROM kind_pauses WHERE kind = $1";
+
+pub(super) const PAUSED_KINDS: &str = "SELECT kind FROM kind_pauses";
+
 pub(super) const PRUNE_EVENTS: &str =
     "DELETE FROM job_events WHERE ctid IN (SELECT ctid FROM job_events \
      WHERE updated_at < $1 LIMIT $2)";
