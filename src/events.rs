@@ -261,20 +261,7 @@ mod tests {
     use crate::job::NewJob;
 
     fn job(seq: u64) -> Job {
-        let mut j = NewJob {
-            id: Uuid::nil(),
-            kind: "k".into(),
-            max_attempts: 1,
-            priority: 0,
-            idempotency_key: None,
-            labels: Default::default(),
-            payload: Default::default(),
-            timeout: std::time::Duration::from_secs(1),
-            run_at: None,
-            request_hash: [0; 32],
-            created_at: 0,
-        }
-        .into_job();
+        let mut j = NewJob::example().into_job();
         j.sequence = seq;
         j
     }

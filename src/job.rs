@@ -175,3 +175,23 @@ impl NewJob {
         }
     }
 }
+
+#[cfg(test)]
+impl NewJob {
+    /// A minimal job of kind `k` for unit tests.
+    pub(crate) fn example() -> NewJob {
+        NewJob {
+            id: Uuid::nil(),
+            kind: "k".into(),
+            max_attempts: 1,
+            priority: 0,
+            idempotency_key: None,
+            labels: Default::default(),
+            payload: Default::default(),
+            timeout: Duration::from_secs(1),
+            run_at: None,
+            request_hash: [0; 32],
+            created_at: 0,
+        }
+    }
+}

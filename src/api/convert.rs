@@ -102,20 +102,7 @@ mod tests {
     use prost::Message;
 
     fn job(result: usize, error: &str) -> Job {
-        let mut j = crate::job::NewJob {
-            id: uuid::Uuid::nil(),
-            kind: "k".into(),
-            max_attempts: 1,
-            priority: 0,
-            idempotency_key: None,
-            labels: Default::default(),
-            payload: Default::default(),
-            timeout: std::time::Duration::from_secs(1),
-            run_at: None,
-            request_hash: [0; 32],
-            created_at: 0,
-        }
-        .into_job();
+        let mut j = crate::job::NewJob::example().into_job();
         j.result = vec![7u8; result].into();
         j.last_error = error.into();
         j

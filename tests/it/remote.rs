@@ -358,19 +358,29 @@ async fn a_timeout_pushes_cancel_then_retries() {
     d.stop().await.unwrap();
 }
 
-/// Drain: the worker is told, its report before the deadline counts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drain_tells_workers_and_takes_their_reports() {
-    let dir = tempfile::tempdir().unwrap();
+/// A daemon on SQLite in `dir` with `drain.timeout`, and a raw worker that
+/// holds one job; returns the config head too, to restart on the same data.
+async fn holding_one_job(
+    dir: &std::path::Path,
+    drain_timeout: &str,
+) -> (String, TestDaemon, Raw, proto::Job) {
     let head = format!(
-        "store = \"sqlite:{}/jobd.db\"\n{HEAD}[drain]\ngrace = \"50ms\"\ntimeout = \"5s\"\n",
-        dir.path().display()
+        "store = \"sqlite:{}/jobd.db\"\n{HEAD}[drain]\ngrace = \"50ms\"\ntimeout = \"{drain_timeout}\"\n",
+        dir.display()
     );
     let d = start_with(&head, KINDS).await;
     let mut c = d.client().await;
     let mut a = raw(&d.url(), hello(&["r"], 1)).await.unwrap();
     let job = submit(&mut c, req("r", "x")).await;
     a.assign().await;
+    (head, d, a, job)
+}
+
+/// Drain: the worker is told, its report before the deadline counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_tells_workers_and_takes_their_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (head, d, mut a, job) = holding_one_job(dir.path(), "5s").await;
     let stopping = tokio::spawn(d.stop_keep_dir());
     let drain = loop {
         if let server_message::Msg::Drain(x) = a.next().await {
@@ -521,15 +531,7 @@ async fn postgres_worker_on_one_instance_takes_jobs_submitted_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_requeues_unreported_jobs_without_spending_the_attempt() {
     let dir = tempfile::tempdir().unwrap();
-    let head = format!(
-        "store = \"sqlite:{}/jobd.db\"\n{HEAD}[drain]\ngrace = \"50ms\"\ntimeout = \"300ms\"\n",
-        dir.path().display()
-    );
-    let d = start_with(&head, KINDS).await;
-    let mut c = d.client().await;
-    let mut a = raw(&d.url(), hello(&["r"], 1)).await.unwrap();
-    let job = submit(&mut c, req("r", "x")).await;
-    a.assign().await;
+    let (head, d, mut a, job) = holding_one_job(dir.path(), "300ms").await;
     // The worker never reports: the drain deadline passes.
     let stopping = tokio::spawn(d.stop_keep_dir());
     let cancel = loop {
