@@ -114,6 +114,19 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Client(_) | Command::CheckConfig { .. }
+    ) {
+        // Printing commands end quietly when their reader goes away
+        // (`jobd list | head -2`), as Unix tools do, instead of panicking on
+        // EPIPE: Rust ignores SIGPIPE unless told otherwise. The daemon keeps
+        // ignoring it (a client's closed socket must not kill it).
+        // SAFETY: signal(2) with SIG_DFL, before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Bench(args) => {
             let rt = match tokio::runtime::Runtime::new() {

@@ -76,14 +76,26 @@ async fn body_capped(resp: &mut reqwest::Response, cap: usize) -> Vec<u8> {
 #[async_trait]
 impl Handler for HttpHandler {
     async fn run(&self, job: JobContext) -> Result<Output, HandlerError> {
+        // One map, so a configured header replaces the default of the same
+        // name (a configured Content-Type is the only one sent) while the
+        // job's own identifiers always win.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        for (k, v) in &self.headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        let id = HeaderValue::from_str(&job.id.to_string())
+            .map_err(|e| HandlerError::permanent(format!("job id header: {e}")))?;
+        headers.insert("idempotency-key", id.clone());
+        headers.insert("x-jobd-job-id", id);
+        headers.insert("x-jobd-attempt", HeaderValue::from(job.attempt));
         let request = self
             .client
             .request(self.method.clone(), &self.url)
-            .headers(self.headers.clone())
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header("Idempotency-Key", job.id.to_string())
-            .header("X-Jobd-Job-Id", job.id.to_string())
-            .header("X-Jobd-Attempt", job.attempt.to_string())
+            .headers(headers)
             .body(job.payload.clone())
             .send();
         let mut resp = tokio::select! {

@@ -126,3 +126,28 @@ async fn status_escapes_terminal_control_characters() {
     assert!(out.contains("\\u{1b}[2J result"), "{out}");
     d.stop().await.unwrap();
 }
+
+/// `jobd check-config F | head -1`: a closed stdout ends the command
+/// quietly (SIGPIPE, as Unix tools do), not with a panic and exit 101.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(&f, "[kinds.hello]\nhandler = \"echo\"\n").unwrap();
+    let mut fds = [0; 2];
+    // SAFETY: pipe(2) fills two fds, each owned once below.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read); // the reader is gone before anything is written
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(&f)
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}

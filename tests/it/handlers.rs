@@ -417,3 +417,29 @@ max_attempts = 1
     assert!(killed, "the setsid'd process {pid} outlived its job");
     d.stop().await.unwrap();
 }
+
+/// A configured Content-Type replaces the default: exactly one is sent.
+#[tokio::test]
+async fn http_configured_content_type_replaces_the_default() {
+    let (url, seen) = http_server(vec![(OK, Duration::ZERO)]).await;
+    let kind = format!(
+        "[kinds.hook]\nhandler = \"http\"\nurl = \"{url}\"\n\
+         headers = {{ Content-Type = \"application/json\" }}\n"
+    );
+    let d = start_with("", &kinds(&kind)).await;
+    let mut c = d.client().await;
+    let j = submit(&mut c, req("hook", "{}")).await;
+    assert_eq!(
+        state(&wait_terminal(&mut c, &j.id).await),
+        JobState::Succeeded
+    );
+    let s = seen.lock().unwrap()[0].clone();
+    let types: Vec<&str> = s
+        .head
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().starts_with("content-type:"))
+        .collect();
+    assert_eq!(types, ["content-type: application/json"], "{}", s.head);
+    assert_eq!(s.header("x-jobd-job-id").unwrap(), j.id);
+    d.stop().await.unwrap();
+}
