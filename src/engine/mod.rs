@@ -155,6 +155,10 @@ pub struct EngineTasks {
     feed: Option<JoinHandle<()>>,
 }
 
+/// How long a forced stop (a second signal) spends putting running jobs
+/// back in the queue before it gives up on them.
+pub const FORCED_STOP_BUDGET: Duration = Duration::from_secs(1);
+
 /// Ends a background task when drain returns, whichever way it returns.
 struct AbortOnDrop(tokio::task::AbortHandle);
 
@@ -437,20 +441,31 @@ impl Engine {
             let _ = sweeper.await;
             dispatcher.await
         };
+        tokio::pin!(loops);
         let mut workers = tokio::select! {
-            r = loops => match r {
+            r = &mut loops => match r {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::error!(error = %e, "dispatcher task failed");
                     return 0;
                 }
             },
-            _ = force.cancelled() => return 0,
+            _ = force.cancelled() => {
+                let deadline = tokio::time::Instant::now() + FORCED_STOP_BUDGET;
+                let workers = tokio::time::timeout_at(deadline, &mut loops)
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok());
+                return self.forced_stop(workers, deadline).await;
+            }
         };
         let wait_all = async { while workers.join_next().await.is_some() {} };
         let finished = tokio::select! {
             _ = tokio::time::timeout(timeout, wait_all) => true,
-            _ = force.cancelled() => false,
+            _ = force.cancelled() => {
+                let deadline = tokio::time::Instant::now() + FORCED_STOP_BUDGET;
+                return self.forced_stop(Some(workers), deadline).await;
+            }
         };
         let stopped = workers.len();
         if stopped > 0 || !finished {
@@ -466,12 +481,52 @@ impl Engine {
                         tracing::error!(running = workers.len(), "attempts did not stop in time");
                     }
                 }
-                _ = force.cancelled() => {}
+                _ = force.cancelled() => {
+                    let deadline = tokio::time::Instant::now() + FORCED_STOP_BUDGET;
+                    return self.forced_stop(Some(workers), deadline).await;
+                }
             }
             workers.abort_all();
         }
         self.flush_outcomes(force).await;
         stopped
+    }
+
+    /// A second signal: a bounded best effort (until `deadline`, about
+    /// [`FORCED_STOP_BUDGET`]) to stop every running attempt and put its job
+    /// back in the queue without spending the attempt, as a drain timeout
+    /// does. Handlers that do not stop by then are abandoned: their jobs are
+    /// taken back at the next start, and that attempt counts. Returns how
+    /// many attempts were still running.
+    async fn forced_stop(
+        &self,
+        workers: Option<tokio::task::JoinSet<()>>,
+        deadline: tokio::time::Instant,
+    ) -> usize {
+        self.stop_attempts.cancel();
+        let Some(mut workers) = workers else {
+            return 0;
+        };
+        let running = workers.len();
+        let wait_all = async { while workers.join_next().await.is_some() {} };
+        if tokio::time::timeout_at(deadline, wait_all).await.is_err() {
+            tracing::warn!(
+                running = workers.len(),
+                "forced stop: attempts still running are abandoned; their attempt counts"
+            );
+        }
+        workers.abort_all();
+        let all = self.pending_bound as u32;
+        if tokio::time::timeout_at(deadline, self.pending.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = self.pending_outcomes(),
+                "forced stop: outcomes not written; those jobs run again"
+            );
+        }
+        running
     }
 
     /// Waits until the completion path has committed every outcome handed to

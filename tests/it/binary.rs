@@ -381,10 +381,13 @@ async fn second_signal_skips_the_drain_and_loses_nothing() {
         "took {:?}",
         started.elapsed()
     );
-    // The interrupted job is still there and runs again in the next life.
+    // The interrupted job is still there, put back in the queue by the
+    // forced stop's best effort without spending its attempt.
     let store = jobd::store::open(&format!("sqlite:{}/data/jobd.db", dir.path().display()))
         .await
         .unwrap();
-    assert!(store.get(long.id.parse().unwrap()).await.unwrap().is_some());
+    let j = store.get(long.id.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(j.state, jobd::job::JobState::Queued, "{j:?}");
+    assert_eq!(j.attempt, 0, "the forced stop spent the attempt: {j:?}");
     store.close().await.unwrap();
 }
