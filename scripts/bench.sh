@@ -59,9 +59,16 @@ echo "{\"run\":1,\"rows\":$(bench preload --jobs "$PRELOAD")}" >> "$OUT"
 sleep 2; echo "{\"run\":1,\"preload_rss_mb\":$(rss "$PID")}" >> "$OUT"
 stop
 
-echo "peer: $PEER" >&2
 PEER_OUT=$RES/peer.jsonl; : > "$PEER_OUT"
-for run in $(seq "$RUNS"); do
+if [ ! -f "$PEER" ]; then
+  # No peer beside this checkout: jobd's figures alone.
+  echo "peer: $PEER not found; jobd figures only" >&2
+  RUNS_PEER=0
+else
+  echo "peer: $PEER" >&2
+  RUNS_PEER=$RUNS
+fi
+for run in $(seq "$RUNS_PEER"); do
   # run.sh can exit 1 after printing its result (its EXIT trap ends on a
   # failed test when Redis was already running), so judge it by its output.
   line=$(bash "$PEER" 2>"$RES/peer.log" | tail -n 1) || true

@@ -65,6 +65,7 @@ pub enum ClientCommand {
         /// Idempotency key.
         #[arg(long)]
         key: Option<String>,
+        /// Higher runs first among due jobs (may be negative).
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         priority: i32,
         /// Start no sooner than this from now (e.g. 10s, 5m).
@@ -73,6 +74,7 @@ pub enum ClientCommand {
         /// Per-attempt timeout (e.g. 30s).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
+        /// Attempts in all; 0 means the kind's configured default.
         #[arg(long, default_value_t = 0)]
         max_attempts: u32,
         /// A label, key=value (repeatable).

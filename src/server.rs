@@ -140,6 +140,16 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
             key: "kinds".into(),
             message,
         })?;
+    for (name, k) in &config.kinds {
+        if k.concurrency.is_some_and(|c| c > config.queue.workers) {
+            tracing::warn!(
+                kind = %name,
+                concurrency = k.concurrency,
+                workers = config.queue.workers,
+                "kinds.{name}.concurrency is above queue.workers; at most queue.workers run at once"
+            );
+        }
+    }
     let tokens = config.auth.load_tokens()?;
     let tls = config.tls.as_ref().map(Tls::new).transpose()?;
     Ok(Prepared {
