@@ -85,7 +85,12 @@ pub enum ClientCommand {
         wait: bool,
     },
     /// Show a job.
-    Status { id: String },
+    Status {
+        id: String,
+        /// Write the raw result bytes to this file (for binary results).
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
     /// Follow a job until it finishes; exit 4 if it FAILED or was CANCELLED.
     Watch { id: String },
     /// Cancel a job.
@@ -97,9 +102,12 @@ pub enum ClientCommand {
         state: Option<JobState>,
         #[arg(long)]
         kind: Option<String>,
-        /// Most jobs to show.
+        /// Most jobs to show; a last line says when more exist.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// Every matching job, page after page (no limit).
+        #[arg(long, conflicts_with = "limit")]
+        all: bool,
     },
     /// Ask the daemon's health service.
     Health,
@@ -269,10 +277,13 @@ fn print_job(j: &proto::Job) {
         println!("last error:   {}", printable(&j.last_error, true));
     }
     if !j.result.is_empty() {
-        println!(
-            "result:       {}",
-            printable(String::from_utf8_lossy(&j.result).trim_end(), true)
-        );
+        match std::str::from_utf8(&j.result) {
+            Ok(text) => println!("result:       {}", printable(text.trim_end(), true)),
+            Err(_) => println!(
+                "result:       {} bytes, not UTF-8 text (--output FILE writes them, --json shows base64)",
+                j.result.len()
+            ),
+        }
     }
 }
 
@@ -648,13 +659,18 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             }
             follow_to_end(&mut c, &job.id, common.json).await
         }
-        ClientCommand::Status { id } => {
+        ClientCommand::Status { id, output } => {
             let j = c
                 .get_status(proto::GetStatusRequest { id })
                 .await?
                 .into_inner()
                 .job
                 .unwrap_or_default();
+            if let Some(path) = output {
+                std::fs::write(&path, &j.result).map_err(|e| {
+                    Failure(exit::ERROR, format!("cannot write {}: {e}", path.display()))
+                })?;
+            }
             print(&j);
             Ok(exit::OK)
         }
@@ -669,15 +685,22 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             print(&j);
             Ok(exit::OK)
         }
-        ClientCommand::List { state, kind, limit } => {
+        ClientCommand::List {
+            state,
+            kind,
+            limit,
+            all,
+        } => {
+            let limit = if all { usize::MAX } else { limit as usize };
             let mut jobs = Vec::new();
             let mut token = String::new();
-            while jobs.len() < limit as usize {
+            let mut more = false;
+            while jobs.len() < limit {
                 let page = c
                     .list_jobs(proto::ListJobsRequest {
                         state: state.map_or(0, |s| s as i32),
                         kind: kind.clone().unwrap_or_default(),
-                        page_size: (limit as usize - jobs.len()).min(1000) as u32,
+                        page_size: (limit - jobs.len()).min(1000) as u32,
                         page_token: token,
                     })
                     .await?
@@ -687,23 +710,32 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
                     break;
                 }
                 token = page.next_page_token;
+                more = jobs.len() >= limit;
             }
             if common.json {
                 println!("{}", Value::Array(jobs.iter().map(job_json).collect()));
             } else {
                 println!(
-                    "{:<36}  {:<10}  {:<16}  {:>7}  CREATED",
-                    "ID", "STATE", "KIND", "ATTEMPT"
+                    "{:<36}  {:<10}  {:<16}  {:>7}  {:<27}  LAST ERROR",
+                    "ID", "STATE", "KIND", "ATTEMPT", "CREATED"
                 );
                 for j in &jobs {
+                    let mut error = printable(j.last_error.lines().next().unwrap_or(""), false);
+                    if error.chars().count() > 60 {
+                        error = error.chars().take(59).collect::<String>() + "…";
+                    }
                     println!(
-                        "{:<36}  {:<10}  {:<16}  {:>7}  {}",
+                        "{:<36}  {:<10}  {:<16}  {:>7}  {:<27}  {}",
                         j.id,
                         state_name(j.state),
                         j.kind,
                         format!("{}/{}", j.attempt, j.max_attempts),
-                        ts(&j.created_at).as_str().unwrap_or("-")
+                        ts(&j.created_at).as_str().unwrap_or("-"),
+                        error
                     );
+                }
+                if more {
+                    println!("(more jobs match: --limit N for more, --all for every one)");
                 }
             }
             Ok(exit::OK)

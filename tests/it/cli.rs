@@ -151,3 +151,38 @@ fn a_closed_stdout_ends_quietly() {
     assert!(!err.contains("panicked"), "{err}");
     assert_ne!(out.status.code(), Some(101), "{err}");
 }
+
+/// `jobd list` says when more jobs match (`--all` shows every one), and
+/// `jobd status` shows a binary result's size instead of its bytes;
+/// `--output FILE` writes them exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_says_when_more_match_and_status_keeps_binary_results_off_the_terminal() {
+    let d = start("").await;
+    let mut c = d.client().await;
+    let mut r = req("echo", "");
+    r.payload = vec![0xff, 0x00, 0xfe, 0x80];
+    let bin_job = submit(&mut c, r).await;
+    wait_terminal(&mut c, &bin_job.id).await;
+    for i in 0..2 {
+        submit(&mut c, req("echo", &format!("{i}"))).await;
+    }
+    let o = jobd(&d.url(), &["list", "--limit", "2"]).await;
+    assert_eq!(o.status.code(), Some(0));
+    let out = text(&o);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(out.contains("more jobs match"), "{out}");
+    let o = jobd(&d.url(), &["list", "--all"]).await;
+    let out = text(&o);
+    assert_eq!(out.lines().count(), 4, "{out}");
+    assert!(!out.contains("more jobs match"), "{out}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("result.bin");
+    let f = file.display().to_string();
+    let o = jobd(&d.url(), &["status", &bin_job.id, "--output", &f]).await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(text(&o).contains("4 bytes, not UTF-8"), "{}", text(&o));
+    assert!(!o.stdout.contains(&0xff), "raw bytes on the terminal");
+    assert_eq!(std::fs::read(&file).unwrap(), [0xff, 0x00, 0xfe, 0x80]);
+    d.stop().await.unwrap();
+}
