@@ -45,10 +45,24 @@ pub struct Common {
     /// Machine-readable output (one JSON document, or one per line for watch).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Bearer token for the operators' commands (pause, resume, kinds,
-    /// retry need an `admin` token when the daemon has auth on).
+    /// Bearer token, when the daemon has auth on (`submit` for submit,
+    /// status, watch, list; `admin` for cancel and the operators' commands).
     #[arg(long, env = "JOBD_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA bundle that signs the daemon's certificate (implies TLS; an
+    /// `https://` address alone uses the system's roots).
+    #[arg(long, env = "JOBD_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM client certificate, for a daemon that requires mTLS (with --key).
+    #[arg(long, env = "JOBD_CERT", global = true, requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, env = "JOBD_KEY", global = true, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// The name to verify the daemon's certificate against (default: the
+    /// address's host).
+    #[arg(long, global = true)]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -303,36 +317,77 @@ fn final_code(j: &proto::Job) -> u8 {
 }
 
 /// A channel to the daemon (connect errors: exit 5).
-async fn channel(addr: &str) -> Result<Channel, Failure> {
+/// A channel to the daemon (connect errors: exit 5), over TLS when the
+/// address is `https://` or a CA, client certificate or server name is given.
+async fn channel_to(common: &Common) -> Result<Channel, Failure> {
+    let addr = &common.addr;
+    let tls_asked =
+        common.ca.is_some() || common.cert.is_some() || common.tls_server_name.is_some();
     let url = if addr.contains("://") {
         addr.to_string()
+    } else if tls_asked {
+        format!("https://{addr}")
     } else {
         format!("http://{addr}")
     };
-    Channel::from_shared(url.clone())
+    let mut endpoint = Channel::from_shared(url.clone())
         .map_err(|e| Failure(exit::USAGE, format!("bad --addr {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect()
-        .await
-        .map_err(|e| {
-            Failure(
-                exit::UNAVAILABLE,
-                format!("cannot reach jobd at {url}: {e}"),
-            )
-        })
+        .connect_timeout(Duration::from_secs(5));
+    if url.starts_with("https://") || tls_asked {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| Failure(exit::USAGE, format!("cannot read {}: {e}", p.display())))
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new();
+        tls = match &common.ca {
+            Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?)),
+            None => tls.with_enabled_roots(),
+        };
+        if let (Some(cert), Some(key)) = (&common.cert, &common.key) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(cert)?,
+                read(key)?,
+            ));
+        }
+        if let Some(name) = &common.tls_server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| Failure(exit::USAGE, format!("TLS settings: {e}")))?;
+    }
+    endpoint.connect().await.map_err(|e| {
+        Failure(
+            exit::UNAVAILABLE,
+            format!("cannot reach jobd at {url}: {e}"),
+        )
+    })
 }
 
-async fn connect(addr: &str) -> Result<JobServiceClient<Channel>, Failure> {
-    Ok(JobServiceClient::new(channel(addr).await?))
+/// The token as an `authorization` header value, if one was given.
+fn bearer(common: &Common) -> Result<BearerToken, Failure> {
+    match &common.token {
+        None => Ok(BearerToken(None)),
+        Some(t) => format!("Bearer {t}")
+            .parse()
+            .map(|v| BearerToken(Some(v)))
+            .map_err(|_| Failure(exit::USAGE, "--token: not a valid header value".into())),
+    }
+}
+
+type JobClient =
+    JobServiceClient<tonic::service::interceptor::InterceptedService<Channel, BearerToken>>;
+
+async fn connect(common: &Common) -> Result<JobClient, Failure> {
+    Ok(JobServiceClient::with_interceptor(
+        channel_to(common).await?,
+        bearer(common)?,
+    ))
 }
 
 /// Follows a job, printing each change: a live line on a terminal, plain
 /// lines otherwise, JSON lines with `--json`.
-async fn follow(
-    c: &mut JobServiceClient<Channel>,
-    id: &str,
-    json: bool,
-) -> Result<proto::Job, Failure> {
+async fn follow(c: &mut JobClient, id: &str, json: bool) -> Result<proto::Job, Failure> {
     let mut stream = c
         .watch_status(proto::WatchStatusRequest {
             id: id.to_string(),
@@ -387,11 +442,7 @@ async fn follow(
 
 /// Follows a job to its end, shows it, and returns the exit code its
 /// final state means.
-async fn follow_to_end(
-    c: &mut JobServiceClient<Channel>,
-    id: &str,
-    json: bool,
-) -> Result<u8, Failure> {
+async fn follow_to_end(c: &mut JobClient, id: &str, json: bool) -> Result<u8, Failure> {
     let done = follow(c, id, json).await?;
     if !json {
         print_job(&done);
@@ -401,7 +452,7 @@ async fn follow_to_end(
 
 /// `jobd health`: the daemon's overall gRPC health (exit 5 unless SERVING).
 async fn health(common: &Common) -> Result<u8, Failure> {
-    let ch = channel(&common.addr).await?;
+    let ch = channel_to(common).await?;
     let mut h = tonic_health::pb::health_client::HealthClient::new(ch);
     let r = h
         .check(tonic_health::pb::HealthCheckRequest {
@@ -438,18 +489,10 @@ impl tonic::service::Interceptor for BearerToken {
 }
 
 async fn admin_client(common: &Common) -> Result<AdminClient, Failure> {
-    let token = match &common.token {
-        None => None,
-        Some(t) => Some(
-            format!("Bearer {t}")
-                .parse()
-                .map_err(|_| Failure(exit::USAGE, "--token: not a valid header value".into()))?,
-        ),
-    };
     Ok(
         proto::admin_service_client::AdminServiceClient::with_interceptor(
-            channel(&common.addr).await?,
-            BearerToken(token),
+            channel_to(common).await?,
+            bearer(common)?,
         ),
     )
 }
@@ -588,7 +631,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
         | ClientCommand::Retry { .. } => return execute_admin(cmd, common).await,
         _ => {}
     }
-    let mut c = connect(&common.addr).await?;
+    let mut c = connect(common).await?;
     let print = |j: &proto::Job| {
         if common.json {
             println!("{}", job_json(j));

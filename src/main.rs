@@ -58,9 +58,6 @@ enum Command {
         /// Jobs run at once.
         #[arg(long, default_value_t = 4)]
         max_in_flight: u32,
-        /// A worker (or admin) token, when the daemon has auth on.
-        #[arg(long, env = "JOBD_TOKEN", hide_env_values = true)]
-        token: Option<String>,
         /// SIGTERM-to-SIGKILL wait when a job is cancelled.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         kill_grace: std::time::Duration,
@@ -154,7 +151,6 @@ fn main() -> ExitCode {
         Command::Work {
             kinds,
             max_in_flight,
-            token,
             kill_grace,
             max_output_bytes,
             command,
@@ -169,7 +165,7 @@ fn main() -> ExitCode {
             };
             let mut opts = jobd::worker::WorkerOptions::new(&cli.common.addr, kinds);
             opts.max_in_flight = max_in_flight;
-            opts.token = token;
+            opts.token = cli.common.token.clone();
             let r = rt.block_on(async {
                 let shutdown = jobd::Shutdown::on_signals()
                     .map_err(|e| jobd::worker::WorkerError::Options(e.to_string()))?;

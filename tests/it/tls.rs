@@ -363,3 +363,61 @@ async fn silent_sockets_do_not_lock_out_tls_clients() {
     let took = started.elapsed();
     assert!(took < HEALTH_BOUND, "TLS connect + Submit took {took:?}");
 }
+
+/// The CLI reaches a daemon with TLS and auth on: `--ca`,
+/// `--tls-server-name` and `--token` (or an `https://` address).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_tls_with_a_token() {
+    const TOKEN: &str = "cli-token-0123456789";
+    let pki = Pki::new();
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.leaf(&["localhost"]);
+    let ca = write(files.path(), "ca.pem", &pki.ca_pem);
+    let d = start(&format!(
+        "[auth]\ntokens = [{{ token = \"{TOKEN}\", role = \"admin\" }}]\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        write(files.path(), "server.pem", &cert),
+        write(files.path(), "server.key", &key)
+    ))
+    .await;
+    let https = d.url().replace("http://", "https://");
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin())
+                .args(&args)
+                .env_remove("JOBD_TOKEN")
+                .output()
+                .unwrap()
+        })
+    };
+    let base = |extra: &[&str]| {
+        let mut v: Vec<String> = [
+            "submit",
+            "echo",
+            "--payload",
+            "hi",
+            "--addr",
+            &https,
+            "--ca",
+            &ca,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let ok = run(base(&["--tls-server-name", "localhost", "--token", TOKEN]))
+        .await
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    // Without the token: refused by auth, not by TLS.
+    let no_token = run(base(&["--tls-server-name", "localhost"]))
+        .await
+        .unwrap();
+    assert_ne!(no_token.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&no_token.stderr).contains("token"),
+        "{no_token:?}"
+    );
+    d.stop().await.unwrap();
+}
