@@ -45,8 +45,20 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
     },
-    /// Validate a config file and print the effective settings.
-    CheckConfig { file: PathBuf },
+    /// Validate a config file and print the effective settings (TOML, or
+    /// JSON with --json), environment and flags applied, secrets redacted.
+    CheckConfig {
+        file: PathBuf,
+        /// gRPC listen address.
+        #[arg(long, env = "JOBD_LISTEN")]
+        listen: Option<String>,
+        /// Admin HTTP address, or "off".
+        #[arg(long, env = "JOBD_ADMIN_LISTEN")]
+        admin_listen: Option<String>,
+        /// Store URL: memory:, sqlite:PATH or postgres://...
+        #[arg(long, env = "JOBD_STORE")]
+        store: Option<String>,
+    },
     #[command(flatten)]
     Client(jobd::client::ClientCommand),
     /// Be a remote worker: run COMMAND once per job of the given kinds
@@ -199,11 +211,31 @@ fn main() -> ExitCode {
             };
             ExitCode::from(rt.block_on(jobd::client::run(cmd, cli.common)))
         }
-        Command::CheckConfig { file } => match load(Some(&file), None, None, None) {
+        Command::CheckConfig {
+            file,
+            listen,
+            admin_listen,
+            store,
+        } => match load(Some(&file), listen, admin_listen, store) {
             Ok(prepared) => {
-                println!("{:#?}", prepared.config);
-                println!("effective kinds: {:#?}", prepared.kinds);
-                ExitCode::SUCCESS
+                for warning in jobd::server::warnings(&prepared.config) {
+                    eprintln!("jobd: warning: {warning}");
+                }
+                let text = if cli.common.json {
+                    serde_json::to_string_pretty(&prepared.config).map_err(|e| e.to_string())
+                } else {
+                    toml::to_string(&prepared.config).map_err(|e| e.to_string())
+                };
+                match text {
+                    Ok(t) => {
+                        println!("{t}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("jobd: cannot print the config: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
             }
             Err(e) => {
                 eprintln!("jobd: {e}");

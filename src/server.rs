@@ -127,6 +127,38 @@ impl std::fmt::Debug for Prepared {
     }
 }
 
+/// Settings that work but are likely not what was meant (logged at start,
+/// printed by `check-config`).
+pub fn warnings(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, k) in &config.kinds {
+        if let Some(c) = k.concurrency.filter(|c| *c > config.queue.workers) {
+            out.push(format!(
+                "kinds.{name}.concurrency = {c} is above queue.workers = {}: at most {} run at once",
+                config.queue.workers, config.queue.workers
+            ));
+        }
+        let program = k.command.as_ref().and_then(|argv| argv.first());
+        if let Some(p) = program.filter(|p| !p.contains('/') && !on_path(p)) {
+            out.push(format!(
+                "kinds.{name}.command: {p:?} is not found on PATH; its jobs will fail until it is"
+            ));
+        }
+    }
+    out
+}
+
+/// Whether `program` is an executable file in a `PATH` directory.
+fn on_path(program: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::metadata(dir.join(program))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
 /// Checks the config, resolves the kinds, builds the handler registry, and
 /// reads the token and TLS files: each exactly once (TLS again on SIGHUP).
 pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
@@ -140,15 +172,8 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
             key: "kinds".into(),
             message,
         })?;
-    for (name, k) in &config.kinds {
-        if k.concurrency.is_some_and(|c| c > config.queue.workers) {
-            tracing::warn!(
-                kind = %name,
-                concurrency = k.concurrency,
-                workers = config.queue.workers,
-                "kinds.{name}.concurrency is above queue.workers; at most queue.workers run at once"
-            );
-        }
+    for warning in warnings(&config) {
+        tracing::warn!("{warning}");
     }
     let tokens = config.auth.load_tokens()?;
     let tls = config.tls.as_ref().map(Tls::new).transpose()?;
@@ -361,7 +386,7 @@ pub async fn run_with_listeners(
     tracing::info!(
         listen = %local,
         admin = ?admin_addr,
-        store = %config.store,
+        store = %crate::config::redact_url_password(&config.store),
         kinds = ?kind_names,
         workers = config.queue.workers,
         auth = auth_on,

@@ -5,16 +5,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
-    duration, invalid, opt_duration, Config, ConfigError, DEFAULT_KILL_GRACE, DEFAULT_KIND_TIMEOUT,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RESULT_BYTES, DEFAULT_STOP_GRACE, JOB_REPLY_OVERHEAD,
-    MAX_ATTEMPTS_LIMIT, MAX_KILL_GRACE, MAX_TIMEOUT,
+    duration, invalid, opt_duration, ser_duration, ser_opt_duration, Config, ConfigError,
+    DEFAULT_KILL_GRACE, DEFAULT_KIND_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RESULT_BYTES,
+    DEFAULT_STOP_GRACE, JOB_REPLY_OVERHEAD, MAX_ATTEMPTS_LIMIT, MAX_KILL_GRACE, MAX_TIMEOUT,
 };
 
 /// Which handler runs a kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HandlerType {
     #[default]
@@ -29,12 +29,16 @@ pub enum HandlerType {
 
 /// A kind as written in the file: every key but `handler` optional.
 /// `Default` is an `echo` kind with nothing set.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KindConfig {
     pub handler: HandlerType,
     /// Default per-attempt timeout (a submit may set its own).
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "ser_opt_duration"
+    )]
     pub timeout: Option<Duration>,
     /// Default attempts in all (a submit may set its own).
     pub max_attempts: Option<u32>,
@@ -50,7 +54,7 @@ pub struct KindConfig {
     /// `command`: argv; the payload goes to stdin, stdout is the result.
     pub command: Option<Vec<String>>,
     /// `command`: extra environment (besides JOBD_JOB_ID, JOBD_ATTEMPT, JOBD_KIND).
-    #[serde(default)]
+    #[serde(default, serialize_with = "super::ser_redacted_values")]
     pub env: BTreeMap<String, String>,
     /// `command`: working directory (must exist).
     pub working_dir: Option<PathBuf>,
@@ -58,25 +62,29 @@ pub struct KindConfig {
     #[serde(default)]
     pub permanent_exit_codes: Vec<i32>,
     /// `command`: SIGTERM-to-SIGKILL wait on timeout, cancel and drain.
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "ser_opt_duration"
+    )]
     pub kill_grace: Option<Duration>,
     /// `http`: where the payload is sent.
     pub url: Option<String>,
     /// `http`: request method (default POST).
     pub method: Option<String>,
     /// `http`: extra request headers.
-    #[serde(default)]
+    #[serde(default, serialize_with = "super::ser_redacted_values")]
     pub headers: BTreeMap<String, String>,
 }
 
 /// Exponential backoff with full jitter: the wait before attempt n+1 is
 /// uniform in [0, min(max, initial * multiplier^(n-1))].
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackoffConfig {
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub initial: Duration,
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub max: Duration,
     pub multiplier: f64,
 }

@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -84,11 +84,50 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
 }
 
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Header values and environment values may hold credentials: shown
+/// redacted, keys kept.
+fn ser_redacted_values<S: Serializer>(
+    m: &BTreeMap<String, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(m.keys().map(|k| (k, auth::REDACTED)))
+}
+
+/// A PostgreSQL URL's password is shown redacted.
+fn ser_store_url<S: Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url_password(url))
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:{}@{host}", auth::REDACTED),
+        None => url.to_string(),
+    }
+}
+
 fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// gRPC listen address.
@@ -96,6 +135,7 @@ pub struct Config {
     /// Admin HTTP address (metrics and probes), or "off".
     pub admin_listen: String,
     /// Store URL: `memory:`, `sqlite:PATH` or `postgres://...`.
+    #[serde(serialize_with = "ser_store_url")]
     pub store: String,
     /// Settings of the `postgres://` store (ignored by the others).
     pub postgres: PostgresConfig,
@@ -128,7 +168,7 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Jobs waiting (QUEUED + RETRY_WAIT) at most; past it Submit answers
@@ -165,16 +205,16 @@ impl Default for QueueConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DrainConfig {
     /// After SIGTERM, keep serving (health NOT_SERVING) this long so load
     /// balancers notice before Submit is refused.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub grace: Duration,
     /// Then give running jobs this long to finish; the rest are stopped and
     /// put back to QUEUED without using up an attempt.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub timeout: Duration,
 }
 
@@ -187,12 +227,12 @@ impl Default for DrainConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// Finished jobs (and their idempotency keys) are deleted this long after
     /// they finish.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub finished: Duration,
 }
 
@@ -243,12 +283,12 @@ impl StoreUrl {
 
 /// Remote worker sessions (`jobd.v1.WorkerService`, kinds with
 /// `handler = "remote"`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WorkersConfig {
     /// A worker sends a message at least this often; one silent for 3 of
     /// these is lost, and its jobs are retried ("worker lost").
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub heartbeat_interval: Duration,
     /// Worker sessions open at once; past it Connect answers
     /// RESOURCE_EXHAUSTED.
@@ -268,7 +308,7 @@ impl Default for WorkersConfig {
 }
 
 /// The shared PostgreSQL store (several instances on one queue).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
     /// Database connections this instance opens at most (one more is kept
@@ -276,12 +316,12 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     /// Bound on connecting and on every store call; past it the call fails
     /// with UNAVAILABLE (Submit) or is retried later (workers, sweeper).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub timeout: Duration,
     /// A RUNNING job's lease: renewed every third of it while this instance
     /// lives; when an instance dies, its jobs are taken back this long after
     /// its last renewal.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub lease_ttl: Duration,
     /// This instance's name in the `owner` column. Default: random per
     /// start. Give each instance a stable, unique name (a StatefulSet pod
@@ -369,7 +409,7 @@ fn is_pg_identifier(s: &str) -> bool {
 }
 
 /// Connection-level bounds of the gRPC listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     /// gRPC connections served at once. When all are taken, a new client
@@ -380,7 +420,7 @@ pub struct LimitsConfig {
     /// Time from accept to the client's HTTP/2 preface and first SETTINGS
     /// frame (TLS handshake included); a connection that has not sent them
     /// by then is closed, so silent sockets cannot hold places.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub handshake_timeout: Duration,
     /// Request bytes buffered at once over all connections (read from the
     /// socket and not yet decoded into a message). A request whose data
@@ -408,18 +448,18 @@ pub struct LimitsConfig {
     /// the rest back) is ended: its watcher places are freed at once, and a
     /// client that reads again gets RESOURCE_EXHAUSTED (resume with
     /// `after_sequence`). Watching a quiet job is never idle in this sense.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub watch_idle_timeout: Duration,
     /// HTTP/2 PING interval on idle connections.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub keepalive_interval: Duration,
     /// A connection whose PING is not answered this fast is closed.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub keepalive_timeout: Duration,
     /// Ceiling on the time to answer one RPC (for streams: to start it);
     /// past it the RPC fails with CANCELLED. Client deadlines shorter than
     /// this apply as sent.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub request_timeout: Duration,
     /// Largest request message decoded, in bytes; larger ones are refused
     /// before they are read (OUT_OF_RANGE). Default: the payload limit plus
@@ -458,7 +498,7 @@ impl Default for LimitsConfig {
 
 /// TLS on the gRPC listener (rustls). With `client_ca`, clients must show a
 /// certificate signed by it (mTLS).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain.

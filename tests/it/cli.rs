@@ -186,3 +186,43 @@ async fn list_says_when_more_match_and_status_keeps_binary_results_off_the_termi
     assert_eq!(std::fs::read(&file).unwrap(), [0xff, 0x00, 0xfe, 0x80]);
     d.stop().await.unwrap();
 }
+
+/// `check-config` prints the effective config as TOML (JSON with --json),
+/// environment applied, with every secret and header value redacted, and
+/// warns about a command that is not on PATH.
+#[test]
+fn check_config_prints_the_effective_config_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("c.toml");
+    std::fs::write(
+        &f,
+        "store = \"postgres://u:hunter2@db/x\"\n\
+         [kinds.hook]\nhandler = \"http\"\nurl = \"http://x/h\"\n\
+         headers = { Authorization = \"Bearer abc\" }\n\
+         [kinds.c]\nhandler = \"command\"\ncommand = [\"nosuchprog-xyz\"]\n\
+         [auth]\ntokens = [{ token = \"0123456789abcdefXYZ\", role = \"admin\" }]\n",
+    )
+    .unwrap();
+    let run = |json: bool| {
+        let mut cmd = Command::new(bin());
+        cmd.arg("check-config")
+            .arg(&f)
+            .env("JOBD_LISTEN", "127.0.0.1:6000");
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output().unwrap()
+    };
+    let o = run(false);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let out = text(&o);
+    let config: toml::Value = toml::from_str(&out).unwrap();
+    assert_eq!(config["listen"].as_str(), Some("127.0.0.1:6000"));
+    for secret in ["hunter2", "Bearer abc", "0123456789abcdefXYZ"] {
+        assert!(!out.contains(secret), "{secret} printed: {out}");
+    }
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not found on PATH"));
+    let o = run(true);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["kinds"]["hook"]["headers"]["Authorization"], "<redacted>");
+}
