@@ -796,8 +796,13 @@ pub async fn run(cmd: ClientCommand, common: Common) -> u8 {
     match execute(cmd, &common).await {
         Ok(code) => code,
         Err(Failure(code, msg)) => {
-            // The message may quote the daemon's status text.
-            eprintln!("jobd: {}", printable(&msg, true));
+            if common.json {
+                // Scripts that asked for JSON get their errors as JSON too.
+                eprintln!("{}", json!({ "error": msg, "exit_code": code }));
+            } else {
+                // The message may quote the daemon's status text.
+                eprintln!("jobd: {}", printable(&msg, true));
+            }
             code
         }
     }

@@ -226,3 +226,19 @@ fn check_config_prints_the_effective_config_redacted() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["kinds"]["hook"]["headers"]["Authorization"], "<redacted>");
 }
+
+/// With --json, an error is one JSON document on stderr too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_errors_are_json() {
+    let d = start("").await;
+    let o = jobd(
+        &d.url(),
+        &["status", &uuid::Uuid::now_v7().to_string(), "--json"],
+    )
+    .await;
+    assert_eq!(o.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
+    assert_eq!(v["exit_code"], 3);
+    assert!(v["error"].as_str().unwrap().contains("not found"), "{v}");
+    d.stop().await.unwrap();
+}
