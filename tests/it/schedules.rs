@@ -1,0 +1,180 @@
+//! Cron schedules: fires as jobs with keyed idempotency, stored next fire
+//! times across restarts and outages, overlap, several instances.
+
+use std::time::Duration;
+
+use jobd::proto;
+use tonic::transport::Channel;
+
+use crate::helpers::*;
+
+/// `[[schedules]]` for schedule `id` firing every second.
+fn every_second(id: &str, kind: &str, extra: &str) -> String {
+    format!(
+        "[[schedules]]\nid = \"{id}\"\nkind = \"{kind}\"\ncron = \"*/1 * * * * *\"\n\
+         labels = {{ team = \"ops\" }}\n{extra}\n"
+    )
+}
+
+/// Every job of schedule `id`, with its fire time (µs) from its key.
+async fn fires(
+    c: &mut proto::job_service_client::JobServiceClient<Channel>,
+    id: &str,
+) -> Vec<(i64, proto::Job)> {
+    let all = c
+        .list_jobs(proto::ListJobsRequest {
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .jobs;
+    let prefix = format!("schedule:{id}:");
+    let mut out: Vec<(i64, proto::Job)> = all
+        .into_iter()
+        .filter(|j| j.labels.get("schedule").map(String::as_str) == Some(id))
+        .filter(|j| !j.idempotency_key.contains(":manual:"))
+        .map(|j| {
+            let t = j
+                .idempotency_key
+                .strip_prefix(&prefix)
+                .unwrap_or_else(|| panic!("key {:?}", j.idempotency_key));
+            assert!(t.ends_with('Z'), "UTC: {t}");
+            let at = chrono::DateTime::parse_from_rfc3339(t)
+                .unwrap_or_else(|e| panic!("{t}: {e}"))
+                .timestamp_micros();
+            (at, j)
+        })
+        .collect();
+    out.sort_by_key(|(t, _)| *t);
+    out
+}
+
+/// Fire times are whole seconds, none twice.
+fn assert_distinct_seconds(f: &[(i64, proto::Job)]) {
+    for w in f.windows(2) {
+        assert!(w[1].0 > w[0].0, "fire twice: {}", w[0].1.idempotency_key);
+    }
+    for (t, j) in f {
+        assert_eq!(t % 1_000_000, 0, "{}", j.idempotency_key);
+        assert_eq!(j.labels.get("team").map(String::as_str), Some("ops"));
+    }
+}
+
+/// Seconds between consecutive fires.
+fn gaps(f: &[(i64, proto::Job)]) -> Vec<i64> {
+    f.windows(2)
+        .map(|w| (w[1].0 - w[0].0) / 1_000_000)
+        .collect()
+}
+
+async fn metric(d: &TestDaemon, name: &str) -> u64 {
+    let (_, text) = http_get(d.admin, "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// An every-second schedule makes exactly one job per second, keyed
+/// `schedule:{id}:{fire time RFC 3339 UTC}`, labelled `schedule={id}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_second_schedule_fires_once_per_second() {
+    let d = start(&every_second("tick", "echo", "")).await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let fired = metric(&d, "jobd_schedule_fires_total{schedule=\"tick\"}").await;
+    let f = fires(&mut d.client().await, "tick").await;
+    d.stop().await.unwrap();
+    assert!((4..=7).contains(&f.len()), "{} fires", f.len());
+    assert_distinct_seconds(&f);
+    assert!(gaps(&f).iter().all(|g| *g == 1), "{:?}", gaps(&f));
+    // Read just before the list: a fire may come in between.
+    assert!(fired == f.len() as u64 || fired + 1 == f.len() as u64);
+}
+
+/// A restart on SQLite within `catchup` neither skips nor doubles a fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_restart_within_catchup_skips_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = format!(
+        "store = \"sqlite:{}/jobd.db\"\n{}",
+        dir.path().display(),
+        every_second("tick", "echo", "catchup = \"30s\"")
+    );
+    let d = start(&head).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    d.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let d = start(&head).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let f = fires(&mut d.client().await, "tick").await;
+    let missed = metric(&d, "jobd_schedule_missed_total").await;
+    d.stop().await.unwrap();
+    assert_distinct_seconds(&f);
+    assert!(f.len() >= 5, "{} fires", f.len());
+    assert!(gaps(&f).iter().all(|g| *g == 1), "{:?}", gaps(&f));
+    assert_eq!(missed, 0);
+}
+
+/// With `catchup = "0s"`, fires missed during an outage are counted in
+/// `jobd_schedule_missed_total` and not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_with_no_catchup_counts_missed_fires_and_runs_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = format!(
+        "store = \"sqlite:{}/jobd.db\"\n{}",
+        dir.path().display(),
+        every_second("tick", "echo", "catchup = \"0s\"")
+    );
+    let d = start(&head).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    d.stop().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d = start(&head).await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let f = fires(&mut d.client().await, "tick").await;
+    let missed = metric(&d, "jobd_schedule_missed_total{schedule=\"tick\"}").await;
+    d.stop().await.unwrap();
+    assert_distinct_seconds(&f);
+    let g = gaps(&f);
+    let outage = g.iter().copied().max().unwrap_or(0);
+    // At most the last second before the restart is still on time.
+    assert!(outage >= 3, "{g:?}");
+    assert!(missed >= 2, "missed {missed}, gaps {g:?}");
+    assert_eq!(
+        missed as i64,
+        outage - 1,
+        "every fire in the gap counted: {g:?}"
+    );
+}
+
+/// `overlap = "skip"`: no fire while the previous job still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_skip_waits_for_the_previous_job() {
+    let head = every_second("slow", "sleep", "overlap = \"skip\"\npayload = \"2500\"");
+    let d = start(&head).await;
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let f = fires(&mut d.client().await, "slow").await;
+    d.stop().await.unwrap();
+    assert!((1..=3).contains(&f.len()), "{} fires", f.len());
+    assert!(gaps(&f).iter().all(|g| *g >= 3), "{:?}", gaps(&f));
+}
+
+/// Two PostgreSQL instances with one schedule: one job per fire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_instances_fire_each_time_once() {
+    let Some(pg) = crate::pg::PgSchema::new("schedules").await else {
+        return;
+    };
+    let toml = pg.toml(&every_second("tick", "echo", ""));
+    let a = start(&toml).await;
+    let b = start(&toml).await;
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let f = fires(&mut a.client().await, "tick").await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+    assert!(f.len() >= 3, "{} fires", f.len());
+    assert_distinct_seconds(&f);
+    assert!(gaps(&f).iter().all(|g| *g == 1), "{:?}", gaps(&f));
+}
