@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use jobd::proto;
+use jobd::proto::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
+use tonic::Code;
 
 use crate::helpers::*;
 
@@ -177,4 +179,114 @@ async fn postgres_two_instances_fire_each_time_once() {
     assert!(f.len() >= 3, "{} fires", f.len());
     assert_distinct_seconds(&f);
     assert!(gaps(&f).iter().all(|g| *g == 1), "{:?}", gaps(&f));
+}
+
+async fn admin(url: &str) -> AdminServiceClient<Channel> {
+    let ch = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    AdminServiceClient::new(ch)
+}
+
+/// ListSchedules shows the config and stored state; TriggerSchedule fires
+/// once now; PauseSchedule stops fires (stored) and ResumeSchedule starts
+/// them again; unknown ids are NOT_FOUND, bad ones INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_trigger_pause_resume_and_not_found() {
+    let head = "[[schedules]]\nid = \"nightly\"\nkind = \"echo\"\ncron = \"0 3 * * *\"\n\
+                timezone = \"Europe/Berlin\"\npayload = \"hi\"\n"
+        .to_string()
+        + &every_second("tick", "echo", "");
+    let d = start(&head).await;
+    let mut a = admin(&d.url()).await;
+    let list = a
+        .list_schedules(proto::ListSchedulesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .schedules;
+    assert_eq!(list.len(), 2);
+    let n = list.iter().find(|s| s.id == "nightly").unwrap();
+    assert_eq!(
+        (n.kind.as_str(), n.cron.as_str(), n.timezone.as_str()),
+        ("echo", "0 3 * * *", "Europe/Berlin")
+    );
+    assert!(n.next_fire_at.is_some() && !n.paused);
+
+    let job = a
+        .trigger_schedule(proto::TriggerScheduleRequest {
+            id: "nightly".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert!(job.idempotency_key.starts_with("schedule:nightly:manual:"));
+    assert_eq!(job.labels.get("schedule").unwrap(), "nightly");
+    let mut c = d.client().await;
+    assert_eq!(
+        state(&wait_terminal(&mut c, &job.id).await),
+        proto::JobState::Succeeded
+    );
+    let list = a
+        .list_schedules(proto::ListSchedulesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .schedules;
+    let n = list.iter().find(|s| s.id == "nightly").unwrap();
+    assert_eq!(n.last_job_id, job.id);
+
+    let p = a
+        .pause_schedule(proto::PauseScheduleRequest { id: "tick".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .schedule
+        .unwrap();
+    assert!(p.paused);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = fires(&mut c, "tick").await.len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        fires(&mut c, "tick").await.len(),
+        before,
+        "fired while paused"
+    );
+    let r = a
+        .resume_schedule(proto::ResumeScheduleRequest { id: "tick".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .schedule
+        .unwrap();
+    assert!(!r.paused);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(fires(&mut c, "tick").await.len() > before, "resumed");
+
+    for (id, code) in [
+        ("nope", Code::NotFound),
+        ("", Code::InvalidArgument),
+        ("Bad Id", Code::InvalidArgument),
+    ] {
+        let e = a
+            .trigger_schedule(proto::TriggerScheduleRequest { id: id.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "trigger {id:?}");
+        let e = a
+            .pause_schedule(proto::PauseScheduleRequest { id: id.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "pause {id:?}");
+        let e = a
+            .resume_schedule(proto::ResumeScheduleRequest { id: id.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), code, "resume {id:?}");
+    }
+    d.stop().await.unwrap();
 }
