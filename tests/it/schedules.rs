@@ -290,3 +290,47 @@ async fn list_trigger_pause_resume_and_not_found() {
     }
     d.stop().await.unwrap();
 }
+
+async fn cli(addr: &str, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(args)
+        .env("JOBD_ADDR", addr)
+        .env_remove("JOBD_TOKEN");
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// `jobd schedules` and `jobd trigger ID`, with --json and as tables;
+/// an unknown schedule exits 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_schedules_and_trigger() {
+    let d = start(
+        "[[schedules]]\nid = \"nightly\"\nkind = \"echo\"\ncron = \"0 3 * * *\"\n\
+         timezone = \"America/New_York\"\n",
+    )
+    .await;
+    let addr = d.url();
+    let o = cli(&addr, &["schedules", "--json"]).await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["id"], "nightly");
+    assert_eq!(v[0]["timezone"], "America/New_York");
+    assert_eq!(v[0]["paused"], false);
+    assert!(v[0]["next_fire_at"].is_string(), "{v}");
+    let o = cli(&addr, &["trigger", "nightly", "--json"]).await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let id = j["id"].as_str().unwrap().to_string();
+    let o = cli(&addr, &["schedules"]).await;
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        table.contains("NEXT_FIRE") && table.contains(&id),
+        "{table}"
+    );
+    assert_eq!(
+        cli(&addr, &["trigger", "nope"]).await.status.code(),
+        Some(3)
+    );
+    d.stop().await.unwrap();
+}
