@@ -1,5 +1,5 @@
 //! The CLI client: `jobd submit | status | watch | cancel | list | health`,
-//! and the operators' `pause | resume | kinds | retry`, talking gRPC to a
+//! and the operators' `pause | resume | kinds | retry | schedules | trigger`, talking gRPC to a
 //! running daemon. Tables for people, `--json` for
 //! scripts, and exit codes scripts can rely on (see [`exit`]).
 
@@ -132,6 +132,11 @@ pub enum ClientCommand {
     Resume { kind: String },
     /// Every kind: handler, paused, job counts, connected workers.
     Kinds,
+    /// Every cron schedule: kind, expression, zone, next fire, paused, last job.
+    Schedules,
+    /// Fire a schedule once now (whatever its cron, pause or overlap say);
+    /// prints the job. Exit 3 for an unknown schedule.
+    Trigger { id: String },
     /// Put FAILED (or CANCELLED) jobs back in the queue with their attempts
     /// reset: the ones given by --id, or those matching the filter.
     Retry {
@@ -511,6 +516,47 @@ fn kind_json(k: &proto::KindStatus) -> Value {
     })
 }
 
+fn schedule_json(s: &proto::ScheduleStatus) -> Value {
+    json!({
+        "id": s.id,
+        "kind": s.kind,
+        "cron": s.cron,
+        "timezone": s.timezone,
+        "next_fire_at": ts(&s.next_fire_at),
+        "paused": s.paused,
+        "last_job_id": s.last_job_id,
+    })
+}
+
+fn print_schedules(list: &[proto::ScheduleStatus], json: bool) {
+    if json {
+        println!("{}", Value::Array(list.iter().map(schedule_json).collect()));
+        return;
+    }
+    println!(
+        "{:<16}  {:<12}  {:<20}  {:<16}  {:<26}  {:<6}  LAST_JOB",
+        "ID", "KIND", "CRON", "TIMEZONE", "NEXT_FIRE", "PAUSED"
+    );
+    for s in list {
+        println!(
+            "{:<16}  {:<12}  {:<20}  {:<16}  {:<26}  {:<6}  {}",
+            printable(&s.id, false),
+            printable(&s.kind, false),
+            printable(&s.cron, false),
+            printable(&s.timezone, false),
+            s.next_fire_at
+                .as_ref()
+                .map_or_else(|| "never".to_string(), |t| t.to_string()),
+            if s.paused { "yes" } else { "no" },
+            if s.last_job_id.is_empty() {
+                "-"
+            } else {
+                &s.last_job_id
+            }
+        );
+    }
+}
+
 fn print_kinds(kinds: &[proto::KindStatus], json: bool) {
     if json {
         println!("{}", Value::Array(kinds.iter().map(kind_json).collect()));
@@ -557,6 +603,22 @@ async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failur
         ClientCommand::Kinds => {
             let r = a.list_kinds(proto::ListKindsRequest {}).await?;
             print_kinds(&r.into_inner().kinds, common.json);
+        }
+        ClientCommand::Schedules => {
+            let r = a.list_schedules(proto::ListSchedulesRequest {}).await?;
+            print_schedules(&r.into_inner().schedules, common.json);
+        }
+        ClientCommand::Trigger { id } => {
+            let r = a
+                .trigger_schedule(proto::TriggerScheduleRequest { id })
+                .await?;
+            if let Some(j) = r.into_inner().job {
+                if common.json {
+                    println!("{}", job_json(&j));
+                } else {
+                    print_job(&j);
+                }
+            }
         }
         ClientCommand::Retry {
             ids,
@@ -628,6 +690,8 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
         ClientCommand::Pause { .. }
         | ClientCommand::Resume { .. }
         | ClientCommand::Kinds
+        | ClientCommand::Schedules
+        | ClientCommand::Trigger { .. }
         | ClientCommand::Retry { .. } => return execute_admin(cmd, common).await,
         _ => {}
     }
@@ -787,6 +851,8 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
         ClientCommand::Pause { .. }
         | ClientCommand::Resume { .. }
         | ClientCommand::Kinds
+        | ClientCommand::Schedules
+        | ClientCommand::Trigger { .. }
         | ClientCommand::Retry { .. } => execute_admin(cmd, common).await,
     }
 }

@@ -35,6 +35,8 @@ pub struct Metrics {
     retry_wait: Family<Labels, Gauge>,
     unconfigured: Family<Labels, Gauge>,
     kind_paused: Family<Labels, Gauge>,
+    schedule_fires: Family<Labels, Counter>,
+    schedule_missed: Family<Labels, Counter>,
     worker_sessions: Family<Labels, Gauge>,
     worker_assigned: Family<Labels, Counter>,
     worker_lost: Counter,
@@ -76,6 +78,8 @@ impl Metrics {
             retry_wait: Family::default(),
             unconfigured: Family::default(),
             kind_paused: Family::default(),
+            schedule_fires: Family::default(),
+            schedule_missed: Family::default(),
             worker_sessions: Family::default(),
             worker_assigned: Family::default(),
             worker_lost: Counter::default(),
@@ -139,6 +143,16 @@ impl Metrics {
             "kind_paused",
             "1 while the kind is paused (PauseKind): its jobs wait, none starts",
             m.kind_paused.clone(),
+        );
+        r.register(
+            "schedule_fires",
+            "Cron schedule fires submitted (from the schedule or TriggerSchedule)",
+            m.schedule_fires.clone(),
+        );
+        r.register(
+            "schedule_missed",
+            "Cron schedule fires not run: missed by more than the schedule's catchup",
+            m.schedule_missed.clone(),
         );
         r.register(
             "worker_sessions",
@@ -236,6 +250,20 @@ impl Metrics {
         self.kind_paused
             .get_or_create(&kind(kind_name))
             .set(i64::from(paused));
+    }
+
+    /// A schedule fire was submitted.
+    pub fn schedule_fired(&self, id: &str) {
+        self.schedule_fires
+            .get_or_create(&vec![("schedule", id.to_string())])
+            .inc();
+    }
+
+    /// `n` fires of a schedule were missed beyond its catchup.
+    pub fn schedule_missed(&self, id: &str, n: u64) {
+        self.schedule_missed
+            .get_or_create(&vec![("schedule", id.to_string())])
+            .inc_by(n);
     }
 
     pub fn set_unconfigured_kind_jobs(&self, kind_name: &str, n: u64) {

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use super::convert::{job_to_proto, timestamp};
 use super::error::ApiError;
 use super::validate::{self, RetryFilter, RetrySelection};
 use crate::config::HandlerSpec;
-use crate::engine::Engine;
+use crate::engine::{Engine, ScheduleStatus};
 use crate::job::JobState;
 use crate::proto::{self, admin_service_server::AdminService};
 use crate::remote::Workers;
@@ -213,6 +214,50 @@ fn skip(reply: &mut proto::RetryJobsResponse, id: Uuid, why: RetryOutcome) {
     });
 }
 
+fn schedule_to_proto(s: ScheduleStatus) -> proto::ScheduleStatus {
+    proto::ScheduleStatus {
+        id: s.schedule.id,
+        kind: s.schedule.kind,
+        cron: s.schedule.cron_text,
+        timezone: s.schedule.timezone.name().to_string(),
+        next_fire_at: s.next_fire_at.map(timestamp),
+        paused: s.paused,
+        last_job_id: s.last_job_id.map(|u| u.to_string()).unwrap_or_default(),
+    }
+}
+
+/// Checks a schedule id field (ids are named like kinds).
+fn schedule_id(id: &str) -> Result<(), ApiError> {
+    if id.is_empty() {
+        return Err(ApiError::invalid("id", "required"));
+    }
+    if !validate::is_valid_kind(id) {
+        return Err(ApiError::invalid(
+            "id",
+            "schedule ids match [a-z0-9][a-z0-9_.-]{0,63}",
+        ));
+    }
+    Ok(())
+}
+
+impl AdminApi {
+    async fn schedule_paused(
+        &self,
+        id: &str,
+        paused: bool,
+    ) -> Result<proto::ScheduleStatus, ApiError> {
+        schedule_id(id)?;
+        self.engine.set_schedule_paused(id, paused).await?;
+        self.engine
+            .list_schedules()
+            .await?
+            .into_iter()
+            .find(|s| s.schedule.id == id)
+            .map(schedule_to_proto)
+            .ok_or_else(|| ApiError::UnknownSchedule(id.to_string()))
+    }
+}
+
 fn handler_name(h: &HandlerSpec) -> &'static str {
     match h {
         HandlerSpec::Echo => "echo",
@@ -284,5 +329,58 @@ impl AdminService for AdminApi {
         request: Request<proto::RetryJobsRequest>,
     ) -> Result<Response<proto::RetryJobsResponse>, Status> {
         Ok(Response::new(self.retry_jobs(request.into_inner()).await?))
+    }
+
+    async fn list_schedules(
+        &self,
+        _request: Request<proto::ListSchedulesRequest>,
+    ) -> Result<Response<proto::ListSchedulesResponse>, Status> {
+        let schedules = self
+            .engine
+            .list_schedules()
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(schedule_to_proto)
+            .collect();
+        Ok(Response::new(proto::ListSchedulesResponse { schedules }))
+    }
+
+    async fn trigger_schedule(
+        &self,
+        request: Request<proto::TriggerScheduleRequest>,
+    ) -> Result<Response<proto::TriggerScheduleResponse>, Status> {
+        let id = request.into_inner().id;
+        schedule_id(&id)?;
+        let job = self
+            .engine
+            .trigger_schedule(&id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::TriggerScheduleResponse {
+            job: Some(job_to_proto(&job)),
+        }))
+    }
+
+    async fn pause_schedule(
+        &self,
+        request: Request<proto::PauseScheduleRequest>,
+    ) -> Result<Response<proto::PauseScheduleResponse>, Status> {
+        let schedule = self.schedule_paused(&request.into_inner().id, true).await?;
+        Ok(Response::new(proto::PauseScheduleResponse {
+            schedule: Some(schedule),
+        }))
+    }
+
+    async fn resume_schedule(
+        &self,
+        request: Request<proto::ResumeScheduleRequest>,
+    ) -> Result<Response<proto::ResumeScheduleResponse>, Status> {
+        let schedule = self
+            .schedule_paused(&request.into_inner().id, false)
+            .await?;
+        Ok(Response::new(proto::ResumeScheduleResponse {
+            schedule: Some(schedule),
+        }))
     }
 }

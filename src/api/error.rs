@@ -30,6 +30,8 @@ pub enum ApiError {
     NotFound(Uuid),
     #[error("kind {0:?} is not configured")]
     UnknownKind(String),
+    #[error("schedule {0:?} is not configured")]
+    UnknownSchedule(String),
     #[error(
         "idempotency key {key:?} is already used by job {existing_id} for a different request"
     )]
@@ -81,6 +83,11 @@ impl From<EngineError> for ApiError {
             }
             EngineError::NotFound(id) => ApiError::NotFound(id),
             EngineError::UnknownKind(k) => ApiError::UnknownKind(k),
+            EngineError::UnknownSchedule(s) => ApiError::UnknownSchedule(s),
+            EngineError::BacklogFull { max } => ApiError::BacklogFull { max },
+            EngineError::KeyConflict { key, existing_id } => {
+                ApiError::IdempotencyConflict { key, existing_id }
+            }
             EngineError::Store(s) => s.into(),
         }
     }
@@ -106,7 +113,9 @@ impl From<ApiError> for Status {
                 }
                 Status::with_error_details(Code::InvalidArgument, msg, d)
             }
-            ApiError::NotFound(_) | ApiError::UnknownKind(_) => Status::not_found(msg),
+            ApiError::NotFound(_) | ApiError::UnknownKind(_) | ApiError::UnknownSchedule(_) => {
+                Status::not_found(msg)
+            }
             ApiError::IdempotencyConflict { key, existing_id } => {
                 let d = ErrorDetails::with_error_info(
                     "IDEMPOTENCY_KEY_REUSED",

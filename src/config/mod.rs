@@ -9,9 +9,11 @@
 
 mod auth;
 mod kinds;
+mod schedules;
 
 pub use auth::{AuthConfig, Role, Secret, TokenConfig};
 pub use kinds::{BackoffConfig, HandlerSpec, HandlerType, KindConfig, KindSettings};
+pub use schedules::{parse_cron, rfc3339, Overlap, Schedule, ScheduleConfig, MAX_SCHEDULES};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -147,6 +149,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub workers: WorkersConfig,
     pub kinds: BTreeMap<String, KindConfig>,
+    /// Cron schedules (`[[schedules]]`), checked by [`Config::schedules`].
+    pub schedules: Vec<ScheduleConfig>,
 }
 
 impl Default for Config {
@@ -164,6 +168,7 @@ impl Default for Config {
             tls: None,
             workers: WorkersConfig::default(),
             kinds: BTreeMap::new(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -696,7 +701,14 @@ impl Config {
         if self.drain.timeout.is_zero() {
             return Err(invalid("drain.timeout", "must be more than 0"));
         }
-        kinds::resolve(self)
+        let kinds = kinds::resolve(self)?;
+        self.schedules()?;
+        Ok(kinds)
+    }
+
+    /// The schedules, checked against the kinds (also run by `validate`).
+    pub fn schedules(&self) -> Result<Vec<Schedule>, ConfigError> {
+        schedules::resolve(self)
     }
 }
 

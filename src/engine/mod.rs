@@ -13,7 +13,10 @@ mod dispatcher;
 mod feed;
 mod ops;
 pub mod retry;
+mod scheduler;
 mod sweeper;
+
+pub use scheduler::ScheduleStatus;
 mod worker;
 
 use std::collections::HashMap;
@@ -50,6 +53,12 @@ pub enum EngineError {
     NotFound(Uuid),
     #[error("kind {0:?} is not configured")]
     UnknownKind(String),
+    #[error("schedule {0:?} is not configured")]
+    UnknownSchedule(String),
+    #[error("backlog is full ({max} jobs waiting)")]
+    BacklogFull { max: u64 },
+    #[error("idempotency key {key:?} is used by job {existing_id} for another request")]
+    KeyConflict { key: String, existing_id: Uuid },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -130,6 +139,8 @@ pub struct Engine {
     /// Kinds an operator paused: the dispatcher gives them no slots. Read
     /// from the store at start (and every sweep on a shared store).
     paused: Mutex<std::collections::HashSet<String>>,
+    /// Cron schedules (`[[schedules]]`), run by the scheduler task.
+    schedules: Vec<crate::config::Schedule>,
     /// Worker sessions for remote kinds (set once at start).
     remote: std::sync::OnceLock<Arc<crate::remote::Workers>>,
 }
@@ -146,6 +157,8 @@ struct RunningAttempt {
 pub struct EngineTasks {
     dispatcher: JoinHandle<tokio::task::JoinSet<()>>,
     sweeper: JoinHandle<()>,
+    /// Fires cron schedules; stops with the sweeper.
+    scheduler: JoinHandle<()>,
     /// The completion path, ended by drain once no outcome is pending.
     completer: JoinHandle<()>,
     /// Shared stores: lease renewal, until drain has no attempt left.
@@ -243,6 +256,12 @@ impl Engine {
             metrics,
             paused: Mutex::new(paused.into_iter().collect()),
             remote: std::sync::OnceLock::new(),
+            // `validate` checked them before start; a config that was not
+            // validated runs without schedules rather than failing here.
+            schedules: config.schedules().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "schedules not started");
+                Vec::new()
+            }),
         });
         let feed = engine.store.changes().map(|feed| {
             // Transitions reach watchers through the store, from whichever
@@ -254,6 +273,7 @@ impl Engine {
         let tasks = EngineTasks {
             dispatcher: tokio::spawn(engine.clone().dispatch_loop(hint_rx)),
             sweeper: tokio::spawn(engine.clone().sweep_loop()),
+            scheduler: tokio::spawn(engine.clone().schedule_loop()),
             completer: tokio::spawn(engine.clone().complete_loop(outcome_rx)),
             heartbeat,
             feed,
@@ -424,6 +444,7 @@ impl Engine {
         let EngineTasks {
             dispatcher,
             sweeper,
+            scheduler,
             completer,
             heartbeat,
             feed,
@@ -439,6 +460,7 @@ impl Engine {
         // signal does not wait for that.
         let loops = async {
             let _ = sweeper.await;
+            let _ = scheduler.await;
             dispatcher.await
         };
         tokio::pin!(loops);

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     transition, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, RetryOutcome,
-    StateCounts, Store, StoreError,
+    ScheduleRow, StateCounts, Store, StoreError,
 };
 use crate::job::{Job, JobState, Micros, NewJob};
 
@@ -52,6 +52,7 @@ struct Inner {
     /// Payload and result bytes of every job held.
     bytes: u64,
     paused: BTreeSet<String>,
+    schedules: BTreeMap<String, ScheduleRow>,
 }
 
 impl Inner {
@@ -382,6 +383,56 @@ impl Store for MemoryStore {
 
     async fn paused_kinds(&self) -> Result<BTreeSet<String>, StoreError> {
         Ok(self.lock()?.paused.clone())
+    }
+
+    async fn init_schedule(&self, id: &str, next_fire_at: Micros) -> Result<(), StoreError> {
+        self.lock()?
+            .schedules
+            .entry(id.to_string())
+            .or_insert_with(|| ScheduleRow {
+                id: id.to_string(),
+                next_fire_at,
+                paused: false,
+                last_job_id: None,
+            });
+        Ok(())
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
+        Ok(self.lock()?.schedules.values().cloned().collect())
+    }
+
+    async fn advance_schedule(
+        &self,
+        id: &str,
+        old: Micros,
+        new: Micros,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        match g.schedules.get_mut(id) {
+            Some(r) if r.next_fire_at == old => {
+                r.next_fire_at = new;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError> {
+        if let Some(r) = self.lock()?.schedules.get_mut(id) {
+            r.last_job_id = Some(job);
+        }
+        Ok(())
+    }
+
+    async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
+        Ok(match self.lock()?.schedules.get_mut(id) {
+            Some(r) => {
+                r.paused = paused;
+                true
+            }
+            None => false,
+        })
     }
 
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {

@@ -148,6 +148,17 @@ pub enum Change {
     Resync,
 }
 
+/// A schedule's stored state (the `schedules` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRow {
+    pub id: String,
+    /// The next fire not yet taken by any instance (µs, UTC).
+    pub next_fire_at: Micros,
+    pub paused: bool,
+    /// The job of the last fire (for `overlap = "skip"` and ListSchedules).
+    pub last_job_id: Option<Uuid>,
+}
+
 /// Number of jobs in each state.
 pub type StateCounts = BTreeMap<JobState, u64>;
 
@@ -232,6 +243,25 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// The kinds paused now.
     async fn paused_kinds(&self) -> Result<BTreeSet<String>, StoreError>;
+    /// Adds a schedule's row with its first fire time unless it exists (a
+    /// restart keeps the stored time, so missed fires are known).
+    async fn init_schedule(&self, id: &str, next_fire_at: Micros) -> Result<(), StoreError>;
+    /// Every schedule row, in id order (at most `config::MAX_SCHEDULES` are
+    /// configured; rows of removed schedules stay and are ignored).
+    async fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError>;
+    /// Takes the fire at `old`: moves `next_fire_at` from `old` to `new` only
+    /// if it still is `old`. True when this call moved it, so of several
+    /// instances only one submits a fire.
+    async fn advance_schedule(
+        &self,
+        id: &str,
+        old: Micros,
+        new: Micros,
+    ) -> Result<bool, StoreError>;
+    /// Records the job of the last fire.
+    async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError>;
+    /// Pauses or resumes a schedule; false when it has no row.
+    async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError>;
     /// Deletes up to `limit` terminal jobs that finished before `before`.
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError>;
     /// Flushes and closes; later calls fail with `Unavailable`.

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use super::codec::{self, decode_labels, encode_labels, COLS};
 use super::{
     transition, CancelOutcome, ClaimRequest, Finish, FinishResults, InsertOutcome, ListQuery,
-    Outcome, RetryOutcome, StateCounts, Store, StoreError,
+    Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
 use crate::job::{Job, JobState, Micros, NewJob};
 
@@ -97,6 +97,12 @@ CREATE TABLE jobd_probe (id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT N
     r#"
 -- v5: kinds an operator paused (PauseKind); a row per paused kind.
 CREATE TABLE kind_pauses (kind TEXT PRIMARY KEY, paused_at INTEGER NOT NULL);
+"#,
+    r#"
+-- v6: cron schedules: the next fire no instance took yet, the operator's
+-- pause, and the job of the last fire.
+CREATE TABLE schedules (id TEXT PRIMARY KEY, next_fire_at INTEGER NOT NULL,
+  paused INTEGER NOT NULL DEFAULT 0, last_job_id TEXT);
 "#,
 ];
 
@@ -901,6 +907,79 @@ impl Store for SqliteStore {
             let mut s = c.prepare_cached("SELECT kind FROM kind_pauses")?;
             let rows = s.query_map([], |r| r.get(0))?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn init_schedule(&self, id: &str, next_fire_at: Micros) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(move |tx, _| {
+            tx.prepare_cached(
+                "INSERT INTO schedules (id, next_fire_at) VALUES (?1, ?2) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .and_then(|mut s| s.execute(params![id, next_fire_at]))
+            .map(|_| ())
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
+        self.read(|c| {
+            let mut s = c.prepare_cached(
+                "SELECT id, next_fire_at, paused, last_job_id FROM schedules ORDER BY id",
+            )?;
+            let rows = s.query_map([], |r| {
+                let last: Option<String> = r.get(3)?;
+                Ok(ScheduleRow {
+                    id: r.get(0)?,
+                    next_fire_at: r.get(1)?,
+                    paused: r.get::<_, i64>(2)? != 0,
+                    last_job_id: last.and_then(|s| Uuid::try_parse(&s).ok()),
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn advance_schedule(
+        &self,
+        id: &str,
+        old: Micros,
+        new: Micros,
+    ) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(move |tx, _| {
+            tx.prepare_cached(
+                "UPDATE schedules SET next_fire_at = ?3 WHERE id = ?1 AND next_fire_at = ?2",
+            )
+            .and_then(|mut s| s.execute(params![id, old, new]))
+            .map(|n| n == 1)
+            .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.write(move |tx, _| {
+            tx.prepare_cached("UPDATE schedules SET last_job_id = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id, job.to_string()]))
+                .map(|_| ())
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.write(move |tx, _| {
+            tx.prepare_cached("UPDATE schedules SET paused = ?2 WHERE id = ?1")
+                .and_then(|mut s| s.execute(params![id, paused as i64]))
+                .map(|n| n == 1)
+                .map_err(map_err)
         })
         .await
     }

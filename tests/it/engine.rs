@@ -127,6 +127,26 @@ impl Store for GatedStore {
     async fn paused_kinds(&self) -> Result<std::collections::BTreeSet<String>, StoreError> {
         self.inner.paused_kinds().await
     }
+    async fn init_schedule(&self, id: &str, at: Micros) -> Result<(), StoreError> {
+        self.inner.init_schedule(id, at).await
+    }
+    async fn schedules(&self) -> Result<Vec<jobd::store::ScheduleRow>, StoreError> {
+        self.inner.schedules().await
+    }
+    async fn advance_schedule(
+        &self,
+        id: &str,
+        old: Micros,
+        new: Micros,
+    ) -> Result<bool, StoreError> {
+        self.inner.advance_schedule(id, old, new).await
+    }
+    async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError> {
+        self.inner.set_schedule_last_job(id, job).await
+    }
+    async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
+        self.inner.set_schedule_paused(id, paused).await
+    }
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {
         self.inner.prune(before, limit).await
     }

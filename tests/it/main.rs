@@ -19,6 +19,7 @@ mod pg;
 mod postgres;
 mod python_worker;
 mod remote;
+mod schedules;
 mod store_contract;
 mod tls;
 mod worker_protocol;

@@ -575,6 +575,35 @@ pub async fn paused_kinds_are_stored(s: SharedStore) {
     assert_eq!(got, ["b"]);
 }
 
+/// Schedule rows: created once (a restart keeps the stored fire time), the
+/// fire taken by one compare-and-set only, pause and last job stored.
+pub async fn schedules_are_stored(s: SharedStore) {
+    assert!(s.schedules().await.unwrap().is_empty());
+    s.init_schedule("b", 2_000).await.unwrap();
+    s.init_schedule("a", 1_000).await.unwrap();
+    s.init_schedule("a", 9_000).await.unwrap();
+    let rows = s.schedules().await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].id.as_str(), rows[0].next_fire_at), ("a", 1_000));
+    assert!(!rows[0].paused && rows[0].last_job_id.is_none());
+    assert!(s.advance_schedule("a", 1_000, 3_000).await.unwrap());
+    assert!(
+        !s.advance_schedule("a", 1_000, 3_000).await.unwrap(),
+        "taken once"
+    );
+    assert!(!s.advance_schedule("zz", 1_000, 3_000).await.unwrap());
+    let job = Uuid::now_v7();
+    s.set_schedule_last_job("a", job).await.unwrap();
+    assert!(s.set_schedule_paused("a", true).await.unwrap());
+    assert!(!s.set_schedule_paused("zz", true).await.unwrap());
+    let a = s.schedules().await.unwrap().remove(0);
+    assert_eq!(a.next_fire_at, 3_000);
+    assert_eq!(a.last_job_id, Some(job));
+    assert!(a.paused);
+    assert!(s.set_schedule_paused("a", false).await.unwrap());
+    assert!(!s.schedules().await.unwrap()[0].paused);
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory {
@@ -617,7 +646,8 @@ contract!(
     pruning_removes_only_old_finished_jobs,
     finish_many_fences_each_outcome,
     retry_requeues_dead_jobs,
-    paused_kinds_are_stored
+    paused_kinds_are_stored,
+    schedules_are_stored
 );
 
 #[tokio::test]

@@ -34,7 +34,7 @@ use uuid::Uuid;
 use super::codec::state_code;
 use super::{
     transition, CancelOutcome, Change, ClaimRequest, InsertOutcome, ListQuery, Outcome,
-    RetryOutcome, StateCounts, Store, StoreError,
+    RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
 use crate::config::PostgresConfig;
 use crate::job::{add_micros, now_micros, Job, JobState, Micros, NewJob};
@@ -591,6 +591,57 @@ impl Store for PostgresStore {
                 out.insert(rows::col(&r, 0)?);
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn init_schedule(&self, id: &str, next_fire_at: Micros) -> Result<(), StoreError> {
+        self.with_statement(sql::INIT_SCHEDULE, async |c, st| {
+            c.execute(st, &[&id, &next_fire_at]).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
+        self.with_statement(sql::SCHEDULES, async |c, st| {
+            let mut out = Vec::new();
+            for r in c.query(st, &[]).await? {
+                out.push(ScheduleRow {
+                    id: rows::col(&r, 0)?,
+                    next_fire_at: rows::col(&r, 1)?,
+                    paused: rows::col(&r, 2)?,
+                    last_job_id: rows::col(&r, 3)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn advance_schedule(
+        &self,
+        id: &str,
+        old: Micros,
+        new: Micros,
+    ) -> Result<bool, StoreError> {
+        self.with_statement(sql::ADVANCE_SCHEDULE, async |c, st| {
+            Ok(c.execute(st, &[&id, &old, &new]).await? == 1)
+        })
+        .await
+    }
+
+    async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError> {
+        self.with_statement(sql::SCHEDULE_LAST_JOB, async |c, st| {
+            c.execute(st, &[&id, &job]).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
+        self.with_statement(sql::PAUSE_SCHEDULE, async |c, st| {
+            Ok(c.execute(st, &[&id, &paused]).await? == 1)
         })
         .await
     }

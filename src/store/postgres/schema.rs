@@ -76,6 +76,13 @@ CREATE INDEX jobs_kind_state_id ON jobs (kind, state, id);
 -- paused kind.
 CREATE TABLE kind_pauses (kind TEXT PRIMARY KEY, paused_at BIGINT NOT NULL);
 "#,
+    r#"
+-- v5: cron schedules, shared by every instance: the next fire no instance
+-- took yet (taken by a compare-and-set on it), the operator's pause, and
+-- the job of the last fire.
+CREATE TABLE schedules (id TEXT PRIMARY KEY, next_fire_at BIGINT NOT NULL,
+  paused BOOLEAN NOT NULL DEFAULT FALSE, last_job_id UUID);
+"#,
 ];
 
 /// An advisory-lock key per schema, so instances on different schemas of
