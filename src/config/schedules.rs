@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use croner::parser::{CronParser, Seconds};
 use croner::Cron;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{invalid, opt_duration, Config, ConfigError};
 use crate::job::Micros;
@@ -24,7 +24,7 @@ const MAX_LABEL_VALUE_BYTES: usize = 256;
 pub const MAX_CATCHUP: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What a fire does while the previous job of its schedule is unfinished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Overlap {
     #[default]
@@ -33,7 +33,7 @@ pub enum Overlap {
 }
 
 /// One `[[schedules]]` entry as written.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleConfig {
     pub id: String,
@@ -49,7 +49,11 @@ pub struct ScheduleConfig {
     #[serde(default)]
     pub overlap: Overlap,
     /// How late a missed fire may still run (after downtime); default 0.
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "super::ser_opt_duration"
+    )]
     pub catchup: Option<Duration>,
 }
 
