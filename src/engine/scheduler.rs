@@ -3,8 +3,9 @@
 //! as missed fires on restart: those older than the schedule's `catchup`
 //! are counted, the others run. Every fire is a job with idempotency key
 //! `schedule:{id}:{fire time RFC 3339 UTC}`, so no fire runs twice, across
-//! restarts and instances; on a shared store instances also take each fire
-//! with a compare-and-set on the stored time, so only one submits it.
+//! restarts and instances. A fire is submitted before the next fire time is
+//! stored (with a compare-and-set on a shared store), so a crash between the
+//! two never loses a fire: it is submitted again and deduplicated.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -113,23 +114,11 @@ impl Engine {
             due.push(fire);
             fire = s.next_after(fire).unwrap_or(NEVER);
         }
-        // A shared store: take the fires first, so of several instances
-        // only one submits them. A single instance submits first, so a
-        // crash in between cannot lose a fire (the key dedups the retry).
-        if self.shared {
-            match self
-                .store
-                .advance_schedule(&s.id, row.next_fire_at, fire)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => return fire,
-                Err(e) => {
-                    tracing::warn!(schedule = s.id, error = %e, "taking a schedule fire failed");
-                    return add_micros(now, MAX_SLEEP);
-                }
-            }
-        }
+        // Submit first, then store the next fire: a crash (or a failed
+        // submit) in between cannot lose a fire, since the next round submits
+        // it again and its key dedups it. On a shared store several instances
+        // may submit the same fire; the key makes it one job, and only the
+        // instance whose compare-and-set advances the row moves on.
         if missed > 0 && !row.paused {
             self.metrics.schedule_missed(&s.id, missed);
             tracing::warn!(
@@ -155,23 +144,19 @@ impl Engine {
                     Ok(job) => last = Some(job.id),
                     Err(e) => {
                         tracing::warn!(schedule = s.id, fire = rfc3339(at), error = %e, "schedule fire not submitted");
-                        if !self.shared {
-                            // Not advanced: tried again next round.
-                            return add_micros(now, MAX_SLEEP);
-                        }
+                        // Not advanced: tried again next round.
+                        return add_micros(now, MAX_SLEEP);
                     }
                 }
             }
         }
-        if !self.shared {
-            if let Err(e) = self
-                .store
-                .advance_schedule(&s.id, row.next_fire_at, fire)
-                .await
-            {
-                tracing::warn!(schedule = s.id, error = %e, "storing the next fire failed");
-                return add_micros(now, MAX_SLEEP);
-            }
+        if let Err(e) = self
+            .store
+            .advance_schedule(&s.id, row.next_fire_at, fire)
+            .await
+        {
+            tracing::warn!(schedule = s.id, error = %e, "storing the next fire failed");
+            return add_micros(now, MAX_SLEEP);
         }
         fire
     }
