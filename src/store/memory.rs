@@ -347,23 +347,20 @@ impl Store for MemoryStore {
         max_backlog: u64,
     ) -> Result<Vec<RetryOutcome>, StoreError> {
         let mut g = self.lock()?;
-        Ok(ids
-            .iter()
-            .map(|id| match g.jobs.get(id).map(|e| e.job.clone()) {
-                None => RetryOutcome::NotFound,
-                Some(job) if !transition::retryable(job.state) => RetryOutcome::NotRetryable(job),
-                Some(_) if g.waiting() >= max_backlog => RetryOutcome::BacklogFull,
-                Some(job) => {
-                    let (_, new) = g
-                        .update(*id, |j| transition::retry(j, now))
-                        .expect("job present");
-                    RetryOutcome::Retried {
-                        job: new,
-                        prev: job.state,
-                    }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let found = g.jobs.get(id).map(|e| e.job.clone());
+            let room = g.waiting() < max_backlog;
+            out.push(match transition::decide_retry(found, room, now) {
+                transition::RetryDecision::Skip(skipped) => skipped,
+                transition::RetryDecision::Retry { job, prev, .. } => {
+                    // Stored through `update`, which keeps the indexes in step.
+                    g.update(*id, |j| *j = job.clone());
+                    RetryOutcome::Retried { job, prev }
                 }
-            })
-            .collect())
+            });
+        }
+        Ok(out)
     }
 
     async fn set_kind_paused(

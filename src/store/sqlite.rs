@@ -860,19 +860,15 @@ impl Store for SqliteStore {
         self.write(move |tx, st| {
             let mut out = Vec::with_capacity(ids.len());
             for id in ids {
-                out.push(match load(tx, id)? {
-                    None => RetryOutcome::NotFound,
-                    Some(job) if !transition::retryable(job.state) => {
-                        RetryOutcome::NotRetryable(job)
-                    }
-                    Some(_) if st.waiting >= max => RetryOutcome::BacklogFull,
-                    Some(mut job) => {
-                        let (prev, a) = (job.state, job.attempt);
-                        transition::retry(&mut job, now);
-                        save(tx, st, &job, prev, a)?;
-                        RetryOutcome::Retried { job, prev }
-                    }
-                });
+                out.push(
+                    match transition::decide_retry(load(tx, id)?, st.waiting < max, now) {
+                        transition::RetryDecision::Skip(skipped) => skipped,
+                        transition::RetryDecision::Retry { job, prev, attempt } => {
+                            save(tx, st, &job, prev, attempt)?;
+                            RetryOutcome::Retried { job, prev }
+                        }
+                    },
+                );
             }
             Ok(out)
         })

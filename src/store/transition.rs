@@ -115,3 +115,32 @@ pub fn retry(job: &mut Job, now: Micros) {
 pub fn retryable(state: JobState) -> bool {
     matches!(state, JobState::Failed | JobState::Cancelled)
 }
+
+/// What RetryJobs does with one id.
+pub enum RetryDecision {
+    /// Save `job` (retried in place); it was `prev` at attempt `attempt`.
+    Retry {
+        job: Job,
+        prev: JobState,
+        attempt: u32,
+    },
+    /// Left as it is, for this reason.
+    Skip(super::RetryOutcome),
+}
+
+/// RetryJobs' decision for one id, the same in every store: the job (as
+/// stored, if found) is retried in place when it is FAILED or CANCELLED and
+/// the backlog has `room`.
+pub fn decide_retry(found: Option<Job>, room: bool, now: Micros) -> RetryDecision {
+    use super::RetryOutcome;
+    match found {
+        None => RetryDecision::Skip(RetryOutcome::NotFound),
+        Some(job) if !retryable(job.state) => RetryDecision::Skip(RetryOutcome::NotRetryable(job)),
+        Some(_) if !room => RetryDecision::Skip(RetryOutcome::BacklogFull),
+        Some(mut job) => {
+            let (prev, attempt) = (job.state, job.attempt);
+            retry(&mut job, now);
+            RetryDecision::Retry { job, prev, attempt }
+        }
+    }
+}

@@ -540,21 +540,17 @@ impl Store for PostgresStore {
             let mut out = Vec::with_capacity(ids.len());
             let (mut changed, mut old) = (Vec::new(), Vec::new());
             for id in ids {
-                out.push(match found.remove(id) {
-                    None => RetryOutcome::NotFound,
-                    Some(job) if !transition::retryable(job.state) => {
-                        RetryOutcome::NotRetryable(job)
-                    }
-                    Some(_) if room <= 0 => RetryOutcome::BacklogFull,
-                    Some(mut job) => {
-                        room -= 1;
-                        let prev = job.state;
-                        old.push((prev, job.attempt));
-                        transition::retry(&mut job, now);
-                        changed.push(job.clone());
-                        RetryOutcome::Retried { job, prev }
-                    }
-                });
+                out.push(
+                    match transition::decide_retry(found.remove(id), room > 0, now) {
+                        transition::RetryDecision::Skip(skipped) => skipped,
+                        transition::RetryDecision::Retry { job, prev, attempt } => {
+                            room -= 1;
+                            old.push((prev, attempt));
+                            changed.push(job.clone());
+                            RetryOutcome::Retried { job, prev }
+                        }
+                    },
+                );
             }
             sql::save(&self.w, &tx, &changed, &old).await?;
             tx.commit().await?;
