@@ -168,10 +168,13 @@ impl Engine {
         let free = self.workers.available_permits().min(CLAIM_BATCH);
         let mut extra = room.min(CLAIM_BATCH - free);
         // Ahead of free slots only what the pool frees by itself, and only
-        // for local kinds: a remote kind's jobs wait for a worker's room.
+        // for local kinds that are not paused: a remote kind's jobs wait for
+        // a worker's room, a paused kind's for its resume.
         let ahead: HashMap<String, usize> = predicted
             .iter()
-            .filter(|(k, _)| self.kinds.contains_key(*k) && self.remote_room(k) == usize::MAX)
+            .filter(|(name, _)| {
+                self.kinds.get(*name).is_some_and(|k| !k.remote) && !self.is_paused(name)
+            })
             .filter_map(|(k, &n)| {
                 let n = n.min(extra);
                 extra -= n;
@@ -192,11 +195,10 @@ impl Engine {
             .iter()
             .filter(|(name, _)| !self.is_paused(name))
             .filter_map(|(name, k)| {
-                let n = k
-                    .slots
-                    .available_permits()
-                    .min(free)
-                    .min(self.remote_room(name));
+                let mut n = k.slots.available_permits().min(free);
+                if k.remote {
+                    n = n.min(self.remote_room(name, k));
+                }
                 let p = k.slots.clone().try_acquire_many_owned(n as u32).ok()?;
                 (n > 0).then(|| (name.clone(), p))
             })

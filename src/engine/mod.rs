@@ -77,6 +77,9 @@ pub struct Kind {
     /// Slots of this kind freed so far (handlers returned): the dispatcher
     /// sizes claims by how many free while a claim commits.
     freed: AtomicUsize,
+    /// `handler = "remote"`: claimed only within its workers' room, never
+    /// ahead of free slots.
+    remote: bool,
 }
 
 pub struct Engine {
@@ -214,6 +217,7 @@ impl Engine {
                 .map(|k| {
                     let slots = Arc::new(Semaphore::new(k.concurrency));
                     let kind = Kind {
+                        remote: matches!(k.handler, crate::config::HandlerSpec::Remote),
                         settings: k,
                         slots,
                         freed: AtomicUsize::new(0),
@@ -323,19 +327,13 @@ impl Engine {
         let _ = self.remote.set(workers);
     }
 
-    /// How many more attempts of `kind` may be claimed now: unbounded for
-    /// local kinds; for remote ones, the places of the sessions serving it
-    /// less the attempts of it already running (claimed, not yet reported).
-    pub(super) fn remote_room(&self, kind: &str) -> usize {
-        let Some(k) = self.kinds.get(kind) else {
-            return 0;
-        };
-        if !matches!(k.settings.handler, crate::config::HandlerSpec::Remote) {
-            return usize::MAX;
-        }
+    /// How many more attempts of remote kind `k` (named `name`) may be
+    /// claimed now: the places of the sessions serving it less the attempts
+    /// of it already running (claimed, not yet reported).
+    pub(super) fn remote_room(&self, name: &str, k: &Kind) -> usize {
         let Some(w) = self.remote.get() else { return 0 };
         let running = k.settings.concurrency - k.slots.available_permits();
-        w.capacity(kind).saturating_sub(running)
+        w.capacity(name).saturating_sub(running)
     }
 
     /// Stores jobs (one commit for the whole batch) and wakes the dispatcher.

@@ -799,3 +799,47 @@ async fn cli_operations_with_json_and_exit_codes() {
         Some(5)
     );
 }
+
+/// A pause also holds for a kind that is draining fast (the dispatcher
+/// claims ahead of free slots for busy local kinds; a paused kind gets none
+/// of that): its queued count stops moving once what was already claimed
+/// has run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_while_the_kind_is_busy() {
+    let d = start("").await;
+    let mut c = d.client().await;
+    let mut a = admin(&d.url()).await;
+    for _ in 0..5 {
+        let batch = proto::SubmitBatchRequest {
+            requests: (0..1000).map(|i| req("echo", &format!("{i}"))).collect(),
+        };
+        c.submit_batch(batch).await.unwrap();
+    }
+    let queued = |k: Vec<proto::KindStatus>| {
+        k.into_iter()
+            .find(|k| k.kind == "echo")
+            .map(|k| k.queued)
+            .unwrap()
+    };
+    // Let the kind get busy, then pause it mid-drain.
+    for _ in 0..500 {
+        if queued(kinds(&mut a).await) < 4500 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    pause(&mut a, "echo").await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let settled = queued(kinds(&mut a).await);
+    assert!(settled > 0, "the kind drained before the pause");
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            queued(kinds(&mut a).await),
+            settled,
+            "jobs started while paused"
+        );
+    }
+    resume(&mut a, "echo").await;
+    d.stop().await.unwrap();
+}
