@@ -120,6 +120,26 @@ impl Raw {
     }
 }
 
+/// A daemon with config `head`, a client, and a raw worker of
+/// `max_in_flight` that has been assigned one submitted job.
+async fn one_job_held(
+    head: &str,
+    max_in_flight: u32,
+) -> (
+    TestDaemon,
+    jobd::proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    Raw,
+    proto::Job,
+    proto::Assign,
+) {
+    let d = start_with(head, KINDS).await;
+    let mut c = d.client().await;
+    let mut a = raw(&d.url(), hello(&["r"], max_in_flight)).await.unwrap();
+    let job = submit(&mut c, req("r", "x")).await;
+    let assign = a.assign().await;
+    (d, c, a, job, assign)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_run_on_a_worker_and_never_more_than_max_in_flight() {
     let d = start_with(HEAD, KINDS).await;
@@ -220,11 +240,7 @@ async fn bad_hellos_end_the_stream_with_invalid_argument() {
 /// lost", and its late report is stale and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_worker_is_lost_and_its_late_report_is_stale() {
-    let d = start_with(HEAD, KINDS).await;
-    let mut c = d.client().await;
-    let mut a = raw(&d.url(), hello(&["r"], 1)).await.unwrap();
-    let job = submit(&mut c, req("r", "x")).await;
-    let first = a.assign().await;
+    let (d, mut c, a, job, first) = one_job_held(HEAD, 1).await;
     assert_eq!(first.job.as_ref().unwrap().id, job.id);
     assert_eq!(first.job.as_ref().unwrap().attempt, 1);
     let silent_since = Instant::now();
@@ -273,11 +289,7 @@ async fn a_silent_worker_is_lost_and_its_late_report_is_stale() {
 /// A worker whose stream ends mid-job (killed) is lost at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_whose_stream_ends_is_lost_and_its_job_retried() {
-    let d = start_with(HEAD, KINDS).await;
-    let mut c = d.client().await;
-    let mut a = raw(&d.url(), hello(&["r"], 1)).await.unwrap();
-    let job = submit(&mut c, req("r", "x")).await;
-    a.assign().await;
+    let (d, mut c, a, job, _) = one_job_held(HEAD, 1).await;
     drop(a);
     let stop = worker(&d.url(), 1, |job| async move { Ok(job.payload) });
     let j = wait_terminal(&mut c, &job.id).await;
@@ -291,11 +303,7 @@ async fn a_worker_whose_stream_ends_is_lost_and_its_job_retried() {
 /// stopped attempt is stale.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_reaches_the_worker_at_once() {
-    let d = start_with(HEAD, KINDS).await;
-    let mut c = d.client().await;
-    let mut a = raw(&d.url(), hello(&["r"], 1)).await.unwrap();
-    let job = submit(&mut c, req("r", "x")).await;
-    a.assign().await;
+    let (d, mut c, mut a, job, _) = one_job_held(HEAD, 1).await;
     let asked = Instant::now();
     c.cancel(proto::CancelRequest { id: job.id.clone() })
         .await
@@ -368,11 +376,7 @@ async fn holding_one_job(
         "store = \"sqlite:{}/jobd.db\"\n{HEAD}[drain]\ngrace = \"50ms\"\ntimeout = \"{drain_timeout}\"\n",
         dir.display()
     );
-    let d = start_with(&head, KINDS).await;
-    let mut c = d.client().await;
-    let mut a = raw(&d.url(), hello(&["r"], 1)).await.unwrap();
-    let job = submit(&mut c, req("r", "x")).await;
-    a.assign().await;
+    let (d, _, a, job, _) = one_job_held(&head, 1).await;
     (head, d, a, job)
 }
 
@@ -557,11 +561,7 @@ async fn drain_requeues_unreported_jobs_without_spending_the_attempt() {
 /// AdminService.ListWorkers shows each session (admin role only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_workers_shows_each_session() {
-    let d = start_with(HEAD, KINDS).await;
-    let mut c = d.client().await;
-    let mut a = raw(&d.url(), hello(&["r"], 3)).await.unwrap();
-    let job = submit(&mut c, req("r", "x")).await;
-    a.assign().await;
+    let (d, _, mut a, job, _) = one_job_held(HEAD, 3).await;
     let ch = tonic::transport::Channel::from_shared(d.url())
         .unwrap()
         .connect()
