@@ -739,6 +739,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
                 run_at: delay
                     .map(|d| prost_types::Timestamp::from(std::time::SystemTime::now() + d)),
                 labels: labels.into_iter().collect(),
+                ..Default::default()
             };
             let r = c.submit(req).await?.into_inner();
             let job = r.job.unwrap_or_default();
@@ -809,6 +810,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
                         kind: kind.clone().unwrap_or_default(),
                         page_size: (limit - jobs.len()).min(1000) as u32,
                         page_token: token,
+                        ..Default::default()
                     })
                     .await?
                     .into_inner();

@@ -361,6 +361,16 @@ impl JobService for JobApi {
             next_page_token,
         }))
     }
+
+    type WatchJobsStream = futures_util::stream::Empty<Result<proto::WatchJobsResponse, Status>>;
+
+    /// Placeholder until the all-jobs event stream lands (issue 18).
+    async fn watch_jobs(
+        &self,
+        _request: Request<proto::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        Err(Status::unimplemented("WatchJobs is not implemented yet"))
+    }
 }
 
 /// Snapshot first, then each later change, ending after a terminal state

@@ -448,6 +448,7 @@ mod tests {
                 nanos: 7,
             }),
             labels: [("team".to_string(), "a".to_string())].into(),
+            ordering_key: "customer-7".into(),
         };
         vec![
             full.encode_to_vec(),
@@ -460,6 +461,7 @@ mod tests {
                 kind: "echo".into(),
                 page_size: 10,
                 page_token: encode_page_token(Uuid::now_v7()),
+                ..Default::default()
             }
             .encode_to_vec(),
             proto::GetStatusRequest {

@@ -125,6 +125,7 @@ async fn all_jobs(
                 kind: "py".into(),
                 page_size: 1000,
                 page_token,
+                ..Default::default()
             })
             .await
             .expect("list_jobs")
