@@ -23,6 +23,9 @@ pub fn is_valid_kind(s: &str) -> bool {
         })
 }
 
+/// Longest ordering key, in bytes.
+pub const MAX_ORDERING_KEY_LEN: usize = 256;
+
 /// Microseconds since the Unix epoch.
 pub type Micros = i64;
 
@@ -129,6 +132,9 @@ pub struct Job {
     /// Set only on the snapshot a claim returns: when this attempt became
     /// runnable (for the queue-wait metric). Not stored.
     pub ready_at: Option<Micros>,
+    /// Jobs of one kind and key run at most `key_concurrency` at once, in
+    /// submit order (when the kind sets it).
+    pub ordering_key: Option<String>,
 }
 
 /// A validated submit, ready for the store.
@@ -145,6 +151,7 @@ pub struct NewJob {
     pub run_at: Option<Micros>,
     pub request_hash: [u8; 32],
     pub created_at: Micros,
+    pub ordering_key: Option<String>,
 }
 
 impl NewJob {
@@ -172,6 +179,7 @@ impl NewJob {
             sequence: 1,
             request_hash: self.request_hash,
             ready_at: None,
+            ordering_key: self.ordering_key,
         }
     }
 }
@@ -192,6 +200,7 @@ impl NewJob {
             run_at: None,
             request_hash: [0; 32],
             created_at: 0,
+            ordering_key: None,
         }
     }
 }

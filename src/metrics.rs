@@ -35,6 +35,8 @@ pub struct Metrics {
     retry_wait: Family<Labels, Gauge>,
     unconfigured: Family<Labels, Gauge>,
     kind_paused: Family<Labels, Gauge>,
+    rate_limited: Family<Labels, Counter>,
+    keys_waiting: Family<Labels, Gauge>,
     schedule_fires: Family<Labels, Counter>,
     schedule_missed: Family<Labels, Counter>,
     worker_sessions: Family<Labels, Gauge>,
@@ -78,6 +80,8 @@ impl Metrics {
             retry_wait: Family::default(),
             unconfigured: Family::default(),
             kind_paused: Family::default(),
+            rate_limited: Family::default(),
+            keys_waiting: Family::default(),
             schedule_fires: Family::default(),
             schedule_missed: Family::default(),
             worker_sessions: Family::default(),
@@ -143,6 +147,16 @@ impl Metrics {
             "kind_paused",
             "1 while the kind is paused (PauseKind): its jobs wait, none starts",
             m.kind_paused.clone(),
+        );
+        r.register(
+            "kind_rate_limited",
+            "Claims in which the kind's rate limit left jobs waiting in QUEUED",
+            m.rate_limited.clone(),
+        );
+        r.register(
+            "ordering_keys_waiting",
+            "Ordering keys with QUEUED jobs, per kind with key_concurrency (re-read every few seconds)",
+            m.keys_waiting.clone(),
         );
         r.register(
             "schedule_fires",
@@ -250,6 +264,18 @@ impl Metrics {
         self.kind_paused
             .get_or_create(&kind(kind_name))
             .set(i64::from(paused));
+    }
+
+    /// A claim left jobs of the kind QUEUED for want of rate tokens.
+    pub fn kind_rate_limited(&self, kind_name: &str) {
+        self.rate_limited.get_or_create(&kind(kind_name)).inc();
+    }
+
+    /// Ordering keys of the kind with work waiting.
+    pub fn set_keys_waiting(&self, kind_name: &str, n: u64) {
+        self.keys_waiting
+            .get_or_create(&kind(kind_name))
+            .set(n as i64);
     }
 
     /// A schedule fire was submitted.

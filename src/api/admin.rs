@@ -145,34 +145,20 @@ impl AdminApi {
     /// Up to `limit` ids of jobs the filter matches, oldest first, and
     /// whether more matched (or the scan bound was reached first).
     async fn matching(&self, f: &RetryFilter, limit: usize) -> Result<(Vec<Uuid>, bool), ApiError> {
-        let mut ids = Vec::new();
-        let mut after = None;
-        let mut scanned = 0;
-        loop {
-            let page = self
-                .engine
-                .list(&ListQuery {
-                    state: Some(f.state),
-                    kind: f.kind.clone(),
-                    after,
-                    limit: RETRY_PAGE,
-                })
-                .await?;
-            scanned += page.len();
-            for j in page.iter().filter(|j| f.matches(j)) {
-                if ids.len() == limit {
-                    return Ok((ids, true));
-                }
-                ids.push(j.id);
-            }
-            if page.len() < RETRY_PAGE {
-                return Ok((ids, false));
-            }
-            if scanned >= MAX_RETRY_SCAN {
-                return Ok((ids, true));
-            }
-            after = page.last().map(|j| j.id);
-        }
+        let query = ListQuery {
+            state: Some(f.state),
+            kind: f.kind.clone(),
+            limit: RETRY_PAGE,
+            ..Default::default()
+        };
+        // One more than the limit tells whether more matched.
+        let (mut jobs, stopped) = self
+            .engine
+            .scan(query, limit + 1, MAX_RETRY_SCAN, |j| f.matches(j))
+            .await?;
+        let more = jobs.len() > limit || stopped.is_some();
+        jobs.truncate(limit);
+        Ok((jobs.into_iter().map(|j| j.id).collect(), more))
     }
 }
 

@@ -58,7 +58,7 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
         payload_size: j.payload.len() as u64,
         timeout: prost_types::Duration::try_from(j.timeout).ok(),
         result_truncated: false,
-        ordering_key: String::new(),
+        ordering_key: j.ordering_key.clone().unwrap_or_default(),
     }
 }
 

@@ -147,6 +147,11 @@ impl JobApi {
 const REPLY_SLACK: usize = 1024;
 /// A job's tag and length prefix in a ListJobs page, rounded up.
 const PAGE_ENTRY_FRAMING: usize = 16;
+/// ListJobs with a label filter reads jobs in pages of this many rows and
+/// at most [`MAX_LABEL_SCAN`] rows per call (labels are not indexed); a
+/// page the bound cut short ends with a token to continue.
+const LABEL_SCAN_PAGE: usize = 500;
+const MAX_LABEL_SCAN: usize = 10_000;
 
 /// Ends, now and then, the watch streams whose clients stopped reading
 /// (see [`crate::events::Events::end_stalled`]). Checks four times per
@@ -316,23 +321,28 @@ impl JobService for JobApi {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
-        let req = request.into_inner();
-        let state = proto::JobState::try_from(req.state)
-            .map_err(|_| ApiError::invalid("state", format!("unknown state {}", req.state)))?;
-        if !req.kind.is_empty() && !validate::is_valid_kind(&req.kind) {
-            return Err(
-                ApiError::invalid("kind", format!("{:?} is not a kind name", req.kind)).into(),
-            );
-        }
-        let limit = validate::page_size(req.page_size)?;
-        let query = ListQuery {
-            state: convert::state_from_proto(state),
-            kind: Some(req.kind).filter(|k| !k.is_empty()),
-            after: validate::decode_page_token(&req.page_token)?,
-            // One more than asked tells whether another page exists.
-            limit: limit + 1,
+        let (query, labels) = validate::list(request.into_inner())?;
+        // One more than asked tells whether another page exists.
+        let limit = query.limit - 1;
+        let (jobs, resume) = if labels.is_empty() {
+            (
+                self.engine.list(&query).await.map_err(|e| self.err(e))?,
+                None,
+            )
+        } else {
+            // Labels are matched here, over a bounded number of rows; a
+            // page cut short by the bound continues after its last row.
+            let query = ListQuery {
+                limit: LABEL_SCAN_PAGE,
+                ..query
+            };
+            self.engine
+                .scan(query, limit + 1, MAX_LABEL_SCAN, |j| {
+                    labels.iter().all(|(k, v)| j.labels.get(k) == Some(v))
+                })
+                .await
+                .map_err(|e| self.err(e))?
         };
-        let jobs = self.engine.list(&query).await.map_err(|e| self.err(e))?;
         // A page ends early rather than outgrow the reply limit (results
         // can be large); the token then continues after its last job.
         // Each job is cut to fit on its own, so a page always holds at
@@ -348,7 +358,9 @@ impl JobService for JobApi {
             size += n;
             page.push(p);
         }
-        let next_page_token = if page.len() < jobs.len() {
+        let next_page_token = if let (true, Some(after)) = (page.len() == jobs.len(), resume) {
+            validate::encode_page_token(after)
+        } else if page.len() < jobs.len() {
             page.len()
                 .checked_sub(1)
                 .map(|last| validate::encode_page_token(jobs[last].id))

@@ -9,8 +9,9 @@ use uuid::Uuid;
 
 use super::error::{ApiError, Violation};
 use crate::config::{KindSettings, MAX_ATTEMPTS_LIMIT, MAX_TIMEOUT};
-use crate::job::{now_micros, JobState, Micros, NewJob};
+use crate::job::{now_micros, JobState, Micros, NewJob, MAX_ORDERING_KEY_LEN};
 use crate::proto;
+use crate::store::ListQuery;
 
 pub use crate::job::{is_valid_kind, MAX_KIND_LEN};
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
@@ -97,6 +98,9 @@ pub fn submit<'a>(
     } else if req.idempotency_key.contains('\0') {
         bad("idempotency_key", "must not contain NUL characters".into());
     }
+    if let Some(why) = ordering_key_problem(&req.ordering_key) {
+        bad("ordering_key", why);
+    }
     if req.max_attempts > MAX_ATTEMPTS_LIMIT {
         bad(
             "max_attempts",
@@ -168,7 +172,19 @@ pub fn submit<'a>(
         run_at,
         request_hash,
         created_at: now,
+        ordering_key: Some(req.ordering_key).filter(|k| !k.is_empty()),
     })
+}
+
+/// Why an ordering key (in Submit or a ListJobs filter) is refused, if it is.
+pub fn ordering_key_problem(key: &str) -> Option<String> {
+    if key.len() > MAX_ORDERING_KEY_LEN {
+        Some(format!("at most {MAX_ORDERING_KEY_LEN} bytes"))
+    } else if key.contains('\0') {
+        Some("must not contain NUL characters".into())
+    } else {
+        None
+    }
 }
 
 /// A hash of everything a submit asks for, so a reused idempotency key with a
@@ -198,7 +214,69 @@ pub fn request_hash(req: &proto::SubmitRequest, max_attempts: u32, timeout: Dura
         field(k.as_bytes());
         field(v.as_bytes());
     }
+    // Only when set, so jobs stored before ordering keys keep their hash.
+    if !req.ordering_key.is_empty() {
+        field(b"ordering_key");
+        field(req.ordering_key.as_bytes());
+    }
     h.finalize().into()
+}
+
+/// A ListJobs request as a store query (its `limit` one more than the
+/// page, to tell whether another page exists) and the labels to match.
+pub fn list(
+    req: proto::ListJobsRequest,
+) -> Result<(ListQuery, std::collections::BTreeMap<String, String>), ApiError> {
+    let state = proto::JobState::try_from(req.state)
+        .map_err(|_| ApiError::invalid("state", format!("unknown state {}", req.state)))?;
+    if !req.kind.is_empty() && !is_valid_kind(&req.kind) {
+        return Err(ApiError::invalid(
+            "kind",
+            format!("{:?} is not a kind name", req.kind),
+        ));
+    }
+    if let Some(why) = ordering_key_problem(&req.ordering_key) {
+        return Err(ApiError::invalid("ordering_key", why));
+    }
+    let newest_first = match proto::ListJobsOrder::try_from(req.order) {
+        Ok(proto::ListJobsOrder::NewestFirst) => true,
+        Ok(_) => false,
+        Err(_) => {
+            return Err(ApiError::invalid(
+                "order",
+                format!("unknown order {}", req.order),
+            ))
+        }
+    };
+    if req.labels.len() > MAX_LABELS {
+        return Err(ApiError::invalid(
+            "labels",
+            format!("at most {MAX_LABELS} labels"),
+        ));
+    }
+    if let Some((k, _)) = req
+        .labels
+        .iter()
+        .find(|(k, v)| k.len() > MAX_LABEL_KEY_BYTES || v.len() > MAX_LABEL_VALUE_BYTES)
+    {
+        return Err(ApiError::invalid(
+            format!("labels[{k:?}]"),
+            format!(
+                "label keys are at most {MAX_LABEL_KEY_BYTES} bytes and values \
+                 {MAX_LABEL_VALUE_BYTES}"
+            ),
+        ));
+    }
+    let limit = page_size(req.page_size)?;
+    let query = ListQuery {
+        state: crate::api::convert::state_from_proto(state),
+        kind: Some(req.kind).filter(|k| !k.is_empty()),
+        ordering_key: Some(req.ordering_key).filter(|k| !k.is_empty()),
+        after: decode_page_token(&req.page_token)?,
+        limit: limit + 1,
+        newest_first,
+    };
+    Ok((query, req.labels.into_iter().collect()))
 }
 
 /// Page size with its default and bound.

@@ -75,6 +75,15 @@ pub struct KindConfig {
     /// `http`: extra request headers.
     #[serde(default, serialize_with = "super::ser_redacted_values")]
     pub headers: BTreeMap<String, String>,
+    /// Jobs of one ordering key running (or waiting for a retry) at once at
+    /// most, in submit order; unset: ordering keys are stored and ignored.
+    pub key_concurrency: Option<u32>,
+    /// Attempts started at most this often, for all instances together:
+    /// `"50/s"`, `"600/m"`, `"1000/h"`.
+    pub rate: Option<String>,
+    /// Attempts that may start at once after an idle spell; default: the
+    /// rate per second, rounded up (at least 1).
+    pub burst: Option<u32>,
 }
 
 /// Exponential backoff with full jitter: the wait before attempt n+1 is
@@ -133,6 +142,8 @@ pub struct KindSettings {
     pub backoff: BackoffConfig,
     pub max_payload_bytes: usize,
     pub max_result_bytes: usize,
+    /// Ordering keys and rate, enforced by the store's claim.
+    pub limits: crate::store::KindLimits,
 }
 
 impl Config {
@@ -222,7 +233,9 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<KindSettings>, ConfigError>
             Some(n) => n,
             None => DEFAULT_MAX_RESULT_BYTES.min(result_room),
         };
+        let limits = limits(name, k)?;
         kinds.push(KindSettings {
+            limits,
             name: name.clone(),
             handler,
             stop_grace,
@@ -235,6 +248,68 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<KindSettings>, ConfigError>
         });
     }
     Ok(kinds)
+}
+
+/// Most jobs of one key at once (`key_concurrency`).
+pub const MAX_KEY_CONCURRENCY: u32 = 10_000;
+/// Highest `rate`, per second, and highest `burst`.
+pub const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
+pub const MAX_BURST: u32 = 1_000_000;
+
+/// `key_concurrency`, `rate` and `burst`, checked.
+fn limits(name: &str, k: &KindConfig) -> Result<crate::store::KindLimits, ConfigError> {
+    let key = |f: &str| format!("kinds.{name}.{f}");
+    if let Some(n) = k.key_concurrency {
+        if n == 0 || n > MAX_KEY_CONCURRENCY {
+            return Err(invalid(
+                key("key_concurrency"),
+                format!("must be 1..={MAX_KEY_CONCURRENCY} (leave it out to ignore ordering keys)"),
+            ));
+        }
+    }
+    let rate = match &k.rate {
+        None => {
+            if k.burst.is_some() {
+                return Err(invalid(key("burst"), "needs a rate"));
+            }
+            None
+        }
+        Some(r) => {
+            let per_second = parse_rate(r).ok_or_else(|| {
+                invalid(
+                    key("rate"),
+                    format!(
+                        "{r:?} is not a rate: a count above 0 per second, minute or hour, \
+                         like \"50/s\", \"600/m\" or \"1000/h\" (at most {MAX_RATE_PER_SECOND}/s)"
+                    ),
+                )
+            })?;
+            let burst = k.burst.unwrap_or(per_second.ceil().max(1.0) as u32);
+            if burst == 0 || burst > MAX_BURST {
+                return Err(invalid(key("burst"), format!("must be 1..={MAX_BURST}")));
+            }
+            Some(crate::store::RateLimit { per_second, burst })
+        }
+    };
+    Ok(crate::store::KindLimits {
+        key_concurrency: k.key_concurrency,
+        rate,
+    })
+}
+
+/// `"N/s"`, `"N/m"` or `"N/h"` (N above 0, may have a fraction) as a
+/// per-second figure.
+pub fn parse_rate(s: &str) -> Option<f64> {
+    let (n, unit) = s.trim().split_once('/')?;
+    let n: f64 = n.trim().parse().ok()?;
+    let per = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        _ => return None,
+    };
+    let r = n / per;
+    (n.is_finite() && n > 0.0 && r <= MAX_RATE_PER_SECOND).then_some(r)
 }
 
 /// Checks the handler-specific keys: each belongs to one handler type.

@@ -26,7 +26,7 @@ use tokio::task::JoinSet;
 
 use super::{Engine, CLAIM_BATCH, LEASE_SLACK};
 use crate::job::{now_micros, Job, JobState};
-use crate::store::{ClaimRequest, Outcome};
+use crate::store::{ClaimOutcome, ClaimRequest, Outcome};
 
 /// Pause after a failed claim, so a broken store is not hammered.
 const CLAIM_ERROR_PAUSE: Duration = Duration::from_millis(200);
@@ -55,7 +55,7 @@ struct Reserved {
 /// What a finished claim hands back to the loop.
 struct Claimed {
     reserved: Reserved,
-    jobs: Result<Vec<Job>, ()>,
+    jobs: Result<ClaimOutcome, ()>,
     /// Slots freed per kind while the claim was committing.
     freed: HashMap<String, usize>,
 }
@@ -76,6 +76,8 @@ impl Engine {
         let mut predicted: HashMap<String, usize> = HashMap::new();
         // Jobs the claims in flight may take ahead of free slots.
         let mut ahead_in_flight = 0;
+        // When a rate-limited kind's bucket next holds a token.
+        let mut rate_wake: Option<tokio::time::Instant> = None;
         loop {
             if self.stop_dispatch.is_cancelled() {
                 break;
@@ -107,7 +109,13 @@ impl Engine {
                     ahead_in_flight -= reserved.ahead_total;
                     predicted = freed;
                     match jobs {
-                        Ok(jobs) => {
+                        Ok(ClaimOutcome { jobs, rate_limited }) => {
+                            for (kind, at) in rate_limited {
+                                self.metrics.kind_rate_limited(&kind);
+                                let wait = Duration::from_micros(at.saturating_sub(now_micros()).max(0) as u64);
+                                let at = tokio::time::Instant::now() + wait;
+                                rate_wake = Some(rate_wake.map_or(at, |w| w.min(at)));
+                            }
                             // A full batch: there may be more waiting.
                             let limit = reserved.global.num_permits() + reserved.ahead_total;
                             more |= !jobs.is_empty() && jobs.len() == limit;
@@ -130,6 +138,11 @@ impl Engine {
                     // A slot freed: jobs that waited for it may be claimable.
                     more = true;
                 }
+                _ = tokio::time::sleep_until(rate_wake.unwrap_or_else(tokio::time::Instant::now)), if rate_wake.is_some() => {
+                    // A rated kind's bucket refilled: its jobs may start.
+                    rate_wake = None;
+                    more = true;
+                }
                 h = hints.recv() => {
                     if h.is_none() {
                         break;
@@ -145,11 +158,11 @@ impl Engine {
         while let Some(r) = claims.join_next().await {
             if let Ok(Claimed {
                 reserved,
-                jobs: Ok(jobs),
+                jobs: Ok(claimed),
                 ..
             }) = r
             {
-                self.spawn_workers(&mut workers, reserved, jobs);
+                self.spawn_workers(&mut workers, reserved, claimed.jobs);
             }
         }
         workers
@@ -230,6 +243,7 @@ impl Engine {
             // The lease must outlast timeout + the handler's stop grace, or
             // the sweeper could requeue a job whose attempt still runs.
             lease_slack: LEASE_SLACK + self.max_stop_grace(),
+            limits: self.limits.clone(),
         };
         let before = self.freed_counts();
         let jobs = self.store.claim(&req).await.map_err(|e| {

@@ -85,6 +85,8 @@ pub struct Kind {
 pub struct Engine {
     store: SharedStore,
     kinds: HashMap<String, Kind>,
+    /// Ordering keys and rates of the kinds that set them, for every claim.
+    limits: HashMap<String, crate::store::KindLimits>,
     registry: Registry,
     events: Arc<Events>,
     max_backlog: u64,
@@ -210,8 +212,14 @@ impl Engine {
             (completer::PENDING_PER_WORKER * config.queue.workers).max(completer::PENDING_MIN);
         let (outcomes, outcome_rx) = mpsc::channel(pending_bound);
         let shared = store.is_shared();
+        let limits = kinds
+            .iter()
+            .filter(|k| k.limits != Default::default())
+            .map(|k| (k.name.clone(), k.limits))
+            .collect();
         let engine = Arc::new(Engine {
             store,
+            limits,
             kinds: kinds
                 .into_iter()
                 .map(|k| {
@@ -382,6 +390,41 @@ impl Engine {
 
     pub async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, EngineError> {
         Ok(self.store.list(query).await?)
+    }
+
+    /// Up to `want` jobs of `query`'s order that also pass `keep` (a filter
+    /// the store cannot apply, like labels), reading pages of
+    /// `query.limit` rows and at most `max_scan` rows in all. Also returns
+    /// the last row read when the scan stopped at `max_scan` with fewer than
+    /// `want`: a caller resumes after it.
+    pub async fn scan(
+        &self,
+        mut query: ListQuery,
+        want: usize,
+        max_scan: usize,
+        keep: impl Fn(&Job) -> bool,
+    ) -> Result<(Vec<Job>, Option<Uuid>), EngineError> {
+        let mut out = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let page = self.store.list(&query).await?;
+            scanned += page.len();
+            let full = page.len() == query.limit;
+            let last = page.last().map(|j| j.id);
+            for j in page.into_iter().filter(|j| keep(j)) {
+                out.push(j);
+                if out.len() == want {
+                    return Ok((out, None));
+                }
+            }
+            if !full {
+                return Ok((out, None));
+            }
+            if scanned >= max_scan {
+                return Ok((out, last));
+            }
+            query.after = last;
+        }
     }
 
     /// Cancels a job; a running attempt is told to stop.

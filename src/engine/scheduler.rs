@@ -208,6 +208,7 @@ impl Engine {
             run_at: None,
             request_hash: h.finalize().into(),
             created_at: now_micros(),
+            ordering_key: None,
         };
         let out = self.submit(vec![job]).await?.pop();
         let job = match out {

@@ -17,7 +17,8 @@ const SWEEP_BATCH: usize = 1000;
 /// Pruning runs this often, in batches of `SWEEP_BATCH`.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// With a shared store, the state gauges are re-read from it this often
-/// (other instances' transitions move them too).
+/// (other instances' transitions move them too); the ordering-key gauge
+/// too, on every store.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
 
 impl Engine {
@@ -35,8 +36,11 @@ impl Engine {
                 self.prune(now).await;
                 next_prune = add_micros(now, PRUNE_EVERY);
             }
-            if self.shared && now >= next_gauges {
-                self.refresh_gauges().await;
+            if now >= next_gauges {
+                if self.shared {
+                    self.refresh_gauges().await;
+                }
+                self.refresh_keys_waiting().await;
                 next_gauges = add_micros(now, GAUGES_EVERY);
             }
             let sleep_until = match self.store.next_due_at(now).await {
@@ -122,6 +126,28 @@ impl Engine {
                     r.stop.cancel();
                 }
             }
+        }
+    }
+
+    /// Sets the gauge of ordering keys with work waiting, for the kinds
+    /// that have ordering keys.
+    async fn refresh_keys_waiting(&self) {
+        let kinds: Vec<String> = self
+            .limits
+            .iter()
+            .filter(|(_, l)| l.key_concurrency.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if kinds.is_empty() {
+            return;
+        }
+        match self.store.keys_waiting(&kinds).await {
+            Ok(rows) => {
+                for (kind, n) in rows {
+                    self.metrics.set_keys_waiting(&kind, n);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "counting ordering keys failed"),
         }
     }
 

@@ -3,31 +3,53 @@
 
 use std::collections::BTreeMap;
 
+use uuid::Uuid;
+
+use super::ListQuery;
 use crate::job::JobState;
 
 /// The `jobs` columns every row read selects, in the order both stores'
 /// row decoders (and SQLite's INSERT) index them.
 pub const COLS: &str = "id, kind, state, attempt, max_attempts, priority, idempotency_key, \
     request_hash, labels, payload, result, timeout_us, created_at, updated_at, started_at, \
-    finished_at, next_attempt_at, lease_expires_at, last_error, sequence";
+    finished_at, next_attempt_at, lease_expires_at, last_error, sequence, ordering_key";
 
 /// A state as stored: small integers in lifecycle order, so `state >= 3`
 /// means terminal in the partial indexes.
 /// One ListJobs page: only the filters asked for are in the SQL, so each
 /// combination is its own statement with its own index (a generic
 /// `(? IS NULL OR state = ?)` makes the planner scan the table). `mark(n)`
-/// writes the n-th placeholder; parameters are, in order: the id to start
-/// after, then the state if filtered, the kind if filtered, the row limit.
-pub fn list_sql(state: bool, kind: bool, mark: impl Fn(usize) -> String) -> String {
+/// writes the n-th placeholder; parameters are, in order: [`list_start`],
+/// then the state, the kind and the ordering key if filtered, the row limit.
+pub fn list_sql(q: &ListQuery, mark: impl Fn(usize) -> String) -> String {
     let mut n = 1;
-    let mut sql = format!("SELECT {COLS} FROM jobs WHERE id > {}", mark(n));
-    for (on, col) in [(state, "state"), (kind, "kind")] {
+    let (cmp, order) = if q.newest_first {
+        ("<", "DESC")
+    } else {
+        (">", "")
+    };
+    let mut sql = format!("SELECT {COLS} FROM jobs WHERE id {cmp} {}", mark(n));
+    for (on, col) in [
+        (q.state.is_some(), "state"),
+        (q.kind.is_some(), "kind"),
+        (q.ordering_key.is_some(), "ordering_key"),
+    ] {
         if on {
             n += 1;
             sql += &format!(" AND {col} = {}", mark(n));
         }
     }
-    sql + &format!(" ORDER BY id LIMIT {}", mark(n + 1))
+    sql + &format!(" ORDER BY id {order} LIMIT {}", mark(n + 1))
+}
+
+/// Where a page starts: after the previous page's last id, or at the
+/// oldest (newest) end.
+pub fn list_start(q: &ListQuery) -> Uuid {
+    q.after.unwrap_or(if q.newest_first {
+        Uuid::max()
+    } else {
+        Uuid::nil()
+    })
 }
 
 pub fn state_code(s: JobState) -> i16 {

@@ -4,15 +4,17 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use uuid::Uuid;
 
+use super::limits::{self, Bucket, KindBudget};
 use super::{
-    transition, CancelOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome, RetryOutcome,
-    ScheduleRow, StateCounts, Store, StoreError,
+    transition, CancelOutcome, ClaimOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome,
+    RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
 use crate::job::{Job, JobState, Micros, NewJob};
 
@@ -53,6 +55,19 @@ struct Inner {
     bytes: u64,
     paused: BTreeSet<String>,
     schedules: BTreeMap<String, ScheduleRow>,
+    /// Unfinished jobs per (kind, ordering key), for the claim's key check.
+    by_key: HashMap<(String, String), KeyJobs>,
+    /// Rated kinds' token buckets.
+    buckets: HashMap<String, Bucket>,
+}
+
+/// The unfinished jobs of one ordering key.
+#[derive(Default)]
+struct KeyJobs {
+    /// RUNNING or RETRY_WAIT: each holds a place.
+    busy: usize,
+    /// QUEUED, by submit order.
+    queued: BTreeSet<u64>,
 }
 
 impl Inner {
@@ -83,6 +98,23 @@ impl Inner {
                 }
             }
             _ => {}
+        }
+        if let Some(key) = j.ordering_key.as_ref().filter(|_| !j.state.is_terminal()) {
+            let slot = (j.kind.clone(), key.clone());
+            let k = self.by_key.entry(slot.clone()).or_default();
+            match (j.state, add) {
+                (JobState::Queued, true) => {
+                    k.queued.insert(e.seq);
+                }
+                (JobState::Queued, false) => {
+                    k.queued.remove(&e.seq);
+                }
+                (_, true) => k.busy += 1,
+                (_, false) => k.busy -= 1,
+            }
+            if k.busy == 0 && k.queued.is_empty() {
+                self.by_key.remove(&slot);
+            }
         }
         let c = self.counts.entry(j.state).or_default();
         let size = (j.payload.len() + j.result.len()) as u64;
@@ -194,46 +226,107 @@ impl Store for MemoryStore {
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<Job>, StoreError> {
         let g = self.lock()?;
-        let start = match q.after {
-            Some(a) => std::ops::Bound::Excluded(a),
-            None => std::ops::Bound::Unbounded,
+        let range = match q.after {
+            Some(a) if q.newest_first => (Bound::Unbounded, Bound::Excluded(a)),
+            Some(a) => (Bound::Excluded(a), Bound::Unbounded),
+            None => (Bound::Unbounded, Bound::Unbounded),
         };
-        Ok(g.jobs
-            .range((start, std::ops::Bound::Unbounded))
+        let jobs = g.jobs.range(range);
+        let jobs: Box<dyn Iterator<Item = (&Uuid, &Entry)>> = if q.newest_first {
+            Box::new(jobs.rev())
+        } else {
+            Box::new(jobs)
+        };
+        Ok(jobs
             .map(|(_, e)| &e.job)
             .filter(|j| q.state.is_none_or(|s| j.state == s))
             .filter(|j| q.kind.as_ref().is_none_or(|k| &j.kind == k))
+            .filter(|j| {
+                q.ordering_key
+                    .as_ref()
+                    .is_none_or(|k| j.ordering_key.as_ref() == Some(k))
+            })
             .take(q.limit)
             .cloned()
             .collect())
     }
 
-    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
+    async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         let mut g = self.lock()?;
-        let mut caps = req.kinds.clone();
-        let mut picked = Vec::new();
-        for (_, _, id) in g.ready.iter() {
-            if picked.len() >= req.limit {
+        let budgets: HashMap<&str, KindBudget> = req
+            .kinds
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| {
+                let limits = req.limits.get(k).copied().unwrap_or_default();
+                let b = KindBudget::new(
+                    (*n).min(req.limit),
+                    limits,
+                    g.buckets.get(k).copied(),
+                    req.now,
+                );
+                (k.as_str(), b)
+            })
+            .collect();
+        let mut found: HashMap<&str, usize> = HashMap::new();
+        let mut candidates = Vec::new();
+        // Rated kinds read one row past what they may take, to learn whether
+        // the rate held them back.
+        let extra = budgets
+            .values()
+            .filter(|b| b.to_read() > b.allowed())
+            .count();
+        for (_, seq, id) in g.ready.iter() {
+            if candidates.len() >= req.limit + extra {
                 break;
             }
             let job = &g.jobs[id].job;
-            if job.next_attempt_at.is_some() {
+            // Keyed by the request's names: `g` is changed below.
+            let Some((name, b)) = budgets.get_key_value(job.kind.as_str()) else {
+                continue;
+            };
+            let n = found.entry(*name).or_default();
+            if job.next_attempt_at.is_some() || *n >= b.to_read() {
                 continue;
             }
-            if let Some(cap) = caps.get_mut(&job.kind) {
-                if *cap > 0 {
-                    *cap -= 1;
-                    picked.push(*id);
+            if let (Some(max), Some(key)) = (b.limits.key_concurrency, &job.ordering_key) {
+                // Places held: the key's running and retrying jobs, then its
+                // queued ones submitted earlier.
+                let max = max as usize;
+                let held = g
+                    .by_key
+                    .get(&(job.kind.clone(), key.clone()))
+                    .map_or(0, |k| k.busy + k.queued.range(..*seq).take(max).count());
+                if held >= max {
+                    continue;
                 }
             }
+            *n += 1;
+            if *n <= b.allowed() {
+                candidates.push(*id);
+            }
         }
-        Ok(picked
+        candidates.truncate(req.limit);
+        let jobs: Vec<Job> = candidates
             .into_iter()
             .filter_map(|id| {
                 g.update(id, |j| transition::claim(j, req.now, req.lease_slack))
                     .map(|(_, j)| j)
             })
-            .collect())
+            .collect();
+        let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
+        let mut rate_limited = Vec::new();
+        for (kind, b) in &budgets {
+            let got = taken.get(*kind).copied().unwrap_or(0);
+            let (bucket, wake) = b.settle(found.get(kind).copied().unwrap_or(0), got, req.now);
+            if let Some(bucket) = bucket {
+                g.buckets.insert(kind.to_string(), bucket);
+            }
+            if let Some(at) = wake {
+                rate_limited.push((kind.to_string(), at));
+            }
+        }
+        Ok(ClaimOutcome { jobs, rate_limited })
     }
 
     async fn finish(
@@ -329,6 +422,17 @@ impl Store for MemoryStore {
             *m.entry((e.job.state, e.job.kind.clone())).or_default() += 1;
         }
         Ok(m.into_iter().map(|((s, k), n)| (s, k, n)).collect())
+    }
+
+    async fn keys_waiting(&self, kinds: &[String]) -> Result<Vec<(String, u64)>, StoreError> {
+        let g = self.lock()?;
+        let mut m: BTreeMap<String, u64> = kinds.iter().map(|k| (k.clone(), 0)).collect();
+        for ((kind, _), k) in &g.by_key {
+            if let Some(n) = m.get_mut(kind).filter(|_| !k.queued.is_empty()) {
+                *n += 1;
+            }
+        }
+        Ok(m.into_iter().collect())
     }
 
     async fn count_failed_by_kind(&self) -> Result<Vec<(String, u64)>, StoreError> {

@@ -5,6 +5,7 @@
 //! [`transition`] so that every implementation applies the same ones.
 
 pub mod codec;
+pub mod limits;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;
@@ -19,6 +20,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::job::{Job, JobState, Micros, NewJob};
+pub use limits::{KindLimits, RateLimit};
 
 /// Why a store operation failed. None of these is the client's fault.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +128,17 @@ pub struct ClaimRequest {
     pub kinds: HashMap<String, usize>,
     /// Added to each job's timeout to form its lease.
     pub lease_slack: Duration,
+    /// Ordering keys and rate limits of the kinds that set them.
+    pub limits: HashMap<String, KindLimits>,
+}
+
+/// What a claim took, and which kinds its rate limit held back.
+#[derive(Debug, Clone, Default)]
+pub struct ClaimOutcome {
+    pub jobs: Vec<Job>,
+    /// Kinds with jobs left QUEUED for want of tokens, each with when its
+    /// bucket next holds one (the dispatcher claims again then).
+    pub rate_limited: Vec<(String, Micros)>,
 }
 
 /// A page of ListJobs.
@@ -133,9 +146,12 @@ pub struct ClaimRequest {
 pub struct ListQuery {
     pub state: Option<JobState>,
     pub kind: Option<String>,
-    /// Jobs with an id greater than this (the previous page's last id).
+    pub ordering_key: Option<String>,
+    /// Jobs after this id in the page order (the previous page's last id).
     pub after: Option<Uuid>,
     pub limit: usize,
+    /// Newest first (descending id) instead of oldest first.
+    pub newest_first: bool,
 }
 
 /// A transition some instance made, as a shared store announces it.
@@ -179,7 +195,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError>;
     /// QUEUED jobs that are due -> RUNNING, highest priority first, then
     /// oldest; each gets a new attempt number (its fencing token) and a lease.
-    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Job>, StoreError>;
+    /// Kinds in `req.limits` are held to their ordering keys and rates
+    /// inside the same commit (see [`limits`]).
+    async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError>;
     /// Ends attempt `attempt` of a RUNNING job. `None` when the job is no
     /// longer RUNNING that attempt (cancelled, or a stale lease): fencing.
     async fn finish(
@@ -221,6 +239,9 @@ pub trait Store: Send + Sync + 'static {
     async fn counts(&self) -> Result<StateCounts, StoreError>;
     /// Unfinished jobs by state and kind (to start the metrics' gauges).
     async fn count_by_kind(&self) -> Result<Vec<(JobState, String, u64)>, StoreError>;
+    /// Distinct ordering keys with QUEUED jobs, for each of `kinds` (a
+    /// gauge of keys with work waiting).
+    async fn keys_waiting(&self, kinds: &[String]) -> Result<Vec<(String, u64)>, StoreError>;
     /// FAILED jobs by kind (ListKinds; kept apart from [`Store::count_by_kind`],
     /// which the gauges re-read often, because dead jobs can be many).
     async fn count_failed_by_kind(&self) -> Result<Vec<(String, u64)>, StoreError>;

@@ -9,6 +9,7 @@
 //! connections on the blocking thread pool; WAL lets them run beside the
 //! writer.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -20,9 +21,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use uuid::Uuid;
 
 use super::codec::{self, decode_labels, encode_labels, COLS};
+use super::limits::{self, Bucket, KindBudget};
 use super::{
-    transition, CancelOutcome, ClaimRequest, Finish, FinishResults, InsertOutcome, ListQuery,
-    Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
+    transition, CancelOutcome, ClaimOutcome, ClaimRequest, Finish, FinishResults, InsertOutcome,
+    ListQuery, Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
 use crate::job::{Job, JobState, Micros, NewJob};
 
@@ -42,6 +44,23 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// planner would pick `jobs_state_id` and sort every QUEUED row per claim.
 /// Once applied, a migration is never edited: changes are new entries.
 ///
+/// One kind's claimable jobs (`?1` kind, `?2` rows).
+const CLAIM_KIND: &str = "SELECT priority, seq, id FROM jobs INDEXED BY jobs_ready_kind \
+     WHERE state = 0 AND next_attempt_at IS NULL AND kind = ?1 \
+     ORDER BY priority DESC, seq LIMIT ?2";
+
+/// [`CLAIM_KIND`] for a kind with ordering keys: a keyed job is claimable
+/// while its key's places held (RUNNING and RETRY_WAIT jobs, then QUEUED
+/// ones submitted before it) are fewer than `?3`. Each count stops at `?3`
+/// rows of `jobs_key`, so a long key costs no more than a short one.
+const CLAIM_KEYED: &str = "SELECT priority, seq, id FROM jobs AS j INDEXED BY jobs_ready_kind \
+     WHERE state = 0 AND next_attempt_at IS NULL AND kind = ?1 AND (ordering_key IS NULL OR \
+       (SELECT COUNT(*) FROM (SELECT 1 FROM jobs AS p INDEXED BY jobs_key WHERE p.kind = ?1 \
+          AND p.ordering_key = j.ordering_key AND p.state IN (1, 2) LIMIT ?3)) \
+     + (SELECT COUNT(*) FROM (SELECT 1 FROM jobs AS p INDEXED BY jobs_key WHERE p.kind = ?1 \
+          AND p.ordering_key = j.ordering_key AND p.state = 0 AND p.seq < j.seq LIMIT ?3)) < ?3) \
+     ORDER BY priority DESC, seq LIMIT ?2";
+
 /// Schema versions, applied in order; `PRAGMA user_version` says how many
 /// have run.
 const MIGRATIONS: &[&str] = &[
@@ -104,6 +123,15 @@ CREATE TABLE kind_pauses (kind TEXT PRIMARY KEY, paused_at INTEGER NOT NULL);
 CREATE TABLE schedules (id TEXT PRIMARY KEY, next_fire_at INTEGER NOT NULL,
   paused INTEGER NOT NULL DEFAULT 0, last_job_id TEXT);
 "#,
+    r#"
+-- v7: ordering keys. A claim checks a keyed job against the unfinished
+-- jobs of its key (kind, key): jobs_key finds those few rows by key, in
+-- submit order, without touching the rest of the queue. jobs_key_id serves
+-- ListJobs filtered by key.
+ALTER TABLE jobs ADD COLUMN ordering_key TEXT;
+CREATE INDEX jobs_key ON jobs (kind, ordering_key, state, seq) WHERE ordering_key IS NOT NULL;
+CREATE INDEX jobs_key_id ON jobs (ordering_key, id) WHERE ordering_key IS NOT NULL;
+"#,
 ];
 
 fn state_code(s: JobState) -> i64 {
@@ -152,6 +180,7 @@ fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
         last_error: r.get(18)?,
         sequence: r.get::<_, i64>(19)? as u64,
         ready_at: None,
+        ordering_key: r.get(20)?,
     })
 }
 
@@ -189,6 +218,9 @@ struct WriterState {
     /// QUEUED + RETRY_WAIT, kept here so the backlog check on every submit
     /// does not count rows. Recounted after a failed commit.
     waiting: i64,
+    /// Rated kinds' token buckets (one process claims from this file, so
+    /// they live here; a restart starts them full).
+    buckets: HashMap<String, Bucket>,
 }
 
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -275,7 +307,16 @@ impl SqliteStore {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("jobd-sqlite-writer".into())
-            .spawn(move || writer_loop(conn, rx, WriterState { waiting }))
+            .spawn(move || {
+                writer_loop(
+                    conn,
+                    rx,
+                    WriterState {
+                        waiting,
+                        buckets: HashMap::new(),
+                    },
+                )
+            })
             .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
         Ok(SqliteStore {
             path,
@@ -580,7 +621,7 @@ fn insert_one(
     let job = new.into_job();
     tx.prepare_cached(&format!(
         "INSERT INTO jobs ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)"
+         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -604,6 +645,7 @@ fn insert_one(
             job.lease_expires_at,
             job.last_error,
             job.sequence as i64,
+            job.ordering_key,
         ])
     })
     .map_err(map_err)?;
@@ -638,8 +680,8 @@ impl Store for SqliteStore {
     async fn list(&self, q: &ListQuery) -> Result<Vec<Job>, StoreError> {
         let q = q.clone();
         self.read(move |c| {
-            let after = q.after.map(|u| u.as_bytes().to_vec()).unwrap_or_default();
-            let sql = codec::list_sql(q.state.is_some(), q.kind.is_some(), |n| format!("?{n}"));
+            let after = codec::list_start(&q).as_bytes().to_vec();
+            let sql = codec::list_sql(&q, |n| format!("?{n}"));
             let mut s = c.prepare_cached(&sql)?;
             let mut params: Vec<&dyn rusqlite::ToSql> = vec![&after];
             let state = q.state.map(state_code);
@@ -647,6 +689,9 @@ impl Store for SqliteStore {
                 params.push(st);
             }
             if let Some(k) = &q.kind {
+                params.push(k);
+            }
+            if let Some(k) = &q.ordering_key {
                 params.push(k);
             }
             let limit = q.limit as i64;
@@ -657,42 +702,74 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
+    async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         let req = req.clone();
         self.write(move |tx, st| {
-            // Each kind's own queue, up to its free slots; then the
-            // best `limit` of those by priority and age.
-            let mut candidates: Vec<(i32, i64, Vec<u8>)> = Vec::new();
-            {
-                let mut s = tx
-                    .prepare_cached(
-                        "SELECT priority, seq, id FROM jobs INDEXED BY jobs_ready_kind \
-                         WHERE state = 0 AND next_attempt_at IS NULL AND kind = ?1 \
-                         ORDER BY priority DESC, seq LIMIT ?2",
-                    )
-                    .map_err(map_err)?;
-                for (kind, cap) in req.kinds.iter().filter(|(_, n)| **n > 0) {
-                    let n = (*cap).min(req.limit) as i64;
-                    let rows = s
-                        .query_map(params![kind, n], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .map_err(map_err)?;
-                    for r in rows {
-                        candidates.push(r.map_err(map_err)?);
+            // Each kind's own queue, up to its free slots (and tokens); then
+            // the best `limit` of those by priority and age.
+            let mut candidates = Vec::new();
+            let mut budgets = Vec::new();
+            for (kind, cap) in req.kinds.iter().filter(|(_, n)| **n > 0) {
+                let limits = req.limits.get(kind).copied().unwrap_or_default();
+                let b = KindBudget::new(
+                    (*cap).min(req.limit),
+                    limits,
+                    st.buckets.get(kind).copied(),
+                    req.now,
+                );
+                let row = |r: &Row<'_>| {
+                    Ok((
+                        r.get::<_, i32>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                };
+                let read = b.to_read() as i64;
+                let mut s;
+                let rows = match limits.key_concurrency {
+                    Some(max) => {
+                        s = tx.prepare_cached(CLAIM_KEYED).map_err(map_err)?;
+                        s.query_map(params![kind, read, max], row)
+                    }
+                    None => {
+                        s = tx.prepare_cached(CLAIM_KIND).map_err(map_err)?;
+                        s.query_map(params![kind, read], row)
                     }
                 }
+                .map_err(map_err)?;
+                let mut found = 0;
+                for r in rows {
+                    let (prio, seq, id) = r.map_err(map_err)?;
+                    found += 1;
+                    if found <= b.allowed() {
+                        candidates.push((prio, seq, kind.clone(), id));
+                    }
+                }
+                budgets.push((kind.clone(), b, found));
             }
-            candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            candidates.truncate(req.limit);
-            let picked = candidates
+            let picked = limits::pick(candidates, req.limit)
                 .into_iter()
-                .map(|(_, _, id)| {
+                .map(|(_, id)| {
                     Uuid::from_slice(&id).map_err(|e| StoreError::Corrupt(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            transition_all(tx, st, picked, |j| {
+            let jobs = transition_all(tx, st, picked, |j| {
                 transition::claim(j, req.now, req.lease_slack);
                 true
-            })
+            })?;
+            let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
+            let mut rate_limited = Vec::new();
+            for (kind, b, found) in budgets {
+                let got = taken.get(&kind).copied().unwrap_or(0);
+                let (bucket, wake) = b.settle(found, got, req.now);
+                if let Some(at) = wake {
+                    rate_limited.push((kind.clone(), at));
+                }
+                if let Some(bucket) = bucket {
+                    st.buckets.insert(kind, bucket);
+                }
+            }
+            Ok(ClaimOutcome { jobs, rate_limited })
         })
         .await
     }
@@ -835,6 +912,24 @@ impl Store for SqliteStore {
                 Ok((state_from(r.get(0)?)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
             })?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn keys_waiting(&self, kinds: &[String]) -> Result<Vec<(String, u64)>, StoreError> {
+        let kinds = kinds.to_vec();
+        self.read(move |c| {
+            let mut s = c.prepare_cached(
+                "SELECT COUNT(DISTINCT ordering_key) FROM jobs INDEXED BY jobs_key \
+                 WHERE kind = ?1 AND ordering_key IS NOT NULL AND state = 0",
+            )?;
+            kinds
+                .into_iter()
+                .map(|k| {
+                    let n: i64 = s.query_row([&k], |r| r.get(0))?;
+                    Ok((k, n as u64))
+                })
+                .collect()
         })
         .await
     }
@@ -1030,25 +1125,53 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut c = Connection::open(dir.path().join("t.db")).unwrap();
         migrate(&mut c).unwrap();
-        for (state, kind, index) in [
-            (false, false, "sqlite_autoindex_jobs_1 (id>?)"),
-            (true, false, "jobs_state_id (state=? AND id>?)"),
-            (false, true, "jobs_kind_id (kind=? AND id>?)"),
+        let q = |state: bool, kind: bool, key: bool, newest_first: bool| ListQuery {
+            state: state.then_some(JobState::Queued),
+            kind: kind.then(|| "k".to_string()),
+            ordering_key: key.then(|| "o".to_string()),
+            newest_first,
+            ..Default::default()
+        };
+        for (query, index) in [
             (
-                true,
-                true,
+                q(false, false, false, false),
+                "sqlite_autoindex_jobs_1 (id>?)",
+            ),
+            (
+                q(false, false, false, true),
+                "sqlite_autoindex_jobs_1 (id<?)",
+            ),
+            (
+                q(true, false, false, false),
+                "jobs_state_id (state=? AND id>?)",
+            ),
+            (
+                q(true, false, false, true),
+                "jobs_state_id (state=? AND id<?)",
+            ),
+            (
+                q(false, true, false, false),
+                "jobs_kind_id (kind=? AND id>?)",
+            ),
+            (
+                q(true, true, false, false),
                 "jobs_kind_state_id (kind=? AND state=? AND id>?)",
             ),
+            (
+                q(false, false, true, true),
+                "jobs_key_id (ordering_key=? AND id<?)",
+            ),
         ] {
-            let sql = codec::list_sql(state, kind, |n| format!("?{n}"));
+            let sql = codec::list_sql(&query, |n| format!("?{n}"));
+            let n = 2
+                + query.state.is_some() as usize
+                + query.kind.is_some() as usize
+                + query.ordering_key.is_some() as usize;
             let plan: Vec<String> = c
                 .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .unwrap()
                 .query_map(
-                    rusqlite::params_from_iter(vec![
-                        rusqlite::types::Value::Null;
-                        2 + state as usize + kind as usize
-                    ]),
+                    rusqlite::params_from_iter(vec![rusqlite::types::Value::Null; n]),
                     |r| r.get::<_, String>(3),
                 )
                 .unwrap()
@@ -1094,7 +1217,7 @@ mod tests {
             };
             raw.execute_batch(&format!(
                 "DELETE FROM jobs; INSERT INTO jobs ({COLS}) VALUES ({}, {}, {}, {}, 1, 0, NULL, \
-                 {}, x'', x'', x'', 0, 0, 0, NULL, NULL, NULL, NULL, '', 0)",
+                 {}, x'', x'', x'', 0, 0, 0, NULL, NULL, NULL, NULL, '', 0, NULL)",
                 v("id"),
                 v("kind"),
                 v("state"),

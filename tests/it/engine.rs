@@ -16,8 +16,8 @@ use jobd::job::{now_micros, Job, JobState, Micros, NewJob};
 use jobd::metrics::Metrics;
 use jobd::store::memory::MemoryStore;
 use jobd::store::{
-    CancelOutcome, ClaimRequest, Finish, FinishResults, InsertOutcome, ListQuery, Outcome,
-    SharedStore, StateCounts, Store, StoreError,
+    CancelOutcome, ClaimOutcome, ClaimRequest, Finish, FinishResults, InsertOutcome, ListQuery,
+    Outcome, SharedStore, StateCounts, Store, StoreError,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -62,7 +62,7 @@ impl Store for GatedStore {
     async fn list(&self, query: &ListQuery) -> Result<Vec<Job>, StoreError> {
         self.inner.list(query).await
     }
-    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
+    async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         self.inner.claim(req).await
     }
     async fn finish(
@@ -104,6 +104,9 @@ impl Store for GatedStore {
     }
     async fn count_by_kind(&self) -> Result<Vec<(JobState, String, u64)>, StoreError> {
         self.inner.count_by_kind().await
+    }
+    async fn keys_waiting(&self, kinds: &[String]) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.keys_waiting(kinds).await
     }
     async fn count_failed_by_kind(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.inner.count_failed_by_kind().await
@@ -208,6 +211,7 @@ async fn submit(engine: &Engine, n: usize) -> Vec<Uuid> {
             run_at: None,
             request_hash: [0; 32],
             created_at: now_micros(),
+            ordering_key: None,
         })
         .collect();
     let ids = jobs.iter().map(|j| j.id).collect();

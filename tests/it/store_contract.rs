@@ -24,6 +24,7 @@ fn new_job(kind: &str, priority: i32) -> NewJob {
         run_at: None,
         request_hash: [7; 32],
         created_at: now_micros(),
+        ordering_key: None,
     }
 }
 
@@ -36,6 +37,7 @@ fn claim_req(limit: usize, kinds: &[(&str, usize)]) -> ClaimRequest {
             .map(|(k, n)| (k.to_string(), *n))
             .collect::<HashMap<_, _>>(),
         lease_slack: Duration::from_secs(30),
+        limits: HashMap::new(),
     }
 }
 
@@ -51,7 +53,7 @@ pub async fn transitions_and_fencing(s: SharedStore) {
     assert_eq!((j.state, j.attempt, j.sequence), (JobState::Queued, 0, 1));
     let got = s.get(j.id).await.unwrap().unwrap();
     assert_eq!(got, j, "round trip keeps every field");
-    let claimed = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap();
+    let claimed = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap().jobs;
     assert_eq!(claimed.len(), 1);
     let c = &claimed[0];
     assert_eq!((c.state, c.attempt, c.sequence), (JobState::Running, 1, 2));
@@ -76,6 +78,7 @@ pub async fn transitions_and_fencing(s: SharedStore) {
         .claim(&claim_req(10, &[("k", 10)]))
         .await
         .unwrap()
+        .jobs
         .pop()
         .unwrap();
     assert_eq!(c2.attempt, 2);
@@ -215,13 +218,14 @@ pub async fn claim_order_kinds_and_backlog(s: SharedStore) {
     let c = insert(&s, new_job("k", 0)).await;
     let d = insert(&s, new_job("other", 9)).await;
     // `other` has no free slot: skipped, not blocking.
-    let got = s.claim(&claim_req(2, &[("k", 5)])).await.unwrap();
+    let got = s.claim(&claim_req(2, &[("k", 5)])).await.unwrap().jobs;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), [b.id, a.id]);
     // Per-kind caps within one claim.
     let got = s
         .claim(&claim_req(10, &[("k", 1), ("other", 1)]))
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     assert_eq!(got.iter().map(|j| j.id).collect::<Vec<_>>(), [d.id, c.id]);
     // Backlog bound: QUEUED + RETRY_WAIT.
     let counts = s.counts().await.unwrap();
@@ -244,7 +248,8 @@ pub async fn busy_kinds_never_crowd_out_others(s: SharedStore) {
     let got = s
         .claim(&claim_req(10, &[("busy", 1), ("quiet", 1)]))
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     let kinds: Vec<&str> = got.iter().map(|j| j.kind.as_str()).collect();
     assert_eq!(
         kinds,
@@ -256,7 +261,8 @@ pub async fn busy_kinds_never_crowd_out_others(s: SharedStore) {
     let got = s
         .claim(&claim_req(1, &[("busy", 5), ("quiet", 5)]))
         .await
-        .unwrap();
+        .unwrap()
+        .jobs;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].kind, "busy");
 }
@@ -271,6 +277,7 @@ pub async fn delayed_jobs_and_due_times(s: SharedStore) {
         .claim(&claim_req(10, &[("k", 10)]))
         .await
         .unwrap()
+        .jobs
         .is_empty());
     assert_eq!(s.next_due_at(now).await.unwrap(), Some(now + 60_000_000));
     let mut later = claim_req(10, &[("k", 10)]);
@@ -278,7 +285,7 @@ pub async fn delayed_jobs_and_due_times(s: SharedStore) {
     // Not claimable until the sweeper releases it.
     assert_eq!(s.release_delayed(now, 10).await.unwrap(), 0);
     assert_eq!(s.release_delayed(later.now, 10).await.unwrap(), 1);
-    let c = s.claim(&later).await.unwrap();
+    let c = s.claim(&later).await.unwrap().jobs;
     assert_eq!(c[0].id, delayed.id);
     assert_eq!(
         c[0].ready_at,
@@ -345,7 +352,7 @@ pub async fn pagination_and_filters(s: SharedStore) {
             kind: Some("five".into()),
             state: Some(JobState::Queued),
             limit: 100,
-            after: None,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -409,7 +416,7 @@ pub async fn finish_many_fences_each_outcome(s: SharedStore) {
     for _ in 0..3 {
         insert(&s, new_job("k", 0)).await;
     }
-    let c = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap();
+    let c = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap().jobs;
     assert_eq!(c.len(), 3);
     let now = now_micros();
     let done = |j: &jobd::job::Job, attempt: u32| store::Finish {
@@ -476,7 +483,7 @@ pub async fn finish_many_fences_each_outcome(s: SharedStore) {
 /// and said so, per id; the backlog bound holds; the job runs again.
 pub async fn retry_requeues_dead_jobs(s: SharedStore) {
     let failed = insert(&s, new_job("k", 0)).await;
-    let c = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap();
+    let c = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap().jobs;
     assert_eq!(c.len(), 1);
     let failed = s
         .finish(
@@ -537,7 +544,7 @@ pub async fn retry_requeues_dead_jobs(s: SharedStore) {
     let again = s.retry(&[failed.id], now, u64::MAX).await.unwrap();
     assert!(matches!(&again[0], RetryOutcome::NotRetryable(_)));
     // It runs again as attempt 1.
-    let c = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap();
+    let c = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap().jobs;
     assert_eq!(c.len(), 3);
     assert!(c.iter().all(|j| j.attempt == 1));
     // The backlog bound: with 1 waiting already allowed, nothing more.

@@ -32,9 +32,10 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::codec::state_code;
+use super::limits::{self, Bucket, KindBudget};
 use super::{
-    transition, CancelOutcome, Change, ClaimRequest, InsertOutcome, ListQuery, Outcome,
-    RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
+    transition, CancelOutcome, Change, ClaimOutcome, ClaimRequest, InsertOutcome, ListQuery,
+    Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
 use crate::config::PostgresConfig;
 use crate::job::{add_micros, now_micros, Job, JobState, Micros, NewJob};
@@ -243,6 +244,94 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// A claim where some kinds have ordering keys or a rate: each such
+    /// kind's claims are serialized across instances (its bucket row, or an
+    /// advisory lock), its queue read with the key check, its bucket
+    /// updated, all in the claim's one transaction.
+    async fn claim_limited(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        let mut kinds: Vec<(&String, usize)> = req
+            .kinds
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (k, (*n).min(req.limit)))
+            .collect();
+        // One lock order for every instance: no deadlock between claims.
+        kinds.sort();
+        let lease = add_micros(req.now, self.lease_ttl);
+        self.run(async {
+            let mut c = pooled(&self.pool).await?;
+            let tx = c.transaction().await?;
+            let mut candidates = Vec::new();
+            let mut budgets = Vec::new();
+            for (kind, cap) in kinds {
+                let limits = req.limits.get(kind).copied().unwrap_or_default();
+                let bucket = match limits.rate {
+                    Some(rate) => {
+                        let init = tx.prepare_cached(sql::RATE_INIT).await?;
+                        tx.execute(&init, &[kind, &f64::from(rate.burst), &req.now])
+                            .await?;
+                        let lock = tx.prepare_cached(sql::RATE_LOCK).await?;
+                        let row = tx.query_one(&lock, &[kind]).await?;
+                        Some(Bucket {
+                            tokens: rows::col(&row, 0)?,
+                            at: rows::col(&row, 1)?,
+                        })
+                    }
+                    None => {
+                        if limits.key_concurrency.is_some() {
+                            let lock = tx.prepare_cached(sql::LOCK_KIND).await?;
+                            tx.execute(&lock, &[kind]).await?;
+                        }
+                        None
+                    }
+                };
+                let b = KindBudget::new(cap, limits, bucket, req.now);
+                let read = b.to_read() as i64;
+                let found = match limits.key_concurrency {
+                    Some(max) => {
+                        let st = tx.prepare_cached(&sql::CLAIM_KEYED).await?;
+                        tx.query(&st, &[kind, &read, &i64::from(max)]).await?
+                    }
+                    None => {
+                        let st = tx.prepare_cached(&sql::CLAIM_KIND).await?;
+                        tx.query(&st, &[kind, &read]).await?
+                    }
+                };
+                for r in found.iter().take(b.allowed()) {
+                    let job = rows::job(r)?;
+                    let seq: i64 = rows::col(r, rows::COLS_LEN)?;
+                    candidates.push((job.priority, seq, kind.clone(), job));
+                }
+                budgets.push((kind, b, found.len()));
+            }
+            let mut jobs = Vec::new();
+            let mut old = Vec::new();
+            for (_, mut j) in limits::pick(candidates, req.limit) {
+                old.push((j.state, j.attempt));
+                transition::claim(&mut j, req.now, req.lease_slack);
+                j.lease_expires_at = Some(lease);
+                jobs.push(j);
+            }
+            sql::save(&self.w, &tx, &jobs, &old).await?;
+            let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
+            let mut rate_limited = Vec::new();
+            for (kind, b, found) in budgets {
+                let got = taken.get(kind).copied().unwrap_or(0);
+                let (bucket, wake) = b.settle(found, got, req.now);
+                if let Some(bucket) = bucket {
+                    let st = tx.prepare_cached(sql::RATE_SAVE).await?;
+                    tx.execute(&st, &[kind, &bucket.tokens, &bucket.at]).await?;
+                }
+                if let Some(at) = wake {
+                    rate_limited.push((kind.clone(), at));
+                }
+            }
+            tx.commit().await?;
+            Ok(ClaimOutcome { jobs, rate_limited })
+        })
+        .await
+    }
+
     /// Locks the rows `sql` selects, applies `f` to each, saves those it
     /// changed, all in one transaction.
     async fn transition_selected(
@@ -366,9 +455,9 @@ impl Store for PostgresStore {
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<Job>, StoreError> {
-        let statement = sql::list(q.state.is_some(), q.kind.is_some());
+        let statement = sql::list(q);
         self.with_statement(&statement, async |c, st| {
-            let after = q.after.unwrap_or(Uuid::nil());
+            let after = crate::store::codec::list_start(q);
             let state = q.state.map(state_code);
             let limit = q.limit.min(i64::MAX as usize) as i64;
             let mut params: Vec<&(dyn ToSql + Sync)> = vec![&after];
@@ -378,13 +467,23 @@ impl Store for PostgresStore {
             if let Some(k) = &q.kind {
                 params.push(k);
             }
+            if let Some(k) = &q.ordering_key {
+                params.push(k);
+            }
             params.push(&limit);
             rows::jobs(&c.query(st, &params).await?)
         })
         .await
     }
 
-    async fn claim(&self, req: &ClaimRequest) -> Result<Vec<Job>, StoreError> {
+    async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        if req
+            .kinds
+            .iter()
+            .any(|(k, n)| *n > 0 && req.limits.contains_key(k))
+        {
+            return self.claim_limited(req).await;
+        }
         // Each kind's own queue, up to its free slots; then the best
         // `limit` of those by priority and age. Rows read but not taken stay
         // QUEUED (their locks end with the transaction).
@@ -395,16 +494,21 @@ impl Store for PostgresStore {
             .map(|(k, n)| (k.as_str(), (*n).min(req.limit) as i64))
             .unzip();
         if kinds.is_empty() || req.limit == 0 {
-            return Ok(Vec::new());
+            return Ok(ClaimOutcome::default());
         }
         let lease = add_micros(req.now, self.lease_ttl);
-        self.transition_selected(&sql::CLAIM, &[&kinds, &caps, &(req.limit as i64)], |j| {
-            transition::claim(j, req.now, req.lease_slack);
-            // The lease is renewed while this instance runs the attempt.
-            j.lease_expires_at = Some(lease);
-            true
+        let jobs = self
+            .transition_selected(&sql::CLAIM, &[&kinds, &caps, &(req.limit as i64)], |j| {
+                transition::claim(j, req.now, req.lease_slack);
+                // The lease is renewed while this instance runs the attempt.
+                j.lease_expires_at = Some(lease);
+                true
+            })
+            .await?;
+        Ok(ClaimOutcome {
+            jobs,
+            rate_limited: Vec::new(),
         })
-        .await
     }
 
     async fn finish(
@@ -503,6 +607,17 @@ impl Store for PostgresStore {
                     rows::col(&r, 1)?,
                     rows::col::<i64>(&r, 2)? as u64,
                 ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn keys_waiting(&self, kinds: &[String]) -> Result<Vec<(String, u64)>, StoreError> {
+        self.with_statement(sql::KEYS_WAITING, async |c, st| {
+            let mut out = Vec::new();
+            for r in c.query(st, &[&kinds]).await? {
+                out.push((rows::col(&r, 0)?, rows::col::<i64>(&r, 1)? as u64));
             }
             Ok(out)
         })

@@ -29,6 +29,10 @@ pub(super) fn state(r: &Row, i: usize) -> Result<JobState, StoreError> {
     state_from_code(s.into()).ok_or_else(|| corrupt("state"))
 }
 
+/// Columns in [`COLS`](crate::store::codec::COLS); a query's own columns
+/// after them start here.
+pub(super) const COLS_LEN: usize = 21;
+
 /// A row of [`COLS`](crate::store::codec::COLS).
 pub(super) fn job(r: &Row) -> Result<Job, StoreError> {
     let hash: Vec<u8> = col(r, 7)?;
@@ -55,6 +59,7 @@ pub(super) fn job(r: &Row) -> Result<Job, StoreError> {
         last_error: col(r, 18)?,
         sequence: col::<i64>(r, 19)?.max(0) as u64,
         ready_at: None,
+        ordering_key: col(r, 20)?,
     })
 }
 
@@ -66,15 +71,17 @@ pub(super) fn jobs(rows: &[Row]) -> Result<Vec<Job>, StoreError> {
 /// now, with the fields a transition changes as they were at that event.
 pub(super) fn event(r: &Row) -> Result<Job, StoreError> {
     let mut j = job(r)?;
-    j.state = state(r, 20)?;
-    j.attempt = col::<i32>(r, 21)?.max(0) as u32;
-    j.updated_at = col(r, 22)?;
-    j.started_at = col(r, 23)?;
-    j.finished_at = col(r, 24)?;
-    j.next_attempt_at = col(r, 25)?;
-    j.lease_expires_at = col(r, 26)?;
-    j.last_error = col(r, 27)?;
-    j.sequence = col::<i64>(r, 28)?.max(0) as u64;
+    // The event's columns follow the job's.
+    let e = COLS_LEN;
+    j.state = state(r, e)?;
+    j.attempt = col::<i32>(r, e + 1)?.max(0) as u32;
+    j.updated_at = col(r, e + 2)?;
+    j.started_at = col(r, e + 3)?;
+    j.finished_at = col(r, e + 4)?;
+    j.next_attempt_at = col(r, e + 5)?;
+    j.lease_expires_at = col(r, e + 6)?;
+    j.last_error = col(r, e + 7)?;
+    j.sequence = col::<i64>(r, e + 8)?.max(0) as u64;
     if j.state != JobState::Succeeded {
         j.result = Bytes::new();
     }

@@ -83,6 +83,18 @@ CREATE TABLE kind_pauses (kind TEXT PRIMARY KEY, paused_at BIGINT NOT NULL);
 CREATE TABLE schedules (id TEXT PRIMARY KEY, next_fire_at BIGINT NOT NULL,
   paused BOOLEAN NOT NULL DEFAULT FALSE, last_job_id UUID);
 "#,
+    r#"
+-- v6: ordering keys and rate limits. A claim checks a keyed job against the
+-- unfinished jobs of its key (kind, key) through jobs_key, in submit order;
+-- jobs_key_id serves ListJobs filtered by key. kind_rates holds each rated
+-- kind's token bucket, shared by every instance (its row lock orders claims
+-- of that kind).
+ALTER TABLE jobs ADD COLUMN ordering_key TEXT;
+CREATE INDEX jobs_key ON jobs (kind, ordering_key, state, seq) WHERE ordering_key IS NOT NULL;
+CREATE INDEX jobs_key_id ON jobs (ordering_key, id) WHERE ordering_key IS NOT NULL;
+CREATE TABLE kind_rates (kind TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL,
+  updated_at BIGINT NOT NULL);
+"#,
 ];
 
 /// An advisory-lock key per schema, so instances on different schemas of

@@ -42,8 +42,8 @@ pub(super) static GET: LazyLock<String> = LazyLock::new(|| select_cols("WHERE id
 
 /// One page of ListJobs, one statement per combination of filters (see
 /// [`crate::store::codec::list_sql`]).
-pub(super) fn list(state: bool, kind: bool) -> String {
-    crate::store::codec::list_sql(state, kind, |n| format!("${n}"))
+pub(super) fn list(q: &crate::store::ListQuery) -> String {
+    crate::store::codec::list_sql(q, |n| format!("${n}"))
 }
 
 /// One job, locked for a transition.
@@ -79,6 +79,56 @@ pub(super) static CLAIM: LazyLock<String> = LazyLock::new(|| {
         prefixed("j")
     )
 });
+
+/// One kind's claimable jobs (`$1` kind, `$2` rows), with `seq` last.
+pub(super) static CLAIM_KIND: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {COLS}, seq FROM jobs WHERE state = 0 AND next_attempt_at IS NULL AND kind = $1 \
+         ORDER BY priority DESC, seq LIMIT $2 FOR UPDATE SKIP LOCKED"
+    )
+});
+
+/// [`CLAIM_KIND`] for a kind with ordering keys: a keyed job is claimable
+/// while its key's places held (RUNNING and RETRY_WAIT jobs, then QUEUED
+/// ones submitted before it) are fewer than `$3`; each count stops at `$3`
+/// rows of `jobs_key`. Claims of the kind are serialized across instances
+/// ([`LOCK_KIND`] or its `kind_rates` row) so two never see the same place
+/// free.
+pub(super) static CLAIM_KEYED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {}, j.seq FROM jobs j \
+         WHERE j.state = 0 AND j.next_attempt_at IS NULL AND j.kind = $1 \
+           AND (j.ordering_key IS NULL OR \
+             (SELECT COUNT(*) FROM (SELECT 1 FROM jobs p WHERE p.kind = $1 \
+                AND p.ordering_key = j.ordering_key AND p.state IN (1, 2) LIMIT $3) b) \
+           + (SELECT COUNT(*) FROM (SELECT 1 FROM jobs p WHERE p.kind = $1 \
+                AND p.ordering_key = j.ordering_key AND p.state = 0 AND p.seq < j.seq LIMIT $3) a) \
+             < $3) \
+         ORDER BY j.priority DESC, j.seq LIMIT $2 FOR UPDATE OF j SKIP LOCKED",
+        prefixed("j")
+    )
+});
+
+/// Serializes claims of kind `$1` (with ordering keys) across instances
+/// until the transaction ends.
+pub(super) const LOCK_KIND: &str =
+    "SELECT pg_advisory_xact_lock(hashtextextended(current_schema() || '/jobd.claim/' || $1, 0))";
+
+/// A rated kind's bucket, made full on first use (`$2` burst, `$3` now).
+pub(super) const RATE_INIT: &str = "INSERT INTO kind_rates (kind, tokens, updated_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (kind) DO NOTHING";
+
+/// A rated kind's bucket, locked: claims of the kind wait for each other.
+pub(super) const RATE_LOCK: &str =
+    "SELECT tokens, updated_at FROM kind_rates WHERE kind = $1 FOR UPDATE";
+
+pub(super) const RATE_SAVE: &str =
+    "UPDATE kind_rates SET tokens = $2, updated_at = $3 WHERE kind = $1";
+
+/// Distinct ordering keys with QUEUED jobs, per kind in `$1`.
+pub(super) const KEYS_WAITING: &str = "SELECT k.kind, (SELECT COUNT(DISTINCT ordering_key) \
+     FROM jobs WHERE kind = k.kind AND ordering_key IS NOT NULL AND state = 0) \
+     FROM unnest($1::text[]) AS k(kind)";
 
 /// Job `$1`'s events after sequence `$2`: the job's columns, then the
 /// event's (decoded by [`rows::event`]).
@@ -172,10 +222,10 @@ SELECT count(pg_notify($15, u.id::text || ':' || u.sequence::text)) FROM u";
 
 const INSERT: &str = "INSERT INTO jobs (id, kind, state, attempt, max_attempts, priority,
     idempotency_key, request_hash, labels, payload, result, timeout_us, created_at, updated_at,
-    next_attempt_at, last_error, sequence)
+    next_attempt_at, last_error, sequence, ordering_key)
   SELECT * FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int4[], $5::int4[], $6::int4[],
     $7::text[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[], $12::int8[], $13::int8[],
-    $14::int8[], $15::int8[], $16::text[], $17::int8[])
+    $14::int8[], $15::int8[], $16::text[], $17::int8[], $18::text[])
   ON CONFLICT DO NOTHING RETURNING id";
 
 fn to_i32(n: u32) -> i32 {
@@ -233,13 +283,14 @@ pub(super) async fn insert_rows(tx: &Tx<'_>, jobs: &[&Job]) -> Result<HashSet<Uu
     let next: Vec<Option<i64>> = jobs.iter().map(|j| j.next_attempt_at).collect();
     let errors: Vec<&str> = jobs.iter().map(|j| j.last_error.as_str()).collect();
     let seqs: Vec<i64> = jobs.iter().map(|j| j.sequence as i64).collect();
+    let okeys: Vec<Option<&str>> = jobs.iter().map(|j| j.ordering_key.as_deref()).collect();
     let st = tx.prepare_cached(INSERT).await?;
     let rows = tx
         .query(
             &st,
             &[
                 &ids, &kinds, &states, &attempts, &max, &prio, &keys, &hashes, &labels, &payloads,
-                &results, &timeouts, &created, &updated, &next, &errors, &seqs,
+                &results, &timeouts, &created, &updated, &next, &errors, &seqs, &okeys,
             ],
         )
         .await?;
