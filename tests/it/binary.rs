@@ -101,6 +101,8 @@ fn bad_config_exits_64_naming_the_key_before_binding() {
         // A result that could not fit in a reply (4 MiB by default).
         ("[kinds.big]\nhandler = \"echo\"\nmax_result_bytes = 9000000\n", "kinds.big.max_result_bytes"),
         ("[kinds.e]\nhandler = \"echo\"\n[[schedules]]\nid = \"s\"\nkind = \"e\"\ncron = \"99 * * * *\"\n", "schedules[0].cron"),
+        ("[kinds.k]\nhandler = \"echo\"\nkey_concurrency = 0\n", "kinds.k.key_concurrency"),
+        ("[kinds.k]\nhandler = \"echo\"\nrate = \"0/s\"\n", "kinds.k.rate"),
         ("[kinds.e]\nhandler = \"echo\"\n[[schedules]]\nid = \"s\"\nkind = \"e\"\ncron = \"* * * * *\"\ntimezone = \"Mars/Base\"\n", "schedules[0].timezone"),
     ] {
         let f = dir.path().join("bad.toml");

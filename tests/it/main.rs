@@ -15,6 +15,7 @@ mod interop;
 mod limits;
 mod operations;
 mod operator;
+mod ordering;
 mod pg;
 mod postgres;
 mod python_worker;
