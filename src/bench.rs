@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// Jobs preloaded by `drain`.
     #[arg(long, default_value_t = 200_000)]
     pub jobs: usize,
+    /// `drain`: spread the jobs over this many ordering keys (round robin),
+    /// to measure claims under `key_concurrency`; 0: no keys.
+    #[arg(long, default_value_t = 0)]
+    pub keys: usize,
     /// Offered submits per second for `e2e`.
     #[arg(long, default_value_t = 200)]
     pub rate: u64,
@@ -405,6 +409,10 @@ async fn drain(a: &BenchArgs, chans: &[Channel]) -> Result<Row, String> {
             .map(|i| proto::SubmitRequest {
                 run_at: Some(prost_types::Timestamp::from(due)),
                 labels: [("bench".to_string(), run.clone())].into(),
+                ordering_key: match a.keys {
+                    0 => String::new(),
+                    k => format!("key-{}", (loaded + i) % k),
+                },
                 ..echo(&a.kind, (loaded + i) as u64)
             })
             .collect();
@@ -437,10 +445,17 @@ async fn drain(a: &BenchArgs, chans: &[Channel]) -> Result<Row, String> {
     for j in &jobs {
         let _ = h.record((micros(&j.finished_at) - first).max(1) as u64);
     }
+    let keys = match a.keys {
+        0 => String::new(),
+        k => format!(" over {k} ordering keys"),
+    };
     let note = if late {
         "WARNING: preload outlasted the start time".into()
     } else {
-        format!("{} jobs, first start to last finish {secs:.2}s", jobs.len())
+        format!(
+            "{} jobs{keys}, first start to last finish {secs:.2}s",
+            jobs.len()
+        )
     };
     Ok(row(
         "drain",
