@@ -32,36 +32,36 @@ pub mod exit {
     pub const USAGE: u8 = 64;
 }
 
+/// How to reach the daemon, and how to print: the client commands' flags
+/// (not `serve`'s, which listens rather than connects).
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection and output")]
 pub struct Common {
     /// Daemon address.
-    #[arg(
-        long,
-        env = "JOBD_ADDR",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
+    #[arg(long, env = "JOBD_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     /// Machine-readable output (one JSON document, or one per line for watch).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub json: bool,
     /// Bearer token, when the daemon has auth on (`submit` for submit,
     /// status, watch, list; `admin` for cancel and the operators' commands).
-    #[arg(long, env = "JOBD_TOKEN", global = true, hide_env_values = true)]
+    #[arg(long, env = "JOBD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// PEM CA bundle that signs the daemon's certificate (implies TLS; an
     /// `https://` address alone uses the system's roots).
-    #[arg(long, env = "JOBD_CA", global = true)]
+    #[arg(long, env = "JOBD_CA")]
     pub ca: Option<std::path::PathBuf>,
-    /// PEM client certificate, for a daemon that requires mTLS (with --key).
-    #[arg(long, env = "JOBD_CERT", global = true, requires = "key")]
+    /// PEM client certificate, for a daemon that requires mTLS (with
+    /// --cert-key).
+    #[arg(long, env = "JOBD_CERT", requires = "cert_key")]
     pub cert: Option<std::path::PathBuf>,
-    /// PEM private key of --cert.
-    #[arg(long, env = "JOBD_KEY", global = true, requires = "cert")]
-    pub key: Option<std::path::PathBuf>,
+    /// PEM private key of --cert (not `--key`: that is `submit`'s
+    /// idempotency key).
+    #[arg(long, env = "JOBD_CERT_KEY", requires = "cert")]
+    pub cert_key: Option<std::path::PathBuf>,
     /// The name to verify the daemon's certificate against (default: the
     /// address's host).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub tls_server_name: Option<String>,
 }
 
@@ -79,7 +79,8 @@ pub enum ClientCommand {
         /// Idempotency key.
         #[arg(long)]
         key: Option<String>,
-        /// Higher runs first among due jobs (may be negative).
+        /// Jobs with a higher priority run first among the jobs that are due
+        /// (may be negative; 0 is the default).
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         priority: i32,
         /// Start no sooner than this from now (e.g. 10s, 5m).
@@ -88,15 +89,22 @@ pub enum ClientCommand {
         /// Per-attempt timeout (e.g. 30s).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
-        /// Attempts in all; 0 means the kind's configured default.
+        /// Attempts in all (1..=100); 0 means the kind's configured
+        /// `max_attempts` (3 unless the config says otherwise).
         #[arg(long, default_value_t = 0)]
         max_attempts: u32,
         /// A label, key=value (repeatable).
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Ordering key: with the kind's `key_concurrency = N`, at most N jobs
+        /// with the same key run at once, in submit order.
+        #[arg(long)]
+        ordering_key: Option<String>,
         /// Wait until the job finishes; exit 4 if it FAILED or was CANCELLED.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        common: Common,
     },
     /// Show a job.
     Status {
@@ -104,16 +112,27 @@ pub enum ClientCommand {
         /// Write the raw result bytes to this file (for binary results).
         #[arg(long)]
         output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        common: Common,
     },
     /// Follow a job until it finishes; exit 4 if it FAILED or was CANCELLED.
-    Watch { id: String },
+    Watch {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Cancel a job.
-    Cancel { id: String },
-    /// List jobs (oldest first).
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List jobs, oldest first (--newest-first for the latest).
     List {
         /// queued, running, retry_wait, succeeded, failed or cancelled.
         #[arg(long, value_parser = parse_state)]
         state: Option<JobState>,
+        /// Only jobs of this kind.
         #[arg(long)]
         kind: Option<String>,
         /// Most jobs to show; a last line says when more exist.
@@ -122,21 +141,53 @@ pub enum ClientCommand {
         /// Every matching job, page after page (no limit).
         #[arg(long, conflicts_with = "limit")]
         all: bool,
+        /// Newest jobs first.
+        #[arg(long)]
+        newest_first: bool,
+        /// Only jobs with this label, key=value (repeatable: all must match).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Only jobs submitted with this ordering key.
+        #[arg(long)]
+        ordering_key: Option<String>,
+        #[command(flatten)]
+        common: Common,
     },
     /// Ask the daemon's health service.
-    Health,
+    Health {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Pause a kind: its jobs are taken but none starts (running ones
     /// finish), on every instance, until `resume`. Exit 3 for an unknown kind.
-    Pause { kind: String },
+    Pause {
+        kind: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Resume a paused kind.
-    Resume { kind: String },
+    Resume {
+        kind: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Every kind: handler, paused, job counts, connected workers.
-    Kinds,
+    Kinds {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Every cron schedule: kind, expression, zone, next fire, paused, last job.
-    Schedules,
+    Schedules {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Fire a schedule once now (whatever its cron, pause or overlap say);
     /// prints the job. Exit 3 for an unknown schedule.
-    Trigger { id: String },
+    Trigger {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Put FAILED (or CANCELLED) jobs back in the queue with their attempts
     /// reset: the ones given by --id, or those matching the filter.
     Retry {
@@ -157,7 +208,29 @@ pub enum ClientCommand {
         /// Most jobs per call (default 1000, at most 10000).
         #[arg(long, default_value_t = 0)]
         limit: u32,
+        #[command(flatten)]
+        common: Common,
     },
+}
+
+impl ClientCommand {
+    /// The connection and output flags every client command carries.
+    pub fn common(&self) -> &Common {
+        match self {
+            ClientCommand::Submit { common, .. }
+            | ClientCommand::Status { common, .. }
+            | ClientCommand::Watch { common, .. }
+            | ClientCommand::Cancel { common, .. }
+            | ClientCommand::List { common, .. }
+            | ClientCommand::Health { common }
+            | ClientCommand::Pause { common, .. }
+            | ClientCommand::Resume { common, .. }
+            | ClientCommand::Kinds { common }
+            | ClientCommand::Schedules { common }
+            | ClientCommand::Trigger { common, .. }
+            | ClientCommand::Retry { common, .. } => common,
+        }
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -243,6 +316,7 @@ pub fn job_json(j: &proto::Job) -> Value {
         "id": j.id, "kind": j.kind, "state": state_name(j.state), "attempt": j.attempt,
         "max_attempts": j.max_attempts, "priority": j.priority,
         "idempotency_key": j.idempotency_key, "labels": j.labels,
+        "ordering_key": j.ordering_key,
         "created_at": ts(&j.created_at), "updated_at": ts(&j.updated_at),
         "started_at": ts(&j.started_at), "finished_at": ts(&j.finished_at),
         "next_attempt_at": ts(&j.next_attempt_at), "last_error": j.last_error,
@@ -278,6 +352,9 @@ fn print_job(j: &proto::Job) {
     println!("priority:     {}", j.priority);
     if !j.idempotency_key.is_empty() {
         println!("key:          {}", printable(&j.idempotency_key, false));
+    }
+    if !j.ordering_key.is_empty() {
+        println!("ordering key: {}", printable(&j.ordering_key, false));
     }
     for (k, v) in &j.labels {
         println!(
@@ -348,7 +425,7 @@ async fn channel_to(common: &Common) -> Result<Channel, Failure> {
             Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?)),
             None => tls.with_enabled_roots(),
         };
-        if let (Some(cert), Some(key)) = (&common.cert, &common.key) {
+        if let (Some(cert), Some(key)) = (&common.cert, &common.cert_key) {
             tls = tls.identity(tonic::transport::Identity::from_pem(
                 read(cert)?,
                 read(key)?,
@@ -586,29 +663,29 @@ fn print_kinds(kinds: &[proto::KindStatus], json: bool) {
 async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
     let mut a = admin_client(common).await?;
     match cmd {
-        ClientCommand::Pause { kind } => {
+        ClientCommand::Pause { kind, .. } => {
             let r = a.pause_kind(proto::PauseKindRequest { kind }).await?;
             print_kinds(
                 &r.into_inner().kind_status.into_iter().collect::<Vec<_>>(),
                 common.json,
             );
         }
-        ClientCommand::Resume { kind } => {
+        ClientCommand::Resume { kind, .. } => {
             let r = a.resume_kind(proto::ResumeKindRequest { kind }).await?;
             print_kinds(
                 &r.into_inner().kind_status.into_iter().collect::<Vec<_>>(),
                 common.json,
             );
         }
-        ClientCommand::Kinds => {
+        ClientCommand::Kinds { .. } => {
             let r = a.list_kinds(proto::ListKindsRequest {}).await?;
             print_kinds(&r.into_inner().kinds, common.json);
         }
-        ClientCommand::Schedules => {
+        ClientCommand::Schedules { .. } => {
             let r = a.list_schedules(proto::ListSchedulesRequest {}).await?;
             print_schedules(&r.into_inner().schedules, common.json);
         }
-        ClientCommand::Trigger { id } => {
+        ClientCommand::Trigger { id, .. } => {
             let r = a
                 .trigger_schedule(proto::TriggerScheduleRequest { id })
                 .await?;
@@ -627,6 +704,7 @@ async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failur
             labels,
             dry_run,
             limit,
+            ..
         } => {
             let filter = ids.is_empty().then(|| proto::RetryFilter {
                 state: state.unwrap_or(JobState::Failed) as i32,
@@ -686,11 +764,11 @@ async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failur
 
 async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
     match cmd {
-        ClientCommand::Health => return health(common).await,
+        ClientCommand::Health { .. } => return health(common).await,
         ClientCommand::Pause { .. }
         | ClientCommand::Resume { .. }
-        | ClientCommand::Kinds
-        | ClientCommand::Schedules
+        | ClientCommand::Kinds { .. }
+        | ClientCommand::Schedules { .. }
         | ClientCommand::Trigger { .. }
         | ClientCommand::Retry { .. } => return execute_admin(cmd, common).await,
         _ => {}
@@ -714,7 +792,9 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             timeout,
             max_attempts,
             labels,
+            ordering_key,
             wait,
+            ..
         } => {
             let payload = match (payload, payload_file.as_deref()) {
                 (Some(p), _) => p.into_bytes(),
@@ -739,7 +819,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
                 run_at: delay
                     .map(|d| prost_types::Timestamp::from(std::time::SystemTime::now() + d)),
                 labels: labels.into_iter().collect(),
-                ..Default::default()
+                ordering_key: ordering_key.unwrap_or_default(),
             };
             let r = c.submit(req).await?.into_inner();
             let job = r.job.unwrap_or_default();
@@ -767,7 +847,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             }
             follow_to_end(&mut c, &job.id, common.json).await
         }
-        ClientCommand::Status { id, output } => {
+        ClientCommand::Status { id, output, .. } => {
             let j = c
                 .get_status(proto::GetStatusRequest { id })
                 .await?
@@ -782,8 +862,8 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             print(&j);
             Ok(exit::OK)
         }
-        ClientCommand::Watch { id } => follow_to_end(&mut c, &id, common.json).await,
-        ClientCommand::Cancel { id } => {
+        ClientCommand::Watch { id, .. } => follow_to_end(&mut c, &id, common.json).await,
+        ClientCommand::Cancel { id, .. } => {
             let j = c
                 .cancel(proto::CancelRequest { id })
                 .await?
@@ -798,7 +878,17 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             kind,
             limit,
             all,
+            newest_first,
+            labels,
+            ordering_key,
+            ..
         } => {
+            let labels: std::collections::HashMap<String, String> = labels.into_iter().collect();
+            let order = if newest_first {
+                proto::ListJobsOrder::NewestFirst
+            } else {
+                proto::ListJobsOrder::OldestFirst
+            };
             let limit = if all { usize::MAX } else { limit as usize };
             let mut jobs = Vec::new();
             let mut token = String::new();
@@ -810,7 +900,9 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
                         kind: kind.clone().unwrap_or_default(),
                         page_size: (limit - jobs.len()).min(1000) as u32,
                         page_token: token,
-                        ..Default::default()
+                        ordering_key: ordering_key.clone().unwrap_or_default(),
+                        labels: labels.clone(),
+                        order: order as i32,
                     })
                     .await?
                     .into_inner();
@@ -849,18 +941,19 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             }
             Ok(exit::OK)
         }
-        ClientCommand::Health => health(common).await,
+        ClientCommand::Health { .. } => health(common).await,
         ClientCommand::Pause { .. }
         | ClientCommand::Resume { .. }
-        | ClientCommand::Kinds
-        | ClientCommand::Schedules
+        | ClientCommand::Kinds { .. }
+        | ClientCommand::Schedules { .. }
         | ClientCommand::Trigger { .. }
         | ClientCommand::Retry { .. } => execute_admin(cmd, common).await,
     }
 }
 
 /// Runs one client command; returns the process exit code.
-pub async fn run(cmd: ClientCommand, common: Common) -> u8 {
+pub async fn run(cmd: ClientCommand) -> u8 {
+    let common = cmd.common().clone();
     match execute(cmd, &common).await {
         Ok(code) => code,
         Err(Failure(code, msg)) => {

@@ -15,8 +15,6 @@ const EX_USAGE: u8 = 64;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    common: jobd::client::Common,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,6 +47,9 @@ enum Command {
     /// JSON with --json), environment and flags applied, secrets redacted.
     CheckConfig {
         file: PathBuf,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
         /// gRPC listen address.
         #[arg(long, env = "JOBD_LISTEN")]
         listen: Option<String>,
@@ -64,6 +65,12 @@ enum Command {
     /// Be a remote worker: run COMMAND once per job of the given kinds
     /// (declared handler = "remote"): payload on stdin, stdout is the result.
     Work {
+        /// Daemon address.
+        #[arg(long, env = "JOBD_ADDR", default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// Bearer token (`worker` or `admin`), when the daemon has auth on.
+        #[arg(long, env = "JOBD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// A kind to serve (repeatable).
         #[arg(long = "kind", required = true)]
         kinds: Vec<String>,
@@ -81,7 +88,16 @@ enum Command {
         command: Vec<String>,
     },
     /// Load-test a running daemon (see README "Benchmarks").
-    Bench(jobd::bench::BenchArgs),
+    Bench {
+        /// Daemon address.
+        #[arg(long, env = "JOBD_ADDR", default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        args: jobd::bench::BenchArgs,
+    },
 }
 
 /// The config from file, environment and flags, checked and resolved once.
@@ -137,7 +153,7 @@ fn main() -> ExitCode {
         }
     }
     match cli.command {
-        Command::Bench(args) => {
+        Command::Bench { addr, json, args } => {
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -145,9 +161,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(jobd::bench::run(&args, &cli.common.addr)) {
+            match rt.block_on(jobd::bench::run(&args, &addr)) {
                 Ok(rows) => {
-                    if cli.common.json {
+                    if json {
                         println!("{}", jobd::bench::to_json(&rows));
                     } else {
                         jobd::bench::print_table(&rows);
@@ -161,6 +177,8 @@ fn main() -> ExitCode {
             }
         }
         Command::Work {
+            addr,
+            token,
             kinds,
             max_in_flight,
             kill_grace,
@@ -175,9 +193,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let mut opts = jobd::worker::WorkerOptions::new(&cli.common.addr, kinds);
+            let mut opts = jobd::worker::WorkerOptions::new(&addr, kinds);
             opts.max_in_flight = max_in_flight;
-            opts.token = cli.common.token.clone();
+            opts.token = token;
             let r = rt.block_on(async {
                 let shutdown = jobd::Shutdown::on_signals()
                     .map_err(|e| jobd::worker::WorkerError::Options(e.to_string()))?;
@@ -209,10 +227,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            ExitCode::from(rt.block_on(jobd::client::run(cmd, cli.common)))
+            ExitCode::from(rt.block_on(jobd::client::run(cmd)))
         }
         Command::CheckConfig {
             file,
+            json,
             listen,
             admin_listen,
             store,
@@ -221,7 +240,7 @@ fn main() -> ExitCode {
                 for warning in jobd::server::warnings(&prepared.config) {
                     eprintln!("jobd: warning: {warning}");
                 }
-                let text = if cli.common.json {
+                let text = if json {
                     serde_json::to_string_pretty(&prepared.config).map_err(|e| e.to_string())
                 } else {
                     toml::to_string(&prepared.config).map_err(|e| e.to_string())
