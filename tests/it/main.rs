@@ -17,6 +17,7 @@ mod operations;
 mod operator;
 mod pg;
 mod postgres;
+mod python_client;
 mod python_worker;
 mod remote;
 mod schedules;
