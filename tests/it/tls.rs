@@ -8,14 +8,15 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::helpers::*;
 
-struct Pki {
-    ca_pem: String,
+/// A test CA (also used by the HTTPS webhook tests).
+pub(crate) struct Pki {
+    pub(crate) ca_pem: String,
     ca_params: CertificateParams,
     ca_key: KeyPair,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -28,7 +29,7 @@ impl Pki {
     }
 
     /// (cert PEM, key PEM) signed by this CA.
-    fn leaf(&self, names: &[&str]) -> (String, String) {
+    pub(crate) fn leaf(&self, names: &[&str]) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
