@@ -528,3 +528,61 @@ async fn serve_exits_promptly_after_its_last_log_line() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `RUST_LOG=jobd=debug`, as the README recommends: a line in each RPC's
+/// span with its code, and a failed attempt's error text in the attempt's
+/// span; none of the HTTP/2 libraries' frame dumps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_show_rpc_spans_and_attempt_errors() {
+    let port = free_port();
+    let mut child = Command::new(bin())
+        .args(["serve", "--store", "memory:", "--admin-listen", "off"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "jobd=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut c = None;
+    for _ in 0..500 {
+        if let Ok(ch) = tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            c = Some(jobd::proto::job_service_client::JobServiceClient::new(ch));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = c.expect("daemon started");
+    let mut r = req("fail", "permanent");
+    r.max_attempts = 1;
+    let job = submit(&mut c, r).await;
+    wait_for(&mut c, &job.id, |s| s == JobState::Failed).await;
+    let refused = c.submit(req("no-such-kind", "")).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::InvalidArgument);
+    drop(c);
+    signal(&child, "-TERM");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        log
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.contains("rpc{method=/jobd.v1.JobService/Submit}")
+            && out.contains("code=\"INVALID_ARGUMENT\""),
+        "{out}"
+    );
+    let attempt = format!("attempt{{job={} kind=fail attempt=1}}", job.id);
+    assert!(
+        out.lines().any(|l| l.contains(&attempt)
+            && l.contains("attempt failed error=fail: permanent failure requested")),
+        "{out}"
+    );
+    assert!(!out.contains("h2::"), "frame dumps at jobd=debug:\n{out}");
+}
