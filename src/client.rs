@@ -15,6 +15,41 @@ use tonic_types::StatusExt;
 use crate::api::convert::state_from_proto;
 use crate::proto::{self, job_service_client::JobServiceClient, JobState};
 
+/// `println!` for the client's output: when stdout's reader is gone
+/// (`jobd list | head -2`) the process ends as Unix tools do, killed by
+/// SIGPIPE, instead of panicking. SIGPIPE itself stays ignored, so a
+/// daemon that closes the connection is an error to report, not a silent
+/// death.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::client::emit(format_args!($($arg)*)) };
+}
+
+/// Writes one line to stdout (see [`out!`]).
+pub fn emit(args: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    let r = o.write_fmt(args).and_then(|()| o.write_all(b"\n"));
+    match r {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => die_of_sigpipe(),
+        Err(e) => {
+            eprintln!("jobd: cannot write to stdout: {e}");
+            std::process::exit(i32::from(exit::ERROR));
+        }
+    }
+}
+
+/// Ends the process by SIGPIPE, the status a shell reports for a Unix tool
+/// whose reader went away (141).
+fn die_of_sigpipe() -> ! {
+    // SAFETY: signal(2) and raise(3) have no memory-safety preconditions;
+    // with the default action restored, raise does not return.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(141)
+}
+
 /// Exit codes of the client commands.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -252,6 +287,21 @@ struct Failure(u8, String);
 
 impl From<Status> for Failure {
     fn from(s: Status) -> Self {
+        // A transport error (the connection broke: e.g. a TLS alert from a
+        // daemon that wants a client certificate) has no status from the
+        // daemon; its cause is in the source chain.
+        if let Some(source) = std::error::Error::source(&s) {
+            let mut msg = format!("the connection to jobd failed: {source}");
+            let mut next = source.source();
+            while let Some(e) = next {
+                let text = e.to_string();
+                if !msg.contains(&text) {
+                    msg.push_str(&format!(": {text}"));
+                }
+                next = e.source();
+            }
+            return Failure(exit::UNAVAILABLE, msg);
+        }
         let code = match s.code() {
             Code::NotFound => exit::NOT_FOUND,
             Code::Unavailable => exit::UNAVAILABLE,
@@ -345,37 +395,37 @@ fn print_job(j: &proto::Job) {
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".into())
     };
-    println!("id:           {}", j.id);
-    println!("kind:         {}", j.kind);
-    println!("state:        {}", state_name(j.state));
-    println!("attempt:      {} of {}", j.attempt, j.max_attempts);
-    println!("priority:     {}", j.priority);
+    out!("id:           {}", j.id);
+    out!("kind:         {}", j.kind);
+    out!("state:        {}", state_name(j.state));
+    out!("attempt:      {} of {}", j.attempt, j.max_attempts);
+    out!("priority:     {}", j.priority);
     if !j.idempotency_key.is_empty() {
-        println!("key:          {}", printable(&j.idempotency_key, false));
+        out!("key:          {}", printable(&j.idempotency_key, false));
     }
     if !j.ordering_key.is_empty() {
-        println!("ordering key: {}", printable(&j.ordering_key, false));
+        out!("ordering key: {}", printable(&j.ordering_key, false));
     }
     for (k, v) in &j.labels {
-        println!(
+        out!(
             "label:        {}={}",
             printable(k, false),
             printable(v, false)
         );
     }
-    println!("created:      {}", show(&j.created_at));
-    println!("started:      {}", show(&j.started_at));
-    println!("finished:     {}", show(&j.finished_at));
+    out!("created:      {}", show(&j.created_at));
+    out!("started:      {}", show(&j.started_at));
+    out!("finished:     {}", show(&j.finished_at));
     if j.next_attempt_at.is_some() {
-        println!("next attempt: {}", show(&j.next_attempt_at));
+        out!("next attempt: {}", show(&j.next_attempt_at));
     }
     if !j.last_error.is_empty() {
-        println!("last error:   {}", printable(&j.last_error, true));
+        out!("last error:   {}", printable(&j.last_error, true));
     }
     if !j.result.is_empty() {
         match std::str::from_utf8(&j.result) {
-            Ok(text) => println!("result:       {}", printable(text.trim_end(), true)),
-            Err(_) => println!(
+            Ok(text) => out!("result:       {}", printable(text.trim_end(), true)),
+            Err(_) => out!(
                 "result:       {} bytes, not UTF-8 text (--output FILE writes them, --json shows base64)",
                 j.result.len()
             ),
@@ -487,9 +537,9 @@ async fn follow(c: &mut JobClient, id: &str, json: bool) -> Result<proto::Job, F
                 Some(ev) => {
                     let job = ev.job.unwrap_or_default();
                     if json {
-                        println!("{}", json!({ "sequence": ev.sequence, "job": job_json(&job) }));
+                        out!("{}", json!({ "sequence": ev.sequence, "job": job_json(&job) }));
                     } else if !live {
-                        println!("{} {} attempt={}", ts(&job.updated_at).as_str().unwrap_or("-"), state_name(job.state), job.attempt);
+                        out!("{} {} attempt={}", ts(&job.updated_at).as_str().unwrap_or("-"), state_name(job.state), job.attempt);
                     }
                     last = Some(job);
                 }
@@ -511,7 +561,7 @@ async fn follow(c: &mut JobClient, id: &str, json: bool) -> Result<proto::Job, F
         }
     }
     if live {
-        println!();
+        out!("");
     }
     match last {
         Some(j) if is_terminal(j.state) => Ok(j),
@@ -546,9 +596,9 @@ async fn health(common: &Common) -> Result<u8, Failure> {
         r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
     let name = if serving { "SERVING" } else { "NOT_SERVING" };
     if common.json {
-        println!("{}", json!({ "status": name }));
+        out!("{}", json!({ "status": name }));
     } else {
-        println!("{name}");
+        out!("{name}");
     }
     Ok(if serving { exit::OK } else { exit::UNAVAILABLE })
 }
@@ -607,15 +657,20 @@ fn schedule_json(s: &proto::ScheduleStatus) -> Value {
 
 fn print_schedules(list: &[proto::ScheduleStatus], json: bool) {
     if json {
-        println!("{}", Value::Array(list.iter().map(schedule_json).collect()));
+        out!("{}", Value::Array(list.iter().map(schedule_json).collect()));
         return;
     }
-    println!(
+    out!(
         "{:<16}  {:<12}  {:<20}  {:<16}  {:<26}  {:<6}  LAST_JOB",
-        "ID", "KIND", "CRON", "TIMEZONE", "NEXT_FIRE", "PAUSED"
+        "ID",
+        "KIND",
+        "CRON",
+        "TIMEZONE",
+        "NEXT_FIRE",
+        "PAUSED"
     );
     for s in list {
-        println!(
+        out!(
             "{:<16}  {:<12}  {:<20}  {:<16}  {:<26}  {:<6}  {}",
             printable(&s.id, false),
             printable(&s.kind, false),
@@ -636,15 +691,23 @@ fn print_schedules(list: &[proto::ScheduleStatus], json: bool) {
 
 fn print_kinds(kinds: &[proto::KindStatus], json: bool) {
     if json {
-        println!("{}", Value::Array(kinds.iter().map(kind_json).collect()));
+        out!("{}", Value::Array(kinds.iter().map(kind_json).collect()));
         return;
     }
-    println!(
+    out!(
         "{:<16}  {:<12}  {:<6}  {:>8}  {:>8}  {:>10}  {:>8}  {:>5}  {:>7}",
-        "KIND", "HANDLER", "PAUSED", "QUEUED", "RUNNING", "RETRY_WAIT", "FAILED", "CONC", "WORKERS"
+        "KIND",
+        "HANDLER",
+        "PAUSED",
+        "QUEUED",
+        "RUNNING",
+        "RETRY_WAIT",
+        "FAILED",
+        "CONC",
+        "WORKERS"
     );
     for k in kinds {
-        println!(
+        out!(
             "{:<16}  {:<12}  {:<6}  {:>8}  {:>8}  {:>10}  {:>8}  {:>5}  {:>7}",
             printable(&k.kind, false),
             k.handler,
@@ -691,7 +754,7 @@ async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failur
                 .await?;
             if let Some(j) = r.into_inner().job {
                 if common.json {
-                    println!("{}", job_json(&j));
+                    out!("{}", job_json(&j));
                 } else {
                     print_job(&j);
                 }
@@ -722,7 +785,7 @@ async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failur
                 .await?
                 .into_inner();
             if common.json {
-                println!(
+                out!(
                     "{}",
                     json!({
                         "matched": r.matched,
@@ -735,7 +798,7 @@ async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failur
                 );
             } else {
                 for id in &r.ids {
-                    println!("{id}");
+                    out!("{id}");
                 }
                 for s in &r.skipped {
                     eprintln!("skipped {}: {}", s.id, printable(&s.reason, false));
@@ -776,7 +839,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
     let mut c = connect(common).await?;
     let print = |j: &proto::Job| {
         if common.json {
-            println!("{}", job_json(j));
+            out!("{}", job_json(j));
         } else {
             print_job(j);
         }
@@ -825,12 +888,12 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             let job = r.job.unwrap_or_default();
             if !wait {
                 if common.json {
-                    println!(
+                    out!(
                         "{}",
                         json!({ "job": job_json(&job), "deduplicated": r.deduplicated })
                     );
                 } else {
-                    println!(
+                    out!(
                         "{}{}",
                         job.id,
                         if r.deduplicated {
@@ -914,18 +977,22 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
                 more = jobs.len() >= limit;
             }
             if common.json {
-                println!("{}", Value::Array(jobs.iter().map(job_json).collect()));
+                out!("{}", Value::Array(jobs.iter().map(job_json).collect()));
             } else {
-                println!(
+                out!(
                     "{:<36}  {:<10}  {:<16}  {:>7}  {:<27}  LAST ERROR",
-                    "ID", "STATE", "KIND", "ATTEMPT", "CREATED"
+                    "ID",
+                    "STATE",
+                    "KIND",
+                    "ATTEMPT",
+                    "CREATED"
                 );
                 for j in &jobs {
                     let mut error = printable(j.last_error.lines().next().unwrap_or(""), false);
                     if error.chars().count() > 60 {
                         error = error.chars().take(59).collect::<String>() + "…";
                     }
-                    println!(
+                    out!(
                         "{:<36}  {:<10}  {:<16}  {:>7}  {:<27}  {}",
                         j.id,
                         state_name(j.state),
@@ -936,7 +1003,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
                     );
                 }
                 if more {
-                    println!("(more jobs match: --limit N for more, --all for every one)");
+                    out!("(more jobs match: --limit N for more, --all for every one)");
                 }
             }
             Ok(exit::OK)

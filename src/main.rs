@@ -139,19 +139,9 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(
-        cli.command,
-        Command::Client(_) | Command::CheckConfig { .. }
-    ) {
-        // Printing commands end quietly when their reader goes away
-        // (`jobd list | head -2`), as Unix tools do, instead of panicking on
-        // EPIPE: Rust ignores SIGPIPE unless told otherwise. The daemon keeps
-        // ignoring it (a client's closed socket must not kill it).
-        // SAFETY: signal(2) with SIG_DFL, before any thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
+    // SIGPIPE stays ignored (Rust's default) in every command: a socket the
+    // peer closed is an error to report, not a silent death. The printing
+    // commands end quietly on a closed stdout through jobd::client::emit.
     match cli.command {
         Command::Bench { addr, json, args } => {
             let rt = match tokio::runtime::Runtime::new() {
@@ -247,7 +237,7 @@ fn main() -> ExitCode {
                 };
                 match text {
                     Ok(t) => {
-                        println!("{t}");
+                        jobd::client::emit(format_args!("{t}"));
                         ExitCode::SUCCESS
                     }
                     Err(e) => {

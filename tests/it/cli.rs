@@ -150,6 +150,9 @@ fn a_closed_stdout_ends_quietly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert_ne!(out.status.code(), Some(101), "{err}");
+    // Ended by SIGPIPE, as `cat` would be (a shell shows 141).
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{out:?}");
 }
 
 /// `jobd list` says when more jobs match (`--all` shows every one), and

@@ -422,3 +422,66 @@ async fn the_cli_speaks_tls_with_a_token() {
     );
     d.stop().await.unwrap();
 }
+
+/// `jobd submit` to a daemon that requires mTLS: `--cert`/`--cert-key`
+/// present the client certificate while `--key` stays the idempotency key
+/// (as one global `--key`, the two could not be given together); without
+/// them the daemon refuses the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_presents_a_client_certificate() {
+    let pki = Pki::new();
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.leaf(&["localhost"]);
+    let ca = write(files.path(), "ca.pem", &pki.ca_pem);
+    let d = start(&format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{ca}\"\n",
+        write(files.path(), "server.pem", &cert),
+        write(files.path(), "server.key", &key),
+    ))
+    .await;
+    let (client_cert, client_key) = pki.leaf(&["cli"]);
+    let client_cert = write(files.path(), "client.pem", &client_cert);
+    let client_key = write(files.path(), "client.key", &client_key);
+    let https = d.url().replace("http://", "https://");
+    let run = |extra: Vec<String>| {
+        let mut args: Vec<String> = ["submit", "echo", "--key", "once", "--json", "--addr"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend([https.clone(), "--ca".into(), ca.clone()]);
+        args.extend(["--tls-server-name".into(), "localhost".into()]);
+        args.extend(extra);
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(bin())
+                .args(&args)
+                .env_remove("JOBD_TOKEN")
+                .output()
+                .unwrap()
+        })
+    };
+    let ok = run(vec![
+        "--cert".into(),
+        client_cert.clone(),
+        "--cert-key".into(),
+        client_key.clone(),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(v["job"]["idempotency_key"], "once");
+    let refused = run(vec![]).await.unwrap();
+    assert_eq!(refused.status.code(), Some(5), "{refused:?}");
+    // Reported, not a death by SIGPIPE on the socket the daemon closed. The
+    // cause shown depends on timing: the TLS alert (CertificateRequired),
+    // or the closed connection / broken pipe that follows it.
+    let err: serde_json::Value = serde_json::from_slice(&refused.stderr).unwrap();
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("the connection to jobd failed: "),
+        "{err}"
+    );
+    d.stop().await.unwrap();
+}
