@@ -1,6 +1,9 @@
 //! The CLI client against a real daemon: output, JSON, exit codes.
 
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use jobd::proto;
 
 use crate::helpers::*;
 
@@ -391,5 +394,46 @@ async fn list_filters_by_label_and_ordering_key_and_orders_newest_first() {
     let o = jobd(&addr, &["list", "--label", &long]).await;
     assert_eq!(o.status.code(), Some(64), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("label keys are at most"));
+    d.stop().await.unwrap();
+}
+
+/// A label filter scans at most 10,000 jobs per call; a page cut short by
+/// that scan has a next-page token, and `jobd list` follows it: the one
+/// matching job behind 10,500 others is found, with no "more" line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_label_filter_follows_pages_cut_short_by_the_scan() {
+    let d = start("").await;
+    let mut c = d.client().await;
+    let later =
+        prost_types::Timestamp::from(std::time::SystemTime::now() + Duration::from_secs(3600));
+    for _ in 0..21 {
+        let requests = (0..500)
+            .map(|_| proto::SubmitRequest {
+                kind: "echo".into(),
+                run_at: Some(later),
+                ..Default::default()
+            })
+            .collect();
+        c.submit_batch(proto::SubmitBatchRequest { requests })
+            .await
+            .unwrap();
+    }
+    let mut r = req("echo", "");
+    r.run_at = Some(later);
+    r.labels.insert("needle".into(), "yes".into());
+    let needle = submit(&mut c, r).await;
+    let o = jobd(&d.url(), &["list", "--label", "needle=yes"]).await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let out = text(&o);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains(&needle.id), "{out}");
+    assert!(!out.contains("more jobs match"), "{out}");
+    let o = jobd(
+        &d.url(),
+        &["list", "--label", "needle=yes", "--newest-first", "--json"],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["id"], needle.id.as_str());
     d.stop().await.unwrap();
 }
