@@ -717,3 +717,39 @@ fn http_tls_settings_are_checked_at_start() {
         "{e}"
     );
 }
+
+/// `connect_timeout` bounds connecting (TCP + TLS handshake) on its own:
+/// a server that accepts but never answers the handshake fails each attempt
+/// after 200 ms, well before the attempt's 10 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_connect_timeout_is_apart_from_the_request_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hook", listener.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            keep.lock().unwrap().push(sock); // silent: no ServerHello
+        }
+    });
+    let kind = format!(
+        "[kinds.hook]\nhandler = \"http\"\nurl = \"{url}\"\ntimeout = \"10s\"\n\
+         connect_timeout = \"200ms\"\nmax_attempts = 2\n\
+         backoff = {{ initial = \"10ms\", max = \"10ms\" }}\n"
+    );
+    let d = start_with("", &kinds(&kind)).await;
+    let mut c = d.client().await;
+    let started = Instant::now();
+    let j = submit(&mut c, req("hook", "x")).await;
+    let done = wait_terminal(&mut c, &j.id).await;
+    let took = started.elapsed();
+    assert_eq!((state(&done), done.attempt), (JobState::Failed, 2));
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(
+        done.last_error.contains("(Connect): operation timed out"),
+        "{}",
+        done.last_error
+    );
+    assert_eq!(held.lock().unwrap().len(), 2, "one connection per attempt");
+    d.stop().await.unwrap();
+}
