@@ -91,6 +91,8 @@ fn bad_config_exits_64_naming_the_key_before_binding() {
         ("[kinds.c]\nhandler = \"command\"\n", "kinds.c.command"),
         ("[kinds.c]\nhandler = \"echo\"\ncommand = [\"ls\"]\n", "kinds.c.command"),
         ("[kinds.h]\nhandler = \"http\"\nurl = \"ftp://x\"\n", "kinds.h.url"),
+        // A TLS file of an https kind, read when its handler is built.
+        ("[kinds.h]\nhandler = \"http\"\nurl = \"https://x\"\nca = \"/no/such/ca.pem\"\n", "kinds.h.ca"),
         ("[kinds.h]\nhandler = \"http\"\nurl = \"http://x\"\nmethod = \"DELETE\"\n", "kinds.h.method"),
         ("[kinds.c]\nhandler = \"command\"\ncommand = [\"ls\"]\nworking_dir = \"/no/such/dir\"\n", "kinds.c.working_dir"),
         // Past a semaphore's maximum these panicked after migrations ran.
