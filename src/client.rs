@@ -67,19 +67,28 @@ pub mod exit {
     pub const USAGE: u8 = 64;
 }
 
-/// How to reach the daemon, and how to print: the client commands' flags
+/// How to print, and how to reach the daemon: the client commands' flags
 /// (not `serve`'s, which listens rather than connects).
 #[derive(Args, Debug, Clone)]
-#[command(next_help_heading = "Connection and output")]
+#[command(next_help_heading = "Output")]
 pub struct Common {
-    /// Daemon address.
-    #[arg(long, env = "JOBD_ADDR", default_value = "http://127.0.0.1:50051")]
-    pub addr: String,
     /// Machine-readable output (one JSON document, or one per line for watch).
     #[arg(long)]
     pub json: bool,
-    /// Bearer token, when the daemon has auth on (`submit` for submit,
-    /// status, watch, list; `admin` for cancel and the operators' commands).
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// How to reach the daemon: address, token and TLS (`jobd work` too).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection")]
+pub struct Connection {
+    /// Daemon address.
+    #[arg(long, env = "JOBD_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Bearer token, when the daemon has auth on (role `submit` for submit,
+    /// status, watch, list; `worker` for work; `admin` for cancel and the
+    /// operators' commands).
     #[arg(long, env = "JOBD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// PEM CA bundle that signs the daemon's certificate (implies TLS; an
@@ -98,6 +107,69 @@ pub struct Common {
     /// address's host).
     #[arg(long)]
     pub tls_server_name: Option<String>,
+}
+
+/// Why the connection flags do not make an endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("bad --addr {addr:?}: {source}")]
+    Addr {
+        addr: String,
+        source: tonic::codegen::http::uri::InvalidUri,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("TLS settings: {0}")]
+    Tls(#[from] tonic::transport::Error),
+}
+
+impl Connection {
+    /// The daemon's endpoint (files read now), over TLS when the address is
+    /// `https://` or a CA, client certificate or server name is given.
+    pub fn endpoint(&self) -> Result<tonic::transport::Endpoint, ConnectionError> {
+        let addr = &self.addr;
+        let tls_asked = self.ca.is_some() || self.cert.is_some() || self.tls_server_name.is_some();
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else if tls_asked {
+            format!("https://{addr}")
+        } else {
+            format!("http://{addr}")
+        };
+        let mut endpoint = Channel::from_shared(url.clone())
+            .map_err(|source| ConnectionError::Addr {
+                addr: addr.clone(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(5));
+        if url.starts_with("https://") || tls_asked {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|source| ConnectionError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })
+            };
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            tls = match &self.ca {
+                Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?)),
+                None => tls.with_enabled_roots(),
+            };
+            if let (Some(cert), Some(key)) = (&self.cert, &self.cert_key) {
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ));
+            }
+            if let Some(name) = &self.tls_server_name {
+                tls = tls.domain_name(name.clone());
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        Ok(endpoint)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -448,46 +520,13 @@ fn final_code(j: &proto::Job) -> u8 {
     }
 }
 
-/// A channel to the daemon (connect errors: exit 5).
-/// A channel to the daemon (connect errors: exit 5), over TLS when the
-/// address is `https://` or a CA, client certificate or server name is given.
+/// A channel to the daemon (bad flags: exit 64; connect errors: exit 5).
 async fn channel_to(common: &Common) -> Result<Channel, Failure> {
-    let addr = &common.addr;
-    let tls_asked =
-        common.ca.is_some() || common.cert.is_some() || common.tls_server_name.is_some();
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else if tls_asked {
-        format!("https://{addr}")
-    } else {
-        format!("http://{addr}")
-    };
-    let mut endpoint = Channel::from_shared(url.clone())
-        .map_err(|e| Failure(exit::USAGE, format!("bad --addr {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(5));
-    if url.starts_with("https://") || tls_asked {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p)
-                .map_err(|e| Failure(exit::USAGE, format!("cannot read {}: {e}", p.display())))
-        };
-        let mut tls = tonic::transport::ClientTlsConfig::new();
-        tls = match &common.ca {
-            Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?)),
-            None => tls.with_enabled_roots(),
-        };
-        if let (Some(cert), Some(key)) = (&common.cert, &common.cert_key) {
-            tls = tls.identity(tonic::transport::Identity::from_pem(
-                read(cert)?,
-                read(key)?,
-            ));
-        }
-        if let Some(name) = &common.tls_server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| Failure(exit::USAGE, format!("TLS settings: {e}")))?;
-    }
+    let endpoint = common
+        .conn
+        .endpoint()
+        .map_err(|e| Failure(exit::USAGE, e.to_string()))?;
+    let url = endpoint.uri().to_string();
     endpoint.connect().await.map_err(|e| {
         Failure(
             exit::UNAVAILABLE,
@@ -498,7 +537,7 @@ async fn channel_to(common: &Common) -> Result<Channel, Failure> {
 
 /// The token as an `authorization` header value, if one was given.
 fn bearer(common: &Common) -> Result<BearerToken, Failure> {
-    match &common.token {
+    match &common.conn.token {
         None => Ok(BearerToken(None)),
         Some(t) => format!("Bearer {t}")
             .parse()

@@ -65,12 +65,6 @@ enum Command {
     /// Be a remote worker: run COMMAND once per job of the given kinds
     /// (declared handler = "remote"): payload on stdin, stdout is the result.
     Work {
-        /// Daemon address.
-        #[arg(long, env = "JOBD_ADDR", default_value = "http://127.0.0.1:50051")]
-        addr: String,
-        /// Bearer token (`worker` or `admin`), when the daemon has auth on.
-        #[arg(long, env = "JOBD_TOKEN", hide_env_values = true)]
-        token: Option<String>,
         /// A kind to serve (repeatable).
         #[arg(long = "kind", required = true)]
         kinds: Vec<String>,
@@ -86,6 +80,8 @@ enum Command {
         /// The program and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+        #[command(flatten)]
+        conn: jobd::client::Connection,
     },
     /// Load-test a running daemon (see README "Benchmarks").
     Bench {
@@ -167,8 +163,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Work {
-            addr,
-            token,
+            conn,
             kinds,
             max_in_flight,
             kill_grace,
@@ -183,9 +178,16 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let mut opts = jobd::worker::WorkerOptions::new(&addr, kinds);
+            let mut opts = jobd::worker::WorkerOptions::new(&conn.addr, kinds);
             opts.max_in_flight = max_in_flight;
-            opts.token = token;
+            opts.token = conn.token.clone();
+            opts.endpoint = match conn.endpoint() {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    eprintln!("jobd work: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
             let r = rt.block_on(async {
                 let shutdown = jobd::Shutdown::on_signals()
                     .map_err(|e| jobd::worker::WorkerError::Options(e.to_string()))?;

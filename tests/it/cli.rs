@@ -298,6 +298,11 @@ fn help_texts_list_only_the_flags_a_command_uses() {
     for cmd in ["list", "watch", "work", "bench"] {
         assert!(help(&[cmd, "--help"]).contains("--addr"), "{cmd}");
     }
+    let work = help(&["work", "--help"]);
+    for flag in ["--token", "--ca", "--cert-key", "--tls-server-name"] {
+        assert!(work.contains(flag), "work --help lacks {flag}:\n{work}");
+    }
+    assert!(!work.contains("--json"), "{work}");
     // --key is the idempotency key on submit; the TLS key is --cert-key.
     let o = Command::new(bin())
         .args(["submit", "echo", "--cert", "/nonexistent"])

@@ -485,3 +485,45 @@ async fn the_cli_presents_a_client_certificate() {
     );
     d.stop().await.unwrap();
 }
+
+/// `jobd work` reaches a daemon that requires mTLS with the same flags as
+/// the client commands (`--ca`, `--cert`, `--cert-key`,
+/// `--tls-server-name`), and does the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobd_work_connects_over_mtls() {
+    let pki = Pki::new();
+    let files = tempfile::tempdir().unwrap();
+    let (cert, key) = pki.leaf(&["localhost"]);
+    let ca = write(files.path(), "ca.pem", &pki.ca_pem);
+    let d = start_with(
+        &format!(
+            "[tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{ca}\"\n",
+            write(files.path(), "server.pem", &cert),
+            write(files.path(), "server.key", &key),
+        ),
+        "[kinds.r]\nhandler = \"remote\"\ntimeout = \"20s\"\n",
+    )
+    .await;
+    let (client_cert, client_key) = pki.leaf(&["worker"]);
+    let mut worker = std::process::Command::new(bin())
+        .args(["work", "--kind", "r", "--addr"])
+        .arg(d.url().replace("http://", "https://"))
+        .args(["--ca", &ca, "--tls-server-name", "localhost"])
+        .args(["--cert", &write(files.path(), "w.pem", &client_cert)])
+        .args(["--cert-key", &write(files.path(), "w.key", &client_key)])
+        .args(["--", "tr", "a-z", "A-Z"])
+        .env_remove("JOBD_TOKEN")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let good = pki.leaf(&["client"]);
+    let mut c = tls_client(&d.url(), &pki.ca_pem, Some(good)).await.unwrap();
+    let job = submit(&mut c, req("r", "shout")).await;
+    let done = tokio::time::timeout(Duration::from_secs(30), wait_terminal(&mut c, &job.id))
+        .await
+        .expect("the worker did the job");
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert_eq!(done.result, b"SHOUT", "{done:?}");
+    d.stop().await.unwrap();
+}
