@@ -493,6 +493,7 @@ async fn serve_exits_promptly_after_its_last_log_line() {
         eof < Duration::from_secs(1),
         "idle: stderr EOF {eof:?}\n{log}"
     );
+    eprintln!("idle: exit {exit:?} and stderr EOF {eof:?} after the last log line");
     let stubborn = "[drain]\ngrace = \"30s\"\ntimeout = \"60s\"\n\
         [kinds.stubborn]\nhandler = \"command\"\n\
         command = [\"sh\", \"-c\", \"trap '' TERM; sleep 30.123 & sleep 30.123; wait\"]\n\
