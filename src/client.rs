@@ -15,6 +15,41 @@ use tonic_types::StatusExt;
 use crate::api::convert::state_from_proto;
 use crate::proto::{self, job_service_client::JobServiceClient, JobState};
 
+/// `println!` for the client's output: when stdout's reader is gone
+/// (`jobd list | head -2`) the process ends as Unix tools do, killed by
+/// SIGPIPE, instead of panicking. SIGPIPE itself stays ignored, so a
+/// daemon that closes the connection is an error to report, not a silent
+/// death.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::client::emit(format_args!($($arg)*)) };
+}
+
+/// Writes one line to stdout (see [`out!`]).
+pub fn emit(args: std::fmt::Arguments<'_>) {
+    let mut o = std::io::stdout().lock();
+    let r = o.write_fmt(args).and_then(|()| o.write_all(b"\n"));
+    match r {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => die_of_sigpipe(),
+        Err(e) => {
+            eprintln!("jobd: cannot write to stdout: {e}");
+            std::process::exit(i32::from(exit::ERROR));
+        }
+    }
+}
+
+/// Ends the process by SIGPIPE, the status a shell reports for a Unix tool
+/// whose reader went away (141).
+fn die_of_sigpipe() -> ! {
+    // SAFETY: signal(2) and raise(3) have no memory-safety preconditions;
+    // with the default action restored, raise does not return.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::raise(libc::SIGPIPE);
+    }
+    std::process::exit(141)
+}
+
 /// Exit codes of the client commands.
 pub mod exit {
     pub const OK: u8 = 0;
@@ -32,37 +67,109 @@ pub mod exit {
     pub const USAGE: u8 = 64;
 }
 
+/// How to print, and how to reach the daemon: the client commands' flags
+/// (not `serve`'s, which listens rather than connects).
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Output")]
 pub struct Common {
-    /// Daemon address.
-    #[arg(
-        long,
-        env = "JOBD_ADDR",
-        default_value = "http://127.0.0.1:50051",
-        global = true
-    )]
-    pub addr: String,
     /// Machine-readable output (one JSON document, or one per line for watch).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub json: bool,
-    /// Bearer token, when the daemon has auth on (`submit` for submit,
-    /// status, watch, list; `admin` for cancel and the operators' commands).
-    #[arg(long, env = "JOBD_TOKEN", global = true, hide_env_values = true)]
+    #[command(flatten)]
+    pub conn: Connection,
+}
+
+/// How to reach the daemon: address, token and TLS (`jobd work` too).
+#[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Connection")]
+pub struct Connection {
+    /// Daemon address.
+    #[arg(long, env = "JOBD_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Bearer token, when the daemon has auth on (role `submit` for submit,
+    /// status, watch, list; `worker` for work; `admin` for cancel and the
+    /// operators' commands).
+    #[arg(long, env = "JOBD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// PEM CA bundle that signs the daemon's certificate (implies TLS; an
     /// `https://` address alone uses the system's roots).
-    #[arg(long, env = "JOBD_CA", global = true)]
+    #[arg(long, env = "JOBD_CA")]
     pub ca: Option<std::path::PathBuf>,
-    /// PEM client certificate, for a daemon that requires mTLS (with --key).
-    #[arg(long, env = "JOBD_CERT", global = true, requires = "key")]
+    /// PEM client certificate, for a daemon that requires mTLS (with
+    /// --cert-key).
+    #[arg(long, env = "JOBD_CERT", requires = "cert_key")]
     pub cert: Option<std::path::PathBuf>,
-    /// PEM private key of --cert.
-    #[arg(long, env = "JOBD_KEY", global = true, requires = "cert")]
-    pub key: Option<std::path::PathBuf>,
+    /// PEM private key of --cert (not `--key`: that is `submit`'s
+    /// idempotency key).
+    #[arg(long, env = "JOBD_CERT_KEY", requires = "cert")]
+    pub cert_key: Option<std::path::PathBuf>,
     /// The name to verify the daemon's certificate against (default: the
     /// address's host).
-    #[arg(long, global = true)]
+    #[arg(long)]
     pub tls_server_name: Option<String>,
+}
+
+/// Why the connection flags do not make an endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    #[error("bad --addr {addr:?}: {source}")]
+    Addr {
+        addr: String,
+        source: tonic::codegen::http::uri::InvalidUri,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("TLS settings: {0}")]
+    Tls(#[from] tonic::transport::Error),
+}
+
+impl Connection {
+    /// The daemon's endpoint (files read now), over TLS when the address is
+    /// `https://` or a CA, client certificate or server name is given.
+    pub fn endpoint(&self) -> Result<tonic::transport::Endpoint, ConnectionError> {
+        let addr = &self.addr;
+        let tls_asked = self.ca.is_some() || self.cert.is_some() || self.tls_server_name.is_some();
+        let url = if addr.contains("://") {
+            addr.to_string()
+        } else if tls_asked {
+            format!("https://{addr}")
+        } else {
+            format!("http://{addr}")
+        };
+        let mut endpoint = Channel::from_shared(url.clone())
+            .map_err(|source| ConnectionError::Addr {
+                addr: addr.clone(),
+                source,
+            })?
+            .connect_timeout(Duration::from_secs(5));
+        if url.starts_with("https://") || tls_asked {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|source| ConnectionError::Read {
+                    path: p.display().to_string(),
+                    source,
+                })
+            };
+            let mut tls = tonic::transport::ClientTlsConfig::new();
+            tls = match &self.ca {
+                Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?)),
+                None => tls.with_enabled_roots(),
+            };
+            if let (Some(cert), Some(key)) = (&self.cert, &self.cert_key) {
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ));
+            }
+            if let Some(name) = &self.tls_server_name {
+                tls = tls.domain_name(name.clone());
+            }
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        Ok(endpoint)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -79,7 +186,8 @@ pub enum ClientCommand {
         /// Idempotency key.
         #[arg(long)]
         key: Option<String>,
-        /// Higher runs first among due jobs (may be negative).
+        /// Jobs with a higher priority run first among the jobs that are due
+        /// (may be negative; 0 is the default).
         #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
         priority: i32,
         /// Start no sooner than this from now (e.g. 10s, 5m).
@@ -88,15 +196,22 @@ pub enum ClientCommand {
         /// Per-attempt timeout (e.g. 30s).
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: Option<Duration>,
-        /// Attempts in all; 0 means the kind's configured default.
+        /// Attempts in all (1..=100); 0 means the kind's configured
+        /// `max_attempts` (3 unless the config says otherwise).
         #[arg(long, default_value_t = 0)]
         max_attempts: u32,
         /// A label, key=value (repeatable).
         #[arg(long = "label", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        /// Ordering key: with the kind's `key_concurrency = N`, at most N jobs
+        /// with the same key run at once, in submit order.
+        #[arg(long)]
+        ordering_key: Option<String>,
         /// Wait until the job finishes; exit 4 if it FAILED or was CANCELLED.
         #[arg(long)]
         wait: bool,
+        #[command(flatten)]
+        common: Common,
     },
     /// Show a job.
     Status {
@@ -104,16 +219,27 @@ pub enum ClientCommand {
         /// Write the raw result bytes to this file (for binary results).
         #[arg(long)]
         output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        common: Common,
     },
     /// Follow a job until it finishes; exit 4 if it FAILED or was CANCELLED.
-    Watch { id: String },
+    Watch {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Cancel a job.
-    Cancel { id: String },
-    /// List jobs (oldest first).
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List jobs, oldest first (--newest-first for the latest).
     List {
         /// queued, running, retry_wait, succeeded, failed or cancelled.
         #[arg(long, value_parser = parse_state)]
         state: Option<JobState>,
+        /// Only jobs of this kind.
         #[arg(long)]
         kind: Option<String>,
         /// Most jobs to show; a last line says when more exist.
@@ -122,21 +248,53 @@ pub enum ClientCommand {
         /// Every matching job, page after page (no limit).
         #[arg(long, conflicts_with = "limit")]
         all: bool,
+        /// Newest jobs first.
+        #[arg(long)]
+        newest_first: bool,
+        /// Only jobs with this label, key=value (repeatable: all must match).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// Only jobs submitted with this ordering key.
+        #[arg(long)]
+        ordering_key: Option<String>,
+        #[command(flatten)]
+        common: Common,
     },
     /// Ask the daemon's health service.
-    Health,
+    Health {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Pause a kind: its jobs are taken but none starts (running ones
     /// finish), on every instance, until `resume`. Exit 3 for an unknown kind.
-    Pause { kind: String },
+    Pause {
+        kind: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Resume a paused kind.
-    Resume { kind: String },
+    Resume {
+        kind: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Every kind: handler, paused, job counts, connected workers.
-    Kinds,
+    Kinds {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Every cron schedule: kind, expression, zone, next fire, paused, last job.
-    Schedules,
+    Schedules {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Fire a schedule once now (whatever its cron, pause or overlap say);
     /// prints the job. Exit 3 for an unknown schedule.
-    Trigger { id: String },
+    Trigger {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Put FAILED (or CANCELLED) jobs back in the queue with their attempts
     /// reset: the ones given by --id, or those matching the filter.
     Retry {
@@ -157,7 +315,29 @@ pub enum ClientCommand {
         /// Most jobs per call (default 1000, at most 10000).
         #[arg(long, default_value_t = 0)]
         limit: u32,
+        #[command(flatten)]
+        common: Common,
     },
+}
+
+impl ClientCommand {
+    /// The connection and output flags every client command carries.
+    pub fn common(&self) -> &Common {
+        match self {
+            ClientCommand::Submit { common, .. }
+            | ClientCommand::Status { common, .. }
+            | ClientCommand::Watch { common, .. }
+            | ClientCommand::Cancel { common, .. }
+            | ClientCommand::List { common, .. }
+            | ClientCommand::Health { common }
+            | ClientCommand::Pause { common, .. }
+            | ClientCommand::Resume { common, .. }
+            | ClientCommand::Kinds { common }
+            | ClientCommand::Schedules { common }
+            | ClientCommand::Trigger { common, .. }
+            | ClientCommand::Retry { common, .. } => common,
+        }
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -179,6 +359,21 @@ struct Failure(u8, String);
 
 impl From<Status> for Failure {
     fn from(s: Status) -> Self {
+        // A transport error (the connection broke: e.g. a TLS alert from a
+        // daemon that wants a client certificate) has no status from the
+        // daemon; its cause is in the source chain.
+        if let Some(source) = std::error::Error::source(&s) {
+            let mut msg = format!("the connection to jobd failed: {source}");
+            let mut next = source.source();
+            while let Some(e) = next {
+                let text = e.to_string();
+                if !msg.contains(&text) {
+                    msg.push_str(&format!(": {text}"));
+                }
+                next = e.source();
+            }
+            return Failure(exit::UNAVAILABLE, msg);
+        }
         let code = match s.code() {
             Code::NotFound => exit::NOT_FOUND,
             Code::Unavailable => exit::UNAVAILABLE,
@@ -243,6 +438,7 @@ pub fn job_json(j: &proto::Job) -> Value {
         "id": j.id, "kind": j.kind, "state": state_name(j.state), "attempt": j.attempt,
         "max_attempts": j.max_attempts, "priority": j.priority,
         "idempotency_key": j.idempotency_key, "labels": j.labels,
+        "ordering_key": j.ordering_key,
         "created_at": ts(&j.created_at), "updated_at": ts(&j.updated_at),
         "started_at": ts(&j.started_at), "finished_at": ts(&j.finished_at),
         "next_attempt_at": ts(&j.next_attempt_at), "last_error": j.last_error,
@@ -271,34 +467,37 @@ fn print_job(j: &proto::Job) {
             .map(|t| t.to_string())
             .unwrap_or_else(|| "-".into())
     };
-    println!("id:           {}", j.id);
-    println!("kind:         {}", j.kind);
-    println!("state:        {}", state_name(j.state));
-    println!("attempt:      {} of {}", j.attempt, j.max_attempts);
-    println!("priority:     {}", j.priority);
+    out!("id:           {}", j.id);
+    out!("kind:         {}", j.kind);
+    out!("state:        {}", state_name(j.state));
+    out!("attempt:      {} of {}", j.attempt, j.max_attempts);
+    out!("priority:     {}", j.priority);
     if !j.idempotency_key.is_empty() {
-        println!("key:          {}", printable(&j.idempotency_key, false));
+        out!("key:          {}", printable(&j.idempotency_key, false));
+    }
+    if !j.ordering_key.is_empty() {
+        out!("ordering key: {}", printable(&j.ordering_key, false));
     }
     for (k, v) in &j.labels {
-        println!(
+        out!(
             "label:        {}={}",
             printable(k, false),
             printable(v, false)
         );
     }
-    println!("created:      {}", show(&j.created_at));
-    println!("started:      {}", show(&j.started_at));
-    println!("finished:     {}", show(&j.finished_at));
+    out!("created:      {}", show(&j.created_at));
+    out!("started:      {}", show(&j.started_at));
+    out!("finished:     {}", show(&j.finished_at));
     if j.next_attempt_at.is_some() {
-        println!("next attempt: {}", show(&j.next_attempt_at));
+        out!("next attempt: {}", show(&j.next_attempt_at));
     }
     if !j.last_error.is_empty() {
-        println!("last error:   {}", printable(&j.last_error, true));
+        out!("last error:   {}", printable(&j.last_error, true));
     }
     if !j.result.is_empty() {
         match std::str::from_utf8(&j.result) {
-            Ok(text) => println!("result:       {}", printable(text.trim_end(), true)),
-            Err(_) => println!(
+            Ok(text) => out!("result:       {}", printable(text.trim_end(), true)),
+            Err(_) => out!(
                 "result:       {} bytes, not UTF-8 text (--output FILE writes them, --json shows base64)",
                 j.result.len()
             ),
@@ -321,46 +520,13 @@ fn final_code(j: &proto::Job) -> u8 {
     }
 }
 
-/// A channel to the daemon (connect errors: exit 5).
-/// A channel to the daemon (connect errors: exit 5), over TLS when the
-/// address is `https://` or a CA, client certificate or server name is given.
+/// A channel to the daemon (bad flags: exit 64; connect errors: exit 5).
 async fn channel_to(common: &Common) -> Result<Channel, Failure> {
-    let addr = &common.addr;
-    let tls_asked =
-        common.ca.is_some() || common.cert.is_some() || common.tls_server_name.is_some();
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else if tls_asked {
-        format!("https://{addr}")
-    } else {
-        format!("http://{addr}")
-    };
-    let mut endpoint = Channel::from_shared(url.clone())
-        .map_err(|e| Failure(exit::USAGE, format!("bad --addr {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(5));
-    if url.starts_with("https://") || tls_asked {
-        let read = |p: &std::path::Path| {
-            std::fs::read(p)
-                .map_err(|e| Failure(exit::USAGE, format!("cannot read {}: {e}", p.display())))
-        };
-        let mut tls = tonic::transport::ClientTlsConfig::new();
-        tls = match &common.ca {
-            Some(ca) => tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?)),
-            None => tls.with_enabled_roots(),
-        };
-        if let (Some(cert), Some(key)) = (&common.cert, &common.key) {
-            tls = tls.identity(tonic::transport::Identity::from_pem(
-                read(cert)?,
-                read(key)?,
-            ));
-        }
-        if let Some(name) = &common.tls_server_name {
-            tls = tls.domain_name(name.clone());
-        }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| Failure(exit::USAGE, format!("TLS settings: {e}")))?;
-    }
+    let endpoint = common
+        .conn
+        .endpoint()
+        .map_err(|e| Failure(exit::USAGE, e.to_string()))?;
+    let url = endpoint.uri().to_string();
     endpoint.connect().await.map_err(|e| {
         Failure(
             exit::UNAVAILABLE,
@@ -371,7 +537,7 @@ async fn channel_to(common: &Common) -> Result<Channel, Failure> {
 
 /// The token as an `authorization` header value, if one was given.
 fn bearer(common: &Common) -> Result<BearerToken, Failure> {
-    match &common.token {
+    match &common.conn.token {
         None => Ok(BearerToken(None)),
         Some(t) => format!("Bearer {t}")
             .parse()
@@ -410,9 +576,9 @@ async fn follow(c: &mut JobClient, id: &str, json: bool) -> Result<proto::Job, F
                 Some(ev) => {
                     let job = ev.job.unwrap_or_default();
                     if json {
-                        println!("{}", json!({ "sequence": ev.sequence, "job": job_json(&job) }));
+                        out!("{}", json!({ "sequence": ev.sequence, "job": job_json(&job) }));
                     } else if !live {
-                        println!("{} {} attempt={}", ts(&job.updated_at).as_str().unwrap_or("-"), state_name(job.state), job.attempt);
+                        out!("{} {} attempt={}", ts(&job.updated_at).as_str().unwrap_or("-"), state_name(job.state), job.attempt);
                     }
                     last = Some(job);
                 }
@@ -434,7 +600,7 @@ async fn follow(c: &mut JobClient, id: &str, json: bool) -> Result<proto::Job, F
         }
     }
     if live {
-        println!();
+        out!("");
     }
     match last {
         Some(j) if is_terminal(j.state) => Ok(j),
@@ -469,9 +635,9 @@ async fn health(common: &Common) -> Result<u8, Failure> {
         r.status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
     let name = if serving { "SERVING" } else { "NOT_SERVING" };
     if common.json {
-        println!("{}", json!({ "status": name }));
+        out!("{}", json!({ "status": name }));
     } else {
-        println!("{name}");
+        out!("{name}");
     }
     Ok(if serving { exit::OK } else { exit::UNAVAILABLE })
 }
@@ -530,15 +696,20 @@ fn schedule_json(s: &proto::ScheduleStatus) -> Value {
 
 fn print_schedules(list: &[proto::ScheduleStatus], json: bool) {
     if json {
-        println!("{}", Value::Array(list.iter().map(schedule_json).collect()));
+        out!("{}", Value::Array(list.iter().map(schedule_json).collect()));
         return;
     }
-    println!(
+    out!(
         "{:<16}  {:<12}  {:<20}  {:<16}  {:<26}  {:<6}  LAST_JOB",
-        "ID", "KIND", "CRON", "TIMEZONE", "NEXT_FIRE", "PAUSED"
+        "ID",
+        "KIND",
+        "CRON",
+        "TIMEZONE",
+        "NEXT_FIRE",
+        "PAUSED"
     );
     for s in list {
-        println!(
+        out!(
             "{:<16}  {:<12}  {:<20}  {:<16}  {:<26}  {:<6}  {}",
             printable(&s.id, false),
             printable(&s.kind, false),
@@ -559,15 +730,23 @@ fn print_schedules(list: &[proto::ScheduleStatus], json: bool) {
 
 fn print_kinds(kinds: &[proto::KindStatus], json: bool) {
     if json {
-        println!("{}", Value::Array(kinds.iter().map(kind_json).collect()));
+        out!("{}", Value::Array(kinds.iter().map(kind_json).collect()));
         return;
     }
-    println!(
+    out!(
         "{:<16}  {:<12}  {:<6}  {:>8}  {:>8}  {:>10}  {:>8}  {:>5}  {:>7}",
-        "KIND", "HANDLER", "PAUSED", "QUEUED", "RUNNING", "RETRY_WAIT", "FAILED", "CONC", "WORKERS"
+        "KIND",
+        "HANDLER",
+        "PAUSED",
+        "QUEUED",
+        "RUNNING",
+        "RETRY_WAIT",
+        "FAILED",
+        "CONC",
+        "WORKERS"
     );
     for k in kinds {
-        println!(
+        out!(
             "{:<16}  {:<12}  {:<6}  {:>8}  {:>8}  {:>10}  {:>8}  {:>5}  {:>7}",
             printable(&k.kind, false),
             k.handler,
@@ -586,35 +765,35 @@ fn print_kinds(kinds: &[proto::KindStatus], json: bool) {
 async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
     let mut a = admin_client(common).await?;
     match cmd {
-        ClientCommand::Pause { kind } => {
+        ClientCommand::Pause { kind, .. } => {
             let r = a.pause_kind(proto::PauseKindRequest { kind }).await?;
             print_kinds(
                 &r.into_inner().kind_status.into_iter().collect::<Vec<_>>(),
                 common.json,
             );
         }
-        ClientCommand::Resume { kind } => {
+        ClientCommand::Resume { kind, .. } => {
             let r = a.resume_kind(proto::ResumeKindRequest { kind }).await?;
             print_kinds(
                 &r.into_inner().kind_status.into_iter().collect::<Vec<_>>(),
                 common.json,
             );
         }
-        ClientCommand::Kinds => {
+        ClientCommand::Kinds { .. } => {
             let r = a.list_kinds(proto::ListKindsRequest {}).await?;
             print_kinds(&r.into_inner().kinds, common.json);
         }
-        ClientCommand::Schedules => {
+        ClientCommand::Schedules { .. } => {
             let r = a.list_schedules(proto::ListSchedulesRequest {}).await?;
             print_schedules(&r.into_inner().schedules, common.json);
         }
-        ClientCommand::Trigger { id } => {
+        ClientCommand::Trigger { id, .. } => {
             let r = a
                 .trigger_schedule(proto::TriggerScheduleRequest { id })
                 .await?;
             if let Some(j) = r.into_inner().job {
                 if common.json {
-                    println!("{}", job_json(&j));
+                    out!("{}", job_json(&j));
                 } else {
                     print_job(&j);
                 }
@@ -627,6 +806,7 @@ async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failur
             labels,
             dry_run,
             limit,
+            ..
         } => {
             let filter = ids.is_empty().then(|| proto::RetryFilter {
                 state: state.unwrap_or(JobState::Failed) as i32,
@@ -644,7 +824,7 @@ async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failur
                 .await?
                 .into_inner();
             if common.json {
-                println!(
+                out!(
                     "{}",
                     json!({
                         "matched": r.matched,
@@ -657,7 +837,7 @@ async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failur
                 );
             } else {
                 for id in &r.ids {
-                    println!("{id}");
+                    out!("{id}");
                 }
                 for s in &r.skipped {
                     eprintln!("skipped {}: {}", s.id, printable(&s.reason, false));
@@ -686,11 +866,11 @@ async fn execute_admin(cmd: ClientCommand, common: &Common) -> Result<u8, Failur
 
 async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
     match cmd {
-        ClientCommand::Health => return health(common).await,
+        ClientCommand::Health { .. } => return health(common).await,
         ClientCommand::Pause { .. }
         | ClientCommand::Resume { .. }
-        | ClientCommand::Kinds
-        | ClientCommand::Schedules
+        | ClientCommand::Kinds { .. }
+        | ClientCommand::Schedules { .. }
         | ClientCommand::Trigger { .. }
         | ClientCommand::Retry { .. } => return execute_admin(cmd, common).await,
         _ => {}
@@ -698,7 +878,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
     let mut c = connect(common).await?;
     let print = |j: &proto::Job| {
         if common.json {
-            println!("{}", job_json(j));
+            out!("{}", job_json(j));
         } else {
             print_job(j);
         }
@@ -714,7 +894,9 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             timeout,
             max_attempts,
             labels,
+            ordering_key,
             wait,
+            ..
         } => {
             let payload = match (payload, payload_file.as_deref()) {
                 (Some(p), _) => p.into_bytes(),
@@ -739,18 +921,18 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
                 run_at: delay
                     .map(|d| prost_types::Timestamp::from(std::time::SystemTime::now() + d)),
                 labels: labels.into_iter().collect(),
-                ..Default::default()
+                ordering_key: ordering_key.unwrap_or_default(),
             };
             let r = c.submit(req).await?.into_inner();
             let job = r.job.unwrap_or_default();
             if !wait {
                 if common.json {
-                    println!(
+                    out!(
                         "{}",
                         json!({ "job": job_json(&job), "deduplicated": r.deduplicated })
                     );
                 } else {
-                    println!(
+                    out!(
                         "{}{}",
                         job.id,
                         if r.deduplicated {
@@ -767,7 +949,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             }
             follow_to_end(&mut c, &job.id, common.json).await
         }
-        ClientCommand::Status { id, output } => {
+        ClientCommand::Status { id, output, .. } => {
             let j = c
                 .get_status(proto::GetStatusRequest { id })
                 .await?
@@ -782,8 +964,8 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             print(&j);
             Ok(exit::OK)
         }
-        ClientCommand::Watch { id } => follow_to_end(&mut c, &id, common.json).await,
-        ClientCommand::Cancel { id } => {
+        ClientCommand::Watch { id, .. } => follow_to_end(&mut c, &id, common.json).await,
+        ClientCommand::Cancel { id, .. } => {
             let j = c
                 .cancel(proto::CancelRequest { id })
                 .await?
@@ -798,7 +980,17 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             kind,
             limit,
             all,
+            newest_first,
+            labels,
+            ordering_key,
+            ..
         } => {
+            let labels: std::collections::HashMap<String, String> = labels.into_iter().collect();
+            let order = if newest_first {
+                proto::ListJobsOrder::NewestFirst
+            } else {
+                proto::ListJobsOrder::OldestFirst
+            };
             let limit = if all { usize::MAX } else { limit as usize };
             let mut jobs = Vec::new();
             let mut token = String::new();
@@ -810,7 +1002,9 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
                         kind: kind.clone().unwrap_or_default(),
                         page_size: (limit - jobs.len()).min(1000) as u32,
                         page_token: token,
-                        ..Default::default()
+                        ordering_key: ordering_key.clone().unwrap_or_default(),
+                        labels: labels.clone(),
+                        order: order as i32,
                     })
                     .await?
                     .into_inner();
@@ -822,18 +1016,22 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
                 more = jobs.len() >= limit;
             }
             if common.json {
-                println!("{}", Value::Array(jobs.iter().map(job_json).collect()));
+                out!("{}", Value::Array(jobs.iter().map(job_json).collect()));
             } else {
-                println!(
+                out!(
                     "{:<36}  {:<10}  {:<16}  {:>7}  {:<27}  LAST ERROR",
-                    "ID", "STATE", "KIND", "ATTEMPT", "CREATED"
+                    "ID",
+                    "STATE",
+                    "KIND",
+                    "ATTEMPT",
+                    "CREATED"
                 );
                 for j in &jobs {
                     let mut error = printable(j.last_error.lines().next().unwrap_or(""), false);
                     if error.chars().count() > 60 {
                         error = error.chars().take(59).collect::<String>() + "…";
                     }
-                    println!(
+                    out!(
                         "{:<36}  {:<10}  {:<16}  {:>7}  {:<27}  {}",
                         j.id,
                         state_name(j.state),
@@ -844,23 +1042,24 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
                     );
                 }
                 if more {
-                    println!("(more jobs match: --limit N for more, --all for every one)");
+                    out!("(more jobs match: --limit N for more, --all for every one)");
                 }
             }
             Ok(exit::OK)
         }
-        ClientCommand::Health => health(common).await,
+        ClientCommand::Health { .. } => health(common).await,
         ClientCommand::Pause { .. }
         | ClientCommand::Resume { .. }
-        | ClientCommand::Kinds
-        | ClientCommand::Schedules
+        | ClientCommand::Kinds { .. }
+        | ClientCommand::Schedules { .. }
         | ClientCommand::Trigger { .. }
         | ClientCommand::Retry { .. } => execute_admin(cmd, common).await,
     }
 }
 
 /// Runs one client command; returns the process exit code.
-pub async fn run(cmd: ClientCommand, common: Common) -> u8 {
+pub async fn run(cmd: ClientCommand) -> u8 {
+    let common = cmd.common().clone();
     match execute(cmd, &common).await {
         Ok(code) => code,
         Err(Failure(code, msg)) => {

@@ -15,8 +15,6 @@ const EX_USAGE: u8 = 64;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    #[command(flatten)]
-    common: jobd::client::Common,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -49,6 +47,9 @@ enum Command {
     /// JSON with --json), environment and flags applied, secrets redacted.
     CheckConfig {
         file: PathBuf,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
         /// gRPC listen address.
         #[arg(long, env = "JOBD_LISTEN")]
         listen: Option<String>,
@@ -79,9 +80,20 @@ enum Command {
         /// The program and its arguments, after `--`.
         #[arg(last = true, required = true)]
         command: Vec<String>,
+        #[command(flatten)]
+        conn: jobd::client::Connection,
     },
     /// Load-test a running daemon (see README "Benchmarks").
-    Bench(jobd::bench::BenchArgs),
+    Bench {
+        /// Daemon address.
+        #[arg(long, env = "JOBD_ADDR", default_value = "http://127.0.0.1:50051")]
+        addr: String,
+        /// Print the rows as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        args: jobd::bench::BenchArgs,
+    },
 }
 
 /// The config from file, environment and flags, checked and resolved once.
@@ -123,21 +135,11 @@ fn init_logs(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(
-        cli.command,
-        Command::Client(_) | Command::CheckConfig { .. }
-    ) {
-        // Printing commands end quietly when their reader goes away
-        // (`jobd list | head -2`), as Unix tools do, instead of panicking on
-        // EPIPE: Rust ignores SIGPIPE unless told otherwise. The daemon keeps
-        // ignoring it (a client's closed socket must not kill it).
-        // SAFETY: signal(2) with SIG_DFL, before any thread is started.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
+    // SIGPIPE stays ignored (Rust's default) in every command: a socket the
+    // peer closed is an error to report, not a silent death. The printing
+    // commands end quietly on a closed stdout through jobd::client::emit.
     match cli.command {
-        Command::Bench(args) => {
+        Command::Bench { addr, json, args } => {
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -145,9 +147,9 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(jobd::bench::run(&args, &cli.common.addr)) {
+            match rt.block_on(jobd::bench::run(&args, &addr)) {
                 Ok(rows) => {
-                    if cli.common.json {
+                    if json {
                         println!("{}", jobd::bench::to_json(&rows));
                     } else {
                         jobd::bench::print_table(&rows);
@@ -161,6 +163,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Work {
+            conn,
             kinds,
             max_in_flight,
             kill_grace,
@@ -175,9 +178,16 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let mut opts = jobd::worker::WorkerOptions::new(&cli.common.addr, kinds);
+            let mut opts = jobd::worker::WorkerOptions::new(&conn.addr, kinds);
             opts.max_in_flight = max_in_flight;
-            opts.token = cli.common.token.clone();
+            opts.token = conn.token.clone();
+            opts.endpoint = match conn.endpoint() {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    eprintln!("jobd work: {e}");
+                    return ExitCode::from(EX_USAGE);
+                }
+            };
             let r = rt.block_on(async {
                 let shutdown = jobd::Shutdown::on_signals()
                     .map_err(|e| jobd::worker::WorkerError::Options(e.to_string()))?;
@@ -209,10 +219,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            ExitCode::from(rt.block_on(jobd::client::run(cmd, cli.common)))
+            ExitCode::from(rt.block_on(jobd::client::run(cmd)))
         }
         Command::CheckConfig {
             file,
+            json,
             listen,
             admin_listen,
             store,
@@ -221,14 +232,14 @@ fn main() -> ExitCode {
                 for warning in jobd::server::warnings(&prepared.config) {
                     eprintln!("jobd: warning: {warning}");
                 }
-                let text = if cli.common.json {
+                let text = if json {
                     serde_json::to_string_pretty(&prepared.config).map_err(|e| e.to_string())
                 } else {
                     toml::to_string(&prepared.config).map_err(|e| e.to_string())
                 };
                 match text {
                     Ok(t) => {
-                        println!("{t}");
+                        jobd::client::emit(format_args!("{t}"));
                         ExitCode::SUCCESS
                     }
                     Err(e) => {

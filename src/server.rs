@@ -167,11 +167,14 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         config.workers.heartbeat_interval,
         config.workers.max_sessions,
     );
-    let registry =
-        Registry::from_kinds(&kinds, &workers).map_err(|message| ConfigError::Invalid {
-            key: "kinds".into(),
-            message,
-        })?;
+    let registry = Registry::from_kinds(&kinds, &workers).map_err(|message| {
+        // "kinds.NAME.KEY: why" names its key.
+        let (key, message) = message.split_once(": ").unwrap_or(("kinds", &message));
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    })?;
     for warning in warnings(&config) {
         tracing::warn!("{warning}");
     }

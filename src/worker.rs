@@ -47,6 +47,9 @@ pub struct WorkerOptions {
     /// Jobs run at once (1..=10000).
     pub max_in_flight: u32,
     pub labels: HashMap<String, String>,
+    /// How to connect (TLS, client certificate), when more than `addr`
+    /// says; `addr` is then only shown.
+    pub endpoint: Option<tonic::transport::Endpoint>,
 }
 
 impl WorkerOptions {
@@ -58,6 +61,7 @@ impl WorkerOptions {
             kinds: kinds.into_iter().map(Into::into).collect(),
             max_in_flight: 16,
             labels: HashMap::new(),
+            endpoint: None,
         }
     }
 }
@@ -139,7 +143,11 @@ fn msg(m: worker_message::Msg) -> proto::WorkerMessage {
     proto::WorkerMessage { msg: Some(m) }
 }
 
-async fn channel(addr: &str) -> Result<Channel, String> {
+async fn channel(opts: &WorkerOptions) -> Result<Channel, String> {
+    if let Some(endpoint) = &opts.endpoint {
+        return endpoint.connect().await.map_err(|e| e.to_string());
+    }
+    let addr = &opts.addr;
     let url = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -163,7 +171,7 @@ where
     F: Fn(WorkJob) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Bytes, HandlerError>> + Send + 'static,
 {
-    let ch = match channel(&opts.addr).await {
+    let ch = match channel(opts).await {
         Ok(c) => c,
         Err(e) => return Ok(SessionEnd::Broken(e)),
     };

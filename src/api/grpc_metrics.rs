@@ -117,6 +117,8 @@ where
                 Err(_) => "UNKNOWN",
             };
             metrics.grpc_request(method, code, started.elapsed());
+            // In the RPC's span (RUST_LOG=jobd=debug): one line per call.
+            tracing::debug!(code, elapsed = ?started.elapsed(), "rpc answered");
             res
         })
     }

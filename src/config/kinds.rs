@@ -75,6 +75,22 @@ pub struct KindConfig {
     /// `http`: extra request headers.
     #[serde(default, serialize_with = "super::ser_redacted_values")]
     pub headers: BTreeMap<String, String>,
+    /// `http` (https:// URLs): PEM CA bundle the server's certificate must
+    /// chain to, instead of the system's roots.
+    pub ca: Option<PathBuf>,
+    /// `http` (https:// URLs): PEM client certificate chain, for a server
+    /// that requires mTLS (with `key`).
+    pub cert: Option<PathBuf>,
+    /// `http`: PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// `http`: how long connecting (TCP and TLS) may take, apart from the
+    /// attempt's `timeout` for the whole request. Default 10 s.
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "ser_opt_duration"
+    )]
+    pub connect_timeout: Option<Duration>,
     /// Jobs of one ordering key running (or waiting for a retry) at once at
     /// most, in submit order; unset: ordering keys are stored and ignored.
     pub key_concurrency: Option<u32>,
@@ -125,9 +141,24 @@ pub enum HandlerSpec {
         url: String,
         method: String,
         headers: BTreeMap<String, String>,
+        tls: HttpTls,
+        connect_timeout: Duration,
     },
     Remote,
 }
+
+/// An `http` kind's TLS files (read when the handler is built).
+#[derive(Debug, Clone, Default)]
+pub struct HttpTls {
+    /// Trust only this CA bundle; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key, for mTLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+/// Default and bounds of an `http` kind's `connect_timeout`.
+pub const DEFAULT_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const MAX_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A kind with every default filled in.
 #[derive(Debug, Clone)]
@@ -330,6 +361,10 @@ fn handler_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), C
         ("url", k.url.is_some(), is_http),
         ("method", k.method.is_some(), is_http),
         ("headers", !k.headers.is_empty(), is_http),
+        ("ca", k.ca.is_some(), is_http),
+        ("cert", k.cert.is_some(), is_http),
+        ("key", k.key.is_some(), is_http),
+        ("connect_timeout", k.connect_timeout.is_some(), is_http),
     ] {
         if set && !ok {
             return Err(invalid(
@@ -379,11 +414,36 @@ fn handler_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), C
             // Parsed as the HTTP client will parse it, so a bad URL stops
             // the start instead of failing every job.
             let parsed = reqwest::Url::parse(&url);
-            if !url.starts_with("http://") || parsed.as_ref().map_or(true, |u| !u.has_host()) {
+            let https = url.starts_with("https://");
+            if !(https || url.starts_with("http://"))
+                || parsed.as_ref().map_or(true, |u| !u.has_host())
+            {
                 let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
                 return Err(invalid(
                     key("url"),
-                    format!("{url:?}{why}: required, an http:// URL with a host (https needs the TLS support of a later release)"),
+                    format!("{url:?}{why}: required, an http:// or https:// URL with a host"),
+                ));
+            }
+            for (field, set) in [
+                ("ca", k.ca.is_some()),
+                ("cert", k.cert.is_some()),
+                ("key", k.key.is_some()),
+            ] {
+                if set && !https {
+                    return Err(invalid(key(field), "a TLS setting: needs an https:// url"));
+                }
+            }
+            let identity = match (&k.cert, &k.key) {
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                (None, None) => None,
+                (Some(_), None) => return Err(invalid(key("key"), "required with cert")),
+                (None, Some(_)) => return Err(invalid(key("cert"), "required with key")),
+            };
+            let connect_timeout = k.connect_timeout.unwrap_or(DEFAULT_HTTP_CONNECT_TIMEOUT);
+            if connect_timeout.is_zero() || connect_timeout > MAX_HTTP_CONNECT_TIMEOUT {
+                return Err(invalid(
+                    key("connect_timeout"),
+                    "must be more than 0 and at most 5m",
                 ));
             }
             let method = k
@@ -409,6 +469,11 @@ fn handler_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), C
                     url,
                     method,
                     headers: k.headers.clone(),
+                    tls: HttpTls {
+                        ca: k.ca.clone(),
+                        identity,
+                    },
+                    connect_timeout,
                 },
                 DEFAULT_STOP_GRACE,
             )

@@ -12,7 +12,7 @@ mod kinds;
 mod schedules;
 
 pub use auth::{AuthConfig, Role, Secret, TokenConfig};
-pub use kinds::{BackoffConfig, HandlerSpec, HandlerType, KindConfig, KindSettings};
+pub use kinds::{BackoffConfig, HandlerSpec, HandlerType, HttpTls, KindConfig, KindSettings};
 pub use schedules::{parse_cron, rfc3339, Overlap, Schedule, ScheduleConfig, MAX_SCHEDULES};
 
 use std::collections::BTreeMap;

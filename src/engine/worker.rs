@@ -66,6 +66,10 @@ impl Engine {
         let stop = self.attempt_token(job.id, job.attempt, job.sequence);
         let began = std::time::Instant::now();
         let ended = self.execute(&job, stop).await;
+        // In the attempt's span: RUST_LOG=jobd=debug shows why it failed.
+        if let Ended::Ran(Err(e)) = &ended {
+            tracing::debug!(error = %e, "attempt failed");
+        }
         self.lock_running().remove(&(job.id, job.attempt));
         self.metrics
             .attempt(&job.kind, ended.label(), began.elapsed());

@@ -51,6 +51,18 @@ fn signal_group(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// SIGKILLs an attempt's process group when dropped. An attempt whose task
+/// is aborted (a forced stop gives up on it after its bounded wait, or the
+/// runtime shuts down) never reaches the kills below; `kill_on_drop` alone
+/// would kill the leader only and leave the rest of its group running.
+struct KillGroupOnDrop(u32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        signal_group(self.0, libc::SIGKILL);
+    }
+}
+
 /// Kills every process of this user that still carries `JOBD_JOB_ID=id`
 /// and `JOBD_ATTEMPT=attempt` in its environment (processes that left the
 /// attempt's process group); returns how many. Reads `/proc`, so it runs on
@@ -188,6 +200,7 @@ impl CommandHandler {
             HandlerError::permanent(format!("cannot start {:?}: {e}", self.argv[0]))
         })?;
         let pid = child.id().unwrap_or(0);
+        let _group = KillGroupOnDrop(pid);
         let mut stdin = child.stdin.take();
         let payload = job.payload.clone();
         let feed = async move {

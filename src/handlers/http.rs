@@ -3,19 +3,30 @@
 //! connection errors = retry, honouring `Retry-After`; other 4xx =
 //! permanent. Each kind has one pooled client. Every attempt of a job sends
 //! the same `Idempotency-Key` (the job id), so the receiver can deduplicate.
+//! `https://` URLs use rustls (ring): the system's roots or the kind's `ca`,
+//! and a client certificate when the kind sets `cert`/`key`. A TLS failure
+//! (bad certificate) is a connection error: retried, its cause in
+//! `last_error`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 
+use tokio_rustls::rustls::{
+    self,
+    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+};
+
 use super::{Handler, HandlerError, JobContext, Output};
+use crate::config::HttpTls;
 
 /// The longest `Retry-After` honoured; a larger one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of an error response kept for `last_error`.
 const ERROR_BODY_BYTES: usize = 1024;
 
@@ -27,32 +38,115 @@ pub struct HttpHandler {
     max_response_bytes: usize,
 }
 
+/// What an `http` kind's handler is built from (checked by the config).
+pub struct HttpSettings<'a> {
+    pub url: &'a str,
+    pub method: &'a str,
+    pub headers: &'a BTreeMap<String, String>,
+    pub tls: &'a HttpTls,
+    pub connect_timeout: Duration,
+    pub max_response_bytes: usize,
+}
+
 impl HttpHandler {
-    pub fn new(
-        url: &str,
-        method: &str,
-        headers: &BTreeMap<String, String>,
-        max_response_bytes: usize,
-    ) -> Result<HttpHandler, String> {
+    /// Reads the kind's TLS files once. Errors start with the config key
+    /// they concern (`ca: ...`).
+    pub fn new(s: HttpSettings<'_>) -> Result<HttpHandler, String> {
         let mut map = HeaderMap::new();
-        for (k, v) in headers {
-            let name = HeaderName::try_from(k.as_str()).map_err(|e| format!("header {k}: {e}"))?;
+        for (k, v) in s.headers {
+            let name = HeaderName::try_from(k.as_str()).map_err(|e| format!("headers.{k}: {e}"))?;
             let value =
-                HeaderValue::try_from(v.as_str()).map_err(|e| format!("header {k}: {e}"))?;
+                HeaderValue::try_from(v.as_str()).map_err(|e| format!("headers.{k}: {e}"))?;
             map.insert(name, value);
         }
+        // Always a config of our own: reqwest has no crypto provider built
+        // in (it would pick one at run time), so plain http:// kinds get
+        // one too.
         let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_timeout(s.connect_timeout)
+            .tls_backend_preconfigured(client_tls(s.tls)?)
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("url: {}", chain(&e)))?;
         Ok(HttpHandler {
             client,
-            url: url.to_string(),
-            method: Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?,
+            url: s.url.to_string(),
+            method: Method::from_bytes(s.method.as_bytes()).map_err(|e| format!("method: {e}"))?,
             headers: map,
-            max_response_bytes,
+            max_response_bytes: s.max_response_bytes,
         })
     }
+}
+
+fn read(field: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{field}: cannot read {}: {e}", path.display()))
+}
+
+fn pem_certs(field: &str, path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_slice_iter(&read(field, path)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{field}: {}: not PEM certificates: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{field}: {}: no certificate in the file",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The rustls client config of one kind: its `ca` or the system's roots,
+/// its client certificate if any; HTTP/1.1 only (the client speaks no h2).
+fn client_tls(tls: &HttpTls) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca {
+        Some(ca) => {
+            for c in pem_certs("ca", ca)? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("ca: {}: bad CA certificate: {e}", ca.display()))?;
+            }
+        }
+        None => {
+            // Unreadable system certificates are skipped; with none at all,
+            // https:// requests fail with "unknown issuer", which says why.
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("ca: {e}"))?
+        .with_root_certificates(roots);
+    let mut config = match &tls.identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = pem_certs("cert", cert)?;
+            let key_der = PrivateKeyDer::from_pem_slice(&read("key", key)?)
+                .map_err(|e| format!("key: {}: not a PEM private key: {e}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| format!("key: does not fit the certificate: {e}"))?
+        }
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// An error with its causes: reqwest's own text ("error sending request")
+/// hides the one that matters ("invalid peer certificate: UnknownIssuer").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// `Retry-After` as delta-seconds (an HTTP-date falls back to the backoff).
@@ -99,7 +193,7 @@ impl Handler for HttpHandler {
             .body(job.payload.clone())
             .send();
         let mut resp = tokio::select! {
-            r = request => r.map_err(|e| HandlerError::retryable(format!("request to {} failed: {e}", self.url)))?,
+            r = request => r.map_err(|e| HandlerError::retryable(format!("request to {} failed: {}", self.url, chain(&e))))?,
             _ = job.cancel.cancelled() => return Err(HandlerError::retryable("request stopped")),
         };
         let status = resp.status();

@@ -110,9 +110,18 @@ impl Registry {
                     url,
                     method,
                     headers,
+                    tls,
+                    connect_timeout,
                 } => Arc::new(
-                    http::HttpHandler::new(url, method, headers, k.max_result_bytes)
-                        .map_err(|e| format!("kinds.{}: {e}", k.name))?,
+                    http::HttpHandler::new(http::HttpSettings {
+                        url,
+                        method,
+                        headers,
+                        tls,
+                        connect_timeout: *connect_timeout,
+                        max_response_bytes: k.max_result_bytes,
+                    })
+                    .map_err(|e| format!("kinds.{}.{e}", k.name))?,
                 ),
                 HandlerSpec::Remote => Arc::new(crate::remote::RemoteHandler {
                     workers: workers.clone(),

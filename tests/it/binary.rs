@@ -91,6 +91,8 @@ fn bad_config_exits_64_naming_the_key_before_binding() {
         ("[kinds.c]\nhandler = \"command\"\n", "kinds.c.command"),
         ("[kinds.c]\nhandler = \"echo\"\ncommand = [\"ls\"]\n", "kinds.c.command"),
         ("[kinds.h]\nhandler = \"http\"\nurl = \"ftp://x\"\n", "kinds.h.url"),
+        // A TLS file of an https kind, read when its handler is built.
+        ("[kinds.h]\nhandler = \"http\"\nurl = \"https://x\"\nca = \"/no/such/ca.pem\"\n", "kinds.h.ca"),
         ("[kinds.h]\nhandler = \"http\"\nurl = \"http://x\"\nmethod = \"DELETE\"\n", "kinds.h.method"),
         ("[kinds.c]\nhandler = \"command\"\ncommand = [\"ls\"]\nworking_dir = \"/no/such/dir\"\n", "kinds.c.working_dir"),
         // Past a semaphore's maximum these panicked after migrations ran.
@@ -394,4 +396,198 @@ async fn second_signal_skips_the_drain_and_loses_nothing() {
     assert_eq!(j.state, jobd::job::JobState::Queued, "{j:?}");
     assert_eq!(j.attempt, 0, "the forced stop spent the attempt: {j:?}");
     store.close().await.unwrap();
+}
+
+/// Runs `jobd serve` with `config`, gets it to `setup`'s state, sends
+/// `signals` SIGTERMs 300 ms apart, and returns how long after its last log
+/// line the process exited, and its stderr reached EOF (what a `| tee` sees),
+/// with the log.
+async fn linger_after_last_log_line(
+    config: &str,
+    kind: Option<&str>,
+    signals: usize,
+) -> (Duration, Duration, String) {
+    use std::io::BufRead;
+    use std::time::Instant;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = dir.path().join("jobd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "store = \"sqlite:{}/jobd.db\"\nadmin_listen = \"127.0.0.1:0\"\n{config}",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    // (log, time of the last line, time of EOF)
+    let reader = std::thread::spawn(move || {
+        let mut log = String::new();
+        let mut last = Instant::now();
+        for line in std::io::BufReader::new(stderr).lines() {
+            last = Instant::now();
+            log.push_str(&line.unwrap_or_default());
+            log.push('\n');
+        }
+        (log, last, Instant::now())
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    let mut c = None;
+    for _ in 0..500 {
+        if let Ok(ch) = tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            c = Some(jobd::proto::job_service_client::JobServiceClient::new(ch));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = c.expect("daemon started");
+    if let Some(kind) = kind {
+        let job = submit(&mut c, req(kind, "")).await;
+        wait_for(&mut c, &job.id, |s| s == JobState::Running).await;
+    }
+    for i in 0..signals {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        signal(&child, "-TERM");
+    }
+    let (status, exited) = tokio::task::spawn_blocking(move || {
+        let s = child.wait().unwrap();
+        (s, Instant::now())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let (log, last, eof) = tokio::task::spawn_blocking(move || reader.join().unwrap())
+        .await
+        .unwrap();
+    assert!(log.contains("jobd stopped"), "{log}");
+    (
+        exited.saturating_duration_since(last),
+        eof.saturating_duration_since(last),
+        log,
+    )
+}
+
+/// After its last log line ("jobd stopped") the process is gone within a
+/// second, and so is every holder of its stderr: idle, and when a second
+/// signal cuts short a command whose process group ignores SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_exits_promptly_after_its_last_log_line() {
+    let (exit, eof, log) =
+        linger_after_last_log_line("[drain]\ngrace = \"100ms\"\n", None, 1).await;
+    assert!(exit < Duration::from_secs(1), "idle: exit {exit:?}\n{log}");
+    assert!(
+        eof < Duration::from_secs(1),
+        "idle: stderr EOF {eof:?}\n{log}"
+    );
+    eprintln!("idle: exit {exit:?} and stderr EOF {eof:?} after the last log line");
+    let stubborn = "[drain]\ngrace = \"30s\"\ntimeout = \"60s\"\n\
+        [kinds.stubborn]\nhandler = \"command\"\n\
+        command = [\"sh\", \"-c\", \"trap '' TERM; sleep 30.123 & sleep 30.123; wait\"]\n\
+        kill_grace = \"30s\"\n";
+    let (exit, eof, log) = linger_after_last_log_line(stubborn, Some("stubborn"), 2).await;
+    assert!(
+        exit < Duration::from_secs(1),
+        "forced: exit {exit:?}\n{log}"
+    );
+    assert!(
+        eof < Duration::from_secs(1),
+        "forced: stderr EOF {eof:?}\n{log}"
+    );
+    eprintln!("forced stop: exit {exit:?} and stderr EOF {eof:?} after the last log line");
+    // The abandoned attempt's whole process group is gone with the daemon,
+    // not only its leader.
+    let marker = "trap '' TERM; sleep 30.123 & sleep 30.123; wait";
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = Command::new("pgrep")
+            .args(["-f", "-c", "^sleep 30[.]123$"])
+            .output()
+            .unwrap();
+        let n: u32 = String::from_utf8_lossy(&left.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} processes of `{marker}` outlived the daemon"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `RUST_LOG=jobd=debug`, as the README recommends: a line in each RPC's
+/// span with its code, and a failed attempt's error text in the attempt's
+/// span; none of the HTTP/2 libraries' frame dumps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_show_rpc_spans_and_attempt_errors() {
+    let port = free_port();
+    let mut child = Command::new(bin())
+        .args(["serve", "--store", "memory:", "--admin-listen", "off"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "jobd=debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut c = None;
+    for _ in 0..500 {
+        if let Ok(ch) = tonic::transport::Channel::from_shared(url.clone())
+            .unwrap()
+            .connect()
+            .await
+        {
+            c = Some(jobd::proto::job_service_client::JobServiceClient::new(ch));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = c.expect("daemon started");
+    let mut r = req("fail", "permanent");
+    r.max_attempts = 1;
+    let job = submit(&mut c, r).await;
+    wait_for(&mut c, &job.id, |s| s == JobState::Failed).await;
+    let refused = c.submit(req("no-such-kind", "")).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::InvalidArgument);
+    drop(c);
+    signal(&child, "-TERM");
+    let out = tokio::task::spawn_blocking(move || {
+        let mut log = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut log).unwrap();
+        assert_eq!(child.wait().unwrap().code(), Some(0));
+        log
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.contains("rpc{method=/jobd.v1.JobService/Submit}")
+            && out.contains("code=\"INVALID_ARGUMENT\""),
+        "{out}"
+    );
+    let attempt = format!("attempt{{job={} kind=fail attempt=1}}", job.id);
+    assert!(
+        out.lines().any(|l| l.contains(&attempt)
+            && l.contains("attempt failed error=fail: permanent failure requested")),
+        "{out}"
+    );
+    assert!(!out.contains("h2::"), "frame dumps at jobd=debug:\n{out}");
 }

@@ -1,6 +1,9 @@
 //! The CLI client against a real daemon: output, JSON, exit codes.
 
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use jobd::proto;
 
 use crate::helpers::*;
 
@@ -150,6 +153,9 @@ fn a_closed_stdout_ends_quietly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
     assert_ne!(out.status.code(), Some(101), "{err}");
+    // Ended by SIGPIPE, as `cat` would be (a shell shows 141).
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{out:?}");
 }
 
 /// `jobd list` says when more jobs match (`--all` shows every one), and
@@ -240,5 +246,199 @@ async fn json_errors_are_json() {
     let v: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
     assert_eq!(v["exit_code"], 3);
     assert!(v["error"].as_str().unwrap().contains("not found"), "{v}");
+    d.stop().await.unwrap();
+}
+
+fn help(args: &[&str]) -> String {
+    let o = Command::new(bin()).args(args).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    text(&o)
+}
+
+/// `serve` listens; it takes none of the client's connection flags (which
+/// it would silently ignore), and its help does not list them. The client
+/// commands do, and `submit` explains its defaults.
+#[test]
+fn help_texts_list_only_the_flags_a_command_uses() {
+    let serve = help(&["serve", "--help"]);
+    for flag in [
+        "--addr",
+        "--json",
+        "--token",
+        "--ca",
+        "--cert",
+        "--tls-server-name",
+    ] {
+        assert!(!serve.contains(flag), "serve --help lists {flag}:\n{serve}");
+    }
+    assert!(serve.contains("--listen"), "{serve}");
+    let o = Command::new(bin())
+        .args(["serve", "--addr", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "serve refuses --addr: {o:?}");
+
+    let check = help(&["check-config", "--help"]);
+    assert!(check.contains("--json"), "{check}");
+    assert!(!check.contains("--addr"), "{check}");
+
+    let submit = help(&["submit", "--help"]);
+    for flag in ["--addr", "--json", "--token", "--ca", "--cert-key", "--key"] {
+        assert!(
+            submit.contains(flag),
+            "submit --help lacks {flag}:\n{submit}"
+        );
+    }
+    let flat = submit.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        flat.contains("0 means the kind's configured `max_attempts`"),
+        "{submit}"
+    );
+    assert!(flat.contains("higher priority run first"), "{submit}");
+    for cmd in ["list", "watch", "work", "bench"] {
+        assert!(help(&[cmd, "--help"]).contains("--addr"), "{cmd}");
+    }
+    let work = help(&["work", "--help"]);
+    for flag in ["--token", "--ca", "--cert-key", "--tls-server-name"] {
+        assert!(work.contains(flag), "work --help lacks {flag}:\n{work}");
+    }
+    assert!(!work.contains("--json"), "{work}");
+    // --key is the idempotency key on submit; the TLS key is --cert-key.
+    let o = Command::new(bin())
+        .args(["submit", "echo", "--cert", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "--cert needs --cert-key: {o:?}");
+}
+
+/// `jobd list --newest-first`, `--label k=v` (all must match),
+/// `--ordering-key`, and `jobd submit --ordering-key`, against a real daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_by_label_and_ordering_key_and_orders_newest_first() {
+    let d = start("").await;
+    let addr = d.url();
+    let mut ids = Vec::new();
+    for (i, labels, key) in [
+        (0, vec!["team=web", "env=prod"], "user-1"),
+        (1, vec!["team=web"], "user-2"),
+        (2, vec!["team=db", "env=prod"], "user-1"),
+    ] {
+        let payload = i.to_string();
+        let mut args = vec![
+            "submit",
+            "echo",
+            "--delay",
+            "1h",
+            "--payload",
+            &payload,
+            "--ordering-key",
+            key,
+        ];
+        for l in &labels {
+            args.extend(["--label", l]);
+        }
+        let o = jobd(&addr, &args).await;
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        ids.push(text(&o).trim().to_string());
+    }
+    let list = |args: Vec<&'static str>| {
+        let addr = addr.clone();
+        async move {
+            let mut all = vec!["list", "--json"];
+            all.extend(args);
+            let o = jobd(&addr, &all).await;
+            assert_eq!(o.status.code(), Some(0), "{o:?}");
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|j| j["id"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(vec![]).await, ids);
+    let mut newest = ids.clone();
+    newest.reverse();
+    assert_eq!(list(vec!["--newest-first"]).await, newest);
+    assert_eq!(
+        list(vec!["--label", "team=web"]).await,
+        vec![ids[0].clone(), ids[1].clone()]
+    );
+    assert_eq!(
+        list(vec!["--label", "team=web", "--label", "env=prod"]).await,
+        vec![ids[0].clone()]
+    );
+    assert_eq!(
+        list(vec!["--label", "env=prod", "--newest-first"]).await,
+        vec![ids[2].clone(), ids[0].clone()]
+    );
+    assert!(list(vec!["--label", "team=nobody"]).await.is_empty());
+    assert_eq!(
+        list(vec!["--ordering-key", "user-1"]).await,
+        vec![ids[0].clone(), ids[2].clone()]
+    );
+    // A page cut short by --limit still says more exist, newest first too.
+    let o = jobd(&addr, &["list", "--newest-first", "--limit", "1"]).await;
+    let out = text(&o);
+    assert!(
+        out.contains(&ids[2]) && out.contains("more jobs match"),
+        "{out}"
+    );
+
+    let o = jobd(&addr, &["status", &ids[0], "--json"]).await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["ordering_key"], "user-1");
+    let o = jobd(&addr, &["status", &ids[0]]).await;
+    assert!(text(&o).contains("ordering key: user-1"), "{}", text(&o));
+
+    // Bad input: a label without '=' is a usage error (2) before any call;
+    // a label key the daemon refuses is INVALID_ARGUMENT (64).
+    let o = jobd(&addr, &["list", "--label", "team"]).await;
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let long = format!("{}=x", "k".repeat(64));
+    let o = jobd(&addr, &["list", "--label", &long]).await;
+    assert_eq!(o.status.code(), Some(64), "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("label keys are at most"));
+    d.stop().await.unwrap();
+}
+
+/// A label filter scans at most 10,000 jobs per call; a page cut short by
+/// that scan has a next-page token, and `jobd list` follows it: the one
+/// matching job behind 10,500 others is found, with no "more" line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_label_filter_follows_pages_cut_short_by_the_scan() {
+    let d = start("").await;
+    let mut c = d.client().await;
+    let later =
+        prost_types::Timestamp::from(std::time::SystemTime::now() + Duration::from_secs(3600));
+    for _ in 0..21 {
+        let requests = (0..500)
+            .map(|_| proto::SubmitRequest {
+                kind: "echo".into(),
+                run_at: Some(later),
+                ..Default::default()
+            })
+            .collect();
+        c.submit_batch(proto::SubmitBatchRequest { requests })
+            .await
+            .unwrap();
+    }
+    let mut r = req("echo", "");
+    r.run_at = Some(later);
+    r.labels.insert("needle".into(), "yes".into());
+    let needle = submit(&mut c, r).await;
+    let o = jobd(&d.url(), &["list", "--label", "needle=yes"]).await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let out = text(&o);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(out.contains(&needle.id), "{out}");
+    assert!(!out.contains("more jobs match"), "{out}");
+    let o = jobd(
+        &d.url(),
+        &["list", "--label", "needle=yes", "--newest-first", "--json"],
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v[0]["id"], needle.id.as_str());
     d.stop().await.unwrap();
 }

@@ -229,63 +229,97 @@ impl Seen {
 /// A tiny HTTP/1.1 server: answers request n with `responses[n]` (the last
 /// one repeats), after an optional delay, and records what it received.
 async fn http_server(responses: Vec<(&'static str, Duration)>) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    serve_http(responses, None).await
+}
+
+/// [`http_server`] over TLS with this acceptor: an `https://127.0.0.1`
+/// URL. A failed handshake records nothing.
+async fn https_server(
+    responses: Vec<(&'static str, Duration)>,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> (String, Arc<Mutex<Vec<Seen>>>) {
+    serve_http(responses, Some(acceptor)).await
+}
+
+async fn serve_http(
+    responses: Vec<(&'static str, Duration)>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> (String, Arc<Mutex<Vec<Seen>>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}/hook", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
+            let Ok((sock, _)) = listener.accept().await else {
                 return;
             };
             let log = log.clone();
             let responses = responses.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut tmp = [0u8; 4096];
-                let head_end = loop {
-                    let n = sock.read(&mut tmp).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
+                match tls {
+                    None => answer(sock, log, responses).await,
+                    Some(a) => {
+                        if let Ok(s) = a.accept(sock).await {
+                            answer(s, log, responses).await;
+                        }
                     }
-                    buf.extend_from_slice(&tmp[..n]);
-                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break p + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                let len: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .strip_prefix("content-length:")
-                            .map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                while buf.len() < head_end + len {
-                    let n = sock.read(&mut tmp).await.unwrap_or(0);
-                    if n == 0 {
-                        break;
-                    }
-                    buf.extend_from_slice(&tmp[..n]);
                 }
-                let n = {
-                    let mut l = log.lock().unwrap();
-                    l.push(Seen {
-                        at: Instant::now(),
-                        head,
-                        body: buf[head_end..].to_vec(),
-                    });
-                    l.len() - 1
-                };
-                let (resp, delay) = responses[n.min(responses.len() - 1)];
-                tokio::time::sleep(delay).await;
-                let _ = sock.write_all(resp.as_bytes()).await;
-                let _ = sock.shutdown().await;
             });
         }
     });
     (url, seen)
+}
+
+/// One connection: one request read, recorded, and answered.
+async fn answer(
+    mut sock: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    log: Arc<Mutex<Vec<Seen>>>,
+    responses: Vec<(&'static str, Duration)>,
+) {
+    let mut buf = Vec::new();
+    let mut tmp = [0u8; 4096];
+    let head_end = loop {
+        let n = sock.read(&mut tmp).await.unwrap_or(0);
+        if n == 0 {
+            return;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + len {
+        let n = sock.read(&mut tmp).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    let n = {
+        let mut l = log.lock().unwrap();
+        l.push(Seen {
+            at: Instant::now(),
+            head,
+            body: buf[head_end..].to_vec(),
+        });
+        l.len() - 1
+    };
+    let (resp, delay) = responses[n.min(responses.len() - 1)];
+    tokio::time::sleep(delay).await;
+    let _ = sock.write_all(resp.as_bytes()).await;
+    let _ = sock.shutdown().await;
 }
 
 const OK: &str = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nthanks!";
@@ -441,5 +475,281 @@ async fn http_configured_content_type_replaces_the_default() {
         .collect();
     assert_eq!(types, ["content-type: application/json"], "{}", s.head);
     assert_eq!(s.header("x-jobd-job-id").unwrap(), j.id);
+    d.stop().await.unwrap();
+}
+
+/// A TLS acceptor serving `cert`/`key`; with `client_ca`, it requires a
+/// client certificate signed by that CA.
+fn acceptor(cert: &str, key: &str, client_ca: Option<&str>) -> tokio_rustls::TlsAcceptor {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = CertificateDer::pem_slice_iter(cert.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let b = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap();
+    let b = match client_ca {
+        None => b.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .unwrap();
+            b.with_client_cert_verifier(verifier)
+        }
+    };
+    tokio_rustls::TlsAcceptor::from(Arc::new(b.with_single_cert(certs, key).unwrap()))
+}
+
+/// An `http` kind `hook` for `url` with extra keys (`ca = ...`), two
+/// attempts, quick backoff.
+async fn run_https_hook(url: &str, extra: &str) -> proto::Job {
+    let kind = format!(
+        "[kinds.hook]\nhandler = \"http\"\nurl = \"{url}\"\ntimeout = \"5s\"\n\
+         max_attempts = 2\nbackoff = {{ initial = \"10ms\", max = \"10ms\" }}\n{extra}"
+    );
+    let d = start_with("", &kinds(&kind)).await;
+    let mut c = d.client().await;
+    let j = submit(&mut c, req("hook", "over tls")).await;
+    let done = wait_terminal(&mut c, &j.id).await;
+    d.stop().await.unwrap();
+    done
+}
+
+/// Writes `text` to `dir/name`; returns the path for a config file.
+fn file(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// https:// webhooks: a server whose certificate chains to the kind's `ca`
+/// gets the request; a certificate from another CA, for another name, or
+/// checked against the system's roots fails the handshake, which is a
+/// connection error: retried, with the reason in last_error, and the server
+/// never sees a request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_hook_trusts_the_kinds_ca_and_retries_a_bad_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::tls::Pki::new();
+    let ca = file(dir.path(), "ca.pem", &pki.ca_pem);
+    let (cert, key) = pki.leaf(&["127.0.0.1"]);
+    let (url, seen) = https_server(vec![(OK, Duration::ZERO)], acceptor(&cert, &key, None)).await;
+    let done = run_https_hook(&url, &format!("ca = \"{ca}\"\n")).await;
+    assert_eq!(state(&done), JobState::Succeeded, "{}", done.last_error);
+    assert_eq!(done.result, b"thanks!");
+    let s = seen.lock().unwrap()[0].clone();
+    assert!(s.head.starts_with("POST /hook HTTP/1.1"), "{}", s.head);
+    assert_eq!(s.body, b"over tls");
+
+    // Signed by another CA (with the same name as ours: the signature
+    // does not verify).
+    let other = crate::tls::Pki::new();
+    let (cert, key) = other.leaf(&["127.0.0.1"]);
+    let (url, seen) = https_server(vec![(OK, Duration::ZERO)], acceptor(&cert, &key, None)).await;
+    let done = run_https_hook(&url, &format!("ca = \"{ca}\"\n")).await;
+    assert_eq!((state(&done), done.attempt), (JobState::Failed, 2));
+    assert!(
+        done.last_error
+            .contains("invalid peer certificate: BadSignature"),
+        "{}",
+        done.last_error
+    );
+    assert!(seen.lock().unwrap().is_empty());
+    // No `ca`: the system's roots do not know the test CA either.
+    let done = run_https_hook(&url, "").await;
+    assert_eq!((state(&done), done.attempt), (JobState::Failed, 2));
+    assert!(
+        done.last_error.contains("UnknownIssuer"),
+        "{}",
+        done.last_error
+    );
+
+    // The right CA, the wrong name.
+    let (cert, key) = pki.leaf(&["example.com"]);
+    let (url, seen) = https_server(vec![(OK, Duration::ZERO)], acceptor(&cert, &key, None)).await;
+    let done = run_https_hook(&url, &format!("ca = \"{ca}\"\n")).await;
+    assert_eq!(state(&done), JobState::Failed);
+    assert!(
+        done.last_error.contains("certificate not valid for name"),
+        "{}",
+        done.last_error
+    );
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+/// A server that requires a client certificate: the kind's `cert`/`key`
+/// get through; without them the handshake fails and the job is retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_hook_presents_the_kinds_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::tls::Pki::new();
+    let ca = file(dir.path(), "ca.pem", &pki.ca_pem);
+    let (cert, key) = pki.leaf(&["127.0.0.1"]);
+    let (client_cert, client_key) = pki.leaf(&["jobd-client"]);
+    let client_cert = file(dir.path(), "client.pem", &client_cert);
+    let client_key = file(dir.path(), "client.key", &client_key);
+    let (url, seen) = https_server(
+        vec![(OK, Duration::ZERO)],
+        acceptor(&cert, &key, Some(&pki.ca_pem)),
+    )
+    .await;
+    let done = run_https_hook(
+        &url,
+        &format!("ca = \"{ca}\"\ncert = \"{client_cert}\"\nkey = \"{client_key}\"\n"),
+    )
+    .await;
+    assert_eq!(state(&done), JobState::Succeeded, "{}", done.last_error);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    let done = run_https_hook(&url, &format!("ca = \"{ca}\"\n")).await;
+    assert_eq!((state(&done), done.attempt), (JobState::Failed, 2));
+    assert!(
+        done.last_error.contains("CertificateRequired"),
+        "{}",
+        done.last_error
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "no request without a client certificate"
+    );
+}
+
+/// The TLS keys of an http kind are checked at start, each error naming
+/// its key.
+#[test]
+fn http_tls_settings_are_checked_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = crate::tls::Pki::new();
+    let ca = file(dir.path(), "ca.pem", &pki.ca_pem);
+    let not_pem = file(dir.path(), "junk.pem", "not a certificate\n");
+    let (c, k) = pki.leaf(&["x"]);
+    let cert = file(dir.path(), "c.pem", &c);
+    let key = file(dir.path(), "k.pem", &k);
+    let other_key = file(
+        dir.path(),
+        "other.key",
+        &rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    );
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let check = |url: &str, extra: &str| {
+        let text = format!(
+            "store = \"memory:\"\n[kinds.hook]\nhandler = \"http\"\nurl = \"{url}\"\n{extra}"
+        );
+        jobd::prepare(jobd::Config::from_toml(&text).unwrap()).map(|_| ())
+    };
+    let https = "https://127.0.0.1:1/hook";
+    check(
+        https,
+        &format!("ca = \"{ca}\"\ncert = \"{cert}\"\nkey = \"{key}\"\nconnect_timeout = \"2s\"\n"),
+    )
+    .expect("a valid https kind");
+    check("http://127.0.0.1:1/hook", "").expect("plain http still works");
+    for (url, extra, key_named, why) in [
+        (
+            "ftp://x/y",
+            String::new(),
+            "kinds.hook.url",
+            "http:// or https://",
+        ),
+        (
+            "http://127.0.0.1:1/hook",
+            format!("ca = \"{ca}\""),
+            "kinds.hook.ca",
+            "needs an https:// url",
+        ),
+        (
+            https,
+            format!("cert = \"{cert}\""),
+            "kinds.hook.key",
+            "required with cert",
+        ),
+        (
+            https,
+            format!("key = \"{key}\""),
+            "kinds.hook.cert",
+            "required with key",
+        ),
+        (
+            https,
+            format!("ca = \"{missing}\""),
+            "kinds.hook.ca",
+            "cannot read",
+        ),
+        (
+            https,
+            format!("ca = \"{not_pem}\""),
+            "kinds.hook.ca",
+            "no certificate",
+        ),
+        (
+            https,
+            format!("cert = \"{cert}\"\nkey = \"{other_key}\""),
+            "kinds.hook.key",
+            "does not fit",
+        ),
+        (
+            https,
+            "connect_timeout = \"0s\"".into(),
+            "kinds.hook.connect_timeout",
+            "more than 0",
+        ),
+    ] {
+        let e = check(url, &extra).unwrap_err().to_string();
+        assert!(e.contains(key_named) && e.contains(why), "{extra}: {e}");
+    }
+    let text = "[kinds.c]\nhandler = \"command\"\ncommand = [\"true\"]\nconnect_timeout = \"1s\"\n";
+    let e = jobd::prepare(jobd::Config::from_toml(text).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("kinds.c.connect_timeout") && e.contains("not a setting"),
+        "{e}"
+    );
+}
+
+/// `connect_timeout` bounds connecting (TCP + TLS handshake) on its own:
+/// a server that accepts but never answers the handshake fails each attempt
+/// after 200 ms, well before the attempt's 10 s timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_connect_timeout_is_apart_from_the_request_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hook", listener.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            keep.lock().unwrap().push(sock); // silent: no ServerHello
+        }
+    });
+    let kind = format!(
+        "[kinds.hook]\nhandler = \"http\"\nurl = \"{url}\"\ntimeout = \"10s\"\n\
+         connect_timeout = \"200ms\"\nmax_attempts = 2\n\
+         backoff = {{ initial = \"10ms\", max = \"10ms\" }}\n"
+    );
+    let d = start_with("", &kinds(&kind)).await;
+    let mut c = d.client().await;
+    let started = Instant::now();
+    let j = submit(&mut c, req("hook", "x")).await;
+    let done = wait_terminal(&mut c, &j.id).await;
+    let took = started.elapsed();
+    assert_eq!((state(&done), done.attempt), (JobState::Failed, 2));
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(
+        done.last_error.contains("(Connect): operation timed out"),
+        "{}",
+        done.last_error
+    );
+    assert_eq!(held.lock().unwrap().len(), 2, "one connection per attempt");
     d.stop().await.unwrap();
 }

@@ -18,6 +18,7 @@ mod operator;
 mod ordering;
 mod pg;
 mod postgres;
+mod python_client;
 mod python_worker;
 mod remote;
 mod schedules;

@@ -35,12 +35,12 @@ concurrency = 128
 timeout = "60s"
 "#;
 
-fn repo(path: &str) -> String {
+pub(crate) fn repo(path: &str) -> String {
     format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
 }
 
 /// `python3 -m grpc_tools.protoc` on proto/ into `out`.
-async fn generate_stubs(out: &Path) {
+pub(crate) async fn generate_stubs(out: &Path) {
     let o = out.display();
     let run = Command::new("python3")
         .args(["-m", "grpc_tools.protoc", "-I", &repo("proto")])
