@@ -326,7 +326,9 @@ pub async fn run_with_listeners(
         admin_api,
         tokens.clone(),
         crate::http::json::Json::new()?,
-        limit,
+        // Base64 makes a payload 4/3 larger in JSON, and names add more: a
+        // request that fits gRPC's limit must fit this one.
+        limit.saturating_mul(2),
     )));
     let service = Authenticated::new(service, tokens);
 

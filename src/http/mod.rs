@@ -42,7 +42,8 @@ pub struct HttpApi {
     admin: Arc<AdminApi>,
     tokens: Tokens,
     json: Json,
-    /// The largest request body read (`max_message_bytes`, as for gRPC).
+    /// The largest request body read (twice `max_message_bytes`: the same
+    /// requests as gRPC, in JSON).
     max_body: usize,
 }
 
@@ -381,7 +382,7 @@ impl HttpApi {
         if e.is::<http_body_util::LengthLimitError>() {
             return HttpError::with_http(
                 Status::resource_exhausted(format!(
-                    "request body is over {} bytes (max_message_bytes)",
+                    "request body is over {} bytes (twice limits.max_message_bytes)",
                     self.max_body
                 )),
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -11,6 +11,7 @@ mod handlers;
 mod helpers;
 mod hostile_clients;
 mod hostile_files;
+mod http_api;
 mod interop;
 mod limits;
 mod operations;
