@@ -48,6 +48,8 @@ named! {
     p::ListJobsRequest => "jobd.v1.ListJobsRequest",
     p::ListJobsResponse => "jobd.v1.ListJobsResponse",
     p::JobEvent => "jobd.v1.JobEvent",
+    p::WatchJobsRequest => "jobd.v1.WatchJobsRequest",
+    p::WatchJobsResponse => "jobd.v1.WatchJobsResponse",
     p::RetryJobsRequest => "jobd.v1.RetryJobsRequest",
     p::RetryJobsResponse => "jobd.v1.RetryJobsResponse",
     p::ListKindsRequest => "jobd.v1.ListKindsRequest",

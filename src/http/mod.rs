@@ -123,6 +123,7 @@ enum Route {
     Get(String),
     Cancel(String),
     Events(String),
+    AllEvents,
     Retry,
     Kinds,
     PauseKind(String),
@@ -144,6 +145,7 @@ impl Route {
             Route::Get(_) => "/jobd.v1.JobService/GetStatus",
             Route::Cancel(_) => "/jobd.v1.JobService/Cancel",
             Route::Events(_) => "/jobd.v1.JobService/WatchStatus",
+            Route::AllEvents => "/jobd.v1.JobService/WatchJobs",
             Route::Retry => "/jobd.v1.AdminService/RetryJobs",
             Route::Kinds => "/jobd.v1.AdminService/ListKinds",
             Route::PauseKind(_) => "/jobd.v1.AdminService/PauseKind",
@@ -197,6 +199,7 @@ fn route(method: &Method, path: &str) -> Result<Route, Miss> {
         ["jobs", id, "events"] if !id.is_empty() && !id.contains(':') => {
             pick(Some(Route::Events(id.to_string())), None)
         }
+        ["events"] => pick(Some(Route::AllEvents), None),
         ["kinds"] => pick(Some(Route::Kinds), None),
         ["kinds", last] => match verb(last).ok_or(Miss::NotFound)? {
             (k, Some(v)) if v == "pause" => pick(None, Some(Route::PauseKind(k))),
@@ -304,7 +307,15 @@ impl HttpApi {
                 let after_sequence = resume_position(&parts.headers, query)?;
                 let m = proto::WatchStatusRequest { id, after_sequence };
                 let stream = jobs.watch_status(grpc.request(m)).await?.into_inner();
-                Ok(self.sse(stream))
+                Ok(self.sse(stream, |e: &proto::JobEvent| e.sequence))
+            }
+            Route::AllEvents => {
+                let mut m: proto::WatchJobsRequest = self.json.from_query(query)?;
+                if let Some(after) = last_event_id(&parts.headers)? {
+                    m.after = after;
+                }
+                let stream = jobs.watch_jobs(grpc.request(m)).await?.into_inner();
+                Ok(self.sse(stream, |e: &proto::WatchJobsResponse| e.position))
             }
             Route::Retry => {
                 let m: proto::RetryJobsRequest = self.body(&parts.headers, body).await?;
@@ -404,17 +415,20 @@ impl HttpApi {
         Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
     }
 
-    /// A WatchStatus stream as server-sent events: `id:` is the event's
-    /// sequence (so a browser's EventSource resumes by itself), `data:` the
-    /// JobEvent. A stream that ends with an error (drain, a stalled reader)
-    /// sends it as an `error` event with the status JSON, then ends.
-    fn sse<S>(&self, stream: S) -> Response
+    /// A watch stream as server-sent events: `id:` is the event's resume
+    /// position (WatchStatus' sequence, WatchJobs' position), so a
+    /// browser's EventSource resumes by itself; `data:` the message. A
+    /// stream that ends with an error (drain, a stalled reader, a resume
+    /// position too old) sends it as an `error` event with the status JSON,
+    /// then ends.
+    fn sse<S, M>(&self, stream: S, position: fn(&M) -> u64) -> Response
     where
-        S: futures_util::Stream<Item = Result<proto::JobEvent, Status>> + Send + 'static,
+        S: futures_util::Stream<Item = Result<M, Status>> + Send + 'static,
+        M: Named + Send + 'static,
     {
         let json = self.json.clone();
         let events = stream.map(move |item| {
-            let event = match item.and_then(|ev| Ok((ev.sequence, json.to_vec(&ev)?))) {
+            let event = match item.and_then(|ev| Ok((position(&ev), json.to_vec(&ev)?))) {
                 Ok((sequence, data)) => Event::default()
                     .id(sequence.to_string())
                     .data(String::from_utf8_lossy(&data)),
@@ -456,6 +470,25 @@ impl HttpApi {
         }
         res
     }
+}
+
+/// The `Last-Event-ID` header (what EventSource sends when it
+/// reconnects), if there is one; empty counts as none.
+fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, HttpError> {
+    let Some(v) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let v = v.to_str().unwrap_or("").trim();
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse().map(Some).map_err(|_| {
+        Status::from(crate::api::error::ApiError::invalid(
+            "Last-Event-ID",
+            "expected a resume position (an unsigned integer)",
+        ))
+        .into()
+    })
 }
 
 /// What a gRPC request carries besides its message, taken from the HTTP
@@ -611,6 +644,7 @@ mod tests {
             Ok(Route::TriggerSchedule("s1".into()))
         );
         assert_eq!(route(&post, "/v1/jobs:batch"), Ok(Route::SubmitBatch));
+        assert_eq!(route(&get, "/v1/events"), Ok(Route::AllEvents));
         assert_eq!(
             route(&get, "/v1/jobs/abc:cancel"),
             Err(Miss::Method("POST"))

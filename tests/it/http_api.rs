@@ -839,3 +839,107 @@ async fn grpc_grpc_web_and_json_share_one_port_at_once() {
     );
     d.stop().await.unwrap();
 }
+
+/// An HTTP/1.1 client that never finishes its request head is closed at
+/// the handshake deadline, like a silent HTTP/2 one; a whole head counts as
+/// having spoken, so the next request on a kept-alive connection is served
+/// long after the deadline.
+#[tokio::test]
+async fn http1_clients_that_never_finish_a_request_head_are_closed_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = start("[limits]\nhandshake_timeout = \"300ms\"\n").await;
+
+    let mut slow = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    slow.write_all(b"GET /v1/kinds HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("closed by the deadline, not left open")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+
+    let mut kept = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    let request = b"GET /v1/kinds HTTP/1.1\r\nHost: x\r\n\r\n";
+    for round in 0..2 {
+        kept.write_all(request).await.unwrap();
+        // One whole response: the head, then content-length bytes.
+        let mut got = Vec::new();
+        let complete = |got: &[u8]| {
+            let text = String::from_utf8_lossy(got);
+            let (head, body) = text.split_once("\r\n\r\n")?;
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))?
+                .parse()
+                .ok()?;
+            (body.len() >= len).then(|| head.to_string())
+        };
+        let head = loop {
+            if let Some(head) = complete(&got) {
+                break head;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), kept.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "round {round}: closed");
+            got.extend_from_slice(&buf[..n]);
+        };
+        assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    d.stop().await.unwrap();
+}
+
+/// With TLS, the JSON routes answer over HTTP/1.1 (a client that offers
+/// only `http/1.1` in ALPN is served) and gRPC goes on over h2.
+#[tokio::test]
+async fn json_routes_over_tls_with_http1_alpn() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+
+    let files = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = files.path().join("server.pem");
+    let key = files.path().join("server.key");
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let d = start(&format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ))
+    .await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    tls.write_all(b"GET /v1/kinds HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_string(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert!(v["kinds"].as_array().is_some_and(|k| !k.is_empty()), "{v}");
+    d.stop().await.unwrap();
+}
