@@ -329,6 +329,8 @@ pub async fn run_with_listeners(
         // Base64 makes a payload 4/3 larger in JSON, and names add more: a
         // request that fits gRPC's limit must fit this one.
         limit.saturating_mul(2),
+        config.limits.request_timeout,
+        metrics.clone(),
     )));
     let service = Authenticated::new(service, tokens);
 

@@ -45,6 +45,13 @@ pub struct HttpApi {
     /// The largest request body read (twice `max_message_bytes`: the same
     /// requests as gRPC, in JSON).
     max_body: usize,
+    /// `limits.request_timeout`. The server's own timer (tonic's) answers
+    /// in gRPC's manner, a 200 with `grpc-status`, which a JSON client
+    /// would take for success: the routes stop a tenth earlier with 504.
+    request_timeout: Duration,
+    /// JSON calls count in `jobd_grpc_requests_total` under the RPC they
+    /// call: they are the same calls.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl HttpApi {
@@ -54,6 +61,8 @@ impl HttpApi {
         tokens: Tokens,
         json: Json,
         max_body: usize,
+        request_timeout: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         HttpApi {
             jobs,
@@ -61,6 +70,8 @@ impl HttpApi {
             tokens,
             json,
             max_body,
+            request_timeout,
+            metrics,
         }
     }
 }
@@ -234,10 +245,29 @@ pub fn router(api: Arc<HttpApi>) -> axum::Router {
 
 impl HttpApi {
     async fn serve(&self, req: http::Request<Body>) -> Response {
-        match self.handle(req).await {
-            Ok(r) => r,
-            Err(e) => self.error(e),
-        }
+        let started = std::time::Instant::now();
+        let method = route(req.method(), req.uri().path())
+            .map(|r| r.grpc_method())
+            .unwrap_or("other");
+        let deadline = self.request_timeout - self.request_timeout / 10;
+        let outcome = tokio::time::timeout(deadline, self.handle(req))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "the request took longer than limits.request_timeout ({})",
+                    humantime::format_duration(self.request_timeout)
+                ))
+                .into())
+            });
+        let code = outcome
+            .as_ref()
+            .map_or_else(|e| e.status.code(), |_| Code::Ok);
+        self.metrics.grpc_request(
+            method,
+            crate::api::grpc_metrics::code_name(code),
+            started.elapsed(),
+        );
+        outcome.unwrap_or_else(|e| self.error(e))
     }
 
     async fn handle(&self, req: http::Request<Body>) -> Result<Response, HttpError> {

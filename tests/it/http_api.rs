@@ -331,6 +331,16 @@ async fn errors_are_http_statuses_with_google_rpc_status_bodies() {
     assert_error(&r, 405, 12);
     assert_eq!(r.headers["allow"], "POST");
 
+    // JSON calls count in the RPC metrics under the method they call.
+    let (_, text) = http_get(d.admin, "/metrics").await;
+    for line in [
+        "jobd_grpc_requests_total{method=\"/jobd.v1.JobService/Submit\",code=\"ALREADY_EXISTS\"} 1",
+        "jobd_grpc_requests_total{method=\"/jobd.v1.JobService/GetStatus\",code=\"NOT_FOUND\"} 1",
+        "jobd_grpc_requests_total{method=\"other\",code=\"NOT_FOUND\"} 4",
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+
     // A browser request from another site is refused; the same origin is not.
     let r = h
         .send(
@@ -941,5 +951,37 @@ async fn json_routes_over_tls_with_http1_alpn() {
     let body = out.split_once("\r\n\r\n").unwrap().1;
     let v: Value = serde_json::from_str(body).unwrap();
     assert!(v["kinds"].as_array().is_some_and(|k| !k.is_empty()), "{v}");
+    d.stop().await.unwrap();
+}
+
+/// A JSON request slower than `limits.request_timeout` (here, a body that
+/// never finishes arriving) is answered 504 DEADLINE_EXCEEDED as JSON, not
+/// with gRPC's timeout answer (a 200 a JSON client would take for success).
+#[tokio::test]
+async fn json_requests_past_the_request_timeout_are_504() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let d = start("[limits]\nrequest_timeout = \"300ms\"\n").await;
+    let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
+    s.write_all(
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+          content-length: 100\r\n\r\n{\"kind\":",
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&out).contains("}]") && !out.ends_with(b"}") {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("answered")
+            .unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 504"), "{text}");
+    assert!(text.contains("\"code\":4"), "{text}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
     d.stop().await.unwrap();
 }
