@@ -15,6 +15,7 @@ use crate::helpers::*;
 const ADMIN: &str = "admin-token-0123456789";
 const SUBMITTER: &str = "submit-token-0123456789";
 const VIEWER: &str = "viewer-token-0123456789";
+const WORKER: &str = "worker-token-0123456789";
 
 /// A JSON client for one daemon, with an optional bearer token.
 struct Http {
@@ -464,7 +465,7 @@ async fn admin_routes_kinds_retry_schedules_workers() {
 async fn tokens_and_roles_apply_to_the_json_routes_and_viewer_only_reads() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tokens");
-    std::fs::write(&file, format!("viewer {VIEWER}\n")).unwrap();
+    std::fs::write(&file, format!("viewer {VIEWER}\nworker {WORKER}\n")).unwrap();
     let d = start(&format!(
         "[auth]\ntokens = [{{ token = \"{ADMIN}\", role = \"admin\" }}, \
          {{ token = \"{SUBMITTER}\", role = \"submit\" }}]\ntokens_file = \"{}\"\n",
@@ -476,6 +477,7 @@ async fn tokens_and_roles_apply_to_the_json_routes_and_viewer_only_reads() {
     let admin = Http::new(&d, Some(ADMIN));
     let submit = Http::new(&d, Some(SUBMITTER));
     let viewer = Http::new(&d, Some(VIEWER));
+    let worker = Http::new(&d, Some(WORKER));
 
     assert_error(&none.get("/v1/kinds").await, 401, 16);
     assert_error(&wrong.get("/v1/kinds").await, 401, 16);
@@ -531,6 +533,15 @@ async fn tokens_and_roles_apply_to_the_json_routes_and_viewer_only_reads() {
         7,
     );
     assert_eq!(submit.get(&format!("/v1/jobs/{id}")).await.status, 200);
+
+    // worker: WorkerService only, so no JSON route at all.
+    assert_error(&worker.get(&format!("/v1/jobs/{id}")).await, 403, 7);
+    assert_error(&worker.get("/v1/kinds").await, 403, 7);
+    assert_error(
+        &worker.post("/v1/jobs", json!({"kind": "echo"})).await,
+        403,
+        7,
+    );
 
     // admin: everything.
     let r = admin.post("/v1/kinds/echo:pause", json!({})).await;
@@ -983,5 +994,49 @@ async fn json_requests_past_the_request_timeout_are_504() {
     assert!(text.starts_with("HTTP/1.1 504"), "{text}");
     assert!(text.contains("\"code\":4"), "{text}");
     assert!(started.elapsed() >= Duration::from_millis(200));
+    d.stop().await.unwrap();
+}
+
+/// A reader that stops reading while a job changes many times still gets
+/// its events in order and never misses the terminal state (at worst it
+/// gets the latest snapshot instead of each step), and everyone else is
+/// served meanwhile.
+#[tokio::test]
+async fn a_paused_sse_reader_gets_ordered_events_and_the_terminal_state() {
+    let d = start("").await;
+    let h = Http::new(&d, None);
+    let busy = h
+        .submit(json!({"kind": "fail", "payload": b64("until:20"), "maxAttempts": 20}))
+        .await;
+    let id = busy["id"].as_str().unwrap().to_string();
+    let mut res = sse_open(&h, &format!("/v1/jobs/{id}/events"), None).await;
+    // Read nothing while the job goes through its ~60 transitions; others
+    // are served meanwhile.
+    for i in 0..20 {
+        let j = h
+            .submit(json!({"kind": "echo", "payload": b64(&i.to_string())}))
+            .await;
+        h.wait_state(j["id"].as_str().unwrap(), "JOB_STATE_SUCCEEDED")
+            .await;
+    }
+    h.wait_state(&id, "JOB_STATE_SUCCEEDED").await;
+    let mut buf = String::new();
+    let mut events = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(20), res.chunk())
+        .await
+        .expect("stream ends")
+        .expect("clean end")
+    {
+        buf.push_str(std::str::from_utf8(&chunk).unwrap());
+        events.extend(parse_sse(&mut buf));
+    }
+    let ids: Vec<u64> = events.iter().map(|e| e.id.unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "in order: {ids:?}");
+    let last = events.last().unwrap();
+    assert_eq!(
+        last.data["job"]["state"], "JOB_STATE_SUCCEEDED",
+        "{events:?}"
+    );
+    assert_eq!(last.data["job"]["attempt"], 20);
     d.stop().await.unwrap();
 }
