@@ -12,6 +12,7 @@
 //! by content type.
 
 pub mod json;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -144,6 +145,10 @@ enum Route {
     PauseSchedule(String),
     ResumeSchedule(String),
     Workers,
+    /// A file of the dashboard (no token needed: it holds no data).
+    Ui(&'static ui::Asset),
+    /// `/ui` → `/ui/`, so the page's relative links resolve.
+    UiRedirect,
 }
 
 impl Route {
@@ -166,6 +171,7 @@ impl Route {
             Route::PauseSchedule(_) => "/jobd.v1.AdminService/PauseSchedule",
             Route::ResumeSchedule(_) => "/jobd.v1.AdminService/ResumeSchedule",
             Route::Workers => "/jobd.v1.AdminService/ListWorkers",
+            Route::Ui(_) | Route::UiRedirect => "",
         }
     }
 }
@@ -182,6 +188,17 @@ enum Miss {
 /// (`/v1/jobs/{id}:cancel`, Google's API style), which path patterns cannot
 /// split, and a wrong method must say which ones the path takes.
 fn route(method: &Method, path: &str) -> Result<Route, Miss> {
+    if path == "/ui" {
+        return (method == Method::GET)
+            .then_some(Route::UiRedirect)
+            .ok_or(Miss::Method("GET"));
+    }
+    if let Some(file) = path.strip_prefix("/ui/") {
+        let asset = ui::asset(file).ok_or(Miss::NotFound)?;
+        return (method == Method::GET)
+            .then_some(Route::Ui(asset))
+            .ok_or(Miss::Method("GET"));
+    }
     let rest = path.strip_prefix("/v1/").ok_or(Miss::NotFound)?;
     let segments: Vec<&str> = rest.split('/').collect();
     let pick = |get: Option<Route>, post: Option<Route>| match (method, get, post) {
@@ -300,6 +317,15 @@ impl HttpApi {
                 })
             }
         };
+        match route {
+            Route::Ui(asset) => return Ok(ui::response(asset)),
+            Route::UiRedirect => {
+                return Ok(
+                    (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, "/ui/")]).into_response(),
+                )
+            }
+            _ => {}
+        }
         refuse_cross_origin(&parts.headers)?;
         let caller = self.tokens.check(&parts.headers, route.grpc_method())?;
         // The gRPC request the route stands for: same metadata (the
@@ -383,6 +409,7 @@ impl HttpApi {
                 let m: proto::ListWorkersRequest = self.json.from_query(query)?;
                 self.reply(admin.list_workers(grpc.request(m)).await?.get_ref())
             }
+            Route::Ui(_) | Route::UiRedirect => Err(Status::internal("served above").into()),
         }
     }
 

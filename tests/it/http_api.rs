@@ -1040,3 +1040,50 @@ async fn a_paused_sse_reader_gets_ordered_events_and_the_terminal_state() {
     assert_eq!(last.data["job"]["attempt"], 20);
     d.stop().await.unwrap();
 }
+
+/// The dashboard's files are served from the binary with a strict CSP, and
+/// without a token (they hold no data; the calls they make need one).
+#[tokio::test]
+async fn dashboard_files_are_embedded_with_a_strict_csp() {
+    let d = start(&format!(
+        "[auth]\ntokens = [{{ token = \"{VIEWER}\", role = \"viewer\" }}]\n"
+    ))
+    .await;
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let get = |path: &str| c.get(format!("{}{path}", d.url())).send();
+    let r = get("/ui").await.unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], "/ui/");
+    for (path, ct, has) in [
+        ("/ui/", "text/html", "<script src=\"app.js\""),
+        ("/ui/index.html", "text/html", "<main id=\"main\">"),
+        ("/ui/app.js", "text/javascript", "textContent"),
+        ("/ui/app.css", "text/css", ".state"),
+    ] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let h = r.headers().clone();
+        assert!(
+            h["content-type"].to_str().unwrap().starts_with(ct),
+            "{path}"
+        );
+        let csp = h["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("script-src 'self'"), "{csp}");
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        let body = r.text().await.unwrap();
+        assert!(body.contains(has), "{path}");
+    }
+    // The page never builds HTML from data.
+    let js = get("/ui/app.js").await.unwrap().text().await.unwrap();
+    assert!(!js.contains("innerHTML") && !js.contains("insertAdjacentHTML"));
+    let r = get("/ui/secret.txt").await.unwrap();
+    assert_eq!(r.status(), 404);
+    // The data still needs the token.
+    assert_eq!(get("/v1/kinds").await.unwrap().status(), 401);
+    d.stop().await.unwrap();
+}
