@@ -5,6 +5,7 @@ mod api;
 mod auth;
 mod bench_smoke;
 mod binary;
+mod browser;
 mod cli;
 mod engine;
 mod handlers;
