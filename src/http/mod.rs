@@ -171,7 +171,7 @@ impl Route {
             Route::PauseSchedule(_) => "/jobd.v1.AdminService/PauseSchedule",
             Route::ResumeSchedule(_) => "/jobd.v1.AdminService/ResumeSchedule",
             Route::Workers => "/jobd.v1.AdminService/ListWorkers",
-            Route::Ui(_) | Route::UiRedirect => "",
+            Route::Ui(_) | Route::UiRedirect => "/ui/",
         }
     }
 }
@@ -263,9 +263,16 @@ pub fn router(api: Arc<HttpApi>) -> axum::Router {
 impl HttpApi {
     async fn serve(&self, req: http::Request<Body>) -> Response {
         let started = std::time::Instant::now();
-        let method = route(req.method(), req.uri().path())
-            .map(|r| r.grpc_method())
-            .unwrap_or("other");
+        let method = match route(req.method(), req.uri().path()) {
+            // The dashboard's files are not calls.
+            Ok(Route::Ui(asset)) => return ui::response(asset),
+            Ok(Route::UiRedirect) => {
+                return (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, "/ui/")])
+                    .into_response()
+            }
+            Ok(r) => r.grpc_method(),
+            Err(_) => "other",
+        };
         let deadline = self.request_timeout - self.request_timeout / 10;
         let outcome = tokio::time::timeout(deadline, self.handle(req))
             .await
@@ -317,15 +324,6 @@ impl HttpApi {
                 })
             }
         };
-        match route {
-            Route::Ui(asset) => return Ok(ui::response(asset)),
-            Route::UiRedirect => {
-                return Ok(
-                    (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, "/ui/")]).into_response(),
-                )
-            }
-            _ => {}
-        }
         refuse_cross_origin(&parts.headers)?;
         let caller = self.tokens.check(&parts.headers, route.grpc_method())?;
         // The gRPC request the route stands for: same metadata (the
@@ -409,7 +407,11 @@ impl HttpApi {
                 let m: proto::ListWorkersRequest = self.json.from_query(query)?;
                 self.reply(admin.list_workers(grpc.request(m)).await?.get_ref())
             }
-            Route::Ui(_) | Route::UiRedirect => Err(Status::internal("served above").into()),
+            // Answered in `serve`.
+            Route::Ui(asset) => Ok(ui::response(asset)),
+            Route::UiRedirect => {
+                Err(Status::internal("the /ui redirect is answered earlier").into())
+            }
         }
     }
 

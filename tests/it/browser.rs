@@ -172,28 +172,40 @@ impl Browser {
         }
     }
 
-    async fn text(&self, element: &str) -> String {
-        self.call(
-            reqwest::Method::GET,
-            &format!("/element/{element}/text"),
-            None,
-        )
-        .await
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .to_string()
+    /// The text of the element matching `css`. Pages re-render on live
+    /// updates, so an element found may be replaced before it is read:
+    /// then it is looked up again.
+    async fn text_of(&self, css: &str) -> String {
+        loop {
+            let e = self.wait_for(css).await;
+            match self
+                .call(reqwest::Method::GET, &format!("/element/{e}/text"), None)
+                .await
+            {
+                Ok(v) => return v.as_str().unwrap().to_string(),
+                Err(e) if e == "stale element reference" => continue,
+                Err(e) => panic!("text of {css}: {e}"),
+            }
+        }
     }
 
+    /// Clicks the element matching `css` (looked up again if replaced).
     async fn click(&self, css: &str) {
-        let e = self.wait_for(css).await;
-        self.call(
-            reqwest::Method::POST,
-            &format!("/element/{e}/click"),
-            Some(json!({})),
-        )
-        .await
-        .unwrap();
+        loop {
+            let e = self.wait_for(css).await;
+            match self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/element/{e}/click"),
+                    Some(json!({})),
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if e == "stale element reference" => continue,
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
     }
 
     async fn script(&self, js: &str) -> Value {
@@ -270,13 +282,11 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
 
     // 4. Retry the FAILED job with a click; it succeeds, live.
     b.goto(&format!("{ui}#/job/{}", flaky.id)).await;
-    let state = b.wait_for("dd[data-field='state']").await;
-    assert_eq!(b.text(&state).await, "failed");
+    assert_eq!(b.text_of("dd[data-field='state']").await, "failed");
     b.click("#job-retry").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let e = b.wait_for("dd[data-field='state']").await;
-        if b.text(&e).await == "succeeded" {
+        if b.text_of("dd[data-field='state']").await == "succeeded" {
             break;
         }
         assert!(
@@ -285,8 +295,7 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let result = b.wait_for("#job-result").await;
-    assert_eq!(b.text(&result).await.trim(), "fixed");
+    assert_eq!(b.text_of("#job-result").await.trim(), "fixed");
     b.screenshot("dashboard-job").await;
     assert_eq!(
         state_of(&mut grpc, &flaky.id).await,
@@ -297,8 +306,10 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
     b.goto(&format!("{ui}#/kinds")).await;
     b.click("#pause-echo").await;
     b.wait_for("#resume-echo").await;
-    let cell = b.wait_for("tr[data-kind='echo'] td.kind-state").await;
-    assert_eq!(b.text(&cell).await, "paused");
+    assert_eq!(
+        b.text_of("tr[data-kind='echo'] td.kind-state").await,
+        "paused"
+    );
     let mut admin = proto::admin_service_client::AdminServiceClient::new(
         tonic::transport::Channel::from_shared(d.url())
             .unwrap()
@@ -320,8 +331,7 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
 
     // 6. A payload holding <script> is shown as text and runs nothing.
     b.goto(&format!("{ui}#/job/{}", script_job.id)).await;
-    let result = b.wait_for("#job-result").await;
-    assert_eq!(b.text(&result).await, "<script>alert(1)</script>");
+    assert_eq!(b.text_of("#job-result").await, "<script>alert(1)</script>");
     let scripts = b
         .script("return document.querySelectorAll('script').length")
         .await;
