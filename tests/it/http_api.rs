@@ -504,6 +504,9 @@ async fn tokens_and_roles_apply_to_the_json_routes_and_viewer_only_reads() {
     }
     let events = sse_all(&viewer, &format!("/v1/jobs/{id}/events"), None).await;
     assert_eq!(events.len(), 1, "{events:?}");
+    let all = sse_open(&viewer, "/v1/events", None).await;
+    drop(all);
+    assert_error(&none.get("/v1/events").await, 401, 16);
     let r = viewer.post("/v1/jobs", json!({"kind": "echo"})).await;
     assert_error(&r, 403, 7);
     assert!(

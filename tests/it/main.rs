@@ -24,4 +24,5 @@ mod remote;
 mod schedules;
 mod store_contract;
 mod tls;
+mod watch_jobs;
 mod worker_protocol;
