@@ -208,6 +208,33 @@ impl Browser {
         }
     }
 
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.wait_for(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{e}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Waits (bounded) until the banner's text contains `part`.
+    async fn banner_says(&self, part: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.text_of("#banner").await;
+            if text.contains(part) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "banner never said {part:?}: {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn script(&self, js: &str) -> Value {
         self.call(
             reqwest::Method::POST,
