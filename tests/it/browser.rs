@@ -371,6 +371,30 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
     b.goto(&format!("{ui}#/overview")).await;
     b.wait_for("#throughput").await;
     b.screenshot("dashboard-overview").await;
+    d.stop().await.unwrap();
+
+    // With auth on, the page asks for a token; a viewer token sees
+    // everything and its clicks are refused.
+    const VIEWER: &str = "viewer-token-0123456789";
+    let d = start(&format!(
+        "[auth]\ntokens = [{{ token = \"{VIEWER}\", role = \"viewer\" }}]\n"
+    ))
+    .await;
+    b.goto(&format!("{}/ui/#/kinds", d.url())).await;
+    b.banner_says("needs a token").await;
+    b.type_into("#token", VIEWER).await;
+    b.click("#token-save").await;
+    b.wait_for("#pause-echo").await;
+    b.click("#pause-echo").await;
+    let said = b.banner_says("Not allowed").await;
+    assert!(
+        said.contains("viewer token may not call PauseKind"),
+        "{said}"
+    );
+    assert_eq!(
+        b.text_of("tr[data-kind='echo'] td.kind-state").await,
+        "running"
+    );
     let _ = b
         .call(
             reqwest::Method::DELETE,
