@@ -29,9 +29,15 @@ struct Browser {
     driver: std::process::Child,
 }
 
+/// Ends chromedriver and the browser it started (its own process group),
+/// so a failed test leaves no browser behind.
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // SAFETY: kill(2) with a negative pid signals that process group,
+        // which `process_group(0)` made chromedriver's own.
+        unsafe {
+            libc::kill(-(self.driver.id() as i32), libc::SIGKILL);
+        }
         let _ = self.driver.wait();
     }
 }
@@ -60,8 +66,10 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
+        use std::os::unix::process::CommandExt;
         let driver = std::process::Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
