@@ -4,7 +4,8 @@
 //!
 //! Slowloris defence: a connection is *handshaking* from accept until the
 //! client has sent the HTTP/2 preface and its first SETTINGS frame (after
-//! the TLS handshake, with TLS). A handshaking connection is closed when
+//! the TLS handshake, with TLS), or, for HTTP/1.1 (the JSON routes, curl,
+//! gRPC-Web), a whole request head. A handshaking connection is closed when
 //! `limits.handshake_timeout` has passed since accept, and when every place
 //! is taken a new connection evicts the oldest handshaking one. So silent or
 //! trickling sockets can never lock out clients that speak. Only when every
@@ -231,15 +232,26 @@ const PREFACE_LEN: usize = 24;
 /// A frame header: 24-bit length, type, flags, stream id.
 const FRAME_HEADER_LEN: usize = 9;
 
+/// The HTTP/2 client preface.
+const PREFACE: &[u8; PREFACE_LEN] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The end of an HTTP/1 request head.
+const HEAD_END: &[u8; 4] = b"\r\n\r\n";
+
 /// Watches the first bytes the client sends (after TLS, with TLS) and marks
 /// the connection as having spoken once the preface and one whole frame (h2
-/// requires it to be SETTINGS) have arrived. It does not validate them: the
-/// HTTP/2 server does, and closes the connection on garbage.
+/// requires it to be SETTINGS) have arrived, or, when the bytes are not the
+/// HTTP/2 preface, once a whole HTTP/1 request head has. It does not
+/// validate them: the HTTP server does, and closes the connection on
+/// garbage.
 pub struct Speaking<IO> {
     io: IO,
     slot: Option<Arc<Slot>>,
     head: [u8; PREFACE_LEN + FRAME_HEADER_LEN],
     seen: usize,
+    /// The first bytes differ from the HTTP/2 preface.
+    http1: bool,
+    /// How much of [`HEAD_END`] the last bytes matched; 4 once it was seen.
+    head_end: usize,
 }
 
 impl<IO> Speaking<IO> {
@@ -249,11 +261,34 @@ impl<IO> Speaking<IO> {
             slot: Some(slot),
             head: [0; PREFACE_LEN + FRAME_HEADER_LEN],
             seen: 0,
+            http1: false,
+            head_end: 0,
         }
     }
 
     fn saw(&mut self, bytes: &[u8]) {
         if self.slot.is_none() {
+            return;
+        }
+        for (i, b) in bytes.iter().enumerate() {
+            if !self.http1 && self.seen + i < PREFACE_LEN && *b != PREFACE[self.seen + i] {
+                self.http1 = true;
+            }
+            if self.head_end < HEAD_END.len() {
+                self.head_end = match (*b == HEAD_END[self.head_end], *b == b'\r') {
+                    (true, _) => self.head_end + 1,
+                    (false, true) => 1,
+                    (false, false) => 0,
+                };
+            }
+        }
+        if self.http1 {
+            self.seen += bytes.len();
+            if self.head_end == HEAD_END.len() {
+                if let Some(slot) = self.slot.take() {
+                    slot.spoke();
+                }
+            }
             return;
         }
         let start = self.seen.min(self.head.len());

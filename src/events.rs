@@ -1,4 +1,5 @@
-//! Per-job fan-out of state changes to WatchStatus streams.
+//! Per-job fan-out of state changes to WatchStatus streams, and the
+//! all-jobs log that WatchJobs streams read ([`ChangeLog`]).
 //!
 //! Each watcher has its own small buffer so a slow reader never blocks the
 //! workers that publish: when the buffer is full it is replaced by the latest
@@ -35,6 +36,8 @@ pub struct Events {
     /// through [`Events::deliver`]: the engine's own publishes would then
     /// race the feed and could reorder events.
     local: AtomicBool,
+    /// Every transition this instance made, for WatchJobs.
+    log: ChangeLog,
 }
 
 #[derive(Default)]
@@ -85,7 +88,13 @@ impl Events {
             count: AtomicUsize::new(0),
             max: max_watchers,
             local: AtomicBool::new(true),
+            log: ChangeLog::new(CHANGE_LOG_EVENTS, CHANGE_LOG_AGE, CHANGE_LOG_BYTES),
         })
+    }
+
+    /// The all-jobs log (WatchJobs).
+    pub fn log(&self) -> &ChangeLog {
+        &self.log
     }
 
     /// Open watchers right now.
@@ -110,6 +119,17 @@ impl Events {
         })
     }
 
+    /// A place among `max_watchers` for a stream that is not a per-job
+    /// watcher (WatchJobs); given back when dropped.
+    pub fn reserve(self: &Arc<Self>) -> Result<WatcherPlace, TooManyWatchers> {
+        let prev = self.count.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.max {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return Err(TooManyWatchers { max: self.max });
+        }
+        Ok(WatcherPlace(self.clone()))
+    }
+
     /// From now on only [`Events::deliver`] reaches watchers.
     pub fn use_external_feed(&self) {
         self.local.store(false, Ordering::Release);
@@ -117,6 +137,7 @@ impl Events {
 
     /// A transition this instance made.
     pub fn publish(&self, job: &Job) {
+        self.log.append(job);
         if self.local.load(Ordering::Acquire) {
             self.deliver(job);
         }
@@ -193,6 +214,165 @@ impl Events {
     }
 }
 
+/// Transitions the all-jobs log keeps at most ...
+pub const CHANGE_LOG_EVENTS: usize = 10_000;
+/// ... and for at most this long: a WatchJobs client may resume from a
+/// position within both bounds.
+pub const CHANGE_LOG_AGE: Duration = Duration::from_secs(300);
+/// The bytes of results and errors the log holds at most (results may be
+/// large; payloads are not kept at all).
+pub const CHANGE_LOG_BYTES: usize = 64 * 1024 * 1024;
+/// What one entry costs besides its result and error, roughly.
+const CHANGE_ENTRY_BYTES: usize = 512;
+
+/// One change in the log: the job after it, without its payload (kept
+/// only as a size), so the log holds no payload alive.
+#[derive(Debug, Clone)]
+pub struct Change {
+    pub position: u64,
+    pub job: Arc<Job>,
+    pub payload_size: u64,
+}
+
+/// A resume position the log no longer holds (or never gave out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PositionGone {
+    /// The oldest position a client may resume after now.
+    pub oldest: u64,
+}
+
+/// Every transition of every job this instance made, each with a position
+/// that increases by one, in a bounded window (count and age). WatchJobs
+/// streams read it with a cursor of their own, so a slow reader holds no
+/// buffer: it lags, and once the window has moved past its cursor it is
+/// told so (OUT_OF_RANGE) rather than silently skipping changes.
+///
+/// Positions start at the process's start time in microseconds, so they
+/// also increase across restarts: a position from an earlier run is older
+/// than the window, never mistaken for a new one.
+pub struct ChangeLog {
+    /// Held to push or to copy a few entries, never across an await.
+    inner: Mutex<LogInner>,
+    /// The position of the newest entry; waiters wake on each append.
+    newest: tokio::sync::watch::Sender<u64>,
+    capacity: usize,
+    max_age: Duration,
+    max_bytes: usize,
+}
+
+struct LogInner {
+    entries: VecDeque<(Change, Instant, usize)>,
+    /// What `entries` cost (see [`CHANGE_ENTRY_BYTES`]).
+    bytes: usize,
+    /// The position the next entry gets.
+    next: u64,
+    /// The highest sequence logged per job in the window: a snapshot that
+    /// arrives after a newer one of its job (a submit's QUEUED announced
+    /// after a quick claim's RUNNING) is stale and left out, so each job's
+    /// changes stay in order.
+    latest: HashMap<Uuid, u64>,
+}
+
+impl ChangeLog {
+    pub fn new(capacity: usize, max_age: Duration, max_bytes: usize) -> ChangeLog {
+        let start = crate::job::now_micros().max(1) as u64;
+        ChangeLog {
+            inner: Mutex::new(LogInner {
+                entries: VecDeque::new(),
+                bytes: 0,
+                next: start,
+                latest: HashMap::new(),
+            }),
+            newest: tokio::sync::watch::Sender::new(start - 1),
+            capacity: capacity.max(1),
+            max_age,
+            max_bytes,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LogInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn append(&self, job: &Job) {
+        let now = Instant::now();
+        let position = {
+            let mut l = self.lock();
+            if l.latest.get(&job.id).is_some_and(|s| *s >= job.sequence) {
+                return;
+            }
+            l.latest.insert(job.id, job.sequence);
+            let position = l.next;
+            l.next += 1;
+            let mut kept = job.clone();
+            kept.payload = bytes::Bytes::new();
+            let cost = CHANGE_ENTRY_BYTES + kept.result.len() + kept.last_error.len();
+            let change = Change {
+                position,
+                job: Arc::new(kept),
+                payload_size: job.payload.len() as u64,
+            };
+            l.entries.push_back((change, now, cost));
+            l.bytes += cost;
+            while l.entries.len() > self.capacity
+                || (l.bytes > self.max_bytes && l.entries.len() > 1)
+                || l.entries
+                    .front()
+                    .is_some_and(|(_, at, _)| now.duration_since(*at) > self.max_age)
+            {
+                if let Some((old, _, cost)) = l.entries.pop_front() {
+                    l.bytes -= cost;
+                    if l.latest.get(&old.job.id) == Some(&old.job.sequence) {
+                        l.latest.remove(&old.job.id);
+                    }
+                }
+            }
+            position
+        };
+        self.newest.send_replace(position);
+    }
+
+    /// The position of the newest change (where "from now on" starts).
+    pub fn head(&self) -> u64 {
+        self.lock().next - 1
+    }
+
+    /// Up to `max` changes after position `after`, oldest first; `Err` when
+    /// some change after it has already left the window, or `after` was
+    /// never given out.
+    pub fn after(&self, after: u64, max: usize) -> Result<Vec<Change>, PositionGone> {
+        let l = self.lock();
+        let oldest = l.entries.front().map_or(l.next, |(c, _, _)| c.position);
+        // Resuming after `after` needs every change from `after + 1` on.
+        if after + 1 < oldest || after >= l.next {
+            return Err(PositionGone {
+                oldest: oldest.saturating_sub(1),
+            });
+        }
+        let skip = (after + 1 - oldest) as usize;
+        Ok(l.entries
+            .iter()
+            .skip(skip)
+            .take(max)
+            .map(|(c, _, _)| c.clone())
+            .collect())
+    }
+
+    /// Wakes when a change after `position` is appended.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.newest.subscribe()
+    }
+}
+
+/// A place taken by [`Events::reserve`].
+pub struct WatcherPlace(Arc<Events>);
+
+impl Drop for WatcherPlace {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One watcher's feed; unsubscribes when dropped.
 pub struct Subscription {
     events: Arc<Events>,
@@ -264,6 +444,48 @@ mod tests {
         let mut j = NewJob::example().into_job();
         j.sequence = seq;
         j
+    }
+
+    #[test]
+    fn change_log_resumes_within_its_window_and_refuses_outside_it() {
+        let log = ChangeLog::new(3, Duration::from_secs(60), usize::MAX);
+        let start = log.head();
+        for seq in 1..=5 {
+            log.append(&job(seq));
+        }
+        // Kept: the last 3 (positions start+3 ..= start+5).
+        let got = log.after(start + 2, 10).unwrap();
+        let seqs: Vec<u64> = got.iter().map(|c| c.job.sequence).collect();
+        assert_eq!(seqs, [3, 4, 5]);
+        assert_eq!(got[0].position, start + 3);
+        assert!(got[0].job.payload.is_empty(), "payloads are not kept");
+        assert_eq!(got[0].payload_size, job(1).payload.len() as u64);
+        assert_eq!(log.after(start + 4, 1).unwrap().len(), 1);
+        assert!(log.after(start + 5, 10).unwrap().is_empty(), "caught up");
+        // Change start+2 is gone: resuming after start+1 would skip it.
+        assert_eq!(
+            log.after(start + 1, 10).unwrap_err(),
+            PositionGone { oldest: start + 2 }
+        );
+        // A stale snapshot of a job (lower sequence) is left out.
+        let mut stale = job(1);
+        stale.id = got[0].job.id;
+        log.append(&stale);
+        assert_eq!(log.head(), start + 5);
+        // A position from the future (another run) is refused too.
+        assert!(log.after(start + 99, 10).is_err());
+        assert!(log.after(1, 10).is_err());
+
+        // The byte bound: results count, the newest entry always stays.
+        let log = ChangeLog::new(100, Duration::from_secs(60), 3 * CHANGE_ENTRY_BYTES + 2000);
+        let start = log.head();
+        for seq in 1..=4 {
+            let mut j = job(seq);
+            j.result = vec![b'r'; 1000].into();
+            log.append(&j);
+        }
+        assert_eq!(log.after(start + 2, 10).unwrap().len(), 2);
+        assert!(log.after(start + 1, 10).is_err());
     }
 
     #[tokio::test]

@@ -20,7 +20,8 @@
 //! - [`events`] — fans each state change out to WatchStatus streams.
 //! - [`server`] — the lifecycle: [`prepare`] checks the config and reads
 //!   its files once, then [`run`] opens the store, recovers, serves gRPC +
-//!   health + reflection, and drains on SIGTERM; [`connections`] bounds the
+//!   health + reflection + the HTTP/JSON door ([`http`]) on one port, and
+//!   drains on SIGTERM; [`connections`] bounds the
 //!   accepted connections, [`tls`] terminates TLS (reloaded on SIGHUP).
 //! - [`metrics`] and [`admin`] — Prometheus metrics and the HTTP probes.
 //! - [`client`] — the CLI client commands (`jobd submit`, `status`, ...);
@@ -37,6 +38,7 @@ pub mod connections;
 pub mod engine;
 pub mod events;
 pub mod handlers;
+pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod proto;

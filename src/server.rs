@@ -93,6 +93,8 @@ pub enum RunError {
     Serve(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("HTTP/JSON routes: {0}")]
+    Json(#[from] crate::http::json::JsonError),
     /// The server task panicked or was aborted.
     #[error("gRPC server task failed: {0}")]
     Server(String),
@@ -289,7 +291,7 @@ pub async fn run_with_listeners(
     let reply_limit = config.max_reply_bytes();
     let auth_on = !tokens.is_empty();
     let tokens = Tokens::new(tokens, config.auth.submit_rate);
-    let api = JobApi::new(
+    let api = Arc::new(JobApi::new(
         engine.clone(),
         tokens.clone(),
         config.queue.max_batch,
@@ -300,8 +302,12 @@ pub async fn run_with_listeners(
         },
         reply_limit,
         streams_stop.clone(),
-    );
-    let service = JobServiceServer::new(api)
+    ));
+    let admin_api = Arc::new(crate::api::admin::AdminApi::new(
+        engine.clone(),
+        workers.clone(),
+    ));
+    let service = JobServiceServer::from_arc(api.clone())
         .max_decoding_message_size(limit)
         .max_encoding_message_size(reply_limit);
     let worker_service = Authenticated::new(
@@ -315,12 +321,20 @@ pub async fn run_with_listeners(
         tokens.clone(),
     );
     let admin_service = Authenticated::new(
-        AdminServiceServer::new(crate::api::admin::AdminApi::new(
-            engine.clone(),
-            workers.clone(),
-        )),
+        AdminServiceServer::from_arc(admin_api.clone()),
         tokens.clone(),
     );
+    let json_door = crate::http::router(Arc::new(crate::http::HttpApi::new(
+        api,
+        admin_api,
+        tokens.clone(),
+        crate::http::json::Json::new()?,
+        // Base64 makes a payload 4/3 larger in JSON, and names add more: a
+        // request that fits gRPC's limit must fit this one.
+        limit.saturating_mul(2),
+        config.limits.request_timeout,
+        metrics.clone(),
+    )));
     let service = Authenticated::new(service, tokens);
 
     let local = listener
@@ -328,32 +342,48 @@ pub async fn run_with_listeners(
         .map(|a| a.to_string())
         .unwrap_or_default();
     let server_stop = CancellationToken::new();
+    let grpc_routes = tonic::service::Routes::builder()
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service)
+        .add_service(worker_service)
+        .add_service(admin_service)
+        .clone()
+        .routes();
+    let grpc = tower::ServiceBuilder::new()
+        .layer(GrpcMetricsLayer {
+            metrics: metrics.clone(),
+        })
+        // Inside the metrics layer, so metrics count the corrected codes.
+        .layer(crate::api::protocol::ProtocolErrorsLayer)
+        .service(grpc_routes);
+    // gRPC, gRPC-Web and JSON on one port, by content type (see crate::http).
+    let grpc_web = tower::Layer::layer(&tonic_web::GrpcWebLayer::new(), grpc.clone());
+    let one_port = crate::http::one_port(
+        axum::Router::new().fallback_service(grpc),
+        axum::Router::new().fallback_service(grpc_web),
+        json_door,
+    );
     let router = tonic::transport::Server::builder()
+        // HTTP/1.1 for curl, browsers and gRPC-Web; gRPC itself stays HTTP/2.
+        .accept_http1(true)
         .max_concurrent_streams(Some(config.limits.max_concurrent_streams))
         .initial_stream_window_size(H2_STREAM_WINDOW)
         .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .http2_keepalive_interval(Some(config.limits.keepalive_interval))
         .http2_keepalive_timeout(Some(config.limits.keepalive_timeout))
         .timeout(config.limits.request_timeout)
-        // One span per RPC (visible at RUST_LOG=debug).
+        // One span per request (visible at RUST_LOG=debug).
         .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
-        .layer(GrpcMetricsLayer {
-            metrics: metrics.clone(),
-        })
-        // Inside the metrics layer, so metrics count the corrected codes.
-        .layer(crate::api::protocol::ProtocolErrorsLayer)
+        // Request bodies of every protocol are charged to the budgets.
         .layer(RequestBudgetLayer {
             budgets: RequestBudgets::new(
                 config.limits.max_buffered_request_bytes,
                 config.limits.max_buffered_request_bytes_per_connection,
             ),
         })
-        .add_service(health)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(service)
-        .add_service(worker_service)
-        .add_service(admin_service);
+        .add_routes(tonic::service::Routes::from(one_port));
     let stop = server_stop.clone().cancelled_owned();
     let max_conns = config.limits.max_connections;
     let handshake = config.limits.handshake_timeout;

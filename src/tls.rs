@@ -83,7 +83,9 @@ fn load(files: &TlsConfig) -> Result<Arc<ServerConfig>, ConfigError> {
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| bad("tls.key", format!("does not fit the certificate: {e}")))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    // http/1.1 too: curl, browsers and gRPC-Web clients may speak it (the
+    // JSON routes); a client that offers only it would otherwise be refused.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

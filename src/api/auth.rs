@@ -3,9 +3,12 @@
 //! probes and `grpcurl list` work. Tokens are compared in constant time and
 //! never logged.
 //!
-//! Roles: `submit` may call Submit, SubmitBatch, GetStatus, WatchStatus and
-//! ListJobs (of every job: jobs have no owner); `worker` may call
-//! WorkerService (and nothing else); `admin` may call everything.
+//! Roles: `submit` may call Submit, SubmitBatch, GetStatus, WatchStatus,
+//! WatchJobs and ListJobs (of every job: jobs have no owner); `viewer` may
+//! only read (GetStatus, ListJobs, the watches, and AdminService's List*
+//! calls); `worker` may call WorkerService (and nothing else); `admin` may
+//! call everything. The HTTP/JSON routes check the same paths (see
+//! [`crate::http`]).
 
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -25,6 +28,18 @@ const SUBMIT_METHODS: &[&str] = &[
     "/jobd.v1.JobService/GetStatus",
     "/jobd.v1.JobService/WatchStatus",
     "/jobd.v1.JobService/ListJobs",
+    "/jobd.v1.JobService/WatchJobs",
+];
+/// Methods a `viewer` token may call: every read, nothing that changes a
+/// job, a kind or a schedule.
+const VIEWER_METHODS: &[&str] = &[
+    "/jobd.v1.JobService/GetStatus",
+    "/jobd.v1.JobService/WatchStatus",
+    "/jobd.v1.JobService/ListJobs",
+    "/jobd.v1.JobService/WatchJobs",
+    "/jobd.v1.AdminService/ListWorkers",
+    "/jobd.v1.AdminService/ListKinds",
+    "/jobd.v1.AdminService/ListSchedules",
 ];
 /// The service a `worker` token may call.
 const WORKER_SERVICE: &str = "/jobd.v1.WorkerService/";
@@ -34,7 +49,18 @@ fn allowed(role: Role, path: &str) -> bool {
     match role {
         Role::Admin => true,
         Role::Submit => SUBMIT_METHODS.contains(&path),
+        Role::Viewer => VIEWER_METHODS.contains(&path),
         Role::Worker => path.starts_with(WORKER_SERVICE),
+    }
+}
+
+/// The role as the config spells it.
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Submit => "submit",
+        Role::Viewer => "viewer",
+        Role::Worker => "worker",
+        Role::Admin => "admin",
     }
 }
 
@@ -141,14 +167,17 @@ impl Tokens {
             .ok_or_else(|| Status::unauthenticated("invalid token"))?;
         if !allowed(role, path) {
             let method = path.rsplit('/').next().unwrap_or("");
-            let needs = if path.starts_with(WORKER_SERVICE) {
-                "a worker or admin token"
-            } else {
-                "an admin token"
-            };
+            let needs = [Role::Submit, Role::Viewer, Role::Worker]
+                .into_iter()
+                .filter(|r| allowed(*r, path))
+                .map(role_name)
+                .chain(["admin"])
+                .collect::<Vec<_>>()
+                .join(" or ");
+            let article = if needs.starts_with('a') { "an" } else { "a" };
             return Err(Status::permission_denied(format!(
-                "a {} token may not call {method}; it needs {needs}",
-                format!("{role:?}").to_lowercase()
+                "a {} token may not call {method}; it needs {article} {needs} token",
+                role_name(role)
             )));
         }
         Ok(Some(Caller { token: index, role }))
@@ -217,7 +246,31 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::bearer;
+    use super::{allowed, bearer};
+    use crate::config::Role;
+
+    #[test]
+    fn viewer_reads_and_changes_nothing() {
+        for read in [
+            "/jobd.v1.JobService/GetStatus",
+            "/jobd.v1.JobService/ListJobs",
+            "/jobd.v1.JobService/WatchStatus",
+            "/jobd.v1.AdminService/ListKinds",
+        ] {
+            assert!(allowed(Role::Viewer, read), "{read}");
+        }
+        for write in [
+            "/jobd.v1.JobService/Submit",
+            "/jobd.v1.JobService/SubmitBatch",
+            "/jobd.v1.JobService/Cancel",
+            "/jobd.v1.AdminService/RetryJobs",
+            "/jobd.v1.AdminService/PauseKind",
+            "/jobd.v1.AdminService/TriggerSchedule",
+            "/jobd.v1.WorkerService/Connect",
+        ] {
+            assert!(!allowed(Role::Viewer, write), "{write}");
+        }
+    }
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {

@@ -46,6 +46,14 @@ pub enum ApiError {
         humantime::format_duration(*.idle)
     )]
     WatchStalled { idle: Duration },
+    #[error(
+        "resume position {after} is outside the window of changes kept (the last {} \
+         changes, at most {}; the oldest position to resume after is {oldest}): list \
+         the jobs, then watch from now (after = 0)",
+        crate::events::CHANGE_LOG_EVENTS,
+        humantime::format_duration(crate::events::CHANGE_LOG_AGE)
+    )]
+    PositionGone { after: u64, oldest: u64 },
     #[error("too many worker sessions (at most {max}); retry later")]
     TooManySessions { max: usize },
     #[error("jobd is draining and takes no new jobs; retry on another instance")]
@@ -137,6 +145,7 @@ impl From<ApiError> for Status {
             // this client is the cause.
             ApiError::WatchStalled { .. } => Status::resource_exhausted(msg),
             ApiError::Draining => Status::unavailable(msg),
+            ApiError::PositionGone { .. } => Status::out_of_range(msg),
             ApiError::AlreadyFinished { .. } => Status::failed_precondition(msg),
             ApiError::Unavailable(detail) => {
                 if let Some(suppressed) = UNAVAILABLE_LOG.admit() {

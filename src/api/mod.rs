@@ -374,15 +374,140 @@ impl JobService for JobApi {
         }))
     }
 
-    type WatchJobsStream = futures_util::stream::Empty<Result<proto::WatchJobsResponse, Status>>;
+    type WatchJobsStream = JobsStream;
 
-    /// Placeholder until the all-jobs event stream lands (issue 18).
     async fn watch_jobs(
         &self,
-        _request: Request<proto::WatchJobsRequest>,
-    ) -> Result<Response<Self::WatchJobsStream>, Status> {
-        Err(Status::unimplemented("WatchJobs is not implemented yet"))
+        request: Request<proto::WatchJobsRequest>,
+    ) -> Result<Response<JobsStream>, Status> {
+        if self.streams_stop.is_cancelled() {
+            return Err(ApiError::Draining.into());
+        }
+        let state = match request.get_ref().state {
+            0 => None,
+            s => proto::JobState::try_from(s)
+                .ok()
+                .and_then(convert::state_from_proto)
+                .map(Some)
+                .ok_or_else(|| ApiError::invalid("state", format!("unknown state {s}")))?,
+        };
+        let peer = request.remote_addr();
+        let on_connection = peer.map(|p| self.per_connection.take(p)).transpose()?;
+        let client = ClientKey::of(request.extensions().get::<Caller>(), peer);
+        let for_client = client.map(|c| self.per_client.take(c)).transpose()?;
+        let global = self
+            .engine
+            .events()
+            .reserve()
+            .map_err(|e| self.err(EngineError::TooManyWatchers { max: e.max }))?;
+        let req = request.into_inner();
+        let log = self.engine.events().clone();
+        let cursor = match req.after {
+            0 => log.log().head(),
+            after => {
+                log.log()
+                    .after(after, 0)
+                    .map_err(|g| ApiError::PositionGone {
+                        after,
+                        oldest: g.oldest,
+                    })?;
+                after
+            }
+        };
+        Ok(Response::new(jobs_stream(
+            JobsFollow {
+                events: log,
+                kind: req.kind,
+                state,
+                cursor,
+                places: Box::new((on_connection, for_client, global)),
+                max_job_bytes: self.max_job_bytes(),
+            },
+            self.streams_stop.clone(),
+        )))
     }
+}
+
+type JobsStream = Pin<Box<dyn Stream<Item = Result<proto::WatchJobsResponse, Status>> + Send>>;
+
+/// A WatchJobs stream's state.
+struct JobsFollow {
+    events: Arc<crate::events::Events>,
+    kind: String,
+    state: Option<crate::job::JobState>,
+    /// The position of the last change read (sent or filtered out).
+    cursor: u64,
+    /// Its places in the watcher bounds, given back when the stream ends.
+    #[allow(dead_code)]
+    places: Box<dyn Send>,
+    max_job_bytes: usize,
+}
+
+/// Changes read from the log per look.
+const JOBS_BATCH: usize = 256;
+
+/// Every change after the cursor that matches the filter, in order, from
+/// the all-jobs log; waits for more when caught up. Ends with OUT_OF_RANGE
+/// if the reader fell so far behind that the log dropped changes it has
+/// not read (never a silent gap), and with UNAVAILABLE on drain.
+fn jobs_stream(follow: JobsFollow, stop: CancellationToken) -> JobsStream {
+    let wake = follow.events.log().subscribe();
+    let init = (
+        Some(follow),
+        wake,
+        std::collections::VecDeque::<proto::WatchJobsResponse>::new(),
+    );
+    Box::pin(futures_util::stream::unfold(
+        init,
+        move |(follow, mut wake, mut ready)| {
+            let stop = stop.clone();
+            async move {
+                let mut f = follow?;
+                loop {
+                    if let Some(r) = ready.pop_front() {
+                        return Some((Ok(r), (Some(f), wake, ready)));
+                    }
+                    // Marked seen before reading, so an append after the
+                    // read wakes the wait below.
+                    wake.borrow_and_update();
+                    match f.events.log().after(f.cursor, JOBS_BATCH) {
+                        Err(g) => {
+                            let e = ApiError::PositionGone {
+                                after: f.cursor,
+                                oldest: g.oldest,
+                            };
+                            return Some((Err(e.into()), (None, wake, ready)));
+                        }
+                        Ok(batch) if batch.is_empty() => {
+                            tokio::select! {
+                                r = wake.changed() => if r.is_err() { return None },
+                                _ = stop.cancelled() => {
+                                    let e = ApiError::Draining.into();
+                                    return Some((Err(e), (None, wake, ready)));
+                                }
+                            }
+                        }
+                        Ok(batch) => {
+                            for change in batch {
+                                f.cursor = change.position;
+                                let job = &change.job;
+                                let kind_ok = f.kind.is_empty() || job.kind == f.kind;
+                                let state_ok = f.state.is_none_or(|s| job.state == s);
+                                if kind_ok && state_ok {
+                                    let mut p = convert::job_within(job, f.max_job_bytes);
+                                    p.payload_size = change.payload_size;
+                                    ready.push_back(proto::WatchJobsResponse {
+                                        job: Some(p),
+                                        position: change.position,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    ))
 }
 
 /// Snapshot first, then each later change, ending after a terminal state

@@ -14,6 +14,9 @@ pub enum Role {
     Submit,
     /// WorkerService only: take and report jobs of remote kinds.
     Worker,
+    /// Read only: job status, lists and watches (a dashboard, a support
+    /// engineer); may change nothing.
+    Viewer,
     /// Everything.
     Admin,
 }
@@ -112,9 +115,10 @@ impl AuthConfig {
                 "submit" => Role::Submit,
                 "admin" => Role::Admin,
                 "worker" => Role::Worker,
+                "viewer" => Role::Viewer,
                 other => {
                     return Err(at(&format!(
-                        "unknown role {other:?} (submit, worker or admin)"
+                        "unknown role {other:?} (submit, viewer, worker or admin)"
                     )))
                 }
             };

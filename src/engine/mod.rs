@@ -369,6 +369,8 @@ impl Engine {
                 InsertOutcome::Created(job) => {
                     created = true;
                     self.metrics.submitted(job);
+                    // A new job is a change too (WatchJobs).
+                    self.events.log().append(job);
                 }
                 InsertOutcome::Deduplicated(job) => self.metrics.deduplicated(job),
                 InsertOutcome::Conflict { .. } => self.metrics.reject("idempotency_conflict"),

@@ -1,0 +1,592 @@
+"use strict";
+// The jobd dashboard: plain JavaScript, no dependencies, no build step.
+// Everything the server sends is put in the page as text (textContent /
+// Node.append of strings), never as HTML: payloads, results, errors and
+// labels are user data. The page's CSP forbids inline scripts anyway.
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const main = $("main");
+  let token = sessionStorage.getItem("jobd-token") || "";
+  // What the current view holds open: a live stream, a poll timer.
+  let abort = null;
+  let timer = null;
+  let refresh = null;
+  // Jobs ticked on the jobs page, kept across live re-renders.
+  const selected = new Set();
+
+  const STATES = ["queued", "running", "retry_wait", "succeeded", "failed", "cancelled"];
+  const TERMINAL = ["JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"];
+
+  /** An element with attributes and children (strings become text). */
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === "onclick") e.addEventListener("click", v);
+      else if (k === "onchange") e.addEventListener("change", v);
+      else if (k === "onsubmit") e.addEventListener("submit", v);
+      else if (k === "class") e.className = v;
+      else if (k === "checked") e.checked = true;
+      else e.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children.flat()) {
+      if (c === undefined || c === null) continue;
+      e.append(c instanceof Node ? c : String(c));
+    }
+    return e;
+  }
+
+  function banner(text, kind) {
+    const b = $("banner");
+    b.textContent = text || "";
+    b.className = "banner " + (kind || "error");
+    b.hidden = !text;
+  }
+
+  function authHeaders() {
+    return token ? { authorization: "Bearer " + token } : {};
+  }
+
+  /** A JSON call; throws an Error carrying the google.rpc.Status body. */
+  async function api(method, path, body) {
+    const headers = authHeaders();
+    if (body !== undefined) headers["content-type"] = "application/json";
+    const res = await fetch(path, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    const text = await res.text();
+    let json = {};
+    try {
+      json = text ? JSON.parse(text) : {};
+    } catch (_) {
+      json = { message: text };
+    }
+    if (!res.ok) {
+      const e = new Error(json.message || res.statusText);
+      e.status = res.status;
+      throw e;
+    }
+    return json;
+  }
+
+  function failed(e) {
+    if (e.name === "AbortError") return;
+    if (e.status === 401) {
+      banner("This daemon needs a token: enter one above.");
+      $("token").focus();
+    } else if (e.status === 403) {
+      banner("Not allowed with this token: " + e.message);
+    } else {
+      banner(e.message || String(e));
+    }
+  }
+
+  /** Server-sent events over fetch (EventSource cannot send a token). */
+  async function stream(path, onEvent, signal) {
+    const res = await fetch(path, { headers: authHeaders(), signal });
+    if (!res.ok) {
+      const j = await res.json().catch(() => ({}));
+      const e = new Error(j.message || res.statusText);
+      e.status = res.status;
+      throw e;
+    }
+    setLive(true);
+    const reader = res.body.getReader();
+    const dec = new TextDecoder();
+    let buf = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return;
+        buf += dec.decode(value, { stream: true });
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          let event = "message";
+          let data = "";
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event: ")) event = line.slice(7);
+            else if (line.startsWith("data: ")) data += line.slice(6);
+          }
+          if (data) onEvent(event, JSON.parse(data));
+        }
+      }
+    } finally {
+      setLive(false);
+    }
+  }
+
+  function setLive(on) {
+    $("live").className = on ? "live on" : "live";
+  }
+
+  /**
+   * Keeps the current view fresh: every change of every job arrives over
+   * /v1/events (WatchJobs) and re-renders (at most twice a second); if that
+   * stream is not available, the view polls every 3 s.
+   */
+  function follow(render) {
+    refresh = render;
+    let pending = false;
+    const again = () => {
+      if (pending) return;
+      pending = true;
+      setTimeout(() => {
+        pending = false;
+        if (refresh === render) render().catch(failed);
+      }, 500);
+    };
+    const signal = abort.signal;
+    stream("/v1/events", (event) => {
+      if (event === "message") again();
+    }, signal)
+      .catch(() => {})
+      .finally(() => {
+        if (signal.aborted || refresh !== render) return;
+        timer = setInterval(() => render().catch(failed), 3000);
+      });
+  }
+
+  function stop() {
+    if (abort) abort.abort();
+    abort = new AbortController();
+    if (timer) clearInterval(timer);
+    timer = null;
+    refresh = null;
+    setLive(false);
+  }
+
+  const short = (s) => (s || "").replace("JOB_STATE_", "").toLowerCase();
+  const when = (t) => (t ? new Date(t).toLocaleString() : "");
+  const num = (v) => Number(v || 0);
+
+  /** A throughput bar's fill (CSSOM: the CSP refuses style attributes). */
+  function fill(percent) {
+    const f = el("span", { class: "fill" });
+    f.style.height = percent + "%";
+    return f;
+  }
+
+  function stateBadge(state) {
+    return el("span", { class: "state " + short(state) }, short(state));
+  }
+
+  function table(headings, rows) {
+    return el(
+      "table",
+      {},
+      el("thead", {}, el("tr", {}, headings.map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows),
+    );
+  }
+
+  /** A job result or other bytes as text, cut to `max` characters. */
+  function preview(b64, max) {
+    if (!b64) return { text: "", cut: false };
+    let bytes;
+    try {
+      bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    } catch (_) {
+      return { text: "(not base64)", cut: false };
+    }
+    const text = new TextDecoder("utf-8", { fatal: false }).decode(bytes);
+    return text.length > max
+      ? { text: text.slice(0, max), cut: true }
+      : { text, cut: false };
+  }
+
+  // ---- pages ----
+
+  async function overview() {
+    const render = async () => {
+      const [kinds, recentFailed, done] = await Promise.all([
+        api("GET", "/v1/kinds"),
+        api("GET", "/v1/jobs?state=failed&order=newest_first&page_size=10"),
+        api("GET", "/v1/jobs?state=succeeded&order=newest_first&page_size=1000"),
+      ]);
+      // Jobs finished per minute over the last 10 minutes.
+      const now = Date.now();
+      const perMinute = new Array(10).fill(0);
+      for (const j of done.jobs || []) {
+        const age = Math.floor((now - Date.parse(j.finishedAt)) / 60000);
+        if (age >= 0 && age < 10) perMinute[9 - age] += 1;
+      }
+      const peak = Math.max(1, ...perMinute);
+      main.replaceChildren(
+        el("h2", {}, "Kinds"),
+        table(
+          ["kind", "handler", "queued", "running", "retry wait", "failed", "workers", ""],
+          (kinds.kinds || []).map((k) =>
+            el(
+              "tr",
+              { "data-kind": k.kind },
+              el("td", {}, el("a", { href: "#/jobs?kind=" + encodeURIComponent(k.kind) }, k.kind)),
+              el("td", {}, k.handler),
+              el("td", { class: "n queued" }, num(k.queued)),
+              el("td", { class: "n running" }, num(k.running)),
+              el("td", { class: "n" }, num(k.retryWait)),
+              el("td", { class: "n failed" }, num(k.failed)),
+              el("td", { class: "n" }, num(k.connectedWorkers)),
+              el("td", {}, k.paused ? el("span", { class: "paused" }, "paused") : ""),
+            ),
+          ),
+        ),
+        el("h2", {}, "Succeeded per minute (last 10 minutes)"),
+        el(
+          "div",
+          { class: "bars", id: "throughput" },
+          perMinute.map((n, i) =>
+            el(
+              "div",
+              { class: "bar", title: (9 - i) + " min ago: " + n },
+              fill(Math.round((n / peak) * 100)),
+              el("span", { class: "label" }, n),
+            ),
+          ),
+        ),
+        el("h2", {}, "Recent failures"),
+        table(
+          ["job", "kind", "finished", "last error"],
+          (recentFailed.jobs || []).map((j) =>
+            el(
+              "tr",
+              {},
+              el("td", {}, el("a", { href: "#/job/" + encodeURIComponent(j.id) }, j.id)),
+              el("td", {}, j.kind),
+              el("td", {}, when(j.finishedAt)),
+              el("td", { class: "error" }, (j.lastError || "").slice(0, 200)),
+            ),
+          ),
+        ),
+      );
+    };
+    await render();
+    follow(render);
+  }
+
+  async function jobs(query) {
+    const q = new URLSearchParams(query);
+    const render = async () => {
+      const params = new URLSearchParams();
+      for (const k of ["state", "kind", "page_token"]) if (q.get(k)) params.set(k, q.get(k));
+      for (const l of (q.get("label") || "").split(",")) if (l.trim()) params.append("label", l.trim());
+      params.set("page_size", q.get("page_size") || "50");
+      params.set("order", "newest_first");
+      const list = await api("GET", "/v1/jobs?" + params);
+      const go = (changes) => {
+        const next = new URLSearchParams(q);
+        for (const [k, v] of Object.entries(changes)) v ? next.set(k, v) : next.delete(k);
+        location.hash = "#/jobs?" + next;
+      };
+      const stateSel = el(
+        "select",
+        { id: "filter-state" },
+        el("option", { value: "" }, "any state"),
+        STATES.map((s) => el("option", { value: s, selected: q.get("state") === s }, s)),
+      );
+      const kindIn = el("input", { id: "filter-kind", placeholder: "kind", value: q.get("kind") || "" });
+      const labelIn = el("input", { id: "filter-label", placeholder: "label k=v[,k=v]", value: q.get("label") || "" });
+      const rows = (list.jobs || []).map((j) =>
+        el(
+          "tr",
+          { "data-id": j.id, "data-state": short(j.state) },
+          el(
+            "td",
+            {},
+            el("input", {
+              type: "checkbox",
+              class: "pick",
+              checked: selected.has(j.id),
+              onchange: (e) => (e.target.checked ? selected.add(j.id) : selected.delete(j.id)),
+            }),
+          ),
+          el("td", {}, el("a", { href: "#/job/" + encodeURIComponent(j.id) }, j.id)),
+          el("td", {}, j.kind),
+          el("td", {}, stateBadge(j.state)),
+          el("td", { class: "n" }, num(j.attempt) + "/" + num(j.maxAttempts)),
+          el("td", {}, when(j.createdAt)),
+          el("td", { class: "error" }, (j.lastError || "").slice(0, 120)),
+        ),
+      );
+      main.replaceChildren(
+        el(
+          "form",
+          {
+            class: "filters",
+            onsubmit: (e) => {
+              e.preventDefault();
+              go({ state: stateSel.value, kind: kindIn.value.trim(), label: labelIn.value.trim(), page_token: "" });
+            },
+          },
+          stateSel,
+          kindIn,
+          labelIn,
+          el("button", { type: "submit", id: "filter-apply" }, "Filter"),
+        ),
+        el(
+          "div",
+          { class: "actions" },
+          el("button", { id: "bulk-retry", onclick: () => bulk("retry").catch(failed) }, "Retry selected"),
+          el("button", { id: "bulk-cancel", onclick: () => bulk("cancel").catch(failed) }, "Cancel selected"),
+          q.get("page_token") ? el("button", { id: "page-first", onclick: () => go({ page_token: "" }) }, "First page") : null,
+          list.nextPageToken
+            ? el("button", { id: "page-next", onclick: () => go({ page_token: list.nextPageToken }) }, "Next page")
+            : null,
+        ),
+        table(["", "job", "kind", "state", "attempt", "created", "last error"], rows),
+      );
+    };
+    const bulk = async (what) => {
+      const ids = [...selected];
+      if (!ids.length) return banner("Select jobs first.", "info");
+      if (what === "retry") {
+        const r = await api("POST", "/v1/jobs:retry", { ids });
+        banner("Retried " + num(r.retried) + "; skipped " + (r.skipped || []).length + ".", "info");
+      } else {
+        let done = 0;
+        const errors = [];
+        for (const id of ids) {
+          try {
+            await api("POST", "/v1/jobs/" + encodeURIComponent(id) + ":cancel");
+            done += 1;
+          } catch (e) {
+            errors.push(e.message);
+          }
+        }
+        banner("Cancelled " + done + "." + (errors.length ? " " + errors.join("; ") : ""), errors.length ? "error" : "info");
+      }
+      selected.clear();
+      await render();
+    };
+    await render();
+    follow(render);
+  }
+
+  async function job(id) {
+    const path = "/v1/jobs/" + encodeURIComponent(id);
+    const show = (j) => {
+      const result = preview(j.result, 4096);
+      const field = (name, value) => [el("dt", {}, name), el("dd", { "data-field": name }, value)];
+      const actions = [];
+      if (!TERMINAL.includes(j.state)) {
+        actions.push(
+          el("button", { id: "job-cancel", onclick: () => act(path + ":cancel") }, "Cancel"),
+        );
+      }
+      if (j.state === "JOB_STATE_FAILED" || j.state === "JOB_STATE_CANCELLED") {
+        actions.push(
+          el("button", { id: "job-retry", onclick: () => act("/v1/jobs:retry", { ids: [j.id] }) }, "Retry"),
+        );
+      }
+      main.replaceChildren(
+        el("h2", {}, "Job ", el("code", {}, j.id), " ", stateBadge(j.state)),
+        el("div", { class: "actions" }, actions),
+        el(
+          "dl",
+          { class: "job" },
+          field("kind", j.kind),
+          field("state", short(j.state)),
+          field("attempt", num(j.attempt) + " of " + num(j.maxAttempts)),
+          field("priority", num(j.priority)),
+          field("labels", Object.entries(j.labels || {}).map(([k, v]) => k + "=" + v).join(", ")),
+          field("idempotency key", j.idempotencyKey || ""),
+          field("ordering key", j.orderingKey || ""),
+          field("created", when(j.createdAt)),
+          field("started", when(j.startedAt)),
+          field("finished", when(j.finishedAt)),
+          field("next attempt", when(j.nextAttemptAt)),
+          field("timeout", j.timeout || ""),
+          field("payload size", num(j.payloadSize) + " bytes"),
+        ),
+        el("h3", {}, "Last error"),
+        el("pre", { id: "job-error", class: "error" }, j.lastError || ""),
+        el("h3", {}, "Result", result.cut || j.resultTruncated ? " (first part)" : ""),
+        el("pre", { id: "job-result" }, result.text),
+      );
+    };
+    const act = (p, body) =>
+      api("POST", p, body === undefined ? undefined : body)
+        .then(() => banner("", ""))
+        .catch(failed);
+    const first = await api("GET", path);
+    show(first.job);
+    refresh = null;
+    const signal = abort.signal;
+    // The job's own stream: each state change, live; it ends at a terminal
+    // state (a retry puts the job back: follow it again).
+    const watch = async () => {
+      while (!signal.aborted) {
+        let last = null;
+        await stream(path + "/events", (event, data) => {
+          if (event === "message") {
+            last = data.job;
+            show(data.job);
+          } else {
+            banner(data.message);
+          }
+        }, signal);
+        if (!last || TERMINAL.includes(last.state)) {
+          // Wait for a retry to put it back in play.
+          await new Promise((r) => setTimeout(r, 1000));
+          if (signal.aborted) return;
+          const now = (await api("GET", path)).job;
+          show(now);
+          if (TERMINAL.includes(now.state)) continue;
+        }
+      }
+    };
+    watch().catch(failed);
+  }
+
+  async function kinds() {
+    const render = async () => {
+      const list = await api("GET", "/v1/kinds");
+      main.replaceChildren(
+        el("h2", {}, "Kinds"),
+        table(
+          ["kind", "handler", "concurrency", "queued", "running", "state", ""],
+          (list.kinds || []).map((k) =>
+            el(
+              "tr",
+              { "data-kind": k.kind },
+              el("td", {}, k.kind),
+              el("td", {}, k.handler),
+              el("td", { class: "n" }, num(k.concurrency)),
+              el("td", { class: "n" }, num(k.queued)),
+              el("td", { class: "n" }, num(k.running)),
+              el("td", { class: "kind-state" }, k.paused ? "paused" : "running"),
+              el(
+                "td",
+                {},
+                el(
+                  "button",
+                  {
+                    id: (k.paused ? "resume-" : "pause-") + k.kind,
+                    onclick: () =>
+                      api("POST", "/v1/kinds/" + encodeURIComponent(k.kind) + (k.paused ? ":resume" : ":pause"))
+                        .then(render)
+                        .catch(failed),
+                  },
+                  k.paused ? "Resume" : "Pause",
+                ),
+              ),
+            ),
+          ),
+        ),
+      );
+    };
+    await render();
+    follow(render);
+  }
+
+  async function schedules() {
+    const render = async () => {
+      const list = await api("GET", "/v1/schedules");
+      const post = (s, verb) => () =>
+        api("POST", "/v1/schedules/" + encodeURIComponent(s.id) + ":" + verb)
+          .then((r) => {
+            if (r.job) banner("Submitted job " + r.job.id + ".", "info");
+            return render();
+          })
+          .catch(failed);
+      main.replaceChildren(
+        el("h2", {}, "Schedules"),
+        table(
+          ["schedule", "kind", "cron", "time zone", "next fire", "last job", ""],
+          (list.schedules || []).map((s) =>
+            el(
+              "tr",
+              { "data-schedule": s.id },
+              el("td", {}, s.id),
+              el("td", {}, s.kind),
+              el("td", {}, el("code", {}, s.cron)),
+              el("td", {}, s.timezone),
+              el("td", {}, s.paused ? "paused" : when(s.nextFireAt)),
+              el("td", {}, s.lastJobId ? el("a", { href: "#/job/" + encodeURIComponent(s.lastJobId) }, s.lastJobId) : ""),
+              el(
+                "td",
+                {},
+                el("button", { onclick: post(s, "trigger") }, "Run now"),
+                el("button", { onclick: post(s, s.paused ? "resume" : "pause") }, s.paused ? "Resume" : "Pause"),
+              ),
+            ),
+          ),
+        ),
+      );
+    };
+    await render();
+    follow(render);
+  }
+
+  async function workers() {
+    const render = async () => {
+      const list = await api("GET", "/v1/workers");
+      main.replaceChildren(
+        el("h2", {}, "Workers"),
+        table(
+          ["worker", "session", "kinds", "in flight", "address", "connected", "last seen"],
+          (list.workers || []).map((w) =>
+            el(
+              "tr",
+              {},
+              el("td", {}, w.workerId),
+              el("td", {}, w.sessionId),
+              el("td", {}, (w.kinds || []).join(", ")),
+              el("td", { class: "n" }, num(w.inFlight) + "/" + num(w.maxInFlight)),
+              el("td", {}, w.address),
+              el("td", {}, when(w.connectedAt)),
+              el("td", {}, when(w.lastSeen)),
+            ),
+          ),
+        ),
+      );
+    };
+    await render();
+    follow(render);
+  }
+
+  function route() {
+    stop();
+    banner("", "");
+    const hash = location.hash.slice(1) || "/overview";
+    const [path, query] = hash.split("?");
+    const parts = path.split("/").filter(Boolean);
+    for (const a of document.querySelectorAll("nav a")) {
+      a.className = a.id === "nav-" + parts[0] ? "active" : "";
+    }
+    let page;
+    switch (parts[0]) {
+      case "jobs":
+        page = jobs(query || "");
+        break;
+      case "job":
+        page = job(decodeURIComponent(parts[1] || ""));
+        break;
+      case "kinds":
+        page = kinds();
+        break;
+      case "schedules":
+        page = schedules();
+        break;
+      case "workers":
+        page = workers();
+        break;
+      default:
+        page = overview();
+    }
+    page.catch(failed);
+  }
+
+  $("token").value = token;
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    token = $("token").value.trim();
+    sessionStorage.setItem("jobd-token", token);
+    route();
+  });
+  window.addEventListener("hashchange", route);
+  route();
+})();

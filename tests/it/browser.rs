@@ -1,0 +1,421 @@
+//! The dashboard in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver, plain HTTP + JSON). Jobs are submitted over gRPC and must
+//! show up and finish on an open page without a reload; a FAILED job is
+//! retried by a click and succeeds; a kind is paused by a click; a payload
+//! holding `<script>` is shown as text. Screenshots go to
+//! `$JOBD_SCREENSHOT_DIR` (default: the test's target dir).
+//!
+//! Needs `chromium` and `chromedriver` (Debian: chromium, chromium-driver;
+//! `.ci/run` installs them). Without them the test says SKIPPED, and fails
+//! under CI=1.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use base64::Engine as _;
+use jobd::proto;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+const CHROMEDRIVER: &str = "chromedriver";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+/// A WebDriver session on a chromedriver this test started.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+    driver: std::process::Child,
+}
+
+/// Ends chromedriver and the browser it started (its own process group),
+/// so a failed test leaves no browser behind.
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a negative pid signals that process group,
+        // which `process_group(0)` made chromedriver's own.
+        unsafe {
+            libc::kill(-(self.driver.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.driver.wait();
+    }
+}
+
+/// Whether a program is on PATH.
+fn found(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+impl Browser {
+    async fn start() -> Option<Browser> {
+        let chromium = ["chromium", "chromium-browser", "google-chrome"]
+            .into_iter()
+            .find(|b| found(b));
+        let (true, Some(chromium)) = (found(CHROMEDRIVER), chromium) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI: chromium and chromedriver are required for the browser test"
+            );
+            eprintln!("SKIPPED: no chromium/chromedriver on PATH");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        use std::os::unix::process::CommandExt;
+        let driver = std::process::Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let mut b = Browser {
+            http: reqwest::Client::new(),
+            base: format!("http://127.0.0.1:{port}"),
+            session: String::new(),
+            driver,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while b
+            .http
+            .get(format!("{}/status", b.base))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(tokio::time::Instant::now() < deadline, "chromedriver up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let binary = std::env::split_paths(&std::env::var_os("PATH").unwrap())
+            .map(|d| d.join(chromium))
+            .find(|p| p.is_file())
+            .unwrap();
+        let created = b
+            .call(
+                reqwest::Method::POST,
+                "/session",
+                Some(json!({"capabilities": {"alwaysMatch": {
+                    "browserName": "chrome",
+                    "goog:chromeOptions": {
+                        "binary": binary,
+                        "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                                 "--disable-dev-shm-usage", "--window-size=1280,860"],
+                    },
+                }}})),
+            )
+            .await
+            .expect("a browser session");
+        b.session = created["sessionId"].as_str().unwrap().to_string();
+        Some(b)
+    }
+
+    /// One WebDriver command; `Err` holds WebDriver's error name.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
+        let path = if path.starts_with("/session/") || path == "/session" {
+            path.to_string()
+        } else {
+            format!("/session/{}{path}", self.session)
+        };
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            r = r
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let res = r.send().await.map_err(|e| e.to_string())?;
+        let ok = res.status().is_success();
+        let v: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+        let value = v["value"].clone();
+        if ok {
+            Ok(value)
+        } else {
+            Err(value["error"].as_str().unwrap_or("error").to_string())
+        }
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({ "url": url })))
+            .await
+            .unwrap();
+    }
+
+    async fn find(&self, css: &str) -> Option<String> {
+        self.call(
+            reqwest::Method::POST,
+            "/element",
+            Some(json!({"using": "css selector", "value": css})),
+        )
+        .await
+        .ok()
+        .map(|v| {
+            v[ELEMENT]
+                .as_str()
+                .unwrap_or_else(|| panic!("{v}"))
+                .to_string()
+        })
+    }
+
+    /// Waits (bounded) until an element matches `css`.
+    async fn wait_for(&self, css: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(e) = self.find(css).await {
+                return e;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never appeared: {css}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The text of the element matching `css`. Pages re-render on live
+    /// updates, so an element found may be replaced before it is read:
+    /// then it is looked up again.
+    async fn text_of(&self, css: &str) -> String {
+        loop {
+            let e = self.wait_for(css).await;
+            match self
+                .call(reqwest::Method::GET, &format!("/element/{e}/text"), None)
+                .await
+            {
+                Ok(v) => return v.as_str().unwrap().to_string(),
+                Err(e) if e == "stale element reference" => continue,
+                Err(e) => panic!("text of {css}: {e}"),
+            }
+        }
+    }
+
+    /// Clicks the element matching `css` (looked up again if replaced).
+    async fn click(&self, css: &str) {
+        loop {
+            let e = self.wait_for(css).await;
+            match self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/element/{e}/click"),
+                    Some(json!({})),
+                )
+                .await
+            {
+                Ok(_) => return,
+                Err(e) if e == "stale element reference" => continue,
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.wait_for(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{e}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Waits (bounded) until the banner's text contains `part`.
+    async fn banner_says(&self, part: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.text_of("#banner").await;
+            if text.contains(part) {
+                return text;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "banner never said {part:?}: {text:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn script(&self, js: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": js, "args": []})),
+        )
+        .await
+        .unwrap()
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self
+            .call(reqwest::Method::GET, "/screenshot", None)
+            .await
+            .unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png.as_str().unwrap())
+            .unwrap();
+        let dir = std::env::var_os("JOBD_SCREENSHOT_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("screenshots"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn dashboard_in_a_real_browser() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    // `flaky` fails its first run and succeeds after: a retry's success.
+    let kinds = r#"
+[kinds.echo]
+handler = "echo"
+
+[kinds.sleep]
+handler = "sleep"
+
+[kinds.flaky]
+handler = "command"
+max_attempts = 1
+command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/ran; echo broken >&2; exit 1; fi"]
+"#;
+    let d = start_with("", kinds).await;
+    let ui = format!("{}/ui/", d.url());
+    let mut grpc = d.client().await;
+
+    // 1-3. The jobs page is open; jobs submitted over gRPC appear and
+    // finish there without a reload.
+    b.goto(&format!("{ui}#/jobs")).await;
+    b.wait_for("table").await;
+    let loaded = b.script("return performance.timeOrigin").await;
+    let script_job = submit(&mut grpc, req("echo", "<script>alert(1)</script>")).await;
+    let mut others = Vec::new();
+    for i in 0..3 {
+        others.push(submit(&mut grpc, req("echo", &format!("hello {i}"))).await);
+    }
+    let flaky = submit(&mut grpc, req("flaky", "")).await;
+    for j in others.iter().chain([&script_job]) {
+        b.wait_for(&format!("tr[data-id='{}'][data-state='succeeded']", j.id))
+            .await;
+    }
+    b.wait_for(&format!("tr[data-id='{}'][data-state='failed']", flaky.id))
+        .await;
+    assert_eq!(
+        b.script("return performance.timeOrigin").await,
+        loaded,
+        "the page was not reloaded"
+    );
+    b.screenshot("dashboard-jobs").await;
+
+    // 4. Retry the FAILED job with a click; it succeeds, live.
+    b.goto(&format!("{ui}#/job/{}", flaky.id)).await;
+    assert_eq!(b.text_of("dd[data-field='state']").await, "failed");
+    b.click("#job-retry").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if b.text_of("dd[data-field='state']").await == "succeeded" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retry never succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.text_of("#job-result").await.trim(), "fixed");
+    b.screenshot("dashboard-job").await;
+    assert_eq!(
+        state_of(&mut grpc, &flaky.id).await,
+        proto::JobState::Succeeded
+    );
+
+    // 5. Pause a kind with a click.
+    b.goto(&format!("{ui}#/kinds")).await;
+    b.click("#pause-echo").await;
+    b.wait_for("#resume-echo").await;
+    assert_eq!(
+        b.text_of("tr[data-kind='echo'] td.kind-state").await,
+        "paused"
+    );
+    let mut admin = proto::admin_service_client::AdminServiceClient::new(
+        tonic::transport::Channel::from_shared(d.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let kinds = admin
+        .list_kinds(proto::ListKindsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .kinds;
+    assert!(
+        kinds.iter().any(|k| k.kind == "echo" && k.paused),
+        "{kinds:?}"
+    );
+    b.screenshot("dashboard-kinds").await;
+
+    // 6. A payload holding <script> is shown as text and runs nothing.
+    b.goto(&format!("{ui}#/job/{}", script_job.id)).await;
+    assert_eq!(b.text_of("#job-result").await, "<script>alert(1)</script>");
+    let scripts = b
+        .script("return document.querySelectorAll('script').length")
+        .await;
+    assert_eq!(scripts, 1, "only the page's own script");
+    assert_eq!(
+        b.call(reqwest::Method::GET, "/alert/text", None).await,
+        Err("no such alert".to_string())
+    );
+
+    b.goto(&format!("{ui}#/overview")).await;
+    b.wait_for("#throughput").await;
+    b.screenshot("dashboard-overview").await;
+    d.stop().await.unwrap();
+
+    // With auth on, the page asks for a token; a viewer token sees
+    // everything and its clicks are refused.
+    const VIEWER: &str = "viewer-token-0123456789";
+    let d = start(&format!(
+        "[auth]\ntokens = [{{ token = \"{VIEWER}\", role = \"viewer\" }}]\n"
+    ))
+    .await;
+    b.goto(&format!("{}/ui/#/kinds", d.url())).await;
+    b.banner_says("needs a token").await;
+    b.type_into("#token", VIEWER).await;
+    b.click("#token-save").await;
+    b.wait_for("#pause-echo").await;
+    b.click("#pause-echo").await;
+    let said = b.banner_says("Not allowed").await;
+    assert!(
+        said.contains("viewer token may not call PauseKind"),
+        "{said}"
+    );
+    assert_eq!(
+        b.text_of("tr[data-kind='echo'] td.kind-state").await,
+        "running"
+    );
+    let _ = b
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/session/{}", b.session),
+            None,
+        )
+        .await;
+    d.stop().await.unwrap();
+}
+
+async fn state_of(
+    c: &mut proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> proto::JobState {
+    state(&status(c, id).await)
+}
