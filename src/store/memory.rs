@@ -16,7 +16,7 @@ use super::{
     transition, CancelOutcome, ClaimOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome,
     RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
-use crate::job::{Job, JobState, Micros, NewJob};
+use crate::job::{now_micros, Job, JobState, Micros, NewJob};
 
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -253,18 +253,16 @@ impl Store for MemoryStore {
 
     async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         let mut g = self.lock()?;
+        // Stamped when the claim takes effect, under the lock.
+        let now = now_micros().max(req.now);
         let budgets: HashMap<&str, KindBudget> = req
             .kinds
             .iter()
             .filter(|(_, n)| **n > 0)
             .map(|(k, n)| {
                 let limits = req.limits.get(k).copied().unwrap_or_default();
-                let b = KindBudget::new(
-                    (*n).min(req.limit),
-                    limits,
-                    g.buckets.get(k).copied(),
-                    req.now,
-                );
+                let b =
+                    KindBudget::new((*n).min(req.limit), limits, g.buckets.get(k).copied(), now);
                 (k.as_str(), b)
             })
             .collect();
@@ -310,7 +308,7 @@ impl Store for MemoryStore {
         let jobs: Vec<Job> = candidates
             .into_iter()
             .filter_map(|id| {
-                g.update(id, |j| transition::claim(j, req.now, req.lease_slack))
+                g.update(id, |j| transition::claim(j, now, req.lease_slack))
                     .map(|(_, j)| j)
             })
             .collect();
@@ -318,7 +316,7 @@ impl Store for MemoryStore {
         let mut rate_limited = Vec::new();
         for (kind, b) in &budgets {
             let got = taken.get(*kind).copied().unwrap_or(0);
-            let (bucket, wake) = b.settle(found.get(kind).copied().unwrap_or(0), got, req.now);
+            let (bucket, wake) = b.settle(found.get(kind).copied().unwrap_or(0), got, now);
             if let Some(bucket) = bucket {
                 g.buckets.insert(kind.to_string(), bucket);
             }

@@ -26,7 +26,7 @@ use super::{
     transition, CancelOutcome, ClaimOutcome, ClaimRequest, Finish, FinishResults, InsertOutcome,
     ListQuery, Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
-use crate::job::{Job, JobState, Micros, NewJob};
+use crate::job::{now_micros, Job, JobState, Micros, NewJob};
 
 /// Write requests queued for the writer at most; callers wait (async) when
 /// it is full, which is the backpressure on submitters.
@@ -705,6 +705,9 @@ impl Store for SqliteStore {
     async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         let req = req.clone();
         self.write(move |tx, st| {
+            // Stamped when the claim takes effect (after the writes queued
+            // before it, such as the end of a key's previous job).
+            let now = now_micros().max(req.now);
             // Each kind's own queue, up to its free slots (and tokens); then
             // the best `limit` of those by priority and age.
             let mut candidates = Vec::new();
@@ -715,7 +718,7 @@ impl Store for SqliteStore {
                     (*cap).min(req.limit),
                     limits,
                     st.buckets.get(kind).copied(),
-                    req.now,
+                    now,
                 );
                 let row = |r: &Row<'_>| {
                     Ok((
@@ -754,14 +757,14 @@ impl Store for SqliteStore {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let jobs = transition_all(tx, st, picked, |j| {
-                transition::claim(j, req.now, req.lease_slack);
+                transition::claim(j, now, req.lease_slack);
                 true
             })?;
             let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
             let mut rate_limited = Vec::new();
             for (kind, b, found) in budgets {
                 let got = taken.get(&kind).copied().unwrap_or(0);
-                let (bucket, wake) = b.settle(found, got, req.now);
+                let (bucket, wake) = b.settle(found, got, now);
                 if let Some(at) = wake {
                     rate_limited.push((kind.clone(), at));
                 }

@@ -75,7 +75,7 @@ impl Browser {
             .spawn()
             .expect("chromedriver starts");
         let mut b = Browser {
-            http: reqwest::Client::new(),
+            http: crate::helpers::http_client(),
             base: format!("http://127.0.0.1:{port}"),
             session: String::new(),
             driver,

@@ -238,3 +238,16 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// A reqwest client builder. jobd builds reqwest without a default TLS
+/// crypto provider (each `http` kind brings its own rustls config), so
+/// tests install ring as the process default first.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+/// A default reqwest client (see [`http_client_builder`]).
+pub fn http_client() -> reqwest::Client {
+    http_client_builder().build().expect("reqwest client")
+}

@@ -35,7 +35,7 @@ impl Http {
     fn new(d: &TestDaemon, token: Option<&'static str>) -> Http {
         Http {
             base: d.url(),
-            client: reqwest::Client::builder()
+            client: crate::helpers::http_client_builder()
                 .timeout(Duration::from_secs(20))
                 .build()
                 .unwrap(),
@@ -794,7 +794,7 @@ async fn grpc_grpc_web_and_json_share_one_port_at_once() {
     wait_terminal(&mut grpc, &job.id).await;
 
     // All three at once, several times over, on the same port.
-    let web = reqwest::Client::new();
+    let web = crate::helpers::http_client();
     let (base, path) = (d.url(), format!("/v1/jobs/{}", job.id));
     for _ in 0..5 {
         let mut g = grpc.clone();
@@ -1052,7 +1052,7 @@ async fn dashboard_files_are_embedded_with_a_strict_csp() {
         "[auth]\ntokens = [{{ token = \"{VIEWER}\", role = \"viewer\" }}]\n"
     ))
     .await;
-    let c = reqwest::Client::builder()
+    let c = crate::helpers::http_client_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();

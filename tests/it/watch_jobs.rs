@@ -181,7 +181,7 @@ async fn a_position_the_window_dropped_is_out_of_range() {
 async fn all_jobs_as_server_sent_events() {
     let d = start("").await;
     let mut c = d.client().await;
-    let http = reqwest::Client::new();
+    let http = crate::helpers::http_client();
     let url = format!("{}/v1/events?kind=echo&state=succeeded", d.url());
     let mut res = http.get(&url).send().await.unwrap();
     assert_eq!(res.status(), 200);

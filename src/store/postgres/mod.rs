@@ -257,15 +257,14 @@ impl PostgresStore {
             .collect();
         // One lock order for every instance: no deadlock between claims.
         kinds.sort();
-        let lease = add_micros(req.now, self.lease_ttl);
         self.run(async {
             let mut c = pooled(&self.pool).await?;
             let tx = c.transaction().await?;
-            let mut candidates = Vec::new();
-            let mut budgets = Vec::new();
-            for (kind, cap) in kinds {
-                let limits = req.limits.get(kind).copied().unwrap_or_default();
-                let bucket = match limits.rate {
+            // Locks first: each kind's bucket row, or its advisory lock.
+            let mut buckets = Vec::with_capacity(kinds.len());
+            for (kind, _) in &kinds {
+                let limits = req.limits.get(*kind).copied().unwrap_or_default();
+                buckets.push(match limits.rate {
                     Some(rate) => {
                         let init = tx.prepare_cached(sql::RATE_INIT).await?;
                         tx.execute(&init, &[kind, &f64::from(rate.burst), &req.now])
@@ -284,8 +283,16 @@ impl PostgresStore {
                         }
                         None
                     }
-                };
-                let b = KindBudget::new(cap, limits, bucket, req.now);
+                });
+            }
+            // Buckets refill up to when the locks were ours (the claim may
+            // have waited for another instance's claim of the same kind).
+            let locked_at = now_micros().max(req.now);
+            let mut candidates = Vec::new();
+            let mut budgets = Vec::new();
+            for ((kind, cap), bucket) in kinds.into_iter().zip(buckets) {
+                let limits = req.limits.get(kind).copied().unwrap_or_default();
+                let b = KindBudget::new(cap, limits, bucket, locked_at);
                 let read = b.to_read() as i64;
                 let found = match limits.key_concurrency {
                     Some(max) => {
@@ -304,11 +311,15 @@ impl PostgresStore {
                 }
                 budgets.push((kind, b, found.len()));
             }
+            // Starts are stamped after the reads: whatever they saw ended
+            // (a key's previous job) ended before these jobs started.
+            let now = now_micros().max(locked_at);
+            let lease = add_micros(now, self.lease_ttl);
             let mut jobs = Vec::new();
             let mut old = Vec::new();
             for (_, mut j) in limits::pick(candidates, req.limit) {
                 old.push((j.state, j.attempt));
-                transition::claim(&mut j, req.now, req.lease_slack);
+                transition::claim(&mut j, now, req.lease_slack);
                 j.lease_expires_at = Some(lease);
                 jobs.push(j);
             }
@@ -317,7 +328,7 @@ impl PostgresStore {
             let mut rate_limited = Vec::new();
             for (kind, b, found) in budgets {
                 let got = taken.get(kind).copied().unwrap_or(0);
-                let (bucket, wake) = b.settle(found, got, req.now);
+                let (bucket, wake) = b.settle(found, got, now);
                 if let Some(bucket) = bucket {
                     let st = tx.prepare_cached(sql::RATE_SAVE).await?;
                     tx.execute(&st, &[kind, &bucket.tokens, &bucket.at]).await?;
