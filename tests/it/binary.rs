@@ -442,19 +442,7 @@ async fn linger_after_last_log_line(
         (log, last, Instant::now())
     });
     let url = format!("http://127.0.0.1:{port}");
-    let mut c = None;
-    for _ in 0..500 {
-        if let Ok(ch) = tonic::transport::Channel::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            c = Some(jobd::proto::job_service_client::JobServiceClient::new(ch));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut c = c.expect("daemon started");
+    let mut c = connect_when_up(&url).await;
     if let Some(kind) = kind {
         let job = submit(&mut c, req(kind, "")).await;
         wait_for(&mut c, &job.id, |s| s == JobState::Running).await;
@@ -549,19 +537,7 @@ async fn debug_logs_show_rpc_spans_and_attempt_errors() {
         .spawn()
         .unwrap();
     let url = format!("http://127.0.0.1:{port}");
-    let mut c = None;
-    for _ in 0..500 {
-        if let Ok(ch) = tonic::transport::Channel::from_shared(url.clone())
-            .unwrap()
-            .connect()
-            .await
-        {
-            c = Some(jobd::proto::job_service_client::JobServiceClient::new(ch));
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut c = c.expect("daemon started");
+    let mut c = connect_when_up(&url).await;
     let mut r = req("fail", "permanent");
     r.max_attempts = 1;
     let job = submit(&mut c, r).await;

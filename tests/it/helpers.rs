@@ -128,6 +128,21 @@ pub async fn connect(url: &str) -> JobServiceClient<Channel> {
     JobServiceClient::new(ch)
 }
 
+/// Connects to a daemon that is starting: retries for up to 10 s.
+pub async fn connect_when_up(url: &str) -> JobServiceClient<Channel> {
+    for _ in 0..500 {
+        if let Ok(ch) = Channel::from_shared(url.to_string())
+            .unwrap()
+            .connect()
+            .await
+        {
+            return JobServiceClient::new(ch);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("daemon at {url} did not start");
+}
+
 pub fn req(kind: &str, payload: &str) -> proto::SubmitRequest {
     proto::SubmitRequest {
         kind: kind.into(),

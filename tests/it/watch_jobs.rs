@@ -131,26 +131,22 @@ async fn a_position_the_window_dropped_is_out_of_range() {
         let listed = done.jobs.len();
         if listed == 1000 && !done.next_page_token.is_empty() {
             // Check the last ones are done too.
-            let queued = c
-                .list_jobs(proto::ListJobsRequest {
-                    state: JobState::Queued as i32,
-                    page_size: 1,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .jobs;
-            let running = c
-                .list_jobs(proto::ListJobsRequest {
-                    state: JobState::Running as i32,
-                    page_size: 1,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .jobs;
+            let any = |state: JobState| {
+                let mut c = c.clone();
+                async move {
+                    c.list_jobs(proto::ListJobsRequest {
+                        state: state as i32,
+                        page_size: 1,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .jobs
+                }
+            };
+            let queued = any(JobState::Queued).await;
+            let running = any(JobState::Running).await;
             if queued.is_empty() && running.is_empty() {
                 break;
             }
