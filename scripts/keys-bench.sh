@@ -36,7 +36,7 @@ for run in $(seq "$RUNS"); do
     printf 'listen = "127.0.0.1:51101"\nstore = "%s"\nadmin_listen = "off"\n%s\n[queue]\nmax_backlog = 10000000\n[drain]\ngrace = "0s"\n[kinds.echo]\nhandler = "echo"\n[kinds.keyed]\nhandler = "echo"\nkey_concurrency = 1\n[kinds.rated]\nhandler = "echo"\nrate = "1000000/s"\n' \
       "$store" "$pg" > "$cfg"
     "$JOBD" serve --config "$cfg" 2>"$WORK/$mode.log" & PID=$!
-    for _ in $(seq 100); do "$JOBD" --addr 127.0.0.1:51101 health >/dev/null 2>&1 && break; sleep 0.1; done
+    for _ in $(seq 100); do "$JOBD" health --addr 127.0.0.1:51101 >/dev/null 2>&1 && break; sleep 0.1; done
     case $mode in
       plain) args=(--kind echo) ;;
       stored) args=(--kind echo --keys "$KEYS") ;;
@@ -44,7 +44,7 @@ for run in $(seq "$RUNS"); do
       rated) args=(--kind rated) ;;
     esac
     echo "run $run/$RUNS: $mode" >&2
-    row=$("$JOBD" --addr 127.0.0.1:51101 bench drain --jobs "$JOBS" "${args[@]}" --json 2>/dev/null)
+    row=$("$JOBD" bench drain --addr 127.0.0.1:51101 --jobs "$JOBS" "${args[@]}" --json 2>/dev/null)
     echo "{\"run\":$run,\"mode\":\"$mode\",\"rows\":$row}" >> "$OUT"
     stop
     if [ "$STORE" = postgres ]; then psql "$DB" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null; fi

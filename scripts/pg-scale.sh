@@ -34,10 +34,10 @@ for run in $(seq "$RUNS"); do
       printf 'listen = "127.0.0.1:%s"\nstore = "%s"\nadmin_listen = "off"\n[postgres]\nschema = "%s"\n[queue]\nworkers = %s\nmax_backlog = 10000000\n[drain]\ngrace = "0s"\n' \
         "$port" "$DB" "$schema" "$WORKERS" > "$cfg"
       "$JOBD" serve --config "$cfg" 2>"$WORK/$n-$i.log" & PIDS+=($!)
-      for _ in $(seq 100); do "$JOBD" --addr "127.0.0.1:$port" health >/dev/null 2>&1 && break; sleep 0.1; done
+      for _ in $(seq 100); do "$JOBD" health --addr "127.0.0.1:$port" >/dev/null 2>&1 && break; sleep 0.1; done
     done
     echo "run $run/$RUNS: $n instance(s)" >&2
-    row=$("$JOBD" --addr 127.0.0.1:51001 bench drain --jobs "$JOBS" --json 2>/dev/null)
+    row=$("$JOBD" bench drain --addr 127.0.0.1:51001 --jobs "$JOBS" --json 2>/dev/null)
     echo "{\"run\":$run,\"instances\":$n,\"rows\":$row}" >> "$OUT"
     stop
     psql "$DB" -qc "DROP SCHEMA IF EXISTS $schema CASCADE" >/dev/null
