@@ -135,6 +135,60 @@ pub struct Job {
     /// Jobs of one kind and key run at most `key_concurrency` at once, in
     /// submit order (when the kind sets it).
     pub ordering_key: Option<String>,
+    /// The submitter's W3C trace context, handed to every attempt.
+    pub trace: Option<TraceContext>,
+}
+
+/// W3C trace context (`traceparent`, `tracestate`) a submitter sent, kept
+/// with its job so the work it caused joins the submitter's trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub traceparent: String,
+    /// Empty when none was sent (or it was over [`MAX_TRACESTATE_BYTES`]).
+    pub tracestate: String,
+}
+
+/// The longest `tracestate` kept; W3C asks propagators to pass at least 512
+/// bytes, and a longer one is dropped whole rather than cut mid-entry.
+pub const MAX_TRACESTATE_BYTES: usize = 512;
+
+impl TraceContext {
+    /// Reads the two headers. A `traceparent` that is not W3C's format is
+    /// ignored (W3C: the receiver starts afresh, it does not fail the
+    /// request), and `tracestate` is read only beside a valid one.
+    pub fn from_headers(traceparent: Option<&str>, tracestate: Option<&str>) -> Option<Self> {
+        let tp = traceparent?.trim();
+        if !valid_traceparent(tp) {
+            return None;
+        }
+        let ts = tracestate.unwrap_or("").trim();
+        let ts_ok =
+            ts.len() <= MAX_TRACESTATE_BYTES && ts.bytes().all(|b| (0x20..0x7f).contains(&b));
+        Some(TraceContext {
+            traceparent: tp.to_ascii_lowercase(),
+            tracestate: if ts_ok { ts.to_string() } else { String::new() },
+        })
+    }
+
+    /// The trace id (32 hex digits).
+    pub fn trace_id(&self) -> &str {
+        &self.traceparent[3..35]
+    }
+}
+
+/// `version-traceid-parentid-flags`, hex; version `ff` and all-zero ids are
+/// invalid; a later version may add fields after the flags.
+fn valid_traceparent(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
+    let zero = |p: &str| p.bytes().all(|b| b == b'0');
+    if parts.len() < 4 || !hex(parts[0], 2) || parts[0].eq_ignore_ascii_case("ff") {
+        return false;
+    }
+    if parts[0] == "00" && parts.len() != 4 {
+        return false;
+    }
+    hex(parts[1], 32) && !zero(parts[1]) && hex(parts[2], 16) && !zero(parts[2]) && hex(parts[3], 2)
 }
 
 /// A validated submit, ready for the store.
@@ -152,6 +206,7 @@ pub struct NewJob {
     pub request_hash: [u8; 32],
     pub created_at: Micros,
     pub ordering_key: Option<String>,
+    pub trace: Option<TraceContext>,
 }
 
 impl NewJob {
@@ -180,6 +235,7 @@ impl NewJob {
             request_hash: self.request_hash,
             ready_at: None,
             ordering_key: self.ordering_key,
+            trace: self.trace,
         }
     }
 }
@@ -201,6 +257,58 @@ impl NewJob {
             request_hash: [0; 32],
             created_at: 0,
             ordering_key: None,
+            trace: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod trace_tests {
+    use super::TraceContext;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn reads_w3c_traceparent_and_ignores_what_is_not() {
+        let t = TraceContext::from_headers(Some(TP), Some("congo=t61rcWkgMzE")).unwrap();
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.tracestate, "congo=t61rcWkgMzE");
+        let upper = TP.to_ascii_uppercase();
+        assert_eq!(
+            TraceContext::from_headers(Some(&upper), None)
+                .unwrap()
+                .traceparent,
+            TP
+        );
+        // A later version may carry more fields.
+        let v1 = format!("01{}-extra", &TP[2..]);
+        assert!(TraceContext::from_headers(Some(&v1), None).is_some());
+        for bad in [
+            "",
+            "garbage",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(
+                TraceContext::from_headers(Some(bad), Some("a=b")),
+                None,
+                "{bad}"
+            );
+        }
+        // tracestate too long or not printable: dropped, traceparent kept.
+        let long = "a=".to_string() + &"x".repeat(600);
+        for ts in [long.as_str(), "a=\u{7}"] {
+            assert_eq!(
+                TraceContext::from_headers(Some(TP), Some(ts))
+                    .unwrap()
+                    .tracestate,
+                ""
+            );
+        }
+        assert_eq!(TraceContext::from_headers(None, Some("a=b")), None);
     }
 }

@@ -333,7 +333,9 @@ impl Workers {
                 }),
                 payload: job.payload.to_vec(),
                 deadline: Some(deadline.into()),
-                headers: Default::default(),
+                headers: crate::handlers::trace_headers(&job.trace)
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
             })),
         };
         for (_, id) in candidates {

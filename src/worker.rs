@@ -75,6 +75,8 @@ pub struct WorkJob {
     pub payload: Bytes,
     /// Past it jobd stops the attempt (and fires `cancel`).
     pub deadline: Option<SystemTime>,
+    /// The submitter's trace context, from `Assign.headers`.
+    pub trace: Option<crate::job::TraceContext>,
     /// Fires on `CancelJob` (cancelled, timed out, drained) and when the
     /// session is lost: the report would be stale, so stop.
     pub cancel: CancellationToken,
@@ -261,6 +263,10 @@ where
                     attempt: j.attempt,
                     payload: a.payload.into(),
                     deadline: a.deadline.and_then(|t| SystemTime::try_from(t).ok()),
+                    trace: crate::job::TraceContext::from_headers(
+                        a.headers.get("traceparent").map(String::as_str),
+                        a.headers.get("tracestate").map(String::as_str),
+                    ),
                     cancel: cancel.clone(),
                 };
                 let (work, tx, done) = (work.clone(), tx.clone(), done_tx.clone());
@@ -386,6 +392,7 @@ pub async fn serve_command(
                 max_attempts: 0,
                 payload: job.payload,
                 timeout,
+                trace: job.trace,
                 cancel: job.cancel,
             };
             handler.run(ctx).await.map(|o| o.result)

@@ -59,6 +59,11 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
         timeout: prost_types::Duration::try_from(j.timeout).ok(),
         result_truncated: false,
         ordering_key: j.ordering_key.clone().unwrap_or_default(),
+        traceparent: j
+            .trace
+            .as_ref()
+            .map(|t| t.traceparent.clone())
+            .unwrap_or_default(),
     }
 }
 

@@ -24,7 +24,7 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::{Engine, EngineError};
 use crate::events::Subscription;
-use crate::job::Job;
+use crate::job::{Job, TraceContext};
 use crate::proto::{self, job_service_server::JobService};
 use crate::store::{CancelOutcome, InsertOutcome, ListQuery};
 use auth::{Caller, Tokens};
@@ -102,15 +102,19 @@ impl JobApi {
         ApiError::from(e).into()
     }
 
-    /// Validates a submit, counting refusals.
+    /// Validates a submit, counting refusals; the job keeps the request's
+    /// trace context.
     fn validate(
         &self,
         req: proto::SubmitRequest,
         prefix: &str,
+        trace: &Option<TraceContext>,
     ) -> Result<crate::job::NewJob, ApiError> {
-        validate::submit(req, prefix, |k| self.engine.kind(k)).inspect_err(|_| {
+        let mut new = validate::submit(req, prefix, |k| self.engine.kind(k)).inspect_err(|_| {
             self.engine.metrics().reject("invalid_argument");
-        })
+        })?;
+        new.trace = trace.clone();
+        Ok(new)
     }
 
     fn outcome(
@@ -174,6 +178,17 @@ async fn end_stalled_watches(engine: Arc<Engine>, idle: Duration, stop: Cancella
     }
 }
 
+/// The W3C trace context of a request (the HTTP door passes its headers
+/// on as metadata); one that is malformed is ignored, as W3C asks.
+fn trace_context(md: &tonic::metadata::MetadataMap) -> Option<TraceContext> {
+    let get = |k| md.get(k).and_then(|v| v.to_str().ok());
+    let t = TraceContext::from_headers(get("traceparent"), get("tracestate"));
+    if t.is_none() && md.contains_key("traceparent") {
+        tracing::debug!("malformed traceparent ignored");
+    }
+    t
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -184,9 +199,10 @@ impl JobService for JobApi {
     ) -> Result<Response<proto::SubmitResponse>, Status> {
         self.tokens
             .charge(request.extensions().get::<Caller>(), 1)?;
+        let trace = trace_context(request.metadata());
         let req = request.into_inner();
         let key = req.idempotency_key.clone();
-        let new = self.validate(req, "")?;
+        let new = self.validate(req, "", &trace)?;
         let mut out = self
             .engine
             .submit(vec![new])
@@ -203,6 +219,7 @@ impl JobService for JobApi {
         request: Request<proto::SubmitBatchRequest>,
     ) -> Result<Response<proto::SubmitBatchResponse>, Status> {
         let caller = request.extensions().get::<Caller>().copied();
+        let trace = trace_context(request.metadata());
         let reqs = request.into_inner().requests;
         if reqs.len() > self.max_batch {
             return Err(ApiError::invalid(
@@ -222,7 +239,7 @@ impl JobService for JobApi {
         let mut keys = Vec::new();
         for (i, req) in reqs.into_iter().enumerate() {
             let key = req.idempotency_key.clone();
-            match self.validate(req, &format!("requests[{i}].")) {
+            match self.validate(req, &format!("requests[{i}]."), &trace) {
                 Ok(new) => {
                     accepted.push(new);
                     keys.push((i, key));

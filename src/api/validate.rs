@@ -173,6 +173,7 @@ pub fn submit<'a>(
         request_hash,
         created_at: now,
         ordering_key: Some(req.ordering_key).filter(|k| !k.is_empty()),
+        trace: None,
     })
 }
 

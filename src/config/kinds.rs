@@ -8,9 +8,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    duration, invalid, opt_duration, ser_duration, ser_opt_duration, Config, ConfigError,
-    DEFAULT_KILL_GRACE, DEFAULT_KIND_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RESULT_BYTES,
-    DEFAULT_STOP_GRACE, JOB_REPLY_OVERHEAD, MAX_ATTEMPTS_LIMIT, MAX_KILL_GRACE, MAX_TIMEOUT,
+    duration, invalid, opt_duration, ser_duration, ser_opt_duration, ClientTls, Config,
+    ConfigError, DEFAULT_KILL_GRACE, DEFAULT_KIND_TIMEOUT, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_RESULT_BYTES, DEFAULT_STOP_GRACE, JOB_REPLY_OVERHEAD, MAX_ATTEMPTS_LIMIT,
+    MAX_KILL_GRACE, MAX_TIMEOUT,
 };
 
 /// Which handler runs a kind.
@@ -141,19 +142,10 @@ pub enum HandlerSpec {
         url: String,
         method: String,
         headers: BTreeMap<String, String>,
-        tls: HttpTls,
+        tls: ClientTls,
         connect_timeout: Duration,
     },
     Remote,
-}
-
-/// An `http` kind's TLS files (read when the handler is built).
-#[derive(Debug, Clone, Default)]
-pub struct HttpTls {
-    /// Trust only this CA bundle; `None`: the system's roots.
-    pub ca: Option<PathBuf>,
-    /// Client certificate chain and key, for mTLS.
-    pub identity: Option<(PathBuf, PathBuf)>,
 }
 
 /// Default and bounds of an `http` kind's `connect_timeout`.
@@ -469,7 +461,7 @@ fn handler_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), C
                     url,
                     method,
                     headers: k.headers.clone(),
-                    tls: HttpTls {
+                    tls: ClientTls {
                         ca: k.ca.clone(),
                         identity,
                     },

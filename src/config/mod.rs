@@ -9,10 +9,12 @@
 
 mod auth;
 mod kinds;
+mod postgres_url;
 mod schedules;
 
 pub use auth::{AuthConfig, Role, Secret, TokenConfig};
-pub use kinds::{BackoffConfig, HandlerSpec, HandlerType, HttpTls, KindConfig, KindSettings};
+pub use kinds::{BackoffConfig, HandlerSpec, HandlerType, KindConfig, KindSettings};
+pub use postgres_url::{PostgresUrl, ServerCheck, SslMode};
 pub use schedules::{parse_cron, rfc3339, Overlap, Schedule, ScheduleConfig, MAX_SCHEDULES};
 
 use std::collections::BTreeMap;
@@ -257,8 +259,8 @@ pub enum StoreUrl {
     Memory,
     /// `sqlite:PATH` (or `sqlite://PATH`).
     Sqlite(PathBuf),
-    /// `postgres://...` or `postgresql://...`, kept whole for the driver.
-    Postgres(String),
+    /// `postgres://...` or `postgresql://...`, its TLS parameters read.
+    Postgres(PostgresUrl),
 }
 
 impl StoreUrl {
@@ -266,7 +268,7 @@ impl StoreUrl {
     /// error message.
     pub fn parse(url: &str) -> Result<StoreUrl, String> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Ok(StoreUrl::Postgres(url.to_string()));
+            return PostgresUrl::parse(url).map(StoreUrl::Postgres);
         }
         // Bare `memory` was accepted by `open` before this parser existed.
         if url == "memory:" || url == "memory" {
@@ -514,6 +516,16 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
+/// The files of a TLS client (an `http` kind, the PostgreSQL store), read
+/// when the connector is built.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    /// Trust only this CA bundle; `None`: the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain and key, for mTLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
 impl Config {
     /// Reads and parses a TOML file (unknown keys are errors).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -724,7 +736,7 @@ mod tests {
         assert_eq!(ok("sqlite:a/b.db"), StoreUrl::Sqlite("a/b.db".into()));
         assert_eq!(ok("sqlite:///x.db"), StoreUrl::Sqlite("/x.db".into()));
         for u in ["postgres://h/db", "postgresql://u@h:5432/db"] {
-            assert_eq!(ok(u), StoreUrl::Postgres(u.into()));
+            assert_eq!(ok(u), StoreUrl::Postgres(PostgresUrl::parse(u).unwrap()));
         }
         for bad in [
             "memoryx",

@@ -209,6 +209,7 @@ impl Engine {
             request_hash: h.finalize().into(),
             created_at: now_micros(),
             ordering_key: None,
+            trace: None,
         };
         let out = self.submit(vec![job]).await?.pop();
         let job = match out {

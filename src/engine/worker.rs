@@ -96,6 +96,7 @@ impl Engine {
             max_attempts: job.max_attempts,
             payload: job.payload.clone(),
             timeout: job.timeout,
+            trace: job.trace.clone(),
             cancel: stop.clone(),
         };
         // Its own task, so a panic is caught as a JoinError and fails only

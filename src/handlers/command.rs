@@ -159,11 +159,20 @@ impl CommandHandler {
             .env("JOBD_JOB_ID", job.id.to_string())
             .env("JOBD_ATTEMPT", job.attempt.to_string())
             .env("JOBD_KIND", &job.kind)
+            // Only the job's own context: never one jobd itself inherited.
+            .env_remove("TRACEPARENT")
+            .env_remove("TRACESTATE")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        if let Some(t) = &job.trace {
+            cmd.env("TRACEPARENT", &t.traceparent);
+            if !t.tracestate.is_empty() {
+                cmd.env("TRACESTATE", &t.tracestate);
+            }
+        }
         if let Some(dir) = &self.working_dir {
             cmd.current_dir(dir);
         }

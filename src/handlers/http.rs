@@ -9,21 +9,17 @@
 //! `last_error`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
 
-use tokio_rustls::rustls::{
-    self,
-    pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer},
-};
+use tokio_rustls::rustls;
 
-use super::{Handler, HandlerError, JobContext, Output};
-use crate::config::HttpTls;
+use super::{trace_headers, Handler, HandlerError, JobContext, Output};
+use crate::config::{ClientTls, ServerCheck};
+use crate::tls::client::{client_config, error_chain as chain, Fields};
 
 /// The longest `Retry-After` honoured; a larger one is cut to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
@@ -43,7 +39,7 @@ pub struct HttpSettings<'a> {
     pub url: &'a str,
     pub method: &'a str,
     pub headers: &'a BTreeMap<String, String>,
-    pub tls: &'a HttpTls,
+    pub tls: &'a ClientTls,
     pub connect_timeout: Duration,
     pub max_response_bytes: usize,
 }
@@ -77,76 +73,18 @@ impl HttpHandler {
     }
 }
 
-fn read(field: &str, path: &PathBuf) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{field}: cannot read {}: {e}", path.display()))
-}
-
-fn pem_certs(field: &str, path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_slice_iter(&read(field, path)?)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{field}: {}: not PEM certificates: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{field}: {}: no certificate in the file",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-/// The rustls client config of one kind: its `ca` or the system's roots,
-/// its client certificate if any; HTTP/1.1 only (the client speaks no h2).
-fn client_tls(tls: &HttpTls) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca {
-        Some(ca) => {
-            for c in pem_certs("ca", ca)? {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("ca: {}: bad CA certificate: {e}", ca.display()))?;
-            }
-        }
-        None => {
-            // Unreadable system certificates are skipped; with none at all,
-            // https:// requests fail with "unknown issuer", which says why.
-            let found = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(found.certs);
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("ca: {e}"))?
-        .with_root_certificates(roots);
-    let mut config = match &tls.identity {
-        None => builder.with_no_client_auth(),
-        Some((cert, key)) => {
-            let chain = pem_certs("cert", cert)?;
-            let key_der = PrivateKeyDer::from_pem_slice(&read("key", key)?)
-                .map_err(|e| format!("key: {}: not a PEM private key: {e}", key.display()))?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| format!("key: does not fit the certificate: {e}"))?
-        }
+/// The rustls client config of one kind: its `ca` or the system's roots
+/// (name checked), its client certificate if any; HTTP/1.1 only (the
+/// client speaks no h2).
+fn client_tls(tls: &ClientTls) -> Result<rustls::ClientConfig, String> {
+    let fields = Fields {
+        ca: "ca",
+        cert: "cert",
+        key: "key",
     };
+    let mut config = client_config(tls, ServerCheck::Full, &fields)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
-}
-
-/// An error with its causes: reqwest's own text ("error sending request")
-/// hides the one that matters ("invalid peer certificate: UnknownIssuer").
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// `Retry-After` as delta-seconds (an HTTP-date falls back to the backoff).
@@ -186,6 +124,12 @@ impl Handler for HttpHandler {
         headers.insert("idempotency-key", id.clone());
         headers.insert("x-jobd-job-id", id);
         headers.insert("x-jobd-attempt", HeaderValue::from(job.attempt));
+        for (name, value) in trace_headers(&job.trace) {
+            // Checked printable ASCII when the job was submitted.
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
         let request = self
             .client
             .request(self.method.clone(), &self.url)

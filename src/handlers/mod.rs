@@ -27,10 +27,24 @@ pub struct JobContext {
     pub payload: Bytes,
     /// The attempt's timeout (remote workers get it as a deadline).
     pub timeout: Duration,
+    /// The submitter's W3C trace context: `TRACEPARENT`/`TRACESTATE` for a
+    /// command, `traceparent`/`tracestate` headers for http and remote.
+    pub trace: Option<crate::job::TraceContext>,
     /// Fires when the attempt must stop (cancel, timeout, drain). Handlers
     /// that hold outside resources should watch it and clean up; the engine
     /// stops waiting for the handler either way.
     pub cancel: CancellationToken,
+}
+
+/// The trace context as the headers an attempt carries (`http` kinds and
+/// remote workers' `Assign.headers`); none without a context.
+pub fn trace_headers(
+    trace: &Option<crate::job::TraceContext>,
+) -> impl Iterator<Item = (&'static str, String)> + '_ {
+    trace.iter().flat_map(|t| {
+        let state = (!t.tracestate.is_empty()).then(|| ("tracestate", t.tracestate.clone()));
+        std::iter::once(("traceparent", t.traceparent.clone())).chain(state)
+    })
 }
 
 /// A successful attempt's output; the engine caps it at the kind's

@@ -6,13 +6,48 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 use super::ListQuery;
-use crate::job::JobState;
+use crate::job::{JobState, TraceContext};
+
+/// A trace context as one column: `traceparent`, then a newline and
+/// `tracestate` if there is one (neither may hold a newline).
+pub fn encode_trace(t: &Option<TraceContext>) -> Option<String> {
+    t.as_ref().map(|t| {
+        if t.tracestate.is_empty() {
+            t.traceparent.clone()
+        } else {
+            format!("{}\n{}", t.traceparent, t.tracestate)
+        }
+    })
+}
+
+pub fn decode_trace(s: Option<String>) -> Option<TraceContext> {
+    let s = s?;
+    let (tp, ts) = s.split_once('\n').unwrap_or((&s, ""));
+    Some(TraceContext {
+        traceparent: tp.to_string(),
+        tracestate: ts.to_string(),
+    })
+}
 
 /// The `jobs` columns every row read selects, in the order both stores'
 /// row decoders (and SQLite's INSERT) index them.
 pub const COLS: &str = "id, kind, state, attempt, max_attempts, priority, idempotency_key, \
     request_hash, labels, payload, result, timeout_us, created_at, updated_at, started_at, \
-    finished_at, next_attempt_at, lease_expires_at, last_error, sequence, ordering_key";
+    finished_at, next_attempt_at, lease_expires_at, last_error, sequence, ordering_key, trace";
+
+/// How many columns [`COLS`] names, counted from the text so the two cannot
+/// drift apart.
+pub const COLS_LEN: usize = {
+    let b = COLS.as_bytes();
+    let (mut i, mut n) = (0, 1);
+    while i < b.len() {
+        if b[i] == b',' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+};
 
 /// A state as stored: small integers in lifecycle order, so `state >= 3`
 /// means terminal in the partial indexes.

@@ -132,6 +132,10 @@ ALTER TABLE jobs ADD COLUMN ordering_key TEXT;
 CREATE INDEX jobs_key ON jobs (kind, ordering_key, state, seq) WHERE ordering_key IS NOT NULL;
 CREATE INDEX jobs_key_id ON jobs (ordering_key, id) WHERE ordering_key IS NOT NULL;
 "#,
+    r#"
+-- v8: the submitter's W3C trace context, handed to every attempt.
+ALTER TABLE jobs ADD COLUMN trace TEXT;
+"#,
 ];
 
 fn state_code(s: JobState) -> i64 {
@@ -181,6 +185,7 @@ fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
         sequence: r.get::<_, i64>(19)? as u64,
         ready_at: None,
         ordering_key: r.get(20)?,
+        trace: codec::decode_trace(r.get(21)?),
     })
 }
 
@@ -621,7 +626,7 @@ fn insert_one(
     let job = new.into_job();
     tx.prepare_cached(&format!(
         "INSERT INTO jobs ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"
+         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -646,6 +651,7 @@ fn insert_one(
             job.last_error,
             job.sequence as i64,
             job.ordering_key,
+            codec::encode_trace(&job.trace),
         ])
     })
     .map_err(map_err)?;
@@ -1220,7 +1226,7 @@ mod tests {
             };
             raw.execute_batch(&format!(
                 "DELETE FROM jobs; INSERT INTO jobs ({COLS}) VALUES ({}, {}, {}, {}, 1, 0, NULL, \
-                 {}, x'', x'', x'', 0, 0, 0, NULL, NULL, NULL, NULL, '', 0, NULL)",
+                 {}, x'', x'', x'', 0, 0, 0, NULL, NULL, NULL, NULL, '', 0, NULL, NULL)",
                 v("id"),
                 v("kind"),
                 v("state"),

@@ -212,6 +212,7 @@ async fn submit(engine: &Engine, n: usize) -> Vec<Uuid> {
             request_hash: [0; 32],
             created_at: now_micros(),
             ordering_key: None,
+            trace: None,
         })
         .collect();
     let ids = jobs.iter().map(|j| j.id).collect();

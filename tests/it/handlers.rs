@@ -365,6 +365,35 @@ async fn http_success_sends_payload_and_headers() {
 }
 
 #[tokio::test]
+async fn http_kind_sends_the_submitters_trace_context() {
+    let (url, seen) = http_server(vec![(OK, Duration::ZERO)]).await;
+    let d = start_with("", &kinds(&http_kind(&url, "5s"))).await;
+    let mut c = d.client().await;
+    let r = traced(req("hook", "p"), TRACEPARENT, "vendor=opaque");
+    let j = c.submit(r).await.unwrap().into_inner().job.unwrap();
+    let plain = submit(&mut c, req("hook", "q")).await;
+    assert_eq!(
+        state(&wait_terminal(&mut c, &j.id).await),
+        JobState::Succeeded
+    );
+    assert_eq!(
+        state(&wait_terminal(&mut c, &plain.id).await),
+        JobState::Succeeded
+    );
+    let seen = seen.lock().unwrap().clone();
+    let of = |id: &str| {
+        seen.iter()
+            .find(|s| s.header("x-jobd-job-id").as_deref() == Some(id))
+            .cloned()
+            .unwrap()
+    };
+    let s = of(&j.id);
+    assert_eq!(s.header("traceparent").as_deref(), Some(TRACEPARENT));
+    assert_eq!(s.header("tracestate").as_deref(), Some("vendor=opaque"));
+    assert_eq!(of(&plain.id).header("traceparent"), None);
+}
+
+#[tokio::test]
 async fn http_503_then_200_retries_with_the_same_idempotency_key() {
     let (url, seen) = http_server(vec![(UNAVAILABLE, Duration::ZERO), (OK, Duration::ZERO)]).await;
     let done = run_hook(&url, "5s").await;

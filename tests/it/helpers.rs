@@ -151,6 +151,26 @@ pub fn req(kind: &str, payload: &str) -> proto::SubmitRequest {
     }
 }
 
+/// A W3C `traceparent` for tests.
+pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// `r` with `traceparent` (and `tracestate`) metadata, as an instrumented
+/// client sends them.
+pub fn traced(
+    r: proto::SubmitRequest,
+    traceparent: &str,
+    tracestate: &str,
+) -> tonic::Request<proto::SubmitRequest> {
+    let mut r = tonic::Request::new(r);
+    r.metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    if !tracestate.is_empty() {
+        r.metadata_mut()
+            .insert("tracestate", tracestate.parse().unwrap());
+    }
+    r
+}
+
 pub async fn submit(c: &mut JobServiceClient<Channel>, r: proto::SubmitRequest) -> proto::Job {
     c.submit(r).await.expect("submit").into_inner().job.unwrap()
 }

@@ -94,18 +94,14 @@ impl PgSchema {
 
     /// Runs SQL in this schema.
     pub async fn sql(&self, sql: &str) -> Vec<tokio_postgres::Row> {
-        let (client, conn) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+        let client = store::postgres::connect(&self.url)
             .await
             .expect("connect to DATABASE_URL");
-        let task = tokio::spawn(conn);
         client
             .batch_execute(&format!("SET search_path = {}", self.schema))
             .await
             .unwrap();
-        let rows = client.query(sql, &[]).await.expect(sql);
-        drop(client);
-        let _ = task.await;
-        rows
+        client.query(sql, &[]).await.expect(sql)
     }
 }
 
@@ -119,8 +115,7 @@ impl Drop for PgSchema {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                if let Ok((c, conn)) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-                    tokio::spawn(conn);
+                if let Ok(c) = store::postgres::connect(&url).await {
                     let _ = c
                         .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
                         .await;

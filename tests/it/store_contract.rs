@@ -25,6 +25,10 @@ fn new_job(kind: &str, priority: i32) -> NewJob {
         request_hash: [7; 32],
         created_at: now_micros(),
         ordering_key: None,
+        trace: Some(jobd::job::TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: "a=1,b=2".into(),
+        }),
     }
 }
 

@@ -72,6 +72,31 @@ async fn welcome(s: &mut Streaming<proto::ServerMessage>) -> proto::Welcome {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assign_carries_the_submitters_trace_context_in_headers() {
+    let d = start_with("", KIND_R).await;
+    let (tx, call) = open(&d);
+    tx.send(hello()).await.unwrap();
+    let mut s = call.await.unwrap();
+    welcome(&mut s).await;
+    let mut c = d.client().await;
+    let r = traced(req("r", "x"), TRACEPARENT, "a=1,b=2");
+    c.submit(r).await.unwrap();
+    let assign = match next(&mut s).await {
+        server_message::Msg::Assign(a) => a,
+        other => panic!("expected assign, got {other:?}"),
+    };
+    assert_eq!(
+        assign.headers.get("traceparent").map(String::as_str),
+        Some(TRACEPARENT)
+    );
+    assert_eq!(
+        assign.headers.get("tracestate").map(String::as_str),
+        Some("a=1,b=2")
+    );
+    assert_eq!(assign.headers.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn welcome_names_the_session_and_late_sessions_are_told_to_drain() {
     let d = start_with("", KIND_R).await;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Change;
@@ -23,14 +23,14 @@ const LIVENESS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keeps a LISTEN connection open and forwards each notice; reconnects
 /// (and asks for a resync) whenever it drops.
 pub(super) async fn listen_loop(
-    pg: tokio_postgres::Config,
+    pg: super::Connector,
     channel: String,
     tx: mpsc::Sender<Change>,
     stop: CancellationToken,
 ) {
     loop {
         let connected = tokio::select! {
-            r = pg.connect(NoTls) => r,
+            r = pg.connect() => r,
             _ = stop.cancelled() => return,
         };
         match connected {

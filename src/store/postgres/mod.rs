@@ -27,7 +27,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Statement};
+use tokio_postgres::Statement;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -37,16 +37,20 @@ use super::{
     transition, CancelOutcome, Change, ClaimOutcome, ClaimRequest, InsertOutcome, ListQuery,
     Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
-use crate::config::PostgresConfig;
+use crate::config::{PostgresConfig, PostgresUrl};
 use crate::job::{add_micros, now_micros, Job, JobState, Micros, NewJob};
+use crate::tls::client::error_chain;
 
 mod batcher;
+mod connect;
 mod listen;
 mod rows;
 mod schema;
 mod sql;
 
 use batcher::Batcher;
+pub use connect::connect;
+use connect::Connector;
 
 /// Events are kept this long: a notice is re-read within milliseconds; a
 /// watcher that reconnects later gets the current snapshot instead.
@@ -59,8 +63,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct PostgresStore {
     pool: Pool,
-    /// For the LISTEN connection.
-    pg: tokio_postgres::Config,
+    /// For the LISTEN and ping connections.
+    pg: Connector,
     /// Shared with the result batcher.
     w: Arc<Writer>,
     lease_ttl: Duration,
@@ -93,7 +97,7 @@ struct Writer {
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
         match e.as_db_error() {
-            None => StoreError::Unavailable(format!("postgres: {e}")),
+            None => StoreError::Unavailable(format!("postgres: {}", error_chain(&e))),
             Some(db) => {
                 let code = db.code().code();
                 let transient = [
@@ -117,7 +121,7 @@ type Tx<'a> = deadpool_postgres::Transaction<'a>;
 async fn pooled(pool: &Pool) -> Result<Object, StoreError> {
     pool.get()
         .await
-        .map_err(|e| StoreError::Unavailable(format!("postgres: {e}")))
+        .map_err(|e| StoreError::Unavailable(format!("postgres: {}", error_chain(&e))))
 }
 
 fn dedup(existing: &Job, hash: &[u8; 32]) -> InsertOutcome {
@@ -132,23 +136,28 @@ fn dedup(existing: &Job, hash: &[u8; 32]) -> InsertOutcome {
 
 impl PostgresStore {
     /// Connects, migrates (under an advisory lock) and counts the backlog.
-    pub async fn open(url: &str, cfg: &PostgresConfig) -> Result<PostgresStore, StoreError> {
-        let mut pg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Internal(format!("bad postgres URL: {e}")))?;
+    pub async fn open(
+        url: &PostgresUrl,
+        cfg: &PostgresConfig,
+    ) -> Result<PostgresStore, StoreError> {
+        let mut pg = Connector::new(url)?;
         let schema = cfg.schema.clone();
         // Every connection resolves jobd's tables in its schema.
+        let c = &mut pg.config;
         let options = format!(
             "{} -c search_path={schema}",
-            pg.get_options().unwrap_or_default()
+            c.get_options().unwrap_or_default()
         );
-        pg.options(options.trim());
-        pg.connect_timeout(cfg.timeout);
-        pg.keepalives_idle(Duration::from_secs(10));
-        pg.application_name("jobd");
+        c.options(options.trim());
+        c.connect_timeout(cfg.timeout);
+        c.keepalives_idle(Duration::from_secs(10));
+        // The URL's `application_name` wins: operators tell instances apart.
+        if c.get_application_name().is_none() {
+            c.application_name("jobd");
+        }
         let mgr = Manager::from_config(
-            pg.clone(),
-            NoTls,
+            pg.config.clone(),
+            pg.tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -845,7 +854,7 @@ impl Store for PostgresStore {
         let mut client = self.ping_client.lock().await;
         let r = tokio::time::timeout(PING_TIMEOUT.min(self.timeout), async {
             if client.as_ref().is_none_or(|c| c.is_closed()) {
-                let (c, conn) = self.pg.connect(NoTls).await?;
+                let (c, conn) = self.pg.connect().await?;
                 tokio::spawn(conn);
                 *client = Some(c);
             }

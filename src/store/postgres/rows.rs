@@ -10,7 +10,7 @@ use tokio_postgres::Row;
 use uuid::Uuid;
 
 use crate::job::{Job, JobState};
-use crate::store::codec::{decode_labels, state_from_code};
+use crate::store::codec::{decode_labels, decode_trace, state_from_code};
 use crate::store::StoreError;
 
 fn corrupt(what: &str) -> StoreError {
@@ -31,7 +31,7 @@ pub(super) fn state(r: &Row, i: usize) -> Result<JobState, StoreError> {
 
 /// Columns in [`COLS`](crate::store::codec::COLS); a query's own columns
 /// after them start here.
-pub(super) const COLS_LEN: usize = 21;
+pub(super) const COLS_LEN: usize = crate::store::codec::COLS_LEN;
 
 /// A row of [`COLS`](crate::store::codec::COLS).
 pub(super) fn job(r: &Row) -> Result<Job, StoreError> {
@@ -60,6 +60,7 @@ pub(super) fn job(r: &Row) -> Result<Job, StoreError> {
         sequence: col::<i64>(r, 19)?.max(0) as u64,
         ready_at: None,
         ordering_key: col(r, 20)?,
+        trace: decode_trace(col(r, 21)?),
     })
 }
 

@@ -95,6 +95,10 @@ CREATE INDEX jobs_key_id ON jobs (ordering_key, id) WHERE ordering_key IS NOT NU
 CREATE TABLE kind_rates (kind TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL,
   updated_at BIGINT NOT NULL);
 "#,
+    r#"
+-- v7: the submitter's W3C trace context, handed to every attempt.
+ALTER TABLE jobs ADD COLUMN trace TEXT;
+"#,
 ];
 
 /// An advisory-lock key per schema, so instances on different schemas of

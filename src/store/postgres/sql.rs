@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{rows, Tx, Writer};
 use crate::job::{Job, JobState};
-use crate::store::codec::{encode_labels, state_code, COLS};
+use crate::store::codec::{encode_labels, encode_trace, state_code, COLS};
 use crate::store::StoreError;
 
 /// `SELECT` of [`COLS`] with a `WHERE ...` tail.
@@ -222,10 +222,10 @@ SELECT count(pg_notify($15, u.id::text || ':' || u.sequence::text)) FROM u";
 
 const INSERT: &str = "INSERT INTO jobs (id, kind, state, attempt, max_attempts, priority,
     idempotency_key, request_hash, labels, payload, result, timeout_us, created_at, updated_at,
-    next_attempt_at, last_error, sequence, ordering_key)
+    next_attempt_at, last_error, sequence, ordering_key, trace)
   SELECT * FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int4[], $5::int4[], $6::int4[],
     $7::text[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[], $12::int8[], $13::int8[],
-    $14::int8[], $15::int8[], $16::text[], $17::int8[], $18::text[])
+    $14::int8[], $15::int8[], $16::text[], $17::int8[], $18::text[], $19::text[])
   ON CONFLICT DO NOTHING RETURNING id";
 
 fn to_i32(n: u32) -> i32 {
@@ -284,13 +284,14 @@ pub(super) async fn insert_rows(tx: &Tx<'_>, jobs: &[&Job]) -> Result<HashSet<Uu
     let errors: Vec<&str> = jobs.iter().map(|j| j.last_error.as_str()).collect();
     let seqs: Vec<i64> = jobs.iter().map(|j| j.sequence as i64).collect();
     let okeys: Vec<Option<&str>> = jobs.iter().map(|j| j.ordering_key.as_deref()).collect();
+    let traces: Vec<Option<String>> = jobs.iter().map(|j| encode_trace(&j.trace)).collect();
     let st = tx.prepare_cached(INSERT).await?;
     let rows = tx
         .query(
             &st,
             &[
                 &ids, &kinds, &states, &attempts, &max, &prio, &keys, &hashes, &labels, &payloads,
-                &results, &timeouts, &created, &updated, &next, &errors, &seqs, &okeys,
+                &results, &timeouts, &created, &updated, &next, &errors, &seqs, &okeys, &traces,
             ],
         )
         .await?;

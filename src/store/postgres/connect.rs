@@ -1,0 +1,76 @@
+//! Connections to PostgreSQL: the driver's config from the store URL and
+//! the TLS connector its `sslmode` asks for (libpq's meaning: `prefer` by
+//! default, `verify-full` to check the server's name).
+
+use tokio_postgres::config::SslMode as DriverSslMode;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::StoreError;
+use crate::config::{ClientTls, PostgresUrl, ServerCheck, SslMode};
+use crate::tls::client::{client_config, Fields};
+
+/// Everything a new connection needs: pool, LISTEN and ping use one.
+#[derive(Clone)]
+pub struct Connector {
+    pub config: tokio_postgres::Config,
+    pub tls: MakeRustlsConnect,
+}
+
+impl Connector {
+    /// Reads the URL's certificate files once. Errors name the parameter.
+    pub fn new(url: &PostgresUrl) -> Result<Connector, StoreError> {
+        let mut config: tokio_postgres::Config = url
+            .driver_url
+            .parse()
+            .map_err(|e| StoreError::Internal(format!("bad postgres URL: {e}")))?;
+        config.ssl_mode(match url.ssl_mode {
+            SslMode::Disable => DriverSslMode::Disable,
+            SslMode::Prefer => DriverSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => DriverSslMode::Require,
+        });
+        // `disable` never starts TLS: its files are not read.
+        let (files, check) = match url.ssl_mode {
+            SslMode::Disable => (ClientTls::default(), ServerCheck::None),
+            _ => (url.tls.clone(), url.server_check()),
+        };
+        let fields = Fields {
+            ca: "sslrootcert",
+            cert: "sslcert",
+            key: "sslkey",
+        };
+        let tls = client_config(&files, check, &fields)
+            .map_err(|e| StoreError::Internal(format!("postgres TLS: {e}")))?;
+        Ok(Connector {
+            config,
+            tls: MakeRustlsConnect::new(tls),
+        })
+    }
+
+    /// A new connection, its driver task not yet spawned.
+    pub async fn connect(
+        &self,
+    ) -> Result<
+        (
+            Client,
+            tokio_postgres::Connection<
+                Socket,
+                <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream,
+            >,
+        ),
+        tokio_postgres::Error,
+    > {
+        self.config.connect(self.tls.clone()).await
+    }
+}
+
+/// One connection to the database a store URL names (with its TLS
+/// parameters), its driver task spawned: for tools and tests that run SQL
+/// beside jobd.
+pub async fn connect(url: &str) -> Result<Client, StoreError> {
+    let url = PostgresUrl::parse(url).map_err(StoreError::Internal)?;
+    let (client, conn) = Connector::new(&url)?.connect().await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
