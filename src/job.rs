@@ -174,6 +174,23 @@ impl TraceContext {
     pub fn trace_id(&self) -> &str {
         &self.traceparent[3..35]
     }
+
+    /// Trace id, parent span id and flags as bytes; `None` if the stored
+    /// text is not a valid `traceparent` (it always is when jobd wrote it).
+    pub fn ids(&self) -> Option<([u8; 16], [u8; 8], u8)> {
+        fn bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
+            let mut out = [0u8; N];
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            Some(out)
+        }
+        let p: Vec<&str> = self.traceparent.split('-').collect();
+        if p.len() < 4 || p[1].len() != 32 || p[2].len() != 16 || p[3].len() != 2 {
+            return None;
+        }
+        Some((bytes(p[1])?, bytes(p[2])?, bytes::<1>(p[3])?[0]))
+    }
 }
 
 /// `version-traceid-parentid-flags`, hex; version `ff` and all-zero ids are

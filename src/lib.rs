@@ -41,6 +41,7 @@ pub mod handlers;
 pub mod http;
 pub mod job;
 pub mod metrics;
+pub mod otel;
 pub mod proto;
 pub mod remote;
 pub mod server;

@@ -270,6 +270,10 @@ pub async fn run_with_listeners(
         paused,
     );
     engine.use_workers(workers.clone());
+    let spans = crate::otel::start(&config.tracing).map_err(RunError::Server)?;
+    if let Some((s, _)) = &spans {
+        engine.use_spans(s.clone());
+    }
     let admin_stop = CancellationToken::new();
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let admin_task =
@@ -354,6 +358,7 @@ pub async fn run_with_listeners(
     let grpc = tower::ServiceBuilder::new()
         .layer(GrpcMetricsLayer {
             metrics: metrics.clone(),
+            spans: spans.as_ref().map(|(s, _)| s.clone()),
         })
         // Inside the metrics layer, so metrics count the corrected codes.
         .layer(crate::api::protocol::ProtocolErrorsLayer)
@@ -480,6 +485,9 @@ pub async fn run_with_listeners(
     match tokio::time::timeout(STORE_CLOSE_TIMEOUT, store.close()).await {
         Ok(r) => r?,
         Err(_) => tracing::error!("store did not close in {STORE_CLOSE_TIMEOUT:?}; exiting anyway (committed jobs are on disk)"),
+    }
+    if let Some((_, exporter)) = spans {
+        exporter.shutdown().await;
     }
     tracing::info!(requeued = stopped, "jobd stopped");
     Ok(())

@@ -62,6 +62,8 @@ pub fn code_name(c: Code) -> &'static str {
 #[derive(Clone)]
 pub struct GrpcMetricsLayer {
     pub metrics: Arc<Metrics>,
+    /// A span per RPC when spans are exported.
+    pub spans: Option<crate::otel::Spans>,
 }
 
 impl<S> tower::Layer<S> for GrpcMetricsLayer {
@@ -70,6 +72,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
         GrpcMetrics {
             inner,
             metrics: self.metrics.clone(),
+            spans: self.spans.clone(),
         }
     }
 }
@@ -78,6 +81,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 pub struct GrpcMetrics<S> {
     inner: S,
     metrics: Arc<Metrics>,
+    spans: Option<crate::otel::Spans>,
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for GrpcMetrics<S>
@@ -101,6 +105,7 @@ where
             .copied()
             .unwrap_or("other");
         let metrics = self.metrics.clone();
+        let span = self.spans.as_ref().map(|s| rpc_span(s, method, &req));
         let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -117,9 +122,33 @@ where
                 Err(_) => "UNKNOWN",
             };
             metrics.grpc_request(method, code, started.elapsed());
+            if let Some(mut span) = span {
+                span.attr("rpc.grpc.status_code", code);
+                span.end((code != "OK").then(|| code.to_string()));
+            }
             // In the RPC's span (RUST_LOG=jobd=debug): one line per call.
             tracing::debug!(code, elapsed = ?started.elapsed(), "rpc answered");
             res
         })
     }
+}
+
+/// The RPC's server span, a child of the caller's `traceparent` if it sent
+/// one (named by the bounded method label, so a client cannot mint names).
+fn rpc_span<B>(
+    spans: &crate::otel::Spans,
+    method: &str,
+    req: &http::Request<B>,
+) -> crate::otel::ActiveSpan {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let h = |k| req.headers().get(k).and_then(|v| v.to_str().ok());
+    let parent = crate::job::TraceContext::from_headers(h("traceparent"), h("tracestate"));
+    let mut span = spans.start(
+        method.trim_start_matches('/').to_string(),
+        SpanKind::Server,
+        parent.as_ref(),
+        None,
+    );
+    span.attr("rpc.system", "grpc");
+    span
 }

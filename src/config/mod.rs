@@ -150,6 +150,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tls: Option<TlsConfig>,
     pub workers: WorkersConfig,
+    pub tracing: TracingConfig,
     pub kinds: BTreeMap<String, KindConfig>,
     /// Cron schedules (`[[schedules]]`), checked by [`Config::schedules`].
     pub schedules: Vec<ScheduleConfig>,
@@ -169,6 +170,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tls: None,
             workers: WorkersConfig::default(),
+            tracing: TracingConfig::default(),
             kinds: BTreeMap::new(),
             schedules: Vec::new(),
         }
@@ -311,6 +313,65 @@ impl Default for WorkersConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             max_sessions: DEFAULT_MAX_WORKER_SESSIONS,
         }
+    }
+}
+
+/// Span export (`[tracing]`): off unless `otlp_endpoint` is set, and then a
+/// span per RPC and a `process {kind}` span per attempt go to an OTLP/gRPC
+/// collector.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingConfig {
+    /// `http://collector:4317` (OTLP over gRPC); unset: no spans at all.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// Spans are sent in batches at least this often.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub export_interval: Duration,
+    /// Finished spans waiting for export at most; past it new spans are
+    /// dropped (and counted in a WARN line), never the daemon slowed.
+    pub max_queued_spans: usize,
+}
+
+pub const DEFAULT_EXPORT_INTERVAL: Duration = Duration::from_secs(2);
+pub const DEFAULT_MAX_QUEUED_SPANS: usize = 4096;
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: None,
+            service_name: "jobd".into(),
+            export_interval: DEFAULT_EXPORT_INTERVAL,
+            max_queued_spans: DEFAULT_MAX_QUEUED_SPANS,
+        }
+    }
+}
+
+impl TracingConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(e) = &self.otlp_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://"))
+                || e.parse::<http::Uri>().is_err()
+            {
+                return Err(invalid(
+                    "tracing.otlp_endpoint",
+                    format!("{e:?} is not an http:// or https:// URL"),
+                ));
+            }
+        }
+        if self.service_name.is_empty() || self.service_name.len() > 256 {
+            return Err(invalid("tracing.service_name", "1 to 256 bytes"));
+        }
+        if self.export_interval < Duration::from_millis(10)
+            || self.export_interval > Duration::from_secs(3600)
+        {
+            return Err(invalid("tracing.export_interval", "between 10ms and 1h"));
+        }
+        if !(1..=1_000_000).contains(&self.max_queued_spans) {
+            return Err(invalid("tracing.max_queued_spans", "between 1 and 1000000"));
+        }
+        Ok(())
     }
 }
 
@@ -575,6 +636,7 @@ impl Config {
         if matches!(store, StoreUrl::Postgres(_)) {
             self.postgres.validate()?;
         }
+        self.tracing.validate()?;
         let q = &self.queue;
         for (key, v) in [
             ("queue.workers", q.workers as u64),

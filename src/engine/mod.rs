@@ -148,6 +148,8 @@ pub struct Engine {
     schedules: Vec<crate::config::Schedule>,
     /// Worker sessions for remote kinds (set once at start).
     remote: std::sync::OnceLock<Arc<crate::remote::Workers>>,
+    /// Span export, when `[tracing] otlp_endpoint` is set.
+    spans: std::sync::OnceLock<crate::otel::Spans>,
 }
 
 /// An attempt running here.
@@ -268,6 +270,7 @@ impl Engine {
             metrics,
             paused: Mutex::new(paused.into_iter().collect()),
             remote: std::sync::OnceLock::new(),
+            spans: std::sync::OnceLock::new(),
             // `validate` checked them before start; a config that was not
             // validated runs without schedules rather than failing here.
             schedules: config.schedules().unwrap_or_else(|e| {
@@ -330,6 +333,11 @@ impl Engine {
     /// Remote kinds' jobs go to these worker sessions: claims of a remote
     /// kind are capped by the room its sessions have, and a session that
     /// comes or frees a place wakes the dispatcher.
+    /// Each attempt gets a `process {kind}` span from now on.
+    pub fn use_spans(&self, spans: crate::otel::Spans) {
+        let _ = self.spans.set(spans);
+    }
+
     pub fn use_workers(&self, workers: Arc<crate::remote::Workers>) {
         workers.connect_engine(self.hints.clone(), self.metrics.clone());
         let _ = self.remote.set(workers);

@@ -65,10 +65,20 @@ impl Engine {
         // already-cancelled token here: the attempt then stops at once.
         let stop = self.attempt_token(job.id, job.attempt, job.sequence);
         let began = std::time::Instant::now();
-        let ended = self.execute(&job, stop).await;
+        let span = self.spans.get().map(|s| process_span(s, &job));
+        let ended = self.execute(&job, stop, span.as_ref()).await;
         // In the attempt's span: RUST_LOG=jobd=debug shows why it failed.
         if let Ended::Ran(Err(e)) = &ended {
             tracing::debug!(error = %e, "attempt failed");
+        }
+        if let Some(mut span) = span {
+            span.attr("jobd.attempt.outcome", ended.label());
+            let error = match &ended {
+                Ended::Ran(Ok(_)) => None,
+                Ended::Ran(Err(e)) => Some(e.to_string()),
+                other => Some(other.label().to_string()),
+            };
+            span.end(error);
         }
         self.lock_running().remove(&(job.id, job.attempt));
         self.metrics
@@ -82,7 +92,14 @@ impl Engine {
         self.complete(job, outcome).await;
     }
 
-    async fn execute(&self, job: &Job, stop: tokio_util::sync::CancellationToken) -> Ended {
+    /// Runs the handler; it gets `span`'s context as its trace context when
+    /// spans are exported, else the submitter's.
+    async fn execute(
+        &self,
+        job: &Job,
+        stop: tokio_util::sync::CancellationToken,
+        span: Option<&crate::otel::ActiveSpan>,
+    ) -> Ended {
         let Some(handler) = self.registry.get(&job.kind) else {
             return Ended::Ran(Err(HandlerError::permanent(format!(
                 "no handler registered for kind {:?}",
@@ -96,7 +113,7 @@ impl Engine {
             max_attempts: job.max_attempts,
             payload: job.payload.clone(),
             timeout: job.timeout,
-            trace: job.trace.clone(),
+            trace: span.map(|s| s.context()).or_else(|| job.trace.clone()),
             cancel: stop.clone(),
         };
         // Its own task, so a panic is caught as a JoinError and fails only
@@ -194,4 +211,22 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     } else {
         "non-string panic".into()
     }
+}
+
+/// `process {kind}`: a child of the submitter's span on the first attempt; a
+/// retry starts a trace of its own, linked to the submitter's.
+fn process_span(spans: &crate::otel::Spans, job: &Job) -> crate::otel::ActiveSpan {
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    let first = job.attempt <= 1;
+    let trace = job.trace.as_ref();
+    let mut span = spans.start(
+        format!("process {}", job.kind),
+        SpanKind::Consumer,
+        trace.filter(|_| first),
+        trace.filter(|_| !first),
+    );
+    span.attr("jobd.job.id", &job.id.to_string());
+    span.attr("jobd.job.kind", &job.kind);
+    span.attr("jobd.job.attempt", &job.attempt.to_string());
+    span
 }
