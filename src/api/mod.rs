@@ -149,6 +149,8 @@ impl JobApi {
 /// Room in a reply for what is not a job (ListJobs' page token, a
 /// JobEvent's sequence, framing).
 const REPLY_SLACK: usize = 1024;
+/// Bytes of the payload GetStatus shows (`payload_preview`).
+const PAYLOAD_PREVIEW_BYTES: usize = 4096;
 /// A job's tag and length prefix in a ListJobs page, rounded up.
 const PAGE_ENTRY_FRAMING: usize = 16;
 /// ListJobs with a label filter reads jobs in pages of this many rows and
@@ -279,8 +281,14 @@ impl JobService for JobApi {
     ) -> Result<Response<proto::GetStatusResponse>, Status> {
         let id = validate::job_id("id", &request.get_ref().id)?;
         let job = self.engine.get(id).await.map_err(|e| self.err(e))?;
+        let preview = job.payload.slice(..job.payload.len().min(PAYLOAD_PREVIEW_BYTES));
         Ok(Response::new(proto::GetStatusResponse {
-            job: Some(self.job(&job)),
+            // The preview's room comes out of the job's, so the reply fits.
+            job: Some(convert::job_within(
+                &job,
+                self.max_job_bytes().saturating_sub(preview.len()),
+            )),
+            payload_preview: preview.to_vec(),
         }))
     }
 

@@ -295,9 +295,13 @@ mod tests {
             ..Default::default()
         };
         let out = json
-            .to_vec(&p::GetStatusResponse { job: Some(job) })
+            .to_vec(&p::GetStatusResponse {
+                job: Some(job),
+                payload_preview: b"hi".to_vec(),
+            })
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["payloadPreview"], "aGk=", "bytes are base64");
         let j = &v["job"];
         assert_eq!(j["state"], "JOB_STATE_SUCCEEDED");
         assert_eq!(j["payloadSize"], "5");

@@ -938,3 +938,21 @@ async fn drain_finishes_short_jobs_and_requeues_long_ones_without_using_an_attem
     store.close().await.unwrap();
     drop(dir);
 }
+
+#[tokio::test]
+async fn get_status_previews_the_first_4_kib_of_the_payload() {
+    let d = start("").await;
+    let mut c = d.client().await;
+    let big: String = (0..10_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    for payload in ["small", big.as_str(), ""] {
+        let j = submit(&mut c, req("echo", payload)).await;
+        let r = c
+            .get_status(proto::GetStatusRequest { id: j.id.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let want = &payload.as_bytes()[..payload.len().min(4096)];
+        assert_eq!(r.payload_preview, want, "payload of {} bytes", payload.len());
+        assert_eq!(r.job.unwrap().payload_size, payload.len() as u64);
+    }
+}

@@ -367,6 +367,7 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
     // 6. A payload holding <script> is shown as text and runs nothing.
     b.goto(&format!("{ui}#/job/{}", script_job.id)).await;
     assert_eq!(b.text_of("#job-result").await, "<script>alert(1)</script>");
+    assert_eq!(b.text_of("#job-payload").await, "<script>alert(1)</script>");
     let scripts = b
         .script("return document.querySelectorAll('script').length")
         .await;

@@ -367,6 +367,7 @@
 
   async function job(id) {
     const path = "/v1/jobs/" + encodeURIComponent(id);
+    let payload = { text: "", cut: false };
     const show = (j) => {
       const result = preview(j.result, 4096);
       const field = (name, value) => [el("dt", {}, name), el("dd", { "data-field": name }, value)];
@@ -405,6 +406,8 @@
         el("pre", { id: "job-error", class: "error" }, j.lastError || ""),
         el("h3", {}, "Result", result.cut || j.resultTruncated ? " (first part)" : ""),
         el("pre", { id: "job-result" }, result.text),
+        el("h3", {}, "Payload", payload.cut ? " (first part)" : ""),
+        el("pre", { id: "job-payload" }, payload.text),
       );
     };
     const act = (p, body) =>
@@ -412,6 +415,10 @@
         .then(() => banner("", ""))
         .catch(failed);
     const first = await api("GET", path);
+    // GetStatus alone carries the payload's first 4 KiB; it never changes.
+    payload = preview(first.payloadPreview, 4096);
+    const whole = Number(first.job.payloadSize || 0);
+    if (first.payloadPreview && atob(first.payloadPreview).length < whole) payload.cut = true;
     show(first.job);
     refresh = null;
     const signal = abort.signal;
