@@ -281,7 +281,9 @@ impl JobService for JobApi {
     ) -> Result<Response<proto::GetStatusResponse>, Status> {
         let id = validate::job_id("id", &request.get_ref().id)?;
         let job = self.engine.get(id).await.map_err(|e| self.err(e))?;
-        let preview = job.payload.slice(..job.payload.len().min(PAYLOAD_PREVIEW_BYTES));
+        let preview = job
+            .payload
+            .slice(..job.payload.len().min(PAYLOAD_PREVIEW_BYTES));
         Ok(Response::new(proto::GetStatusResponse {
             // The preview's room comes out of the job's, so the reply fits.
             job: Some(convert::job_within(

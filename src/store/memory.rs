@@ -45,7 +45,9 @@ struct Entry {
 struct Inner {
     jobs: BTreeMap<Uuid, Entry>,
     next_seq: u64,
-    ready: BTreeSet<(Reverse<i32>, u64, Uuid)>,
+    /// Due QUEUED jobs per kind, in claim order (priority, then submit
+    /// order): a claim reads each kind only as far as its budget.
+    ready: HashMap<String, BTreeSet<(Reverse<i32>, u64, Uuid)>>,
     delayed: BTreeSet<(Micros, Uuid)>,
     retries: BTreeSet<(Micros, Uuid)>,
     leases: BTreeSet<(Micros, Uuid)>,
@@ -81,12 +83,15 @@ impl Inner {
             }
         }
         match j.state {
-            JobState::Queued => {
-                set(&mut self.ready, (Reverse(j.priority), e.seq, j.id), add);
-                if let Some(t) = j.next_attempt_at {
-                    set(&mut self.delayed, (t, j.id), add);
-                }
-            }
+            // A delayed job waits in `delayed` only: claims read `ready`.
+            JobState::Queued => match j.next_attempt_at {
+                Some(t) => set(&mut self.delayed, (t, j.id), add),
+                None => set(
+                    self.ready.entry(j.kind.clone()).or_default(),
+                    (Reverse(j.priority), e.seq, j.id),
+                    add,
+                ),
+            },
             JobState::RetryWait => {
                 if let Some(t) = j.next_attempt_at {
                     set(&mut self.retries, (t, j.id), add);
@@ -266,45 +271,44 @@ impl Store for MemoryStore {
                 (k.as_str(), b)
             })
             .collect();
+        // Each kind's due jobs, in order, as far as its budget reads (one
+        // past what a rate allows, to learn whether the rate held it back);
+        // then the best `limit` over all kinds, as the SQL stores do.
         let mut found: HashMap<&str, usize> = HashMap::new();
         let mut candidates = Vec::new();
-        // Rated kinds read one row past what they may take, to learn whether
-        // the rate held them back.
-        let extra = budgets
-            .values()
-            .filter(|b| b.to_read() > b.allowed())
-            .count();
-        for (_, seq, id) in g.ready.iter() {
-            if candidates.len() >= req.limit + extra {
-                break;
-            }
-            let job = &g.jobs[id].job;
-            // Keyed by the request's names: `g` is changed below.
-            let Some((name, b)) = budgets.get_key_value(job.kind.as_str()) else {
+        for (name, b) in &budgets {
+            let Some(ready) = g.ready.get(*name) else {
                 continue;
             };
-            let n = found.entry(*name).or_default();
-            if job.next_attempt_at.is_some() || *n >= b.to_read() {
-                continue;
-            }
-            if let (Some(max), Some(key)) = (b.limits.key_concurrency, &job.ordering_key) {
-                // Places held: the key's running and retrying jobs, then its
-                // queued ones submitted earlier.
-                let max = max as usize;
-                let held = g
-                    .by_key
-                    .get(&(job.kind.clone(), key.clone()))
-                    .map_or(0, |k| k.busy + k.queued.range(..*seq).take(max).count());
-                if held >= max {
-                    continue;
+            let mut n = 0;
+            for (Reverse(priority), seq, id) in ready {
+                if n >= b.to_read() {
+                    break;
+                }
+                let job = &g.jobs[id].job;
+                if let (Some(max), Some(key)) = (b.limits.key_concurrency, &job.ordering_key) {
+                    // Places held: the key's running and retrying jobs, then
+                    // its queued ones submitted earlier.
+                    let max = max as usize;
+                    let held = g
+                        .by_key
+                        .get(&(job.kind.clone(), key.clone()))
+                        .map_or(0, |k| k.busy + k.queued.range(..*seq).take(max).count());
+                    if held >= max {
+                        continue;
+                    }
+                }
+                n += 1;
+                if n <= b.allowed() {
+                    candidates.push((*priority, *seq as i64, name.to_string(), *id));
                 }
             }
-            *n += 1;
-            if *n <= b.allowed() {
-                candidates.push(*id);
-            }
+            found.insert(name, n);
         }
-        candidates.truncate(req.limit);
+        let candidates: Vec<Uuid> = limits::pick(candidates, req.limit)
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
         let jobs: Vec<Job> = candidates
             .into_iter()
             .filter_map(|id| {

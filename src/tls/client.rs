@@ -55,23 +55,24 @@ pub fn client_config(
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("{}: {e}", fields.ca))?;
-    let builder = if check == ServerCheck::None {
-        // Encryption without authentication, as libpq's `prefer` and
-        // `require` do: no root is read, so none can be missing.
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-    } else {
-        let roots = Arc::new(roots(tls, fields)?);
-        let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+    // `None` is encryption without authentication, as libpq's `prefer` and
+    // `require` do: no root is read, so none can be missing.
+    let webpki = match check {
+        ServerCheck::None => None,
+        ServerCheck::Chain | ServerCheck::Full => Some(
+            WebPkiServerVerifier::builder_with_provider(
+                Arc::new(roots(tls, fields)?),
+                provider.clone(),
+            )
             .build()
-            .map_err(|e| format!("{}: {e}", fields.ca))?;
-        match check {
-            ServerCheck::Chain => builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AnyName(webpki))),
-            _ => builder.with_webpki_verifier(webpki),
-        }
+            .map_err(|e| format!("{}: {e}", fields.ca))?,
+        ),
+    };
+    let builder = match (check, webpki) {
+        (ServerCheck::Full, Some(webpki)) => builder.with_webpki_verifier(webpki),
+        (_, chain) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Lenient { chain, provider })),
     };
     match &tls.identity {
         None => Ok(builder.with_no_client_auth()),
@@ -112,12 +113,19 @@ fn roots(tls: &ClientTls, fields: &Fields) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// `verify-ca`: the chain must lead to a trusted root, the name may be any.
-/// webpki checks the name last, so a name error means the chain was good.
+/// The checks webpki alone does not offer. `prefer`/`require` (`chain:
+/// None`): any certificate. `verify-ca` (`chain: Some`): the chain must lead
+/// to a trusted root, the name may be any; webpki checks the name last, so a
+/// name error means the chain was good. Either way the handshake's
+/// signatures are checked, so the session is encrypted to whoever holds the
+/// certificate's key.
 #[derive(Debug)]
-struct AnyName(Arc<WebPkiServerVerifier>);
+struct Lenient {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for AnyName {
+impl ServerCertVerifier for Lenient {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -126,10 +134,10 @@ impl ServerCertVerifier for AnyName {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-        {
+        let Some(chain) = &self.chain else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -143,7 +151,8 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        let algs = &self.provider.signature_verification_algorithms;
+        crypto::verify_tls12_signature(message, cert, dss, algs)
     }
 
     fn verify_tls13_signature(
@@ -152,61 +161,14 @@ impl ServerCertVerifier for AnyName {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        let algs = &self.provider.signature_verification_algorithms;
+        crypto::verify_tls13_signature(message, cert, dss, algs)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer`/`require`: any certificate; the handshake's signatures are
-/// still checked, so the session is encrypted to whoever holds the key.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

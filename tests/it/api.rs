@@ -943,7 +943,9 @@ async fn drain_finishes_short_jobs_and_requeues_long_ones_without_using_an_attem
 async fn get_status_previews_the_first_4_kib_of_the_payload() {
     let d = start("").await;
     let mut c = d.client().await;
-    let big: String = (0..10_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let big: String = (0..10_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     for payload in ["small", big.as_str(), ""] {
         let j = submit(&mut c, req("echo", payload)).await;
         let r = c
@@ -952,7 +954,12 @@ async fn get_status_previews_the_first_4_kib_of_the_payload() {
             .unwrap()
             .into_inner();
         let want = &payload.as_bytes()[..payload.len().min(4096)];
-        assert_eq!(r.payload_preview, want, "payload of {} bytes", payload.len());
+        assert_eq!(
+            r.payload_preview,
+            want,
+            "payload of {} bytes",
+            payload.len()
+        );
         assert_eq!(r.job.unwrap().payload_size, payload.len() as u64);
     }
 }
