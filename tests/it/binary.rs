@@ -76,6 +76,40 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok.success());
 }
 
+/// The README's "Configuration" block is the file a new user copies: it
+/// must pass `check-config` as it stands, and name every table the daemon
+/// has (the top-level tables `check-config` prints).
+#[test]
+fn the_readme_config_block_is_a_valid_config_with_every_table() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme
+        .find("## Configuration")
+        .expect("a Configuration section")..];
+    let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("readme.toml");
+    std::fs::write(&f, block).unwrap();
+    let out = Command::new(bin())
+        .arg("check-config")
+        .arg(&f)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for table in stdout
+        .lines()
+        .filter(|l| l.starts_with('[') && !l.contains('.'))
+    {
+        assert!(block.contains(table), "README config block lacks {table}");
+    }
+}
+
 #[test]
 fn bad_config_exits_64_naming_the_key_before_binding() {
     let dir = tempfile::tempdir().unwrap();
