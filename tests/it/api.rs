@@ -848,6 +848,11 @@ async fn health_serves_both_names_and_flips_before_submit_is_refused() {
         let r = h.check(check(name)).await.unwrap().into_inner();
         assert_eq!(r.status, ServingStatus::Serving as i32, "{name}");
     }
+    // A job that outlives the drain's timeout keeps the server up after the
+    // grace, so the refusals below are seen before the connection closes
+    // (with nothing running the drain can end between two polls).
+    let long = submit(&mut c, req("sleep", "5000")).await;
+    wait_for(&mut c, &long.id, |s| s == JobState::Running).await;
     d.shutdown.drain.cancel();
     // During the grace: NOT_SERVING, but submits still work.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
