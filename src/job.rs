@@ -170,11 +170,6 @@ impl TraceContext {
         })
     }
 
-    /// The trace id (32 hex digits).
-    pub fn trace_id(&self) -> &str {
-        &self.traceparent[3..35]
-    }
-
     /// Trace id, parent span id and flags as bytes; `None` if the stored
     /// text is not a valid `traceparent` (it always is when jobd wrote it).
     pub fn ids(&self) -> Option<([u8; 16], [u8; 8], u8)> {
@@ -288,7 +283,9 @@ mod trace_tests {
     #[test]
     fn reads_w3c_traceparent_and_ignores_what_is_not() {
         let t = TraceContext::from_headers(Some(TP), Some("congo=t61rcWkgMzE")).unwrap();
-        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let (trace, parent, flags) = t.ids().unwrap();
+        assert_eq!(trace[..4], [0x4b, 0xf9, 0x2f, 0x35]);
+        assert_eq!((parent[7], flags), (0xb7, 1));
         assert_eq!(t.tracestate, "congo=t61rcWkgMzE");
         let upper = TP.to_ascii_uppercase();
         assert_eq!(

@@ -330,14 +330,14 @@ impl Engine {
         self.accepting.load(Ordering::Acquire)
     }
 
-    /// Remote kinds' jobs go to these worker sessions: claims of a remote
-    /// kind are capped by the room its sessions have, and a session that
-    /// comes or frees a place wakes the dispatcher.
     /// Each attempt gets a `process {kind}` span from now on.
     pub fn use_spans(&self, spans: crate::otel::Spans) {
         let _ = self.spans.set(spans);
     }
 
+    /// Remote kinds' jobs go to these worker sessions: claims of a remote
+    /// kind are capped by the room its sessions have, and a session that
+    /// comes or frees a place wakes the dispatcher.
     pub fn use_workers(&self, workers: Arc<crate::remote::Workers>) {
         workers.connect_engine(self.hints.clone(), self.metrics.clone());
         let _ = self.remote.set(workers);

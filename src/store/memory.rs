@@ -86,11 +86,17 @@ impl Inner {
             // A delayed job waits in `delayed` only: claims read `ready`.
             JobState::Queued => match j.next_attempt_at {
                 Some(t) => set(&mut self.delayed, (t, j.id), add),
-                None => set(
-                    self.ready.entry(j.kind.clone()).or_default(),
-                    (Reverse(j.priority), e.seq, j.id),
-                    add,
-                ),
+                None => {
+                    let k = (Reverse(j.priority), e.seq, j.id);
+                    // The kind's name is copied once, not at every change.
+                    match self.ready.get_mut(&j.kind) {
+                        Some(ready) => set(ready, k, add),
+                        None if add => {
+                            self.ready.insert(j.kind.clone(), BTreeSet::from([k]));
+                        }
+                        None => {}
+                    }
+                }
             },
             JobState::RetryWait => {
                 if let Some(t) = j.next_attempt_at {

@@ -195,3 +195,55 @@ async fn spans_go_to_the_otlp_collector_linked_to_the_submitter() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_slows_no_job_and_no_drain() {
+    // A port with nothing listening: every export is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let head = format!("[tracing]\notlp_endpoint = \"{url}\"\nexport_interval = \"10ms\"\n");
+    let d = start_with(&head, &format!("{KINDS}\n{ENV_KIND}")).await;
+    let mut c = d.client().await;
+    let r = traced(req("env", ""), TRACEPARENT, "");
+    let j = c.submit(r).await.unwrap().into_inner().job.unwrap();
+    let done = wait_terminal(&mut c, &j.id).await;
+    assert_eq!((state(&done), done.attempt), (JobState::Succeeded, 2));
+    // The handler still gets a context: the attempt span's, in the
+    // submitter's trace on the first attempt, a new one on the retry.
+    assert!(String::from_utf8_lossy(&done.result).starts_with("00-"));
+    // Drain sends what is queued; a refused export does not hold it up.
+    tokio::time::timeout(std::time::Duration::from_secs(15), d.stop())
+        .await
+        .expect("drain ends with the collector down")
+        .unwrap();
+}
+
+#[test]
+fn bad_tracing_settings_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for (table, key) in [
+        (
+            "otlp_endpoint = \"collector:4317\"",
+            "tracing.otlp_endpoint",
+        ),
+        (
+            "otlp_endpoint = \"ftp://collector\"",
+            "tracing.otlp_endpoint",
+        ),
+        ("export_interval = \"1ms\"", "tracing.export_interval"),
+        ("max_queued_spans = 0", "tracing.max_queued_spans"),
+        ("service_name = \"\"", "tracing.service_name"),
+    ] {
+        let f = dir.path().join("jobd.toml");
+        std::fs::write(&f, format!("[tracing]\n{table}\n")).unwrap();
+        let out = std::process::Command::new(bin())
+            .arg("check-config")
+            .arg(&f)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{table}: {err}");
+        assert!(err.contains(key), "{table}: {key} not named in {err}");
+    }
+}
