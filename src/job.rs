@@ -219,10 +219,33 @@ pub struct NewJob {
     pub created_at: Micros,
     pub ordering_key: Option<String>,
     pub trace: Option<TraceContext>,
+    /// Set by the engine when it holds a free worker slot for this job: if
+    /// no job of its kind is ready before it, the store writes it RUNNING
+    /// (attempt 1, lease of timeout + this slack) in the insert's own commit,
+    /// so an idle daemon runs it without a separate claim commit. A store
+    /// may ignore it (the job is then QUEUED as usual).
+    pub start: Option<Duration>,
 }
 
 impl NewJob {
-    /// The job record this submit creates.
+    /// The job record this submit creates: QUEUED, or RUNNING when `start`
+    /// is set and `kind_has_ready` is false (see [`NewJob::start`]); the
+    /// check is only asked for then.
+    pub fn into_stored(self, now: Micros, kind_has_ready: impl FnOnce(&str) -> bool) -> Job {
+        let start = self
+            .start
+            .filter(|_| self.run_at.is_none_or(|t| t <= self.created_at));
+        let mut job = self.into_job();
+        if let Some(slack) = start {
+            if !kind_has_ready(&job.kind) {
+                let now = now.max(job.created_at);
+                crate::store::transition::claim(&mut job, now, slack);
+            }
+        }
+        job
+    }
+
+    /// The job record this submit creates, QUEUED.
     pub fn into_job(self) -> Job {
         Job {
             id: self.id,
@@ -270,6 +293,7 @@ impl NewJob {
             created_at: 0,
             ordering_key: None,
             trace: None,
+            start: None,
         }
     }
 }

@@ -174,6 +174,7 @@ pub fn submit<'a>(
         created_at: now,
         ordering_key: Some(req.ordering_key).filter(|k| !k.is_empty()),
         trace: None,
+        start: None,
     })
 }
 

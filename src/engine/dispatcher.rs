@@ -24,6 +24,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
+use super::handover::Handed;
 use super::{Engine, CLAIM_BATCH, LEASE_SLACK};
 use crate::job::{now_micros, Job, JobState};
 use crate::store::{ClaimOutcome, ClaimRequest, Outcome};
@@ -66,6 +67,7 @@ impl Engine {
     pub(super) async fn dispatch_loop(
         self: Arc<Self>,
         mut hints: mpsc::Receiver<()>,
+        mut handed: mpsc::Receiver<Handed>,
     ) -> JoinSet<()> {
         let mut workers = JoinSet::new();
         let mut claims: JoinSet<Claimed> = JoinSet::new();
@@ -131,6 +133,9 @@ impl Engine {
                         }
                     }
                 }
+                Some(h) = handed.recv() => {
+                    workers.spawn(self.clone().run_attempt(h.job, h.global, h.kind));
+                }
                 Some(r) = workers.join_next(), if !workers.is_empty() => {
                     if let Err(e) = r {
                         tracing::error!(error = %e, "worker task failed");
@@ -153,8 +158,13 @@ impl Engine {
                 }
             }
         }
-        // Claims still in flight: their jobs are RUNNING in the store, so run
-        // them (the drain then waits for them like any other).
+        // Jobs started at submit and claims still in flight: their jobs are
+        // RUNNING in the store, so run them (the drain then waits for them
+        // like any other). A submit after this gives its job back itself.
+        handed.close();
+        while let Ok(h) = handed.try_recv() {
+            workers.spawn(self.clone().run_attempt(h.job, h.global, h.kind));
+        }
         while let Some(r) = claims.join_next().await {
             if let Ok(Claimed {
                 reserved,

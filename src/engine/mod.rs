@@ -11,6 +11,7 @@
 mod completer;
 mod dispatcher;
 mod feed;
+mod handover;
 mod ops;
 pub mod retry;
 mod scheduler;
@@ -99,6 +100,9 @@ pub struct Engine {
     sweeper_wake: Notify,
     /// Global bound on running jobs (`queue.workers`).
     workers: Arc<Semaphore>,
+    /// Jobs started at submit, to the dispatcher's worker set (see
+    /// [`handover`]); one place per worker, as each holds a worker slot.
+    handed: mpsc::Sender<handover::Handed>,
     /// Outcomes handed to the completion path and not yet committed, at most
     /// [`completer::PENDING_PER_WORKER`] × workers (at least
     /// [`completer::PENDING_MIN`]): enough for a couple of commits' worth of
@@ -213,6 +217,7 @@ impl Engine {
         let pending_bound =
             (completer::PENDING_PER_WORKER * config.queue.workers).max(completer::PENDING_MIN);
         let (outcomes, outcome_rx) = mpsc::channel(pending_bound);
+        let (handed, handed_rx) = mpsc::channel(config.queue.workers.max(1));
         let shared = store.is_shared();
         let limits = kinds
             .iter()
@@ -241,6 +246,7 @@ impl Engine {
             hints,
             sweeper_wake: Notify::new(),
             workers: Arc::new(Semaphore::new(config.queue.workers)),
+            handed,
             pending: Arc::new(Semaphore::new(pending_bound)),
             pending_bound,
             outcomes,
@@ -286,7 +292,7 @@ impl Engine {
         });
         let heartbeat = shared.then(|| tokio::spawn(engine.clone().heartbeat_loop()));
         let tasks = EngineTasks {
-            dispatcher: tokio::spawn(engine.clone().dispatch_loop(hint_rx)),
+            dispatcher: tokio::spawn(engine.clone().dispatch_loop(hint_rx, handed_rx)),
             sweeper: tokio::spawn(engine.clone().sweep_loop()),
             scheduler: tokio::spawn(engine.clone().schedule_loop()),
             completer: tokio::spawn(engine.clone().complete_loop(outcome_rx)),
@@ -352,8 +358,10 @@ impl Engine {
         w.capacity(name).saturating_sub(running)
     }
 
-    /// Stores jobs (one commit for the whole batch) and wakes the dispatcher.
-    pub async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<InsertOutcome>, EngineError> {
+    /// Stores jobs (one commit for the whole batch) and wakes the
+    /// dispatcher; a job that finds a worker free starts in that same
+    /// commit (see [`handover`]).
+    pub async fn submit(&self, mut jobs: Vec<NewJob>) -> Result<Vec<InsertOutcome>, EngineError> {
         if !self.is_accepting() {
             self.metrics.reject("draining");
             return Err(EngineError::Draining);
@@ -361,6 +369,7 @@ impl Engine {
         let delayed = jobs
             .iter()
             .any(|j| j.run_at.is_some_and(|t| t > j.created_at));
+        let mut held = self.hold_slots(&mut jobs).into_iter();
         let out = match self.store.insert(jobs, self.max_backlog).await {
             Ok(out) => out,
             Err(e) => {
@@ -368,24 +377,37 @@ impl Engine {
                 if matches!(e, StoreError::Unavailable(_)) {
                     self.write_failing.store(true, Ordering::Release);
                 }
+                if held.any(|s| s.is_some()) {
+                    // Slots held and given back: the dispatcher may want them.
+                    self.hint();
+                }
                 return Err(e.into());
             }
         };
-        let mut created = false;
+        let mut wake = false;
         for o in &out {
+            let slots = held.next().flatten();
             match o {
                 InsertOutcome::Created(job) => {
-                    created = true;
                     self.metrics.submitted(job);
-                    // A new job is a change too (WatchJobs).
-                    self.events.log().append(job);
+                    match slots.filter(|_| job.state == JobState::Running) {
+                        Some(slots) => self.hand_over(job.clone(), slots).await,
+                        None => {
+                            wake = true;
+                            // A new job is a change too (WatchJobs).
+                            self.events.log().append(job);
+                        }
+                    }
+                    continue;
                 }
                 InsertOutcome::Deduplicated(job) => self.metrics.deduplicated(job),
                 InsertOutcome::Conflict { .. } => self.metrics.reject("idempotency_conflict"),
                 InsertOutcome::BacklogFull => self.metrics.reject("backlog_full"),
             }
+            // Slots held for a job that was not created go back.
+            wake |= slots.is_some();
         }
-        if created {
+        if wake {
             self.hint();
         }
         if delayed {

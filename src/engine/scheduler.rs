@@ -210,6 +210,7 @@ impl Engine {
             created_at: now_micros(),
             ordering_key: None,
             trace: None,
+            start: None,
         };
         let out = self.submit(vec![job]).await?.pop();
         let job = match out {

@@ -49,6 +49,11 @@ const CLAIM_KIND: &str = "SELECT priority, seq, id FROM jobs INDEXED BY jobs_rea
      WHERE state = 0 AND next_attempt_at IS NULL AND kind = ?1 \
      ORDER BY priority DESC, seq LIMIT ?2";
 
+/// Whether kind `?1` has a job ready to claim (a new job is then not
+/// started ahead of it; see `NewJob::start`).
+const KIND_HAS_READY: &str = "SELECT 1 FROM jobs INDEXED BY jobs_ready_kind \
+     WHERE state = 0 AND next_attempt_at IS NULL AND kind = ?1 LIMIT 1";
+
 /// [`CLAIM_KIND`] for a kind with ordering keys: a keyed job is claimable
 /// while its key's places held (RUNNING and RETRY_WAIT jobs, then QUEUED
 /// ones submitted before it) are fewer than `?3`. Each count stops at `?3`
@@ -623,7 +628,12 @@ fn insert_one(
     if st.waiting >= max_backlog.min(i64::MAX as u64) as i64 {
         return Ok(InsertOutcome::BacklogFull);
     }
-    let job = new.into_job();
+    let job = new.into_stored(now_micros(), |kind| {
+        // An error here reads as "ready": the job is then simply QUEUED.
+        tx.prepare_cached(KIND_HAS_READY)
+            .and_then(|mut s| s.exists([kind]))
+            .unwrap_or(true)
+    });
     tx.prepare_cached(&format!(
         "INSERT INTO jobs ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
          ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
@@ -655,7 +665,7 @@ fn insert_one(
         ])
     })
     .map_err(map_err)?;
-    st.waiting += 1;
+    st.waiting += i64::from(job.state.is_waiting());
     Ok(InsertOutcome::Created(job))
 }
 

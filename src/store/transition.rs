@@ -32,6 +32,21 @@ pub fn claim(job: &mut Job, now: Micros, lease_slack: std::time::Duration) {
     touch(job, JobState::Running, now);
 }
 
+/// The QUEUED record that a job started in its insert's commit (see
+/// `NewJob::start`) was within that commit, for watchers: they see every
+/// transition, in sequence.
+pub fn before_claim(job: &Job) -> Job {
+    let mut j = job.clone();
+    j.state = JobState::Queued;
+    j.attempt = j.attempt.saturating_sub(1);
+    j.started_at = None;
+    j.lease_expires_at = None;
+    j.ready_at = None;
+    j.updated_at = j.created_at;
+    j.sequence = j.sequence.saturating_sub(1);
+    j
+}
+
 /// Applies an attempt's outcome if `attempt` is still the running one.
 /// Returns false (and changes nothing) for a stale attempt.
 pub fn finish(job: &mut Job, attempt: u32, outcome: Outcome, now: Micros) -> bool {

@@ -14,7 +14,9 @@ async fn echo_job_succeeds_with_its_payload_as_result() {
     let d = start("").await;
     let mut c = d.client().await;
     let job = submit(&mut c, req("echo", "hello")).await;
-    assert_eq!(state(&job), JobState::Queued);
+    // Idle: a worker is free, so the job starts in its insert's commit.
+    assert_eq!(state(&job), JobState::Running);
+    assert_eq!((job.attempt, job.started_at.is_some()), (1, true));
     assert_eq!(job.payload_size, 5);
     let done = wait_terminal(&mut c, &job.id).await;
     assert_eq!(state(&done), JobState::Succeeded);

@@ -213,6 +213,7 @@ async fn submit(engine: &Engine, n: usize) -> Vec<Uuid> {
             created_at: now_micros(),
             ordering_key: None,
             trace: None,
+            start: None,
         })
         .collect();
     let ids = jobs.iter().map(|j| j.id).collect();

@@ -29,6 +29,7 @@ fn new_job(kind: &str, priority: i32) -> NewJob {
             traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
             tracestate: "a=1,b=2".into(),
         }),
+        start: None,
     }
 }
 
@@ -615,6 +616,82 @@ pub async fn schedules_are_stored(s: SharedStore) {
     assert!(!s.schedules().await.unwrap()[0].paused);
 }
 
+/// `NewJob::start`: a job the engine holds a free slot for is stored
+/// RUNNING in its insert's commit, unless a job of its kind is ready before
+/// it or it is delayed. PostgreSQL declines (instances share the queue).
+pub async fn start_at_insert_only_when_nothing_of_its_kind_is_ready(s: SharedStore) {
+    let starting = |kind: &str| NewJob {
+        start: Some(Duration::from_secs(30)),
+        ..new_job(kind, 0)
+    };
+    let a = insert(&s, starting("k")).await;
+    if s.is_shared() {
+        assert_eq!((a.state, a.attempt), (JobState::Queued, 0));
+        return;
+    }
+    assert_eq!((a.state, a.attempt, a.sequence), (JobState::Running, 1, 2));
+    let started = a.started_at.unwrap();
+    assert!(started >= a.created_at);
+    // The lease covers the timeout (10 s) and the slack (30 s).
+    assert_eq!(a.lease_expires_at, Some(started + 40_000_000));
+    // `ready_at` is a claim's note for metrics, not a stored column.
+    let stored = s.get(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        jobd::job::Job {
+            ready_at: a.ready_at,
+            ..stored
+        },
+        a,
+        "stored as answered"
+    );
+    assert!(
+        s.claim(&claim_req(10, &[("k", 10)]))
+            .await
+            .unwrap()
+            .jobs
+            .is_empty(),
+        "a started job is not claimed again"
+    );
+    // A job of its kind ready before it: it waits behind that one.
+    let b = insert(&s, new_job("k", 0)).await;
+    let c = insert(&s, starting("k")).await;
+    assert_eq!((c.state, c.attempt), (JobState::Queued, 0));
+    // Another kind's ready jobs do not hold it back.
+    let d = insert(&s, starting("other")).await;
+    assert_eq!(d.state, JobState::Running);
+    // A delayed job never starts at insert.
+    let e = insert(
+        &s,
+        NewJob {
+            run_at: Some(now_micros() + 3_600_000_000),
+            ..starting("late")
+        },
+    )
+    .await;
+    assert_eq!((e.state, e.attempt), (JobState::Queued, 0));
+    // Its outcome is fenced by attempt like a claimed job's.
+    let ok = Outcome::Succeeded {
+        result: Bytes::from_static(b"r"),
+    };
+    assert!(s
+        .finish(a.id, 2, ok.clone(), now_micros())
+        .await
+        .unwrap()
+        .is_none());
+    let done = s.finish(a.id, 1, ok, now_micros()).await.unwrap().unwrap();
+    assert_eq!(done.state, JobState::Succeeded);
+    // The queue is as the claim left it: b, then c, in order.
+    let next = s.claim(&claim_req(10, &[("k", 10)])).await.unwrap().jobs;
+    let ids: Vec<Uuid> = next.iter().map(|j| j.id).collect();
+    assert_eq!(ids, [b.id, c.id]);
+    let counts = s.counts().await.unwrap();
+    assert_eq!(
+        counts.get(&JobState::Running).copied(),
+        Some(3),
+        "{counts:?}"
+    );
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory {
@@ -658,7 +735,8 @@ contract!(
     finish_many_fences_each_outcome,
     retry_requeues_dead_jobs,
     paused_kinds_are_stored,
-    schedules_are_stored
+    schedules_are_stored,
+    start_at_insert_only_when_nothing_of_its_kind_is_ready
 );
 
 #[tokio::test]

@@ -422,6 +422,9 @@ impl Store for PostgresStore {
                     if let Some(k) = &new.idempotency_key {
                         batch_keys.insert(k.clone(), fresh.len());
                     }
+                    // `start` is declined here: instances share the queue,
+                    // so a job always goes through the claim (see
+                    // `NewJob::start`); the engine does not ask for it.
                     fresh.push((i, new.clone().into_job()));
                 }
                 // Rows go in key order, so two batches racing on the same
