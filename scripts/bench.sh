@@ -78,5 +78,7 @@ for run in $(seq "$RUNS_PEER"); do
   esac
 done
 
-python3 scripts/bench_report.py "$OUT" "$PEER_OUT" "$(nproc)" "$(df -h . | awk 'NR==2 {print $1" ("$2")"}')" "scripts/bench.sh (RUNS=$RUNS DURATION=$DURATION DRAIN_JOBS=$DRAIN_JOBS WATCHERS=$WATCHERS PRELOAD=$PRELOAD)" > BENCHMARKS.md
+python3 scripts/bench_report.py "$OUT" "$PEER_OUT" "$(nproc)" "$(df -h . | awk 'NR==2 {print $1" ("$2")"}')" "scripts/bench.sh (RUNS=$RUNS DURATION=$DURATION DRAIN_JOBS=$DRAIN_JOBS WATCHERS=$WATCHERS PRELOAD=$PRELOAD)" BENCHMARKS.md > "$RES/BENCHMARKS.md"
+# Written whole, then moved: the report reads the old file's hand-written sections.
+mv "$RES/BENCHMARKS.md" BENCHMARKS.md
 cat BENCHMARKS.md

@@ -1,8 +1,20 @@
 """Turns scripts/bench.sh results into BENCHMARKS.md (Markdown on stdout).
-Usage: bench_report.py JOBD_JSONL PEER_JSONL NPROC DISK COMMAND"""
+Usage: bench_report.py JOBD_JSONL PEER_JSONL NPROC DISK COMMAND [PREVIOUS_MD]
+Sections of PREVIOUS_MD that this script does not write (hand-written
+measurements: remote workers, ordering keys, ...) are carried over."""
 import datetime, json, statistics, sys
 
 jobd_path, peer_path, nproc, disk, command = sys.argv[1:6]
+GENERATED = ("Headline", "Every scenario", "Peer raw results")
+kept = []
+if len(sys.argv) > 6:
+    try:
+        text = open(sys.argv[6]).read()
+    except FileNotFoundError:
+        text = ""
+    for part in text.split("\n## ")[1:]:
+        if not part.startswith(GENERATED):
+            kept.append("## " + part.rstrip("\n"))
 rows, idle, preload_rss = {}, [], []
 for line in open(jobd_path):
     d = json.loads(line)
@@ -53,6 +65,8 @@ for key, rs in rows.items():
     ratio = m(key, "ratio_to_baseline")
     w(f"| {key[0]} | {key[1]} | {m(key):,.0f} | {rs[0]['unit']} | {m(key,'p50_ms'):.3f} | {m(key,'p90_ms'):.3f} | {m(key,'p99_ms'):.3f} | {m(key,'max_ms'):.3f} | "
       + ("–" if ratio != ratio else f"{ratio*100:.0f}%") + f" | {note(key)} |")
+for section in kept:
+    w("\n" + section)
 w("\n## Peer raw results\n")
 for p in peer:
     w("```json\n" + json.dumps(p.get("headline", p)) + "\n```")

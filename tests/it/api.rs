@@ -26,6 +26,35 @@ async fn echo_job_succeeds_with_its_payload_as_result() {
     d.stop().await.unwrap();
 }
 
+/// A submit starts its job at once only into a free slot of its kind: the
+/// next ones wait (QUEUED), and the kind's bound and order hold.
+#[tokio::test]
+async fn a_job_starts_at_submit_only_into_a_free_slot() {
+    let d = start_with("", "[kinds.one]\nhandler = \"sleep\"\nconcurrency = 1\n").await;
+    let mut c = d.client().await;
+    let a = submit(&mut c, req("one", "300")).await;
+    let b = submit(&mut c, req("one", "0")).await;
+    let last = submit(&mut c, req("one", "0")).await;
+    assert_eq!((state(&a), a.attempt), (JobState::Running, 1));
+    assert_eq!((state(&b), b.attempt), (JobState::Queued, 0));
+    assert_eq!(state(&last), JobState::Queued);
+    let a = wait_terminal(&mut c, &a.id).await;
+    let b = wait_terminal(&mut c, &b.id).await;
+    let last = wait_terminal(&mut c, &last.id).await;
+    for j in [&a, &b, &last] {
+        assert_eq!(state(j), JobState::Succeeded, "{}", j.last_error);
+    }
+    assert!(
+        micros(&b.started_at) >= micros(&a.finished_at),
+        "one at a time"
+    );
+    assert!(
+        micros(&last.started_at) >= micros(&b.finished_at),
+        "in order"
+    );
+    d.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn retry_then_success() {
     let d = start("").await;

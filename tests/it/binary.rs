@@ -238,6 +238,28 @@ struct Ledger {
     acknowledged: HashSet<String>,
 }
 
+/// An idle daemon starts a job in its insert's commit, so Submit answers
+/// RUNNING, attempt 1. A `kill -9` before the outcome is committed loses
+/// nothing: after the restart the job runs again (at least once) and ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_a_job_started_at_submit_reruns_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[kinds.sleep]\nhandler = \"sleep\"\n";
+    let mut p = spawn_daemon(dir.path(), config).await;
+    let mut c = connect(&p.url).await;
+    let job = submit(&mut c, req("sleep", "1500")).await;
+    assert_eq!((state(&job), job.attempt), (JobState::Running, 1));
+    signal(&p.child, "-KILL");
+    let _ = p.child.wait();
+    let mut p = spawn_daemon(dir.path(), config).await;
+    let mut c = connect(&p.url).await;
+    let done = wait_terminal(&mut c, &job.id).await;
+    assert_eq!(state(&done), JobState::Succeeded, "{}", done.last_error);
+    assert_eq!(done.attempt, 2, "the attempt cut by the kill counts");
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+}
+
 /// Submits from many concurrent clients, `kill -9`s the daemon at a random
 /// moment, restarts it on the same data and checks that every acknowledged
 /// job exists and finishes. `JOBD_CRASH_KILLS` sets the rounds (default 3;
