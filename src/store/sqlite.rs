@@ -609,6 +609,18 @@ fn transition_all(
     Ok(out)
 }
 
+/// Applies one outcome of [`Store::finish_many`], fenced by its attempt.
+fn finish_one(
+    tx: &Transaction<'_>,
+    st: &mut WriterState,
+    f: &Finish,
+) -> Result<Option<Job>, StoreError> {
+    transition_all(tx, st, vec![f.id], |j| {
+        transition::finish(j, f.attempt, f.outcome.clone(), f.now)
+    })
+    .map(|mut jobs| jobs.pop())
+}
+
 fn ids(tx: &Transaction<'_>, sql: &str, p: impl rusqlite::Params) -> Result<Vec<Uuid>, StoreError> {
     let mut s = tx.prepare_cached(sql).map_err(map_err)?;
     let rows = s
@@ -830,27 +842,34 @@ impl Store for SqliteStore {
     }
 
     async fn finish_many(&self, items: Vec<Finish>) -> Result<FinishResults, StoreError> {
-        // One write request for the whole group (one reply, one wake-up),
-        // each outcome in a savepoint of its own so one failing outcome
-        // does not undo the others.
+        // One write request for the whole group (one reply, one wake-up).
+        // One failing outcome must not undo the others, but a savepoint per
+        // outcome copies every page each outcome touches into a sub-journal
+        // again (a fifth of the writer's time in a burn-down, perf). So all
+        // outcomes go in one savepoint, and only if one fails is the group
+        // redone with a savepoint per outcome.
         self.write(move |tx, st| {
+            let sp = |sql: &str| exec_cached(tx, sql).map_err(map_err);
+            let waiting = st.waiting;
+            sp("SAVEPOINT fm")?;
+            let fast: Result<Vec<_>, _> = items.iter().map(|f| finish_one(tx, st, f)).collect();
+            if let Ok(jobs) = fast {
+                sp("RELEASE fm")?;
+                return Ok(jobs.into_iter().map(Ok).collect());
+            }
+            st.waiting = waiting;
+            sp("ROLLBACK TO fm")?;
+            sp("RELEASE fm")?;
             let mut out = Vec::with_capacity(items.len());
-            for f in items {
-                let sp = |sql: &str| exec_cached(tx, sql);
-                sp("SAVEPOINT f").map_err(map_err)?;
+            for f in &items {
+                sp("SAVEPOINT f")?;
                 let waiting = st.waiting;
-                let mut outcome = Some(f.outcome);
-                let r = transition_all(tx, st, vec![f.id], |j| {
-                    outcome
-                        .take()
-                        .is_some_and(|o| transition::finish(j, f.attempt, o, f.now))
-                })
-                .map(|mut jobs| jobs.pop());
+                let r = finish_one(tx, st, f);
                 if r.is_err() {
                     st.waiting = waiting;
-                    sp("ROLLBACK TO f").map_err(map_err)?;
+                    sp("ROLLBACK TO f")?;
                 }
-                sp("RELEASE f").map_err(map_err)?;
+                sp("RELEASE f")?;
                 out.push(r);
             }
             Ok(out)
@@ -1220,6 +1239,61 @@ mod tests {
             assert!(plan.starts_with("SEARCH"), "{sql}: {plan}");
             assert!(plan.contains(index), "{sql}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
+        }
+    }
+
+    /// One outcome that cannot be applied (its row went bad) fails alone:
+    /// the group's other outcomes are still committed.
+    #[tokio::test]
+    async fn a_failing_outcome_does_not_undo_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let j = NewJob {
+                id: Uuid::now_v7(),
+                ..NewJob::example()
+            };
+            ids.push(j.id);
+            store.insert(vec![j], u64::MAX).await.unwrap();
+        }
+        let claimed = store
+            .claim(&ClaimRequest {
+                now: now_micros(),
+                limit: 10,
+                kinds: HashMap::from([("k".to_string(), 10)]),
+                lease_slack: Duration::from_secs(30),
+                limits: HashMap::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(claimed.jobs.len(), 3);
+        let raw = Connection::open(&path).unwrap();
+        raw.busy_timeout(BUSY_TIMEOUT).unwrap();
+        raw.execute(
+            "UPDATE jobs SET kind = x'ff' WHERE id = ?1",
+            [ids[1].as_bytes().as_slice()],
+        )
+        .unwrap();
+        let done = |id: Uuid| Finish {
+            id,
+            attempt: 1,
+            outcome: Outcome::Succeeded {
+                result: Default::default(),
+            },
+            now: now_micros(),
+        };
+        let r = store
+            .finish_many(ids.iter().map(|&id| done(id)).collect())
+            .await
+            .unwrap();
+        assert!(matches!(r[1], Err(StoreError::Corrupt(_))), "{:?}", r[1]);
+        for i in [0, 2] {
+            let j = r[i].as_ref().unwrap().as_ref().unwrap();
+            assert_eq!(j.state, JobState::Succeeded);
+            let stored = store.get(ids[i]).await.unwrap().unwrap();
+            assert_eq!(stored.state, JobState::Succeeded, "committed");
         }
     }
 
