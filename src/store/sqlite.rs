@@ -237,13 +237,22 @@ struct WriterState {
 }
 
 type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-/// A write request: run on the group's transaction, or handed the error
-/// when the group could not start.
-/// Returns the reply and whether the request failed (its savepoint is then
-/// rolled back and the writer's counter restored).
-type Work = Box<
+/// A write request's body: run on the group's transaction, or handed the
+/// error when the group could not start. Returns the reply and whether the
+/// request failed (its changes are then undone and the writer's counter
+/// restored).
+type WorkFn = Box<
     dyn FnOnce(Result<(&Transaction<'_>, &mut WriterState), StoreError>) -> (Reply, bool) + Send,
 >;
+
+struct Work {
+    run: WorkFn,
+    /// The request changes at most one row, in its last statement. SQLite
+    /// undoes a failed statement by itself, so such a request needs no
+    /// savepoint; others get one, which copies every page they change into
+    /// a sub-journal (13% of the writer during unary submits, perf).
+    single_change: bool,
+}
 
 enum Request {
     Work(Work),
@@ -366,8 +375,17 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Transaction<'_>, &mut WriterState) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        self.write_with(false, f).await
+    }
+
+    /// [`Self::write`]; `single_change`: see [`Work::single_change`].
+    async fn write_with<T: Send + 'static>(
+        &self,
+        single_change: bool,
+        f: impl FnOnce(&Transaction<'_>, &mut WriterState) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let work: Work = Box::new(move |ctx| {
+        let run: WorkFn = Box::new(move |ctx| {
             let r = ctx.and_then(|(t, st)| f(t, st));
             let failed = r.is_err();
             let reply: Reply = Box::new(move |commit: Result<(), StoreError>| {
@@ -375,6 +393,7 @@ impl SqliteStore {
             });
             (reply, failed)
         });
+        let work = Work { run, single_change };
         self.writer
             .send(Request::Work(work))
             .await
@@ -472,7 +491,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, mut st: Wr
     // Requests that raced the close get an error, not silence.
     while let Ok(r) = rx.try_recv() {
         if let Request::Work(w) = r {
-            w(Err(gone())).0(Err(gone()));
+            (w.run)(Err(gone())).0(Err(gone()));
         }
     }
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
@@ -491,7 +510,7 @@ fn run_group(conn: &mut Connection, batch: &mut Vec<Work>, st: &mut WriterState)
             tracing::warn!(error = %e, "cannot begin store transaction");
             for w in batch.drain(..) {
                 let err = || StoreError::Unavailable(e.to_string());
-                w(Err(err())).0(Err(err()));
+                (w.run)(Err(err())).0(Err(err()));
             }
             return;
         }
@@ -503,26 +522,32 @@ fn run_group(conn: &mut Connection, batch: &mut Vec<Work>, st: &mut WriterState)
     for w in batch.drain(..) {
         if let Some(e) = &lost {
             let err = StoreError::Unavailable(e.to_string());
-            replies.push(w(Err(err)).0);
+            replies.push((w.run)(Err(err)).0);
             continue;
         }
-        if let Err(e) = exec_cached(&tx, "SAVEPOINT w") {
-            replies.push(w(Err(map_err(e))).0);
-            continue;
+        let savepoint = !w.single_change;
+        if savepoint {
+            if let Err(e) = exec_cached(&tx, "SAVEPOINT w") {
+                replies.push((w.run)(Err(map_err(e))).0);
+                continue;
+            }
         }
         let waiting = st.waiting;
-        let (reply, failed) = w(Ok((&tx, &mut *st)));
+        let (reply, failed) = (w.run)(Ok((&tx, &mut *st)));
         replies.push(reply);
         if failed {
-            // Undo only this request, so the rest of the group still commits.
+            // Undo only this request, so the rest of the group still commits
+            // (a single change was undone by SQLite with its statement).
             st.waiting = waiting;
-            let _ = exec_cached(&tx, "ROLLBACK TO w");
+            if savepoint {
+                let _ = exec_cached(&tx, "ROLLBACK TO w");
+            }
         }
         if tx.is_autocommit() {
             lost = Some(StoreError::Unavailable(
                 "the store rolled the transaction back".into(),
             ));
-        } else {
+        } else if savepoint {
             let _ = exec_cached(&tx, "RELEASE w");
         }
     }
@@ -723,7 +748,8 @@ impl Store for SqliteStore {
         jobs: Vec<NewJob>,
         max_backlog: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
-        self.write(move |tx, st| {
+        // One job: at most its INSERT changes anything, as the last step.
+        self.write_with(jobs.len() == 1, move |tx, st| {
             jobs.into_iter()
                 .map(|j| insert_one(tx, st, j, max_backlog))
                 .collect()
@@ -1255,6 +1281,44 @@ mod tests {
             assert!(plan.starts_with("SEARCH"), "{sql}: {plan}");
             assert!(plan.contains(index), "{sql}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
+        }
+    }
+
+    /// A one-job insert runs without a savepoint: when its INSERT fails
+    /// (here a duplicate id), SQLite undoes that statement, and the other
+    /// requests of its group still commit, counted right.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_insert_does_not_sink_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path().join("t.db")).await.unwrap());
+        let taken = NewJob {
+            id: Uuid::now_v7(),
+            ..NewJob::example()
+        };
+        store.insert(vec![taken.clone()], u64::MAX).await.unwrap();
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64 {
+            let store = store.clone();
+            let job = NewJob {
+                id: if i % 2 == 0 { taken.id } else { Uuid::now_v7() },
+                ..NewJob::example()
+            };
+            tasks.spawn(async move { (i, store.insert(vec![job], u64::MAX).await) });
+        }
+        while let Some(r) = tasks.join_next().await {
+            let (i, r) = r.unwrap();
+            assert_eq!(r.is_err(), i % 2 == 0, "{i}: {r:?}");
+        }
+        let counts = store.counts().await.unwrap();
+        assert_eq!(counts.get(&JobState::Queued), Some(&33));
+        // The backlog counter agrees: under a bound of 34, room for one.
+        for expect_room in [true, false] {
+            let job = NewJob {
+                id: Uuid::now_v7(),
+                ..NewJob::example()
+            };
+            let out = store.insert(vec![job], 34).await.unwrap();
+            assert_eq!(matches!(out[0], InsertOutcome::Created(_)), expect_room);
         }
     }
 
