@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use super::codec::{self, decode_labels, encode_labels, COLS};
 use super::limits::{self, Bucket, KindBudget};
+use super::sqlite_checkpoint::{Checkpointer, WRITER_BOUND};
 use super::{
     transition, CancelOutcome, ClaimOutcome, ClaimRequest, Finish, FinishResults, InsertOutcome,
     ListQuery, Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
@@ -283,6 +284,9 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // open transaction, so durability is unchanged (a crash drops the
     // uncommitted transaction either way).
     conn.pragma_update(None, "temp_store", "MEMORY")?;
+    // Checkpoints run on their own thread (`sqlite_checkpoint`); the
+    // writer's own is only the bound.
+    conn.pragma_update(None, "wal_autocheckpoint", WRITER_BOUND)?;
     // Plans never depend on bound values. Without this, SQLite checks a
     // bound `state = ?` (or `= ?` on a column a partial index tests) against
     // each partial index's predicate and marks the statement stale whenever
@@ -332,26 +336,29 @@ impl SqliteStore {
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
-        let (conn, waiting) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
-            let mut conn = Connection::open(&p).map_err(map_err)?;
-            configure(&conn).map_err(map_err)?;
-            migrate(&mut conn)?;
-            let waiting = count_waiting(&conn).map_err(map_err)?;
-            Ok((conn, waiting))
-        })
-        .await
-        .map_err(|e| StoreError::Internal(e.to_string()))??;
+        let (conn, waiting, ckpt) =
+            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+                let mut conn = Connection::open(&p).map_err(map_err)?;
+                configure(&conn).map_err(map_err)?;
+                migrate(&mut conn)?;
+                let waiting = count_waiting(&conn).map_err(map_err)?;
+                let ckpt = Checkpointer::start(&p).map_err(map_err)?;
+                Ok((conn, waiting, ckpt))
+            })
+            .await
+            .map_err(|e| StoreError::Internal(e.to_string()))??;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("jobd-sqlite-writer".into())
             .spawn(move || {
                 writer_loop(
                     conn,
+                    ckpt,
                     rx,
                     WriterState {
                         waiting,
@@ -467,7 +474,12 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, mut st: WriterState) {
+fn writer_loop(
+    mut conn: Connection,
+    ckpt: Checkpointer,
+    mut rx: mpsc::Receiver<Request>,
+    mut st: WriterState,
+) {
     let mut batch: Vec<Work> = Vec::with_capacity(GROUP_MAX);
     let mut close: Option<oneshot::Sender<()>> = None;
     while close.is_none() {
@@ -485,6 +497,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, mut st: Wr
         }
         if !batch.is_empty() {
             run_group(&mut conn, &mut batch, &mut st);
+            ckpt.committed();
         }
     }
     rx.close();
@@ -494,6 +507,8 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>, mut st: Wr
             (w.run)(Err(gone())).0(Err(gone()));
         }
     }
+    // The checkpoint thread stops first, so this one is not kept waiting.
+    drop(ckpt);
     let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
     drop(conn);
     if let Some(c) = close {
@@ -1282,6 +1297,42 @@ mod tests {
             assert!(plan.contains(index), "{sql}: {plan}");
             assert!(!plan.contains("TEMP B-TREE"), "{sql}: {plan}");
         }
+    }
+
+    /// Commits reach the database file through the checkpoint thread soon
+    /// after they are made, not only once the WAL holds the writer's bound
+    /// of 10,000 pages: a copy of the database file alone holds them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_is_checkpointed_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        for _ in 0..10 {
+            let job = NewJob {
+                id: Uuid::now_v7(),
+                ..NewJob::example()
+            };
+            store.insert(vec![job], u64::MAX).await.unwrap();
+        }
+        let copy = dir.path().join("copy.db");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            std::fs::copy(&path, &copy).unwrap();
+            let n: i64 = Connection::open(&copy)
+                .unwrap()
+                .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+                .unwrap_or(0); // not even the schema copied yet
+            let _ = std::fs::remove_file(dir.path().join("copy.db-wal"));
+            if n == 10 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} of 10 jobs checkpointed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store.close().await.unwrap();
     }
 
     /// A one-job insert runs without a savepoint: when its INSERT fails
