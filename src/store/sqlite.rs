@@ -347,7 +347,10 @@ impl SqliteStore {
                 configure(&conn).map_err(map_err)?;
                 migrate(&mut conn)?;
                 let waiting = count_waiting(&conn).map_err(map_err)?;
-                let ckpt = Checkpointer::start(&p).map_err(map_err)?;
+                let ckpt = Checkpointer::connect(&p).map_err(map_err)?;
+                let ckpt = Checkpointer::start(ckpt).map_err(|e| {
+                    StoreError::Internal(format!("cannot start checkpoint thread: {e}"))
+                })?;
                 Ok((conn, waiting, ckpt))
             })
             .await

@@ -38,8 +38,8 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Starts the thread on its own connection to `path`.
-    pub fn start(path: &Path) -> rusqlite::Result<Checkpointer> {
+    /// Opens the checkpoint thread's own connection to `path`.
+    pub fn connect(path: &Path) -> rusqlite::Result<Connection> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -48,11 +48,15 @@ impl Checkpointer {
         // Same sync level as the writer: a checkpoint syncs the database
         // file before the WAL may be reused.
         conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(conn)
+    }
+
+    /// Starts the thread on `conn` (from [`Checkpointer::connect`]).
+    pub fn start(conn: Connection) -> std::io::Result<Checkpointer> {
         let (signal, rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("jobd-sqlite-ckpt".into())
-            .spawn(move || run(conn, rx))
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            .spawn(move || run(conn, rx))?;
         Ok(Checkpointer {
             signal: Some(signal),
             thread: Some(thread),
