@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinSet;
 
 use super::handover::Handed;
-use super::{Engine, CLAIM_BATCH, LEASE_SLACK};
+use super::{Engine, CLAIM_BATCH};
 use crate::job::{now_micros, Job, JobState};
 use crate::store::{ClaimOutcome, ClaimRequest, Outcome};
 
@@ -250,9 +250,7 @@ impl Engine {
             now: now_micros(),
             limit: reserved.global.num_permits() + reserved.ahead_total,
             kinds,
-            // The lease must outlast timeout + the handler's stop grace, or
-            // the sweeper could requeue a job whose attempt still runs.
-            lease_slack: LEASE_SLACK + self.max_stop_grace(),
+            lease_slack: self.lease_slack(),
             limits: self.limits.clone(),
         };
         let before = self.freed_counts();

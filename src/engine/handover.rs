@@ -12,7 +12,7 @@
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{Engine, LEASE_SLACK};
+use super::Engine;
 use crate::job::{Job, NewJob};
 use crate::store::{transition, Outcome};
 
@@ -37,7 +37,7 @@ impl Engine {
         if self.shared {
             return Vec::new();
         }
-        let slack = LEASE_SLACK + self.max_stop_grace();
+        let slack = self.lease_slack();
         jobs.iter_mut()
             .map(|j| {
                 if j.run_at.is_some_and(|t| t > j.created_at) || self.limits.contains_key(&j.kind) {

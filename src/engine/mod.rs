@@ -103,6 +103,9 @@ pub struct Engine {
     /// Jobs started at submit, to the dispatcher's worker set (see
     /// [`handover`]); one place per worker, as each holds a worker slot.
     handed: mpsc::Sender<handover::Handed>,
+    /// The longest `stop_grace` of any kind (kinds are fixed at start; read
+    /// on every claim and submit).
+    max_stop_grace: Duration,
     /// Outcomes handed to the completion path and not yet committed, at most
     /// [`completer::PENDING_PER_WORKER`] × workers (at least
     /// [`completer::PENDING_MIN`]): enough for a couple of commits' worth of
@@ -219,6 +222,11 @@ impl Engine {
         let (outcomes, outcome_rx) = mpsc::channel(pending_bound);
         let (handed, handed_rx) = mpsc::channel(config.queue.workers.max(1));
         let shared = store.is_shared();
+        let max_stop_grace = kinds
+            .iter()
+            .map(|k| k.stop_grace)
+            .max()
+            .unwrap_or(crate::config::DEFAULT_STOP_GRACE);
         let limits = kinds
             .iter()
             .filter(|k| k.limits != Default::default())
@@ -247,6 +255,7 @@ impl Engine {
             sweeper_wake: Notify::new(),
             workers: Arc::new(Semaphore::new(config.queue.workers)),
             handed,
+            max_stop_grace,
             pending: Arc::new(Semaphore::new(pending_bound)),
             pending_bound,
             outcomes,
@@ -644,11 +653,14 @@ impl Engine {
 
     /// The longest any kind's handler may take to stop.
     pub(super) fn max_stop_grace(&self) -> Duration {
-        self.kinds
-            .values()
-            .map(|k| k.settings.stop_grace)
-            .max()
-            .unwrap_or(crate::config::DEFAULT_STOP_GRACE)
+        self.max_stop_grace
+    }
+
+    /// What a lease adds to a job's timeout: it must outlast the timeout and
+    /// the handler's stop grace, or the sweeper could requeue a job whose
+    /// attempt still runs. Used by every claim and every start at submit.
+    pub(super) fn lease_slack(&self) -> Duration {
+        LEASE_SLACK + self.max_stop_grace
     }
 
     /// "One write, one event": after the store confirmed a transition from

@@ -287,6 +287,11 @@ fn configure(conn: &Connection) -> rusqlite::Result<()> {
     // Checkpoints run on their own thread (`sqlite_checkpoint`); the
     // writer's own is only the bound.
     conn.pragma_update(None, "wal_autocheckpoint", WRITER_BOUND)?;
+    configure_statements(conn)
+}
+
+/// Statement settings of every connection, the writer's and the readers'.
+fn configure_statements(conn: &Connection) -> rusqlite::Result<()> {
     // Plans never depend on bound values. Without this, SQLite checks a
     // bound `state = ?` (or `= ?` on a column a partial index tests) against
     // each partial index's predicate and marks the statement stale whenever
@@ -456,12 +461,7 @@ impl SqliteStore {
                     )
                     .map_err(map_err)?;
                     c.busy_timeout(BUSY_TIMEOUT).map_err(map_err)?;
-                    c.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-                    c.set_db_config(
-                        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
-                        true,
-                    )
-                    .map_err(map_err)?;
+                    configure_statements(&c).map_err(map_err)?;
                     c
                 }
             };

@@ -30,6 +30,8 @@ struct GatedStore {
     inner: MemoryStore,
     open: watch::Sender<bool>,
     groups: Mutex<Vec<usize>>,
+    /// Inserts answer UNAVAILABLE while set (a full disk).
+    refuse_inserts: std::sync::atomic::AtomicBool,
 }
 
 impl GatedStore {
@@ -38,6 +40,7 @@ impl GatedStore {
             inner: MemoryStore::new(),
             open: watch::channel(open).0,
             groups: Mutex::default(),
+            refuse_inserts: Default::default(),
         })
     }
 
@@ -54,6 +57,12 @@ impl Store for GatedStore {
         jobs: Vec<NewJob>,
         max_backlog: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
+        if self
+            .refuse_inserts
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(StoreError::Unavailable("disk full".into()));
+        }
         self.inner.insert(jobs, max_backlog).await
     }
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -197,25 +206,27 @@ fn start(store: SharedStore, workers: usize) -> (Arc<Engine>, EngineTasks, Arc<C
     (engine, tasks, counting)
 }
 
+fn echo_job() -> NewJob {
+    NewJob {
+        id: Uuid::now_v7(),
+        kind: "echo".into(),
+        max_attempts: 3,
+        priority: 0,
+        idempotency_key: None,
+        labels: BTreeMap::new(),
+        payload: Bytes::new(),
+        timeout: Duration::from_secs(10),
+        run_at: None,
+        request_hash: [0; 32],
+        created_at: now_micros(),
+        ordering_key: None,
+        trace: None,
+        start: None,
+    }
+}
+
 async fn submit(engine: &Engine, n: usize) -> Vec<Uuid> {
-    let jobs: Vec<NewJob> = (0..n)
-        .map(|_| NewJob {
-            id: Uuid::now_v7(),
-            kind: "echo".into(),
-            max_attempts: 3,
-            priority: 0,
-            idempotency_key: None,
-            labels: BTreeMap::new(),
-            payload: Bytes::new(),
-            timeout: Duration::from_secs(10),
-            run_at: None,
-            request_hash: [0; 32],
-            created_at: now_micros(),
-            ordering_key: None,
-            trace: None,
-            start: None,
-        })
-        .collect();
+    let jobs: Vec<NewJob> = (0..n).map(|_| echo_job()).collect();
     let ids = jobs.iter().map(|j| j.id).collect();
     for o in engine.submit(jobs).await.unwrap() {
         assert!(matches!(o, InsertOutcome::Created(_)), "{o:?}");
@@ -332,6 +343,38 @@ async fn drain_waits_for_pending_outcomes() {
     assert_eq!(engine.pending_outcomes(), 0);
     assert_eq!(count(&store, JobState::Succeeded).await, 5);
     assert_eq!(count(&store, JobState::Running).await, 0);
+}
+
+/// A submit that finds the worker free holds its slot through the insert.
+/// When the store refuses the insert, the slot goes back: with one worker,
+/// a slot kept would leave every later job waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_insert_gives_back_the_slot_it_held() {
+    let gated = GatedStore::new(true);
+    let store: SharedStore = gated.clone();
+    let (engine, tasks, counting) = start(store.clone(), 1);
+    gated
+        .refuse_inserts
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..3 {
+        assert!(engine.submit(vec![echo_job()]).await.is_err());
+    }
+    gated
+        .refuse_inserts
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let out = engine.submit(vec![echo_job()]).await.unwrap();
+    let InsertOutcome::Created(job) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(job.state, JobState::Running, "started in its insert");
+    until("the job ran", async || counting.total() == 1).await;
+    until("its outcome is stored", async || {
+        count(&store, JobState::Succeeded).await == 1
+    })
+    .await;
+    engine
+        .drain(tasks, Duration::from_secs(5), &CancellationToken::new())
+        .await;
 }
 
 /// Through the real SQLite store (group commit): many short jobs, every

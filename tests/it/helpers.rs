@@ -257,6 +257,23 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_jobd")
 }
 
+/// Runs `jobd check-config` on a file holding `text`; returns its exit
+/// code and standard error.
+pub fn check_config(text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("jobd.toml");
+    std::fs::write(&f, text).unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("check-config")
+        .arg(&f)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A plain HTTP/1.1 GET (the admin listener); returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

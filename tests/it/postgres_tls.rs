@@ -262,24 +262,12 @@ async fn postgres_over_tls_checks_the_certificate_as_sslmode_says() {
 
 #[test]
 fn bad_tls_parameters_in_the_store_url_are_config_errors() {
-    let dir = tempfile::tempdir().unwrap();
     for (query, word) in [
         ("sslmode=verify", "sslmode"),
         ("sslcert=/c.pem", "sslcert and sslkey"),
     ] {
-        let cfg = dir.path().join("jobd.toml");
-        std::fs::write(
-            &cfg,
-            format!("store = \"postgres://u@localhost/db?{query}\"\n"),
-        )
-        .unwrap();
-        let out = std::process::Command::new(bin())
-            .arg("check-config")
-            .arg(&cfg)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{query}: {err}");
+        let (code, err) = check_config(&format!("store = \"postgres://u@localhost/db?{query}\"\n"));
+        assert_eq!(code, Some(64), "{query}: {err}");
         assert!(
             err.contains("store") && err.contains(word),
             "{query}: {err}"

@@ -221,7 +221,6 @@ async fn a_collector_that_is_down_slows_no_job_and_no_drain() {
 
 #[test]
 fn bad_tracing_settings_are_config_errors() {
-    let dir = tempfile::tempdir().unwrap();
     for (table, key) in [
         (
             "otlp_endpoint = \"collector:4317\"",
@@ -235,15 +234,8 @@ fn bad_tracing_settings_are_config_errors() {
         ("max_queued_spans = 0", "tracing.max_queued_spans"),
         ("service_name = \"\"", "tracing.service_name"),
     ] {
-        let f = dir.path().join("jobd.toml");
-        std::fs::write(&f, format!("[tracing]\n{table}\n")).unwrap();
-        let out = std::process::Command::new(bin())
-            .arg("check-config")
-            .arg(&f)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(64), "{table}: {err}");
+        let (code, err) = check_config(&format!("[tracing]\n{table}\n"));
+        assert_eq!(code, Some(64), "{table}: {err}");
         assert!(err.contains(key), "{table}: {key} not named in {err}");
     }
 }
