@@ -363,10 +363,9 @@ async fn a_refused_insert_gives_back_the_slot_it_held() {
         .refuse_inserts
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let out = engine.submit(vec![echo_job()]).await.unwrap();
-    let InsertOutcome::Created(job) = &out[0] else {
-        panic!("{out:?}")
-    };
-    assert_eq!(job.state, JobState::Running, "started in its insert");
+    // Started at insert, or QUEUED when the dispatcher's claim (woken by
+    // the slots given back) held the worker just then: either way it runs.
+    assert!(matches!(out[0], InsertOutcome::Created(_)), "{out:?}");
     until("the job ran", async || counting.total() == 1).await;
     until("its outcome is stored", async || {
         count(&store, JobState::Succeeded).await == 1
