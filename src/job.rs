@@ -228,23 +228,6 @@ pub struct NewJob {
 }
 
 impl NewJob {
-    /// The job record this submit creates: QUEUED, or RUNNING when `start`
-    /// is set and `kind_has_ready` is false (see [`NewJob::start`]); the
-    /// check is only asked for then.
-    pub fn into_stored(self, now: Micros, kind_has_ready: impl FnOnce(&str) -> bool) -> Job {
-        let start = self
-            .start
-            .filter(|_| self.run_at.is_none_or(|t| t <= self.created_at));
-        let mut job = self.into_job();
-        if let Some(slack) = start {
-            if !kind_has_ready(&job.kind) {
-                let now = now.max(job.created_at);
-                crate::store::transition::claim(&mut job, now, slack);
-            }
-        }
-        job
-    }
-
     /// The job record this submit creates, QUEUED.
     pub fn into_job(self) -> Job {
         Job {

@@ -1,40 +1,38 @@
 //! jobd: a gRPC worker-pool daemon.
 //!
-//! The map, following a job from the client inward:
+//! The map, following a job from the client inward (each line imports only
+//! lines below it):
 //!
-//! - [`api`] — `jobd.v1.JobService`, `WorkerService` and `AdminService`
-//!   over gRPC: validates each request at the edge and maps every refusal
-//!   to a status code in one place; auth, request budgets, metrics layers.
+//! - [`server`] — the lifecycle: [`prepare`] checks the config and reads its
+//!   files once, then [`run`] opens the store, recovers, serves and drains.
+//! - [`clients`] — the client side: the CLI commands, `jobd bench` and the
+//!   Rust worker (`jobd work`); nothing in the daemon imports it.
+//! - [`http`] — the HTTP/JSON door, server-sent events and the dashboard on
+//!   the gRPC port (browser-facing requests must name an allowed host).
+//! - [`api`] — `jobd.v1.JobService`, `WorkerService` ([`api::workers`]) and
+//!   `AdminService` ([`api::operations`]): validates each request at the
+//!   edge and maps every refusal to a status code in one place.
+//! - [`transport`] — connections and their bounds, TLS termination, and the
+//!   tower layers (auth, request budgets, metrics and spans), all reading
+//!   the one table of RPCs, [`transport::methods`].
 //! - [`engine`] — takes validated jobs into the store, claims due jobs onto a
-//!   bounded pool of workers (global and per-kind semaphores, a `JoinSet`),
-//!   retries with backoff, sweeps due retries and expired leases, drains.
-//! - [`store`] — where jobs live: a [`store::Store`] trait with memory,
-//!   SQLite and PostgreSQL implementations (PostgreSQL: several instances on
-//!   one queue); every state change is one atomic write.
-//! - [`handlers`] — what a job does, looked up by kind (builtin `echo`,
-//!   `sleep`, `fail`, `command`, `http`; library users can register their
-//!   own). `remote` kinds go to [`remote`]: worker processes connected over
-//!   `jobd.v1.WorkerService` (`api::worker`), each session holding at most
-//!   its `max_in_flight` attempts; [`worker`] is the Rust side of that
-//!   protocol (and `jobd work`).
-//! - [`events`] — fans each state change out to WatchStatus streams.
-//! - [`server`] — the lifecycle: [`prepare`] checks the config and reads
-//!   its files once, then [`run`] opens the store, recovers, serves gRPC +
-//!   health + reflection + the HTTP/JSON door ([`http`]) on one port, and
-//!   drains on SIGTERM; [`connections`] bounds the
-//!   accepted connections, [`tls`] terminates TLS (reloaded on SIGHUP).
-//! - [`metrics`] and [`admin`] — Prometheus metrics and the HTTP probes.
-//! - [`client`] — the CLI client commands (`jobd submit`, `status`, ...);
-//!   [`bench`] — `jobd bench`, the load generator.
+//!   bounded pool of workers, runs each attempt, retries with backoff,
+//!   sweeps, fires schedules, drains. Every change of a job passes its one
+//!   transition path (`Engine::changed`): state gauges and events.
+//! - [`handlers`] — what a job does, by kind (builtin, `command`, `http`,
+//!   and `remote`: worker sessions over WorkerService).
+//! - [`store`] — where jobs live: the [`store::Store`] trait, the pure
+//!   transitions ([`store::transition`], creation included), memory,
+//!   SQLite and PostgreSQL.
+//! - [`events`], [`metrics`], [`otel`], [`probes`] — watchers' fan-out,
+//!   Prometheus metrics, span export, the probe and metrics listener.
 //! - [`config`] — the TOML file and its bounds, plain data; [`job`] — the
 //!   shared model. Neither imports anything above it.
 
-pub mod admin;
 pub mod api;
-pub mod bench;
-pub mod client;
+pub mod client_tls;
+pub mod clients;
 pub mod config;
-pub mod connections;
 pub mod engine;
 pub mod events;
 pub mod handlers;
@@ -42,12 +40,11 @@ pub mod http;
 pub mod job;
 pub mod metrics;
 pub mod otel;
+pub mod probes;
 pub mod proto;
-pub mod remote;
 pub mod server;
 pub mod store;
-pub mod tls;
-pub mod worker;
+pub mod transport;
 
 pub use config::Config;
 pub use server::{prepare, run, run_with_listeners, Prepared, RunError, Shutdown};

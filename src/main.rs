@@ -61,7 +61,7 @@ enum Command {
         store: Option<String>,
     },
     #[command(flatten)]
-    Client(jobd::client::ClientCommand),
+    Client(jobd::clients::cli::ClientCommand),
     /// Be a remote worker: run COMMAND once per job of the given kinds
     /// (declared handler = "remote"): payload on stdin, stdout is the result.
     Work {
@@ -81,7 +81,7 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
         #[command(flatten)]
-        conn: jobd::client::Connection,
+        conn: jobd::clients::cli::Connection,
     },
     /// Load-test a running daemon (see README "Benchmarks").
     Bench {
@@ -92,7 +92,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        args: jobd::bench::BenchArgs,
+        args: jobd::clients::bench::BenchArgs,
     },
 }
 
@@ -140,7 +140,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // SIGPIPE stays ignored (Rust's default) in every command: a socket the
     // peer closed is an error to report, not a silent death. The printing
-    // commands end quietly on a closed stdout through jobd::client::emit.
+    // commands end quietly on a closed stdout through jobd::clients::cli::emit.
     match cli.command {
         Command::Bench { addr, json, args } => {
             let rt = match tokio::runtime::Runtime::new() {
@@ -150,12 +150,12 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(jobd::bench::run(&args, &addr)) {
+            match rt.block_on(jobd::clients::bench::run(&args, &addr)) {
                 Ok(rows) => {
                     if json {
-                        println!("{}", jobd::bench::to_json(&rows));
+                        println!("{}", jobd::clients::bench::to_json(&rows));
                     } else {
-                        jobd::bench::print_table(&rows);
+                        jobd::clients::bench::print_table(&rows);
                     }
                     ExitCode::SUCCESS
                 }
@@ -181,7 +181,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            let mut opts = jobd::worker::WorkerOptions::new(&conn.addr, kinds);
+            let mut opts = jobd::clients::worker::WorkerOptions::new(&conn.addr, kinds);
             opts.max_in_flight = max_in_flight;
             opts.token = conn.token.clone();
             opts.endpoint = match conn.endpoint() {
@@ -193,8 +193,8 @@ fn main() -> ExitCode {
             };
             let r = rt.block_on(async {
                 let shutdown = jobd::Shutdown::on_signals()
-                    .map_err(|e| jobd::worker::WorkerError::Options(e.to_string()))?;
-                jobd::worker::serve_command(
+                    .map_err(|e| jobd::clients::worker::WorkerError::Options(e.to_string()))?;
+                jobd::clients::worker::serve_command(
                     opts,
                     shutdown.drain,
                     command,
@@ -222,7 +222,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            ExitCode::from(rt.block_on(jobd::client::run(cmd)))
+            ExitCode::from(rt.block_on(jobd::clients::cli::run(cmd)))
         }
         Command::CheckConfig {
             file,
@@ -242,7 +242,7 @@ fn main() -> ExitCode {
                 };
                 match text {
                     Ok(t) => {
-                        jobd::client::emit(format_args!("{t}"));
+                        jobd::clients::cli::emit(format_args!("{t}"));
                         ExitCode::SUCCESS
                     }
                     Err(e) => {

@@ -233,6 +233,31 @@ impl Metrics {
         }
     }
 
+    /// Every per-kind series of a configured kind, at 0 until something
+    /// moves it, so an operator's scrape (and an alert on `absent()`) sees
+    /// the kind before its first job.
+    pub fn configured_kind(&self, kind_name: &str) {
+        let k = kind(kind_name);
+        for g in [
+            &self.backlog,
+            &self.inflight,
+            &self.retry_wait,
+            &self.kind_paused,
+            &self.keys_waiting,
+            &self.worker_sessions,
+        ] {
+            let _ = g.get_or_create(&k);
+        }
+        for c in [
+            &self.submitted,
+            &self.deduplicated,
+            &self.rate_limited,
+            &self.worker_assigned,
+        ] {
+            let _ = c.get_or_create(&k);
+        }
+    }
+
     /// Starts the state gauges from the store's counts.
     pub fn set_state_count(&self, state: JobState, kind_name: &str, n: u64) {
         if let Some(g) = self.gauge(state) {
@@ -319,7 +344,6 @@ impl Metrics {
 
     pub fn submitted(&self, job: &Job) {
         self.submitted.get_or_create(&kind(&job.kind)).inc();
-        self.transition(None, job);
     }
 
     pub fn deduplicated(&self, job: &Job) {

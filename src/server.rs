@@ -9,13 +9,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
-use crate::api::auth::{Authenticated, Tokens};
-use crate::api::grpc_metrics::GrpcMetricsLayer;
-use crate::api::request_budget::{RequestBudgetLayer, RequestBudgets};
-use crate::api::worker::WorkerApi;
+use crate::api::workers::WorkerApi;
 use crate::api::JobApi;
 use crate::config::{Config, ConfigError, KindSettings, TokenConfig};
 use crate::engine::Engine;
+use crate::handlers::remote::Workers;
 use crate::handlers::Registry;
 use crate::job::now_micros;
 use crate::metrics::Metrics;
@@ -23,9 +21,11 @@ use crate::proto::{
     self, admin_service_server::AdminServiceServer, job_service_server::JobServiceServer,
     worker_service_server::WorkerServiceServer,
 };
-use crate::remote::Workers;
 use crate::store::{self, StoreError};
-use crate::tls::Tls;
+use crate::transport::auth::{Authenticated, Tokens};
+use crate::transport::grpc_metrics::GrpcMetricsLayer;
+use crate::transport::request_budget::{RequestBudgetLayer, RequestBudgets};
+use crate::transport::tls::Tls;
 
 /// How long the gRPC server may take to close its connections after the
 /// watch streams ended; tonic itself would wait without limit.
@@ -34,7 +34,7 @@ pub const SERVER_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// before the server reads it. Request data the application has not read yet
 /// waits in these (at most the connection window per connection, outside the
 /// request budgets); what it has read is charged to the budgets (see
-/// [`crate::api::request_budget`]). 256 KiB keeps `max_connections` x window
+/// [`crate::transport::request_budget`]). 256 KiB keeps `max_connections` x window
 /// small (256 MiB at the default 1,024 connections) and still fills a 1 ms
 /// round trip at 250 MB/s per connection.
 pub const H2_STREAM_WINDOW: u32 = 256 * 1024;
@@ -277,7 +277,7 @@ pub async fn run_with_listeners(
     let admin_stop = CancellationToken::new();
     let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
     let admin_task =
-        admin.map(|l| tokio::spawn(crate::admin::serve(l, engine.clone(), admin_stop.clone())));
+        admin.map(|l| tokio::spawn(crate::probes::serve(l, engine.clone(), admin_stop.clone())));
 
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = || {
@@ -307,7 +307,7 @@ pub async fn run_with_listeners(
         reply_limit,
         streams_stop.clone(),
     ));
-    let admin_api = Arc::new(crate::api::admin::AdminApi::new(
+    let admin_api = Arc::new(crate::api::operations::AdminApi::new(
         engine.clone(),
         workers.clone(),
     ));
@@ -361,7 +361,7 @@ pub async fn run_with_listeners(
             spans: spans.as_ref().map(|(s, _)| s.clone()),
         })
         // Inside the metrics layer, so metrics count the corrected codes.
-        .layer(crate::api::protocol::ProtocolErrorsLayer)
+        .layer(crate::transport::protocol::ProtocolErrorsLayer)
         .service(grpc_routes);
     // gRPC, gRPC-Web and JSON on one port, by content type (see crate::http).
     let grpc_web = tower::Layer::layer(&tonic_web::GrpcWebLayer::new(), grpc.clone());
@@ -369,6 +369,7 @@ pub async fn run_with_listeners(
         axum::Router::new().fallback_service(grpc),
         axum::Router::new().fallback_service(grpc_web),
         json_door,
+        crate::http::hosts::AllowedHosts::new(&config.listen, &config.http.allowed_hosts),
     );
     let router = tonic::transport::Server::builder()
         // HTTP/1.1 for curl, browsers and gRPC-Web; gRPC itself stays HTTP/2.
@@ -395,12 +396,16 @@ pub async fn run_with_listeners(
     let mut server_task = match &tls {
         Some(tls) => {
             tokio::spawn(reload_tls_on_sighup(tls.clone(), server_stop.clone()));
-            let incoming =
-                crate::connections::incoming_tls(listener, max_conns, handshake, tls.clone());
+            let incoming = crate::transport::connections::incoming_tls(
+                listener,
+                max_conns,
+                handshake,
+                tls.clone(),
+            );
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
         None => {
-            let incoming = crate::connections::incoming(listener, max_conns, handshake);
+            let incoming = crate::transport::connections::incoming(listener, max_conns, handshake);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
     };

@@ -2,16 +2,12 @@
 //! ([`validate`]), calls the engine, converts results ([`convert`]) and maps
 //! every refusal to a status in one place ([`error`]).
 
-pub mod admin;
-pub mod auth;
 pub mod convert;
 pub mod error;
-pub mod grpc_metrics;
+pub mod operations;
 pub mod places;
-pub mod protocol;
-pub mod request_budget;
 pub mod validate;
-pub mod worker;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -27,7 +23,7 @@ use crate::events::Subscription;
 use crate::job::{Job, TraceContext};
 use crate::proto::{self, job_service_server::JobService};
 use crate::store::{CancelOutcome, InsertOutcome, ListQuery};
-use auth::{Caller, Tokens};
+use crate::transport::auth::{Caller, Tokens};
 use error::{to_rpc_status, ApiError};
 use places::{ClientKey, Places};
 

@@ -7,8 +7,8 @@ use std::hash::Hash;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use super::auth::Caller;
 use super::error::ApiError;
+use crate::transport::auth::Caller;
 
 /// Whose watch bound a request counts against: its token when auth is on
 /// (a client may come from many addresses), else its peer's IP address

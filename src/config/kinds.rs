@@ -166,7 +166,7 @@ pub struct KindSettings {
     pub max_payload_bytes: usize,
     pub max_result_bytes: usize,
     /// Ordering keys and rate, enforced by the store's claim.
-    pub limits: crate::store::KindLimits,
+    pub limits: KindLimits,
 }
 
 impl Config {
@@ -280,7 +280,7 @@ pub const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
 pub const MAX_BURST: u32 = 1_000_000;
 
 /// `key_concurrency`, `rate` and `burst`, checked.
-fn limits(name: &str, k: &KindConfig) -> Result<crate::store::KindLimits, ConfigError> {
+fn limits(name: &str, k: &KindConfig) -> Result<KindLimits, ConfigError> {
     let key = |f: &str| format!("kinds.{name}.{f}");
     if let Some(n) = k.key_concurrency {
         if n == 0 || n > MAX_KEY_CONCURRENCY {
@@ -311,10 +311,10 @@ fn limits(name: &str, k: &KindConfig) -> Result<crate::store::KindLimits, Config
             if burst == 0 || burst > MAX_BURST {
                 return Err(invalid(key("burst"), format!("must be 1..={MAX_BURST}")));
             }
-            Some(crate::store::RateLimit { per_second, burst })
+            Some(RateLimit { per_second, burst })
         }
     };
-    Ok(crate::store::KindLimits {
+    Ok(KindLimits {
         key_concurrency: k.key_concurrency,
         rate,
     })
@@ -471,4 +471,21 @@ fn handler_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), C
             )
         }
     })
+}
+
+/// A kind's limits, as its config sets them (plain data: the bucket
+/// arithmetic lives in `store::limits`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct KindLimits {
+    /// Jobs of one ordering key RUNNING or RETRY_WAIT at most; the QUEUED
+    /// ones start in submit order. `None`: keys are stored and ignored.
+    pub key_concurrency: Option<u32>,
+    pub rate: Option<RateLimit>,
+}
+
+/// Attempts started per second at most, with bursts of up to `burst`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
 }

@@ -13,7 +13,9 @@ mod postgres_url;
 mod schedules;
 
 pub use auth::{AuthConfig, Role, Secret, TokenConfig};
-pub use kinds::{BackoffConfig, HandlerSpec, HandlerType, KindConfig, KindSettings};
+pub use kinds::{
+    BackoffConfig, HandlerSpec, HandlerType, KindConfig, KindLimits, KindSettings, RateLimit,
+};
 pub use postgres_url::{PostgresUrl, ServerCheck, SslMode};
 pub use schedules::{parse_cron, rfc3339, Overlap, Schedule, ScheduleConfig, MAX_SCHEDULES};
 
@@ -151,6 +153,7 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub workers: WorkersConfig,
     pub tracing: TracingConfig,
+    pub http: HttpConfig,
     pub kinds: BTreeMap<String, KindConfig>,
     /// Cron schedules (`[[schedules]]`), checked by [`Config::schedules`].
     pub schedules: Vec<ScheduleConfig>,
@@ -171,6 +174,7 @@ impl Default for Config {
             tls: None,
             workers: WorkersConfig::default(),
             tracing: TracingConfig::default(),
+            http: HttpConfig::default(),
             kinds: BTreeMap::new(),
             schedules: Vec::new(),
         }
@@ -314,6 +318,19 @@ impl Default for WorkersConfig {
             max_sessions: DEFAULT_MAX_WORKER_SESSIONS,
         }
     }
+}
+
+/// `[http]`: the JSON routes, server-sent events, gRPC-Web and the
+/// dashboard on the gRPC port.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Host names (besides `localhost`, any IP address and the name in
+    /// `listen`) that browser-facing requests may name in `Host`; others are
+    /// refused with 403 before any route runs (DNS rebinding: a page whose
+    /// name an attacker points at 127.0.0.1 sends its own name). `"*"`
+    /// allows every name (behind a proxy that checks it).
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Span export (`[tracing]`): off unless `otlp_endpoint` is set, and then a

@@ -145,7 +145,7 @@ impl Engine {
 
     fn committed(&self, updated: &Job) {
         tracing::debug!(job = %updated.id, state = %updated.state, "attempt finished");
-        self.announce(Some(JobState::Running), updated);
+        self.changed(Some(JobState::Running), updated);
         match updated.state {
             JobState::RetryWait => self.sweeper_wake.notify_one(),
             JobState::Queued => self.hint(),

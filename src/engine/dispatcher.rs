@@ -292,7 +292,7 @@ impl Engine {
     ) {
         for job in jobs {
             self.metrics.started(&job);
-            self.announce(Some(JobState::Queued), &job);
+            self.changed(Some(JobState::Queued), &job);
             let global = reserved.global.split(1);
             let kind = reserved.kinds.get_mut(&job.kind).and_then(|p| p.split(1));
             match (global, kind) {

@@ -60,9 +60,10 @@ impl Engine {
     /// queue instead, its attempt not counted.
     pub(super) async fn hand_over(&self, job: Job, slots: Slots) {
         self.metrics.started(&job);
-        // Two transitions in one commit: watchers see both.
-        self.events.log().append(&transition::before_claim(&job));
-        self.events.publish(&job);
+        // Two transitions in one commit (creation, then the claim):
+        // watchers and the state gauges see both.
+        self.changed(None, &transition::before_claim(&job));
+        self.changed(Some(crate::job::JobState::Queued), &job);
         let handed = Handed {
             job,
             global: slots.global,

@@ -18,7 +18,7 @@ mod scheduler;
 mod sweeper;
 
 pub use scheduler::ScheduleStatus;
-mod worker;
+mod attempt;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -154,7 +154,7 @@ pub struct Engine {
     /// Cron schedules (`[[schedules]]`), run by the scheduler task.
     schedules: Vec<crate::config::Schedule>,
     /// Worker sessions for remote kinds (set once at start).
-    remote: std::sync::OnceLock<Arc<crate::remote::Workers>>,
+    remote: std::sync::OnceLock<Arc<crate::handlers::remote::Workers>>,
     /// Span export, when `[tracing] otlp_endpoint` is set.
     spans: std::sync::OnceLock<crate::otel::Spans>,
 }
@@ -214,6 +214,7 @@ impl Engine {
         paused: std::collections::BTreeSet<String>,
     ) -> (Arc<Engine>, EngineTasks) {
         for k in &kinds {
+            metrics.configured_kind(&k.name);
             metrics.set_kind_paused(&k.name, paused.contains(&k.name));
         }
         let (hints, hint_rx) = mpsc::channel(config.queue.dispatch_channel);
@@ -353,7 +354,7 @@ impl Engine {
     /// Remote kinds' jobs go to these worker sessions: claims of a remote
     /// kind are capped by the room its sessions have, and a session that
     /// comes or frees a place wakes the dispatcher.
-    pub fn use_workers(&self, workers: Arc<crate::remote::Workers>) {
+    pub fn use_workers(&self, workers: Arc<crate::handlers::remote::Workers>) {
         workers.connect_engine(self.hints.clone(), self.metrics.clone());
         let _ = self.remote.set(workers);
     }
@@ -403,8 +404,7 @@ impl Engine {
                         Some(slots) => self.hand_over(job.clone(), slots).await,
                         None => {
                             wake = true;
-                            // A new job is a change too (WatchJobs).
-                            self.events.log().append(job);
+                            self.changed(None, job);
                         }
                     }
                     continue;
@@ -472,7 +472,7 @@ impl Engine {
     pub async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, EngineError> {
         let out = self.store.cancel(id, now_micros()).await?;
         if let CancelOutcome::Cancelled { job, prev } = &out {
-            self.announce(Some(*prev), job);
+            self.changed(Some(*prev), job);
             if *prev == JobState::Running {
                 // The worker may not have started yet: the token is made
                 // here then, already cancelled, and the worker picks it up.
@@ -663,9 +663,11 @@ impl Engine {
         LEASE_SLACK + self.max_stop_grace
     }
 
-    /// "One write, one event": after the store confirmed a transition from
-    /// `prev`, the state gauges move and watchers hear of it.
-    fn announce(&self, prev: Option<JobState>, job: &Job) {
+    /// "One write, one event", the one transition path: after the store
+    /// confirmed a change of `job` from `prev` (`None`: its creation), the
+    /// state gauges move and watchers (of the job, and WatchJobs) hear of
+    /// it. Nothing else publishes events or moves the state gauges.
+    fn changed(&self, prev: Option<JobState>, job: &Job) {
         self.metrics.transition(prev, job);
         self.events.publish(job);
     }

@@ -88,7 +88,7 @@ impl Engine {
         let mut any = false;
         for o in &out {
             if let RetryOutcome::Retried { job, prev } = o {
-                self.announce(Some(*prev), job);
+                self.changed(Some(*prev), job);
                 any = true;
             }
         }

@@ -77,7 +77,7 @@ impl Engine {
                 }
             };
             for j in &promoted {
-                self.announce(Some(JobState::RetryWait), j);
+                self.changed(Some(JobState::RetryWait), j);
             }
             self.metrics.requeued("retry_due", promoted.len());
             if promoted.len() < SWEEP_BATCH {
@@ -88,7 +88,7 @@ impl Engine {
             Ok(expired) => {
                 for j in &expired {
                     tracing::warn!(job = %j.id, state = %j.state, "lease expired; job taken back");
-                    self.announce(Some(JobState::Running), j);
+                    self.changed(Some(JobState::Running), j);
                 }
                 self.metrics.requeued("lease_expired", expired.len());
             }

@@ -18,11 +18,10 @@ use reqwest::{Method, StatusCode};
 use tokio_rustls::rustls;
 
 use super::{trace_headers, Handler, HandlerError, JobContext, Output};
+use crate::client_tls::{client_config, error_chain as chain, Fields};
 use crate::config::{ClientTls, ServerCheck};
-use crate::tls::client::{client_config, error_chain as chain, Fields};
 
-/// The longest `Retry-After` honoured; a larger one is cut to this.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+use super::MAX_RETRY_AFTER;
 /// Bytes of an error response kept for `last_error`.
 const ERROR_BODY_BYTES: usize = 1024;
 

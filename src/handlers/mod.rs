@@ -5,6 +5,7 @@
 pub mod builtin;
 pub mod command;
 pub mod http;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +55,11 @@ pub struct Output {
     pub result: Bytes,
 }
 
+/// Longest retry delay a handler may ask for (`HandlerError::Retryable`'s
+/// `after`: a worker's `Fail.retry_after`, an http kind's Retry-After); the
+/// engine waits this long for a longer one, so no job parks for years.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// A failed attempt. The retry decision lives in the type.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HandlerError {
@@ -98,7 +104,7 @@ impl Registry {
     /// `workers`: the sessions `handler = "remote"` kinds hand their jobs to.
     pub fn from_kinds(
         kinds: &[KindSettings],
-        workers: &Arc<crate::remote::Workers>,
+        workers: &Arc<crate::handlers::remote::Workers>,
     ) -> Result<Registry, String> {
         let mut r = Registry::default();
         for k in kinds {
@@ -137,7 +143,7 @@ impl Registry {
                     })
                     .map_err(|e| format!("kinds.{}.{e}", k.name))?,
                 ),
-                HandlerSpec::Remote => Arc::new(crate::remote::RemoteHandler {
+                HandlerSpec::Remote => Arc::new(crate::handlers::remote::RemoteHandler {
                     workers: workers.clone(),
                     max_result_bytes: k.max_result_bytes,
                 }),

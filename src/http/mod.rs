@@ -11,6 +11,7 @@
 //! [`one_port`] puts gRPC, gRPC-Web and this door on one listener, chosen
 //! by content type.
 
+pub mod hosts;
 pub mod json;
 pub mod ui;
 
@@ -28,10 +29,10 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
 use tower::Service;
 
-use crate::api::admin::AdminApi;
-use crate::api::auth::Tokens;
+use crate::api::operations::AdminApi;
 use crate::api::JobApi;
 use crate::proto::{self, admin_service_server::AdminService, job_service_server::JobService};
+use crate::transport::auth::Tokens;
 use json::{Json, Named};
 
 /// SSE comment lines this often keep proxies from closing a quiet stream.
@@ -288,7 +289,7 @@ impl HttpApi {
             .map_or_else(|e| e.status.code(), |_| Code::Ok);
         self.metrics.grpc_request(
             method,
-            crate::api::grpc_metrics::code_name(code),
+            crate::transport::grpc_metrics::code_name(code),
             started.elapsed(),
         );
         outcome.unwrap_or_else(|e| self.error(e))
@@ -555,7 +556,7 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, HttpError> {
 struct GrpcParts<'a> {
     headers: &'a HeaderMap,
     extensions: &'a http::Extensions,
-    caller: Option<crate::api::auth::Caller>,
+    caller: Option<crate::transport::auth::Caller>,
 }
 
 impl GrpcParts<'_> {
@@ -639,16 +640,49 @@ struct Branches {
     grpc: axum::Router,
     grpc_web: axum::Router,
     json: axum::Router,
+    hosts: hosts::AllowedHosts,
+}
+
+/// The name a request was sent to: HTTP/2's `:authority`, else `Host`.
+fn authority<B>(req: &http::Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST)?.to_str().ok())
+}
+
+/// 403 for a browser-facing request to a name not served here.
+fn wrong_host(name: &str) -> http::Response<Body> {
+    let body = serde_json::json!({
+        "code": Code::PermissionDenied as i32,
+        "details": [],
+        "message": format!(
+            "host {name:?} is not served here: add it to [http] allowed_hosts (requests \
+             naming other hosts are refused, against DNS rebinding)"
+        ),
+    });
+    http::Response::builder()
+        .status(StatusCode::FORBIDDEN)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap_or_default()
 }
 
 /// One router for the port: `application/grpc-web*` to gRPC-Web (tonic-web
 /// turns it into gRPC), `application/grpc*` to gRPC, anything else to the
-/// JSON door.
-pub fn one_port(grpc: axum::Router, grpc_web: axum::Router, json: axum::Router) -> axum::Router {
+/// JSON door. Browser-facing requests (all but plain gRPC) must name an
+/// allowed host ([`hosts`]).
+pub fn one_port(
+    grpc: axum::Router,
+    grpc_web: axum::Router,
+    json: axum::Router,
+    hosts: hosts::AllowedHosts,
+) -> axum::Router {
     let branches = Arc::new(Branches {
         grpc,
         grpc_web,
         json,
+        hosts,
     });
     axum::Router::new()
         .fallback(
@@ -659,10 +693,17 @@ pub fn one_port(grpc: axum::Router, grpc_web: axum::Router, json: axum::Router) 
                     .get(header::CONTENT_TYPE)
                     .map(|v| v.as_bytes())
                     .unwrap_or(b"");
-                let mut target = if ct.starts_with(b"application/grpc-web") {
-                    b.grpc_web.clone()
-                } else if ct.starts_with(b"application/grpc") {
+                let grpc =
+                    ct.starts_with(b"application/grpc") && !ct.starts_with(b"application/grpc-web");
+                if !grpc {
+                    if let Some(name) = authority(&req).filter(|n| !b.hosts.allows(n)) {
+                        return wrong_host(name);
+                    }
+                }
+                let mut target = if grpc {
                     b.grpc.clone()
+                } else if ct.starts_with(b"application/grpc-web") {
+                    b.grpc_web.clone()
                 } else {
                     b.json.clone()
                 };
@@ -678,6 +719,23 @@ pub fn one_port(grpc: axum::Router, grpc_web: axum::Router, json: axum::Router) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every row of the RPC table with an HTTP route is reached by that
+    /// route, and the route's token check is that row's method.
+    #[test]
+    fn routes_follow_the_rpc_table() {
+        let mut reached = 0;
+        for rpc in crate::transport::methods::RPCS {
+            let Some(http) = rpc.http else { continue };
+            let (verb, path) = http.split_once(' ').expect("METHOD /path");
+            let path = path.replace("{id}", "abc").replace("{name}", "n1");
+            let method = Method::from_bytes(verb.as_bytes()).expect("HTTP method");
+            let r = route(&method, &path).unwrap_or_else(|e| panic!("{http}: {e:?}"));
+            assert_eq!(r.grpc_method(), rpc.path, "{http}");
+            reached += 1;
+        }
+        assert_eq!(reached, 16);
+    }
 
     #[test]
     fn routes_split_custom_verbs_and_methods() {

@@ -9,21 +9,7 @@ use std::collections::HashMap;
 
 use crate::job::Micros;
 
-/// A kind's limits, as its config sets them.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct KindLimits {
-    /// Jobs of one ordering key RUNNING or RETRY_WAIT at most; the QUEUED
-    /// ones start in submit order. `None`: keys are stored and ignored.
-    pub key_concurrency: Option<u32>,
-    pub rate: Option<RateLimit>,
-}
-
-/// Attempts started per second at most, with bursts of up to `burst`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimit {
-    pub per_second: f64,
-    pub burst: u32,
-}
+pub use crate::config::{KindLimits, RateLimit};
 
 /// A token bucket as stored: tokens left at `at`.
 #[derive(Debug, Clone, Copy, PartialEq)]

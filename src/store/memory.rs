@@ -214,7 +214,7 @@ impl Store for MemoryStore {
                 out.push(InsertOutcome::BacklogFull);
                 continue;
             }
-            let job = new.into_stored(now_micros(), |kind| {
+            let job = super::transition::create(new, now_micros(), |kind| {
                 g.ready.get(kind).is_some_and(|r| !r.is_empty())
             });
             if let Some(key) = &job.idempotency_key {

@@ -9,7 +9,6 @@ pub mod limits;
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;
-mod sqlite_checkpoint;
 pub mod transition;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

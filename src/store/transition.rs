@@ -2,7 +2,7 @@
 //! row, call one of these, and write the result back in the same atomic
 //! step, so every store follows exactly the same rules.
 
-use crate::job::{add_micros, Job, JobState, Micros};
+use crate::job::{add_micros, Job, JobState, Micros, NewJob};
 
 use super::Outcome;
 
@@ -30,6 +30,23 @@ pub fn claim(job: &mut Job, now: Micros, lease_slack: std::time::Duration) {
     job.next_attempt_at = None;
     job.lease_expires_at = Some(add_micros(now, job.timeout + lease_slack));
     touch(job, JobState::Running, now);
+}
+
+/// Creation, the first transition: the job record a submit stores, QUEUED,
+/// or RUNNING when `new.start` is set and `kind_has_ready` is false (see
+/// [`NewJob::start`]); the check is only asked for then.
+pub fn create(new: NewJob, now: Micros, kind_has_ready: impl FnOnce(&str) -> bool) -> Job {
+    let start = new
+        .start
+        .filter(|_| new.run_at.is_none_or(|t| t <= new.created_at));
+    let mut job = new.into_job();
+    if let Some(slack) = start {
+        if !kind_has_ready(&job.kind) {
+            let now = now.max(job.created_at);
+            claim(&mut job, now, slack);
+        }
+    }
+    job
 }
 
 /// The QUEUED record that a job started in its insert's commit (see

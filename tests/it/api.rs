@@ -23,7 +23,7 @@ async fn echo_job_succeeds_with_its_payload_as_result() {
     assert_eq!(done.result, b"hello");
     assert_eq!(done.attempt, 1);
     assert!(done.started_at.is_some() && done.finished_at.is_some());
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A submit starts its job at once only into a free slot of its kind: the
@@ -52,7 +52,7 @@ async fn a_job_starts_at_submit_only_into_a_free_slot() {
         micros(&last.started_at) >= micros(&b.finished_at),
         "in order"
     );
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test]

@@ -99,7 +99,7 @@ async fn client_commands_output_and_exit_codes() {
     let o = jobd(&addr, &["health", "--json"]).await;
     assert_eq!(o.status.code(), Some(0));
     assert!(text(&o).contains("SERVING"));
-    d.stop().await.unwrap();
+    d.stop().await;
 
     // A daemon that is down.
     let down = format!("http://127.0.0.1:{}", crate::binary::free_port());
@@ -127,7 +127,7 @@ async fn status_escapes_terminal_control_characters() {
     );
     assert!(out.contains("\\u{1b}[31mred\\u{9b}1m"), "{out}");
     assert!(out.contains("\\u{1b}[2J result"), "{out}");
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// `jobd check-config F | head -1`: a closed stdout ends the command
@@ -190,7 +190,7 @@ async fn list_says_when_more_match_and_status_keeps_binary_results_off_the_termi
     assert!(text(&o).contains("4 bytes, not UTF-8"), "{}", text(&o));
     assert!(!o.stdout.contains(&0xff), "raw bytes on the terminal");
     assert_eq!(std::fs::read(&file).unwrap(), [0xff, 0x00, 0xfe, 0x80]);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// `check-config` prints the effective config as TOML (JSON with --json),
@@ -246,7 +246,7 @@ async fn json_errors_are_json() {
     let v: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
     assert_eq!(v["exit_code"], 3);
     assert!(v["error"].as_str().unwrap().contains("not found"), "{v}");
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 fn help(args: &[&str]) -> String {
@@ -399,7 +399,7 @@ async fn list_filters_by_label_and_ordering_key_and_orders_newest_first() {
     let o = jobd(&addr, &["list", "--label", &long]).await;
     assert_eq!(o.status.code(), Some(64), "{o:?}");
     assert!(String::from_utf8_lossy(&o.stderr).contains("label keys are at most"));
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A label filter scans at most 10,000 jobs per call; a page cut short by
@@ -440,5 +440,5 @@ async fn list_label_filter_follows_pages_cut_short_by_the_scan() {
     .await;
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["id"], needle.id.as_str());
-    d.stop().await.unwrap();
+    d.stop().await;
 }

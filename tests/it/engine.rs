@@ -191,7 +191,7 @@ fn start(store: SharedStore, workers: usize) -> (Arc<Engine>, EngineTasks, Arc<C
     let mut config = Config::default().with_default_kinds();
     config.queue.workers = workers;
     let kinds = config.validate().unwrap();
-    let remote = jobd::remote::Workers::new(Duration::from_secs(5), 1);
+    let remote = jobd::handlers::remote::Workers::new(Duration::from_secs(5), 1);
     let mut registry = Registry::from_kinds(&kinds, &remote).unwrap();
     let counting = Arc::new(Counting::default());
     registry.register("echo", counting.clone());

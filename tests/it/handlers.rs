@@ -478,7 +478,7 @@ max_attempts = 1
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
     assert!(killed, "the setsid'd process {pid} outlived its job");
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A configured Content-Type replaces the default: exactly one is sent.
@@ -504,7 +504,7 @@ async fn http_configured_content_type_replaces_the_default() {
         .collect();
     assert_eq!(types, ["content-type: application/json"], "{}", s.head);
     assert_eq!(s.header("x-jobd-job-id").unwrap(), j.id);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A TLS acceptor serving `cert`/`key`; with `client_ca`, it requires a
@@ -550,7 +550,7 @@ async fn run_https_hook(url: &str, extra: &str) -> proto::Job {
     let mut c = d.client().await;
     let j = submit(&mut c, req("hook", "over tls")).await;
     let done = wait_terminal(&mut c, &j.id).await;
-    d.stop().await.unwrap();
+    d.stop().await;
     done
 }
 
@@ -569,7 +569,7 @@ fn file(dir: &std::path::Path, name: &str, text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_hook_trusts_the_kinds_ca_and_retries_a_bad_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = crate::tls::Pki::new();
+    let pki = crate::helpers::Pki::new();
     let ca = file(dir.path(), "ca.pem", &pki.ca_pem);
     let (cert, key) = pki.leaf(&["127.0.0.1"]);
     let (url, seen) = https_server(vec![(OK, Duration::ZERO)], acceptor(&cert, &key, None)).await;
@@ -582,7 +582,7 @@ async fn https_hook_trusts_the_kinds_ca_and_retries_a_bad_certificate() {
 
     // Signed by another CA (with the same name as ours: the signature
     // does not verify).
-    let other = crate::tls::Pki::new();
+    let other = crate::helpers::Pki::new();
     let (cert, key) = other.leaf(&["127.0.0.1"]);
     let (url, seen) = https_server(vec![(OK, Duration::ZERO)], acceptor(&cert, &key, None)).await;
     let done = run_https_hook(&url, &format!("ca = \"{ca}\"\n")).await;
@@ -621,7 +621,7 @@ async fn https_hook_trusts_the_kinds_ca_and_retries_a_bad_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_hook_presents_the_kinds_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = crate::tls::Pki::new();
+    let pki = crate::helpers::Pki::new();
     let ca = file(dir.path(), "ca.pem", &pki.ca_pem);
     let (cert, key) = pki.leaf(&["127.0.0.1"]);
     let (client_cert, client_key) = pki.leaf(&["jobd-client"]);
@@ -659,7 +659,7 @@ async fn https_hook_presents_the_kinds_client_certificate() {
 #[test]
 fn http_tls_settings_are_checked_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = crate::tls::Pki::new();
+    let pki = crate::helpers::Pki::new();
     let ca = file(dir.path(), "ca.pem", &pki.ca_pem);
     let not_pem = file(dir.path(), "junk.pem", "not a certificate\n");
     let (c, k) = pki.leaf(&["x"]);
@@ -780,5 +780,5 @@ async fn https_connect_timeout_is_apart_from_the_request_timeout() {
         done.last_error
     );
     assert_eq!(held.lock().unwrap().len(), 2, "one connection per attempt");
-    d.stop().await.unwrap();
+    d.stop().await;
 }

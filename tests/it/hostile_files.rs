@@ -66,7 +66,7 @@ async fn truncated_database_is_refused_not_trusted() {
         r.idempotency_key = format!("k{i}");
         submit(&mut c, r).await;
     }
-    d.stop().await.unwrap();
+    d.stop().await;
     let len = std::fs::metadata(&path).unwrap().len();
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.set_len(len / 3).unwrap();
@@ -133,7 +133,7 @@ async fn full_disk_answers_unavailable_and_keeps_what_was_acknowledged() {
         small.is_ok() || small.as_ref().unwrap_err().code() == Code::Unavailable,
         "{small:?}"
     );
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -229,7 +229,7 @@ async fn jobs_routes_submit_get_list_batch_cancel() {
         .send(h.request(reqwest::Method::POST, &format!("/v1/jobs/{id}:cancel")))
         .await;
     assert_error(&c, 400, 9);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test]
@@ -360,6 +360,38 @@ async fn errors_are_http_statuses_with_google_rpc_status_bodies() {
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
 
+    // DNS rebinding: a page at evil.example whose name now points here sends
+    // its own name as Host and Origin; refused before any route runs, for
+    // JSON and gRPC-Web alike, and no job is stored. localhost is served.
+    let port = d.addr.port();
+    let before = h.get("/v1/jobs?page_size=1000").await.body["jobs"]
+        .as_array()
+        .map_or(0, Vec::len);
+    for ct in ["application/json", "application/grpc-web+proto"] {
+        let r = h
+            .send(
+                h.request(reqwest::Method::POST, "/v1/jobs")
+                    .header("host", format!("evil.example:{port}"))
+                    .header("origin", format!("http://evil.example:{port}"))
+                    .header("content-type", ct)
+                    .body(r#"{"kind": "echo"}"#),
+            )
+            .await;
+        assert_error(&r, 403, 7);
+    }
+    let after = h.get("/v1/jobs?page_size=1000").await.body["jobs"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(before, after, "a rebinding request stored a job");
+    let r = h
+        .send(
+            h.request(reqwest::Method::GET, "/v1/kinds")
+                .header("host", format!("localhost:{port}"))
+                .header("origin", format!("http://localhost:{port}")),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
     // Draining: new jobs are UNAVAILABLE (503). A running job holds the
     // drain open (up to drain.timeout) so the refusal can be seen.
     let long = h
@@ -458,7 +490,7 @@ async fn admin_routes_kinds_retry_schedules_workers() {
     assert_eq!(r.body, json!({}));
     let r = h.get("/v1/workers?kind=echo").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test]
@@ -583,7 +615,7 @@ async fn tokens_and_roles_apply_to_the_json_routes_and_viewer_only_reads() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// One server-sent event.
@@ -702,7 +734,7 @@ async fn job_events_stream_in_order_resume_from_last_event_id_and_end_at_termina
         )
         .await;
     assert_error(&r, 400, 3);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test]
@@ -861,7 +893,7 @@ async fn grpc_grpc_web_and_json_share_one_port_at_once() {
         trailers.contains("grpc-status:5") || trailers.contains("\"5\""),
         "{trailers}"
     );
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// An HTTP/1.1 client that never finishes its request head is closed at
@@ -874,7 +906,7 @@ async fn http1_clients_that_never_finish_a_request_head_are_closed_at_the_deadli
     let d = start("[limits]\nhandshake_timeout = \"300ms\"\n").await;
 
     let mut slow = tokio::net::TcpStream::connect(d.addr).await.unwrap();
-    slow.write_all(b"GET /v1/kinds HTTP/1.1\r\nHost: x\r\n")
+    slow.write_all(b"GET /v1/kinds HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .unwrap();
     let mut buf = [0u8; 64];
@@ -885,7 +917,7 @@ async fn http1_clients_that_never_finish_a_request_head_are_closed_at_the_deadli
     assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
 
     let mut kept = tokio::net::TcpStream::connect(d.addr).await.unwrap();
-    let request = b"GET /v1/kinds HTTP/1.1\r\nHost: x\r\n\r\n";
+    let request = b"GET /v1/kinds HTTP/1.1\r\nHost: localhost\r\n\r\n";
     for round in 0..2 {
         kept.write_all(request).await.unwrap();
         // One whole response: the head, then content-length bytes.
@@ -914,7 +946,7 @@ async fn http1_clients_that_never_finish_a_request_head_are_closed_at_the_deadli
         assert!(head.starts_with("HTTP/1.1 200"), "round {round}: {head}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// With TLS, the JSON routes answer over HTTP/1.1 (a client that offers
@@ -965,7 +997,7 @@ async fn json_routes_over_tls_with_http1_alpn() {
     let body = out.split_once("\r\n\r\n").unwrap().1;
     let v: Value = serde_json::from_str(body).unwrap();
     assert!(v["kinds"].as_array().is_some_and(|k| !k.is_empty()), "{v}");
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A JSON request slower than `limits.request_timeout` (here, a body that
@@ -977,7 +1009,7 @@ async fn json_requests_past_the_request_timeout_are_504() {
     let d = start("[limits]\nrequest_timeout = \"300ms\"\n").await;
     let mut s = tokio::net::TcpStream::connect(d.addr).await.unwrap();
     s.write_all(
-        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\
+        b"POST /v1/jobs HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n\
           content-length: 100\r\n\r\n{\"kind\":",
     )
     .await
@@ -997,7 +1029,7 @@ async fn json_requests_past_the_request_timeout_are_504() {
     assert!(text.starts_with("HTTP/1.1 504"), "{text}");
     assert!(text.contains("\"code\":4"), "{text}");
     assert!(started.elapsed() >= Duration::from_millis(200));
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A reader that stops reading while a job changes many times still gets
@@ -1041,7 +1073,7 @@ async fn a_paused_sse_reader_gets_ordered_events_and_the_terminal_state() {
         "{events:?}"
     );
     assert_eq!(last.data["job"]["attempt"], 20);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// The dashboard's files are served from the binary with a strict CSP, and
@@ -1088,5 +1120,5 @@ async fn dashboard_files_are_embedded_with_a_strict_csp() {
     assert_eq!(r.status(), 404);
     // The data still needs the token.
     assert_eq!(get("/v1/kinds").await.unwrap().status(), 401);
-    d.stop().await.unwrap();
+    d.stop().await;
 }

@@ -44,7 +44,7 @@ async fn python_client_generated_from_the_proto() {
     tokio::task::spawn_blocking(move || run_script("python3", &[script, &addr]))
         .await
         .unwrap();
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -58,5 +58,5 @@ async fn grpcurl_with_reflection() {
     tokio::task::spawn_blocking(move || run_script("bash", &[script, &addr]))
         .await
         .unwrap();
-    d.stop().await.unwrap();
+    d.stop().await;
 }

@@ -126,7 +126,7 @@ async fn request_timeout_ceiling_cancels_slow_rpcs() {
         }
     }
     assert!(served);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,7 +160,7 @@ async fn streams_that_are_never_read_do_not_stall_others() {
         proto::JobState::Succeeded
     );
     drop(unread);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A SubmitBatch of two echo jobs whose encoded size is exactly `total`.
@@ -207,7 +207,7 @@ async fn request_size_limit_holds_at_its_bound_and_refuses_one_byte_more() {
         wait_terminal(&mut c, &ok.id).await.state,
         proto::JobState::Succeeded as i32
     );
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// Replies have a limit too (`max(max_message_bytes, 2 x max_payload_bytes)`):
@@ -246,7 +246,7 @@ async fn list_pages_stop_short_of_the_reply_limit() {
     }
     assert_eq!(seen, ids, "every job once, in order");
     assert_eq!(pages, 2, "2 jobs fit in a page, then 1");
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A message of the wrong shape for GetStatus: field 1 is a string there.
@@ -298,7 +298,7 @@ async fn undecodable_messages_and_wrong_content_types_are_client_errors() {
         "{text}"
     );
     assert!(!text.contains("code=\"INTERNAL\""), "{text}");
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// `memory:` holds every payload in RAM: `queue.max_memory_bytes` bounds the
@@ -319,7 +319,7 @@ async fn memory_store_bounds_the_bytes_it_holds() {
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     // Small jobs still fit under the bound.
     submit(&mut c, req("echo", "small")).await;
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// `max_result_bytes` must leave every job readable: at most the reply limit
@@ -384,7 +384,7 @@ async fn a_job_larger_than_a_reply_is_answered_cut_and_paging_goes_on() {
             assert_eq!(state(&done), proto::JobState::Succeeded);
             ids.push(j.id);
         }
-        d.stop().await.unwrap();
+        d.stop().await;
         ids
     };
     // The defaults: replies of at most 4 MiB (and a default client's limit).
@@ -439,7 +439,7 @@ async fn a_job_larger_than_a_reply_is_answered_cut_and_paging_goes_on() {
         }
         assert_eq!(seen, ids, "page_size {page_size}: every job once, in order");
     }
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A channel whose connection comes from `from` (any 127.0.0.0/8 address is
@@ -621,7 +621,7 @@ async fn watchers_per_client_ip_are_bounded_across_connections() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// With auth on, watchers are bounded per token, whatever the address.
@@ -657,7 +657,7 @@ async fn watchers_per_token_are_bounded() {
     // Another token from the same address is another client.
     let mut b = client(B, channel_from(d.addr, here).await);
     let _s3 = b.watch_status(watch_req(&id)).await.unwrap();
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A client that stops reading while events wait loses its watcher place
@@ -725,5 +725,5 @@ async fn a_watch_whose_client_stopped_reading_is_ended_and_its_place_freed() {
     assert!(got > 0);
     assert_eq!(end.code(), Code::ResourceExhausted, "{end}");
     assert!(end.message().contains("after_sequence"), "{end}");
-    d.stop().await.unwrap();
+    d.stop().await;
 }

@@ -9,15 +9,6 @@ use tonic::Code;
 
 use crate::helpers::*;
 
-async fn admin(url: &str) -> AdminServiceClient<Channel> {
-    let ch = Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    AdminServiceClient::new(ch)
-}
-
 async fn pause(a: &mut AdminServiceClient<Channel>, kind: &str) -> proto::KindStatus {
     a.pause_kind(proto::PauseKindRequest { kind: kind.into() })
         .await
@@ -110,7 +101,7 @@ async fn paused_kind_takes_submits_starts_nothing_and_resumes() {
     }
     let (_, text) = http_get(d.admin, "/metrics").await;
     assert!(text.contains("jobd_kind_paused{kind=\"echo\"} 0"), "{text}");
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A running attempt of a kind being paused finishes.
@@ -126,7 +117,7 @@ async fn pausing_lets_running_jobs_finish() {
         state(&wait_terminal(&mut c, &j.id).await),
         JobState::Succeeded
     );
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// The pause is stored: after a restart on the same SQLite file the kind
@@ -139,7 +130,7 @@ async fn sqlite_pause_survives_a_restart() {
     let mut a = admin(&d.url()).await;
     pause(&mut a, "echo").await;
     let ids = submit_n(&mut d.client().await, "echo", 3).await;
-    d.stop().await.unwrap();
+    d.stop().await;
 
     let d = start(&head).await;
     let mut c = d.client().await;
@@ -155,7 +146,7 @@ async fn sqlite_pause_survives_a_restart() {
     for id in &ids {
         assert_eq!(state(&wait_terminal(&mut c, id).await), JobState::Succeeded);
     }
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// On PostgreSQL a pause through instance A holds on instance B too (B
@@ -187,8 +178,8 @@ async fn postgres_pause_holds_for_every_instance() {
             JobState::Succeeded
         );
     }
-    a.stop().await.unwrap();
-    b.stop().await.unwrap();
+    a.stop().await;
+    b.stop().await;
 }
 
 /// Bad and unknown kinds get a clear status; jobs of a kind no longer
@@ -202,7 +193,7 @@ async fn unknown_kinds_are_not_found_and_unconfigured_ones_listed() {
     let mut a = admin(&d.url()).await;
     pause(&mut a, "gone").await;
     submit(&mut d.client().await, req("gone", "x")).await;
-    d.stop().await.unwrap();
+    d.stop().await;
 
     let d = start(&head).await;
     let mut a = admin(&d.url()).await;
@@ -253,7 +244,7 @@ async fn unknown_kinds_are_not_found_and_unconfigured_ones_listed() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::NotFound);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// Every AdminService call needs the admin role: a submit token gets
@@ -306,7 +297,7 @@ async fn operations_need_the_admin_role() {
             }
         }
     }
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// Kinds for the retry tests: `flaky` fails (once, no retries) until the
@@ -434,7 +425,7 @@ async fn retry_by_id_requeues_and_watchers_see_it_succeed() {
     // Retrying it again now: skipped (it succeeded).
     let r = retry(&mut a, by_ids(&[&dead.id])).await;
     assert_eq!((r.retried, r.skipped.len()), (0, 1));
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// RetryJobs by filter: state, kind, labels and finish times select; the
@@ -544,7 +535,7 @@ async fn retry_by_filter_with_dry_run_and_limit() {
     // It runs now: a retry does not wait for the old run_at.
     let j = wait_terminal(&mut c, &cancelled.id).await;
     assert_eq!((state(&j), j.attempt), (JobState::Succeeded, 1));
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// Each bad RetryJobs request gets INVALID_ARGUMENT.
@@ -627,17 +618,7 @@ async fn retry_refuses_bad_requests() {
     ] {
         a.retry_jobs(r).await.unwrap();
     }
-    d.stop().await.unwrap();
-}
-
-async fn cli(addr: &str, args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(bin());
-    cmd.args(args)
-        .env("JOBD_ADDR", addr)
-        .env_remove("JOBD_TOKEN");
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    d.stop().await;
 }
 
 fn json_of(o: &std::process::Output) -> serde_json::Value {
@@ -792,7 +773,7 @@ async fn cli_operations_with_json_and_exit_codes() {
         args.extend(["--token", A]);
         assert_eq!(cli(&addr, &args).await.status.code(), Some(64), "{args:?}");
     }
-    d.stop().await.unwrap();
+    d.stop().await;
     // No daemon: 5.
     assert_eq!(
         cli(&addr, &["kinds", "--json"]).await.status.code(),
@@ -841,5 +822,5 @@ async fn pause_holds_while_the_kind_is_busy() {
         );
     }
     resume(&mut a, "echo").await;
-    d.stop().await.unwrap();
+    d.stop().await;
 }

@@ -7,20 +7,6 @@ use jobd::proto::{self, JobState};
 
 use crate::helpers::*;
 
-/// The value of the sample whose name and labels are exactly `series`.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-}
-
 async fn count(
     c: &mut proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
     s: JobState,
@@ -75,79 +61,79 @@ async fn metrics_after_a_scripted_workload_agree_with_the_store() {
     let (status, text) = http_get(d.admin, "/metrics").await;
     assert_eq!(status, 200);
     assert_eq!(
-        sample(&text, "jobd_jobs_submitted_total{kind=\"echo\"}"),
+        must_sample(&text, "jobd_jobs_submitted_total{kind=\"echo\"}"),
         6.0
     );
     assert_eq!(
-        sample(&text, "jobd_jobs_submitted_total{kind=\"fail\"}"),
+        must_sample(&text, "jobd_jobs_submitted_total{kind=\"fail\"}"),
         2.0
     );
     assert_eq!(
-        sample(&text, "jobd_jobs_deduplicated_total{kind=\"echo\"}"),
+        must_sample(&text, "jobd_jobs_deduplicated_total{kind=\"echo\"}"),
         1.0
     );
     assert_eq!(
-        sample(
+        must_sample(
             &text,
             "jobd_jobs_rejected_total{reason=\"invalid_argument\"}"
         ),
         1.0
     );
     assert_eq!(
-        sample(
+        must_sample(
             &text,
             "jobd_jobs_finished_total{kind=\"echo\",state=\"succeeded\"}"
         ),
         4.0
     );
     assert_eq!(
-        sample(
+        must_sample(
             &text,
             "jobd_jobs_finished_total{kind=\"echo\",state=\"cancelled\"}"
         ),
         1.0
     );
     assert_eq!(
-        sample(
+        must_sample(
             &text,
             "jobd_jobs_finished_total{kind=\"fail\",state=\"failed\"}"
         ),
         1.0
     );
     assert_eq!(
-        sample(
+        must_sample(
             &text,
             "jobd_jobs_finished_total{kind=\"fail\",state=\"succeeded\"}"
         ),
         1.0
     );
     assert_eq!(
-        sample(
+        must_sample(
             &text,
             "jobd_job_attempts_total{kind=\"fail\",outcome=\"permanent_error\"}"
         ),
         1.0
     );
     assert_eq!(
-        sample(
+        must_sample(
             &text,
             "jobd_job_attempts_total{kind=\"fail\",outcome=\"error\"}"
         ),
         1.0
     );
     assert_eq!(
-        sample(
+        must_sample(
             &text,
             "jobd_job_attempts_total{kind=\"fail\",outcome=\"succeeded\"}"
         ),
         1.0
     );
     assert_eq!(
-        sample(&text, "jobd_job_run_seconds_count{kind=\"echo\"}"),
+        must_sample(&text, "jobd_job_run_seconds_count{kind=\"echo\"}"),
         4.0
     );
     assert_eq!(
-        sample(&text, "jobd_sweeper_requeued_total{reason=\"retry_due\"}"),
+        must_sample(&text, "jobd_sweeper_requeued_total{reason=\"retry_due\"}"),
         1.0
     );
     // State gauges agree with the store.
@@ -160,26 +146,29 @@ async fn metrics_after_a_scripted_workload_agree_with_the_store() {
             let want = count(&mut c, state, kind).await;
             let series = format!("{gauge}{{kind=\"{kind}\"}}");
             let got = if text.contains(&format!("{series} ")) {
-                sample(&text, &series)
+                must_sample(&text, &series)
             } else {
                 0.0
             };
             assert_eq!(got, want, "{series}");
         }
     }
-    assert_eq!(sample(&text, "jobd_backlog_queued{kind=\"echo\"}"), 1.0);
     assert_eq!(
-        sample(&text, "jobd_processing_inflight{kind=\"sleep\"}"),
+        must_sample(&text, "jobd_backlog_queued{kind=\"echo\"}"),
+        1.0
+    );
+    assert_eq!(
+        must_sample(&text, "jobd_processing_inflight{kind=\"sleep\"}"),
         1.0
     );
     assert!(
-        sample(
+        must_sample(
             &text,
             "jobd_grpc_requests_total{method=\"/jobd.v1.JobService/Submit\",code=\"OK\"}"
         ) >= 9.0
     );
-    assert_eq!(sample(&text, "jobd_grpc_requests_total{method=\"/jobd.v1.JobService/Submit\",code=\"INVALID_ARGUMENT\"}"), 1.0);
-    assert_eq!(sample(&text, "jobd_watchers"), 0.0);
+    assert_eq!(must_sample(&text, "jobd_grpc_requests_total{method=\"/jobd.v1.JobService/Submit\",code=\"INVALID_ARGUMENT\"}"), 1.0);
+    assert_eq!(must_sample(&text, "jobd_watchers"), 0.0);
     assert!(text.contains("jobd_build_info{version=\""));
 }
 
@@ -229,7 +218,7 @@ async fn jobs_of_a_removed_kind_are_reported_at_start() {
     let mut r = req("gone", "x");
     r.run_at = Some(ts_in(Duration::from_secs(3600)));
     let job = submit(&mut c, r).await;
-    d.stop().await.unwrap();
+    d.stop().await;
 
     let d = start_with(&store, "[kinds.kept]\nhandler = \"echo\"\n").await;
     let (_, text) = http_get(d.admin, "/metrics").await;
@@ -246,5 +235,59 @@ async fn jobs_of_a_removed_kind_are_reported_at_start() {
         .job
         .unwrap();
     assert_eq!(state(&cancelled), jobd::proto::JobState::Cancelled);
-    d.stop().await.unwrap();
+    d.stop().await;
+}
+
+/// Every per-kind series of every configured kind is on /metrics at 0
+/// before any submit; a job handed over at submit still moves the backlog
+/// series (QUEUED, then RUNNING); gRPC WatchJobs is counted under its own
+/// method name, not `other`.
+#[tokio::test]
+async fn kind_series_start_at_zero_and_watch_jobs_has_its_own_label() {
+    let d = start("").await;
+    let text = scrape(d.admin).await;
+    for kind in ["echo", "sleep", "fail"] {
+        for family in [
+            "jobd_backlog_queued",
+            "jobd_processing_inflight",
+            "jobd_retry_wait",
+            "jobd_kind_paused",
+            "jobd_jobs_submitted_total",
+        ] {
+            let series = format!("{family}{{kind=\"{kind}\"}}");
+            assert_eq!(must_sample(&text, &series), 0.0, "{series}");
+        }
+    }
+    let mut c = d.client().await;
+    let mut s = c
+        .watch_jobs(proto::WatchJobsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let j = submit(&mut c, req("echo", "x")).await;
+    wait_terminal(&mut c, &j.id).await;
+    let first = tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("a change")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.job.unwrap().state, JobState::Queued as i32);
+    drop(s);
+    let text = scrape(d.admin).await;
+    assert_eq!(
+        must_sample(&text, "jobd_backlog_queued{kind=\"echo\"}"),
+        0.0
+    );
+    assert_eq!(
+        must_sample(&text, "jobd_processing_inflight{kind=\"echo\"}"),
+        0.0
+    );
+    assert!(
+        text.contains(
+            "jobd_grpc_requests_total{method=\"/jobd.v1.JobService/WatchJobs\",code=\"OK\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("method=\"other\""), "{text}");
+    d.stop().await;
 }

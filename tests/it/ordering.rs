@@ -142,7 +142,7 @@ async fn fifo_on(head: &str) {
     let ids = submit_all(&mut c, requests).await;
     let jobs = finish_all(&mut c, &ids).await;
     assert_fifo_per_key(&jobs);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test]
@@ -178,8 +178,8 @@ async fn one_key_runs_one_job_at_a_time_across_two_postgres_instances() {
     let three = finish_all(&mut ca, &three).await;
     let spans: Vec<_> = three.iter().map(span).collect();
     assert!(max_overlap(&spans) <= 3, "{}", max_overlap(&spans));
-    a.stop().await.unwrap();
-    b.stop().await.unwrap();
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test]
@@ -197,7 +197,7 @@ async fn key_concurrency_three_never_runs_more_than_three_of_a_key() {
         let most = max_overlap(&spans);
         assert!(most <= 3, "{head}: {most} jobs of one key ran at once");
         assert!(most >= 2, "{head}: the key never ran jobs side by side");
-        d.stop().await.unwrap();
+        d.stop().await;
     }
 }
 
@@ -235,7 +235,7 @@ async fn a_retrying_head_blocks_its_key_and_no_other() {
             other.id
         );
     }
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test]
@@ -262,7 +262,7 @@ async fn a_failed_or_cancelled_head_releases_its_key() {
         state(&wait_terminal(&mut c, &ids[1]).await),
         JobState::Succeeded
     );
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test]
@@ -312,7 +312,7 @@ async fn bad_ordering_keys_are_invalid_argument_and_the_key_is_listed() {
     submit(&mut c, r.clone()).await;
     r.ordering_key = "b".into();
     assert_eq!(c.submit(r).await.unwrap_err().code(), Code::AlreadyExists);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// Asserts that no stretch of `starts` (µs, sorted) holds more starts than
@@ -364,7 +364,7 @@ async fn a_rate_limit_spreads_starts_and_other_kinds_go_on() {
         .expect("rate-limited counter");
     let n: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n >= 1.0, "{line}");
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test]
@@ -385,8 +385,8 @@ async fn two_postgres_instances_share_one_rate() {
     // separate buckets would take half that).
     assert!(spread >= 3.4, "80 starts in {spread:.2} s");
     assert_within_bucket(&starts, 20.0, 5.0);
-    a.stop().await.unwrap();
-    b.stop().await.unwrap();
+    a.stop().await;
+    b.stop().await;
 }
 
 #[test]

@@ -69,13 +69,6 @@ async fn submit_batch(
         .collect()
 }
 
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_instances_complete_10k_jobs_exactly_once() {
     let Some(pg) = PgSchema::new("three").await else {
@@ -144,7 +137,7 @@ async fn three_instances_complete_10k_jobs_exactly_once() {
     let mut finished = 0.0;
     for d in &daemons {
         let (_, text) = http_get(d.admin, "/metrics").await;
-        finished += metric(
+        finished += metric_sum(
             &text,
             "jobd_jobs_finished_total{kind=\"echo\",state=\"succeeded\"}",
         );
@@ -152,7 +145,7 @@ async fn three_instances_complete_10k_jobs_exactly_once() {
     assert_eq!(finished, 10_000.0);
     s.close().await.unwrap();
     for d in daemons {
-        d.stop().await.unwrap();
+        d.stop().await;
     }
 }
 
@@ -331,7 +324,7 @@ async fn watch_on_one_instance_follows_a_job_run_on_another() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let (_, text) = http_get(c.admin, "/metrics").await;
-        if metric(
+        if metric_sum(
             &text,
             "jobd_job_attempts_total{kind=\"slow\",outcome=\"cancelled\"}",
         ) == 1.0
@@ -345,7 +338,7 @@ async fn watch_on_one_instance_follows_a_job_run_on_another() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for d in [a, b, c] {
-        d.stop().await.unwrap();
+        d.stop().await;
     }
 }
 
@@ -386,7 +379,7 @@ async fn one_idempotency_key_sent_to_three_instances_makes_one_job() {
     let e = c.submit(r).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
     for d in daemons {
-        d.stop().await.unwrap();
+        d.stop().await;
     }
 }
 
@@ -417,7 +410,7 @@ async fn drain_keeps_leases_alive_and_requeues_what_it_stops() {
     for id in [&short.id, &long.id] {
         wait_for(&mut c, id, |s| s == proto::JobState::Running).await;
     }
-    a.stop().await.unwrap();
+    a.stop().await;
     let s = pg.open().await;
     let short = s.get(short.id.parse().unwrap()).await.unwrap().unwrap();
     assert_eq!(
@@ -430,7 +423,7 @@ async fn drain_keeps_leases_alive_and_requeues_what_it_stops() {
     assert_eq!((long.state, long.attempt), (JobState::Queued, 0));
     assert!(long.last_error.contains("drain"), "{}", long.last_error);
     s.close().await.unwrap();
-    b.stop().await.unwrap();
+    b.stop().await;
 }
 
 /// PostgreSQL text cannot hold NUL; a command's stderr may. The error is
@@ -452,7 +445,7 @@ async fn a_nul_byte_in_stderr_is_stored_not_a_failed_write() {
         "{:?}",
         done.last_error
     );
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -641,6 +634,6 @@ async fn database_restart_under_load_loses_no_acknowledged_job() {
     let seqs: Vec<u64> = events.iter().map(|e| e.sequence).collect();
     assert_eq!(seqs, [1, 2, 3], "every state, in order, across the restart");
     s.close().await.unwrap();
-    a.stop().await.unwrap();
-    b.stop().await.unwrap();
+    a.stop().await;
+    b.stop().await;
 }

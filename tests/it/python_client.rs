@@ -92,7 +92,7 @@ async fn python_client_example_works_as_pasted() {
         .into_inner();
     let listed: Vec<&str> = page.jobs.iter().map(|j| j.id.as_str()).collect();
     assert_eq!(listed, accepted);
-    d.stop().await.unwrap();
+    d.stop().await;
 
     // A daemon that is down: the client fails, and says why.
     let o = run_client(&stubs, &format!("127.0.0.1:{}", crate::binary::free_port())).await;

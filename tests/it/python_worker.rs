@@ -59,14 +59,6 @@ pub(crate) async fn generate_stubs(out: &Path) {
     );
 }
 
-/// A sample of the daemon's /metrics, 0 when the series is absent.
-async fn metric(d: &TestDaemon, series: &str) -> f64 {
-    let (_, text) = http_get(d.admin, "/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 struct Worker {
     child: Child,
     log: std::path::PathBuf,
@@ -155,7 +147,9 @@ async fn python_workers_run_1000_jobs_exactly_once() {
 
     // All three sessions open before anything is submitted.
     let deadline = Instant::now() + BOUND;
-    while metric(&d, "jobd_worker_sessions{kind=\"py\"}").await < WORKERS as f64 {
+    while sample(&scrape(d.admin).await, "jobd_worker_sessions{kind=\"py\"}").unwrap_or(0.0)
+        < WORKERS as f64
+    {
         workers.iter_mut().for_each(Worker::check_alive);
         assert!(Instant::now() < deadline, "python workers did not connect");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -232,12 +226,18 @@ async fn python_workers_run_1000_jobs_exactly_once() {
         }
     }
     assert_eq!(seen.len(), JOBS, "executions logged");
-    assert_eq!(metric(&d, "jobd_worker_lost_total").await, 0.0);
-    assert_eq!(metric(&d, "jobd_worker_stale_reports_total").await, 0.0);
+    assert_eq!(
+        sample(&scrape(d.admin).await, "jobd_worker_lost_total").unwrap_or(0.0),
+        0.0
+    );
+    assert_eq!(
+        sample(&scrape(d.admin).await, "jobd_worker_stale_reports_total").unwrap_or(0.0),
+        0.0
+    );
 
     for w in &mut workers {
         w.check_alive();
         w.child.kill().await.unwrap();
     }
-    d.stop().await.unwrap();
+    d.stop().await;
 }

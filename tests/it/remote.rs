@@ -1,6 +1,6 @@
 //! Remote workers over `jobd.v1.WorkerService`: each protocol rule of
 //! DESIGN.md "Remote workers", against a real daemon, with the library's
-//! Rust worker (`jobd::worker`) and with a raw stream where a test must
+//! Rust worker (`jobd::clients::worker`) and with a raw stream where a test must
 //! misbehave on purpose.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use jobd::clients::worker::{serve, HandlerError, WorkJob, WorkerOptions};
 use jobd::proto::{
     self, server_message, worker_message, worker_service_client::WorkerServiceClient, JobState,
 };
-use jobd::worker::{serve, HandlerError, WorkJob, WorkerOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
@@ -192,7 +192,7 @@ async fn jobs_run_on_a_worker_and_never_more_than_max_in_flight() {
         "{text}"
     );
     stop.cancel();
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +210,7 @@ async fn with_no_worker_jobs_wait_queued_and_spend_no_attempt() {
     assert_eq!(state(&j), JobState::Succeeded);
     assert_eq!(j.attempt, 1);
     stop.cancel();
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,7 +232,7 @@ async fn bad_hellos_end_the_stream_with_invalid_argument() {
         assert_eq!(code, Code::InvalidArgument, "{why}");
     }
     assert!(raw(&d.url(), hello(&["r"], 10_000)).await.is_ok());
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A worker that keeps its stream open but stops speaking (SIGSTOP) is lost
@@ -283,7 +283,7 @@ async fn a_silent_worker_is_lost_and_its_late_report_is_stale() {
     assert!(text.contains("jobd_worker_lost_total 1"), "{text}");
     assert!(text.contains("jobd_worker_stale_reports_total 1"), "{text}");
     stop.cancel();
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A worker whose stream ends mid-job (killed) is lost at once.
@@ -296,7 +296,7 @@ async fn a_worker_whose_stream_ends_is_lost_and_its_job_retried() {
     assert_eq!(state(&j), JobState::Succeeded);
     assert_eq!(j.attempt, 2);
     stop.cancel();
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// Cancel of a job a worker holds reaches the worker at once; a report of a
@@ -322,7 +322,7 @@ async fn cancel_reaches_the_worker_at_once() {
     a.complete(&job.id, 1, "too late").await;
     assert!(a.ack().await.stale);
     assert_eq!(state(&status(&mut c, &job.id).await), JobState::Cancelled);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// The attempt's timeout pushes CancelJob, then the job is retried.
@@ -363,7 +363,7 @@ async fn a_timeout_pushes_cancel_then_retries() {
         "attempt 1 saw no cancel"
     );
     stop.cancel();
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A daemon on SQLite in `dir` with `drain.timeout`, and a raw worker that
@@ -401,7 +401,7 @@ async fn drain_tells_workers_and_takes_their_reports() {
     let j = status(&mut c, &job.id).await;
     assert_eq!(state(&j), JobState::Succeeded);
     assert_eq!(j.result, b"in time");
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A worker token may call WorkerService only; a submit token may not
@@ -462,7 +462,7 @@ async fn worker_role_is_for_worker_service_only() {
             assert_eq!(r.unwrap_err().code(), Code::PermissionDenied);
         }
     }
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// `jobd work` processes: one is killed with `kill -9` mid-job; the job
@@ -499,7 +499,7 @@ async fn a_killed_worker_process_loses_its_job_to_another() {
             .any(|e| e.job.as_ref().unwrap().last_error.contains("worker lost")),
         "{events:?}"
     );
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// On PostgreSQL, a worker connected to instance A takes the jobs submitted
@@ -526,8 +526,8 @@ async fn postgres_worker_on_one_instance_takes_jobs_submitted_on_another() {
         );
     }
     stop.cancel();
-    a.stop().await.unwrap();
-    b.stop().await.unwrap();
+    a.stop().await;
+    b.stop().await;
 }
 
 /// Drain: an attempt not reported by the deadline is requeued without
@@ -555,7 +555,7 @@ async fn drain_requeues_unreported_jobs_without_spending_the_attempt() {
     assert_eq!(state(&j), JobState::Succeeded);
     assert_eq!(j.attempt, 1, "the drained attempt was counted");
     stop.cancel();
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// AdminService.ListWorkers shows each session (admin role only).
@@ -594,5 +594,5 @@ async fn list_workers_shows_each_session() {
     assert!(none.is_empty());
     a.complete(&job.id, 1, "done").await;
     assert!(!a.ack().await.stale);
-    d.stop().await.unwrap();
+    d.stop().await;
 }

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use jobd::proto;
-use jobd::proto::admin_service_client::AdminServiceClient;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -71,23 +70,18 @@ fn gaps(f: &[(i64, proto::Job)]) -> Vec<i64> {
         .collect()
 }
 
-async fn metric(d: &TestDaemon, name: &str) -> u64 {
-    let (_, text) = http_get(d.admin, "/metrics").await;
-    text.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// An every-second schedule makes exactly one job per second, keyed
 /// `schedule:{id}:{fire time RFC 3339 UTC}`, labelled `schedule={id}`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_second_schedule_fires_once_per_second() {
     let d = start(&every_second("tick", "echo", "")).await;
     tokio::time::sleep(Duration::from_millis(5500)).await;
-    let fired = metric(&d, "jobd_schedule_fires_total{schedule=\"tick\"}").await;
+    let fired = metric_sum(
+        &scrape(d.admin).await,
+        "jobd_schedule_fires_total{schedule=\"tick\"}",
+    ) as u64;
     let f = fires(&mut d.client().await, "tick").await;
-    d.stop().await.unwrap();
+    d.stop().await;
     assert!((4..=7).contains(&f.len()), "{} fires", f.len());
     assert_distinct_seconds(&f);
     assert!(gaps(&f).iter().all(|g| *g == 1), "{:?}", gaps(&f));
@@ -106,13 +100,13 @@ async fn sqlite_restart_within_catchup_skips_and_doubles_nothing() {
     );
     let d = start(&head).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    d.stop().await.unwrap();
+    d.stop().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let d = start(&head).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let f = fires(&mut d.client().await, "tick").await;
-    let missed = metric(&d, "jobd_schedule_missed_total").await;
-    d.stop().await.unwrap();
+    let missed = metric_sum(&scrape(d.admin).await, "jobd_schedule_missed_total") as u64;
+    d.stop().await;
     assert_distinct_seconds(&f);
     assert!(f.len() >= 5, "{} fires", f.len());
     assert!(gaps(&f).iter().all(|g| *g == 1), "{:?}", gaps(&f));
@@ -131,13 +125,16 @@ async fn outage_with_no_catchup_counts_missed_fires_and_runs_none() {
     );
     let d = start(&head).await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    d.stop().await.unwrap();
+    d.stop().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let d = start(&head).await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let f = fires(&mut d.client().await, "tick").await;
-    let missed = metric(&d, "jobd_schedule_missed_total{schedule=\"tick\"}").await;
-    d.stop().await.unwrap();
+    let missed = metric_sum(
+        &scrape(d.admin).await,
+        "jobd_schedule_missed_total{schedule=\"tick\"}",
+    ) as u64;
+    d.stop().await;
     assert_distinct_seconds(&f);
     let g = gaps(&f);
     let outage = g.iter().copied().max().unwrap_or(0);
@@ -158,7 +155,7 @@ async fn overlap_skip_waits_for_the_previous_job() {
     let d = start(&head).await;
     tokio::time::sleep(Duration::from_millis(5500)).await;
     let f = fires(&mut d.client().await, "slow").await;
-    d.stop().await.unwrap();
+    d.stop().await;
     assert!((1..=3).contains(&f.len()), "{} fires", f.len());
     assert!(gaps(&f).iter().all(|g| *g >= 3), "{:?}", gaps(&f));
 }
@@ -174,20 +171,11 @@ async fn postgres_two_instances_fire_each_time_once() {
     let b = start(&toml).await;
     tokio::time::sleep(Duration::from_millis(4500)).await;
     let f = fires(&mut a.client().await, "tick").await;
-    a.stop().await.unwrap();
-    b.stop().await.unwrap();
+    a.stop().await;
+    b.stop().await;
     assert!(f.len() >= 3, "{} fires", f.len());
     assert_distinct_seconds(&f);
     assert!(gaps(&f).iter().all(|g| *g == 1), "{:?}", gaps(&f));
-}
-
-async fn admin(url: &str) -> AdminServiceClient<Channel> {
-    let ch = Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    AdminServiceClient::new(ch)
 }
 
 /// ListSchedules shows the config and stored state; TriggerSchedule fires
@@ -288,17 +276,7 @@ async fn list_trigger_pause_resume_and_not_found() {
             .unwrap_err();
         assert_eq!(e.code(), code, "resume {id:?}");
     }
-    d.stop().await.unwrap();
-}
-
-async fn cli(addr: &str, args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(bin());
-    cmd.args(args)
-        .env("JOBD_ADDR", addr)
-        .env_remove("JOBD_TOKEN");
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
+    d.stop().await;
 }
 
 /// `jobd schedules` and `jobd trigger ID`, with --json and as tables;
@@ -332,5 +310,5 @@ async fn cli_schedules_and_trigger() {
         cli(&addr, &["trigger", "nope"]).await.status.code(),
         Some(3)
     );
-    d.stop().await.unwrap();
+    d.stop().await;
 }

@@ -3,44 +3,9 @@
 use std::time::Duration;
 
 use jobd::proto::job_service_client::JobServiceClient;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::helpers::*;
-
-/// A test CA (also used by the HTTPS webhook tests).
-pub(crate) struct Pki {
-    pub(crate) ca_pem: String,
-    ca_params: CertificateParams,
-    ca_key: KeyPair,
-}
-
-impl Pki {
-    pub(crate) fn new() -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
-        Pki {
-            ca_pem,
-            ca_params,
-            ca_key,
-        }
-    }
-
-    /// (cert PEM, key PEM) signed by this CA.
-    pub(crate) fn leaf(&self, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let params =
-            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
-        (
-            params.signed_by(&key, &issuer).unwrap().pem(),
-            key.serialize_pem(),
-        )
-    }
-}
 
 async fn tls_client(
     url: &str,
@@ -420,7 +385,7 @@ async fn the_cli_speaks_tls_with_a_token() {
         String::from_utf8_lossy(&no_token.stderr).contains("token"),
         "{no_token:?}"
     );
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// `jobd submit` to a daemon that requires mTLS: `--cert`/`--cert-key`
@@ -483,7 +448,7 @@ async fn the_cli_presents_a_client_certificate() {
             .starts_with("the connection to jobd failed: "),
         "{err}"
     );
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// `jobd work` reaches a daemon that requires mTLS with the same flags as
@@ -525,5 +490,5 @@ async fn jobd_work_connects_over_mtls() {
     let _ = worker.kill();
     let _ = worker.wait();
     assert_eq!(done.result, b"SHOUT", "{done:?}");
-    d.stop().await.unwrap();
+    d.stop().await;
 }

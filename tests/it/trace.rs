@@ -56,7 +56,7 @@ async fn every_attempt_of_a_command_sees_the_submitters_trace_context() {
         assert_eq!(String::from_utf8_lossy(&done.result), "||2");
         assert_eq!(done.traceparent, "");
     }
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,7 +91,7 @@ async fn the_json_door_takes_traceparent_from_http_headers() {
         };
         assert_eq!(resp.job.unwrap().traceparent, TRACEPARENT);
     }
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// A small OTLP/gRPC collector: keeps every span it is sent.
@@ -151,7 +151,7 @@ async fn spans_go_to_the_otlp_collector_linked_to_the_submitter() {
     let j = c.submit(r).await.unwrap().into_inner().job.unwrap();
     let done = wait_terminal(&mut c, &j.id).await;
     assert_eq!((state(&done), done.attempt), (JobState::Succeeded, 2));
-    d.stop().await.unwrap(); // flushes the exporter
+    d.stop().await; // flushes the exporter
     let spans = col.spans.lock().unwrap().clone();
 
     // The Submit RPC: a server span, child of the submitter's span.
@@ -215,8 +215,7 @@ async fn a_collector_that_is_down_slows_no_job_and_no_drain() {
     // Drain sends what is queued; a refused export does not hold it up.
     tokio::time::timeout(std::time::Duration::from_secs(15), d.stop())
         .await
-        .expect("drain ends with the collector down")
-        .unwrap();
+        .expect("drain ends with the collector down");
 }
 
 #[test]

@@ -98,7 +98,7 @@ async fn every_change_in_order_filtered_and_resumable() {
         .unwrap_err();
     assert_eq!(e.code(), Code::InvalidArgument);
     drop((all, echo_done, resumed));
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test]
@@ -167,7 +167,7 @@ async fn a_position_the_window_dropped_is_out_of_range() {
     let j = submit(&mut c, req("echo", "after")).await;
     assert_eq!(next(&mut now).await.unwrap().unwrap().job.unwrap().id, j.id);
     drop(now);
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 /// `GET /v1/events` is WatchJobs as server-sent events: `id:` is the
@@ -245,7 +245,7 @@ async fn all_jobs_as_server_sent_events() {
     assert_eq!(r.status(), 400);
     let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
     assert_eq!(v["code"], 11, "{v}");
-    d.stop().await.unwrap();
+    d.stop().await;
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@ use tokio_postgres::{Client, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StoreError;
+use crate::client_tls::{client_config, Fields};
 use crate::config::{ClientTls, PostgresUrl, ServerCheck, SslMode};
-use crate::tls::client::{client_config, Fields};
 
 /// Everything a new connection needs: pool, LISTEN and ping use one.
 #[derive(Clone)]

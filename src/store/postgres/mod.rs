@@ -37,9 +37,9 @@ use super::{
     transition, CancelOutcome, Change, ClaimOutcome, ClaimRequest, InsertOutcome, ListQuery,
     Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
+use crate::client_tls::error_chain;
 use crate::config::{PostgresConfig, PostgresUrl};
 use crate::job::{add_micros, now_micros, Job, JobState, Micros, NewJob};
-use crate::tls::client::error_chain;
 
 mod batcher;
 mod connect;

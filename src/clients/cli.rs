@@ -21,7 +21,7 @@ use crate::proto::{self, job_service_client::JobServiceClient, JobState};
 /// daemon that closes the connection is an error to report, not a silent
 /// death.
 macro_rules! out {
-    ($($arg:tt)*) => { $crate::client::emit(format_args!($($arg)*)) };
+    ($($arg:tt)*) => { $crate::clients::cli::emit(format_args!($($arg)*)) };
 }
 
 /// Writes one line to stdout (see [`out!`]).
@@ -383,7 +383,7 @@ impl From<Status> for Failure {
         };
         let mut msg = format!(
             "{}: {}",
-            crate::api::grpc_metrics::code_name(s.code()),
+            crate::transport::grpc_metrics::code_name(s.code()),
             s.message()
         );
         if let Some(br) = s.get_details_bad_request() {

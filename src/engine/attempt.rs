@@ -191,11 +191,16 @@ impl Engine {
                 ),
             });
         }
-        let delay = after.unwrap_or_else(|| {
-            kind.map_or(Duration::from_secs(1), |k| {
-                retry::backoff_delay(&k.backoff, job.attempt)
-            })
-        });
+        // A handler's own delay (a worker's `Fail.retry_after`, a
+        // Retry-After) is capped: no job parks for years, and no
+        // `next_attempt_at` leaves the range a reply can carry.
+        let delay = after
+            .map(|a| a.min(crate::handlers::MAX_RETRY_AFTER))
+            .unwrap_or_else(|| {
+                kind.map_or(Duration::from_secs(1), |k| {
+                    retry::backoff_delay(&k.backoff, job.attempt)
+                })
+            });
         Some(Outcome::Retry {
             error,
             at: add_micros(now_micros(), delay),

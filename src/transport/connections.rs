@@ -418,12 +418,12 @@ pub fn incoming(
 /// (holding its connection place), so a slow or silent client never holds
 /// up accepting others; `handshake_timeout` covers the TLS handshake and the
 /// HTTP/2 preface together. Each handshake uses the TLS settings of its
-/// moment (see [`crate::tls`]).
+/// moment (see [`crate::transport::tls`]).
 pub fn incoming_tls(
     listener: TcpListener,
     max_connections: usize,
     handshake_timeout: Duration,
-    tls: Arc<crate::tls::Tls>,
+    tls: Arc<crate::transport::tls::Tls>,
 ) -> impl Stream<Item = std::io::Result<Speaking<tokio_rustls::server::TlsStream<Conn>>>> {
     use futures_util::StreamExt;
     // Handshaken connections wait here for tonic; each holds a place, so

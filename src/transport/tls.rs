@@ -1,10 +1,8 @@
 //! TLS on the gRPC listener with our own acceptor (rather than tonic's
 //! fixed `ServerTlsConfig`), so that SIGHUP can swap in renewed certificate
 //! files: new connections use the new files, open ones keep their session.
-//! [`client`] holds the other side: jobd as a TLS client (`http` kinds, the
-//! PostgreSQL store).
-
-pub mod client;
+//! [`crate::client_tls`] holds the other side: jobd as a TLS client (`http`
+//! kinds, the PostgreSQL store).
 
 use std::path::Path;
 use std::sync::{Arc, RwLock};

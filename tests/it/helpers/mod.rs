@@ -1,6 +1,14 @@
 //! Spawns a real daemon on an ephemeral port (in-process, or the real
 //! binary) and gives tests real gRPC clients.
 
+mod clients;
+mod metrics;
+mod pki;
+
+pub use clients::*;
+pub use metrics::*;
+pub use pki::Pki;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -101,10 +109,9 @@ impl TestDaemon {
         connect(&self.url()).await
     }
 
-    /// Drains and waits for `run` to return.
-    pub async fn stop(self) -> Result<(), RunError> {
+    /// Drains and waits for `run` to return (cleanly, or the test fails).
+    pub async fn stop(self) {
         self.stop_keep_dir().await;
-        Ok(())
     }
 
     /// Drains, checks `run` returned Ok, and hands back the data directory.

@@ -11,31 +11,6 @@ use tonic::Code;
 
 use crate::metrics::Metrics;
 
-/// Methods that get their own label; anything else is `other`, so a client
-/// cannot grow the metric's label set.
-const KNOWN: &[&str] = &[
-    "/jobd.v1.JobService/Submit",
-    "/jobd.v1.JobService/SubmitBatch",
-    "/jobd.v1.JobService/GetStatus",
-    "/jobd.v1.JobService/WatchStatus",
-    "/jobd.v1.JobService/Cancel",
-    "/jobd.v1.JobService/ListJobs",
-    "/jobd.v1.WorkerService/Connect",
-    "/jobd.v1.AdminService/ListWorkers",
-    "/jobd.v1.AdminService/PauseKind",
-    "/jobd.v1.AdminService/ResumeKind",
-    "/jobd.v1.AdminService/ListKinds",
-    "/jobd.v1.AdminService/RetryJobs",
-    "/jobd.v1.AdminService/ListSchedules",
-    "/jobd.v1.AdminService/TriggerSchedule",
-    "/jobd.v1.AdminService/PauseSchedule",
-    "/jobd.v1.AdminService/ResumeSchedule",
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-];
-
 /// The canonical upper-case name of a status code.
 pub fn code_name(c: Code) -> &'static str {
     match c {
@@ -99,11 +74,8 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path();
-        let method = KNOWN
-            .iter()
-            .find(|m| **m == path)
-            .copied()
-            .unwrap_or("other");
+        // The table's label: a client cannot grow the label set.
+        let method = super::methods::label(path);
         let metrics = self.metrics.clone();
         let span = self.spans.as_ref().map(|s| rpc_span(s, method, &req));
         let started = Instant::now();

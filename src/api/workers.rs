@@ -2,7 +2,7 @@
 //! first message must be `hello`; after it, every message the worker sends
 //! counts as a heartbeat, reports are fenced by (job, attempt) and answered
 //! with a `ReportAck`, and a session silent for 3 heartbeat intervals, or
-//! whose stream ends, is lost (see [`crate::remote`]).
+//! whose stream ends, is lost (see [`crate::handlers::remote`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,9 +18,9 @@ use super::error::ApiError;
 use super::validate::{MAX_LABELS, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
 use crate::config::HandlerSpec;
 use crate::engine::Engine;
+use crate::handlers::remote::{Outbox, Workers, MAX_IN_FLIGHT, OUTBOX_SLACK};
 use crate::handlers::{HandlerError, Output};
 use crate::proto::{self, server_message, worker_message, worker_service_server::WorkerService};
-use crate::remote::{Outbox, Workers, MAX_IN_FLIGHT, OUTBOX_SLACK};
 
 /// Longest `worker_id`.
 pub const MAX_WORKER_ID_BYTES: usize = 256;
@@ -30,7 +30,7 @@ pub const MAX_WORKER_KINDS: usize = 64;
 pub const MAX_FAIL_ERROR_BYTES: usize = 4096;
 /// Longest `Fail.retry_after` honoured (as the http handler caps
 /// Retry-After): a worker cannot park a job for years.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+pub use crate::handlers::MAX_RETRY_AFTER;
 /// Silent intervals after which a session is lost.
 pub const LOST_AFTER_INTERVALS: u32 = 3;
 
@@ -140,7 +140,11 @@ fn report(msg: worker_message::Msg) -> Option<(String, u32, Result<Output, Handl
             } else {
                 HandlerError::Retryable {
                     message: error,
-                    after: f.retry_after.and_then(|d| Duration::try_from(d).ok()),
+                    // Negative or past the proto range: no delay of its own.
+                    after: f
+                        .retry_after
+                        .and_then(|d| Duration::try_from(d).ok())
+                        .map(|d| d.min(MAX_RETRY_AFTER)),
                 }
             };
             Some((f.job_id, f.attempt, Err(e)))

@@ -7,8 +7,9 @@
 //! WatchJobs and ListJobs (of every job: jobs have no owner); `viewer` may
 //! only read (GetStatus, ListJobs, the watches, and AdminService's List*
 //! calls); `worker` may call WorkerService (and nothing else); `admin` may
-//! call everything. The HTTP/JSON routes check the same paths (see
-//! [`crate::http`]).
+//! call everything. Which role may call what is a column of the one table
+//! of RPCs ([`super::methods`]); the HTTP/JSON routes check the same
+//! methods (see [`crate::http`]).
 
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -21,38 +22,7 @@ use tonic::Status;
 
 use crate::config::{Role, TokenConfig};
 
-/// Methods a `submit` token may call.
-const SUBMIT_METHODS: &[&str] = &[
-    "/jobd.v1.JobService/Submit",
-    "/jobd.v1.JobService/SubmitBatch",
-    "/jobd.v1.JobService/GetStatus",
-    "/jobd.v1.JobService/WatchStatus",
-    "/jobd.v1.JobService/ListJobs",
-    "/jobd.v1.JobService/WatchJobs",
-];
-/// Methods a `viewer` token may call: every read, nothing that changes a
-/// job, a kind or a schedule.
-const VIEWER_METHODS: &[&str] = &[
-    "/jobd.v1.JobService/GetStatus",
-    "/jobd.v1.JobService/WatchStatus",
-    "/jobd.v1.JobService/ListJobs",
-    "/jobd.v1.JobService/WatchJobs",
-    "/jobd.v1.AdminService/ListWorkers",
-    "/jobd.v1.AdminService/ListKinds",
-    "/jobd.v1.AdminService/ListSchedules",
-];
-/// The service a `worker` token may call.
-const WORKER_SERVICE: &str = "/jobd.v1.WorkerService/";
-
-/// Whether `role` may call the method at `path`.
-fn allowed(role: Role, path: &str) -> bool {
-    match role {
-        Role::Admin => true,
-        Role::Submit => SUBMIT_METHODS.contains(&path),
-        Role::Viewer => VIEWER_METHODS.contains(&path),
-        Role::Worker => path.starts_with(WORKER_SERVICE),
-    }
-}
+use super::methods::allowed;
 
 /// The role as the config spells it.
 fn role_name(role: Role) -> &'static str {
@@ -246,31 +216,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::{allowed, bearer};
-    use crate::config::Role;
-
-    #[test]
-    fn viewer_reads_and_changes_nothing() {
-        for read in [
-            "/jobd.v1.JobService/GetStatus",
-            "/jobd.v1.JobService/ListJobs",
-            "/jobd.v1.JobService/WatchStatus",
-            "/jobd.v1.AdminService/ListKinds",
-        ] {
-            assert!(allowed(Role::Viewer, read), "{read}");
-        }
-        for write in [
-            "/jobd.v1.JobService/Submit",
-            "/jobd.v1.JobService/SubmitBatch",
-            "/jobd.v1.JobService/Cancel",
-            "/jobd.v1.AdminService/RetryJobs",
-            "/jobd.v1.AdminService/PauseKind",
-            "/jobd.v1.AdminService/TriggerSchedule",
-            "/jobd.v1.WorkerService/Connect",
-        ] {
-            assert!(!allowed(Role::Viewer, write), "{write}");
-        }
-    }
+    use super::bearer;
 
     #[test]
     fn bearer_scheme_is_case_insensitive() {

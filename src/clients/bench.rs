@@ -655,13 +655,15 @@ async fn watch(a: &BenchArgs, addr: &str) -> Result<Row, String> {
 pub async fn run(a: &BenchArgs, addr: &str) -> Result<Vec<Row>, String> {
     let chans = channels(addr, a.connections).await?;
     let worker = a.remote_worker.map(|n| {
-        let mut opts = crate::worker::WorkerOptions::new(addr, [a.kind.clone()]);
+        let mut opts = crate::clients::worker::WorkerOptions::new(addr, [a.kind.clone()]);
         opts.max_in_flight = n;
         opts.worker_id = "jobd-bench".into();
         let stop = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(crate::worker::serve(opts, stop.clone(), |job| async move {
-            Ok(job.payload)
-        }));
+        tokio::spawn(crate::clients::worker::serve(
+            opts,
+            stop.clone(),
+            |job| async move { Ok(job.payload) },
+        ));
         stop.drop_guard()
     });
     let mut rows = Vec::new();

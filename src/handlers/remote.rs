@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 use uuid::Uuid;
 
-use crate::handlers::{Handler, HandlerError, JobContext, Output};
+use super::{Handler, HandlerError, JobContext, Output};
 use crate::metrics::Metrics;
 use crate::proto;
 
@@ -333,7 +333,7 @@ impl Workers {
                 }),
                 payload: job.payload.to_vec(),
                 deadline: Some(deadline.into()),
-                headers: crate::handlers::trace_headers(&job.trace)
+                headers: super::trace_headers(&job.trace)
                     .map(|(k, v)| (k.to_string(), v))
                     .collect(),
             })),

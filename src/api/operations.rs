@@ -12,9 +12,9 @@ use super::error::ApiError;
 use super::validate::{self, RetryFilter, RetrySelection};
 use crate::config::HandlerSpec;
 use crate::engine::{Engine, ScheduleStatus};
+use crate::handlers::remote::Workers;
 use crate::job::JobState;
 use crate::proto::{self, admin_service_server::AdminService};
-use crate::remote::Workers;
 use crate::store::{ListQuery, RetryOutcome};
 
 /// Jobs a filtered RetryJobs reads at most to find its matches: the

@@ -6,8 +6,8 @@
 //! backoff whenever its stream breaks.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), jobd::worker::WorkerError> {
-//! use jobd::worker::{serve, WorkerOptions};
+//! # async fn demo() -> Result<(), jobd::clients::worker::WorkerError> {
+//! use jobd::clients::worker::{serve, WorkerOptions};
 //! let opts = WorkerOptions::new("http://127.0.0.1:50051", ["resize"]);
 //! let stop = tokio_util::sync::CancellationToken::new();
 //! serve(opts, stop, |job| async move { Ok(job.payload) }).await
