@@ -38,6 +38,32 @@ pub struct Events {
     local: AtomicBool,
     /// Every transition this instance made, for WatchJobs.
     log: ChangeLog,
+    /// The open WatchJobs streams (readers of `log`), so a stalled one is
+    /// ended like a stalled per-job watcher.
+    readers: Mutex<Vec<Arc<ReaderSlot>>>,
+}
+
+/// One WatchJobs stream's place in the bounds, and how far it has read.
+#[derive(Default)]
+struct ReaderSlot {
+    /// The position of the last change it took (sent or filtered out).
+    cursor: std::sync::atomic::AtomicU64,
+    /// When it last took a change (or opened).
+    taken_at: Mutex<Option<Instant>>,
+    released: AtomicBool,
+    /// Its other places (per client, per connection), given back with it.
+    held: Mutex<Option<Box<dyn Send>>>,
+}
+
+impl ReaderSlot {
+    fn release(&self, events: &Events) -> bool {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        events.count.fetch_sub(1, Ordering::AcqRel);
+        drop(self.held.lock().unwrap_or_else(|p| p.into_inner()).take());
+        true
+    }
 }
 
 #[derive(Default)]
@@ -89,6 +115,7 @@ impl Events {
             max: max_watchers,
             local: AtomicBool::new(true),
             log: ChangeLog::new(CHANGE_LOG_EVENTS, CHANGE_LOG_AGE, CHANGE_LOG_BYTES),
+            readers: Mutex::new(Vec::new()),
         })
     }
 
@@ -119,15 +146,27 @@ impl Events {
         })
     }
 
-    /// A place among `max_watchers` for a stream that is not a per-job
-    /// watcher (WatchJobs); given back when dropped.
-    pub fn reserve(self: &Arc<Self>) -> Result<WatcherPlace, TooManyWatchers> {
+    /// A place among `max_watchers` for a reader of the all-jobs log
+    /// (WatchJobs, `/v1/events`) that has read up to `cursor`; given back
+    /// when dropped, or by [`Events::end_stalled`] when it stops reading.
+    pub fn reserve(self: &Arc<Self>, cursor: u64) -> Result<LogReader, TooManyWatchers> {
         let prev = self.count.fetch_add(1, Ordering::AcqRel);
         if prev >= self.max {
             self.count.fetch_sub(1, Ordering::AcqRel);
             return Err(TooManyWatchers { max: self.max });
         }
-        Ok(WatcherPlace(self.clone()))
+        let slot = Arc::new(ReaderSlot::default());
+        slot.cursor.store(cursor, Ordering::Release);
+        *slot.taken_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.lock_readers().push(slot.clone());
+        Ok(LogReader {
+            events: self.clone(),
+            slot,
+        })
+    }
+
+    fn lock_readers(&self) -> std::sync::MutexGuard<'_, Vec<Arc<ReaderSlot>>> {
+        self.readers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// From now on only [`Events::deliver`] reaches watchers.
@@ -199,14 +238,38 @@ impl Events {
             });
         }
         // Outside the map's lock: dropping held places takes other locks.
-        ended
+        let watchers = ended
             .into_iter()
             .filter(|slot| {
                 let first = slot.release(self);
                 slot.notify.notify_one();
                 first
             })
-            .count()
+            .count();
+        watchers + self.end_stalled_readers(before)
+    }
+
+    /// Log readers with changes waiting that took none since `before`.
+    fn end_stalled_readers(&self, before: Instant) -> usize {
+        let head = self.log.head();
+        let mut ended = Vec::new();
+        self.lock_readers().retain(|r| {
+            let behind = r.cursor.load(Ordering::Acquire) < head;
+            let idle = r
+                .taken_at
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| t <= before);
+            let stalled = behind && idle;
+            if stalled {
+                ended.push(r.clone());
+            }
+            !stalled
+        });
+        let n = ended.iter().filter(|r| r.release(self)).count();
+        // Wake every reader: an ended one sees it at its next poll.
+        self.log.newest.send_modify(|_| {});
+        n
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Vec<Arc<Slot>>>> {
@@ -358,18 +421,67 @@ impl ChangeLog {
             .collect())
     }
 
+    /// The change right after position `after`, if there is one yet: a
+    /// reader takes changes one at a time, so a stalled one holds none.
+    pub fn next_after(&self, after: u64) -> Result<Option<Change>, PositionGone> {
+        let l = self.lock();
+        let oldest = l.entries.front().map_or(l.next, |(c, _, _)| c.position);
+        if after + 1 < oldest || after >= l.next {
+            return Err(PositionGone {
+                oldest: oldest.saturating_sub(1),
+            });
+        }
+        Ok(l.entries
+            .get((after + 1 - oldest) as usize)
+            .map(|(c, _, _)| c.clone()))
+    }
+
     /// Wakes when a change after `position` is appended.
     pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.newest.subscribe()
     }
 }
 
-/// A place taken by [`Events::reserve`].
-pub struct WatcherPlace(Arc<Events>);
+/// A log reader's place, taken by [`Events::reserve`].
+pub struct LogReader {
+    events: Arc<Events>,
+    slot: Arc<ReaderSlot>,
+}
 
-impl Drop for WatcherPlace {
+impl LogReader {
+    /// The reader took the change at `position` (sent or filtered out).
+    pub fn took(&self, position: u64) {
+        self.slot.cursor.store(position, Ordering::Release);
+        *self.slot.taken_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether [`Events::end_stalled`] ended this reader.
+    pub fn is_ended(&self) -> bool {
+        self.slot.released.load(Ordering::Acquire)
+    }
+
+    /// Keeps `places` until this reader ends, even if it ends as stalled
+    /// while its stream is never polled or dropped.
+    pub fn hold(&self, places: impl Send + 'static) {
+        *self.slot.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(places));
+        if self.is_ended() {
+            drop(
+                self.slot
+                    .held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take(),
+            );
+        }
+    }
+}
+
+impl Drop for LogReader {
     fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.events
+            .lock_readers()
+            .retain(|r| !Arc::ptr_eq(r, &self.slot));
+        self.slot.release(&self.events);
     }
 }
 

@@ -418,11 +418,6 @@ impl JobService for JobApi {
         let on_connection = peer.map(|p| self.per_connection.take(p)).transpose()?;
         let client = ClientKey::of(request.extensions().get::<Caller>(), peer);
         let for_client = client.map(|c| self.per_client.take(c)).transpose()?;
-        let global = self
-            .engine
-            .events()
-            .reserve()
-            .map_err(|e| self.err(EngineError::TooManyWatchers { max: e.max }))?;
         let req = request.into_inner();
         let log = self.engine.events().clone();
         let cursor = match req.after {
@@ -437,14 +432,20 @@ impl JobService for JobApi {
                 after
             }
         };
+        let reader = log
+            .reserve(cursor)
+            .map_err(|e| self.err(EngineError::TooManyWatchers { max: e.max }))?;
+        // Given back with the reader, even when it ends as stalled.
+        reader.hold((on_connection, for_client));
         Ok(Response::new(jobs_stream(
             JobsFollow {
                 events: log,
                 kind: req.kind,
                 state,
                 cursor,
-                places: Box::new((on_connection, for_client, global)),
+                reader,
                 max_job_bytes: self.max_job_bytes(),
+                idle: self.watch_idle,
             },
             self.streams_stop.clone(),
         )))
@@ -460,70 +461,68 @@ struct JobsFollow {
     state: Option<crate::job::JobState>,
     /// The position of the last change read (sent or filtered out).
     cursor: u64,
-    /// Its places in the watcher bounds, given back when the stream ends.
-    #[allow(dead_code)]
-    places: Box<dyn Send>,
+    /// Its places in the watcher bounds (given back when the stream ends,
+    /// or when it stops reading for `idle`).
+    reader: crate::events::LogReader,
     max_job_bytes: usize,
+    idle: Duration,
 }
 
-/// Changes read from the log per look.
-const JOBS_BATCH: usize = 256;
-
 /// Every change after the cursor that matches the filter, in order, from
-/// the all-jobs log; waits for more when caught up. Ends with OUT_OF_RANGE
-/// if the reader fell so far behind that the log dropped changes it has
-/// not read (never a silent gap), and with UNAVAILABLE on drain.
+/// the all-jobs log; waits for more when caught up. Changes are taken and
+/// converted one at a time, so a stream whose client stopped reading holds
+/// one encoded message (and its flow-control window), not a queue of
+/// copies. Ends with OUT_OF_RANGE if the reader fell so far behind that the
+/// log dropped changes it has not read (never a silent gap), with
+/// RESOURCE_EXHAUSTED once ended as stalled (`limits.watch_idle_timeout`),
+/// and with UNAVAILABLE on drain.
 fn jobs_stream(follow: JobsFollow, stop: CancellationToken) -> JobsStream {
     let wake = follow.events.log().subscribe();
-    let init = (
-        Some(follow),
-        wake,
-        std::collections::VecDeque::<proto::WatchJobsResponse>::new(),
-    );
     Box::pin(futures_util::stream::unfold(
-        init,
-        move |(follow, mut wake, mut ready)| {
+        (Some(follow), wake),
+        move |(follow, mut wake)| {
             let stop = stop.clone();
             async move {
                 let mut f = follow?;
                 loop {
-                    if let Some(r) = ready.pop_front() {
-                        return Some((Ok(r), (Some(f), wake, ready)));
+                    if f.reader.is_ended() {
+                        let e = ApiError::WatchStalled { idle: f.idle };
+                        return Some((Err(e.into()), (None, wake)));
                     }
                     // Marked seen before reading, so an append after the
                     // read wakes the wait below.
                     wake.borrow_and_update();
-                    match f.events.log().after(f.cursor, JOBS_BATCH) {
+                    match f.events.log().next_after(f.cursor) {
                         Err(g) => {
                             let e = ApiError::PositionGone {
                                 after: f.cursor,
                                 oldest: g.oldest,
                             };
-                            return Some((Err(e.into()), (None, wake, ready)));
+                            return Some((Err(e.into()), (None, wake)));
                         }
-                        Ok(batch) if batch.is_empty() => {
+                        Ok(None) => {
                             tokio::select! {
                                 r = wake.changed() => if r.is_err() { return None },
                                 _ = stop.cancelled() => {
                                     let e = ApiError::Draining.into();
-                                    return Some((Err(e), (None, wake, ready)));
+                                    return Some((Err(e), (None, wake)));
                                 }
                             }
                         }
-                        Ok(batch) => {
-                            for change in batch {
-                                f.cursor = change.position;
-                                let job = &change.job;
-                                let kind_ok = f.kind.is_empty() || job.kind == f.kind;
-                                let state_ok = f.state.is_none_or(|s| job.state == s);
-                                if kind_ok && state_ok {
-                                    let mut p = convert::job_within(job, f.max_job_bytes);
-                                    p.payload_size = change.payload_size;
-                                    ready.push_back(proto::WatchJobsResponse {
-                                        job: Some(p),
-                                        position: change.position,
-                                    });
-                                }
+                        Ok(Some(change)) => {
+                            f.cursor = change.position;
+                            f.reader.took(change.position);
+                            let job = &change.job;
+                            let kind_ok = f.kind.is_empty() || job.kind == f.kind;
+                            let state_ok = f.state.is_none_or(|s| job.state == s);
+                            if kind_ok && state_ok {
+                                let mut p = convert::job_within(job, f.max_job_bytes);
+                                p.payload_size = change.payload_size;
+                                let r = proto::WatchJobsResponse {
+                                    job: Some(p),
+                                    position: change.position,
+                                };
+                                return Some((Ok(r), (Some(f), wake)));
                             }
                         }
                     }

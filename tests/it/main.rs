@@ -25,6 +25,7 @@ mod python_client;
 mod python_worker;
 mod remote;
 mod schedules;
+mod stalled_watchers;
 mod store_contract;
 mod tls;
 mod trace;
