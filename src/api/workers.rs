@@ -5,9 +5,11 @@
 //! whose stream ends, is lost (see [`crate::handlers::remote`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -212,7 +214,9 @@ async fn serve_session(
     }
 }
 
-type ConnectStream = ReceiverStream<Result<proto::ServerMessage, Status>>;
+type ConnectStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<proto::ServerMessage, Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl WorkerService for WorkerApi {
@@ -245,6 +249,9 @@ impl WorkerService for WorkerApi {
         self.check_hello(&hello)?;
         let max_in_flight = hello.max_in_flight as usize;
         let (tx, rx) = mpsc::channel(max_in_flight + OUTBOX_SLACK);
+        // Assignments' bytes not yet taken by the stream (the worker's
+        // flow-control window): bounded per session, see MAX_QUEUED_BYTES.
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         // `open` queues the Welcome (with the session id) first.
         let labels: HashMap<String, String> = hello.labels.into_iter().collect();
         let worker_id = hello.worker_id.clone();
@@ -257,6 +264,7 @@ impl WorkerService for WorkerApi {
                 labels,
                 address,
                 tx.clone(),
+                queued_bytes.clone(),
             )
             .map_err(|e| ApiError::TooManySessions { max: e.max })?;
         tracing::info!(session, worker = %worker_id, max_in_flight, "worker connected");
@@ -268,6 +276,16 @@ impl WorkerService for WorkerApi {
                 let _ = tx.try_send(Err(Status::unavailable("jobd is shutting down")));
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let out = ReceiverStream::new(rx).map(move |m| {
+            if let Ok(proto::ServerMessage {
+                msg: Some(server_message::Msg::Assign(_)),
+            }) = &m
+            {
+                let bytes = m.as_ref().map_or(0, prost::Message::encoded_len);
+                queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+            }
+            m
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 }

@@ -9,12 +9,17 @@
 //! report goes back on), so that:
 //! - no session ever holds more than its `max_in_flight` unreported jobs;
 //! - a report for an attempt the session no longer holds is `stale`;
-//! - a lost session fails every attempt it held ("worker lost").
+//! - a lost session fails every attempt it held ("worker lost");
+//! - one bad session cannot drain a kind: attempts go to the session with
+//!   the fewest in flight, a retry avoids the session that lost (or timed
+//!   out) the attempt before it, a session whose attempts keep timing out is
+//!   benched with a growing back-off, and the bytes of assignments queued
+//!   towards a session that does not read them are bounded.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -31,6 +36,21 @@ pub const MAX_IN_FLIGHT: u32 = 10_000;
 /// cancels, the welcome, a drain). A worker that lets more pile up is not
 /// reading its stream and is dropped as lost.
 pub const OUTBOX_SLACK: usize = 64;
+
+/// Bytes of assignments (payloads) queued towards one session and not yet
+/// taken by its stream, at most: a worker that never grants flow-control
+/// window gets no more work once it holds this much, instead of jobd's
+/// memory growing with its `max_in_flight`. One assignment is always let
+/// through to an empty queue, however large.
+pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+/// Consecutive attempts timed out on one session before it is benched.
+pub const STRIKES_BEFORE_BENCH: u32 = 3;
+/// The longest a benched session waits for work (the bench doubles from
+/// 1 s with each further timeout).
+pub const MAX_BENCH: Duration = Duration::from_secs(60);
+/// Jobs remembered with the session that lost their last attempt, at most
+/// (cleared when full: the memory is a preference, not a rule).
+const LOST_BY_BOUND: usize = 100_000;
 
 /// How an attempt ended, as its worker reported it.
 pub type Report = Result<Output, HandlerError>;
@@ -52,6 +72,13 @@ struct Session {
     outbox: Outbox,
     /// Set on drain: nothing more is assigned.
     draining: bool,
+    /// Attempts timed out on this session in a row (a report resets it).
+    strikes: u32,
+    /// No work before then (see [`STRIKES_BEFORE_BENCH`]).
+    benched_until: Option<Instant>,
+    /// Bytes of assignments queued in `outbox` not yet taken by the stream
+    /// (see [`MAX_QUEUED_BYTES`]); the stream subtracts as it takes them.
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Session {
@@ -61,6 +88,16 @@ impl Session {
         } else {
             self.max_in_flight.saturating_sub(self.in_flight.len())
         }
+    }
+
+    fn benched(&self, now: Instant) -> bool {
+        self.benched_until.is_some_and(|t| now < t)
+    }
+
+    /// Whether an assignment of `bytes` may be queued now.
+    fn takes_bytes(&self, bytes: usize) -> bool {
+        let queued = self.queued_bytes.load(Ordering::Acquire);
+        queued == 0 || queued + bytes <= MAX_QUEUED_BYTES
     }
 }
 
@@ -94,6 +131,9 @@ pub struct Workers {
     /// Set by [`Workers::drain`]: its deadline, for sessions opened after it.
     drain_deadline: Mutex<Option<SystemTime>>,
     metrics: OnceLock<Arc<Metrics>>,
+    /// The session that lost (or timed out) each job's last attempt: its
+    /// retry goes elsewhere while another session serves the kind.
+    lost_by: Mutex<HashMap<Uuid, u64>>,
 }
 
 /// Why a session could not be opened.
@@ -114,6 +154,7 @@ impl Workers {
             waker: OnceLock::new(),
             drain_deadline: Mutex::new(None),
             metrics: OnceLock::new(),
+            lost_by: Mutex::default(),
         })
     }
 
@@ -154,6 +195,7 @@ impl Workers {
         labels: HashMap<String, String>,
         address: Option<std::net::SocketAddr>,
         outbox: Outbox,
+        queued_bytes: Arc<AtomicUsize>,
     ) -> Result<u64, TooManySessions> {
         let mut sessions = self.lock();
         if sessions.len() >= self.max_sessions {
@@ -193,6 +235,9 @@ impl Workers {
                 in_flight: HashMap::new(),
                 outbox,
                 draining: drain_deadline.is_some(),
+                strikes: 0,
+                benched_until: None,
+                queued_bytes,
             },
         );
         drop(sessions);
@@ -211,6 +256,7 @@ impl Workers {
         if let Some(m) = self.metrics() {
             m.worker_sessions(&s.kinds, -1);
         }
+        self.remember_lost(s.in_flight.keys().map(|(job, _)| *job), id);
         if lost {
             if let Some(m) = self.metrics() {
                 m.worker_lost();
@@ -230,13 +276,51 @@ impl Workers {
         }
     }
 
+    fn remember_lost(&self, jobs: impl Iterator<Item = Uuid>, session: u64) {
+        let mut lost = self.lost_by.lock().unwrap_or_else(|p| p.into_inner());
+        for job in jobs {
+            if lost.len() >= LOST_BY_BOUND {
+                lost.clear();
+            }
+            lost.insert(job, session);
+        }
+    }
+
+    /// An attempt on `session` timed out: a strike, and the job's retry
+    /// avoids this session. The third strike in a row benches it for 1 s,
+    /// each further one twice as long (at most [`MAX_BENCH`]).
+    fn timed_out(&self, session: u64, job: Uuid) {
+        self.remember_lost(std::iter::once(job), session);
+        let mut sessions = self.lock();
+        let Some(s) = sessions.get_mut(&session) else {
+            return;
+        };
+        s.strikes += 1;
+        if s.strikes >= STRIKES_BEFORE_BENCH {
+            let doublings = (s.strikes - STRIKES_BEFORE_BENCH).min(6);
+            let bench = (Duration::from_secs(1) * (1 << doublings)).min(MAX_BENCH);
+            s.benched_until = Some(Instant::now() + bench);
+            tracing::warn!(
+                worker = %s.worker_id,
+                strikes = s.strikes,
+                bench = ?bench,
+                "worker's attempts keep timing out; it gets no work for a while"
+            );
+        }
+    }
+
     /// A worker's report on `(job, attempt)`: delivered to the attempt if
     /// the session holds it, else stale (returns false).
     pub fn report(&self, session: u64, job: Uuid, attempt: u32, report: Report) -> bool {
-        let waiting = self
-            .lock()
-            .get_mut(&session)
-            .and_then(|s| s.in_flight.remove(&(job, attempt)));
+        let waiting = self.lock().get_mut(&session).and_then(|s| {
+            let w = s.in_flight.remove(&(job, attempt));
+            if w.is_some() {
+                // It answers: whatever timed out before, it works now.
+                s.strikes = 0;
+                s.benched_until = None;
+            }
+            w
+        });
         let delivered = match waiting {
             Some(tx) => tx.send(report).is_ok(),
             None => false,
@@ -306,19 +390,45 @@ impl Workers {
         out
     }
 
-    /// Assigns the attempt to the session with the most room for its kind;
-    /// `None` when no session has room now.
+    /// The sessions that may take an attempt of `job` now, best first:
+    /// fewest in flight (so a session announcing a huge `max_in_flight`
+    /// does not take every attempt), then most room. The session that lost
+    /// the job's last attempt and benched sessions are left out while
+    /// another session serves the kind (the attempt then waits for room
+    /// rather than going back to them); a session with `bytes` of
+    /// assignments it has not taken yet is left out too.
+    fn candidates(
+        &self,
+        sessions: &HashMap<u64, Session>,
+        job: &JobContext,
+        bytes: usize,
+    ) -> Vec<u64> {
+        let now = Instant::now();
+        let avoid = self
+            .lost_by
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&job.id)
+            .copied();
+        let serving: Vec<(&u64, &Session)> = sessions
+            .iter()
+            .filter(|(_, s)| s.kinds.contains(&job.kind) && !s.draining)
+            .collect();
+        let good = |id: &u64, s: &Session| Some(*id) != avoid && !s.benched(now);
+        let any_good = serving.iter().any(|(id, s)| good(id, s));
+        let mut out: Vec<(bool, usize, usize, u64)> = serving
+            .into_iter()
+            .filter(|(id, s)| s.room() > 0 && s.takes_bytes(bytes) && (!any_good || good(id, s)))
+            .map(|(id, s)| (s.strikes > 0, s.in_flight.len(), usize::MAX - s.room(), *id))
+            .collect();
+        out.sort_unstable();
+        out.into_iter().map(|(_, _, _, id)| id).collect()
+    }
+
+    /// Assigns the attempt to the best session for it (see
+    /// [`Workers::candidates`]); `None` when none may take it now.
     fn assign(&self, job: &JobContext) -> Option<Assigned> {
         let mut sessions = self.lock();
-        // Most room first; a session whose outbox is full is not reading
-        // its stream: it is dropped (its attempts fail "worker lost") and
-        // the next one is tried, so it cannot stall its kinds.
-        let mut candidates: Vec<(usize, u64)> = sessions
-            .iter()
-            .filter(|(_, s)| s.kinds.contains(&job.kind) && s.room() > 0)
-            .map(|(id, s)| (s.room(), *id))
-            .collect();
-        candidates.sort_unstable_by(|a, b| b.cmp(a));
         let deadline = SystemTime::now() + job.timeout;
         let msg = proto::ServerMessage {
             msg: Some(proto::server_message::Msg::Assign(proto::Assign {
@@ -338,11 +448,17 @@ impl Workers {
                     .collect(),
             })),
         };
-        for (_, id) in candidates {
+        let bytes = prost::Message::encoded_len(&msg);
+        // A session whose outbox is full is not reading its stream: it is
+        // dropped (its attempts fail "worker lost") and the next one is
+        // tried, so it cannot stall its kinds.
+        for id in self.candidates(&sessions, job, bytes) {
             let Some(s) = sessions.get_mut(&id) else {
                 continue;
             };
+            s.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
             if s.outbox.try_send(Ok(msg.clone())).is_err() {
+                s.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 if let Some(gone) = sessions.remove(&id) {
                     tracing::warn!(worker = %gone.worker_id, "worker does not read its stream; session dropped");
                     if let Some(m) = self.metrics() {
@@ -394,6 +510,9 @@ fn drain_message(deadline: SystemTime) -> proto::ServerMessage {
     }
 }
 
+/// An attempt stopped this close to its timeout counts as timed out.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(50);
+
 /// An attempt handed to a session.
 struct Assigned {
     session: u64,
@@ -425,6 +544,7 @@ impl Handler for RemoteHandler {
             }
         };
         let Assigned { session, report } = assigned;
+        let started = Instant::now();
         tokio::select! {
             r = report => match r {
                 Ok(Ok(mut out)) => {
@@ -438,6 +558,11 @@ impl Handler for RemoteHandler {
             },
             _ = job.cancel.cancelled() => {
                 self.workers.revoke(session, &job, "attempt stopped by jobd (cancelled, timed out or draining)");
+                // Stopped at its deadline: the engine's timeout, a strike
+                // against the session (a cancel or a drain is not).
+                if started.elapsed() + TIMEOUT_SLACK >= job.timeout {
+                    self.workers.timed_out(session, job.id);
+                }
                 Err(HandlerError::retryable("stopped"))
             }
         }

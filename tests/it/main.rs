@@ -12,6 +12,7 @@ mod handlers;
 mod helpers;
 mod hostile_clients;
 mod hostile_files;
+mod hostile_workers;
 mod http_api;
 mod interop;
 mod limits;

@@ -20,8 +20,8 @@ use crate::helpers::*;
 
 /// A remote kind with fast heartbeats (200 ms: lost after 600 ms) and
 /// retries at once.
-const HEAD: &str = "[queue]\nworkers = 64\n[workers]\nheartbeat_interval = \"200ms\"\n";
-const KINDS: &str = r#"
+pub(crate) const HEAD: &str = "[queue]\nworkers = 64\n[workers]\nheartbeat_interval = \"200ms\"\n";
+pub(crate) const KINDS: &str = r#"
 [kinds.r]
 handler = "remote"
 max_attempts = 3
@@ -32,7 +32,7 @@ handler = "echo"
 "#;
 
 /// Runs a Rust worker on `kinds` until the returned token is cancelled.
-fn worker<F, Fut>(url: &str, max_in_flight: u32, work: F) -> CancellationToken
+pub(crate) fn worker<F, Fut>(url: &str, max_in_flight: u32, work: F) -> CancellationToken
 where
     F: Fn(WorkJob) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Bytes, HandlerError>> + Send + 'static,
@@ -46,16 +46,16 @@ where
 }
 
 /// A raw session: what the test sends, and what jobd answers.
-struct Raw {
-    tx: mpsc::Sender<proto::WorkerMessage>,
-    rx: tonic::Streaming<proto::ServerMessage>,
+pub(crate) struct Raw {
+    pub(crate) tx: mpsc::Sender<proto::WorkerMessage>,
+    pub(crate) rx: tonic::Streaming<proto::ServerMessage>,
 }
 
-fn msg(m: worker_message::Msg) -> proto::WorkerMessage {
+pub(crate) fn msg(m: worker_message::Msg) -> proto::WorkerMessage {
     proto::WorkerMessage { msg: Some(m) }
 }
 
-fn hello(kinds: &[&str], max_in_flight: u32) -> proto::WorkerMessage {
+pub(crate) fn hello(kinds: &[&str], max_in_flight: u32) -> proto::WorkerMessage {
     msg(worker_message::Msg::Hello(proto::Hello {
         worker_id: "raw".into(),
         kinds: kinds.iter().map(|k| k.to_string()).collect(),
@@ -65,7 +65,7 @@ fn hello(kinds: &[&str], max_in_flight: u32) -> proto::WorkerMessage {
 }
 
 /// Opens a stream whose first message is `first`.
-async fn raw(url: &str, first: proto::WorkerMessage) -> Result<Raw, tonic::Status> {
+pub(crate) async fn raw(url: &str, first: proto::WorkerMessage) -> Result<Raw, tonic::Status> {
     let ch = tonic::transport::Channel::from_shared(url.to_string())
         .unwrap()
         .connect()

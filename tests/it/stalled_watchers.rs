@@ -18,7 +18,7 @@ use crate::helpers::*;
 const MIB: u64 = 1024 * 1024;
 
 /// VmRSS of a process, in bytes.
-fn rss(pid: u32) -> u64 {
+pub(crate) fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kb: u64 = status
         .lines()

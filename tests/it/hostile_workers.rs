@@ -1,0 +1,169 @@
+//! Hostile and broken workers (#28): one bad session beside a healthy one
+//! must not drain a kind.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use jobd::proto::{self, server_message, worker_message, JobState};
+
+use crate::helpers::*;
+use crate::remote::{hello, msg, raw, worker};
+
+const KINDS: &str = r#"
+[kinds.r]
+handler = "remote"
+max_attempts = 3
+timeout = "1s"
+backoff = { initial = "10ms", max = "10ms" }
+"#;
+
+/// A session that announces `max_in_flight` 10,000, keeps heartbeating and
+/// never reports (a hung handler pool), beside a healthy worker of 8: every
+/// job ends SUCCEEDED on the healthy one; none fails because of the hung
+/// one (its timed-out attempts are retried elsewhere, and it is benched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_session_beside_a_healthy_one_fails_no_job() {
+    const JOBS: usize = 200;
+    let d = start_with(
+        "[queue]\nworkers = 64\n[workers]\nheartbeat_interval = \"200ms\"\n",
+        KINDS,
+    )
+    .await;
+    let mut c = d.client().await;
+    let mut hung = raw(&d.url(), hello(&["r"], 10_000)).await.unwrap();
+    let tx = hung.tx.clone();
+    let beat = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if tx
+                .send(msg(worker_message::Msg::Heartbeat(proto::Heartbeat {})))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    // Reads what jobd sends (so its stream is not the problem), does nothing.
+    let held = tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Ok(Some(m)) = hung.rx.message().await {
+            if let Some(server_message::Msg::Assign(_)) = m.msg {
+                n += 1;
+            }
+        }
+        n
+    });
+    let stop = worker(&d.url(), 8, |job| async move {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        Ok(Bytes::from(job.attempt.to_string()))
+    });
+    let mut ids = Vec::new();
+    for i in 0..JOBS {
+        ids.push(submit(&mut c, req("r", &i.to_string())).await.id);
+    }
+    let mut failed = Vec::new();
+    for id in &ids {
+        let j = wait_terminal(&mut c, id).await;
+        if state(&j) != JobState::Succeeded {
+            failed.push((state(&j), j.id, j.last_error));
+        }
+    }
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    stop.cancel();
+    beat.abort();
+    d.stop().await;
+    let assigned_to_hung = held.await.unwrap();
+    eprintln!("hung session was assigned {assigned_to_hung} of {JOBS} jobs' attempts");
+}
+
+/// gRPC-framed WorkerMessage.
+fn frame(m: &proto::WorkerMessage) -> Bytes {
+    use prost::Message;
+    let body = m.encode_to_vec();
+    let mut f = vec![0u8];
+    f.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    f.extend_from_slice(&body);
+    Bytes::from(f)
+}
+
+/// A worker over raw HTTP/2 that says hello with `max_in_flight` 10,000,
+/// heartbeats, and never reads its response stream, so it never grants
+/// flow-control window: what jobd assigns it piles up on jobd's side.
+/// Before #28.4 jobd queued every assignment up to `max_in_flight` (a copy
+/// of each payload); now at most MAX_QUEUED_BYTES (16 MiB) plus one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_grants_no_window_holds_bounded_bytes() {
+    const JOBS: usize = 96;
+    const PAYLOAD: usize = 1024 * 1024;
+    const MIB: u64 = 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let proc = crate::binary::spawn_config(
+        dir.path(),
+        "store = \"memory:\"\nadmin_listen = \"off\"\n[queue]\nworkers = 128\n\
+         max_payload_bytes = 2097152\n[limits]\nmax_message_bytes = 4194304\n\
+         [workers]\nheartbeat_interval = \"1s\"\n\
+         [kinds.r]\nhandler = \"remote\"\nconcurrency = 128\ntimeout = \"60s\"\n",
+    )
+    .await;
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(proc.child);
+    let pid = child.0.id();
+    let addr: std::net::SocketAddr = proc.url.trim_start_matches("http://").parse().unwrap();
+    let mut c = connect(&proc.url).await;
+    let payload = "p".repeat(PAYLOAD);
+    for _ in 0..JOBS {
+        submit(&mut c, req("r", &payload)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = crate::stalled_watchers::rss(pid);
+
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let mut h2 = h2.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/jobd.v1.WorkerService/Connect"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = h2.send_request(request, false).unwrap();
+    body.send_data(frame(&hello(&["r"], 10_000)), false)
+        .unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let _unread = response.into_body();
+    let beat = tokio::spawn(async move {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let hb = msg(worker_message::Msg::Heartbeat(proto::Heartbeat {}));
+            if body.send_data(frame(&hb), false).is_err() {
+                return;
+            }
+        }
+    });
+    // Time for the claims and assignments to happen.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = crate::stalled_watchers::rss(pid);
+    eprintln!(
+        "a worker granting no window, {JOBS} jobs of {} MiB: RSS {} -> {} MiB",
+        PAYLOAD as u64 / MIB,
+        before / MIB,
+        after / MIB
+    );
+    assert!(
+        after < before + 40 * MIB,
+        "RSS {} MiB -> {} MiB",
+        before / MIB,
+        after / MIB
+    );
+    beat.abort();
+    driver.abort();
+    drop(child);
+}
