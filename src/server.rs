@@ -371,6 +371,13 @@ pub async fn run_with_listeners(
         json_door,
         crate::http::hosts::AllowedHosts::new(&config.listen, &config.http.allowed_hosts),
     );
+    let slots =
+        crate::transport::connections::Slots::new(crate::transport::connections::ConnLimits {
+            max_connections: config.limits.max_connections,
+            max_per_peer: config.limits.max_connections_per_peer,
+            handshake_timeout: config.limits.handshake_timeout,
+            idle_timeout: config.limits.idle_connection_timeout,
+        });
     let router = tonic::transport::Server::builder()
         // HTTP/1.1 for curl, browsers and gRPC-Web; gRPC itself stays HTTP/2.
         .accept_http1(true)
@@ -382,6 +389,10 @@ pub async fn run_with_listeners(
         .timeout(config.limits.request_timeout)
         // One span per request (visible at RUST_LOG=debug).
         .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
+        // Requests under way per connection: idle ones can be closed.
+        .layer(crate::transport::connections::ActivityLayer {
+            slots: slots.clone(),
+        })
         // Request bodies of every protocol are charged to the budgets.
         .layer(RequestBudgetLayer {
             budgets: RequestBudgets::new(
@@ -391,21 +402,20 @@ pub async fn run_with_listeners(
         })
         .add_routes(tonic::service::Routes::from(one_port));
     let stop = server_stop.clone().cancelled_owned();
-    let max_conns = config.limits.max_connections;
     let handshake = config.limits.handshake_timeout;
     let mut server_task = match &tls {
         Some(tls) => {
             tokio::spawn(reload_tls_on_sighup(tls.clone(), server_stop.clone()));
             let incoming = crate::transport::connections::incoming_tls(
                 listener,
-                max_conns,
+                slots,
                 handshake,
                 tls.clone(),
             );
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
         None => {
-            let incoming = crate::transport::connections::incoming(listener, max_conns, handshake);
+            let incoming = crate::transport::connections::incoming(listener, slots, handshake);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
     };

@@ -51,6 +51,10 @@ pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// See [`LimitsConfig::idle_connection_timeout`].
+pub const DEFAULT_IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(120);
+/// See [`LimitsConfig::max_connections_per_peer`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 256;
 pub const DEFAULT_MAX_BUFFERED_REQUEST_BYTES: usize = 256 * 1024 * 1024;
 pub const DEFAULT_MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION: usize = 16 * 1024 * 1024;
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -507,6 +511,17 @@ pub struct LimitsConfig {
     /// by then is closed, so silent sockets cannot hold places.
     #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
     pub handshake_timeout: Duration,
+    /// A connection that has finished its handshake and has no request
+    /// under way for this long is closed (HTTP/2 PINGs do not count: a
+    /// client that only answers them holds a place for nothing). When
+    /// every place is taken, a new client takes the place of the
+    /// longest-idle such connection at once.
+    #[serde(deserialize_with = "duration", serialize_with = "ser_duration")]
+    pub idle_connection_timeout: Duration,
+    /// Connections from one IP address that have finished their handshake,
+    /// at once; one more from that address is closed as soon as it has
+    /// spoken, so one host cannot hold every place with busy connections.
+    pub max_connections_per_peer: usize,
     /// Request bytes buffered at once over all connections (read from the
     /// socket and not yet decoded into a message). A request whose data
     /// would go past it fails at once with RESOURCE_EXHAUSTED. With the
@@ -566,6 +581,8 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_connection_timeout: DEFAULT_IDLE_CONNECTION_TIMEOUT,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
             max_buffered_request_bytes: DEFAULT_MAX_BUFFERED_REQUEST_BYTES,
             max_buffered_request_bytes_per_connection:
                 DEFAULT_MAX_BUFFERED_REQUEST_BYTES_PER_CONNECTION,
@@ -722,6 +739,14 @@ impl Config {
             (
                 "limits.handshake_timeout",
                 l.handshake_timeout.as_millis() as u64,
+            ),
+            (
+                "limits.idle_connection_timeout",
+                l.idle_connection_timeout.as_millis() as u64,
+            ),
+            (
+                "limits.max_connections_per_peer",
+                l.max_connections_per_peer as u64,
             ),
             (
                 "limits.max_buffered_request_bytes",

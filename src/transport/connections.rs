@@ -11,14 +11,24 @@
 //! trickling sockets can never lock out clients that speak. Only when every
 //! place is held by a connection that has spoken does accepting pause (new
 //! clients wait in the kernel's backlog) until one closes.
+//!
+//! Idle connections: a connection that has spoken but has no request under
+//! way (counted by [`ActivityLayer`], from request to the end of its
+//! response body) is *idle*. One idle for `limits.idle_connection_timeout`
+//! is closed, and when every place is taken and none is handshaking, a new
+//! client takes the place of the longest-idle one at once. So connections
+//! that answer PINGs and never open a stream cannot lock clients out
+//! either. `limits.max_connections_per_peer` bounds the connections of one
+//! IP address.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -27,10 +37,21 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
-/// The places among `max_connections`, shared by the accept loop and every
-/// connection.
-struct Slots {
+/// The bounds on accepted connections (`[limits]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    pub max_connections: usize,
+    pub max_per_peer: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// The places among `max_connections`, shared by the accept loop, every
+/// connection and the [`ActivityLayer`].
+pub struct Slots {
     max: usize,
+    max_per_peer: usize,
+    idle_timeout: Duration,
     /// Held for a few map operations at accept, handshake end and close;
     /// never across an await.
     inner: Mutex<SlotsInner>,
@@ -47,6 +68,13 @@ struct SlotsInner {
     /// Connections still in their handshake, by id = accept order, so the
     /// first entry is the oldest; the token closes that connection.
     handshaking: BTreeMap<u64, CancellationToken>,
+    /// Every connection holding a place, by id.
+    live: HashMap<u64, Weak<Slot>>,
+    /// Connection ids by peer address, for [`ActivityLayer`].
+    by_addr: HashMap<SocketAddr, u64>,
+    /// Connections that have spoken, per peer IP address (handshaking ones
+    /// are bounded by eviction already).
+    per_ip: HashMap<IpAddr, usize>,
 }
 
 impl Slots {
@@ -57,53 +85,146 @@ impl Slots {
     /// Whether accepting now can lead to a served connection.
     fn can_admit(&self) -> bool {
         let s = self.lock();
-        s.open < self.max || !s.handshaking.is_empty()
+        s.open < self.max || !s.handshaking.is_empty() || longest_idle(&s).is_some()
     }
 
-    /// A place for a new connection: a free one, or that of the oldest
-    /// handshaking connection, which is closed. None when every place is
-    /// held by a connection that has spoken.
-    fn admit(self: &Arc<Self>) -> Option<Slot> {
+    /// A place for a new connection from `peer`: a free one, that of the
+    /// oldest handshaking connection, or that of the longest-idle one
+    /// (either is closed). None when every place is held by a connection
+    /// with a request under way.
+    fn admit(self: &Arc<Self>, peer: Option<SocketAddr>) -> Option<Arc<Slot>> {
         let mut s = self.lock();
         if s.open < self.max {
             s.open += 1;
-        } else {
-            let (_, oldest) = s.handshaking.pop_first()?;
+        } else if let Some((_, oldest)) = s.handshaking.pop_first() {
             // Cancelled under the lock: the evicted slot's drop sees it and
             // leaves `open` alone, since its place is now this one's.
             oldest.cancel();
             tracing::debug!(
                 "all connection places taken: closed the oldest one still in its handshake"
             );
+        } else if let Some(idle) = longest_idle(&s) {
+            idle.evict.cancel();
+            tracing::debug!("all connection places taken: closed the longest-idle connection");
+        } else {
+            return None;
         }
         let id = s.next_id;
         s.next_id += 1;
         let evict = CancellationToken::new();
         s.handshaking.insert(id, evict.clone());
-        Some(Slot {
+        let slot = Arc::new(Slot {
             slots: self.clone(),
             id,
+            peer,
             evict,
+            close: CancellationToken::new(),
             spoke: AtomicBool::new(false),
-        })
+            counted: AtomicBool::new(false),
+            streams: AtomicUsize::new(0),
+            idle_since: Mutex::new(Instant::now()),
+        });
+        s.live.insert(id, Arc::downgrade(&slot));
+        if let Some(p) = peer {
+            s.by_addr.insert(p, id);
+        }
+        Some(slot)
     }
+
+    /// The live connection from `peer`.
+    fn find(&self, peer: SocketAddr) -> Option<Arc<Slot>> {
+        let s = self.lock();
+        s.live.get(s.by_addr.get(&peer)?)?.upgrade()
+    }
+
+    /// Closes connections idle for `idle_timeout`; returns how many.
+    fn close_idle(&self) -> usize {
+        let s = self.lock();
+        let mut n = 0;
+        for slot in s.live.values().filter_map(Weak::upgrade) {
+            if slot.idle_for().is_some_and(|d| d >= self.idle_timeout) && !slot.close.is_cancelled()
+            {
+                slot.close.cancel();
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// The connection that has been idle longest (spoken, no request under
+/// way, not already closing), if any.
+fn longest_idle(s: &SlotsInner) -> Option<Arc<Slot>> {
+    s.live
+        .values()
+        .filter_map(Weak::upgrade)
+        .filter(|c| !c.evict.is_cancelled() && !c.close.is_cancelled())
+        .filter_map(|c| Some((c.idle_for()?, c)))
+        .max_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
 }
 
 /// One connection's place.
 struct Slot {
     slots: Arc<Slots>,
     id: u64,
+    peer: Option<SocketAddr>,
+    /// Closes the connection and hands its place to the one that evicted it.
     evict: CancellationToken,
+    /// Closes the connection (idle timeout); its place is freed.
+    close: CancellationToken,
     /// Set once the client has spoken; read on every I/O call until then,
     /// hence an atomic rather than a look in the shared map.
     spoke: AtomicBool,
+    /// Counted in `per_ip` (given back on drop).
+    counted: AtomicBool,
+    /// Requests under way (see [`ActivityLayer`]).
+    streams: AtomicUsize,
+    /// When `streams` last fell to 0 (or the connection opened).
+    idle_since: Mutex<Instant>,
 }
 
 impl Slot {
-    /// The client has spoken: this connection can no longer be evicted.
+    /// The client has spoken: no longer evicted as handshaking. Past
+    /// `max_connections_per_peer` spoken connections of its IP address, it
+    /// is closed instead.
     fn spoke(&self) {
-        self.slots.lock().handshaking.remove(&self.id);
+        let mut s = self.slots.lock();
+        s.handshaking.remove(&self.id);
+        if let Some(ip) = self.peer.map(|p| p.ip()) {
+            let n = s.per_ip.entry(ip).or_default();
+            if *n >= self.slots.max_per_peer {
+                tracing::debug!(%ip, "connection closed: limits.max_connections_per_peer");
+                self.close.cancel();
+            } else {
+                *n += 1;
+                self.counted.store(true, Ordering::Release);
+            }
+        }
         self.spoke.store(true, Ordering::Release);
+    }
+
+    /// How long it has been idle; `None` while handshaking or busy.
+    fn idle_for(&self) -> Option<Duration> {
+        if !self.spoke.load(Ordering::Acquire) || self.streams.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        Some(
+            self.idle_since
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed(),
+        )
+    }
+
+    fn request_started(&self) {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn request_ended(&self) {
+        if self.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        }
     }
 }
 
@@ -111,6 +232,20 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut s = self.slots.lock();
         s.handshaking.remove(&self.id);
+        s.live.remove(&self.id);
+        if let Some(p) = self.peer {
+            if s.by_addr.get(&p) == Some(&self.id) {
+                s.by_addr.remove(&p);
+            }
+            if self.counted.load(Ordering::Acquire) {
+                if let Some(n) = s.per_ip.get_mut(&p.ip()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        s.per_ip.remove(&p.ip());
+                    }
+                }
+            }
+        }
         if !self.evict.is_cancelled() {
             s.open -= 1;
             drop(s);
@@ -129,6 +264,9 @@ pub struct Conn {
     stream: TcpStream,
     slot: Arc<Slot>,
     handshake: Handshake,
+    /// Ends once the connection is evicted or closed as idle.
+    closing: HandshakeEnd,
+    ended: Option<&'static str>,
 }
 
 /// Where a connection is in its handshake (see [`Speaking`]).
@@ -140,8 +278,15 @@ enum Handshake {
 }
 
 impl Conn {
-    fn new(stream: TcpStream, slot: Slot, timeout: Duration) -> Conn {
+    fn new(stream: TcpStream, slot: Arc<Slot>, timeout: Duration) -> Conn {
         let evicted = slot.evict.clone();
+        let (evict, close) = (slot.evict.clone(), slot.close.clone());
+        let closing: HandshakeEnd = Box::pin(async move {
+            tokio::select! {
+                _ = evict.cancelled_owned() => "evicted: every place taken",
+                _ = close.cancelled_owned() => "idle connection timeout",
+            }
+        });
         // From accept, not from the first read.
         let deadline = tokio::time::Instant::now() + timeout;
         let end: HandshakeEnd = Box::pin(async move {
@@ -152,29 +297,40 @@ impl Conn {
         });
         Conn {
             stream,
-            slot: Arc::new(slot),
+            slot,
             handshake: Handshake::Pending(end),
+            closing,
+            ended: None,
         }
     }
 
     /// Err once the handshake deadline passed or the connection was evicted
     /// (and on every call after that: the finished future is not polled again).
     fn check(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
-        let end = match &mut self.handshake {
-            Handshake::Spoke => return Ok(()),
+        if let Some(why) = self.ended {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
+        }
+        match &mut self.handshake {
+            Handshake::Spoke => {}
             Handshake::Ended(why) => {
                 return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, *why))
             }
-            Handshake::Pending(end) => end,
-        };
-        if let Poll::Ready(why) = end.as_mut().poll(cx) {
-            self.handshake = Handshake::Ended(why);
-            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
+            Handshake::Pending(end) => {
+                if let Poll::Ready(why) = end.as_mut().poll(cx) {
+                    self.handshake = Handshake::Ended(why);
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
+                }
+                if self.slot.spoke.load(Ordering::Acquire) {
+                    // Spoke and was not evicted first (seen just above).
+                    self.handshake = Handshake::Spoke;
+                }
+            }
         }
-        if self.slot.spoke.load(Ordering::Acquire) {
-            // Spoke and was not evicted first (that would have been seen
-            // just above): no more checks.
-            self.handshake = Handshake::Spoke;
+        // Registers the waker too: a read waiting on a silent socket is
+        // woken when the connection is evicted or closed as idle.
+        if let Poll::Ready(why) = self.closing.as_mut().poll(cx) {
+            self.ended = Some(why);
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, why));
         }
         Ok(())
     }
@@ -356,17 +512,40 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Speaking<IO> {
     }
 }
 
+impl Slots {
+    /// The places of one listener, with a task that closes idle connections
+    /// (it ends when the places are dropped with the server).
+    pub fn new(limits: ConnLimits) -> Arc<Slots> {
+        let slots = Arc::new(Slots {
+            max: limits.max_connections,
+            max_per_peer: limits.max_per_peer,
+            idle_timeout: limits.idle_timeout,
+            inner: Mutex::default(),
+            freed: Notify::new(),
+        });
+        let weak = Arc::downgrade(&slots);
+        let every =
+            (limits.idle_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(slots) = weak.upgrade() else { return };
+                let n = slots.close_idle();
+                if n > 0 {
+                    tracing::debug!(closed = n, "closed idle connections");
+                }
+            }
+        });
+        slots
+    }
+}
+
 /// Accepted TCP connections, each with a place (see the module doc).
 fn accepted(
     listener: TcpListener,
-    max_connections: usize,
+    slots: Arc<Slots>,
     handshake_timeout: Duration,
 ) -> impl Stream<Item = std::io::Result<Conn>> {
-    let slots = Arc::new(Slots {
-        max: max_connections,
-        inner: Mutex::default(),
-        freed: Notify::new(),
-    });
     futures_util::stream::unfold((listener, slots), move |(listener, slots)| async move {
         // Accept only when it can lead somewhere: at the bound with every
         // place held by a connection that spoke, clients queue in the
@@ -374,8 +553,8 @@ fn accepted(
         while !slots.can_admit() {
             slots.freed.notified().await;
         }
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors (EMFILE) and the like: accept fails
                 // at once until some close, so pause instead of spinning.
@@ -386,10 +565,10 @@ fn accepted(
         // Handshaking connections may have spoken since the check: then
         // this one waits (alone, in hand) for a place like the backlog does.
         let slot = loop {
-            if let Some(slot) = slots.admit() {
-                break slot;
+            match slots.admit(Some(peer)) {
+                Some(slot) => break slot,
+                None => slots.freed.notified().await,
             }
-            slots.freed.notified().await;
         };
         // Nagle would hold small replies for up to 40 ms behind delayed
         // ACKs; jobd's RPCs are small and latency-sensitive.
@@ -402,11 +581,11 @@ fn accepted(
 /// The accepted connections as a stream for tonic's `serve_with_incoming`.
 pub fn incoming(
     listener: TcpListener,
-    max_connections: usize,
+    slots: Arc<Slots>,
     handshake_timeout: Duration,
 ) -> impl Stream<Item = std::io::Result<Speaking<Conn>>> {
     use futures_util::StreamExt;
-    accepted(listener, max_connections, handshake_timeout).map(|r| {
+    accepted(listener, slots, handshake_timeout).map(|r| {
         r.map(|conn| {
             let slot = conn.slot.clone();
             Speaking::new(conn, slot)
@@ -421,7 +600,7 @@ pub fn incoming(
 /// moment (see [`crate::transport::tls`]).
 pub fn incoming_tls(
     listener: TcpListener,
-    max_connections: usize,
+    slots: Arc<Slots>,
     handshake_timeout: Duration,
     tls: Arc<crate::transport::tls::Tls>,
 ) -> impl Stream<Item = std::io::Result<Speaking<tokio_rustls::server::TlsStream<Conn>>>> {
@@ -430,7 +609,7 @@ pub fn incoming_tls(
     // this holds at most `max_connections`.
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
-        let plain = accepted(listener, max_connections, handshake_timeout);
+        let plain = accepted(listener, slots, handshake_timeout);
         futures_util::pin_mut!(plain);
         loop {
             let next = tokio::select! {
@@ -461,4 +640,103 @@ pub fn incoming_tls(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Counts each connection's requests under way, from the request to the
+/// end of its response body (a watch stream is a request under way for as
+/// long as it runs), so idle connections can be told apart.
+#[derive(Clone)]
+pub struct ActivityLayer {
+    pub slots: Arc<Slots>,
+}
+
+impl<S> tower::Layer<S> for ActivityLayer {
+    type Service = Activity<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Activity {
+            inner,
+            slots: self.slots.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Activity<S> {
+    inner: S,
+    slots: Arc<Slots>,
+}
+
+/// Marks a request of its connection as ended when dropped.
+struct UnderWay(Arc<Slot>);
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+impl<S> tower::Service<http::Request<tonic::body::Body>> for Activity<S>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = futures_util::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let under_way = super::request_budget::remote_addr(&req)
+            .and_then(|a| self.slots.find(a))
+            .map(|slot| {
+                slot.request_started();
+                UnderWay(slot)
+            });
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await?;
+            Ok(match under_way {
+                None => res,
+                Some(u) => res.map(|body| {
+                    tonic::body::Body::new(Tracked {
+                        inner: body,
+                        _under_way: u,
+                    })
+                }),
+            })
+        })
+    }
+}
+
+/// A response body that holds its request's [`UnderWay`] mark.
+struct Tracked {
+    inner: tonic::body::Body,
+    _under_way: UnderWay,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

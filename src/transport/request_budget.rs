@@ -167,7 +167,8 @@ where
     }
 }
 
-fn remote_addr<B>(req: &http::Request<B>) -> Option<SocketAddr> {
+/// The peer of a request (plain TCP or TLS).
+pub(crate) fn remote_addr<B>(req: &http::Request<B>) -> Option<SocketAddr> {
     let ext = req.extensions();
     ext.get::<TcpConnectInfo>()
         .and_then(TcpConnectInfo::remote_addr)

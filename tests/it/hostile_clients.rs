@@ -384,3 +384,54 @@ async fn unfinished_request_bodies_are_bounded_in_memory() {
     drop(drivers);
     drop(child);
 }
+
+/// An HTTP/2 connection from `source` that finishes its handshake (the
+/// preface, SETTINGS; h2 answers PINGs) and never opens a stream. Its
+/// driver task ends when the server closes the connection.
+async fn idle_h2(addr: SocketAddr, source: &str) -> tokio::task::JoinHandle<()> {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = sock.connect(addr).await.expect("connect");
+    let (h2, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _keep = h2;
+        let _ = conn.await;
+    })
+}
+
+/// #28.5: connections that speak HTTP/2 but never open a stream, more than
+/// `max_connections` of them from one host, lock no client out (the
+/// longest-idle is evicted for a new one), are closed at
+/// `idle_connection_timeout`, and `max_connections_per_peer` bounds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_open_a_stream_do_not_lock_out_clients() {
+    const MAX: usize = 64;
+    raise_fd_limit(4 * MAX as u64 + 256);
+    let d = start(&format!(
+        "[limits]\nmax_connections = {MAX}\nmax_connections_per_peer = {}\n\
+         idle_connection_timeout = \"2s\"\n",
+        MAX + 16
+    ))
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..MAX + 16 {
+        idle.push(idle_h2(d.addr, "127.0.0.2").await);
+    }
+    // One more from that host is past its cap: closed once it has spoken.
+    let over = idle_h2(d.addr, "127.0.0.2").await;
+    tokio::time::timeout(Duration::from_secs(5), over)
+        .await
+        .expect("the connection past max_connections_per_peer is closed");
+    // Every place is held by a connection that spoke: a new client still
+    // gets one, at once.
+    let took = health_check_time(d.addr).await;
+    assert!(took < HEALTH_BOUND, "Health/Check took {took:?}");
+    // The rest are closed once idle for 2 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    for t in idle {
+        tokio::time::timeout_at(deadline, t)
+            .await
+            .expect("idle connections are closed at idle_connection_timeout");
+    }
+    d.stop().await;
+}
