@@ -421,7 +421,8 @@ async fn connections_that_never_open_a_stream_do_not_lock_out_clients() {
     let over = idle_h2(d.addr, "127.0.0.2").await;
     tokio::time::timeout(Duration::from_secs(5), over)
         .await
-        .expect("the connection past max_connections_per_peer is closed");
+        .expect("the connection past max_connections_per_peer is closed")
+        .unwrap();
     // Every place is held by a connection that spoke: a new client still
     // gets one, at once.
     let took = health_check_time(d.addr).await;
@@ -431,7 +432,8 @@ async fn connections_that_never_open_a_stream_do_not_lock_out_clients() {
     for t in idle {
         tokio::time::timeout_at(deadline, t)
             .await
-            .expect("idle connections are closed at idle_connection_timeout");
+            .expect("idle connections are closed at idle_connection_timeout")
+            .unwrap();
     }
     d.stop().await;
 }
