@@ -1,0 +1,125 @@
+// Plain, typed job objects (no protobuf classes, no bigint): what users read.
+
+import { durationMs, timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import * as pb from "./gen/jobd/v1/jobd_pb.js";
+
+/** A job's state by name: `"QUEUED"`, `"RUNNING"`, `"SUCCEEDED"`, ... */
+export type JobState = keyof typeof pb.JobState;
+
+/** States a job never leaves. */
+export const TERMINAL_STATES: ReadonlySet<JobState> = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
+
+/** Whether a job has finished (SUCCEEDED, FAILED or CANCELLED). */
+export function isTerminal(job: Pick<Job, "state">): boolean {
+  return TERMINAL_STATES.has(job.state);
+}
+
+/** A snapshot of one job. */
+export interface Job {
+  /** Time-ordered id (UUIDv7). */
+  id: string;
+  kind: string;
+  state: JobState;
+  /** The current or last attempt; 0 before the first one starts. */
+  attempt: number;
+  /** Attempts allowed in all, including the first. */
+  maxAttempts: number;
+  priority: number;
+  /** The idempotency key given at submit, or `""`. */
+  idempotencyKey: string;
+  labels: Record<string, string>;
+  createdAt: Date | undefined;
+  updatedAt: Date | undefined;
+  startedAt: Date | undefined;
+  finishedAt: Date | undefined;
+  /** Not before then does the next attempt start (delayed or RETRY_WAIT jobs). */
+  nextAttemptAt: Date | undefined;
+  /** Error of the last failed attempt, or `""`. */
+  lastError: string;
+  /** Output of the successful attempt (empty until SUCCEEDED). */
+  result: Uint8Array;
+  /** True when `result` is only the first part of the stored result. */
+  resultTruncated: boolean;
+  payloadSize: number;
+  /** Per-attempt timeout in effect. */
+  timeoutMs: number | undefined;
+  orderingKey: string;
+  traceparent: string;
+}
+
+/** One step of a job's life, from `client.watch`. */
+export interface JobEvent {
+  /** The job after the change. */
+  job: Job;
+  /** Increases with every change of this job; pass it as `afterSequence` to resume. */
+  sequence: number;
+}
+
+/** What a job's payload or a handler's result may be given as. */
+export type Payload = Uint8Array | string | object | number | boolean | null | undefined;
+
+const utf8 = new TextEncoder();
+const fromUtf8 = new TextDecoder();
+
+/** Bytes as given; a string as UTF-8; anything else as JSON (`undefined`: empty). */
+export function encodePayload(p: Payload): Uint8Array {
+  if (p instanceof Uint8Array) return p;
+  if (p === undefined) return new Uint8Array(0);
+  if (typeof p === "string") return utf8.encode(p);
+  if (ArrayBuffer.isView(p)) return new Uint8Array(p.buffer, p.byteOffset, p.byteLength);
+  if (p instanceof ArrayBuffer) return new Uint8Array(p);
+  return utf8.encode(JSON.stringify(p));
+}
+
+/** Bytes (a result, a payload) as UTF-8 text. */
+export function decodeText(bytes: Uint8Array): string {
+  return fromUtf8.decode(bytes);
+}
+
+/** Bytes (a result, a payload) parsed as JSON. */
+export function decodeJson<T = unknown>(bytes: Uint8Array): T {
+  return JSON.parse(fromUtf8.decode(bytes)) as T;
+}
+
+function date(t: Timestamp | undefined): Date | undefined {
+  return t ? timestampDate(t) : undefined;
+}
+
+/** The state's name for a wire value (new values regenerate with the proto). */
+export function stateName(s: pb.JobState): JobState {
+  return (pb.JobState[s] as JobState | undefined) ?? "UNSPECIFIED";
+}
+
+/** A state name as the wire value; `undefined` for none. */
+export function stateValue(s: JobState | undefined): pb.JobState {
+  if (s === undefined) return pb.JobState.UNSPECIFIED;
+  const v = pb.JobState[s];
+  if (v === undefined) throw new TypeError(`unknown job state ${JSON.stringify(s)}`);
+  return v;
+}
+
+/** A generated Job message as a plain object. */
+export function fromProto(j: pb.Job): Job {
+  return {
+    id: j.id,
+    kind: j.kind,
+    state: stateName(j.state),
+    attempt: j.attempt,
+    maxAttempts: j.maxAttempts,
+    priority: j.priority,
+    idempotencyKey: j.idempotencyKey,
+    labels: { ...j.labels },
+    createdAt: date(j.createdAt),
+    updatedAt: date(j.updatedAt),
+    startedAt: date(j.startedAt),
+    finishedAt: date(j.finishedAt),
+    nextAttemptAt: date(j.nextAttemptAt),
+    lastError: j.lastError,
+    result: j.result,
+    resultTruncated: j.resultTruncated,
+    payloadSize: Number(j.payloadSize),
+    timeoutMs: j.timeout ? durationMs(j.timeout) : undefined,
+    orderingKey: j.orderingKey,
+    traceparent: j.traceparent,
+  };
+}

@@ -1,0 +1,137 @@
+// Checks that need no daemon: every conformance scenario has a test, the
+// committed generated code is current, and the small pure parts behave.
+
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { readdirSync, readFileSync, statSync } from "node:fs";
+import { join, relative } from "node:path";
+import { test } from "node:test";
+import { create, toBinary, type DescMessage, type MessageInitShape } from "@bufbuild/protobuf";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  AlreadyExistsError,
+  Client,
+  decodeJson,
+  decodeText,
+  encodePayload,
+  InvalidArgumentError,
+  JobdError,
+  ResourceExhaustedError,
+  toJobdError,
+  UnavailableError,
+  UnknownError,
+} from "jobd";
+import { BadRequestSchema, ErrorInfoSchema, RetryInfoSchema } from "jobd/gen/google/rpc/error_details_pb.js";
+import { need, PKG, REPO, tempDir } from "./helpers.js";
+
+const CONFORMANCE = join(REPO, "tests/sdk/conformance.txt");
+
+function files(dir: string): string[] {
+  return readdirSync(dir).flatMap((f) => {
+    const p = join(dir, f);
+    return statSync(p).isDirectory() ? files(p) : [p];
+  });
+}
+
+test("every conformance scenario has a test of its name", (t) => {
+  if (!need(t, CONFORMANCE, statSafe(CONFORMANCE), "run from a jobd checkout")) return;
+  const scenarios = readFileSync(CONFORMANCE, "utf8")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "" && !l.startsWith("#"));
+  assert.ok(scenarios.length >= 10, "the list is read");
+  const names = new Set<string>();
+  for (const f of files(join(PKG, "test")).filter((f) => f.endsWith(".test.ts"))) {
+    for (const m of readFileSync(f, "utf8").matchAll(/\btest\(\s*"([^"]+)"/g)) names.add(m[1]!);
+  }
+  const missing = scenarios.filter((s) => !names.has(s));
+  assert.deepEqual(missing, [], `scenarios of ${CONFORMANCE} without a test of that name`);
+});
+
+test("the committed generated code is current (npm run generate)", () => {
+  const tmp = tempDir("jobd-ts-gen-");
+  try {
+    execFileSync(process.execPath, [join(PKG, "scripts/generate.mjs"), "--out", tmp.dir], { stdio: "pipe" });
+    const committed = join(PKG, "src/gen");
+    const list = (d: string) => files(d).map((f) => relative(d, f)).sort();
+    assert.deepEqual(list(tmp.dir), list(committed), "the same files");
+    for (const f of list(committed)) {
+      assert.ok(
+        readFileSync(join(tmp.dir, f)).equals(readFileSync(join(committed, f))),
+        `src/gen/${f} is stale: run npm run generate`,
+      );
+    }
+  } finally {
+    tmp.remove();
+  }
+});
+
+test("payloads: bytes as given, strings as UTF-8, the rest as JSON", () => {
+  const bytes = new Uint8Array([0, 1, 255]);
+  assert.equal(encodePayload(bytes), bytes);
+  assert.equal(decodeText(encodePayload(Buffer.from("hé"))), "hé");
+  assert.equal(decodeText(encodePayload("hé")), "hé");
+  assert.deepEqual(decodeJson(encodePayload({ a: [1, "x"] })), { a: [1, "x"] });
+  assert.equal(decodeText(encodePayload(42)), "42");
+  assert.equal(decodeText(encodePayload(null)), "null");
+  assert.equal(encodePayload(undefined).length, 0);
+});
+
+test("errors: the class and details come from grpc-status-details-bin", () => {
+  // Details as the wire carries them: type name and encoded message.
+  const detail = <D extends DescMessage>(desc: D, init: MessageInitShape<D>) => ({
+    type: desc.typeName,
+    value: toBinary(desc, create(desc, init)),
+  });
+  const received = (message: string, code: Code, details: ReturnType<typeof detail>[]) => {
+    const e = new ConnectError(message, code);
+    e.details.push(...details);
+    return e;
+  };
+  const bad = toJobdError(
+    received("invalid request", Code.InvalidArgument, [
+      detail(BadRequestSchema, { fieldViolations: [{ field: "kind", description: "unknown kind" }] }),
+    ]),
+  );
+  assert.ok(bad instanceof InvalidArgumentError);
+  assert.equal(bad.field, "kind");
+  assert.equal(bad.code, "INVALID_ARGUMENT");
+  assert.equal(bad.message, "INVALID_ARGUMENT: invalid request");
+  assert.equal(bad.rawMessage, "invalid request");
+  const full = toJobdError(
+    received("full", Code.ResourceExhausted, [
+      detail(RetryInfoSchema, { retryDelay: durationFromMs(1500) }),
+    ]),
+  );
+  assert.ok(full instanceof ResourceExhaustedError);
+  assert.equal(full.retryAfterMs, 1500);
+  const dup = toJobdError(
+    received("dup", Code.AlreadyExists, [
+      detail(ErrorInfoSchema, { reason: "R", metadata: { job_id: "j1" } }),
+    ]),
+  );
+  assert.ok(dup instanceof AlreadyExistsError);
+  assert.equal(dup.existingId, "j1");
+  assert.ok(toJobdError(new Error("x")) instanceof UnknownError);
+});
+
+test("connection options: address forms and their checks", () => {
+  const c1 = new Client({ address: "127.0.0.1:1" });
+  assert.equal(c1.address, "http://127.0.0.1:1");
+  c1.close();
+  const c2 = new Client({ address: "example.invalid:443", tls: true });
+  assert.equal(c2.address, "https://example.invalid:443");
+  c2.close();
+  assert.throws(() => new Client({ address: "http://127.0.0.1:1", tls: {} }), TypeError);
+  assert.throws(() => new Client({ address: "127.0.0.1:1", tls: { cert: "-----BEGIN CERTIFICATE-----" } }), TypeError);
+  assert.ok(UnavailableError.prototype instanceof JobdError);
+});
+
+function statSafe(p: string): boolean {
+  try {
+    return statSync(p).isFile();
+  } catch {
+    return false;
+  }
+}
