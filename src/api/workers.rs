@@ -23,6 +23,7 @@ use crate::engine::Engine;
 use crate::handlers::remote::{Outbox, Workers, MAX_IN_FLIGHT, OUTBOX_SLACK};
 use crate::handlers::{HandlerError, Output};
 use crate::proto::{self, server_message, worker_message, worker_service_server::WorkerService};
+use crate::transport::connections::BytesSeen;
 
 /// Longest `worker_id`.
 pub const MAX_WORKER_ID_BYTES: usize = 256;
@@ -155,37 +156,76 @@ fn report(msg: worker_message::Msg) -> Option<(String, u32, Result<Output, Handl
     }
 }
 
+/// How often a session's silence is looked at, per heartbeat interval.
+const SILENCE_CHECKS_PER_INTERVAL: u32 = 4;
+/// A silence check this late means the daemon itself did not run (stopped,
+/// or starved): the gap is not held against the worker.
+const STALL: Duration = Duration::from_secs(1);
+
 /// Reads one session's messages until it ends; returns whether it was lost
 /// (silent, broken, or closed by the worker) rather than ended by jobd.
+///
+/// Silence is time with no bytes from the worker (a large report still
+/// uploading is not silence) while the daemon itself ran: a check that
+/// comes late (the daemon was stopped or starved) moves the last sign of
+/// life forward by the delay, and a session found silent is looked at
+/// once more after its queued input had a chance to be read.
 async fn serve_session(
     workers: &Workers,
     session: u64,
     mut inbound: Streaming<proto::WorkerMessage>,
+    seen: Option<BytesSeen>,
     outbox: &Outbox,
     stop: &CancellationToken,
 ) -> bool {
-    let silent = workers.heartbeat_interval() * LOST_AFTER_INTERVALS;
+    let interval = workers.heartbeat_interval();
+    let silent = interval * LOST_AFTER_INTERVALS;
+    let every = interval / SILENCE_CHECKS_PER_INTERVAL;
+    let seen = seen.unwrap_or_else(BytesSeen::detached);
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = tokio::time::Instant::now();
+    let mut second_look = false;
     loop {
         let next = tokio::select! {
-            r = tokio::time::timeout(silent, inbound.message()) => r,
-            _ = stop.cancelled() => return false,
-            _ = outbox.closed() => return true,
-        };
-        let msg = match next {
-            Ok(Ok(Some(m))) => m,
-            Ok(Ok(None)) => return true,
-            Ok(Err(status)) => {
-                tracing::debug!(session, %status, "worker stream broke");
-                return true;
-            }
-            Err(_) => {
+            r = inbound.message() => r,
+            _ = ticks.tick() => {
+                let now = tokio::time::Instant::now();
+                let late = now.duration_since(last_tick).saturating_sub(every);
+                last_tick = now;
+                if late > every.max(STALL) {
+                    // The daemon did not run for a while: not the worker's silence.
+                    tracing::debug!(session, ?late, "silence check came late; not counted");
+                    seen.touch();
+                    continue;
+                }
+                if seen.last().elapsed() < silent {
+                    second_look = false;
+                    continue;
+                }
+                if !second_look {
+                    // Queued input may not have been read yet: look again.
+                    second_look = true;
+                    continue;
+                }
                 tracing::info!(
                     session,
                     "worker silent for {LOST_AFTER_INTERVALS} heartbeat intervals"
                 );
                 return true;
             }
+            _ = stop.cancelled() => return false,
+            _ = outbox.closed() => return true,
         };
+        let msg = match next {
+            Ok(Some(m)) => m,
+            Ok(None) => return true,
+            Err(status) => {
+                tracing::debug!(session, %status, "worker stream broke");
+                return true;
+            }
+        };
+        seen.touch();
         workers.seen(session);
         let Some(msg) = msg.msg else { continue };
         if let worker_message::Msg::Heartbeat(_) = msg {
@@ -230,6 +270,7 @@ impl WorkerService for WorkerApi {
             return Err(ApiError::Draining.into());
         }
         let address = request.remote_addr();
+        let seen = request.extensions().get::<BytesSeen>().cloned();
         let mut inbound = request.into_inner();
         let silent = self.workers.heartbeat_interval() * LOST_AFTER_INTERVALS;
         let first = match tokio::time::timeout(silent, inbound.message()).await {
@@ -270,7 +311,7 @@ impl WorkerService for WorkerApi {
         tracing::info!(session, worker = %worker_id, max_in_flight, "worker connected");
         let (workers, stop) = (self.workers.clone(), self.streams_stop.clone());
         tokio::spawn(async move {
-            let lost = serve_session(&workers, session, inbound, &tx, &stop).await;
+            let lost = serve_session(&workers, session, inbound, seen, &tx, &stop).await;
             workers.close(session, lost);
             if stop.is_cancelled() {
                 let _ = tx.try_send(Err(Status::unavailable("jobd is shutting down")));

@@ -167,3 +167,157 @@ async fn a_worker_that_grants_no_window_holds_bounded_bytes() {
     driver.abort();
     drop(child);
 }
+
+/// Reads gRPC-framed ServerMessages from a raw HTTP/2 response body.
+struct Frames {
+    body: h2::RecvStream,
+    buf: Vec<u8>,
+}
+
+impl Frames {
+    async fn next(&mut self) -> Option<proto::ServerMessage> {
+        use prost::Message;
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes(self.buf[1..5].try_into().unwrap()) as usize;
+                if self.buf.len() >= 5 + len {
+                    let m = proto::ServerMessage::decode(&self.buf[5..5 + len]).unwrap();
+                    self.buf.drain(..5 + len);
+                    return Some(m);
+                }
+            }
+            let data = self.body.data().await?.ok()?;
+            let _ = self.body.flow_control().release_capacity(data.len());
+            self.buf.extend_from_slice(&data);
+        }
+    }
+}
+
+/// Sends `data` on `body` at about `per_second` bytes a second.
+async fn trickle(body: &mut h2::SendStream<Bytes>, data: Bytes, per_second: usize) {
+    use futures_util::future::poll_fn;
+    const CHUNK: usize = 16 * 1024;
+    let pause = Duration::from_secs_f64(CHUNK as f64 / per_second as f64);
+    let mut rest = data;
+    while !rest.is_empty() {
+        let mut part = rest.split_to(CHUNK.min(rest.len()));
+        while !part.is_empty() {
+            body.reserve_capacity(part.len());
+            let cap = poll_fn(|cx| body.poll_capacity(cx))
+                .await
+                .expect("stream open")
+                .unwrap();
+            let now = part.split_to(cap.min(part.len()));
+            body.send_data(now, false).unwrap();
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// #28.7: a worker uploading a 2 MiB result at ~260 KiB/s (8 s, no room for
+/// a heartbeat in between) with a 1 s heartbeat interval (silent after
+/// 3 s) is not declared silent mid-upload: its bytes are signs of life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_large_report_is_a_sign_of_life() {
+    let d = start_with(
+        "[workers]\nheartbeat_interval = \"1s\"\n",
+        "[kinds.r]\nhandler = \"remote\"\ntimeout = \"60s\"\nmax_result_bytes = 3145728\n",
+    )
+    .await;
+    let mut c = d.client().await;
+    let addr = d.addr;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(conn);
+    let mut h2 = h2.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/jobd.v1.WorkerService/Connect"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = h2.send_request(request, false).unwrap();
+    body.send_data(frame(&hello(&["r"], 1)), false).unwrap();
+    let mut frames = Frames {
+        body: response.await.unwrap().into_body(),
+        buf: Vec::new(),
+    };
+    let job = submit(&mut c, req("r", "x")).await;
+    let assign = loop {
+        match frames.next().await.expect("jobd speaks").msg {
+            Some(server_message::Msg::Assign(a)) => break a,
+            _ => continue,
+        }
+    };
+    let result = vec![7u8; 2 * 1024 * 1024];
+    let complete = msg(worker_message::Msg::Complete(proto::Complete {
+        job_id: job.id.clone(),
+        attempt: assign.job.unwrap().attempt,
+        result: result.clone(),
+    }));
+    trickle(&mut body, frame(&complete), 260 * 1024).await;
+    let j = wait_terminal(&mut c, &job.id).await;
+    assert_eq!(
+        (state(&j), j.attempt, j.result.len()),
+        (JobState::Succeeded, 1, result.len()),
+        "{}",
+        j.last_error
+    );
+    driver.abort();
+    d.stop().await;
+}
+
+/// #28.6: the daemon stopped (SIGSTOP) for 6 s, with a 1 s heartbeat
+/// interval (silent after 3 s): both healthy worker sessions survive, and
+/// the jobs they hold finish on their first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemons_own_stall_loses_no_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let proc = crate::binary::spawn_config(
+        dir.path(),
+        "store = \"memory:\"\nadmin_listen = \"off\"\n[workers]\nheartbeat_interval = \"1s\"\n\
+         [kinds.r]\nhandler = \"remote\"\ntimeout = \"60s\"\n",
+    )
+    .await;
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(proc.child);
+    let pid = child.0.id() as i32;
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        workers.push(worker(&proc.url, 4, |job| async move {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            Ok(Bytes::from(job.attempt.to_string()))
+        }));
+    }
+    let mut c = connect(&proc.url).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        ids.push(submit(&mut c, req("r", &i.to_string())).await.id);
+    }
+    // Every job held by a worker, then the daemon stops for 6 s.
+    for id in &ids {
+        wait_for(&mut c, id, |s| s == JobState::Running).await;
+    }
+    // SAFETY: kill(2) with a pid we spawned.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    for id in &ids {
+        let j = wait_terminal(&mut c, id).await;
+        assert_eq!(
+            (state(&j), j.attempt),
+            (JobState::Succeeded, 1),
+            "{}",
+            j.last_error
+        );
+    }
+    for w in workers {
+        w.cancel();
+    }
+    drop(child);
+}
