@@ -26,6 +26,7 @@ mod python_client;
 mod python_worker;
 mod remote;
 mod schedules;
+mod sdk_python;
 mod sdk_typescript;
 mod stalled_watchers;
 mod store_contract;

@@ -1,0 +1,96 @@
+"""jobd: the Python SDK of the jobd job daemon.
+
+    import jobd
+
+    client = jobd.Client("127.0.0.1:50051")     # or Client(): JOBD_ADDR, JOBD_TOKEN
+    job = client.submit("resize", {"w": 100})
+    job = client.wait(job.id, timeout=60)
+    job.state == "SUCCEEDED"
+
+    worker = jobd.Worker("127.0.0.1:50051", max_in_flight=8)
+
+    @worker.task("resize")
+    def resize(ctx: jobd.Context, payload: bytes):
+        return {"ok": True}
+
+    worker.run()
+
+`jobd.aio.Client` is the asyncio client. Errors are `jobd.JobdError`
+subclasses, one per gRPC status code. The generated protobuf code is
+`jobd.v1` (`jobd_pb2`, `jobd_pb2_grpc`).
+"""
+from ._conn import TLS
+from .client import Client
+from .errors import (
+    Aborted,
+    AlreadyExists,
+    Cancelled,
+    DataLoss,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    JobdError,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Timeout,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+    Unknown,
+)
+from .types import (
+    Job,
+    JobChange,
+    JobEvent,
+    KindStatus,
+    RetryResult,
+    State,
+    Submit,
+    SubmitResult,
+    WorkerSession,
+)
+from .worker import Context, Permanent, RetryLater, Worker
+from . import aio
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client",
+    "Worker",
+    "Context",
+    "Permanent",
+    "RetryLater",
+    "TLS",
+    "State",
+    "Job",
+    "JobEvent",
+    "JobChange",
+    "Submit",
+    "SubmitResult",
+    "RetryResult",
+    "KindStatus",
+    "WorkerSession",
+    "JobdError",
+    "Aborted",
+    "AlreadyExists",
+    "Cancelled",
+    "DataLoss",
+    "DeadlineExceeded",
+    "FailedPrecondition",
+    "Internal",
+    "InvalidArgument",
+    "NotFound",
+    "OutOfRange",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "Timeout",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "Unknown",
+    "aio",
+    "__version__",
+]

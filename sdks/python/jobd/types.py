@@ -1,0 +1,345 @@
+"""Plain Python values for what jobd sends and takes: jobs are dataclasses,
+not protobuf messages, and states are a `str` enum."""
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import json as _json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, cast
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from .errors import JobdError, error_from_status
+from .v1 import jobd_pb2 as pb
+
+__all__ = [
+    "State",
+    "Job",
+    "JobEvent",
+    "JobChange",
+    "Submit",
+    "SubmitResult",
+    "RetryResult",
+    "KindStatus",
+    "WorkerSession",
+    "Payload",
+    "encode_payload",
+]
+
+#: What a payload or a result may be: bytes as they are, str as UTF-8,
+#: anything else (dict, list, numbers, ...) as JSON.
+Payload = Union[bytes, bytearray, memoryview, str, Dict[str, Any], List[Any], int, float, bool, None]
+
+
+class State(str, enum.Enum):
+    """A job's state; compares equal to its name: `job.state == "SUCCEEDED"`."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    RETRY_WAIT = "RETRY_WAIT"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    @property
+    def terminal(self) -> bool:
+        """SUCCEEDED, FAILED or CANCELLED: nothing more will happen."""
+        return self in _TERMINAL
+
+    @classmethod
+    def from_proto(cls, value: int) -> "State":
+        name = pb.JobState.Name(value) if value in pb.JobState.values() else "JOB_STATE_UNSPECIFIED"
+        return cls(name[len("JOB_STATE_"):])
+
+    @classmethod
+    def parse(cls, value: Union["State", str, None]) -> "State":
+        """A state from its name, any case ("failed", "FAILED", State.FAILED)."""
+        if value is None:
+            return cls.UNSPECIFIED
+        if isinstance(value, State):
+            return value
+        v = str(value).upper()
+        if v.startswith("JOB_STATE_"):
+            v = v[len("JOB_STATE_"):]
+        try:
+            return cls(v)
+        except ValueError:
+            raise ValueError(f"unknown job state {value!r}; one of {', '.join(s.value for s in cls)}") from None
+
+    def to_proto(self) -> "pb.JobState":
+        return cast("pb.JobState", pb.JobState.Value("JOB_STATE_" + self.value))
+
+
+_TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
+
+
+def _time(ts: timestamp_pb2.Timestamp, msg: Any, name: str) -> Optional[_dt.datetime]:
+    if not msg.HasField(name):
+        return None
+    return _dt.datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=_dt.timezone.utc)
+
+
+def _seconds(d: duration_pb2.Duration) -> float:
+    return d.seconds + d.nanos / 1e9
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(round(seconds * 1e9)))
+    return d
+
+
+def _timestamp(when: Union[_dt.datetime, float]) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    if isinstance(when, _dt.datetime):
+        if when.tzinfo is None:
+            raise ValueError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
+        when = when.timestamp()
+    t.FromNanoseconds(int(round(when * 1e9)))
+    return t
+
+
+def encode_payload(payload: Payload) -> bytes:
+    """bytes as they are, str as UTF-8, None as empty, the rest as JSON."""
+    if payload is None:
+        return b""
+    if isinstance(payload, bytes):
+        return payload
+    if isinstance(payload, (bytearray, memoryview)):
+        return bytes(payload)
+    if isinstance(payload, str):
+        return payload.encode("utf-8")
+    return _json.dumps(payload, separators=(",", ":")).encode("utf-8")
+
+
+@dataclass
+class Job:
+    """A snapshot of one job."""
+
+    id: str
+    kind: str
+    state: State
+    attempt: int = 0
+    max_attempts: int = 0
+    priority: int = 0
+    idempotency_key: str = ""
+    labels: Dict[str, str] = field(default_factory=dict)
+    created_at: Optional[_dt.datetime] = None
+    updated_at: Optional[_dt.datetime] = None
+    started_at: Optional[_dt.datetime] = None
+    finished_at: Optional[_dt.datetime] = None
+    next_attempt_at: Optional[_dt.datetime] = None
+    last_error: str = ""
+    #: Output of the successful attempt (bytes; `.json()` / `.text()` decode it).
+    result: bytes = b""
+    payload_size: int = 0
+    #: Per-attempt timeout in effect, in seconds.
+    timeout: Optional[float] = None
+    result_truncated: bool = False
+    ordering_key: str = ""
+    traceparent: str = ""
+    #: Set by `submit`: an earlier job with the same idempotency key and the
+    #: same request was returned instead of a new one.
+    deduplicated: bool = False
+
+    @property
+    def done(self) -> bool:
+        """True once the job is SUCCEEDED, FAILED or CANCELLED."""
+        return self.state.terminal
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state is State.SUCCEEDED
+
+    def json(self) -> Any:
+        """The result decoded as JSON."""
+        return _json.loads(self.result)
+
+    def text(self) -> str:
+        """The result decoded as UTF-8."""
+        return self.result.decode("utf-8")
+
+    @classmethod
+    def from_proto(cls, j: pb.Job, deduplicated: bool = False) -> "Job":
+        return cls(
+            id=j.id,
+            kind=j.kind,
+            state=State.from_proto(j.state),
+            attempt=j.attempt,
+            max_attempts=j.max_attempts,
+            priority=j.priority,
+            idempotency_key=j.idempotency_key,
+            labels=dict(j.labels),
+            created_at=_time(j.created_at, j, "created_at"),
+            updated_at=_time(j.updated_at, j, "updated_at"),
+            started_at=_time(j.started_at, j, "started_at"),
+            finished_at=_time(j.finished_at, j, "finished_at"),
+            next_attempt_at=_time(j.next_attempt_at, j, "next_attempt_at"),
+            last_error=j.last_error,
+            result=bytes(j.result),
+            payload_size=j.payload_size,
+            timeout=_seconds(j.timeout) if j.HasField("timeout") else None,
+            result_truncated=j.result_truncated,
+            ordering_key=j.ordering_key,
+            traceparent=j.traceparent,
+            deduplicated=deduplicated,
+        )
+
+
+@dataclass
+class JobEvent:
+    """One message of `Client.watch`: the job after a change."""
+
+    job: Job
+    #: Increases with every change of this job; pass the last one seen as
+    #: `after_sequence` to resume a watch.
+    sequence: int
+
+
+@dataclass
+class JobChange:
+    """One message of `Client.watch_jobs`: a job after a change."""
+
+    job: Job
+    #: Increases with every change the daemon publishes; pass the last one
+    #: seen as `after` to resume.
+    position: int
+
+
+@dataclass
+class Submit:
+    """One entry of `Client.submit_batch`: the same arguments as `submit`."""
+
+    kind: str
+    payload: Payload = b""
+    key: Optional[str] = None
+    priority: int = 0
+    delay: Optional[float] = None
+    run_at: Optional[Union[_dt.datetime, float]] = None
+    labels: Optional[Mapping[str, str]] = None
+    ordering_key: Optional[str] = None
+    max_attempts: int = 0
+    timeout: Optional[float] = None
+
+    def to_proto(self) -> pb.SubmitRequest:
+        r = pb.SubmitRequest(
+            kind=self.kind,
+            payload=encode_payload(self.payload),
+            idempotency_key=self.key or "",
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            ordering_key=self.ordering_key or "",
+        )
+        if self.labels:
+            r.labels.update(self.labels)
+        if self.timeout is not None:
+            r.timeout.CopyFrom(_duration(self.timeout))
+        if self.run_at is not None and self.delay is not None:
+            raise ValueError("give delay or run_at, not both")
+        if self.delay is not None:
+            r.run_at.CopyFrom(_timestamp(time.time() + self.delay))
+        elif self.run_at is not None:
+            r.run_at.CopyFrom(_timestamp(self.run_at))
+        return r
+
+
+@dataclass
+class SubmitResult:
+    """The answer to one `submit_batch` entry: `.job` or `.error`."""
+
+    job: Optional[Job] = None
+    error: Optional[JobdError] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def deduplicated(self) -> bool:
+        return self.job is not None and self.job.deduplicated
+
+    @classmethod
+    def from_proto(cls, r: pb.SubmitResult) -> "SubmitResult":
+        if r.WhichOneof("result") == "accepted":
+            return cls(job=Job.from_proto(r.accepted.job, r.accepted.deduplicated))
+        return cls(error=error_from_status(r.error))
+
+
+@dataclass
+class RetryResult:
+    """What `Client.retry` did."""
+
+    matched: int
+    retried: int
+    ids: List[str]
+    #: (id, reason) of ids given that were not retried.
+    skipped: List[Tuple[str, str]]
+    #: More jobs matched than `limit`: call again.
+    more: bool
+
+
+@dataclass
+class KindStatus:
+    """One configured kind (`Client.kinds`)."""
+
+    kind: str
+    handler: str
+    paused: bool
+    queued: int
+    running: int
+    retry_wait: int
+    failed: int
+    concurrency: int
+    connected_workers: int
+
+    @classmethod
+    def from_proto(cls, k: pb.KindStatus) -> "KindStatus":
+        return cls(
+            kind=k.kind,
+            handler=k.handler,
+            paused=k.paused,
+            queued=k.queued,
+            running=k.running,
+            retry_wait=k.retry_wait,
+            failed=k.failed,
+            concurrency=k.concurrency,
+            connected_workers=k.connected_workers,
+        )
+
+
+@dataclass
+class WorkerSession:
+    """One connected remote worker (`Client.workers`)."""
+
+    session_id: str
+    worker_id: str
+    kinds: List[str]
+    in_flight: int
+    max_in_flight: int
+    connected_at: Optional[_dt.datetime]
+    last_seen: Optional[_dt.datetime]
+    address: str
+    labels: Dict[str, str]
+
+    @classmethod
+    def from_proto(cls, w: pb.WorkerSession) -> "WorkerSession":
+        return cls(
+            session_id=w.session_id,
+            worker_id=w.worker_id,
+            kinds=list(w.kinds),
+            in_flight=w.in_flight,
+            max_in_flight=w.max_in_flight,
+            connected_at=_time(w.connected_at, w, "connected_at"),
+            last_seen=_time(w.last_seen, w, "last_seen"),
+            address=w.address,
+            labels=dict(w.labels),
+        )

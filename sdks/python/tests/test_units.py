@@ -1,0 +1,160 @@
+"""No daemon needed: value types, error decoding, connection options, and
+the worker's handling of stale acks."""
+from __future__ import annotations
+
+import datetime
+import logging
+import pickle
+
+import grpc
+import pytest
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+import jobd
+from jobd._conn import Connection
+from jobd.errors import error_from_rpc, error_from_status
+from jobd.types import encode_payload
+from jobd.v1 import jobd_pb2 as pb
+
+
+def test_state_is_a_str_enum():
+    assert jobd.State.SUCCEEDED == "SUCCEEDED" and f"{jobd.State.FAILED}" == "FAILED" and str(jobd.State.QUEUED) == "QUEUED"
+    assert jobd.State.parse("failed") is jobd.State.FAILED and jobd.State.parse("JOB_STATE_RUNNING") is jobd.State.RUNNING
+    assert jobd.State.from_proto(pb.JOB_STATE_CANCELLED) is jobd.State.CANCELLED
+    assert jobd.State.from_proto(99) is jobd.State.UNSPECIFIED  # a state added later
+    assert {s for s in jobd.State if s.terminal} == {"SUCCEEDED", "FAILED", "CANCELLED"}
+    with pytest.raises(ValueError):
+        jobd.State.parse("DONE")
+
+
+def test_payloads():
+    assert encode_payload(b"x") == b"x" and encode_payload(bytearray(b"y")) == b"y"
+    assert encode_payload("\u00e9") == "\u00e9".encode() and encode_payload(None) == b""
+    assert encode_payload({"a": [1, 2]}) == b'{"a":[1,2]}' and encode_payload([1]) == b"[1]"
+    r = jobd.Submit("k", {"n": 1}, key="x", delay=5, labels={"a": "b"}, timeout=1.5).to_proto()
+    assert r.payload == b'{"n":1}' and r.idempotency_key == "x" and r.timeout.ToMilliseconds() == 1500
+    assert r.HasField("run_at") and r.labels == {"a": "b"}
+    with pytest.raises(ValueError):
+        jobd.Submit("k", delay=1, run_at=1.0).to_proto()
+    with pytest.raises(ValueError):
+        jobd.Submit("k", run_at=datetime.datetime(2030, 1, 1)).to_proto()  # naive
+
+
+def test_job_from_proto():
+    j = pb.Job(id="i", kind="k", state=pb.JOB_STATE_SUCCEEDED, attempt=2, result=b'{"ok":true}', labels={"a": "b"})
+    j.finished_at.FromSeconds(1_700_000_000)
+    job = jobd.Job.from_proto(j)
+    assert job.state == "SUCCEEDED" and job.done and job.json() == {"ok": True} and job.labels == {"a": "b"}
+    assert job.finished_at == datetime.datetime.fromtimestamp(1_700_000_000, datetime.timezone.utc)
+    assert job.started_at is None and job.timeout is None
+
+
+def _any(msg) -> any_pb2.Any:
+    a = any_pb2.Any()
+    a.Pack(msg)
+    return a
+
+
+def test_error_details_decoded():
+    br = error_details_pb2.BadRequest(
+        field_violations=[error_details_pb2.BadRequest.FieldViolation(field="kind", description="unknown kind")]
+    )
+    e = error_from_status(status_pb2.Status(code=3, message="invalid request", details=[_any(br)]))
+    assert type(e) is jobd.InvalidArgument and e.field == "kind" and e.violations == [("kind", "unknown kind")]
+    ri = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1, nanos=500_000_000))
+    e = error_from_status(status_pb2.Status(code=8, message="full", details=[_any(ri)]))
+    assert type(e) is jobd.ResourceExhausted and e.retry_after == 1.5
+    info = error_details_pb2.ErrorInfo(reason="IDEMPOTENCY_KEY_REUSED", domain="jobd", metadata={"job_id": "J"})
+    e = error_from_status(status_pb2.Status(code=6, message="used", details=[_any(info)]))
+    assert type(e) is jobd.AlreadyExists and e.existing_id == "J"
+    assert pickle.loads(pickle.dumps(e)).existing_id == "J"
+    codes = {
+        5: jobd.NotFound, 9: jobd.FailedPrecondition, 14: jobd.Unavailable, 16: jobd.Unauthenticated,
+        7: jobd.PermissionDenied, 11: jobd.OutOfRange, 4: jobd.DeadlineExceeded, 13: jobd.Internal,
+    }
+    for code, cls in codes.items():
+        e = error_from_status(status_pb2.Status(code=code, message="m"))
+        assert type(e) is cls and isinstance(e, jobd.JobdError) and str(e).endswith(": m")
+    assert issubclass(jobd.Timeout, TimeoutError) and issubclass(jobd.Timeout, jobd.JobdError)
+
+
+class FakeRpcError(grpc.RpcError):
+    def __init__(self, code, details, trailers):
+        self._c, self._d, self._t = code, details, trailers
+
+    def code(self):
+        return self._c
+
+    def details(self):
+        return self._d
+
+    def trailing_metadata(self):
+        return self._t
+
+
+def test_error_from_rpc_reads_the_status_trailer():
+    ri = error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=1))
+    st = status_pb2.Status(code=8, message="backlog is full", details=[_any(ri)])
+    e = error_from_rpc(FakeRpcError(grpc.StatusCode.RESOURCE_EXHAUSTED, "backlog is full",
+                                    (("grpc-status-details-bin", st.SerializeToString()),)))
+    assert isinstance(e, jobd.ResourceExhausted) and e.retry_after == 1.0 and e.message == "backlog is full"
+    e = error_from_rpc(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "down", None))
+    assert isinstance(e, jobd.Unavailable) and e.details == []
+
+
+def test_connection_options(monkeypatch, tmp_path):
+    for k in ("JOBD_ADDR", "JOBD_TOKEN", "JOBD_CA", "JOBD_CERT", "JOBD_CERT_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    c = Connection()
+    assert c.target == "127.0.0.1:50051" and c.tls is None and c.metadata == ()
+    monkeypatch.setenv("JOBD_ADDR", "http://jobd:1234/")
+    monkeypatch.setenv("JOBD_TOKEN", "t0k")
+    c = Connection()
+    assert c.target == "jobd:1234" and c.tls is None and c.metadata == (("authorization", "Bearer t0k"),)
+    assert Connection("https://h:1").tls == jobd.TLS()
+    assert Connection("h:1", token="other").metadata == (("authorization", "Bearer other"),)
+    monkeypatch.setenv("JOBD_CA", str(tmp_path / "ca.pem"))
+    assert Connection("h:1").tls == jobd.TLS(str(tmp_path / "ca.pem"))
+    assert Connection("h:1", tls=False).tls is None
+    assert Connection("h:1", tls=("a", "b", "c"), server_name="n").tls == jobd.TLS("a", "b", "c", "n")
+    with pytest.raises(TypeError):
+        Connection("h:1", tls="ca.pem")  # type: ignore[arg-type]
+
+
+def test_worker_logs_stale_acks_at_debug(caplog):
+    """A ReportAck{stale} (the attempt was given up as the report crossed
+    it) is counted and logged at debug level, nothing else."""
+    from jobd.worker import _Session
+
+    w = jobd.Worker("127.0.0.1:1")
+    w.register("k", lambda ctx, payload: payload)
+    s = _Session()
+    acks = [
+        pb.ServerMessage(ack=pb.ReportAck(job_id="j1", attempt=1, stale=True)),
+        pb.ServerMessage(ack=pb.ReportAck(job_id="j2", attempt=1, stale=False)),
+    ]
+    caplog.set_level(logging.DEBUG, logger="jobd.worker")
+    w._read(s, iter(acks))
+    assert w.stats["stale"] == 1
+    stale = [r for r in caplog.records if "stale" in r.getMessage()]
+    assert len(stale) == 1 and stale[0].levelno == logging.DEBUG and "j1" in stale[0].getMessage()
+
+
+def test_worker_task_signatures():
+    w = jobd.Worker("127.0.0.1:1")
+
+    @w.task("a")
+    def a(ctx):
+        return None
+
+    @w.task("b", json=True)
+    async def b(ctx, payload):
+        return payload
+
+    assert not w.tasks["a"].with_payload and not w.tasks["a"].is_async
+    assert w.tasks["b"].with_payload and w.tasks["b"].is_async and w.tasks["b"].json
+    with pytest.raises(ValueError):
+        w.register("a", a)
+    with pytest.raises(ValueError):
+        jobd.Worker("127.0.0.1:1", max_in_flight=0)
