@@ -318,6 +318,7 @@ pub async fn run_with_listeners(
         WorkerServiceServer::new(WorkerApi::new(
             engine.clone(),
             workers.clone(),
+            config.workers.sessions_per_client(),
             streams_stop.clone(),
         ))
         .max_decoding_message_size(limit)

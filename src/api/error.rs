@@ -56,6 +56,8 @@ pub enum ApiError {
     PositionGone { after: u64, oldest: u64 },
     #[error("too many worker sessions (at most {max}); retry later")]
     TooManySessions { max: usize },
+    #[error("this client (token, or IP address without auth) has {max} worker sessions open already (workers.max_sessions_per_client)")]
+    TooManySessionsPerClient { max: usize },
     #[error("jobd is draining and takes no new jobs; retry on another instance")]
     Draining,
     #[error("job {id} has already {state}; it cannot be cancelled")]
@@ -137,7 +139,8 @@ impl From<ApiError> for Status {
             }
             ApiError::BacklogFull { .. }
             | ApiError::TooManyWatchers { .. }
-            | ApiError::TooManySessions { .. } => {
+            | ApiError::TooManySessions { .. }
+            | ApiError::TooManySessionsPerClient { .. } => {
                 let d = ErrorDetails::with_retry_info(Some(RETRY_AFTER_FULL));
                 Status::with_error_details(Code::ResourceExhausted, msg, d)
             }

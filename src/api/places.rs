@@ -64,6 +64,11 @@ impl<K: Hash + Eq + Clone> Places<K> {
         })
     }
 
+    /// Places per key.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Keys holding a place now (for tests).
     #[cfg(test)]
     fn keys(&self) -> usize {

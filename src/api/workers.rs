@@ -17,12 +17,14 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use super::error::ApiError;
+use super::places::{ClientKey, Places};
 use super::validate::{MAX_LABELS, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES};
 use crate::config::HandlerSpec;
 use crate::engine::Engine;
 use crate::handlers::remote::{Outbox, Workers, MAX_IN_FLIGHT, OUTBOX_SLACK};
 use crate::handlers::{HandlerError, Output};
 use crate::proto::{self, server_message, worker_message, worker_service_server::WorkerService};
+use crate::transport::auth::Caller;
 use crate::transport::connections::BytesSeen;
 
 /// Longest `worker_id`.
@@ -40,6 +42,9 @@ pub const LOST_AFTER_INTERVALS: u32 = 3;
 pub struct WorkerApi {
     engine: Arc<Engine>,
     workers: Arc<Workers>,
+    /// Sessions per client (token, or peer IP without auth):
+    /// `workers.max_sessions_per_client`.
+    per_client: Places<ClientKey>,
     /// Ends every session when the daemon stops (after drain).
     streams_stop: CancellationToken,
 }
@@ -48,11 +53,13 @@ impl WorkerApi {
     pub fn new(
         engine: Arc<Engine>,
         workers: Arc<Workers>,
+        max_sessions_per_client: usize,
         streams_stop: CancellationToken,
     ) -> Self {
         WorkerApi {
             engine,
             workers,
+            per_client: Places::new(max_sessions_per_client, "per client"),
             streams_stop,
         }
     }
@@ -271,6 +278,16 @@ impl WorkerService for WorkerApi {
         }
         let address = request.remote_addr();
         let seen = request.extensions().get::<BytesSeen>().cloned();
+        // Held for the session's life.
+        let client_place = ClientKey::of(request.extensions().get::<Caller>(), address)
+            .map(|k| {
+                self.per_client
+                    .take(k)
+                    .map_err(|_| ApiError::TooManySessionsPerClient {
+                        max: self.per_client.max(),
+                    })
+            })
+            .transpose()?;
         let mut inbound = request.into_inner();
         let silent = self.workers.heartbeat_interval() * LOST_AFTER_INTERVALS;
         let first = match tokio::time::timeout(silent, inbound.message()).await {
@@ -311,6 +328,7 @@ impl WorkerService for WorkerApi {
         tracing::info!(session, worker = %worker_id, max_in_flight, "worker connected");
         let (workers, stop) = (self.workers.clone(), self.streams_stop.clone());
         tokio::spawn(async move {
+            let _client_place = client_place;
             let lost = serve_session(&workers, session, inbound, seen, &tx, &stop).await;
             workers.close(session, lost);
             if stop.is_cancelled() {

@@ -310,16 +310,30 @@ pub struct WorkersConfig {
     /// Worker sessions open at once; past it Connect answers
     /// RESOURCE_EXHAUSTED.
     pub max_sessions: usize,
+    /// Worker sessions open at once per client: per token when auth is on,
+    /// else per peer IP address; past it that client's Connect answers
+    /// RESOURCE_EXHAUSTED, so one client cannot take every place. At most
+    /// `max_sessions`; default half of it.
+    pub max_sessions_per_client: Option<usize>,
 }
 
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_WORKER_SESSIONS: usize = 1000;
+
+impl WorkersConfig {
+    /// `max_sessions_per_client`, or its default: half of `max_sessions`.
+    pub fn sessions_per_client(&self) -> usize {
+        self.max_sessions_per_client
+            .unwrap_or((self.max_sessions / 2).max(1))
+    }
+}
 
 impl Default for WorkersConfig {
     fn default() -> Self {
         WorkersConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             max_sessions: DEFAULT_MAX_WORKER_SESSIONS,
+            max_sessions_per_client: None,
         }
     }
 }
@@ -813,6 +827,14 @@ impl Config {
         }
         if w.max_sessions == 0 || w.max_sessions as u64 > MAX_SLOTS {
             return Err(invalid("workers.max_sessions", "must be 1 to 1000000"));
+        }
+        if w.max_sessions_per_client
+            .is_some_and(|n| n == 0 || n > w.max_sessions)
+        {
+            return Err(invalid(
+                "workers.max_sessions_per_client",
+                "must be 1 to workers.max_sessions",
+            ));
         }
         if self.drain.timeout.is_zero() {
             return Err(invalid("drain.timeout", "must be more than 0"));

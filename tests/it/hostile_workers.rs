@@ -321,3 +321,99 @@ async fn the_daemons_own_stall_loses_no_worker() {
     }
     drop(child);
 }
+
+/// Opens a raw worker session with a bearer token.
+async fn raw_as(
+    url: &str,
+    token: &str,
+) -> Result<tonic::Streaming<proto::ServerMessage>, tonic::Status> {
+    let ch = tonic::transport::Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(hello(&["r"], 1)).await.unwrap();
+    // The sender lives as long as the stream: the session stays open.
+    std::mem::forget(tx);
+    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    let mut s = proto::worker_service_client::WorkerServiceClient::new(ch)
+        .connect(req)
+        .await?
+        .into_inner();
+    // The welcome, or the refusal.
+    s.message().await?;
+    Ok(s)
+}
+
+/// #28.8: one token cannot take every worker session: past
+/// `workers.max_sessions_per_client` its Connect is RESOURCE_EXHAUSTED,
+/// while another token still gets a session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_token_cannot_take_every_worker_session() {
+    const A: &str = "worker-token-a-0123456789";
+    const B: &str = "worker-token-b-0123456789";
+    let d = start_with(
+        &format!(
+            "[workers]\nmax_sessions = 4\nmax_sessions_per_client = 2\n\
+             [auth]\ntokens = [{{ token = \"{A}\", role = \"worker\" }}, \
+             {{ token = \"{B}\", role = \"worker\" }}]\n"
+        ),
+        KINDS,
+    )
+    .await;
+    let url = d.url();
+    let mut held = vec![
+        raw_as(&url, A).await.unwrap(),
+        raw_as(&url, A).await.unwrap(),
+    ];
+    let refused = raw_as(&url, A).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(
+        refused.message().contains("max_sessions_per_client"),
+        "{refused}"
+    );
+    held.push(raw_as(&url, B).await.expect("another token still connects"));
+    drop(held);
+    d.stop().await;
+}
+
+/// #28.3: `Fail.retry_after` is capped at 1 h: a worker asking for 10 years
+/// (or past the Timestamp range) parks nothing for longer, and the job's
+/// replies stay valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workers_retry_after_is_capped_at_an_hour() {
+    let d = start_with(
+        "[workers]\nheartbeat_interval = \"1s\"\n",
+        "[kinds.r]\nhandler = \"remote\"\nmax_attempts = 5\ntimeout = \"60s\"\n",
+    )
+    .await;
+    let mut c = d.client().await;
+    let mut w = raw(&d.url(), hello(&["r"], 4)).await.unwrap();
+    for seconds in [10 * 365 * 24 * 3600, i64::MAX / 2] {
+        let job = submit(&mut c, req("r", "x")).await;
+        let a = w.assign().await;
+        let before = micros(&Some(prost_types::Timestamp::from(
+            std::time::SystemTime::now(),
+        )));
+        w.tx.send(msg(worker_message::Msg::Fail(proto::Fail {
+            job_id: job.id.clone(),
+            attempt: a.job.unwrap().attempt,
+            error: "later".into(),
+            permanent: false,
+            retry_after: Some(prost_types::Duration { seconds, nanos: 0 }),
+        })))
+        .await
+        .unwrap();
+        let j = wait_for(&mut c, &job.id, |s| s == JobState::RetryWait).await;
+        let wait_us = micros(&j.next_attempt_at) - before;
+        assert!(
+            wait_us <= 3_600_000_000 + 5_000_000,
+            "next attempt in {} s",
+            wait_us / 1_000_000
+        );
+    }
+    d.stop().await;
+}

@@ -92,7 +92,7 @@ impl Raw {
             .expect("empty message")
     }
 
-    async fn assign(&mut self) -> proto::Assign {
+    pub(crate) async fn assign(&mut self) -> proto::Assign {
         loop {
             if let server_message::Msg::Assign(a) = self.next().await {
                 return a;
