@@ -151,6 +151,12 @@ impl Engine {
             JobState::Queued => self.hint(),
             _ => {}
         }
+        // A keyed job's end frees its key only now, at the commit (the
+        // slot was given back when the handler returned, and a claim then
+        // still saw the key busy): wake the claim of the key's next job.
+        if updated.ordering_key.is_some() && self.limits.contains_key(&updated.kind) {
+            self.hint();
+        }
     }
 
     /// How many outcomes may wait for their commit at once.
