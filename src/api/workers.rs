@@ -163,6 +163,20 @@ fn report(msg: worker_message::Msg) -> Option<(String, u32, Result<Output, Handl
     }
 }
 
+/// Longest an ack waits for its outcome's commit (the completion path
+/// gives up on a group well before); then it says stale.
+const ACK_WAIT: Duration = Duration::from_secs(60);
+
+/// Queues a `ReportAck`; false when the worker's outbox is full.
+fn ack(outbox: &Outbox, job_id: String, attempt: u32, counted: bool) -> bool {
+    let ack = message(server_message::Msg::Ack(proto::ReportAck {
+        job_id,
+        attempt,
+        stale: !counted,
+    }));
+    outbox.try_send(ack).is_ok()
+}
+
 /// How often a session's silence is looked at, per heartbeat interval.
 const SILENCE_CHECKS_PER_INTERVAL: u32 = 4;
 /// A silence check this late means the daemon itself did not run (stopped,
@@ -245,19 +259,26 @@ async fn serve_session(
         let Some((job_id, attempt, outcome)) = report(msg) else {
             continue;
         };
-        let delivered = match Uuid::try_parse(&job_id) {
-            Ok(id) => workers.report(session, id, attempt, outcome),
-            Err(_) => false,
+        let Ok(id) = Uuid::try_parse(&job_id) else {
+            if !ack(outbox, job_id, attempt, false) {
+                tracing::info!(session, "worker does not read its stream; dropped");
+                return true;
+            }
+            continue;
         };
-        let ack = message(server_message::Msg::Ack(proto::ReportAck {
-            job_id,
-            attempt,
-            stale: !delivered,
-        }));
-        if outbox.try_send(ack).is_err() {
-            tracing::info!(session, "worker does not read its stream; dropped");
-            return true;
-        }
+        // The ack follows the commit of the outcome (a non-stale ack is a
+        // durability promise): sent from its own task, so the session goes
+        // on reading meanwhile. At most one per attempt in flight.
+        let written = workers.report_and_wait(session, id, attempt, outcome);
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            let counted = tokio::time::timeout(ACK_WAIT, written)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(false);
+            ack(&outbox, job_id, attempt, counted);
+        });
     }
 }
 

@@ -114,12 +114,18 @@ impl Engine {
                     let mut failed = Vec::new();
                     for (p, r) in group.into_iter().zip(results) {
                         match r {
-                            Ok(Some(updated)) => self.committed(&updated),
-                            Ok(None) => tracing::debug!(
-                                job = %p.job.id,
-                                attempt = p.job.attempt,
-                                "attempt outcome dropped: job no longer runs this attempt"
-                            ),
+                            Ok(Some(updated)) => {
+                                self.committed(&updated);
+                                self.tell_worker(&p.job, true);
+                            }
+                            Ok(None) => {
+                                tracing::debug!(
+                                    job = %p.job.id,
+                                    attempt = p.job.attempt,
+                                    "attempt outcome dropped: job no longer runs this attempt"
+                                );
+                                self.tell_worker(&p.job, false);
+                            }
                             Err(e) => {
                                 tracing::warn!(job = %p.job.id, error = %e, try_no, "writing attempt outcome failed");
                                 failed.push(p);
@@ -141,6 +147,18 @@ impl Engine {
             outcomes = group.len(),
             "giving up writing outcomes; their leases will expire and the jobs will be retried"
         );
+        for p in &group {
+            self.tell_worker(&p.job, false);
+        }
+    }
+
+    /// A remote worker whose report this outcome was is acknowledged now,
+    /// after the commit: `counted` false when it changed nothing (stale)
+    /// or could not be written (the job will run again).
+    fn tell_worker(&self, job: &Job, counted: bool) {
+        if let Some(w) = self.remote.get() {
+            w.outcome_written(job.id, job.attempt, counted);
+        }
     }
 
     fn committed(&self, updated: &Job) {

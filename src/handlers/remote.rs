@@ -134,6 +134,10 @@ pub struct Workers {
     /// The session that lost (or timed out) each job's last attempt: its
     /// retry goes elsewhere while another session serves the kind.
     lost_by: Mutex<HashMap<Uuid, u64>>,
+    /// Reports delivered and not yet committed, by (job, attempt): told
+    /// whether the outcome was written, so the worker's ack follows the
+    /// commit. At most one per attempt in flight.
+    acks: Mutex<HashMap<(Uuid, u32), oneshot::Sender<bool>>>,
 }
 
 /// Why a session could not be opened.
@@ -155,6 +159,7 @@ impl Workers {
             drain_deadline: Mutex::new(None),
             metrics: OnceLock::new(),
             lost_by: Mutex::default(),
+            acks: Mutex::default(),
         })
     }
 
@@ -306,6 +311,40 @@ impl Workers {
                 bench = ?bench,
                 "worker's attempts keep timing out; it gets no work for a while"
             );
+        }
+    }
+
+    fn lock_acks(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, u32), oneshot::Sender<bool>>> {
+        self.acks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A worker's report on `(job, attempt)`, delivered to the attempt if
+    /// the session holds it. Resolves once its outcome is committed: true
+    /// when it counted, false when it was stale (at once) or changed
+    /// nothing or could not be written. The ack to the worker waits for it.
+    pub fn report_and_wait(
+        &self,
+        session: u64,
+        job: Uuid,
+        attempt: u32,
+        report: Report,
+    ) -> oneshot::Receiver<bool> {
+        let (tx, rx) = oneshot::channel();
+        // Registered before delivery: the commit may come quickly.
+        let replaced = self.lock_acks().insert((job, attempt), tx);
+        drop(replaced);
+        if !self.report(session, job, attempt, report) {
+            if let Some(tx) = self.lock_acks().remove(&(job, attempt)) {
+                let _ = tx.send(false);
+            }
+        }
+        rx
+    }
+
+    /// The engine committed (or gave up on) the outcome of `(job, attempt)`.
+    pub fn outcome_written(&self, job: Uuid, attempt: u32, counted: bool) {
+        if let Some(tx) = self.lock_acks().remove(&(job, attempt)) {
+            let _ = tx.send(counted);
         }
     }
 

@@ -417,3 +417,67 @@ async fn a_workers_retry_after_is_capped_at_an_hour() {
     }
     d.stop().await;
 }
+
+/// #28.9: a worker's non-stale ack follows the commit of its outcome: the
+/// daemon killed with kill -9 right after 50 acks, every acked job is
+/// SUCCEEDED after the restart (before: acks went out before the commit,
+/// and acked jobs ran again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_means_the_outcome_is_durable() {
+    const JOBS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "[queue]\nworkers = 256\n[workers]\nheartbeat_interval = \"5s\"\n\
+                 [kinds.r]\nhandler = \"remote\"\nconcurrency = 256\ntimeout = \"60s\"\n";
+    let proc = crate::binary::spawn_daemon(dir.path(), extra).await;
+    let mut child = proc.child;
+    let mut c = connect(&proc.url).await;
+    let mut w = raw(&proc.url, hello(&["r"], JOBS as u32)).await.unwrap();
+    let batch = proto::SubmitBatchRequest {
+        requests: (0..JOBS).map(|i| req("r", &i.to_string())).collect(),
+    };
+    c.submit_batch(batch).await.unwrap();
+    let mut assigned = Vec::new();
+    while assigned.len() < JOBS {
+        let a = w.assign().await;
+        let j = a.job.unwrap();
+        assigned.push((j.id, j.attempt));
+    }
+    for (id, attempt) in &assigned {
+        w.tx.send(msg(worker_message::Msg::Complete(proto::Complete {
+            job_id: id.clone(),
+            attempt: *attempt,
+            result: b"done".to_vec(),
+        })))
+        .await
+        .unwrap();
+    }
+    let mut acked = Vec::new();
+    while acked.len() < 50 {
+        if let Some(server_message::Msg::Ack(a)) = w.rx.message().await.unwrap().unwrap().msg {
+            if !a.stale {
+                acked.push(a.job_id);
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(w);
+    let proc = crate::binary::spawn_daemon(dir.path(), extra).await;
+    let mut child = proc.child;
+    let mut c = connect(&proc.url).await;
+    let mut rerun = Vec::new();
+    for id in &acked {
+        let j = status(&mut c, id).await;
+        if state(&j) != JobState::Succeeded {
+            rerun.push((id.clone(), state(&j)));
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        rerun.is_empty(),
+        "{} of {} acked jobs were not durable: {rerun:?}",
+        rerun.len(),
+        acked.len()
+    );
+}

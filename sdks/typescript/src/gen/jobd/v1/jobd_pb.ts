@@ -969,7 +969,10 @@ export const CancelJobSchema: GenMessage<CancelJob> = /*@__PURE__*/
   messageDesc(file_jobd_v1_jobd, 24);
 
 /**
- * ReportAck answers every Complete and Fail.
+ * ReportAck answers every Complete and Fail, once the outcome is committed
+ * to the store: `stale = false` is a durability promise (the report counted
+ * and survives a crash of jobd). Acks may come in another order than the
+ * reports.
  *
  * @generated from message jobd.v1.ReportAck
  */
@@ -985,7 +988,8 @@ export type ReportAck = Message<"jobd.v1.ReportAck"> & {
   attempt: number;
 
   /**
-   * The attempt no longer held the job: the report changed nothing.
+   * The report changed nothing: the attempt no longer held the job, or its
+   * outcome could not be written (the job will run again).
    *
    * @generated from field: bool stale = 3;
    */
