@@ -115,7 +115,7 @@ fn load(
         config.admin_listen = v;
     }
     if let Some(v) = store {
-        config.store = v;
+        config.store.url = v;
     }
     jobd::prepare(config.with_default_kinds())
 }

@@ -431,6 +431,10 @@ pub async fn run_with_listeners(
     set_health(&reporter, ServingStatus::Serving).await;
     metrics.set_ready(true);
     let health_stop = CancellationToken::new();
+    // Running out of disk: a SQLite store keeps its free-space reserve.
+    if let Some(d) = engine.disk() {
+        tokio::spawn(d.clone().watch(health_stop.clone()));
+    }
     let store_health = tokio::spawn(follow_store_health(
         engine.clone(),
         reporter.clone(),
@@ -528,7 +532,7 @@ async fn follow_store_health(
             _ = tokio::time::sleep(STORE_PING_EVERY) => {}
             _ = stop.cancelled() => return,
         }
-        let mut why = None;
+        let mut why = engine.disk_low();
         if shared {
             let ok = tokio::select! {
                 r = store.ping() => r,

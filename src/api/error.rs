@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::engine::EngineError;
 use crate::job::JobState;
+use crate::log_limit::LogLimit;
 use crate::store::StoreError;
 
 /// How long a client told RESOURCE_EXHAUSTED should wait before retrying.
@@ -60,6 +61,8 @@ pub enum ApiError {
     TooManySessionsPerClient { max: usize },
     #[error("jobd is draining and takes no new jobs; retry on another instance")]
     Draining,
+    #[error("disk reserve reached: {0}; no new jobs until space is freed")]
+    DiskReserve(String),
     #[error("job {id} has already {state}; it cannot be cancelled")]
     AlreadyFinished { id: Uuid, state: JobState },
     #[error("store unavailable; retry later")]
@@ -88,6 +91,7 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         match e {
             EngineError::Draining => ApiError::Draining,
+            EngineError::DiskReserve(why) => ApiError::DiskReserve(why),
             EngineError::TooManyWatchers { max } => {
                 ApiError::TooManyWatchers { max, per: "in all" }
             }
@@ -147,7 +151,7 @@ impl From<ApiError> for Status {
             // Not UNAVAILABLE: that tells clients to retry at once, and
             // this client is the cause.
             ApiError::WatchStalled { .. } => Status::resource_exhausted(msg),
-            ApiError::Draining => Status::unavailable(msg),
+            ApiError::Draining | ApiError::DiskReserve(_) => Status::unavailable(msg),
             ApiError::PositionGone { .. } => Status::out_of_range(msg),
             ApiError::AlreadyFinished { .. } => Status::failed_precondition(msg),
             ApiError::Unavailable(detail) => {
@@ -164,48 +168,9 @@ impl From<ApiError> for Status {
     }
 }
 
-/// One "store unavailable" line per [`LOG_EVERY`] at most: on a full disk
-/// every Submit is refused, and a line per refusal would fill the log too.
+/// One "store unavailable" line per 5 s at most: on a full disk every
+/// Submit is refused, and a line per refusal would fill the log too.
 static UNAVAILABLE_LOG: LogLimit = LogLimit::new();
-const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Admits one log line per [`LOG_EVERY`], counting the ones it held back.
-struct LogLimit {
-    /// Milliseconds since the process's first log of this kind, +1 (0 = never).
-    last: std::sync::atomic::AtomicU64,
-    suppressed: std::sync::atomic::AtomicU64,
-}
-
-impl LogLimit {
-    const fn new() -> LogLimit {
-        LogLimit {
-            last: std::sync::atomic::AtomicU64::new(0),
-            suppressed: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(lines held back since the last one)` when a line may be written.
-    fn admit(&self) -> Option<u64> {
-        use std::sync::atomic::Ordering::Relaxed;
-        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        let now = EPOCH
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_millis() as u64
-            + 1;
-        let last = self.last.load(Relaxed);
-        if last != 0 && now < last + LOG_EVERY.as_millis() as u64
-            || self
-                .last
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_err()
-        {
-            self.suppressed.fetch_add(1, Relaxed);
-            return None;
-        }
-        Some(self.suppressed.swap(0, Relaxed))
-    }
-}
 
 /// The same refusal as a `google.rpc.Status` message, for SubmitBatch results.
 pub fn to_rpc_status(e: ApiError) -> tonic_types::pb::Status {

@@ -23,6 +23,11 @@ use super::Engine;
 use crate::job::{now_micros, Job, JobState, Micros};
 use crate::store::{Finish, Outcome};
 
+/// Store-failure warnings of this site, rate-limited (see [`crate::log_limit`]).
+static OUTCOME_LOG: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+/// Store-failure warnings of this site, rate-limited (see [`crate::log_limit`]).
+static OUTCOMES_LOG: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+
 /// Tries to write an outcome before giving up on it (the lease then expires
 /// and the sweeper takes the job back).
 const FINISH_TRIES: u32 = 5;
@@ -127,7 +132,9 @@ impl Engine {
                                 self.tell_worker(&p.job, false);
                             }
                             Err(e) => {
-                                tracing::warn!(job = %p.job.id, error = %e, try_no, "writing attempt outcome failed");
+                                if let Some(held_back) = OUTCOME_LOG.admit() {
+                                    tracing::warn!(held_back, job = %p.job.id, error = %e, try_no, "writing attempt outcome failed");
+                                }
                                 failed.push(p);
                             }
                         }
@@ -138,7 +145,9 @@ impl Engine {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, try_no, outcomes = group.len(), "writing attempt outcomes failed")
+                    if let Some(held_back) = OUTCOMES_LOG.admit() {
+                        tracing::warn!(held_back, error = %e, try_no, outcomes = group.len(), "writing attempt outcomes failed");
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(100 * u64::from(try_no))).await;

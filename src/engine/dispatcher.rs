@@ -29,6 +29,9 @@ use super::{Engine, CLAIM_BATCH};
 use crate::job::{now_micros, Job, JobState};
 use crate::store::{ClaimOutcome, ClaimRequest, Outcome};
 
+/// Store-failure warnings of this site, rate-limited (see [`crate::log_limit`]).
+static CLAIM_LOG: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+
 /// Pause after a failed claim, so a broken store is not hammered.
 const CLAIM_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// Claim requests waiting on the store at most.
@@ -255,7 +258,9 @@ impl Engine {
         };
         let before = self.freed_counts();
         let jobs = self.store.claim(&req).await.map_err(|e| {
-            tracing::warn!(error = %e, "claiming jobs failed; will retry");
+            if let Some(held_back) = CLAIM_LOG.admit() {
+                tracing::warn!(held_back, error = %e, "claiming jobs failed; will retry");
+            }
         });
         let freed = self
             .freed_counts()

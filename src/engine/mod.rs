@@ -48,6 +48,9 @@ pub const CLAIM_BATCH: usize = 256;
 pub enum EngineError {
     #[error("jobd is draining and takes no new jobs")]
     Draining,
+    /// The store's filesystem is below `store.min_free`.
+    #[error("{0}")]
+    DiskReserve(String),
     #[error("too many watchers (at most {max})")]
     TooManyWatchers { max: usize },
     #[error("job {0} not found")]
@@ -128,6 +131,10 @@ pub struct Engine {
     /// one's token.
     running: Mutex<HashMap<(Uuid, u32), RunningAttempt>>,
     accepting: AtomicBool,
+    /// The store's free-space reserve (`store.min_free`; SQLite only):
+    /// below it submits are refused and health is NOT_SERVING, while
+    /// outcomes and the rest are still written.
+    disk: Option<Arc<crate::disk_reserve::DiskGuard>>,
     /// Set when the store refused a write as unavailable (a full disk):
     /// health goes NOT_SERVING until a probe write succeeds (see
     /// `server::follow_store_health`).
@@ -272,6 +279,7 @@ impl Engine {
             running: Mutex::new(HashMap::new()),
             accepting: AtomicBool::new(true),
             write_failing: AtomicBool::new(false),
+            disk: crate::disk_reserve::DiskGuard::for_config(config),
             stop_dispatch: CancellationToken::new(),
             stop_attempts: CancellationToken::new(),
             stop_heartbeat: CancellationToken::new(),
@@ -332,6 +340,16 @@ impl Engine {
         self.max_backlog
     }
 
+    /// Why submits are refused for disk space, if they are.
+    pub fn disk_low(&self) -> Option<String> {
+        self.disk.as_ref().and_then(|d| d.low())
+    }
+
+    /// The disk reserve's guard, for its background reads.
+    pub fn disk(&self) -> Option<&Arc<crate::disk_reserve::DiskGuard>> {
+        self.disk.as_ref()
+    }
+
     /// Whether the store refused a write since the last successful probe.
     pub fn write_failing(&self) -> bool {
         self.write_failing.load(Ordering::Acquire)
@@ -376,6 +394,13 @@ impl Engine {
             self.metrics.reject("draining");
             return Err(EngineError::Draining);
         }
+        if let Some(d) = &self.disk {
+            let bytes = jobs.iter().map(|j| j.payload.len() as u64).sum();
+            if let Err(why) = d.admit(bytes) {
+                self.metrics.reject("disk_reserve");
+                return Err(EngineError::DiskReserve(why));
+            }
+        }
         let delayed = jobs
             .iter()
             .any(|j| j.run_at.is_some_and(|t| t > j.created_at));
@@ -386,6 +411,9 @@ impl Engine {
                 self.metrics.reject("store_unavailable");
                 if matches!(e, StoreError::Unavailable(_)) {
                     self.write_failing.store(true, Ordering::Release);
+                    if let Some(d) = &self.disk {
+                        d.write_refused();
+                    }
                 }
                 if held.any(|s| s.is_some()) {
                     // Slots held and given back: the dispatcher may want them.

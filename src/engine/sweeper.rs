@@ -9,6 +9,9 @@ use std::time::Duration;
 use super::Engine;
 use crate::job::{add_micros, now_micros, JobState, Micros};
 
+/// Store-failure warnings of this site, rate-limited (see [`crate::log_limit`]).
+static SWEEP_LOG: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new();
+
 /// The sweeper runs at least this often, so nothing waits on a lost hint
 /// for longer.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
@@ -63,7 +66,9 @@ impl Engine {
                 Ok(n) if n == SWEEP_BATCH => continue,
                 Ok(_) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, "releasing delayed jobs failed");
+                    if let Some(held_back) = SWEEP_LOG.admit() {
+                        tracing::warn!(held_back, error = %e, "releasing delayed jobs failed");
+                    }
                     break;
                 }
             }
@@ -72,7 +77,9 @@ impl Engine {
             let promoted = match self.store.promote_due(now, SWEEP_BATCH).await {
                 Ok(j) => j,
                 Err(e) => {
-                    tracing::warn!(error = %e, "promoting due retries failed");
+                    if let Some(held_back) = SWEEP_LOG.admit() {
+                        tracing::warn!(held_back, error = %e, "promoting due retries failed");
+                    }
                     break;
                 }
             };
@@ -92,7 +99,11 @@ impl Engine {
                 }
                 self.metrics.requeued("lease_expired", expired.len());
             }
-            Err(e) => tracing::warn!(error = %e, "expiring leases failed"),
+            Err(e) => {
+                if let Some(held_back) = SWEEP_LOG.admit() {
+                    tracing::warn!(held_back, error = %e, "expiring leases failed");
+                }
+            }
         }
         // Due delayed jobs, promoted retries, or a hint that was dropped:
         // one claim attempt a sweep covers them all.
@@ -115,7 +126,9 @@ impl Engine {
                 Ok(Some(r)) => r.into_iter().collect::<std::collections::HashSet<_>>(),
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "renewing leases failed");
+                    if let Some(held_back) = SWEEP_LOG.admit() {
+                        tracing::warn!(held_back, error = %e, "renewing leases failed");
+                    }
                     continue;
                 }
             };
@@ -188,7 +201,9 @@ impl Engine {
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "pruning failed");
+                    if let Some(held_back) = SWEEP_LOG.admit() {
+                        tracing::warn!(held_back, error = %e, "pruning failed");
+                    }
                     return;
                 }
             }

@@ -68,7 +68,7 @@ pub async fn start_custom(
 ) -> TestDaemon {
     let dir = tempfile::tempdir().unwrap();
     let mut text = String::new();
-    if !head.contains("store =") {
+    if !head.contains("store =") && !head.contains("[store]") {
         text.push_str("store = \"memory:\"\n");
     }
     text.push_str(head);
