@@ -224,6 +224,8 @@ impl Slot {
     fn request_ended(&self) {
         if self.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
             *self.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            // An idle connection's place may go to a client waiting for one.
+            self.slots.freed.notify_one();
         }
     }
 }

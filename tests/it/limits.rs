@@ -33,14 +33,33 @@ async fn watchers_per_connection_are_bounded_and_other_connections_still_watch()
     }
 }
 
+/// At `max_connections` with every connection busy (a request under way),
+/// a new client waits (in the kernel's backlog) and is served as soon as
+/// one becomes idle, taking its place; an idle connection's place goes to
+/// a new client at once (#28.5).
 #[tokio::test]
 async fn max_connections_makes_extra_clients_wait_not_fail() {
     let d = start("[limits]\nmax_connections = 2\n").await;
     let mut a = d.client().await;
     let mut b = d.client().await;
-    submit(&mut a, req("echo", "a")).await;
-    submit(&mut b, req("echo", "b")).await;
-    // A third connection is not served while two are open...
+    let long = submit(&mut a, req("sleep", "60000")).await;
+    let watch = |id: String| proto::WatchStatusRequest {
+        id,
+        after_sequence: 0,
+    };
+    let mut busy_a = a
+        .watch_status(watch(long.id.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut busy_b = b
+        .watch_status(watch(long.id.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    busy_a.message().await.unwrap();
+    busy_b.message().await.unwrap();
+    // A third connection is not served while both are busy...
     let url = d.url();
     let third = tokio::spawn(async move {
         let mut c = connect(&url).await;
@@ -51,14 +70,17 @@ async fn max_connections_makes_extra_clients_wait_not_fail() {
         !third.is_finished(),
         "third connection was served past the bound"
     );
-    // ...and is served as soon as one closes.
-    drop(a);
+    // ...and is served as soon as one is idle.
+    drop(busy_a);
     let job = tokio::time::timeout(Duration::from_secs(10), third)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(job.kind, "echo");
+    // The busy one was not touched.
+    drop(busy_b);
     submit(&mut b, req("echo", "still served")).await;
+    d.stop().await;
 }
 
 #[tokio::test]
