@@ -180,6 +180,7 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         ConfigError::Invalid {
             key: key.into(),
             message: message.into(),
+            source: None,
         }
     })?;
     for warning in warnings(&config) {

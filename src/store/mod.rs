@@ -360,7 +360,7 @@ async fn open_bounded(
     pg: &crate::config::PostgresConfig,
     max_memory_bytes: u64,
 ) -> Result<SharedStore, StoreError> {
-    match StoreUrl::parse(url).map_err(StoreError::Internal)? {
+    match StoreUrl::parse(url).map_err(|e| StoreError::Internal(e.to_string()))? {
         StoreUrl::Memory => Ok(Arc::new(memory::MemoryStore::with_max_bytes(
             max_memory_bytes,
         ))),

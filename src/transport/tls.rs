@@ -25,6 +25,7 @@ fn bad(key: &str, message: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.to_string(),
+        source: None,
     }
 }
 

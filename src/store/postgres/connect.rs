@@ -69,7 +69,7 @@ impl Connector {
 /// parameters), its driver task spawned: for tools and tests that run SQL
 /// beside jobd.
 pub async fn connect(url: &str) -> Result<Client, StoreError> {
-    let url = PostgresUrl::parse(url).map_err(StoreError::Internal)?;
+    let url = PostgresUrl::parse(url).map_err(|e| StoreError::Internal(e.to_string()))?;
     let (client, conn) = Connector::new(&url)?.connect().await?;
     tokio::spawn(conn);
     Ok(client)
