@@ -112,12 +112,7 @@ impl Engine {
                     predicted = freed;
                     match jobs {
                         Ok(ClaimOutcome { jobs, rate_limited }) => {
-                            for (kind, at) in rate_limited {
-                                self.metrics.kind_rate_limited(&kind);
-                                let wait = Duration::from_micros(at.saturating_sub(now_micros()).max(0) as u64);
-                                let at = tokio::time::Instant::now() + wait;
-                                rate_wake = Some(rate_wake.map_or(at, |w| w.min(at)));
-                            }
+                            rate_wake = self.rate_wake(rate_wake, rate_limited);
                             // A full batch: there may be more waiting.
                             let limit = reserved.global.num_permits() + reserved.ahead_total;
                             more |= !jobs.is_empty() && jobs.len() == limit;
@@ -158,9 +153,36 @@ impl Engine {
                 }
             }
         }
-        // Jobs started at submit and claims still in flight: their jobs are
-        // RUNNING in the store, so run them (the drain then waits for them
-        // like any other). A submit after this gives its job back itself.
+        self.run_the_rest(handed, claims, workers).await
+    }
+
+    /// When the dispatcher must claim again for the rate-limited kinds: the
+    /// earliest of `wake` and each kind's next token.
+    fn rate_wake(
+        &self,
+        wake: Option<tokio::time::Instant>,
+        rate_limited: Vec<(String, crate::job::Micros)>,
+    ) -> Option<tokio::time::Instant> {
+        let mut rate_wake = wake;
+        for (kind, at) in rate_limited {
+            self.metrics.kind_rate_limited(&kind);
+            let wait = Duration::from_micros(at.saturating_sub(now_micros()).max(0) as u64);
+            let at = tokio::time::Instant::now() + wait;
+            rate_wake = Some(rate_wake.map_or(at, |w| w.min(at)));
+        }
+        rate_wake
+    }
+
+    /// At the end of dispatch, jobs started at submit and claims still in
+    /// flight: their jobs are RUNNING in the store, so run them (the drain
+    /// then waits for them like any other). A submit after this gives its
+    /// job back itself.
+    async fn run_the_rest(
+        self: Arc<Self>,
+        mut handed: mpsc::Receiver<Handed>,
+        mut claims: JoinSet<Claimed>,
+        mut workers: JoinSet<()>,
+    ) -> JoinSet<()> {
         handed.close();
         while let Ok(h) = handed.try_recv() {
             workers.spawn(self.clone().run_attempt(h.job, h.global, h.kind));
