@@ -174,13 +174,14 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         config.workers.heartbeat_interval,
         config.workers.max_sessions,
     );
-    let registry = Registry::from_kinds(&kinds, &workers).map_err(|message| {
+    let registry = Registry::from_kinds(&kinds, &workers).map_err(|e| {
         // "kinds.NAME.KEY: why" names its key.
-        let (key, message) = message.split_once(": ").unwrap_or(("kinds", &message));
+        let text = e.to_string();
+        let (key, message) = text.split_once(": ").unwrap_or(("kinds", &text));
         ConfigError::Invalid {
             key: key.into(),
             message: message.into(),
-            source: None,
+            source: Some(Box::new(e)),
         }
     })?;
     for warning in warnings(&config) {

@@ -7,7 +7,7 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::StoreError;
+use super::{Detail, StoreError};
 use crate::client_tls::{client_config, Fields};
 use crate::config::{ClientTls, PostgresUrl, ServerCheck, SslMode};
 
@@ -21,10 +21,9 @@ pub struct Connector {
 impl Connector {
     /// Reads the URL's certificate files once. Errors name the parameter.
     pub fn new(url: &PostgresUrl) -> Result<Connector, StoreError> {
-        let mut config: tokio_postgres::Config = url
-            .driver_url
-            .parse()
-            .map_err(|e| StoreError::Internal(format!("bad postgres URL: {e}")))?;
+        let mut config: tokio_postgres::Config = url.driver_url.parse().map_err(|e| {
+            StoreError::Internal(Detail::new(format!("bad postgres URL: {e}")).because(e))
+        })?;
         config.ssl_mode(match url.ssl_mode {
             SslMode::Disable => DriverSslMode::Disable,
             SslMode::Prefer => DriverSslMode::Prefer,
@@ -40,8 +39,9 @@ impl Connector {
             cert: "sslcert",
             key: "sslkey",
         };
-        let tls = client_config(&files, check, &fields)
-            .map_err(|e| StoreError::Internal(format!("postgres TLS: {e}")))?;
+        let tls = client_config(&files, check, &fields).map_err(|e| {
+            StoreError::Internal(Detail::new(format!("postgres TLS: {e}")).because(e))
+        })?;
         Ok(Connector {
             config,
             tls: MakeRustlsConnect::new(tls),
@@ -69,7 +69,8 @@ impl Connector {
 /// parameters), its driver task spawned: for tools and tests that run SQL
 /// beside jobd.
 pub async fn connect(url: &str) -> Result<Client, StoreError> {
-    let url = PostgresUrl::parse(url).map_err(|e| StoreError::Internal(e.to_string()))?;
+    let url = PostgresUrl::parse(url)
+        .map_err(|e| StoreError::Internal(Detail::new(e.to_string()).because(e)))?;
     let (client, conn) = Connector::new(&url)?.connect().await?;
     tokio::spawn(conn);
     Ok(client)

@@ -33,8 +33,8 @@ use uuid::Uuid;
 
 use super::codec::state_code;
 use super::{
-    transition, CancelOutcome, Change, ClaimOutcome, ClaimRequest, InsertOutcome, ListQuery,
-    Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
+    transition, CancelOutcome, Change, ClaimOutcome, ClaimRequest, Detail, InsertOutcome,
+    ListQuery, Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
 use crate::client_tls::error_chain;
 use crate::config::{PostgresConfig, PostgresUrl};
@@ -97,7 +97,9 @@ struct Writer {
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
         match e.as_db_error() {
-            None => StoreError::Unavailable(format!("postgres: {}", error_chain(&e))),
+            None => StoreError::Unavailable(
+                Detail::new(format!("postgres: {}", error_chain(&e))).because(e),
+            ),
             Some(db) => {
                 let code = db.code().code();
                 let transient = [
@@ -105,10 +107,11 @@ impl From<tokio_postgres::Error> for StoreError {
                 ]
                 .iter()
                 .any(|p| code.starts_with(p));
+                let detail = Detail::new(format!("postgres: {}: {}", code, db.message()));
                 if transient {
-                    StoreError::Unavailable(format!("postgres: {}: {}", code, db.message()))
+                    StoreError::Unavailable(detail.because(e))
                 } else {
-                    StoreError::Internal(format!("postgres: {}: {}", code, db.message()))
+                    StoreError::Internal(detail.because(e))
                 }
             }
         }
@@ -119,9 +122,9 @@ type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 /// A connection from the pool; none free in time is UNAVAILABLE.
 async fn pooled(pool: &Pool) -> Result<Object, StoreError> {
-    pool.get()
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("postgres: {}", error_chain(&e))))
+    pool.get().await.map_err(|e| {
+        StoreError::Unavailable(Detail::new(format!("postgres: {}", error_chain(&e))).because(e))
+    })
 }
 
 fn dedup(existing: &Job, hash: &[u8; 32]) -> InsertOutcome {
@@ -169,7 +172,9 @@ impl PostgresStore {
             .create_timeout(Some(cfg.timeout))
             .recycle_timeout(Some(cfg.timeout))
             .build()
-            .map_err(|e| StoreError::Internal(format!("postgres pool: {e}")))?;
+            .map_err(|e| {
+                StoreError::Internal(Detail::new(format!("postgres pool: {e}")).because(e))
+            })?;
         let instance = cfg.instance_id.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_default();
             format!("{host}-{}", Uuid::now_v7().simple())
@@ -220,10 +225,9 @@ impl PostgresStore {
         }
         match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "postgres did not answer within {:?}",
-                self.timeout
-            ))),
+            Err(_) => Err(StoreError::Unavailable(
+                format!("postgres did not answer within {:?}", self.timeout).into(),
+            )),
         }
     }
 
@@ -352,7 +356,9 @@ impl Store for PostgresStore {
                             .as_ref()
                             .and_then(|k| winners.get(k))
                             .ok_or_else(|| {
-                                StoreError::Internal(format!("job {} was not stored", job.id))
+                                StoreError::Internal(
+                                    format!("job {} was not stored", job.id).into(),
+                                )
                             })?;
                         dedup(w, &job.request_hash)
                     });
