@@ -96,6 +96,7 @@ fn pem_certs(
 
 /// The names of the config fields, for error messages: an `http` kind says
 /// `ca`/`cert`/`key`, a store URL `sslrootcert`/`sslcert`/`sslkey`.
+#[derive(Debug)]
 pub struct Fields {
     pub ca: &'static str,
     pub cert: &'static str,

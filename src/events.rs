@@ -40,6 +40,15 @@ pub struct Events {
     log: ChangeLog,
 }
 
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("count", &self.count)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Default)]
 struct Slot {
     buffer: Mutex<Buffer>,
@@ -260,6 +269,16 @@ pub struct ChangeLog {
     max_bytes: usize,
 }
 
+impl std::fmt::Debug for ChangeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeLog")
+            .field("capacity", &self.capacity)
+            .field("max_age", &self.max_age)
+            .field("max_bytes", &self.max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 struct LogInner {
     entries: VecDeque<(Change, Instant, usize)>,
     /// What `entries` cost (see [`CHANGE_ENTRY_BYTES`]).
@@ -365,6 +384,7 @@ impl ChangeLog {
 }
 
 /// A place taken by [`Events::reserve`].
+#[derive(Debug)]
 pub struct WatcherPlace(Arc<Events>);
 
 impl Drop for WatcherPlace {
@@ -378,6 +398,14 @@ pub struct Subscription {
     events: Arc<Events>,
     id: Uuid,
     slot: Arc<Slot>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Subscription {

@@ -53,6 +53,12 @@ pub struct Metrics {
     ready: AtomicBool,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
 fn kind(k: &str) -> Labels {
     vec![("kind", k.to_string())]
 }

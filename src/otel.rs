@@ -33,13 +33,14 @@ const MAX_BATCH: usize = 512;
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where finished spans go; cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Spans {
     tx: mpsc::Sender<Span>,
     dropped: Arc<AtomicU64>,
 }
 
 /// The export task, stopped (and flushed) at the end of `run`.
+#[derive(Debug)]
 pub struct Exporter {
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -184,6 +185,7 @@ fn random_ids() -> ([u8; 16], [u8; 8]) {
 
 /// A span under way; sent when [`ActiveSpan::end`] is called (dropped
 /// unended, it is not sent).
+#[derive(Debug)]
 pub struct ActiveSpan {
     span: Span,
     sampled: bool,

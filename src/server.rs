@@ -55,7 +55,7 @@ pub const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a running daemon is told to stop: `drain` starts the drain sequence,
 /// `force` (a second signal) skips to the end.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     pub drain: CancellationToken,
     pub force: CancellationToken,

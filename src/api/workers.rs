@@ -41,6 +41,12 @@ pub struct WorkerApi {
     streams_stop: CancellationToken,
 }
 
+impl std::fmt::Debug for WorkerApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerApi").finish_non_exhaustive()
+    }
+}
+
 impl WorkerApi {
     pub fn new(
         engine: Arc<Engine>,

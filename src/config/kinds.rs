@@ -149,8 +149,8 @@ pub enum HandlerSpec {
 }
 
 /// Default and bounds of an `http` kind's `connect_timeout`.
-pub const DEFAULT_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const MAX_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const MAX_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A kind with every default filled in.
 #[derive(Debug, Clone)]
@@ -274,10 +274,10 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<KindSettings>, ConfigError>
 }
 
 /// Most jobs of one key at once (`key_concurrency`).
-pub const MAX_KEY_CONCURRENCY: u32 = 10_000;
+pub(crate) const MAX_KEY_CONCURRENCY: u32 = 10_000;
 /// Highest `rate`, per second, and highest `burst`.
-pub const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
-pub const MAX_BURST: u32 = 1_000_000;
+pub(crate) const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
+pub(crate) const MAX_BURST: u32 = 1_000_000;
 
 /// `key_concurrency`, `rate` and `burst`, checked.
 fn limits(name: &str, k: &KindConfig) -> Result<KindLimits, ConfigError> {
@@ -322,7 +322,7 @@ fn limits(name: &str, k: &KindConfig) -> Result<KindLimits, ConfigError> {
 
 /// `"N/s"`, `"N/m"` or `"N/h"` (N above 0, may have a fraction) as a
 /// per-second figure.
-pub fn parse_rate(s: &str) -> Option<f64> {
+pub(crate) fn parse_rate(s: &str) -> Option<f64> {
     let (n, unit) = s.trim().split_once('/')?;
     let n: f64 = n.trim().parse().ok()?;
     let per = match unit.trim() {

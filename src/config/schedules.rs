@@ -21,7 +21,7 @@ const MAX_LABELS: usize = 32;
 const MAX_LABEL_KEY_BYTES: usize = 63;
 const MAX_LABEL_VALUE_BYTES: usize = 256;
 /// `catchup` at most a week: older fires are history, not work.
-pub const MAX_CATCHUP: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const MAX_CATCHUP: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What a fire does while the previous job of its schedule is unfinished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]

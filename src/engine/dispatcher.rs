@@ -32,17 +32,17 @@ use crate::store::{ClaimOutcome, ClaimRequest, Outcome};
 /// Pause after a failed claim, so a broken store is not hammered.
 const CLAIM_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// Claim requests waiting on the store at most.
-pub const CLAIMS_IN_FLIGHT: usize = 4;
+pub(crate) const CLAIMS_IN_FLIGHT: usize = 4;
 /// Jobs claimed ahead that may wait for a slot at once, per worker, but at
 /// least [`AHEAD_MIN`]: enough to cover what a pool of short jobs frees
 /// during a commit or two. (How many are claimed ahead is the prediction;
 /// this only caps it.)
-pub const AHEAD_PER_WORKER: usize = 4;
-pub const AHEAD_MIN: usize = 256;
+pub(crate) const AHEAD_PER_WORKER: usize = 4;
+pub(crate) const AHEAD_MIN: usize = 256;
 /// How long a job claimed ahead waits for a slot before it goes back to
 /// QUEUED: well inside its lease slack (the lease started at the claim, the
 /// handler's own timeout starts when it runs).
-pub const AHEAD_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const AHEAD_WAIT: Duration = Duration::from_secs(5);
 
 /// Permits reserved for one claim, and how many more jobs (per kind) it may
 /// take ahead of free slots: together they bound what it may take.

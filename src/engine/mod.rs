@@ -71,6 +71,7 @@ impl From<TooManyWatchers> for EngineError {
 }
 
 /// A configured kind at run time: its settings and its concurrency bound.
+#[derive(Debug)]
 pub struct Kind {
     pub settings: KindSettings,
     /// Per-kind bound on running jobs (`kinds.X.concurrency`).
@@ -159,6 +160,15 @@ pub struct Engine {
     spans: std::sync::OnceLock<crate::otel::Spans>,
 }
 
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("shared", &self.shared)
+            .field("max_backlog", &self.max_backlog)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An attempt running here.
 struct RunningAttempt {
     stop: CancellationToken,
@@ -168,6 +178,7 @@ struct RunningAttempt {
 }
 
 /// The engine's background tasks, awaited by [`Engine::drain`].
+#[derive(Debug)]
 pub struct EngineTasks {
     dispatcher: JoinHandle<tokio::task::JoinSet<()>>,
     sweeper: JoinHandle<()>,

@@ -33,6 +33,15 @@ pub struct HttpHandler {
     max_response_bytes: usize,
 }
 
+impl std::fmt::Debug for HttpHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpHandler")
+            .field("url", &self.url)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why an `http` kind's handler cannot be built. Each message starts with
 /// the kind's key it concerns (`ca: ...`, `headers.X: ...`).
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +72,18 @@ pub struct HttpSettings<'a> {
     pub tls: &'a ClientTls,
     pub connect_timeout: Duration,
     pub max_response_bytes: usize,
+}
+
+impl std::fmt::Debug for HttpSettings<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSettings")
+            .field("url", &self.url)
+            .field("method", &self.method)
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpHandler {

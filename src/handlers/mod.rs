@@ -109,6 +109,14 @@ pub struct Registry {
     handlers: HashMap<String, Arc<dyn Handler>>,
 }
 
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("kinds", &self.handlers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Registry {
     /// The handlers for the configured kinds.
     /// `workers`: the sessions `handler = "remote"` kinds hand their jobs to.

@@ -56,6 +56,15 @@ pub struct HttpApi {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
+impl std::fmt::Debug for HttpApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpApi")
+            .field("max_body", &self.max_body)
+            .field("request_timeout", &self.request_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl HttpApi {
     pub fn new(
         jobs: Arc<JobApi>,

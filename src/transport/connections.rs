@@ -131,6 +131,14 @@ pub struct Conn {
     handshake: Handshake,
 }
 
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where a connection is in its handshake (see [`Speaking`]).
 enum Handshake {
     Pending(HandshakeEnd),
@@ -252,6 +260,15 @@ pub struct Speaking<IO> {
     http1: bool,
     /// How much of [`HEAD_END`] the last bytes matched; 4 once it was seen.
     head_end: usize,
+}
+
+impl<IO> std::fmt::Debug for Speaking<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Speaking")
+            .field("http1", &self.http1)
+            .field("seen", &self.seen)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<IO> Speaking<IO> {

@@ -13,14 +13,14 @@ use crate::config::{ClientTls, PostgresUrl, ServerCheck, SslMode};
 
 /// Everything a new connection needs: pool, LISTEN and ping use one.
 #[derive(Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     pub config: tokio_postgres::Config,
     pub tls: MakeRustlsConnect,
 }
 
 impl Connector {
     /// Reads the URL's certificate files once. Errors name the parameter.
-    pub fn new(url: &PostgresUrl) -> Result<Connector, StoreError> {
+    pub(crate) fn new(url: &PostgresUrl) -> Result<Connector, StoreError> {
         let mut config: tokio_postgres::Config = url.driver_url.parse().map_err(|e| {
             StoreError::Internal(Detail::new(format!("bad postgres URL: {e}")).because(e))
         })?;
@@ -49,7 +49,7 @@ impl Connector {
     }
 
     /// A new connection, its driver task not yet spawned.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
     ) -> Result<
         (

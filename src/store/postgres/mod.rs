@@ -79,6 +79,16 @@ pub struct PostgresStore {
     ping_client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("instance", &self.w.instance)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What writes need besides the transaction: who we are, where notices
 /// go, and the backlog estimate to keep.
 struct Writer {
