@@ -58,10 +58,7 @@ pub struct HttpApi {
 
 impl std::fmt::Debug for HttpApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpApi")
-            .field("max_body", &self.max_body)
-            .field("request_timeout", &self.request_timeout)
-            .finish_non_exhaustive()
+        f.debug_struct("HttpApi").finish_non_exhaustive()
     }
 }
 
