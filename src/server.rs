@@ -248,11 +248,10 @@ pub async fn run_with_listeners(
         paused,
     );
     engine.use_workers(workers.clone());
-    let spans = crate::otel::start(&config.tracing)?;
-    if let Some((s, _)) = &spans {
+    let (spans, exporter) = crate::otel::start(&config.tracing)?.unzip();
+    if let Some(s) = &spans {
         engine.use_spans(s.clone());
     }
-    let (spans, exporter) = spans.unzip();
     let admin = AdminListener::start(admin, &engine);
     let auth_on = !tokens.is_empty();
     let tls_on = tls.is_some();
