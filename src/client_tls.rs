@@ -3,7 +3,7 @@
 //! client certificate, and how much of the server's certificate to check.
 //! Crypto is ring, as on the listener.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio_rustls::rustls::client::danger::{
@@ -19,25 +19,84 @@ use tokio_rustls::rustls::{
 
 use crate::config::{ClientTls, ServerCheck};
 
-fn read(field: &str, path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{field}: cannot read {}: {e}", path.display()))
+/// Why a TLS client config cannot be built. Each message starts with the
+/// field it concerns (see [`Fields`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientTlsError {
+    #[error("{field}: cannot read {}: {source}", .path.display())]
+    Read {
+        field: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{field}: {}: not PEM certificates: {source}", .path.display())]
+    NotPemCertificates {
+        field: &'static str,
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{field}: {}: no certificate in the file", .path.display())]
+    NoCertificate { field: &'static str, path: PathBuf },
+    #[error("{field}: {}: not a PEM private key: {source}", .path.display())]
+    NotPemKey {
+        field: &'static str,
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{field}: {}: bad CA certificate: {source}", .path.display())]
+    BadCa {
+        field: &'static str,
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("{field}: {source}")]
+    Rustls {
+        field: &'static str,
+        source: rustls::Error,
+    },
+    #[error("{field}: {source}")]
+    Verifier {
+        field: &'static str,
+        source: rustls::client::VerifierBuilderError,
+    },
+    #[error("{field}: does not fit the certificate: {source}")]
+    KeyMismatch {
+        field: &'static str,
+        source: rustls::Error,
+    },
 }
 
-fn pem_certs(field: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn read(field: &'static str, path: &Path) -> Result<Vec<u8>, ClientTlsError> {
+    std::fs::read(path).map_err(|source| ClientTlsError::Read {
+        field,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn pem_certs(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, ClientTlsError> {
     let certs = CertificateDer::pem_slice_iter(&read(field, path)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{field}: {}: not PEM certificates: {e}", path.display()))?;
+        .map_err(|source| ClientTlsError::NotPemCertificates {
+            field,
+            path: path.to_owned(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(format!(
-            "{field}: {}: no certificate in the file",
-            path.display()
-        ));
+        return Err(ClientTlsError::NoCertificate {
+            field,
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }
 
 /// The names of the config fields, for error messages: an `http` kind says
 /// `ca`/`cert`/`key`, a store URL `sslrootcert`/`sslcert`/`sslkey`.
+#[derive(Debug)]
 pub struct Fields {
     pub ca: &'static str,
     pub cert: &'static str,
@@ -50,11 +109,14 @@ pub fn client_config(
     tls: &ClientTls,
     check: ServerCheck,
     fields: &Fields,
-) -> Result<ClientConfig, String> {
+) -> Result<ClientConfig, ClientTlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("{}: {e}", fields.ca))?;
+        .map_err(|source| ClientTlsError::Rustls {
+            field: fields.ca,
+            source,
+        })?;
     // `None` is encryption without authentication, as libpq's `prefer` and
     // `require` do: no root is read, so none can be missing.
     let webpki = match check {
@@ -65,7 +127,10 @@ pub fn client_config(
                 provider.clone(),
             )
             .build()
-            .map_err(|e| format!("{}: {e}", fields.ca))?,
+            .map_err(|source| ClientTlsError::Verifier {
+                field: fields.ca,
+                source,
+            })?,
         ),
     };
     let builder = match (check, webpki) {
@@ -78,28 +143,34 @@ pub fn client_config(
         None => Ok(builder.with_no_client_auth()),
         Some((cert, key)) => {
             let chain = pem_certs(fields.cert, cert)?;
-            let key_der = PrivateKeyDer::from_pem_slice(&read(fields.key, key)?).map_err(|e| {
-                format!(
-                    "{}: {}: not a PEM private key: {e}",
-                    fields.key,
-                    key.display()
-                )
-            })?;
+            let key_der =
+                PrivateKeyDer::from_pem_slice(&read(fields.key, key)?).map_err(|source| {
+                    ClientTlsError::NotPemKey {
+                        field: fields.key,
+                        path: key.clone(),
+                        source,
+                    }
+                })?;
             builder
                 .with_client_auth_cert(chain, key_der)
-                .map_err(|e| format!("{}: does not fit the certificate: {e}", fields.key))
+                .map_err(|source| ClientTlsError::KeyMismatch {
+                    field: fields.key,
+                    source,
+                })
         }
     }
 }
 
 /// The CA file's certificates, or the system's roots.
-fn roots(tls: &ClientTls, fields: &Fields) -> Result<RootCertStore, String> {
+fn roots(tls: &ClientTls, fields: &Fields) -> Result<RootCertStore, ClientTlsError> {
     let mut roots = RootCertStore::empty();
     match &tls.ca {
         Some(ca) => {
             for c in pem_certs(fields.ca, ca)? {
-                roots.add(c).map_err(|e| {
-                    format!("{}: {}: bad CA certificate: {e}", fields.ca, ca.display())
+                roots.add(c).map_err(|source| ClientTlsError::BadCa {
+                    field: fields.ca,
+                    path: ca.clone(),
+                    source,
                 })?;
             }
         }

@@ -66,6 +66,15 @@ impl ReaderSlot {
     }
 }
 
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("count", &self.count)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Default)]
 struct Slot {
     buffer: Mutex<Buffer>,
@@ -323,6 +332,16 @@ pub struct ChangeLog {
     max_bytes: usize,
 }
 
+impl std::fmt::Debug for ChangeLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeLog")
+            .field("capacity", &self.capacity)
+            .field("max_age", &self.max_age)
+            .field("max_bytes", &self.max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 struct LogInner {
     entries: VecDeque<(Change, Instant, usize)>,
     /// What `entries` cost (see [`CHANGE_ENTRY_BYTES`]).
@@ -448,6 +467,15 @@ pub struct LogReader {
     slot: Arc<ReaderSlot>,
 }
 
+impl std::fmt::Debug for LogReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogReader")
+            .field("cursor", &self.slot.cursor)
+            .field("ended", &self.is_ended())
+            .finish_non_exhaustive()
+    }
+}
+
 impl LogReader {
     /// The reader took the change at `position` (sent or filtered out).
     pub fn took(&self, position: u64) {
@@ -490,6 +518,14 @@ pub struct Subscription {
     events: Arc<Events>,
     id: Uuid,
     slot: Arc<Slot>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Subscription {

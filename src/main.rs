@@ -142,29 +142,7 @@ fn main() -> ExitCode {
     // peer closed is an error to report, not a silent death. The printing
     // commands end quietly on a closed stdout through jobd::clients::cli::emit.
     match cli.command {
-        Command::Bench { addr, json, args } => {
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("jobd: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(jobd::clients::bench::run(&args, &addr)) {
-                Ok(rows) => {
-                    if json {
-                        println!("{}", jobd::clients::bench::to_json(&rows));
-                    } else {
-                        jobd::clients::bench::print_table(&rows);
-                    }
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("jobd bench: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Command::Bench { addr, json, args } => bench(&addr, json, &args),
         Command::Work {
             conn,
             kinds,
@@ -173,89 +151,19 @@ fn main() -> ExitCode {
             max_output_bytes,
             command,
         } => {
-            init_logs(LogFormat::Text);
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("jobd: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
             let mut opts = jobd::clients::worker::WorkerOptions::new(&conn.addr, kinds);
             opts.max_in_flight = max_in_flight;
             opts.token = conn.token.clone();
-            opts.endpoint = match conn.endpoint() {
-                Ok(e) => Some(e),
-                Err(e) => {
-                    eprintln!("jobd work: {e}");
-                    return ExitCode::from(EX_USAGE);
-                }
-            };
-            let r = rt.block_on(async {
-                let shutdown = jobd::Shutdown::on_signals()
-                    .map_err(|e| jobd::clients::worker::WorkerError::Options(e.to_string()))?;
-                jobd::clients::worker::serve_command(
-                    opts,
-                    shutdown.drain,
-                    command,
-                    kill_grace,
-                    max_output_bytes,
-                )
-                .await
-            });
-            match r {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("jobd work: {e}");
-                    ExitCode::from(EX_USAGE)
-                }
-            }
+            work(opts, &conn, command, kill_grace, max_output_bytes)
         }
-        Command::Client(cmd) => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("jobd: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            ExitCode::from(rt.block_on(jobd::clients::cli::run(cmd)))
-        }
+        Command::Client(cmd) => client(cmd),
         Command::CheckConfig {
             file,
             json,
             listen,
             admin_listen,
             store,
-        } => match load(Some(&file), listen, admin_listen, store) {
-            Ok(prepared) => {
-                for warning in jobd::server::warnings(&prepared.config) {
-                    eprintln!("jobd: warning: {warning}");
-                }
-                let text = if json {
-                    serde_json::to_string_pretty(&prepared.config).map_err(|e| e.to_string())
-                } else {
-                    toml::to_string(&prepared.config).map_err(|e| e.to_string())
-                };
-                match text {
-                    Ok(t) => {
-                        jobd::clients::cli::emit(format_args!("{t}"));
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        eprintln!("jobd: cannot print the config: {e}");
-                        ExitCode::FAILURE
-                    }
-                }
-            }
-            Err(e) => {
-                eprintln!("jobd: {e}");
-                ExitCode::from(EX_USAGE)
-            }
-        },
+        } => check_config(load(Some(&file), listen, admin_listen, store), json),
         Command::Serve {
             config,
             listen,
@@ -264,36 +172,153 @@ fn main() -> ExitCode {
             log_format,
         } => {
             init_logs(log_format);
-            let prepared = match load(config.as_ref(), listen, admin_listen, store) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("jobd: {e}");
-                    return ExitCode::from(EX_USAGE);
-                }
-            };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                // Blocking threads (SQLite reads, DNS for http kinds) at
-                // most: a pool that only grows under load (a read's thread
-                // returns to the pool just after the next read wants one)
-                // reached 21 threads with 10,000 watch starts on 2 busy
-                // cores; past the cap, work waits for a thread.
-                .max_blocking_threads(MAX_BLOCKING_THREADS)
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("jobd: cannot start runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(serve(prepared)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("jobd: {e}");
-                    ExitCode::FAILURE
-                }
+            serve_command(load(config.as_ref(), listen, admin_listen, store))
+        }
+    }
+}
+
+/// The runtime a command runs on, or the exit code after saying why there
+/// is none.
+fn runtime(
+    built: std::io::Result<tokio::runtime::Runtime>,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
+    built.map_err(|e| {
+        eprintln!("jobd: cannot start runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// `jobd bench`: the rows as a table, or JSON.
+fn bench(addr: &str, json: bool, args: &jobd::clients::bench::BenchArgs) -> ExitCode {
+    let rt = match runtime(tokio::runtime::Runtime::new()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(jobd::clients::bench::run(args, addr)) {
+        Ok(rows) => {
+            if json {
+                println!("{}", jobd::clients::bench::to_json(&rows));
+            } else {
+                jobd::clients::bench::print_table(&rows);
             }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("jobd bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `jobd work`: a remote worker running `command` per job until a signal.
+fn work(
+    mut opts: jobd::clients::worker::WorkerOptions,
+    conn: &jobd::clients::cli::Connection,
+    command: Vec<String>,
+    kill_grace: std::time::Duration,
+    max_output_bytes: usize,
+) -> ExitCode {
+    init_logs(LogFormat::Text);
+    let rt = match runtime(tokio::runtime::Runtime::new()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    opts.endpoint = match conn.endpoint() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            eprintln!("jobd work: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let r = rt.block_on(async {
+        let shutdown = jobd::Shutdown::on_signals()
+            .map_err(|e| jobd::clients::worker::WorkerError::Options(e.to_string()))?;
+        jobd::clients::worker::serve_command(
+            opts,
+            shutdown.drain,
+            command,
+            kill_grace,
+            max_output_bytes,
+        )
+        .await
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jobd work: {e}");
+            ExitCode::from(EX_USAGE)
+        }
+    }
+}
+
+/// The client commands (`submit`, `status`, ...), on one thread.
+fn client(cmd: jobd::clients::cli::ClientCommand) -> ExitCode {
+    let built = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    match runtime(built) {
+        Ok(rt) => ExitCode::from(rt.block_on(jobd::clients::cli::run(cmd))),
+        Err(code) => code,
+    }
+}
+
+/// `jobd check-config`: the warnings on stderr, the effective config on
+/// stdout; a bad config exits 64.
+fn check_config(loaded: Result<Prepared, ConfigError>, json: bool) -> ExitCode {
+    let prepared = match loaded {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("jobd: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    for warning in jobd::server::warnings(&prepared.config) {
+        eprintln!("jobd: warning: {warning}");
+    }
+    let text = if json {
+        serde_json::to_string_pretty(&prepared.config).map_err(|e| e.to_string())
+    } else {
+        toml::to_string(&prepared.config).map_err(|e| e.to_string())
+    };
+    match text {
+        Ok(t) => {
+            jobd::clients::cli::emit(format_args!("{t}"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("jobd: cannot print the config: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `jobd serve`: a bad config exits 64 before any port is bound.
+fn serve_command(loaded: Result<Prepared, ConfigError>) -> ExitCode {
+    let prepared = match loaded {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("jobd: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let built = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // Blocking threads (SQLite reads, DNS for http kinds) at
+        // most: a pool that only grows under load (a read's thread
+        // returns to the pool just after the next read wants one)
+        // reached 21 threads with 10,000 watch starts on 2 busy
+        // cores; past the cap, work waits for a thread.
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
+        .build();
+    let rt = match runtime(built) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match rt.block_on(serve(prepared)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("jobd: {e}");
+            ExitCode::FAILURE
         }
     }
 }

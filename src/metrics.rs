@@ -53,6 +53,12 @@ pub struct Metrics {
     ready: AtomicBool,
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
 fn kind(k: &str) -> Labels {
     vec![("kind", k.to_string())]
 }
@@ -64,8 +70,8 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric, registered under the `jobd_` prefix.
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("jobd");
         let hist = || HistFamily::new_with_constructor(seconds_histogram as fn() -> Histogram);
         let m = Metrics {
             registry: Registry::default(),
@@ -96,132 +102,171 @@ impl Metrics {
             grpc_seconds: hist(),
             ready: AtomicBool::new(false),
         };
-        let r = &mut registry;
+        let mut registry = Registry::with_prefix("jobd");
+        // In this order on /metrics.
+        m.register_jobs(&mut registry);
+        m.register_queue(&mut registry);
+        m.register_schedules(&mut registry);
+        m.register_workers(&mut registry);
+        m.register_latencies(&mut registry);
+        m.register_daemon(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// What became of submitted jobs.
+    fn register_jobs(&self, r: &mut Registry) {
         r.register(
             "jobs_submitted",
             "Jobs stored by Submit/SubmitBatch",
-            m.submitted.clone(),
+            self.submitted.clone(),
         );
         r.register(
             "jobs_deduplicated",
             "Submits answered with an existing job (same idempotency key and request)",
-            m.deduplicated.clone(),
+            self.deduplicated.clone(),
         );
         r.register(
             "jobs_rejected",
             "Submits refused, by reason",
-            m.rejected.clone(),
+            self.rejected.clone(),
         );
         r.register(
             "job_attempts",
             "Attempts ended, by outcome",
-            m.attempts.clone(),
+            self.attempts.clone(),
         );
         r.register(
             "jobs_finished",
             "Jobs that reached a terminal state",
-            m.finished.clone(),
+            self.finished.clone(),
         );
+    }
+
+    /// The jobs waiting and running, by state and kind, and what holds them.
+    fn register_queue(&self, r: &mut Registry) {
         r.register(
             "queue_channel_depth",
             "Wake-up hints waiting in the dispatcher's bounded channel",
-            m.channel_depth.clone(),
+            self.channel_depth.clone(),
         );
-        r.register("backlog_queued", "Jobs in state QUEUED", m.backlog.clone());
+        r.register(
+            "backlog_queued",
+            "Jobs in state QUEUED",
+            self.backlog.clone(),
+        );
         r.register(
             "processing_inflight",
             "Jobs in state RUNNING",
-            m.inflight.clone(),
+            self.inflight.clone(),
         );
         r.register(
             "retry_wait",
             "Jobs in state RETRY_WAIT",
-            m.retry_wait.clone(),
+            self.retry_wait.clone(),
         );
         r.register(
             "unconfigured_kind_jobs",
             "Unfinished jobs of a kind missing from the config, counted at start (they never run)",
-            m.unconfigured.clone(),
+            self.unconfigured.clone(),
         );
         r.register(
             "kind_paused",
             "1 while the kind is paused (PauseKind): its jobs wait, none starts",
-            m.kind_paused.clone(),
+            self.kind_paused.clone(),
         );
         r.register(
             "kind_rate_limited",
             "Claims in which the kind's rate limit left jobs waiting in QUEUED",
-            m.rate_limited.clone(),
+            self.rate_limited.clone(),
         );
         r.register(
             "ordering_keys_waiting",
             "Ordering keys with QUEUED jobs, per kind with key_concurrency (re-read every few seconds)",
-            m.keys_waiting.clone(),
+            self.keys_waiting.clone(),
         );
+    }
+
+    /// Cron schedules.
+    fn register_schedules(&self, r: &mut Registry) {
         r.register(
             "schedule_fires",
             "Cron schedule fires submitted (from the schedule or TriggerSchedule)",
-            m.schedule_fires.clone(),
+            self.schedule_fires.clone(),
         );
         r.register(
             "schedule_missed",
             "Cron schedule fires not run: missed by more than the schedule's catchup",
-            m.schedule_missed.clone(),
+            self.schedule_missed.clone(),
         );
+    }
+
+    /// Remote worker sessions.
+    fn register_workers(&self, r: &mut Registry) {
         r.register(
             "worker_sessions",
             "Remote worker sessions connected, per kind they serve",
-            m.worker_sessions.clone(),
+            self.worker_sessions.clone(),
         );
         r.register(
             "worker_assigned",
             "Attempts handed to remote workers",
-            m.worker_assigned.clone(),
+            self.worker_assigned.clone(),
         );
         r.register(
             "worker_lost",
             "Remote worker sessions lost (silent for 3 heartbeat intervals, or their stream broke)",
-            m.worker_lost.clone(),
+            self.worker_lost.clone(),
         );
         r.register(
             "worker_stale_reports",
             "Worker reports for attempts that no longer held their job (changed nothing)",
-            m.worker_stale_reports.clone(),
+            self.worker_stale_reports.clone(),
         );
+    }
+
+    /// How long attempts ran and waited.
+    fn register_latencies(&self, r: &mut Registry) {
         r.register_with_unit(
             "job_run",
             "Duration of attempts",
             prometheus_client::registry::Unit::Seconds,
-            m.run_seconds.clone(),
+            self.run_seconds.clone(),
         );
         r.register_with_unit(
             "job_queue_wait",
             "Time from runnable to started, per attempt",
             prometheus_client::registry::Unit::Seconds,
-            m.queue_wait_seconds.clone(),
+            self.queue_wait_seconds.clone(),
         );
-        r.register("watchers", "Open WatchStatus streams", m.watchers.clone());
+    }
+
+    /// The daemon itself: watch streams, the sweeper, gRPC traffic, the build.
+    fn register_daemon(&self, r: &mut Registry) {
+        r.register(
+            "watchers",
+            "Open WatchStatus streams",
+            self.watchers.clone(),
+        );
         r.register(
             "sweeper_requeued",
             "Jobs the sweeper or recovery moved back to the queue, by reason",
-            m.sweeper_requeued.clone(),
+            self.sweeper_requeued.clone(),
         );
         r.register(
             "grpc_requests",
             "gRPC requests, by method and status code",
-            m.grpc_requests.clone(),
+            self.grpc_requests.clone(),
         );
         r.register_with_unit(
             "grpc_request_duration",
             "gRPC request latency (to the response headers for streams)",
             prometheus_client::registry::Unit::Seconds,
-            m.grpc_seconds.clone(),
+            self.grpc_seconds.clone(),
         );
         let info: Family<Labels, Gauge> = Family::default();
         info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_string())])
             .set(1);
         r.register("build_info", "Build information; always 1", info);
-        Metrics { registry, ..m }
     }
 
     fn gauge(&self, state: JobState) -> Option<&Family<Labels, Gauge>> {

@@ -33,13 +33,14 @@ const MAX_BATCH: usize = 512;
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where finished spans go; cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Spans {
     tx: mpsc::Sender<Span>,
     dropped: Arc<AtomicU64>,
 }
 
 /// The export task, stopped (and flushed) at the end of `run`.
+#[derive(Debug)]
 pub struct Exporter {
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -53,18 +54,25 @@ impl Exporter {
     }
 }
 
+/// Why span export could not start. The config checks the endpoint first,
+/// so this is rare; it names the key so that it is not taken for a server
+/// failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("tracing.otlp_endpoint: {0}")]
+    Uri(#[from] http::uri::InvalidUri),
+    #[error("tracing.otlp_endpoint: {0}")]
+    Tls(#[from] tonic::transport::Error),
+}
+
 /// Starts the exporter when `otlp_endpoint` is set (checked by the config).
-pub fn start(cfg: &TracingConfig) -> Result<Option<(Spans, Exporter)>, String> {
+pub fn start(cfg: &TracingConfig) -> Result<Option<(Spans, Exporter)>, StartError> {
     let Some(endpoint) = &cfg.otlp_endpoint else {
         return Ok(None);
     };
-    let mut ch = Channel::from_shared(endpoint.clone())
-        .map_err(|e| format!("tracing.otlp_endpoint: {e}"))?
-        .timeout(EXPORT_TIMEOUT);
+    let mut ch = Channel::from_shared(endpoint.clone())?.timeout(EXPORT_TIMEOUT);
     if endpoint.starts_with("https://") {
-        ch = ch
-            .tls_config(ClientTlsConfig::new().with_native_roots())
-            .map_err(|e| format!("tracing.otlp_endpoint: {e}"))?;
+        ch = ch.tls_config(ClientTlsConfig::new().with_native_roots())?;
     }
     let client = TraceServiceClient::new(ch.connect_lazy());
     let (tx, rx) = mpsc::channel(cfg.max_queued_spans);
@@ -177,6 +185,7 @@ fn random_ids() -> ([u8; 16], [u8; 8]) {
 
 /// A span under way; sent when [`ActiveSpan::end`] is called (dropped
 /// unended, it is not sent).
+#[derive(Debug)]
 pub struct ActiveSpan {
     span: Span,
     sampled: bool,

@@ -1,6 +1,12 @@
 //! Code generated from `proto/jobd/v1/jobd.proto` by `build.rs`.
 
-#![allow(clippy::all, missing_docs)]
+#![allow(
+    clippy::all,
+    clippy::too_many_lines,
+    missing_docs,
+    unreachable_pub,
+    missing_debug_implementations
+)]
 
 pub mod jobd {
     pub mod v1 {

@@ -2,17 +2,20 @@
 //! gRPC (JobService, health, reflection), and drain on shutdown in the order
 //! DESIGN.md's "Lifecycle" gives.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::api::workers::WorkerApi;
 use crate::api::JobApi;
 use crate::config::{Config, ConfigError, KindSettings, TokenConfig};
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineTasks};
 use crate::handlers::remote::Workers;
 use crate::handlers::Registry;
 use crate::job::now_micros;
@@ -52,7 +55,7 @@ pub const STORE_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a running daemon is told to stop: `drain` starts the drain sequence,
 /// `force` (a second signal) skips to the end.
-#[derive(Clone, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Shutdown {
     pub drain: CancellationToken,
     pub force: CancellationToken,
@@ -97,7 +100,9 @@ pub enum RunError {
     Json(#[from] crate::http::json::JsonError),
     /// The server task panicked or was aborted.
     #[error("gRPC server task failed: {0}")]
-    Server(String),
+    Server(#[from] tokio::task::JoinError),
+    #[error("cannot start OTLP span export: {0}")]
+    Otlp(#[from] crate::otel::StartError),
     #[error("cannot listen on {addr} (admin_listen): {source}")]
     AdminBind {
         addr: String,
@@ -169,12 +174,14 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
         config.workers.heartbeat_interval,
         config.workers.max_sessions,
     );
-    let registry = Registry::from_kinds(&kinds, &workers).map_err(|message| {
+    let registry = Registry::from_kinds(&kinds, &workers).map_err(|e| {
         // "kinds.NAME.KEY: why" names its key.
-        let (key, message) = message.split_once(": ").unwrap_or(("kinds", &message));
+        let text = e.to_string();
+        let (key, message) = text.split_once(": ").unwrap_or(("kinds", &text));
         ConfigError::Invalid {
             key: key.into(),
             message: message.into(),
+            source: Some(Box::new(e)),
         }
     })?;
     for warning in warnings(&config) {
@@ -213,7 +220,8 @@ pub async fn run(
     run_with_listeners(prepared, listener, admin, shutdown).await
 }
 
-/// Runs the daemon on listeners the caller bound (tests bind port 0).
+/// Runs the daemon on listeners the caller bound (tests bind port 0): open,
+/// recover, serve, and drain when `shutdown` says so.
 pub async fn run_with_listeners(
     prepared: Prepared,
     listener: TcpListener,
@@ -229,11 +237,91 @@ pub async fn run_with_listeners(
         tls,
     } = prepared;
     let kind_names: Vec<String> = kinds.iter().map(|k| k.name.clone()).collect();
-    let store = store::open_for(&config).await?;
-    let metrics = Arc::new(Metrics::new());
+    let (store, metrics) = open(&config).await?;
+    let paused = recover(&store, &metrics, &kind_names).await?;
+    let (engine, tasks) = Engine::start(
+        &config,
+        kinds,
+        registry,
+        store.clone(),
+        metrics.clone(),
+        paused,
+    );
+    engine.use_workers(workers.clone());
+    let (spans, exporter) = crate::otel::start(&config.tracing)?.unzip();
+    if let Some(s) = &spans {
+        engine.use_spans(s.clone());
+    }
+    let admin = AdminListener::start(admin, &engine);
+    let auth_on = !tokens.is_empty();
+    let tls_on = tls.is_some();
+    let local = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let routes = one_port_routes(&config, &engine, &workers, tokens, spans)?;
+    let mut server = serve(&config, routes, listener, tls);
+    if !auth_on && !tls_on && !listener_is_loopback(&local) {
+        tracing::warn!(
+            listen = %local,
+            "SECURITY: listening beyond loopback without authentication or TLS: anyone who can \
+             reach this port can submit jobs (and run the configured commands); set [auth] tokens"
+        );
+    }
+    let health = Health::start(&engine, &server.reporter).await;
+    tracing::info!(
+        listen = %local,
+        admin = ?admin.addr,
+        store = %crate::config::redact_url_password(&config.store),
+        kinds = ?kind_names,
+        workers = config.queue.workers,
+        auth = auth_on,
+        tls = tls_on,
+        "jobd serving"
+    );
+
+    tokio::select! {
+        _ = shutdown.drain.cancelled() => {}
+        r = &mut server.task => {
+            engine.stop_accepting();
+            engine.stop_lease_renewal();
+            admin.stop.cancel();
+            let _ = store.close().await;
+            return Ok(r??);
+        }
+    }
+    let running = Running {
+        engine,
+        tasks,
+        workers,
+        store,
+        server,
+        health,
+        admin,
+        exporter,
+    };
+    running.drain(&config, &shutdown).await
+}
+
+/// Step 1, open: the store as configured, and the metrics that will count
+/// what it holds.
+async fn open(config: &Config) -> Result<(store::SharedStore, Arc<Metrics>), RunError> {
+    let store = store::open_for(config).await?;
+    Ok((store, Arc::new(Metrics::new())))
+}
+
+/// Step 2, recover: jobs that were running when jobd last stopped are
+/// requeued, the state gauges start from the store's counts, and what will
+/// not run (unconfigured or paused kinds) is logged. Answers the paused
+/// kinds.
+async fn recover(
+    store: &store::SharedStore,
+    metrics: &Metrics,
+    kind_names: &[String],
+) -> Result<BTreeSet<String>, StoreError> {
     let recovered = store.recover(now_micros()).await?;
     metrics.requeued("recovered", recovered.len());
-    let mut unconfigured: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut unconfigured: BTreeMap<String, u64> = BTreeMap::new();
     for (state, kind, n) in store.count_by_kind().await? {
         metrics.set_state_count(state, &kind, n);
         if !state.is_terminal() && !kind_names.contains(&kind) {
@@ -261,39 +349,47 @@ pub async fn run_with_listeners(
     if !paused.is_empty() {
         tracing::warn!(kinds = ?paused, "kinds are paused: their jobs wait until ResumeKind");
     }
-    let (engine, tasks) = Engine::start(
-        &config,
-        kinds,
-        registry,
-        store.clone(),
-        metrics.clone(),
-        paused,
-    );
-    engine.use_workers(workers.clone());
-    let spans = crate::otel::start(&config.tracing).map_err(RunError::Server)?;
-    if let Some((s, _)) = &spans {
-        engine.use_spans(s.clone());
+    Ok(paused)
+}
+
+/// The probe and metrics listener (`admin_listen`), when there is one.
+struct AdminListener {
+    addr: Option<std::net::SocketAddr>,
+    task: Option<JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl AdminListener {
+    fn start(listener: Option<TcpListener>, engine: &Arc<Engine>) -> Self {
+        let stop = CancellationToken::new();
+        let addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+        let task =
+            listener.map(|l| tokio::spawn(crate::probes::serve(l, engine.clone(), stop.clone())));
+        AdminListener { addr, task, stop }
     }
-    let admin_stop = CancellationToken::new();
-    let admin_addr = admin.as_ref().and_then(|l| l.local_addr().ok());
-    let admin_task =
-        admin.map(|l| tokio::spawn(crate::probes::serve(l, engine.clone(), admin_stop.clone())));
 
-    let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            // google.rpc.BadRequest & co., so grpcurl can print error details.
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    /// Stops accepting and gives open probe requests a second to finish.
+    async fn stop(self) {
+        self.stop.cancel();
+        if let Some(t) = self.task {
+            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+        }
+    }
+}
 
+/// The routes on the one port: JobService, WorkerService, AdminService,
+/// health and reflection over gRPC and gRPC-Web, and the HTTP/JSON door,
+/// steered by content type (see [`crate::http`]).
+fn one_port_routes(
+    config: &Config,
+    engine: &Arc<Engine>,
+    workers: &Arc<Workers>,
+    tokens: Vec<TokenConfig>,
+    spans: Option<crate::otel::Spans>,
+) -> Result<OnePort, RunError> {
     let streams_stop = CancellationToken::new();
     let limit = config.max_message_bytes();
     let reply_limit = config.max_reply_bytes();
-    let auth_on = !tokens.is_empty();
     let tokens = Tokens::new(tokens, config.auth.submit_rate);
     let api = Arc::new(JobApi::new(
         engine.clone(),
@@ -338,40 +434,85 @@ pub async fn run_with_listeners(
         // request that fits gRPC's limit must fit this one.
         limit.saturating_mul(2),
         config.limits.request_timeout,
-        metrics.clone(),
+        engine.metrics().clone(),
     )));
-    let service = Authenticated::new(service, tokens);
-
-    let local = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let server_stop = CancellationToken::new();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let (reflection_v1, reflection_v1alpha) = reflection()?;
     let grpc_routes = tonic::service::Routes::builder()
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(service)
+        .add_service(Authenticated::new(service, tokens))
         .add_service(worker_service)
         .add_service(admin_service)
         .clone()
         .routes();
     let grpc = tower::ServiceBuilder::new()
         .layer(GrpcMetricsLayer {
-            metrics: metrics.clone(),
-            spans: spans.as_ref().map(|(s, _)| s.clone()),
+            metrics: engine.metrics().clone(),
+            spans,
         })
         // Inside the metrics layer, so metrics count the corrected codes.
         .layer(crate::transport::protocol::ProtocolErrorsLayer)
         .service(grpc_routes);
     // gRPC, gRPC-Web and JSON on one port, by content type (see crate::http).
     let grpc_web = tower::Layer::layer(&tonic_web::GrpcWebLayer::new(), grpc.clone());
-    let one_port = crate::http::one_port(
+    let router = crate::http::one_port(
         axum::Router::new().fallback_service(grpc),
         axum::Router::new().fallback_service(grpc_web),
         json_door,
         crate::http::hosts::AllowedHosts::new(&config.listen, &config.http.allowed_hosts),
     );
+    Ok(OnePort {
+        router,
+        reporter,
+        streams_stop,
+    })
+}
+
+/// The one port's routes, with the handles the lifecycle keeps.
+struct OnePort {
+    router: axum::Router,
+    reporter: HealthReporter,
+    /// Ends watch streams at the drain: the server's own shutdown would wait
+    /// for them without limit.
+    streams_stop: CancellationToken,
+}
+
+use tonic_reflection::server::{v1, v1alpha};
+
+/// Reflection (v1 and v1alpha) for jobd's protos, health, and the error
+/// details that grpcurl prints.
+#[allow(clippy::type_complexity)]
+fn reflection() -> Result<
+    (
+        v1::ServerReflectionServer<impl v1::ServerReflection>,
+        v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
+    ),
+    RunError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.BadRequest & co., so grpcurl can print error details.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}
+
+/// The gRPC server task, and what ends it.
+struct Server {
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    /// Closes the server (GOAWAY) at the end of the drain.
+    stop: CancellationToken,
+    reporter: HealthReporter,
+    streams_stop: CancellationToken,
+}
+
+/// Step 3, serve: the one port on `listener`, with the connection limits
+/// and HTTP/2 settings of `[limits]`, over TLS when configured.
+fn serve(config: &Config, routes: OnePort, listener: TcpListener, tls: Option<Arc<Tls>>) -> Server {
     let slots =
         crate::transport::connections::Slots::new(crate::transport::connections::ConnLimits {
             max_connections: config.limits.max_connections,
@@ -391,7 +532,7 @@ pub async fn run_with_listeners(
         // One span per request (visible at RUST_LOG=debug).
         .trace_fn(|req| tracing::debug_span!("rpc", method = %req.uri().path()))
         // Requests under way per connection: idle ones can be closed.
-        .layer(crate::transport::connections::ActivityLayer {
+        .layer(crate::transport::activity::ActivityLayer {
             slots: slots.clone(),
         })
         // Request bodies of every protocol are charged to the budgets.
@@ -401,18 +542,15 @@ pub async fn run_with_listeners(
                 config.limits.max_buffered_request_bytes_per_connection,
             ),
         })
-        .add_routes(tonic::service::Routes::from(one_port));
+        .add_routes(tonic::service::Routes::from(routes.router));
+    let server_stop = CancellationToken::new();
     let stop = server_stop.clone().cancelled_owned();
     let handshake = config.limits.handshake_timeout;
-    let mut server_task = match &tls {
+    let task = match tls {
         Some(tls) => {
             tokio::spawn(reload_tls_on_sighup(tls.clone(), server_stop.clone()));
-            let incoming = crate::transport::connections::incoming_tls(
-                listener,
-                slots,
-                handshake,
-                tls.clone(),
-            );
+            let incoming =
+                crate::transport::connections::incoming_tls(listener, slots, handshake, tls);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
         None => {
@@ -420,97 +558,107 @@ pub async fn run_with_listeners(
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
         }
     };
-
-    if !auth_on && tls.is_none() && !listener_is_loopback(&local) {
-        tracing::warn!(
-            listen = %local,
-            "SECURITY: listening beyond loopback without authentication or TLS: anyone who can \
-             reach this port can submit jobs (and run the configured commands); set [auth] tokens"
-        );
+    Server {
+        task,
+        stop: server_stop,
+        reporter: routes.reporter,
+        streams_stop: routes.streams_stop,
     }
-    set_health(&reporter, ServingStatus::Serving).await;
-    metrics.set_ready(true);
-    let health_stop = CancellationToken::new();
-    // Running out of disk: a SQLite store keeps its free-space reserve.
-    if let Some(d) = engine.disk() {
-        tokio::spawn(d.clone().watch(health_stop.clone()));
-    }
-    let store_health = tokio::spawn(follow_store_health(
-        engine.clone(),
-        reporter.clone(),
-        metrics.clone(),
-        health_stop.clone(),
-    ));
-    tracing::info!(
-        listen = %local,
-        admin = ?admin_addr,
-        store = %crate::config::redact_url_password(&config.store),
-        kinds = ?kind_names,
-        workers = config.queue.workers,
-        auth = auth_on,
-        tls = tls.is_some(),
-        "jobd serving"
-    );
+}
 
-    tokio::select! {
-        _ = shutdown.drain.cancelled() => {}
-        r = &mut server_task => {
-            engine.stop_accepting();
-            engine.stop_lease_renewal();
-            admin_stop.cancel();
-            let _ = store.close().await;
-            return match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(e.into()),
-                Err(e) => Err(RunError::Server(e.to_string())),
-            };
+/// Health SERVING, then following the store (see [`follow_store_health`]).
+struct Health {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Health {
+    async fn start(engine: &Arc<Engine>, reporter: &HealthReporter) -> Self {
+        set_health(reporter, ServingStatus::Serving).await;
+        engine.metrics().set_ready(true);
+        let stop = CancellationToken::new();
+        // Running out of disk: a SQLite store keeps its free-space reserve.
+        if let Some(d) = engine.disk() {
+            tokio::spawn(d.clone().watch(stop.clone()));
         }
+        let task = tokio::spawn(follow_store_health(
+            engine.clone(),
+            reporter.clone(),
+            engine.metrics().clone(),
+            stop.clone(),
+        ));
+        Health { stop, task }
     }
+}
 
-    // 1. The "open" sign goes off first (and stays off).
-    health_stop.cancel();
-    let _ = store_health.await;
-    tracing::info!(grace = ?config.drain.grace, "draining: health NOT_SERVING");
-    set_health(&reporter, ServingStatus::NotServing).await;
-    metrics.set_ready(false);
-    // 2. Keep serving while load balancers notice.
-    tokio::select! {
-        _ = tokio::time::sleep(config.drain.grace) => {}
-        _ = shutdown.force.cancelled() => {}
-    }
-    // 3-4. Refuse new jobs, stop dispatch, let running jobs finish; remote
-    // workers are told to report what they hold by the drain's deadline.
-    engine.stop_accepting();
-    workers.drain(std::time::SystemTime::now() + config.drain.timeout);
-    tracing::info!(timeout = ?config.drain.timeout, "draining: no new jobs; waiting for running jobs");
-    let stopped = engine
-        .drain(tasks, config.drain.timeout, &shutdown.force)
-        .await;
-    // 5. End watch streams, close the server (GOAWAY), flush the store.
-    streams_stop.cancel();
-    server_stop.cancel();
-    tokio::select! {
-        r = tokio::time::timeout(SERVER_CLOSE_TIMEOUT, &mut server_task) => {
-            if r.is_err() {
-                tracing::warn!("connections still open after {SERVER_CLOSE_TIMEOUT:?}; closing them");
-                server_task.abort();
+/// Everything the daemon started, which the drain stops in order.
+struct Running {
+    engine: Arc<Engine>,
+    tasks: EngineTasks,
+    workers: Arc<Workers>,
+    store: store::SharedStore,
+    server: Server,
+    health: Health,
+    admin: AdminListener,
+    exporter: Option<crate::otel::Exporter>,
+}
+
+impl Running {
+    /// Step 4, drain, in the order DESIGN.md's "Lifecycle" gives; a second
+    /// signal (`shutdown.force`) cuts each wait short.
+    async fn drain(self, config: &Config, shutdown: &Shutdown) -> Result<(), RunError> {
+        let Running {
+            engine,
+            tasks,
+            workers,
+            store,
+            mut server,
+            health,
+            admin,
+            exporter,
+        } = self;
+        // 1. The "open" sign goes off first (and stays off).
+        health.stop.cancel();
+        let _ = health.task.await;
+        tracing::info!(grace = ?config.drain.grace, "draining: health NOT_SERVING");
+        set_health(&server.reporter, ServingStatus::NotServing).await;
+        engine.metrics().set_ready(false);
+        // 2. Keep serving while load balancers notice.
+        tokio::select! {
+            _ = tokio::time::sleep(config.drain.grace) => {}
+            _ = shutdown.force.cancelled() => {}
+        }
+        // 3-4. Refuse new jobs, stop dispatch, let running jobs finish; remote
+        // workers are told to report what they hold by the drain's deadline.
+        engine.stop_accepting();
+        workers.drain(std::time::SystemTime::now() + config.drain.timeout);
+        tracing::info!(timeout = ?config.drain.timeout, "draining: no new jobs; waiting for running jobs");
+        let stopped = engine
+            .drain(tasks, config.drain.timeout, &shutdown.force)
+            .await;
+        // 5. End watch streams, close the server (GOAWAY), flush the store.
+        server.streams_stop.cancel();
+        server.stop.cancel();
+        tokio::select! {
+            r = tokio::time::timeout(SERVER_CLOSE_TIMEOUT, &mut server.task) => {
+                if r.is_err() {
+                    tracing::warn!("connections still open after {SERVER_CLOSE_TIMEOUT:?}; closing them");
+                    server.task.abort();
+                }
             }
+            _ = shutdown.force.cancelled() => server.task.abort(),
         }
-        _ = shutdown.force.cancelled() => server_task.abort(),
+        admin.stop().await;
+        match tokio::time::timeout(STORE_CLOSE_TIMEOUT, store.close()).await {
+            Ok(r) => r?,
+            Err(_) => tracing::error!("store did not close in {STORE_CLOSE_TIMEOUT:?}; exiting anyway (committed jobs are on disk)"),
+        }
+        if let Some(exporter) = exporter {
+            exporter.shutdown().await;
+        }
+        tracing::info!(requeued = stopped, "jobd stopped");
+        Ok(())
     }
-    admin_stop.cancel();
-    if let Some(t) = admin_task {
-        let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
-    }
-    match tokio::time::timeout(STORE_CLOSE_TIMEOUT, store.close()).await {
-        Ok(r) => r?,
-        Err(_) => tracing::error!("store did not close in {STORE_CLOSE_TIMEOUT:?}; exiting anyway (committed jobs are on disk)"),
-    }
-    if let Some((_, exporter)) = spans {
-        exporter.shutdown().await;
-    }
-    tracing::info!(requeued = stopped, "jobd stopped");
-    Ok(())
 }
 
 /// Health follows the store. A shared (remote) store is pinged: NOT_SERVING
@@ -520,7 +668,7 @@ pub async fn run_with_listeners(
 /// it works again.
 async fn follow_store_health(
     engine: Arc<Engine>,
-    reporter: tonic_health::server::HealthReporter,
+    reporter: HealthReporter,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
@@ -610,7 +758,7 @@ fn listener_is_loopback(addr: &str) -> bool {
         .unwrap_or(false)
 }
 
-async fn set_health(reporter: &tonic_health::server::HealthReporter, status: ServingStatus) {
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
     reporter
         .set_service_status(

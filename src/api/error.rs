@@ -110,8 +110,8 @@ impl From<EngineError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(m) => ApiError::Unavailable(m),
-            StoreError::Corrupt(m) | StoreError::Internal(m) => ApiError::Internal(m),
+            StoreError::Unavailable(d) => ApiError::Unavailable(d.to_string()),
+            StoreError::Corrupt(d) | StoreError::Internal(d) => ApiError::Internal(d.to_string()),
         }
     }
 }

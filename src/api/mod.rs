@@ -28,6 +28,7 @@ use error::{to_rpc_status, ApiError};
 use places::{ClientKey, Places};
 
 /// Bounds on open WatchStatus streams besides the global one.
+#[derive(Debug)]
 pub struct WatchLimits {
     /// `limits.max_watchers_per_connection`.
     pub per_connection: usize,
@@ -53,6 +54,15 @@ pub struct JobApi {
     /// Ends every WatchStatus stream when the daemon drains (with
     /// UNAVAILABLE), so the server's graceful close is not held up by them.
     streams_stop: CancellationToken,
+}
+
+impl std::fmt::Debug for JobApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobApi")
+            .field("max_batch", &self.max_batch)
+            .field("max_reply_bytes", &self.max_reply_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 impl JobApi {

@@ -30,6 +30,12 @@ pub struct AdminApi {
     workers: Arc<Workers>,
 }
 
+impl std::fmt::Debug for AdminApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminApi").finish_non_exhaustive()
+    }
+}
+
 impl AdminApi {
     pub fn new(engine: Arc<Engine>, workers: Arc<Workers>) -> Self {
         AdminApi { engine, workers }

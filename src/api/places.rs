@@ -38,6 +38,15 @@ pub struct Places<K> {
     per: &'static str,
 }
 
+impl<K> std::fmt::Debug for Places<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Places")
+            .field("per", &self.per)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<K: Hash + Eq + Clone> Places<K> {
     pub fn new(max: usize, per: &'static str) -> Self {
         Places {
@@ -80,6 +89,14 @@ impl<K: Hash + Eq + Clone> Places<K> {
 pub struct Place<K: Hash + Eq> {
     taken: Arc<Mutex<HashMap<K, usize>>>,
     key: K,
+}
+
+impl<K: Hash + Eq + std::fmt::Debug> std::fmt::Debug for Place<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Place")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K: Hash + Eq> Drop for Place<K> {

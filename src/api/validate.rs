@@ -49,108 +49,34 @@ fn timestamp_micros(t: &prost_types::Timestamp) -> Option<Micros> {
 }
 
 /// Validates one submit. `prefix` names the field's place in a batch
-/// (`requests[3].`); `lookup` finds a configured kind.
+/// (`requests[3].`); `lookup` finds a configured kind. Every violation is
+/// reported, not just the first.
 pub fn submit<'a>(
     req: proto::SubmitRequest,
     prefix: &str,
     lookup: impl Fn(&str) -> Option<&'a KindSettings>,
 ) -> Result<NewJob, ApiError> {
-    let mut v: Vec<Violation> = Vec::new();
-    let mut bad = |field: &str, description: String| {
-        v.push(Violation {
-            field: format!("{prefix}{field}"),
-            description,
-        })
+    let mut v = Violations {
+        prefix,
+        list: Vec::new(),
     };
-    let kind = if req.kind.is_empty() {
-        bad("kind", "required".into());
-        None
-    } else if !is_valid_kind(&req.kind) {
-        bad(
-            "kind",
-            format!("{:?} must match [a-z0-9][a-z0-9_.-]{{0,63}}", req.kind),
-        );
-        None
-    } else {
-        let k = lookup(&req.kind);
-        if k.is_none() {
-            bad("kind", format!("unknown kind {:?}", req.kind));
-        }
-        k
-    };
-    if let Some(k) = kind {
-        if req.payload.len() > k.max_payload_bytes {
-            bad(
-                "payload",
-                format!(
-                    "{} bytes is over the limit of {} bytes",
-                    req.payload.len(),
-                    k.max_payload_bytes
-                ),
-            );
-        }
-    }
-    if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
-        bad(
-            "idempotency_key",
-            format!("at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
-        );
-    } else if req.idempotency_key.contains('\0') {
-        bad("idempotency_key", "must not contain NUL characters".into());
-    }
-    if let Some(why) = ordering_key_problem(&req.ordering_key) {
-        bad("ordering_key", why);
-    }
-    if req.max_attempts > MAX_ATTEMPTS_LIMIT {
-        bad(
-            "max_attempts",
-            format!("at most {MAX_ATTEMPTS_LIMIT} (0 = the kind's default)"),
-        );
-    }
+    let kind = submit_kind(&req, lookup, &mut v);
+    submit_keys(&req, &mut v);
     let timeout = match &req.timeout {
         None => None,
         Some(d) => match duration(d) {
             Some(d) if !d.is_zero() && d <= MAX_TIMEOUT => Some(d),
             _ => {
-                bad("timeout", "must be more than 0 and at most 24h".into());
+                v.bad("timeout", "must be more than 0 and at most 24h".into());
                 None
             }
         },
     };
     let now = now_micros();
-    let run_at = match &req.run_at {
-        None => None,
-        Some(t) => match timestamp_micros(t) {
-            Some(m) if m <= now + MAX_RUN_AT_AHEAD.as_micros() as i64 => Some(m),
-            Some(_) => {
-                bad("run_at", "at most one year ahead".into());
-                None
-            }
-            None => {
-                bad("run_at", "not a valid timestamp".into());
-                None
-            }
-        },
-    };
-    if req.labels.len() > MAX_LABELS {
-        bad("labels", format!("at most {MAX_LABELS} labels"));
-    }
-    for (key, value) in &req.labels {
-        if key.is_empty() || key.len() > MAX_LABEL_KEY_BYTES {
-            bad(
-                &format!("labels[{key:?}]"),
-                format!("label keys are 1..={MAX_LABEL_KEY_BYTES} bytes"),
-            );
-        }
-        if value.len() > MAX_LABEL_VALUE_BYTES {
-            bad(
-                &format!("labels[{key:?}]"),
-                format!("label values are at most {MAX_LABEL_VALUE_BYTES} bytes"),
-            );
-        }
-    }
-    let (Some(kind), true) = (kind, v.is_empty()) else {
-        return Err(ApiError::InvalidArgument(v));
+    let run_at = submit_run_at(&req, now, &mut v);
+    submit_labels(&req, &mut v);
+    let (Some(kind), true) = (kind, v.list.is_empty()) else {
+        return Err(ApiError::InvalidArgument(v.list));
     };
     let max_attempts = if req.max_attempts == 0 {
         kind.max_attempts
@@ -176,6 +102,124 @@ pub fn submit<'a>(
         trace: None,
         start: None,
     })
+}
+
+/// The violations found in one request so far, each field named with the
+/// request's place in a batch.
+struct Violations<'p> {
+    prefix: &'p str,
+    list: Vec<Violation>,
+}
+
+impl Violations<'_> {
+    fn bad(&mut self, field: &str, description: String) {
+        self.list.push(Violation {
+            field: format!("{}{field}", self.prefix),
+            description,
+        });
+    }
+}
+
+/// The configured kind a submit names, with its payload within the kind's
+/// limit.
+fn submit_kind<'a>(
+    req: &proto::SubmitRequest,
+    lookup: impl Fn(&str) -> Option<&'a KindSettings>,
+    v: &mut Violations<'_>,
+) -> Option<&'a KindSettings> {
+    let kind = if req.kind.is_empty() {
+        v.bad("kind", "required".into());
+        None
+    } else if !is_valid_kind(&req.kind) {
+        v.bad(
+            "kind",
+            format!("{:?} must match [a-z0-9][a-z0-9_.-]{{0,63}}", req.kind),
+        );
+        None
+    } else {
+        let k = lookup(&req.kind);
+        if k.is_none() {
+            v.bad("kind", format!("unknown kind {:?}", req.kind));
+        }
+        k
+    };
+    if let Some(k) = kind {
+        if req.payload.len() > k.max_payload_bytes {
+            v.bad(
+                "payload",
+                format!(
+                    "{} bytes is over the limit of {} bytes",
+                    req.payload.len(),
+                    k.max_payload_bytes
+                ),
+            );
+        }
+    }
+    kind
+}
+
+/// The idempotency key, the ordering key and `max_attempts`.
+fn submit_keys(req: &proto::SubmitRequest, v: &mut Violations<'_>) {
+    if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        v.bad(
+            "idempotency_key",
+            format!("at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
+        );
+    } else if req.idempotency_key.contains('\0') {
+        v.bad("idempotency_key", "must not contain NUL characters".into());
+    }
+    if let Some(why) = ordering_key_problem(&req.ordering_key) {
+        v.bad("ordering_key", why);
+    }
+    if req.max_attempts > MAX_ATTEMPTS_LIMIT {
+        v.bad(
+            "max_attempts",
+            format!("at most {MAX_ATTEMPTS_LIMIT} (0 = the kind's default)"),
+        );
+    }
+}
+
+/// `run_at`, a valid time at most a year after `now`.
+fn submit_run_at(
+    req: &proto::SubmitRequest,
+    now: Micros,
+    v: &mut Violations<'_>,
+) -> Option<Micros> {
+    match &req.run_at {
+        None => None,
+        Some(t) => match timestamp_micros(t) {
+            Some(m) if m <= now + MAX_RUN_AT_AHEAD.as_micros() as i64 => Some(m),
+            Some(_) => {
+                v.bad("run_at", "at most one year ahead".into());
+                None
+            }
+            None => {
+                v.bad("run_at", "not a valid timestamp".into());
+                None
+            }
+        },
+    }
+}
+
+/// How many labels, and the size of each key and value.
+fn submit_labels(req: &proto::SubmitRequest, v: &mut Violations<'_>) {
+    if req.labels.len() > MAX_LABELS {
+        v.bad("labels", format!("at most {MAX_LABELS} labels"));
+    }
+    for (key, value) in &req.labels {
+        if key.is_empty() || key.len() > MAX_LABEL_KEY_BYTES {
+            v.bad(
+                &format!("labels[{key:?}]"),
+                format!("label keys are 1..={MAX_LABEL_KEY_BYTES} bytes"),
+            );
+        }
+        if value.len() > MAX_LABEL_VALUE_BYTES {
+            v.bad(
+                &format!("labels[{key:?}]"),
+                format!("label values are at most {MAX_LABEL_VALUE_BYTES} bytes"),
+            );
+        }
+    }
 }
 
 /// Why an ordering key (in Submit or a ListJobs filter) is refused, if it is.

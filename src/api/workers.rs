@@ -24,8 +24,8 @@ use crate::engine::Engine;
 use crate::handlers::remote::{Outbox, Workers, MAX_IN_FLIGHT, OUTBOX_SLACK};
 use crate::handlers::{HandlerError, Output};
 use crate::proto::{self, server_message, worker_message, worker_service_server::WorkerService};
+use crate::transport::activity::BytesSeen;
 use crate::transport::auth::Caller;
-use crate::transport::connections::BytesSeen;
 
 /// Longest `worker_id`.
 pub const MAX_WORKER_ID_BYTES: usize = 256;
@@ -47,6 +47,12 @@ pub struct WorkerApi {
     per_client: Places<ClientKey>,
     /// Ends every session when the daemon stops (after drain).
     streams_stop: CancellationToken,
+}
+
+impl std::fmt::Debug for WorkerApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerApi").finish_non_exhaustive()
+    }
 }
 
 impl WorkerApi {

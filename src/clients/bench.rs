@@ -145,7 +145,29 @@ fn row(
     }
 }
 
-async fn channels(addr: &str, n: usize) -> Result<Vec<Channel>, String> {
+/// Why a benchmark could not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Addr(#[from] tonic::codegen::http::uri::InvalidUri),
+    #[error("cannot reach {url}: {source}")]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error(transparent)]
+    Rpc(#[from] tonic::Status),
+    #[error("submit sleep (watch needs the builtin `sleep` kind): {0}")]
+    NoSleepKind(#[source] tonic::Status),
+    #[error("only {done} of {n} jobs finished in {limit:?}")]
+    Unfinished {
+        done: usize,
+        n: usize,
+        limit: Duration,
+    },
+}
+
+async fn channels(addr: &str, n: usize) -> Result<Vec<Channel>, BenchError> {
     let url = if addr.contains("://") {
         addr.to_string()
     } else {
@@ -154,11 +176,13 @@ async fn channels(addr: &str, n: usize) -> Result<Vec<Channel>, String> {
     let mut out = Vec::new();
     for _ in 0..n.max(1) {
         out.push(
-            Channel::from_shared(url.clone())
-                .map_err(|e| e.to_string())?
+            Channel::from_shared(url.clone())?
                 .connect()
                 .await
-                .map_err(|e| format!("cannot reach {url}: {e}"))?,
+                .map_err(|source| BenchError::Connect {
+                    url: url.clone(),
+                    source,
+                })?,
         );
     }
     Ok(out)
@@ -362,7 +386,7 @@ async fn wait_all_done(
     n: usize,
     last: &str,
     limit: Duration,
-) -> Result<Vec<proto::Job>, String> {
+) -> Result<Vec<proto::Job>, BenchError> {
     let started = Instant::now();
     let mut cl = JobServiceClient::new(ch.clone());
     loop {
@@ -370,8 +394,7 @@ async fn wait_all_done(
             .get_status(proto::GetStatusRequest {
                 id: last.to_string(),
             })
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .into_inner()
             .job
             .unwrap_or_default();
@@ -381,20 +404,20 @@ async fn wait_all_done(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     loop {
-        let jobs = jobs_labelled(ch, run).await.map_err(|e| e.to_string())?;
+        let jobs = jobs_labelled(ch, run).await?;
         let done = jobs.iter().filter(|j| j.finished_at.is_some()).count();
         progress("waiting for jobs", done as u64, started);
         if done >= n {
             return Ok(jobs);
         }
         if started.elapsed() > limit {
-            return Err(format!("only {done} of {n} jobs finished in {limit:?}"));
+            return Err(BenchError::Unfinished { done, n, limit });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-async fn drain(a: &BenchArgs, chans: &[Channel]) -> Result<Row, String> {
+async fn drain(a: &BenchArgs, chans: &[Channel]) -> Result<Row, BenchError> {
     let run = format!("drain-{}", std::process::id());
     // Due a little after loading should end (at 20k jobs/s, plus 3 s).
     let load_secs = a.jobs as f64 / 20_000.0 + 3.0;
@@ -418,8 +441,7 @@ async fn drain(a: &BenchArgs, chans: &[Channel]) -> Result<Row, String> {
             .collect();
         let r = cl
             .submit_batch(proto::SubmitBatchRequest { requests })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         if let Some(proto::submit_result::Result::Accepted(a)) =
             r.into_inner().results.pop().and_then(|r| r.result)
         {
@@ -467,7 +489,7 @@ async fn drain(a: &BenchArgs, chans: &[Channel]) -> Result<Row, String> {
     ))
 }
 
-async fn preload(a: &BenchArgs, chans: &[Channel]) -> Result<Row, String> {
+async fn preload(a: &BenchArgs, chans: &[Channel]) -> Result<Row, BenchError> {
     let later = prost_types::Timestamp::from(SystemTime::now() + Duration::from_secs(3600));
     let started = Instant::now();
     let mut h = hist();
@@ -483,8 +505,7 @@ async fn preload(a: &BenchArgs, chans: &[Channel]) -> Result<Row, String> {
             .collect();
         let t = Instant::now();
         cl.submit_batch(proto::SubmitBatchRequest { requests })
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let _ = h.record(t.elapsed().as_micros().max(1) as u64);
         loaded += n;
         progress("preloading", loaded as u64, started);
@@ -503,7 +524,7 @@ async fn preload(a: &BenchArgs, chans: &[Channel]) -> Result<Row, String> {
     ))
 }
 
-async fn e2e(a: &BenchArgs, chans: &[Channel]) -> Result<Vec<Row>, String> {
+async fn e2e(a: &BenchArgs, chans: &[Channel]) -> Result<Vec<Row>, BenchError> {
     let run = format!("e2e-{}", std::process::id());
     let interval = Duration::from_secs_f64(1.0 / a.rate.max(1) as f64);
     let mut tick = tokio::time::interval(interval);
@@ -576,7 +597,7 @@ async fn e2e(a: &BenchArgs, chans: &[Channel]) -> Result<Vec<Row>, String> {
     ])
 }
 
-async fn watch(a: &BenchArgs, addr: &str) -> Result<Row, String> {
+async fn watch(a: &BenchArgs, addr: &str) -> Result<Row, BenchError> {
     // h2 servers cap streams per connection; spread watchers out.
     let chans = channels(addr, (a.watchers / 100).max(4)).await?;
     let mut cl = JobServiceClient::new(chans[0].clone());
@@ -590,7 +611,7 @@ async fn watch(a: &BenchArgs, addr: &str) -> Result<Row, String> {
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("submit sleep (watch needs the builtin `sleep` kind): {e}"))?;
+            .map_err(BenchError::NoSleepKind)?;
         ids.push(r.into_inner().job.unwrap_or_default().id);
     }
     let latencies = Arc::new(Mutex::new(hist()));
@@ -652,7 +673,7 @@ async fn watch(a: &BenchArgs, addr: &str) -> Result<Row, String> {
 }
 
 /// Runs the scenario; returns the table rows.
-pub async fn run(a: &BenchArgs, addr: &str) -> Result<Vec<Row>, String> {
+pub async fn run(a: &BenchArgs, addr: &str) -> Result<Vec<Row>, BenchError> {
     let chans = channels(addr, a.connections).await?;
     let worker = a.remote_worker.map(|n| {
         let mut opts = crate::clients::worker::WorkerOptions::new(addr, [a.kind.clone()]);

@@ -145,9 +145,18 @@ fn msg(m: worker_message::Msg) -> proto::WorkerMessage {
     proto::WorkerMessage { msg: Some(m) }
 }
 
-async fn channel(opts: &WorkerOptions) -> Result<Channel, String> {
+/// Why a session could not connect (it tries again).
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error(transparent)]
+    Addr(#[from] tonic::codegen::http::uri::InvalidUri),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+}
+
+async fn channel(opts: &WorkerOptions) -> Result<Channel, ConnectError> {
     if let Some(endpoint) = &opts.endpoint {
-        return endpoint.connect().await.map_err(|e| e.to_string());
+        return Ok(endpoint.connect().await?);
     }
     let addr = &opts.addr;
     let url = if addr.contains("://") {
@@ -155,12 +164,10 @@ async fn channel(opts: &WorkerOptions) -> Result<Channel, String> {
     } else {
         format!("http://{addr}")
     };
-    Channel::from_shared(url)
-        .map_err(|e| e.to_string())?
+    Ok(Channel::from_shared(url)?
         .connect_timeout(Duration::from_secs(5))
         .connect()
-        .await
-        .map_err(|e| e.to_string())
+        .await?)
 }
 
 /// One session: hello, then assignments until the stream ends or `stop`.
@@ -175,28 +182,16 @@ where
 {
     let ch = match channel(opts).await {
         Ok(c) => c,
-        Err(e) => return Ok(SessionEnd::Broken(e)),
+        Err(e) => return Ok(SessionEnd::Broken(e.to_string())),
     };
     // Outbound: hello, heartbeats, reports. Bounded: at most one report per
     // job in flight, plus heartbeats.
     let (tx, rx) = mpsc::channel(opts.max_in_flight as usize + 16);
-    let _ = tx
-        .send(msg(worker_message::Msg::Hello(proto::Hello {
-            worker_id: opts.worker_id.clone(),
-            kinds: opts.kinds.clone(),
-            max_in_flight: opts.max_in_flight,
-            labels: opts.labels.clone(),
-        })))
-        .await;
-    let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    if let Some(t) = &opts.token {
-        match format!("Bearer {t}").parse() {
-            Ok(v) => {
-                req.metadata_mut().insert("authorization", v);
-            }
-            Err(_) => return Err(WorkerError::Options("token is not a valid header".into())),
-        }
-    }
+    let _ = tx.send(hello(opts)).await;
+    let req = with_token(
+        tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        opts.token.as_deref(),
+    )?;
     let mut inbound = match WorkerServiceClient::new(ch).connect(req).await {
         Ok(r) => r.into_inner(),
         Err(s) if refused(&s) => return Err(WorkerError::Refused(s)),
@@ -241,67 +236,17 @@ where
                     session_over.clone(),
                 )));
             }
-            Some(server_message::Msg::Assign(a)) => {
-                let Some(j) = a.job else { continue };
-                let key = (j.id.clone(), j.attempt);
+            Some(server_message::Msg::Assign(mut a)) => {
+                let Some(j) = a.job.take() else { continue };
                 if stop.is_cancelled() {
                     // Stopping: give it back at once rather than start it.
-                    let _ = tx.try_send(msg(worker_message::Msg::Fail(proto::Fail {
-                        job_id: j.id,
-                        attempt: j.attempt,
-                        error: "worker stopping".into(),
-                        permanent: false,
-                        retry_after: None,
-                    })));
+                    let _ = tx.try_send(msg(give_back(j)));
                     continue;
                 }
                 let cancel = session_over.child_token();
-                running.insert(key.clone(), cancel.clone());
-                let job = WorkJob {
-                    id: j.id,
-                    kind: j.kind,
-                    attempt: j.attempt,
-                    payload: a.payload.into(),
-                    deadline: a.deadline.and_then(|t| SystemTime::try_from(t).ok()),
-                    trace: crate::job::TraceContext::from_headers(
-                        a.headers.get("traceparent").map(String::as_str),
-                        a.headers.get("tracestate").map(String::as_str),
-                    ),
-                    cancel: cancel.clone(),
-                };
-                let (work, tx, done) = (work.clone(), tx.clone(), done_tx.clone());
-                jobs.spawn(async move {
-                    let (id, attempt) = (job.id.clone(), job.attempt);
-                    let r = tokio::select! {
-                        r = work(job) => Some(r),
-                        _ = cancel.cancelled() => None,
-                    };
-                    if let Some(r) = r {
-                        let report = match r {
-                            Ok(result) => worker_message::Msg::Complete(proto::Complete {
-                                job_id: id.clone(),
-                                attempt,
-                                result: result.to_vec(),
-                            }),
-                            Err(e) => {
-                                let (permanent, after) = match &e {
-                                    HandlerError::Permanent { .. } => (true, None),
-                                    HandlerError::Retryable { after, .. } => (false, *after),
-                                };
-                                worker_message::Msg::Fail(proto::Fail {
-                                    job_id: id.clone(),
-                                    attempt,
-                                    error: e.to_string(),
-                                    permanent,
-                                    retry_after: after
-                                        .and_then(|d| prost_types::Duration::try_from(d).ok()),
-                                })
-                            }
-                        };
-                        let _ = tx.send(msg(report)).await;
-                    }
-                    let _ = done.send((id, attempt)).await;
-                });
+                running.insert((j.id.clone(), j.attempt), cancel.clone());
+                let job = work_job(a, j, cancel);
+                jobs.spawn(run_job(work.clone(), job, tx.clone(), done_tx.clone()));
             }
             Some(server_message::Msg::Cancel(c)) => {
                 if let Some(t) = running.get(&(c.job_id, c.attempt)) {
@@ -317,6 +262,106 @@ where
         h.abort();
     }
     Ok(result)
+}
+
+/// The session's first message: who this worker is and what it serves.
+fn hello(opts: &WorkerOptions) -> proto::WorkerMessage {
+    msg(worker_message::Msg::Hello(proto::Hello {
+        worker_id: opts.worker_id.clone(),
+        kinds: opts.kinds.clone(),
+        max_in_flight: opts.max_in_flight,
+        labels: opts.labels.clone(),
+    }))
+}
+
+/// `req` with `authorization: Bearer <token>`, when there is a token.
+fn with_token<T>(
+    mut req: tonic::Request<T>,
+    token: Option<&str>,
+) -> Result<tonic::Request<T>, WorkerError> {
+    if let Some(t) = token {
+        match format!("Bearer {t}").parse() {
+            Ok(v) => {
+                req.metadata_mut().insert("authorization", v);
+            }
+            Err(_) => return Err(WorkerError::Options("token is not a valid header".into())),
+        }
+    }
+    Ok(req)
+}
+
+/// A retryable failure that hands an assigned job back unstarted.
+fn give_back(j: proto::Job) -> worker_message::Msg {
+    worker_message::Msg::Fail(proto::Fail {
+        job_id: j.id,
+        attempt: j.attempt,
+        error: "worker stopping".into(),
+        permanent: false,
+        retry_after: None,
+    })
+}
+
+/// The job an assignment gives, with the token that stops it.
+fn work_job(a: proto::Assign, j: proto::Job, cancel: CancellationToken) -> WorkJob {
+    WorkJob {
+        id: j.id,
+        kind: j.kind,
+        attempt: j.attempt,
+        payload: a.payload.into(),
+        deadline: a.deadline.and_then(|t| SystemTime::try_from(t).ok()),
+        trace: crate::job::TraceContext::from_headers(
+            a.headers.get("traceparent").map(String::as_str),
+            a.headers.get("tracestate").map(String::as_str),
+        ),
+        cancel,
+    }
+}
+
+/// Runs one job and reports how it ended, unless it was cancelled (the
+/// report would be stale); then tells the session it is done.
+async fn run_job<F, Fut>(
+    work: Arc<F>,
+    job: WorkJob,
+    tx: mpsc::Sender<proto::WorkerMessage>,
+    done: mpsc::Sender<(String, u32)>,
+) where
+    F: Fn(WorkJob) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, HandlerError>> + Send + 'static,
+{
+    let (id, attempt) = (job.id.clone(), job.attempt);
+    let cancel = job.cancel.clone();
+    let r = tokio::select! {
+        r = work(job) => Some(r),
+        _ = cancel.cancelled() => None,
+    };
+    if let Some(r) = r {
+        let _ = tx.send(msg(report(id.clone(), attempt, r))).await;
+    }
+    let _ = done.send((id, attempt)).await;
+}
+
+/// `Complete` with the result, or `Fail` saying whether to retry and when.
+fn report(job_id: String, attempt: u32, r: Result<Bytes, HandlerError>) -> worker_message::Msg {
+    match r {
+        Ok(result) => worker_message::Msg::Complete(proto::Complete {
+            job_id,
+            attempt,
+            result: result.to_vec(),
+        }),
+        Err(e) => {
+            let (permanent, after) = match &e {
+                HandlerError::Permanent { .. } => (true, None),
+                HandlerError::Retryable { after, .. } => (false, *after),
+            };
+            worker_message::Msg::Fail(proto::Fail {
+                job_id,
+                attempt,
+                error: e.to_string(),
+                permanent,
+                retry_after: after.and_then(|d| prost_types::Duration::try_from(d).ok()),
+            })
+        }
+    }
 }
 
 /// Refusals that connecting again cannot fix.

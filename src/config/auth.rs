@@ -42,7 +42,7 @@ impl Serialize for Secret {
 }
 
 /// What `check-config` shows in place of a secret.
-pub const REDACTED: &str = "<redacted>";
+pub(crate) const REDACTED: &str = "<redacted>";
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -72,7 +72,7 @@ pub struct AuthConfig {
 }
 
 /// Shortest token accepted: shorter ones are guessable.
-pub const MIN_TOKEN_LEN: usize = 16;
+pub(crate) const MIN_TOKEN_LEN: usize = 16;
 
 impl AuthConfig {
     /// Checks the tokens written in the config itself (reads no file).

@@ -149,8 +149,8 @@ pub enum HandlerSpec {
 }
 
 /// Default and bounds of an `http` kind's `connect_timeout`.
-pub const DEFAULT_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const MAX_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const MAX_HTTP_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// A kind with every default filled in.
 #[derive(Debug, Clone)]
@@ -274,10 +274,10 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<KindSettings>, ConfigError>
 }
 
 /// Most jobs of one key at once (`key_concurrency`).
-pub const MAX_KEY_CONCURRENCY: u32 = 10_000;
+pub(crate) const MAX_KEY_CONCURRENCY: u32 = 10_000;
 /// Highest `rate`, per second, and highest `burst`.
-pub const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
-pub const MAX_BURST: u32 = 1_000_000;
+pub(crate) const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
+pub(crate) const MAX_BURST: u32 = 1_000_000;
 
 /// `key_concurrency`, `rate` and `burst`, checked.
 fn limits(name: &str, k: &KindConfig) -> Result<KindLimits, ConfigError> {
@@ -322,7 +322,7 @@ fn limits(name: &str, k: &KindConfig) -> Result<KindLimits, ConfigError> {
 
 /// `"N/s"`, `"N/m"` or `"N/h"` (N above 0, may have a fraction) as a
 /// per-second figure.
-pub fn parse_rate(s: &str) -> Option<f64> {
+pub(crate) fn parse_rate(s: &str) -> Option<f64> {
     let (n, unit) = s.trim().split_once('/')?;
     let n: f64 = n.trim().parse().ok()?;
     let per = match unit.trim() {
@@ -336,7 +336,21 @@ pub fn parse_rate(s: &str) -> Option<f64> {
 }
 
 /// Checks the handler-specific keys: each belongs to one handler type.
+/// Answers the handler and how long it may take to stop.
 fn handler_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), ConfigError> {
+    only_own_keys(name, k)?;
+    Ok(match k.handler {
+        HandlerType::Echo => (HandlerSpec::Echo, DEFAULT_STOP_GRACE),
+        HandlerType::Sleep => (HandlerSpec::Sleep, DEFAULT_STOP_GRACE),
+        HandlerType::Fail => (HandlerSpec::Fail, DEFAULT_STOP_GRACE),
+        HandlerType::Remote => (HandlerSpec::Remote, DEFAULT_STOP_GRACE),
+        HandlerType::Command => command_spec(name, k)?,
+        HandlerType::Http => http_spec(name, k)?,
+    })
+}
+
+/// A key of another handler type (`url` on a `command` kind) is refused.
+fn only_own_keys(name: &str, k: &KindConfig) -> Result<(), ConfigError> {
     let key = |f: &str| format!("kinds.{name}.{f}");
     let is_command = k.handler == HandlerType::Command;
     let is_http = k.handler == HandlerType::Http;
@@ -365,112 +379,111 @@ fn handler_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), C
             ));
         }
     }
-    Ok(match k.handler {
-        HandlerType::Echo => (HandlerSpec::Echo, DEFAULT_STOP_GRACE),
-        HandlerType::Sleep => (HandlerSpec::Sleep, DEFAULT_STOP_GRACE),
-        HandlerType::Fail => (HandlerSpec::Fail, DEFAULT_STOP_GRACE),
-        HandlerType::Remote => (HandlerSpec::Remote, DEFAULT_STOP_GRACE),
-        HandlerType::Command => {
-            let argv = k.command.clone().unwrap_or_default();
-            if argv.first().is_none_or(|a| a.is_empty()) {
-                return Err(invalid(
-                    key("command"),
-                    "required: a non-empty argv list, e.g. [\"sha256sum\"]",
-                ));
-            }
-            if let Some(dir) = &k.working_dir {
-                if !dir.is_dir() {
-                    return Err(invalid(
-                        key("working_dir"),
-                        format!("{} is not a directory", dir.display()),
-                    ));
-                }
-            }
-            let kill_grace = k.kill_grace.unwrap_or(DEFAULT_KILL_GRACE);
-            if kill_grace > MAX_KILL_GRACE {
-                return Err(invalid(key("kill_grace"), "at most 60s"));
-            }
-            (
-                HandlerSpec::Command {
-                    argv,
-                    env: k.env.clone(),
-                    working_dir: k.working_dir.clone(),
-                    permanent_exit_codes: k.permanent_exit_codes.clone(),
-                    kill_grace,
-                },
-                kill_grace + Duration::from_secs(1),
-            )
+    Ok(())
+}
+
+/// A `command` kind: argv, working directory and kill grace checked; it may
+/// take the kill grace and a second more to stop.
+fn command_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), ConfigError> {
+    let key = |f: &str| format!("kinds.{name}.{f}");
+    let argv = k.command.clone().unwrap_or_default();
+    if argv.first().is_none_or(|a| a.is_empty()) {
+        return Err(invalid(
+            key("command"),
+            "required: a non-empty argv list, e.g. [\"sha256sum\"]",
+        ));
+    }
+    if let Some(dir) = &k.working_dir {
+        if !dir.is_dir() {
+            return Err(invalid(
+                key("working_dir"),
+                format!("{} is not a directory", dir.display()),
+            ));
         }
-        HandlerType::Http => {
-            let url = k.url.clone().unwrap_or_default();
-            // Parsed as the HTTP client will parse it, so a bad URL stops
-            // the start instead of failing every job.
-            let parsed = reqwest::Url::parse(&url);
-            let https = url.starts_with("https://");
-            if !(https || url.starts_with("http://"))
-                || parsed.as_ref().map_or(true, |u| !u.has_host())
-            {
-                let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
-                return Err(invalid(
-                    key("url"),
-                    format!("{url:?}{why}: required, an http:// or https:// URL with a host"),
-                ));
-            }
-            for (field, set) in [
-                ("ca", k.ca.is_some()),
-                ("cert", k.cert.is_some()),
-                ("key", k.key.is_some()),
-            ] {
-                if set && !https {
-                    return Err(invalid(key(field), "a TLS setting: needs an https:// url"));
-                }
-            }
-            let identity = match (&k.cert, &k.key) {
-                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
-                (None, None) => None,
-                (Some(_), None) => return Err(invalid(key("key"), "required with cert")),
-                (None, Some(_)) => return Err(invalid(key("cert"), "required with key")),
-            };
-            let connect_timeout = k.connect_timeout.unwrap_or(DEFAULT_HTTP_CONNECT_TIMEOUT);
-            if connect_timeout.is_zero() || connect_timeout > MAX_HTTP_CONNECT_TIMEOUT {
-                return Err(invalid(
-                    key("connect_timeout"),
-                    "must be more than 0 and at most 5m",
-                ));
-            }
-            let method = k
-                .method
-                .clone()
-                .unwrap_or_else(|| "POST".into())
-                .to_uppercase();
-            if !["POST", "PUT", "PATCH"].contains(&method.as_str()) {
-                return Err(invalid(key("method"), "one of POST, PUT, PATCH"));
-            }
-            for (h, v) in &k.headers {
-                let name_ok =
-                    !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-                if !name_ok || v.bytes().any(|b| b < 0x20 && b != b'\t') {
-                    return Err(invalid(
-                        format!("kinds.{name}.headers.{h}"),
-                        "not a valid header",
-                    ));
-                }
-            }
-            (
-                HandlerSpec::Http {
-                    url,
-                    method,
-                    headers: k.headers.clone(),
-                    tls: ClientTls {
-                        ca: k.ca.clone(),
-                        identity,
-                    },
-                    connect_timeout,
-                },
-                DEFAULT_STOP_GRACE,
-            )
+    }
+    let kill_grace = k.kill_grace.unwrap_or(DEFAULT_KILL_GRACE);
+    if kill_grace > MAX_KILL_GRACE {
+        return Err(invalid(key("kill_grace"), "at most 60s"));
+    }
+    Ok((
+        HandlerSpec::Command {
+            argv,
+            env: k.env.clone(),
+            working_dir: k.working_dir.clone(),
+            permanent_exit_codes: k.permanent_exit_codes.clone(),
+            kill_grace,
+        },
+        kill_grace + Duration::from_secs(1),
+    ))
+}
+
+/// An `http` kind: URL, TLS files, timeout, method and headers checked.
+fn http_spec(name: &str, k: &KindConfig) -> Result<(HandlerSpec, Duration), ConfigError> {
+    let key = |f: &str| format!("kinds.{name}.{f}");
+    let url = k.url.clone().unwrap_or_default();
+    // Parsed as the HTTP client will parse it, so a bad URL stops
+    // the start instead of failing every job.
+    let parsed = reqwest::Url::parse(&url);
+    let https = url.starts_with("https://");
+    if !(https || url.starts_with("http://")) || parsed.as_ref().map_or(true, |u| !u.has_host()) {
+        let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
+        return Err(invalid(
+            key("url"),
+            format!("{url:?}{why}: required, an http:// or https:// URL with a host"),
+        ));
+    }
+    for (field, set) in [
+        ("ca", k.ca.is_some()),
+        ("cert", k.cert.is_some()),
+        ("key", k.key.is_some()),
+    ] {
+        if set && !https {
+            return Err(invalid(key(field), "a TLS setting: needs an https:// url"));
         }
-    })
+    }
+    let identity = match (&k.cert, &k.key) {
+        (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid(key("key"), "required with cert")),
+        (None, Some(_)) => return Err(invalid(key("cert"), "required with key")),
+    };
+    let connect_timeout = k.connect_timeout.unwrap_or(DEFAULT_HTTP_CONNECT_TIMEOUT);
+    if connect_timeout.is_zero() || connect_timeout > MAX_HTTP_CONNECT_TIMEOUT {
+        return Err(invalid(
+            key("connect_timeout"),
+            "must be more than 0 and at most 5m",
+        ));
+    }
+    let method = k
+        .method
+        .clone()
+        .unwrap_or_else(|| "POST".into())
+        .to_uppercase();
+    if !["POST", "PUT", "PATCH"].contains(&method.as_str()) {
+        return Err(invalid(key("method"), "one of POST, PUT, PATCH"));
+    }
+    for (h, v) in &k.headers {
+        let name_ok = !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !name_ok || v.bytes().any(|b| b < 0x20 && b != b'\t') {
+            return Err(invalid(
+                format!("kinds.{name}.headers.{h}"),
+                "not a valid header",
+            ));
+        }
+    }
+    Ok((
+        HandlerSpec::Http {
+            url,
+            method,
+            headers: k.headers.clone(),
+            tls: ClientTls {
+                ca: k.ca.clone(),
+                identity,
+            },
+            connect_timeout,
+        },
+        DEFAULT_STOP_GRACE,
+    ))
 }
 
 /// A kind's limits, as its config sets them (plain data: the bucket

@@ -9,6 +9,25 @@ use percent_encoding::percent_decode_str;
 
 use super::ClientTls;
 
+/// Why a `postgres://` URL cannot be used; each names its parameter.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresUrlError {
+    #[error(
+        "store URL: sslmode={0:?} is not one of disable, allow, prefer, \
+         require, verify-ca, verify-full"
+    )]
+    SslMode(String),
+    #[error("store URL: {0} is empty")]
+    Empty(String),
+    #[error("store URL: sslcert and sslkey go together")]
+    HalfIdentity,
+    #[error("store URL: parameter {param:?} is not UTF-8: {source}")]
+    NotUtf8 {
+        param: String,
+        source: std::str::Utf8Error,
+    },
+}
+
 /// `sslmode`, as libpq names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SslMode {
@@ -28,19 +47,14 @@ pub enum SslMode {
 }
 
 impl SslMode {
-    fn parse(s: &str) -> Result<SslMode, String> {
+    fn parse(s: &str) -> Result<SslMode, PostgresUrlError> {
         Ok(match s {
             "disable" => SslMode::Disable,
             "allow" | "prefer" => SslMode::Prefer,
             "require" => SslMode::Require,
             "verify-ca" => SslMode::VerifyCa,
             "verify-full" => SslMode::VerifyFull,
-            other => {
-                return Err(format!(
-                    "store URL: sslmode={other:?} is not one of disable, allow, prefer, \
-                     require, verify-ca, verify-full"
-                ))
-            }
+            other => return Err(PostgresUrlError::SslMode(other.to_string())),
         })
     }
 }
@@ -73,7 +87,7 @@ const OWN_PARAMS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 impl PostgresUrl {
     /// Splits a `postgres://` URL. Errors name the parameter.
-    pub fn parse(url: &str) -> Result<PostgresUrl, String> {
+    pub fn parse(url: &str) -> Result<PostgresUrl, PostgresUrlError> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut kept = Vec::new();
         let mut own = [None, None, None, None];
@@ -84,7 +98,7 @@ impl PostgresUrl {
                 Some(i) => {
                     let v = decode(v)?;
                     if v.is_empty() {
-                        return Err(format!("store URL: {key} is empty"));
+                        return Err(PostgresUrlError::Empty(key));
                     }
                     own[i] = Some(v);
                 }
@@ -98,7 +112,7 @@ impl PostgresUrl {
         let identity = match (cert, key) {
             (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
             (None, None) => None,
-            _ => return Err("store URL: sslcert and sslkey go together".into()),
+            _ => return Err(PostgresUrlError::HalfIdentity),
         };
         let ca = root.filter(|r| r != "system").map(PathBuf::from);
         let driver_url = if kept.is_empty() {
@@ -124,11 +138,14 @@ impl PostgresUrl {
     }
 }
 
-fn decode(s: &str) -> Result<String, String> {
+fn decode(s: &str) -> Result<String, PostgresUrlError> {
     percent_decode_str(s)
         .decode_utf8()
         .map(|c| c.into_owned())
-        .map_err(|e| format!("store URL: parameter {s:?} is not UTF-8: {e}"))
+        .map_err(|source| PostgresUrlError::NotUtf8 {
+            param: s.to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -182,7 +199,7 @@ mod tests {
             ("sslrootcert=%FF", "UTF-8"),
         ] {
             let e = PostgresUrl::parse(&format!("postgres://h/d?{q}")).unwrap_err();
-            assert!(e.contains(word), "{q}: {e}");
+            assert!(e.to_string().contains(word), "{q}: {e}");
         }
     }
 }

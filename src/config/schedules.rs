@@ -10,7 +10,7 @@ use croner::parser::{CronParser, Seconds};
 use croner::Cron;
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, opt_duration, Config, ConfigError};
+use super::{invalid, invalid_because, opt_duration, Config, ConfigError};
 use crate::job::Micros;
 
 /// At most this many schedules: each is a row and a timer.
@@ -21,7 +21,7 @@ const MAX_LABELS: usize = 32;
 const MAX_LABEL_KEY_BYTES: usize = 63;
 const MAX_LABEL_VALUE_BYTES: usize = 256;
 /// `catchup` at most a week: older fires are history, not work.
-pub const MAX_CATCHUP: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(crate) const MAX_CATCHUP: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// What a fire does while the previous job of its schedule is unfinished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
@@ -93,19 +93,37 @@ pub fn rfc3339(t: Micros) -> String {
     }
 }
 
+/// Why a cron expression cannot be used; each quotes it.
+#[derive(Debug, thiserror::Error)]
+pub enum CronError {
+    #[error(
+        "{text:?}: 5 fields (minute hour day month weekday) or 6 (seconds first), not {fields}"
+    )]
+    Fields { text: String, fields: usize },
+    #[error("{text:?}: {source}")]
+    Parse {
+        text: String,
+        source: croner::errors::CronError,
+    },
+}
+
 /// Parses a cron expression of 5 or 6 fields.
-pub fn parse_cron(text: &str) -> Result<Cron, String> {
+pub fn parse_cron(text: &str) -> Result<Cron, CronError> {
     let fields = text.split_whitespace().count();
     if fields != 5 && fields != 6 {
-        return Err(format!(
-            "{text:?}: 5 fields (minute hour day month weekday) or 6 (seconds first), not {fields}"
-        ));
+        return Err(CronError::Fields {
+            text: text.to_string(),
+            fields,
+        });
     }
     CronParser::builder()
         .seconds(Seconds::Optional)
         .build()
         .parse(text)
-        .map_err(|e| format!("{text:?}: {e}"))
+        .map_err(|source| CronError::Parse {
+            text: text.to_string(),
+            source,
+        })
 }
 
 /// Checks every schedule against the kinds.
@@ -132,7 +150,7 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<Schedule>, ConfigError> {
                 format!("{:?} is not a configured kind", s.kind),
             ));
         }
-        let cron = parse_cron(&s.cron).map_err(|m| invalid(key("cron"), m))?;
+        let cron = parse_cron(&s.cron).map_err(|e| invalid_because(key("cron"), e))?;
         let timezone = match &s.timezone {
             None => chrono_tz::UTC,
             Some(z) => z

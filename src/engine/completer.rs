@@ -32,11 +32,11 @@ static OUTCOMES_LOG: crate::log_limit::LogLimit = crate::log_limit::LogLimit::ne
 /// and the sweeper takes the job back).
 const FINISH_TRIES: u32 = 5;
 /// Pending outcomes allowed per worker ...
-pub const PENDING_PER_WORKER: usize = 4;
+pub(crate) const PENDING_PER_WORKER: usize = 4;
 /// ... but at least this many: a group commit of short jobs carries about
 /// a hundred outcomes at the default 16 workers (measured: 16 per worker
 /// gave ~20% more burn-down than 4, by fewer, larger commits).
-pub const PENDING_MIN: usize = 256;
+pub(crate) const PENDING_MIN: usize = 256;
 /// Outcomes in one store call at most.
 const COMMIT_BATCH: usize = 1024;
 /// Groups of outcomes waiting on the store at once: while one is being

@@ -35,17 +35,17 @@ static CLAIM_LOG: crate::log_limit::LogLimit = crate::log_limit::LogLimit::new()
 /// Pause after a failed claim, so a broken store is not hammered.
 const CLAIM_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// Claim requests waiting on the store at most.
-pub const CLAIMS_IN_FLIGHT: usize = 4;
+pub(crate) const CLAIMS_IN_FLIGHT: usize = 4;
 /// Jobs claimed ahead that may wait for a slot at once, per worker, but at
 /// least [`AHEAD_MIN`]: enough to cover what a pool of short jobs frees
 /// during a commit or two. (How many are claimed ahead is the prediction;
 /// this only caps it.)
-pub const AHEAD_PER_WORKER: usize = 4;
-pub const AHEAD_MIN: usize = 256;
+pub(crate) const AHEAD_PER_WORKER: usize = 4;
+pub(crate) const AHEAD_MIN: usize = 256;
 /// How long a job claimed ahead waits for a slot before it goes back to
 /// QUEUED: well inside its lease slack (the lease started at the claim, the
 /// handler's own timeout starts when it runs).
-pub const AHEAD_WAIT: Duration = Duration::from_secs(5);
+pub(crate) const AHEAD_WAIT: Duration = Duration::from_secs(5);
 
 /// Permits reserved for one claim, and how many more jobs (per kind) it may
 /// take ahead of free slots: together they bound what it may take.
@@ -115,12 +115,7 @@ impl Engine {
                     predicted = freed;
                     match jobs {
                         Ok(ClaimOutcome { jobs, rate_limited }) => {
-                            for (kind, at) in rate_limited {
-                                self.metrics.kind_rate_limited(&kind);
-                                let wait = Duration::from_micros(at.saturating_sub(now_micros()).max(0) as u64);
-                                let at = tokio::time::Instant::now() + wait;
-                                rate_wake = Some(rate_wake.map_or(at, |w| w.min(at)));
-                            }
+                            rate_wake = self.rate_wake(rate_wake, rate_limited);
                             // A full batch: there may be more waiting.
                             let limit = reserved.global.num_permits() + reserved.ahead_total;
                             more |= !jobs.is_empty() && jobs.len() == limit;
@@ -161,9 +156,36 @@ impl Engine {
                 }
             }
         }
-        // Jobs started at submit and claims still in flight: their jobs are
-        // RUNNING in the store, so run them (the drain then waits for them
-        // like any other). A submit after this gives its job back itself.
+        self.run_the_rest(handed, claims, workers).await
+    }
+
+    /// When the dispatcher must claim again for the rate-limited kinds: the
+    /// earliest of `wake` and each kind's next token.
+    fn rate_wake(
+        &self,
+        wake: Option<tokio::time::Instant>,
+        rate_limited: Vec<(String, crate::job::Micros)>,
+    ) -> Option<tokio::time::Instant> {
+        let mut rate_wake = wake;
+        for (kind, at) in rate_limited {
+            self.metrics.kind_rate_limited(&kind);
+            let wait = Duration::from_micros(at.saturating_sub(now_micros()).max(0) as u64);
+            let at = tokio::time::Instant::now() + wait;
+            rate_wake = Some(rate_wake.map_or(at, |w| w.min(at)));
+        }
+        rate_wake
+    }
+
+    /// At the end of dispatch, jobs started at submit and claims still in
+    /// flight: their jobs are RUNNING in the store, so run them (the drain
+    /// then waits for them like any other). A submit after this gives its
+    /// job back itself.
+    async fn run_the_rest(
+        self: Arc<Self>,
+        mut handed: mpsc::Receiver<Handed>,
+        mut claims: JoinSet<Claimed>,
+        mut workers: JoinSet<()>,
+    ) -> JoinSet<()> {
         handed.close();
         while let Ok(h) = handed.try_recv() {
             workers.spawn(self.clone().run_attempt(h.job, h.global, h.kind));

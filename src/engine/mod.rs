@@ -74,6 +74,7 @@ impl From<TooManyWatchers> for EngineError {
 }
 
 /// A configured kind at run time: its settings and its concurrency bound.
+#[derive(Debug)]
 pub struct Kind {
     pub settings: KindSettings,
     /// Per-kind bound on running jobs (`kinds.X.concurrency`).
@@ -166,6 +167,15 @@ pub struct Engine {
     spans: std::sync::OnceLock<crate::otel::Spans>,
 }
 
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("shared", &self.shared)
+            .field("max_backlog", &self.max_backlog)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An attempt running here.
 struct RunningAttempt {
     stop: CancellationToken,
@@ -175,6 +185,7 @@ struct RunningAttempt {
 }
 
 /// The engine's background tasks, awaited by [`Engine::drain`].
+#[derive(Debug)]
 pub struct EngineTasks {
     dispatcher: JoinHandle<tokio::task::JoinSet<()>>,
     sweeper: JoinHandle<()>,
@@ -210,6 +221,23 @@ const HEARTBEAT_EVERY: Duration = Duration::from_millis(250);
 /// than the completion path's retries of one group take.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Each kind with its own slots (`concurrency`), by name.
+fn kind_table(kinds: Vec<KindSettings>) -> HashMap<String, Kind> {
+    kinds
+        .into_iter()
+        .map(|k| {
+            let slots = Arc::new(Semaphore::new(k.concurrency));
+            let kind = Kind {
+                remote: matches!(k.handler, crate::config::HandlerSpec::Remote),
+                settings: k,
+                slots,
+                freed: AtomicUsize::new(0),
+            };
+            (kind.settings.name.clone(), kind)
+        })
+        .collect()
+}
+
 impl Engine {
     /// Builds the engine and starts its dispatcher and sweeper.
     pub fn start(
@@ -243,19 +271,7 @@ impl Engine {
         let engine = Arc::new(Engine {
             store,
             limits,
-            kinds: kinds
-                .into_iter()
-                .map(|k| {
-                    let slots = Arc::new(Semaphore::new(k.concurrency));
-                    let kind = Kind {
-                        remote: matches!(k.handler, crate::config::HandlerSpec::Remote),
-                        settings: k,
-                        slots,
-                        freed: AtomicUsize::new(0),
-                    };
-                    (kind.settings.name.clone(), kind)
-                })
-                .collect(),
+            kinds: kind_table(kinds),
             registry,
             events: Events::new(config.queue.max_watchers),
             max_backlog: config.queue.max_backlog,
@@ -302,22 +318,36 @@ impl Engine {
                 Vec::new()
             }),
         });
+        let tasks = engine.clone().spawn_tasks(hint_rx, handed_rx, outcome_rx);
+        (engine, tasks)
+    }
+
+    /// The background tasks: dispatcher, sweeper, scheduler, completer, and
+    /// for a shared store the lease heartbeat and the feed of changes.
+    fn spawn_tasks(
+        self: Arc<Self>,
+        hint_rx: mpsc::Receiver<()>,
+        handed_rx: mpsc::Receiver<handover::Handed>,
+        outcome_rx: mpsc::Receiver<completer::Pending>,
+    ) -> EngineTasks {
+        let engine = self;
         let feed = engine.store.changes().map(|feed| {
             // Transitions reach watchers through the store, from whichever
             // instance made them.
             engine.events.use_external_feed();
             tokio::spawn(engine.clone().feed_loop(feed))
         });
-        let heartbeat = shared.then(|| tokio::spawn(engine.clone().heartbeat_loop()));
-        let tasks = EngineTasks {
+        let heartbeat = engine
+            .shared
+            .then(|| tokio::spawn(engine.clone().heartbeat_loop()));
+        EngineTasks {
             dispatcher: tokio::spawn(engine.clone().dispatch_loop(hint_rx, handed_rx)),
             sweeper: tokio::spawn(engine.clone().sweep_loop()),
             scheduler: tokio::spawn(engine.clone().schedule_loop()),
             completer: tokio::spawn(engine.clone().complete_loop(outcome_rx)),
             heartbeat,
             feed,
-        };
-        (engine, tasks)
+        }
     }
 
     pub fn kind(&self, name: &str) -> Option<&KindSettings> {

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use super::{Handler, HandlerError, JobContext, Output};
 
 /// `echo`: the result is the payload.
+#[derive(Debug)]
 pub struct Echo;
 
 #[async_trait]
@@ -19,6 +20,7 @@ impl Handler for Echo {
 }
 
 /// `sleep`: the payload is a number of milliseconds (decimal text; empty = 0).
+#[derive(Debug)]
 pub struct Sleep;
 
 #[async_trait]
@@ -45,6 +47,7 @@ impl Handler for Sleep {
 /// empty or any text → retryable error with that text; `permanent` →
 /// permanent error; `panic` → the handler panics; `until:N` → fails while
 /// the attempt number is below N, then succeeds (retry-then-success).
+#[derive(Debug)]
 pub struct Fail;
 
 #[async_trait]

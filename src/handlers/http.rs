@@ -18,7 +18,7 @@ use reqwest::{Method, StatusCode};
 use tokio_rustls::rustls;
 
 use super::{trace_headers, Handler, HandlerError, JobContext, Output};
-use crate::client_tls::{client_config, error_chain as chain, Fields};
+use crate::client_tls::{client_config, error_chain as chain, ClientTlsError, Fields};
 use crate::config::{ClientTls, ServerCheck};
 
 use super::MAX_RETRY_AFTER;
@@ -33,6 +33,37 @@ pub struct HttpHandler {
     max_response_bytes: usize,
 }
 
+impl std::fmt::Debug for HttpHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpHandler")
+            .field("url", &self.url)
+            .field("method", &self.method)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an `http` kind's handler cannot be built. Each message starts with
+/// the kind's key it concerns (`ca: ...`, `headers.X: ...`).
+#[derive(Debug, thiserror::Error)]
+pub enum HttpSetupError {
+    #[error("headers.{name}: {source}")]
+    HeaderName {
+        name: String,
+        source: reqwest::header::InvalidHeaderName,
+    },
+    #[error("headers.{name}: {source}")]
+    HeaderValue {
+        name: String,
+        source: reqwest::header::InvalidHeaderValue,
+    },
+    #[error(transparent)]
+    Tls(#[from] crate::client_tls::ClientTlsError),
+    #[error("url: {}", chain(.0))]
+    Client(#[source] reqwest::Error),
+    #[error("method: {0}")]
+    Method(#[source] http::method::InvalidMethod),
+}
+
 /// What an `http` kind's handler is built from (checked by the config).
 pub struct HttpSettings<'a> {
     pub url: &'a str,
@@ -43,15 +74,35 @@ pub struct HttpSettings<'a> {
     pub max_response_bytes: usize,
 }
 
+impl std::fmt::Debug for HttpSettings<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpSettings")
+            .field("url", &self.url)
+            .field("method", &self.method)
+            .field("tls", &self.tls)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 impl HttpHandler {
     /// Reads the kind's TLS files once. Errors start with the config key
     /// they concern (`ca: ...`).
-    pub fn new(s: HttpSettings<'_>) -> Result<HttpHandler, String> {
+    pub fn new(s: HttpSettings<'_>) -> Result<HttpHandler, HttpSetupError> {
         let mut map = HeaderMap::new();
         for (k, v) in s.headers {
-            let name = HeaderName::try_from(k.as_str()).map_err(|e| format!("headers.{k}: {e}"))?;
-            let value =
-                HeaderValue::try_from(v.as_str()).map_err(|e| format!("headers.{k}: {e}"))?;
+            let name =
+                HeaderName::try_from(k.as_str()).map_err(|source| HttpSetupError::HeaderName {
+                    name: k.clone(),
+                    source,
+                })?;
+            let value = HeaderValue::try_from(v.as_str()).map_err(|source| {
+                HttpSetupError::HeaderValue {
+                    name: k.clone(),
+                    source,
+                }
+            })?;
             map.insert(name, value);
         }
         // Always a config of our own: reqwest has no crypto provider built
@@ -61,11 +112,11 @@ impl HttpHandler {
             .connect_timeout(s.connect_timeout)
             .tls_backend_preconfigured(client_tls(s.tls)?)
             .build()
-            .map_err(|e| format!("url: {}", chain(&e)))?;
+            .map_err(HttpSetupError::Client)?;
         Ok(HttpHandler {
             client,
             url: s.url.to_string(),
-            method: Method::from_bytes(s.method.as_bytes()).map_err(|e| format!("method: {e}"))?,
+            method: Method::from_bytes(s.method.as_bytes()).map_err(HttpSetupError::Method)?,
             headers: map,
             max_response_bytes: s.max_response_bytes,
         })
@@ -75,7 +126,7 @@ impl HttpHandler {
 /// The rustls client config of one kind: its `ca` or the system's roots
 /// (name checked), its client certificate if any; HTTP/1.1 only (the
 /// client speaks no h2).
-fn client_tls(tls: &ClientTls) -> Result<rustls::ClientConfig, String> {
+fn client_tls(tls: &ClientTls) -> Result<rustls::ClientConfig, ClientTlsError> {
     let fields = Fields {
         ca: "ca",
         cert: "cert",

@@ -93,10 +93,28 @@ pub trait Handler: Send + Sync + 'static {
     async fn run(&self, job: JobContext) -> Result<Output, HandlerError>;
 }
 
+/// A kind whose handler cannot be built; the message starts with its key
+/// (`kinds.NAME.KEY: why`).
+#[derive(Debug, thiserror::Error)]
+#[error("kinds.{kind}.{source}")]
+pub struct RegistryError {
+    pub kind: String,
+    /// Boxed: the error is large and rare.
+    pub source: Box<http::HttpSetupError>,
+}
+
 /// Handlers by kind name.
 #[derive(Clone, Default)]
 pub struct Registry {
     handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("kinds", &self.handlers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Registry {
@@ -105,7 +123,7 @@ impl Registry {
     pub fn from_kinds(
         kinds: &[KindSettings],
         workers: &Arc<crate::handlers::remote::Workers>,
-    ) -> Result<Registry, String> {
+    ) -> Result<Registry, RegistryError> {
         let mut r = Registry::default();
         for k in kinds {
             let h: Arc<dyn Handler> = match &k.handler {
@@ -141,7 +159,10 @@ impl Registry {
                         connect_timeout: *connect_timeout,
                         max_response_bytes: k.max_result_bytes,
                     })
-                    .map_err(|e| format!("kinds.{}.{e}", k.name))?,
+                    .map_err(|source| RegistryError {
+                        kind: k.name.clone(),
+                        source: Box::new(source),
+                    })?,
                 ),
                 HandlerSpec::Remote => Arc::new(crate::handlers::remote::RemoteHandler {
                     workers: workers.clone(),

@@ -140,6 +140,15 @@ pub struct Workers {
     acks: Mutex<HashMap<(Uuid, u32), oneshot::Sender<bool>>>,
 }
 
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("heartbeat", &self.heartbeat)
+            .field("max_sessions", &self.max_sessions)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Why a session could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("{max} worker sessions are open already (workers.max_sessions)")]
@@ -559,6 +568,7 @@ struct Assigned {
 }
 
 /// Runs attempts of `handler = "remote"` kinds on connected workers.
+#[derive(Debug)]
 pub struct RemoteHandler {
     pub workers: Arc<Workers>,
     pub max_result_bytes: usize,

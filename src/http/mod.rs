@@ -56,6 +56,12 @@ pub struct HttpApi {
     metrics: Arc<crate::metrics::Metrics>,
 }
 
+impl std::fmt::Debug for HttpApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpApi").finish_non_exhaustive()
+    }
+}
+
 impl HttpApi {
     pub fn new(
         jobs: Arc<JobApi>,
@@ -184,6 +190,33 @@ enum Miss {
     Method(&'static str),
 }
 
+/// The answer to a request that matches no route: 415 for a gRPC path
+/// without a gRPC content type, 404 for an unknown path, 405 (with
+/// `Allow`) for a known path and another method.
+fn missed(method: &Method, path: &str, miss: Miss) -> HttpError {
+    match miss {
+        Miss::NotFound if GRPC_PREFIXES.iter().any(|p| path.starts_with(p)) => {
+            HttpError::with_http(
+                Status::unimplemented(
+                    "unsupported content type: send application/grpc (or use the /v1/ JSON routes)",
+                ),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            )
+        }
+        Miss::NotFound => HttpError::with_http(
+            Status::not_found(format!("no route for {method} {path}")),
+            StatusCode::NOT_FOUND,
+        ),
+        Miss::Method(allow) => HttpError {
+            status: Status::unimplemented(format!(
+                "{path} does not take {method}; it takes {allow}"
+            )),
+            http: Some(StatusCode::METHOD_NOT_ALLOWED),
+            allow: Some(allow),
+        },
+    }
+}
+
 /// Matches a request to its route. Hand-written rather than axum's router:
 /// custom methods are a `:verb` suffix on the last segment
 /// (`/v1/jobs/{id}:cancel`, Google's API style), which path patterns cannot
@@ -298,33 +331,7 @@ impl HttpApi {
     async fn handle(&self, req: http::Request<Body>) -> Result<Response, HttpError> {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path();
-        let route = match route(&parts.method, path) {
-            Ok(r) => r,
-            Err(Miss::NotFound) if GRPC_PREFIXES.iter().any(|p| path.starts_with(p)) => {
-                return Err(HttpError::with_http(
-                    Status::unimplemented(
-                        "unsupported content type: send application/grpc (or use the /v1/ JSON routes)",
-                    ),
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ));
-            }
-            Err(Miss::NotFound) => {
-                return Err(HttpError::with_http(
-                    Status::not_found(format!("no route for {} {path}", parts.method)),
-                    StatusCode::NOT_FOUND,
-                ))
-            }
-            Err(Miss::Method(allow)) => {
-                return Err(HttpError {
-                    status: Status::unimplemented(format!(
-                        "{path} does not take {}; it takes {allow}",
-                        parts.method
-                    )),
-                    http: Some(StatusCode::METHOD_NOT_ALLOWED),
-                    allow: Some(allow),
-                })
-            }
-        };
+        let route = route(&parts.method, path).map_err(|m| missed(&parts.method, path, m))?;
         refuse_cross_origin(&parts.headers)?;
         let caller = self.tokens.check(&parts.headers, route.grpc_method())?;
         // The gRPC request the route stands for: same metadata (the

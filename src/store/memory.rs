@@ -27,6 +27,14 @@ pub struct MemoryStore {
     max_bytes: u64,
 }
 
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("max_bytes", &self.max_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for MemoryStore {
     fn default() -> Self {
         MemoryStore::with_max_bytes(crate::config::DEFAULT_MAX_MEMORY_BYTES)

@@ -23,18 +23,103 @@ use crate::job::{Job, JobState, Micros, NewJob};
 pub use limits::{KindLimits, RateLimit};
 
 /// Why a store operation failed. None of these is the client's fault.
-#[derive(Debug, thiserror::Error)]
+/// Each carries a [`Detail`]: what to say, and the driver's error that
+/// caused it when there is one (the error's `source`). Cheap to clone, so
+/// that one failed write can answer every request of its batch.
+#[derive(Debug, Clone)]
 pub enum StoreError {
     /// The store cannot take writes now (disk full, read-only, I/O error,
     /// writer gone). Submits answer UNAVAILABLE; nothing acknowledged is lost.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(Detail),
     /// The data on disk is not something this jobd can use.
-    #[error("store data unusable: {0}")]
-    Corrupt(String),
+    Corrupt(Detail),
     /// A bug or an unexpected condition; details go to the log.
-    #[error("store error: {0}")]
-    Internal(String),
+    Internal(Detail),
+}
+
+impl StoreError {
+    /// What the error says, after its kind.
+    pub fn detail(&self) -> &Detail {
+        match self {
+            StoreError::Unavailable(d) | StoreError::Corrupt(d) | StoreError::Internal(d) => d,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Unavailable(d) => write!(f, "store unavailable: {d}"),
+            StoreError::Corrupt(d) => write!(f, "store data unusable: {d}"),
+            StoreError::Internal(d) => write!(f, "store error: {d}"),
+        }
+    }
+}
+
+/// Written by hand rather than derived: the source is the driver's error
+/// itself (not the [`Detail`] around it), so it can be downcast.
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        let cause = self.detail().cause.as_deref()?;
+        Some(cause)
+    }
+}
+
+/// A [`StoreError`]'s message, and the error that caused it, if any.
+#[derive(Debug, Clone)]
+pub struct Detail {
+    message: String,
+    /// Shared, so that the error can be cloned.
+    cause: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl Detail {
+    pub fn new(message: impl Into<String>) -> Detail {
+        Detail {
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// The same message, caused by `e`.
+    pub fn because(self, e: impl std::error::Error + Send + Sync + 'static) -> Detail {
+        Detail {
+            cause: Some(Arc::new(e)),
+            ..self
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl std::fmt::Display for Detail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Reads as its message, as the `String` it replaced did
+/// (`StoreError::Corrupt(m) => m.contains("newer")`).
+impl std::ops::Deref for Detail {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<String> for Detail {
+    fn from(message: String) -> Detail {
+        Detail::new(message)
+    }
+}
+
+impl From<&str> for Detail {
+    fn from(message: &str) -> Detail {
+        Detail::new(message)
+    }
 }
 
 /// What happened to one submitted job.
@@ -360,7 +445,9 @@ async fn open_bounded(
     pg: &crate::config::PostgresConfig,
     max_memory_bytes: u64,
 ) -> Result<SharedStore, StoreError> {
-    match StoreUrl::parse(url).map_err(StoreError::Internal)? {
+    let parsed = StoreUrl::parse(url)
+        .map_err(|e| StoreError::Internal(Detail::new(e.to_string()).because(e)))?;
+    match parsed {
         StoreUrl::Memory => Ok(Arc::new(memory::MemoryStore::with_max_bytes(
             max_memory_bytes,
         ))),

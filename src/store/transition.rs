@@ -149,6 +149,7 @@ pub fn retryable(state: JobState) -> bool {
 }
 
 /// What RetryJobs does with one id.
+#[derive(Debug)]
 pub enum RetryDecision {
     /// Save `job` (retried in place); it was `prev` at attempt `attempt`.
     Retry {

@@ -92,6 +92,15 @@ pub struct Tokens {
     buckets: Option<std::sync::Arc<Buckets>>,
 }
 
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("tokens", &self.tokens.len())
+            .field("rate_limited", &self.buckets.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Tokens {
     /// `submit_rate` 0 means no rate limit.
     pub fn new(tokens: Vec<TokenConfig>, submit_rate: u32) -> Tokens {
@@ -171,7 +180,7 @@ impl Tokens {
 }
 
 /// Wraps a gRPC service with the token check.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Authenticated<S> {
     inner: S,
     tokens: Tokens,

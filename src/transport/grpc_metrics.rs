@@ -34,7 +34,7 @@ pub fn code_name(c: Code) -> &'static str {
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct GrpcMetricsLayer {
     pub metrics: Arc<Metrics>,
     /// A span per RPC when spans are exported.
@@ -52,7 +52,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct GrpcMetrics<S> {
     inner: S,
     metrics: Arc<Metrics>,

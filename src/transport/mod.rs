@@ -5,6 +5,7 @@
 //! and spans ([`grpc_metrics`]) and protocol-error fixes ([`protocol`]).
 //! Each layer reads the one table of RPCs, [`methods`].
 
+pub mod activity;
 pub mod auth;
 pub mod connections;
 pub mod grpc_metrics;

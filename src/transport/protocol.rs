@@ -15,7 +15,7 @@ use tonic::{Code, Status};
 /// sent (grpc-message is percent-encoded).
 const DECODE_FAILURE: &str = "failed%20to%20decode%20Protobuf%20message";
 
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ProtocolErrorsLayer;
 
 impl<S> tower::Layer<S> for ProtocolErrorsLayer {
@@ -25,7 +25,7 @@ impl<S> tower::Layer<S> for ProtocolErrorsLayer {
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ProtocolErrors<S> {
     inner: S,
 }

@@ -67,6 +67,14 @@ pub struct RequestBudgets {
     connections: Mutex<HashMap<SocketAddr, Weak<ConnBudget>>>,
 }
 
+impl std::fmt::Debug for RequestBudgets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBudgets")
+            .field("per_connection", &self.per_connection)
+            .finish_non_exhaustive()
+    }
+}
+
 impl RequestBudgets {
     pub fn new(global: usize, per_connection: usize) -> Arc<Self> {
         Arc::new(RequestBudgets {
@@ -117,7 +125,7 @@ impl Drop for ConnBudget {
 }
 
 /// Adds the budgets to every request of the server.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct RequestBudgetLayer {
     pub budgets: Arc<RequestBudgets>,
 }
@@ -132,7 +140,7 @@ impl<S> tower::Layer<S> for RequestBudgetLayer {
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct RequestBudget<S> {
     inner: S,
     budgets: Arc<RequestBudgets>,

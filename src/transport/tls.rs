@@ -21,10 +21,19 @@ pub struct Tls {
     current: RwLock<Arc<ServerConfig>>,
 }
 
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
 fn bad(key: &str, message: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         message: message.to_string(),
+        source: None,
     }
 }
 

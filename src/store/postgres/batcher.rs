@@ -92,9 +92,9 @@ async fn finish_loop(
             .collect();
         let result = match tokio::time::timeout(timeout, finish_batch(&pool, &w, requests)).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "postgres did not answer within {timeout:?}"
-            ))),
+            Err(_) => Err(StoreError::Unavailable(
+                format!("postgres did not answer within {timeout:?}").into(),
+            )),
         };
         match result {
             Ok(jobs) => {
@@ -104,19 +104,10 @@ async fn finish_loop(
             }
             Err(e) => {
                 for r in batch.drain(..) {
-                    let _ = r.reply.send(Err(same_error(&e)));
+                    let _ = r.reply.send(Err(e.clone()));
                 }
             }
         }
-    }
-}
-
-/// The same error again, for every request of a failed batch.
-fn same_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
-        StoreError::Internal(m) => StoreError::Internal(m.clone()),
     }
 }
 

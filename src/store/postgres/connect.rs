@@ -7,24 +7,23 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::StoreError;
+use super::{Detail, StoreError};
 use crate::client_tls::{client_config, Fields};
 use crate::config::{ClientTls, PostgresUrl, ServerCheck, SslMode};
 
 /// Everything a new connection needs: pool, LISTEN and ping use one.
 #[derive(Clone)]
-pub struct Connector {
+pub(crate) struct Connector {
     pub config: tokio_postgres::Config,
     pub tls: MakeRustlsConnect,
 }
 
 impl Connector {
     /// Reads the URL's certificate files once. Errors name the parameter.
-    pub fn new(url: &PostgresUrl) -> Result<Connector, StoreError> {
-        let mut config: tokio_postgres::Config = url
-            .driver_url
-            .parse()
-            .map_err(|e| StoreError::Internal(format!("bad postgres URL: {e}")))?;
+    pub(crate) fn new(url: &PostgresUrl) -> Result<Connector, StoreError> {
+        let mut config: tokio_postgres::Config = url.driver_url.parse().map_err(|e| {
+            StoreError::Internal(Detail::new(format!("bad postgres URL: {e}")).because(e))
+        })?;
         config.ssl_mode(match url.ssl_mode {
             SslMode::Disable => DriverSslMode::Disable,
             SslMode::Prefer => DriverSslMode::Prefer,
@@ -40,8 +39,9 @@ impl Connector {
             cert: "sslcert",
             key: "sslkey",
         };
-        let tls = client_config(&files, check, &fields)
-            .map_err(|e| StoreError::Internal(format!("postgres TLS: {e}")))?;
+        let tls = client_config(&files, check, &fields).map_err(|e| {
+            StoreError::Internal(Detail::new(format!("postgres TLS: {e}")).because(e))
+        })?;
         Ok(Connector {
             config,
             tls: MakeRustlsConnect::new(tls),
@@ -49,7 +49,7 @@ impl Connector {
     }
 
     /// A new connection, its driver task not yet spawned.
-    pub async fn connect(
+    pub(crate) async fn connect(
         &self,
     ) -> Result<
         (
@@ -69,7 +69,8 @@ impl Connector {
 /// parameters), its driver task spawned: for tools and tests that run SQL
 /// beside jobd.
 pub async fn connect(url: &str) -> Result<Client, StoreError> {
-    let url = PostgresUrl::parse(url).map_err(StoreError::Internal)?;
+    let url = PostgresUrl::parse(url)
+        .map_err(|e| StoreError::Internal(Detail::new(e.to_string()).because(e)))?;
     let (client, conn) = Connector::new(&url)?.connect().await?;
     tokio::spawn(conn);
     Ok(client)

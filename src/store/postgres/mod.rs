@@ -32,16 +32,16 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::codec::state_code;
-use super::limits::{self, Bucket, KindBudget};
 use super::{
-    transition, CancelOutcome, Change, ClaimOutcome, ClaimRequest, InsertOutcome, ListQuery,
-    Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
+    transition, CancelOutcome, Change, ClaimOutcome, ClaimRequest, Detail, InsertOutcome,
+    ListQuery, Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
 use crate::client_tls::error_chain;
 use crate::config::{PostgresConfig, PostgresUrl};
 use crate::job::{add_micros, now_micros, Job, JobState, Micros, NewJob};
 
 mod batcher;
+mod claim;
 mod connect;
 mod listen;
 mod rows;
@@ -79,6 +79,16 @@ pub struct PostgresStore {
     ping_client: tokio::sync::Mutex<Option<tokio_postgres::Client>>,
 }
 
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("instance", &self.w.instance)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What writes need besides the transaction: who we are, where notices
 /// go, and the backlog estimate to keep.
 struct Writer {
@@ -97,7 +107,9 @@ struct Writer {
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
         match e.as_db_error() {
-            None => StoreError::Unavailable(format!("postgres: {}", error_chain(&e))),
+            None => StoreError::Unavailable(
+                Detail::new(format!("postgres: {}", error_chain(&e))).because(e),
+            ),
             Some(db) => {
                 let code = db.code().code();
                 let transient = [
@@ -105,10 +117,11 @@ impl From<tokio_postgres::Error> for StoreError {
                 ]
                 .iter()
                 .any(|p| code.starts_with(p));
+                let detail = Detail::new(format!("postgres: {}: {}", code, db.message()));
                 if transient {
-                    StoreError::Unavailable(format!("postgres: {}: {}", code, db.message()))
+                    StoreError::Unavailable(detail.because(e))
                 } else {
-                    StoreError::Internal(format!("postgres: {}: {}", code, db.message()))
+                    StoreError::Internal(detail.because(e))
                 }
             }
         }
@@ -119,9 +132,9 @@ type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 /// A connection from the pool; none free in time is UNAVAILABLE.
 async fn pooled(pool: &Pool) -> Result<Object, StoreError> {
-    pool.get()
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("postgres: {}", error_chain(&e))))
+    pool.get().await.map_err(|e| {
+        StoreError::Unavailable(Detail::new(format!("postgres: {}", error_chain(&e))).because(e))
+    })
 }
 
 fn dedup(existing: &Job, hash: &[u8; 32]) -> InsertOutcome {
@@ -169,7 +182,9 @@ impl PostgresStore {
             .create_timeout(Some(cfg.timeout))
             .recycle_timeout(Some(cfg.timeout))
             .build()
-            .map_err(|e| StoreError::Internal(format!("postgres pool: {e}")))?;
+            .map_err(|e| {
+                StoreError::Internal(Detail::new(format!("postgres pool: {e}")).because(e))
+            })?;
         let instance = cfg.instance_id.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME").unwrap_or_default();
             format!("{host}-{}", Uuid::now_v7().simple())
@@ -220,10 +235,9 @@ impl PostgresStore {
         }
         match tokio::time::timeout(self.timeout, f).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "postgres did not answer within {:?}",
-                self.timeout
-            ))),
+            Err(_) => Err(StoreError::Unavailable(
+                format!("postgres did not answer within {:?}", self.timeout).into(),
+            )),
         }
     }
 
@@ -251,105 +265,6 @@ impl PostgresStore {
             .await?;
         self.w.waiting.store(n, Ordering::Release);
         Ok(())
-    }
-
-    /// A claim where some kinds have ordering keys or a rate: each such
-    /// kind's claims are serialized across instances (its bucket row, or an
-    /// advisory lock), its queue read with the key check, its bucket
-    /// updated, all in the claim's one transaction.
-    async fn claim_limited(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        let mut kinds: Vec<(&String, usize)> = req
-            .kinds
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| (k, (*n).min(req.limit)))
-            .collect();
-        // One lock order for every instance: no deadlock between claims.
-        kinds.sort();
-        self.run(async {
-            let mut c = pooled(&self.pool).await?;
-            let tx = c.transaction().await?;
-            // Locks first: each kind's bucket row, or its advisory lock.
-            let mut buckets = Vec::with_capacity(kinds.len());
-            for (kind, _) in &kinds {
-                let limits = req.limits.get(*kind).copied().unwrap_or_default();
-                buckets.push(match limits.rate {
-                    Some(rate) => {
-                        let init = tx.prepare_cached(sql::RATE_INIT).await?;
-                        tx.execute(&init, &[kind, &f64::from(rate.burst), &req.now])
-                            .await?;
-                        let lock = tx.prepare_cached(sql::RATE_LOCK).await?;
-                        let row = tx.query_one(&lock, &[kind]).await?;
-                        Some(Bucket {
-                            tokens: rows::col(&row, 0)?,
-                            at: rows::col(&row, 1)?,
-                        })
-                    }
-                    None => {
-                        if limits.key_concurrency.is_some() {
-                            let lock = tx.prepare_cached(sql::LOCK_KIND).await?;
-                            tx.execute(&lock, &[kind]).await?;
-                        }
-                        None
-                    }
-                });
-            }
-            // Buckets refill up to when the locks were ours (the claim may
-            // have waited for another instance's claim of the same kind).
-            let locked_at = now_micros().max(req.now);
-            let mut candidates = Vec::new();
-            let mut budgets = Vec::new();
-            for ((kind, cap), bucket) in kinds.into_iter().zip(buckets) {
-                let limits = req.limits.get(kind).copied().unwrap_or_default();
-                let b = KindBudget::new(cap, limits, bucket, locked_at);
-                let read = b.to_read() as i64;
-                let found = match limits.key_concurrency {
-                    Some(max) => {
-                        let st = tx.prepare_cached(&sql::CLAIM_KEYED).await?;
-                        tx.query(&st, &[kind, &read, &i64::from(max)]).await?
-                    }
-                    None => {
-                        let st = tx.prepare_cached(&sql::CLAIM_KIND).await?;
-                        tx.query(&st, &[kind, &read]).await?
-                    }
-                };
-                for r in found.iter().take(b.allowed()) {
-                    let job = rows::job(r)?;
-                    let seq: i64 = rows::col(r, rows::COLS_LEN)?;
-                    candidates.push((job.priority, seq, kind.clone(), job));
-                }
-                budgets.push((kind, b, found.len()));
-            }
-            // Starts are stamped after the reads: whatever they saw ended
-            // (a key's previous job) ended before these jobs started.
-            let now = now_micros().max(locked_at);
-            let lease = add_micros(now, self.lease_ttl);
-            let mut jobs = Vec::new();
-            let mut old = Vec::new();
-            for (_, mut j) in limits::pick(candidates, req.limit) {
-                old.push((j.state, j.attempt));
-                transition::claim(&mut j, now, req.lease_slack);
-                j.lease_expires_at = Some(lease);
-                jobs.push(j);
-            }
-            sql::save(&self.w, &tx, &jobs, &old).await?;
-            let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
-            let mut rate_limited = Vec::new();
-            for (kind, b, found) in budgets {
-                let got = taken.get(kind).copied().unwrap_or(0);
-                let (bucket, wake) = b.settle(found, got, now);
-                if let Some(bucket) = bucket {
-                    let st = tx.prepare_cached(sql::RATE_SAVE).await?;
-                    tx.execute(&st, &[kind, &bucket.tokens, &bucket.at]).await?;
-                }
-                if let Some(at) = wake {
-                    rate_limited.push((kind.clone(), at));
-                }
-            }
-            tx.commit().await?;
-            Ok(ClaimOutcome { jobs, rate_limited })
-        })
-        .await
     }
 
     /// Locks the rows `sql` selects, applies `f` to each, saves those it
@@ -451,7 +366,9 @@ impl Store for PostgresStore {
                             .as_ref()
                             .and_then(|k| winners.get(k))
                             .ok_or_else(|| {
-                                StoreError::Internal(format!("job {} was not stored", job.id))
+                                StoreError::Internal(
+                                    format!("job {} was not stored", job.id).into(),
+                                )
                             })?;
                         dedup(w, &job.request_hash)
                     });
@@ -507,31 +424,7 @@ impl Store for PostgresStore {
         {
             return self.claim_limited(req).await;
         }
-        // Each kind's own queue, up to its free slots; then the best
-        // `limit` of those by priority and age. Rows read but not taken stay
-        // QUEUED (their locks end with the transaction).
-        let (kinds, caps): (Vec<&str>, Vec<i64>) = req
-            .kinds
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| (k.as_str(), (*n).min(req.limit) as i64))
-            .unzip();
-        if kinds.is_empty() || req.limit == 0 {
-            return Ok(ClaimOutcome::default());
-        }
-        let lease = add_micros(req.now, self.lease_ttl);
-        let jobs = self
-            .transition_selected(&sql::CLAIM, &[&kinds, &caps, &(req.limit as i64)], |j| {
-                transition::claim(j, req.now, req.lease_slack);
-                // The lease is renewed while this instance runs the attempt.
-                j.lease_expires_at = Some(lease);
-                true
-            })
-            .await?;
-        Ok(ClaimOutcome {
-            jobs,
-            rate_limited: Vec::new(),
-        })
+        self.claim_plain(req).await
     }
 
     async fn finish(

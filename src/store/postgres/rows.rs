@@ -11,16 +11,16 @@ use uuid::Uuid;
 
 use crate::job::{Job, JobState};
 use crate::store::codec::{decode_labels, decode_trace, state_from_code};
-use crate::store::StoreError;
+use crate::store::{Detail, StoreError};
 
 fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(format!("postgres row has a bad {what}"))
+    StoreError::Corrupt(format!("postgres row has a bad {what}").into())
 }
 
 /// Column `i` of `r`; one that does not decode as jobd wrote it is Corrupt.
 pub(super) fn col<'a, T: FromSql<'a>>(r: &'a Row, i: usize) -> Result<T, StoreError> {
     r.try_get(i)
-        .map_err(|e| StoreError::Corrupt(format!("postgres row: {e}")))
+        .map_err(|e| StoreError::Corrupt(Detail::new(format!("postgres row: {e}")).because(e)))
 }
 
 /// A `state` column.

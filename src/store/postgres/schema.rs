@@ -129,10 +129,13 @@ pub(super) async fn migrate(client: &mut Object, schema: &str) -> Result<(), Sto
     let version: i32 = row.get(0);
     let known = MIGRATIONS.len() as i32;
     if version > known {
-        return Err(StoreError::Corrupt(format!(
-            "database schema {schema} is at version {version}, newer than this jobd knows \
-             ({known}); run a newer jobd"
-        )));
+        return Err(StoreError::Corrupt(
+            format!(
+                "database schema {schema} is at version {version}, newer than this jobd knows \
+                 ({known}); run a newer jobd"
+            )
+            .into(),
+        ));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         tx.batch_execute(sql).await?;

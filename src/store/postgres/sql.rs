@@ -354,11 +354,14 @@ pub(super) async fn save(
     let n: i64 = rows::col(&row, 0)?;
     if n as usize != jobs.len() {
         // Rows are locked FOR UPDATE before a transition, so this is a bug.
-        return Err(StoreError::Internal(format!(
-            "{} of {} jobs changed under the store",
-            jobs.len() - n as usize,
-            jobs.len()
-        )));
+        return Err(StoreError::Internal(
+            format!(
+                "{} of {} jobs changed under the store",
+                jobs.len() - n as usize,
+                jobs.len()
+            )
+            .into(),
+        ));
     }
     let delta: i64 = jobs
         .iter()

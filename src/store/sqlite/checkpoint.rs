@@ -22,7 +22,7 @@ use rusqlite::{Connection, OpenFlags};
 
 /// WAL pages at which the writer checkpoints inline (SQLite's default is
 /// 1,000): 40 MiB of 4 KiB pages.
-pub const WRITER_BOUND: u32 = 10_000;
+pub(crate) const WRITER_BOUND: u32 = 10_000;
 
 /// Shortest pause between two checkpoints, so a busy writer's commits are
 /// copied in batches rather than one sync of the database file each.
@@ -32,14 +32,14 @@ const PAUSE: Duration = Duration::from_millis(20);
 const WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// The checkpoint thread; stops when dropped (after its current checkpoint).
-pub struct Checkpointer {
+pub(crate) struct Checkpointer {
     signal: Option<mpsc::SyncSender<()>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Checkpointer {
     /// Opens the checkpoint thread's own connection to `path`.
-    pub fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    pub(crate) fn connect(path: &Path) -> rusqlite::Result<Connection> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -52,7 +52,7 @@ impl Checkpointer {
     }
 
     /// Starts the thread on `conn` (from [`Checkpointer::connect`]).
-    pub fn start(conn: Connection) -> std::io::Result<Checkpointer> {
+    pub(crate) fn start(conn: Connection) -> std::io::Result<Checkpointer> {
         let (signal, rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("jobd-sqlite-ckpt".into())
@@ -65,7 +65,7 @@ impl Checkpointer {
 
     /// After a commit: the WAL has new pages to copy. Never blocks; signals
     /// already pending are one.
-    pub fn committed(&self) {
+    pub(crate) fn committed(&self) {
         if let Some(s) = &self.signal {
             let _ = s.try_send(());
         }

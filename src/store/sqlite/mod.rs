@@ -31,8 +31,8 @@ mod tests;
 mod writer;
 
 use super::{
-    transition, CancelOutcome, ClaimOutcome, ClaimRequest, Finish, FinishResults, InsertOutcome,
-    ListQuery, Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
+    transition, CancelOutcome, ClaimOutcome, ClaimRequest, Detail, Finish, FinishResults,
+    InsertOutcome, ListQuery, Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
 use crate::job::{now_micros, Job, JobState, Micros, NewJob};
 use checkpoint::{Checkpointer, WRITER_BOUND};
@@ -61,6 +61,14 @@ pub struct SqliteStore {
     read_slots: Arc<Semaphore>,
 }
 
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and migrates it.
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
@@ -70,7 +78,8 @@ impl SqliteStore {
             tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| {
-                        StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+                        let message = format!("cannot create {}: {e}", dir.display());
+                        StoreError::Unavailable(Detail::new(message).because(e))
                     })?;
                 }
                 let mut conn = Connection::open(&p).map_err(map_err)?;
@@ -79,12 +88,13 @@ impl SqliteStore {
                 let waiting = count_waiting(&conn).map_err(map_err)?;
                 let ckpt = Checkpointer::connect(&p).map_err(map_err)?;
                 let ckpt = Checkpointer::start(ckpt).map_err(|e| {
-                    StoreError::Internal(format!("cannot start checkpoint thread: {e}"))
+                    let message = format!("cannot start checkpoint thread: {e}");
+                    StoreError::Internal(Detail::new(message).because(e))
                 })?;
                 Ok((conn, waiting, ckpt))
             })
             .await
-            .map_err(|e| StoreError::Internal(e.to_string()))??;
+            .map_err(|e| StoreError::Internal(Detail::new(e.to_string()).because(e)))??;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("jobd-sqlite-writer".into())
@@ -99,7 +109,10 @@ impl SqliteStore {
                     },
                 )
             })
-            .map_err(|e| StoreError::Internal(format!("cannot start writer thread: {e}")))?;
+            .map_err(|e| {
+                let message = format!("cannot start writer thread: {e}");
+                StoreError::Internal(Detail::new(message).because(e))
+            })?;
         Ok(SqliteStore {
             path,
             writer: tx,
@@ -198,7 +211,7 @@ impl SqliteStore {
             r
         })
         .await
-        .map_err(|e| StoreError::Internal(e.to_string()))?
+        .map_err(|e| StoreError::Internal(Detail::new(e.to_string()).because(e)))?
     }
 }
 
@@ -303,7 +316,8 @@ impl Store for SqliteStore {
             let picked = limits::pick(candidates, req.limit)
                 .into_iter()
                 .map(|(_, id)| {
-                    Uuid::from_slice(&id).map_err(|e| StoreError::Corrupt(e.to_string()))
+                    Uuid::from_slice(&id)
+                        .map_err(|e| StoreError::Corrupt(Detail::new(e.to_string()).because(e)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let jobs = transition_all(tx, st, picked, |j| {

@@ -56,7 +56,7 @@ pub(super) fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
 /// SQLite's errors sorted into what the caller can do about them.
 pub(super) fn map_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode as C;
-    match &e {
+    let kind = match &e {
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
             C::DiskFull
             | C::ReadOnly
@@ -65,17 +65,18 @@ pub(super) fn map_err(e: rusqlite::Error) -> StoreError {
             | C::DatabaseBusy
             | C::DatabaseLocked
             | C::PermissionDenied
-            | C::OutOfMemory => StoreError::Unavailable(e.to_string()),
-            C::NotADatabase | C::DatabaseCorrupt => StoreError::Corrupt(e.to_string()),
-            _ => StoreError::Internal(e.to_string()),
+            | C::OutOfMemory => StoreError::Unavailable,
+            C::NotADatabase | C::DatabaseCorrupt => StoreError::Corrupt,
+            _ => StoreError::Internal,
         },
         // A stored value that does not decode: SQLite columns take any
         // type, so a damaged or hand-edited file shows up here.
         rusqlite::Error::FromSqlConversionFailure(..)
         | rusqlite::Error::IntegralValueOutOfRange(..)
-        | rusqlite::Error::InvalidColumnType(..) => StoreError::Corrupt(e.to_string()),
-        _ => StoreError::Internal(e.to_string()),
-    }
+        | rusqlite::Error::InvalidColumnType(..) => StoreError::Corrupt,
+        _ => StoreError::Internal,
+    };
+    kind(Detail::new(e.to_string()).because(e))
 }
 
 pub(super) fn gone() -> StoreError {

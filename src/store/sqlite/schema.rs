@@ -62,10 +62,13 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         .map_err(map_err)?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
-        return Err(StoreError::Corrupt(format!(
-            "database schema version {version} is newer than this jobd knows ({known}); \
-             run a newer jobd"
-        )));
+        return Err(StoreError::Corrupt(
+            format!(
+                "database schema version {version} is newer than this jobd knows ({known}); \
+                 run a newer jobd"
+            )
+            .into(),
+        ));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let tx = conn.transaction().map_err(map_err)?;

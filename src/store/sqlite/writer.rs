@@ -87,7 +87,7 @@ pub(super) fn run_group(conn: &mut Connection, batch: &mut Vec<Work>, st: &mut W
             let e = map_err(e);
             tracing::warn!(error = %e, "cannot begin store transaction");
             for w in batch.drain(..) {
-                let err = || StoreError::Unavailable(e.to_string());
+                let err = || StoreError::Unavailable(Detail::new(e.to_string()).because(e.clone()));
                 (w.run)(Err(err())).0(Err(err()));
             }
             return;
@@ -99,7 +99,7 @@ pub(super) fn run_group(conn: &mut Connection, batch: &mut Vec<Work>, st: &mut W
     let mut lost: Option<StoreError> = None;
     for w in batch.drain(..) {
         if let Some(e) = &lost {
-            let err = StoreError::Unavailable(e.to_string());
+            let err = StoreError::Unavailable(Detail::new(e.to_string()).because(e.clone()));
             replies.push((w.run)(Err(err)).0);
             continue;
         }
@@ -144,7 +144,7 @@ pub(super) fn run_group(conn: &mut Connection, batch: &mut Vec<Work>, st: &mut W
         r(commit
             .as_ref()
             .map(|_| ())
-            .map_err(|e| StoreError::Unavailable(e.to_string())));
+            .map_err(|e| StoreError::Unavailable(Detail::new(e.to_string()).because(e.clone()))));
     }
 }
 
@@ -198,10 +198,9 @@ pub(super) fn save(
         })
         .map_err(map_err)?;
     if n != 1 {
-        return Err(StoreError::Internal(format!(
-            "job {} changed under the writer",
-            job.id
-        )));
+        return Err(StoreError::Internal(
+            format!("job {} changed under the writer", job.id).into(),
+        ));
     }
     st.waiting += i64::from(job.state.is_waiting()) - i64::from(old_state.is_waiting());
     Ok(())
@@ -251,7 +250,10 @@ pub(super) fn ids(
     let mut out = Vec::new();
     for r in rows {
         let b = r.map_err(map_err)?;
-        out.push(Uuid::from_slice(&b).map_err(|e| StoreError::Corrupt(e.to_string()))?);
+        out.push(
+            Uuid::from_slice(&b)
+                .map_err(|e| StoreError::Corrupt(Detail::new(e.to_string()).because(e)))?,
+        );
     }
     Ok(out)
 }

@@ -1,0 +1,299 @@
+//! The job commands (JobService): `submit`, `status`, `watch`, `cancel` and
+//! `list`.
+
+use std::io::{IsTerminal, Read, Write};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::connection::JobClient;
+use super::output::{job_json, print_job, print_job_table, show_job, state_name, ts};
+use super::{exit, parse_label, parse_state, Common, Failure};
+use crate::proto::{self, JobState};
+
+// `jobd submit`'s flags; its help text is `ClientCommand::Submit`'s.
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    pub kind: String,
+    /// Payload text.
+    #[arg(long, conflicts_with = "payload_file")]
+    pub payload: Option<String>,
+    /// Read the payload from a file ("-" for stdin).
+    #[arg(long)]
+    pub payload_file: Option<String>,
+    /// Idempotency key.
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Jobs with a higher priority run first among the jobs that are due
+    /// (may be negative; 0 is the default).
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i32,
+    /// Start no sooner than this from now (e.g. 10s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub delay: Option<Duration>,
+    /// Per-attempt timeout (e.g. 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Attempts in all (1..=100); 0 means the kind's configured
+    /// `max_attempts` (3 unless the config says otherwise).
+    #[arg(long, default_value_t = 0)]
+    pub max_attempts: u32,
+    /// A label, key=value (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Ordering key: with the kind's `key_concurrency = N`, at most N jobs
+    /// with the same key run at once, in submit order.
+    #[arg(long)]
+    pub ordering_key: Option<String>,
+    /// Wait until the job finishes; exit 4 if it FAILED or was CANCELLED.
+    #[arg(long)]
+    pub wait: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+// `jobd list`'s flags; its help text is `ClientCommand::List`'s.
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    /// queued, running, retry_wait, succeeded, failed or cancelled.
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<JobState>,
+    /// Only jobs of this kind.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Most jobs to show; a last line says when more exist.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+    /// Every matching job, page after page (no limit).
+    #[arg(long, conflicts_with = "limit")]
+    pub all: bool,
+    /// Newest jobs first.
+    #[arg(long)]
+    pub newest_first: bool,
+    /// Only jobs with this label, key=value (repeatable: all must match).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// Only jobs submitted with this ordering key.
+    #[arg(long)]
+    pub ordering_key: Option<String>,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// `jobd submit`: prints the new job's id, or with `--wait` follows it to
+/// its end.
+pub(super) async fn submit(c: &mut JobClient, a: SubmitArgs, json: bool) -> Result<u8, Failure> {
+    let req = proto::SubmitRequest {
+        kind: a.kind,
+        payload: read_payload(a.payload, a.payload_file.as_deref())?,
+        idempotency_key: a.key.unwrap_or_default(),
+        priority: a.priority,
+        max_attempts: a.max_attempts,
+        timeout: a
+            .timeout
+            .and_then(|d| prost_types::Duration::try_from(d).ok()),
+        run_at: a
+            .delay
+            .map(|d| prost_types::Timestamp::from(std::time::SystemTime::now() + d)),
+        labels: a.labels.into_iter().collect(),
+        ordering_key: a.ordering_key.unwrap_or_default(),
+    };
+    let r = c.submit(req).await?.into_inner();
+    let job = r.job.unwrap_or_default();
+    if !a.wait {
+        if json {
+            out!(
+                "{}",
+                json!({ "job": job_json(&job), "deduplicated": r.deduplicated })
+            );
+        } else {
+            out!(
+                "{}{}",
+                job.id,
+                if r.deduplicated {
+                    " (deduplicated)"
+                } else {
+                    ""
+                }
+            );
+        }
+        return Ok(exit::OK);
+    }
+    if !json {
+        eprintln!("submitted {}", job.id);
+    }
+    follow_to_end(c, &job.id, json).await
+}
+
+/// The payload from `--payload`, `--payload-file` (`-`: stdin), or empty.
+fn read_payload(payload: Option<String>, file: Option<&str>) -> Result<Vec<u8>, Failure> {
+    Ok(match (payload, file) {
+        (Some(p), _) => p.into_bytes(),
+        (None, Some("-")) => {
+            let mut b = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut b)
+                .map_err(|e| Failure(exit::ERROR, format!("reading stdin: {e}")))?;
+            b
+        }
+        (None, Some(f)) => {
+            std::fs::read(f).map_err(|e| Failure(exit::USAGE, format!("reading {f}: {e}")))?
+        }
+        (None, None) => Vec::new(),
+    })
+}
+
+/// `jobd status`: shows the job; `--output` writes its raw result bytes.
+pub(super) async fn status(
+    c: &mut JobClient,
+    id: String,
+    output: Option<std::path::PathBuf>,
+    json: bool,
+) -> Result<u8, Failure> {
+    let j = c
+        .get_status(proto::GetStatusRequest { id })
+        .await?
+        .into_inner()
+        .job
+        .unwrap_or_default();
+    if let Some(path) = output {
+        std::fs::write(&path, &j.result)
+            .map_err(|e| Failure(exit::ERROR, format!("cannot write {}: {e}", path.display())))?;
+    }
+    show_job(&j, json);
+    Ok(exit::OK)
+}
+
+/// `jobd cancel`: shows the job as the cancel left it.
+pub(super) async fn cancel(c: &mut JobClient, id: String, json: bool) -> Result<u8, Failure> {
+    let j = c
+        .cancel(proto::CancelRequest { id })
+        .await?
+        .into_inner()
+        .job
+        .unwrap_or_default();
+    show_job(&j, json);
+    Ok(exit::OK)
+}
+
+/// `jobd list`: pages through ListJobs up to `--limit` (every page with
+/// `--all`).
+pub(super) async fn list(c: &mut JobClient, a: ListArgs, json: bool) -> Result<u8, Failure> {
+    let labels: std::collections::HashMap<String, String> = a.labels.into_iter().collect();
+    let order = if a.newest_first {
+        proto::ListJobsOrder::NewestFirst
+    } else {
+        proto::ListJobsOrder::OldestFirst
+    };
+    let limit = if a.all { usize::MAX } else { a.limit as usize };
+    let mut jobs = Vec::new();
+    let mut token = String::new();
+    let mut more = false;
+    while jobs.len() < limit {
+        let page = c
+            .list_jobs(proto::ListJobsRequest {
+                state: a.state.map_or(0, |s| s as i32),
+                kind: a.kind.clone().unwrap_or_default(),
+                page_size: (limit - jobs.len()).min(1000) as u32,
+                page_token: token,
+                ordering_key: a.ordering_key.clone().unwrap_or_default(),
+                labels: labels.clone(),
+                order: order as i32,
+            })
+            .await?
+            .into_inner();
+        jobs.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        more = jobs.len() >= limit;
+    }
+    if json {
+        out!("{}", Value::Array(jobs.iter().map(job_json).collect()));
+    } else {
+        print_job_table(&jobs, more);
+    }
+    Ok(exit::OK)
+}
+
+/// Follows a job, printing each change: a live line on a terminal, plain
+/// lines otherwise, JSON lines with `--json`.
+async fn follow(c: &mut JobClient, id: &str, json: bool) -> Result<proto::Job, Failure> {
+    let mut stream = c
+        .watch_status(proto::WatchStatusRequest {
+            id: id.to_string(),
+            after_sequence: 0,
+        })
+        .await?
+        .into_inner();
+    let live = !json && std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut last: Option<proto::Job> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            msg = stream.message() => match msg? {
+                Some(ev) => {
+                    let job = ev.job.unwrap_or_default();
+                    if json {
+                        out!("{}", json!({ "sequence": ev.sequence, "job": job_json(&job) }));
+                    } else if !live {
+                        out!("{} {} attempt={}", ts(&job.updated_at).as_str().unwrap_or("-"), state_name(job.state), job.attempt);
+                    }
+                    last = Some(job);
+                }
+                None => break,
+            },
+            _ = tick.tick(), if live => {}
+        }
+        if live {
+            if let Some(j) = &last {
+                print!(
+                    "\r{:>7.1}s  {:<10} attempt {}/{}  ",
+                    started.elapsed().as_secs_f64(),
+                    state_name(j.state),
+                    j.attempt,
+                    j.max_attempts
+                );
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+    if live {
+        out!("");
+    }
+    match last {
+        Some(j) if is_terminal(j.state) => Ok(j),
+        _ => Err(Failure(
+            exit::UNAVAILABLE,
+            "the watch ended before the job finished (daemon draining?)".into(),
+        )),
+    }
+}
+
+/// Follows a job to its end, shows it, and returns the exit code its
+/// final state means.
+pub(super) async fn follow_to_end(c: &mut JobClient, id: &str, json: bool) -> Result<u8, Failure> {
+    let done = follow(c, id, json).await?;
+    if !json {
+        print_job(&done);
+    }
+    Ok(final_code(&done))
+}
+
+fn is_terminal(s: i32) -> bool {
+    matches!(
+        JobState::try_from(s),
+        Ok(JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    )
+}
+
+fn final_code(j: &proto::Job) -> u8 {
+    if j.state == JobState::Succeeded as i32 {
+        exit::OK
+    } else {
+        exit::JOB_FAILED
+    }
+}

@@ -1,0 +1,273 @@
+//! What the commands print: tables and job details for people (daemon text
+//! made safe for a terminal), JSON for scripts.
+
+use serde_json::{json, Value};
+
+use crate::api::convert::state_from_proto;
+use crate::proto::{self, JobState};
+
+pub(super) fn state_name(s: i32) -> &'static str {
+    JobState::try_from(s)
+        .ok()
+        .and_then(state_from_proto)
+        .map_or("unspecified", |s| s.as_str())
+}
+
+pub(super) fn ts(t: &Option<prost_types::Timestamp>) -> Value {
+    match t {
+        Some(t) => Value::String(t.to_string()),
+        None => Value::Null,
+    }
+}
+
+/// A job as JSON (payload is not echoed; result as UTF-8 text when it is,
+/// else base64).
+pub fn job_json(j: &proto::Job) -> Value {
+    use base64::Engine;
+    let result = match std::str::from_utf8(&j.result) {
+        Ok(s) => json!({ "text": s }),
+        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(&j.result) }),
+    };
+    json!({
+        "id": j.id, "kind": j.kind, "state": state_name(j.state), "attempt": j.attempt,
+        "max_attempts": j.max_attempts, "priority": j.priority,
+        "idempotency_key": j.idempotency_key, "labels": j.labels,
+        "ordering_key": j.ordering_key,
+        "created_at": ts(&j.created_at), "updated_at": ts(&j.updated_at),
+        "started_at": ts(&j.started_at), "finished_at": ts(&j.finished_at),
+        "next_attempt_at": ts(&j.next_attempt_at), "last_error": j.last_error,
+        "result": result, "payload_size": j.payload_size,
+    })
+}
+
+/// Text from the daemon made safe for a terminal: control characters
+/// (ESC, CR, C1 CSI, ...) are shown escaped instead of being executed by it;
+/// `multiline` keeps newlines and tabs (results, errors).
+pub(super) fn printable(s: &str, multiline: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() && !(multiline && matches!(c, '\n' | '\t')) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub(super) fn print_job(j: &proto::Job) {
+    let show = |t: &Option<prost_types::Timestamp>| {
+        t.as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    out!("id:           {}", j.id);
+    out!("kind:         {}", j.kind);
+    out!("state:        {}", state_name(j.state));
+    out!("attempt:      {} of {}", j.attempt, j.max_attempts);
+    out!("priority:     {}", j.priority);
+    if !j.idempotency_key.is_empty() {
+        out!("key:          {}", printable(&j.idempotency_key, false));
+    }
+    if !j.ordering_key.is_empty() {
+        out!("ordering key: {}", printable(&j.ordering_key, false));
+    }
+    for (k, v) in &j.labels {
+        out!(
+            "label:        {}={}",
+            printable(k, false),
+            printable(v, false)
+        );
+    }
+    out!("created:      {}", show(&j.created_at));
+    out!("started:      {}", show(&j.started_at));
+    out!("finished:     {}", show(&j.finished_at));
+    if j.next_attempt_at.is_some() {
+        out!("next attempt: {}", show(&j.next_attempt_at));
+    }
+    if !j.last_error.is_empty() {
+        out!("last error:   {}", printable(&j.last_error, true));
+    }
+    if !j.result.is_empty() {
+        match std::str::from_utf8(&j.result) {
+            Ok(text) => out!("result:       {}", printable(text.trim_end(), true)),
+            Err(_) => out!(
+                "result:       {} bytes, not UTF-8 text (--output FILE writes them, --json shows base64)",
+                j.result.len()
+            ),
+        }
+    }
+}
+
+fn kind_json(k: &proto::KindStatus) -> Value {
+    json!({
+        "kind": k.kind,
+        "handler": k.handler,
+        "paused": k.paused,
+        "queued": k.queued,
+        "running": k.running,
+        "retry_wait": k.retry_wait,
+        "failed": k.failed,
+        "concurrency": k.concurrency,
+        "connected_workers": k.connected_workers,
+    })
+}
+
+fn schedule_json(s: &proto::ScheduleStatus) -> Value {
+    json!({
+        "id": s.id,
+        "kind": s.kind,
+        "cron": s.cron,
+        "timezone": s.timezone,
+        "next_fire_at": ts(&s.next_fire_at),
+        "paused": s.paused,
+        "last_job_id": s.last_job_id,
+    })
+}
+
+pub(super) fn print_schedules(list: &[proto::ScheduleStatus], json: bool) {
+    if json {
+        out!("{}", Value::Array(list.iter().map(schedule_json).collect()));
+        return;
+    }
+    out!(
+        "{:<16}  {:<12}  {:<20}  {:<16}  {:<26}  {:<6}  LAST_JOB",
+        "ID",
+        "KIND",
+        "CRON",
+        "TIMEZONE",
+        "NEXT_FIRE",
+        "PAUSED"
+    );
+    for s in list {
+        out!(
+            "{:<16}  {:<12}  {:<20}  {:<16}  {:<26}  {:<6}  {}",
+            printable(&s.id, false),
+            printable(&s.kind, false),
+            printable(&s.cron, false),
+            printable(&s.timezone, false),
+            s.next_fire_at
+                .as_ref()
+                .map_or_else(|| "never".to_string(), |t| t.to_string()),
+            if s.paused { "yes" } else { "no" },
+            if s.last_job_id.is_empty() {
+                "-"
+            } else {
+                &s.last_job_id
+            }
+        );
+    }
+}
+
+pub(super) fn print_kinds(kinds: &[proto::KindStatus], json: bool) {
+    if json {
+        out!("{}", Value::Array(kinds.iter().map(kind_json).collect()));
+        return;
+    }
+    out!(
+        "{:<16}  {:<12}  {:<6}  {:>8}  {:>8}  {:>10}  {:>8}  {:>5}  {:>7}",
+        "KIND",
+        "HANDLER",
+        "PAUSED",
+        "QUEUED",
+        "RUNNING",
+        "RETRY_WAIT",
+        "FAILED",
+        "CONC",
+        "WORKERS"
+    );
+    for k in kinds {
+        out!(
+            "{:<16}  {:<12}  {:<6}  {:>8}  {:>8}  {:>10}  {:>8}  {:>5}  {:>7}",
+            printable(&k.kind, false),
+            k.handler,
+            if k.paused { "yes" } else { "no" },
+            k.queued,
+            k.running,
+            k.retry_wait,
+            k.failed,
+            k.concurrency,
+            k.connected_workers
+        );
+    }
+}
+
+/// One job as `--json` asked: JSON, or the details for people.
+pub(super) fn show_job(j: &proto::Job, json: bool) {
+    if json {
+        out!("{}", job_json(j));
+    } else {
+        print_job(j);
+    }
+}
+
+/// `jobd list`'s table: one line per job, the last error's first line cut
+/// to 60 characters; `more` adds a line saying that more jobs match.
+pub(super) fn print_job_table(jobs: &[proto::Job], more: bool) {
+    out!(
+        "{:<36}  {:<10}  {:<16}  {:>7}  {:<27}  LAST ERROR",
+        "ID",
+        "STATE",
+        "KIND",
+        "ATTEMPT",
+        "CREATED"
+    );
+    for j in jobs {
+        let mut error = printable(j.last_error.lines().next().unwrap_or(""), false);
+        if error.chars().count() > 60 {
+            error = error.chars().take(59).collect::<String>() + "…";
+        }
+        out!(
+            "{:<36}  {:<10}  {:<16}  {:>7}  {:<27}  {}",
+            j.id,
+            state_name(j.state),
+            j.kind,
+            format!("{}/{}", j.attempt, j.max_attempts),
+            ts(&j.created_at).as_str().unwrap_or("-"),
+            error
+        );
+    }
+    if more {
+        out!("(more jobs match: --limit N for more, --all for every one)");
+    }
+}
+
+/// `jobd retry`'s answer: the ids on stdout (for scripts), what was skipped
+/// and the counts on stderr.
+pub(super) fn print_retry(r: &proto::RetryJobsResponse, dry_run: bool, json: bool) {
+    if json {
+        out!(
+            "{}",
+            json!({
+                "matched": r.matched,
+                "retried": r.retried,
+                "ids": r.ids,
+                "skipped": r.skipped.iter().map(|s| json!({"id": s.id, "reason": s.reason})).collect::<Vec<_>>(),
+                "more": r.more,
+                "dry_run": dry_run,
+            })
+        );
+        return;
+    }
+    for id in &r.ids {
+        out!("{id}");
+    }
+    for s in &r.skipped {
+        eprintln!("skipped {}: {}", s.id, printable(&s.reason, false));
+    }
+    eprintln!(
+        "{} matched, {} {}{}",
+        r.matched,
+        if dry_run { r.matched } else { r.retried },
+        if dry_run {
+            "would be retried (dry run)"
+        } else {
+            "retried"
+        },
+        if r.more {
+            "; more matched: run again"
+        } else {
+            ""
+        }
+    );
+}

@@ -1,0 +1,181 @@
+//! Claims on PostgreSQL. A plain claim locks due rows with `FOR UPDATE
+//! SKIP LOCKED`, so instances never wait on each other's picks. A claim
+//! where some kinds have ordering keys or a rate serializes each such
+//! kind's claims across instances (its bucket row, or an advisory lock),
+//! reads its queue with the key check and updates its bucket, all in the
+//! claim's one transaction.
+
+use super::{pooled, rows, sql, PostgresStore, Tx};
+use crate::job::{add_micros, now_micros, Job};
+use crate::store::limits::{self, Bucket, KindBudget};
+use crate::store::{transition, ClaimOutcome, ClaimRequest, StoreError};
+
+/// A kind's budget for one claim, and how many due jobs its read found.
+type Budget<'k> = (&'k String, KindBudget, usize);
+
+impl PostgresStore {
+    /// Each kind's own queue, up to its free slots; then the best `limit` of
+    /// those by priority and age. Rows read but not taken stay QUEUED (their
+    /// locks end with the transaction).
+    pub(super) async fn claim_plain(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
+        let (kinds, caps): (Vec<&str>, Vec<i64>) = req
+            .kinds
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (k.as_str(), (*n).min(req.limit) as i64))
+            .unzip();
+        if kinds.is_empty() || req.limit == 0 {
+            return Ok(ClaimOutcome::default());
+        }
+        let lease = add_micros(req.now, self.lease_ttl);
+        let jobs = self
+            .transition_selected(&sql::CLAIM, &[&kinds, &caps, &(req.limit as i64)], |j| {
+                transition::claim(j, req.now, req.lease_slack);
+                // The lease is renewed while this instance runs the attempt.
+                j.lease_expires_at = Some(lease);
+                true
+            })
+            .await?;
+        Ok(ClaimOutcome {
+            jobs,
+            rate_limited: Vec::new(),
+        })
+    }
+
+    /// A claim where some kinds have ordering keys or a rate (see the
+    /// module's comment).
+    pub(super) async fn claim_limited(
+        &self,
+        req: &ClaimRequest,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let mut kinds: Vec<(&String, usize)> = req
+            .kinds
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| (k, (*n).min(req.limit)))
+            .collect();
+        // One lock order for every instance: no deadlock between claims.
+        kinds.sort();
+        self.run(async {
+            let mut c = pooled(&self.pool).await?;
+            let tx = c.transaction().await?;
+            let buckets = lock_kinds(&tx, &kinds, req).await?;
+            // Buckets refill up to when the locks were ours (the claim may
+            // have waited for another instance's claim of the same kind).
+            let locked_at = now_micros().max(req.now);
+            let (candidates, budgets) = read_due(&tx, kinds, buckets, req, locked_at).await?;
+            // Starts are stamped after the reads: whatever they saw ended
+            // (a key's previous job) ended before these jobs started.
+            let now = now_micros().max(locked_at);
+            let lease = add_micros(now, self.lease_ttl);
+            let mut jobs = Vec::new();
+            let mut old = Vec::new();
+            for (_, mut j) in limits::pick(candidates, req.limit) {
+                old.push((j.state, j.attempt));
+                transition::claim(&mut j, now, req.lease_slack);
+                j.lease_expires_at = Some(lease);
+                jobs.push(j);
+            }
+            sql::save(&self.w, &tx, &jobs, &old).await?;
+            let rate_limited = settle_buckets(&tx, budgets, &jobs, now).await?;
+            tx.commit().await?;
+            Ok(ClaimOutcome { jobs, rate_limited })
+        })
+        .await
+    }
+}
+
+/// Locks first: each kind's bucket row (answered, for a rated kind), or its
+/// advisory lock (a kind with ordering keys).
+async fn lock_kinds(
+    tx: &Tx<'_>,
+    kinds: &[(&String, usize)],
+    req: &ClaimRequest,
+) -> Result<Vec<Option<Bucket>>, StoreError> {
+    let mut buckets = Vec::with_capacity(kinds.len());
+    for (kind, _) in kinds {
+        let limits = req.limits.get(*kind).copied().unwrap_or_default();
+        buckets.push(match limits.rate {
+            Some(rate) => {
+                let init = tx.prepare_cached(sql::RATE_INIT).await?;
+                tx.execute(&init, &[kind, &f64::from(rate.burst), &req.now])
+                    .await?;
+                let lock = tx.prepare_cached(sql::RATE_LOCK).await?;
+                let row = tx.query_one(&lock, &[kind]).await?;
+                Some(Bucket {
+                    tokens: rows::col(&row, 0)?,
+                    at: rows::col(&row, 1)?,
+                })
+            }
+            None => {
+                if limits.key_concurrency.is_some() {
+                    let lock = tx.prepare_cached(sql::LOCK_KIND).await?;
+                    tx.execute(&lock, &[kind]).await?;
+                }
+                None
+            }
+        });
+    }
+    Ok(buckets)
+}
+
+/// Each kind's due jobs, as many as its budget allows (with the key check
+/// for a kind with ordering keys): the candidates with their priority and
+/// age, and each kind's budget.
+#[allow(clippy::type_complexity)]
+async fn read_due<'k>(
+    tx: &Tx<'_>,
+    kinds: Vec<(&'k String, usize)>,
+    buckets: Vec<Option<Bucket>>,
+    req: &ClaimRequest,
+    locked_at: crate::job::Micros,
+) -> Result<(Vec<(i32, i64, String, Job)>, Vec<Budget<'k>>), StoreError> {
+    let mut candidates = Vec::new();
+    let mut budgets = Vec::new();
+    for ((kind, cap), bucket) in kinds.into_iter().zip(buckets) {
+        let limits = req.limits.get(kind).copied().unwrap_or_default();
+        let b = KindBudget::new(cap, limits, bucket, locked_at);
+        let read = b.to_read() as i64;
+        let found = match limits.key_concurrency {
+            Some(max) => {
+                let st = tx.prepare_cached(&sql::CLAIM_KEYED).await?;
+                tx.query(&st, &[kind, &read, &i64::from(max)]).await?
+            }
+            None => {
+                let st = tx.prepare_cached(&sql::CLAIM_KIND).await?;
+                tx.query(&st, &[kind, &read]).await?
+            }
+        };
+        for r in found.iter().take(b.allowed()) {
+            let job = rows::job(r)?;
+            let seq: i64 = rows::col(r, rows::COLS_LEN)?;
+            candidates.push((job.priority, seq, kind.clone(), job));
+        }
+        budgets.push((kind, b, found.len()));
+    }
+    Ok((candidates, budgets))
+}
+
+/// Saves each rated kind's bucket after what the claim took; answers the
+/// kinds that left jobs waiting for tokens, with when the next one comes.
+async fn settle_buckets(
+    tx: &Tx<'_>,
+    budgets: Vec<Budget<'_>>,
+    jobs: &[Job],
+    now: crate::job::Micros,
+) -> Result<Vec<(String, crate::job::Micros)>, StoreError> {
+    let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
+    let mut rate_limited = Vec::new();
+    for (kind, b, found) in budgets {
+        let got = taken.get(kind).copied().unwrap_or(0);
+        let (bucket, wake) = b.settle(found, got, now);
+        if let Some(bucket) = bucket {
+            let st = tx.prepare_cached(sql::RATE_SAVE).await?;
+            tx.execute(&st, &[kind, &bucket.tokens, &bucket.at]).await?;
+        }
+        if let Some(at) = wake {
+            rate_limited.push((kind.clone(), at));
+        }
+    }
+    Ok(rate_limited)
+}
