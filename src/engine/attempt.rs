@@ -65,7 +65,7 @@ impl Engine {
         // already-cancelled token here: the attempt then stops at once.
         let stop = self.attempt_token(job.id, job.attempt, job.sequence);
         let began = std::time::Instant::now();
-        let span = self.spans.get().map(|s| process_span(s, &job));
+        let span = self.wiring.spans.get().map(|s| process_span(s, &job));
         let ended = self.execute(&job, stop, span.as_ref()).await;
         // In the attempt's span: RUST_LOG=jobd=debug shows why it failed.
         if let Ended::Ran(Err(e)) = &ended {
@@ -120,7 +120,7 @@ impl Engine {
         // this attempt.
         let mut task = tokio::spawn(async move { handler.run(ctx).await });
         let stopped = || {
-            if self.stop_attempts.is_cancelled() {
+            if self.stops.stop_attempts.is_cancelled() {
                 Ended::Drained
             } else {
                 Ended::Cancelled

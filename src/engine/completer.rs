@@ -60,7 +60,7 @@ impl Engine {
     /// caller still holds its worker slot).
     pub(super) async fn complete(&self, job: Job, outcome: Outcome) {
         let now = now_micros();
-        let Ok(permit) = self.pending.clone().acquire_owned().await else {
+        let Ok(permit) = self.completion.pending.clone().acquire_owned().await else {
             return;
         };
         let p = Pending {
@@ -69,7 +69,7 @@ impl Engine {
             now,
             _permit: permit,
         };
-        if self.outcomes.send(p).await.is_err() {
+        if self.completion.outcomes.send(p).await.is_err() {
             // Only after drain gave up on the store: the lease expires or the
             // next start recovers the job, which then runs again.
             tracing::warn!("completion path closed; the outcome is dropped and the job will rerun");
@@ -165,7 +165,7 @@ impl Engine {
     /// after the commit: `counted` false when it changed nothing (stale)
     /// or could not be written (the job will run again).
     fn tell_worker(&self, job: &Job, counted: bool) {
-        if let Some(w) = self.remote.get() {
+        if let Some(w) = self.wiring.remote.get() {
             w.outcome_written(job.id, job.attempt, counted);
         }
     }
@@ -188,11 +188,26 @@ impl Engine {
 
     /// How many outcomes may wait for their commit at once.
     pub fn pending_bound(&self) -> usize {
-        self.pending_bound
+        self.completion.pending_bound
     }
 
     /// Outcomes handed over and not yet committed (or given up on).
     pub fn pending_outcomes(&self) -> usize {
-        self.pending_bound - self.pending.available_permits()
+        self.completion.pending_bound - self.completion.pending.available_permits()
     }
+}
+
+/// The completion path's state: outcomes handed to it and the bound on them.
+pub(super) struct Completion {
+    /// Outcomes handed to the completion path and not yet committed, at most
+    /// [`completer::PENDING_PER_WORKER`] × workers (at least
+    /// [`completer::PENDING_MIN`]): enough for a couple of commits' worth of
+    /// short jobs, while a stalled store holds back the pool instead of
+    /// memory growing. Drain takes every permit back, which
+    /// is how it knows every outcome was written.
+    pub(super) pending: Arc<tokio::sync::Semaphore>,
+    pub(super) pending_bound: usize,
+    /// To the completion path; as large as `pending`, so a sender holding a
+    /// permit never waits on it.
+    pub(super) outcomes: mpsc::Sender<Pending>,
 }

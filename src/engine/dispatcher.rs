@@ -84,7 +84,7 @@ impl Engine {
         // When a rate-limited kind's bucket next holds a token.
         let mut rate_wake: Option<tokio::time::Instant> = None;
         loop {
-            if self.stop_dispatch.is_cancelled() {
+            if self.stops.stop_dispatch.is_cancelled() {
                 break;
             }
             if more && claims.len() < CLAIMS_IN_FLIGHT {
@@ -94,11 +94,12 @@ impl Engine {
                 let least = if claims.is_empty() {
                     1
                 } else {
-                    self.claim_min_batch
+                    self.dispatch.claim_min_batch
                 };
                 let room = self
+                    .dispatch
                     .ahead_bound
-                    .saturating_sub(self.ahead.load(Ordering::Acquire) + ahead_in_flight);
+                    .saturating_sub(self.dispatch.ahead.load(Ordering::Acquire) + ahead_in_flight);
                 if let Some(reserved) = self.reserve(least, room, &predicted) {
                     ahead_in_flight += reserved.ahead_total;
                     claims.spawn(self.clone().claim(reserved));
@@ -108,7 +109,7 @@ impl Engine {
             }
             tokio::select! {
                 biased;
-                _ = self.stop_dispatch.cancelled() => break,
+                _ = self.stops.stop_dispatch.cancelled() => break,
                 Some(r) = claims.join_next(), if !claims.is_empty() => {
                     let Ok(Claimed { reserved, jobs, freed }) = r else { continue };
                     ahead_in_flight -= reserved.ahead_total;
@@ -125,7 +126,7 @@ impl Engine {
                             drop(reserved);
                             tokio::select! {
                                 _ = tokio::time::sleep(CLAIM_ERROR_PAUSE) => {}
-                                _ = self.stop_dispatch.cancelled() => break,
+                                _ = self.stops.stop_dispatch.cancelled() => break,
                             }
                             more = true;
                         }
@@ -213,7 +214,7 @@ impl Engine {
         room: usize,
         predicted: &HashMap<String, usize>,
     ) -> Option<Reserved> {
-        let free = self.workers.available_permits().min(CLAIM_BATCH);
+        let free = self.dispatch.workers.available_permits().min(CLAIM_BATCH);
         let mut extra = room.min(CLAIM_BATCH - free);
         // Ahead of free slots only what the pool frees by itself, and only
         // for local kinds that are not paused: a remote kind's jobs wait for
@@ -234,6 +235,7 @@ impl Engine {
             return None;
         }
         let global = self
+            .dispatch
             .workers
             .clone()
             .try_acquire_many_owned(free as u32)
@@ -335,7 +337,7 @@ impl Engine {
                     if let (Some(k), Some(p)) = (k, reserved.kinds.get_mut(&job.kind)) {
                         p.merge(k);
                     }
-                    self.ahead.fetch_add(1, Ordering::AcqRel);
+                    self.dispatch.ahead.fetch_add(1, Ordering::AcqRel);
                     workers.spawn(self.clone().run_ahead(job));
                 }
             }
@@ -350,14 +352,14 @@ impl Engine {
         let slots = async {
             let kind = self.kinds.get(&job.kind)?.slots.clone();
             let k = kind.acquire_owned().await.ok()?;
-            let g = self.workers.clone().acquire_owned().await.ok()?;
+            let g = self.dispatch.workers.clone().acquire_owned().await.ok()?;
             Some((g, k))
         };
         let got = tokio::select! {
             r = tokio::time::timeout(AHEAD_WAIT, slots) => r.ok().flatten(),
-            _ = self.stop_attempts.cancelled() => None,
+            _ = self.stops.stop_attempts.cancelled() => None,
         };
-        self.ahead.fetch_sub(1, Ordering::AcqRel);
+        self.dispatch.ahead.fetch_sub(1, Ordering::AcqRel);
         match got {
             Some((g, k)) => self.run_attempt(job, g, k).await,
             None => {
@@ -370,4 +372,26 @@ impl Engine {
             }
         }
     }
+}
+
+/// The dispatcher's state: its wake-ups, the worker slots, the hand-over channel and the claims ahead.
+pub(super) struct Dispatch {
+    /// Wake-up hints for the dispatcher, bounded by `queue.dispatch_channel`.
+    /// A full channel means the dispatcher has plenty of reasons to wake
+    /// already, so `try_send` failures are ignored.
+    pub(super) hints: mpsc::Sender<()>,
+    /// Global bound on running jobs (`queue.workers`).
+    pub(super) workers: Arc<tokio::sync::Semaphore>,
+    /// Jobs started at submit, to the dispatcher's worker set (see
+    /// [`handover`]); one place per worker, as each holds a worker slot.
+    pub(super) handed: mpsc::Sender<super::handover::Handed>,
+    /// Jobs claimed ahead of free slots and waiting for one (see the
+    /// dispatcher), and their bound: [`dispatcher::AHEAD_PER_WORKER`] ×
+    /// workers (at least [`dispatcher::AHEAD_MIN`]), so a wrong guess holds
+    /// only so many jobs back.
+    pub(super) ahead: std::sync::atomic::AtomicUsize,
+    pub(super) ahead_bound: usize,
+    /// Free workers a claim needs while another is in flight (see the
+    /// dispatcher): 1, or a quarter of the pool for shared stores.
+    pub(super) claim_min_batch: usize,
 }

@@ -34,7 +34,7 @@ impl Engine {
     /// Holds a free slot for each job that may start in its insert's commit
     /// and marks it so (`NewJob::start`); `None` for the others.
     pub(super) fn hold_slots(&self, jobs: &mut [NewJob]) -> Vec<Option<Slots>> {
-        if self.shared {
+        if self.settings.shared {
             return Vec::new();
         }
         let slack = self.lease_slack();
@@ -47,7 +47,7 @@ impl Engine {
                 if self.is_paused(&j.kind) {
                     return None;
                 }
-                let global = self.workers.clone().try_acquire_owned().ok()?;
+                let global = self.dispatch.workers.clone().try_acquire_owned().ok()?;
                 let kind = k.slots.clone().try_acquire_owned().ok()?;
                 j.start = Some(slack);
                 Some(Slots { global, kind })
@@ -71,7 +71,7 @@ impl Engine {
         };
         // Each message holds a worker slot, so the channel (one place per
         // worker) is never full; it is closed once the dispatcher stopped.
-        if let Err(e) = self.handed.try_send(handed) {
+        if let Err(e) = self.dispatch.handed.try_send(handed) {
             let Handed { job, .. } = e.into_inner();
             let reason = format!(
                 "attempt {} was submitted as the daemon stopped and was given back; not counted",

@@ -13,12 +13,15 @@ mod dispatcher;
 mod feed;
 mod handover;
 mod ops;
+mod parts;
 pub mod retry;
 mod scheduler;
 mod sweeper;
 
 pub use scheduler::ScheduleStatus;
 mod attempt;
+
+use parts::{Attempts, Intake, Settings, Stops, Wiring};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -94,84 +97,34 @@ pub struct Engine {
     limits: HashMap<String, crate::store::KindLimits>,
     registry: Registry,
     events: Arc<Events>,
-    max_backlog: u64,
-    /// Wake-up hints for the dispatcher, bounded by `queue.dispatch_channel`.
-    /// A full channel means the dispatcher has plenty of reasons to wake
-    /// already, so `try_send` failures are ignored.
-    hints: mpsc::Sender<()>,
     /// Wakes the sweeper early when a new timer (delay, retry) may be sooner
     /// than the one it sleeps for.
     sweeper_wake: Notify,
-    /// Global bound on running jobs (`queue.workers`).
-    workers: Arc<Semaphore>,
-    /// Jobs started at submit, to the dispatcher's worker set (see
-    /// [`handover`]); one place per worker, as each holds a worker slot.
-    handed: mpsc::Sender<handover::Handed>,
-    /// The longest `stop_grace` of any kind (kinds are fixed at start; read
-    /// on every claim and submit).
-    max_stop_grace: Duration,
-    /// Outcomes handed to the completion path and not yet committed, at most
-    /// [`completer::PENDING_PER_WORKER`] × workers (at least
-    /// [`completer::PENDING_MIN`]): enough for a couple of commits' worth of
-    /// short jobs, while a stalled store holds back the pool instead of
-    /// memory growing. Drain takes every permit back, which
-    /// is how it knows every outcome was written.
-    pending: Arc<Semaphore>,
-    pending_bound: usize,
-    /// Jobs claimed ahead of free slots and waiting for one (see the
-    /// dispatcher), and their bound: [`dispatcher::AHEAD_PER_WORKER`] ×
-    /// workers (at least [`dispatcher::AHEAD_MIN`]), so a wrong guess holds
-    /// only so many jobs back.
-    ahead: AtomicUsize,
-    ahead_bound: usize,
-    /// To the completion path; as large as `pending`, so a sender holding a
-    /// permit never waits on it.
-    outcomes: mpsc::Sender<completer::Pending>,
-    /// Stop tokens of running attempts, to signal a cancel.
-    /// Keyed by job and attempt, so an old attempt never removes a newer
-    /// one's token.
-    running: Mutex<HashMap<(Uuid, u32), RunningAttempt>>,
-    accepting: AtomicBool,
-    /// The store's free-space reserve (`store.min_free`; SQLite only):
-    /// below it submits are refused and health is NOT_SERVING, while
-    /// outcomes and the rest are still written.
-    disk: Option<Arc<crate::disk_reserve::DiskGuard>>,
-    /// Set when the store refused a write as unavailable (a full disk):
-    /// health goes NOT_SERVING until a probe write succeeds (see
-    /// `server::follow_store_health`).
-    write_failing: AtomicBool,
-    /// Stops the dispatcher and sweeper loops (drain step 3).
-    stop_dispatch: CancellationToken,
-    /// Stops every running attempt; they go back to QUEUED (drain step 4).
-    stop_attempts: CancellationToken,
-    /// Stops lease renewal, once drain has no attempt left running.
-    stop_heartbeat: CancellationToken,
-    /// Several instances share the store (read once: it decides paths taken
-    /// per job).
-    shared: bool,
-    /// Free workers a claim needs while another is in flight (see the
-    /// dispatcher): 1, or a quarter of the pool for shared stores.
-    claim_min_batch: usize,
-    /// Shared stores: see [`feed::LateNotices`].
-    late_notices: Mutex<feed::LateNotices>,
-    retention: Duration,
     metrics: Arc<Metrics>,
     /// Kinds an operator paused: the dispatcher gives them no slots. Read
     /// from the store at start (and every sweep on a shared store).
     paused: Mutex<std::collections::HashSet<String>>,
-    /// Cron schedules (`[[schedules]]`), run by the scheduler task.
-    schedules: Vec<crate::config::Schedule>,
-    /// Worker sessions for remote kinds (set once at start).
-    remote: std::sync::OnceLock<Arc<crate::handlers::remote::Workers>>,
-    /// Span export, when `[tracing] otlp_endpoint` is set.
-    spans: std::sync::OnceLock<crate::otel::Spans>,
+    /// Outcomes on their way to the store (owned by the completion path).
+    completion: completer::Completion,
+    /// Worker slots, wake-ups and claims ahead (owned by the dispatcher).
+    dispatch: dispatcher::Dispatch,
+    /// The drain's stop signals.
+    stops: Stops,
+    /// Whether new jobs are taken: drain, a store refusing writes, disk.
+    intake: Intake,
+    /// The attempts running here, for cancel and drain.
+    attempts: Attempts,
+    /// Set once after start: worker sessions and span export.
+    wiring: Wiring,
+    /// Fixed at start and read per job.
+    settings: Settings,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("shared", &self.shared)
-            .field("max_backlog", &self.max_backlog)
+            .field("shared", &self.settings.shared)
+            .field("max_backlog", &self.intake.max_backlog)
             .finish_non_exhaustive()
     }
 }
@@ -274,49 +227,63 @@ impl Engine {
             kinds: kind_table(kinds),
             registry,
             events: Events::new(config.queue.max_watchers),
-            max_backlog: config.queue.max_backlog,
-            hints,
             sweeper_wake: Notify::new(),
-            workers: Arc::new(Semaphore::new(config.queue.workers)),
-            handed,
-            max_stop_grace,
-            pending: Arc::new(Semaphore::new(pending_bound)),
-            pending_bound,
-            outcomes,
-            ahead: AtomicUsize::new(0),
-            // Shared stores renew leases only of attempts running here
-            // (a lease may be as short as 1 s), and a job waiting for a slot
-            // is not running yet: no claims ahead there.
-            ahead_bound: if shared {
-                0
-            } else {
-                (dispatcher::AHEAD_PER_WORKER * config.queue.workers).max(dispatcher::AHEAD_MIN)
-            },
-            running: Mutex::new(HashMap::new()),
-            accepting: AtomicBool::new(true),
-            write_failing: AtomicBool::new(false),
-            disk: crate::disk_reserve::DiskGuard::for_config(config),
-            stop_dispatch: CancellationToken::new(),
-            stop_attempts: CancellationToken::new(),
-            stop_heartbeat: CancellationToken::new(),
-            late_notices: Mutex::default(),
-            shared,
-            claim_min_batch: if shared {
-                (config.queue.workers / 4).max(1)
-            } else {
-                1
-            },
-            retention: config.retention.finished,
             metrics,
             paused: Mutex::new(paused.into_iter().collect()),
-            remote: std::sync::OnceLock::new(),
-            spans: std::sync::OnceLock::new(),
-            // `validate` checked them before start; a config that was not
-            // validated runs without schedules rather than failing here.
-            schedules: config.schedules().unwrap_or_else(|e| {
-                tracing::error!(error = %e, "schedules not started");
-                Vec::new()
-            }),
+            completion: completer::Completion {
+                pending: Arc::new(Semaphore::new(pending_bound)),
+                pending_bound,
+                outcomes,
+            },
+            dispatch: dispatcher::Dispatch {
+                hints,
+                workers: Arc::new(Semaphore::new(config.queue.workers)),
+                handed,
+                ahead: AtomicUsize::new(0),
+                // Shared stores renew leases only of attempts running here
+                // (a lease may be as short as 1 s), and a job waiting for a
+                // slot is not running yet: no claims ahead there.
+                ahead_bound: if shared {
+                    0
+                } else {
+                    (dispatcher::AHEAD_PER_WORKER * config.queue.workers).max(dispatcher::AHEAD_MIN)
+                },
+                claim_min_batch: if shared {
+                    (config.queue.workers / 4).max(1)
+                } else {
+                    1
+                },
+            },
+            stops: Stops {
+                stop_dispatch: CancellationToken::new(),
+                stop_attempts: CancellationToken::new(),
+                stop_heartbeat: CancellationToken::new(),
+            },
+            intake: Intake {
+                accepting: AtomicBool::new(true),
+                write_failing: AtomicBool::new(false),
+                disk: crate::disk_reserve::DiskGuard::for_config(config),
+                max_backlog: config.queue.max_backlog,
+            },
+            attempts: Attempts {
+                running: Mutex::new(HashMap::new()),
+                late_notices: Mutex::default(),
+                max_stop_grace,
+            },
+            wiring: Wiring {
+                remote: std::sync::OnceLock::new(),
+                spans: std::sync::OnceLock::new(),
+            },
+            settings: Settings {
+                shared,
+                retention: config.retention.finished,
+                // `validate` checked them before start; a config that was
+                // not validated runs without schedules rather than failing.
+                schedules: config.schedules().unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "schedules not started");
+                    Vec::new()
+                }),
+            },
         });
         let tasks = engine.clone().spawn_tasks(hint_rx, handed_rx, outcome_rx);
         (engine, tasks)
@@ -338,6 +305,7 @@ impl Engine {
             tokio::spawn(engine.clone().feed_loop(feed))
         });
         let heartbeat = engine
+            .settings
             .shared
             .then(|| tokio::spawn(engine.clone().heartbeat_loop()));
         EngineTasks {
@@ -367,51 +335,53 @@ impl Engine {
     }
 
     pub fn max_backlog(&self) -> u64 {
-        self.max_backlog
+        self.intake.max_backlog
     }
 
     /// Why submits are refused for disk space, if they are.
     pub fn disk_low(&self) -> Option<String> {
-        self.disk.as_ref().and_then(|d| d.low())
+        self.intake.disk.as_ref().and_then(|d| d.low())
     }
 
     /// The disk reserve's guard, for its background reads.
     pub fn disk(&self) -> Option<&Arc<crate::disk_reserve::DiskGuard>> {
-        self.disk.as_ref()
+        self.intake.disk.as_ref()
     }
 
     /// Whether the store refused a write since the last successful probe.
     pub fn write_failing(&self) -> bool {
-        self.write_failing.load(Ordering::Acquire)
+        self.intake.write_failing.load(Ordering::Acquire)
     }
 
     /// A probe write went through: the store takes writes again.
     pub fn write_recovered(&self) {
-        self.write_failing.store(false, Ordering::Release);
+        self.intake.write_failing.store(false, Ordering::Release);
     }
 
     pub fn is_accepting(&self) -> bool {
-        self.accepting.load(Ordering::Acquire)
+        self.intake.accepting.load(Ordering::Acquire)
     }
 
     /// Each attempt gets a `process {kind}` span from now on.
     pub fn use_spans(&self, spans: crate::otel::Spans) {
-        let _ = self.spans.set(spans);
+        let _ = self.wiring.spans.set(spans);
     }
 
     /// Remote kinds' jobs go to these worker sessions: claims of a remote
     /// kind are capped by the room its sessions have, and a session that
     /// comes or frees a place wakes the dispatcher.
     pub fn use_workers(&self, workers: Arc<crate::handlers::remote::Workers>) {
-        workers.connect_engine(self.hints.clone(), self.metrics.clone());
-        let _ = self.remote.set(workers);
+        workers.connect_engine(self.dispatch.hints.clone(), self.metrics.clone());
+        let _ = self.wiring.remote.set(workers);
     }
 
     /// How many more attempts of remote kind `k` (named `name`) may be
     /// claimed now: the places of the sessions serving it less the attempts
     /// of it already running (claimed, not yet reported).
     pub(super) fn remote_room(&self, name: &str, k: &Kind) -> usize {
-        let Some(w) = self.remote.get() else { return 0 };
+        let Some(w) = self.wiring.remote.get() else {
+            return 0;
+        };
         let running = k.settings.concurrency - k.slots.available_permits();
         w.capacity(name).saturating_sub(running)
     }
@@ -424,7 +394,7 @@ impl Engine {
             self.metrics.reject("draining");
             return Err(EngineError::Draining);
         }
-        if let Some(d) = &self.disk {
+        if let Some(d) = &self.intake.disk {
             let bytes = jobs.iter().map(|j| j.payload.len() as u64).sum();
             if let Err(why) = d.admit(bytes) {
                 self.metrics.reject("disk_reserve");
@@ -435,13 +405,13 @@ impl Engine {
             .iter()
             .any(|j| j.run_at.is_some_and(|t| t > j.created_at));
         let mut held = self.hold_slots(&mut jobs).into_iter();
-        let out = match self.store.insert(jobs, self.max_backlog).await {
+        let out = match self.store.insert(jobs, self.intake.max_backlog).await {
             Ok(out) => out,
             Err(e) => {
                 self.metrics.reject("store_unavailable");
                 if matches!(e, StoreError::Unavailable(_)) {
-                    self.write_failing.store(true, Ordering::Release);
-                    if let Some(d) = &self.disk {
+                    self.intake.write_failing.store(true, Ordering::Release);
+                    if let Some(d) = &self.intake.disk {
                         d.write_refused();
                     }
                 }
@@ -534,7 +504,7 @@ impl Engine {
             if *prev == JobState::Running {
                 // The worker may not have started yet: the token is made
                 // here then, already cancelled, and the worker picks it up.
-                if self.shared {
+                if self.settings.shared {
                     // It may run on another instance: only stop an attempt
                     // here (the others learn of it through the store).
                     let running = self.lock_running();
@@ -559,13 +529,13 @@ impl Engine {
     /// Stops renewing leases without a drain (the server failed): attempts
     /// still running here lose their jobs to other instances after the lease.
     pub fn stop_lease_renewal(&self) {
-        self.stop_heartbeat.cancel();
+        self.stops.stop_heartbeat.cancel();
     }
 
     /// Drain step 3: refuse new jobs, stop claiming.
     pub fn stop_accepting(&self) {
-        self.accepting.store(false, Ordering::Release);
-        self.stop_dispatch.cancel();
+        self.intake.accepting.store(false, Ordering::Release);
+        self.stops.stop_dispatch.cancel();
     }
 
     /// Drain step 4: waits up to `timeout` for running attempts, then stops
@@ -594,7 +564,7 @@ impl Engine {
         let _completer = AbortOnDrop(completer.abort_handle());
         let _feed = feed.map(|t| t.abort_handle()).map(AbortOnDrop);
         // Leases are renewed until every attempt has ended, however drain ends.
-        let _heartbeat = self.stop_heartbeat.clone().drop_guard();
+        let _heartbeat = self.stops.stop_heartbeat.clone().drop_guard();
         let _heartbeat_task = heartbeat.map(|t| t.abort_handle()).map(AbortOnDrop);
         // Both loops stop at once unless a store call hangs; a second
         // signal does not wait for that.
@@ -635,7 +605,7 @@ impl Engine {
                 running = stopped,
                 "drain timeout reached; stopping running jobs, they go back to the queue"
             );
-            self.stop_attempts.cancel();
+            self.stops.stop_attempts.cancel();
             let wait_all = async { while workers.join_next().await.is_some() {} };
             tokio::select! {
                 r = tokio::time::timeout(self.max_stop_grace() + Duration::from_secs(1), wait_all) => {
@@ -665,7 +635,7 @@ impl Engine {
         workers: Option<tokio::task::JoinSet<()>>,
         deadline: tokio::time::Instant,
     ) -> usize {
-        self.stop_attempts.cancel();
+        self.stops.stop_attempts.cancel();
         let Some(mut workers) = workers else {
             return 0;
         };
@@ -678,8 +648,8 @@ impl Engine {
             );
         }
         workers.abort_all();
-        let all = self.pending_bound as u32;
-        if tokio::time::timeout_at(deadline, self.pending.acquire_many(all))
+        let all = self.completion.pending_bound as u32;
+        if tokio::time::timeout_at(deadline, self.completion.pending.acquire_many(all))
             .await
             .is_err()
         {
@@ -695,9 +665,9 @@ impl Engine {
     /// it, at most [`FLUSH_TIMEOUT`] (the store retries each group a few
     /// times, then gives up on it) or until `force`.
     async fn flush_outcomes(&self, force: &CancellationToken) {
-        let all = self.pending_bound as u32;
+        let all = self.completion.pending_bound as u32;
         tokio::select! {
-            r = tokio::time::timeout(FLUSH_TIMEOUT, self.pending.acquire_many(all)) => {
+            r = tokio::time::timeout(FLUSH_TIMEOUT, self.completion.pending.acquire_many(all)) => {
                 if r.is_err() {
                     tracing::error!(
                         pending = self.pending_outcomes(),
@@ -711,14 +681,14 @@ impl Engine {
 
     /// The longest any kind's handler may take to stop.
     pub(super) fn max_stop_grace(&self) -> Duration {
-        self.max_stop_grace
+        self.attempts.max_stop_grace
     }
 
     /// What a lease adds to a job's timeout: it must outlast the timeout and
     /// the handler's stop grace, or the sweeper could requeue a job whose
     /// attempt still runs. Used by every claim and every start at submit.
     pub(super) fn lease_slack(&self) -> Duration {
-        LEASE_SLACK + self.max_stop_grace
+        LEASE_SLACK + self.attempts.max_stop_grace
     }
 
     /// "One write, one event", the one transition path: after the store
@@ -733,16 +703,16 @@ impl Engine {
     /// Jobs claimed ahead of free slots, waiting for one (RUNNING in the
     /// store, their handlers not started).
     pub fn claimed_ahead(&self) -> usize {
-        self.ahead.load(Ordering::Acquire)
+        self.dispatch.ahead.load(Ordering::Acquire)
     }
 
     fn hint(&self) {
-        let _ = self.hints.try_send(());
+        let _ = self.dispatch.hints.try_send(());
     }
 
     /// Hint channel depth, for metrics.
     pub fn hint_depth(&self) -> usize {
-        self.hints.max_capacity() - self.hints.capacity()
+        self.dispatch.hints.max_capacity() - self.dispatch.hints.capacity()
     }
 
     /// The stop token of an attempt (created on first use; a child of the
@@ -752,12 +722,15 @@ impl Engine {
         let r = running
             .entry((id, attempt))
             .or_insert_with(|| RunningAttempt {
-                stop: self.stop_attempts.child_token(),
+                stop: self.stops.stop_attempts.child_token(),
                 claimed_at_sequence: 0,
             });
         r.claimed_at_sequence = r.claimed_at_sequence.max(sequence);
         // Checked under the `running` lock, as the feed records them.
-        if self.shared && sequence > 0 && self.lock_late_notices().moved_since(&id, sequence) {
+        if self.settings.shared
+            && sequence > 0
+            && self.lock_late_notices().moved_since(&id, sequence)
+        {
             tracing::info!(job = %id, attempt, "job changed on another instance before its attempt started; stopping it");
             r.stop.cancel();
         }
@@ -765,10 +738,16 @@ impl Engine {
     }
 
     fn lock_late_notices(&self) -> std::sync::MutexGuard<'_, feed::LateNotices> {
-        self.late_notices.lock().unwrap_or_else(|p| p.into_inner())
+        self.attempts
+            .late_notices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, u32), RunningAttempt>> {
-        self.running.lock().unwrap_or_else(|p| p.into_inner())
+        self.attempts
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 }

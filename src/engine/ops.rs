@@ -83,7 +83,7 @@ impl Engine {
     pub async fn retry(&self, ids: &[Uuid]) -> Result<Vec<RetryOutcome>, EngineError> {
         let out = self
             .store
-            .retry(ids, now_micros(), self.max_backlog)
+            .retry(ids, now_micros(), self.intake.max_backlog)
             .await?;
         let mut any = false;
         for o in &out {

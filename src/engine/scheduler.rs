@@ -48,7 +48,7 @@ pub struct ScheduleStatus {
 
 impl Engine {
     pub(super) async fn schedule_loop(self: Arc<Self>) {
-        if self.schedules.is_empty() {
+        if self.settings.schedules.is_empty() {
             return;
         }
         let mut rows_ready = false;
@@ -62,7 +62,7 @@ impl Engine {
                 Ok(rows) => {
                     let rows: BTreeMap<_, _> =
                         rows.into_iter().map(|r| (r.id.clone(), r)).collect();
-                    for s in self.schedules.iter() {
+                    for s in self.settings.schedules.iter() {
                         let Some(row) = rows.get(&s.id) else { continue };
                         let next = if row.next_fire_at <= now {
                             self.fire_due(s, row, now).await
@@ -76,7 +76,7 @@ impl Engine {
             }
             let wait = Duration::from_micros(wake.saturating_sub(now_micros()).max(0) as u64);
             tokio::select! {
-                _ = self.stop_dispatch.cancelled() => return,
+                _ = self.stops.stop_dispatch.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -85,7 +85,7 @@ impl Engine {
     /// Adds missing rows with the first fire after now. False if the store
     /// failed (tried again next round).
     async fn init_schedules(&self, now: Micros) -> bool {
-        for s in self.schedules.iter() {
+        for s in self.settings.schedules.iter() {
             let first = s.next_after(now).unwrap_or(NEVER);
             if let Err(e) = self.store.init_schedule(&s.id, first).await {
                 tracing::warn!(schedule = s.id, error = %e, "storing schedule failed");
@@ -221,7 +221,7 @@ impl Engine {
             Some(InsertOutcome::Deduplicated(j)) => j,
             Some(InsertOutcome::BacklogFull) => {
                 return Err(EngineError::BacklogFull {
-                    max: self.max_backlog,
+                    max: self.intake.max_backlog,
                 })
             }
             Some(InsertOutcome::Conflict { existing_id }) => {
@@ -238,7 +238,8 @@ impl Engine {
     }
 
     fn schedule(&self, id: &str) -> Result<&Schedule, EngineError> {
-        self.schedules
+        self.settings
+            .schedules
             .iter()
             .find(|s| s.id == id)
             .ok_or_else(|| EngineError::UnknownSchedule(id.to_string()))
@@ -255,6 +256,7 @@ impl Engine {
             .collect();
         let now = now_micros();
         Ok(self
+            .settings
             .schedules
             .iter()
             .map(|s| {

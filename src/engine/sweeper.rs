@@ -30,7 +30,7 @@ impl Engine {
         let mut next_gauges = now_micros();
         loop {
             let now = now_micros();
-            if self.shared {
+            if self.settings.shared {
                 // Another instance may have paused or resumed a kind.
                 self.refresh_paused().await;
             }
@@ -40,7 +40,7 @@ impl Engine {
                 next_prune = add_micros(now, PRUNE_EVERY);
             }
             if now >= next_gauges {
-                if self.shared {
+                if self.settings.shared {
                     self.refresh_gauges().await;
                 }
                 self.refresh_keys_waiting().await;
@@ -53,7 +53,7 @@ impl Engine {
             let wait =
                 Duration::from_micros(sleep_until.saturating_sub(now_micros()).max(0) as u64);
             tokio::select! {
-                _ = self.stop_dispatch.cancelled() => return,
+                _ = self.stops.stop_dispatch.cancelled() => return,
                 _ = self.sweeper_wake.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
             }
@@ -118,7 +118,7 @@ impl Engine {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(super::HEARTBEAT_EVERY) => {}
-                _ = self.stop_heartbeat.cancelled() => return,
+                _ = self.stops.stop_heartbeat.cancelled() => return,
             }
             let running: Vec<(uuid::Uuid, u32)> = self.lock_running().keys().copied().collect();
             let ids: Vec<uuid::Uuid> = running.iter().map(|(id, _)| *id).collect();
@@ -190,7 +190,8 @@ impl Engine {
     }
 
     async fn prune(&self, now: Micros) {
-        let before = now.saturating_sub(self.retention.as_micros().min(i64::MAX as u128) as i64);
+        let before =
+            now.saturating_sub(self.settings.retention.as_micros().min(i64::MAX as u128) as i64);
         loop {
             match self.store.prune(before, SWEEP_BATCH).await {
                 Ok(n) if n as usize == SWEEP_BATCH => tokio::task::yield_now().await,
