@@ -137,6 +137,30 @@ pub struct Job {
     pub ordering_key: Option<String>,
     /// The submitter's W3C trace context, handed to every attempt.
     pub trace: Option<TraceContext>,
+    /// How far it got, as its worker last reported; kept after it ends.
+    pub progress: Option<Progress>,
+}
+
+/// How far a running job got (a worker's `Progress`). Written only for the
+/// attempt that holds the job; each stored value is an event (the
+/// sequence moves, the state does not).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// 0..=100.
+    pub percent: u32,
+    pub message: String,
+    pub details: Bytes,
+    pub updated_at: Micros,
+}
+
+/// One line of a job's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// Increasing per job.
+    pub seq: u64,
+    pub attempt: u32,
+    pub at: Micros,
+    pub text: String,
 }
 
 /// W3C trace context (`traceparent`, `tracestate`) a submitter sent, kept
@@ -254,6 +278,7 @@ impl NewJob {
             ready_at: None,
             ordering_key: self.ordering_key,
             trace: self.trace,
+            progress: None,
         }
     }
 }

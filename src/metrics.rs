@@ -41,6 +41,7 @@ pub struct Metrics {
     schedule_missed: Family<Labels, Counter>,
     worker_sessions: Family<Labels, Gauge>,
     worker_assigned: Family<Labels, Counter>,
+    log_lines: Family<Labels, Counter>,
     worker_lost: Counter,
     worker_stale_reports: Counter,
     run_seconds: HistFamily,
@@ -92,6 +93,7 @@ impl Metrics {
             schedule_missed: Family::default(),
             worker_sessions: Family::default(),
             worker_assigned: Family::default(),
+            log_lines: Family::default(),
             worker_lost: Counter::default(),
             worker_stale_reports: Counter::default(),
             run_seconds: hist(),
@@ -213,6 +215,11 @@ impl Metrics {
             self.worker_assigned.clone(),
         );
         r.register(
+            "job_log_lines",
+            "Log lines stored for jobs (workers' Log messages), per kind",
+            self.log_lines.clone(),
+        );
+        r.register(
             "worker_lost",
             "Remote worker sessions lost (silent for 3 heartbeat intervals, or their stream broke)",
             self.worker_lost.clone(),
@@ -298,6 +305,7 @@ impl Metrics {
             &self.deduplicated,
             &self.rate_limited,
             &self.worker_assigned,
+            &self.log_lines,
         ] {
             let _ = c.get_or_create(&k);
         }
@@ -373,6 +381,11 @@ impl Metrics {
         for k in kinds {
             self.worker_sessions.get_or_create(&kind(k)).inc_by(delta);
         }
+    }
+
+    /// Log lines stored for jobs of the kind.
+    pub fn log_lines(&self, kind_name: &str, n: u64) {
+        self.log_lines.get_or_create(&kind(kind_name)).inc_by(n);
     }
 
     pub fn worker_assigned(&self, kind_name: &str) {

@@ -64,6 +64,22 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
             .as_ref()
             .map(|t| t.traceparent.clone())
             .unwrap_or_default(),
+        progress: j.progress.as_ref().map(|p| proto::JobProgress {
+            percent: p.percent,
+            message: p.message.clone(),
+            details: p.details.to_vec(),
+            updated_at: Some(timestamp(p.updated_at)),
+        }),
+    }
+}
+
+/// One log line as the API returns it.
+pub fn log_line_to_proto(l: &crate::job::LogLine) -> proto::LogLine {
+    proto::LogLine {
+        seq: l.seq,
+        attempt: l.attempt,
+        time: Some(timestamp(l.at)),
+        text: l.text.clone(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod error;
+pub mod logs;
 pub mod operations;
 pub mod places;
 pub mod validate;
@@ -279,6 +280,22 @@ impl JobService for JobApi {
             })
             .collect();
         Ok(Response::new(proto::SubmitBatchResponse { results }))
+    }
+
+    async fn get_logs(
+        &self,
+        request: Request<proto::GetLogsRequest>,
+    ) -> Result<Response<proto::GetLogsResponse>, Status> {
+        logs::get(self, request).await
+    }
+
+    type WatchLogsStream = logs::LogStream;
+
+    async fn watch_logs(
+        &self,
+        request: Request<proto::WatchLogsRequest>,
+    ) -> Result<Response<logs::LogStream>, Status> {
+        logs::watch(self, request).await
     }
 
     async fn get_status(

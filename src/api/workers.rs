@@ -33,6 +33,15 @@ pub const MAX_WORKER_ID_BYTES: usize = 256;
 pub const MAX_WORKER_KINDS: usize = 64;
 /// Longest error text kept from a `Fail` (the job's `last_error`).
 pub const MAX_FAIL_ERROR_BYTES: usize = 4096;
+/// Longest `Progress.message`, in bytes.
+pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 256;
+/// Longest `Progress.details`, in bytes.
+pub const MAX_PROGRESS_DETAILS_BYTES: usize = 4096;
+/// Most lines in one `Log` message.
+pub const MAX_LOG_LINES_PER_MESSAGE: usize = 1000;
+/// Longest log line, in bytes.
+pub const MAX_LOG_LINE_BYTES: usize = 4096;
+
 /// Longest `Fail.retry_after` honoured (as the http handler caps
 /// Retry-After): a worker cannot park a job for years.
 pub use crate::handlers::MAX_RETRY_AFTER;
@@ -169,6 +178,66 @@ fn report(msg: worker_message::Msg) -> Option<(String, u32, Result<Output, Handl
     }
 }
 
+/// A worker's `Progress` or `Log`: checked against the bounds (a message
+/// past one ends the stream with INVALID_ARGUMENT), then stored for the
+/// attempt if this session holds it (otherwise it changes nothing).
+async fn long_running(
+    engine: &Arc<Engine>,
+    workers: &Workers,
+    session: u64,
+    msg: worker_message::Msg,
+) -> Result<(), Status> {
+    match msg {
+        worker_message::Msg::Progress(p) => {
+            if p.percent > 100 {
+                return Err(ApiError::invalid("progress.percent", "0 to 100").into());
+            }
+            if p.message.len() > MAX_PROGRESS_MESSAGE_BYTES {
+                let m = format!("at most {MAX_PROGRESS_MESSAGE_BYTES} bytes");
+                return Err(ApiError::invalid("progress.message", m).into());
+            }
+            if p.details.len() > MAX_PROGRESS_DETAILS_BYTES {
+                let m = format!("at most {MAX_PROGRESS_DETAILS_BYTES} bytes");
+                return Err(ApiError::invalid("progress.details", m).into());
+            }
+            let Some(id) = held(workers, session, &p.job_id, p.attempt) else {
+                return Ok(());
+            };
+            let progress = crate::job::Progress {
+                percent: p.percent,
+                message: p.message,
+                details: p.details.into(),
+                updated_at: 0,
+            };
+            engine.progress(id, p.attempt, progress);
+        }
+        worker_message::Msg::Log(l) => {
+            if l.lines.len() > MAX_LOG_LINES_PER_MESSAGE {
+                let m = format!("at most {MAX_LOG_LINES_PER_MESSAGE} lines a message");
+                return Err(ApiError::invalid("log.lines", m).into());
+            }
+            if let Some(i) = l.lines.iter().position(|x| x.len() > MAX_LOG_LINE_BYTES) {
+                let m = format!("at most {MAX_LOG_LINE_BYTES} bytes a line");
+                return Err(ApiError::invalid(format!("log.lines[{i}]"), m).into());
+            }
+            let Some(id) = held(workers, session, &l.job_id, l.attempt) else {
+                return Ok(());
+            };
+            if let Err(e) = engine.append_logs(id, l.attempt, l.lines).await {
+                tracing::debug!(job = %id, error = %e, "log lines not written");
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// The job id of `(job_id, attempt)` if this session holds that attempt.
+fn held(workers: &Workers, session: u64, job_id: &str, attempt: u32) -> Option<Uuid> {
+    let id = Uuid::try_parse(job_id).ok()?;
+    workers.holds(session, id, attempt).then_some(id)
+}
+
 /// Longest an ack waits for its outcome's commit (the completion path
 /// gives up on a group well before); then it says stale.
 const ACK_WAIT: Duration = Duration::from_secs(60);
@@ -198,6 +267,7 @@ const STALL: Duration = Duration::from_secs(1);
 /// life forward by the delay, and a session found silent is looked at
 /// once more after its queued input had a chance to be read.
 async fn serve_session(
+    engine: &Arc<Engine>,
     workers: &Workers,
     session: u64,
     mut inbound: Streaming<proto::WorkerMessage>,
@@ -260,6 +330,16 @@ async fn serve_session(
         }
         if let worker_message::Msg::Hello(_) = msg {
             // A second hello changes nothing; the session stays as opened.
+            continue;
+        }
+        if matches!(
+            msg,
+            worker_message::Msg::Progress(_) | worker_message::Msg::Log(_)
+        ) {
+            if let Err(status) = long_running(engine, workers, session, msg).await {
+                let _ = outbox.try_send(Err(status));
+                return true;
+            }
             continue;
         }
         let Some((job_id, attempt, outcome)) = report(msg) else {
@@ -354,9 +434,10 @@ impl WorkerService for WorkerApi {
             .map_err(|e| ApiError::TooManySessions { max: e.max })?;
         tracing::info!(session, worker = %worker_id, max_in_flight, "worker connected");
         let (workers, stop) = (self.workers.clone(), self.streams_stop.clone());
+        let engine = self.engine.clone();
         tokio::spawn(async move {
             let _client_place = client_place;
-            let lost = serve_session(&workers, session, inbound, seen, &tx, &stop).await;
+            let lost = serve_session(&engine, &workers, session, inbound, seen, &tx, &stop).await;
             workers.close(session, lost);
             if stop.is_cancelled() {
                 let _ = tx.try_send(Err(Status::unavailable("jobd is shutting down")));

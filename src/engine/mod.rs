@@ -14,6 +14,7 @@ mod feed;
 mod handover;
 mod ops;
 mod parts;
+pub mod progress;
 pub mod retry;
 mod scheduler;
 mod sweeper;
@@ -266,6 +267,7 @@ impl Engine {
                 max_backlog: config.queue.max_backlog,
             },
             attempts: Attempts {
+                progress: Default::default(),
                 running: Mutex::new(HashMap::new()),
                 late_notices: Mutex::default(),
                 max_stop_grace,

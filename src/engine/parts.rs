@@ -40,6 +40,8 @@ pub(super) struct Intake {
 
 /// The attempts running here.
 pub(super) struct Attempts {
+    /// Workers' progress, coalesced per job.
+    pub(super) progress: super::progress::ProgressGates,
     /// Stop tokens of running attempts, to signal a cancel.
     /// Keyed by job and attempt, so an old attempt never removes a newer
     /// one's token.

@@ -350,6 +350,13 @@ impl Workers {
         rx
     }
 
+    /// Whether `session` holds `(job, attempt)` (assigned, not reported).
+    pub fn holds(&self, session: u64, job: Uuid, attempt: u32) -> bool {
+        self.lock()
+            .get(&session)
+            .is_some_and(|s| s.in_flight.contains_key(&(job, attempt)))
+    }
+
     /// The engine committed (or gave up on) the outcome of `(job, attempt)`.
     pub fn outcome_written(&self, job: Uuid, attempt: u32, counted: bool) {
         if let Some(tx) = self.lock_acks().remove(&(job, attempt)) {

@@ -33,7 +33,8 @@ pub fn decode_trace(s: Option<String>) -> Option<TraceContext> {
 /// row decoders (and SQLite's INSERT) index them.
 pub const COLS: &str = "id, kind, state, attempt, max_attempts, priority, idempotency_key, \
     request_hash, labels, payload, result, timeout_us, created_at, updated_at, started_at, \
-    finished_at, next_attempt_at, lease_expires_at, last_error, sequence, ordering_key, trace";
+    finished_at, next_attempt_at, lease_expires_at, last_error, sequence, ordering_key, trace, \
+    progress";
 
 /// How many columns [`COLS`] names, counted from the text so the two cannot
 /// drift apart.
@@ -128,6 +129,37 @@ pub fn decode_labels(mut b: &[u8]) -> BTreeMap<String, String> {
         m.insert(k, v);
     }
     m
+}
+
+/// A job's progress as stored (one column): percent (1 byte), the time
+/// (8 bytes, big-endian micros), the message's length (2 bytes) and bytes,
+/// then the details. `None` for an empty column or one jobd did not write.
+pub fn encode_progress(p: &crate::job::Progress) -> Vec<u8> {
+    let msg = p.message.as_bytes();
+    let mut out = Vec::with_capacity(11 + msg.len() + p.details.len());
+    out.push(p.percent.min(100) as u8);
+    out.extend_from_slice(&p.updated_at.to_be_bytes());
+    out.extend_from_slice(&(msg.len().min(u16::MAX as usize) as u16).to_be_bytes());
+    out.extend_from_slice(&msg[..msg.len().min(u16::MAX as usize)]);
+    out.extend_from_slice(&p.details);
+    out
+}
+
+/// See [`encode_progress`].
+pub fn decode_progress(b: Option<&[u8]>) -> Option<crate::job::Progress> {
+    let b = b?;
+    if b.len() < 11 {
+        return None;
+    }
+    let at = i64::from_be_bytes(b[1..9].try_into().ok()?);
+    let len = u16::from_be_bytes(b[9..11].try_into().ok()?) as usize;
+    let msg = b.get(11..11 + len)?;
+    Some(crate::job::Progress {
+        percent: u32::from(b[0]),
+        message: String::from_utf8_lossy(msg).into_owned(),
+        details: bytes::Bytes::copy_from_slice(&b[11 + len..]),
+        updated_at: at,
+    })
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ struct Entry {
     job: Job,
     /// Insertion order: the FIFO tie-breaker within a priority.
     seq: u64,
+    /// The job's newest log lines (at most the `keep` of the last append).
+    logs: std::collections::VecDeque<crate::job::LogLine>,
 }
 
 /// The jobs plus indexes derived from them; `unindex`/`index` keep the
@@ -233,6 +235,7 @@ impl Store for MemoryStore {
             let e = Entry {
                 job: job.clone(),
                 seq,
+                logs: Default::default(),
             };
             g.keys(&e, true);
             g.jobs.insert(job.id, e);
@@ -552,6 +555,72 @@ impl Store for MemoryStore {
             }
             None => false,
         })
+    }
+
+    async fn set_progress(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        progress: crate::job::Progress,
+    ) -> Result<Option<Job>, StoreError> {
+        let mut g = self.lock()?;
+        let Some(e) = g.jobs.get_mut(&id) else {
+            return Ok(None);
+        };
+        if e.job.state != JobState::Running || e.job.attempt != attempt {
+            return Ok(None);
+        }
+        e.job.updated_at = e.job.updated_at.max(progress.updated_at);
+        e.job.progress = Some(progress);
+        e.job.sequence += 1;
+        Ok(Some(e.job.clone()))
+    }
+
+    async fn append_logs(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        lines: Vec<String>,
+        at: Micros,
+        keep: usize,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        let Some(e) = g.jobs.get_mut(&id) else {
+            return Ok(false);
+        };
+        if e.job.state != JobState::Running || e.job.attempt != attempt {
+            return Ok(false);
+        }
+        let first = e.logs.back().map_or(0, |l| l.seq) + 1;
+        for (seq, text) in (first..).zip(lines) {
+            e.logs.push_back(crate::job::LogLine {
+                seq,
+                attempt,
+                at,
+                text,
+            });
+        }
+        while e.logs.len() > keep {
+            e.logs.pop_front();
+        }
+        Ok(true)
+    }
+
+    async fn logs(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::job::LogLine>, StoreError> {
+        let g = self.lock()?;
+        Ok(g.jobs.get(&id).map_or_else(Vec::new, |e| {
+            e.logs
+                .iter()
+                .filter(|l| l.seq > after)
+                .take(limit)
+                .cloned()
+                .collect()
+        }))
     }
 
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {

@@ -370,6 +370,34 @@ pub trait Store: Send + Sync + 'static {
     async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError>;
     /// Deletes up to `limit` terminal jobs that finished before `before`.
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError>;
+    /// Stores `progress` as the job's latest if `attempt` is its running
+    /// attempt, moving its sequence (an event with no state change);
+    /// `None` (and nothing written) otherwise.
+    async fn set_progress(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        progress: crate::job::Progress,
+    ) -> Result<Option<Job>, StoreError>;
+    /// Appends `lines` (written at `at`) to the job's log if `attempt` is
+    /// its running attempt, keeping its newest `keep` lines; false (and
+    /// nothing written) otherwise.
+    async fn append_logs(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        lines: Vec<String>,
+        at: Micros,
+        keep: usize,
+    ) -> Result<bool, StoreError>;
+    /// Up to `limit` of the job's log lines with `seq` above `after`,
+    /// oldest first.
+    async fn logs(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<crate::job::LogLine>, StoreError>;
     /// Flushes and closes; later calls fail with `Unavailable`.
     async fn close(&self) -> Result<(), StoreError>;
 

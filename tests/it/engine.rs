@@ -162,6 +162,32 @@ impl Store for GatedStore {
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {
         self.inner.prune(before, limit).await
     }
+    async fn set_progress(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        progress: jobd::job::Progress,
+    ) -> Result<Option<Job>, StoreError> {
+        self.inner.set_progress(id, attempt, progress).await
+    }
+    async fn append_logs(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        lines: Vec<String>,
+        at: Micros,
+        keep: usize,
+    ) -> Result<bool, StoreError> {
+        self.inner.append_logs(id, attempt, lines, at, keep).await
+    }
+    async fn logs(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<jobd::job::LogLine>, StoreError> {
+        self.inner.logs(id, after, limit).await
+    }
     async fn close(&self) -> Result<(), StoreError> {
         self.inner.close().await
     }

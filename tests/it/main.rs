@@ -20,6 +20,7 @@ mod hostile_workers;
 mod http_api;
 mod interop;
 mod limits;
+mod long_running;
 mod operations;
 mod operator;
 mod ordering;

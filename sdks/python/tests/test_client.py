@@ -145,7 +145,9 @@ def test_watch_order(shared_daemon):
     def follow():
         for change in client.watch_jobs(kind="echo"):
             seen.append(change)
-            if change.job.state == "SUCCEEDED" and change.job.id == target[0]:
+            # The target may finish before its id is known here (an idle
+            # daemon runs it in the submit's own commit): look back.
+            if target[0] and any(c.job.id == target[0] and c.job.state == "SUCCEEDED" for c in seen):
                 return
 
     target = [""]
@@ -153,6 +155,7 @@ def test_watch_order(shared_daemon):
     t.start()
     time.sleep(0.3)  # the stream is open
     target[0] = client.submit("echo", b"w").id
+    client.submit("echo", b"nudge")  # one more change after the id is known
     t.join(30)
     assert not t.is_alive()
     positions = [c.position for c in seen]

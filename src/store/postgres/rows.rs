@@ -61,6 +61,7 @@ pub(super) fn job(r: &Row) -> Result<Job, StoreError> {
         ready_at: None,
         ordering_key: col(r, 20)?,
         trace: decode_trace(col(r, 21)?),
+        progress: crate::store::codec::decode_progress(col::<Option<Vec<u8>>>(r, 22)?.as_deref()),
     })
 }
 

@@ -99,6 +99,20 @@ CREATE TABLE kind_rates (kind TEXT PRIMARY KEY, tokens DOUBLE PRECISION NOT NULL
 -- v7: the submitter's W3C trace context, handed to every attempt.
 ALTER TABLE jobs ADD COLUMN trace TEXT;
 "#,
+    r#"
+-- v8: long-running jobs: the latest progress a worker reported (one
+-- encoded column, see codec::encode_progress) and the job's log lines,
+-- pruned to the newest per job and removed with the job.
+ALTER TABLE jobs ADD COLUMN progress BYTEA;
+CREATE TABLE job_logs (
+    job_id  UUID NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    seq     BIGINT NOT NULL,
+    attempt INTEGER NOT NULL,
+    at      BIGINT NOT NULL,
+    line    TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+"#,
 ];
 
 /// An advisory-lock key per schema, so instances on different schemas of

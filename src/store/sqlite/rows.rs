@@ -50,6 +50,7 @@ pub(super) fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
         ready_at: None,
         ordering_key: r.get(20)?,
         trace: codec::decode_trace(r.get(21)?),
+        progress: codec::decode_progress(r.get::<_, Option<Vec<u8>>>(22)?.as_deref()),
     })
 }
 

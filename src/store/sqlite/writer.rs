@@ -292,7 +292,7 @@ pub(super) fn insert_one(
     });
     tx.prepare_cached(&format!(
         "INSERT INTO jobs ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -318,6 +318,7 @@ pub(super) fn insert_one(
             job.sequence as i64,
             job.ordering_key,
             codec::encode_trace(&job.trace),
+            job.progress.as_ref().map(codec::encode_progress),
         ])
     })
     .map_err(map_err)?;

@@ -72,6 +72,16 @@ class JobServiceStub(object):
                 request_serializer=jobd_dot_v1_dot_jobd__pb2.WatchJobsRequest.SerializeToString,
                 response_deserializer=jobd_dot_v1_dot_jobd__pb2.WatchJobsResponse.FromString,
                 _registered_method=True)
+        self.GetLogs = channel.unary_unary(
+                '/jobd.v1.JobService/GetLogs',
+                request_serializer=jobd_dot_v1_dot_jobd__pb2.GetLogsRequest.SerializeToString,
+                response_deserializer=jobd_dot_v1_dot_jobd__pb2.GetLogsResponse.FromString,
+                _registered_method=True)
+        self.WatchLogs = channel.unary_stream(
+                '/jobd.v1.JobService/WatchLogs',
+                request_serializer=jobd_dot_v1_dot_jobd__pb2.WatchLogsRequest.SerializeToString,
+                response_deserializer=jobd_dot_v1_dot_jobd__pb2.LogLine.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer(object):
@@ -151,6 +161,27 @@ class JobServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLogs(self, request, context):
+        """GetLogs pages the log lines a job's attempts wrote (a remote worker's
+        `Log` messages), oldest first: the last `log_lines` of the job are kept
+        (default 1,000), each with its attempt and time; they are removed with
+        the job. Pass the last `seq` seen as `after` for the next page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchLogs(self, request, context):
+        """WatchLogs streams a job's log lines after `after` as they are written,
+        and ends with OK once the job is terminal and every line was sent (with
+        UNAVAILABLE when the daemon drains).
+
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -188,6 +219,16 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchJobs,
                     request_deserializer=jobd_dot_v1_dot_jobd__pb2.WatchJobsRequest.FromString,
                     response_serializer=jobd_dot_v1_dot_jobd__pb2.WatchJobsResponse.SerializeToString,
+            ),
+            'GetLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLogs,
+                    request_deserializer=jobd_dot_v1_dot_jobd__pb2.GetLogsRequest.FromString,
+                    response_serializer=jobd_dot_v1_dot_jobd__pb2.GetLogsResponse.SerializeToString,
+            ),
+            'WatchLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchLogs,
+                    request_deserializer=jobd_dot_v1_dot_jobd__pb2.WatchLogsRequest.FromString,
+                    response_serializer=jobd_dot_v1_dot_jobd__pb2.LogLine.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -382,6 +423,60 @@ class JobService(object):
             '/jobd.v1.JobService/WatchJobs',
             jobd_dot_v1_dot_jobd__pb2.WatchJobsRequest.SerializeToString,
             jobd_dot_v1_dot_jobd__pb2.WatchJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobd.v1.JobService/GetLogs',
+            jobd_dot_v1_dot_jobd__pb2.GetLogsRequest.SerializeToString,
+            jobd_dot_v1_dot_jobd__pb2.GetLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/jobd.v1.JobService/WatchLogs',
+            jobd_dot_v1_dot_jobd__pb2.WatchLogsRequest.SerializeToString,
+            jobd_dot_v1_dot_jobd__pb2.LogLine.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,7 +30,154 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file jobd/v1/jobd.proto.
  */
 export const file_jobd_v1_jobd: GenFile = /*@__PURE__*/
-  fileDesc("ChJqb2JkL3YxL2pvYmQucHJvdG8SB2pvYmQudjEijQUKA0pvYhIKCgJpZBgBIAEoCRIMCgRraW5kGAIgASgJEiAKBXN0YXRlGAMgASgOMhEuam9iZC52MS5Kb2JTdGF0ZRIPCgdhdHRlbXB0GAQgASgNEhQKDG1heF9hdHRlbXB0cxgFIAEoDRIQCghwcmlvcml0eRgGIAEoBRIXCg9pZGVtcG90ZW5jeV9rZXkYByABKAkSKAoGbGFiZWxzGAggAygLMhguam9iZC52MS5Kb2IuTGFiZWxzRW50cnkSLgoKY3JlYXRlZF9hdBgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKdXBkYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKc3RhcnRlZF9hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD25leHRfYXR0ZW1wdF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKbGFzdF9lcnJvchgOIAEoCRIOCgZyZXN1bHQYDyABKAwSFAoMcGF5bG9hZF9zaXplGBAgASgEEioKB3RpbWVvdXQYESABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SGAoQcmVzdWx0X3RydW5jYXRlZBgSIAEoCBIUCgxvcmRlcmluZ19rZXkYEyABKAkSEwoLdHJhY2VwYXJlbnQYFCABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASLAAgoNU3VibWl0UmVxdWVzdBIMCgRraW5kGAEgASgJEg8KB3BheWxvYWQYAiABKAwSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEhAKCHByaW9yaXR5GAQgASgFEhQKDG1heF9hdHRlbXB0cxgFIAEoDRIqCgd0aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKBnJ1bl9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoGbGFiZWxzGAggAygLMiIuam9iZC52MS5TdWJtaXRSZXF1ZXN0LkxhYmVsc0VudHJ5EhQKDG9yZGVyaW5nX2tleRgJIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkEKDlN1Ym1pdFJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhQKDGRlZHVwbGljYXRlZBgCIAEoCCI+ChJTdWJtaXRCYXRjaFJlcXVlc3QSKAoIcmVxdWVzdHMYASADKAsyFi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QiagoMU3VibWl0UmVzdWx0EisKCGFjY2VwdGVkGAEgASgLMhcuam9iZC52MS5TdWJtaXRSZXNwb25zZUgAEiMKBWVycm9yGAIgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXNIAEIICgZyZXN1bHQiPQoTU3VibWl0QmF0Y2hSZXNwb25zZRImCgdyZXN1bHRzGAEgAygLMhUuam9iZC52MS5TdWJtaXRSZXN1bHQiHgoQR2V0U3RhdHVzUmVxdWVzdBIKCgJpZBgBIAEoCSJHChFHZXRTdGF0dXNSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYhIXCg9wYXlsb2FkX3ByZXZpZXcYAiABKAwiOAoSV2F0Y2hTdGF0dXNSZXF1ZXN0EgoKAmlkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIjcKCEpvYkV2ZW50EhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhAKCHNlcXVlbmNlGAIgASgEIhsKDUNhbmNlbFJlcXVlc3QSCgoCaWQYASABKAkiKwoOQ2FuY2VsUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2IiigIKD0xpc3RKb2JzUmVxdWVzdBIgCgVzdGF0ZRgBIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDAoEa2luZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCRIUCgxvcmRlcmluZ19rZXkYBSABKAkSNAoGbGFiZWxzGAYgAygLMiQuam9iZC52MS5MaXN0Sm9ic1JlcXVlc3QuTGFiZWxzRW50cnkSJQoFb3JkZXIYByABKA4yFi5qb2JkLnYxLkxpc3RKb2JzT3JkZXIaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJRChBXYXRjaEpvYnNSZXF1ZXN0EgwKBGtpbmQYASABKAkSIAoFc3RhdGUYAiABKA4yES5qb2JkLnYxLkpvYlN0YXRlEg0KBWFmdGVyGAMgASgEIkAKEVdhdGNoSm9ic1Jlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhAKCHBvc2l0aW9uGAIgASgEIkcKEExpc3RKb2JzUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYmQudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKmAQoNV29ya2VyTWVzc2FnZRIfCgVoZWxsbxgBIAEoCzIOLmpvYmQudjEuSGVsbG9IABInCgloZWFydGJlYXQYAiABKAsyEi5qb2JkLnYxLkhlYXJ0YmVhdEgAEiUKCGNvbXBsZXRlGAMgASgLMhEuam9iZC52MS5Db21wbGV0ZUgAEh0KBGZhaWwYBCABKAsyDS5qb2JkLnYxLkZhaWxIAEIFCgNtc2cimwEKBUhlbGxvEhEKCXdvcmtlcl9pZBgBIAEoCRINCgVraW5kcxgCIAMoCRIVCg1tYXhfaW5fZmxpZ2h0GAMgASgNEioKBmxhYmVscxgEIAMoCzIaLmpvYmQudjEuSGVsbG8uTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASILCglIZWFydGJlYXQiOwoIQ29tcGxldGUSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDgoGcmVzdWx0GAMgASgMInkKBEZhaWwSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDQoFZXJyb3IYAyABKAkSEQoJcGVybWFuZW50GAQgASgIEi4KC3JldHJ5X2FmdGVyGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIsgBCg1TZXJ2ZXJNZXNzYWdlEiMKB3dlbGNvbWUYASABKAsyEC5qb2JkLnYxLldlbGNvbWVIABIhCgZhc3NpZ24YAiABKAsyDy5qb2JkLnYxLkFzc2lnbkgAEiQKBmNhbmNlbBgDIAEoCzISLmpvYmQudjEuQ2FuY2VsSm9iSAASIQoDYWNrGAQgASgLMhIuam9iZC52MS5SZXBvcnRBY2tIABIfCgVkcmFpbhgFIAEoCzIOLmpvYmQudjEuRHJhaW5IAEIFCgNtc2ciVAoHV2VsY29tZRISCgpzZXNzaW9uX2lkGAEgASgJEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLBAQoGQXNzaWduEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEg8KB3BheWxvYWQYAiABKAwSLAoIZGVhZGxpbmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KB2hlYWRlcnMYBCADKAsyHC5qb2JkLnYxLkFzc2lnbi5IZWFkZXJzRW50cnkaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiPAoJQ2FuY2VsSm9iEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg4KBnJlYXNvbhgDIAEoCSI7CglSZXBvcnRBY2sSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDQoFc3RhbGUYAyABKAgiNQoFRHJhaW4SLAoIZGVhZGxpbmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhYKFExpc3RTY2hlZHVsZXNSZXF1ZXN0IkMKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIqCglzY2hlZHVsZXMYASADKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIqEBCg5TY2hlZHVsZVN0YXR1cxIKCgJpZBgBIAEoCRIMCgRraW5kGAIgASgJEgwKBGNyb24YAyABKAkSEAoIdGltZXpvbmUYBCABKAkSMAoMbmV4dF9maXJlX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZwYXVzZWQYBiABKAgSEwoLbGFzdF9qb2JfaWQYByABKAkiJAoWVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSI0ChdUcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYiIiChRQYXVzZVNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSJCChVQYXVzZVNjaGVkdWxlUmVzcG9uc2USKQoIc2NoZWR1bGUYASABKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIiMKFVJlc3VtZVNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSJDChZSZXN1bWVTY2hlZHVsZVJlc3BvbnNlEikKCHNjaGVkdWxlGAEgASgLMhcuam9iZC52MS5TY2hlZHVsZVN0YXR1cyIgChBQYXVzZUtpbmRSZXF1ZXN0EgwKBGtpbmQYASABKAkiPQoRUGF1c2VLaW5kUmVzcG9uc2USKAoLa2luZF9zdGF0dXMYASABKAsyEy5qb2JkLnYxLktpbmRTdGF0dXMiIQoRUmVzdW1lS2luZFJlcXVlc3QSDAoEa2luZBgBIAEoCSI+ChJSZXN1bWVLaW5kUmVzcG9uc2USKAoLa2luZF9zdGF0dXMYASABKAsyEy5qb2JkLnYxLktpbmRTdGF0dXMiEgoQTGlzdEtpbmRzUmVxdWVzdCI3ChFMaXN0S2luZHNSZXNwb25zZRIiCgVraW5kcxgBIAMoCzITLmpvYmQudjEuS2luZFN0YXR1cyKwAQoKS2luZFN0YXR1cxIMCgRraW5kGAEgASgJEg8KB2hhbmRsZXIYAiABKAkSDgoGcGF1c2VkGAMgASgIEg4KBnF1ZXVlZBgEIAEoBBIPCgdydW5uaW5nGAUgASgEEhIKCnJldHJ5X3dhaXQYBiABKAQSDgoGZmFpbGVkGAcgASgEEhMKC2NvbmN1cnJlbmN5GAggASgNEhkKEWNvbm5lY3RlZF93b3JrZXJzGAkgASgNImUKEFJldHJ5Sm9ic1JlcXVlc3QSCwoDaWRzGAEgAygJEiQKBmZpbHRlchgCIAEoCzIULmpvYmQudjEuUmV0cnlGaWx0ZXISDwoHZHJ5X3J1bhgDIAEoCBINCgVsaW1pdBgEIAEoDSKHAgoLUmV0cnlGaWx0ZXISIAoFc3RhdGUYASABKA4yES5qb2JkLnYxLkpvYlN0YXRlEgwKBGtpbmQYAiABKAkSMAoGbGFiZWxzGAMgAygLMiAuam9iZC52MS5SZXRyeUZpbHRlci5MYWJlbHNFbnRyeRIyCg5maW5pc2hlZF9hZnRlchgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPZmluaXNoZWRfYmVmb3JlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIngKEVJldHJ5Sm9ic1Jlc3BvbnNlEg8KB21hdGNoZWQYASABKAQSDwoHcmV0cmllZBgCIAEoBBILCgNpZHMYAyADKAkSJgoHc2tpcHBlZBgEIAMoCzIVLmpvYmQudjEuUmV0cnlTa2lwcGVkEgwKBG1vcmUYBSABKAgiKgoMUmV0cnlTa2lwcGVkEgoKAmlkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIiChJMaXN0V29ya2Vyc1JlcXVlc3QSDAoEa2luZBgBIAEoCSI+ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEicKB3dvcmtlcnMYASADKAsyFi5qb2JkLnYxLldvcmtlclNlc3Npb24ixAIKDVdvcmtlclNlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCgl3b3JrZXJfaWQYAiABKAkSDQoFa2luZHMYAyADKAkSEQoJaW5fZmxpZ2h0GAQgASgNEhUKDW1heF9pbl9mbGlnaHQYBSABKA0SMAoMY29ubmVjdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglsYXN0X3NlZW4YByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2FkZHJlc3MYCCABKAkSMgoGbGFiZWxzGAkgAygLMiIuam9iZC52MS5Xb3JrZXJTZXNzaW9uLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEqtAEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEpPQl9TVEFURV9RVUVVRUQQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhgKFEpPQl9TVEFURV9SRVRSWV9XQUlUEAMSFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBAEEhQKEEpPQl9TVEFURV9GQUlMRUQQBRIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAYqdAoNTGlzdEpvYnNPcmRlchIfChtMSVNUX0pPQlNfT1JERVJfVU5TUEVDSUZJRUQQABIgChxMSVNUX0pPQlNfT1JERVJfT0xERVNUX0ZJUlNUEAESIAocTElTVF9KT0JTX09SREVSX05FV0VTVF9GSVJTVBACMtgDCgpKb2JTZXJ2aWNlEjkKBlN1Ym1pdBIWLmpvYmQudjEuU3VibWl0UmVxdWVzdBoXLmpvYmQudjEuU3VibWl0UmVzcG9uc2USSAoLU3VibWl0QmF0Y2gSGy5qb2JkLnYxLlN1Ym1pdEJhdGNoUmVxdWVzdBocLmpvYmQudjEuU3VibWl0QmF0Y2hSZXNwb25zZRJCCglHZXRTdGF0dXMSGS5qb2JkLnYxLkdldFN0YXR1c1JlcXVlc3QaGi5qb2JkLnYxLkdldFN0YXR1c1Jlc3BvbnNlEj8KC1dhdGNoU3RhdHVzEhsuam9iZC52MS5XYXRjaFN0YXR1c1JlcXVlc3QaES5qb2JkLnYxLkpvYkV2ZW50MAESOQoGQ2FuY2VsEhYuam9iZC52MS5DYW5jZWxSZXF1ZXN0Ghcuam9iZC52MS5DYW5jZWxSZXNwb25zZRI/CghMaXN0Sm9icxIYLmpvYmQudjEuTGlzdEpvYnNSZXF1ZXN0Ghkuam9iZC52MS5MaXN0Sm9ic1Jlc3BvbnNlEkQKCVdhdGNoSm9icxIZLmpvYmQudjEuV2F0Y2hKb2JzUmVxdWVzdBoaLmpvYmQudjEuV2F0Y2hKb2JzUmVzcG9uc2UwATJOCg1Xb3JrZXJTZXJ2aWNlEj0KB0Nvbm5lY3QSFi5qb2JkLnYxLldvcmtlck1lc3NhZ2UaFi5qb2JkLnYxLlNlcnZlck1lc3NhZ2UoATABMrQFCgxBZG1pblNlcnZpY2USSAoLTGlzdFdvcmtlcnMSGy5qb2JkLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBocLmpvYmQudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJCCglQYXVzZUtpbmQSGS5qb2JkLnYxLlBhdXNlS2luZFJlcXVlc3QaGi5qb2JkLnYxLlBhdXNlS2luZFJlc3BvbnNlEkUKClJlc3VtZUtpbmQSGi5qb2JkLnYxLlJlc3VtZUtpbmRSZXF1ZXN0Ghsuam9iZC52MS5SZXN1bWVLaW5kUmVzcG9uc2USQgoJTGlzdEtpbmRzEhkuam9iZC52MS5MaXN0S2luZHNSZXF1ZXN0Ghouam9iZC52MS5MaXN0S2luZHNSZXNwb25zZRJCCglSZXRyeUpvYnMSGS5qb2JkLnYxLlJldHJ5Sm9ic1JlcXVlc3QaGi5qb2JkLnYxLlJldHJ5Sm9ic1Jlc3BvbnNlEk4KDUxpc3RTY2hlZHVsZXMSHS5qb2JkLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0Gh4uam9iZC52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USVAoPVHJpZ2dlclNjaGVkdWxlEh8uam9iZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0GiAuam9iZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRJOCg1QYXVzZVNjaGVkdWxlEh0uam9iZC52MS5QYXVzZVNjaGVkdWxlUmVxdWVzdBoeLmpvYmQudjEuUGF1c2VTY2hlZHVsZVJlc3BvbnNlElEKDlJlc3VtZVNjaGVkdWxlEh4uam9iZC52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaHy5qb2JkLnYxLlJlc3VtZVNjaGVkdWxlUmVzcG9uc2VCKVonZ2l0aHViLmNvbS9qb2JkL2pvYmQvZ2VuL2pvYmQvdjE7am9iZHYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChJqb2JkL3YxL2pvYmQucHJvdG8SB2pvYmQudjEicAoLSm9iUHJvZ3Jlc3MSDwoHcGVyY2VudBgBIAEoDRIPCgdtZXNzYWdlGAIgASgJEg8KB2RldGFpbHMYAyABKAwSLgoKdXBkYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoOR2V0TG9nc1JlcXVlc3QSCgoCaWQYASABKAkSDQoFYWZ0ZXIYAiABKAQSDQoFbGltaXQYAyABKA0iMgoPR2V0TG9nc1Jlc3BvbnNlEh8KBWxpbmVzGAEgAygLMhAuam9iZC52MS5Mb2dMaW5lIi0KEFdhdGNoTG9nc1JlcXVlc3QSCgoCaWQYASABKAkSDQoFYWZ0ZXIYAiABKAQiXwoHTG9nTGluZRILCgNzZXEYASABKAQSDwoHYXR0ZW1wdBgCIAEoDRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0ZXh0GAQgASgJIrUFCgNKb2ISCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIgCgVzdGF0ZRgDIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDwoHYXR0ZW1wdBgEIAEoDRIUCgxtYXhfYXR0ZW1wdHMYBSABKA0SEAoIcHJpb3JpdHkYBiABKAUSFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEigKBmxhYmVscxgIIAMoCzIYLmpvYmQudjEuSm9iLkxhYmVsc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9uZXh0X2F0dGVtcHRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmxhc3RfZXJyb3IYDiABKAkSDgoGcmVzdWx0GA8gASgMEhQKDHBheWxvYWRfc2l6ZRgQIAEoBBIqCgd0aW1lb3V0GBEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhgKEHJlc3VsdF90cnVuY2F0ZWQYEiABKAgSFAoMb3JkZXJpbmdfa2V5GBMgASgJEhMKC3RyYWNlcGFyZW50GBQgASgJEiYKCHByb2dyZXNzGBUgASgLMhQuam9iZC52MS5Kb2JQcm9ncmVzcxotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsACCg1TdWJtaXRSZXF1ZXN0EgwKBGtpbmQYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgNEioKB3RpbWVvdXQYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCgZsYWJlbHMYCCADKAsyIi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QuTGFiZWxzRW50cnkSFAoMb3JkZXJpbmdfa2V5GAkgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQQoOU3VibWl0UmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISFAoMZGVkdXBsaWNhdGVkGAIgASgIIj4KElN1Ym1pdEJhdGNoUmVxdWVzdBIoCghyZXF1ZXN0cxgBIAMoCzIWLmpvYmQudjEuU3VibWl0UmVxdWVzdCJqCgxTdWJtaXRSZXN1bHQSKwoIYWNjZXB0ZWQYASABKAsyFy5qb2JkLnYxLlN1Ym1pdFJlc3BvbnNlSAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQggKBnJlc3VsdCI9ChNTdWJtaXRCYXRjaFJlc3BvbnNlEiYKB3Jlc3VsdHMYASADKAsyFS5qb2JkLnYxLlN1Ym1pdFJlc3VsdCIeChBHZXRTdGF0dXNSZXF1ZXN0EgoKAmlkGAEgASgJIkcKEUdldFN0YXR1c1Jlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhcKD3BheWxvYWRfcHJldmlldxgCIAEoDCI4ChJXYXRjaFN0YXR1c1JlcXVlc3QSCgoCaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiNwoISm9iRXZlbnQSGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIc2VxdWVuY2UYAiABKAQiGwoNQ2FuY2VsUmVxdWVzdBIKCgJpZBgBIAEoCSIrCg5DYW5jZWxSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYiKKAgoPTGlzdEpvYnNSZXF1ZXN0EiAKBXN0YXRlGAEgASgOMhEuam9iZC52MS5Kb2JTdGF0ZRIMCgRraW5kGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJEhQKDG9yZGVyaW5nX2tleRgFIAEoCRI0CgZsYWJlbHMYBiADKAsyJC5qb2JkLnYxLkxpc3RKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIlCgVvcmRlchgHIAEoDjIWLmpvYmQudjEuTGlzdEpvYnNPcmRlchotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlEKEFdhdGNoSm9ic1JlcXVlc3QSDAoEa2luZBgBIAEoCRIgCgVzdGF0ZRgCIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDQoFYWZ0ZXIYAyABKAQiQAoRV2F0Y2hKb2JzUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIcG9zaXRpb24YAiABKAQiRwoQTGlzdEpvYnNSZXNwb25zZRIaCgRqb2JzGAEgAygLMgwuam9iZC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIuoBCg1Xb3JrZXJNZXNzYWdlEh8KBWhlbGxvGAEgASgLMg4uam9iZC52MS5IZWxsb0gAEicKCWhlYXJ0YmVhdBgCIAEoCzISLmpvYmQudjEuSGVhcnRiZWF0SAASJQoIY29tcGxldGUYAyABKAsyES5qb2JkLnYxLkNvbXBsZXRlSAASHQoEZmFpbBgEIAEoCzINLmpvYmQudjEuRmFpbEgAEiUKCHByb2dyZXNzGAUgASgLMhEuam9iZC52MS5Qcm9ncmVzc0gAEhsKA2xvZxgGIAEoCzIMLmpvYmQudjEuTG9nSABCBQoDbXNnIl4KCFByb2dyZXNzEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg8KB3BlcmNlbnQYAyABKA0SDwoHbWVzc2FnZRgEIAEoCRIPCgdkZXRhaWxzGAUgASgMIjUKA0xvZxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVsaW5lcxgDIAMoCSKbAQoFSGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEg0KBWtpbmRzGAIgAygJEhUKDW1heF9pbl9mbGlnaHQYAyABKA0SKgoGbGFiZWxzGAQgAygLMhouam9iZC52MS5IZWxsby5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIgsKCUhlYXJ0YmVhdCI7CghDb21wbGV0ZRIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIOCgZyZXN1bHQYAyABKAwieQoERmFpbBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVlcnJvchgDIAEoCRIRCglwZXJtYW5lbnQYBCABKAgSLgoLcmV0cnlfYWZ0ZXIYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iyAEKDVNlcnZlck1lc3NhZ2USIwoHd2VsY29tZRgBIAEoCzIQLmpvYmQudjEuV2VsY29tZUgAEiEKBmFzc2lnbhgCIAEoCzIPLmpvYmQudjEuQXNzaWduSAASJAoGY2FuY2VsGAMgASgLMhIuam9iZC52MS5DYW5jZWxKb2JIABIhCgNhY2sYBCABKAsyEi5qb2JkLnYxLlJlcG9ydEFja0gAEh8KBWRyYWluGAUgASgLMg4uam9iZC52MS5EcmFpbkgAQgUKA21zZyJUCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIsEBCgZBc3NpZ24SGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISDwoHcGF5bG9hZBgCIAEoDBIsCghkZWFkbGluZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoHaGVhZGVycxgEIAMoCzIcLmpvYmQudjEuQXNzaWduLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI8CglDYW5jZWxKb2ISDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDgoGcmVhc29uGAMgASgJIjsKCVJlcG9ydEFjaxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVzdGFsZRgDIAEoCCI1CgVEcmFpbhIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFgoUTGlzdFNjaGVkdWxlc1JlcXVlc3QiQwoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEioKCXNjaGVkdWxlcxgBIAMoCzIXLmpvYmQudjEuU2NoZWR1bGVTdGF0dXMioQEKDlNjaGVkdWxlU3RhdHVzEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSDAoEY3JvbhgDIAEoCRIQCgh0aW1lem9uZRgEIAEoCRIwCgxuZXh0X2ZpcmVfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnBhdXNlZBgGIAEoCBITCgtsYXN0X2pvYl9pZBgHIAEoCSIkChZUcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIjQKF1RyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iIiIKFFBhdXNlU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIkIKFVBhdXNlU2NoZWR1bGVSZXNwb25zZRIpCghzY2hlZHVsZRgBIAEoCzIXLmpvYmQudjEuU2NoZWR1bGVTdGF0dXMiIwoVUmVzdW1lU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIkMKFlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USKQoIc2NoZWR1bGUYASABKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIiAKEFBhdXNlS2luZFJlcXVlc3QSDAoEa2luZBgBIAEoCSI9ChFQYXVzZUtpbmRSZXNwb25zZRIoCgtraW5kX3N0YXR1cxgBIAEoCzITLmpvYmQudjEuS2luZFN0YXR1cyIhChFSZXN1bWVLaW5kUmVxdWVzdBIMCgRraW5kGAEgASgJIj4KElJlc3VtZUtpbmRSZXNwb25zZRIoCgtraW5kX3N0YXR1cxgBIAEoCzITLmpvYmQudjEuS2luZFN0YXR1cyISChBMaXN0S2luZHNSZXF1ZXN0IjcKEUxpc3RLaW5kc1Jlc3BvbnNlEiIKBWtpbmRzGAEgAygLMhMuam9iZC52MS5LaW5kU3RhdHVzIrABCgpLaW5kU3RhdHVzEgwKBGtpbmQYASABKAkSDwoHaGFuZGxlchgCIAEoCRIOCgZwYXVzZWQYAyABKAgSDgoGcXVldWVkGAQgASgEEg8KB3J1bm5pbmcYBSABKAQSEgoKcmV0cnlfd2FpdBgGIAEoBBIOCgZmYWlsZWQYByABKAQSEwoLY29uY3VycmVuY3kYCCABKA0SGQoRY29ubmVjdGVkX3dvcmtlcnMYCSABKA0iZQoQUmV0cnlKb2JzUmVxdWVzdBILCgNpZHMYASADKAkSJAoGZmlsdGVyGAIgASgLMhQuam9iZC52MS5SZXRyeUZpbHRlchIPCgdkcnlfcnVuGAMgASgIEg0KBWxpbWl0GAQgASgNIocCCgtSZXRyeUZpbHRlchIgCgVzdGF0ZRgBIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDAoEa2luZBgCIAEoCRIwCgZsYWJlbHMYAyADKAsyIC5qb2JkLnYxLlJldHJ5RmlsdGVyLkxhYmVsc0VudHJ5EjIKDmZpbmlzaGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9maW5pc2hlZF9iZWZvcmUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEieAoRUmV0cnlKb2JzUmVzcG9uc2USDwoHbWF0Y2hlZBgBIAEoBBIPCgdyZXRyaWVkGAIgASgEEgsKA2lkcxgDIAMoCRImCgdza2lwcGVkGAQgAygLMhUuam9iZC52MS5SZXRyeVNraXBwZWQSDAoEbW9yZRgFIAEoCCIqCgxSZXRyeVNraXBwZWQSCgoCaWQYASABKAkSDgoGcmVhc29uGAIgASgJIiIKEkxpc3RXb3JrZXJzUmVxdWVzdBIMCgRraW5kGAEgASgJIj4KE0xpc3RXb3JrZXJzUmVzcG9uc2USJwoHd29ya2VycxgBIAMoCzIWLmpvYmQudjEuV29ya2VyU2Vzc2lvbiLEAgoNV29ya2VyU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRINCgVraW5kcxgDIAMoCRIRCglpbl9mbGlnaHQYBCABKA0SFQoNbWF4X2luX2ZsaWdodBgFIAEoDRIwCgxjb25uZWN0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHYWRkcmVzcxgIIAEoCRIyCgZsYWJlbHMYCSADKAsyIi5qb2JkLnYxLldvcmtlclNlc3Npb24uTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASq0AQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISGAoUSk9CX1NUQVRFX1JFVFJZX1dBSVQQAxIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAQSFAoQSk9CX1NUQVRFX0ZBSUxFRBAFEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBip0Cg1MaXN0Sm9ic09yZGVyEh8KG0xJU1RfSk9CU19PUkRFUl9VTlNQRUNJRklFRBAAEiAKHExJU1RfSk9CU19PUkRFUl9PTERFU1RfRklSU1QQARIgChxMSVNUX0pPQlNfT1JERVJfTkVXRVNUX0ZJUlNUEAIy0gQKCkpvYlNlcnZpY2USOQoGU3VibWl0EhYuam9iZC52MS5TdWJtaXRSZXF1ZXN0Ghcuam9iZC52MS5TdWJtaXRSZXNwb25zZRJICgtTdWJtaXRCYXRjaBIbLmpvYmQudjEuU3VibWl0QmF0Y2hSZXF1ZXN0Ghwuam9iZC52MS5TdWJtaXRCYXRjaFJlc3BvbnNlEkIKCUdldFN0YXR1cxIZLmpvYmQudjEuR2V0U3RhdHVzUmVxdWVzdBoaLmpvYmQudjEuR2V0U3RhdHVzUmVzcG9uc2USPwoLV2F0Y2hTdGF0dXMSGy5qb2JkLnYxLldhdGNoU3RhdHVzUmVxdWVzdBoRLmpvYmQudjEuSm9iRXZlbnQwARI5CgZDYW5jZWwSFi5qb2JkLnYxLkNhbmNlbFJlcXVlc3QaFy5qb2JkLnYxLkNhbmNlbFJlc3BvbnNlEj8KCExpc3RKb2JzEhguam9iZC52MS5MaXN0Sm9ic1JlcXVlc3QaGS5qb2JkLnYxLkxpc3RKb2JzUmVzcG9uc2USRAoJV2F0Y2hKb2JzEhkuam9iZC52MS5XYXRjaEpvYnNSZXF1ZXN0Ghouam9iZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEjwKB0dldExvZ3MSFy5qb2JkLnYxLkdldExvZ3NSZXF1ZXN0Ghguam9iZC52MS5HZXRMb2dzUmVzcG9uc2USOgoJV2F0Y2hMb2dzEhkuam9iZC52MS5XYXRjaExvZ3NSZXF1ZXN0GhAuam9iZC52MS5Mb2dMaW5lMAEyTgoNV29ya2VyU2VydmljZRI9CgdDb25uZWN0EhYuam9iZC52MS5Xb3JrZXJNZXNzYWdlGhYuam9iZC52MS5TZXJ2ZXJNZXNzYWdlKAEwATK0BQoMQWRtaW5TZXJ2aWNlEkgKC0xpc3RXb3JrZXJzEhsuam9iZC52MS5MaXN0V29ya2Vyc1JlcXVlc3QaHC5qb2JkLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USQgoJUGF1c2VLaW5kEhkuam9iZC52MS5QYXVzZUtpbmRSZXF1ZXN0Ghouam9iZC52MS5QYXVzZUtpbmRSZXNwb25zZRJFCgpSZXN1bWVLaW5kEhouam9iZC52MS5SZXN1bWVLaW5kUmVxdWVzdBobLmpvYmQudjEuUmVzdW1lS2luZFJlc3BvbnNlEkIKCUxpc3RLaW5kcxIZLmpvYmQudjEuTGlzdEtpbmRzUmVxdWVzdBoaLmpvYmQudjEuTGlzdEtpbmRzUmVzcG9uc2USQgoJUmV0cnlKb2JzEhkuam9iZC52MS5SZXRyeUpvYnNSZXF1ZXN0Ghouam9iZC52MS5SZXRyeUpvYnNSZXNwb25zZRJOCg1MaXN0U2NoZWR1bGVzEh0uam9iZC52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBoeLmpvYmQudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlElQKD1RyaWdnZXJTY2hlZHVsZRIfLmpvYmQudjEuVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBogLmpvYmQudjEuVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USTgoNUGF1c2VTY2hlZHVsZRIdLmpvYmQudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaHi5qb2JkLnYxLlBhdXNlU2NoZWR1bGVSZXNwb25zZRJRCg5SZXN1bWVTY2hlZHVsZRIeLmpvYmQudjEuUmVzdW1lU2NoZWR1bGVSZXF1ZXN0Gh8uam9iZC52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlQilaJ2dpdGh1Yi5jb20vam9iZC9qb2JkL2dlbi9qb2JkL3YxO2pvYmR2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+
+/**
+ * JobProgress is how far a running job got, as its worker last said
+ * (coalesced: at most one stored value per job every 200 ms).
+ *
+ * @generated from message jobd.v1.JobProgress
+ */
+export type JobProgress = Message<"jobd.v1.JobProgress"> & {
+  /**
+   * 0..=100.
+   *
+   * @generated from field: uint32 percent = 1;
+   */
+  percent: number;
+
+  /**
+   * At most 256 bytes.
+   *
+   * @generated from field: string message = 2;
+   */
+  message: string;
+
+  /**
+   * At most 4 KiB, opaque (JSON by convention).
+   *
+   * @generated from field: bytes details = 3;
+   */
+  details: Uint8Array;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp updated_at = 4;
+   */
+  updatedAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.JobProgress.
+ * Use `create(JobProgressSchema)` to create a new message.
+ */
+export const JobProgressSchema: GenMessage<JobProgress> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 0);
+
+/**
+ * @generated from message jobd.v1.GetLogsRequest
+ */
+export type GetLogsRequest = Message<"jobd.v1.GetLogsRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Lines with a `seq` above this; 0 for the first.
+   *
+   * @generated from field: uint64 after = 2;
+   */
+  after: bigint;
+
+  /**
+   * At most this many lines (default and ceiling 1,000).
+   *
+   * @generated from field: uint32 limit = 3;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message jobd.v1.GetLogsRequest.
+ * Use `create(GetLogsRequestSchema)` to create a new message.
+ */
+export const GetLogsRequestSchema: GenMessage<GetLogsRequest> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 1);
+
+/**
+ * @generated from message jobd.v1.GetLogsResponse
+ */
+export type GetLogsResponse = Message<"jobd.v1.GetLogsResponse"> & {
+  /**
+   * @generated from field: repeated jobd.v1.LogLine lines = 1;
+   */
+  lines: LogLine[];
+};
+
+/**
+ * Describes the message jobd.v1.GetLogsResponse.
+ * Use `create(GetLogsResponseSchema)` to create a new message.
+ */
+export const GetLogsResponseSchema: GenMessage<GetLogsResponse> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 2);
+
+/**
+ * @generated from message jobd.v1.WatchLogsRequest
+ */
+export type WatchLogsRequest = Message<"jobd.v1.WatchLogsRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: uint64 after = 2;
+   */
+  after: bigint;
+};
+
+/**
+ * Describes the message jobd.v1.WatchLogsRequest.
+ * Use `create(WatchLogsRequestSchema)` to create a new message.
+ */
+export const WatchLogsRequestSchema: GenMessage<WatchLogsRequest> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 3);
+
+/**
+ * LogLine is one line a job's attempt wrote.
+ *
+ * @generated from message jobd.v1.LogLine
+ */
+export type LogLine = Message<"jobd.v1.LogLine"> & {
+  /**
+   * Increasing per job (gaps where old lines were pruned).
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: uint32 attempt = 2;
+   */
+  attempt: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp time = 3;
+   */
+  time?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string text = 4;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message jobd.v1.LogLine.
+ * Use `create(LogLineSchema)` to create a new message.
+ */
+export const LogLineSchema: GenMessage<LogLine> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 4);
 
 /**
  * Job is a snapshot of one job.
@@ -178,6 +325,14 @@ export type Job = Message<"jobd.v1.Job"> & {
    * @generated from field: string traceparent = 20;
    */
   traceparent: string;
+
+  /**
+   * How far the job got, as its worker last reported (Progress); unset
+   * until it reports. Kept after the job ends.
+   *
+   * @generated from field: jobd.v1.JobProgress progress = 21;
+   */
+  progress?: JobProgress | undefined;
 };
 
 /**
@@ -185,7 +340,7 @@ export type Job = Message<"jobd.v1.Job"> & {
  * Use `create(JobSchema)` to create a new message.
  */
 export const JobSchema: GenMessage<Job> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 0);
+  messageDesc(file_jobd_v1_jobd, 5);
 
 /**
  * @generated from message jobd.v1.SubmitRequest
@@ -274,7 +429,7 @@ export type SubmitRequest = Message<"jobd.v1.SubmitRequest"> & {
  * Use `create(SubmitRequestSchema)` to create a new message.
  */
 export const SubmitRequestSchema: GenMessage<SubmitRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 1);
+  messageDesc(file_jobd_v1_jobd, 6);
 
 /**
  * @generated from message jobd.v1.SubmitResponse
@@ -303,7 +458,7 @@ export type SubmitResponse = Message<"jobd.v1.SubmitResponse"> & {
  * Use `create(SubmitResponseSchema)` to create a new message.
  */
 export const SubmitResponseSchema: GenMessage<SubmitResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 2);
+  messageDesc(file_jobd_v1_jobd, 7);
 
 /**
  * @generated from message jobd.v1.SubmitBatchRequest
@@ -322,7 +477,7 @@ export type SubmitBatchRequest = Message<"jobd.v1.SubmitBatchRequest"> & {
  * Use `create(SubmitBatchRequestSchema)` to create a new message.
  */
 export const SubmitBatchRequestSchema: GenMessage<SubmitBatchRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 3);
+  messageDesc(file_jobd_v1_jobd, 8);
 
 /**
  * SubmitResult answers one entry of a SubmitBatchRequest, at the same index.
@@ -356,7 +511,7 @@ export type SubmitResult = Message<"jobd.v1.SubmitResult"> & {
  * Use `create(SubmitResultSchema)` to create a new message.
  */
 export const SubmitResultSchema: GenMessage<SubmitResult> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 4);
+  messageDesc(file_jobd_v1_jobd, 9);
 
 /**
  * @generated from message jobd.v1.SubmitBatchResponse
@@ -375,7 +530,7 @@ export type SubmitBatchResponse = Message<"jobd.v1.SubmitBatchResponse"> & {
  * Use `create(SubmitBatchResponseSchema)` to create a new message.
  */
 export const SubmitBatchResponseSchema: GenMessage<SubmitBatchResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 5);
+  messageDesc(file_jobd_v1_jobd, 10);
 
 /**
  * @generated from message jobd.v1.GetStatusRequest
@@ -394,7 +549,7 @@ export type GetStatusRequest = Message<"jobd.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 6);
+  messageDesc(file_jobd_v1_jobd, 11);
 
 /**
  * @generated from message jobd.v1.GetStatusResponse
@@ -419,7 +574,7 @@ export type GetStatusResponse = Message<"jobd.v1.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 7);
+  messageDesc(file_jobd_v1_jobd, 12);
 
 /**
  * @generated from message jobd.v1.WatchStatusRequest
@@ -451,7 +606,7 @@ export type WatchStatusRequest = Message<"jobd.v1.WatchStatusRequest"> & {
  * Use `create(WatchStatusRequestSchema)` to create a new message.
  */
 export const WatchStatusRequestSchema: GenMessage<WatchStatusRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 8);
+  messageDesc(file_jobd_v1_jobd, 13);
 
 /**
  * JobEvent is one message of a WatchStatus stream: a snapshot of the job
@@ -482,7 +637,7 @@ export type JobEvent = Message<"jobd.v1.JobEvent"> & {
  * Use `create(JobEventSchema)` to create a new message.
  */
 export const JobEventSchema: GenMessage<JobEvent> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 9);
+  messageDesc(file_jobd_v1_jobd, 14);
 
 /**
  * @generated from message jobd.v1.CancelRequest
@@ -501,7 +656,7 @@ export type CancelRequest = Message<"jobd.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 10);
+  messageDesc(file_jobd_v1_jobd, 15);
 
 /**
  * @generated from message jobd.v1.CancelResponse
@@ -518,7 +673,7 @@ export type CancelResponse = Message<"jobd.v1.CancelResponse"> & {
  * Use `create(CancelResponseSchema)` to create a new message.
  */
 export const CancelResponseSchema: GenMessage<CancelResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 11);
+  messageDesc(file_jobd_v1_jobd, 16);
 
 /**
  * @generated from message jobd.v1.ListJobsRequest
@@ -579,7 +734,7 @@ export type ListJobsRequest = Message<"jobd.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 12);
+  messageDesc(file_jobd_v1_jobd, 17);
 
 /**
  * @generated from message jobd.v1.WatchJobsRequest
@@ -613,7 +768,7 @@ export type WatchJobsRequest = Message<"jobd.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 13);
+  messageDesc(file_jobd_v1_jobd, 18);
 
 /**
  * @generated from message jobd.v1.WatchJobsResponse
@@ -640,7 +795,7 @@ export type WatchJobsResponse = Message<"jobd.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 14);
+  messageDesc(file_jobd_v1_jobd, 19);
 
 /**
  * @generated from message jobd.v1.ListJobsResponse
@@ -664,7 +819,7 @@ export type ListJobsResponse = Message<"jobd.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 15);
+  messageDesc(file_jobd_v1_jobd, 20);
 
 /**
  * @generated from message jobd.v1.WorkerMessage
@@ -697,6 +852,18 @@ export type WorkerMessage = Message<"jobd.v1.WorkerMessage"> & {
      */
     value: Fail;
     case: "fail";
+  } | {
+    /**
+     * @generated from field: jobd.v1.Progress progress = 5;
+     */
+    value: Progress;
+    case: "progress";
+  } | {
+    /**
+     * @generated from field: jobd.v1.Log log = 6;
+     */
+    value: Log;
+    case: "log";
   } | { case: undefined; value?: undefined };
 };
 
@@ -705,7 +872,88 @@ export type WorkerMessage = Message<"jobd.v1.WorkerMessage"> & {
  * Use `create(WorkerMessageSchema)` to create a new message.
  */
 export const WorkerMessageSchema: GenMessage<WorkerMessage> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 16);
+  messageDesc(file_jobd_v1_jobd, 21);
+
+/**
+ * Progress reports how far an attempt got: the latest value is kept
+ * (Job.progress) and watchers see each stored value as a JobEvent whose
+ * state did not change. Updates are coalesced to one stored write per job
+ * every 200 ms; never refused for their rate. A Progress for an attempt
+ * the session does not hold changes nothing. Oversized fields end the
+ * stream with INVALID_ARGUMENT.
+ *
+ * @generated from message jobd.v1.Progress
+ */
+export type Progress = Message<"jobd.v1.Progress"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: uint32 attempt = 2;
+   */
+  attempt: number;
+
+  /**
+   * 0..=100.
+   *
+   * @generated from field: uint32 percent = 3;
+   */
+  percent: number;
+
+  /**
+   * At most 256 bytes.
+   *
+   * @generated from field: string message = 4;
+   */
+  message: string;
+
+  /**
+   * At most 4 KiB, opaque (JSON by convention).
+   *
+   * @generated from field: bytes details = 5;
+   */
+  details: Uint8Array;
+};
+
+/**
+ * Describes the message jobd.v1.Progress.
+ * Use `create(ProgressSchema)` to create a new message.
+ */
+export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 22);
+
+/**
+ * Log appends lines to the job's log (GetLogs, WatchLogs), tagged with the
+ * attempt and the time jobd received them. At most 1,000 lines a message,
+ * each at most 4 KiB; oversized ones end the stream with INVALID_ARGUMENT.
+ *
+ * @generated from message jobd.v1.Log
+ */
+export type Log = Message<"jobd.v1.Log"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: uint32 attempt = 2;
+   */
+  attempt: number;
+
+  /**
+   * @generated from field: repeated string lines = 3;
+   */
+  lines: string[];
+};
+
+/**
+ * Describes the message jobd.v1.Log.
+ * Use `create(LogSchema)` to create a new message.
+ */
+export const LogSchema: GenMessage<Log> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 23);
 
 /**
  * Hello opens a session.
@@ -745,7 +993,7 @@ export type Hello = Message<"jobd.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 17);
+  messageDesc(file_jobd_v1_jobd, 24);
 
 /**
  * @generated from message jobd.v1.Heartbeat
@@ -758,7 +1006,7 @@ export type Heartbeat = Message<"jobd.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 18);
+  messageDesc(file_jobd_v1_jobd, 25);
 
 /**
  * Complete reports a successful attempt; `result` is cut to the kind's
@@ -788,7 +1036,7 @@ export type Complete = Message<"jobd.v1.Complete"> & {
  * Use `create(CompleteSchema)` to create a new message.
  */
 export const CompleteSchema: GenMessage<Complete> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 19);
+  messageDesc(file_jobd_v1_jobd, 26);
 
 /**
  * Fail reports a failed attempt: retried with the kind's backoff (or after
@@ -828,7 +1076,7 @@ export type Fail = Message<"jobd.v1.Fail"> & {
  * Use `create(FailSchema)` to create a new message.
  */
 export const FailSchema: GenMessage<Fail> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 20);
+  messageDesc(file_jobd_v1_jobd, 27);
 
 /**
  * @generated from message jobd.v1.ServerMessage
@@ -875,7 +1123,7 @@ export type ServerMessage = Message<"jobd.v1.ServerMessage"> & {
  * Use `create(ServerMessageSchema)` to create a new message.
  */
 export const ServerMessageSchema: GenMessage<ServerMessage> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 21);
+  messageDesc(file_jobd_v1_jobd, 28);
 
 /**
  * @generated from message jobd.v1.Welcome
@@ -899,7 +1147,7 @@ export type Welcome = Message<"jobd.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 22);
+  messageDesc(file_jobd_v1_jobd, 29);
 
 /**
  * Assign hands one attempt of a job to the worker.
@@ -937,7 +1185,7 @@ export type Assign = Message<"jobd.v1.Assign"> & {
  * Use `create(AssignSchema)` to create a new message.
  */
 export const AssignSchema: GenMessage<Assign> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 23);
+  messageDesc(file_jobd_v1_jobd, 30);
 
 /**
  * CancelJob tells the worker to stop an attempt (cancelled, timed out).
@@ -966,7 +1214,7 @@ export type CancelJob = Message<"jobd.v1.CancelJob"> & {
  * Use `create(CancelJobSchema)` to create a new message.
  */
 export const CancelJobSchema: GenMessage<CancelJob> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 24);
+  messageDesc(file_jobd_v1_jobd, 31);
 
 /**
  * ReportAck answers every Complete and Fail, once the outcome is committed
@@ -1001,7 +1249,7 @@ export type ReportAck = Message<"jobd.v1.ReportAck"> & {
  * Use `create(ReportAckSchema)` to create a new message.
  */
 export const ReportAckSchema: GenMessage<ReportAck> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 25);
+  messageDesc(file_jobd_v1_jobd, 32);
 
 /**
  * Drain: jobd is shutting down; report what you hold before the deadline.
@@ -1020,7 +1268,7 @@ export type Drain = Message<"jobd.v1.Drain"> & {
  * Use `create(DrainSchema)` to create a new message.
  */
 export const DrainSchema: GenMessage<Drain> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 26);
+  messageDesc(file_jobd_v1_jobd, 33);
 
 /**
  * @generated from message jobd.v1.ListSchedulesRequest
@@ -1033,7 +1281,7 @@ export type ListSchedulesRequest = Message<"jobd.v1.ListSchedulesRequest"> & {
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 27);
+  messageDesc(file_jobd_v1_jobd, 34);
 
 /**
  * @generated from message jobd.v1.ListSchedulesResponse
@@ -1050,7 +1298,7 @@ export type ListSchedulesResponse = Message<"jobd.v1.ListSchedulesResponse"> & {
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 28);
+  messageDesc(file_jobd_v1_jobd, 35);
 
 /**
  * @generated from message jobd.v1.ScheduleStatus
@@ -1103,7 +1351,7 @@ export type ScheduleStatus = Message<"jobd.v1.ScheduleStatus"> & {
  * Use `create(ScheduleStatusSchema)` to create a new message.
  */
 export const ScheduleStatusSchema: GenMessage<ScheduleStatus> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 29);
+  messageDesc(file_jobd_v1_jobd, 36);
 
 /**
  * @generated from message jobd.v1.TriggerScheduleRequest
@@ -1120,7 +1368,7 @@ export type TriggerScheduleRequest = Message<"jobd.v1.TriggerScheduleRequest"> &
  * Use `create(TriggerScheduleRequestSchema)` to create a new message.
  */
 export const TriggerScheduleRequestSchema: GenMessage<TriggerScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 30);
+  messageDesc(file_jobd_v1_jobd, 37);
 
 /**
  * @generated from message jobd.v1.TriggerScheduleResponse
@@ -1137,7 +1385,7 @@ export type TriggerScheduleResponse = Message<"jobd.v1.TriggerScheduleResponse">
  * Use `create(TriggerScheduleResponseSchema)` to create a new message.
  */
 export const TriggerScheduleResponseSchema: GenMessage<TriggerScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 31);
+  messageDesc(file_jobd_v1_jobd, 38);
 
 /**
  * @generated from message jobd.v1.PauseScheduleRequest
@@ -1154,7 +1402,7 @@ export type PauseScheduleRequest = Message<"jobd.v1.PauseScheduleRequest"> & {
  * Use `create(PauseScheduleRequestSchema)` to create a new message.
  */
 export const PauseScheduleRequestSchema: GenMessage<PauseScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 32);
+  messageDesc(file_jobd_v1_jobd, 39);
 
 /**
  * @generated from message jobd.v1.PauseScheduleResponse
@@ -1171,7 +1419,7 @@ export type PauseScheduleResponse = Message<"jobd.v1.PauseScheduleResponse"> & {
  * Use `create(PauseScheduleResponseSchema)` to create a new message.
  */
 export const PauseScheduleResponseSchema: GenMessage<PauseScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 33);
+  messageDesc(file_jobd_v1_jobd, 40);
 
 /**
  * @generated from message jobd.v1.ResumeScheduleRequest
@@ -1188,7 +1436,7 @@ export type ResumeScheduleRequest = Message<"jobd.v1.ResumeScheduleRequest"> & {
  * Use `create(ResumeScheduleRequestSchema)` to create a new message.
  */
 export const ResumeScheduleRequestSchema: GenMessage<ResumeScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 34);
+  messageDesc(file_jobd_v1_jobd, 41);
 
 /**
  * @generated from message jobd.v1.ResumeScheduleResponse
@@ -1205,7 +1453,7 @@ export type ResumeScheduleResponse = Message<"jobd.v1.ResumeScheduleResponse"> &
  * Use `create(ResumeScheduleResponseSchema)` to create a new message.
  */
 export const ResumeScheduleResponseSchema: GenMessage<ResumeScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 35);
+  messageDesc(file_jobd_v1_jobd, 42);
 
 /**
  * @generated from message jobd.v1.PauseKindRequest
@@ -1222,7 +1470,7 @@ export type PauseKindRequest = Message<"jobd.v1.PauseKindRequest"> & {
  * Use `create(PauseKindRequestSchema)` to create a new message.
  */
 export const PauseKindRequestSchema: GenMessage<PauseKindRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 36);
+  messageDesc(file_jobd_v1_jobd, 43);
 
 /**
  * @generated from message jobd.v1.PauseKindResponse
@@ -1239,7 +1487,7 @@ export type PauseKindResponse = Message<"jobd.v1.PauseKindResponse"> & {
  * Use `create(PauseKindResponseSchema)` to create a new message.
  */
 export const PauseKindResponseSchema: GenMessage<PauseKindResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 37);
+  messageDesc(file_jobd_v1_jobd, 44);
 
 /**
  * @generated from message jobd.v1.ResumeKindRequest
@@ -1256,7 +1504,7 @@ export type ResumeKindRequest = Message<"jobd.v1.ResumeKindRequest"> & {
  * Use `create(ResumeKindRequestSchema)` to create a new message.
  */
 export const ResumeKindRequestSchema: GenMessage<ResumeKindRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 38);
+  messageDesc(file_jobd_v1_jobd, 45);
 
 /**
  * @generated from message jobd.v1.ResumeKindResponse
@@ -1273,7 +1521,7 @@ export type ResumeKindResponse = Message<"jobd.v1.ResumeKindResponse"> & {
  * Use `create(ResumeKindResponseSchema)` to create a new message.
  */
 export const ResumeKindResponseSchema: GenMessage<ResumeKindResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 39);
+  messageDesc(file_jobd_v1_jobd, 46);
 
 /**
  * @generated from message jobd.v1.ListKindsRequest
@@ -1286,7 +1534,7 @@ export type ListKindsRequest = Message<"jobd.v1.ListKindsRequest"> & {
  * Use `create(ListKindsRequestSchema)` to create a new message.
  */
 export const ListKindsRequestSchema: GenMessage<ListKindsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 40);
+  messageDesc(file_jobd_v1_jobd, 47);
 
 /**
  * @generated from message jobd.v1.ListKindsResponse
@@ -1303,7 +1551,7 @@ export type ListKindsResponse = Message<"jobd.v1.ListKindsResponse"> & {
  * Use `create(ListKindsResponseSchema)` to create a new message.
  */
 export const ListKindsResponseSchema: GenMessage<ListKindsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 41);
+  messageDesc(file_jobd_v1_jobd, 48);
 
 /**
  * KindStatus is one kind as this instance sees it; the job counts come
@@ -1370,7 +1618,7 @@ export type KindStatus = Message<"jobd.v1.KindStatus"> & {
  * Use `create(KindStatusSchema)` to create a new message.
  */
 export const KindStatusSchema: GenMessage<KindStatus> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 42);
+  messageDesc(file_jobd_v1_jobd, 49);
 
 /**
  * @generated from message jobd.v1.RetryJobsRequest
@@ -1409,7 +1657,7 @@ export type RetryJobsRequest = Message<"jobd.v1.RetryJobsRequest"> & {
  * Use `create(RetryJobsRequestSchema)` to create a new message.
  */
 export const RetryJobsRequestSchema: GenMessage<RetryJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 43);
+  messageDesc(file_jobd_v1_jobd, 50);
 
 /**
  * RetryFilter selects finished jobs to retry; every field set must match.
@@ -1456,7 +1704,7 @@ export type RetryFilter = Message<"jobd.v1.RetryFilter"> & {
  * Use `create(RetryFilterSchema)` to create a new message.
  */
 export const RetryFilterSchema: GenMessage<RetryFilter> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 44);
+  messageDesc(file_jobd_v1_jobd, 51);
 
 /**
  * @generated from message jobd.v1.RetryJobsResponse
@@ -1503,7 +1751,7 @@ export type RetryJobsResponse = Message<"jobd.v1.RetryJobsResponse"> & {
  * Use `create(RetryJobsResponseSchema)` to create a new message.
  */
 export const RetryJobsResponseSchema: GenMessage<RetryJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 45);
+  messageDesc(file_jobd_v1_jobd, 52);
 
 /**
  * @generated from message jobd.v1.RetrySkipped
@@ -1525,7 +1773,7 @@ export type RetrySkipped = Message<"jobd.v1.RetrySkipped"> & {
  * Use `create(RetrySkippedSchema)` to create a new message.
  */
 export const RetrySkippedSchema: GenMessage<RetrySkipped> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 46);
+  messageDesc(file_jobd_v1_jobd, 53);
 
 /**
  * @generated from message jobd.v1.ListWorkersRequest
@@ -1544,7 +1792,7 @@ export type ListWorkersRequest = Message<"jobd.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 47);
+  messageDesc(file_jobd_v1_jobd, 54);
 
 /**
  * @generated from message jobd.v1.ListWorkersResponse
@@ -1561,7 +1809,7 @@ export type ListWorkersResponse = Message<"jobd.v1.ListWorkersResponse"> & {
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 48);
+  messageDesc(file_jobd_v1_jobd, 55);
 
 /**
  * WorkerSession is one connected worker process.
@@ -1626,7 +1874,7 @@ export type WorkerSession = Message<"jobd.v1.WorkerSession"> & {
  * Use `create(WorkerSessionSchema)` to create a new message.
  */
 export const WorkerSessionSchema: GenMessage<WorkerSession> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 49);
+  messageDesc(file_jobd_v1_jobd, 56);
 
 /**
  * JobState is where a job is in its life.
@@ -1823,6 +2071,33 @@ export const JobService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchJobsRequestSchema;
     output: typeof WatchJobsResponseSchema;
+  },
+  /**
+   * GetLogs pages the log lines a job's attempts wrote (a remote worker's
+   * `Log` messages), oldest first: the last `log_lines` of the job are kept
+   * (default 1,000), each with its attempt and time; they are removed with
+   * the job. Pass the last `seq` seen as `after` for the next page.
+   *
+   * @generated from rpc jobd.v1.JobService.GetLogs
+   */
+  getLogs: {
+    methodKind: "unary";
+    input: typeof GetLogsRequestSchema;
+    output: typeof GetLogsResponseSchema;
+  },
+  /**
+   * WatchLogs streams a job's log lines after `after` as they are written,
+   * and ends with OK once the job is terminal and every line was sent (with
+   * UNAVAILABLE when the daemon drains).
+   *
+   * buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+   *
+   * @generated from rpc jobd.v1.JobService.WatchLogs
+   */
+  watchLogs: {
+    methodKind: "server_streaming";
+    input: typeof WatchLogsRequestSchema;
+    output: typeof LogLineSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_jobd_v1_jobd, 0);

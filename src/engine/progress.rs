@@ -1,0 +1,143 @@
+//! Long-running jobs: a worker's progress (coalesced: at most one stored
+//! write per job every [`PROGRESS_EVERY`], never refused for its rate) and
+//! log lines, written for the attempt that holds the job only.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::{Engine, EngineError};
+use crate::job::{now_micros, JobState, LogLine, Progress};
+
+/// One stored progress value per job at most this often; what comes in
+/// between is kept (the latest only) and written when the time is up.
+pub const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+/// Log lines kept per job (the newest).
+pub const DEFAULT_LOG_LINES: usize = 1000;
+/// Gates kept for jobs with no write for this long are forgotten.
+const GATE_IDLE: Duration = Duration::from_secs(10);
+/// Gates held before idle ones are swept out.
+const GATES_SWEEP_AT: usize = 1024;
+
+/// Per-job progress gates.
+#[derive(Debug, Default)]
+pub(super) struct ProgressGates {
+    /// A std mutex: held for a map lookup, never across an await.
+    jobs: Mutex<HashMap<Uuid, Gate>>,
+}
+
+#[derive(Debug)]
+struct Gate {
+    last_write: Instant,
+    /// The latest value that came too soon, and its attempt.
+    pending: Option<(u32, Progress)>,
+    /// A delayed write is scheduled.
+    flushing: bool,
+}
+
+impl ProgressGates {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Gate>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Engine {
+    /// A worker's progress for `(id, attempt)`: stored now, or (coalesced)
+    /// at most [`PROGRESS_EVERY`] after the last write of this job.
+    pub fn progress(self: &Arc<Self>, id: Uuid, attempt: u32, mut p: Progress) {
+        p.updated_at = now_micros();
+        let now = Instant::now();
+        let delay = {
+            let mut gates = self.attempts.progress.lock();
+            if gates.len() >= GATES_SWEEP_AT {
+                gates.retain(|_, g| g.flushing || now.duration_since(g.last_write) < GATE_IDLE);
+            }
+            let g = gates.entry(id).or_insert(Gate {
+                last_write: now.checked_sub(PROGRESS_EVERY).unwrap_or(now),
+                pending: None,
+                flushing: false,
+            });
+            let since = now.duration_since(g.last_write);
+            if !g.flushing && since >= PROGRESS_EVERY {
+                g.last_write = now;
+                None
+            } else {
+                g.pending = Some((attempt, p.clone()));
+                if g.flushing {
+                    return;
+                }
+                g.flushing = true;
+                Some(PROGRESS_EVERY - since)
+            }
+        };
+        let engine = self.clone();
+        tokio::spawn(async move {
+            match delay {
+                None => engine.write_progress(id, attempt, p).await,
+                Some(d) => {
+                    tokio::time::sleep(d).await;
+                    let taken = {
+                        let mut gates = engine.attempts.progress.lock();
+                        gates.get_mut(&id).and_then(|g| {
+                            g.flushing = false;
+                            g.last_write = Instant::now();
+                            g.pending.take()
+                        })
+                    };
+                    if let Some((attempt, p)) = taken {
+                        engine.write_progress(id, attempt, p).await;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn write_progress(&self, id: Uuid, attempt: u32, p: Progress) {
+        match self.store.set_progress(id, attempt, p).await {
+            // Each stored value is an event; the state did not change.
+            Ok(Some(job)) => self.changed(Some(JobState::Running), &job),
+            Ok(None) => {
+                tracing::debug!(job = %id, attempt, "progress for an attempt that no longer runs")
+            }
+            Err(e) => tracing::debug!(job = %id, error = %e, "progress not written"),
+        }
+    }
+
+    /// Appends a worker's log lines for `(id, attempt)`; false when that
+    /// attempt no longer holds the job (nothing written).
+    pub async fn append_logs(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        lines: Vec<String>,
+    ) -> Result<bool, EngineError> {
+        let n = lines.len() as u64;
+        let kind = self.store.get(id).await?.map(|j| j.kind);
+        let written = self
+            .store
+            .append_logs(id, attempt, lines, now_micros(), DEFAULT_LOG_LINES)
+            .await?;
+        if let (true, Some(kind)) = (written, kind) {
+            self.metrics.log_lines(&kind, n);
+        }
+        Ok(written)
+    }
+
+    /// Up to `limit` of a job's log lines after `after`; NotFound for a job
+    /// that does not exist.
+    pub async fn logs(
+        &self,
+        id: Uuid,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, EngineError> {
+        let lines = self.store.logs(id, after, limit).await?;
+        if lines.is_empty() {
+            // Tell "no lines yet" from "no such job".
+            self.get(id).await?;
+        }
+        Ok(lines)
+    }
+}

@@ -1,0 +1,336 @@
+//! Long-running jobs (#29): a worker's progress and log lines, over real
+//! gRPC, on every store; GetLogs, WatchLogs, the bounds, and kill -9.
+
+use std::time::Duration;
+
+use jobd::proto::{self, worker_message, JobState};
+use tonic::Code;
+
+use crate::helpers::*;
+use crate::pg::PgSchema;
+use crate::remote::{hello, msg, raw, Raw};
+
+const HEAD: &str = "[workers]\nheartbeat_interval = \"1s\"\n";
+const KINDS: &str = "[kinds.r]\nhandler = \"remote\"\ntimeout = \"60s\"\n";
+
+fn progress(job_id: &str, attempt: u32, percent: u32, message: &str) -> proto::WorkerMessage {
+    msg(worker_message::Msg::Progress(proto::Progress {
+        job_id: job_id.into(),
+        attempt,
+        percent,
+        message: message.into(),
+        details: br#"{"tile":3}"#.to_vec(),
+    }))
+}
+
+fn log(
+    job_id: &str,
+    attempt: u32,
+    lines: impl IntoIterator<Item = String>,
+) -> proto::WorkerMessage {
+    msg(worker_message::Msg::Log(proto::Log {
+        job_id: job_id.into(),
+        attempt,
+        lines: lines.into_iter().collect(),
+    }))
+}
+
+fn complete(job_id: &str, attempt: u32) -> proto::WorkerMessage {
+    msg(worker_message::Msg::Complete(proto::Complete {
+        job_id: job_id.into(),
+        attempt,
+        result: b"done".to_vec(),
+    }))
+}
+
+async fn logs(
+    c: &mut proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    id: &str,
+    after: u64,
+    limit: u32,
+) -> Vec<proto::LogLine> {
+    c.get_logs(proto::GetLogsRequest {
+        id: id.into(),
+        after,
+        limit,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .lines
+}
+
+/// A job held by a raw worker, with a watcher opened before it runs.
+async fn held_job(
+    d: &TestDaemon,
+) -> (
+    proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    Raw,
+    String,
+    u32,
+) {
+    let mut c = d.client().await;
+    let mut w = raw(&d.url(), hello(&["r"], 4)).await.unwrap();
+    let job = submit(&mut c, req("r", "x")).await;
+    let a = w.assign().await;
+    (c, w, job.id, a.job.unwrap().attempt)
+}
+
+/// Progress, coalesced, seen by a watcher in order between RUNNING and
+/// SUCCEEDED (sequence + 1 each, state unchanged), and by GetStatus; log
+/// lines paged by GetLogs, the newest 1,000 kept; on `head`'s store.
+async fn progress_and_logs_on(head: &str) {
+    let d = start_with(&format!("{head}{HEAD}"), KINDS).await;
+    let (mut c, w, id, attempt) = held_job(&d).await;
+    let mut watch = c
+        .watch_status(proto::WatchStatusRequest {
+            id: id.clone(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.job.as_ref().unwrap().state, JobState::Running as i32);
+    // A burst (coalesced), then a value after the window.
+    for p in [10, 20, 30, 40, 50] {
+        w.tx.send(progress(&id, attempt, p, &format!("step {p}")))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    w.tx.send(progress(&id, attempt, 90, "nearly"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let j = status(&mut c, &id).await;
+    let p = j.progress.expect("progress on GetStatus");
+    assert_eq!((p.percent, p.message.as_str()), (90, "nearly"));
+    assert_eq!(p.details, br#"{"tile":3}"#);
+    // 1,200 lines in two messages: the newest 1,000 are kept.
+    w.tx.send(log(&id, attempt, (1..=600).map(|i| format!("line {i}"))))
+        .await
+        .unwrap();
+    w.tx.send(log(&id, attempt, (601..=1200).map(|i| format!("line {i}"))))
+        .await
+        .unwrap();
+    w.tx.send(complete(&id, attempt)).await.unwrap();
+    let mut seen = vec![(first.sequence, JobState::Running as i32, None)];
+    loop {
+        let Some(e) = watch.message().await.unwrap() else {
+            break;
+        };
+        let j = e.job.unwrap();
+        seen.push((e.sequence, j.state, j.progress.map(|p| p.percent)));
+    }
+    for w in seen.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "no gaps: {seen:?}");
+    }
+    let (last, middle) = seen.split_last().unwrap();
+    assert_eq!(last.1, JobState::Succeeded as i32, "{seen:?}");
+    let percents: Vec<u32> = middle.iter().filter_map(|s| s.2).collect();
+    assert!(
+        middle.iter().all(|s| s.1 == JobState::Running as i32),
+        "{seen:?}"
+    );
+    assert_eq!(percents.last(), Some(&90), "{seen:?}");
+    assert!(
+        percents.windows(2).all(|p| p[0] <= p[1]),
+        "in order: {seen:?}"
+    );
+    assert!(
+        percents.len() < 6,
+        "coalesced: {} stored of 6 sent",
+        percents.len()
+    );
+    // Pages of 500: lines 201..=1200, then nothing.
+    let page1 = logs(&mut c, &id, 0, 500).await;
+    assert_eq!(page1.len(), 500);
+    assert_eq!(page1[0].text, "line 201");
+    assert_eq!(page1[0].attempt, attempt);
+    let page2 = logs(&mut c, &id, page1[499].seq, 500).await;
+    assert_eq!(page2.last().unwrap().text, "line 1200");
+    assert!(logs(&mut c, &id, page2[499].seq, 500).await.is_empty());
+    let e = c
+        .get_logs(proto::GetLogsRequest {
+            id: uuid::Uuid::now_v7().to_string(),
+            after: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound);
+    drop(w);
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_logs_on_memory() {
+    progress_and_logs_on("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_logs_on_sqlite() {
+    progress_and_logs_on("store = \"sqlite:{dir}/jobd.db\"\n").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_and_logs_on_postgres() {
+    let Some(pg) = PgSchema::new("progress").await else {
+        return;
+    };
+    progress_and_logs_on(&pg.toml("")).await;
+}
+
+/// WatchLogs follows a running job's lines as they come and ends (OK)
+/// after its terminal state, once every line was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_logs_follows_and_ends_after_the_terminal_state() {
+    let d = start_with(
+        &format!("store = \"sqlite:{{dir}}/jobd.db\"\n{HEAD}"),
+        KINDS,
+    )
+    .await;
+    let (mut c, w, id, attempt) = held_job(&d).await;
+    let mut follow = c
+        .watch_logs(proto::WatchLogsRequest {
+            id: id.clone(),
+            after: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    w.tx.send(log(&id, attempt, ["one".to_string()]))
+        .await
+        .unwrap();
+    let l = tokio::time::timeout(Duration::from_secs(5), follow.message())
+        .await
+        .expect("a line while running")
+        .unwrap()
+        .unwrap();
+    assert_eq!((l.text.as_str(), l.attempt), ("one", attempt));
+    w.tx.send(log(&id, attempt, ["two".to_string(), "three".to_string()]))
+        .await
+        .unwrap();
+    w.tx.send(complete(&id, attempt)).await.unwrap();
+    let mut rest = Vec::new();
+    while let Some(l) = tokio::time::timeout(Duration::from_secs(5), follow.message())
+        .await
+        .expect("the stream ends")
+        .unwrap()
+    {
+        rest.push(l.text);
+    }
+    assert_eq!(rest, ["two", "three"]);
+    // A finished job's log is sent whole, then the stream ends.
+    let mut again = c
+        .watch_logs(proto::WatchLogsRequest { id, after: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut all = Vec::new();
+    while let Some(l) = again.message().await.unwrap() {
+        all.push(l.text);
+    }
+    assert_eq!(all, ["one", "two", "three"]);
+    drop(w);
+    d.stop().await;
+}
+
+/// Fields past DESIGN's bounds end the worker's stream with
+/// INVALID_ARGUMENT naming the field; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_progress_and_log_fields_are_refused() {
+    let d = start_with(HEAD, KINDS).await;
+    type Make = Box<dyn Fn(&str, u32) -> proto::WorkerMessage>;
+    let cases: Vec<(Make, &str)> = vec![
+        (
+            Box::new(|id, a| progress(id, a, 101, "")),
+            "progress.percent",
+        ),
+        (
+            Box::new(|id, a| progress(id, a, 5, &"m".repeat(257))),
+            "progress.message",
+        ),
+        (
+            Box::new(|id, a| {
+                msg(worker_message::Msg::Progress(proto::Progress {
+                    job_id: id.into(),
+                    attempt: a,
+                    percent: 5,
+                    message: String::new(),
+                    details: vec![0; 4097],
+                }))
+            }),
+            "progress.details",
+        ),
+        (
+            Box::new(|id, a| log(id, a, ["x".repeat(4097)])),
+            "log.lines[0]",
+        ),
+        (
+            Box::new(|id, a| log(id, a, (0..1001).map(|i| i.to_string()))),
+            "log.lines",
+        ),
+    ];
+    for (make, field) in cases {
+        let (mut c, mut w, id, attempt) = held_job(&d).await;
+        w.tx.send(make(&id, attempt)).await.unwrap();
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(5), w.rx.message())
+                .await
+                .expect("the stream ends")
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("{field}: stream ended with OK"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(end.code(), Code::InvalidArgument, "{field}: {end}");
+        let bad = tonic_types::StatusExt::get_details_bad_request(&end).expect("BadRequest");
+        assert_eq!(bad.field_violations[0].field, field);
+        assert!(logs(&mut c, &id, 0, 0).await.is_empty());
+        assert!(status(&mut c, &id).await.progress.is_none());
+    }
+    d.stop().await;
+}
+
+/// Log lines GetLogs returned survive a kill -9 of the daemon (SQLite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!("{HEAD}{KINDS}");
+    let p = crate::binary::spawn_daemon(dir.path(), &extra).await;
+    let mut child = p.child;
+    let mut c = connect(&p.url).await;
+    let mut w = raw(&p.url, hello(&["r"], 4)).await.unwrap();
+    let job = submit(&mut c, req("r", "x")).await;
+    let attempt = w.assign().await.job.unwrap().attempt;
+    w.tx.send(log(&job.id, attempt, (1..=50).map(|i| format!("l{i}"))))
+        .await
+        .unwrap();
+    w.tx.send(progress(&job.id, attempt, 42, "half"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let l = logs(&mut c, &job.id, 0, 0).await;
+        if l.len() == 50 && status(&mut c, &job.id).await.progress.is_some() {
+            break l;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lines not written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(w);
+    let p = crate::binary::spawn_daemon(dir.path(), &extra).await;
+    let mut child = p.child;
+    let mut c = connect(&p.url).await;
+    let after = logs(&mut c, &job.id, 0, 0).await;
+    let p42 = status(&mut c, &job.id).await.progress.map(|p| p.percent);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(after, seen);
+    assert_eq!(p42, Some(42));
+}
