@@ -80,6 +80,65 @@ pub struct WorkJob {
     /// Fires on `CancelJob` (cancelled, timed out, drained) and when the
     /// session is lost: the report would be stale, so stop.
     pub cancel: CancellationToken,
+    /// Progress and log lines, sent to jobd over the session
+    /// ([`WorkJob::progress`], [`WorkJob::log`]); dropped when the session's
+    /// queue is full rather than holding up the job.
+    pub notes: crate::handlers::Notes,
+}
+
+impl WorkJob {
+    /// Reports how far the job got (see [`crate::handlers::JobContext::progress`]).
+    pub fn progress(&self, percent: u32, message: &str, details: &[u8]) {
+        self.context_notes().progress(percent, message, details);
+    }
+
+    /// Appends lines to the job's log.
+    pub fn log<S: AsRef<str>>(&self, lines: impl IntoIterator<Item = S>) {
+        self.context_notes().log(lines);
+    }
+
+    fn context_notes(&self) -> crate::handlers::JobContext {
+        crate::handlers::JobContext {
+            id: uuid::Uuid::nil(),
+            kind: String::new(),
+            attempt: self.attempt,
+            max_attempts: 0,
+            payload: Bytes::new(),
+            timeout: Duration::ZERO,
+            trace: None,
+            cancel: self.cancel.clone(),
+            notes: self.notes.clone(),
+        }
+    }
+}
+
+/// Notes of one attempt as worker messages on the session's queue.
+fn session_notes(
+    tx: mpsc::Sender<proto::WorkerMessage>,
+    job_id: String,
+    attempt: u32,
+) -> crate::handlers::Notes {
+    crate::handlers::Notes::new(move |note| {
+        let m = match note {
+            crate::handlers::Note::Progress {
+                percent,
+                message,
+                details,
+            } => worker_message::Msg::Progress(proto::Progress {
+                job_id: job_id.clone(),
+                attempt,
+                percent,
+                message,
+                details: details.to_vec(),
+            }),
+            crate::handlers::Note::Log(lines) => worker_message::Msg::Log(proto::Log {
+                job_id: job_id.clone(),
+                attempt,
+                lines,
+            }),
+        };
+        let _ = tx.try_send(msg(m));
+    })
 }
 
 /// Why [`serve`] returned early.
@@ -245,7 +304,8 @@ where
                 }
                 let cancel = session_over.child_token();
                 running.insert((j.id.clone(), j.attempt), cancel.clone());
-                let job = work_job(a, j, cancel);
+                let notes = session_notes(tx.clone(), j.id.clone(), j.attempt);
+                let job = work_job(a, j, cancel, notes);
                 jobs.spawn(run_job(work.clone(), job, tx.clone(), done_tx.clone()));
             }
             Some(server_message::Msg::Cancel(c)) => {
@@ -302,7 +362,12 @@ fn give_back(j: proto::Job) -> worker_message::Msg {
 }
 
 /// The job an assignment gives, with the token that stops it.
-fn work_job(a: proto::Assign, j: proto::Job, cancel: CancellationToken) -> WorkJob {
+fn work_job(
+    a: proto::Assign,
+    j: proto::Job,
+    cancel: CancellationToken,
+    notes: crate::handlers::Notes,
+) -> WorkJob {
     WorkJob {
         id: j.id,
         kind: j.kind,
@@ -314,6 +379,7 @@ fn work_job(a: proto::Assign, j: proto::Job, cancel: CancellationToken) -> WorkJ
             a.headers.get("tracestate").map(String::as_str),
         ),
         cancel,
+        notes,
     }
 }
 
@@ -439,6 +505,7 @@ pub async fn serve_command(
                 timeout,
                 trace: job.trace,
                 cancel: job.cancel,
+                notes: job.notes,
             };
             handler.run(ctx).await.map(|o| o.result)
         }

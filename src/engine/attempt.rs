@@ -42,6 +42,9 @@ impl Ended {
     }
 }
 
+/// Batches of log lines a local attempt may have waiting for the store.
+const LOG_BATCHES_QUEUED: usize = 256;
+
 impl Engine {
     pub(super) async fn run_attempt(
         self: Arc<Self>,
@@ -60,7 +63,7 @@ impl Engine {
         }
     }
 
-    async fn attempt_inner(&self, job: Job) {
+    async fn attempt_inner(self: &Arc<Self>, job: Job) {
         // A cancel that came between the claim and this point left an
         // already-cancelled token here: the attempt then stops at once.
         let stop = self.attempt_token(job.id, job.attempt, job.sequence);
@@ -92,10 +95,49 @@ impl Engine {
         self.complete(job, outcome).await;
     }
 
+    /// Where a local handler's progress and log lines go: stored for this
+    /// attempt (progress coalesced; log lines in order, one write at a
+    /// time per attempt).
+    fn notes_for(self: &Arc<Self>, id: uuid::Uuid, attempt: u32) -> crate::handlers::Notes {
+        let engine = Arc::downgrade(self);
+        // Bounded: a handler that logs faster than the store writes loses
+        // lines (log writes are the first dropped), never memory.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<String>>(LOG_BATCHES_QUEUED);
+        let writer = engine.clone();
+        tokio::spawn(async move {
+            while let Some(lines) = rx.recv().await {
+                let Some(e) = writer.upgrade() else { return };
+                if let Err(err) = e.append_logs(id, attempt, lines).await {
+                    tracing::debug!(job = %id, error = %err, "log lines not written");
+                }
+            }
+        });
+        crate::handlers::Notes::new(move |note| match note {
+            crate::handlers::Note::Progress {
+                percent,
+                message,
+                details,
+            } => {
+                if let Some(e) = engine.upgrade() {
+                    let p = crate::job::Progress {
+                        percent,
+                        message,
+                        details,
+                        updated_at: 0,
+                    };
+                    e.progress(id, attempt, p);
+                }
+            }
+            crate::handlers::Note::Log(lines) => {
+                let _ = tx.try_send(lines);
+            }
+        })
+    }
+
     /// Runs the handler; it gets `span`'s context as its trace context when
     /// spans are exported, else the submitter's.
     async fn execute(
-        &self,
+        self: &Arc<Self>,
         job: &Job,
         stop: tokio_util::sync::CancellationToken,
         span: Option<&crate::otel::ActiveSpan>,
@@ -115,6 +157,7 @@ impl Engine {
             timeout: job.timeout,
             trace: span.map(|s| s.context()).or_else(|| job.trace.clone()),
             cancel: stop.clone(),
+            notes: self.notes_for(job.id, job.attempt),
         };
         // Its own task, so a panic is caught as a JoinError and fails only
         // this attempt.

@@ -133,22 +133,62 @@ async fn read_capped(mut r: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, boo
     (kept, overflow)
 }
 
-/// Reads everything, keeping the last `cap` bytes.
-async fn read_tail(mut r: impl AsyncRead + Unpin, cap: usize) -> Vec<u8> {
+/// The `::progress N message` convention (GitHub Actions' `::` commands):
+/// such a stderr line sets the job's progress instead of being logged.
+const PROGRESS_COMMAND: &str = "::progress ";
+
+/// Reads stderr to its end: each line goes to the job's log (a
+/// `::progress N message` line sets its progress instead), and the last
+/// `cap` bytes of the other lines are kept (for `last_error`).
+async fn read_stderr(mut r: impl AsyncRead + Unpin, cap: usize, job: JobContext) -> Vec<u8> {
     let mut tail = std::collections::VecDeque::with_capacity(cap);
+    let mut line: Vec<u8> = Vec::new();
     let mut buf = [0u8; 8192];
+    let mut batch = Vec::new();
+    let mut take_line = |line: &mut Vec<u8>, batch: &mut Vec<String>| {
+        let text = String::from_utf8_lossy(line)
+            .trim_end_matches('\r')
+            .to_string();
+        line.clear();
+        if let Some(rest) = text.strip_prefix(PROGRESS_COMMAND) {
+            let (n, message) = rest.split_once(' ').unwrap_or((rest, ""));
+            if let Ok(n) = n.trim().parse::<u32>() {
+                job.progress(n, message, &[]);
+                return;
+            }
+        }
+        for b in text.bytes().chain(std::iter::once(b'\n')) {
+            if tail.len() == cap {
+                tail.pop_front();
+            }
+            tail.push_back(b);
+        }
+        batch.push(text);
+    };
     while let Ok(n) = r.read(&mut buf).await {
         if n == 0 {
             break;
         }
         for b in &buf[..n] {
-            if tail.len() == cap {
-                tail.pop_front();
+            if *b == b'\n' {
+                take_line(&mut line, &mut batch);
+            } else if line.len() < crate::handlers::MAX_LOG_LINE_BYTES {
+                line.push(*b);
             }
-            tail.push_back(*b);
+        }
+        if !batch.is_empty() {
+            job.log(batch.drain(..));
         }
     }
-    tail.into_iter().collect()
+    if !line.is_empty() {
+        take_line(&mut line, &mut batch);
+        job.log(batch.drain(..));
+    }
+    let mut out: Vec<u8> = tail.into_iter().collect();
+    if out.last() == Some(&b'\n') {
+        out.pop();
+    }
+    out
 }
 
 impl CommandHandler {
@@ -223,7 +263,7 @@ impl CommandHandler {
         let stdout = child.stdout.take().expect("piped");
         let stderr = child.stderr.take().expect("piped");
         let out_task = tokio::spawn(read_capped(stdout, self.max_output_bytes));
-        let err_task = tokio::spawn(read_tail(stderr, STDERR_TAIL_BYTES));
+        let err_task = tokio::spawn(read_stderr(stderr, STDERR_TAIL_BYTES, job.clone()));
         // Fed on its own: a program may exit without reading all of stdin,
         // and a grandchild holding stdin open must not keep us waiting.
         let feeder = tokio::spawn(feed);

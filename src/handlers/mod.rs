@@ -35,6 +35,91 @@ pub struct JobContext {
     /// that hold outside resources should watch it and clean up; the engine
     /// stops waiting for the handler either way.
     pub cancel: CancellationToken,
+    /// Where [`JobContext::progress`] and [`JobContext::log`] go.
+    pub notes: Notes,
+}
+
+/// Longest progress message, in bytes (longer ones are cut).
+pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 256;
+/// Longest progress details, in bytes (longer ones are dropped).
+pub const MAX_PROGRESS_DETAILS_BYTES: usize = 4096;
+/// Longest log line, in bytes (longer ones are cut).
+pub const MAX_LOG_LINE_BYTES: usize = 4096;
+
+/// What an attempt says while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// How far it got (the engine keeps the latest, coalesced).
+    Progress {
+        percent: u32,
+        message: String,
+        details: Bytes,
+    },
+    /// Lines for the job's log.
+    Log(Vec<String>),
+}
+
+/// Where an attempt's notes go: the engine stores them for the attempt
+/// that runs (a remote worker sends its own over its session).
+#[derive(Clone)]
+pub struct Notes(Arc<dyn Fn(Note) + Send + Sync>);
+
+impl std::fmt::Debug for Notes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Notes")
+    }
+}
+
+impl Notes {
+    pub fn new(f: impl Fn(Note) + Send + Sync + 'static) -> Notes {
+        Notes(Arc::new(f))
+    }
+
+    /// Notes that go nowhere.
+    pub fn none() -> Notes {
+        Notes::new(|_| {})
+    }
+
+    pub fn send(&self, note: Note) {
+        (self.0)(note);
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub fn cut_str(s: &str, max: usize) -> &str {
+    let mut at = s.len().min(max);
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    &s[..at]
+}
+
+impl JobContext {
+    /// Reports how far the attempt got: `percent` (capped at 100), a short
+    /// message (cut to 256 bytes) and details (dropped past 4 KiB).
+    pub fn progress(&self, percent: u32, message: &str, details: &[u8]) {
+        let details = if details.len() > MAX_PROGRESS_DETAILS_BYTES {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(details)
+        };
+        self.notes.send(Note::Progress {
+            percent: percent.min(100),
+            message: cut_str(message, MAX_PROGRESS_MESSAGE_BYTES).to_string(),
+            details,
+        });
+    }
+
+    /// Appends lines to the job's log (each cut to 4 KiB).
+    pub fn log<S: AsRef<str>>(&self, lines: impl IntoIterator<Item = S>) {
+        let lines: Vec<String> = lines
+            .into_iter()
+            .map(|l| cut_str(l.as_ref(), MAX_LOG_LINE_BYTES).to_string())
+            .collect();
+        if !lines.is_empty() {
+            self.notes.send(Note::Log(lines));
+        }
+    }
 }
 
 /// The trace context as the headers an attempt carries (`http` kinds and

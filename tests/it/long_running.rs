@@ -334,3 +334,51 @@ async fn logs_survive_kill_9() {
     assert_eq!(after, seen);
     assert_eq!(p42, Some(42));
 }
+
+/// A command's stderr lines are its job's log and `::progress N message`
+/// sets its progress (not logged); the stderr tail for `last_error` stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commands_stderr_is_its_log_and_progress() {
+    let kinds = r#"
+[kinds.cmd]
+handler = "command"
+command = ["sh", "-c", "echo '::progress 40 reading' >&2; echo 'line a' >&2; sleep 0.4; echo '::progress 100 done' >&2; printf 'line b' >&2"]
+[kinds.bad]
+handler = "command"
+command = ["sh", "-c", "echo 'about to fail' >&2; exit 3"]
+max_attempts = 1
+"#;
+    let d = start_with("store = \"sqlite:{dir}/jobd.db\"\n", kinds).await;
+    let mut c = d.client().await;
+    let job = submit(&mut c, req("cmd", "")).await;
+    let mut watch = c
+        .watch_status(proto::WatchStatusRequest {
+            id: job.id.clone(),
+            after_sequence: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut percents = Vec::new();
+    while let Some(e) = watch.message().await.unwrap() {
+        if let Some(p) = e.job.unwrap().progress {
+            percents.push(p.percent);
+        }
+    }
+    assert!(percents.contains(&40), "{percents:?}");
+    let j = wait_terminal(&mut c, &job.id).await;
+    assert_eq!(state(&j), JobState::Succeeded);
+    let p = j.progress.unwrap();
+    assert_eq!((p.percent, p.message.as_str()), (100, "done"));
+    let lines: Vec<String> = logs(&mut c, &job.id, 0, 0)
+        .await
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
+    assert_eq!(lines, ["line a", "line b"]);
+    let bad = submit(&mut c, req("bad", "")).await;
+    let b = wait_terminal(&mut c, &bad.id).await;
+    assert!(b.last_error.contains("about to fail"), "{}", b.last_error);
+    assert_eq!(logs(&mut c, &bad.id, 0, 0).await.len(), 1);
+    d.stop().await;
+}
