@@ -44,6 +44,36 @@ impl Ended {
 
 /// Batches of log lines a local attempt may have waiting for the store.
 const LOG_BATCHES_QUEUED: usize = 256;
+/// The longest an attempt's end waits for its log lines to be written.
+const LOG_DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Log batches of a local attempt not yet written, and a wake-up when none
+/// are left.
+#[derive(Default)]
+struct LogsWritten {
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    done: Arc<tokio::sync::Notify>,
+}
+
+impl LogsWritten {
+    /// Until every batch queued so far is written, at most `max`.
+    async fn wait(&self, max: std::time::Duration) {
+        let all = async {
+            loop {
+                // Registered before the check, so a wake-up between the
+                // two is not missed.
+                let woken = self.done.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                if self.queued.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                woken.await;
+            }
+        };
+        let _ = tokio::time::timeout(max, all).await;
+    }
+}
 
 impl Engine {
     pub(super) async fn run_attempt(
@@ -69,7 +99,8 @@ impl Engine {
         let stop = self.attempt_token(job.id, job.attempt, job.sequence);
         let began = std::time::Instant::now();
         let span = self.wiring.spans.get().map(|s| process_span(s, &job));
-        let ended = self.execute(&job, stop, span.as_ref()).await;
+        let (notes, logs_written) = self.notes_for(job.id, job.attempt);
+        let ended = self.execute(&job, stop, notes, span.as_ref()).await;
         // In the attempt's span: RUST_LOG=jobd=debug shows why it failed.
         if let Ended::Ran(Err(e)) = &ended {
             tracing::debug!(error = %e, "attempt failed");
@@ -92,14 +123,25 @@ impl Engine {
         };
         // The permits (`run_attempt`'s arguments) are released when this
         // returns: right after the hand-over, not after the commit.
+        // Log lines and a progress value still on their way are written
+        // first, while the attempt still holds the job: the last ones an
+        // attempt reported are kept.
+        logs_written.wait(LOG_DRAIN_WAIT).await;
+        self.flush_progress(job.id, job.attempt).await;
         self.complete(job, outcome).await;
     }
 
     /// Where a local handler's progress and log lines go: stored for this
     /// attempt (progress coalesced; log lines in order, one write at a
     /// time per attempt).
-    fn notes_for(self: &Arc<Self>, id: uuid::Uuid, attempt: u32) -> crate::handlers::Notes {
+    fn notes_for(
+        self: &Arc<Self>,
+        id: uuid::Uuid,
+        attempt: u32,
+    ) -> (crate::handlers::Notes, LogsWritten) {
         let engine = Arc::downgrade(self);
+        let written = LogsWritten::default();
+        let (queued, done) = (written.queued.clone(), written.done.clone());
         // Bounded: a handler that logs faster than the store writes loses
         // lines (log writes are the first dropped), never memory.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<String>>(LOG_BATCHES_QUEUED);
@@ -110,9 +152,13 @@ impl Engine {
                 if let Err(err) = e.append_logs(id, attempt, lines).await {
                     tracing::debug!(job = %id, error = %err, "log lines not written");
                 }
+                if queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                    done.notify_waiters();
+                }
             }
         });
-        crate::handlers::Notes::new(move |note| match note {
+        let queued = written.queued.clone();
+        let notes = crate::handlers::Notes::new(move |note| match note {
             crate::handlers::Note::Progress {
                 percent,
                 message,
@@ -129,9 +175,13 @@ impl Engine {
                 }
             }
             crate::handlers::Note::Log(lines) => {
-                let _ = tx.try_send(lines);
+                queued.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                if tx.try_send(lines).is_err() {
+                    queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                }
             }
-        })
+        });
+        (notes, written)
     }
 
     /// Runs the handler; it gets `span`'s context as its trace context when
@@ -140,6 +190,7 @@ impl Engine {
         self: &Arc<Self>,
         job: &Job,
         stop: tokio_util::sync::CancellationToken,
+        notes: crate::handlers::Notes,
         span: Option<&crate::otel::ActiveSpan>,
     ) -> Ended {
         let Some(handler) = self.registry.get(&job.kind) else {
@@ -157,7 +208,7 @@ impl Engine {
             timeout: job.timeout,
             trace: span.map(|s| s.context()).or_else(|| job.trace.clone()),
             cancel: stop.clone(),
-            notes: self.notes_for(job.id, job.attempt),
+            notes,
         };
         // Its own task, so a panic is caught as a JoinError and fails only
         // this attempt.

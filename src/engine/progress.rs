@@ -49,6 +49,8 @@ impl Engine {
     pub fn progress(self: &Arc<Self>, id: Uuid, attempt: u32, mut p: Progress) {
         p.updated_at = now_micros();
         let now = Instant::now();
+        // The value waits in its gate until written (at once, or when the
+        // window opens), so the attempt's end can still take it first.
         let delay = {
             let mut gates = self.attempts.progress.lock();
             if gates.len() >= GATES_SWEEP_AT {
@@ -59,39 +61,46 @@ impl Engine {
                 pending: None,
                 flushing: false,
             });
-            let since = now.duration_since(g.last_write);
-            if !g.flushing && since >= PROGRESS_EVERY {
-                g.last_write = now;
-                None
-            } else {
-                g.pending = Some((attempt, p.clone()));
-                if g.flushing {
-                    return;
-                }
-                g.flushing = true;
-                Some(PROGRESS_EVERY - since)
+            g.pending = Some((attempt, p));
+            if g.flushing {
+                return;
             }
+            g.flushing = true;
+            PROGRESS_EVERY.saturating_sub(now.duration_since(g.last_write))
         };
         let engine = self.clone();
         tokio::spawn(async move {
-            match delay {
-                None => engine.write_progress(id, attempt, p).await,
-                Some(d) => {
-                    tokio::time::sleep(d).await;
-                    let taken = {
-                        let mut gates = engine.attempts.progress.lock();
-                        gates.get_mut(&id).and_then(|g| {
-                            g.flushing = false;
-                            g.last_write = Instant::now();
-                            g.pending.take()
-                        })
-                    };
-                    if let Some((attempt, p)) = taken {
-                        engine.write_progress(id, attempt, p).await;
-                    }
-                }
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let taken = {
+                let mut gates = engine.attempts.progress.lock();
+                gates.get_mut(&id).and_then(|g| {
+                    g.flushing = false;
+                    g.last_write = Instant::now();
+                    g.pending.take()
+                })
+            };
+            if let Some((attempt, p)) = taken {
+                engine.write_progress(id, attempt, p).await;
             }
         });
+    }
+
+    /// Writes the progress value of `(id, attempt)` still waiting for its
+    /// window, if any, now: before the attempt's outcome.
+    pub(super) async fn flush_progress(&self, id: Uuid, attempt: u32) {
+        let waiting = {
+            let mut gates = self.attempts.progress.lock();
+            let w = gates
+                .get_mut(&id)
+                .and_then(|g| g.pending.take_if(|(a, _)| *a == attempt));
+            gates.remove(&id);
+            w
+        };
+        if let Some((attempt, p)) = waiting {
+            self.write_progress(id, attempt, p).await;
+        }
     }
 
     async fn write_progress(&self, id: Uuid, attempt: u32, p: Progress) {

@@ -48,6 +48,8 @@ named! {
     p::ListJobsRequest => "jobd.v1.ListJobsRequest",
     p::ListJobsResponse => "jobd.v1.ListJobsResponse",
     p::JobEvent => "jobd.v1.JobEvent",
+    p::LogLine => "jobd.v1.LogLine",
+    p::GetLogsResponse => "jobd.v1.GetLogsResponse",
     p::WatchJobsRequest => "jobd.v1.WatchJobsRequest",
     p::WatchJobsResponse => "jobd.v1.WatchJobsResponse",
     p::RetryJobsRequest => "jobd.v1.RetryJobsRequest",

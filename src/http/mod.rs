@@ -142,6 +142,7 @@ enum Route {
     Get(String),
     Cancel(String),
     Events(String),
+    Logs(String),
     AllEvents,
     Retry,
     Kinds,
@@ -168,6 +169,8 @@ impl Route {
             Route::Get(_) => "/jobd.v1.JobService/GetStatus",
             Route::Cancel(_) => "/jobd.v1.JobService/Cancel",
             Route::Events(_) => "/jobd.v1.JobService/WatchStatus",
+            // `?follow=true` calls WatchLogs: the same roles.
+            Route::Logs(_) => "/jobd.v1.JobService/GetLogs",
             Route::AllEvents => "/jobd.v1.JobService/WatchJobs",
             Route::Retry => "/jobd.v1.AdminService/RetryJobs",
             Route::Kinds => "/jobd.v1.AdminService/ListKinds",
@@ -260,6 +263,9 @@ fn route(method: &Method, path: &str) -> Result<Route, Miss> {
         },
         ["jobs", id, "events"] if !id.is_empty() && !id.contains(':') => {
             pick(Some(Route::Events(id.to_string())), None)
+        }
+        ["jobs", id, "logs"] if !id.is_empty() && !id.contains(':') => {
+            pick(Some(Route::Logs(id.to_string())), None)
         }
         ["events"] => pick(Some(Route::AllEvents), None),
         ["kinds"] => pick(Some(Route::Kinds), None),
@@ -371,6 +377,7 @@ impl HttpApi {
                 let stream = jobs.watch_status(grpc.request(m)).await?.into_inner();
                 Ok(self.sse(stream, |e: &proto::JobEvent| e.sequence))
             }
+            Route::Logs(id) => self.logs(jobs, &grpc, id, query).await,
             Route::AllEvents => {
                 let mut m: proto::WatchJobsRequest = self.json.from_query(query)?;
                 if let Some(after) = last_event_id(&parts.headers)? {
@@ -488,6 +495,40 @@ impl HttpApi {
     /// stream that ends with an error (drain, a stalled reader, a resume
     /// position too old) sends it as an `error` event with the status JSON,
     /// then ends.
+    /// `GET /v1/jobs/{id}/logs?after=&limit=` (GetLogs, JSON), or with
+    /// `follow=true` the lines as server-sent events (WatchLogs; `id:` is
+    /// the line's seq, and `Last-Event-ID` resumes).
+    async fn logs(
+        &self,
+        jobs: &JobApi,
+        grpc: &GrpcParts<'_>,
+        id: String,
+        query: &str,
+    ) -> Result<Response, HttpError> {
+        let (mut after, mut limit, mut follow) = (0u64, 0u32, false);
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            let bad = |what: &str| Status::invalid_argument(format!("{k}: {what}, got {v:?}"));
+            match k.as_ref() {
+                "after" => after = v.parse().map_err(|_| bad("a number"))?,
+                "limit" => limit = v.parse().map_err(|_| bad("a number"))?,
+                "follow" => follow = v.parse().map_err(|_| bad("true or false"))?,
+                _ => {
+                    return Err(Status::invalid_argument(format!("unknown parameter {k:?}")).into())
+                }
+            }
+        }
+        if follow {
+            if let Some(a) = last_event_id(grpc.headers)? {
+                after = a;
+            }
+            let m = proto::WatchLogsRequest { id, after };
+            let stream = jobs.watch_logs(grpc.request(m)).await?.into_inner();
+            return Ok(self.sse(stream, |l: &proto::LogLine| l.seq));
+        }
+        let m = proto::GetLogsRequest { id, after, limit };
+        self.reply(jobs.get_logs(grpc.request(m)).await?.get_ref())
+    }
+
     fn sse<S, M>(&self, stream: S, position: fn(&M) -> u64) -> Response
     where
         S: futures_util::Stream<Item = Result<M, Status>> + Send + 'static,
@@ -724,77 +765,4 @@ pub fn one_port(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Every row of the RPC table with an HTTP route is reached by that
-    /// route, and the route's token check is that row's method.
-    #[test]
-    fn routes_follow_the_rpc_table() {
-        let mut reached = 0;
-        for rpc in crate::transport::methods::RPCS {
-            let Some(http) = rpc.http else { continue };
-            let (verb, path) = http.split_once(' ').expect("METHOD /path");
-            let path = path.replace("{id}", "abc").replace("{name}", "n1");
-            let method = Method::from_bytes(verb.as_bytes()).expect("HTTP method");
-            let r = route(&method, &path).unwrap_or_else(|e| panic!("{http}: {e:?}"));
-            assert_eq!(r.grpc_method(), rpc.path, "{http}");
-            reached += 1;
-        }
-        assert_eq!(reached, 16);
-    }
-
-    #[test]
-    fn routes_split_custom_verbs_and_methods() {
-        let get = Method::GET;
-        let post = Method::POST;
-        assert_eq!(route(&post, "/v1/jobs"), Ok(Route::Submit));
-        assert_eq!(route(&get, "/v1/jobs"), Ok(Route::List));
-        assert_eq!(route(&get, "/v1/jobs/abc"), Ok(Route::Get("abc".into())));
-        assert_eq!(
-            route(&post, "/v1/jobs/abc:cancel"),
-            Ok(Route::Cancel("abc".into()))
-        );
-        assert_eq!(
-            route(&get, "/v1/jobs/abc/events"),
-            Ok(Route::Events("abc".into()))
-        );
-        assert_eq!(
-            route(&post, "/v1/kinds/echo:pause"),
-            Ok(Route::PauseKind("echo".into()))
-        );
-        assert_eq!(
-            route(&post, "/v1/schedules/s1:trigger"),
-            Ok(Route::TriggerSchedule("s1".into()))
-        );
-        assert_eq!(route(&post, "/v1/jobs:batch"), Ok(Route::SubmitBatch));
-        assert_eq!(route(&get, "/v1/events"), Ok(Route::AllEvents));
-        assert_eq!(
-            route(&get, "/v1/jobs/abc:cancel"),
-            Err(Miss::Method("POST"))
-        );
-        assert_eq!(
-            route(&Method::DELETE, "/v1/jobs"),
-            Err(Miss::Method("GET, POST"))
-        );
-        assert_eq!(route(&post, "/v1/jobs/abc:explode"), Err(Miss::NotFound));
-        assert_eq!(route(&get, "/v1/jobs/"), Err(Miss::NotFound));
-        assert_eq!(route(&post, "/v1/kinds/:pause"), Err(Miss::NotFound));
-        assert_eq!(route(&get, "/v2/jobs"), Err(Miss::NotFound));
-        assert_eq!(route(&get, "/"), Err(Miss::NotFound));
-    }
-
-    #[test]
-    fn http_status_follows_google_mapping() {
-        assert_eq!(http_status(Code::InvalidArgument), 400);
-        assert_eq!(http_status(Code::FailedPrecondition), 400);
-        assert_eq!(http_status(Code::NotFound), 404);
-        assert_eq!(http_status(Code::AlreadyExists), 409);
-        assert_eq!(http_status(Code::ResourceExhausted), 429);
-        assert_eq!(http_status(Code::Unauthenticated), 401);
-        assert_eq!(http_status(Code::PermissionDenied), 403);
-        assert_eq!(http_status(Code::Unavailable), 503);
-        assert_eq!(http_status(Code::DeadlineExceeded), 504);
-        assert_eq!(http_status(Code::Unimplemented), 501);
-    }
-}
+mod tests;

@@ -382,3 +382,59 @@ max_attempts = 1
     assert_eq!(logs(&mut c, &bad.id, 0, 0).await.len(), 1);
     d.stop().await;
 }
+
+/// The log over HTTP (`GET /v1/jobs/{id}/logs`, and `?follow=true` as
+/// server-sent events) and the CLI (`jobd logs ID`, `-f`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_over_http_and_the_cli() {
+    let kinds = "[kinds.cmd]\nhandler = \"command\"\ncommand = [\"sh\", \"-c\", \"echo one >&2; echo two >&2\"]\n";
+    let d = start_with("", kinds).await;
+    let mut c = d.client().await;
+    let job = submit(&mut c, req("cmd", "")).await;
+    wait_terminal(&mut c, &job.id).await;
+    let http = http_client();
+    let text = http
+        .get(format!("{}/v1/jobs/{}/logs?limit=1", d.url(), job.id))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["lines"][0]["text"], "one", "{body}");
+    assert_eq!(body["lines"].as_array().unwrap().len(), 1);
+    let sse = http
+        .get(format!("{}/v1/jobs/{}/logs?follow=true", d.url(), job.id))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        sse.contains("\"text\":\"one\"") && sse.contains("\"text\":\"two\""),
+        "{sse}"
+    );
+    let bad = http
+        .get(format!("{}/v1/jobs/{}/logs?nope=1", d.url(), job.id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    for args in [
+        vec!["logs", job.id.as_str()],
+        vec!["logs", "-f", job.id.as_str()],
+    ] {
+        let out = cli(&d.addr.to_string(), &args).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].ends_with("#1 one") && lines[1].ends_with("#1 two"),
+            "{text}"
+        );
+    }
+    d.stop().await;
+}

@@ -275,6 +275,60 @@ async fn follow(c: &mut JobClient, id: &str, json: bool) -> Result<proto::Job, F
 
 /// Follows a job to its end, shows it, and returns the exit code its
 /// final state means.
+/// `jobd logs ID [-f]`: the job's log lines, one per line (`--json`: one
+/// object per line); with `-f`, followed until the job is terminal.
+pub(super) async fn logs(
+    c: &mut JobClient,
+    id: &str,
+    follow: bool,
+    json: bool,
+) -> Result<u8, Failure> {
+    let print = |l: &proto::LogLine| {
+        if json {
+            out!(
+                "{}",
+                json!({ "seq": l.seq, "attempt": l.attempt, "time": ts(&l.time), "text": l.text })
+            );
+        } else {
+            out!(
+                "{} #{} {}",
+                ts(&l.time).as_str().unwrap_or("-"),
+                l.attempt,
+                super::printable(&l.text, false)
+            );
+        }
+    };
+    if follow {
+        let mut stream = c
+            .watch_logs(proto::WatchLogsRequest {
+                id: id.to_string(),
+                after: 0,
+            })
+            .await?
+            .into_inner();
+        while let Some(l) = stream.message().await? {
+            print(&l);
+        }
+        return Ok(exit::OK);
+    }
+    let mut after = 0;
+    loop {
+        let page = c
+            .get_logs(proto::GetLogsRequest {
+                id: id.to_string(),
+                after,
+                limit: 0,
+            })
+            .await?
+            .into_inner()
+            .lines;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        page.iter().for_each(print);
+    }
+    Ok(exit::OK)
+}
+
 pub(super) async fn follow_to_end(c: &mut JobClient, id: &str, json: bool) -> Result<u8, Failure> {
     let done = follow(c, id, json).await?;
     if !json {

@@ -107,6 +107,15 @@ pub enum ClientCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Print a job's log lines (`-f`: follow them until the job ends).
+    Logs {
+        id: String,
+        /// Keep printing lines as they come, until the job is terminal.
+        #[arg(short, long)]
+        follow: bool,
+        #[command(flatten)]
+        common: Common,
+    },
     /// Cancel a job.
     Cancel {
         id: String,
@@ -164,6 +173,7 @@ impl ClientCommand {
             | ClientCommand::Retry(RetryArgs { common, .. })
             | ClientCommand::Status { common, .. }
             | ClientCommand::Watch { common, .. }
+            | ClientCommand::Logs { common, .. }
             | ClientCommand::Cancel { common, .. }
             | ClientCommand::Health { common }
             | ClientCommand::Pause { common, .. }
@@ -266,6 +276,9 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
         }
         ClientCommand::Watch { id, .. } => {
             jobs::follow_to_end(&mut connect(common).await?, &id, json).await
+        }
+        ClientCommand::Logs { id, follow, .. } => {
+            jobs::logs(&mut connect(common).await?, &id, follow, json).await
         }
         ClientCommand::Cancel { id, .. } => {
             jobs::cancel(&mut connect(common).await?, id, json).await
