@@ -7,7 +7,7 @@
         async for j in client.list(kind="resize", state="FAILED"): ...
 
 Every method has the sync client's arguments and meaning; the streams
-(`watch`, `watch_jobs`, `list`) are async iterators.
+(`watch`, `watch_jobs`, `list`, `logs`) are async iterators.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import grpc
 from ._conn import TLSOption, Connection
 from .client import (
     DEFAULT_RPC_TIMEOUT,
+    LOG_PAGE,
     StateArg,
     _batch_request,
     _list_request,
@@ -31,7 +32,7 @@ from .client import (
     _submit_request,
 )
 from .errors import JobdError, ResourceExhausted, Timeout, error_from_rpc
-from .types import Job, JobChange, JobEvent, KindStatus, Payload, RetryResult, State, Submit, SubmitResult, WorkerSession
+from .types import Job, JobChange, JobEvent, KindStatus, LogLine, Payload, RetryResult, State, Submit, SubmitResult, WorkerSession
 from .v1 import jobd_pb2 as pb
 from .v1 import jobd_pb2_grpc
 
@@ -168,6 +169,40 @@ class Client:
         if last is None or not last.done:
             last = await self.get(id)
         return last
+
+    async def logs(
+        self, id: str, follow: bool = False, after: int = 0, *, timeout: Optional[float] = None
+    ) -> AsyncIterator[LogLine]:
+        """See `jobd.Client.logs`."""
+        if not follow:
+            req = pb.GetLogsRequest(id=id, after=after, limit=LOG_PAGE)
+            while True:
+                page = await self._call(self._jobs.GetLogs, req)
+                if not page.lines:
+                    return
+                for line in page.lines:
+                    yield LogLine.from_proto(line)
+                req.after = page.lines[-1].seq
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failures = 0
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            call = self._jobs.WatchLogs(pb.WatchLogsRequest(id=id, after=after), metadata=self._md, timeout=left)
+            try:
+                async for msg in call:
+                    failures = 0
+                    after = msg.seq
+                    yield LogLine.from_proto(msg)
+                return
+            except grpc.RpcError as e:
+                err = error_from_rpc(e)
+                wait = _stream_retry(err, failures)
+                if wait is None or (deadline is not None and time.monotonic() + wait >= deadline):
+                    raise err from e
+                failures += 1
+                await asyncio.sleep(wait)
+            finally:
+                call.cancel()
 
     async def watch_jobs(
         self, *, kind: Optional[str] = None, state: StateArg = None, after: int = 0

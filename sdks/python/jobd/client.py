@@ -15,6 +15,7 @@ from .types import (
     JobChange,
     JobEvent,
     KindStatus,
+    LogLine,
     Payload,
     RetryResult,
     State,
@@ -36,6 +37,8 @@ DEFAULT_RPC_TIMEOUT = 30.0
 MAX_RETRY_DELAY = 60.0
 #: Consecutive reconnects of a watch whose stream broke (UNAVAILABLE).
 WATCH_RECONNECTS = 10
+#: Log lines per GetLogs page (jobd's default and ceiling).
+LOG_PAGE = 1000
 
 StateArg = Union[State, str, None]
 
@@ -319,6 +322,51 @@ class Client:
         if last is None or not last.done:  # resumed after the end: read it
             last = self.get(id)
         return last
+
+    def logs(
+        self, id: str, follow: bool = False, after: int = 0, *, timeout: Optional[float] = None
+    ) -> Iterator[LogLine]:
+        """The job's log lines (what its attempts wrote with `ctx.log`),
+        oldest first, each a `LogLine(seq, attempt, time, text)`. jobd keeps
+        the newest 1,000 lines of a job. `after`: only lines with a greater
+        `seq` (pass the last one seen to resume).
+
+        `follow=False` reads the lines there are now, page by page, fetched
+        as the loop goes. `follow=True` goes on with each line as it is
+        written and ends once the job is terminal and every line was sent;
+        a stream that breaks (jobd restarting) is resumed after the last
+        line seen, a few times with backoff. `timeout` (seconds) bounds a
+        follow (DeadlineExceeded past it). NotFound when there is no such
+        job."""
+        if not follow:
+            req = pb.GetLogsRequest(id=id, after=after, limit=LOG_PAGE)
+            while True:
+                page = self._call(self._jobs.GetLogs, req)
+                if not page.lines:
+                    return
+                for line in page.lines:
+                    yield LogLine.from_proto(line)
+                req.after = page.lines[-1].seq
+        deadline = None if timeout is None else time.monotonic() + timeout
+        failures = 0
+        while True:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            call = self._jobs.WatchLogs(pb.WatchLogsRequest(id=id, after=after), metadata=self._md, timeout=left)
+            try:
+                for msg in call:
+                    failures = 0
+                    after = msg.seq
+                    yield LogLine.from_proto(msg)
+                return
+            except grpc.RpcError as e:
+                err = error_from_rpc(e)
+                wait = _stream_retry(err, failures)
+                if wait is None or (deadline is not None and time.monotonic() + wait >= deadline):
+                    raise err from e
+                failures += 1
+                time.sleep(wait)
+            finally:
+                call.cancel()
 
     def watch_jobs(
         self, *, kind: Optional[str] = None, state: StateArg = None, after: int = 0

@@ -24,6 +24,8 @@ __all__ = [
     "RetryResult",
     "KindStatus",
     "WorkerSession",
+    "Progress",
+    "LogLine",
     "Payload",
     "encode_payload",
 ]
@@ -122,6 +124,51 @@ def encode_payload(payload: Payload) -> bytes:
 
 
 @dataclass
+class Progress:
+    """How far a running job got, as its worker last said (`ctx.progress`).
+    jobd keeps at most one value per job every 200 ms; it stays after the
+    job ends."""
+
+    #: 0 to 100.
+    percent: int
+    message: str = ""
+    #: Opaque bytes, JSON by convention (`.json()`).
+    details: bytes = b""
+    updated_at: Optional[_dt.datetime] = None
+
+    def json(self) -> Any:
+        """The details decoded as JSON (None when there are none)."""
+        return _json.loads(self.details) if self.details else None
+
+    @classmethod
+    def from_proto(cls, p: pb.JobProgress) -> "Progress":
+        return cls(
+            percent=p.percent,
+            message=p.message,
+            details=bytes(p.details),
+            updated_at=_time(p.updated_at, p, "updated_at"),
+        )
+
+
+@dataclass
+class LogLine:
+    """One line a job's attempt wrote (`ctx.log`), from `Client.logs`."""
+
+    #: Increases per job (with gaps where old lines were pruned); pass the
+    #: last one seen as `after` to resume.
+    seq: int
+    #: The attempt that wrote it (1 for the first).
+    attempt: int
+    #: When jobd received it.
+    time: Optional[_dt.datetime]
+    text: str
+
+    @classmethod
+    def from_proto(cls, line: pb.LogLine) -> "LogLine":
+        return cls(seq=line.seq, attempt=line.attempt, time=_time(line.time, line, "time"), text=line.text)
+
+
+@dataclass
 class Job:
     """A snapshot of one job."""
 
@@ -147,6 +194,8 @@ class Job:
     result_truncated: bool = False
     ordering_key: str = ""
     traceparent: str = ""
+    #: How far the job got, as its worker last said; None until it says.
+    progress: Optional[Progress] = None
     #: Set by `submit`: an earlier job with the same idempotency key and the
     #: same request was returned instead of a new one.
     deduplicated: bool = False
@@ -191,6 +240,7 @@ class Job:
             result_truncated=j.result_truncated,
             ordering_key=j.ordering_key,
             traceparent=j.traceparent,
+            progress=Progress.from_proto(j.progress) if j.HasField("progress") else None,
             deduplicated=deduplicated,
         )
 

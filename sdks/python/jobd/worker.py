@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import functools
+import heapq
 import inspect
 import json as _json
 import logging
@@ -67,6 +68,15 @@ ACK_WAIT = 5.0
 #: A job handed back on stop is retried after this (Fail.retry_after): long
 #: enough that jobd does not give it straight back to this closing session.
 HANDBACK_RETRY_AFTER = 1.0
+#: An attempt's Progress and Log messages each go at most this often: what
+#: comes sooner waits (the latest progress; the log lines, in order) and
+#: goes when the time is up, or before the attempt's report.
+SEND_EVERY = 0.1
+#: jobd's bounds (a message past one ends the session: checked before).
+MAX_PROGRESS_MESSAGE_BYTES = 256
+MAX_PROGRESS_DETAILS_BYTES = 4096
+MAX_LOG_LINE_BYTES = 4096
+MAX_LOG_LINES_PER_MESSAGE = 1000
 
 
 class Permanent(Exception):
@@ -93,9 +103,14 @@ class Context:
     a threading.Event set when jobd cancels the attempt (cancelled, timed
     out) or the worker gives it up (session lost, drain timeout). An async
     task is cancelled (asyncio) as well.
+
+    `progress(percent, message, details)` and `log(*lines)` tell jobd how
+    the attempt goes; both return at once (from sync and async tasks).
     """
 
-    __slots__ = ("job_id", "kind", "attempt", "max_attempts", "payload", "headers", "cancelled", "_deadline", "_send")
+    __slots__ = (
+        "job_id", "kind", "attempt", "max_attempts", "payload", "headers", "cancelled", "_deadline", "_send", "_out"
+    )
 
     def __init__(
         self,
@@ -116,10 +131,9 @@ class Context:
         self.headers = dict(headers)
         self.cancelled = threading.Event()
         self._deadline = deadline
-        # Sends a message on this attempt's session, from any thread: the
-        # way progress, log and touch (DESIGN "Long-running jobs") will
-        # reach jobd once the protocol has them.
+        # Sends a message on this attempt's session, from any thread.
         self._send = send
+        self._out = _Outflow(job_id, attempt, send)
 
     def json(self) -> Any:
         """The payload decoded as JSON."""
@@ -147,8 +161,202 @@ class Context:
     def traceparent(self) -> Optional[str]:
         return self.headers.get("traceparent")
 
+    def progress(self, percent: float, message: str = "", details: Payload = None) -> None:
+        """Tells jobd how far the attempt got: `percent` 0 to 100 (a float
+        is rounded down), a `message` of at most 256 bytes (UTF-8),
+        `details` of at most 4 KiB (bytes, str, or a dict / list sent as
+        JSON). Watchers see it as an event of the job (still RUNNING) and
+        `job.progress` keeps the latest. Returns at once: at most ~10
+        values a second are sent (the latest wins), and jobd stores at most
+        one every 200 ms. ValueError for a value out of bounds; a no-op
+        once the attempt ended (reported, cancelled, given up)."""
+        if isinstance(percent, bool) or not isinstance(percent, (int, float)):
+            raise TypeError(f"progress percent must be a number, not {type(percent).__name__}")
+        if not 0 <= percent <= 100:
+            raise ValueError(f"progress percent must be 0 to 100, not {percent!r}")
+        if not isinstance(message, str):
+            raise TypeError(f"progress message must be a str, not {type(message).__name__}")
+        size = _utf8_len(message, "progress message")
+        if size > MAX_PROGRESS_MESSAGE_BYTES:
+            raise ValueError(f"progress message is {size} bytes: at most {MAX_PROGRESS_MESSAGE_BYTES} (UTF-8)")
+        blob = encode_payload(details)
+        if len(blob) > MAX_PROGRESS_DETAILS_BYTES:
+            raise ValueError(f"progress details are {len(blob)} bytes: at most {MAX_PROGRESS_DETAILS_BYTES}")
+        msg = pb.Progress(job_id=self.job_id, attempt=self.attempt, percent=int(percent), message=message, details=blob)
+        self._out.progress(pb.WorkerMessage(progress=msg))
+
+    def log(self, *lines: str) -> None:
+        """Appends lines to the job's log (`client.logs(id)`), tagged with
+        this attempt: each argument a str, split on newlines (one trailing
+        newline is dropped), each line at most 4 KiB (UTF-8; ValueError
+        past that). Returns at once: lines written in a burst go together,
+        at most ~10 messages a second (1,000 lines each). jobd keeps the
+        newest 1,000 lines of a job. A no-op once the attempt ended."""
+        out: List[str] = []
+        for text in lines:
+            if not isinstance(text, str):
+                raise TypeError(f"log lines must be str, not {type(text).__name__}")
+            if text.endswith("\n"):
+                text = text[:-1]
+            for line in text.split("\n"):
+                if line.endswith("\r"):
+                    line = line[:-1]
+                size = _utf8_len(line, "log line")
+                if size > MAX_LOG_LINE_BYTES:
+                    raise ValueError(f"log line {len(out)} is {size} bytes: at most {MAX_LOG_LINE_BYTES} (UTF-8)")
+                out.append(line)
+        if out:
+            self._out.log(out)
+
     def __repr__(self) -> str:
         return f"Context(job_id={self.job_id!r}, kind={self.kind!r}, attempt={self.attempt})"
+
+
+def _utf8_len(text: str, what: str) -> int:
+    if text.isascii():
+        return len(text)
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} is not valid UTF-8: {e}") from None
+
+
+class _Outflow:
+    """An attempt's Progress and Log messages on their way to the session's
+    outbox. Each kind goes at most every SEND_EVERY: a progress value that
+    comes sooner replaces the one waiting, log lines wait in order (a full
+    message's worth goes at once), and the flusher thread sends them when
+    the time is up. `end()` sends what waits (before the report) or drops
+    it, and makes any later call a no-op."""
+
+    __slots__ = ("job_id", "attempt", "send", "lock", "ended", "progress_msg", "progress_at", "lines", "lines_at", "due")
+
+    def __init__(self, job_id: str, attempt: int, send: Callable[[pb.WorkerMessage], None]) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.send = send
+        self.lock = threading.Lock()
+        self.ended = False
+        self.progress_msg: Optional[pb.WorkerMessage] = None  # the latest, waiting
+        self.progress_at = -SEND_EVERY  # monotonic time of the last sent
+        self.lines: List[str] = []  # waiting
+        self.lines_at = -SEND_EVERY
+        self.due: Optional[float] = None  # the flusher wakes it then
+
+    def progress(self, msg: pb.WorkerMessage) -> None:
+        with self.lock:
+            if self.ended:
+                return
+            now = time.monotonic()
+            if self.progress_msg is None and now - self.progress_at >= SEND_EVERY:
+                self.progress_at = now
+                self.send(msg)  # under the lock: in order with the flusher's sends
+                return
+            self.progress_msg = msg
+            self._schedule(self.progress_at + SEND_EVERY)
+
+    def log(self, lines: List[str]) -> None:
+        with self.lock:
+            if self.ended:
+                return
+            self.lines.extend(lines)
+            now = time.monotonic()
+            if len(self.lines) >= MAX_LOG_LINES_PER_MESSAGE or now - self.lines_at >= SEND_EVERY:
+                self._send_lines(now, paced=True)
+            if self.lines:
+                self._schedule(self.lines_at + SEND_EVERY)
+
+    def _send_lines(self, now: float, paced: bool = False) -> None:
+        """Sends the waiting lines (self.lock held), 1,000 a message; with
+        `paced`, a partial message only if the last went SEND_EVERY ago."""
+        n = MAX_LOG_LINES_PER_MESSAGE
+        while self.lines:
+            if paced and len(self.lines) < n and now - self.lines_at < SEND_EVERY:
+                return
+            batch, self.lines = self.lines[:n], self.lines[n:]
+            self.send(pb.WorkerMessage(log=pb.Log(job_id=self.job_id, attempt=self.attempt, lines=batch)))
+            self.lines_at = now
+
+    def _schedule(self, at: float) -> None:
+        if self.due is not None and self.due <= at:
+            return
+        self.due = at
+        _flusher().add(at, self)
+
+    def flush(self) -> None:
+        """The flusher's call: sends what is due, schedules the rest."""
+        with self.lock:
+            self.due = None
+            if self.ended:
+                return
+            now = time.monotonic() + 0.001
+            if self.progress_msg is not None:
+                if now - self.progress_at >= SEND_EVERY:
+                    self.send(self.progress_msg)
+                    self.progress_msg, self.progress_at = None, now
+                else:
+                    self._schedule(self.progress_at + SEND_EVERY)
+            if self.lines:
+                if now - self.lines_at >= SEND_EVERY:
+                    self._send_lines(now)
+                else:
+                    self._schedule(self.lines_at + SEND_EVERY)
+
+    def end(self, send: bool) -> None:
+        """The attempt ended: send what waits (`send`: it is about to be
+        reported) or drop it; later calls are no-ops."""
+        with self.lock:
+            if self.ended:
+                return
+            self.ended = True
+            if send:
+                if self.progress_msg is not None:
+                    self.send(self.progress_msg)
+                self._send_lines(time.monotonic())
+            self.progress_msg = None
+            self.lines = []
+
+
+class _Flusher:
+    """One thread per process that sends what attempts' `_Outflow`s hold
+    back once it is due."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._heap: List[Tuple[float, int, _Outflow]] = []
+        self._n = 0
+        threading.Thread(target=self._run, name="jobd-flusher", daemon=True).start()
+
+    def add(self, at: float, out: _Outflow) -> None:
+        with self._cond:
+            self._n += 1
+            heapq.heappush(self._heap, (at, self._n, out))
+            if self._heap[0][2] is out:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._cond.wait(None if not self._heap else self._heap[0][0] - time.monotonic())
+                _, _, out = heapq.heappop(self._heap)
+            try:
+                out.flush()
+            except Exception:
+                log.exception("sending progress or log lines")
+
+
+_FLUSHER: Optional[_Flusher] = None
+_FLUSHER_LOCK = threading.Lock()
+
+
+def _flusher() -> _Flusher:
+    global _FLUSHER
+    if _FLUSHER is None:
+        with _FLUSHER_LOCK:
+            if _FLUSHER is None:
+                _FLUSHER = _Flusher()
+    return _FLUSHER
 
 
 TaskFn = Callable[..., Any]
@@ -611,8 +819,10 @@ class Worker:
         """An attempt finished: report it, once, if it is still ours."""
         with s.cond:
             if s.held.get(att.key) is not att or s.closed:
+                att.ctx._out.end(send=False)
                 log.debug("job %s attempt %d finished after it was given up: not reported", *att.key)
                 return
+            att.ctx._out.end(send=True)  # its last progress and lines go before the report
             if s.stopping:  # held back: sent with the others when the drain ends
                 att.report = report
                 s.cond.notify_all()
@@ -635,6 +845,7 @@ class Worker:
 
     @staticmethod
     def _stop_attempt(att: _Attempt) -> None:
+        att.ctx._out.end(send=False)
         att.ctx.cancelled.set()
         if att.future is not None:
             att.future.cancel()  # thread-safe: cancels the task on its loop

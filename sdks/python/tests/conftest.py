@@ -30,13 +30,13 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import jobd  # noqa: E402
 
-JOBD_BIN = os.environ.get("JOBD_BIN", "/tmp/jobd-base/jobd")
+JOBD_BIN = os.environ.get("JOBD_BIN", "/tmp/jobd-new-bin/jobd")
 CI = bool(os.environ.get("CI"))
 #: Every wait in these tests ends by then.
 BOUND = 60.0
 
 # Remote kinds used by the tests, one per test so they never share work.
-REMOTE_KINDS = ["py", "py_cancel", "py_drain", "py_kill", "py_auth", "py_tls", "py_full"]
+REMOTE_KINDS = ["py", "py_cancel", "py_drain", "py_kill", "py_auth", "py_tls", "py_full", "py_progress"]
 
 BASE = """
 store = "{store}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import logging
 import pickle
+import time
 
 import grpc
 import pytest
@@ -158,3 +159,92 @@ def test_worker_task_signatures():
         w.register("a", a)
     with pytest.raises(ValueError):
         jobd.Worker("127.0.0.1:1", max_in_flight=0)
+
+
+def _ctx(sent):
+    from jobd.worker import Context
+
+    return Context("j", "k", 2, 3, b"", None, {}, sent.append)
+
+
+def test_context_progress_checks_and_paces(monkeypatch):
+    monkeypatch.setattr("jobd.worker.SEND_EVERY", 0.5)  # slow enough for a loaded machine
+    sent = []
+    ctx = _ctx(sent)
+    for bad in (-1, 101, 100.5, float("nan")):
+        with pytest.raises(ValueError, match="0 to 100"):
+            ctx.progress(bad)
+    with pytest.raises(TypeError):
+        ctx.progress("50")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at most 256"):
+        ctx.progress(1, "\u00e9" * 129)  # 258 bytes
+    with pytest.raises(ValueError, match="at most 4096"):
+        ctx.progress(1, details=b"x" * 4097)
+    with pytest.raises(ValueError, match="UTF-8"):
+        ctx.progress(1, "\ud800")
+    assert sent == []
+
+    ctx.progress(0, "start", {"a": 1})
+    assert len(sent) == 1  # the first goes at once
+    p = sent[0].progress
+    assert (p.job_id, p.attempt, p.percent, p.message, p.details) == ("j", 2, 0, "start", b'{"a":1}')
+    for i in range(1, 51):  # a burst: the latest wins, after SEND_EVERY
+        ctx.progress(i * 1.5)
+    assert len(sent) == 1
+    deadline = time.monotonic() + 5
+    while len(sent) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [m.progress.percent for m in sent] == [0, 75]
+    ctx.progress(80, details="s")
+    ctx.progress(90)
+    ctx._out.end(send=True)  # the report is next: what waits goes first
+    assert [m.progress.percent for m in sent] in ([0, 75, 90], [0, 75, 80, 90])  # 80 replaced unless it was due
+    n = len(sent)
+    ctx.progress(100)
+    ctx.log("late")
+    time.sleep(0.6)
+    assert len(sent) == n, "a no-op once the attempt ended"
+
+
+def test_context_log_splits_and_batches(monkeypatch):
+    monkeypatch.setattr("jobd.worker.SEND_EVERY", 5.0)
+    sent = []
+    ctx = _ctx(sent)
+    with pytest.raises(TypeError):
+        ctx.log(b"bytes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="log line 1 is 4097 bytes"):
+        ctx.log("ok", "x" * 4097)
+    ctx.log("a\nb\r\n", "c")
+    assert [list(m.log.lines) for m in sent] == [["a", "b", "c"]] and sent[0].log.attempt == 2
+    ctx.log("d")
+    ctx.log("", "e\n\nf")
+    assert len(sent) == 1  # held back: the last went less than SEND_EVERY ago
+    ctx.log(*[str(i) for i in range(2500)])  # full messages go at once
+    assert [len(m.log.lines) for m in sent] == [3, 1000, 1000]
+    assert list(sent[1].log.lines[:5]) == ["d", "", "e", "", "f"]
+    ctx._out.end(send=True)
+    assert [len(m.log.lines) for m in sent] == [3, 1000, 1000, 505]
+    assert sent[-1].log.lines[-1] == "2499"
+    lines = [x for m in sent for x in m.log.lines]
+    assert lines == ["a", "b", "c", "d", "", "e", "", "f"] + [str(i) for i in range(2500)]
+    dropped = []
+    ctx2 = _ctx(dropped)
+    ctx2.log("1")
+    ctx2.log("2")
+    ctx2._out.end(send=False)  # cancelled: what waits is dropped
+    time.sleep(0.2)
+    assert [list(m.log.lines) for m in dropped] == [["1"]]
+
+
+def test_job_progress_and_log_line_from_proto():
+    j = pb.Job(id="i", kind="k", state=pb.JOB_STATE_RUNNING)
+    assert jobd.Job.from_proto(j).progress is None
+    j.progress.percent = 40
+    j.progress.message = "m"
+    j.progress.details = b'{"x":1}'
+    j.progress.updated_at.FromSeconds(1_700_000_000)
+    p = jobd.Job.from_proto(j).progress
+    assert p == jobd.Progress(40, "m", b'{"x":1}', datetime.datetime.fromtimestamp(1_700_000_000, datetime.timezone.utc))
+    assert p.json() == {"x": 1} and jobd.Progress(1).json() is None
+    line = pb.LogLine(seq=7, attempt=2, text="t")
+    assert jobd.LogLine.from_proto(line) == jobd.LogLine(7, 2, None, "t")
