@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pathlib
 import queue
 import signal
 import subprocess
@@ -30,7 +31,11 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
 
 import jobd  # noqa: E402
 
-JOBD_BIN = os.environ.get("JOBD_BIN", "/tmp/jobd-new-bin/jobd")
+# Default: the debug build of this checkout (`cargo build`).
+JOBD_BIN = os.environ.get(
+    "JOBD_BIN",
+    str(pathlib.Path(__file__).resolve().parents[3] / "target" / "debug" / "jobd"),
+)
 CI = bool(os.environ.get("CI"))
 #: Every wait in these tests ends by then.
 BOUND = 60.0
