@@ -42,6 +42,7 @@ pub struct Metrics {
     worker_sessions: Family<Labels, Gauge>,
     worker_assigned: Family<Labels, Counter>,
     log_lines: Family<Labels, Counter>,
+    heartbeat_timeouts: Family<Labels, Counter>,
     worker_lost: Counter,
     worker_stale_reports: Counter,
     run_seconds: HistFamily,
@@ -94,6 +95,7 @@ impl Metrics {
             worker_sessions: Family::default(),
             worker_assigned: Family::default(),
             log_lines: Family::default(),
+            heartbeat_timeouts: Family::default(),
             worker_lost: Counter::default(),
             worker_stale_reports: Counter::default(),
             run_seconds: hist(),
@@ -215,6 +217,11 @@ impl Metrics {
             self.worker_assigned.clone(),
         );
         r.register(
+            "heartbeat_timeouts",
+            "Attempts failed for saying nothing (no progress or log line) for their kind's heartbeat_timeout",
+            self.heartbeat_timeouts.clone(),
+        );
+        r.register(
             "job_log_lines",
             "Log lines stored for jobs (workers' Log messages), per kind",
             self.log_lines.clone(),
@@ -306,6 +313,7 @@ impl Metrics {
             &self.rate_limited,
             &self.worker_assigned,
             &self.log_lines,
+            &self.heartbeat_timeouts,
         ] {
             let _ = c.get_or_create(&k);
         }
@@ -381,6 +389,13 @@ impl Metrics {
         for k in kinds {
             self.worker_sessions.get_or_create(&kind(k)).inc_by(delta);
         }
+    }
+
+    /// An attempt of the kind failed its heartbeat timeout.
+    pub fn heartbeat_timeout(&self, kind_name: &str) {
+        self.heartbeat_timeouts
+            .get_or_create(&kind(kind_name))
+            .inc();
     }
 
     /// Log lines stored for jobs of the kind.

@@ -101,7 +101,24 @@ pub struct KindConfig {
     /// Attempts that may start at once after an idle spell; default: the
     /// rate per second, rounded up (at least 1).
     pub burst: Option<u32>,
+    /// An attempt that reports no progress and writes no log line for this
+    /// long fails with "heartbeat timeout" (retryable), even while its
+    /// worker session is alive: a hung handler in a live process. Unset:
+    /// only the attempt's timeout applies.
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "ser_opt_duration"
+    )]
+    pub heartbeat_timeout: Option<Duration>,
+    /// Log lines kept per job (the newest), default 1,000, at most 100,000.
+    pub log_lines: Option<usize>,
 }
+
+/// Default [`KindConfig::log_lines`].
+pub(super) const DEFAULT_LOG_LINES: usize = 1000;
+/// Most [`KindConfig::log_lines`].
+pub(super) const MAX_LOG_LINES: usize = 100_000;
 
 /// Exponential backoff with full jitter: the wait before attempt n+1 is
 /// uniform in [0, min(max, initial * multiplier^(n-1))].
@@ -167,6 +184,10 @@ pub struct KindSettings {
     pub max_result_bytes: usize,
     /// Ordering keys and rate, enforced by the store's claim.
     pub limits: KindLimits,
+    /// See [`KindConfig::heartbeat_timeout`].
+    pub heartbeat_timeout: Option<Duration>,
+    /// See [`KindConfig::log_lines`].
+    pub log_lines: usize,
 }
 
 impl Config {
@@ -257,6 +278,15 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<KindSettings>, ConfigError>
             None => DEFAULT_MAX_RESULT_BYTES.min(result_room),
         };
         let limits = limits(name, k)?;
+        if k.heartbeat_timeout
+            .is_some_and(|h| h < Duration::from_millis(100))
+        {
+            return Err(invalid(key("heartbeat_timeout"), "at least 100ms"));
+        }
+        let log_lines = k.log_lines.unwrap_or(DEFAULT_LOG_LINES);
+        if log_lines == 0 || log_lines > MAX_LOG_LINES {
+            return Err(invalid(key("log_lines"), "must be 1 to 100000"));
+        }
         kinds.push(KindSettings {
             limits,
             name: name.clone(),
@@ -268,6 +298,8 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<KindSettings>, ConfigError>
             backoff: b.clone(),
             max_payload_bytes,
             max_result_bytes,
+            heartbeat_timeout: k.heartbeat_timeout,
+            log_lines,
         });
     }
     Ok(kinds)

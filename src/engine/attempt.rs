@@ -20,6 +20,8 @@ use crate::store::Outcome;
 enum Ended {
     Ran(Result<Output, HandlerError>),
     TimedOut,
+    /// No progress or log line for the kind's `heartbeat_timeout`.
+    Silent(Duration),
     Panicked(String),
     /// Cancelled by a client: the store already says CANCELLED.
     Cancelled,
@@ -35,6 +37,7 @@ impl Ended {
             Ended::Ran(Err(HandlerError::Permanent { .. })) => "permanent_error",
             Ended::Ran(Err(HandlerError::Retryable { .. })) => "error",
             Ended::TimedOut => "timeout",
+            Ended::Silent(_) => "heartbeat_timeout",
             Ended::Panicked(_) => "panic",
             Ended::Cancelled => "cancelled",
             Ended::Drained => "drained",
@@ -220,6 +223,11 @@ impl Engine {
                 Ended::Cancelled
             }
         };
+        let heartbeat = self.kind(&job.kind).and_then(|k| k.heartbeat_timeout);
+        let heard = self
+            .lock_running()
+            .get(&(job.id, job.attempt))
+            .map(|r| r.heard.clone());
         let ended = tokio::select! {
             r = &mut task => return match r {
                 // A handler that fails once told to stop failed because of
@@ -230,6 +238,11 @@ impl Engine {
                 Err(e) => Ended::Ran(Err(HandlerError::retryable(format!("handler task ended: {e}")))),
             },
             _ = tokio::time::sleep(job.timeout) => Ended::TimedOut,
+            _ = Engine::silent_for(heard, heartbeat) => {
+                let h = heartbeat.unwrap_or_default();
+                self.metrics.heartbeat_timeout(&job.kind);
+                Ended::Silent(h)
+            }
             _ = stop.cancelled() => stopped(),
         };
         // Tell the handler to stop, give it a moment to clean up, then abort.
@@ -272,6 +285,13 @@ impl Engine {
                 format!(
                     "timed out after {}",
                     humantime::format_duration(job.timeout)
+                ),
+                None,
+            ),
+            Ended::Silent(h) => (
+                format!(
+                    "heartbeat timeout: no progress or log line for {}",
+                    humantime::format_duration(h)
                 ),
                 None,
             ),

@@ -133,6 +133,9 @@ impl std::fmt::Debug for Engine {
 /// An attempt running here.
 struct RunningAttempt {
     stop: CancellationToken,
+    /// When the attempt last reported progress or a log line (micros):
+    /// the kind's `heartbeat_timeout` counts from it.
+    heard: Arc<std::sync::atomic::AtomicI64>,
     /// The job's sequence when this attempt was claimed: later changes
     /// announced by a shared store (a cancel on another instance) stop it.
     claimed_at_sequence: u64,
@@ -725,6 +728,7 @@ impl Engine {
             .entry((id, attempt))
             .or_insert_with(|| RunningAttempt {
                 stop: self.stops.stop_attempts.child_token(),
+                heard: Arc::new(std::sync::atomic::AtomicI64::new(crate::job::now_micros())),
                 claimed_at_sequence: 0,
             });
         r.claimed_at_sequence = r.claimed_at_sequence.max(sequence);

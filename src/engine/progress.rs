@@ -48,6 +48,7 @@ impl Engine {
     /// at most [`PROGRESS_EVERY`] after the last write of this job.
     pub fn progress(self: &Arc<Self>, id: Uuid, attempt: u32, mut p: Progress) {
         p.updated_at = now_micros();
+        self.heard(id, attempt);
         let now = Instant::now();
         // The value waits in its gate until written (at once, or when the
         // window opens), so the attempt's end can still take it first.
@@ -87,6 +88,34 @@ impl Engine {
         });
     }
 
+    /// The attempt `(id, attempt)` running here said something: its
+    /// heartbeat timeout starts again.
+    fn heard(&self, id: Uuid, attempt: u32) {
+        if let Some(r) = self.lock_running().get(&(id, attempt)) {
+            r.heard
+                .store(now_micros(), std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    /// Until the attempt has said nothing for `silence` (see [`Self::heard`]);
+    /// never without a limit.
+    pub(super) async fn silent_for(
+        heard: Option<Arc<std::sync::atomic::AtomicI64>>,
+        silence: Option<Duration>,
+    ) {
+        let (Some(heard), Some(silence)) = (heard, silence) else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = heard.load(std::sync::atomic::Ordering::Acquire);
+            let quiet = Duration::from_micros(now_micros().saturating_sub(last).max(0) as u64);
+            if quiet >= silence {
+                return;
+            }
+            tokio::time::sleep(silence - quiet).await;
+        }
+    }
+
     /// Writes the progress value of `(id, attempt)` still waiting for its
     /// window, if any, now: before the attempt's outcome.
     pub(super) async fn flush_progress(&self, id: Uuid, attempt: u32) {
@@ -122,11 +151,16 @@ impl Engine {
         attempt: u32,
         lines: Vec<String>,
     ) -> Result<bool, EngineError> {
+        self.heard(id, attempt);
         let n = lines.len() as u64;
         let kind = self.store.get(id).await?.map(|j| j.kind);
+        let keep = kind
+            .as_deref()
+            .and_then(|k| self.kind(k))
+            .map_or(DEFAULT_LOG_LINES, |k| k.log_lines);
         let written = self
             .store
-            .append_logs(id, attempt, lines, now_micros(), DEFAULT_LOG_LINES)
+            .append_logs(id, attempt, lines, now_micros(), keep)
             .await?;
         if let (true, Some(kind)) = (written, kind) {
             self.metrics.log_lines(&kind, n);

@@ -438,3 +438,56 @@ async fn logs_over_http_and_the_cli() {
     }
     d.stop().await;
 }
+
+/// A kind's `heartbeat_timeout`: an attempt that says nothing (no progress,
+/// no log line) for that long fails "heartbeat timeout" and is retried,
+/// even while its worker's session heartbeats; one that keeps reporting
+/// progress runs past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_attempt_fails_at_its_heartbeat_timeout_and_is_retried() {
+    let kinds = "[kinds.r]\nhandler = \"remote\"\ntimeout = \"60s\"\nmax_attempts = 2\n\
+                 heartbeat_timeout = \"500ms\"\nbackoff = { initial = \"10ms\", max = \"10ms\" }\n";
+    let d = start_with("[workers]\nheartbeat_interval = \"200ms\"\n", kinds).await;
+    let mut c = d.client().await;
+    let mut w = raw(&d.url(), hello(&["r"], 4)).await.unwrap();
+    let tx = w.tx.clone();
+    let beat = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let hb = msg(worker_message::Msg::Heartbeat(proto::Heartbeat {}));
+            if tx.send(hb).await.is_err() {
+                return;
+            }
+        }
+    });
+    let job = submit(&mut c, req("r", "x")).await;
+    // Attempt 1: the handler hangs (the session still heartbeats).
+    let first = w.assign().await.job.unwrap().attempt;
+    assert_eq!(first, 1);
+    // Attempt 2: reports progress every 200 ms for 1.2 s, then completes.
+    let second = w.assign().await.job.unwrap().attempt;
+    assert_eq!(second, 2);
+    for i in 0..6 {
+        w.tx.send(progress(&job.id, second, i * 10, "working"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    w.tx.send(complete(&job.id, second)).await.unwrap();
+    let j = wait_terminal(&mut c, &job.id).await;
+    assert_eq!(
+        (state(&j), j.attempt),
+        (JobState::Succeeded, 2),
+        "{}",
+        j.last_error
+    );
+    let text = scrape(d.admin).await;
+    assert_eq!(
+        sample(&text, "jobd_heartbeat_timeouts_total{kind=\"r\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    beat.abort();
+    drop(w);
+    d.stop().await;
+}
