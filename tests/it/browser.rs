@@ -282,6 +282,10 @@ handler = "echo"
 [kinds.sleep]
 handler = "sleep"
 
+[kinds.slow]
+handler = "command"
+command = ["sh", "-c", "echo 'tile 1 of 2' >&2; echo '::progress 50 half way' >&2; sleep 3; echo 'tile 2 of 2' >&2"]
+
 [kinds.flaky]
 handler = "command"
 max_attempts = 1
@@ -336,6 +340,34 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
         state_of(&mut grpc, &flaky.id).await,
         proto::JobState::Succeeded
     );
+
+    // 4b. A running job's progress bar and log lines appear live.
+    let slow = submit(&mut grpc, req("slow", "")).await;
+    b.goto(&format!("{ui}#/job/{}", slow.id)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let progress = b.text_of("#job-progress").await;
+        let log = b.text_of("#job-log").await;
+        if progress.contains("50%") && progress.contains("half way") && log.contains("#1 tile 1 of 2") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "progress/log never shown: {progress:?} {log:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(
+        b.text_of("dd[data-field='state']").await,
+        "succeeded",
+        "seen while it ran"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !b.text_of("#job-log").await.contains("tile 2 of 2") {
+        assert!(tokio::time::Instant::now() < deadline, "the second line never came");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.screenshot("dashboard-job-progress").await;
 
     // 5. Pause a kind with a click.
     b.goto(&format!("{ui}#/kinds")).await;

@@ -368,6 +368,26 @@
   async function job(id) {
     const path = "/v1/jobs/" + encodeURIComponent(id);
     let payload = { text: "", cut: false };
+    // The log's tail: the newest LOG_TAIL lines, followed live.
+    const LOG_TAIL = 200;
+    const logLines = [];
+    const logText = () => logLines.map((l) => "#" + l.attempt + " " + l.text).join("\n");
+    const progressOf = (j) => {
+      const p = j.progress;
+      if (!p) return el("p", { id: "job-progress", class: "muted" }, "No progress reported.");
+      const pct = Math.max(0, Math.min(100, Number(p.percent || 0)));
+      // Set through the CSSOM: the page's CSP allows no style attributes.
+      const fill = el("div", { class: "fill" });
+      fill.style.width = pct + "%";
+      return el(
+        "div",
+        { id: "job-progress", class: "progress" },
+        el("div", { class: "track" }, fill),
+        el("span", { class: "pct" }, pct + "%"),
+        " ",
+        el("span", { class: "msg" }, p.message || ""),
+      );
+    };
     const show = (j) => {
       const result = preview(j.result, 4096);
       const field = (name, value) => [el("dt", {}, name), el("dd", { "data-field": name }, value)];
@@ -402,6 +422,10 @@
           field("timeout", j.timeout || ""),
           field("payload size", num(j.payloadSize) + " bytes"),
         ),
+        el("h3", {}, "Progress"),
+        progressOf(j),
+        el("h3", {}, "Log (newest " + LOG_TAIL + " lines)"),
+        el("pre", { id: "job-log" }, logText()),
         el("h3", {}, "Last error"),
         el("pre", { id: "job-error", class: "error" }, j.lastError || ""),
         el("h3", {}, "Result", result.cut || j.resultTruncated ? " (first part)" : ""),
@@ -446,6 +470,23 @@
       }
     };
     watch().catch(failed);
+    // The log, followed live from the first line (it ends with the job).
+    const followLog = async () => {
+      let after = 0;
+      while (!signal.aborted) {
+        await stream(path + "/logs?follow=true&after=" + after, (event, data) => {
+          if (event !== "message") return;
+          after = Number(data.seq);
+          logLines.push(data);
+          if (logLines.length > LOG_TAIL) logLines.shift();
+          const pre = $("job-log");
+          if (pre) pre.textContent = logText();
+        }, signal);
+        // Ended with the job; a retry may write more.
+        await new Promise((r) => setTimeout(r, 2000));
+      }
+    };
+    followLog().catch(() => {});
   }
 
   async function kinds() {
