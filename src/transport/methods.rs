@@ -80,6 +80,12 @@ pub const RPCS: &[Rpc] = &[
         Roles(READ),
         Some("GET /v1/events"),
     ),
+    rpc(
+        "/jobd.v1.JobService/GetLogs",
+        Roles(READ),
+        Some("GET /v1/jobs/{id}/logs"),
+    ),
+    rpc("/jobd.v1.JobService/WatchLogs", Roles(READ), None),
     rpc("/jobd.v1.WorkerService/Connect", Roles(WORKER), None),
     rpc(
         "/jobd.v1.AdminService/ListWorkers",
