@@ -16,10 +16,12 @@ import {
   encodePayload,
   fromProto,
   isTerminal,
+  logLineFromProto,
   stateValue,
   type Job,
   type JobEvent,
   type JobState,
+  type LogLine,
   type Payload,
 } from "./job.js";
 import { sleep, backoffMs } from "./util.js";
@@ -115,6 +117,26 @@ export interface WatchOptions {
   /**
    * Times the stream is opened again (from the last sequence seen) after it
    * broke with UNAVAILABLE, e.g. a daemon restart (default 5; 0 never).
+   */
+  reconnects?: number;
+}
+
+/** Options of `logs`. */
+export interface LogsOptions {
+  signal?: AbortSignal;
+  /** Lines after this `seq` (the last one seen); 0 (default) from the first line kept. */
+  after?: number;
+  /**
+   * Follow the log (WatchLogs): lines as they are written, ending once the
+   * job is terminal and every line was sent. Default false: the lines
+   * there are now, page after page (GetLogs), then the end.
+   */
+  follow?: boolean;
+  /** Lines per GetLogs page, 1..=1000 (default 1000). */
+  pageSize?: number;
+  /**
+   * With `follow`: times the stream is opened again (after the last line
+   * seen) when it broke with UNAVAILABLE (default 5; 0 never).
    */
   reconnects?: number;
 }
@@ -304,6 +326,55 @@ export class Client {
     } finally {
       clearTimeout(timer);
       options.signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /**
+   * The job's log lines (what its attempts wrote with `ctx.log`), oldest
+   * first, each with its `seq`, `attempt`, `time` and `text`. jobd keeps the
+   * newest 1,000 lines per job. Without `follow`, the lines there are now
+   * (GetLogs, page after page); with `follow`, also each line as it is
+   * written, ending after the job is terminal and every line was sent
+   * (WatchLogs). A followed stream broken by UNAVAILABLE is opened again
+   * after the last line seen.
+   */
+  async *logs(id: string, options: LogsOptions = {}): AsyncGenerator<LogLine, void, undefined> {
+    let after = options.after ?? 0;
+    const { signal } = options;
+    if (!options.follow) {
+      for (;;) {
+        const res = await call(() =>
+          this.jobs.getLogs({ id, after: BigInt(after), limit: options.pageSize ?? 0 }, { signal }),
+        ).catch((e: unknown) => {
+          throw abortAware(e, signal);
+        });
+        if (res.lines.length === 0) return;
+        for (const l of res.lines) {
+          const line = logLineFromProto(l);
+          after = line.seq;
+          yield line;
+        }
+      }
+    }
+    const reconnects = options.reconnects ?? 5;
+    let failures = 0;
+    for (;;) {
+      try {
+        for await (const l of this.jobs.watchLogs({ id, after: BigInt(after) }, { signal })) {
+          failures = 0;
+          const line = logLineFromProto(l);
+          if (line.seq <= after) continue;
+          after = line.seq;
+          yield line;
+        }
+        return;
+      } catch (e) {
+        const err = abortAware(e, signal);
+        if (err.code !== "UNAVAILABLE" || failures >= reconnects || signal?.aborted) throw err;
+        await sleep(backoffMs(failures++, 200, 5_000), signal).catch(() => {
+          throw abortAware(signal?.reason, signal);
+        });
+      }
     }
   }
 

@@ -11,6 +11,7 @@ export type {
   JobChange,
   JobPage,
   ListFilter,
+  LogsOptions,
   RetryOutcome,
   RetryTarget,
   SubmitOptions,
@@ -24,7 +25,14 @@ export type { Handler, HandlerResult, WorkerOptions } from "./worker.js";
 export { DEFAULT_ADDRESS } from "./connection.js";
 export type { ConnectionOptions, TlsOptions } from "./connection.js";
 export { TERMINAL_STATES, decodeJson, decodeText, encodePayload, isTerminal } from "./job.js";
-export type { Job, JobEvent, JobState, Payload } from "./job.js";
+export type { Job, JobEvent, JobProgress, JobState, LogLine, Payload } from "./job.js";
+export {
+  MAX_LOG_LINE_BYTES,
+  MAX_LOG_LINES_PER_MESSAGE,
+  MAX_PROGRESS_DETAILS_BYTES,
+  MAX_PROGRESS_MESSAGE_BYTES,
+} from "./progress.js";
+export type { ProgressDetails } from "./progress.js";
 export {
   AbortedError,
   AlreadyExistsError,

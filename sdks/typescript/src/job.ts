@@ -45,6 +45,31 @@ export interface Job {
   timeoutMs: number | undefined;
   orderingKey: string;
   traceparent: string;
+  /** How far the job got, as its worker last said (`ctx.progress`); `undefined` until it does. Kept after the job ends. */
+  progress: JobProgress | undefined;
+}
+
+/** A job's progress, as its worker last reported it (jobd stores at most one value per job every 200 ms). */
+export interface JobProgress {
+  /** 0..=100. */
+  percent: number;
+  /** At most 256 bytes, or `""`. */
+  message: string;
+  /** At most 4 KiB, opaque (JSON by convention: `decodeJson(progress.details)`); empty for none. */
+  details: Uint8Array;
+  /** When jobd stored it. */
+  updatedAt: Date | undefined;
+}
+
+/** One line of a job's log, from `client.logs`. */
+export interface LogLine {
+  /** Increases per job (gaps where old lines were pruned); pass the last one as `after` to resume. */
+  seq: number;
+  /** The attempt that wrote it. */
+  attempt: number;
+  /** When jobd received it. */
+  time: Date;
+  text: string;
 }
 
 /** One step of a job's life, from `client.watch`. */
@@ -121,5 +146,18 @@ export function fromProto(j: pb.Job): Job {
     timeoutMs: j.timeout ? durationMs(j.timeout) : undefined,
     orderingKey: j.orderingKey,
     traceparent: j.traceparent,
+    progress: j.progress
+      ? {
+          percent: j.progress.percent,
+          message: j.progress.message,
+          details: j.progress.details,
+          updatedAt: date(j.progress.updatedAt),
+        }
+      : undefined,
   };
+}
+
+/** A generated LogLine message as a plain object. */
+export function logLineFromProto(l: pb.LogLine): LogLine {
+  return { seq: Number(l.seq), attempt: l.attempt, time: l.time ? timestampDate(l.time) : new Date(0), text: l.text };
 }

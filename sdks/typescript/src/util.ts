@@ -24,8 +24,9 @@ export function backoffMs(attempt: number, initialMs: number, maxMs: number): nu
 
 /**
  * A queue read as an async iterable: what a bidi stream sends. `push`
- * never blocks; the worker bounds what it pushes (one report per attempt
- * held, heartbeats on a timer).
+ * never blocks. The worker bounds most of what it pushes (one report per
+ * attempt held, heartbeats on a timer, progress coalesced per attempt);
+ * log lines are as many as the handlers write.
  */
 export class AsyncQueue<T> implements AsyncIterable<T> {
   private items: T[] = [];

@@ -11,6 +11,11 @@
 // - each attempt is reported once, named by (job id, attempt); a cancelled
 //   attempt or one whose session was lost is not reported (it would be
 //   stale) and its `ctx.signal` aborts;
+// - `ctx.progress()` and `ctx.log()` are checked against jobd's bounds
+//   (RangeError in the handler, never a session ended by INVALID_ARGUMENT)
+//   and queued on the session's stream like the reports, named by
+//   (job id, attempt); progress is coalesced to one message per attempt
+//   every 100 ms, the latest kept and sent before the report;
 // - a broken session is opened again after a capped, jittered backoff;
 // - stop() (or SIGTERM/SIGINT) drains: held jobs finish and are reported,
 //   then the stream is closed.
@@ -23,6 +28,7 @@ import { connect, type Connection, type ConnectionOptions } from "./connection.j
 import { toJobdError, type JobdError } from "./errors.js";
 import * as pb from "./gen/jobd/v1/jobd_pb.js";
 import { decodeJson, decodeText, encodePayload, type Payload } from "./job.js";
+import { checkProgress, logBatches, type ProgressDetails, type ProgressValue } from "./progress.js";
 import { AsyncQueue, backoffMs } from "./util.js";
 
 /** Throw it from a handler to fail the job at once, without a retry. */
@@ -69,10 +75,16 @@ export interface WorkerOptions extends ConnectionOptions {
 type WorkerMessageInit = MessageInitShape<typeof pb.WorkerMessageSchema>;
 type Report = NonNullable<WorkerMessageInit["msg"]>;
 
+/** Where a JobContext's progress and log lines go (the attempt, on its session). */
+interface AttemptOutput {
+  progress(p: ProgressValue): void;
+  log(batches: string[][]): void;
+}
+
 /**
- * One attempt as a handler sees it. The future `progress()`, `log()`,
- * `touch()` and `checkpoint` go here: each is one more message on the
- * attempt's session, named by (id, attempt) like the reports.
+ * One attempt as a handler sees it. `progress()` and `log()` are messages
+ * on the attempt's session, named by (id, attempt) like the reports; the
+ * future `touch()` and `checkpoint` will be too.
  */
 export class JobContext {
   /** The job's id. */
@@ -92,9 +104,10 @@ export class JobContext {
    * runs out of time. Its reason says which. A report after it is dropped.
    */
   readonly signal: AbortSignal;
+  readonly #out: AttemptOutput | undefined;
 
   /** @internal */
-  constructor(assign: pb.Assign, signal: AbortSignal) {
+  constructor(assign: pb.Assign, signal: AbortSignal, out?: AttemptOutput) {
     const job = assign.job!;
     this.id = job.id;
     this.kind = job.kind;
@@ -104,6 +117,33 @@ export class JobContext {
     this.headers = { ...assign.headers };
     this.payload = assign.payload;
     this.signal = signal;
+    this.#out = out;
+  }
+
+  /**
+   * Reports how far the attempt got: `percent` 0..=100 (a fraction is
+   * rounded down), an optional `message` (at most 256 bytes) and `details`
+   * (bytes, a string, or anything else as JSON; at most 4 KiB). Watchers
+   * see it as `job.progress`. It does not wait: the update is queued on the
+   * session, and updates closer than 100 ms apart are coalesced (the latest
+   * is sent). Throws RangeError for a value out of bounds. After the
+   * attempt ended (returned, cancelled, session lost) it does nothing.
+   */
+  progress(percent: number, message?: string, details?: ProgressDetails): void {
+    const p = checkProgress(percent, message ?? "", details);
+    this.#out?.progress(p);
+  }
+
+  /**
+   * Appends lines to the job's log (`client.logs`), tagged with this
+   * attempt. Each argument is split on line breaks. It does not wait: the
+   * lines are queued on the session (1,000 a message). Throws RangeError
+   * for a line over 4 KiB (then nothing of the call is sent). After the
+   * attempt ended it does nothing.
+   */
+  log(...lines: string[]): void {
+    const batches = logBatches(lines);
+    if (batches.length > 0) this.#out?.log(batches);
   }
 
   /** The payload parsed as JSON; a payload that is not JSON fails the job for good (Permanent). */
@@ -121,15 +161,68 @@ export class JobContext {
   }
 }
 
+/** Progress messages of one attempt are at least this far apart (the latest in between is kept). */
+const PROGRESS_EVERY_MS = 100;
+
 /** One attempt held by a session. */
-class Attempt {
+class Attempt implements AttemptOutput {
   readonly controller = new AbortController();
   /** Its report was sent or dropped: never a second one. */
   settled = false;
+  private lastProgress = -Infinity;
+  private pending: ProgressValue | undefined;
+  private timer: NodeJS.Timeout | undefined;
+
   constructor(
     readonly key: string,
     readonly assign: pb.Assign,
+    private readonly session: Session,
   ) {}
+
+  /** The session still holds it: its messages count. */
+  private get live(): boolean {
+    return !this.settled && !this.session.ended && this.session.held.get(this.key) === this;
+  }
+
+  progress(p: ProgressValue): void {
+    if (!this.live) return;
+    const wait = this.lastProgress + PROGRESS_EVERY_MS - Date.now();
+    if (wait <= 0 && !this.timer) {
+      this.sendProgress(p);
+      return;
+    }
+    this.pending = p;
+    this.timer ??= setTimeout(() => {
+      this.timer = undefined;
+      this.flush();
+    }, Math.max(0, wait));
+  }
+
+  log(batches: string[][]): void {
+    if (!this.live) return;
+    const job = this.assign.job!;
+    for (const lines of batches) this.session.send({ case: "log", value: { jobId: job.id, attempt: job.attempt, lines } });
+  }
+
+  /** Sends the progress held back by the coalescing, if any (before the report). */
+  flush(): void {
+    const p = this.pending;
+    this.pending = undefined;
+    if (p && this.live) this.sendProgress(p);
+  }
+
+  /** The attempt ended: nothing more is sent for it. */
+  close(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.pending = undefined;
+  }
+
+  private sendProgress(p: ProgressValue): void {
+    const job = this.assign.job!;
+    this.lastProgress = Date.now();
+    this.session.send({ case: "progress", value: { jobId: job.id, attempt: job.attempt, ...p } });
+  }
 }
 
 /** One Connect stream and what it holds. */
@@ -334,6 +427,7 @@ export class Worker {
               // No longer held: its report would be stale.
               s.held.delete(a.key);
               a.settled = true;
+              a.close();
               a.controller.abort(new Error(`cancelled by jobd: ${msg.value.reason || "cancel"}`));
               this.maybeClose(s);
             }
@@ -360,6 +454,7 @@ export class Worker {
       // stop those handlers; their reports are dropped.
       for (const a of [...s.held.values(), ...s.queued]) {
         a.settled = true;
+        a.close();
         a.controller.abort(new Error("worker session lost"));
       }
       s.held.clear();
@@ -375,7 +470,7 @@ export class Worker {
     if (!job || s.closing) return;
     const k = key(job.id, job.attempt);
     if (s.held.has(k)) return;
-    const a = new Attempt(k, assign);
+    const a = new Attempt(k, assign, s);
     s.held.set(k, a);
     if (this.active < this.maxInFlight) this.start(s, a);
     else s.queued.push(a);
@@ -386,7 +481,7 @@ export class Worker {
     const assign = a.assign;
     const job = assign.job!;
     const handler = this.handlers.get(job.kind);
-    const ctx = new JobContext(assign, a.controller.signal);
+    const ctx = new JobContext(assign, a.controller.signal, a);
     void (async (): Promise<Report> => {
       if (!handler) throw new Error(`this worker has no handler for kind ${job.kind}`);
       const out = await handler(ctx, assign.payload);
@@ -420,6 +515,9 @@ export class Worker {
   /** Sends an attempt's one report, unless it no longer holds the job. */
   private finish(s: Session, a: Attempt, report: Report): void {
     if (a.settled) return;
+    // The last progress goes before the report (while the attempt still runs at jobd).
+    a.flush();
+    a.close();
     a.settled = true;
     if (s.ended || s.held.get(a.key) !== a) return;
     s.held.delete(a.key);

@@ -16,6 +16,8 @@ import {
   decodeText,
   encodePayload,
   InvalidArgumentError,
+  JobContext,
+  pb,
   JobdError,
   ResourceExhaustedError,
   toJobdError,
@@ -126,6 +128,42 @@ test("connection options: address forms and their checks", () => {
   assert.throws(() => new Client({ address: "http://127.0.0.1:1", tls: {} }), TypeError);
   assert.throws(() => new Client({ address: "127.0.0.1:1", tls: { cert: "-----BEGIN CERTIFICATE-----" } }), TypeError);
   assert.ok(UnavailableError.prototype instanceof JobdError);
+});
+
+test("ctx.progress and ctx.log: checked, split and handed to the attempt", () => {
+  const sent: { progress: unknown[]; log: string[][][] } = { progress: [], log: [] };
+  const assign = create(pb.AssignSchema, { job: { id: "j", kind: "k", attempt: 2 } });
+  const ctx = new JobContext(assign, new AbortController().signal, {
+    progress: (p) => sent.progress.push(p),
+    log: (b) => sent.log.push(b),
+  });
+  ctx.progress(12.9);
+  ctx.progress(100, "done", { a: 1 });
+  assert.equal(sent.progress.length, 2);
+  assert.deepEqual(sent.progress[0], { percent: 12, message: "", details: new Uint8Array(0) });
+  assert.deepEqual(decodeJson((sent.progress[1] as { details: Uint8Array }).details), { a: 1 });
+  ctx.progress(0, "m".repeat(256), new Uint8Array(4096));
+  for (const bad of [-0.5, 100.5, Number.NaN, Infinity]) assert.throws(() => ctx.progress(bad), RangeError);
+  assert.throws(() => ctx.progress(1, "ü".repeat(129)), /message is 258 bytes/);
+  assert.throws(() => ctx.progress(1, "", "x".repeat(4097)), /details are 4097 bytes/);
+  assert.equal(sent.progress.length, 3);
+
+  ctx.log();
+  assert.equal(sent.log.length, 0);
+  ctx.log("a\r\nb\n", "", "c\n\nd");
+  assert.deepEqual(sent.log.pop(), [["a", "b", "", "c", "", "d"]]);
+  ctx.log(Array.from({ length: 2500 }, (_, i) => String(i)).join("\n"));
+  assert.deepEqual(
+    sent.log.pop()!.map((b) => [b.length, b[0]]),
+    [
+      [1000, "0"],
+      [1000, "1000"],
+      [500, "2000"],
+    ],
+  );
+  ctx.log("x".repeat(4096));
+  assert.throws(() => ctx.log("ok", "€".repeat(1366)), /line 2 is 4098 bytes/);
+  assert.equal(sent.log.length, 1, "nothing of a refused call is sent");
 });
 
 function statSafe(p: string): boolean {
