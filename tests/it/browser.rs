@@ -348,7 +348,10 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
     loop {
         let progress = b.text_of("#job-progress").await;
         let log = b.text_of("#job-log").await;
-        if progress.contains("50%") && progress.contains("half way") && log.contains("#1 tile 1 of 2") {
+        if progress.contains("50%")
+            && progress.contains("half way")
+            && log.contains("#1 tile 1 of 2")
+        {
             break;
         }
         assert!(
@@ -364,7 +367,10 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !b.text_of("#job-log").await.contains("tile 2 of 2") {
-        assert!(tokio::time::Instant::now() < deadline, "the second line never came");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second line never came"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     b.screenshot("dashboard-job-progress").await;
