@@ -439,14 +439,14 @@ async fn logs_over_http_and_the_cli() {
     d.stop().await;
 }
 
-/// A kind's `heartbeat_timeout`: an attempt that says nothing (no progress,
+/// A kind's `heartbeat_timeout` (1.5 s here): an attempt that says nothing (no progress,
 /// no log line) for that long fails "heartbeat timeout" and is retried,
 /// even while its worker's session heartbeats; one that keeps reporting
 /// progress runs past it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_attempt_fails_at_its_heartbeat_timeout_and_is_retried() {
     let kinds = "[kinds.r]\nhandler = \"remote\"\ntimeout = \"60s\"\nmax_attempts = 2\n\
-                 heartbeat_timeout = \"500ms\"\nbackoff = { initial = \"10ms\", max = \"10ms\" }\n";
+                 heartbeat_timeout = \"1500ms\"\nbackoff = { initial = \"10ms\", max = \"10ms\" }\n";
     let d = start_with("[workers]\nheartbeat_interval = \"200ms\"\n", kinds).await;
     let mut c = d.client().await;
     let mut w = raw(&d.url(), hello(&["r"], 4)).await.unwrap();
@@ -464,7 +464,8 @@ async fn a_silent_attempt_fails_at_its_heartbeat_timeout_and_is_retried() {
     // Attempt 1: the handler hangs (the session still heartbeats).
     let first = w.assign().await.job.unwrap().attempt;
     assert_eq!(first, 1);
-    // Attempt 2: reports progress every 200 ms for 1.2 s, then completes.
+    // Attempt 2: reports progress every 200 ms for 2.4 s (past the 1.5 s
+    // heartbeat timeout), then completes.
     let second = w.assign().await.job.unwrap().attempt;
     assert_eq!(second, 2);
     for i in 0..6 {
