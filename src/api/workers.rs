@@ -185,9 +185,29 @@ async fn long_running(
     engine: &Arc<Engine>,
     workers: &Workers,
     session: u64,
+    outbox: &Outbox,
     msg: worker_message::Msg,
 ) -> Result<(), Status> {
     match msg {
+        worker_message::Msg::Touch(t) => {
+            let extend_by = t
+                .extend_by
+                .map(Duration::try_from)
+                .transpose()
+                .map_err(|_| ApiError::invalid("touch.extend_by", "must not be negative"))?
+                .unwrap_or_default();
+            let deadline = match held(workers, session, &t.job_id, t.attempt) {
+                Some(id) => engine.touch(id, t.attempt, extend_by).await,
+                None => None,
+            };
+            let ack = message(server_message::Msg::TouchAck(proto::TouchAck {
+                job_id: t.job_id,
+                attempt: t.attempt,
+                deadline: deadline.map(crate::api::convert::timestamp),
+                stale: deadline.is_none(),
+            }));
+            let _ = outbox.try_send(ack);
+        }
         worker_message::Msg::Progress(p) => {
             if p.percent > 100 {
                 return Err(ApiError::invalid("progress.percent", "0 to 100").into());
@@ -334,9 +354,11 @@ async fn serve_session(
         }
         if matches!(
             msg,
-            worker_message::Msg::Progress(_) | worker_message::Msg::Log(_)
+            worker_message::Msg::Progress(_)
+                | worker_message::Msg::Log(_)
+                | worker_message::Msg::Touch(_)
         ) {
-            if let Err(status) = long_running(engine, workers, session, msg).await {
+            if let Err(status) = long_running(engine, workers, session, outbox, msg).await {
                 let _ = outbox.try_send(Err(status));
                 return true;
             }

@@ -313,7 +313,10 @@ where
                     t.cancel();
                 }
             }
-            Some(server_message::Msg::Ack(_)) | Some(server_message::Msg::Drain(_)) | None => {}
+            Some(server_message::Msg::Ack(_))
+            | Some(server_message::Msg::Drain(_))
+            | Some(server_message::Msg::TouchAck(_))
+            | None => {}
         }
     };
     session_over.cancel();

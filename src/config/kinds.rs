@@ -111,6 +111,14 @@ pub struct KindConfig {
         serialize_with = "ser_opt_duration"
     )]
     pub heartbeat_timeout: Option<Duration>,
+    /// The longest a worker's Touch may push an attempt's deadline, counted
+    /// from its start; default ten times `timeout`, at least `timeout`.
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "ser_opt_duration"
+    )]
+    pub max_timeout: Option<Duration>,
     /// Log lines kept per job (the newest), default 1,000, at most 100,000.
     pub log_lines: Option<usize>,
 }
@@ -188,6 +196,8 @@ pub struct KindSettings {
     pub heartbeat_timeout: Option<Duration>,
     /// See [`KindConfig::log_lines`].
     pub log_lines: usize,
+    /// See [`KindConfig::max_timeout`].
+    pub max_timeout: Duration,
 }
 
 impl Config {
@@ -283,6 +293,13 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<KindSettings>, ConfigError>
         {
             return Err(invalid(key("heartbeat_timeout"), "at least 100ms"));
         }
+        let max_timeout = k.max_timeout.unwrap_or(timeout.saturating_mul(10));
+        if max_timeout < timeout {
+            return Err(invalid(
+                key("max_timeout"),
+                "must be at least the kind's timeout",
+            ));
+        }
         let log_lines = k.log_lines.unwrap_or(DEFAULT_LOG_LINES);
         if log_lines == 0 || log_lines > MAX_LOG_LINES {
             return Err(invalid(key("log_lines"), "must be 1 to 100000"));
@@ -300,6 +317,7 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<KindSettings>, ConfigError>
             max_result_bytes,
             heartbeat_timeout: k.heartbeat_timeout,
             log_lines,
+            max_timeout,
         });
     }
     Ok(kinds)

@@ -224,10 +224,18 @@ impl Engine {
             }
         };
         let heartbeat = self.kind(&job.kind).and_then(|k| k.heartbeat_timeout);
-        let heard = self
-            .lock_running()
-            .get(&(job.id, job.attempt))
-            .map(|r| r.heard.clone());
+        let (heard, deadline) = {
+            let running = self.lock_running();
+            let r = running.get(&(job.id, job.attempt));
+            (r.map(|r| r.heard.clone()), r.map(|r| r.deadline.clone()))
+        };
+        let started = crate::job::now_micros();
+        if let Some(d) = &deadline {
+            d.store(
+                crate::job::add_micros(started, job.timeout),
+                std::sync::atomic::Ordering::Release,
+            );
+        }
         let ended = tokio::select! {
             r = &mut task => return match r {
                 // A handler that fails once told to stop failed because of
@@ -237,7 +245,7 @@ impl Engine {
                 Err(e) if e.is_panic() => Ended::Panicked(panic_message(e.into_panic())),
                 Err(e) => Ended::Ran(Err(HandlerError::retryable(format!("handler task ended: {e}")))),
             },
-            _ = tokio::time::sleep(job.timeout) => Ended::TimedOut,
+            _ = Engine::until_deadline(deadline, job.timeout) => Ended::TimedOut,
             _ = Engine::silent_for(heard, heartbeat) => {
                 let h = heartbeat.unwrap_or_default();
                 self.metrics.heartbeat_timeout(&job.kind);

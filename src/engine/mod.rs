@@ -136,6 +136,9 @@ struct RunningAttempt {
     /// When the attempt last reported progress or a log line (micros):
     /// the kind's `heartbeat_timeout` counts from it.
     heard: Arc<std::sync::atomic::AtomicI64>,
+    /// The attempt's deadline (micros; 0 until its handler starts): a
+    /// worker's Touch moves it, up to the kind's `max_timeout`.
+    deadline: Arc<std::sync::atomic::AtomicI64>,
     /// The job's sequence when this attempt was claimed: later changes
     /// announced by a shared store (a cancel on another instance) stop it.
     claimed_at_sequence: u64,
@@ -729,6 +732,7 @@ impl Engine {
             .or_insert_with(|| RunningAttempt {
                 stop: self.stops.stop_attempts.child_token(),
                 heard: Arc::new(std::sync::atomic::AtomicI64::new(crate::job::now_micros())),
+                deadline: Arc::new(std::sync::atomic::AtomicI64::new(0)),
                 claimed_at_sequence: 0,
             });
         r.claimed_at_sequence = r.claimed_at_sequence.max(sequence);

@@ -97,6 +97,54 @@ impl Engine {
         }
     }
 
+    /// Until the attempt's deadline (moved by Touch), or `timeout` when it
+    /// has none.
+    pub(super) async fn until_deadline(
+        deadline: Option<Arc<std::sync::atomic::AtomicI64>>,
+        timeout: Duration,
+    ) {
+        let Some(deadline) = deadline else {
+            return tokio::time::sleep(timeout).await;
+        };
+        loop {
+            let at = deadline.load(std::sync::atomic::Ordering::Acquire);
+            let left = at.saturating_sub(now_micros());
+            if left <= 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_micros(left as u64)).await;
+        }
+    }
+
+    /// A worker's Touch of `(id, attempt)`: its deadline goes to
+    /// `extend_by` from now (never earlier than it was, never past the
+    /// kind's `max_timeout` from the attempt's start), the store's lease
+    /// with it. The deadline now; `None` when the attempt does not run here.
+    pub async fn touch(&self, id: Uuid, attempt: u32, extend_by: Duration) -> Option<i64> {
+        self.heard(id, attempt);
+        let job_kind_max = {
+            let running = self.lock_running();
+            let r = running.get(&(id, attempt))?;
+            r.deadline.clone()
+        };
+        let job = self.store.get(id).await.ok().flatten()?;
+        if job.state != JobState::Running || job.attempt != attempt {
+            return None;
+        }
+        let max = self.kind(&job.kind).map_or(job.timeout, |k| k.max_timeout);
+        let started = job.started_at.unwrap_or_else(now_micros);
+        let cap = crate::job::add_micros(started, max);
+        let wanted = crate::job::add_micros(now_micros(), extend_by).min(cap);
+        let now_deadline = job_kind_max
+            .fetch_max(wanted, std::sync::atomic::Ordering::AcqRel)
+            .max(wanted);
+        let lease = crate::job::add_micros(now_deadline, self.lease_slack());
+        if let Err(e) = self.store.extend_lease(id, attempt, lease).await {
+            tracing::warn!(job = %id, error = %e, "lease not extended after a touch");
+        }
+        Some(now_deadline)
+    }
+
     /// Until the attempt has said nothing for `silence` (see [`Self::heard`]);
     /// never without a limit.
     pub(super) async fn silent_for(

@@ -606,6 +606,31 @@ impl Store for MemoryStore {
         Ok(true)
     }
 
+    async fn extend_lease(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        until: Micros,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        let Some(e) = g.jobs.remove(&id) else {
+            return Ok(false);
+        };
+        let running = e.job.state == JobState::Running && e.job.attempt == attempt;
+        let e = if running && e.job.lease_expires_at.is_some_and(|t| t < until) {
+            // Re-indexed: the lease index holds (time, id).
+            g.keys(&e, false);
+            let mut e = e;
+            e.job.lease_expires_at = Some(until);
+            g.keys(&e, true);
+            e
+        } else {
+            e
+        };
+        g.jobs.insert(id, e);
+        Ok(running)
+    }
+
     async fn logs(
         &self,
         id: Uuid,

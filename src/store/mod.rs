@@ -390,6 +390,12 @@ pub trait Store: Send + Sync + 'static {
         at: Micros,
         keep: usize,
     ) -> Result<bool, StoreError>;
+    /// Pushes the lease of `(id, attempt)` to at least `until` while that
+    /// attempt runs (a worker's Touch moved its deadline); false when it no
+    /// longer runs. Stores whose leases are renewed while the attempt runs
+    /// (PostgreSQL) need not write anything.
+    async fn extend_lease(&self, id: Uuid, attempt: u32, until: Micros)
+        -> Result<bool, StoreError>;
     /// Up to `limit` of the job's log lines with `seq` above `after`,
     /// oldest first.
     async fn logs(

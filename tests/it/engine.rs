@@ -180,6 +180,14 @@ impl Store for GatedStore {
     ) -> Result<bool, StoreError> {
         self.inner.append_logs(id, attempt, lines, at, keep).await
     }
+    async fn extend_lease(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        until: Micros,
+    ) -> Result<bool, StoreError> {
+        self.inner.extend_lease(id, attempt, until).await
+    }
     async fn logs(
         &self,
         id: Uuid,

@@ -492,3 +492,78 @@ async fn a_silent_attempt_fails_at_its_heartbeat_timeout_and_is_retried() {
     drop(w);
     d.stop().await;
 }
+
+fn touch(job_id: &str, attempt: u32, extend_by: Duration) -> proto::WorkerMessage {
+    msg(worker_message::Msg::Touch(proto::Touch {
+        job_id: job_id.into(),
+        attempt,
+        extend_by: prost_types::Duration::try_from(extend_by).ok(),
+    }))
+}
+
+async fn touch_ack(w: &mut Raw) -> proto::TouchAck {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), w.rx.message())
+            .await
+            .expect("jobd answers")
+            .unwrap()
+            .unwrap();
+        if let Some(proto::server_message::Msg::TouchAck(a)) = m.msg {
+            return a;
+        }
+    }
+}
+
+/// Touch pushes an attempt's deadline (a 1 s timeout kept for 2.5 s, on
+/// SQLite, whose lease moves with it), never past the kind's
+/// `max_timeout`; a Touch of an attempt the session does not hold is
+/// answered stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn touch_keeps_a_job_past_its_deadline_up_to_max_timeout() {
+    let kinds = "[kinds.r]\nhandler = \"remote\"\ntimeout = \"1s\"\nmax_timeout = \"5s\"\nmax_attempts = 1\n";
+    let d = start_with(
+        &format!("store = \"sqlite:{{dir}}/jobd.db\"\n{HEAD}"),
+        kinds,
+    )
+    .await;
+    let mut c = d.client().await;
+    let mut w = raw(&d.url(), hello(&["r"], 4)).await.unwrap();
+    let job = submit(&mut c, req("r", "x")).await;
+    let a = w.assign().await;
+    let attempt = a.job.unwrap().attempt;
+    let first_deadline = micros(&a.deadline);
+    for _ in 0..5 {
+        w.tx.send(touch(&job.id, attempt, Duration::from_secs(1)))
+            .await
+            .unwrap();
+        let ack = touch_ack(&mut w).await;
+        assert!(!ack.stale);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // 2.5 s in: past the 1 s timeout, still running.
+    assert_eq!(state(&status(&mut c, &job.id).await), JobState::Running);
+    // Capped by max_timeout (5 s from the start).
+    w.tx.send(touch(&job.id, attempt, Duration::from_secs(3600)))
+        .await
+        .unwrap();
+    let capped = micros(&touch_ack(&mut w).await.deadline);
+    assert!(
+        capped > first_deadline && capped <= first_deadline + 4_500_000,
+        "deadline {capped} vs first {first_deadline}"
+    );
+    // Stale: an attempt this session does not hold.
+    w.tx.send(touch(&job.id, attempt + 1, Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert!(touch_ack(&mut w).await.stale);
+    w.tx.send(complete(&job.id, attempt)).await.unwrap();
+    let j = wait_terminal(&mut c, &job.id).await;
+    assert_eq!(
+        (state(&j), j.attempt),
+        (JobState::Succeeded, 1),
+        "{}",
+        j.last_error
+    );
+    drop(w);
+    d.stop().await;
+}

@@ -135,7 +135,8 @@ def test_watch_order(shared_daemon):
     failing = client.submit("fail", b"boom")
     events = list(client.watch(failing.id))
     seqs = [e.sequence for e in events]
-    assert seqs == sorted(seqs) and events[-1].job.state == "FAILED" and events[-1].job.attempt == 2
+    seen = [(e.sequence, e.job.state, e.job.attempt) for e in events]
+    assert seqs == sorted(seqs) and events[-1].job.state == "FAILED" and events[-1].job.attempt == 2, seen
     assert any(e.job.state == "RETRY_WAIT" for e in events)
 
     # watch_jobs sees changes of every job, in position order.

@@ -694,6 +694,12 @@ impl Store for PostgresStore {
         self.put_logs(id, attempt, lines, at, keep).await
     }
 
+    async fn extend_lease(&self, _: Uuid, _: u32, _: Micros) -> Result<bool, StoreError> {
+        // Leases here are renewed every lease_ttl/3 for as long as the
+        // attempt runs on this instance, whatever its deadline.
+        Ok(true)
+    }
+
     async fn logs(
         &self,
         id: Uuid,

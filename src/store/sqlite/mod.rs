@@ -742,6 +742,32 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn extend_lease(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        until: Micros,
+    ) -> Result<bool, StoreError> {
+        self.write_with(true, move |tx, _| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE jobs SET lease_expires_at = MAX(lease_expires_at, ?2) \
+                     WHERE id = ?1 AND state = ?3 AND attempt = ?4",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        id.as_bytes().as_slice(),
+                        until,
+                        state_code(JobState::Running),
+                        attempt
+                    ])
+                })
+                .map_err(map_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     async fn logs(
         &self,
         id: Uuid,

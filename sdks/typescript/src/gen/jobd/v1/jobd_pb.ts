@@ -30,7 +30,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file jobd/v1/jobd.proto.
  */
 export const file_jobd_v1_jobd: GenFile = /*@__PURE__*/
-  fileDesc("ChJqb2JkL3YxL2pvYmQucHJvdG8SB2pvYmQudjEicAoLSm9iUHJvZ3Jlc3MSDwoHcGVyY2VudBgBIAEoDRIPCgdtZXNzYWdlGAIgASgJEg8KB2RldGFpbHMYAyABKAwSLgoKdXBkYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoOR2V0TG9nc1JlcXVlc3QSCgoCaWQYASABKAkSDQoFYWZ0ZXIYAiABKAQSDQoFbGltaXQYAyABKA0iMgoPR2V0TG9nc1Jlc3BvbnNlEh8KBWxpbmVzGAEgAygLMhAuam9iZC52MS5Mb2dMaW5lIi0KEFdhdGNoTG9nc1JlcXVlc3QSCgoCaWQYASABKAkSDQoFYWZ0ZXIYAiABKAQiXwoHTG9nTGluZRILCgNzZXEYASABKAQSDwoHYXR0ZW1wdBgCIAEoDRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0ZXh0GAQgASgJIrUFCgNKb2ISCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIgCgVzdGF0ZRgDIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDwoHYXR0ZW1wdBgEIAEoDRIUCgxtYXhfYXR0ZW1wdHMYBSABKA0SEAoIcHJpb3JpdHkYBiABKAUSFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEigKBmxhYmVscxgIIAMoCzIYLmpvYmQudjEuSm9iLkxhYmVsc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9uZXh0X2F0dGVtcHRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmxhc3RfZXJyb3IYDiABKAkSDgoGcmVzdWx0GA8gASgMEhQKDHBheWxvYWRfc2l6ZRgQIAEoBBIqCgd0aW1lb3V0GBEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhgKEHJlc3VsdF90cnVuY2F0ZWQYEiABKAgSFAoMb3JkZXJpbmdfa2V5GBMgASgJEhMKC3RyYWNlcGFyZW50GBQgASgJEiYKCHByb2dyZXNzGBUgASgLMhQuam9iZC52MS5Kb2JQcm9ncmVzcxotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsACCg1TdWJtaXRSZXF1ZXN0EgwKBGtpbmQYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgNEioKB3RpbWVvdXQYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCgZsYWJlbHMYCCADKAsyIi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QuTGFiZWxzRW50cnkSFAoMb3JkZXJpbmdfa2V5GAkgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQQoOU3VibWl0UmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISFAoMZGVkdXBsaWNhdGVkGAIgASgIIj4KElN1Ym1pdEJhdGNoUmVxdWVzdBIoCghyZXF1ZXN0cxgBIAMoCzIWLmpvYmQudjEuU3VibWl0UmVxdWVzdCJqCgxTdWJtaXRSZXN1bHQSKwoIYWNjZXB0ZWQYASABKAsyFy5qb2JkLnYxLlN1Ym1pdFJlc3BvbnNlSAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQggKBnJlc3VsdCI9ChNTdWJtaXRCYXRjaFJlc3BvbnNlEiYKB3Jlc3VsdHMYASADKAsyFS5qb2JkLnYxLlN1Ym1pdFJlc3VsdCIeChBHZXRTdGF0dXNSZXF1ZXN0EgoKAmlkGAEgASgJIkcKEUdldFN0YXR1c1Jlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhcKD3BheWxvYWRfcHJldmlldxgCIAEoDCI4ChJXYXRjaFN0YXR1c1JlcXVlc3QSCgoCaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiNwoISm9iRXZlbnQSGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIc2VxdWVuY2UYAiABKAQiGwoNQ2FuY2VsUmVxdWVzdBIKCgJpZBgBIAEoCSIrCg5DYW5jZWxSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYiKKAgoPTGlzdEpvYnNSZXF1ZXN0EiAKBXN0YXRlGAEgASgOMhEuam9iZC52MS5Kb2JTdGF0ZRIMCgRraW5kGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJEhQKDG9yZGVyaW5nX2tleRgFIAEoCRI0CgZsYWJlbHMYBiADKAsyJC5qb2JkLnYxLkxpc3RKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIlCgVvcmRlchgHIAEoDjIWLmpvYmQudjEuTGlzdEpvYnNPcmRlchotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlEKEFdhdGNoSm9ic1JlcXVlc3QSDAoEa2luZBgBIAEoCRIgCgVzdGF0ZRgCIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDQoFYWZ0ZXIYAyABKAQiQAoRV2F0Y2hKb2JzUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIcG9zaXRpb24YAiABKAQiRwoQTGlzdEpvYnNSZXNwb25zZRIaCgRqb2JzGAEgAygLMgwuam9iZC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIuoBCg1Xb3JrZXJNZXNzYWdlEh8KBWhlbGxvGAEgASgLMg4uam9iZC52MS5IZWxsb0gAEicKCWhlYXJ0YmVhdBgCIAEoCzISLmpvYmQudjEuSGVhcnRiZWF0SAASJQoIY29tcGxldGUYAyABKAsyES5qb2JkLnYxLkNvbXBsZXRlSAASHQoEZmFpbBgEIAEoCzINLmpvYmQudjEuRmFpbEgAEiUKCHByb2dyZXNzGAUgASgLMhEuam9iZC52MS5Qcm9ncmVzc0gAEhsKA2xvZxgGIAEoCzIMLmpvYmQudjEuTG9nSABCBQoDbXNnIl4KCFByb2dyZXNzEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg8KB3BlcmNlbnQYAyABKA0SDwoHbWVzc2FnZRgEIAEoCRIPCgdkZXRhaWxzGAUgASgMIjUKA0xvZxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVsaW5lcxgDIAMoCSKbAQoFSGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEg0KBWtpbmRzGAIgAygJEhUKDW1heF9pbl9mbGlnaHQYAyABKA0SKgoGbGFiZWxzGAQgAygLMhouam9iZC52MS5IZWxsby5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIgsKCUhlYXJ0YmVhdCI7CghDb21wbGV0ZRIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIOCgZyZXN1bHQYAyABKAwieQoERmFpbBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVlcnJvchgDIAEoCRIRCglwZXJtYW5lbnQYBCABKAgSLgoLcmV0cnlfYWZ0ZXIYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iyAEKDVNlcnZlck1lc3NhZ2USIwoHd2VsY29tZRgBIAEoCzIQLmpvYmQudjEuV2VsY29tZUgAEiEKBmFzc2lnbhgCIAEoCzIPLmpvYmQudjEuQXNzaWduSAASJAoGY2FuY2VsGAMgASgLMhIuam9iZC52MS5DYW5jZWxKb2JIABIhCgNhY2sYBCABKAsyEi5qb2JkLnYxLlJlcG9ydEFja0gAEh8KBWRyYWluGAUgASgLMg4uam9iZC52MS5EcmFpbkgAQgUKA21zZyJUCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIsEBCgZBc3NpZ24SGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISDwoHcGF5bG9hZBgCIAEoDBIsCghkZWFkbGluZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoHaGVhZGVycxgEIAMoCzIcLmpvYmQudjEuQXNzaWduLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI8CglDYW5jZWxKb2ISDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDgoGcmVhc29uGAMgASgJIjsKCVJlcG9ydEFjaxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVzdGFsZRgDIAEoCCI1CgVEcmFpbhIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFgoUTGlzdFNjaGVkdWxlc1JlcXVlc3QiQwoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEioKCXNjaGVkdWxlcxgBIAMoCzIXLmpvYmQudjEuU2NoZWR1bGVTdGF0dXMioQEKDlNjaGVkdWxlU3RhdHVzEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSDAoEY3JvbhgDIAEoCRIQCgh0aW1lem9uZRgEIAEoCRIwCgxuZXh0X2ZpcmVfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnBhdXNlZBgGIAEoCBITCgtsYXN0X2pvYl9pZBgHIAEoCSIkChZUcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIjQKF1RyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iIiIKFFBhdXNlU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIkIKFVBhdXNlU2NoZWR1bGVSZXNwb25zZRIpCghzY2hlZHVsZRgBIAEoCzIXLmpvYmQudjEuU2NoZWR1bGVTdGF0dXMiIwoVUmVzdW1lU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIkMKFlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USKQoIc2NoZWR1bGUYASABKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIiAKEFBhdXNlS2luZFJlcXVlc3QSDAoEa2luZBgBIAEoCSI9ChFQYXVzZUtpbmRSZXNwb25zZRIoCgtraW5kX3N0YXR1cxgBIAEoCzITLmpvYmQudjEuS2luZFN0YXR1cyIhChFSZXN1bWVLaW5kUmVxdWVzdBIMCgRraW5kGAEgASgJIj4KElJlc3VtZUtpbmRSZXNwb25zZRIoCgtraW5kX3N0YXR1cxgBIAEoCzITLmpvYmQudjEuS2luZFN0YXR1cyISChBMaXN0S2luZHNSZXF1ZXN0IjcKEUxpc3RLaW5kc1Jlc3BvbnNlEiIKBWtpbmRzGAEgAygLMhMuam9iZC52MS5LaW5kU3RhdHVzIrABCgpLaW5kU3RhdHVzEgwKBGtpbmQYASABKAkSDwoHaGFuZGxlchgCIAEoCRIOCgZwYXVzZWQYAyABKAgSDgoGcXVldWVkGAQgASgEEg8KB3J1bm5pbmcYBSABKAQSEgoKcmV0cnlfd2FpdBgGIAEoBBIOCgZmYWlsZWQYByABKAQSEwoLY29uY3VycmVuY3kYCCABKA0SGQoRY29ubmVjdGVkX3dvcmtlcnMYCSABKA0iZQoQUmV0cnlKb2JzUmVxdWVzdBILCgNpZHMYASADKAkSJAoGZmlsdGVyGAIgASgLMhQuam9iZC52MS5SZXRyeUZpbHRlchIPCgdkcnlfcnVuGAMgASgIEg0KBWxpbWl0GAQgASgNIocCCgtSZXRyeUZpbHRlchIgCgVzdGF0ZRgBIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDAoEa2luZBgCIAEoCRIwCgZsYWJlbHMYAyADKAsyIC5qb2JkLnYxLlJldHJ5RmlsdGVyLkxhYmVsc0VudHJ5EjIKDmZpbmlzaGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9maW5pc2hlZF9iZWZvcmUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEieAoRUmV0cnlKb2JzUmVzcG9uc2USDwoHbWF0Y2hlZBgBIAEoBBIPCgdyZXRyaWVkGAIgASgEEgsKA2lkcxgDIAMoCRImCgdza2lwcGVkGAQgAygLMhUuam9iZC52MS5SZXRyeVNraXBwZWQSDAoEbW9yZRgFIAEoCCIqCgxSZXRyeVNraXBwZWQSCgoCaWQYASABKAkSDgoGcmVhc29uGAIgASgJIiIKEkxpc3RXb3JrZXJzUmVxdWVzdBIMCgRraW5kGAEgASgJIj4KE0xpc3RXb3JrZXJzUmVzcG9uc2USJwoHd29ya2VycxgBIAMoCzIWLmpvYmQudjEuV29ya2VyU2Vzc2lvbiLEAgoNV29ya2VyU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRINCgVraW5kcxgDIAMoCRIRCglpbl9mbGlnaHQYBCABKA0SFQoNbWF4X2luX2ZsaWdodBgFIAEoDRIwCgxjb25uZWN0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHYWRkcmVzcxgIIAEoCRIyCgZsYWJlbHMYCSADKAsyIi5qb2JkLnYxLldvcmtlclNlc3Npb24uTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASq0AQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISGAoUSk9CX1NUQVRFX1JFVFJZX1dBSVQQAxIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAQSFAoQSk9CX1NUQVRFX0ZBSUxFRBAFEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBip0Cg1MaXN0Sm9ic09yZGVyEh8KG0xJU1RfSk9CU19PUkRFUl9VTlNQRUNJRklFRBAAEiAKHExJU1RfSk9CU19PUkRFUl9PTERFU1RfRklSU1QQARIgChxMSVNUX0pPQlNfT1JERVJfTkVXRVNUX0ZJUlNUEAIy0gQKCkpvYlNlcnZpY2USOQoGU3VibWl0EhYuam9iZC52MS5TdWJtaXRSZXF1ZXN0Ghcuam9iZC52MS5TdWJtaXRSZXNwb25zZRJICgtTdWJtaXRCYXRjaBIbLmpvYmQudjEuU3VibWl0QmF0Y2hSZXF1ZXN0Ghwuam9iZC52MS5TdWJtaXRCYXRjaFJlc3BvbnNlEkIKCUdldFN0YXR1cxIZLmpvYmQudjEuR2V0U3RhdHVzUmVxdWVzdBoaLmpvYmQudjEuR2V0U3RhdHVzUmVzcG9uc2USPwoLV2F0Y2hTdGF0dXMSGy5qb2JkLnYxLldhdGNoU3RhdHVzUmVxdWVzdBoRLmpvYmQudjEuSm9iRXZlbnQwARI5CgZDYW5jZWwSFi5qb2JkLnYxLkNhbmNlbFJlcXVlc3QaFy5qb2JkLnYxLkNhbmNlbFJlc3BvbnNlEj8KCExpc3RKb2JzEhguam9iZC52MS5MaXN0Sm9ic1JlcXVlc3QaGS5qb2JkLnYxLkxpc3RKb2JzUmVzcG9uc2USRAoJV2F0Y2hKb2JzEhkuam9iZC52MS5XYXRjaEpvYnNSZXF1ZXN0Ghouam9iZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEjwKB0dldExvZ3MSFy5qb2JkLnYxLkdldExvZ3NSZXF1ZXN0Ghguam9iZC52MS5HZXRMb2dzUmVzcG9uc2USOgoJV2F0Y2hMb2dzEhkuam9iZC52MS5XYXRjaExvZ3NSZXF1ZXN0GhAuam9iZC52MS5Mb2dMaW5lMAEyTgoNV29ya2VyU2VydmljZRI9CgdDb25uZWN0EhYuam9iZC52MS5Xb3JrZXJNZXNzYWdlGhYuam9iZC52MS5TZXJ2ZXJNZXNzYWdlKAEwATK0BQoMQWRtaW5TZXJ2aWNlEkgKC0xpc3RXb3JrZXJzEhsuam9iZC52MS5MaXN0V29ya2Vyc1JlcXVlc3QaHC5qb2JkLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USQgoJUGF1c2VLaW5kEhkuam9iZC52MS5QYXVzZUtpbmRSZXF1ZXN0Ghouam9iZC52MS5QYXVzZUtpbmRSZXNwb25zZRJFCgpSZXN1bWVLaW5kEhouam9iZC52MS5SZXN1bWVLaW5kUmVxdWVzdBobLmpvYmQudjEuUmVzdW1lS2luZFJlc3BvbnNlEkIKCUxpc3RLaW5kcxIZLmpvYmQudjEuTGlzdEtpbmRzUmVxdWVzdBoaLmpvYmQudjEuTGlzdEtpbmRzUmVzcG9uc2USQgoJUmV0cnlKb2JzEhkuam9iZC52MS5SZXRyeUpvYnNSZXF1ZXN0Ghouam9iZC52MS5SZXRyeUpvYnNSZXNwb25zZRJOCg1MaXN0U2NoZWR1bGVzEh0uam9iZC52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBoeLmpvYmQudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlElQKD1RyaWdnZXJTY2hlZHVsZRIfLmpvYmQudjEuVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBogLmpvYmQudjEuVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USTgoNUGF1c2VTY2hlZHVsZRIdLmpvYmQudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaHi5qb2JkLnYxLlBhdXNlU2NoZWR1bGVSZXNwb25zZRJRCg5SZXN1bWVTY2hlZHVsZRIeLmpvYmQudjEuUmVzdW1lU2NoZWR1bGVSZXF1ZXN0Gh8uam9iZC52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlQilaJ2dpdGh1Yi5jb20vam9iZC9qb2JkL2dlbi9qb2JkL3YxO2pvYmR2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChJqb2JkL3YxL2pvYmQucHJvdG8SB2pvYmQudjEicAoLSm9iUHJvZ3Jlc3MSDwoHcGVyY2VudBgBIAEoDRIPCgdtZXNzYWdlGAIgASgJEg8KB2RldGFpbHMYAyABKAwSLgoKdXBkYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoOR2V0TG9nc1JlcXVlc3QSCgoCaWQYASABKAkSDQoFYWZ0ZXIYAiABKAQSDQoFbGltaXQYAyABKA0iMgoPR2V0TG9nc1Jlc3BvbnNlEh8KBWxpbmVzGAEgAygLMhAuam9iZC52MS5Mb2dMaW5lIi0KEFdhdGNoTG9nc1JlcXVlc3QSCgoCaWQYASABKAkSDQoFYWZ0ZXIYAiABKAQiXwoHTG9nTGluZRILCgNzZXEYASABKAQSDwoHYXR0ZW1wdBgCIAEoDRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0ZXh0GAQgASgJIrUFCgNKb2ISCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIgCgVzdGF0ZRgDIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDwoHYXR0ZW1wdBgEIAEoDRIUCgxtYXhfYXR0ZW1wdHMYBSABKA0SEAoIcHJpb3JpdHkYBiABKAUSFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEigKBmxhYmVscxgIIAMoCzIYLmpvYmQudjEuSm9iLkxhYmVsc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9uZXh0X2F0dGVtcHRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmxhc3RfZXJyb3IYDiABKAkSDgoGcmVzdWx0GA8gASgMEhQKDHBheWxvYWRfc2l6ZRgQIAEoBBIqCgd0aW1lb3V0GBEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhgKEHJlc3VsdF90cnVuY2F0ZWQYEiABKAgSFAoMb3JkZXJpbmdfa2V5GBMgASgJEhMKC3RyYWNlcGFyZW50GBQgASgJEiYKCHByb2dyZXNzGBUgASgLMhQuam9iZC52MS5Kb2JQcm9ncmVzcxotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsACCg1TdWJtaXRSZXF1ZXN0EgwKBGtpbmQYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgNEioKB3RpbWVvdXQYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCgZsYWJlbHMYCCADKAsyIi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QuTGFiZWxzRW50cnkSFAoMb3JkZXJpbmdfa2V5GAkgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQQoOU3VibWl0UmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISFAoMZGVkdXBsaWNhdGVkGAIgASgIIj4KElN1Ym1pdEJhdGNoUmVxdWVzdBIoCghyZXF1ZXN0cxgBIAMoCzIWLmpvYmQudjEuU3VibWl0UmVxdWVzdCJqCgxTdWJtaXRSZXN1bHQSKwoIYWNjZXB0ZWQYASABKAsyFy5qb2JkLnYxLlN1Ym1pdFJlc3BvbnNlSAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQggKBnJlc3VsdCI9ChNTdWJtaXRCYXRjaFJlc3BvbnNlEiYKB3Jlc3VsdHMYASADKAsyFS5qb2JkLnYxLlN1Ym1pdFJlc3VsdCIeChBHZXRTdGF0dXNSZXF1ZXN0EgoKAmlkGAEgASgJIkcKEUdldFN0YXR1c1Jlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhcKD3BheWxvYWRfcHJldmlldxgCIAEoDCI4ChJXYXRjaFN0YXR1c1JlcXVlc3QSCgoCaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiNwoISm9iRXZlbnQSGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIc2VxdWVuY2UYAiABKAQiGwoNQ2FuY2VsUmVxdWVzdBIKCgJpZBgBIAEoCSIrCg5DYW5jZWxSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYiKKAgoPTGlzdEpvYnNSZXF1ZXN0EiAKBXN0YXRlGAEgASgOMhEuam9iZC52MS5Kb2JTdGF0ZRIMCgRraW5kGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJEhQKDG9yZGVyaW5nX2tleRgFIAEoCRI0CgZsYWJlbHMYBiADKAsyJC5qb2JkLnYxLkxpc3RKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIlCgVvcmRlchgHIAEoDjIWLmpvYmQudjEuTGlzdEpvYnNPcmRlchotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlEKEFdhdGNoSm9ic1JlcXVlc3QSDAoEa2luZBgBIAEoCRIgCgVzdGF0ZRgCIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDQoFYWZ0ZXIYAyABKAQiQAoRV2F0Y2hKb2JzUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIcG9zaXRpb24YAiABKAQiRwoQTGlzdEpvYnNSZXNwb25zZRIaCgRqb2JzGAEgAygLMgwuam9iZC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIosCCg1Xb3JrZXJNZXNzYWdlEh8KBWhlbGxvGAEgASgLMg4uam9iZC52MS5IZWxsb0gAEicKCWhlYXJ0YmVhdBgCIAEoCzISLmpvYmQudjEuSGVhcnRiZWF0SAASJQoIY29tcGxldGUYAyABKAsyES5qb2JkLnYxLkNvbXBsZXRlSAASHQoEZmFpbBgEIAEoCzINLmpvYmQudjEuRmFpbEgAEiUKCHByb2dyZXNzGAUgASgLMhEuam9iZC52MS5Qcm9ncmVzc0gAEhsKA2xvZxgGIAEoCzIMLmpvYmQudjEuTG9nSAASHwoFdG91Y2gYByABKAsyDi5qb2JkLnYxLlRvdWNoSABCBQoDbXNnIlYKBVRvdWNoEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEiwKCWV4dGVuZF9ieRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJeCghQcm9ncmVzcxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIPCgdwZXJjZW50GAMgASgNEg8KB21lc3NhZ2UYBCABKAkSDwoHZGV0YWlscxgFIAEoDCI1CgNMb2cSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDQoFbGluZXMYAyADKAkimwEKBUhlbGxvEhEKCXdvcmtlcl9pZBgBIAEoCRINCgVraW5kcxgCIAMoCRIVCg1tYXhfaW5fZmxpZ2h0GAMgASgNEioKBmxhYmVscxgEIAMoCzIaLmpvYmQudjEuSGVsbG8uTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASILCglIZWFydGJlYXQiOwoIQ29tcGxldGUSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDgoGcmVzdWx0GAMgASgMInkKBEZhaWwSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDQoFZXJyb3IYAyABKAkSEQoJcGVybWFuZW50GAQgASgIEi4KC3JldHJ5X2FmdGVyGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIvABCg1TZXJ2ZXJNZXNzYWdlEiMKB3dlbGNvbWUYASABKAsyEC5qb2JkLnYxLldlbGNvbWVIABIhCgZhc3NpZ24YAiABKAsyDy5qb2JkLnYxLkFzc2lnbkgAEiQKBmNhbmNlbBgDIAEoCzISLmpvYmQudjEuQ2FuY2VsSm9iSAASIQoDYWNrGAQgASgLMhIuam9iZC52MS5SZXBvcnRBY2tIABIfCgVkcmFpbhgFIAEoCzIOLmpvYmQudjEuRHJhaW5IABImCgl0b3VjaF9hY2sYBiABKAsyES5qb2JkLnYxLlRvdWNoQWNrSABCBQoDbXNnImgKCFRvdWNoQWNrEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEiwKCGRlYWRsaW5lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVzdGFsZRgEIAEoCCJUCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIsEBCgZBc3NpZ24SGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISDwoHcGF5bG9hZBgCIAEoDBIsCghkZWFkbGluZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoHaGVhZGVycxgEIAMoCzIcLmpvYmQudjEuQXNzaWduLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI8CglDYW5jZWxKb2ISDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDgoGcmVhc29uGAMgASgJIjsKCVJlcG9ydEFjaxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVzdGFsZRgDIAEoCCI1CgVEcmFpbhIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFgoUTGlzdFNjaGVkdWxlc1JlcXVlc3QiQwoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEioKCXNjaGVkdWxlcxgBIAMoCzIXLmpvYmQudjEuU2NoZWR1bGVTdGF0dXMioQEKDlNjaGVkdWxlU3RhdHVzEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSDAoEY3JvbhgDIAEoCRIQCgh0aW1lem9uZRgEIAEoCRIwCgxuZXh0X2ZpcmVfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnBhdXNlZBgGIAEoCBITCgtsYXN0X2pvYl9pZBgHIAEoCSIkChZUcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIjQKF1RyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iIiIKFFBhdXNlU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIkIKFVBhdXNlU2NoZWR1bGVSZXNwb25zZRIpCghzY2hlZHVsZRgBIAEoCzIXLmpvYmQudjEuU2NoZWR1bGVTdGF0dXMiIwoVUmVzdW1lU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIkMKFlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USKQoIc2NoZWR1bGUYASABKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIiAKEFBhdXNlS2luZFJlcXVlc3QSDAoEa2luZBgBIAEoCSI9ChFQYXVzZUtpbmRSZXNwb25zZRIoCgtraW5kX3N0YXR1cxgBIAEoCzITLmpvYmQudjEuS2luZFN0YXR1cyIhChFSZXN1bWVLaW5kUmVxdWVzdBIMCgRraW5kGAEgASgJIj4KElJlc3VtZUtpbmRSZXNwb25zZRIoCgtraW5kX3N0YXR1cxgBIAEoCzITLmpvYmQudjEuS2luZFN0YXR1cyISChBMaXN0S2luZHNSZXF1ZXN0IjcKEUxpc3RLaW5kc1Jlc3BvbnNlEiIKBWtpbmRzGAEgAygLMhMuam9iZC52MS5LaW5kU3RhdHVzIrABCgpLaW5kU3RhdHVzEgwKBGtpbmQYASABKAkSDwoHaGFuZGxlchgCIAEoCRIOCgZwYXVzZWQYAyABKAgSDgoGcXVldWVkGAQgASgEEg8KB3J1bm5pbmcYBSABKAQSEgoKcmV0cnlfd2FpdBgGIAEoBBIOCgZmYWlsZWQYByABKAQSEwoLY29uY3VycmVuY3kYCCABKA0SGQoRY29ubmVjdGVkX3dvcmtlcnMYCSABKA0iZQoQUmV0cnlKb2JzUmVxdWVzdBILCgNpZHMYASADKAkSJAoGZmlsdGVyGAIgASgLMhQuam9iZC52MS5SZXRyeUZpbHRlchIPCgdkcnlfcnVuGAMgASgIEg0KBWxpbWl0GAQgASgNIocCCgtSZXRyeUZpbHRlchIgCgVzdGF0ZRgBIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDAoEa2luZBgCIAEoCRIwCgZsYWJlbHMYAyADKAsyIC5qb2JkLnYxLlJldHJ5RmlsdGVyLkxhYmVsc0VudHJ5EjIKDmZpbmlzaGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9maW5pc2hlZF9iZWZvcmUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEieAoRUmV0cnlKb2JzUmVzcG9uc2USDwoHbWF0Y2hlZBgBIAEoBBIPCgdyZXRyaWVkGAIgASgEEgsKA2lkcxgDIAMoCRImCgdza2lwcGVkGAQgAygLMhUuam9iZC52MS5SZXRyeVNraXBwZWQSDAoEbW9yZRgFIAEoCCIqCgxSZXRyeVNraXBwZWQSCgoCaWQYASABKAkSDgoGcmVhc29uGAIgASgJIiIKEkxpc3RXb3JrZXJzUmVxdWVzdBIMCgRraW5kGAEgASgJIj4KE0xpc3RXb3JrZXJzUmVzcG9uc2USJwoHd29ya2VycxgBIAMoCzIWLmpvYmQudjEuV29ya2VyU2Vzc2lvbiLEAgoNV29ya2VyU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRINCgVraW5kcxgDIAMoCRIRCglpbl9mbGlnaHQYBCABKA0SFQoNbWF4X2luX2ZsaWdodBgFIAEoDRIwCgxjb25uZWN0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHYWRkcmVzcxgIIAEoCRIyCgZsYWJlbHMYCSADKAsyIi5qb2JkLnYxLldvcmtlclNlc3Npb24uTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASq0AQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISGAoUSk9CX1NUQVRFX1JFVFJZX1dBSVQQAxIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAQSFAoQSk9CX1NUQVRFX0ZBSUxFRBAFEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBip0Cg1MaXN0Sm9ic09yZGVyEh8KG0xJU1RfSk9CU19PUkRFUl9VTlNQRUNJRklFRBAAEiAKHExJU1RfSk9CU19PUkRFUl9PTERFU1RfRklSU1QQARIgChxMSVNUX0pPQlNfT1JERVJfTkVXRVNUX0ZJUlNUEAIy0gQKCkpvYlNlcnZpY2USOQoGU3VibWl0EhYuam9iZC52MS5TdWJtaXRSZXF1ZXN0Ghcuam9iZC52MS5TdWJtaXRSZXNwb25zZRJICgtTdWJtaXRCYXRjaBIbLmpvYmQudjEuU3VibWl0QmF0Y2hSZXF1ZXN0Ghwuam9iZC52MS5TdWJtaXRCYXRjaFJlc3BvbnNlEkIKCUdldFN0YXR1cxIZLmpvYmQudjEuR2V0U3RhdHVzUmVxdWVzdBoaLmpvYmQudjEuR2V0U3RhdHVzUmVzcG9uc2USPwoLV2F0Y2hTdGF0dXMSGy5qb2JkLnYxLldhdGNoU3RhdHVzUmVxdWVzdBoRLmpvYmQudjEuSm9iRXZlbnQwARI5CgZDYW5jZWwSFi5qb2JkLnYxLkNhbmNlbFJlcXVlc3QaFy5qb2JkLnYxLkNhbmNlbFJlc3BvbnNlEj8KCExpc3RKb2JzEhguam9iZC52MS5MaXN0Sm9ic1JlcXVlc3QaGS5qb2JkLnYxLkxpc3RKb2JzUmVzcG9uc2USRAoJV2F0Y2hKb2JzEhkuam9iZC52MS5XYXRjaEpvYnNSZXF1ZXN0Ghouam9iZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEjwKB0dldExvZ3MSFy5qb2JkLnYxLkdldExvZ3NSZXF1ZXN0Ghguam9iZC52MS5HZXRMb2dzUmVzcG9uc2USOgoJV2F0Y2hMb2dzEhkuam9iZC52MS5XYXRjaExvZ3NSZXF1ZXN0GhAuam9iZC52MS5Mb2dMaW5lMAEyTgoNV29ya2VyU2VydmljZRI9CgdDb25uZWN0EhYuam9iZC52MS5Xb3JrZXJNZXNzYWdlGhYuam9iZC52MS5TZXJ2ZXJNZXNzYWdlKAEwATK0BQoMQWRtaW5TZXJ2aWNlEkgKC0xpc3RXb3JrZXJzEhsuam9iZC52MS5MaXN0V29ya2Vyc1JlcXVlc3QaHC5qb2JkLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USQgoJUGF1c2VLaW5kEhkuam9iZC52MS5QYXVzZUtpbmRSZXF1ZXN0Ghouam9iZC52MS5QYXVzZUtpbmRSZXNwb25zZRJFCgpSZXN1bWVLaW5kEhouam9iZC52MS5SZXN1bWVLaW5kUmVxdWVzdBobLmpvYmQudjEuUmVzdW1lS2luZFJlc3BvbnNlEkIKCUxpc3RLaW5kcxIZLmpvYmQudjEuTGlzdEtpbmRzUmVxdWVzdBoaLmpvYmQudjEuTGlzdEtpbmRzUmVzcG9uc2USQgoJUmV0cnlKb2JzEhkuam9iZC52MS5SZXRyeUpvYnNSZXF1ZXN0Ghouam9iZC52MS5SZXRyeUpvYnNSZXNwb25zZRJOCg1MaXN0U2NoZWR1bGVzEh0uam9iZC52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBoeLmpvYmQudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlElQKD1RyaWdnZXJTY2hlZHVsZRIfLmpvYmQudjEuVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBogLmpvYmQudjEuVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USTgoNUGF1c2VTY2hlZHVsZRIdLmpvYmQudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaHi5qb2JkLnYxLlBhdXNlU2NoZWR1bGVSZXNwb25zZRJRCg5SZXN1bWVTY2hlZHVsZRIeLmpvYmQudjEuUmVzdW1lU2NoZWR1bGVSZXF1ZXN0Gh8uam9iZC52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlQilaJ2dpdGh1Yi5jb20vam9iZC9qb2JkL2dlbi9qb2JkL3YxO2pvYmR2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * JobProgress is how far a running job got, as its worker last said
@@ -864,6 +864,12 @@ export type WorkerMessage = Message<"jobd.v1.WorkerMessage"> & {
      */
     value: Log;
     case: "log";
+  } | {
+    /**
+     * @generated from field: jobd.v1.Touch touch = 7;
+     */
+    value: Touch;
+    case: "touch";
   } | { case: undefined; value?: undefined };
 };
 
@@ -873,6 +879,40 @@ export type WorkerMessage = Message<"jobd.v1.WorkerMessage"> & {
  */
 export const WorkerMessageSchema: GenMessage<WorkerMessage> = /*@__PURE__*/
   messageDesc(file_jobd_v1_jobd, 21);
+
+/**
+ * Touch pushes an attempt's deadline to `extend_by` from now, never past
+ * the kind's `max_timeout` (counted from the attempt's start; default ten
+ * times its timeout), and counts as a sign of life for the kind's
+ * `heartbeat_timeout`. Answered with TouchAck (its `stale` is true when
+ * the session does not hold that attempt). A negative `extend_by` ends the
+ * stream with INVALID_ARGUMENT.
+ *
+ * @generated from message jobd.v1.Touch
+ */
+export type Touch = Message<"jobd.v1.Touch"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: uint32 attempt = 2;
+   */
+  attempt: number;
+
+  /**
+   * @generated from field: google.protobuf.Duration extend_by = 3;
+   */
+  extendBy?: Duration | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.Touch.
+ * Use `create(TouchSchema)` to create a new message.
+ */
+export const TouchSchema: GenMessage<Touch> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 22);
 
 /**
  * Progress reports how far an attempt got: the latest value is kept
@@ -922,7 +962,7 @@ export type Progress = Message<"jobd.v1.Progress"> & {
  * Use `create(ProgressSchema)` to create a new message.
  */
 export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 22);
+  messageDesc(file_jobd_v1_jobd, 23);
 
 /**
  * Log appends lines to the job's log (GetLogs, WatchLogs), tagged with the
@@ -953,7 +993,7 @@ export type Log = Message<"jobd.v1.Log"> & {
  * Use `create(LogSchema)` to create a new message.
  */
 export const LogSchema: GenMessage<Log> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 23);
+  messageDesc(file_jobd_v1_jobd, 24);
 
 /**
  * Hello opens a session.
@@ -993,7 +1033,7 @@ export type Hello = Message<"jobd.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 24);
+  messageDesc(file_jobd_v1_jobd, 25);
 
 /**
  * @generated from message jobd.v1.Heartbeat
@@ -1006,7 +1046,7 @@ export type Heartbeat = Message<"jobd.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 25);
+  messageDesc(file_jobd_v1_jobd, 26);
 
 /**
  * Complete reports a successful attempt; `result` is cut to the kind's
@@ -1036,7 +1076,7 @@ export type Complete = Message<"jobd.v1.Complete"> & {
  * Use `create(CompleteSchema)` to create a new message.
  */
 export const CompleteSchema: GenMessage<Complete> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 26);
+  messageDesc(file_jobd_v1_jobd, 27);
 
 /**
  * Fail reports a failed attempt: retried with the kind's backoff (or after
@@ -1076,7 +1116,7 @@ export type Fail = Message<"jobd.v1.Fail"> & {
  * Use `create(FailSchema)` to create a new message.
  */
 export const FailSchema: GenMessage<Fail> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 27);
+  messageDesc(file_jobd_v1_jobd, 28);
 
 /**
  * @generated from message jobd.v1.ServerMessage
@@ -1115,6 +1155,12 @@ export type ServerMessage = Message<"jobd.v1.ServerMessage"> & {
      */
     value: Drain;
     case: "drain";
+  } | {
+    /**
+     * @generated from field: jobd.v1.TouchAck touch_ack = 6;
+     */
+    value: TouchAck;
+    case: "touchAck";
   } | { case: undefined; value?: undefined };
 };
 
@@ -1123,7 +1169,41 @@ export type ServerMessage = Message<"jobd.v1.ServerMessage"> & {
  * Use `create(ServerMessageSchema)` to create a new message.
  */
 export const ServerMessageSchema: GenMessage<ServerMessage> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 28);
+  messageDesc(file_jobd_v1_jobd, 29);
+
+/**
+ * TouchAck answers a Touch: the attempt's deadline now, or `stale`.
+ *
+ * @generated from message jobd.v1.TouchAck
+ */
+export type TouchAck = Message<"jobd.v1.TouchAck"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: uint32 attempt = 2;
+   */
+  attempt: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp deadline = 3;
+   */
+  deadline?: Timestamp | undefined;
+
+  /**
+   * @generated from field: bool stale = 4;
+   */
+  stale: boolean;
+};
+
+/**
+ * Describes the message jobd.v1.TouchAck.
+ * Use `create(TouchAckSchema)` to create a new message.
+ */
+export const TouchAckSchema: GenMessage<TouchAck> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 30);
 
 /**
  * @generated from message jobd.v1.Welcome
@@ -1147,7 +1227,7 @@ export type Welcome = Message<"jobd.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 29);
+  messageDesc(file_jobd_v1_jobd, 31);
 
 /**
  * Assign hands one attempt of a job to the worker.
@@ -1185,7 +1265,7 @@ export type Assign = Message<"jobd.v1.Assign"> & {
  * Use `create(AssignSchema)` to create a new message.
  */
 export const AssignSchema: GenMessage<Assign> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 30);
+  messageDesc(file_jobd_v1_jobd, 32);
 
 /**
  * CancelJob tells the worker to stop an attempt (cancelled, timed out).
@@ -1214,7 +1294,7 @@ export type CancelJob = Message<"jobd.v1.CancelJob"> & {
  * Use `create(CancelJobSchema)` to create a new message.
  */
 export const CancelJobSchema: GenMessage<CancelJob> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 31);
+  messageDesc(file_jobd_v1_jobd, 33);
 
 /**
  * ReportAck answers every Complete and Fail, once the outcome is committed
@@ -1249,7 +1329,7 @@ export type ReportAck = Message<"jobd.v1.ReportAck"> & {
  * Use `create(ReportAckSchema)` to create a new message.
  */
 export const ReportAckSchema: GenMessage<ReportAck> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 32);
+  messageDesc(file_jobd_v1_jobd, 34);
 
 /**
  * Drain: jobd is shutting down; report what you hold before the deadline.
@@ -1268,7 +1348,7 @@ export type Drain = Message<"jobd.v1.Drain"> & {
  * Use `create(DrainSchema)` to create a new message.
  */
 export const DrainSchema: GenMessage<Drain> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 33);
+  messageDesc(file_jobd_v1_jobd, 35);
 
 /**
  * @generated from message jobd.v1.ListSchedulesRequest
@@ -1281,7 +1361,7 @@ export type ListSchedulesRequest = Message<"jobd.v1.ListSchedulesRequest"> & {
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 34);
+  messageDesc(file_jobd_v1_jobd, 36);
 
 /**
  * @generated from message jobd.v1.ListSchedulesResponse
@@ -1298,7 +1378,7 @@ export type ListSchedulesResponse = Message<"jobd.v1.ListSchedulesResponse"> & {
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 35);
+  messageDesc(file_jobd_v1_jobd, 37);
 
 /**
  * @generated from message jobd.v1.ScheduleStatus
@@ -1351,7 +1431,7 @@ export type ScheduleStatus = Message<"jobd.v1.ScheduleStatus"> & {
  * Use `create(ScheduleStatusSchema)` to create a new message.
  */
 export const ScheduleStatusSchema: GenMessage<ScheduleStatus> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 36);
+  messageDesc(file_jobd_v1_jobd, 38);
 
 /**
  * @generated from message jobd.v1.TriggerScheduleRequest
@@ -1368,7 +1448,7 @@ export type TriggerScheduleRequest = Message<"jobd.v1.TriggerScheduleRequest"> &
  * Use `create(TriggerScheduleRequestSchema)` to create a new message.
  */
 export const TriggerScheduleRequestSchema: GenMessage<TriggerScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 37);
+  messageDesc(file_jobd_v1_jobd, 39);
 
 /**
  * @generated from message jobd.v1.TriggerScheduleResponse
@@ -1385,7 +1465,7 @@ export type TriggerScheduleResponse = Message<"jobd.v1.TriggerScheduleResponse">
  * Use `create(TriggerScheduleResponseSchema)` to create a new message.
  */
 export const TriggerScheduleResponseSchema: GenMessage<TriggerScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 38);
+  messageDesc(file_jobd_v1_jobd, 40);
 
 /**
  * @generated from message jobd.v1.PauseScheduleRequest
@@ -1402,7 +1482,7 @@ export type PauseScheduleRequest = Message<"jobd.v1.PauseScheduleRequest"> & {
  * Use `create(PauseScheduleRequestSchema)` to create a new message.
  */
 export const PauseScheduleRequestSchema: GenMessage<PauseScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 39);
+  messageDesc(file_jobd_v1_jobd, 41);
 
 /**
  * @generated from message jobd.v1.PauseScheduleResponse
@@ -1419,7 +1499,7 @@ export type PauseScheduleResponse = Message<"jobd.v1.PauseScheduleResponse"> & {
  * Use `create(PauseScheduleResponseSchema)` to create a new message.
  */
 export const PauseScheduleResponseSchema: GenMessage<PauseScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 40);
+  messageDesc(file_jobd_v1_jobd, 42);
 
 /**
  * @generated from message jobd.v1.ResumeScheduleRequest
@@ -1436,7 +1516,7 @@ export type ResumeScheduleRequest = Message<"jobd.v1.ResumeScheduleRequest"> & {
  * Use `create(ResumeScheduleRequestSchema)` to create a new message.
  */
 export const ResumeScheduleRequestSchema: GenMessage<ResumeScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 41);
+  messageDesc(file_jobd_v1_jobd, 43);
 
 /**
  * @generated from message jobd.v1.ResumeScheduleResponse
@@ -1453,7 +1533,7 @@ export type ResumeScheduleResponse = Message<"jobd.v1.ResumeScheduleResponse"> &
  * Use `create(ResumeScheduleResponseSchema)` to create a new message.
  */
 export const ResumeScheduleResponseSchema: GenMessage<ResumeScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 42);
+  messageDesc(file_jobd_v1_jobd, 44);
 
 /**
  * @generated from message jobd.v1.PauseKindRequest
@@ -1470,7 +1550,7 @@ export type PauseKindRequest = Message<"jobd.v1.PauseKindRequest"> & {
  * Use `create(PauseKindRequestSchema)` to create a new message.
  */
 export const PauseKindRequestSchema: GenMessage<PauseKindRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 43);
+  messageDesc(file_jobd_v1_jobd, 45);
 
 /**
  * @generated from message jobd.v1.PauseKindResponse
@@ -1487,7 +1567,7 @@ export type PauseKindResponse = Message<"jobd.v1.PauseKindResponse"> & {
  * Use `create(PauseKindResponseSchema)` to create a new message.
  */
 export const PauseKindResponseSchema: GenMessage<PauseKindResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 44);
+  messageDesc(file_jobd_v1_jobd, 46);
 
 /**
  * @generated from message jobd.v1.ResumeKindRequest
@@ -1504,7 +1584,7 @@ export type ResumeKindRequest = Message<"jobd.v1.ResumeKindRequest"> & {
  * Use `create(ResumeKindRequestSchema)` to create a new message.
  */
 export const ResumeKindRequestSchema: GenMessage<ResumeKindRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 45);
+  messageDesc(file_jobd_v1_jobd, 47);
 
 /**
  * @generated from message jobd.v1.ResumeKindResponse
@@ -1521,7 +1601,7 @@ export type ResumeKindResponse = Message<"jobd.v1.ResumeKindResponse"> & {
  * Use `create(ResumeKindResponseSchema)` to create a new message.
  */
 export const ResumeKindResponseSchema: GenMessage<ResumeKindResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 46);
+  messageDesc(file_jobd_v1_jobd, 48);
 
 /**
  * @generated from message jobd.v1.ListKindsRequest
@@ -1534,7 +1614,7 @@ export type ListKindsRequest = Message<"jobd.v1.ListKindsRequest"> & {
  * Use `create(ListKindsRequestSchema)` to create a new message.
  */
 export const ListKindsRequestSchema: GenMessage<ListKindsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 47);
+  messageDesc(file_jobd_v1_jobd, 49);
 
 /**
  * @generated from message jobd.v1.ListKindsResponse
@@ -1551,7 +1631,7 @@ export type ListKindsResponse = Message<"jobd.v1.ListKindsResponse"> & {
  * Use `create(ListKindsResponseSchema)` to create a new message.
  */
 export const ListKindsResponseSchema: GenMessage<ListKindsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 48);
+  messageDesc(file_jobd_v1_jobd, 50);
 
 /**
  * KindStatus is one kind as this instance sees it; the job counts come
@@ -1618,7 +1698,7 @@ export type KindStatus = Message<"jobd.v1.KindStatus"> & {
  * Use `create(KindStatusSchema)` to create a new message.
  */
 export const KindStatusSchema: GenMessage<KindStatus> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 49);
+  messageDesc(file_jobd_v1_jobd, 51);
 
 /**
  * @generated from message jobd.v1.RetryJobsRequest
@@ -1657,7 +1737,7 @@ export type RetryJobsRequest = Message<"jobd.v1.RetryJobsRequest"> & {
  * Use `create(RetryJobsRequestSchema)` to create a new message.
  */
 export const RetryJobsRequestSchema: GenMessage<RetryJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 50);
+  messageDesc(file_jobd_v1_jobd, 52);
 
 /**
  * RetryFilter selects finished jobs to retry; every field set must match.
@@ -1704,7 +1784,7 @@ export type RetryFilter = Message<"jobd.v1.RetryFilter"> & {
  * Use `create(RetryFilterSchema)` to create a new message.
  */
 export const RetryFilterSchema: GenMessage<RetryFilter> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 51);
+  messageDesc(file_jobd_v1_jobd, 53);
 
 /**
  * @generated from message jobd.v1.RetryJobsResponse
@@ -1751,7 +1831,7 @@ export type RetryJobsResponse = Message<"jobd.v1.RetryJobsResponse"> & {
  * Use `create(RetryJobsResponseSchema)` to create a new message.
  */
 export const RetryJobsResponseSchema: GenMessage<RetryJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 52);
+  messageDesc(file_jobd_v1_jobd, 54);
 
 /**
  * @generated from message jobd.v1.RetrySkipped
@@ -1773,7 +1853,7 @@ export type RetrySkipped = Message<"jobd.v1.RetrySkipped"> & {
  * Use `create(RetrySkippedSchema)` to create a new message.
  */
 export const RetrySkippedSchema: GenMessage<RetrySkipped> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 53);
+  messageDesc(file_jobd_v1_jobd, 55);
 
 /**
  * @generated from message jobd.v1.ListWorkersRequest
@@ -1792,7 +1872,7 @@ export type ListWorkersRequest = Message<"jobd.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 54);
+  messageDesc(file_jobd_v1_jobd, 56);
 
 /**
  * @generated from message jobd.v1.ListWorkersResponse
@@ -1809,7 +1889,7 @@ export type ListWorkersResponse = Message<"jobd.v1.ListWorkersResponse"> & {
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 55);
+  messageDesc(file_jobd_v1_jobd, 57);
 
 /**
  * WorkerSession is one connected worker process.
@@ -1874,7 +1954,7 @@ export type WorkerSession = Message<"jobd.v1.WorkerSession"> & {
  * Use `create(WorkerSessionSchema)` to create a new message.
  */
 export const WorkerSessionSchema: GenMessage<WorkerSession> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 56);
+  messageDesc(file_jobd_v1_jobd, 58);
 
 /**
  * JobState is where a job is in its life.
