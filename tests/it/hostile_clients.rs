@@ -295,15 +295,8 @@ async fn unfinished_request_bodies_are_bounded_in_memory() {
     const BOUND: u64 = 256 * MIB;
     let dir = tempfile::tempdir().unwrap();
     let proc = spawn_daemon(dir.path(), "").await;
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let url = proc.url.clone();
-    let child = Kill(proc.child);
+    let child = KillOnDrop(proc.child);
     let pid = child.0.id();
     let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
 

@@ -106,14 +106,7 @@ async fn a_worker_that_grants_no_window_holds_bounded_bytes() {
          [kinds.r]\nhandler = \"remote\"\nconcurrency = 128\ntimeout = \"60s\"\n",
     )
     .await;
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(proc.child);
+    let child = KillOnDrop(proc.child);
     let pid = child.0.id();
     let addr: std::net::SocketAddr = proc.url.trim_start_matches("http://").parse().unwrap();
     let mut c = connect(&proc.url).await;
@@ -278,14 +271,7 @@ async fn the_daemons_own_stall_loses_no_worker() {
          [kinds.r]\nhandler = \"remote\"\ntimeout = \"60s\"\n",
     )
     .await;
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(proc.child);
+    let child = KillOnDrop(proc.child);
     let pid = child.0.id() as i32;
     let mut workers = Vec::new();
     for _ in 0..2 {

@@ -504,11 +504,12 @@ async fn ten_thousand_unread_watches_leave_others_served_and_the_daemon_bounded(
     let dir = tempfile::tempdir().unwrap();
     // Most of the streams get in (and so read the store); the rest are
     // refused by the per-client bound.
-    let p = KillOnDrop(
-        crate::binary::spawn_daemon(dir.path(), "[limits]\nmax_watchers_per_client = 9000\n").await,
-    );
-    let pid = p.0.child.id();
-    let addr: std::net::SocketAddr = p.0.url.trim_start_matches("http://").parse().unwrap();
+    let proc =
+        crate::binary::spawn_daemon(dir.path(), "[limits]\nmax_watchers_per_client = 9000\n").await;
+    let url = proc.url.clone();
+    let p = KillOnDrop(proc.child);
+    let pid = p.0.id();
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     let other = std::net::IpAddr::from([127, 0, 0, 2]);
     let mut good =
         jobd::proto::job_service_client::JobServiceClient::new(channel_from(addr, other).await);
@@ -594,16 +595,6 @@ async fn ten_thousand_unread_watches_leave_others_served_and_the_daemon_bounded(
         "fds {fds_idle} -> {fds_max}"
     );
     drop(open);
-}
-
-/// The daemon dies with the test, even one that fails.
-struct KillOnDrop(crate::binary::Proc);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.child.kill();
-        let _ = self.0.child.wait();
-    }
 }
 
 fn watch_req(id: &str) -> proto::WatchStatusRequest {

@@ -84,14 +84,7 @@ async fn stalled_watch_jobs_readers_hold_little_and_end_at_the_idle_timeout() {
         ),
     )
     .await;
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(proc.child);
+    let child = KillOnDrop(proc.child);
     let pid = child.0.id();
     let addr: SocketAddr = proc.url.trim_start_matches("http://").parse().unwrap();
     let mut c = connect(&proc.url).await;

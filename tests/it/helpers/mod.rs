@@ -310,3 +310,13 @@ pub fn http_client_builder() -> reqwest::ClientBuilder {
 pub fn http_client() -> reqwest::Client {
     http_client_builder().build().expect("reqwest client")
 }
+
+/// A daemon process killed (and reaped) when the test ends, however it ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
