@@ -105,7 +105,8 @@ class Context:
     task is cancelled (asyncio) as well.
 
     `progress(percent, message, details)` and `log(*lines)` tell jobd how
-    the attempt goes; both return at once (from sync and async tasks).
+    the attempt goes, `touch(extend_by)` pushes its deadline further; all
+    return at once (from sync and async tasks).
     """
 
     __slots__ = (
@@ -185,6 +186,27 @@ class Context:
         msg = pb.Progress(job_id=self.job_id, attempt=self.attempt, percent=int(percent), message=message, details=blob)
         self._out.progress(pb.WorkerMessage(progress=msg))
 
+    def touch(self, extend_by: float) -> None:
+        """Pushes the attempt's deadline to `extend_by` seconds from now
+        (jobd caps it at the kind's `max_timeout`, counted from the
+        attempt's start) and counts as a sign of life. Returns at once: the
+        message is queued on the session; jobd's answer updates `deadline`
+        and `time_left` when it arrives. ValueError for a negative (or not
+        finite) `extend_by`; a no-op once the attempt ended."""
+        if isinstance(extend_by, bool) or not isinstance(extend_by, (int, float)):
+            raise TypeError(f"touch extend_by must be a number of seconds, not {type(extend_by).__name__}")
+        if not 0 <= extend_by < float("inf"):
+            raise ValueError(f"touch extend_by must be 0 or more seconds, not {extend_by!r}")
+        msg = pb.Touch(job_id=self.job_id, attempt=self.attempt)
+        msg.extend_by.CopyFrom(_duration(extend_by))
+        self._out.touch(pb.WorkerMessage(touch=msg))
+
+    def _touched(self, deadline: timestamp_pb2.Timestamp) -> None:
+        """jobd's TouchAck: the attempt's deadline now."""
+        d = timestamp_pb2.Timestamp()
+        d.CopyFrom(deadline)
+        self._deadline = d  # one assignment: readers see the old or the new
+
     def log(self, *lines: str) -> None:
         """Appends lines to the job's log (`client.logs(id)`), tagged with
         this attempt: each argument a str, split on newlines (one trailing
@@ -254,6 +276,11 @@ class _Outflow:
                 return
             self.progress_msg = msg
             self._schedule(self.progress_at + SEND_EVERY)
+
+    def touch(self, msg: pb.WorkerMessage) -> None:
+        with self.lock:
+            if not self.ended:
+                self.send(msg)  # not held back: each touch goes at once
 
     def log(self, lines: List[str]) -> None:
         with self.lock:
@@ -712,6 +739,8 @@ class Worker:
                         with self._lock:
                             self.stats["stale"] += 1
                         log.debug("stale ack: job %s attempt %d no longer held the job", msg.ack.job_id, msg.ack.attempt)
+                elif what == "touch_ack":
+                    self._touch_ack(s, msg.touch_ack)
                 elif what == "cancel":
                     self._cancel(s, (msg.cancel.job_id, msg.cancel.attempt), msg.cancel.reason)
                 elif what == "welcome":
@@ -738,6 +767,15 @@ class Worker:
             with s.cond:
                 s.ended.set()
                 s.cond.notify_all()
+
+    def _touch_ack(self, s: _Session, ack: pb.TouchAck) -> None:
+        if ack.stale:
+            log.debug("stale touch: job %s attempt %d no longer held", ack.job_id, ack.attempt)
+            return
+        with s.cond:
+            att = s.held.get((ack.job_id, ack.attempt))
+        if att is not None and ack.HasField("deadline"):
+            att.ctx._touched(ack.deadline)
 
     def _heartbeats(self, s: _Session, every: float) -> None:
         beat = pb.WorkerMessage(heartbeat=pb.Heartbeat())

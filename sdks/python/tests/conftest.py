@@ -80,6 +80,17 @@ backoff = {{ initial = "100ms", max = "500ms", multiplier = 2.0 }}
 """
 
 
+# A remote kind whose attempts time out after 1 s unless touched (up to 10 s).
+TOUCH = """
+[kinds.py_touch]
+handler = "remote"
+concurrency = 128
+timeout = "1s"
+max_timeout = "10s"
+max_attempts = 1
+"""
+
+
 def need(what: str, ok: bool, hint: str) -> None:
     """Skips (fails under CI) when a tool the test needs is missing."""
     if ok:
@@ -104,7 +115,7 @@ def config(
         grace=grace,
         drain_timeout=drain_timeout,
     )
-    text += "".join(REMOTE.format(name=k) for k in REMOTE_KINDS)
+    text += "".join(REMOTE.format(name=k) for k in REMOTE_KINDS) + TOUCH
     return text + extra
 
 

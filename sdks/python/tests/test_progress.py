@@ -138,3 +138,31 @@ def test_progress_logs(start_daemon, mode):
         with pytest.raises(jobd.NotFound):
             list(client.logs("00000000-0000-4000-8000-000000000000"))
     assert worker.stats["sessions"] == 1, "a message out of bounds ended the session"
+
+
+def test_touch_extends_deadline(start_daemon):
+    """py_touch times out after 1 s; touching it (2 s from now, every
+    0.5 s) keeps its one attempt alive for 2.5 s, to SUCCEEDED."""
+    d = start_daemon()
+    client = d.client()
+    worker = d.worker(max_in_flight=1)
+    seen = {}
+
+    @worker.task("py_touch")
+    def work(ctx: jobd.Context, payload: bytes):
+        first = ctx.deadline
+        with pytest.raises(ValueError):
+            ctx.touch(-1.0)
+        end = time.monotonic() + 2.5
+        while time.monotonic() < end:
+            ctx.touch(2.0)
+            time.sleep(0.5)
+            assert not ctx.cancelled.is_set(), "the attempt timed out"
+        seen["deadlines"] = (first, ctx.deadline)
+        return "ok"
+
+    with running(worker):
+        job = client.wait(client.submit("py_touch").id, timeout=BOUND)
+    assert job.state == "SUCCEEDED" and job.attempt == 1, job
+    first, last = seen["deadlines"]
+    assert first is not None and last is not None and last > first, seen
