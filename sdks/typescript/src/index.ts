@@ -21,7 +21,7 @@ export type {
   WorkerSession,
 } from "./client.js";
 export { Worker, JobContext, Permanent, RetryAfter } from "./worker.js";
-export type { Handler, HandlerResult, WorkerOptions } from "./worker.js";
+export type { Handler, HandlerResult, TouchOptions, WorkerOptions } from "./worker.js";
 export { DEFAULT_ADDRESS } from "./connection.js";
 export type { ConnectionOptions, TlsOptions } from "./connection.js";
 export { TERMINAL_STATES, decodeJson, decodeText, encodePayload, isTerminal } from "./job.js";

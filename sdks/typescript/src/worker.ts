@@ -16,6 +16,9 @@
 //   and queued on the session's stream like the reports, named by
 //   (job id, attempt); progress is coalesced to one message per attempt
 //   every 100 ms, the latest kept and sent before the report;
+// - `ctx.touch()` sends a Touch and resolves with jobd's TouchAck (the new
+//   deadline, or null when stale); touches of one attempt are answered in
+//   order, and those still waiting when the attempt ends resolve null;
 // - a broken session is opened again after a capped, jittered backoff;
 // - stop() (or SIGTERM/SIGINT) drains: held jobs finish and are reported,
 //   then the stream is closed.
@@ -79,12 +82,19 @@ type Report = NonNullable<WorkerMessageInit["msg"]>;
 interface AttemptOutput {
   progress(p: ProgressValue): void;
   log(batches: string[][]): void;
+  touch(extendByMs: number): Promise<Date | null>;
+}
+
+/** Options of `ctx.touch`. */
+export interface TouchOptions {
+  /** Push the attempt's deadline to this long from now (ms, at least 0; capped by the kind's `max_timeout`). */
+  extendByMs: number;
 }
 
 /**
- * One attempt as a handler sees it. `progress()` and `log()` are messages
- * on the attempt's session, named by (id, attempt) like the reports; the
- * future `touch()` and `checkpoint` will be too.
+ * One attempt as a handler sees it. `progress()`, `log()` and `touch()` are
+ * messages on the attempt's session, named by (id, attempt) like the
+ * reports; the future `checkpoint` will be too.
  */
 export class JobContext {
   /** The job's id. */
@@ -93,8 +103,7 @@ export class JobContext {
   /** This attempt's number (1 for the first). */
   readonly attempt: number;
   readonly maxAttempts: number;
-  /** When jobd stops this attempt (its timeout); `signal` aborts then. */
-  readonly deadline: Date | undefined;
+  #deadline: Date | undefined;
   /** Trace context from the submitter (`traceparent`, `tracestate`). */
   readonly headers: Readonly<Record<string, string>>;
   readonly payload: Uint8Array;
@@ -113,7 +122,7 @@ export class JobContext {
     this.kind = job.kind;
     this.attempt = job.attempt;
     this.maxAttempts = job.maxAttempts;
-    this.deadline = assign.deadline ? timestampDate(assign.deadline) : undefined;
+    this.#deadline = assign.deadline ? timestampDate(assign.deadline) : undefined;
     this.headers = { ...assign.headers };
     this.payload = assign.payload;
     this.signal = signal;
@@ -146,6 +155,36 @@ export class JobContext {
     if (batches.length > 0) this.#out?.log(batches);
   }
 
+  /**
+   * When jobd stops this attempt (its timeout); `signal` aborts then. It
+   * starts as the Assign's deadline and follows each `touch()` answered.
+   */
+  get deadline(): Date | undefined {
+    return this.#deadline;
+  }
+
+  /**
+   * Pushes the attempt's deadline to `extendByMs` from now (jobd caps it at
+   * the kind's `max_timeout`, counted from the attempt's start) and counts
+   * as a sign of life. Resolves with the new deadline from jobd's TouchAck
+   * (also kept in `ctx.deadline`). Resolves `null`, and never rejects, when
+   * the touch is stale: the attempt has ended (returned, cancelled, session
+   * lost; then nothing is sent) or jobd no longer holds it. Throws
+   * RangeError (synchronously, nothing sent) for a negative or non-finite
+   * `extendByMs`; a fraction of a millisecond is dropped.
+   */
+  touch(options: TouchOptions): Promise<Date | null> {
+    const ms = options?.extendByMs;
+    if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0) {
+      throw new RangeError(`ctx.touch: extendByMs must be a finite number of ms, at least 0, not ${String(ms)}`);
+    }
+    if (!this.#out) return Promise.resolve(null);
+    return this.#out.touch(Math.floor(ms)).then((deadline) => {
+      if (deadline) this.#deadline = deadline;
+      return deadline;
+    });
+  }
+
   /** The payload parsed as JSON; a payload that is not JSON fails the job for good (Permanent). */
   json<T = unknown>(): T {
     try {
@@ -172,6 +211,8 @@ class Attempt implements AttemptOutput {
   private lastProgress = -Infinity;
   private pending: ProgressValue | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** Touches sent and not yet answered, oldest first (jobd answers in order). */
+  private readonly touches: Array<(deadline: Date | null) => void> = [];
 
   constructor(
     readonly key: string,
@@ -204,6 +245,24 @@ class Attempt implements AttemptOutput {
     for (const lines of batches) this.session.send({ case: "log", value: { jobId: job.id, attempt: job.attempt, lines } });
   }
 
+  touch(extendByMs: number): Promise<Date | null> {
+    if (!this.live) return Promise.resolve(null);
+    const job = this.assign.job!;
+    return new Promise((resolve) => {
+      if (this.session.send({ case: "touch", value: { jobId: job.id, attempt: job.attempt, extendBy: durationFromMs(extendByMs) } })) {
+        this.touches.push(resolve);
+      } else {
+        resolve(null);
+      }
+    });
+  }
+
+  /** jobd's answer to the oldest touch waiting. */
+  touched(ack: pb.TouchAck): void {
+    const resolve = this.touches.shift();
+    resolve?.(ack.stale || !ack.deadline ? null : timestampDate(ack.deadline));
+  }
+
   /** Sends the progress held back by the coalescing, if any (before the report). */
   flush(): void {
     const p = this.pending;
@@ -216,6 +275,7 @@ class Attempt implements AttemptOutput {
     clearTimeout(this.timer);
     this.timer = undefined;
     this.pending = undefined;
+    for (const resolve of this.touches.splice(0)) resolve(null);
   }
 
   private sendProgress(p: ProgressValue): void {
@@ -433,6 +493,9 @@ export class Worker {
             }
             break;
           }
+          case "touchAck":
+            s.held.get(key(msg.value.jobId, msg.value.attempt))?.touched(msg.value);
+            break;
           case "drain":
             // jobd is stopping: it assigns nothing more and ends the stream
             // after the deadline; held jobs go on and report as usual.

@@ -136,7 +136,9 @@ test("ctx.progress and ctx.log: checked, split and handed to the attempt", () =>
   const ctx = new JobContext(assign, new AbortController().signal, {
     progress: (p) => sent.progress.push(p),
     log: (b) => sent.log.push(b),
+    touch: async () => null,
   });
+  assert.throws(() => ctx.touch({ extendByMs: -1 }), RangeError);
   ctx.progress(12.9);
   ctx.progress(100, "done", { a: 1 });
   assert.equal(sent.progress.length, 2);

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { Client, decodeJson, decodeText, Worker, type JobContext, type JobEvent, type LogLine } from "jobd";
-import { haveJobd, sleep, startDaemon, until } from "./helpers.js";
+import { HEAD, KINDS, haveJobd, sleep, startDaemon, until } from "./helpers.js";
 
 /** A promise with its resolve function. */
 function deferred<T>(): { promise: Promise<T>; resolve: (v: T) => void } {
@@ -200,6 +200,62 @@ test("progress_logs", async (t) => {
     try {
       await worker.stop({ force: true });
       await running; // a session jobd refused is the failure to report
+    } finally {
+      client.close();
+      await d.close();
+    }
+  }
+});
+
+// ctx.touch(): a handler that outlives its 1 s timeout by touching every
+// 500 ms (each pushing the deadline 2 s from now, under max_timeout 10 s)
+// is not stopped; the job succeeds on its one attempt.
+test("touch_extends_deadline", async (t) => {
+  if (!haveJobd(t)) return;
+  const config =
+    HEAD + KINDS + '\n[kinds."ts.touch"]\nhandler = "remote"\ntimeout = "1s"\nmax_timeout = "10s"\nmax_attempts = 1\n';
+  const d = await startDaemon({ config });
+  const client = new Client({ address: d.address });
+  const worker = new Worker({ address: d.address, maxInFlight: 2, handleSignals: false, log: () => {} });
+  const deadlines: (Date | null)[] = [];
+  const refused: unknown[] = [];
+  let initial: Date | undefined;
+  let ended: JobContext | undefined;
+  worker.handle("ts.touch", async (ctx) => {
+    ended = ctx;
+    initial = ctx.deadline;
+    refused.push(thrown(() => void ctx.touch({ extendByMs: -1 })));
+    const began = Date.now();
+    while (Date.now() - began < 2500) {
+      deadlines.push(await ctx.touch({ extendByMs: 2000 }));
+      await sleep(500);
+    }
+    return "touched";
+  });
+  const running = worker.run();
+  try {
+    await until("the worker to connect", () => worker.connected);
+    const job = await client.submit("ts.touch", "x");
+    const done = await client.wait(job.id, { timeoutMs: 20_000 });
+    assert.equal(done.state, "SUCCEEDED", done.lastError);
+    assert.equal(done.attempt, 1);
+    assert.equal(decodeText(done.result), "touched");
+    assert.ok(refused[0] instanceof RangeError, `RangeError, not ${String(refused[0])}`);
+    assert.ok(initial instanceof Date);
+    assert.ok(deadlines.length >= 4, `touches: ${deadlines.length}`);
+    for (const dl of deadlines) assert.ok(dl instanceof Date, "no touch was stale");
+    const first = deadlines[0]!;
+    const last = deadlines[deadlines.length - 1]!;
+    assert.ok(first.getTime() > initial!.getTime(), `first touch ${first.toISOString()} after ${initial!.toISOString()}`);
+    assert.ok(last.getTime() > first.getTime(), `last ${last.toISOString()} later than first ${first.toISOString()}`);
+    assert.equal(ended!.deadline?.getTime(), last.getTime(), "ctx.deadline follows the touches");
+    // After the attempt ended: null, nothing sent.
+    assert.equal(await ended!.touch({ extendByMs: 1000 }), null);
+    assert.ok(worker.connected);
+  } finally {
+    try {
+      await worker.stop({ force: true });
+      await running;
     } finally {
       client.close();
       await d.close();
