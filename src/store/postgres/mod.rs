@@ -101,34 +101,6 @@ struct Writer {
     waiting: AtomicI64,
 }
 
-/// PostgreSQL's errors sorted into what the caller can do about them:
-/// everything about reaching the server is UNAVAILABLE (and retried).
-/// A `From` so that `?` works on every driver call; decoding a row's
-/// columns goes through [`rows::col`] instead (a bad row is Corrupt).
-impl From<tokio_postgres::Error> for StoreError {
-    fn from(e: tokio_postgres::Error) -> StoreError {
-        match e.as_db_error() {
-            None => StoreError::Unavailable(
-                Detail::new(format!("postgres: {}", error_chain(&e))).because(e),
-            ),
-            Some(db) => {
-                let code = db.code().code();
-                let transient = [
-                    "08", "53", "57P", "57014", "40001", "40P01", "55P03", "25006",
-                ]
-                .iter()
-                .any(|p| code.starts_with(p));
-                let detail = Detail::new(format!("postgres: {}: {}", code, db.message()));
-                if transient {
-                    StoreError::Unavailable(detail.because(e))
-                } else {
-                    StoreError::Internal(detail.because(e))
-                }
-            }
-        }
-    }
-}
-
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
 
 /// A connection from the pool; none free in time is UNAVAILABLE.

@@ -94,3 +94,36 @@ pub(super) fn event(r: &Row) -> Result<Job, StoreError> {
 pub(super) fn ids<C: FromIterator<Uuid>>(rows: &[Row]) -> Result<C, StoreError> {
     rows.iter().map(|r| col(r, 0)).collect()
 }
+
+/// PostgreSQL's errors sorted into what the caller can do about them:
+/// everything about reaching the server is UNAVAILABLE (and retried).
+/// A `From` so that `?` works on every driver call; decoding a row's
+/// columns goes through [`rows::col`] instead (a bad row is Corrupt).
+impl From<tokio_postgres::Error> for crate::store::StoreError {
+    fn from(e: tokio_postgres::Error) -> crate::store::StoreError {
+        match e.as_db_error() {
+            None => crate::store::StoreError::Unavailable(
+                crate::store::Detail::new(format!(
+                    "postgres: {}",
+                    crate::client_tls::error_chain(&e)
+                ))
+                .because(e),
+            ),
+            Some(db) => {
+                let code = db.code().code();
+                let transient = [
+                    "08", "53", "57P", "57014", "40001", "40P01", "55P03", "25006",
+                ]
+                .iter()
+                .any(|p| code.starts_with(p));
+                let detail =
+                    crate::store::Detail::new(format!("postgres: {}: {}", code, db.message()));
+                if transient {
+                    crate::store::StoreError::Unavailable(detail.because(e))
+                } else {
+                    crate::store::StoreError::Internal(detail.because(e))
+                }
+            }
+        }
+    }
+}
