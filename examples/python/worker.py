@@ -4,8 +4,13 @@
     python3 -m grpc_tools.protoc -Iproto --python_out=gen --grpc_python_out=gen \
         jobd/v1/jobd.proto google/rpc/status.proto
     PYTHONPATH=gen python3 examples/python/worker.py --kind resize [--addr HOST:PORT]
+        [--token TOKEN] [--tls-ca ca.pem]
+
+It says when it is connected, reconnects (with backoff) after a break, and
+exits 1 with a message when jobd refuses its token (UNAUTHENTICATED) or the
+token's role (PERMISSION_DENIED): retrying cannot fix those.
 """
-import argparse, os, queue, random, socket, threading, time
+import argparse, os, queue, random, socket, sys, threading, time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -51,6 +56,13 @@ def run_job(s, args, key, payload, stop):
         s.send(**report)
 
 
+# Refusals that a retry cannot fix: say what to change and exit.
+FATAL = {
+    grpc.StatusCode.UNAUTHENTICATED: "jobd refused the token: pass a token of role worker (--token or JOBD_TOKEN)",
+    grpc.StatusCode.PERMISSION_DENIED: "this token may not call WorkerService: use a token of role worker (or admin)",
+}
+
+
 def session(stub, args, pool):
     """Holds one stream until it ends; returns whether jobd welcomed us."""
     s, welcomed = Session(), False
@@ -62,6 +74,7 @@ def session(stub, args, pool):
             what = msg.WhichOneof("msg")
             if what == "welcome":
                 welcomed, every = True, msg.welcome.heartbeat_interval.ToTimedelta().total_seconds() or 5
+                print(f"worker: connected to {args.addr}, serving {', '.join(args.kind)}", flush=True)
                 threading.Thread(target=s.heartbeat, args=(every,), daemon=True).start()
             elif what == "assign" and not s.draining:  # (jobd assigns nothing after drain)
                 key, stop = (msg.assign.job.id, msg.assign.job.attempt), threading.Event()
@@ -72,6 +85,8 @@ def session(stub, args, pool):
             elif what == "drain":  # finish what we hold; jobd ends the stream when it stops
                 s.draining = True
     except grpc.RpcError as e:
+        if e.code() in FATAL:
+            sys.exit(f"worker: {e.code().name}: {e.details()}\nworker: {FATAL[e.code()]}")
         print(f"worker: stream ended: {e.code().name}: {e.details()}", flush=True)
     finally:  # jobd retries what we held elsewhere: stop it, drop its reports
         s.ended.set()
@@ -83,15 +98,24 @@ def session(stub, args, pool):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--addr", default=os.environ.get("JOBD_ADDR", "127.0.0.1:50051"))
+    p.add_argument("--addr", default=os.environ.get("JOBD_ADDR", "127.0.0.1:50051"),
+                   help="HOST:PORT (an http:// prefix is ignored; https:// means TLS)")
     p.add_argument("--token", default=os.environ.get("JOBD_TOKEN"), help="a token of role worker")
+    p.add_argument("--tls-ca", metavar="PATH", help="TLS: trust this CA (PEM) for jobd's certificate")
     p.add_argument("--kind", action="append", required=True, help="a remote kind to serve (repeatable)")
     p.add_argument("--max-in-flight", type=int, default=8, help="jobs run at once")
     p.add_argument("--mode", choices=["echo", "sleep"], default="echo")
     p.add_argument("--log", help="append 'job_id attempt' per execution to this file")
     args = p.parse_args()
+    tls = args.tls_ca is not None or args.addr.startswith("https://")
+    args.addr = args.addr.split("://", 1)[-1]
     pool, backoff = ThreadPoolExecutor(args.max_in_flight), 0.5
-    with grpc.insecure_channel(args.addr) as channel:
+    if tls:  # the CA given, else the system's roots
+        ca = open(args.tls_ca, "rb").read() if args.tls_ca else None
+        channel = grpc.secure_channel(args.addr, grpc.ssl_channel_credentials(root_certificates=ca))
+    else:
+        channel = grpc.insecure_channel(args.addr)
+    with channel:
         stub = jobd_pb2_grpc.WorkerServiceStub(channel)
         while True:  # reconnect with capped exponential backoff (and jitter)
             backoff = 0.5 if session(stub, args, pool) else min(backoff * 2, 30)
