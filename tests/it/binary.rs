@@ -76,15 +76,19 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok.success());
 }
 
-/// The README's "Configuration" block is the file a new user copies: it
-/// must pass `check-config` as it stands, and name every table the daemon
-/// has (the top-level tables `check-config` prints).
+/// The guide's "Configuration" block (docs/src/configuration.md) is the
+/// file a new user copies: it must pass `check-config` as it stands, and
+/// name every table the daemon has (the top-level tables `check-config`
+/// prints).
 #[test]
 fn the_readme_config_block_is_a_valid_config_with_every_table() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/src/configuration.md"
+    ))
+    .unwrap();
     let section = &readme[readme
-        .find("## Configuration")
+        .find("# Configuration")
         .expect("a Configuration section")..];
     let start = section.find("```toml\n").expect("a toml block") + "```toml\n".len();
     let block = &section[start..start + section[start..].find("```").unwrap()];

@@ -241,3 +241,154 @@ async fn python_workers_run_1000_jobs_exactly_once() {
     }
     d.stop().await;
 }
+
+const AUTH_HEAD: &str = r#"
+[auth]
+tokens = [
+  { token = "worker-token-0123456789", role = "worker" },
+  { token = "submit-token-0123456789", role = "submit" },
+]
+"#;
+
+/// Runs worker.py with `args`; its whole output once it exits, or a panic
+/// when it is still running after `within`.
+async fn worker_exits(stubs: &Path, args: &[&str], within: Duration) -> std::process::Output {
+    let run = Command::new("python3")
+        .arg("-u")
+        .arg(repo("examples/python/worker.py"))
+        .args(args)
+        .env("PYTHONPATH", stubs)
+        .env_remove("JOBD_TOKEN")
+        .env_remove("JOBD_ADDR")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(within, run)
+        .await
+        .unwrap_or_else(|_| panic!("worker.py {args:?} still running after {within:?}"))
+        .expect("python3 runs")
+}
+
+/// Starts worker.py with `args` and waits (bounded) until it prints that
+/// it is connected; returns the child, still running.
+async fn worker_connects(stubs: &Path, args: &[&str]) -> Child {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = Command::new("python3")
+        .arg("-u")
+        .arg(repo("examples/python/worker.py"))
+        .args(args)
+        .env("PYTHONPATH", stubs)
+        .env_remove("JOBD_TOKEN")
+        .env_remove("JOBD_ADDR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let connected = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("worker: connected to ") {
+                return line;
+            }
+            seen.push(line);
+        }
+        String::new()
+    })
+    .await;
+    match connected {
+        Ok(line) if !line.is_empty() => {
+            assert!(line.contains("serving py"), "{line}");
+            child
+        }
+        _ => {
+            let _ = child.kill().await;
+            let out = child.wait_with_output().await.unwrap();
+            panic!(
+                "worker.py {args:?} never said it connected:\n{}\n{}",
+                seen.join("\n"),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// A token jobd refuses, or one whose role may not call WorkerService, is
+/// not fixed by retrying: worker.py says why and exits 1 within seconds
+/// (it used to reconnect forever). The worker token connects and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_worker_exits_on_a_refused_token_and_says_when_connected() {
+    if !available("python3", &["-c", "import grpc_tools"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let stubs = tmp.path().join("stubs");
+    std::fs::create_dir(&stubs).unwrap();
+    generate_stubs(&stubs).await;
+    let d = start_with(AUTH_HEAD, KINDS_PY).await;
+    let addr = d.addr.to_string();
+
+    for (token, code, advice) in [
+        ("not-a-known-token-0123", "UNAUTHENTICATED", "a token of role worker"),
+        ("submit-token-0123456789", "PERMISSION_DENIED", "may not call WorkerService"),
+    ] {
+        let t0 = Instant::now();
+        let args = ["--addr", &addr, "--kind", "py", "--token", token];
+        let out = worker_exits(&stubs, &args, Duration::from_secs(15)).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{token}: {stderr}");
+        assert!(stderr.contains(&format!("worker: {code}: ")), "{stderr}");
+        assert!(stderr.contains(advice), "{stderr}");
+        assert!(!stderr.contains("Traceback"), "a message, not a traceback: {stderr}");
+        println!("{code}: exit 1 after {:?}", t0.elapsed());
+    }
+    // No token at all is UNAUTHENTICATED too.
+    let out = worker_exits(&stubs, &["--addr", &addr, "--kind", "py"], Duration::from_secs(15)).await;
+    assert_eq!(out.status.code(), Some(1));
+
+    let mut ok = worker_connects(
+        &stubs,
+        &["--addr", &addr, "--kind", "py", "--token", "worker-token-0123456789"],
+    )
+    .await;
+    ok.kill().await.unwrap();
+    d.stop().await;
+}
+
+/// `--tls-ca PATH`: the worker connects over TLS to a daemon whose
+/// certificate that CA signed, and jobd sees its session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_worker_connects_over_tls_with_its_ca() {
+    if !available("python3", &["-c", "import grpc_tools"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let stubs = tmp.path().join("stubs");
+    std::fs::create_dir(&stubs).unwrap();
+    generate_stubs(&stubs).await;
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf(&["localhost"]);
+    let file = |name: &str, pem: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.display().to_string()
+    };
+    let ca = file("ca.pem", &pki.ca_pem);
+    let head = format!(
+        "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        file("server.pem", &cert),
+        file("server.key", &key)
+    );
+    let d = start_with(&head, KINDS_PY).await;
+    let addr = format!("localhost:{}", d.addr.port());
+    let mut w = worker_connects(&stubs, &["--addr", &addr, "--kind", "py", "--tls-ca", &ca]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sample(&scrape(d.admin).await, "jobd_worker_sessions{kind=\"py\"}").unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "no TLS session seen by jobd");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.kill().await.unwrap();
+    d.stop().await;
+}
