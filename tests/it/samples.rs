@@ -196,8 +196,9 @@ async fn start_daemon(config: &str) -> Daemon {
     if !config.contains("[drain]") {
         text.push_str("\n[drain]\ngrace = \"50ms\"\ntimeout = \"2s\"\n");
     }
-    let prepared = jobd::prepare(Config::from_toml(&text).expect("sample config parses"))
-        .expect("sample config is valid");
+    // As `jobd serve` does: no kinds declared means the builtin ones.
+    let parsed = Config::from_toml(&text).expect("sample config parses");
+    let prepared = jobd::prepare(parsed.with_default_kinds()).expect("sample config is valid");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -255,6 +256,29 @@ fn to_doc(output: &str, daemons: &HashMap<String, Daemon>) -> String {
 struct Masks {
     token: Regex,
     uuid: Regex,
+    /// A line a watch prints per event (`jobd submit --wait`, `jobd watch`,
+    /// client.py). How many a watch sees depends on timing (a snapshot
+    /// taken before or after the job started), so bless keeps only the last.
+    transition: Regex,
+}
+
+/// `actual` as the docs show it: a run of watch lines becomes `...` and the
+/// last of them (the terminal state, which every watch ends with).
+fn collapse_transitions(masks: &Masks, actual: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for (i, line) in actual.iter().enumerate() {
+        let is = |l: &str| masks.transition.is_match(l);
+        if is(line) {
+            if i == 0 || !is(actual[i - 1]) {
+                out.push("...".to_string());
+            }
+            if actual.get(i + 1).is_some_and(|next| is(next)) {
+                continue;
+            }
+        }
+        out.push(line.trim_end().to_string());
+    }
+    out
 }
 
 const UUID: &str = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}";
@@ -271,6 +295,10 @@ impl Masks {
             ))
             .unwrap(),
             uuid: Regex::new(UUID).unwrap(),
+            transition: Regex::new(&format!(
+                r"^(?:{TIMESTAMP} [a-z_]+ attempt=\d+|watch: [A-Z_]+ attempt=\d+ sequence=\d+)$"
+            ))
+            .unwrap(),
         }
     }
 
@@ -470,54 +498,57 @@ async fn run_doc(doc: &Doc, masks: &Masks, bless: bool, skipped: &mut Vec<String
                 actual.pop();
             }
             let expected: Vec<String> = step.expected.iter().map(|(_, l)| l.clone()).collect();
-            if let Some(pairs) = matches(masks, &expected, &actual, &ids) {
-                for (doc_id, real) in pairs {
-                    ids.entry(doc_id).or_insert(real);
+            let matched = matches(masks, &expected, &actual, &ids);
+            if !bless {
+                match matched {
+                    Some(pairs) => {
+                        for (doc_id, real) in pairs {
+                            ids.entry(doc_id).or_insert(real);
+                        }
+                    }
+                    None => {
+                        let first = step.expected.first().map_or(step.line, |(n, _)| *n);
+                        failures.push(format!(
+                            "{shown}:{first}: the output of `{}` (line {}) differs (- docs, + real):\n{}",
+                            step.command,
+                            step.line,
+                            diff(&step.expected, &actual)
+                        ));
+                    }
                 }
                 continue;
             }
-            if bless {
-                // Real ids replace the docs' ones from here on.
-                let doc_ids: Vec<String> = expected
-                    .iter()
-                    .flat_map(|l| masks.uuid.find_iter(l).map(|m| m.as_str().to_string()))
-                    .collect();
-                let real_ids: Vec<String> = actual
-                    .iter()
-                    .flat_map(|l| masks.uuid.find_iter(l).map(|m| m.as_str().to_string()))
-                    .collect();
-                let mut renames = Vec::new();
-                for (d, r) in doc_ids.iter().zip(&real_ids) {
-                    if !ids.contains_key(d) && d != r {
-                        renames.push((d.clone(), r.clone()));
-                    }
+            // Bless: every output is written as it came, so that a file shows
+            // one run, and the real ids replace the docs' ones from here on.
+            let pairs = matched.unwrap_or_else(|| {
+                let find = |ls: &[&str]| -> Vec<String> {
+                    ls.iter()
+                        .flat_map(|l| masks.uuid.find_iter(l).map(|m| m.as_str().to_string()))
+                        .collect()
+                };
+                let exp: Vec<&str> = expected.iter().map(String::as_str).collect();
+                find(&exp).into_iter().zip(find(&actual)).collect()
+            });
+            let mut renames = Vec::new();
+            for (d, r) in pairs {
+                if !ids.contains_key(&d) {
+                    ids.insert(d.clone(), r.clone());
+                    renames.push((d, r));
                 }
-                // Lines added (or removed) by earlier blessings move this one.
-                let offset = lines.len() as isize - doc.lines.len() as isize;
-                let at = (step.line + step.command.lines().count() - 1) as isize + offset;
-                let at = usize::try_from(at).unwrap();
-                let old = step.expected.len();
-                let new: Vec<String> = actual.iter().map(|l| l.trim_end().to_string()).collect();
-                let count = new.len();
-                lines.splice(at..at + old, new);
-                for l in &mut lines[at + count..] {
-                    for (d, r) in &renames {
-                        *l = l.replace(d.as_str(), r);
-                    }
-                }
-                for id in real_ids {
-                    ids.insert(id.clone(), id);
-                }
-                changed = true;
-                continue;
             }
-            let first = step.expected.first().map_or(step.line, |(n, _)| *n);
-            failures.push(format!(
-                "{shown}:{first}: the output of `{}` (line {}) differs (- docs, + real):\n{}",
-                step.command,
-                step.line,
-                diff(&step.expected, &actual)
-            ));
+            // Lines added (or removed) by earlier steps move this one.
+            let offset = lines.len() as isize - doc.lines.len() as isize;
+            let at = (step.line + step.command.lines().count() - 1) as isize + offset;
+            let at = usize::try_from(at).unwrap();
+            let new = collapse_transitions(masks, &actual);
+            let count = new.len();
+            let old: Vec<String> = lines.splice(at..at + step.expected.len(), new).collect();
+            changed |= old != lines[at..at + count];
+            for l in &mut lines[at + count..] {
+                for (d, r) in &renames {
+                    *l = l.replace(d.as_str(), r);
+                }
+            }
         }
     }
     kill_groups(&pgids);
