@@ -171,20 +171,31 @@ fn every_relative_link_and_anchor_resolves() {
                 here.join(path)
             };
             if !dest.exists() {
-                broken.push(format!("{shown}:{line}: {target}: no file {}", dest.display()));
+                broken.push(format!(
+                    "{shown}:{line}: {target}: no file {}",
+                    dest.display()
+                ));
                 continue;
             }
             if let Some(anchor) = anchor {
                 let is_md = dest.extension().is_some_and(|x| x == "md");
-                assert!(is_md, "{shown}:{line}: {target}: an anchor in a file that is not markdown");
+                assert!(
+                    is_md,
+                    "{shown}:{line}: {target}: an anchor in a file that is not markdown"
+                );
                 let text = std::fs::read_to_string(&dest).unwrap();
                 if !anchors(&text).contains(anchor) {
-                    broken.push(format!("{shown}:{line}: {target}: no heading makes #{anchor}"));
+                    broken.push(format!(
+                        "{shown}:{line}: {target}: no heading makes #{anchor}"
+                    ));
                 }
             }
         }
     }
-    assert!(checked > 50, "only {checked} links found: the parser is broken");
+    assert!(
+        checked > 50,
+        "only {checked} links found: the parser is broken"
+    );
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
 }
 
@@ -199,7 +210,10 @@ fn the_summary_lists_every_chapter() {
         };
         let rel = rel.display().to_string();
         if rel != "SUMMARY.md" {
-            assert!(listed.contains(&rel), "docs/src/SUMMARY.md does not list {rel}");
+            assert!(
+                listed.contains(&rel),
+                "docs/src/SUMMARY.md does not list {rel}"
+            );
         }
     }
 }
@@ -213,15 +227,24 @@ fn the_readme_is_short() {
         "README.md has {n} lines, at most {README_MAX_LINES}: move the detail into docs/src"
     );
     // The commands CI and newcomers rely on.
-    assert!(text.contains("cargo run --release -- serve"), "the run command");
+    assert!(
+        text.contains("cargo run --release -- serve"),
+        "the run command"
+    );
     assert!(text.contains("\ncargo test "), "the test command");
 }
 
 #[test]
 fn slugs_are_githubs() {
-    assert_eq!(slug(" HTTP/JSON (curl, scripts, browsers)"), "httpjson-curl-scripts-browsers");
+    assert_eq!(
+        slug(" HTTP/JSON (curl, scripts, browsers)"),
+        "httpjson-curl-scripts-browsers"
+    );
     assert_eq!(slug(" Drain (SIGTERM / SIGINT)"), "drain-sigterm--sigint");
-    assert_eq!(slug(" Writing a worker in any language"), "writing-a-worker-in-any-language");
+    assert_eq!(
+        slug(" Writing a worker in any language"),
+        "writing-a-worker-in-any-language"
+    );
     assert_eq!(slug(" `jobd work`: a command"), "jobd-work-a-command");
     let a = anchors("# A\n\n## A\n```\n# not a heading\n```\n");
     assert!(a.contains("a") && a.contains("a-1") && !a.contains("not-a-heading"));

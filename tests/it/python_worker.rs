@@ -331,8 +331,16 @@ async fn python_worker_exits_on_a_refused_token_and_says_when_connected() {
     let addr = d.addr.to_string();
 
     for (token, code, advice) in [
-        ("not-a-known-token-0123", "UNAUTHENTICATED", "a token of role worker"),
-        ("submit-token-0123456789", "PERMISSION_DENIED", "may not call WorkerService"),
+        (
+            "not-a-known-token-0123",
+            "UNAUTHENTICATED",
+            "a token of role worker",
+        ),
+        (
+            "submit-token-0123456789",
+            "PERMISSION_DENIED",
+            "may not call WorkerService",
+        ),
     ] {
         let t0 = Instant::now();
         let args = ["--addr", &addr, "--kind", "py", "--token", token];
@@ -341,16 +349,31 @@ async fn python_worker_exits_on_a_refused_token_and_says_when_connected() {
         assert_eq!(out.status.code(), Some(1), "{token}: {stderr}");
         assert!(stderr.contains(&format!("worker: {code}: ")), "{stderr}");
         assert!(stderr.contains(advice), "{stderr}");
-        assert!(!stderr.contains("Traceback"), "a message, not a traceback: {stderr}");
+        assert!(
+            !stderr.contains("Traceback"),
+            "a message, not a traceback: {stderr}"
+        );
         println!("{code}: exit 1 after {:?}", t0.elapsed());
     }
     // No token at all is UNAUTHENTICATED too.
-    let out = worker_exits(&stubs, &["--addr", &addr, "--kind", "py"], Duration::from_secs(15)).await;
+    let out = worker_exits(
+        &stubs,
+        &["--addr", &addr, "--kind", "py"],
+        Duration::from_secs(15),
+    )
+    .await;
     assert_eq!(out.status.code(), Some(1));
 
     let mut ok = worker_connects(
         &stubs,
-        &["--addr", &addr, "--kind", "py", "--token", "worker-token-0123456789"],
+        &[
+            "--addr",
+            &addr,
+            "--kind",
+            "py",
+            "--token",
+            "worker-token-0123456789",
+        ],
     )
     .await;
     ok.kill().await.unwrap();
@@ -368,14 +391,13 @@ async fn python_worker_connects_over_tls_with_its_ca() {
     let stubs = tmp.path().join("stubs");
     std::fs::create_dir(&stubs).unwrap();
     generate_stubs(&stubs).await;
-    let pki = Pki::new();
-    let (cert, key) = pki.leaf(&["localhost"]);
+    let (ca_pem, cert, key) = pki_with_names();
     let file = |name: &str, pem: &str| {
         let p = tmp.path().join(name);
         std::fs::write(&p, pem).unwrap();
         p.display().to_string()
     };
-    let ca = file("ca.pem", &pki.ca_pem);
+    let ca = file("ca.pem", &ca_pem);
     let head = format!(
         "[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
         file("server.pem", &cert),
@@ -391,4 +413,25 @@ async fn python_worker_connects_over_tls_with_its_ca() {
     }
     w.kill().await.unwrap();
     d.stop().await;
+}
+
+/// (CA PEM, leaf cert PEM, leaf key PEM) for `localhost`. Unlike the suite's
+/// `Pki` (rcgen's default name on both), CA and leaf have distinct subject
+/// names: gRPC's BoringSSL takes a leaf whose issuer is its own subject for
+/// self-signed and refuses it, where rustls looks at the signature.
+fn pki_with_names() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "jobd test CA");
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let cert = leaf.signed_by(&key, &issuer).unwrap().pem();
+    (ca_pem, cert, key.serialize_pem())
 }

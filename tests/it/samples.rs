@@ -189,7 +189,10 @@ fn port_of(config: &str, key: &str, default: u16) -> u16 {
 async fn start_daemon(config: &str) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let mut text = String::new();
-    if !Regex::new(r"(?m)^(store\s*=|\[store\])").unwrap().is_match(config) {
+    if !Regex::new(r"(?m)^(store\s*=|\[store\])")
+        .unwrap()
+        .is_match(config)
+    {
         writeln!(text, "store = \"sqlite:{}/jobd.db\"", dir.path().display()).unwrap();
     }
     text.push_str(&config.replace("./jobd-data", &dir.path().display().to_string()));
@@ -229,12 +232,22 @@ impl Daemon {
 }
 
 /// Docs address -> real address in a command.
-fn to_real(command: &str, daemons: &HashMap<String, Daemon>, ids: &HashMap<String, String>) -> String {
+fn to_real(
+    command: &str,
+    daemons: &HashMap<String, Daemon>,
+    ids: &HashMap<String, String>,
+) -> String {
     let mut c = command.to_string();
     for d in daemons.values() {
         for host in ["localhost", "127.0.0.1"] {
-            c = c.replace(&format!("{host}:{}", d.doc_port), &format!("{host}:{}", d.port));
-            c = c.replace(&format!("{host}:{}", d.doc_admin), &format!("{host}:{}", d.admin));
+            c = c.replace(
+                &format!("{host}:{}", d.doc_port),
+                &format!("{host}:{}", d.port),
+            );
+            c = c.replace(
+                &format!("{host}:{}", d.doc_admin),
+                &format!("{host}:{}", d.admin),
+            );
         }
     }
     for (doc, real) in ids {
@@ -450,7 +463,12 @@ fn diff(expected: &[(usize, String)], actual: &[&str]) -> String {
 
 /// Runs one file's samples; returns its failures and (in bless mode) its
 /// new text.
-async fn run_doc(doc: &Doc, masks: &Masks, bless: bool, skipped: &mut Vec<String>) -> (Vec<String>, Option<Vec<String>>) {
+async fn run_doc(
+    doc: &Doc,
+    masks: &Masks,
+    bless: bool,
+    skipped: &mut Vec<String>,
+) -> (Vec<String>, Option<Vec<String>>) {
     let shown = doc
         .path
         .strip_prefix(env!("CARGO_MANIFEST_DIR"))
@@ -474,7 +492,10 @@ async fn run_doc(doc: &Doc, masks: &Masks, bless: bool, skipped: &mut Vec<String
                 String::new()
             } else {
                 doc.configs.get(&block.daemon).cloned().unwrap_or_else(|| {
-                    panic!("{shown}:{}: no ```toml sample={} block", block.line, block.daemon)
+                    panic!(
+                        "{shown}:{}: no ```toml sample={} block",
+                        block.line, block.daemon
+                    )
                 })
             };
             daemons.insert(block.daemon.clone(), start_daemon(&config).await);
@@ -576,7 +597,12 @@ async fn every_console_sample_in_the_docs_runs_as_shown() {
     let mut ran = 0;
     for path in markdown_files() {
         let doc = parse(&path);
-        ran += doc.blocks.iter().filter(|b| b.skip.is_none()).map(|b| b.steps.len()).sum::<usize>();
+        ran += doc
+            .blocks
+            .iter()
+            .filter(|b| b.skip.is_none())
+            .map(|b| b.steps.len())
+            .sum::<usize>();
         if doc.blocks.is_empty() {
             continue;
         }
@@ -591,8 +617,16 @@ async fn every_console_sample_in_the_docs_runs_as_shown() {
     for s in &skipped {
         println!("  {s}");
     }
-    assert!(ran >= 20, "only {ran} sample commands found: the parser is broken");
-    assert!(failures.is_empty(), "{} samples differ:\n\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        ran >= 20,
+        "only {ran} sample commands found: the parser is broken"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} samples differ:\n\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -602,7 +636,13 @@ fn masks_hide_ids_times_and_durations_only() {
     let exp = |s: &str| vec![s.to_string()];
     let id = "01a23e0c-86ef-77ed-8b2c-9304931c7d69";
     let other = "01a23e17-fabb-72e9-8d33-9228fa48059d";
-    let pairs = matches(&m, &exp(&format!("id: {id} at 2026-12-03T22:35:38.095523Z")), &[&format!("id: {other} at 2026-12-04T01:02:03Z")], &ids).unwrap();
+    let pairs = matches(
+        &m,
+        &exp(&format!("id: {id} at 2026-12-03T22:35:38.095523Z")),
+        &[&format!("id: {other} at 2026-12-04T01:02:03Z")],
+        &ids,
+    )
+    .unwrap();
     assert_eq!(pairs, vec![(id.to_string(), other.to_string())]);
     assert!(matches(&m, &exp("state: queued"), &["state: running"], &ids).is_none());
     assert!(matches(&m, &exp("took 1.5s"), &["took 250ms"], &ids).is_some());
@@ -611,5 +651,8 @@ fn masks_hide_ids_times_and_durations_only() {
     assert!(matches(&m, &dots, &["first", "x", "y", "last"], &ids).is_some());
     assert!(matches(&m, &dots, &["first", "x"], &ids).is_none());
     let known: HashMap<String, String> = [(id.to_string(), id.to_string())].into();
-    assert!(matches(&m, &exp(id), &[other], &known).is_none(), "a known id must stay the same");
+    assert!(
+        matches(&m, &exp(id), &[other], &known).is_none(),
+        "a known id must stay the same"
+    );
 }
