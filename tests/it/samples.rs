@@ -232,13 +232,21 @@ impl Daemon {
 }
 
 /// Docs address -> real address in a command.
+/// The block's own daemon comes first: several sample configs of one file
+/// may all say `localhost:50051`.
 fn to_real(
     command: &str,
+    current: &str,
     daemons: &HashMap<String, Daemon>,
     ids: &HashMap<String, String>,
 ) -> String {
     let mut c = command.to_string();
-    for d in daemons.values() {
+    let others = daemons.iter().filter(|(name, _)| *name != current);
+    for d in daemons
+        .get(current)
+        .into_iter()
+        .chain(others.map(|(_, d)| d))
+    {
         for host in ["localhost", "127.0.0.1"] {
             c = c.replace(
                 &format!("{host}:{}", d.doc_port),
@@ -502,7 +510,7 @@ async fn run_doc(
         }
         let addr = format!("http://127.0.0.1:{}", daemons[&block.daemon].port);
         for step in &block.steps {
-            let command = to_real(&step.command, &daemons, &ids);
+            let command = to_real(&step.command, &block.daemon, &daemons, &ids);
             let cwd = scratch.path().to_path_buf();
             let mut groups = std::mem::take(&mut pgids);
             let a = addr.clone();
