@@ -408,13 +408,25 @@ fn run(command: &str, cwd: &Path, addr: &str, pgids: &mut Vec<u32>) -> String {
         .process_group(0)
         .spawn()
         .expect("sh runs");
-    pgids.push(child.id());
+    // Only a command that leaves something running in the background has
+    // its group killed at the end of the file: pids are reused, so a group
+    // id is not kept longer than needed.
+    let backgrounds = command.lines().any(|l| {
+        let l = l.split(" #").next().unwrap_or("").trim_end();
+        l.ends_with('&') && !l.ends_with("&&")
+    });
+    if backgrounds {
+        pgids.push(child.id());
+    }
     let t0 = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {
             break;
         }
         if t0.elapsed() > COMMAND_TIMEOUT {
+            // The whole group: sh and what it started (the group is alive
+            // while sh is, so its id is still this command's).
+            kill_groups(&[child.id()]);
             let _ = child.kill();
             let _ = child.wait();
             break;
