@@ -139,6 +139,9 @@ pub struct Job {
     pub trace: Option<TraceContext>,
     /// How far it got, as its worker last reported; kept after it ends.
     pub progress: Option<Progress>,
+    /// Where an attempt got (a worker's Touch, a command's checkpoint
+    /// file), handed to the next attempt; empty for none.
+    pub checkpoint: Bytes,
 }
 
 /// How far a running job got (a worker's `Progress`). Written only for the
@@ -279,6 +282,7 @@ impl NewJob {
             ordering_key: self.ordering_key,
             trace: self.trace,
             progress: None,
+            checkpoint: Bytes::new(),
         }
     }
 }

@@ -70,6 +70,7 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
             details: p.details.to_vec(),
             updated_at: Some(timestamp(p.updated_at)),
         }),
+        checkpoint_size: j.checkpoint.len() as u64,
     }
 }
 

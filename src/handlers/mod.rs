@@ -35,8 +35,11 @@ pub struct JobContext {
     /// that hold outside resources should watch it and clean up; the engine
     /// stops waiting for the handler either way.
     pub cancel: CancellationToken,
-    /// Where [`JobContext::progress`] and [`JobContext::log`] go.
+    /// Where [`JobContext::progress`], [`JobContext::log`] and
+    /// [`JobContext::save_checkpoint`] go.
     pub notes: Notes,
+    /// The checkpoint an earlier attempt stored; empty for none.
+    pub checkpoint: Bytes,
 }
 
 /// Longest progress message, in bytes (longer ones are cut).
@@ -45,6 +48,9 @@ pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 256;
 pub const MAX_PROGRESS_DETAILS_BYTES: usize = 4096;
 /// Longest log line, in bytes (longer ones are cut).
 pub const MAX_LOG_LINE_BYTES: usize = 4096;
+/// Largest checkpoint, in bytes (a remote worker's larger one ends its
+/// session with INVALID_ARGUMENT; a local handler's is not kept).
+pub const MAX_CHECKPOINT_BYTES: usize = 64 * 1024;
 
 /// What an attempt says while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +63,8 @@ pub enum Note {
     },
     /// Lines for the job's log.
     Log(Vec<String>),
+    /// Where the attempt got, for the next attempt to resume from.
+    Checkpoint(Bytes),
 }
 
 /// Where an attempt's notes go: the engine stores them for the attempt
@@ -119,6 +127,22 @@ impl JobContext {
         if !lines.is_empty() {
             self.notes.send(Note::Log(lines));
         }
+    }
+
+    /// Stores where the attempt got, for the next attempt (its
+    /// [`JobContext::checkpoint`]); written in order with the log lines,
+    /// before the attempt's outcome. One over [`MAX_CHECKPOINT_BYTES`] is
+    /// not kept (a log line says so).
+    pub fn save_checkpoint(&self, checkpoint: impl Into<Bytes>) {
+        let checkpoint = checkpoint.into();
+        if checkpoint.len() > MAX_CHECKPOINT_BYTES {
+            self.log([format!(
+                "jobd: checkpoint of {} bytes not kept (at most {MAX_CHECKPOINT_BYTES})",
+                checkpoint.len()
+            )]);
+            return;
+        }
+        self.notes.send(Note::Checkpoint(checkpoint));
     }
 }
 

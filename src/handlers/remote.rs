@@ -494,6 +494,7 @@ impl Workers {
                     attempt: job.attempt,
                     max_attempts: job.max_attempts,
                     payload_size: job.payload.len() as u64,
+                    checkpoint_size: job.checkpoint.len() as u64,
                     ..Default::default()
                 }),
                 payload: job.payload.to_vec(),
@@ -501,6 +502,7 @@ impl Workers {
                 headers: super::trace_headers(&job.trace)
                     .map(|(k, v)| (k.to_string(), v))
                     .collect(),
+                checkpoint: job.checkpoint.to_vec(),
             })),
         };
         let bytes = prost::Message::encoded_len(&msg);

@@ -576,6 +576,22 @@ impl Store for MemoryStore {
         Ok(Some(e.job.clone()))
     }
 
+    async fn set_checkpoint(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        checkpoint: bytes::Bytes,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        Ok(match g.jobs.get_mut(&id) {
+            Some(e) if e.job.state == JobState::Running && e.job.attempt == attempt => {
+                e.job.checkpoint = checkpoint;
+                true
+            }
+            _ => false,
+        })
+    }
+
     async fn append_logs(
         &self,
         id: Uuid,

@@ -390,6 +390,15 @@ pub trait Store: Send + Sync + 'static {
         at: Micros,
         keep: usize,
     ) -> Result<bool, StoreError>;
+    /// Stores `checkpoint` as the job's (handed to its next attempt) if
+    /// `attempt` is its running attempt; false (and nothing written)
+    /// otherwise. Durable when it returns true.
+    async fn set_checkpoint(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        checkpoint: bytes::Bytes,
+    ) -> Result<bool, StoreError>;
     /// Pushes the lease of `(id, attempt)` to at least `until` while that
     /// attempt runs (a worker's Touch moved its deadline); false when it no
     /// longer runs. Stores whose leases are renewed while the attempt runs

@@ -180,6 +180,14 @@ impl Store for GatedStore {
     ) -> Result<bool, StoreError> {
         self.inner.append_logs(id, attempt, lines, at, keep).await
     }
+    async fn set_checkpoint(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        checkpoint: bytes::Bytes,
+    ) -> Result<bool, StoreError> {
+        self.inner.set_checkpoint(id, attempt, checkpoint).await
+    }
     async fn extend_lease(
         &self,
         id: Uuid,

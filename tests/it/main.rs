@@ -10,6 +10,7 @@ mod auth;
 mod bench_smoke;
 mod binary;
 mod browser;
+mod checkpoints;
 mod cli;
 mod engine;
 mod handlers;

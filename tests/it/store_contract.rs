@@ -692,6 +692,87 @@ pub async fn start_at_insert_only_when_nothing_of_its_kind_is_ready(s: SharedSto
     );
 }
 
+/// Long-running jobs: progress, log lines and a checkpoint are written for
+/// the running attempt only; the newest `keep` lines are kept; the
+/// checkpoint goes to the next attempt's claim.
+pub async fn progress_logs_and_checkpoints(s: SharedStore) {
+    let j = insert(&s, new_job("k", 0)).await;
+    let c = s.claim(&claim_req(1, &[("k", 1)])).await.unwrap().jobs;
+    assert_eq!(c.len(), 1);
+    assert!(c[0].checkpoint.is_empty());
+    let p = jobd::job::Progress {
+        percent: 40,
+        message: "m".into(),
+        details: Bytes::from_static(b"{}"),
+        updated_at: now_micros(),
+    };
+    let stored = s.set_progress(j.id, 1, p.clone()).await.unwrap().unwrap();
+    assert_eq!(stored.sequence, c[0].sequence + 1, "an event");
+    assert_eq!(stored.state, JobState::Running);
+    assert!(s.set_progress(j.id, 2, p.clone()).await.unwrap().is_none());
+    assert_eq!(s.get(j.id).await.unwrap().unwrap().progress, Some(p));
+    let lines = |r: std::ops::Range<u32>| r.map(|i| format!("l{i}")).collect::<Vec<_>>();
+    assert!(s
+        .append_logs(j.id, 1, lines(0..3), now_micros(), 4)
+        .await
+        .unwrap());
+    assert!(s
+        .append_logs(j.id, 1, lines(3..6), now_micros(), 4)
+        .await
+        .unwrap());
+    assert!(!s
+        .append_logs(j.id, 2, lines(6..7), now_micros(), 4)
+        .await
+        .unwrap());
+    let kept: Vec<(u64, String)> = s
+        .logs(j.id, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.seq, l.text))
+        .collect();
+    assert_eq!(
+        kept,
+        (3..7)
+            .map(|i| (i, format!("l{}", i - 1)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        s.logs(j.id, 5, 1).await.unwrap()[0].seq,
+        6,
+        "pages after `after`"
+    );
+    assert!(s
+        .set_checkpoint(j.id, 1, Bytes::from_static(b"cp1"))
+        .await
+        .unwrap());
+    assert!(!s
+        .set_checkpoint(j.id, 2, Bytes::from_static(b"no"))
+        .await
+        .unwrap());
+    let retry = Outcome::Retry {
+        error: "e".into(),
+        at: now_micros() - 1,
+    };
+    s.finish(j.id, 1, retry, now_micros())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !s.set_checkpoint(j.id, 1, Bytes::from_static(b"late"))
+            .await
+            .unwrap(),
+        "not while the job waits"
+    );
+    s.promote_due(now_micros(), 10).await.unwrap();
+    let c2 = s.claim(&claim_req(1, &[("k", 1)])).await.unwrap().jobs;
+    assert_eq!((c2[0].attempt, &c2[0].checkpoint[..]), (2, &b"cp1"[..]));
+    assert_eq!(
+        s.get(j.id).await.unwrap().unwrap().checkpoint,
+        Bytes::from_static(b"cp1")
+    );
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory {
@@ -736,7 +817,8 @@ contract!(
     retry_requeues_dead_jobs,
     paused_kinds_are_stored,
     schedules_are_stored,
-    start_at_insert_only_when_nothing_of_its_kind_is_ready
+    start_at_insert_only_when_nothing_of_its_kind_is_ready,
+    progress_logs_and_checkpoints
 );
 
 #[tokio::test]

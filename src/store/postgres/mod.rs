@@ -666,6 +666,15 @@ impl Store for PostgresStore {
         self.put_logs(id, attempt, lines, at, keep).await
     }
 
+    async fn set_checkpoint(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        checkpoint: bytes::Bytes,
+    ) -> Result<bool, StoreError> {
+        self.put_checkpoint(id, attempt, checkpoint).await
+    }
+
     async fn extend_lease(&self, _: Uuid, _: u32, _: Micros) -> Result<bool, StoreError> {
         // Leases here are renewed every lease_ttl/3 for as long as the
         // attempt runs on this instance, whatever its deadline.

@@ -62,6 +62,9 @@ pub(super) fn job(r: &Row) -> Result<Job, StoreError> {
         ordering_key: col(r, 20)?,
         trace: decode_trace(col(r, 21)?),
         progress: crate::store::codec::decode_progress(col::<Option<Vec<u8>>>(r, 22)?.as_deref()),
+        checkpoint: col::<Option<Vec<u8>>>(r, 23)?
+            .map(Bytes::from)
+            .unwrap_or_default(),
     })
 }
 

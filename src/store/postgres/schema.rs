@@ -113,6 +113,10 @@ CREATE TABLE job_logs (
     PRIMARY KEY (job_id, seq)
 );
 "#,
+    r#"
+-- v9: the checkpoint an attempt stored, handed to the next attempt.
+ALTER TABLE jobs ADD COLUMN checkpoint BYTEA;
+"#,
 ];
 
 /// An advisory-lock key per schema, so instances on different schemas of

@@ -683,6 +683,15 @@ impl Store for SqliteStore {
         self.put_logs(id, attempt, lines, at, keep).await
     }
 
+    async fn set_checkpoint(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        checkpoint: Bytes,
+    ) -> Result<bool, StoreError> {
+        self.put_checkpoint(id, attempt, checkpoint).await
+    }
+
     async fn extend_lease(
         &self,
         id: Uuid,

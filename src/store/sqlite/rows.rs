@@ -51,6 +51,10 @@ pub(super) fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
         ordering_key: r.get(20)?,
         trace: codec::decode_trace(r.get(21)?),
         progress: codec::decode_progress(r.get::<_, Option<Vec<u8>>>(22)?.as_deref()),
+        checkpoint: r
+            .get::<_, Option<Vec<u8>>>(23)?
+            .map(Bytes::from)
+            .unwrap_or_default(),
     })
 }
 

@@ -292,7 +292,7 @@ pub(super) fn insert_one(
     });
     tx.prepare_cached(&format!(
         "INSERT INTO jobs ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -319,6 +319,7 @@ pub(super) fn insert_one(
             job.ordering_key,
             codec::encode_trace(&job.trace),
             job.progress.as_ref().map(codec::encode_progress),
+            (!job.checkpoint.is_empty()).then_some(job.checkpoint.as_ref()),
         ])
     })
     .map_err(map_err)?;

@@ -87,7 +87,7 @@ class LogLine(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., attempt: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "kind", "state", "attempt", "max_attempts", "priority", "idempotency_key", "labels", "created_at", "updated_at", "started_at", "finished_at", "next_attempt_at", "last_error", "result", "payload_size", "timeout", "result_truncated", "ordering_key", "traceparent", "progress")
+    __slots__ = ("id", "kind", "state", "attempt", "max_attempts", "priority", "idempotency_key", "labels", "created_at", "updated_at", "started_at", "finished_at", "next_attempt_at", "last_error", "result", "payload_size", "timeout", "result_truncated", "ordering_key", "traceparent", "progress", "checkpoint_size")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class Job(_message.Message):
     ORDERING_KEY_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SIZE_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     state: JobState
@@ -137,7 +138,8 @@ class Job(_message.Message):
     ordering_key: str
     traceparent: str
     progress: JobProgress
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_truncated: bool = ..., ordering_key: _Optional[str] = ..., traceparent: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ...) -> None: ...
+    checkpoint_size: int
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_truncated: bool = ..., ordering_key: _Optional[str] = ..., traceparent: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., checkpoint_size: _Optional[int] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
     __slots__ = ("kind", "payload", "idempotency_key", "priority", "max_attempts", "timeout", "run_at", "labels", "ordering_key")
@@ -308,14 +310,16 @@ class WorkerMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., complete: _Optional[_Union[Complete, _Mapping]] = ..., fail: _Optional[_Union[Fail, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., touch: _Optional[_Union[Touch, _Mapping]] = ...) -> None: ...
 
 class Touch(_message.Message):
-    __slots__ = ("job_id", "attempt", "extend_by")
+    __slots__ = ("job_id", "attempt", "extend_by", "checkpoint")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     EXTEND_BY_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     attempt: int
     extend_by: _duration_pb2.Duration
-    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., extend_by: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    checkpoint: bytes
+    def __init__(self, job_id: _Optional[str] = ..., attempt: _Optional[int] = ..., extend_by: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., checkpoint: _Optional[bytes] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("job_id", "attempt", "percent", "message", "details")
@@ -425,7 +429,7 @@ class Welcome(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Assign(_message.Message):
-    __slots__ = ("job", "payload", "deadline", "headers")
+    __slots__ = ("job", "payload", "deadline", "headers", "checkpoint")
     class HeadersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -437,11 +441,13 @@ class Assign(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_FIELD_NUMBER: _ClassVar[int]
     HEADERS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     job: Job
     payload: bytes
     deadline: _timestamp_pb2.Timestamp
     headers: _containers.ScalarMap[str, str]
-    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., payload: _Optional[bytes] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    checkpoint: bytes
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., payload: _Optional[bytes] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., headers: _Optional[_Mapping[str, str]] = ..., checkpoint: _Optional[bytes] = ...) -> None: ...
 
 class CancelJob(_message.Message):
     __slots__ = ("job_id", "attempt", "reason")
