@@ -80,6 +80,8 @@ pub struct WorkJob {
     /// The checkpoint an earlier attempt stored (`Assign.checkpoint`);
     /// empty for none.
     pub checkpoint: Bytes,
+    /// Its parents' outcomes (`Assign.parents`).
+    pub parents: Vec<crate::handlers::ParentResult>,
     /// Fires on `CancelJob` (cancelled, timed out, drained) and when the
     /// session is lost: the report would be stale, so stop.
     pub cancel: CancellationToken,
@@ -118,6 +120,7 @@ impl WorkJob {
             cancel: self.cancel.clone(),
             notes: self.notes.clone(),
             checkpoint: Bytes::new(),
+            parents: Vec::new(),
         }
     }
 }
@@ -400,6 +403,11 @@ fn work_job(
         cancel,
         notes,
         checkpoint: a.checkpoint.into(),
+        parents: a
+            .parents
+            .into_iter()
+            .filter_map(crate::handlers::ParentResult::from_proto)
+            .collect(),
     }
 }
 
@@ -527,6 +535,7 @@ pub async fn serve_command(
                 cancel: job.cancel,
                 notes: job.notes,
                 checkpoint: job.checkpoint,
+                parents: job.parents,
             };
             handler.run(ctx).await.map(|o| o.result)
         }

@@ -223,6 +223,11 @@ impl Engine {
             cancel: stop.clone(),
             notes,
             checkpoint: job.checkpoint.clone(),
+            parents: if job.parents.is_empty() {
+                Vec::new()
+            } else {
+                self.parent_results(job).await
+            },
         };
         // Its own task, so a panic is caught as a JoinError and fails only
         // this attempt.

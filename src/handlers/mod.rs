@@ -40,6 +40,72 @@ pub struct JobContext {
     pub notes: Notes,
     /// The checkpoint an earlier attempt stored; empty for none.
     pub checkpoint: Bytes,
+    /// Its parents' outcomes (depends_on order), results inlined up to
+    /// [`MAX_PARENT_RESULTS_BYTES`] in all.
+    pub parents: Vec<ParentResult>,
+}
+
+/// Parents' results inlined for one attempt, in all; past it the rest are
+/// named with `omitted` set (GetStatus reads them).
+pub const MAX_PARENT_RESULTS_BYTES: usize = 1024 * 1024;
+
+/// One parent's outcome, handed to its child's attempt (fan-in).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParentResult {
+    pub id: Uuid,
+    pub kind: String,
+    pub state: crate::job::JobState,
+    pub result: Bytes,
+    /// The result was not inlined (over the attempt's bound).
+    pub omitted: bool,
+}
+
+impl ParentResult {
+    pub fn to_proto(&self) -> crate::proto::ParentResult {
+        crate::proto::ParentResult {
+            id: self.id.to_string(),
+            kind: self.kind.clone(),
+            state: crate::api::convert::state_to_proto(self.state) as i32,
+            result: self.result.to_vec(),
+            result_omitted: self.omitted,
+        }
+    }
+
+    /// A remote worker's view of `Assign.parents`; `None` for a malformed
+    /// id.
+    pub fn from_proto(p: crate::proto::ParentResult) -> Option<ParentResult> {
+        let state = crate::proto::JobState::try_from(p.state).ok();
+        Some(ParentResult {
+            id: Uuid::try_parse(&p.id).ok()?,
+            kind: p.kind,
+            state: state
+                .and_then(crate::api::convert::state_from_proto)
+                .unwrap_or(crate::job::JobState::Succeeded),
+            result: p.result.into(),
+            omitted: p.result_omitted,
+        })
+    }
+
+    /// The parents of a job as its attempt gets them: `jobs` in order,
+    /// results inlined while they fit in [`MAX_PARENT_RESULTS_BYTES`].
+    pub fn from_jobs(jobs: impl IntoIterator<Item = crate::job::Job>) -> Vec<ParentResult> {
+        let mut budget = MAX_PARENT_RESULTS_BYTES;
+        jobs.into_iter()
+            .map(|j| {
+                let fits = j.result.len() <= budget;
+                if fits {
+                    budget -= j.result.len();
+                }
+                ParentResult {
+                    id: j.id,
+                    kind: j.kind,
+                    state: j.state,
+                    result: if fits { j.result } else { Bytes::new() },
+                    omitted: !fits,
+                }
+            })
+            .collect()
+    }
 }
 
 /// Longest progress message, in bytes (longer ones are cut).

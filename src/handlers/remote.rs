@@ -503,6 +503,11 @@ impl Workers {
                     .map(|(k, v)| (k.to_string(), v))
                     .collect(),
                 checkpoint: job.checkpoint.to_vec(),
+                parents: job
+                    .parents
+                    .iter()
+                    .map(super::ParentResult::to_proto)
+                    .collect(),
             })),
         };
         let bytes = prost::Message::encoded_len(&msg);

@@ -666,6 +666,29 @@ impl Store for PostgresStore {
         self.put_logs(id, attempt, lines, at, keep).await
     }
 
+    fn take_moved(&self) -> Vec<crate::store::deps::Moved> {
+        Vec::new()
+    }
+
+    async fn release_waiting(
+        &self,
+        _now: Micros,
+        _limit: usize,
+    ) -> Result<Vec<crate::store::deps::Moved>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn children(&self, id: Uuid, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        self.with_statement(
+            "SELECT child FROM job_deps WHERE parent = $1 LIMIT $2",
+            async |c, st| {
+                let rows = c.query(st, &[&id, &(limit as i64)]).await?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
+            },
+        )
+        .await
+    }
+
     async fn set_checkpoint(
         &self,
         id: Uuid,

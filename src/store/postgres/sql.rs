@@ -36,7 +36,7 @@ fn due(state: JobState, column: &str) -> String {
     ))
 }
 
-pub(super) const COUNT_WAITING: &str = "SELECT COUNT(*) FROM jobs WHERE state IN (0, 2)";
+pub(super) const COUNT_WAITING: &str = "SELECT COUNT(*) FROM jobs WHERE state IN (0, 2, 6)";
 
 pub(super) static GET: LazyLock<String> = LazyLock::new(|| select_cols("WHERE id = $1"));
 
@@ -155,7 +155,7 @@ pub(super) const NEXT_DUE: &str = "SELECT LEAST( \
 pub(super) const COUNTS: &str = "SELECT state, COUNT(*) FROM jobs GROUP BY state";
 
 pub(super) const COUNT_BY_KIND: &str =
-    "SELECT state, kind, COUNT(*) FROM jobs WHERE state IN (0, 1, 2) \
+    "SELECT state, kind, COUNT(*) FROM jobs WHERE state IN (0, 1, 2, 6) \
      GROUP BY state, kind";
 
 pub(super) const COUNT_FAILED_BY_KIND: &str =

@@ -55,6 +55,9 @@ pub(super) fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
             .get::<_, Option<Vec<u8>>>(23)?
             .map(Bytes::from)
             .unwrap_or_default(),
+        parents: codec::decode_ids(&r.get::<_, Option<Vec<u8>>>(24)?.unwrap_or_default()),
+        waiting_on: r.get(25)?,
+        on_parent_failure: codec::policy_from_code(r.get(26)?),
     })
 }
 
