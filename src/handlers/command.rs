@@ -16,6 +16,11 @@
 //! file holding the previous attempt's checkpoint (absent when none); what
 //! the command leaves there when it exits, failed or not, is handed to the
 //! next attempt. A command stopped by a timeout or cancel keeps none.
+//!
+//! Workflows: a job with parents gets `JOBD_PARENT_IDS` (space-separated,
+//! depends_on order; left out past 2,000 parents) and `JOBD_PARENTS_DIR`,
+//! a directory with one file per parent, named by its id, holding its
+//! result (results past the attempt's 1 MiB bound are not written).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -239,6 +244,51 @@ impl CheckpointFile {
     }
 }
 
+/// Parents' ids listed in `JOBD_PARENT_IDS` at most (an environment
+/// string is bounded by the kernel); with more, `JOBD_PARENTS_DIR` still
+/// holds every inlined result.
+const MAX_PARENT_IDS_IN_ENV: usize = 2000;
+
+/// `JOBD_PARENTS_DIR`: one file per parent whose result was inlined, named
+/// by its id, holding its result. Removed with the attempt.
+#[derive(Debug)]
+struct ParentsDir(Option<std::path::PathBuf>);
+
+impl ParentsDir {
+    fn create(job: &JobContext) -> std::io::Result<ParentsDir> {
+        if job.parents.is_empty() {
+            return Ok(ParentsDir(None));
+        }
+        let dir = std::env::temp_dir().join(format!("jobd-{}-{}.parents", job.id, job.attempt));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir)?;
+        let dir = ParentsDir(Some(dir));
+        if let Some(d) = &dir.0 {
+            for p in job.parents.iter().filter(|p| !p.omitted) {
+                std::fs::write(d.join(p.id.to_string()), &p.result)?;
+            }
+        }
+        Ok(dir)
+    }
+
+    fn env(&self, job: &JobContext, cmd: &mut Command) {
+        let Some(d) = &self.0 else { return };
+        cmd.env("JOBD_PARENTS_DIR", d);
+        if job.parents.len() <= MAX_PARENT_IDS_IN_ENV {
+            let ids: Vec<String> = job.parents.iter().map(|p| p.id.to_string()).collect();
+            cmd.env("JOBD_PARENT_IDS", ids.join(" "));
+        }
+    }
+}
+
+impl Drop for ParentsDir {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 impl Drop for CheckpointFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
@@ -303,7 +353,12 @@ impl CommandHandler {
         let checkpoint = CheckpointFile::create(job).map_err(|e| {
             HandlerError::retryable(format!("cannot write the checkpoint file: {e}"))
         })?;
-        let mut child = self.command(job, &checkpoint).spawn().map_err(|e| {
+        let parents = ParentsDir::create(job).map_err(|e| {
+            HandlerError::retryable(format!("cannot write the parents' results: {e}"))
+        })?;
+        let mut cmd = self.command(job, &checkpoint);
+        parents.env(job, &mut cmd);
+        let mut child = cmd.spawn().map_err(|e| {
             HandlerError::permanent(format!("cannot start {:?}: {e}", self.argv[0]))
         })?;
         let pid = child.id().unwrap_or(0);

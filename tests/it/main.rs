@@ -40,3 +40,4 @@ mod tls;
 mod trace;
 mod watch_jobs;
 mod worker_protocol;
+mod workflows;
