@@ -358,3 +358,26 @@ impl Registry {
         self.handlers.get(kind).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parents' results are inlined while they fit the attempt's 1 MiB;
+    /// the rest are named with `omitted`, in order.
+    #[test]
+    fn parents_results_are_bounded() {
+        let job = |n: usize| {
+            let mut j = crate::job::NewJob::example().into_job();
+            j.id = Uuid::now_v7();
+            j.result = Bytes::from(vec![7; n]);
+            j
+        };
+        let half = MAX_PARENT_RESULTS_BYTES / 2;
+        let got = ParentResult::from_jobs([job(half), job(half + 1), job(half)]);
+        let omitted: Vec<bool> = got.iter().map(|p| p.omitted).collect();
+        assert_eq!(omitted, [false, true, false]);
+        assert!(got[1].result.is_empty());
+        assert_eq!(got[2].result.len(), half);
+    }
+}

@@ -41,3 +41,4 @@ mod trace;
 mod watch_jobs;
 mod worker_protocol;
 mod workflows;
+mod workflows_crash;

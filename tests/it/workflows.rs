@@ -372,3 +372,41 @@ async fn the_graph_shows_ancestors_and_descendants() {
     .unwrap();
     d.stop().await;
 }
+
+/// Fan-in to a remote worker: `Assign.parents` carries each parent's id,
+/// kind, state and result, in depends_on order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_worker_receives_its_parents_results() {
+    let kinds = format!("{KINDS}\n[kinds.r]\nhandler = \"remote\"\n");
+    let d = start_with(HEAD, &kinds).await;
+    let mut c = d.client().await;
+    let mut w = crate::remote::raw(&d.url(), crate::remote::hello(&["r"], 4))
+        .await
+        .unwrap();
+    let jobs = batch(
+        &mut c,
+        vec![
+            req("step", "left"),
+            req("step", "right"),
+            dep("r", &["$1", "$0"], false),
+        ],
+    )
+    .await;
+    let a = w.assign().await;
+    let got: Vec<(String, String, i32, Vec<u8>)> = a
+        .parents
+        .iter()
+        .map(|p| (p.id.clone(), p.kind.clone(), p.state, p.result.clone()))
+        .collect();
+    let ok = JobState::Succeeded as i32;
+    assert_eq!(
+        got,
+        [
+            (jobs[1].id.clone(), "step".into(), ok, b"right".to_vec()),
+            (jobs[0].id.clone(), "step".into(), ok, b"left".to_vec()),
+        ]
+    );
+    assert!(a.parents.iter().all(|p| !p.result_omitted));
+    drop(w);
+    d.stop().await;
+}
