@@ -655,6 +655,8 @@ mod tests {
             }),
             labels: [("team".to_string(), "a".to_string())].into(),
             ordering_key: "customer-7".into(),
+            depends_on: vec!["$0".into(), Uuid::now_v7().to_string()],
+            on_dependency_failure: proto::DependencyFailure::Run as i32,
         };
         vec![
             full.encode_to_vec(),
@@ -681,10 +683,14 @@ mod tests {
     fn decode_and_validate(bytes: &[u8], kind: &crate::config::KindSettings) {
         use prost::Message;
         if let Ok(req) = proto::SubmitRequest::decode(bytes) {
+            let _ = depends_on(&req.depends_on, req.on_dependency_failure, "", &[], 1000);
             let _ = submit(req, "", |k| (k == kind.name).then_some(kind));
         }
         if let Ok(b) = proto::SubmitBatchRequest::decode(bytes) {
+            let earlier = [Some(Uuid::now_v7()), None];
             for req in b.requests {
+                let policy = req.on_dependency_failure;
+                let _ = depends_on(&req.depends_on, policy, "requests[2].", &earlier, 3);
                 let _ = submit(req, "requests[0].", |_| Some(kind));
             }
         }

@@ -26,6 +26,7 @@ mod operations;
 mod operator;
 mod ordering;
 mod pg;
+mod pg_workflows;
 mod postgres;
 mod postgres_tls;
 mod python_client;
