@@ -51,16 +51,19 @@ pub enum JobState {
     Succeeded,
     Failed,
     Cancelled,
+    /// Some of its parents (depends_on) have not finished: never claimed.
+    Waiting,
 }
 
 impl JobState {
-    pub const ALL: [JobState; 6] = [
+    pub const ALL: [JobState; 7] = [
         JobState::Queued,
         JobState::Running,
         JobState::RetryWait,
         JobState::Succeeded,
         JobState::Failed,
         JobState::Cancelled,
+        JobState::Waiting,
     ];
 
     /// Terminal states never change again.
@@ -73,7 +76,10 @@ impl JobState {
 
     /// Waiting states count against the backlog bound.
     pub fn is_waiting(self) -> bool {
-        matches!(self, JobState::Queued | JobState::RetryWait)
+        matches!(
+            self,
+            JobState::Queued | JobState::RetryWait | JobState::Waiting
+        )
     }
 
     /// Stable lower-case name, used in storage, logs and the CLI.
@@ -85,6 +91,7 @@ impl JobState {
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
+            JobState::Waiting => "waiting",
         }
     }
 
@@ -139,6 +146,25 @@ pub struct Job {
     pub trace: Option<TraceContext>,
     /// How far it got, as its worker last reported; kept after it ends.
     pub progress: Option<Progress>,
+    /// Where an attempt got (a worker's Touch, a command's checkpoint
+    /// file), handed to the next attempt; empty for none.
+    pub checkpoint: Bytes,
+    /// The jobs it depends on (depends_on), in the order given.
+    pub parents: Vec<Uuid>,
+    /// Parents not finished yet; WAITING while above 0.
+    pub waiting_on: u32,
+    /// What a parent's FAILED or CANCELLED end does to it.
+    pub on_parent_failure: ParentFailure,
+}
+
+/// What a job does when one of its parents ends FAILED or CANCELLED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ParentFailure {
+    /// It becomes CANCELLED too, and so on down the graph.
+    #[default]
+    Cancel,
+    /// It runs once every parent is terminal, whatever their outcome.
+    Run,
 }
 
 /// How far a running job got (a worker's `Progress`). Written only for the
@@ -249,6 +275,9 @@ pub struct NewJob {
     /// so an idle daemon runs it without a separate claim commit. A store
     /// may ignore it (the job is then QUEUED as usual).
     pub start: Option<Duration>,
+    /// Jobs it waits for (existing ids; the API resolves `$N`).
+    pub parents: Vec<Uuid>,
+    pub on_parent_failure: ParentFailure,
 }
 
 impl NewJob {
@@ -279,6 +308,10 @@ impl NewJob {
             ordering_key: self.ordering_key,
             trace: self.trace,
             progress: None,
+            checkpoint: Bytes::new(),
+            parents: self.parents,
+            waiting_on: 0,
+            on_parent_failure: self.on_parent_failure,
         }
     }
 }
@@ -302,6 +335,8 @@ impl NewJob {
             ordering_key: None,
             trace: None,
             start: None,
+            parents: Vec::new(),
+            on_parent_failure: Default::default(),
         }
     }
 }

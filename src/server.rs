@@ -320,6 +320,8 @@ async fn recover(
     kind_names: &[String],
 ) -> Result<BTreeSet<String>, StoreError> {
     let recovered = store.recover(now_micros()).await?;
+    // Children moved by recovered jobs' ends: the counts below include them.
+    drop(store.take_moved());
     metrics.requeued("recovered", recovered.len());
     let mut unconfigured: BTreeMap<String, u64> = BTreeMap::new();
     for (state, kind, n) in store.count_by_kind().await? {

@@ -1,5 +1,7 @@
 //! Domain types to and from their protobuf forms.
 
+use uuid::Uuid;
+
 use crate::job::{Job, JobState, Micros};
 use crate::proto;
 
@@ -18,6 +20,7 @@ pub fn state_to_proto(s: JobState) -> proto::JobState {
         JobState::Succeeded => proto::JobState::Succeeded,
         JobState::Failed => proto::JobState::Failed,
         JobState::Cancelled => proto::JobState::Cancelled,
+        JobState::Waiting => proto::JobState::Waiting,
     }
 }
 
@@ -31,6 +34,7 @@ pub fn state_from_proto(s: proto::JobState) -> Option<JobState> {
         proto::JobState::Succeeded => JobState::Succeeded,
         proto::JobState::Failed => JobState::Failed,
         proto::JobState::Cancelled => JobState::Cancelled,
+        proto::JobState::Waiting => JobState::Waiting,
     })
 }
 
@@ -70,6 +74,13 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
             details: p.details.to_vec(),
             updated_at: Some(timestamp(p.updated_at)),
         }),
+        checkpoint_size: j.checkpoint.len() as u64,
+        parent_ids: j.parents.iter().map(Uuid::to_string).collect(),
+        waiting_on: j.waiting_on,
+        on_dependency_failure: match j.on_parent_failure {
+            crate::job::ParentFailure::Cancel => proto::DependencyFailure::Cancel,
+            crate::job::ParentFailure::Run => proto::DependencyFailure::Run,
+        } as i32,
     }
 }
 

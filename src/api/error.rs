@@ -98,6 +98,9 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(id) => ApiError::NotFound(id),
             EngineError::UnknownKind(k) => ApiError::UnknownKind(k),
             EngineError::UnknownSchedule(s) => ApiError::UnknownSchedule(s),
+            EngineError::UnknownParent(id) => {
+                ApiError::invalid("depends_on", format!("job {id} not found"))
+            }
             EngineError::BacklogFull { max } => ApiError::BacklogFull { max },
             EngineError::KeyConflict { key, existing_id } => {
                 ApiError::IdempotencyConflict { key, existing_id }

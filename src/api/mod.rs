@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod error;
+mod graph;
 pub mod logs;
 pub mod operations;
 pub mod places;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use futures_util::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
+use uuid::Uuid;
 
 use crate::engine::{Engine, EngineError};
 use crate::events::Subscription;
@@ -111,23 +113,40 @@ impl JobApi {
 
     /// Validates a submit, counting refusals; the job keeps the request's
     /// trace context.
+    /// `earlier`: the ids of a batch's entries before this one (`None`
+    /// for a refused entry), for `$N` in depends_on.
     fn validate(
         &self,
-        req: proto::SubmitRequest,
+        mut req: proto::SubmitRequest,
         prefix: &str,
         trace: &Option<TraceContext>,
+        earlier: &[Option<Uuid>],
     ) -> Result<crate::job::NewJob, ApiError> {
-        let mut new = validate::submit(req, prefix, |k| self.engine.kind(k)).inspect_err(|_| {
-            self.engine.metrics().reject("invalid_argument");
-        })?;
-        new.trace = trace.clone();
-        Ok(new)
+        let refs = std::mem::take(&mut req.depends_on);
+        let max = self.engine.max_parents();
+        let deps = validate::depends_on(&refs, req.on_dependency_failure, prefix, earlier, max);
+        let new = validate::submit(req, prefix, |k| self.engine.kind(k));
+        let r = match (new, deps) {
+            (Ok(mut new), Ok((parents, policy))) => {
+                new.parents = parents;
+                new.on_parent_failure = policy;
+                new.trace = trace.clone();
+                Ok(new)
+            }
+            (Err(ApiError::InvalidArgument(mut a)), Err(ApiError::InvalidArgument(b))) => {
+                a.extend(b);
+                Err(ApiError::InvalidArgument(a))
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        r.inspect_err(|_| self.engine.metrics().reject("invalid_argument"))
     }
 
     fn outcome(
         &self,
         o: InsertOutcome,
         key: Option<&str>,
+        prefix: &str,
     ) -> Result<proto::SubmitResponse, ApiError> {
         match o {
             InsertOutcome::Created(job) => Ok(proto::SubmitResponse {
@@ -145,6 +164,10 @@ impl JobApi {
             InsertOutcome::BacklogFull => Err(ApiError::BacklogFull {
                 max: self.engine_max_backlog(),
             }),
+            InsertOutcome::UnknownParent(id) => Err(ApiError::invalid(
+                format!("{prefix}depends_on"),
+                format!("job {id} not found (or, for $N, not stored)"),
+            )),
         }
     }
 
@@ -211,7 +234,7 @@ impl JobService for JobApi {
         let trace = trace_context(request.metadata());
         let req = request.into_inner();
         let key = req.idempotency_key.clone();
-        let new = self.validate(req, "", &trace)?;
+        let new = self.validate(req, "", &trace, &[])?;
         let mut out = self
             .engine
             .submit(vec![new])
@@ -220,7 +243,7 @@ impl JobService for JobApi {
         let o = out
             .pop()
             .ok_or_else(|| ApiError::Internal("store returned no outcome".into()))?;
-        Ok(Response::new(self.outcome(o, Some(&key))?))
+        Ok(Response::new(self.outcome(o, Some(&key), "")?))
     }
 
     async fn submit_batch(
@@ -246,15 +269,20 @@ impl JobService for JobApi {
             Vec::with_capacity(reqs.len());
         let mut accepted = Vec::new();
         let mut keys = Vec::new();
+        let mut ids = Vec::with_capacity(reqs.len());
         for (i, req) in reqs.into_iter().enumerate() {
             let key = req.idempotency_key.clone();
-            match self.validate(req, &format!("requests[{i}]."), &trace) {
+            match self.validate(req, &format!("requests[{i}]."), &trace, &ids) {
                 Ok(new) => {
+                    ids.push(Some(new.id));
                     accepted.push(new);
                     keys.push((i, key));
                     results.push(None);
                 }
-                Err(e) => results.push(Some(Err(e))),
+                Err(e) => {
+                    ids.push(None);
+                    results.push(Some(Err(e)));
+                }
             }
         }
         if !accepted.is_empty() {
@@ -264,7 +292,7 @@ impl JobService for JobApi {
                 .await
                 .map_err(|e| self.err(e))?;
             for ((i, key), o) in keys.into_iter().zip(out) {
-                results[i] = Some(self.outcome(o, Some(&key)));
+                results[i] = Some(self.outcome(o, Some(&key), &format!("requests[{i}].")));
             }
         }
         let results = results
@@ -280,6 +308,13 @@ impl JobService for JobApi {
             })
             .collect();
         Ok(Response::new(proto::SubmitBatchResponse { results }))
+    }
+
+    async fn get_job_graph(
+        &self,
+        request: Request<proto::GetJobGraphRequest>,
+    ) -> Result<Response<proto::GetJobGraphResponse>, Status> {
+        graph::get(self, request).await
     }
 
     async fn get_logs(

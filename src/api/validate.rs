@@ -48,6 +48,86 @@ fn timestamp_micros(t: &prost_types::Timestamp) -> Option<Micros> {
     Some(t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
 }
 
+/// A submit's `depends_on` and `on_dependency_failure`: each entry an
+/// existing job's id or `$N`, entry N of the same batch below this one
+/// (`earlier[N]`: its id, `None` when that entry was refused); at most
+/// `max` of them, no repeats.
+pub fn depends_on(
+    refs: &[String],
+    policy: i32,
+    prefix: &str,
+    earlier: &[Option<Uuid>],
+    max: usize,
+) -> Result<(Vec<Uuid>, crate::job::ParentFailure), ApiError> {
+    let mut v = Violations {
+        prefix,
+        list: Vec::new(),
+    };
+    let policy = match proto::DependencyFailure::try_from(policy) {
+        Ok(proto::DependencyFailure::Run) => crate::job::ParentFailure::Run,
+        Ok(_) => crate::job::ParentFailure::Cancel,
+        Err(_) => {
+            v.bad("on_dependency_failure", format!("unknown value {policy}"));
+            crate::job::ParentFailure::Cancel
+        }
+    };
+    if refs.len() > max {
+        let m = format!(
+            "{} parents is over the limit of {max} (queue.max_parents)",
+            refs.len()
+        );
+        v.bad("depends_on", m);
+    }
+    let mut parents = Vec::with_capacity(refs.len().min(max));
+    for (i, r) in refs.iter().enumerate().take(max) {
+        let field = format!("depends_on[{i}]");
+        let id = match r.strip_prefix('$') {
+            Some(n) => match n.parse::<usize>() {
+                Ok(n) if n < earlier.len() => match earlier[n] {
+                    Some(id) => Some(id),
+                    None => {
+                        v.bad(&field, format!("entry {n} of this batch was refused"));
+                        None
+                    }
+                },
+                _ if earlier.is_empty() && prefix.is_empty() => {
+                    v.bad(
+                        &field,
+                        format!("{r:?}: $N names an earlier entry of a SubmitBatch"),
+                    );
+                    None
+                }
+                _ => {
+                    let m = format!(
+                        "{r:?}: $N must name an earlier entry (N below {})",
+                        earlier.len()
+                    );
+                    v.bad(&field, m);
+                    None
+                }
+            },
+            None => match Uuid::try_parse(r) {
+                Ok(id) => Some(id),
+                Err(_) => {
+                    v.bad(&field, format!("{r:?} is not a job id (a UUID) nor $N"));
+                    None
+                }
+            },
+        };
+        if let Some(id) = id {
+            if parents.contains(&id) {
+                v.bad(&field, format!("{r:?} is given twice"));
+            }
+            parents.push(id);
+        }
+    }
+    if v.list.is_empty() {
+        Ok((parents, policy))
+    } else {
+        Err(ApiError::InvalidArgument(v.list))
+    }
+}
+
 /// Validates one submit. `prefix` names the field's place in a batch
 /// (`requests[3].`); `lookup` finds a configured kind. Every violation is
 /// reported, not just the first.
@@ -101,6 +181,8 @@ pub fn submit<'a>(
         ordering_key: Some(req.ordering_key).filter(|k| !k.is_empty()),
         trace: None,
         start: None,
+        parents: Vec::new(),
+        on_parent_failure: Default::default(),
     })
 }
 
@@ -573,6 +655,8 @@ mod tests {
             }),
             labels: [("team".to_string(), "a".to_string())].into(),
             ordering_key: "customer-7".into(),
+            depends_on: vec!["$0".into(), Uuid::now_v7().to_string()],
+            on_dependency_failure: proto::DependencyFailure::Run as i32,
         };
         vec![
             full.encode_to_vec(),
@@ -599,10 +683,14 @@ mod tests {
     fn decode_and_validate(bytes: &[u8], kind: &crate::config::KindSettings) {
         use prost::Message;
         if let Ok(req) = proto::SubmitRequest::decode(bytes) {
+            let _ = depends_on(&req.depends_on, req.on_dependency_failure, "", &[], 1000);
             let _ = submit(req, "", |k| (k == kind.name).then_some(kind));
         }
         if let Ok(b) = proto::SubmitBatchRequest::decode(bytes) {
+            let earlier = [Some(Uuid::now_v7()), None];
             for req in b.requests {
+                let policy = req.on_dependency_failure;
+                let _ = depends_on(&req.depends_on, policy, "requests[2].", &earlier, 3);
                 let _ = submit(req, "requests[0].", |_| Some(kind));
             }
         }

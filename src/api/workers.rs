@@ -33,14 +33,14 @@ pub const MAX_WORKER_ID_BYTES: usize = 256;
 pub const MAX_WORKER_KINDS: usize = 64;
 /// Longest error text kept from a `Fail` (the job's `last_error`).
 pub const MAX_FAIL_ERROR_BYTES: usize = 4096;
-/// Longest `Progress.message`, in bytes.
-pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 256;
-/// Longest `Progress.details`, in bytes.
-pub const MAX_PROGRESS_DETAILS_BYTES: usize = 4096;
 /// Most lines in one `Log` message.
 pub const MAX_LOG_LINES_PER_MESSAGE: usize = 1000;
-/// Longest log line, in bytes.
-pub const MAX_LOG_LINE_BYTES: usize = 4096;
+/// The same bounds as local handlers': `Progress.message`,
+/// `Progress.details`, a log line, `Touch.checkpoint`.
+pub use crate::handlers::{
+    MAX_CHECKPOINT_BYTES, MAX_LOG_LINE_BYTES, MAX_PROGRESS_DETAILS_BYTES,
+    MAX_PROGRESS_MESSAGE_BYTES,
+};
 
 /// Longest `Fail.retry_after` honoured (as the http handler caps
 /// Retry-After): a worker cannot park a job for years.
@@ -196,10 +196,26 @@ async fn long_running(
                 .transpose()
                 .map_err(|_| ApiError::invalid("touch.extend_by", "must not be negative"))?
                 .unwrap_or_default();
-            let deadline = match held(workers, session, &t.job_id, t.attempt) {
+            if t.checkpoint
+                .as_ref()
+                .is_some_and(|c| c.len() > MAX_CHECKPOINT_BYTES)
+            {
+                let m = format!("at most {MAX_CHECKPOINT_BYTES} bytes");
+                return Err(ApiError::invalid("touch.checkpoint", m).into());
+            }
+            let mut deadline = match held(workers, session, &t.job_id, t.attempt) {
                 Some(id) => engine.touch(id, t.attempt, extend_by).await,
                 None => None,
             };
+            // The ack waits for the checkpoint's commit: not stale means kept.
+            if let (Some(at), Some(c)) = (deadline, t.checkpoint) {
+                let id = Uuid::try_parse(&t.job_id).ok();
+                let kept = match id {
+                    Some(id) => engine.save_checkpoint(id, t.attempt, c.into()).await,
+                    None => false,
+                };
+                deadline = kept.then_some(at);
+            }
             let ack = message(server_message::Msg::TouchAck(proto::TouchAck {
                 job_id: t.job_id,
                 attempt: t.attempt,

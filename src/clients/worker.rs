@@ -77,6 +77,11 @@ pub struct WorkJob {
     pub deadline: Option<SystemTime>,
     /// The submitter's trace context, from `Assign.headers`.
     pub trace: Option<crate::job::TraceContext>,
+    /// The checkpoint an earlier attempt stored (`Assign.checkpoint`);
+    /// empty for none.
+    pub checkpoint: Bytes,
+    /// Its parents' outcomes (`Assign.parents`).
+    pub parents: Vec<crate::handlers::ParentResult>,
     /// Fires on `CancelJob` (cancelled, timed out, drained) and when the
     /// session is lost: the report would be stale, so stop.
     pub cancel: CancellationToken,
@@ -97,6 +102,12 @@ impl WorkJob {
         self.context_notes().log(lines);
     }
 
+    /// Stores where the job got for its next attempt (a `Touch` with the
+    /// checkpoint; see [`crate::handlers::JobContext::save_checkpoint`]).
+    pub fn save_checkpoint(&self, checkpoint: impl Into<Bytes>) {
+        self.context_notes().save_checkpoint(checkpoint);
+    }
+
     fn context_notes(&self) -> crate::handlers::JobContext {
         crate::handlers::JobContext {
             id: uuid::Uuid::nil(),
@@ -108,6 +119,8 @@ impl WorkJob {
             trace: None,
             cancel: self.cancel.clone(),
             notes: self.notes.clone(),
+            checkpoint: Bytes::new(),
+            parents: Vec::new(),
         }
     }
 }
@@ -135,6 +148,12 @@ fn session_notes(
                 job_id: job_id.clone(),
                 attempt,
                 lines,
+            }),
+            crate::handlers::Note::Checkpoint(c) => worker_message::Msg::Touch(proto::Touch {
+                job_id: job_id.clone(),
+                attempt,
+                extend_by: None,
+                checkpoint: Some(c.to_vec()),
             }),
         };
         let _ = tx.try_send(msg(m));
@@ -383,6 +402,12 @@ fn work_job(
         ),
         cancel,
         notes,
+        checkpoint: a.checkpoint.into(),
+        parents: a
+            .parents
+            .into_iter()
+            .filter_map(crate::handlers::ParentResult::from_proto)
+            .collect(),
     }
 }
 
@@ -509,6 +534,8 @@ pub async fn serve_command(
                 trace: job.trace,
                 cancel: job.cancel,
                 notes: job.notes,
+                checkpoint: job.checkpoint,
+                parents: job.parents,
             };
             handler.run(ctx).await.map(|o| o.result)
         }

@@ -38,6 +38,8 @@ pub const DEFAULT_MAX_BACKLOG: u64 = 100_000;
 pub const DEFAULT_WORKERS: usize = 16;
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_BATCH: usize = 1000;
+/// Parents (depends_on) one job may have.
+pub const DEFAULT_MAX_PARENTS: usize = 1000;
 pub const DEFAULT_MAX_WATCHERS: usize = 10_000;
 pub const DEFAULT_DISPATCH_CHANNEL: usize = 1024;
 pub const DEFAULT_MAX_MEMORY_BYTES: u64 = 256 * 1024 * 1024;
@@ -216,6 +218,9 @@ pub struct QueueConfig {
     pub max_payload_bytes: usize,
     /// Most entries in one SubmitBatch; more is INVALID_ARGUMENT.
     pub max_batch: usize,
+    /// Most parents (depends_on) one job may have; more is
+    /// INVALID_ARGUMENT (1..=100000).
+    pub max_parents: usize,
     /// Open WatchStatus streams at most; past it RESOURCE_EXHAUSTED.
     pub max_watchers: usize,
     /// Wake-up hints queued for the dispatcher at most; when full, hints are
@@ -234,6 +239,7 @@ impl Default for QueueConfig {
             workers: DEFAULT_WORKERS,
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
             max_batch: DEFAULT_MAX_BATCH,
+            max_parents: DEFAULT_MAX_PARENTS,
             max_watchers: DEFAULT_MAX_WATCHERS,
             dispatch_channel: DEFAULT_DISPATCH_CHANNEL,
             max_memory_bytes: DEFAULT_MAX_MEMORY_BYTES,

@@ -186,6 +186,7 @@ impl QueueConfig {
             ("queue.max_backlog", q.max_backlog),
             ("queue.max_payload_bytes", q.max_payload_bytes as u64),
             ("queue.max_batch", q.max_batch as u64),
+            ("queue.max_parents", q.max_parents as u64),
             ("queue.max_watchers", q.max_watchers as u64),
             ("queue.dispatch_channel", q.dispatch_channel as u64),
         ] {
@@ -214,6 +215,9 @@ impl QueueConfig {
         }
         if q.max_batch > 10_000 {
             return Err(invalid("queue.max_batch", "at most 10000"));
+        }
+        if q.max_parents > 100_000 {
+            return Err(invalid("queue.max_parents", "at most 100000"));
         }
         Ok(())
     }

@@ -147,13 +147,23 @@ impl Engine {
         let (queued, done) = (written.queued.clone(), written.done.clone());
         // Bounded: a handler that logs faster than the store writes loses
         // lines (log writes are the first dropped), never memory.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<String>>(LOG_BATCHES_QUEUED);
+        // Checkpoints take the same queue, so they are written in order
+        // with the lines and before the outcome.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<crate::handlers::Note>(LOG_BATCHES_QUEUED);
         let writer = engine.clone();
         tokio::spawn(async move {
-            while let Some(lines) = rx.recv().await {
+            while let Some(note) = rx.recv().await {
                 let Some(e) = writer.upgrade() else { return };
-                if let Err(err) = e.append_logs(id, attempt, lines).await {
-                    tracing::debug!(job = %id, error = %err, "log lines not written");
+                match note {
+                    crate::handlers::Note::Checkpoint(c) => {
+                        e.save_checkpoint(id, attempt, c).await;
+                    }
+                    crate::handlers::Note::Log(lines) => {
+                        if let Err(err) = e.append_logs(id, attempt, lines).await {
+                            tracing::debug!(job = %id, error = %err, "log lines not written");
+                        }
+                    }
+                    crate::handlers::Note::Progress { .. } => {}
                 }
                 if queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
                     done.notify_waiters();
@@ -177,9 +187,9 @@ impl Engine {
                     e.progress(id, attempt, p);
                 }
             }
-            crate::handlers::Note::Log(lines) => {
+            note @ (crate::handlers::Note::Log(_) | crate::handlers::Note::Checkpoint(_)) => {
                 queued.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-                if tx.try_send(lines).is_err() {
+                if tx.try_send(note).is_err() {
                     queued.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                 }
             }
@@ -212,6 +222,12 @@ impl Engine {
             trace: span.map(|s| s.context()).or_else(|| job.trace.clone()),
             cancel: stop.clone(),
             notes,
+            checkpoint: job.checkpoint.clone(),
+            parents: if job.parents.is_empty() {
+                Vec::new()
+            } else {
+                self.parent_results(job).await
+            },
         };
         // Its own task, so a panic is caught as a JoinError and fails only
         // this attempt.

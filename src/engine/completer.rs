@@ -139,6 +139,8 @@ impl Engine {
                             }
                         }
                     }
+                    // Children the outcomes released, after their parents.
+                    self.publish_moved();
                     group = failed;
                     if group.is_empty() {
                         return;

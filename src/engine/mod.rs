@@ -18,6 +18,7 @@ pub mod progress;
 pub mod retry;
 mod scheduler;
 mod sweeper;
+pub mod workflows;
 
 pub use scheduler::ScheduleStatus;
 mod attempt;
@@ -65,6 +66,8 @@ pub enum EngineError {
     UnknownSchedule(String),
     #[error("backlog is full ({max} jobs waiting)")]
     BacklogFull { max: u64 },
+    #[error("depends_on: job {0} not found")]
+    UnknownParent(Uuid),
     #[error("idempotency key {key:?} is used by job {existing_id} for another request")]
     KeyConflict { key: String, existing_id: Uuid },
     #[error(transparent)]
@@ -271,6 +274,7 @@ impl Engine {
                 write_failing: AtomicBool::new(false),
                 disk: crate::disk_reserve::DiskGuard::for_config(config),
                 max_backlog: config.queue.max_backlog,
+                max_parents: config.queue.max_parents,
             },
             attempts: Attempts {
                 progress: Default::default(),
@@ -344,6 +348,11 @@ impl Engine {
 
     pub fn max_backlog(&self) -> u64 {
         self.intake.max_backlog
+    }
+
+    /// Parents (depends_on) one job may have (`queue.max_parents`).
+    pub fn max_parents(&self) -> usize {
+        self.intake.max_parents
     }
 
     /// Why submits are refused for disk space, if they are.
@@ -448,6 +457,7 @@ impl Engine {
                 InsertOutcome::Deduplicated(job) => self.metrics.deduplicated(job),
                 InsertOutcome::Conflict { .. } => self.metrics.reject("idempotency_conflict"),
                 InsertOutcome::BacklogFull => self.metrics.reject("backlog_full"),
+                InsertOutcome::UnknownParent(_) => self.metrics.reject("unknown_parent"),
             }
             // Slots held for a job that was not created go back.
             wake |= slots.is_some();
@@ -509,6 +519,7 @@ impl Engine {
         let out = self.store.cancel(id, now_micros()).await?;
         if let CancelOutcome::Cancelled { job, prev } = &out {
             self.changed(Some(*prev), job);
+            self.publish_moved();
             if *prev == JobState::Running {
                 // The worker may not have started yet: the token is made
                 // here then, already cancelled, and the worker picks it up.

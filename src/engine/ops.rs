@@ -92,6 +92,7 @@ impl Engine {
                 any = true;
             }
         }
+        self.publish_moved();
         if any {
             self.hint();
         }

@@ -36,6 +36,8 @@ pub(super) struct Intake {
     /// outcomes and the rest are still written.
     pub(super) disk: Option<Arc<crate::disk_reserve::DiskGuard>>,
     pub(super) max_backlog: u64,
+    /// Parents (depends_on) one job may have.
+    pub(super) max_parents: usize,
 }
 
 /// The attempts running here.

@@ -145,6 +145,20 @@ impl Engine {
         Some(now_deadline)
     }
 
+    /// Stores the checkpoint of `(id, attempt)` for the job's next attempt;
+    /// false when that attempt no longer holds the job or the write failed
+    /// (the worker is told its checkpoint was not kept).
+    pub async fn save_checkpoint(&self, id: Uuid, attempt: u32, checkpoint: bytes::Bytes) -> bool {
+        self.heard(id, attempt);
+        match self.store.set_checkpoint(id, attempt, checkpoint).await {
+            Ok(kept) => kept,
+            Err(e) => {
+                tracing::debug!(job = %id, error = %e, "checkpoint not written");
+                false
+            }
+        }
+    }
+
     /// Until the attempt has said nothing for `silence` (see [`Self::heard`]);
     /// never without a limit.
     pub(super) async fn silent_for(

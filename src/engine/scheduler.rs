@@ -211,6 +211,8 @@ impl Engine {
             ordering_key: None,
             trace: None,
             start: None,
+            parents: Vec::new(),
+            on_parent_failure: Default::default(),
         };
         let out = self.submit(vec![job]).await?.pop();
         let job = match out {
@@ -219,6 +221,7 @@ impl Engine {
                 j
             }
             Some(InsertOutcome::Deduplicated(j)) => j,
+            Some(InsertOutcome::UnknownParent(id)) => return Err(EngineError::UnknownParent(id)),
             Some(InsertOutcome::BacklogFull) => {
                 return Err(EngineError::BacklogFull {
                     max: self.intake.max_backlog,

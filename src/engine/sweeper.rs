@@ -98,6 +98,7 @@ impl Engine {
                     self.changed(Some(JobState::Running), j);
                 }
                 self.metrics.requeued("lease_expired", expired.len());
+                self.publish_moved();
             }
             Err(e) => {
                 if let Some(held_back) = SWEEP_LOG.admit() {
@@ -105,6 +106,7 @@ impl Engine {
                 }
             }
         }
+        self.release_waiting(now).await;
         // Due delayed jobs, promoted retries, or a hint that was dropped:
         // one claim attempt a sweep covers them all.
         self.hint();

@@ -10,6 +10,17 @@
 //! environment ([`kill_strays`]). Only a process that also clears its
 //! environment outlives its job; run under an init (`docker run --init`)
 //! so the system reaps such orphans.
+//!
+//! Long-running commands: each stderr line is a log line (`::progress N
+//! message` sets the progress instead), and `JOBD_CHECKPOINT_FILE` names a
+//! file holding the previous attempt's checkpoint (absent when none); what
+//! the command leaves there when it exits, failed or not, is handed to the
+//! next attempt. A command stopped by a timeout or cancel keeps none.
+//!
+//! Workflows: a job with parents gets `JOBD_PARENT_IDS` (space-separated,
+//! depends_on order; left out past 2,000 parents) and `JOBD_PARENTS_DIR`,
+//! a directory with one file per parent, named by its id, holding its
+//! result (results past the attempt's 1 MiB bound are not written).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -191,14 +202,108 @@ async fn read_stderr(mut r: impl AsyncRead + Unpin, cap: usize, job: JobContext)
     out
 }
 
+/// The file named by `JOBD_CHECKPOINT_FILE`: it holds the previous
+/// attempt's checkpoint (absent when there is none) and whatever the
+/// command leaves in it when it exits is the next attempt's. Removed with
+/// the attempt.
+#[derive(Debug)]
+struct CheckpointFile(std::path::PathBuf);
+
+impl CheckpointFile {
+    fn create(job: &JobContext) -> std::io::Result<CheckpointFile> {
+        let name = format!("jobd-{}-{}.checkpoint", job.id, job.attempt);
+        let file = CheckpointFile(std::env::temp_dir().join(name));
+        let _ = std::fs::remove_file(&file.0);
+        if !job.checkpoint.is_empty() {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&file.0)?;
+            std::io::Write::write_all(&mut f, &job.checkpoint)?;
+        }
+        Ok(file)
+    }
+
+    /// Hands what the command left, if it changed, to the next attempt.
+    async fn collect(&self, job: &JobContext) {
+        let limit = crate::handlers::MAX_CHECKPOINT_BYTES as u64 + 1;
+        let path = self.0.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut buf = Vec::new();
+            let f = std::fs::File::open(path).ok()?;
+            std::io::Read::read_to_end(&mut std::io::Read::take(f, limit), &mut buf).ok()?;
+            Some(buf)
+        });
+        if let Ok(Some(buf)) = read.await {
+            if buf != job.checkpoint {
+                job.save_checkpoint(buf);
+            }
+        }
+    }
+}
+
+/// Parents' ids listed in `JOBD_PARENT_IDS` at most (an environment
+/// string is bounded by the kernel); with more, `JOBD_PARENTS_DIR` still
+/// holds every inlined result.
+const MAX_PARENT_IDS_IN_ENV: usize = 2000;
+
+/// `JOBD_PARENTS_DIR`: one file per parent whose result was inlined, named
+/// by its id, holding its result. Removed with the attempt.
+#[derive(Debug)]
+struct ParentsDir(Option<std::path::PathBuf>);
+
+impl ParentsDir {
+    fn create(job: &JobContext) -> std::io::Result<ParentsDir> {
+        if job.parents.is_empty() {
+            return Ok(ParentsDir(None));
+        }
+        let dir = std::env::temp_dir().join(format!("jobd-{}-{}.parents", job.id, job.attempt));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir)?;
+        let dir = ParentsDir(Some(dir));
+        if let Some(d) = &dir.0 {
+            for p in job.parents.iter().filter(|p| !p.omitted) {
+                std::fs::write(d.join(p.id.to_string()), &p.result)?;
+            }
+        }
+        Ok(dir)
+    }
+
+    fn env(&self, job: &JobContext, cmd: &mut Command) {
+        let Some(d) = &self.0 else { return };
+        cmd.env("JOBD_PARENTS_DIR", d);
+        if job.parents.len() <= MAX_PARENT_IDS_IN_ENV {
+            let ids: Vec<String> = job.parents.iter().map(|p| p.id.to_string()).collect();
+            cmd.env("JOBD_PARENT_IDS", ids.join(" "));
+        }
+    }
+}
+
+impl Drop for ParentsDir {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+impl Drop for CheckpointFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 impl CommandHandler {
-    fn command(&self, job: &JobContext) -> Command {
+    fn command(&self, job: &JobContext, checkpoint: &CheckpointFile) -> Command {
         let mut cmd = Command::new(&self.argv[0]);
         cmd.args(&self.argv[1..])
             .envs(&self.env)
             .env("JOBD_JOB_ID", job.id.to_string())
             .env("JOBD_ATTEMPT", job.attempt.to_string())
             .env("JOBD_KIND", &job.kind)
+            .env("JOBD_CHECKPOINT_FILE", &checkpoint.0)
             // Only the job's own context: never one jobd itself inherited.
             .env_remove("TRACEPARENT")
             .env_remove("TRACESTATE")
@@ -245,7 +350,15 @@ impl Handler for CommandHandler {
 
 impl CommandHandler {
     async fn run_attempt(&self, job: &JobContext) -> Result<Output, HandlerError> {
-        let mut child = self.command(job).spawn().map_err(|e| {
+        let checkpoint = CheckpointFile::create(job).map_err(|e| {
+            HandlerError::retryable(format!("cannot write the checkpoint file: {e}"))
+        })?;
+        let parents = ParentsDir::create(job).map_err(|e| {
+            HandlerError::retryable(format!("cannot write the parents' results: {e}"))
+        })?;
+        let mut cmd = self.command(job, &checkpoint);
+        parents.env(job, &mut cmd);
+        let mut child = cmd.spawn().map_err(|e| {
             HandlerError::permanent(format!("cannot start {:?}: {e}", self.argv[0]))
         })?;
         let pid = child.id().unwrap_or(0);
@@ -295,6 +408,7 @@ impl CommandHandler {
         let stderr = String::from_utf8_lossy(&err.unwrap_or_default())
             .trim()
             .to_string();
+        checkpoint.collect(job).await;
         let status =
             status.map_err(|e| HandlerError::retryable(format!("waiting for command: {e}")))?;
         if status.success() {

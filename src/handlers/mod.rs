@@ -35,8 +35,77 @@ pub struct JobContext {
     /// that hold outside resources should watch it and clean up; the engine
     /// stops waiting for the handler either way.
     pub cancel: CancellationToken,
-    /// Where [`JobContext::progress`] and [`JobContext::log`] go.
+    /// Where [`JobContext::progress`], [`JobContext::log`] and
+    /// [`JobContext::save_checkpoint`] go.
     pub notes: Notes,
+    /// The checkpoint an earlier attempt stored; empty for none.
+    pub checkpoint: Bytes,
+    /// Its parents' outcomes (depends_on order), results inlined up to
+    /// [`MAX_PARENT_RESULTS_BYTES`] in all.
+    pub parents: Vec<ParentResult>,
+}
+
+/// Parents' results inlined for one attempt, in all; past it the rest are
+/// named with `omitted` set (GetStatus reads them).
+pub const MAX_PARENT_RESULTS_BYTES: usize = 1024 * 1024;
+
+/// One parent's outcome, handed to its child's attempt (fan-in).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParentResult {
+    pub id: Uuid,
+    pub kind: String,
+    pub state: crate::job::JobState,
+    pub result: Bytes,
+    /// The result was not inlined (over the attempt's bound).
+    pub omitted: bool,
+}
+
+impl ParentResult {
+    pub fn to_proto(&self) -> crate::proto::ParentResult {
+        crate::proto::ParentResult {
+            id: self.id.to_string(),
+            kind: self.kind.clone(),
+            state: crate::api::convert::state_to_proto(self.state) as i32,
+            result: self.result.to_vec(),
+            result_omitted: self.omitted,
+        }
+    }
+
+    /// A remote worker's view of `Assign.parents`; `None` for a malformed
+    /// id.
+    pub fn from_proto(p: crate::proto::ParentResult) -> Option<ParentResult> {
+        let state = crate::proto::JobState::try_from(p.state).ok();
+        Some(ParentResult {
+            id: Uuid::try_parse(&p.id).ok()?,
+            kind: p.kind,
+            state: state
+                .and_then(crate::api::convert::state_from_proto)
+                .unwrap_or(crate::job::JobState::Succeeded),
+            result: p.result.into(),
+            omitted: p.result_omitted,
+        })
+    }
+
+    /// The parents of a job as its attempt gets them: `jobs` in order,
+    /// results inlined while they fit in [`MAX_PARENT_RESULTS_BYTES`].
+    pub fn from_jobs(jobs: impl IntoIterator<Item = crate::job::Job>) -> Vec<ParentResult> {
+        let mut budget = MAX_PARENT_RESULTS_BYTES;
+        jobs.into_iter()
+            .map(|j| {
+                let fits = j.result.len() <= budget;
+                if fits {
+                    budget -= j.result.len();
+                }
+                ParentResult {
+                    id: j.id,
+                    kind: j.kind,
+                    state: j.state,
+                    result: if fits { j.result } else { Bytes::new() },
+                    omitted: !fits,
+                }
+            })
+            .collect()
+    }
 }
 
 /// Longest progress message, in bytes (longer ones are cut).
@@ -45,6 +114,9 @@ pub const MAX_PROGRESS_MESSAGE_BYTES: usize = 256;
 pub const MAX_PROGRESS_DETAILS_BYTES: usize = 4096;
 /// Longest log line, in bytes (longer ones are cut).
 pub const MAX_LOG_LINE_BYTES: usize = 4096;
+/// Largest checkpoint, in bytes (a remote worker's larger one ends its
+/// session with INVALID_ARGUMENT; a local handler's is not kept).
+pub const MAX_CHECKPOINT_BYTES: usize = 64 * 1024;
 
 /// What an attempt says while it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +129,8 @@ pub enum Note {
     },
     /// Lines for the job's log.
     Log(Vec<String>),
+    /// Where the attempt got, for the next attempt to resume from.
+    Checkpoint(Bytes),
 }
 
 /// Where an attempt's notes go: the engine stores them for the attempt
@@ -119,6 +193,22 @@ impl JobContext {
         if !lines.is_empty() {
             self.notes.send(Note::Log(lines));
         }
+    }
+
+    /// Stores where the attempt got, for the next attempt (its
+    /// [`JobContext::checkpoint`]); written in order with the log lines,
+    /// before the attempt's outcome. One over [`MAX_CHECKPOINT_BYTES`] is
+    /// not kept (a log line says so).
+    pub fn save_checkpoint(&self, checkpoint: impl Into<Bytes>) {
+        let checkpoint = checkpoint.into();
+        if checkpoint.len() > MAX_CHECKPOINT_BYTES {
+            self.log([format!(
+                "jobd: checkpoint of {} bytes not kept (at most {MAX_CHECKPOINT_BYTES})",
+                checkpoint.len()
+            )]);
+            return;
+        }
+        self.notes.send(Note::Checkpoint(checkpoint));
     }
 }
 
@@ -266,5 +356,28 @@ impl Registry {
 
     pub fn get(&self, kind: &str) -> Option<Arc<dyn Handler>> {
         self.handlers.get(kind).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parents' results are inlined while they fit the attempt's 1 MiB;
+    /// the rest are named with `omitted`, in order.
+    #[test]
+    fn parents_results_are_bounded() {
+        let job = |n: usize| {
+            let mut j = crate::job::NewJob::example().into_job();
+            j.id = Uuid::now_v7();
+            j.result = Bytes::from(vec![7; n]);
+            j
+        };
+        let half = MAX_PARENT_RESULTS_BYTES / 2;
+        let got = ParentResult::from_jobs([job(half), job(half + 1), job(half)]);
+        let omitted: Vec<bool> = got.iter().map(|p| p.omitted).collect();
+        assert_eq!(omitted, [false, true, false]);
+        assert!(got[1].result.is_empty());
+        assert_eq!(got[2].result.len(), half);
     }
 }

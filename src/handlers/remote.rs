@@ -494,12 +494,19 @@ impl Workers {
                     attempt: job.attempt,
                     max_attempts: job.max_attempts,
                     payload_size: job.payload.len() as u64,
+                    checkpoint_size: job.checkpoint.len() as u64,
                     ..Default::default()
                 }),
                 payload: job.payload.to_vec(),
                 deadline: Some(deadline.into()),
                 headers: super::trace_headers(&job.trace)
                     .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+                checkpoint: job.checkpoint.to_vec(),
+                parents: job
+                    .parents
+                    .iter()
+                    .map(super::ParentResult::to_proto)
                     .collect(),
             })),
         };

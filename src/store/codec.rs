@@ -34,7 +34,7 @@ pub fn decode_trace(s: Option<String>) -> Option<TraceContext> {
 pub const COLS: &str = "id, kind, state, attempt, max_attempts, priority, idempotency_key, \
     request_hash, labels, payload, result, timeout_us, created_at, updated_at, started_at, \
     finished_at, next_attempt_at, lease_expires_at, last_error, sequence, ordering_key, trace, \
-    progress";
+    progress, checkpoint, parents, waiting_on, dep_policy";
 
 /// How many columns [`COLS`] names, counted from the text so the two cannot
 /// drift apart.
@@ -51,7 +51,8 @@ pub const COLS_LEN: usize = {
 };
 
 /// A state as stored: small integers in lifecycle order, so `state >= 3`
-/// means terminal in the partial indexes.
+/// means terminal in the partial indexes, except WAITING (6, added with
+/// workflows), which has no `finished_at` and so never matches them.
 /// One ListJobs page: only the filters asked for are in the SQL, so each
 /// combination is its own statement with its own index (a generic
 /// `(? IS NULL OR state = ?)` makes the planner scan the table). `mark(n)`
@@ -96,6 +97,7 @@ pub fn state_code(s: JobState) -> i16 {
         JobState::Succeeded => 3,
         JobState::Failed => 4,
         JobState::Cancelled => 5,
+        JobState::Waiting => 6,
     }
 }
 
@@ -103,6 +105,34 @@ pub fn state_from_code(code: i64) -> Option<JobState> {
     JobState::ALL
         .into_iter()
         .find(|s| i64::from(state_code(*s)) == code)
+}
+
+/// Job ids as their 16 bytes each, one after another (SQLite's `parents`).
+pub fn encode_ids(ids: &[Uuid]) -> Vec<u8> {
+    ids.iter().flat_map(|id| *id.as_bytes()).collect()
+}
+
+/// The ids [`encode_ids`] wrote; a trailing partial id is dropped.
+pub fn decode_ids(b: &[u8]) -> Vec<Uuid> {
+    b.chunks_exact(16)
+        .filter_map(|c| Uuid::from_slice(c).ok())
+        .collect()
+}
+
+/// What a parent's failure does, as stored (`dep_policy`).
+pub fn policy_code(p: crate::job::ParentFailure) -> i16 {
+    match p {
+        crate::job::ParentFailure::Cancel => 0,
+        crate::job::ParentFailure::Run => 1,
+    }
+}
+
+pub fn policy_from_code(code: i64) -> crate::job::ParentFailure {
+    if code == 1 {
+        crate::job::ParentFailure::Run
+    } else {
+        crate::job::ParentFailure::Cancel
+    }
 }
 
 /// Labels as length-prefixed key/value pairs: compact and needs no JSON.

@@ -71,6 +71,12 @@ struct Inner {
     by_key: HashMap<(String, String), KeyJobs>,
     /// Rated kinds' token buckets.
     buckets: HashMap<String, Bucket>,
+    /// Who depends on whom: children by parent.
+    children: HashMap<Uuid, Vec<Uuid>>,
+    /// WAITING jobs, for the sweeper's re-check.
+    waiting_jobs: BTreeSet<Uuid>,
+    /// Children moved by their parents' ends, not yet taken by the engine.
+    moved: Vec<super::deps::Moved>,
 }
 
 /// The unfinished jobs of one ordering key.
@@ -118,6 +124,7 @@ impl Inner {
                     set(&mut self.leases, (t, j.id), add);
                 }
             }
+            JobState::Waiting => set(&mut self.waiting_jobs, j.id, add),
             _ => {}
         }
         if let Some(key) = j.ordering_key.as_ref().filter(|_| !j.state.is_terminal()) {
@@ -160,10 +167,59 @@ impl Inner {
     }
 
     fn waiting(&self) -> u64 {
-        [JobState::Queued, JobState::RetryWait]
+        [JobState::Queued, JobState::RetryWait, JobState::Waiting]
             .iter()
             .map(|s| self.counts.get(s).copied().unwrap_or(0))
             .sum()
+    }
+
+    /// Each parent's id and state; `None` when one does not exist.
+    fn parent_states(&self, parents: &[Uuid]) -> Option<Vec<(Uuid, JobState)>> {
+        parents
+            .iter()
+            .map(|p| self.jobs.get(p).map(|e| (*p, e.job.state)))
+            .collect()
+    }
+
+    /// `job` just became terminal: its WAITING children move (released,
+    /// cancelled, or one parent fewer), and so on down the graph.
+    fn ended(&mut self, job: &Job, now: Micros) {
+        let mut ended = vec![(job.id, job.state)];
+        while let Some((parent, state)) = ended.pop() {
+            let children = self.children.get(&parent).cloned().unwrap_or_default();
+            for child in children {
+                let waits = self
+                    .jobs
+                    .get(&child)
+                    .is_some_and(|e| e.job.state == JobState::Waiting);
+                if !waits {
+                    continue;
+                }
+                let moved =
+                    self.update(child, |c| super::deps::parent_ended(c, parent, state, now));
+                if let Some((true, c)) = moved {
+                    if c.state.is_terminal() {
+                        ended.push((c.id, c.state));
+                    }
+                    let prev = JobState::Waiting;
+                    self.moved.push(super::deps::Moved { prev, job: c });
+                }
+            }
+        }
+    }
+
+    /// `job` left a terminal state (RetryJobs): children that still wait
+    /// count it as unfinished again.
+    fn reopened(&mut self, id: Uuid) {
+        for child in self.children.get(&id).cloned().unwrap_or_default() {
+            if let Some(e) = self
+                .jobs
+                .get_mut(&child)
+                .filter(|e| e.job.state == JobState::Waiting)
+            {
+                e.job.waiting_on += 1;
+            }
+        }
     }
 
     fn due(set: &BTreeSet<(Micros, Uuid)>, now: Micros, limit: usize) -> Vec<Uuid> {
@@ -224,9 +280,20 @@ impl Store for MemoryStore {
                 out.push(InsertOutcome::BacklogFull);
                 continue;
             }
-            let job = super::transition::create(new, now_micros(), |kind| {
+            let Some(parents) = g.parent_states(&new.parents) else {
+                let missing = new.parents.iter().find(|p| !g.jobs.contains_key(p));
+                out.push(InsertOutcome::UnknownParent(
+                    *missing.expect("one is missing"),
+                ));
+                continue;
+            };
+            let standing = super::deps::standing(new.on_parent_failure, parents);
+            let job = super::transition::create(new, now_micros(), standing, |kind| {
                 g.ready.get(kind).is_some_and(|r| !r.is_empty())
             });
+            for p in &job.parents {
+                g.children.entry(*p).or_default().push(job.id);
+            }
             if let Some(key) = &job.idempotency_key {
                 g.idempotency.insert(key.clone(), job.id);
             }
@@ -360,7 +427,12 @@ impl Store for MemoryStore {
         let mut g = self.lock()?;
         Ok(
             match g.update(id, |j| transition::finish(j, attempt, outcome, now)) {
-                Some((true, job)) => Some(job),
+                Some((true, job)) => {
+                    if job.state.is_terminal() {
+                        g.ended(&job, now);
+                    }
+                    Some(job)
+                }
                 _ => None,
             },
         )
@@ -379,6 +451,7 @@ impl Store for MemoryStore {
                 let (_, job) = g
                     .update(id, |j| transition::cancel(j, now))
                     .expect("job present");
+                g.ended(&job, now);
                 CancelOutcome::Cancelled { job, prev }
             }
         })
@@ -406,21 +479,29 @@ impl Store for MemoryStore {
     async fn expire_leases(&self, now: Micros, limit: usize) -> Result<Vec<Job>, StoreError> {
         let mut g = self.lock()?;
         let ids = Inner::due(&g.leases, now, limit);
-        Ok(ids
+        let lost: Vec<Job> = ids
             .into_iter()
             .filter_map(|id| g.update(id, |j| transition::lease_lost(j, now, "lease expired")))
             .map(|(_, j)| j)
-            .collect())
+            .collect();
+        for j in lost.iter().filter(|j| j.state.is_terminal()) {
+            g.ended(j, now);
+        }
+        Ok(lost)
     }
 
     async fn recover(&self, now: Micros) -> Result<Vec<Job>, StoreError> {
         let mut g = self.lock()?;
         let ids: Vec<Uuid> = g.leases.iter().map(|(_, id)| *id).collect();
-        Ok(ids
+        let lost: Vec<Job> = ids
             .into_iter()
             .filter_map(|id| g.update(id, |j| transition::lease_lost(j, now, "daemon stopped")))
             .map(|(_, j)| j)
-            .collect())
+            .collect();
+        for j in lost.iter().filter(|j| j.state.is_terminal()) {
+            g.ended(j, now);
+        }
+        Ok(lost)
     }
 
     async fn next_due_at(&self, after: Micros) -> Result<Option<Micros>, StoreError> {
@@ -478,9 +559,15 @@ impl Store for MemoryStore {
             let room = g.waiting() < max_backlog;
             out.push(match transition::decide_retry(found, room, now) {
                 transition::RetryDecision::Skip(skipped) => skipped,
-                transition::RetryDecision::Retry { job, prev, .. } => {
+                transition::RetryDecision::Retry { mut job, prev, .. } => {
+                    let parents = g.parent_states(&job.parents).unwrap_or_default();
+                    if !super::deps::replace(&mut job, parents, now) {
+                        out.push(RetryOutcome::NotRetryable(g.jobs[id].job.clone()));
+                        continue;
+                    }
                     // Stored through `update`, which keeps the indexes in step.
                     g.update(*id, |j| *j = job.clone());
+                    g.reopened(*id);
                     RetryOutcome::Retried { job, prev }
                 }
             });
@@ -576,6 +663,22 @@ impl Store for MemoryStore {
         Ok(Some(e.job.clone()))
     }
 
+    async fn set_checkpoint(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        checkpoint: bytes::Bytes,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock()?;
+        Ok(match g.jobs.get_mut(&id) {
+            Some(e) if e.job.state == JobState::Running && e.job.attempt == attempt => {
+                e.job.checkpoint = checkpoint;
+                true
+            }
+            _ => false,
+        })
+    }
+
     async fn append_logs(
         &self,
         id: Uuid,
@@ -660,6 +763,7 @@ impl Store for MemoryStore {
         for id in &ids {
             if let Some(e) = g.jobs.remove(id) {
                 g.keys(&e, false);
+                g.children.remove(id);
                 if let Some(k) = &e.job.idempotency_key {
                     g.idempotency.remove(k);
                 }
@@ -671,5 +775,49 @@ impl Store for MemoryStore {
     async fn close(&self) -> Result<(), StoreError> {
         self.closed.store(true, Ordering::Release);
         Ok(())
+    }
+
+    fn take_moved(&self) -> Vec<super::deps::Moved> {
+        self.lock()
+            .map(|mut g| std::mem::take(&mut g.moved))
+            .unwrap_or_default()
+    }
+
+    async fn release_waiting(
+        &self,
+        now: Micros,
+        limit: usize,
+    ) -> Result<Vec<super::deps::Moved>, StoreError> {
+        let mut g = self.lock()?;
+        let mut out = Vec::new();
+        let waiting: Vec<Uuid> = g.waiting_jobs.iter().copied().collect();
+        for id in waiting {
+            if out.len() >= limit {
+                break;
+            }
+            let parents = g.jobs[&id].job.parents.clone();
+            let states = g.parent_states(&parents).unwrap_or_default();
+            if states.iter().any(|(_, s)| !s.is_terminal()) {
+                continue;
+            }
+            if let Some((true, job)) = g.update(id, |j| super::deps::recheck(j, states, now)) {
+                if job.state.is_terminal() {
+                    g.ended(&job, now);
+                }
+                out.push(super::deps::Moved {
+                    prev: JobState::Waiting,
+                    job,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn children(&self, id: Uuid, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        let g = self.lock()?;
+        Ok(g.children
+            .get(&id)
+            .map(|c| c.iter().take(limit).copied().collect())
+            .unwrap_or_default())
     }
 }

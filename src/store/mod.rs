@@ -5,6 +5,7 @@
 //! [`transition`] so that every implementation applies the same ones.
 
 pub mod codec;
+pub mod deps;
 pub mod limits;
 pub mod memory;
 pub mod postgres;
@@ -134,6 +135,8 @@ pub enum InsertOutcome {
     },
     /// The backlog is at its bound; nothing was stored.
     BacklogFull,
+    /// A parent (depends_on) does not exist; nothing was stored.
+    UnknownParent(Uuid),
 }
 
 /// How an attempt ended, as the engine decided it.
@@ -389,6 +392,29 @@ pub trait Store: Send + Sync + 'static {
         lines: Vec<String>,
         at: Micros,
         keep: usize,
+    ) -> Result<bool, StoreError>;
+    /// Transitions this store made as consequences of others (children
+    /// released or cancelled by their parents' ends, in finish, cancel,
+    /// retry and the sweeps) since the last call, for the engine to
+    /// publish. Each is handed out once.
+    fn take_moved(&self) -> Vec<deps::Moved>;
+    /// Up to `limit` WAITING jobs whose parents are all terminal (a
+    /// release left undone) moved where their parents say.
+    async fn release_waiting(
+        &self,
+        now: Micros,
+        limit: usize,
+    ) -> Result<Vec<deps::Moved>, StoreError>;
+    /// Up to `limit` ids of the jobs that depend on `id`.
+    async fn children(&self, id: Uuid, limit: usize) -> Result<Vec<Uuid>, StoreError>;
+    /// Stores `checkpoint` as the job's (handed to its next attempt) if
+    /// `attempt` is its running attempt; false (and nothing written)
+    /// otherwise. Durable when it returns true.
+    async fn set_checkpoint(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        checkpoint: bytes::Bytes,
     ) -> Result<bool, StoreError>;
     /// Pushes the lease of `(id, attempt)` to at least `until` while that
     /// attempt runs (a worker's Touch moved its deadline); false when it no

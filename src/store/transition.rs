@@ -35,12 +35,22 @@ pub fn claim(job: &mut Job, now: Micros, lease_slack: std::time::Duration) {
 /// Creation, the first transition: the job record a submit stores, QUEUED,
 /// or RUNNING when `new.start` is set and `kind_has_ready` is false (see
 /// [`NewJob::start`]); the check is only asked for then.
-pub fn create(new: NewJob, now: Micros, kind_has_ready: impl FnOnce(&str) -> bool) -> Job {
+///
+/// `standing` is where its parents (if any) put it: a job that waits for
+/// them is created WAITING (and never started at once), one whose parent
+/// failed under CANCEL is created CANCELLED.
+pub fn create(
+    new: NewJob,
+    now: Micros,
+    standing: super::deps::Standing,
+    kind_has_ready: impl FnOnce(&str) -> bool,
+) -> Job {
     let start = new
         .start
         .filter(|_| new.run_at.is_none_or(|t| t <= new.created_at));
     let mut job = new.into_job();
-    if let Some(slack) = start {
+    let ready = super::deps::place(&mut job, standing, now);
+    if let Some(slack) = start.filter(|_| ready) {
         if !kind_has_ready(&job.kind) {
             let now = now.max(job.created_at);
             claim(&mut job, now, slack);

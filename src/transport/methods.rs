@@ -86,6 +86,7 @@ pub const RPCS: &[Rpc] = &[
         Some("GET /v1/jobs/{id}/logs"),
     ),
     rpc("/jobd.v1.JobService/WatchLogs", Roles(READ), None),
+    rpc("/jobd.v1.JobService/GetJobGraph", Roles(READ), None),
     rpc("/jobd.v1.WorkerService/Connect", Roles(WORKER), None),
     rpc(
         "/jobd.v1.AdminService/ListWorkers",

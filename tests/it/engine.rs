@@ -180,6 +180,27 @@ impl Store for GatedStore {
     ) -> Result<bool, StoreError> {
         self.inner.append_logs(id, attempt, lines, at, keep).await
     }
+    fn take_moved(&self) -> Vec<jobd::store::deps::Moved> {
+        self.inner.take_moved()
+    }
+    async fn release_waiting(
+        &self,
+        now: Micros,
+        limit: usize,
+    ) -> Result<Vec<jobd::store::deps::Moved>, StoreError> {
+        self.inner.release_waiting(now, limit).await
+    }
+    async fn children(&self, id: Uuid, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        self.inner.children(id, limit).await
+    }
+    async fn set_checkpoint(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        checkpoint: bytes::Bytes,
+    ) -> Result<bool, StoreError> {
+        self.inner.set_checkpoint(id, attempt, checkpoint).await
+    }
     async fn extend_lease(
         &self,
         id: Uuid,
@@ -256,6 +277,8 @@ fn echo_job() -> NewJob {
         ordering_key: None,
         trace: None,
         start: None,
+        parents: Vec::new(),
+        on_parent_failure: Default::default(),
     }
 }
 

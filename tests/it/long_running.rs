@@ -10,7 +10,7 @@ use crate::helpers::*;
 use crate::pg::PgSchema;
 use crate::remote::{hello, msg, raw, Raw};
 
-const HEAD: &str = "[workers]\nheartbeat_interval = \"1s\"\n";
+pub(crate) const HEAD: &str = "[workers]\nheartbeat_interval = \"1s\"\n";
 const KINDS: &str = "[kinds.r]\nhandler = \"remote\"\ntimeout = \"60s\"\n";
 
 fn progress(job_id: &str, attempt: u32, percent: u32, message: &str) -> proto::WorkerMessage {
@@ -35,7 +35,7 @@ fn log(
     }))
 }
 
-fn complete(job_id: &str, attempt: u32) -> proto::WorkerMessage {
+pub(crate) fn complete(job_id: &str, attempt: u32) -> proto::WorkerMessage {
     msg(worker_message::Msg::Complete(proto::Complete {
         job_id: job_id.into(),
         attempt,
@@ -272,6 +272,17 @@ async fn oversized_progress_and_log_fields_are_refused() {
             Box::new(|id, a| log(id, a, (0..1001).map(|i| i.to_string()))),
             "log.lines",
         ),
+        (
+            Box::new(|id, a| {
+                msg(worker_message::Msg::Touch(proto::Touch {
+                    job_id: id.into(),
+                    attempt: a,
+                    extend_by: None,
+                    checkpoint: Some(vec![0; 64 * 1024 + 1]),
+                }))
+            }),
+            "touch.checkpoint",
+        ),
     ];
     for (make, field) in cases {
         let (mut c, mut w, id, attempt) = held_job(&d).await;
@@ -290,7 +301,9 @@ async fn oversized_progress_and_log_fields_are_refused() {
         let bad = tonic_types::StatusExt::get_details_bad_request(&end).expect("BadRequest");
         assert_eq!(bad.field_violations[0].field, field);
         assert!(logs(&mut c, &id, 0, 0).await.is_empty());
-        assert!(status(&mut c, &id).await.progress.is_none());
+        let j = status(&mut c, &id).await;
+        assert!(j.progress.is_none());
+        assert_eq!(j.checkpoint_size, 0);
     }
     d.stop().await;
 }
@@ -498,10 +511,11 @@ fn touch(job_id: &str, attempt: u32, extend_by: Duration) -> proto::WorkerMessag
         job_id: job_id.into(),
         attempt,
         extend_by: prost_types::Duration::try_from(extend_by).ok(),
+        checkpoint: None,
     }))
 }
 
-async fn touch_ack(w: &mut Raw) -> proto::TouchAck {
+pub(crate) async fn touch_ack(w: &mut Raw) -> proto::TouchAck {
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), w.rx.message())
             .await

@@ -30,6 +30,8 @@ fn new_job(kind: &str, priority: i32) -> NewJob {
             tracestate: "a=1,b=2".into(),
         }),
         start: None,
+        parents: Vec::new(),
+        on_parent_failure: Default::default(),
     }
 }
 
@@ -692,6 +694,223 @@ pub async fn start_at_insert_only_when_nothing_of_its_kind_is_ready(s: SharedSto
     );
 }
 
+/// Long-running jobs: progress, log lines and a checkpoint are written for
+/// the running attempt only; the newest `keep` lines are kept; the
+/// checkpoint goes to the next attempt's claim.
+pub async fn progress_logs_and_checkpoints(s: SharedStore) {
+    let j = insert(&s, new_job("k", 0)).await;
+    let c = s.claim(&claim_req(1, &[("k", 1)])).await.unwrap().jobs;
+    assert_eq!(c.len(), 1);
+    assert!(c[0].checkpoint.is_empty());
+    let p = jobd::job::Progress {
+        percent: 40,
+        message: "m".into(),
+        details: Bytes::from_static(b"{}"),
+        updated_at: now_micros(),
+    };
+    let stored = s.set_progress(j.id, 1, p.clone()).await.unwrap().unwrap();
+    assert_eq!(stored.sequence, c[0].sequence + 1, "an event");
+    assert_eq!(stored.state, JobState::Running);
+    assert!(s.set_progress(j.id, 2, p.clone()).await.unwrap().is_none());
+    assert_eq!(s.get(j.id).await.unwrap().unwrap().progress, Some(p));
+    let lines = |r: std::ops::Range<u32>| r.map(|i| format!("l{i}")).collect::<Vec<_>>();
+    assert!(s
+        .append_logs(j.id, 1, lines(0..3), now_micros(), 4)
+        .await
+        .unwrap());
+    assert!(s
+        .append_logs(j.id, 1, lines(3..6), now_micros(), 4)
+        .await
+        .unwrap());
+    assert!(!s
+        .append_logs(j.id, 2, lines(6..7), now_micros(), 4)
+        .await
+        .unwrap());
+    let kept: Vec<(u64, String)> = s
+        .logs(j.id, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| (l.seq, l.text))
+        .collect();
+    assert_eq!(
+        kept,
+        (3..7)
+            .map(|i| (i, format!("l{}", i - 1)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        s.logs(j.id, 5, 1).await.unwrap()[0].seq,
+        6,
+        "pages after `after`"
+    );
+    assert!(s
+        .set_checkpoint(j.id, 1, Bytes::from_static(b"cp1"))
+        .await
+        .unwrap());
+    assert!(!s
+        .set_checkpoint(j.id, 2, Bytes::from_static(b"no"))
+        .await
+        .unwrap());
+    let retry = Outcome::Retry {
+        error: "e".into(),
+        at: now_micros() - 1,
+    };
+    s.finish(j.id, 1, retry, now_micros())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !s.set_checkpoint(j.id, 1, Bytes::from_static(b"late"))
+            .await
+            .unwrap(),
+        "not while the job waits"
+    );
+    s.promote_due(now_micros(), 10).await.unwrap();
+    let c2 = s.claim(&claim_req(1, &[("k", 1)])).await.unwrap().jobs;
+    assert_eq!((c2[0].attempt, &c2[0].checkpoint[..]), (2, &b"cp1"[..]));
+    assert_eq!(
+        s.get(j.id).await.unwrap().unwrap().checkpoint,
+        Bytes::from_static(b"cp1")
+    );
+}
+
+fn child(kind: &str, parents: &[Uuid], policy: jobd::job::ParentFailure) -> NewJob {
+    NewJob {
+        parents: parents.to_vec(),
+        on_parent_failure: policy,
+        ..new_job(kind, 0)
+    }
+}
+
+async fn get(s: &SharedStore, id: Uuid) -> jobd::job::Job {
+    s.get(id).await.unwrap().unwrap()
+}
+
+/// Claims `id` (kind `k` must hold only it as due) and ends it with `outcome`.
+async fn run_to(s: &SharedStore, id: Uuid, outcome: Outcome) -> jobd::job::Job {
+    let claimed = s
+        .claim(&claim_req(1000, &[("w", 1000)]))
+        .await
+        .unwrap()
+        .jobs;
+    assert!(claimed.iter().any(|j| j.id == id), "{id} claimed");
+    for j in claimed.iter().filter(|j| j.id != id) {
+        // Others claimed with it go back untouched (a drain's requeue).
+        let back = Outcome::Requeue {
+            reason: "test".into(),
+        };
+        s.finish(j.id, j.attempt, back, now_micros()).await.unwrap();
+    }
+    let a = claimed.iter().find(|j| j.id == id).unwrap().attempt;
+    s.finish(id, a, outcome, now_micros())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Workflows: WAITING until the parents end; a parent's end releases or
+/// cancels its children in the same write, down the graph (`take_moved`
+/// hands each such move out once); RUN waits for every parent whatever
+/// its outcome; RetryJobs re-evaluates a cancelled child; unknown parents
+/// are refused.
+pub async fn workflows_release_and_cascade(s: SharedStore) {
+    use jobd::job::ParentFailure::{Cancel, Run};
+    let ok = || Outcome::Succeeded {
+        result: Bytes::from_static(b"r"),
+    };
+    let failed = || Outcome::Failed {
+        error: "boom".into(),
+    };
+    let a = insert(&s, new_job("w", 0)).await;
+    let b = insert(&s, child("w", &[a.id], Cancel)).await;
+    assert_eq!(
+        (b.state, b.waiting_on, b.parents.clone()),
+        (JobState::Waiting, 1, vec![a.id])
+    );
+    let ghost = Uuid::now_v7();
+    let out = s
+        .insert(vec![child("w", &[a.id, ghost], Cancel)], u64::MAX)
+        .await
+        .unwrap();
+    assert!(
+        matches!(out[0], InsertOutcome::UnknownParent(id) if id == ghost),
+        "{out:?}"
+    );
+    assert_eq!(s.children(a.id, 10).await.unwrap(), vec![b.id]);
+    s.take_moved();
+    run_to(&s, a.id, ok()).await;
+    let moved = s.take_moved();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(
+        (moved[0].prev, moved[0].job.id, moved[0].job.state),
+        (JobState::Waiting, b.id, JobState::Queued)
+    );
+    assert!(s.take_moved().is_empty(), "handed out once");
+    run_to(&s, b.id, ok()).await;
+    // A diamond in one insert: x -> (y, z) -> d; x fails: all cancelled.
+    let x = new_job("w", 0);
+    let y = child("w", &[x.id], Cancel);
+    let z = child("w", &[x.id], Cancel);
+    let d = child("w", &[y.id, z.id], Cancel);
+    let ids = [x.id, y.id, z.id, d.id];
+    let out = s.insert(vec![x, y, z, d], u64::MAX).await.unwrap();
+    assert!(
+        out.iter().all(|o| matches!(o, InsertOutcome::Created(_))),
+        "{out:?}"
+    );
+    assert_eq!(get(&s, ids[3]).await.waiting_on, 2);
+    run_to(&s, ids[0], failed()).await;
+    for id in &ids[1..] {
+        let j = get(&s, *id).await;
+        assert_eq!(j.state, JobState::Cancelled, "{id}");
+        assert!(j.last_error.contains("dependency"), "{}", j.last_error);
+    }
+    assert_eq!(s.take_moved().len(), 3);
+    // Repair: retry x, then y and z (WAITING on x again), then d.
+    let retried = s.retry(&[ids[3]], now_micros(), u64::MAX).await.unwrap();
+    assert!(
+        matches!(retried[0], RetryOutcome::NotRetryable(_)),
+        "y, z still cancelled: {retried:?}"
+    );
+    s.retry(&ids[..3], now_micros(), u64::MAX).await.unwrap();
+    assert_eq!(get(&s, ids[1]).await.state, JobState::Waiting);
+    let r = s.retry(&[ids[3]], now_micros(), u64::MAX).await.unwrap();
+    assert!(
+        matches!(&r[0], RetryOutcome::Retried { job, .. } if job.state == JobState::Waiting && job.waiting_on == 2),
+        "{r:?}"
+    );
+    run_to(&s, ids[0], ok()).await;
+    assert_eq!(get(&s, ids[1]).await.state, JobState::Queued);
+    run_to(&s, ids[1], ok()).await;
+    assert_eq!(get(&s, ids[3]).await.waiting_on, 1);
+    run_to(&s, ids[2], ok()).await;
+    assert_eq!(get(&s, ids[3]).await.state, JobState::Queued);
+    run_to(&s, ids[3], ok()).await;
+    // RUN: waits for every parent, whatever their outcome.
+    let p1 = insert(&s, new_job("w", 0)).await;
+    let p2 = insert(&s, new_job("w", 0)).await;
+    let r = insert(&s, child("w", &[p1.id, p2.id], Run)).await;
+    run_to(&s, p1.id, failed()).await;
+    assert_eq!(get(&s, r.id).await.state, JobState::Waiting);
+    assert!(matches!(
+        s.cancel(p2.id, now_micros()).await.unwrap(),
+        CancelOutcome::Cancelled { .. }
+    ));
+    assert_eq!(get(&s, r.id).await.state, JobState::Queued);
+    // A child of a parent already failed is created cancelled (CANCEL),
+    // or ready (RUN).
+    let late = insert(&s, child("w", &[p1.id], Cancel)).await;
+    assert_eq!(late.state, JobState::Cancelled);
+    let late_run = insert(&s, child("w", &[p1.id], Run)).await;
+    assert_eq!(late_run.state, JobState::Queued);
+    assert!(s
+        .release_waiting(now_micros(), 100)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory {
@@ -736,7 +955,9 @@ contract!(
     retry_requeues_dead_jobs,
     paused_kinds_are_stored,
     schedules_are_stored,
-    start_at_insert_only_when_nothing_of_its_kind_is_ready
+    start_at_insert_only_when_nothing_of_its_kind_is_ready,
+    progress_logs_and_checkpoints,
+    workflows_release_and_cascade
 );
 
 #[tokio::test]

@@ -199,6 +199,9 @@ class Job:
     #: Set by `submit`: an earlier job with the same idempotency key and the
     #: same request was returned instead of a new one.
     deduplicated: bool = False
+    #: Size in bytes of the checkpoint an attempt saved (`ctx.touch(checkpoint=...)`),
+    #: handed to the next attempt as `ctx.checkpoint`; 0 for none.
+    checkpoint_size: int = 0
 
     @property
     def done(self) -> bool:
@@ -242,6 +245,7 @@ class Job:
             traceparent=j.traceparent,
             progress=Progress.from_proto(j.progress) if j.HasField("progress") else None,
             deduplicated=deduplicated,
+            checkpoint_size=j.checkpoint_size,
         )
 
 

@@ -36,7 +36,9 @@ import signal
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from collections import deque
+from concurrent.futures import Future
+from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -77,6 +79,8 @@ MAX_PROGRESS_MESSAGE_BYTES = 256
 MAX_PROGRESS_DETAILS_BYTES = 4096
 MAX_LOG_LINE_BYTES = 4096
 MAX_LOG_LINES_PER_MESSAGE = 1000
+#: The largest checkpoint jobd keeps (Touch.checkpoint): 64 KiB.
+MAX_CHECKPOINT_BYTES = 64 * 1024
 
 
 class Permanent(Exception):
@@ -99,18 +103,22 @@ class Context:
 
     `payload` (bytes) and `json()`; `job_id`, `kind`, `attempt` (1 for the
     first), `max_attempts`, `deadline` (aware datetime: jobd stops the
-    attempt then), `headers` (trace context: `traceparent`); `cancelled`,
-    a threading.Event set when jobd cancels the attempt (cancelled, timed
-    out) or the worker gives it up (session lost, drain timeout). An async
-    task is cancelled (asyncio) as well.
+    attempt then), `headers` (trace context: `traceparent`); `checkpoint`
+    (bytes or None), what an earlier attempt saved with
+    `touch(checkpoint=...)`; `cancelled`, a threading.Event set when jobd
+    cancels the attempt (cancelled, timed out) or the worker gives it up
+    (session lost, drain timeout). An async task is cancelled (asyncio) as
+    well.
 
     `progress(percent, message, details)` and `log(*lines)` tell jobd how
-    the attempt goes, `touch(extend_by)` pushes its deadline further; all
-    return at once (from sync and async tasks).
+    the attempt goes, `touch(extend_by, checkpoint=...)` pushes its
+    deadline further and saves where it got; all return at once (from sync
+    and async tasks).
     """
 
     __slots__ = (
-        "job_id", "kind", "attempt", "max_attempts", "payload", "headers", "cancelled", "_deadline", "_send", "_out"
+        "job_id", "kind", "attempt", "max_attempts", "payload", "headers", "checkpoint", "cancelled", "_deadline",
+        "_send", "_out",
     )
 
     def __init__(
@@ -123,6 +131,7 @@ class Context:
         deadline: Optional[timestamp_pb2.Timestamp],
         headers: Mapping[str, str],
         send: Callable[[pb.WorkerMessage], None],
+        checkpoint: Optional[bytes] = None,
     ) -> None:
         self.job_id = job_id
         self.kind = kind
@@ -130,6 +139,10 @@ class Context:
         self.max_attempts = max_attempts
         self.payload = payload
         self.headers = dict(headers)
+        #: The checkpoint the last attempt that saved one left
+        #: (`touch(checkpoint=...)`, Assign.checkpoint): resume from it.
+        #: None when no attempt saved one (or it saved an empty one).
+        self.checkpoint: Optional[bytes] = checkpoint or None
         self.cancelled = threading.Event()
         self._deadline = deadline
         # Sends a message on this attempt's session, from any thread.
@@ -186,20 +199,49 @@ class Context:
         msg = pb.Progress(job_id=self.job_id, attempt=self.attempt, percent=int(percent), message=message, details=blob)
         self._out.progress(pb.WorkerMessage(progress=msg))
 
-    def touch(self, extend_by: float) -> None:
-        """Pushes the attempt's deadline to `extend_by` seconds from now
-        (jobd caps it at the kind's `max_timeout`, counted from the
-        attempt's start) and counts as a sign of life. Returns at once: the
-        message is queued on the session; jobd's answer updates `deadline`
-        and `time_left` when it arrives. ValueError for a negative (or not
-        finite) `extend_by`; a no-op once the attempt ended."""
-        if isinstance(extend_by, bool) or not isinstance(extend_by, (int, float)):
-            raise TypeError(f"touch extend_by must be a number of seconds, not {type(extend_by).__name__}")
-        if not 0 <= extend_by < float("inf"):
-            raise ValueError(f"touch extend_by must be 0 or more seconds, not {extend_by!r}")
+    def touch(
+        self, extend_by: Optional[float] = None, *, checkpoint: Union[bytes, str, None] = None
+    ) -> "Future[Optional[_dt.datetime]]":
+        """Tells jobd the attempt is alive (a sign of life, like a
+        heartbeat of its own), and:
+
+        - `extend_by` (seconds): pushes the attempt's deadline to that long
+          from now (jobd caps it at the kind's `max_timeout`, counted from
+          the attempt's start). None: the deadline stays where it is.
+        - `checkpoint` (bytes, or a str sent as UTF-8; at most 64 KiB):
+          saves where the attempt got. If this attempt fails or is lost
+          (its worker killed, the session broken), the next attempt's
+          `ctx.checkpoint` is the last checkpoint saved.
+
+        Returns at once: the Touch is queued on the session, as before. It
+        returns a `concurrent.futures.Future` that jobd's answer (TouchAck)
+        resolves with the attempt's deadline now (an aware datetime, also
+        kept in `deadline`), or with None when the touch was stale: jobd
+        no longer holds the attempt, the checkpoint was not stored, or the
+        attempt ended (reported, cancelled, given up) before the answer.
+        A checkpoint is durable once the future resolves to a datetime;
+        until then it may be lost with the worker. Wait only when that
+        matters, e.g. before a side effect the next attempt must not
+        repeat: `ctx.touch(checkpoint=b"...").result(timeout)` in a sync
+        task, `await asyncio.wrap_future(ctx.touch(checkpoint=b"..."))` in
+        an async one. Ignoring the future is fine.
+
+        ValueError (nothing sent) for a negative or not finite `extend_by`,
+        a checkpoint over 64 KiB or a str that is not valid UTF-8;
+        TypeError for other types. Once the attempt ended nothing is sent
+        and the future is already resolved with None."""
+        if extend_by is not None:
+            if isinstance(extend_by, bool) or not isinstance(extend_by, (int, float)):
+                raise TypeError(f"touch extend_by must be a number of seconds, not {type(extend_by).__name__}")
+            if not 0 <= extend_by < float("inf"):
+                raise ValueError(f"touch extend_by must be 0 or more seconds, not {extend_by!r}")
+        blob = _checkpoint_bytes(checkpoint)
         msg = pb.Touch(job_id=self.job_id, attempt=self.attempt)
-        msg.extend_by.CopyFrom(_duration(extend_by))
-        self._out.touch(pb.WorkerMessage(touch=msg))
+        if extend_by is not None:
+            msg.extend_by.CopyFrom(_duration(extend_by))
+        if blob is not None:
+            msg.checkpoint = blob
+        return self._out.touch(pb.WorkerMessage(touch=msg))
 
     def _touched(self, deadline: timestamp_pb2.Timestamp) -> None:
         """jobd's TouchAck: the attempt's deadline now."""
@@ -234,6 +276,25 @@ class Context:
         return f"Context(job_id={self.job_id!r}, kind={self.kind!r}, attempt={self.attempt})"
 
 
+def _checkpoint_bytes(checkpoint: Union[bytes, bytearray, memoryview, str, None]) -> Optional[bytes]:
+    """A `touch` checkpoint as the bytes sent (None: no checkpoint),
+    checked against jobd's bound (a larger one would end the session)."""
+    if checkpoint is None:
+        return None
+    if isinstance(checkpoint, str):
+        try:
+            blob = checkpoint.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"touch checkpoint is not valid UTF-8: {e}") from None
+    elif isinstance(checkpoint, (bytes, bytearray, memoryview)):
+        blob = bytes(checkpoint)
+    else:
+        raise TypeError(f"touch checkpoint must be bytes or str, not {type(checkpoint).__name__}")
+    if len(blob) > MAX_CHECKPOINT_BYTES:
+        raise ValueError(f"touch checkpoint is {len(blob)} bytes: at most {MAX_CHECKPOINT_BYTES} (64 KiB)")
+    return blob
+
+
 def _utf8_len(text: str, what: str) -> int:
     if text.isascii():
         return len(text)
@@ -248,10 +309,15 @@ class _Outflow:
     outbox. Each kind goes at most every SEND_EVERY: a progress value that
     comes sooner replaces the one waiting, log lines wait in order (a full
     message's worth goes at once), and the flusher thread sends them when
-    the time is up. `end()` sends what waits (before the report) or drops
-    it, and makes any later call a no-op."""
+    the time is up. Touches go at once; their futures wait, oldest first,
+    for jobd's answers (it answers in order). `end()` sends what waits
+    (before the report) or drops it, resolves the touches still waiting
+    with None, and makes any later call a no-op."""
 
-    __slots__ = ("job_id", "attempt", "send", "lock", "ended", "progress_msg", "progress_at", "lines", "lines_at", "due")
+    __slots__ = (
+        "job_id", "attempt", "send", "lock", "ended", "progress_msg", "progress_at", "lines", "lines_at", "due",
+        "touches",
+    )
 
     def __init__(self, job_id: str, attempt: int, send: Callable[[pb.WorkerMessage], None]) -> None:
         self.job_id = job_id
@@ -264,6 +330,7 @@ class _Outflow:
         self.lines: List[str] = []  # waiting
         self.lines_at = -SEND_EVERY
         self.due: Optional[float] = None  # the flusher wakes it then
+        self.touches: "Deque[Future[Optional[_dt.datetime]]]" = deque()  # sent, not yet answered
 
     def progress(self, msg: pb.WorkerMessage) -> None:
         with self.lock:
@@ -277,10 +344,23 @@ class _Outflow:
             self.progress_msg = msg
             self._schedule(self.progress_at + SEND_EVERY)
 
-    def touch(self, msg: pb.WorkerMessage) -> None:
+    def touch(self, msg: pb.WorkerMessage) -> "Future[Optional[_dt.datetime]]":
+        fut: "Future[Optional[_dt.datetime]]" = Future()
+        fut.set_running_or_notify_cancel()  # it cannot be cancelled: the Touch is on its way
         with self.lock:
             if not self.ended:
+                self.touches.append(fut)
                 self.send(msg)  # not held back: each touch goes at once
+                return fut
+        fut.set_result(None)
+        return fut
+
+    def touched(self, deadline: Optional[_dt.datetime]) -> None:
+        """jobd's answer to the oldest touch waiting: the deadline, or None (stale)."""
+        with self.lock:
+            fut = self.touches.popleft() if self.touches else None
+        if fut is not None:
+            fut.set_result(deadline)
 
     def log(self, lines: List[str]) -> None:
         with self.lock:
@@ -342,6 +422,9 @@ class _Outflow:
                 self._send_lines(time.monotonic())
             self.progress_msg = None
             self.lines = []
+            waiting, self.touches = list(self.touches), deque()
+        for fut in waiting:  # no answer counts any more: not known to be kept
+            fut.set_result(None)
 
 
 class _Flusher:
@@ -769,13 +852,16 @@ class Worker:
                 s.cond.notify_all()
 
     def _touch_ack(self, s: _Session, ack: pb.TouchAck) -> None:
-        if ack.stale:
-            log.debug("stale touch: job %s attempt %d no longer held", ack.job_id, ack.attempt)
-            return
         with s.cond:
             att = s.held.get((ack.job_id, ack.attempt))
-        if att is not None and ack.HasField("deadline"):
+        if ack.stale or not ack.HasField("deadline"):
+            log.debug("stale touch: job %s attempt %d no longer held (or its checkpoint not kept)", ack.job_id, ack.attempt)
+            if att is not None:
+                att.ctx._out.touched(None)
+            return
+        if att is not None:
             att.ctx._touched(ack.deadline)
+            att.ctx._out.touched(att.ctx.deadline)
 
     def _heartbeats(self, s: _Session, every: float) -> None:
         beat = pb.WorkerMessage(heartbeat=pb.Heartbeat())
@@ -786,7 +872,9 @@ class Worker:
         job = a.job
         key = (job.id, job.attempt)
         deadline = a.deadline if a.HasField("deadline") else None
-        ctx = Context(job.id, job.kind, job.attempt, job.max_attempts, a.payload, deadline, a.headers, s.send)
+        ctx = Context(
+            job.id, job.kind, job.attempt, job.max_attempts, a.payload, deadline, a.headers, s.send, bytes(a.checkpoint)
+        )
         att = _Attempt(key, ctx, self.tasks.get(job.kind))
         with s.cond:
             s.held[key] = att

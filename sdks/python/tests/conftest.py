@@ -41,7 +41,11 @@ CI = bool(os.environ.get("CI"))
 BOUND = 60.0
 
 # Remote kinds used by the tests, one per test so they never share work.
-REMOTE_KINDS = ["py", "py_cancel", "py_drain", "py_kill", "py_auth", "py_tls", "py_full", "py_progress"]
+# (py_checkpoint: 3 attempts and the 1 s heartbeat interval, so a killed
+# worker's attempt is lost and retried at once.)
+REMOTE_KINDS = [
+    "py", "py_cancel", "py_drain", "py_kill", "py_auth", "py_tls", "py_full", "py_progress", "py_checkpoint",
+]
 
 BASE = """
 store = "{store}"

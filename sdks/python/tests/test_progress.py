@@ -166,3 +166,46 @@ def test_touch_extends_deadline(start_daemon):
     assert job.state == "SUCCEEDED" and job.attempt == 1, job
     first, last = seen["deadlines"]
     assert first is not None and last is not None and last > first, seen
+
+
+def test_checkpoint_next_attempt(start_daemon):
+    """ctx.touch(checkpoint=...) against jobd: 64 KiB is kept, one byte more
+    raises ValueError before anything is sent (the session lives on), the
+    ack resolves the touch's future, a touch with only a checkpoint leaves
+    the deadline where it was, the job's checkpoint_size follows the last
+    checkpoint saved, and the next attempt gets it as ctx.checkpoint."""
+    d = start_daemon()
+    client = d.client()
+    worker = d.worker(max_in_flight=1)
+    seen = {}
+    text = "half way \u00e9"  # a str goes as UTF-8
+
+    @worker.task("py")
+    def work(ctx: jobd.Context, payload: bytes):
+        if ctx.attempt == 1:
+            seen["first"] = ctx.checkpoint
+            with pytest.raises(ValueError, match="at most 65536"):
+                ctx.touch(checkpoint=b"x" * (64 * 1024 + 1))
+            before = ctx.deadline
+            big = ctx.touch(checkpoint=b"x" * (64 * 1024)).result(BOUND)
+            seen["big_size"] = client.get(ctx.job_id).checkpoint_size
+            small = ctx.touch(checkpoint=text).result(BOUND)
+            seen["small_size"] = client.get(ctx.job_id).checkpoint_size
+            seen["deadlines"] = (before, big, small, ctx.deadline)
+            seen["ctx"] = ctx
+            raise jobd.RetryLater("resume from the checkpoint", after=0.1)
+        seen["second"] = ctx.checkpoint
+        return ctx.checkpoint
+
+    with running(worker):
+        job = client.wait(client.submit("py").id, timeout=BOUND)
+        late = seen["ctx"].touch(checkpoint=b"late")  # the attempt ended: nothing sent
+        assert late.done() and late.result() is None
+    assert job.state == "SUCCEEDED" and job.attempt == 2, job
+    assert seen["first"] is None and seen["second"] == text.encode() and job.result == text.encode()
+    assert (seen["big_size"], seen["small_size"]) == (64 * 1024, len(text.encode()))
+    before, big, small, kept = seen["deadlines"]
+    assert before is not None and big is not None and small is not None, seen["deadlines"]
+    assert small == kept, "ctx.deadline follows the ack"
+    assert abs((small - before).total_seconds()) < 1.0, "a checkpoint alone does not move the deadline"
+    assert worker.stats["sessions"] == 1, "the oversized checkpoint never reached jobd"

@@ -248,3 +248,84 @@ def test_job_progress_and_log_line_from_proto():
     assert p.json() == {"x": 1} and jobd.Progress(1).json() is None
     line = pb.LogLine(seq=7, attempt=2, text="t")
     assert jobd.LogLine.from_proto(line) == jobd.LogLine(7, 2, None, "t")
+
+
+def test_context_touch_checkpoint_and_acks():
+    """touch(extend_by=None, checkpoint=None): the message sent, the 64 KiB
+    bound checked before sending, and the future resolved by jobd's answers
+    in order (None when stale, when the attempt ends, or after it ended)."""
+    from jobd.worker import MAX_CHECKPOINT_BYTES, Context
+
+    sent = []
+    ctx = Context("j", "k", 2, 3, b"", None, {}, sent.append, b"saved")
+    assert ctx.checkpoint == b"saved" and _ctx([]).checkpoint is None
+    assert Context("j", "k", 1, 3, b"", None, {}, sent.append, b"").checkpoint is None
+
+    f1 = ctx.touch(1.5)  # positional extend_by, as before
+    t = sent[-1].touch
+    assert (t.job_id, t.attempt, t.extend_by.ToMilliseconds()) == ("j", 2, 1500) and not t.HasField("checkpoint")
+    f2 = ctx.touch(checkpoint="\u00e9")
+    t = sent[-1].touch
+    assert not t.HasField("extend_by") and t.HasField("checkpoint") and t.checkpoint == "\u00e9".encode()
+    f3 = ctx.touch(2, checkpoint=bytearray(b"b"))
+    assert sent[-1].touch.checkpoint == b"b" and sent[-1].touch.extend_by.seconds == 2
+    f4 = ctx.touch(checkpoint=b"x" * MAX_CHECKPOINT_BYTES)  # exactly 64 KiB is fine
+    assert len(sent[-1].touch.checkpoint) == 64 * 1024
+    f5 = ctx.touch(checkpoint=b"")  # an empty checkpoint is still sent
+    assert sent[-1].touch.HasField("checkpoint")
+    n = len(sent)
+    with pytest.raises(ValueError, match="65537 bytes: at most 65536"):
+        ctx.touch(5, checkpoint=b"x" * (MAX_CHECKPOINT_BYTES + 1))
+    with pytest.raises(ValueError, match="at most 65536"):
+        ctx.touch(checkpoint="\u00e9" * (MAX_CHECKPOINT_BYTES // 2 + 1))  # 2 bytes each in UTF-8
+    with pytest.raises(ValueError, match="UTF-8"):
+        ctx.touch(checkpoint="\ud800")
+    with pytest.raises(TypeError):
+        ctx.touch(checkpoint={"a": 1})  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ctx.touch(-1)
+    assert len(sent) == n, "nothing of a refused touch is sent"
+
+    assert not f1.done()
+    at = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    ctx._out.touched(at)  # the answers come in order
+    ctx._out.touched(None)  # stale: not kept
+    assert f1.result(0) == at and f2.result(0) is None and not f3.done()
+    ctx._out.end(send=True)  # the attempt ended: what still waits is not known to be kept
+    assert f3.result(0) is None and f4.result(0) is None and f5.result(0) is None
+    late = ctx.touch(checkpoint=b"late")
+    assert late.result(0) is None and len(sent) == n, "a no-op once the attempt ended"
+
+
+def test_worker_touch_acks_resolve_the_attempts_touches():
+    """The session reader hands each TouchAck to its attempt: the deadline
+    (kept in ctx.deadline) or None for a stale one; an ack for an attempt
+    no longer held changes nothing."""
+    from jobd.worker import _Attempt, _Session
+
+    w = jobd.Worker("127.0.0.1:1")
+    w.register("k", lambda ctx, payload: payload)
+    s = _Session()
+    ctx = _ctx([])
+    s.held[("j", 2)] = _Attempt(("j", 2), ctx, w.tasks["k"])
+    futures = [ctx.touch(1), ctx.touch(checkpoint=b"c"), ctx.touch(checkpoint=b"d")]
+    ok = pb.TouchAck(job_id="j", attempt=2)
+    ok.deadline.FromSeconds(1_900_000_000)
+    w._read(
+        s,
+        iter(
+            [
+                pb.ServerMessage(touch_ack=ok),
+                pb.ServerMessage(touch_ack=pb.TouchAck(job_id="j", attempt=2, stale=True)),
+                pb.ServerMessage(touch_ack=pb.TouchAck(job_id="other", attempt=1, stale=True)),
+            ]
+        ),
+    )
+    when = datetime.datetime.fromtimestamp(1_900_000_000, datetime.timezone.utc)
+    assert futures[0].result(0) == when and ctx.deadline == when
+    assert futures[1].result(0) is None and not futures[2].done()
+
+
+def test_job_checkpoint_size_from_proto():
+    assert jobd.Job.from_proto(pb.Job(id="i", kind="k", checkpoint_size=65536)).checkpoint_size == 65536
+    assert jobd.Job.from_proto(pb.Job(id="i", kind="k")).checkpoint_size == 0

@@ -1,6 +1,7 @@
 """Worker conformance scenarios against a real daemon: exactly once over
-kill -9 of a worker process, cancel reaching the function (sync and async),
-drain (SIGTERM to the worker, and jobd's own drain), reconnection."""
+kill -9 of a worker process, a checkpoint surviving kill -9, cancel
+reaching the function (sync and async), drain (SIGTERM to the worker, and
+jobd's own drain), reconnection."""
 from __future__ import annotations
 
 import asyncio
@@ -99,6 +100,55 @@ def test_exactly_once_kill9(start_daemon, tmp_path):
     assert retried >= 1, "the killed worker held no job when it died"
     for i in (1, 2):
         assert len(logs[i].read_text().splitlines()) > 0, f"worker {i} ran nothing"
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_checkpoint_kill9(start_daemon, tmp_path, mode):
+    """A task saves a checkpoint (and waits for jobd's ack: durable), then
+    its worker process is killed with kill -9 mid-job. The next attempt,
+    in another process, gets that checkpoint as ctx.checkpoint (and
+    returns it as the result)."""
+    d = start_daemon()
+    client = d.client()
+    logs = [tmp_path / f"ckpt-{i}.log" for i in range(2)]
+    outs = [tmp_path / f"ckpt-{i}.out" for i in range(2)]
+
+    def spawn(i):
+        return spawn_worker_proc(
+            d.addr, "--kind", "py_checkpoint", "--mode", mode, "--checkpoint", "--log", str(logs[i]), out=outs[i]
+        )
+
+    procs = [spawn(0)]
+    try:
+        wait_sessions(client, "py_checkpoint", 1, procs)
+        job = client.submit("py_checkpoint", "resume-me")
+        want = f"resume-me step 7 by {procs[0].pid}".encode()
+
+        def saved():
+            assert procs[0].poll() is None, f"worker 0 exited:\n{outs[0].read_text()}"
+            return f"checkpointed {job.id} 1" in outs[0].read_text()
+
+        eventually(saved, "the first attempt to save its checkpoint and get the ack")
+        running_job = client.get(job.id)
+        assert running_job.state == "RUNNING" and running_job.attempt == 1, running_job
+        assert running_job.checkpoint_size == len(want), running_job
+
+        procs[0].send_signal(signal.SIGKILL)
+        procs[0].wait(BOUND)
+        procs.append(spawn(1))
+        done = client.wait(job.id, timeout=BOUND)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+    assert done.state == "SUCCEEDED", (done, outs[1].read_text())
+    assert done.attempt == 2, done
+    assert done.result == want, "the second attempt resumed from the killed one's checkpoint"
+    assert f"resumed {job.id} 2" in outs[1].read_text()
+    assert [x.split()[:2] for x in logs[0].read_text().splitlines()] == [[job.id, "1"]]
+    assert [x.split()[:2] for x in logs[1].read_text().splitlines()] == [[job.id, "2"]]
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])

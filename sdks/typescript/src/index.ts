@@ -27,6 +27,7 @@ export type { ConnectionOptions, TlsOptions } from "./connection.js";
 export { TERMINAL_STATES, decodeJson, decodeText, encodePayload, isTerminal } from "./job.js";
 export type { Job, JobEvent, JobProgress, JobState, LogLine, Payload } from "./job.js";
 export {
+  MAX_CHECKPOINT_BYTES,
   MAX_LOG_LINE_BYTES,
   MAX_LOG_LINES_PER_MESSAGE,
   MAX_PROGRESS_DETAILS_BYTES,

@@ -47,6 +47,8 @@ export interface Job {
   traceparent: string;
   /** How far the job got, as its worker last said (`ctx.progress`); `undefined` until it does. Kept after the job ends. */
   progress: JobProgress | undefined;
+  /** Size in bytes of the checkpoint an attempt saved (`ctx.touch({ checkpoint })`), handed to the next attempt; 0 for none. */
+  checkpointSize: number;
 }
 
 /** A job's progress, as its worker last reported it (jobd stores at most one value per job every 200 ms). */
@@ -154,6 +156,7 @@ export function fromProto(j: pb.Job): Job {
           updatedAt: date(j.progress.updatedAt),
         }
       : undefined,
+    checkpointSize: Number(j.checkpointSize),
   };
 }
 

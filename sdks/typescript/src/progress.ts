@@ -1,5 +1,5 @@
-// Long-running jobs: the bounds of a worker's Progress and Log messages,
-// checked before anything is sent. jobd ends the whole session with
+// Long-running jobs: the bounds of a worker's Progress, Log and Touch
+// (checkpoint) messages, checked before anything is sent. jobd ends the whole session with
 // INVALID_ARGUMENT for a message past one of them (every job the session
 // holds would be retried), so a bad call throws in the handler instead.
 
@@ -15,6 +15,8 @@ export const MAX_PROGRESS_DETAILS_BYTES = 4096;
 export const MAX_LOG_LINES_PER_MESSAGE = 1000;
 /** Longest log line, in UTF-8 bytes. */
 export const MAX_LOG_LINE_BYTES = 4096;
+/** Largest checkpoint (`ctx.touch({ checkpoint })`), in bytes: 64 KiB. */
+export const MAX_CHECKPOINT_BYTES = 64 * 1024;
 
 /** What `ctx.progress` takes as details: bytes, a string (UTF-8), or anything else as JSON. */
 export type ProgressDetails = Payload;
@@ -52,6 +54,21 @@ export function checkProgress(percent: number, message: string = "", details?: P
     throw new RangeError(`ctx.progress: details are ${d.length} bytes, at most ${MAX_PROGRESS_DETAILS_BYTES} allowed`);
   }
   return { percent: Math.floor(percent), message, details: d };
+}
+
+/**
+ * Checks and encodes a `ctx.touch` checkpoint: bytes as given, a string as
+ * UTF-8. Throws RangeError past 64 KiB, TypeError for another type.
+ */
+export function checkCheckpoint(checkpoint: Uint8Array | string): Uint8Array {
+  let bytes: Uint8Array;
+  if (typeof checkpoint === "string") bytes = new TextEncoder().encode(checkpoint);
+  else if (checkpoint instanceof Uint8Array) bytes = checkpoint;
+  else throw new TypeError(`ctx.touch: checkpoint must be a Uint8Array or a string, not ${typeof checkpoint}`);
+  if (bytes.length > MAX_CHECKPOINT_BYTES) {
+    throw new RangeError(`ctx.touch: checkpoint is ${bytes.length} bytes, at most ${MAX_CHECKPOINT_BYTES} (64 KiB) allowed`);
+  }
+  return bytes;
 }
 
 /**

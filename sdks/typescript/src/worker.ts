@@ -16,9 +16,11 @@
 //   and queued on the session's stream like the reports, named by
 //   (job id, attempt); progress is coalesced to one message per attempt
 //   every 100 ms, the latest kept and sent before the report;
-// - `ctx.touch()` sends a Touch and resolves with jobd's TouchAck (the new
-//   deadline, or null when stale); touches of one attempt are answered in
-//   order, and those still waiting when the attempt ends resolve null;
+// - `ctx.touch()` sends a Touch (a new deadline, a checkpoint, or just a
+//   sign of life) and resolves with jobd's TouchAck (the deadline, or null
+//   when stale: then a checkpoint was not kept); touches of one attempt are
+//   answered in order, and those still waiting when the attempt ends
+//   resolve null; `ctx.checkpoint` is the Assign's (the last one saved);
 // - a broken session is opened again after a capped, jittered backoff;
 // - stop() (or SIGTERM/SIGINT) drains: held jobs finish and are reported,
 //   then the stream is closed.
@@ -31,7 +33,7 @@ import { connect, type Connection, type ConnectionOptions } from "./connection.j
 import { toJobdError, type JobdError } from "./errors.js";
 import * as pb from "./gen/jobd/v1/jobd_pb.js";
 import { decodeJson, decodeText, encodePayload, type Payload } from "./job.js";
-import { checkProgress, logBatches, type ProgressDetails, type ProgressValue } from "./progress.js";
+import { checkCheckpoint, checkProgress, logBatches, type ProgressDetails, type ProgressValue } from "./progress.js";
 import { AsyncQueue, backoffMs } from "./util.js";
 
 /** Throw it from a handler to fail the job at once, without a retry. */
@@ -82,19 +84,31 @@ type Report = NonNullable<WorkerMessageInit["msg"]>;
 interface AttemptOutput {
   progress(p: ProgressValue): void;
   log(batches: string[][]): void;
-  touch(extendByMs: number): Promise<Date | null>;
+  /** `extendByMs` and `checkpoint` as sent; `undefined`: the field is left unset. */
+  touch(extendByMs: number | undefined, checkpoint: Uint8Array | undefined): Promise<Date | null>;
 }
 
 /** Options of `ctx.touch`. */
 export interface TouchOptions {
-  /** Push the attempt's deadline to this long from now (ms, at least 0; capped by the kind's `max_timeout`). */
-  extendByMs: number;
+  /**
+   * Push the attempt's deadline to this long from now (ms, at least 0;
+   * capped by the kind's `max_timeout`). Left out: the deadline stays
+   * where it is.
+   */
+  extendByMs?: number;
+  /**
+   * Save where the attempt got: the next attempt of the job (after a
+   * failure, a timeout, a lost worker) gets the last checkpoint saved as
+   * `ctx.checkpoint`. Bytes, or a string sent as UTF-8; at most 64 KiB
+   * (`MAX_CHECKPOINT_BYTES`).
+   */
+  checkpoint?: Uint8Array | string;
 }
 
 /**
  * One attempt as a handler sees it. `progress()`, `log()` and `touch()` are
  * messages on the attempt's session, named by (id, attempt) like the
- * reports; the future `checkpoint` will be too.
+ * reports.
  */
 export class JobContext {
   /** The job's id. */
@@ -107,6 +121,12 @@ export class JobContext {
   /** Trace context from the submitter (`traceparent`, `tracestate`). */
   readonly headers: Readonly<Record<string, string>>;
   readonly payload: Uint8Array;
+  /**
+   * The checkpoint the last attempt that saved one left
+   * (`ctx.touch({ checkpoint })`): resume from it. `undefined` when no
+   * attempt saved one (or it saved an empty one).
+   */
+  readonly checkpoint: Uint8Array | undefined;
   /**
    * Aborted when jobd cancels the attempt (a client's cancel, its timeout,
    * a drain past its deadline), when the session is lost, and when a stop
@@ -125,6 +145,7 @@ export class JobContext {
     this.#deadline = assign.deadline ? timestampDate(assign.deadline) : undefined;
     this.headers = { ...assign.headers };
     this.payload = assign.payload;
+    this.checkpoint = assign.checkpoint.length > 0 ? assign.checkpoint : undefined;
     this.signal = signal;
     this.#out = out;
   }
@@ -164,22 +185,31 @@ export class JobContext {
   }
 
   /**
-   * Pushes the attempt's deadline to `extendByMs` from now (jobd caps it at
-   * the kind's `max_timeout`, counted from the attempt's start) and counts
-   * as a sign of life. Resolves with the new deadline from jobd's TouchAck
-   * (also kept in `ctx.deadline`). Resolves `null`, and never rejects, when
-   * the touch is stale: the attempt has ended (returned, cancelled, session
-   * lost; then nothing is sent) or jobd no longer holds it. Throws
-   * RangeError (synchronously, nothing sent) for a negative or non-finite
-   * `extendByMs`; a fraction of a millisecond is dropped.
+   * Tells jobd the attempt is alive (a sign of life), and with
+   * `extendByMs` pushes its deadline to that long from now (jobd caps it
+   * at the kind's `max_timeout`, counted from the attempt's start; without
+   * it the deadline stays where it is); with `checkpoint` saves where the
+   * attempt got, for the next attempt's `ctx.checkpoint`.
+   *
+   * Resolves with the deadline from jobd's TouchAck (also kept in
+   * `ctx.deadline`): a checkpoint is durable once it resolves with a
+   * `Date`. Resolves `null`, and never rejects, when the touch is stale:
+   * jobd no longer holds the attempt or did not keep the checkpoint, or
+   * the attempt has ended (returned, cancelled, session lost; then nothing
+   * is sent). Not awaiting it is fine: the message is queued at once.
+   * Throws synchronously, with nothing sent: RangeError for a negative or
+   * non-finite `extendByMs` or a checkpoint over 64 KiB, TypeError for a
+   * checkpoint that is neither bytes nor a string. A fraction of a
+   * millisecond is dropped.
    */
-  touch(options: TouchOptions): Promise<Date | null> {
-    const ms = options?.extendByMs;
-    if (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0) {
+  touch(options: TouchOptions = {}): Promise<Date | null> {
+    const ms = options.extendByMs;
+    if (ms !== undefined && (typeof ms !== "number" || !Number.isFinite(ms) || ms < 0)) {
       throw new RangeError(`ctx.touch: extendByMs must be a finite number of ms, at least 0, not ${String(ms)}`);
     }
+    const checkpoint = options.checkpoint === undefined ? undefined : checkCheckpoint(options.checkpoint);
     if (!this.#out) return Promise.resolve(null);
-    return this.#out.touch(Math.floor(ms)).then((deadline) => {
+    return this.#out.touch(ms === undefined ? undefined : Math.floor(ms), checkpoint).then((deadline) => {
       if (deadline) this.#deadline = deadline;
       return deadline;
     });
@@ -245,11 +275,12 @@ class Attempt implements AttemptOutput {
     for (const lines of batches) this.session.send({ case: "log", value: { jobId: job.id, attempt: job.attempt, lines } });
   }
 
-  touch(extendByMs: number): Promise<Date | null> {
+  touch(extendByMs: number | undefined, checkpoint: Uint8Array | undefined): Promise<Date | null> {
     if (!this.live) return Promise.resolve(null);
     const job = this.assign.job!;
+    const extendBy = extendByMs === undefined ? undefined : durationFromMs(extendByMs);
     return new Promise((resolve) => {
-      if (this.session.send({ case: "touch", value: { jobId: job.id, attempt: job.attempt, extendBy: durationFromMs(extendByMs) } })) {
+      if (this.session.send({ case: "touch", value: { jobId: job.id, attempt: job.attempt, extendBy, checkpoint } })) {
         this.touches.push(resolve);
       } else {
         resolve(null);

@@ -3,6 +3,10 @@
 // acknowledged job SUCCEEDED with its own payload as the result; no attempt
 // ran twice; a job ran more than once only when an earlier attempt was lost
 // with the killed process.
+//
+// Conformance scenario checkpoint_kill9: a handler saves a checkpoint (and
+// waits for jobd's ack), its worker process is killed with kill -9 mid-job;
+// the next attempt, in another process, gets that checkpoint.
 
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
@@ -10,7 +14,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { test } from "node:test";
 import { Client, decodeText, type Job } from "jobd";
-import { haveJobd, PKG, startDaemon, tempDir, until } from "./helpers.js";
+import { HEAD, KINDS, haveJobd, PKG, startDaemon, tempDir, until } from "./helpers.js";
 
 const JOBS = 1000;
 const WORKERS = 3;
@@ -22,9 +26,9 @@ interface Proc {
   exited: Promise<number | null>;
 }
 
-function spawnWorker(address: string, log: string): Proc {
+function spawnWorker(address: string, log: string, env: Record<string, string> = {}): Proc {
   const child = spawn(process.execPath, [join(PKG, "build/test/fixtures/worker.js")], {
-    env: { ...process.env, JOBD_ADDR: address, KIND: "ts", MAX_IN_FLIGHT: "32", DELAY_MS: "20-80", LOG: log },
+    env: { ...process.env, JOBD_ADDR: address, KIND: "ts", MAX_IN_FLIGHT: "32", DELAY_MS: "20-80", LOG: log, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let out = "";
@@ -132,6 +136,61 @@ test("exactly_once_kill9", async (t) => {
     // The survivors drain on SIGTERM and exit 0.
     for (const w of workers.slice(1)) w.child.kill("SIGTERM");
     for (const w of workers.slice(1)) assert.equal(await w.exited, 0, w.out());
+  } finally {
+    for (const w of workers) w.child.kill("SIGKILL");
+    client.close();
+    tmp.remove();
+    await d.close();
+  }
+});
+
+// Two attempts at most (the lost one and the next), the 1 s heartbeat interval of HEAD.
+const CHECKPOINT_KIND = `
+[kinds."ts.checkpoint"]
+handler = "remote"
+timeout = "60s"
+max_attempts = 2
+backoff = { initial = "100ms", max = "1s", multiplier = 2.0 }
+`;
+
+test("checkpoint_kill9", async (t) => {
+  if (!haveJobd(t)) return;
+  const d = await startDaemon({ config: HEAD + KINDS + CHECKPOINT_KIND });
+  const client = new Client({ address: d.address });
+  const tmp = tempDir("jobd-ts-checkpoint-");
+  const env = { KIND: "ts.checkpoint", CHECKPOINT: "1", MAX_IN_FLIGHT: "1" };
+  const workers = [spawnWorker(d.address, join(tmp.dir, "worker-0.log"), env)];
+  const first = workers[0]!;
+  try {
+    await until("the first worker's session", async () => {
+      assert.equal(first.child.exitCode, null, `the worker exited:\n${first.out()}`);
+      return (await client.listWorkers({ kind: "ts.checkpoint" })).length === 1;
+    });
+    const job = await client.submit("ts.checkpoint", "resume-me");
+    const want = `resume-me step 7 by ${first.child.pid}`;
+    await until("the first attempt to save its checkpoint and get the ack", () => {
+      assert.equal(first.child.exitCode, null, `the worker exited:\n${first.out()}`);
+      return first.out().includes(`checkpointed ${job.id} 1`);
+    });
+    const running = await client.get(job.id);
+    assert.equal(running.state, "RUNNING");
+    assert.equal(running.attempt, 1);
+    assert.equal(running.checkpointSize, Buffer.byteLength(want), "the acked checkpoint is stored");
+
+    // kill -9 mid-job; another process takes the next attempt.
+    first.child.kill("SIGKILL");
+    await first.exited;
+    const second = spawnWorker(d.address, join(tmp.dir, "worker-1.log"), env);
+    workers.push(second);
+    const done = await client.wait(job.id, { timeoutMs: 30_000 });
+    assert.equal(done.state, "SUCCEEDED", `${done.lastError}\n${second.out()}`);
+    assert.equal(done.attempt, 2);
+    assert.equal(decodeText(done.result), want, "the second attempt got the killed one's checkpoint");
+    assert.ok(second.out().includes(`resumed ${job.id} 2`), second.out());
+    assert.deepEqual(executions(first.log), [[job.id, 1]]);
+    assert.deepEqual(executions(second.log), [[job.id, 2]]);
+    second.child.kill("SIGTERM");
+    assert.equal(await second.exited, 0, second.out());
   } finally {
     for (const w of workers) w.child.kill("SIGKILL");
     client.close();

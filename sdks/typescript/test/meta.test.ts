@@ -17,6 +17,7 @@ import {
   encodePayload,
   InvalidArgumentError,
   JobContext,
+  MAX_CHECKPOINT_BYTES,
   pb,
   JobdError,
   ResourceExhaustedError,
@@ -166,6 +167,52 @@ test("ctx.progress and ctx.log: checked, split and handed to the attempt", () =>
   ctx.log("x".repeat(4096));
   assert.throws(() => ctx.log("ok", "€".repeat(1366)), /line 2 is 4098 bytes/);
   assert.equal(sent.log.length, 1, "nothing of a refused call is sent");
+});
+
+test("ctx.touch and ctx.checkpoint: options checked, handed to the attempt", async () => {
+  const sent: [number | undefined, Uint8Array | undefined][] = [];
+  const when = new Date("2030-01-01T00:00:00Z");
+  const assign = create(pb.AssignSchema, { job: { id: "j", kind: "k", attempt: 2 }, checkpoint: new Uint8Array([1, 2]) });
+  const ctx = new JobContext(assign, new AbortController().signal, {
+    progress: () => {},
+    log: () => {},
+    touch: async (ms, checkpoint) => {
+      sent.push([ms, checkpoint]);
+      return checkpoint?.length === 1 ? null : when; // a one-byte checkpoint: "stale" here
+    },
+  });
+  assert.deepEqual(ctx.checkpoint, new Uint8Array([1, 2]));
+  const none = new JobContext(create(pb.AssignSchema, { job: { id: "j", kind: "k", attempt: 1 } }), new AbortController().signal);
+  assert.equal(none.checkpoint, undefined, "an empty Assign.checkpoint is no checkpoint");
+
+  assert.equal((await ctx.touch({ extendByMs: 1500.7 }))?.getTime(), when.getTime());
+  assert.equal(ctx.deadline?.getTime(), when.getTime(), "ctx.deadline follows the ack");
+  assert.equal(await ctx.touch(), when, "a plain sign of life");
+  await ctx.touch({ checkpoint: "hé" });
+  await ctx.touch({ extendByMs: 10, checkpoint: new Uint8Array(MAX_CHECKPOINT_BYTES) });
+  assert.equal(await ctx.touch({ checkpoint: new Uint8Array(1) }), null, "stale: resolves null, never rejects");
+  assert.deepEqual(
+    sent.map(([ms, c]) => [ms, c?.length]),
+    [
+      [1500, undefined],
+      [undefined, undefined],
+      [undefined, 3],
+      [10, 65536],
+      [undefined, 1],
+    ],
+  );
+  assert.equal(decodeText(sent[2]![1]!), "hé");
+
+  const n = sent.length;
+  assert.equal(MAX_CHECKPOINT_BYTES, 64 * 1024);
+  assert.throws(() => ctx.touch({ checkpoint: new Uint8Array(MAX_CHECKPOINT_BYTES + 1) }), /checkpoint is 65537 bytes, at most 65536/);
+  assert.throws(() => ctx.touch({ checkpoint: "é".repeat(MAX_CHECKPOINT_BYTES / 2 + 1) }), RangeError);
+  assert.throws(() => ctx.touch({ extendByMs: 5, checkpoint: Buffer.alloc(70_000) }), RangeError);
+  assert.throws(() => ctx.touch({ checkpoint: 42 as unknown as string }), TypeError);
+  assert.throws(() => ctx.touch({ extendByMs: Number.NaN }), RangeError);
+  assert.equal(sent.length, n, "nothing of a refused touch is sent");
+  // A context without a session (after the attempt ended): null, nothing sent.
+  assert.equal(await none.touch({ checkpoint: "x" }), null);
 });
 
 function statSafe(p: string): boolean {

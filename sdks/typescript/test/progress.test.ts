@@ -6,7 +6,17 @@
 
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Client, decodeJson, decodeText, Worker, type JobContext, type JobEvent, type LogLine } from "jobd";
+import {
+  Client,
+  decodeJson,
+  decodeText,
+  MAX_CHECKPOINT_BYTES,
+  RetryAfter,
+  Worker,
+  type JobContext,
+  type JobEvent,
+  type LogLine,
+} from "jobd";
 import { HEAD, KINDS, haveJobd, sleep, startDaemon, until } from "./helpers.js";
 
 /** A promise with its resolve function. */
@@ -252,6 +262,78 @@ test("touch_extends_deadline", async (t) => {
     // After the attempt ended: null, nothing sent.
     assert.equal(await ended!.touch({ extendByMs: 1000 }), null);
     assert.ok(worker.connected);
+  } finally {
+    try {
+      await worker.stop({ force: true });
+      await running;
+    } finally {
+      client.close();
+      await d.close();
+    }
+  }
+});
+
+// ctx.touch({ checkpoint }) against jobd: 64 KiB is kept, a byte more
+// throws before anything is sent (the session lives on), the ack resolves
+// the touch, a touch with only a checkpoint leaves the deadline where it
+// was, checkpointSize follows the last checkpoint saved, and the next
+// attempt gets it as ctx.checkpoint.
+test("checkpoint_next_attempt", async (t) => {
+  if (!haveJobd(t)) return;
+  const d = await startDaemon();
+  const client = new Client({ address: d.address });
+  const warnings: string[] = [];
+  const worker = new Worker({
+    address: d.address,
+    maxInFlight: 1,
+    handleSignals: false,
+    log: (level, m) => void (level !== "info" && warnings.push(m)),
+  });
+  const text = "half way é";
+  const seen: {
+    first?: Uint8Array;
+    second?: Uint8Array;
+    refused?: unknown;
+    sizes?: number[];
+    deadlines?: (Date | null | undefined)[];
+    ctx?: JobContext;
+  } = {};
+  worker.handle("ts", async (ctx) => {
+    if (ctx.attempt === 1) {
+      seen.first = ctx.checkpoint;
+      seen.ctx = ctx;
+      seen.refused = thrown(() => void ctx.touch({ checkpoint: new Uint8Array(MAX_CHECKPOINT_BYTES + 1) }));
+      const before = ctx.deadline;
+      const big = await ctx.touch({ checkpoint: new Uint8Array(MAX_CHECKPOINT_BYTES).fill(120) });
+      const bigSize = (await client.get(ctx.id)).checkpointSize;
+      const small = await ctx.touch({ checkpoint: text });
+      const smallSize = (await client.get(ctx.id)).checkpointSize;
+      seen.sizes = [bigSize, smallSize];
+      seen.deadlines = [before, big, small, ctx.deadline];
+      throw new RetryAfter("resume from the checkpoint", 100);
+    }
+    seen.second = ctx.checkpoint;
+    return ctx.checkpoint;
+  });
+  const running = worker.run();
+  try {
+    await until("the worker to connect", () => worker.connected);
+    const done = await client.wait((await client.submit("ts", "x")).id, { timeoutMs: 20_000 });
+    assert.equal(done.state, "SUCCEEDED", done.lastError);
+    assert.equal(done.attempt, 2);
+    assert.equal(seen.first, undefined, "the first attempt has no checkpoint");
+    assert.equal(decodeText(seen.second!), text);
+    assert.equal(decodeText(done.result), text);
+    assert.ok(seen.refused instanceof RangeError, `RangeError, not ${String(seen.refused)}`);
+    assert.deepEqual(seen.sizes, [MAX_CHECKPOINT_BYTES, Buffer.byteLength(text)]);
+    const [before, big, small, kept] = seen.deadlines!;
+    assert.ok(before instanceof Date && big instanceof Date && small instanceof Date, "both checkpoints were kept");
+    assert.equal(kept?.getTime(), small.getTime(), "ctx.deadline follows the ack");
+    assert.ok(Math.abs(small.getTime() - before.getTime()) < 1000, "a checkpoint alone does not move the deadline");
+    // After the attempt ended: null, nothing sent.
+    assert.equal(await seen.ctx!.touch({ checkpoint: "late" }), null);
+    assert.ok(worker.connected);
+    assert.deepEqual(warnings, [], "one session all along: the oversized checkpoint never reached jobd");
   } finally {
     try {
       await worker.stop({ force: true });

@@ -49,6 +49,14 @@ pub struct SubmitArgs {
     /// Wait until the job finishes; exit 4 if it FAILED or was CANCELLED.
     #[arg(long)]
     pub wait: bool,
+    /// A job this one waits for (repeatable): it stays WAITING until every
+    /// one has finished.
+    #[arg(long = "depends-on", value_name = "ID")]
+    pub depends_on: Vec<String>,
+    /// Run even if a job it depends on FAILED or was CANCELLED (default:
+    /// it is cancelled too).
+    #[arg(long)]
+    pub run_on_dependency_failure: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -98,6 +106,12 @@ pub(super) async fn submit(c: &mut JobClient, a: SubmitArgs, json: bool) -> Resu
             .map(|d| prost_types::Timestamp::from(std::time::SystemTime::now() + d)),
         labels: a.labels.into_iter().collect(),
         ordering_key: a.ordering_key.unwrap_or_default(),
+        depends_on: a.depends_on,
+        on_dependency_failure: if a.run_on_dependency_failure {
+            proto::DependencyFailure::Run
+        } else {
+            proto::DependencyFailure::Cancel
+        } as i32,
     };
     let r = c.submit(req).await?.into_inner();
     let job = r.job.unwrap_or_default();

@@ -666,6 +666,38 @@ impl Store for PostgresStore {
         self.put_logs(id, attempt, lines, at, keep).await
     }
 
+    fn take_moved(&self) -> Vec<crate::store::deps::Moved> {
+        Vec::new()
+    }
+
+    async fn release_waiting(
+        &self,
+        _now: Micros,
+        _limit: usize,
+    ) -> Result<Vec<crate::store::deps::Moved>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn children(&self, id: Uuid, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        self.with_statement(
+            "SELECT child FROM job_deps WHERE parent = $1 LIMIT $2",
+            async |c, st| {
+                let rows = c.query(st, &[&id, &(limit as i64)]).await?;
+                Ok(rows.iter().map(|r| r.get(0)).collect())
+            },
+        )
+        .await
+    }
+
+    async fn set_checkpoint(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        checkpoint: bytes::Bytes,
+    ) -> Result<bool, StoreError> {
+        self.put_checkpoint(id, attempt, checkpoint).await
+    }
+
     async fn extend_lease(&self, _: Uuid, _: u32, _: Micros) -> Result<bool, StoreError> {
         // Leases here are renewed every lease_ttl/3 for as long as the
         // attempt runs on this instance, whatever its deadline.

@@ -47,6 +47,26 @@ impl PostgresStore {
         .await
     }
 
+    pub(super) async fn put_checkpoint(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        checkpoint: bytes::Bytes,
+    ) -> Result<bool, StoreError> {
+        let running = crate::store::codec::state_code(JobState::Running);
+        let stored = (!checkpoint.is_empty()).then_some(checkpoint.as_ref());
+        self.with_statement(
+            "UPDATE jobs SET checkpoint = $2 WHERE id = $1 AND state = $3 AND attempt = $4",
+            async |c, st| {
+                let n = c
+                    .execute(st, &[&id, &stored, &running, &(attempt as i32)])
+                    .await?;
+                Ok(n == 1)
+            },
+        )
+        .await
+    }
+
     pub(super) async fn put_logs(
         &self,
         id: Uuid,

@@ -62,6 +62,12 @@ pub(super) fn job(r: &Row) -> Result<Job, StoreError> {
         ordering_key: col(r, 20)?,
         trace: decode_trace(col(r, 21)?),
         progress: crate::store::codec::decode_progress(col::<Option<Vec<u8>>>(r, 22)?.as_deref()),
+        checkpoint: col::<Option<Vec<u8>>>(r, 23)?
+            .map(Bytes::from)
+            .unwrap_or_default(),
+        parents: col::<Option<Vec<Uuid>>>(r, 24)?.unwrap_or_default(),
+        waiting_on: col::<i32>(r, 25)?.max(0) as u32,
+        on_parent_failure: crate::store::codec::policy_from_code(col::<i16>(r, 26)?.into()),
     })
 }
 

@@ -113,6 +113,26 @@ CREATE TABLE job_logs (
     PRIMARY KEY (job_id, seq)
 );
 "#,
+    r#"
+-- v9: the checkpoint an attempt stored, handed to the next attempt.
+ALTER TABLE jobs ADD COLUMN checkpoint BYTEA;
+"#,
+    r#"
+-- v10: workflows: a job's parents (depends_on), how many have not
+-- finished, what a parent's failure does (0 cancel, 1 run); job_deps
+-- finds a parent's children when it ends; WAITING (state 6) jobs are
+-- indexed for the sweeper's re-check.
+ALTER TABLE jobs ADD COLUMN parents UUID[];
+ALTER TABLE jobs ADD COLUMN waiting_on INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN dep_policy SMALLINT NOT NULL DEFAULT 0;
+CREATE TABLE job_deps (
+    parent UUID NOT NULL,
+    child  UUID NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+    PRIMARY KEY (parent, child)
+);
+CREATE INDEX job_deps_child ON job_deps (child);
+CREATE INDEX jobs_waiting ON jobs (id) WHERE state = 6;
+"#,
 ];
 
 /// An advisory-lock key per schema, so instances on different schemas of

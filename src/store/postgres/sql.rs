@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::{rows, Tx, Writer};
 use crate::job::{Job, JobState};
-use crate::store::codec::{encode_labels, encode_trace, state_code, COLS};
+use crate::store::codec::{encode_labels, encode_trace, policy_code, state_code, COLS};
 use crate::store::StoreError;
 
 /// `SELECT` of [`COLS`] with a `WHERE ...` tail.
@@ -36,7 +36,7 @@ fn due(state: JobState, column: &str) -> String {
     ))
 }
 
-pub(super) const COUNT_WAITING: &str = "SELECT COUNT(*) FROM jobs WHERE state IN (0, 2)";
+pub(super) const COUNT_WAITING: &str = "SELECT COUNT(*) FROM jobs WHERE state IN (0, 2, 6)";
 
 pub(super) static GET: LazyLock<String> = LazyLock::new(|| select_cols("WHERE id = $1"));
 
@@ -155,7 +155,7 @@ pub(super) const NEXT_DUE: &str = "SELECT LEAST( \
 pub(super) const COUNTS: &str = "SELECT state, COUNT(*) FROM jobs GROUP BY state";
 
 pub(super) const COUNT_BY_KIND: &str =
-    "SELECT state, kind, COUNT(*) FROM jobs WHERE state IN (0, 1, 2) \
+    "SELECT state, kind, COUNT(*) FROM jobs WHERE state IN (0, 1, 2, 6) \
      GROUP BY state, kind";
 
 pub(super) const COUNT_FAILED_BY_KIND: &str =
@@ -201,14 +201,15 @@ pub(super) const RENEW: &str = "UPDATE jobs SET lease_expires_at = $1 WHERE id I
 /// announces it. One round trip for any number of jobs.
 const SAVE: &str = "WITH x AS (
   SELECT * FROM unnest($1::uuid[], $2::int2[], $3::int4[], $4::bytea[], $5::int8[], $6::int8[],
-    $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::int2[], $13::int4[])
+    $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::int2[], $13::int4[],
+    $16::int4[])
   AS x(id, state, attempt, result, updated_at, started_at, finished_at, next_attempt_at,
-    lease_expires_at, last_error, sequence, old_state, old_attempt)
+    lease_expires_at, last_error, sequence, old_state, old_attempt, waiting_on)
 ), u AS (
   UPDATE jobs j SET state = x.state, attempt = x.attempt, result = x.result,
     updated_at = x.updated_at, started_at = x.started_at, finished_at = x.finished_at,
     next_attempt_at = x.next_attempt_at, lease_expires_at = x.lease_expires_at,
-    last_error = x.last_error, sequence = x.sequence,
+    last_error = x.last_error, sequence = x.sequence, waiting_on = x.waiting_on,
     owner = CASE WHEN x.state = 1 THEN $14 ELSE NULL END
   FROM x WHERE j.id = x.id AND j.state = x.old_state AND j.attempt = x.old_attempt
   RETURNING j.id, j.sequence, j.state, j.attempt, j.updated_at, j.started_at, j.finished_at,
@@ -220,15 +221,35 @@ const SAVE: &str = "WITH x AS (
 )
 SELECT count(pg_notify($15, u.id::text || ':' || u.sequence::text)) FROM u";
 
+/// New jobs, one row per array element. A job's parents come as the text
+/// of a `uuid[]` (`unnest` would flatten an array of arrays); NULL when it
+/// has none.
 const INSERT: &str = "INSERT INTO jobs (id, kind, state, attempt, max_attempts, priority,
     idempotency_key, request_hash, labels, payload, result, timeout_us, created_at, updated_at,
-    next_attempt_at, last_error, sequence, ordering_key, trace)
-  SELECT * FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int4[], $5::int4[], $6::int4[],
+    next_attempt_at, finished_at, last_error, sequence, ordering_key, trace, parents, waiting_on,
+    dep_policy)
+  SELECT id, kind, state, attempt, max_attempts, priority, idempotency_key, request_hash, labels,
+    payload, result, timeout_us, created_at, updated_at, next_attempt_at, finished_at, last_error,
+    sequence, ordering_key, trace, parents::uuid[], waiting_on, dep_policy
+  FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int4[], $5::int4[], $6::int4[],
     $7::text[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[], $12::int8[], $13::int8[],
-    $14::int8[], $15::int8[], $16::text[], $17::int8[], $18::text[], $19::text[])
+    $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::int8[], $19::text[], $20::text[],
+    $21::text[], $22::int4[], $23::int2[])
+  AS x(id, kind, state, attempt, max_attempts, priority, idempotency_key, request_hash, labels,
+    payload, result, timeout_us, created_at, updated_at, next_attempt_at, finished_at, last_error,
+    sequence, ordering_key, trace, parents, waiting_on, dep_policy)
   ON CONFLICT DO NOTHING RETURNING id";
 
-fn to_i32(n: u32) -> i32 {
+/// `ids` as the text of a PostgreSQL `uuid[]`; `None` when empty.
+fn uuid_array(ids: &[Uuid]) -> Option<String> {
+    if ids.is_empty() {
+        return None;
+    }
+    let inner: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+    Some(format!("{{{}}}", inner.join(",")))
+}
+
+pub(super) fn to_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
@@ -285,13 +306,22 @@ pub(super) async fn insert_rows(tx: &Tx<'_>, jobs: &[&Job]) -> Result<HashSet<Uu
     let seqs: Vec<i64> = jobs.iter().map(|j| j.sequence as i64).collect();
     let okeys: Vec<Option<&str>> = jobs.iter().map(|j| j.ordering_key.as_deref()).collect();
     let traces: Vec<Option<String>> = jobs.iter().map(|j| encode_trace(&j.trace)).collect();
+    // A job created CANCELLED (a parent failed) has finished.
+    let finished: Vec<Option<i64>> = jobs.iter().map(|j| j.finished_at).collect();
+    let parents: Vec<Option<String>> = jobs.iter().map(|j| uuid_array(&j.parents)).collect();
+    let waiting: Vec<i32> = jobs.iter().map(|j| to_i32(j.waiting_on)).collect();
+    let policies: Vec<i16> = jobs
+        .iter()
+        .map(|j| policy_code(j.on_parent_failure))
+        .collect();
     let st = tx.prepare_cached(INSERT).await?;
     let rows = tx
         .query(
             &st,
             &[
                 &ids, &kinds, &states, &attempts, &max, &prio, &keys, &hashes, &labels, &payloads,
-                &results, &timeouts, &created, &updated, &next, &errors, &seqs, &okeys, &traces,
+                &results, &timeouts, &created, &updated, &next, &finished, &errors, &seqs, &okeys,
+                &traces, &parents, &waiting, &policies,
             ],
         )
         .await?;
@@ -328,6 +358,7 @@ pub(super) async fn save(
     let seqs: Vec<i64> = jobs.iter().map(|j| j.sequence as i64).collect();
     let old_states: Vec<i16> = old.iter().map(|(s, _)| state_code(*s)).collect();
     let old_attempts: Vec<i32> = old.iter().map(|(_, a)| to_i32(*a)).collect();
+    let waiting: Vec<i32> = jobs.iter().map(|j| to_i32(j.waiting_on)).collect();
     let st = tx.prepare_cached(SAVE).await?;
     let row = tx
         .query_one(
@@ -348,6 +379,7 @@ pub(super) async fn save(
                 &old_attempts,
                 &w.instance,
                 &w.channel,
+                &waiting,
             ],
         )
         .await?;

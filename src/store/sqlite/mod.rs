@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::codec::{self, decode_labels, encode_labels, COLS};
 use super::limits::{self, Bucket, KindBudget};
 mod checkpoint;
+mod deps;
 mod progress;
 mod rows;
 mod schema;
@@ -60,6 +61,8 @@ pub struct SqliteStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     /// [`MAX_READERS`] places; a read takes one for its whole run.
     read_slots: Arc<Semaphore>,
+    /// Children moved by their parents' ends, committed, for the engine.
+    moved: Arc<Mutex<Vec<crate::store::deps::Moved>>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -75,7 +78,7 @@ impl SqliteStore {
     pub async fn open(path: impl AsRef<Path>) -> Result<SqliteStore, StoreError> {
         let path = path.as_ref().to_path_buf();
         let p = path.clone();
-        let (conn, waiting, ckpt) =
+        let (conn, (waiting, has_deps), ckpt) =
             tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 if let Some(dir) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| {
@@ -87,16 +90,21 @@ impl SqliteStore {
                 configure(&conn).map_err(map_err)?;
                 migrate(&mut conn)?;
                 let waiting = count_waiting(&conn).map_err(map_err)?;
+                let has_deps: bool = conn
+                    .query_row("SELECT EXISTS (SELECT 1 FROM job_deps)", [], |r| r.get(0))
+                    .map_err(map_err)?;
                 let ckpt = Checkpointer::connect(&p).map_err(map_err)?;
                 let ckpt = Checkpointer::start(ckpt).map_err(|e| {
                     let message = format!("cannot start checkpoint thread: {e}");
                     StoreError::Internal(Detail::new(message).because(e))
                 })?;
-                Ok((conn, waiting, ckpt))
+                Ok((conn, (waiting, has_deps), ckpt))
             })
             .await
             .map_err(|e| StoreError::Internal(Detail::new(e.to_string()).because(e)))??;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let moved = Arc::new(Mutex::new(Vec::new()));
+        let committed = moved.clone();
         std::thread::Builder::new()
             .name("jobd-sqlite-writer".into())
             .spawn(move || {
@@ -107,6 +115,9 @@ impl SqliteStore {
                     WriterState {
                         waiting,
                         buckets: HashMap::new(),
+                        has_deps,
+                        moved: Vec::new(),
+                        committed,
                     },
                 )
             })
@@ -119,6 +130,7 @@ impl SqliteStore {
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
             read_slots: Arc::new(Semaphore::new(MAX_READERS)),
+            moved,
         })
     }
 
@@ -223,8 +235,10 @@ impl Store for SqliteStore {
         jobs: Vec<NewJob>,
         max_backlog: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
-        // One job: at most its INSERT changes anything, as the last step.
-        self.write_with(jobs.len() == 1, move |tx, st| {
+        // One job without parents: at most its INSERT changes anything, as
+        // the last step (a job with parents writes its edges too).
+        let single = jobs.len() == 1 && jobs[0].parents.is_empty();
+        self.write_with(single, move |tx, st| {
             jobs.into_iter()
                 .map(|j| insert_one(tx, st, j, max_backlog))
                 .collect()
@@ -367,7 +381,7 @@ impl Store for SqliteStore {
         // redone with a savepoint per outcome.
         self.write(move |tx, st| {
             let sp = |sql: &str| exec_cached(tx, sql).map_err(map_err);
-            let waiting = st.waiting;
+            let (waiting, moved) = (st.waiting, st.moved.len());
             sp("SAVEPOINT fm")?;
             let fast: Result<Vec<_>, _> = items.iter().map(|f| finish_one(tx, st, f)).collect();
             if let Ok(jobs) = fast {
@@ -375,15 +389,17 @@ impl Store for SqliteStore {
                 return Ok(jobs.into_iter().map(Ok).collect());
             }
             st.waiting = waiting;
+            st.moved.truncate(moved);
             sp("ROLLBACK TO fm")?;
             sp("RELEASE fm")?;
             let mut out = Vec::with_capacity(items.len());
             for f in &items {
                 sp("SAVEPOINT f")?;
-                let waiting = st.waiting;
+                let (waiting, moved) = (st.waiting, st.moved.len());
                 let r = finish_one(tx, st, f);
                 if r.is_err() {
                     st.waiting = waiting;
+                    st.moved.truncate(moved);
                     sp("ROLLBACK TO f")?;
                 }
                 sp("RELEASE f")?;
@@ -481,7 +497,7 @@ impl Store for SqliteStore {
     async fn count_by_kind(&self) -> Result<Vec<(JobState, String, u64)>, StoreError> {
         self.read(|c| {
             let mut s = c.prepare_cached(
-                "SELECT state, kind, COUNT(*) FROM jobs WHERE state IN (0, 1, 2) GROUP BY state, kind",
+                "SELECT state, kind, COUNT(*) FROM jobs WHERE state IN (0, 1, 2, 6) GROUP BY state, kind",
             )?;
             let rows = s.query_map([], |r| {
                 Ok((state_from(r.get(0)?)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
@@ -533,9 +549,19 @@ impl Store for SqliteStore {
                 out.push(
                     match transition::decide_retry(load(tx, id)?, st.waiting < max, now) {
                         transition::RetryDecision::Skip(skipped) => skipped,
-                        transition::RetryDecision::Retry { job, prev, attempt } => {
-                            save(tx, st, &job, prev, attempt)?;
-                            RetryOutcome::Retried { job, prev }
+                        transition::RetryDecision::Retry {
+                            mut job,
+                            prev,
+                            attempt,
+                        } => {
+                            let parents = deps::parent_states(tx, &job.parents)?;
+                            let parents = parents.unwrap_or_default();
+                            if crate::store::deps::replace(&mut job, parents, now) {
+                                save(tx, st, &job, prev, attempt)?;
+                                RetryOutcome::Retried { job, prev }
+                            } else {
+                                RetryOutcome::NotRetryable(load(tx, id)?.unwrap_or(job))
+                            }
                         }
                     },
                 );
@@ -681,6 +707,31 @@ impl Store for SqliteStore {
         keep: usize,
     ) -> Result<bool, StoreError> {
         self.put_logs(id, attempt, lines, at, keep).await
+    }
+
+    fn take_moved(&self) -> Vec<crate::store::deps::Moved> {
+        std::mem::take(&mut *self.moved.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    async fn release_waiting(
+        &self,
+        now: Micros,
+        limit: usize,
+    ) -> Result<Vec<crate::store::deps::Moved>, StoreError> {
+        self.recheck_waiting(now, limit).await
+    }
+
+    async fn children(&self, id: Uuid, limit: usize) -> Result<Vec<Uuid>, StoreError> {
+        self.children_of(id, limit).await
+    }
+
+    async fn set_checkpoint(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        checkpoint: Bytes,
+    ) -> Result<bool, StoreError> {
+        self.put_checkpoint(id, attempt, checkpoint).await
     }
 
     async fn extend_lease(

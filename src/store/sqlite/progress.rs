@@ -84,6 +84,31 @@ impl SqliteStore {
         .await
     }
 
+    pub(super) async fn put_checkpoint(
+        &self,
+        id: Uuid,
+        attempt: u32,
+        checkpoint: Bytes,
+    ) -> Result<bool, StoreError> {
+        self.write(move |tx, _| {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE jobs SET checkpoint = ?2 WHERE id = ?1 AND state = ?3 AND attempt = ?4",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        id.as_bytes().as_slice(),
+                        (!checkpoint.is_empty()).then_some(checkpoint.as_ref()),
+                        state_code(JobState::Running),
+                        attempt
+                    ])
+                })
+                .map_err(map_err)?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
     pub(super) async fn push_lease(
         &self,
         id: Uuid,

@@ -51,6 +51,13 @@ pub(super) fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
         ordering_key: r.get(20)?,
         trace: codec::decode_trace(r.get(21)?),
         progress: codec::decode_progress(r.get::<_, Option<Vec<u8>>>(22)?.as_deref()),
+        checkpoint: r
+            .get::<_, Option<Vec<u8>>>(23)?
+            .map(Bytes::from)
+            .unwrap_or_default(),
+        parents: codec::decode_ids(&r.get::<_, Option<Vec<u8>>>(24)?.unwrap_or_default()),
+        waiting_on: r.get(25)?,
+        on_parent_failure: codec::policy_from_code(r.get(26)?),
     })
 }
 

@@ -15,6 +15,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0007.sql"),
     include_str!("migrations/0008.sql"),
     include_str!("migrations/0009.sql"),
+    include_str!("migrations/0010.sql"),
+    include_str!("migrations/0011.sql"),
 ];
 
 pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {
@@ -83,7 +85,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 pub(super) fn count_waiting(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT COUNT(*) FROM jobs WHERE state IN (0, 2)", [], |r| {
-        r.get(0)
-    })
+    conn.query_row(
+        "SELECT COUNT(*) FROM jobs WHERE state IN (0, 2, 6)",
+        [],
+        |r| r.get(0),
+    )
 }

@@ -12,6 +12,13 @@ pub(super) struct WriterState {
     /// Rated kinds' token buckets (one process claims from this file, so
     /// they live here; a restart starts them full).
     pub(super) buckets: HashMap<String, Bucket>,
+    /// Some job has parents: a job's end looks for children (a store that
+    /// never saw depends_on skips the lookup).
+    pub(super) has_deps: bool,
+    /// Children moved in this transaction by their parents' ends.
+    pub(super) moved: Vec<crate::store::deps::Moved>,
+    /// Where `moved` goes once committed (the store's `take_moved`).
+    pub(super) committed: Arc<Mutex<Vec<crate::store::deps::Moved>>>,
 }
 
 pub(super) type Reply = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -110,13 +117,14 @@ pub(super) fn run_group(conn: &mut Connection, batch: &mut Vec<Work>, st: &mut W
                 continue;
             }
         }
-        let waiting = st.waiting;
+        let (waiting, moved) = (st.waiting, st.moved.len());
         let (reply, failed) = (w.run)(Ok((&tx, &mut *st)));
         replies.push(reply);
         if failed {
             // Undo only this request, so the rest of the group still commits
             // (a single change was undone by SQLite with its statement).
             st.waiting = waiting;
+            st.moved.truncate(moved);
             if savepoint {
                 let _ = exec_cached(&tx, "ROLLBACK TO w");
             }
@@ -139,6 +147,10 @@ pub(super) fn run_group(conn: &mut Connection, batch: &mut Vec<Work>, st: &mut W
     if let Err(e) = &commit {
         tracing::warn!(error = %e, "store commit failed; nothing in this group was stored");
         st.waiting = count_waiting(conn).unwrap_or(before);
+        st.moved.clear();
+    } else if !st.moved.is_empty() {
+        let mut out = st.committed.lock().unwrap_or_else(|p| p.into_inner());
+        out.append(&mut st.moved);
     }
     for r in replies {
         r(commit
@@ -176,7 +188,7 @@ pub(super) fn save(
         .prepare_cached(
             "UPDATE jobs SET state = ?2, attempt = ?3, result = ?4, updated_at = ?5, \
              started_at = ?6, finished_at = ?7, next_attempt_at = ?8, lease_expires_at = ?9, \
-             last_error = ?10, sequence = ?11 \
+             last_error = ?10, sequence = ?11, waiting_on = ?14 \
              WHERE id = ?1 AND state = ?12 AND attempt = ?13",
         )
         .and_then(|mut s| {
@@ -194,6 +206,7 @@ pub(super) fn save(
                 job.sequence as i64,
                 state_code(old_state),
                 old_attempt,
+                job.waiting_on,
             ])
         })
         .map_err(map_err)?;
@@ -203,7 +216,7 @@ pub(super) fn save(
         ));
     }
     st.waiting += i64::from(job.state.is_waiting()) - i64::from(old_state.is_waiting());
-    Ok(())
+    super::deps::after_save(tx, st, job, old_state)
 }
 
 /// Loads, transitions and saves each job in `ids`.
@@ -284,7 +297,11 @@ pub(super) fn insert_one(
     if st.waiting >= max_backlog.min(i64::MAX as u64) as i64 {
         return Ok(InsertOutcome::BacklogFull);
     }
-    let job = super::transition::create(new, now_micros(), |kind| {
+    let standing = match super::deps::standing(tx, &new)? {
+        Ok(s) => s,
+        Err(parent) => return Ok(InsertOutcome::UnknownParent(parent)),
+    };
+    let job = super::transition::create(new, now_micros(), standing, |kind| {
         // An error here reads as "ready": the job is then simply QUEUED.
         tx.prepare_cached(KIND_HAS_READY)
             .and_then(|mut s| s.exists([kind]))
@@ -292,7 +309,7 @@ pub(super) fn insert_one(
     });
     tx.prepare_cached(&format!(
         "INSERT INTO jobs ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
+         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -319,9 +336,14 @@ pub(super) fn insert_one(
             job.ordering_key,
             codec::encode_trace(&job.trace),
             job.progress.as_ref().map(codec::encode_progress),
+            (!job.checkpoint.is_empty()).then_some(job.checkpoint.as_ref()),
+            (!job.parents.is_empty()).then(|| codec::encode_ids(&job.parents)),
+            job.waiting_on,
+            codec::policy_code(job.on_parent_failure),
         ])
     })
     .map_err(map_err)?;
+    super::deps::insert_edges(tx, st, &job)?;
     st.waiting += i64::from(job.state.is_waiting());
     Ok(InsertOutcome::Created(job))
 }

@@ -82,6 +82,11 @@ class JobServiceStub(object):
                 request_serializer=jobd_dot_v1_dot_jobd__pb2.WatchLogsRequest.SerializeToString,
                 response_deserializer=jobd_dot_v1_dot_jobd__pb2.LogLine.FromString,
                 _registered_method=True)
+        self.GetJobGraph = channel.unary_unary(
+                '/jobd.v1.JobService/GetJobGraph',
+                request_serializer=jobd_dot_v1_dot_jobd__pb2.GetJobGraphRequest.SerializeToString,
+                response_deserializer=jobd_dot_v1_dot_jobd__pb2.GetJobGraphResponse.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer(object):
@@ -182,6 +187,15 @@ class JobServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetJobGraph(self, request, context):
+        """GetJobGraph returns a job's ancestors and descendants (depends_on
+        edges) up to `depth` steps each way (default 3, at most 10), at most
+        1,000 jobs; `truncated` says when more exist.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +243,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchLogs,
                     request_deserializer=jobd_dot_v1_dot_jobd__pb2.WatchLogsRequest.FromString,
                     response_serializer=jobd_dot_v1_dot_jobd__pb2.LogLine.SerializeToString,
+            ),
+            'GetJobGraph': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetJobGraph,
+                    request_deserializer=jobd_dot_v1_dot_jobd__pb2.GetJobGraphRequest.FromString,
+                    response_serializer=jobd_dot_v1_dot_jobd__pb2.GetJobGraphResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -477,6 +496,33 @@ class JobService(object):
             '/jobd.v1.JobService/WatchLogs',
             jobd_dot_v1_dot_jobd__pb2.WatchLogsRequest.SerializeToString,
             jobd_dot_v1_dot_jobd__pb2.LogLine.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetJobGraph(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobd.v1.JobService/GetJobGraph',
+            jobd_dot_v1_dot_jobd__pb2.GetJobGraphRequest.SerializeToString,
+            jobd_dot_v1_dot_jobd__pb2.GetJobGraphResponse.FromString,
             options,
             channel_credentials,
             insecure,

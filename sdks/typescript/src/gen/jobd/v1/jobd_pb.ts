@@ -30,7 +30,130 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file jobd/v1/jobd.proto.
  */
 export const file_jobd_v1_jobd: GenFile = /*@__PURE__*/
-  fileDesc("ChJqb2JkL3YxL2pvYmQucHJvdG8SB2pvYmQudjEicAoLSm9iUHJvZ3Jlc3MSDwoHcGVyY2VudBgBIAEoDRIPCgdtZXNzYWdlGAIgASgJEg8KB2RldGFpbHMYAyABKAwSLgoKdXBkYXRlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiOgoOR2V0TG9nc1JlcXVlc3QSCgoCaWQYASABKAkSDQoFYWZ0ZXIYAiABKAQSDQoFbGltaXQYAyABKA0iMgoPR2V0TG9nc1Jlc3BvbnNlEh8KBWxpbmVzGAEgAygLMhAuam9iZC52MS5Mb2dMaW5lIi0KEFdhdGNoTG9nc1JlcXVlc3QSCgoCaWQYASABKAkSDQoFYWZ0ZXIYAiABKAQiXwoHTG9nTGluZRILCgNzZXEYASABKAQSDwoHYXR0ZW1wdBgCIAEoDRIoCgR0aW1lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIMCgR0ZXh0GAQgASgJIrUFCgNKb2ISCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIgCgVzdGF0ZRgDIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDwoHYXR0ZW1wdBgEIAEoDRIUCgxtYXhfYXR0ZW1wdHMYBSABKA0SEAoIcHJpb3JpdHkYBiABKAUSFwoPaWRlbXBvdGVuY3lfa2V5GAcgASgJEigKBmxhYmVscxgIIAMoCzIYLmpvYmQudjEuSm9iLkxhYmVsc0VudHJ5Ei4KCmNyZWF0ZWRfYXQYCSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnN0YXJ0ZWRfYXQYCyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9uZXh0X2F0dGVtcHRfYXQYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhIKCmxhc3RfZXJyb3IYDiABKAkSDgoGcmVzdWx0GA8gASgMEhQKDHBheWxvYWRfc2l6ZRgQIAEoBBIqCgd0aW1lb3V0GBEgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhgKEHJlc3VsdF90cnVuY2F0ZWQYEiABKAgSFAoMb3JkZXJpbmdfa2V5GBMgASgJEhMKC3RyYWNlcGFyZW50GBQgASgJEiYKCHByb2dyZXNzGBUgASgLMhQuam9iZC52MS5Kb2JQcm9ncmVzcxotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIsACCg1TdWJtaXRSZXF1ZXN0EgwKBGtpbmQYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgNEioKB3RpbWVvdXQYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCgZsYWJlbHMYCCADKAsyIi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QuTGFiZWxzRW50cnkSFAoMb3JkZXJpbmdfa2V5GAkgASgJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQQoOU3VibWl0UmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISFAoMZGVkdXBsaWNhdGVkGAIgASgIIj4KElN1Ym1pdEJhdGNoUmVxdWVzdBIoCghyZXF1ZXN0cxgBIAMoCzIWLmpvYmQudjEuU3VibWl0UmVxdWVzdCJqCgxTdWJtaXRSZXN1bHQSKwoIYWNjZXB0ZWQYASABKAsyFy5qb2JkLnYxLlN1Ym1pdFJlc3BvbnNlSAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQggKBnJlc3VsdCI9ChNTdWJtaXRCYXRjaFJlc3BvbnNlEiYKB3Jlc3VsdHMYASADKAsyFS5qb2JkLnYxLlN1Ym1pdFJlc3VsdCIeChBHZXRTdGF0dXNSZXF1ZXN0EgoKAmlkGAEgASgJIkcKEUdldFN0YXR1c1Jlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhcKD3BheWxvYWRfcHJldmlldxgCIAEoDCI4ChJXYXRjaFN0YXR1c1JlcXVlc3QSCgoCaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiNwoISm9iRXZlbnQSGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIc2VxdWVuY2UYAiABKAQiGwoNQ2FuY2VsUmVxdWVzdBIKCgJpZBgBIAEoCSIrCg5DYW5jZWxSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYiKKAgoPTGlzdEpvYnNSZXF1ZXN0EiAKBXN0YXRlGAEgASgOMhEuam9iZC52MS5Kb2JTdGF0ZRIMCgRraW5kGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJEhQKDG9yZGVyaW5nX2tleRgFIAEoCRI0CgZsYWJlbHMYBiADKAsyJC5qb2JkLnYxLkxpc3RKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIlCgVvcmRlchgHIAEoDjIWLmpvYmQudjEuTGlzdEpvYnNPcmRlchotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlEKEFdhdGNoSm9ic1JlcXVlc3QSDAoEa2luZBgBIAEoCRIgCgVzdGF0ZRgCIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDQoFYWZ0ZXIYAyABKAQiQAoRV2F0Y2hKb2JzUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIcG9zaXRpb24YAiABKAQiRwoQTGlzdEpvYnNSZXNwb25zZRIaCgRqb2JzGAEgAygLMgwuam9iZC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIosCCg1Xb3JrZXJNZXNzYWdlEh8KBWhlbGxvGAEgASgLMg4uam9iZC52MS5IZWxsb0gAEicKCWhlYXJ0YmVhdBgCIAEoCzISLmpvYmQudjEuSGVhcnRiZWF0SAASJQoIY29tcGxldGUYAyABKAsyES5qb2JkLnYxLkNvbXBsZXRlSAASHQoEZmFpbBgEIAEoCzINLmpvYmQudjEuRmFpbEgAEiUKCHByb2dyZXNzGAUgASgLMhEuam9iZC52MS5Qcm9ncmVzc0gAEhsKA2xvZxgGIAEoCzIMLmpvYmQudjEuTG9nSAASHwoFdG91Y2gYByABKAsyDi5qb2JkLnYxLlRvdWNoSABCBQoDbXNnIlYKBVRvdWNoEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEiwKCWV4dGVuZF9ieRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJeCghQcm9ncmVzcxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIPCgdwZXJjZW50GAMgASgNEg8KB21lc3NhZ2UYBCABKAkSDwoHZGV0YWlscxgFIAEoDCI1CgNMb2cSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDQoFbGluZXMYAyADKAkimwEKBUhlbGxvEhEKCXdvcmtlcl9pZBgBIAEoCRINCgVraW5kcxgCIAMoCRIVCg1tYXhfaW5fZmxpZ2h0GAMgASgNEioKBmxhYmVscxgEIAMoCzIaLmpvYmQudjEuSGVsbG8uTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASILCglIZWFydGJlYXQiOwoIQ29tcGxldGUSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDgoGcmVzdWx0GAMgASgMInkKBEZhaWwSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDQoFZXJyb3IYAyABKAkSEQoJcGVybWFuZW50GAQgASgIEi4KC3JldHJ5X2FmdGVyGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIvABCg1TZXJ2ZXJNZXNzYWdlEiMKB3dlbGNvbWUYASABKAsyEC5qb2JkLnYxLldlbGNvbWVIABIhCgZhc3NpZ24YAiABKAsyDy5qb2JkLnYxLkFzc2lnbkgAEiQKBmNhbmNlbBgDIAEoCzISLmpvYmQudjEuQ2FuY2VsSm9iSAASIQoDYWNrGAQgASgLMhIuam9iZC52MS5SZXBvcnRBY2tIABIfCgVkcmFpbhgFIAEoCzIOLmpvYmQudjEuRHJhaW5IABImCgl0b3VjaF9hY2sYBiABKAsyES5qb2JkLnYxLlRvdWNoQWNrSABCBQoDbXNnImgKCFRvdWNoQWNrEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEiwKCGRlYWRsaW5lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgVzdGFsZRgEIAEoCCJUCgdXZWxjb21lEhIKCnNlc3Npb25faWQYASABKAkSNQoSaGVhcnRiZWF0X2ludGVydmFsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIsEBCgZBc3NpZ24SGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISDwoHcGF5bG9hZBgCIAEoDBIsCghkZWFkbGluZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoHaGVhZGVycxgEIAMoCzIcLmpvYmQudjEuQXNzaWduLkhlYWRlcnNFbnRyeRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI8CglDYW5jZWxKb2ISDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDgoGcmVhc29uGAMgASgJIjsKCVJlcG9ydEFjaxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVzdGFsZRgDIAEoCCI1CgVEcmFpbhIsCghkZWFkbGluZRgBIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAiFgoUTGlzdFNjaGVkdWxlc1JlcXVlc3QiQwoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEioKCXNjaGVkdWxlcxgBIAMoCzIXLmpvYmQudjEuU2NoZWR1bGVTdGF0dXMioQEKDlNjaGVkdWxlU3RhdHVzEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSDAoEY3JvbhgDIAEoCRIQCgh0aW1lem9uZRgEIAEoCRIwCgxuZXh0X2ZpcmVfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg4KBnBhdXNlZBgGIAEoCBITCgtsYXN0X2pvYl9pZBgHIAEoCSIkChZUcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIjQKF1RyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iIiIKFFBhdXNlU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIkIKFVBhdXNlU2NoZWR1bGVSZXNwb25zZRIpCghzY2hlZHVsZRgBIAEoCzIXLmpvYmQudjEuU2NoZWR1bGVTdGF0dXMiIwoVUmVzdW1lU2NoZWR1bGVSZXF1ZXN0EgoKAmlkGAEgASgJIkMKFlJlc3VtZVNjaGVkdWxlUmVzcG9uc2USKQoIc2NoZWR1bGUYASABKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIiAKEFBhdXNlS2luZFJlcXVlc3QSDAoEa2luZBgBIAEoCSI9ChFQYXVzZUtpbmRSZXNwb25zZRIoCgtraW5kX3N0YXR1cxgBIAEoCzITLmpvYmQudjEuS2luZFN0YXR1cyIhChFSZXN1bWVLaW5kUmVxdWVzdBIMCgRraW5kGAEgASgJIj4KElJlc3VtZUtpbmRSZXNwb25zZRIoCgtraW5kX3N0YXR1cxgBIAEoCzITLmpvYmQudjEuS2luZFN0YXR1cyISChBMaXN0S2luZHNSZXF1ZXN0IjcKEUxpc3RLaW5kc1Jlc3BvbnNlEiIKBWtpbmRzGAEgAygLMhMuam9iZC52MS5LaW5kU3RhdHVzIrABCgpLaW5kU3RhdHVzEgwKBGtpbmQYASABKAkSDwoHaGFuZGxlchgCIAEoCRIOCgZwYXVzZWQYAyABKAgSDgoGcXVldWVkGAQgASgEEg8KB3J1bm5pbmcYBSABKAQSEgoKcmV0cnlfd2FpdBgGIAEoBBIOCgZmYWlsZWQYByABKAQSEwoLY29uY3VycmVuY3kYCCABKA0SGQoRY29ubmVjdGVkX3dvcmtlcnMYCSABKA0iZQoQUmV0cnlKb2JzUmVxdWVzdBILCgNpZHMYASADKAkSJAoGZmlsdGVyGAIgASgLMhQuam9iZC52MS5SZXRyeUZpbHRlchIPCgdkcnlfcnVuGAMgASgIEg0KBWxpbWl0GAQgASgNIocCCgtSZXRyeUZpbHRlchIgCgVzdGF0ZRgBIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDAoEa2luZBgCIAEoCRIwCgZsYWJlbHMYAyADKAsyIC5qb2JkLnYxLlJldHJ5RmlsdGVyLkxhYmVsc0VudHJ5EjIKDmZpbmlzaGVkX2FmdGVyGAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIzCg9maW5pc2hlZF9iZWZvcmUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEieAoRUmV0cnlKb2JzUmVzcG9uc2USDwoHbWF0Y2hlZBgBIAEoBBIPCgdyZXRyaWVkGAIgASgEEgsKA2lkcxgDIAMoCRImCgdza2lwcGVkGAQgAygLMhUuam9iZC52MS5SZXRyeVNraXBwZWQSDAoEbW9yZRgFIAEoCCIqCgxSZXRyeVNraXBwZWQSCgoCaWQYASABKAkSDgoGcmVhc29uGAIgASgJIiIKEkxpc3RXb3JrZXJzUmVxdWVzdBIMCgRraW5kGAEgASgJIj4KE0xpc3RXb3JrZXJzUmVzcG9uc2USJwoHd29ya2VycxgBIAMoCzIWLmpvYmQudjEuV29ya2VyU2Vzc2lvbiLEAgoNV29ya2VyU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEhEKCXdvcmtlcl9pZBgCIAEoCRINCgVraW5kcxgDIAMoCRIRCglpbl9mbGlnaHQYBCABKA0SFQoNbWF4X2luX2ZsaWdodBgFIAEoDRIwCgxjb25uZWN0ZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KCWxhc3Rfc2VlbhgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHYWRkcmVzcxgIIAEoCRIyCgZsYWJlbHMYCSADKAsyIi5qb2JkLnYxLldvcmtlclNlc3Npb24uTGFiZWxzRW50cnkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASq0AQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFAoQSk9CX1NUQVRFX1FVRVVFRBABEhUKEUpPQl9TVEFURV9SVU5OSU5HEAISGAoUSk9CX1NUQVRFX1JFVFJZX1dBSVQQAxIXChNKT0JfU1RBVEVfU1VDQ0VFREVEEAQSFAoQSk9CX1NUQVRFX0ZBSUxFRBAFEhcKE0pPQl9TVEFURV9DQU5DRUxMRUQQBip0Cg1MaXN0Sm9ic09yZGVyEh8KG0xJU1RfSk9CU19PUkRFUl9VTlNQRUNJRklFRBAAEiAKHExJU1RfSk9CU19PUkRFUl9PTERFU1RfRklSU1QQARIgChxMSVNUX0pPQlNfT1JERVJfTkVXRVNUX0ZJUlNUEAIy0gQKCkpvYlNlcnZpY2USOQoGU3VibWl0EhYuam9iZC52MS5TdWJtaXRSZXF1ZXN0Ghcuam9iZC52MS5TdWJtaXRSZXNwb25zZRJICgtTdWJtaXRCYXRjaBIbLmpvYmQudjEuU3VibWl0QmF0Y2hSZXF1ZXN0Ghwuam9iZC52MS5TdWJtaXRCYXRjaFJlc3BvbnNlEkIKCUdldFN0YXR1cxIZLmpvYmQudjEuR2V0U3RhdHVzUmVxdWVzdBoaLmpvYmQudjEuR2V0U3RhdHVzUmVzcG9uc2USPwoLV2F0Y2hTdGF0dXMSGy5qb2JkLnYxLldhdGNoU3RhdHVzUmVxdWVzdBoRLmpvYmQudjEuSm9iRXZlbnQwARI5CgZDYW5jZWwSFi5qb2JkLnYxLkNhbmNlbFJlcXVlc3QaFy5qb2JkLnYxLkNhbmNlbFJlc3BvbnNlEj8KCExpc3RKb2JzEhguam9iZC52MS5MaXN0Sm9ic1JlcXVlc3QaGS5qb2JkLnYxLkxpc3RKb2JzUmVzcG9uc2USRAoJV2F0Y2hKb2JzEhkuam9iZC52MS5XYXRjaEpvYnNSZXF1ZXN0Ghouam9iZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEjwKB0dldExvZ3MSFy5qb2JkLnYxLkdldExvZ3NSZXF1ZXN0Ghguam9iZC52MS5HZXRMb2dzUmVzcG9uc2USOgoJV2F0Y2hMb2dzEhkuam9iZC52MS5XYXRjaExvZ3NSZXF1ZXN0GhAuam9iZC52MS5Mb2dMaW5lMAEyTgoNV29ya2VyU2VydmljZRI9CgdDb25uZWN0EhYuam9iZC52MS5Xb3JrZXJNZXNzYWdlGhYuam9iZC52MS5TZXJ2ZXJNZXNzYWdlKAEwATK0BQoMQWRtaW5TZXJ2aWNlEkgKC0xpc3RXb3JrZXJzEhsuam9iZC52MS5MaXN0V29ya2Vyc1JlcXVlc3QaHC5qb2JkLnYxLkxpc3RXb3JrZXJzUmVzcG9uc2USQgoJUGF1c2VLaW5kEhkuam9iZC52MS5QYXVzZUtpbmRSZXF1ZXN0Ghouam9iZC52MS5QYXVzZUtpbmRSZXNwb25zZRJFCgpSZXN1bWVLaW5kEhouam9iZC52MS5SZXN1bWVLaW5kUmVxdWVzdBobLmpvYmQudjEuUmVzdW1lS2luZFJlc3BvbnNlEkIKCUxpc3RLaW5kcxIZLmpvYmQudjEuTGlzdEtpbmRzUmVxdWVzdBoaLmpvYmQudjEuTGlzdEtpbmRzUmVzcG9uc2USQgoJUmV0cnlKb2JzEhkuam9iZC52MS5SZXRyeUpvYnNSZXF1ZXN0Ghouam9iZC52MS5SZXRyeUpvYnNSZXNwb25zZRJOCg1MaXN0U2NoZWR1bGVzEh0uam9iZC52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBoeLmpvYmQudjEuTGlzdFNjaGVkdWxlc1Jlc3BvbnNlElQKD1RyaWdnZXJTY2hlZHVsZRIfLmpvYmQudjEuVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBogLmpvYmQudjEuVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USTgoNUGF1c2VTY2hlZHVsZRIdLmpvYmQudjEuUGF1c2VTY2hlZHVsZVJlcXVlc3QaHi5qb2JkLnYxLlBhdXNlU2NoZWR1bGVSZXNwb25zZRJRCg5SZXN1bWVTY2hlZHVsZRIeLmpvYmQudjEuUmVzdW1lU2NoZWR1bGVSZXF1ZXN0Gh8uam9iZC52MS5SZXN1bWVTY2hlZHVsZVJlc3BvbnNlQilaJ2dpdGh1Yi5jb20vam9iZC9qb2JkL2dlbi9qb2JkL3YxO2pvYmR2MWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChJqb2JkL3YxL2pvYmQucHJvdG8SB2pvYmQudjEiLwoSR2V0Sm9iR3JhcGhSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWRlcHRoGAIgASgNImUKE0dldEpvYkdyYXBoUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYmQudjEuSm9iEh8KBWVkZ2VzGAIgAygLMhAuam9iZC52MS5Kb2JFZGdlEhEKCXRydW5jYXRlZBgDIAEoCCIoCgdKb2JFZGdlEg4KBnBhcmVudBgBIAEoCRINCgVjaGlsZBgCIAEoCSJyCgxQYXJlbnRSZXN1bHQSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIgCgVzdGF0ZRgDIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDgoGcmVzdWx0GAQgASgMEhYKDnJlc3VsdF9vbWl0dGVkGAUgASgIInAKC0pvYlByb2dyZXNzEg8KB3BlcmNlbnQYASABKA0SDwoHbWVzc2FnZRgCIAEoCRIPCgdkZXRhaWxzGAMgASgMEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjoKDkdldExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEEg0KBWxpbWl0GAMgASgNIjIKD0dldExvZ3NSZXNwb25zZRIfCgVsaW5lcxgBIAMoCzIQLmpvYmQudjEuTG9nTGluZSItChBXYXRjaExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEIl8KB0xvZ0xpbmUSCwoDc2VxGAEgASgEEg8KB2F0dGVtcHQYAiABKA0SKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEdGV4dBgEIAEoCSKxBgoDSm9iEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSIAoFc3RhdGUYAyABKA4yES5qb2JkLnYxLkpvYlN0YXRlEg8KB2F0dGVtcHQYBCABKA0SFAoMbWF4X2F0dGVtcHRzGAUgASgNEhAKCHByaW9yaXR5GAYgASgFEhcKD2lkZW1wb3RlbmN5X2tleRgHIAEoCRIoCgZsYWJlbHMYCCADKAsyGC5qb2JkLnYxLkpvYi5MYWJlbHNFbnRyeRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbmV4dF9hdHRlbXB0X2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGA4gASgJEg4KBnJlc3VsdBgPIAEoDBIUCgxwYXlsb2FkX3NpemUYECABKAQSKgoHdGltZW91dBgRIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIYChByZXN1bHRfdHJ1bmNhdGVkGBIgASgIEhQKDG9yZGVyaW5nX2tleRgTIAEoCRITCgt0cmFjZXBhcmVudBgUIAEoCRImCghwcm9ncmVzcxgVIAEoCzIULmpvYmQudjEuSm9iUHJvZ3Jlc3MSFwoPY2hlY2twb2ludF9zaXplGBYgASgEEhIKCnBhcmVudF9pZHMYFyADKAkSEgoKd2FpdGluZ19vbhgYIAEoDRI5ChVvbl9kZXBlbmRlbmN5X2ZhaWx1cmUYGSABKA4yGi5qb2JkLnYxLkRlcGVuZGVuY3lGYWlsdXJlGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEijwMKDVN1Ym1pdFJlcXVlc3QSDAoEa2luZBgBIAEoCRIPCgdwYXlsb2FkGAIgASgMEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRIQCghwcmlvcml0eRgEIAEoBRIUCgxtYXhfYXR0ZW1wdHMYBSABKA0SKgoHdGltZW91dBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIqCgZydW5fYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKBmxhYmVscxgIIAMoCzIiLmpvYmQudjEuU3VibWl0UmVxdWVzdC5MYWJlbHNFbnRyeRIUCgxvcmRlcmluZ19rZXkYCSABKAkSEgoKZGVwZW5kc19vbhgKIAMoCRI5ChVvbl9kZXBlbmRlbmN5X2ZhaWx1cmUYCyABKA4yGi5qb2JkLnYxLkRlcGVuZGVuY3lGYWlsdXJlGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQQoOU3VibWl0UmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISFAoMZGVkdXBsaWNhdGVkGAIgASgIIj4KElN1Ym1pdEJhdGNoUmVxdWVzdBIoCghyZXF1ZXN0cxgBIAMoCzIWLmpvYmQudjEuU3VibWl0UmVxdWVzdCJqCgxTdWJtaXRSZXN1bHQSKwoIYWNjZXB0ZWQYASABKAsyFy5qb2JkLnYxLlN1Ym1pdFJlc3BvbnNlSAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQggKBnJlc3VsdCI9ChNTdWJtaXRCYXRjaFJlc3BvbnNlEiYKB3Jlc3VsdHMYASADKAsyFS5qb2JkLnYxLlN1Ym1pdFJlc3VsdCIeChBHZXRTdGF0dXNSZXF1ZXN0EgoKAmlkGAEgASgJIkcKEUdldFN0YXR1c1Jlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhcKD3BheWxvYWRfcHJldmlldxgCIAEoDCI4ChJXYXRjaFN0YXR1c1JlcXVlc3QSCgoCaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiNwoISm9iRXZlbnQSGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIc2VxdWVuY2UYAiABKAQiGwoNQ2FuY2VsUmVxdWVzdBIKCgJpZBgBIAEoCSIrCg5DYW5jZWxSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYiKKAgoPTGlzdEpvYnNSZXF1ZXN0EiAKBXN0YXRlGAEgASgOMhEuam9iZC52MS5Kb2JTdGF0ZRIMCgRraW5kGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJEhQKDG9yZGVyaW5nX2tleRgFIAEoCRI0CgZsYWJlbHMYBiADKAsyJC5qb2JkLnYxLkxpc3RKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIlCgVvcmRlchgHIAEoDjIWLmpvYmQudjEuTGlzdEpvYnNPcmRlchotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlEKEFdhdGNoSm9ic1JlcXVlc3QSDAoEa2luZBgBIAEoCRIgCgVzdGF0ZRgCIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDQoFYWZ0ZXIYAyABKAQiQAoRV2F0Y2hKb2JzUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIcG9zaXRpb24YAiABKAQiRwoQTGlzdEpvYnNSZXNwb25zZRIaCgRqb2JzGAEgAygLMgwuam9iZC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIosCCg1Xb3JrZXJNZXNzYWdlEh8KBWhlbGxvGAEgASgLMg4uam9iZC52MS5IZWxsb0gAEicKCWhlYXJ0YmVhdBgCIAEoCzISLmpvYmQudjEuSGVhcnRiZWF0SAASJQoIY29tcGxldGUYAyABKAsyES5qb2JkLnYxLkNvbXBsZXRlSAASHQoEZmFpbBgEIAEoCzINLmpvYmQudjEuRmFpbEgAEiUKCHByb2dyZXNzGAUgASgLMhEuam9iZC52MS5Qcm9ncmVzc0gAEhsKA2xvZxgGIAEoCzIMLmpvYmQudjEuTG9nSAASHwoFdG91Y2gYByABKAsyDi5qb2JkLnYxLlRvdWNoSABCBQoDbXNnIn4KBVRvdWNoEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEiwKCWV4dGVuZF9ieRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIXCgpjaGVja3BvaW50GAQgASgMSACIAQFCDQoLX2NoZWNrcG9pbnQiXgoIUHJvZ3Jlc3MSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDwoHcGVyY2VudBgDIAEoDRIPCgdtZXNzYWdlGAQgASgJEg8KB2RldGFpbHMYBSABKAwiNQoDTG9nEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg0KBWxpbmVzGAMgAygJIpsBCgVIZWxsbxIRCgl3b3JrZXJfaWQYASABKAkSDQoFa2luZHMYAiADKAkSFQoNbWF4X2luX2ZsaWdodBgDIAEoDRIqCgZsYWJlbHMYBCADKAsyGi5qb2JkLnYxLkhlbGxvLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiCwoJSGVhcnRiZWF0IjsKCENvbXBsZXRlEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg4KBnJlc3VsdBgDIAEoDCJ5CgRGYWlsEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg0KBWVycm9yGAMgASgJEhEKCXBlcm1hbmVudBgEIAEoCBIuCgtyZXRyeV9hZnRlchgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLwAQoNU2VydmVyTWVzc2FnZRIjCgd3ZWxjb21lGAEgASgLMhAuam9iZC52MS5XZWxjb21lSAASIQoGYXNzaWduGAIgASgLMg8uam9iZC52MS5Bc3NpZ25IABIkCgZjYW5jZWwYAyABKAsyEi5qb2JkLnYxLkNhbmNlbEpvYkgAEiEKA2FjaxgEIAEoCzISLmpvYmQudjEuUmVwb3J0QWNrSAASHwoFZHJhaW4YBSABKAsyDi5qb2JkLnYxLkRyYWluSAASJgoJdG91Y2hfYWNrGAYgASgLMhEuam9iZC52MS5Ub3VjaEFja0gAQgUKA21zZyJoCghUb3VjaEFjaxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIsCghkZWFkbGluZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc3RhbGUYBCABKAgiVAoHV2VsY29tZRISCgpzZXNzaW9uX2lkGAEgASgJEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiL9AQoGQXNzaWduEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEg8KB3BheWxvYWQYAiABKAwSLAoIZGVhZGxpbmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KB2hlYWRlcnMYBCADKAsyHC5qb2JkLnYxLkFzc2lnbi5IZWFkZXJzRW50cnkSEgoKY2hlY2twb2ludBgFIAEoDBImCgdwYXJlbnRzGAYgAygLMhUuam9iZC52MS5QYXJlbnRSZXN1bHQaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiPAoJQ2FuY2VsSm9iEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg4KBnJlYXNvbhgDIAEoCSI7CglSZXBvcnRBY2sSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDQoFc3RhbGUYAyABKAgiNQoFRHJhaW4SLAoIZGVhZGxpbmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhYKFExpc3RTY2hlZHVsZXNSZXF1ZXN0IkMKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIqCglzY2hlZHVsZXMYASADKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIqEBCg5TY2hlZHVsZVN0YXR1cxIKCgJpZBgBIAEoCRIMCgRraW5kGAIgASgJEgwKBGNyb24YAyABKAkSEAoIdGltZXpvbmUYBCABKAkSMAoMbmV4dF9maXJlX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZwYXVzZWQYBiABKAgSEwoLbGFzdF9qb2JfaWQYByABKAkiJAoWVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSI0ChdUcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYiIiChRQYXVzZVNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSJCChVQYXVzZVNjaGVkdWxlUmVzcG9uc2USKQoIc2NoZWR1bGUYASABKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIiMKFVJlc3VtZVNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSJDChZSZXN1bWVTY2hlZHVsZVJlc3BvbnNlEikKCHNjaGVkdWxlGAEgASgLMhcuam9iZC52MS5TY2hlZHVsZVN0YXR1cyIgChBQYXVzZUtpbmRSZXF1ZXN0EgwKBGtpbmQYASABKAkiPQoRUGF1c2VLaW5kUmVzcG9uc2USKAoLa2luZF9zdGF0dXMYASABKAsyEy5qb2JkLnYxLktpbmRTdGF0dXMiIQoRUmVzdW1lS2luZFJlcXVlc3QSDAoEa2luZBgBIAEoCSI+ChJSZXN1bWVLaW5kUmVzcG9uc2USKAoLa2luZF9zdGF0dXMYASABKAsyEy5qb2JkLnYxLktpbmRTdGF0dXMiEgoQTGlzdEtpbmRzUmVxdWVzdCI3ChFMaXN0S2luZHNSZXNwb25zZRIiCgVraW5kcxgBIAMoCzITLmpvYmQudjEuS2luZFN0YXR1cyKwAQoKS2luZFN0YXR1cxIMCgRraW5kGAEgASgJEg8KB2hhbmRsZXIYAiABKAkSDgoGcGF1c2VkGAMgASgIEg4KBnF1ZXVlZBgEIAEoBBIPCgdydW5uaW5nGAUgASgEEhIKCnJldHJ5X3dhaXQYBiABKAQSDgoGZmFpbGVkGAcgASgEEhMKC2NvbmN1cnJlbmN5GAggASgNEhkKEWNvbm5lY3RlZF93b3JrZXJzGAkgASgNImUKEFJldHJ5Sm9ic1JlcXVlc3QSCwoDaWRzGAEgAygJEiQKBmZpbHRlchgCIAEoCzIULmpvYmQudjEuUmV0cnlGaWx0ZXISDwoHZHJ5X3J1bhgDIAEoCBINCgVsaW1pdBgEIAEoDSKHAgoLUmV0cnlGaWx0ZXISIAoFc3RhdGUYASABKA4yES5qb2JkLnYxLkpvYlN0YXRlEgwKBGtpbmQYAiABKAkSMAoGbGFiZWxzGAMgAygLMiAuam9iZC52MS5SZXRyeUZpbHRlci5MYWJlbHNFbnRyeRIyCg5maW5pc2hlZF9hZnRlchgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPZmluaXNoZWRfYmVmb3JlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIngKEVJldHJ5Sm9ic1Jlc3BvbnNlEg8KB21hdGNoZWQYASABKAQSDwoHcmV0cmllZBgCIAEoBBILCgNpZHMYAyADKAkSJgoHc2tpcHBlZBgEIAMoCzIVLmpvYmQudjEuUmV0cnlTa2lwcGVkEgwKBG1vcmUYBSABKAgiKgoMUmV0cnlTa2lwcGVkEgoKAmlkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIiChJMaXN0V29ya2Vyc1JlcXVlc3QSDAoEa2luZBgBIAEoCSI+ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEicKB3dvcmtlcnMYASADKAsyFi5qb2JkLnYxLldvcmtlclNlc3Npb24ixAIKDVdvcmtlclNlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCgl3b3JrZXJfaWQYAiABKAkSDQoFa2luZHMYAyADKAkSEQoJaW5fZmxpZ2h0GAQgASgNEhUKDW1heF9pbl9mbGlnaHQYBSABKA0SMAoMY29ubmVjdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglsYXN0X3NlZW4YByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2FkZHJlc3MYCCABKAkSMgoGbGFiZWxzGAkgAygLMiIuam9iZC52MS5Xb3JrZXJTZXNzaW9uLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEqywEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEpPQl9TVEFURV9RVUVVRUQQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhgKFEpPQl9TVEFURV9SRVRSWV9XQUlUEAMSFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBAEEhQKEEpPQl9TVEFURV9GQUlMRUQQBRIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAYSFQoRSk9CX1NUQVRFX1dBSVRJTkcQBypyChFEZXBlbmRlbmN5RmFpbHVyZRIiCh5ERVBFTkRFTkNZX0ZBSUxVUkVfVU5TUEVDSUZJRUQQABIdChlERVBFTkRFTkNZX0ZBSUxVUkVfQ0FOQ0VMEAESGgoWREVQRU5ERU5DWV9GQUlMVVJFX1JVThACKnQKDUxpc3RKb2JzT3JkZXISHwobTElTVF9KT0JTX09SREVSX1VOU1BFQ0lGSUVEEAASIAocTElTVF9KT0JTX09SREVSX09MREVTVF9GSVJTVBABEiAKHExJU1RfSk9CU19PUkRFUl9ORVdFU1RfRklSU1QQAjKcBQoKSm9iU2VydmljZRI5CgZTdWJtaXQSFi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QaFy5qb2JkLnYxLlN1Ym1pdFJlc3BvbnNlEkgKC1N1Ym1pdEJhdGNoEhsuam9iZC52MS5TdWJtaXRCYXRjaFJlcXVlc3QaHC5qb2JkLnYxLlN1Ym1pdEJhdGNoUmVzcG9uc2USQgoJR2V0U3RhdHVzEhkuam9iZC52MS5HZXRTdGF0dXNSZXF1ZXN0Ghouam9iZC52MS5HZXRTdGF0dXNSZXNwb25zZRI/CgtXYXRjaFN0YXR1cxIbLmpvYmQudjEuV2F0Y2hTdGF0dXNSZXF1ZXN0GhEuam9iZC52MS5Kb2JFdmVudDABEjkKBkNhbmNlbBIWLmpvYmQudjEuQ2FuY2VsUmVxdWVzdBoXLmpvYmQudjEuQ2FuY2VsUmVzcG9uc2USPwoITGlzdEpvYnMSGC5qb2JkLnYxLkxpc3RKb2JzUmVxdWVzdBoZLmpvYmQudjEuTGlzdEpvYnNSZXNwb25zZRJECglXYXRjaEpvYnMSGS5qb2JkLnYxLldhdGNoSm9ic1JlcXVlc3QaGi5qb2JkLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAESPAoHR2V0TG9ncxIXLmpvYmQudjEuR2V0TG9nc1JlcXVlc3QaGC5qb2JkLnYxLkdldExvZ3NSZXNwb25zZRI6CglXYXRjaExvZ3MSGS5qb2JkLnYxLldhdGNoTG9nc1JlcXVlc3QaEC5qb2JkLnYxLkxvZ0xpbmUwARJICgtHZXRKb2JHcmFwaBIbLmpvYmQudjEuR2V0Sm9iR3JhcGhSZXF1ZXN0Ghwuam9iZC52MS5HZXRKb2JHcmFwaFJlc3BvbnNlMk4KDVdvcmtlclNlcnZpY2USPQoHQ29ubmVjdBIWLmpvYmQudjEuV29ya2VyTWVzc2FnZRoWLmpvYmQudjEuU2VydmVyTWVzc2FnZSgBMAEytAUKDEFkbWluU2VydmljZRJICgtMaXN0V29ya2VycxIbLmpvYmQudjEuTGlzdFdvcmtlcnNSZXF1ZXN0Ghwuam9iZC52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlEkIKCVBhdXNlS2luZBIZLmpvYmQudjEuUGF1c2VLaW5kUmVxdWVzdBoaLmpvYmQudjEuUGF1c2VLaW5kUmVzcG9uc2USRQoKUmVzdW1lS2luZBIaLmpvYmQudjEuUmVzdW1lS2luZFJlcXVlc3QaGy5qb2JkLnYxLlJlc3VtZUtpbmRSZXNwb25zZRJCCglMaXN0S2luZHMSGS5qb2JkLnYxLkxpc3RLaW5kc1JlcXVlc3QaGi5qb2JkLnYxLkxpc3RLaW5kc1Jlc3BvbnNlEkIKCVJldHJ5Sm9icxIZLmpvYmQudjEuUmV0cnlKb2JzUmVxdWVzdBoaLmpvYmQudjEuUmV0cnlKb2JzUmVzcG9uc2USTgoNTGlzdFNjaGVkdWxlcxIdLmpvYmQudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaHi5qb2JkLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJUCg9UcmlnZ2VyU2NoZWR1bGUSHy5qb2JkLnYxLlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QaIC5qb2JkLnYxLlRyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEk4KDVBhdXNlU2NoZWR1bGUSHS5qb2JkLnYxLlBhdXNlU2NoZWR1bGVSZXF1ZXN0Gh4uam9iZC52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USUQoOUmVzdW1lU2NoZWR1bGUSHi5qb2JkLnYxLlJlc3VtZVNjaGVkdWxlUmVxdWVzdBofLmpvYmQudjEuUmVzdW1lU2NoZWR1bGVSZXNwb25zZUIpWidnaXRodWIuY29tL2pvYmQvam9iZC9nZW4vam9iZC92MTtqb2JkdjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+
+/**
+ * @generated from message jobd.v1.GetJobGraphRequest
+ */
+export type GetJobGraphRequest = Message<"jobd.v1.GetJobGraphRequest"> & {
+  /**
+   * Required: a job id.
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Steps up and down from the job; 0 for the default (3).
+   *
+   * @generated from field: uint32 depth = 2;
+   */
+  depth: number;
+};
+
+/**
+ * Describes the message jobd.v1.GetJobGraphRequest.
+ * Use `create(GetJobGraphRequestSchema)` to create a new message.
+ */
+export const GetJobGraphRequestSchema: GenMessage<GetJobGraphRequest> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 0);
+
+/**
+ * @generated from message jobd.v1.GetJobGraphResponse
+ */
+export type GetJobGraphResponse = Message<"jobd.v1.GetJobGraphResponse"> & {
+  /**
+   * The job first, then the others in the order they were found.
+   *
+   * @generated from field: repeated jobd.v1.Job jobs = 1;
+   */
+  jobs: Job[];
+
+  /**
+   * @generated from field: repeated jobd.v1.JobEdge edges = 2;
+   */
+  edges: JobEdge[];
+
+  /**
+   * The bound (depth or 1,000 jobs) left some jobs out.
+   *
+   * @generated from field: bool truncated = 3;
+   */
+  truncated: boolean;
+};
+
+/**
+ * Describes the message jobd.v1.GetJobGraphResponse.
+ * Use `create(GetJobGraphResponseSchema)` to create a new message.
+ */
+export const GetJobGraphResponseSchema: GenMessage<GetJobGraphResponse> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 1);
+
+/**
+ * JobEdge: `child` depends on `parent`.
+ *
+ * @generated from message jobd.v1.JobEdge
+ */
+export type JobEdge = Message<"jobd.v1.JobEdge"> & {
+  /**
+   * @generated from field: string parent = 1;
+   */
+  parent: string;
+
+  /**
+   * @generated from field: string child = 2;
+   */
+  child: string;
+};
+
+/**
+ * Describes the message jobd.v1.JobEdge.
+ * Use `create(JobEdgeSchema)` to create a new message.
+ */
+export const JobEdgeSchema: GenMessage<JobEdge> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 2);
+
+/**
+ * ParentResult is one parent's outcome handed to its child's attempt.
+ *
+ * @generated from message jobd.v1.ParentResult
+ */
+export type ParentResult = Message<"jobd.v1.ParentResult"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * @generated from field: jobd.v1.JobState state = 3;
+   */
+  state: JobState;
+
+  /**
+   * @generated from field: bytes result = 4;
+   */
+  result: Uint8Array;
+
+  /**
+   * The result was not inlined: the parents' results an attempt receives
+   * are bounded (1 MiB in all); read it with GetStatus.
+   *
+   * @generated from field: bool result_omitted = 5;
+   */
+  resultOmitted: boolean;
+};
+
+/**
+ * Describes the message jobd.v1.ParentResult.
+ * Use `create(ParentResultSchema)` to create a new message.
+ */
+export const ParentResultSchema: GenMessage<ParentResult> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 3);
 
 /**
  * JobProgress is how far a running job got, as its worker last said
@@ -71,7 +194,7 @@ export type JobProgress = Message<"jobd.v1.JobProgress"> & {
  * Use `create(JobProgressSchema)` to create a new message.
  */
 export const JobProgressSchema: GenMessage<JobProgress> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 0);
+  messageDesc(file_jobd_v1_jobd, 4);
 
 /**
  * @generated from message jobd.v1.GetLogsRequest
@@ -102,7 +225,7 @@ export type GetLogsRequest = Message<"jobd.v1.GetLogsRequest"> & {
  * Use `create(GetLogsRequestSchema)` to create a new message.
  */
 export const GetLogsRequestSchema: GenMessage<GetLogsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 1);
+  messageDesc(file_jobd_v1_jobd, 5);
 
 /**
  * @generated from message jobd.v1.GetLogsResponse
@@ -119,7 +242,7 @@ export type GetLogsResponse = Message<"jobd.v1.GetLogsResponse"> & {
  * Use `create(GetLogsResponseSchema)` to create a new message.
  */
 export const GetLogsResponseSchema: GenMessage<GetLogsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 2);
+  messageDesc(file_jobd_v1_jobd, 6);
 
 /**
  * @generated from message jobd.v1.WatchLogsRequest
@@ -141,7 +264,7 @@ export type WatchLogsRequest = Message<"jobd.v1.WatchLogsRequest"> & {
  * Use `create(WatchLogsRequestSchema)` to create a new message.
  */
 export const WatchLogsRequestSchema: GenMessage<WatchLogsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 3);
+  messageDesc(file_jobd_v1_jobd, 7);
 
 /**
  * LogLine is one line a job's attempt wrote.
@@ -177,7 +300,7 @@ export type LogLine = Message<"jobd.v1.LogLine"> & {
  * Use `create(LogLineSchema)` to create a new message.
  */
 export const LogLineSchema: GenMessage<LogLine> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 4);
+  messageDesc(file_jobd_v1_jobd, 8);
 
 /**
  * Job is a snapshot of one job.
@@ -333,6 +456,33 @@ export type Job = Message<"jobd.v1.Job"> & {
    * @generated from field: jobd.v1.JobProgress progress = 21;
    */
   progress?: JobProgress | undefined;
+
+  /**
+   * Size in bytes of the checkpoint an attempt stored (handed to the next
+   * attempt); 0 for none.
+   *
+   * @generated from field: uint64 checkpoint_size = 22;
+   */
+  checkpointSize: bigint;
+
+  /**
+   * The jobs this one depends on (SubmitRequest.depends_on).
+   *
+   * @generated from field: repeated string parent_ids = 23;
+   */
+  parentIds: string[];
+
+  /**
+   * How many of them have not finished yet (WAITING while above 0).
+   *
+   * @generated from field: uint32 waiting_on = 24;
+   */
+  waitingOn: number;
+
+  /**
+   * @generated from field: jobd.v1.DependencyFailure on_dependency_failure = 25;
+   */
+  onDependencyFailure: DependencyFailure;
 };
 
 /**
@@ -340,7 +490,7 @@ export type Job = Message<"jobd.v1.Job"> & {
  * Use `create(JobSchema)` to create a new message.
  */
 export const JobSchema: GenMessage<Job> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 5);
+  messageDesc(file_jobd_v1_jobd, 9);
 
 /**
  * @generated from message jobd.v1.SubmitRequest
@@ -422,6 +572,24 @@ export type SubmitRequest = Message<"jobd.v1.SubmitRequest"> & {
    * @generated from field: string ordering_key = 9;
    */
   orderingKey: string;
+
+  /**
+   * Jobs this one waits for (WAITING until every one is terminal): ids of
+   * existing jobs, or "$N" for entry N (0-based, below this entry's own
+   * index) of the same SubmitBatch. At most the configured max_parents
+   * (default 1,000), no repeats. An unknown id or a bad "$N" is
+   * INVALID_ARGUMENT naming the entry.
+   *
+   * @generated from field: repeated string depends_on = 10;
+   */
+  dependsOn: string[];
+
+  /**
+   * When a parent ends FAILED or CANCELLED: CANCEL (default) or RUN.
+   *
+   * @generated from field: jobd.v1.DependencyFailure on_dependency_failure = 11;
+   */
+  onDependencyFailure: DependencyFailure;
 };
 
 /**
@@ -429,7 +597,7 @@ export type SubmitRequest = Message<"jobd.v1.SubmitRequest"> & {
  * Use `create(SubmitRequestSchema)` to create a new message.
  */
 export const SubmitRequestSchema: GenMessage<SubmitRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 6);
+  messageDesc(file_jobd_v1_jobd, 10);
 
 /**
  * @generated from message jobd.v1.SubmitResponse
@@ -458,7 +626,7 @@ export type SubmitResponse = Message<"jobd.v1.SubmitResponse"> & {
  * Use `create(SubmitResponseSchema)` to create a new message.
  */
 export const SubmitResponseSchema: GenMessage<SubmitResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 7);
+  messageDesc(file_jobd_v1_jobd, 11);
 
 /**
  * @generated from message jobd.v1.SubmitBatchRequest
@@ -477,7 +645,7 @@ export type SubmitBatchRequest = Message<"jobd.v1.SubmitBatchRequest"> & {
  * Use `create(SubmitBatchRequestSchema)` to create a new message.
  */
 export const SubmitBatchRequestSchema: GenMessage<SubmitBatchRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 8);
+  messageDesc(file_jobd_v1_jobd, 12);
 
 /**
  * SubmitResult answers one entry of a SubmitBatchRequest, at the same index.
@@ -511,7 +679,7 @@ export type SubmitResult = Message<"jobd.v1.SubmitResult"> & {
  * Use `create(SubmitResultSchema)` to create a new message.
  */
 export const SubmitResultSchema: GenMessage<SubmitResult> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 9);
+  messageDesc(file_jobd_v1_jobd, 13);
 
 /**
  * @generated from message jobd.v1.SubmitBatchResponse
@@ -530,7 +698,7 @@ export type SubmitBatchResponse = Message<"jobd.v1.SubmitBatchResponse"> & {
  * Use `create(SubmitBatchResponseSchema)` to create a new message.
  */
 export const SubmitBatchResponseSchema: GenMessage<SubmitBatchResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 10);
+  messageDesc(file_jobd_v1_jobd, 14);
 
 /**
  * @generated from message jobd.v1.GetStatusRequest
@@ -549,7 +717,7 @@ export type GetStatusRequest = Message<"jobd.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 11);
+  messageDesc(file_jobd_v1_jobd, 15);
 
 /**
  * @generated from message jobd.v1.GetStatusResponse
@@ -574,7 +742,7 @@ export type GetStatusResponse = Message<"jobd.v1.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 12);
+  messageDesc(file_jobd_v1_jobd, 16);
 
 /**
  * @generated from message jobd.v1.WatchStatusRequest
@@ -606,7 +774,7 @@ export type WatchStatusRequest = Message<"jobd.v1.WatchStatusRequest"> & {
  * Use `create(WatchStatusRequestSchema)` to create a new message.
  */
 export const WatchStatusRequestSchema: GenMessage<WatchStatusRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 13);
+  messageDesc(file_jobd_v1_jobd, 17);
 
 /**
  * JobEvent is one message of a WatchStatus stream: a snapshot of the job
@@ -637,7 +805,7 @@ export type JobEvent = Message<"jobd.v1.JobEvent"> & {
  * Use `create(JobEventSchema)` to create a new message.
  */
 export const JobEventSchema: GenMessage<JobEvent> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 14);
+  messageDesc(file_jobd_v1_jobd, 18);
 
 /**
  * @generated from message jobd.v1.CancelRequest
@@ -656,7 +824,7 @@ export type CancelRequest = Message<"jobd.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 15);
+  messageDesc(file_jobd_v1_jobd, 19);
 
 /**
  * @generated from message jobd.v1.CancelResponse
@@ -673,7 +841,7 @@ export type CancelResponse = Message<"jobd.v1.CancelResponse"> & {
  * Use `create(CancelResponseSchema)` to create a new message.
  */
 export const CancelResponseSchema: GenMessage<CancelResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 16);
+  messageDesc(file_jobd_v1_jobd, 20);
 
 /**
  * @generated from message jobd.v1.ListJobsRequest
@@ -734,7 +902,7 @@ export type ListJobsRequest = Message<"jobd.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 17);
+  messageDesc(file_jobd_v1_jobd, 21);
 
 /**
  * @generated from message jobd.v1.WatchJobsRequest
@@ -768,7 +936,7 @@ export type WatchJobsRequest = Message<"jobd.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 18);
+  messageDesc(file_jobd_v1_jobd, 22);
 
 /**
  * @generated from message jobd.v1.WatchJobsResponse
@@ -795,7 +963,7 @@ export type WatchJobsResponse = Message<"jobd.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 19);
+  messageDesc(file_jobd_v1_jobd, 23);
 
 /**
  * @generated from message jobd.v1.ListJobsResponse
@@ -819,7 +987,7 @@ export type ListJobsResponse = Message<"jobd.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 20);
+  messageDesc(file_jobd_v1_jobd, 24);
 
 /**
  * @generated from message jobd.v1.WorkerMessage
@@ -878,7 +1046,7 @@ export type WorkerMessage = Message<"jobd.v1.WorkerMessage"> & {
  * Use `create(WorkerMessageSchema)` to create a new message.
  */
 export const WorkerMessageSchema: GenMessage<WorkerMessage> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 21);
+  messageDesc(file_jobd_v1_jobd, 25);
 
 /**
  * Touch pushes an attempt's deadline to `extend_by` from now, never past
@@ -902,9 +1070,21 @@ export type Touch = Message<"jobd.v1.Touch"> & {
   attempt: number;
 
   /**
+   * Unset: the deadline stays where it is.
+   *
    * @generated from field: google.protobuf.Duration extend_by = 3;
    */
   extendBy?: Duration | undefined;
+
+  /**
+   * Where the attempt got, for the next attempt to resume from
+   * (Assign.checkpoint). At most 64 KiB (larger ends the stream with
+   * INVALID_ARGUMENT). Stored before the TouchAck is sent: an ack with
+   * `stale = false` means it is durable.
+   *
+   * @generated from field: optional bytes checkpoint = 4;
+   */
+  checkpoint?: Uint8Array | undefined;
 };
 
 /**
@@ -912,7 +1092,7 @@ export type Touch = Message<"jobd.v1.Touch"> & {
  * Use `create(TouchSchema)` to create a new message.
  */
 export const TouchSchema: GenMessage<Touch> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 22);
+  messageDesc(file_jobd_v1_jobd, 26);
 
 /**
  * Progress reports how far an attempt got: the latest value is kept
@@ -962,7 +1142,7 @@ export type Progress = Message<"jobd.v1.Progress"> & {
  * Use `create(ProgressSchema)` to create a new message.
  */
 export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 23);
+  messageDesc(file_jobd_v1_jobd, 27);
 
 /**
  * Log appends lines to the job's log (GetLogs, WatchLogs), tagged with the
@@ -993,7 +1173,7 @@ export type Log = Message<"jobd.v1.Log"> & {
  * Use `create(LogSchema)` to create a new message.
  */
 export const LogSchema: GenMessage<Log> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 24);
+  messageDesc(file_jobd_v1_jobd, 28);
 
 /**
  * Hello opens a session.
@@ -1033,7 +1213,7 @@ export type Hello = Message<"jobd.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 25);
+  messageDesc(file_jobd_v1_jobd, 29);
 
 /**
  * @generated from message jobd.v1.Heartbeat
@@ -1046,7 +1226,7 @@ export type Heartbeat = Message<"jobd.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 26);
+  messageDesc(file_jobd_v1_jobd, 30);
 
 /**
  * Complete reports a successful attempt; `result` is cut to the kind's
@@ -1076,7 +1256,7 @@ export type Complete = Message<"jobd.v1.Complete"> & {
  * Use `create(CompleteSchema)` to create a new message.
  */
 export const CompleteSchema: GenMessage<Complete> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 27);
+  messageDesc(file_jobd_v1_jobd, 31);
 
 /**
  * Fail reports a failed attempt: retried with the kind's backoff (or after
@@ -1116,7 +1296,7 @@ export type Fail = Message<"jobd.v1.Fail"> & {
  * Use `create(FailSchema)` to create a new message.
  */
 export const FailSchema: GenMessage<Fail> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 28);
+  messageDesc(file_jobd_v1_jobd, 32);
 
 /**
  * @generated from message jobd.v1.ServerMessage
@@ -1169,7 +1349,7 @@ export type ServerMessage = Message<"jobd.v1.ServerMessage"> & {
  * Use `create(ServerMessageSchema)` to create a new message.
  */
 export const ServerMessageSchema: GenMessage<ServerMessage> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 29);
+  messageDesc(file_jobd_v1_jobd, 33);
 
 /**
  * TouchAck answers a Touch: the attempt's deadline now, or `stale`.
@@ -1203,7 +1383,7 @@ export type TouchAck = Message<"jobd.v1.TouchAck"> & {
  * Use `create(TouchAckSchema)` to create a new message.
  */
 export const TouchAckSchema: GenMessage<TouchAck> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 30);
+  messageDesc(file_jobd_v1_jobd, 34);
 
 /**
  * @generated from message jobd.v1.Welcome
@@ -1227,7 +1407,7 @@ export type Welcome = Message<"jobd.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 31);
+  messageDesc(file_jobd_v1_jobd, 35);
 
 /**
  * Assign hands one attempt of a job to the worker.
@@ -1258,6 +1438,21 @@ export type Assign = Message<"jobd.v1.Assign"> & {
    * @generated from field: map<string, string> headers = 4;
    */
   headers: { [key: string]: string };
+
+  /**
+   * The checkpoint the last attempt that stored one left (Touch.checkpoint,
+   * a command's JOBD_CHECKPOINT_FILE); empty when none did.
+   *
+   * @generated from field: bytes checkpoint = 5;
+   */
+  checkpoint: Uint8Array;
+
+  /**
+   * The job's parents (depends_on) and their results, in depends_on order.
+   *
+   * @generated from field: repeated jobd.v1.ParentResult parents = 6;
+   */
+  parents: ParentResult[];
 };
 
 /**
@@ -1265,7 +1460,7 @@ export type Assign = Message<"jobd.v1.Assign"> & {
  * Use `create(AssignSchema)` to create a new message.
  */
 export const AssignSchema: GenMessage<Assign> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 32);
+  messageDesc(file_jobd_v1_jobd, 36);
 
 /**
  * CancelJob tells the worker to stop an attempt (cancelled, timed out).
@@ -1294,7 +1489,7 @@ export type CancelJob = Message<"jobd.v1.CancelJob"> & {
  * Use `create(CancelJobSchema)` to create a new message.
  */
 export const CancelJobSchema: GenMessage<CancelJob> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 33);
+  messageDesc(file_jobd_v1_jobd, 37);
 
 /**
  * ReportAck answers every Complete and Fail, once the outcome is committed
@@ -1329,7 +1524,7 @@ export type ReportAck = Message<"jobd.v1.ReportAck"> & {
  * Use `create(ReportAckSchema)` to create a new message.
  */
 export const ReportAckSchema: GenMessage<ReportAck> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 34);
+  messageDesc(file_jobd_v1_jobd, 38);
 
 /**
  * Drain: jobd is shutting down; report what you hold before the deadline.
@@ -1348,7 +1543,7 @@ export type Drain = Message<"jobd.v1.Drain"> & {
  * Use `create(DrainSchema)` to create a new message.
  */
 export const DrainSchema: GenMessage<Drain> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 35);
+  messageDesc(file_jobd_v1_jobd, 39);
 
 /**
  * @generated from message jobd.v1.ListSchedulesRequest
@@ -1361,7 +1556,7 @@ export type ListSchedulesRequest = Message<"jobd.v1.ListSchedulesRequest"> & {
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 36);
+  messageDesc(file_jobd_v1_jobd, 40);
 
 /**
  * @generated from message jobd.v1.ListSchedulesResponse
@@ -1378,7 +1573,7 @@ export type ListSchedulesResponse = Message<"jobd.v1.ListSchedulesResponse"> & {
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 37);
+  messageDesc(file_jobd_v1_jobd, 41);
 
 /**
  * @generated from message jobd.v1.ScheduleStatus
@@ -1431,7 +1626,7 @@ export type ScheduleStatus = Message<"jobd.v1.ScheduleStatus"> & {
  * Use `create(ScheduleStatusSchema)` to create a new message.
  */
 export const ScheduleStatusSchema: GenMessage<ScheduleStatus> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 38);
+  messageDesc(file_jobd_v1_jobd, 42);
 
 /**
  * @generated from message jobd.v1.TriggerScheduleRequest
@@ -1448,7 +1643,7 @@ export type TriggerScheduleRequest = Message<"jobd.v1.TriggerScheduleRequest"> &
  * Use `create(TriggerScheduleRequestSchema)` to create a new message.
  */
 export const TriggerScheduleRequestSchema: GenMessage<TriggerScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 39);
+  messageDesc(file_jobd_v1_jobd, 43);
 
 /**
  * @generated from message jobd.v1.TriggerScheduleResponse
@@ -1465,7 +1660,7 @@ export type TriggerScheduleResponse = Message<"jobd.v1.TriggerScheduleResponse">
  * Use `create(TriggerScheduleResponseSchema)` to create a new message.
  */
 export const TriggerScheduleResponseSchema: GenMessage<TriggerScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 40);
+  messageDesc(file_jobd_v1_jobd, 44);
 
 /**
  * @generated from message jobd.v1.PauseScheduleRequest
@@ -1482,7 +1677,7 @@ export type PauseScheduleRequest = Message<"jobd.v1.PauseScheduleRequest"> & {
  * Use `create(PauseScheduleRequestSchema)` to create a new message.
  */
 export const PauseScheduleRequestSchema: GenMessage<PauseScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 41);
+  messageDesc(file_jobd_v1_jobd, 45);
 
 /**
  * @generated from message jobd.v1.PauseScheduleResponse
@@ -1499,7 +1694,7 @@ export type PauseScheduleResponse = Message<"jobd.v1.PauseScheduleResponse"> & {
  * Use `create(PauseScheduleResponseSchema)` to create a new message.
  */
 export const PauseScheduleResponseSchema: GenMessage<PauseScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 42);
+  messageDesc(file_jobd_v1_jobd, 46);
 
 /**
  * @generated from message jobd.v1.ResumeScheduleRequest
@@ -1516,7 +1711,7 @@ export type ResumeScheduleRequest = Message<"jobd.v1.ResumeScheduleRequest"> & {
  * Use `create(ResumeScheduleRequestSchema)` to create a new message.
  */
 export const ResumeScheduleRequestSchema: GenMessage<ResumeScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 43);
+  messageDesc(file_jobd_v1_jobd, 47);
 
 /**
  * @generated from message jobd.v1.ResumeScheduleResponse
@@ -1533,7 +1728,7 @@ export type ResumeScheduleResponse = Message<"jobd.v1.ResumeScheduleResponse"> &
  * Use `create(ResumeScheduleResponseSchema)` to create a new message.
  */
 export const ResumeScheduleResponseSchema: GenMessage<ResumeScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 44);
+  messageDesc(file_jobd_v1_jobd, 48);
 
 /**
  * @generated from message jobd.v1.PauseKindRequest
@@ -1550,7 +1745,7 @@ export type PauseKindRequest = Message<"jobd.v1.PauseKindRequest"> & {
  * Use `create(PauseKindRequestSchema)` to create a new message.
  */
 export const PauseKindRequestSchema: GenMessage<PauseKindRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 45);
+  messageDesc(file_jobd_v1_jobd, 49);
 
 /**
  * @generated from message jobd.v1.PauseKindResponse
@@ -1567,7 +1762,7 @@ export type PauseKindResponse = Message<"jobd.v1.PauseKindResponse"> & {
  * Use `create(PauseKindResponseSchema)` to create a new message.
  */
 export const PauseKindResponseSchema: GenMessage<PauseKindResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 46);
+  messageDesc(file_jobd_v1_jobd, 50);
 
 /**
  * @generated from message jobd.v1.ResumeKindRequest
@@ -1584,7 +1779,7 @@ export type ResumeKindRequest = Message<"jobd.v1.ResumeKindRequest"> & {
  * Use `create(ResumeKindRequestSchema)` to create a new message.
  */
 export const ResumeKindRequestSchema: GenMessage<ResumeKindRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 47);
+  messageDesc(file_jobd_v1_jobd, 51);
 
 /**
  * @generated from message jobd.v1.ResumeKindResponse
@@ -1601,7 +1796,7 @@ export type ResumeKindResponse = Message<"jobd.v1.ResumeKindResponse"> & {
  * Use `create(ResumeKindResponseSchema)` to create a new message.
  */
 export const ResumeKindResponseSchema: GenMessage<ResumeKindResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 48);
+  messageDesc(file_jobd_v1_jobd, 52);
 
 /**
  * @generated from message jobd.v1.ListKindsRequest
@@ -1614,7 +1809,7 @@ export type ListKindsRequest = Message<"jobd.v1.ListKindsRequest"> & {
  * Use `create(ListKindsRequestSchema)` to create a new message.
  */
 export const ListKindsRequestSchema: GenMessage<ListKindsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 49);
+  messageDesc(file_jobd_v1_jobd, 53);
 
 /**
  * @generated from message jobd.v1.ListKindsResponse
@@ -1631,7 +1826,7 @@ export type ListKindsResponse = Message<"jobd.v1.ListKindsResponse"> & {
  * Use `create(ListKindsResponseSchema)` to create a new message.
  */
 export const ListKindsResponseSchema: GenMessage<ListKindsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 50);
+  messageDesc(file_jobd_v1_jobd, 54);
 
 /**
  * KindStatus is one kind as this instance sees it; the job counts come
@@ -1698,7 +1893,7 @@ export type KindStatus = Message<"jobd.v1.KindStatus"> & {
  * Use `create(KindStatusSchema)` to create a new message.
  */
 export const KindStatusSchema: GenMessage<KindStatus> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 51);
+  messageDesc(file_jobd_v1_jobd, 55);
 
 /**
  * @generated from message jobd.v1.RetryJobsRequest
@@ -1737,7 +1932,7 @@ export type RetryJobsRequest = Message<"jobd.v1.RetryJobsRequest"> & {
  * Use `create(RetryJobsRequestSchema)` to create a new message.
  */
 export const RetryJobsRequestSchema: GenMessage<RetryJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 52);
+  messageDesc(file_jobd_v1_jobd, 56);
 
 /**
  * RetryFilter selects finished jobs to retry; every field set must match.
@@ -1784,7 +1979,7 @@ export type RetryFilter = Message<"jobd.v1.RetryFilter"> & {
  * Use `create(RetryFilterSchema)` to create a new message.
  */
 export const RetryFilterSchema: GenMessage<RetryFilter> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 53);
+  messageDesc(file_jobd_v1_jobd, 57);
 
 /**
  * @generated from message jobd.v1.RetryJobsResponse
@@ -1831,7 +2026,7 @@ export type RetryJobsResponse = Message<"jobd.v1.RetryJobsResponse"> & {
  * Use `create(RetryJobsResponseSchema)` to create a new message.
  */
 export const RetryJobsResponseSchema: GenMessage<RetryJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 54);
+  messageDesc(file_jobd_v1_jobd, 58);
 
 /**
  * @generated from message jobd.v1.RetrySkipped
@@ -1853,7 +2048,7 @@ export type RetrySkipped = Message<"jobd.v1.RetrySkipped"> & {
  * Use `create(RetrySkippedSchema)` to create a new message.
  */
 export const RetrySkippedSchema: GenMessage<RetrySkipped> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 55);
+  messageDesc(file_jobd_v1_jobd, 59);
 
 /**
  * @generated from message jobd.v1.ListWorkersRequest
@@ -1872,7 +2067,7 @@ export type ListWorkersRequest = Message<"jobd.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 56);
+  messageDesc(file_jobd_v1_jobd, 60);
 
 /**
  * @generated from message jobd.v1.ListWorkersResponse
@@ -1889,7 +2084,7 @@ export type ListWorkersResponse = Message<"jobd.v1.ListWorkersResponse"> & {
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 57);
+  messageDesc(file_jobd_v1_jobd, 61);
 
 /**
  * WorkerSession is one connected worker process.
@@ -1954,7 +2149,7 @@ export type WorkerSession = Message<"jobd.v1.WorkerSession"> & {
  * Use `create(WorkerSessionSchema)` to create a new message.
  */
 export const WorkerSessionSchema: GenMessage<WorkerSession> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 58);
+  messageDesc(file_jobd_v1_jobd, 62);
 
 /**
  * JobState is where a job is in its life.
@@ -2008,11 +2203,20 @@ export enum JobState {
   FAILED = 5,
 
   /**
-   * Terminal: cancelled by a client.
+   * Terminal: cancelled by a client (or by a parent's failure, see
+   * SubmitRequest.on_dependency_failure).
    *
    * @generated from enum value: JOB_STATE_CANCELLED = 6;
    */
   CANCELLED = 6,
+
+  /**
+   * Some of its parents (SubmitRequest.depends_on) have not finished: never
+   * claimed, holds no slot, counts against the backlog.
+   *
+   * @generated from enum value: JOB_STATE_WAITING = 7;
+   */
+  WAITING = 7,
 }
 
 /**
@@ -2020,6 +2224,42 @@ export enum JobState {
  */
 export const JobStateSchema: GenEnum<JobState> = /*@__PURE__*/
   enumDesc(file_jobd_v1_jobd, 0);
+
+/**
+ * What a job does when a parent ends FAILED or CANCELLED.
+ *
+ * @generated from enum jobd.v1.DependencyFailure
+ */
+export enum DependencyFailure {
+  /**
+   * CANCEL (the default).
+   *
+   * @generated from enum value: DEPENDENCY_FAILURE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The job becomes CANCELLED, `last_error` naming the parent, and so on
+   * down the graph.
+   *
+   * @generated from enum value: DEPENDENCY_FAILURE_CANCEL = 1;
+   */
+  CANCEL = 1,
+
+  /**
+   * The job runs once every parent is terminal, whatever their outcome
+   * (a "finally" / chord callback).
+   *
+   * @generated from enum value: DEPENDENCY_FAILURE_RUN = 2;
+   */
+  RUN = 2,
+}
+
+/**
+ * Describes the enum jobd.v1.DependencyFailure.
+ */
+export const DependencyFailureSchema: GenEnum<DependencyFailure> = /*@__PURE__*/
+  enumDesc(file_jobd_v1_jobd, 1);
 
 /**
  * ListJobsOrder is the order of a ListJobs page: by creation time (job ids
@@ -2050,7 +2290,7 @@ export enum ListJobsOrder {
  * Describes the enum jobd.v1.ListJobsOrder.
  */
 export const ListJobsOrderSchema: GenEnum<ListJobsOrder> = /*@__PURE__*/
-  enumDesc(file_jobd_v1_jobd, 1);
+  enumDesc(file_jobd_v1_jobd, 2);
 
 /**
  * JobService takes jobs and reports on them. Every RPC is safe to retry:
@@ -2178,6 +2418,18 @@ export const JobService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchLogsRequestSchema;
     output: typeof LogLineSchema;
+  },
+  /**
+   * GetJobGraph returns a job's ancestors and descendants (depends_on
+   * edges) up to `depth` steps each way (default 3, at most 10), at most
+   * 1,000 jobs; `truncated` says when more exist.
+   *
+   * @generated from rpc jobd.v1.JobService.GetJobGraph
+   */
+  getJobGraph: {
+    methodKind: "unary";
+    input: typeof GetJobGraphRequestSchema;
+    output: typeof GetJobGraphResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_jobd_v1_jobd, 0);

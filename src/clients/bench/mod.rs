@@ -15,6 +15,8 @@ use tonic::transport::Channel;
 
 use crate::proto::{self, job_service_client::JobServiceClient};
 
+mod progress_load;
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 pub enum Scenario {
     /// Health/Check at each concurrency: the empty-RPC ceiling.
@@ -31,6 +33,9 @@ pub enum Scenario {
     Watch,
     /// Store N jobs delayed by an hour (backlog for RSS checks); not in `all`.
     Preload,
+    /// `drain` alone, then beside `--progress-jobs` running remote jobs
+    /// reporting progress (kind `--progress-kind`); not in `all`.
+    Progress,
     /// All of the above.
     All,
 }
@@ -85,6 +90,16 @@ pub struct BenchArgs {
     /// its payload; measures remote workers beside in-process handlers.
     #[arg(long)]
     pub remote_worker: Option<u32>,
+    /// `progress`: remote jobs held running beside the burn-down.
+    #[arg(long, default_value_t = 1000)]
+    pub progress_jobs: usize,
+    /// `progress`: Progress messages each held job sends per second.
+    #[arg(long, default_value_t = 10)]
+    pub progress_rate: u64,
+    /// `progress`: the kind of the held jobs (declared `handler = "remote"`,
+    /// with a timeout longer than the burn-down).
+    #[arg(long, default_value = "hold")]
+    pub progress_kind: String,
 }
 
 /// One line of the result table.
@@ -418,7 +433,13 @@ async fn wait_all_done(
 }
 
 async fn drain(a: &BenchArgs, chans: &[Channel]) -> Result<Row, BenchError> {
-    let run = format!("drain-{}", std::process::id());
+    // Its own label per call: `progress` drains twice in one process.
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let run = format!(
+        "drain-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    );
     // Due a little after loading should end (at 20k jobs/s, plus 3 s).
     let load_secs = a.jobs as f64 / 20_000.0 + 3.0;
     let due = SystemTime::now() + Duration::from_secs_f64(load_secs);
@@ -724,6 +745,9 @@ pub async fn run(a: &BenchArgs, addr: &str) -> Result<Vec<Row>, BenchError> {
     }
     if a.scenario == Scenario::Preload {
         rows.push(preload(a, &chans).await?);
+    }
+    if a.scenario == Scenario::Progress {
+        rows.extend(progress_load::progress_load(a, addr, &chans).await?);
     }
     if std::io::stderr().is_terminal() {
         eprintln!();

@@ -1,0 +1,216 @@
+//! Submits: a batch in one transaction and one INSERT, whatever its size.
+//! Jobs with parents (depends_on) also read their parents' states, locked
+//! `FOR SHARE` so none can end unseen before the child is committed (see
+//! [`super::deps`]), and write their `job_deps` rows; a batch without any
+//! pays nothing for that.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use uuid::Uuid;
+
+use super::{dedup, deps, pooled, sql, PostgresStore, Tx, Writer};
+use crate::job::{now_micros, Job, JobState, NewJob};
+use crate::store::deps::Standing;
+use crate::store::{transition, InsertOutcome, StoreError};
+
+/// Edges of the jobs just inserted.
+const INSERT_EDGES: &str = "INSERT INTO job_deps (parent, child) \
+     SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING";
+
+/// Jobs of this batch that could not be stored after all (a parent of
+/// theirs in the batch lost its idempotency key to a concurrent submit).
+const DELETE_JOBS: &str = "DELETE FROM jobs WHERE id = ANY($1)";
+
+/// What a batch stores: the answers known before the INSERT, and the jobs
+/// to insert, each with its entry's index.
+struct Plan {
+    out: Vec<Option<InsertOutcome>>,
+    fresh: Vec<(usize, Job)>,
+}
+
+impl PostgresStore {
+    pub(super) async fn insert_jobs(
+        &self,
+        jobs: Vec<NewJob>,
+        max_backlog: u64,
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        let out = self
+            .run(async {
+                let mut c = pooled(&self.pool).await?;
+                let tx = c.transaction().await?;
+                let plan = plan(&self.w, &tx, &jobs, max_backlog).await?;
+                let (out, waiting) = store(&tx, plan).await?;
+                tx.commit().await?;
+                self.w.waiting.fetch_add(waiting, Ordering::AcqRel);
+                Ok(out)
+            })
+            .await?;
+        out.into_iter()
+            .map(|o| o.ok_or_else(|| StoreError::Internal("submit without outcome".into())))
+            .collect()
+    }
+}
+
+/// Decides each entry: deduplicated, over the backlog bound, an unknown
+/// parent, or a job to insert (placed where its parents say).
+async fn plan(
+    w: &Writer,
+    tx: &Tx<'_>,
+    jobs: &[NewJob],
+    max_backlog: u64,
+) -> Result<Plan, StoreError> {
+    let keys: Vec<&str> = jobs
+        .iter()
+        .filter_map(|j| j.idempotency_key.as_deref())
+        .collect();
+    let existing = sql::by_keys(tx, &keys).await?;
+    // Parents outside the batch, held until the commit. Entries may name
+    // earlier entries of the batch: those are known from `placed`.
+    let batch: HashSet<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let mut outside: Vec<Uuid> = jobs
+        .iter()
+        .flat_map(|j| j.parents.iter().copied())
+        .filter(|p| !batch.contains(p))
+        .collect();
+    outside.sort_unstable();
+    outside.dedup();
+    let stored = deps::share_states(tx, &outside).await?;
+    let with_parents = jobs.iter().any(|j| !j.parents.is_empty());
+    let mut placed: HashMap<Uuid, JobState> = HashMap::new();
+    let mut room = (max_backlog.min(i64::MAX as u64) as i64)
+        .saturating_sub(w.waiting.load(Ordering::Acquire));
+    let mut out: Vec<Option<InsertOutcome>> = vec![None; jobs.len()];
+    // Index into `fresh` of the job taking each key in this batch.
+    let mut batch_keys: HashMap<String, usize> = HashMap::new();
+    let mut fresh: Vec<(usize, Job)> = Vec::new();
+    let now = now_micros();
+    for (i, new) in jobs.iter().enumerate() {
+        if let Some(k) = &new.idempotency_key {
+            if let Some(e) = existing.get(k) {
+                out[i] = Some(dedup(e, &new.request_hash));
+                continue;
+            }
+            if let Some(&f) = batch_keys.get(k) {
+                out[i] = Some(dedup(&fresh[f].1, &new.request_hash));
+                continue;
+            }
+        }
+        if room <= 0 {
+            out[i] = Some(InsertOutcome::BacklogFull);
+            continue;
+        }
+        // `start` is declined here: instances share the queue, so a job
+        // always goes through the claim (see `NewJob::start`).
+        let job = if new.parents.is_empty() {
+            new.clone().into_job()
+        } else {
+            match standing(new, &placed, &stored) {
+                Ok(s) => transition::create(new.clone(), now, s, |_| true),
+                Err(p) => {
+                    out[i] = Some(InsertOutcome::UnknownParent(p));
+                    continue;
+                }
+            }
+        };
+        room -= 1;
+        if let Some(k) = &new.idempotency_key {
+            batch_keys.insert(k.clone(), fresh.len());
+        }
+        if with_parents {
+            placed.insert(job.id, job.state);
+        }
+        fresh.push((i, job));
+    }
+    Ok(Plan { out, fresh })
+}
+
+/// Where `new` stands among its parents (earlier entries of the batch, or
+/// stored jobs); `Err` names the first parent that is neither.
+fn standing(
+    new: &NewJob,
+    placed: &HashMap<Uuid, JobState>,
+    stored: &HashMap<Uuid, JobState>,
+) -> Result<Standing, Uuid> {
+    let mut states = Vec::with_capacity(new.parents.len());
+    for p in &new.parents {
+        let s = placed.get(p).or_else(|| stored.get(p)).ok_or(*p)?;
+        states.push((*p, *s));
+    }
+    Ok(crate::store::deps::standing(new.on_parent_failure, states))
+}
+
+/// Inserts the planned jobs and their edges; answers every entry. Returns
+/// the answers and how many stored jobs count against the backlog.
+async fn store(tx: &Tx<'_>, plan: Plan) -> Result<(Vec<Option<InsertOutcome>>, i64), StoreError> {
+    let Plan { mut out, fresh } = plan;
+    // Rows go in key order, so two batches racing on the same keys wait
+    // for each other instead of deadlocking.
+    let mut rows: Vec<&Job> = fresh.iter().map(|(_, j)| j).collect();
+    rows.sort_by(|a, b| a.idempotency_key.cmp(&b.idempotency_key));
+    let inserted = sql::insert_rows(tx, &rows).await?;
+    // A job missing from `inserted` lost its key to a concurrent submit
+    // that committed first: answer with that job.
+    let lost: Vec<&str> = fresh
+        .iter()
+        .filter(|(_, j)| !inserted.contains(&j.id))
+        .filter_map(|(_, j)| j.idempotency_key.as_deref())
+        .collect();
+    let winners = sql::by_keys(tx, &lost).await?;
+    let orphans = orphans(&fresh, &inserted);
+    if !orphans.is_empty() {
+        let ids: Vec<Uuid> = orphans.keys().copied().collect();
+        let st = tx.prepare_cached(DELETE_JOBS).await?;
+        tx.execute(&st, &[&ids]).await?;
+    }
+    let mut waiting = 0;
+    let (mut parents, mut children) = (Vec::new(), Vec::new());
+    for (i, job) in &fresh {
+        out[*i] = Some(if let Some(p) = orphans.get(&job.id) {
+            InsertOutcome::UnknownParent(*p)
+        } else if inserted.contains(&job.id) {
+            waiting += i64::from(job.state.is_waiting());
+            for p in &job.parents {
+                parents.push(*p);
+                children.push(job.id);
+            }
+            InsertOutcome::Created(job.clone())
+        } else {
+            let w = job
+                .idempotency_key
+                .as_ref()
+                .and_then(|k| winners.get(k))
+                .ok_or_else(|| {
+                    StoreError::Internal(format!("job {} was not stored", job.id).into())
+                })?;
+            dedup(w, &job.request_hash)
+        });
+    }
+    if !parents.is_empty() {
+        let st = tx.prepare_cached(INSERT_EDGES).await?;
+        tx.execute(&st, &[&parents, &children]).await?;
+    }
+    Ok((out, waiting))
+}
+
+/// Jobs inserted whose parent in the batch was not (its key taken by a
+/// concurrent submit), and theirs in turn: each with that parent.
+fn orphans(fresh: &[(usize, Job)], inserted: &HashSet<Uuid>) -> HashMap<Uuid, Uuid> {
+    let mut gone: HashSet<Uuid> = fresh
+        .iter()
+        .filter(|(_, j)| !inserted.contains(&j.id))
+        .map(|(_, j)| j.id)
+        .collect();
+    let mut out = HashMap::new();
+    if gone.is_empty() {
+        return out;
+    }
+    // Parents come before their children in a batch.
+    for (_, j) in fresh.iter().filter(|(_, j)| inserted.contains(&j.id)) {
+        if let Some(p) = j.parents.iter().find(|p| gone.contains(p)) {
+            out.insert(j.id, *p);
+            gone.insert(j.id);
+        }
+    }
+    out
+}
