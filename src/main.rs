@@ -131,6 +131,8 @@ fn init_logs(format: LogFormat) {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
     }
+    // Panics go through the log too, so JSON logs stay JSON.
+    jobd::panic_log::install();
 }
 
 /// Blocking-pool threads `serve` runs at most.
@@ -272,7 +274,7 @@ fn check_config(loaded: Result<Prepared, ConfigError>, json: bool) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    for warning in jobd::server::warnings(&prepared.config) {
+    for warning in prepared.warnings() {
         eprintln!("jobd: warning: {warning}");
     }
     let text = if json {

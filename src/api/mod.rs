@@ -117,7 +117,13 @@ impl JobApi {
         prefix: &str,
         trace: &Option<TraceContext>,
     ) -> Result<crate::job::NewJob, ApiError> {
-        let mut new = validate::submit(req, prefix, |k| self.engine.kind(k)).inspect_err(|_| {
+        let mut new = validate::submit(
+            req,
+            prefix,
+            |k| self.engine.kind(k),
+            || self.engine.kinds().map(|k| k.name.clone()).collect(),
+        )
+        .inspect_err(|_| {
             self.engine.metrics().reject("invalid_argument");
         })?;
         new.trace = trace.clone();

@@ -49,18 +49,20 @@ fn timestamp_micros(t: &prost_types::Timestamp) -> Option<Micros> {
 }
 
 /// Validates one submit. `prefix` names the field's place in a batch
-/// (`requests[3].`); `lookup` finds a configured kind. Every violation is
+/// (`requests[3].`); `lookup` finds a configured kind, `known` names them
+/// all (asked only for an unknown kind, to suggest one). Every violation is
 /// reported, not just the first.
 pub fn submit<'a>(
     req: proto::SubmitRequest,
     prefix: &str,
     lookup: impl Fn(&str) -> Option<&'a KindSettings>,
+    known: impl Fn() -> Vec<String>,
 ) -> Result<NewJob, ApiError> {
     let mut v = Violations {
         prefix,
         list: Vec::new(),
     };
-    let kind = submit_kind(&req, lookup, &mut v);
+    let kind = submit_kind(&req, lookup, known, &mut v);
     submit_keys(&req, &mut v);
     let timeout = match &req.timeout {
         None => None,
@@ -125,6 +127,7 @@ impl Violations<'_> {
 fn submit_kind<'a>(
     req: &proto::SubmitRequest,
     lookup: impl Fn(&str) -> Option<&'a KindSettings>,
+    known: impl Fn() -> Vec<String>,
     v: &mut Violations<'_>,
 ) -> Option<&'a KindSettings> {
     let kind = if req.kind.is_empty() {
@@ -139,7 +142,11 @@ fn submit_kind<'a>(
     } else {
         let k = lookup(&req.kind);
         if k.is_none() {
-            v.bad("kind", format!("unknown kind {:?}", req.kind));
+            let names = known();
+            v.bad(
+                "kind",
+                crate::suggest::unknown("kind", &req.kind, names.iter().map(String::as_str)),
+            );
         }
         k
     };
@@ -599,11 +606,11 @@ mod tests {
     fn decode_and_validate(bytes: &[u8], kind: &crate::config::KindSettings) {
         use prost::Message;
         if let Ok(req) = proto::SubmitRequest::decode(bytes) {
-            let _ = submit(req, "", |k| (k == kind.name).then_some(kind));
+            let _ = submit(req, "", |k| (k == kind.name).then_some(kind), Vec::new);
         }
         if let Ok(b) = proto::SubmitBatchRequest::decode(bytes) {
             for req in b.requests {
-                let _ = submit(req, "requests[0].", |_| Some(kind));
+                let _ = submit(req, "requests[0].", |_| Some(kind), Vec::new);
             }
         }
         if let Ok(r) = proto::ListJobsRequest::decode(bytes) {
@@ -692,7 +699,7 @@ mod tests {
             };
             decode_and_validate(&req.encode_to_vec(), &kind);
             let name = kind.name.clone();
-            assert!(submit(req, "", |k| (k == name).then_some(&kind)).is_err());
+            assert!(submit(req, "", |k| (k == name).then_some(&kind), Vec::new).is_err());
         }
     }
 
