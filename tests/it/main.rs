@@ -12,6 +12,7 @@ mod binary;
 mod browser;
 mod cli;
 mod engine;
+mod first_hour;
 mod handlers;
 mod helpers;
 mod hostile_clients;
