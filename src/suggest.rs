@@ -49,17 +49,22 @@ pub fn closest<'a>(wanted: &str, known: impl IntoIterator<Item = &'a str>) -> Op
     best.map(|(_, k)| k)
 }
 
-/// `unknown {what} "x"; did you mean "y"? configured {what}s: a, b, c` —
-/// the known names sorted, at most 20 of them.
+/// `unknown {what} "x"; did you mean "y"? configured {what}s: a, b, c`
+/// (see [`hint`]).
 pub fn unknown<'a>(what: &str, wanted: &str, known: impl IntoIterator<Item = &'a str>) -> String {
+    format!("unknown {what} {wanted:?}{}", hint(what, wanted, known))
+}
+
+/// `; did you mean "y"? configured {what}s: a, b, c` — the closest known
+/// name if one is near, and the known names sorted, at most 20 of them.
+pub fn hint<'a>(what: &str, wanted: &str, known: impl IntoIterator<Item = &'a str>) -> String {
     let mut names: Vec<&str> = known.into_iter().collect();
     names.sort_unstable();
     names.dedup();
-    let mut msg = format!("unknown {what} {wanted:?}");
-    match closest(wanted, names.iter().copied()) {
-        Some(near) => msg.push_str(&format!("; did you mean {near:?}? ")),
-        None => msg.push_str("; "),
-    }
+    let mut msg = match closest(wanted, names.iter().copied()) {
+        Some(near) => format!("; did you mean {near:?}? "),
+        None => "; ".to_string(),
+    };
     const SHOWN: usize = 20;
     if names.is_empty() {
         msg.push_str(&format!("no {what}s are configured"));

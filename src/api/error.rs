@@ -29,8 +29,10 @@ pub enum ApiError {
     InvalidArgument(Vec<Violation>),
     #[error("job {0} not found")]
     NotFound(Uuid),
-    #[error("kind {0:?} is not configured")]
-    UnknownKind(String),
+    /// `hint`: what to write instead (see [`crate::suggest::hint`]), or
+    /// empty.
+    #[error("kind {kind:?} is not configured{hint}")]
+    UnknownKind { kind: String, hint: String },
     #[error("schedule {0:?} is not configured")]
     UnknownSchedule(String),
     #[error(
@@ -96,7 +98,10 @@ impl From<EngineError> for ApiError {
                 ApiError::TooManyWatchers { max, per: "in all" }
             }
             EngineError::NotFound(id) => ApiError::NotFound(id),
-            EngineError::UnknownKind(k) => ApiError::UnknownKind(k),
+            EngineError::UnknownKind(kind) => ApiError::UnknownKind {
+                kind,
+                hint: String::new(),
+            },
             EngineError::UnknownSchedule(s) => ApiError::UnknownSchedule(s),
             EngineError::BacklogFull { max } => ApiError::BacklogFull { max },
             EngineError::KeyConflict { key, existing_id } => {
@@ -127,7 +132,7 @@ impl From<ApiError> for Status {
                 }
                 Status::with_error_details(Code::InvalidArgument, msg, d)
             }
-            ApiError::NotFound(_) | ApiError::UnknownKind(_) | ApiError::UnknownSchedule(_) => {
+            ApiError::NotFound(_) | ApiError::UnknownKind { .. } | ApiError::UnknownSchedule(_) => {
                 Status::not_found(msg)
             }
             ApiError::IdempotencyConflict { key, existing_id } => {

@@ -85,7 +85,18 @@ impl AdminApi {
 
     async fn set_paused(&self, kind: &str, paused: bool) -> Result<proto::KindStatus, ApiError> {
         validate::kind_name("kind", kind)?;
-        self.engine.set_paused(kind, paused).await?;
+        self.engine
+            .set_paused(kind, paused)
+            .await
+            .map_err(|e| match ApiError::from(e) {
+                ApiError::UnknownKind { kind, .. } => {
+                    let names: Vec<String> = self.engine.kinds().map(|k| k.name.clone()).collect();
+                    let hint =
+                        crate::suggest::hint("kind", &kind, names.iter().map(String::as_str));
+                    ApiError::UnknownKind { kind, hint }
+                }
+                other => other,
+            })?;
         // A stale pause of a kind no longer configured, just cleared, with
         // no jobs left: nothing lists it any more.
         Ok(self

@@ -258,6 +258,16 @@ async fn http_refusals_say_what_to_do() {
         m.contains("unknown kind \"slep\"; did you mean \"sleep\"? configured kinds: echo, fail, short, single, sleep"),
         "{m}"
     );
+    // Pausing an unknown kind is NOT_FOUND (as DESIGN says), with the hint.
+    let (status, v) = call(http.post(format!("{}/v1/kinds/slepe:pause", d.url()))).await;
+    assert_eq!((status, &v["codeName"]), (404, &json!("NOT_FOUND")), "{v}");
+    let m = v["message"].as_str().unwrap();
+    assert!(
+        m.starts_with(
+            "kind \"slepe\" is not configured; did you mean \"sleep\"? configured kinds: echo,"
+        ),
+        "{m}"
+    );
     let (status, v) = call(http.get(format!("{}/v1/jobs/{}", d.url(), uuid::Uuid::now_v7()))).await;
     assert_eq!((status, &v["codeName"]), (404, &json!("NOT_FOUND")), "{v}");
     d.stop().await;
