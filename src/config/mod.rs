@@ -665,8 +665,10 @@ mod tests {
 
     #[test]
     fn a_host_name_in_listen_gets_an_ip_address_hint() {
-        let mut c = Config::default();
-        c.listen = "localhost:50051".into();
+        let mut c = Config {
+            listen: "localhost:50051".into(),
+            ..Config::default()
+        };
         let e = c.listen_addr().unwrap_err().to_string();
         assert!(
             e.contains("use an IP address") && e.contains("e.g. 127.0.0.1:50051"),
