@@ -517,19 +517,20 @@ fn check_config_says_what_to_do() {
     );
 }
 
-/// The start-up log: the serving line's addresses are plain (`admin=off`,
-/// no `Some(…)`), a line gives the dashboard's URL, and a new store's
-/// migrations are one summary line at info.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn startup_log_shows_the_dashboard_and_one_migration_line() {
+/// `jobd serve` with this config on a fresh port, stopped by SIGTERM once
+/// it answers: the port and everything it logged at `info`.
+async fn startup_log(config: &str) -> (u16, String) {
     let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jobd.toml");
+    std::fs::write(
+        &file,
+        config.replace("{dir}", &dir.path().display().to_string()),
+    )
+    .unwrap();
     let port = crate::binary::free_port();
     let child = Command::new(bin())
-        .args(["serve", "--admin-listen", "off"])
-        .args([
-            "--store",
-            &format!("sqlite:{}/jobd.db", dir.path().display()),
-        ])
+        .args(["serve", "--config"])
+        .arg(&file)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -538,8 +539,7 @@ async fn startup_log_shows_the_dashboard_and_one_migration_line() {
         .spawn()
         .unwrap();
     let mut child = KillOnDrop(child);
-    let url = format!("http://127.0.0.1:{port}");
-    drop(connect_when_up(&url).await);
+    drop(connect_when_up(&format!("http://127.0.0.1:{port}")).await);
     // SAFETY: kill(2) on our own child's pid.
     unsafe {
         libc::kill(child.0.id() as i32, libc::SIGTERM);
@@ -552,6 +552,29 @@ async fn startup_log_shows_the_dashboard_and_one_migration_line() {
     })
     .await
     .unwrap();
+    (port, log)
+}
+
+/// Exactly one "store migrated from v0 to vN" line, and no step at info.
+fn one_migration_line(log: &str) {
+    let migrated: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("store migrated from v0 to v"))
+        .collect();
+    assert_eq!(migrated.len(), 1, "{log}");
+    assert!(
+        !log.contains("applied store migration"),
+        "steps are at debug: {log}"
+    );
+}
+
+/// The start-up log: the serving line's addresses are plain (`admin=off`,
+/// no `Some(…)`), a line gives the dashboard's URL, and a new SQLite
+/// store's migrations are one summary line at info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_log_shows_the_dashboard_and_one_migration_line() {
+    let (port, log) =
+        startup_log("admin_listen = \"off\"\nstore = \"sqlite:{dir}/jobd.db\"\n").await;
     let serving = log
         .lines()
         .find(|l| l.contains("jobd serving"))
@@ -565,13 +588,15 @@ async fn startup_log_shows_the_dashboard_and_one_migration_line() {
         log.contains(&format!("dashboard: http://127.0.0.1:{port}/ui/")),
         "{log}"
     );
-    let migrated: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("store migrated from v0 to v"))
-        .collect();
-    assert_eq!(migrated.len(), 1, "{log}");
-    assert!(
-        !log.contains("applied store migration"),
-        "steps are at debug: {log}"
-    );
+    one_migration_line(&log);
+}
+
+/// A new PostgreSQL schema's migrations are one summary line at info too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_migrations_log_one_summary_line() {
+    let Some(pg) = crate::pg::PgSchema::new("migrlog").await else {
+        return;
+    };
+    let (_, log) = startup_log(&format!("admin_listen = \"off\"\n{}", pg.toml(""))).await;
+    one_migration_line(&log);
 }
