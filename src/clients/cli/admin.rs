@@ -18,6 +18,7 @@ pub struct RetryArgs {
     /// nor a filter (--kind, --label) narrows the retry.
     #[arg(long)]
     pub all: bool,
+    /// Only jobs of this kind.
     #[arg(long)]
     pub kind: Option<String>,
     /// failed (default) or cancelled.

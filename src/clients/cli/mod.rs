@@ -81,7 +81,9 @@ use output::printable;
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Output")]
 pub struct Common {
-    /// Machine-readable output (one JSON document, or one per line for watch).
+    /// Machine-readable output: the reply in the proto3 JSON mapping, as
+    /// grpcurl and the HTTP routes print it (one document; one per line
+    /// for watch and logs).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -169,7 +171,8 @@ pub enum ClientCommand {
         common: Common,
     },
     /// Put FAILED (or CANCELLED) jobs back in the queue with their attempts
-    /// reset: the ones given by --id, or those matching the filter.
+    /// reset: the ones given by --id, those matching the filter, or with
+    /// --all every one.
     Retry(RetryArgs),
 }
 
