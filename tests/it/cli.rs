@@ -118,7 +118,7 @@ async fn client_commands_output_and_exit_codes() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains(&format!(
-            "cannot connect to jobd at {down}/: connection refused"
+            "cannot connect to jobd at {down}: connection refused"
         )) && err.contains("is jobd running there? Check --addr or JOBD_ADDR"),
         "{err}"
     );

@@ -488,6 +488,12 @@ async fn cli_refusals_say_what_to_do() {
         String::from_utf8_lossy(&o.stderr).contains("no workers connected"),
         "{o:?}"
     );
+    let o = cli(&addr, &["schedules"]).await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("[[schedules]]"),
+        "{o:?}"
+    );
     let o = cli(&addr, &["workers", "--json"]).await;
     assert_eq!(
         serde_json::from_slice::<Value>(&o.stdout).unwrap(),

@@ -84,6 +84,10 @@ pub(super) async fn schedules(a: &mut AdminClient, json: bool) -> Result<u8, Fai
         .into_inner();
     if json {
         print_json(&r);
+    } else if r.schedules.is_empty() {
+        eprintln!(
+            "no schedules (add a [[schedules]] table with id, kind and cron to the config file)"
+        );
     } else {
         print_schedules(&r.schedules);
     }

@@ -109,7 +109,8 @@ pub(super) async fn channel_to(common: &Common) -> Result<Channel, Failure> {
         .conn
         .endpoint()
         .map_err(|e| Failure(exit::USAGE, e.to_string()))?;
-    let url = endpoint.uri().to_string();
+    // As given (`127.0.0.1:50051` stays so; the URI would add a slash).
+    let url = common.conn.addr.clone();
     endpoint
         .connect()
         .await
