@@ -135,6 +135,19 @@ fn init_logs(format: LogFormat) {
     jobd::panic_log::install();
 }
 
+/// Debug builds only: with `JOBD_DEBUG_PANIC` set, a thread panics at
+/// start (and the daemon goes on), so a test can see a panic reach the log
+/// as a log event.
+fn debug_panic() {
+    if cfg!(debug_assertions) && std::env::var_os("JOBD_DEBUG_PANIC").is_some() {
+        let panicked = std::thread::Builder::new()
+            .name("debug-panic".into())
+            .spawn(|| panic!("JOBD_DEBUG_PANIC is set"))
+            .map(std::thread::JoinHandle::join);
+        debug_assert!(matches!(panicked, Ok(Err(_))));
+    }
+}
+
 /// Blocking-pool threads `serve` runs at most.
 const MAX_BLOCKING_THREADS: usize = 16;
 
@@ -174,6 +187,7 @@ fn main() -> ExitCode {
             log_format,
         } => {
             init_logs(log_format);
+            debug_panic();
             serve_command(load(config.as_ref(), listen, admin_listen, store))
         }
     }

@@ -526,6 +526,11 @@ fn check_config_says_what_to_do() {
 /// `jobd serve` with this config on a fresh port, stopped by SIGTERM once
 /// it answers: the port and everything it logged at `info`.
 async fn startup_log(config: &str) -> (u16, String) {
+    startup_log_with(config, &[], &[]).await
+}
+
+/// [`startup_log`] with more arguments and environment.
+async fn startup_log_with(config: &str, args: &[&str], env: &[(&str, &str)]) -> (u16, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("jobd.toml");
     std::fs::write(
@@ -538,8 +543,10 @@ async fn startup_log(config: &str) -> (u16, String) {
         .args(["serve", "--config"])
         .arg(&file)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -605,4 +612,34 @@ async fn postgres_migrations_log_one_summary_line() {
     };
     let (_, log) = startup_log(&format!("admin_listen = \"off\"\n{}", pg.toml(""))).await;
     one_migration_line(&log);
+}
+
+/// A panic goes through the log: with `--log-format json` every line of
+/// stderr stays a JSON object, and the panic is one of them (the debug
+/// build panics a thread at start when `JOBD_DEBUG_PANIC` is set).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_is_a_json_log_line() {
+    let (_, log) = startup_log_with(
+        "admin_listen = \"off\"\nstore = \"memory:\"\n",
+        &["--log-format", "json"],
+        &[("JOBD_DEBUG_PANIC", "1")],
+    )
+    .await;
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{log}")))
+        .collect();
+    let panic = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "panic")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert_eq!(panic["level"], "ERROR");
+    assert_eq!(panic["fields"]["panic.message"], "JOBD_DEBUG_PANIC is set");
+    assert_eq!(panic["fields"]["thread"], "debug-panic");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "jobd serving"),
+        "{log}"
+    );
 }
