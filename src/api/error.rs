@@ -33,8 +33,9 @@ pub enum ApiError {
     /// empty.
     #[error("kind {kind:?} is not configured{hint}")]
     UnknownKind { kind: String, hint: String },
-    #[error("schedule {0:?} is not configured")]
-    UnknownSchedule(String),
+    /// `hint`: as [`ApiError::UnknownKind`]'s.
+    #[error("schedule {id:?} is not configured{hint}")]
+    UnknownSchedule { id: String, hint: String },
     #[error(
         "idempotency key {key:?} is already used by job {existing_id} for a different request"
     )]
@@ -102,7 +103,10 @@ impl From<EngineError> for ApiError {
                 kind,
                 hint: String::new(),
             },
-            EngineError::UnknownSchedule(s) => ApiError::UnknownSchedule(s),
+            EngineError::UnknownSchedule(id) => ApiError::UnknownSchedule {
+                id,
+                hint: String::new(),
+            },
             EngineError::BacklogFull { max } => ApiError::BacklogFull { max },
             EngineError::KeyConflict { key, existing_id } => {
                 ApiError::IdempotencyConflict { key, existing_id }
@@ -132,9 +136,9 @@ impl From<ApiError> for Status {
                 }
                 Status::with_error_details(Code::InvalidArgument, msg, d)
             }
-            ApiError::NotFound(_) | ApiError::UnknownKind { .. } | ApiError::UnknownSchedule(_) => {
-                Status::not_found(msg)
-            }
+            ApiError::NotFound(_)
+            | ApiError::UnknownKind { .. }
+            | ApiError::UnknownSchedule { .. } => Status::not_found(msg),
             ApiError::IdempotencyConflict { key, existing_id } => {
                 let d = ErrorDetails::with_error_info(
                     "IDEMPOTENCY_KEY_REUSED",

@@ -268,6 +268,18 @@ async fn http_refusals_say_what_to_do() {
         ),
         "{m}"
     );
+    d.stop().await;
+    // So are unknown schedules, for trigger and pause alike.
+    let d = start("[[schedules]]\nid = \"nightly\"\nkind = \"echo\"\ncron = \"0 3 * * *\"\n").await;
+    for verb in ["trigger", "pause"] {
+        let (status, v) = call(http.post(format!("{}/v1/schedules/nigthly:{verb}", d.url()))).await;
+        assert_eq!(status, 404, "{v}");
+        assert_eq!(
+            v["message"],
+            "schedule \"nigthly\" is not configured; did you mean \"nightly\"? configured schedules: nightly",
+            "{verb}"
+        );
+    }
     let (status, v) = call(http.get(format!("{}/v1/jobs/{}", d.url(), uuid::Uuid::now_v7()))).await;
     assert_eq!((status, &v["codeName"]), (404, &json!("NOT_FOUND")), "{v}");
     d.stop().await;
