@@ -510,6 +510,7 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
     b.type_into("#token", VIEWER).await;
     b.click("#token-save").await;
     b.wait_for("tr[data-kind='echo']").await;
+    assert_eq!(b.text_of("#role").await, "role: viewer (read only)");
     // Action buttons: all but the filter form's and the page links.
     let buttons =
         "return document.querySelectorAll('main button:not(#filter-apply):not([id^=page-])').length";

@@ -669,8 +669,12 @@
   async function identify() {
     try {
       me = await api("GET", "/v1/whoami");
+      $("role").textContent = !me.authEnabled
+        ? ""
+        : "role: " + me.role + (may("RetryJobs") || may("Submit") ? "" : " (read only)");
     } catch (e) {
       me = null;
+      $("role").textContent = "";
       throw e;
     }
   }
