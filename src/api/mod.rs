@@ -117,13 +117,14 @@ impl JobApi {
         prefix: &str,
         trace: &Option<TraceContext>,
     ) -> Result<crate::job::NewJob, ApiError> {
-        let mut new = validate::submit(
-            req,
-            prefix,
-            |k| self.engine.kind(k),
-            || self.engine.kinds().map(|k| k.name.clone()).collect(),
-        )
-        .inspect_err(|_| {
+        // An unknown kind's refusal names the closest configured one.
+        let lookup = |k: &str| {
+            self.engine.kind(k).ok_or_else(|| {
+                let names: Vec<String> = self.engine.kinds().map(|k| k.name.clone()).collect();
+                crate::suggest::unknown("kind", k, names.iter().map(String::as_str))
+            })
+        };
+        let mut new = validate::submit(req, prefix, lookup).inspect_err(|_| {
             self.engine.metrics().reject("invalid_argument");
         })?;
         new.trace = trace.clone();

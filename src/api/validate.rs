@@ -49,20 +49,18 @@ fn timestamp_micros(t: &prost_types::Timestamp) -> Option<Micros> {
 }
 
 /// Validates one submit. `prefix` names the field's place in a batch
-/// (`requests[3].`); `lookup` finds a configured kind, `known` names them
-/// all (asked only for an unknown kind, to suggest one). Every violation is
-/// reported, not just the first.
+/// (`requests[3].`); `lookup` finds a configured kind, or words why not.
+/// Every violation is reported, not just the first.
 pub fn submit<'a>(
     req: proto::SubmitRequest,
     prefix: &str,
-    lookup: impl Fn(&str) -> Option<&'a KindSettings>,
-    known: impl Fn() -> Vec<String>,
+    lookup: impl Fn(&str) -> Result<&'a KindSettings, String>,
 ) -> Result<NewJob, ApiError> {
     let mut v = Violations {
         prefix,
         list: Vec::new(),
     };
-    let kind = submit_kind(&req, lookup, known, &mut v);
+    let kind = submit_kind(&req, lookup, &mut v);
     submit_keys(&req, &mut v);
     let timeout = match &req.timeout {
         None => None,
@@ -126,8 +124,7 @@ impl Violations<'_> {
 /// limit.
 fn submit_kind<'a>(
     req: &proto::SubmitRequest,
-    lookup: impl Fn(&str) -> Option<&'a KindSettings>,
-    known: impl Fn() -> Vec<String>,
+    lookup: impl Fn(&str) -> Result<&'a KindSettings, String>,
     v: &mut Violations<'_>,
 ) -> Option<&'a KindSettings> {
     let kind = if req.kind.is_empty() {
@@ -141,14 +138,10 @@ fn submit_kind<'a>(
         None
     } else {
         let k = lookup(&req.kind);
-        if k.is_none() {
-            let names = known();
-            v.bad(
-                "kind",
-                crate::suggest::unknown("kind", &req.kind, names.iter().map(String::as_str)),
-            );
+        if let Err(why) = &k {
+            v.bad("kind", why.clone());
         }
-        k
+        k.ok()
     };
     if let Some(k) = kind {
         if req.payload.len() > k.max_payload_bytes {
@@ -606,11 +599,12 @@ mod tests {
     fn decode_and_validate(bytes: &[u8], kind: &crate::config::KindSettings) {
         use prost::Message;
         if let Ok(req) = proto::SubmitRequest::decode(bytes) {
-            let _ = submit(req, "", |k| (k == kind.name).then_some(kind), Vec::new);
+            let found = |k: &str| (k == kind.name).then_some(kind).ok_or(String::new());
+            let _ = submit(req, "", found);
         }
         if let Ok(b) = proto::SubmitBatchRequest::decode(bytes) {
             for req in b.requests {
-                let _ = submit(req, "requests[0].", |_| Some(kind), Vec::new);
+                let _ = submit(req, "requests[0].", |_| Ok(kind));
             }
         }
         if let Ok(r) = proto::ListJobsRequest::decode(bytes) {
@@ -699,7 +693,8 @@ mod tests {
             };
             decode_and_validate(&req.encode_to_vec(), &kind);
             let name = kind.name.clone();
-            assert!(submit(req, "", |k| (k == name).then_some(&kind), Vec::new).is_err());
+            let found = |k: &str| (k == name).then_some(&kind).ok_or(String::new());
+            assert!(submit(req, "", found).is_err());
         }
     }
 
