@@ -13,6 +13,7 @@ mod browser;
 mod checkpoints;
 mod cli;
 mod engine;
+mod first_hour;
 mod handlers;
 mod helpers;
 mod hostile_clients;
