@@ -25,7 +25,10 @@
 //!   transitions ([`store::transition`], creation included), memory,
 //!   SQLite and PostgreSQL.
 //! - [`events`], [`metrics`], [`otel`], [`probes`] — watchers' fan-out,
-//!   Prometheus metrics, span export, the probe and metrics listener.
+//!   Prometheus metrics, span export, the probe and metrics listener;
+//!   [`panic_log`] sends panics through the log.
+//! - [`suggest`] — "did you mean" for unknown names; [`throughput`] —
+//!   jobs finished per minute over the last hour, for the dashboard.
 //! - [`config`] — the TOML file and its bounds, plain data; [`job`] — the
 //!   shared model. Neither imports anything above it.
 
@@ -42,10 +45,13 @@ pub mod job;
 pub mod log_limit;
 pub mod metrics;
 pub mod otel;
+pub mod panic_log;
 pub mod probes;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod suggest;
+pub mod throughput;
 pub mod transport;
 
 pub use config::Config;

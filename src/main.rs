@@ -131,6 +131,21 @@ fn init_logs(format: LogFormat) {
         LogFormat::Text => b.init(),
         LogFormat::Json => b.json().init(),
     }
+    // Panics go through the log too, so JSON logs stay JSON.
+    jobd::panic_log::install();
+}
+
+/// Debug builds only: with `JOBD_DEBUG_PANIC` set, a thread panics at
+/// start (and the daemon goes on), so a test can see a panic reach the log
+/// as a log event.
+fn debug_panic() {
+    if cfg!(debug_assertions) && std::env::var_os("JOBD_DEBUG_PANIC").is_some() {
+        let panicked = std::thread::Builder::new()
+            .name("debug-panic".into())
+            .spawn(|| panic!("JOBD_DEBUG_PANIC is set"))
+            .map(std::thread::JoinHandle::join);
+        debug_assert!(matches!(panicked, Ok(Err(_))));
+    }
 }
 
 /// Blocking-pool threads `serve` runs at most.
@@ -172,6 +187,7 @@ fn main() -> ExitCode {
             log_format,
         } => {
             init_logs(log_format);
+            debug_panic();
             serve_command(load(config.as_ref(), listen, admin_listen, store))
         }
     }
@@ -272,7 +288,7 @@ fn check_config(loaded: Result<Prepared, ConfigError>, json: bool) -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    for warning in jobd::server::warnings(&prepared.config) {
+    for warning in prepared.warnings() {
         eprintln!("jobd: warning: {warning}");
     }
     let text = if json {

@@ -53,6 +53,8 @@ pub struct Metrics {
     grpc_seconds: HistFamily,
     /// The HTTP twin of the gRPC health status, for `/readyz`.
     ready: AtomicBool,
+    /// Finished jobs per minute over the last hour, for the dashboard.
+    throughput: crate::throughput::Throughput,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +107,7 @@ impl Metrics {
             grpc_requests: Family::default(),
             grpc_seconds: hist(),
             ready: AtomicBool::new(false),
+            throughput: crate::throughput::Throughput::new(),
         };
         let mut registry = Registry::with_prefix("jobd");
         // In this order on /metrics.
@@ -342,7 +345,13 @@ impl Metrics {
                     ("state", job.state.to_string()),
                 ])
                 .inc();
+            self.throughput.record(&job.kind, job.state);
         }
+    }
+
+    /// Finished jobs per minute, per kind (what the chart shows).
+    pub fn throughput(&self) -> &crate::throughput::Throughput {
+        &self.throughput
     }
 
     /// 1 while an operator has the kind paused (PauseKind), else 0.

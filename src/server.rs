@@ -123,6 +123,14 @@ pub struct Prepared {
     tls: Option<Arc<Tls>>,
 }
 
+impl Prepared {
+    /// Settings that work but are likely not what was meant (logged by
+    /// [`prepare`], printed by `check-config`).
+    pub fn warnings(&self) -> Vec<String> {
+        crate::config::warnings::warnings(&self.config, &self.tokens)
+    }
+}
+
 impl std::fmt::Debug for Prepared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prepared")
@@ -132,38 +140,6 @@ impl std::fmt::Debug for Prepared {
             .field("tls", &self.tls.is_some())
             .finish()
     }
-}
-
-/// Settings that work but are likely not what was meant (logged at start,
-/// printed by `check-config`).
-pub fn warnings(config: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    for (name, k) in &config.kinds {
-        if let Some(c) = k.concurrency.filter(|c| *c > config.queue.workers) {
-            out.push(format!(
-                "kinds.{name}.concurrency = {c} is above queue.workers = {}: at most {} run at once",
-                config.queue.workers, config.queue.workers
-            ));
-        }
-        let program = k.command.as_ref().and_then(|argv| argv.first());
-        if let Some(p) = program.filter(|p| !p.contains('/') && !on_path(p)) {
-            out.push(format!(
-                "kinds.{name}.command: {p:?} is not found on PATH; its jobs will fail until it is"
-            ));
-        }
-    }
-    out
-}
-
-/// Whether `program` is an executable file in a `PATH` directory.
-fn on_path(program: &str) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join(program))
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
-    })
 }
 
 /// Checks the config, resolves the kinds, builds the handler registry, and
@@ -184,10 +160,10 @@ pub fn prepare(config: Config) -> Result<Prepared, ConfigError> {
             source: Some(Box::new(e)),
         }
     })?;
-    for warning in warnings(&config) {
+    let tokens = config.auth.load_tokens()?;
+    for warning in crate::config::warnings::warnings(&config, &tokens) {
         tracing::warn!("{warning}");
     }
-    let tokens = config.auth.load_tokens()?;
     let tls = config.tls.as_ref().map(Tls::new).transpose()?;
     Ok(Prepared {
         config,
@@ -271,14 +247,15 @@ pub async fn run_with_listeners(
     let health = Health::start(&engine, &server.reporter).await;
     tracing::info!(
         listen = %local,
-        admin = ?admin.addr,
+        admin = %admin.addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         store = %crate::config::redact_url_password(&config.store),
-        kinds = ?kind_names,
+        kinds = %kind_names.join(","),
         workers = config.queue.workers,
         auth = auth_on,
         tls = tls_on,
         "jobd serving"
     );
+    tracing::info!("dashboard: {}", dashboard_url(&local, tls_on));
 
     tokio::select! {
         _ = shutdown.drain.cancelled() => {}
@@ -301,6 +278,18 @@ pub async fn run_with_listeners(
         exporter,
     };
     running.drain(&config, &shutdown).await
+}
+
+/// The dashboard's address for the start-up log: the listening address,
+/// with a loopback one in place of "every interface" so it can be opened.
+fn dashboard_url(local: &str, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
+    let host = match local.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() && a.is_ipv4() => format!("127.0.0.1:{}", a.port()),
+        Ok(a) if a.ip().is_unspecified() => format!("[::1]:{}", a.port()),
+        _ => local.to_string(),
+    };
+    format!("{scheme}://{host}/ui/")
 }
 
 /// Step 1, open: the store as configured, and the metrics that will count

@@ -29,10 +29,13 @@ pub enum ApiError {
     InvalidArgument(Vec<Violation>),
     #[error("job {0} not found")]
     NotFound(Uuid),
-    #[error("kind {0:?} is not configured")]
-    UnknownKind(String),
-    #[error("schedule {0:?} is not configured")]
-    UnknownSchedule(String),
+    /// `hint`: what to write instead (see [`crate::suggest::hint`]), or
+    /// empty.
+    #[error("kind {kind:?} is not configured{hint}")]
+    UnknownKind { kind: String, hint: String },
+    /// `hint`: as [`ApiError::UnknownKind`]'s.
+    #[error("schedule {id:?} is not configured{hint}")]
+    UnknownSchedule { id: String, hint: String },
     #[error(
         "idempotency key {key:?} is already used by job {existing_id} for a different request"
     )]
@@ -96,8 +99,14 @@ impl From<EngineError> for ApiError {
                 ApiError::TooManyWatchers { max, per: "in all" }
             }
             EngineError::NotFound(id) => ApiError::NotFound(id),
-            EngineError::UnknownKind(k) => ApiError::UnknownKind(k),
-            EngineError::UnknownSchedule(s) => ApiError::UnknownSchedule(s),
+            EngineError::UnknownKind(kind) => ApiError::UnknownKind {
+                kind,
+                hint: String::new(),
+            },
+            EngineError::UnknownSchedule(id) => ApiError::UnknownSchedule {
+                id,
+                hint: String::new(),
+            },
             EngineError::UnknownParent(id) => {
                 ApiError::invalid("depends_on", format!("job {id} not found"))
             }
@@ -130,9 +139,9 @@ impl From<ApiError> for Status {
                 }
                 Status::with_error_details(Code::InvalidArgument, msg, d)
             }
-            ApiError::NotFound(_) | ApiError::UnknownKind(_) | ApiError::UnknownSchedule(_) => {
-                Status::not_found(msg)
-            }
+            ApiError::NotFound(_)
+            | ApiError::UnknownKind { .. }
+            | ApiError::UnknownSchedule { .. } => Status::not_found(msg),
             ApiError::IdempotencyConflict { key, existing_id } => {
                 let d = ErrorDetails::with_error_info(
                     "IDEMPOTENCY_KEY_REUSED",

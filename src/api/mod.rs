@@ -125,7 +125,14 @@ impl JobApi {
         let refs = std::mem::take(&mut req.depends_on);
         let max = self.engine.max_parents();
         let deps = validate::depends_on(&refs, req.on_dependency_failure, prefix, earlier, max);
-        let new = validate::submit(req, prefix, |k| self.engine.kind(k));
+        // An unknown kind's refusal names the closest configured one.
+        let lookup = |k: &str| {
+            self.engine.kind(k).ok_or_else(|| {
+                let names: Vec<String> = self.engine.kinds().map(|k| k.name.clone()).collect();
+                crate::suggest::unknown("kind", k, names.iter().map(String::as_str))
+            })
+        };
+        let new = validate::submit(req, prefix, lookup);
         let r = match (new, deps) {
             (Ok(mut new), Ok((parents, policy))) => {
                 new.parents = parents;

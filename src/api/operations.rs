@@ -85,7 +85,18 @@ impl AdminApi {
 
     async fn set_paused(&self, kind: &str, paused: bool) -> Result<proto::KindStatus, ApiError> {
         validate::kind_name("kind", kind)?;
-        self.engine.set_paused(kind, paused).await?;
+        self.engine
+            .set_paused(kind, paused)
+            .await
+            .map_err(|e| match ApiError::from(e) {
+                ApiError::UnknownKind { kind, .. } => {
+                    let names: Vec<String> = self.engine.kinds().map(|k| k.name.clone()).collect();
+                    let hint =
+                        crate::suggest::hint("kind", &kind, names.iter().map(String::as_str));
+                    ApiError::UnknownKind { kind, hint }
+                }
+                other => other,
+            })?;
         // A stale pause of a kind no longer configured, just cleared, with
         // no jobs left: nothing lists it any more.
         Ok(self
@@ -239,14 +250,35 @@ impl AdminApi {
         paused: bool,
     ) -> Result<proto::ScheduleStatus, ApiError> {
         schedule_id(id)?;
-        self.engine.set_schedule_paused(id, paused).await?;
+        if let Err(e) = self.engine.set_schedule_paused(id, paused).await {
+            return Err(self.with_schedule_hint(e.into()).await);
+        }
         self.engine
             .list_schedules()
             .await?
             .into_iter()
             .find(|s| s.schedule.id == id)
             .map(schedule_to_proto)
-            .ok_or_else(|| ApiError::UnknownSchedule(id.to_string()))
+            .ok_or_else(|| ApiError::UnknownSchedule {
+                id: id.to_string(),
+                hint: String::new(),
+            })
+    }
+
+    /// An unknown schedule's refusal with the closest configured id and
+    /// the list of them; any other error as it is.
+    async fn with_schedule_hint(&self, e: ApiError) -> ApiError {
+        let ApiError::UnknownSchedule { id, .. } = e else {
+            return e;
+        };
+        let ids: Vec<String> = self
+            .engine
+            .list_schedules()
+            .await
+            .map(|l| l.into_iter().map(|s| s.schedule.id).collect())
+            .unwrap_or_default();
+        let hint = crate::suggest::hint("schedule", &id, ids.iter().map(String::as_str));
+        ApiError::UnknownSchedule { id, hint }
     }
 }
 
@@ -344,11 +376,10 @@ impl AdminService for AdminApi {
     ) -> Result<Response<proto::TriggerScheduleResponse>, Status> {
         let id = request.into_inner().id;
         schedule_id(&id)?;
-        let job = self
-            .engine
-            .trigger_schedule(&id)
-            .await
-            .map_err(ApiError::from)?;
+        let job = match self.engine.trigger_schedule(&id).await {
+            Ok(job) => job,
+            Err(e) => return Err(self.with_schedule_hint(e.into()).await.into()),
+        };
         Ok(Response::new(proto::TriggerScheduleResponse {
             job: Some(job_to_proto(&job)),
         }))

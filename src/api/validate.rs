@@ -129,12 +129,12 @@ pub fn depends_on(
 }
 
 /// Validates one submit. `prefix` names the field's place in a batch
-/// (`requests[3].`); `lookup` finds a configured kind. Every violation is
-/// reported, not just the first.
+/// (`requests[3].`); `lookup` finds a configured kind, or words why not.
+/// Every violation is reported, not just the first.
 pub fn submit<'a>(
     req: proto::SubmitRequest,
     prefix: &str,
-    lookup: impl Fn(&str) -> Option<&'a KindSettings>,
+    lookup: impl Fn(&str) -> Result<&'a KindSettings, String>,
 ) -> Result<NewJob, ApiError> {
     let mut v = Violations {
         prefix,
@@ -206,7 +206,7 @@ impl Violations<'_> {
 /// limit.
 fn submit_kind<'a>(
     req: &proto::SubmitRequest,
-    lookup: impl Fn(&str) -> Option<&'a KindSettings>,
+    lookup: impl Fn(&str) -> Result<&'a KindSettings, String>,
     v: &mut Violations<'_>,
 ) -> Option<&'a KindSettings> {
     let kind = if req.kind.is_empty() {
@@ -220,10 +220,10 @@ fn submit_kind<'a>(
         None
     } else {
         let k = lookup(&req.kind);
-        if k.is_none() {
-            v.bad("kind", format!("unknown kind {:?}", req.kind));
+        if let Err(why) = &k {
+            v.bad("kind", why.clone());
         }
-        k
+        k.ok()
     };
     if let Some(k) = kind {
         if req.payload.len() > k.max_payload_bytes {
@@ -684,14 +684,15 @@ mod tests {
         use prost::Message;
         if let Ok(req) = proto::SubmitRequest::decode(bytes) {
             let _ = depends_on(&req.depends_on, req.on_dependency_failure, "", &[], 1000);
-            let _ = submit(req, "", |k| (k == kind.name).then_some(kind));
+            let found = |k: &str| (k == kind.name).then_some(kind).ok_or(String::new());
+            let _ = submit(req, "", found);
         }
         if let Ok(b) = proto::SubmitBatchRequest::decode(bytes) {
             let earlier = [Some(Uuid::now_v7()), None];
             for req in b.requests {
                 let policy = req.on_dependency_failure;
                 let _ = depends_on(&req.depends_on, policy, "requests[2].", &earlier, 3);
-                let _ = submit(req, "requests[0].", |_| Some(kind));
+                let _ = submit(req, "requests[0].", |_| Ok(kind));
             }
         }
         if let Ok(r) = proto::ListJobsRequest::decode(bytes) {
@@ -780,7 +781,8 @@ mod tests {
             };
             decode_and_validate(&req.encode_to_vec(), &kind);
             let name = kind.name.clone();
-            assert!(submit(req, "", |k| (k == name).then_some(&kind)).is_err());
+            let found = |k: &str| (k == name).then_some(&kind).ok_or(String::new());
+            assert!(submit(req, "", found).is_err());
         }
     }
 

@@ -13,6 +13,7 @@ mod postgres_url;
 mod schedules;
 mod store;
 mod validate;
+pub mod warnings;
 
 pub use auth::{AuthConfig, Role, Secret, TokenConfig};
 pub use kinds::{
@@ -633,7 +634,11 @@ impl Config {
         self.listen.parse().map_err(|e| {
             invalid(
                 "listen",
-                format!("{:?} is not an address: {e}", self.listen),
+                format!(
+                    "{:?} is not an address: {e}{}",
+                    self.listen,
+                    address_hint(&self.listen, DEFAULT_LISTEN)
+                ),
             )
         })
     }
@@ -644,9 +649,45 @@ impl Config {
     }
 }
 
+/// What to write instead of a listen address that names a host
+/// (`localhost:50051`): listeners bind an IP address and a port.
+pub(crate) fn address_hint(given: &str, example: &str) -> String {
+    let port = given.rsplit_once(':').map(|(_, p)| p).unwrap_or("");
+    let example_port = example.rsplit_once(':').map_or("", |(_, p)| p);
+    let port = if port.parse::<u16>().is_ok() {
+        port
+    } else {
+        example_port
+    };
+    format!(
+        "; use an IP address and a port, e.g. 127.0.0.1:{port} (this machine only) or \
+         0.0.0.0:{port} (every interface)"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_name_in_listen_gets_an_ip_address_hint() {
+        let mut c = Config {
+            listen: "localhost:50051".into(),
+            ..Config::default()
+        };
+        let e = c.listen_addr().unwrap_err().to_string();
+        assert!(
+            e.contains("use an IP address") && e.contains("e.g. 127.0.0.1:50051"),
+            "{e}"
+        );
+        c.admin_listen = "localhost:9191".into();
+        c.listen = "127.0.0.1:50051".into();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("admin_listen") && e.contains("e.g. 127.0.0.1:9191"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn store_urls_parse_one_way() {

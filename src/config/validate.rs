@@ -40,7 +40,11 @@ impl Config {
             self.admin_listen.parse::<SocketAddr>().map_err(|e| {
                 invalid(
                     "admin_listen",
-                    format!("{:?} is not an address or \"off\": {e}", self.admin_listen),
+                    format!(
+                        "{:?} is not an address or \"off\": {e}{}",
+                        self.admin_listen,
+                        super::address_hint(&self.admin_listen, super::DEFAULT_ADMIN_LISTEN)
+                    ),
                 )
             })?;
         }

@@ -152,7 +152,10 @@ impl Json {
             &DeserializeOptions::new().deny_unknown_fields(true),
         )
         .and_then(|m| de.end().map(|()| m))
-        .map_err(|e| bad_body(format!("not a valid {} in JSON: {e}", M::NAME)))?;
+        .map_err(|e| {
+            payload_problem(M::NAME, body)
+                .unwrap_or_else(|| bad_body(format!("not a valid {} in JSON: {e}", M::NAME)))
+        })?;
         M::decode(dynamic.encode_to_vec().as_slice())
             .map_err(|e| Status::from(ApiError::Internal(format!("JSON decoding: {e}"))))
     }
@@ -229,10 +232,17 @@ impl Json {
             .map_err(|e| Status::from(ApiError::Internal(format!("query decoding: {e}"))))
     }
 
-    /// A status as its `google.rpc.Status` JSON: `{"code", "message",
-    /// "details"}`, the details (BadRequest, ErrorInfo, RetryInfo, ...) with
-    /// their `@type` and fields. `details` is always there, empty or not.
+    /// A status as its `google.rpc.Status` JSON: `{"code", "codeName",
+    /// "message", "details"}`, the details (BadRequest, ErrorInfo,
+    /// RetryInfo, ...) with their `@type` and fields. `details` is always
+    /// there, empty or not; `codeName` (the code's name, e.g.
+    /// `INVALID_ARGUMENT`) is added after `code` for people and scripts
+    /// that do not know the numbers.
     pub fn status(&self, status: &Status) -> Vec<u8> {
+        with_code_name(self.status_json(status), status.code())
+    }
+
+    fn status_json(&self, status: &Status) -> Vec<u8> {
         let plain = || tonic_types::pb::Status {
             code: status.code() as i32,
             message: status.message().to_string(),
@@ -255,6 +265,93 @@ impl Json {
             .unwrap_or_default()
         })
     }
+}
+
+/// `{"code":N,…}` with `"codeName":"NAME"` put right after the code, so
+/// the fields read in order: code, codeName, message, details.
+fn with_code_name(json: Vec<u8>, code: tonic::Code) -> Vec<u8> {
+    let name = crate::transport::grpc_metrics::code_name(code);
+    let prefix = b"{\"code\":";
+    let end = json
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.iter().position(|b| !b.is_ascii_digit()))
+        .map(|digits| prefix.len() + digits);
+    match end {
+        Some(at) if at > prefix.len() => {
+            let field = format!(",\"codeName\":\"{name}\"");
+            let mut out = Vec::with_capacity(json.len() + field.len());
+            out.extend_from_slice(&json[..at]);
+            out.extend_from_slice(field.as_bytes());
+            out.extend_from_slice(&json[at..]);
+            out
+        }
+        _ => {
+            let mut v: serde_json::Value =
+                serde_json::from_slice(&json).unwrap_or_else(|_| serde_json::json!({}));
+            if let Some(m) = v.as_object_mut() {
+                m.insert("codeName".into(), name.into());
+            }
+            serde_json::to_vec(&v).unwrap_or(json)
+        }
+    }
+}
+
+/// Why a Submit (or SubmitBatch) body was refused, when the reason is a
+/// `payload` that is not base64 (text sent as is, the usual first try):
+/// the field named, and the route that takes raw bytes. `None` when the
+/// payloads are fine (the body is wrong elsewhere).
+fn payload_problem(message: &str, body: &[u8]) -> Option<Status> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let requests: Vec<(String, &serde_json::Value)> = match message {
+        "jobd.v1.SubmitRequest" => vec![(String::new(), &v)],
+        "jobd.v1.SubmitBatchRequest" => v
+            .get("requests")?
+            .as_array()?
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("requests[{i}]."), r))
+            .collect(),
+        _ => return None,
+    };
+    let violations: Vec<Violation> = requests
+        .into_iter()
+        .filter_map(|(prefix, r)| {
+            let payload = r.get("payload")?;
+            if payload.as_str().is_some_and(is_base64) || payload.is_null() {
+                return None;
+            }
+            let kind = r
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .filter(|k| crate::job::is_valid_kind(k))
+                .unwrap_or("{kind}");
+            let mut shown: String = payload.to_string().chars().take(40).collect();
+            if shown.len() < payload.to_string().len() {
+                shown.push('…');
+            }
+            Some(Violation {
+                field: format!("{prefix}payload"),
+                description: format!(
+                    "must be base64 (JSON carries bytes as base64), got {shown}: encode it \
+                     (`printf %s 'text' | base64`), or POST the raw bytes as the body of \
+                     /v1/kinds/{kind}/jobs"
+                ),
+            })
+        })
+        .collect();
+    (!violations.is_empty()).then(|| ApiError::InvalidArgument(violations).into())
+}
+
+/// Whether `s` is base64 as the proto3 JSON mapping takes it: the standard
+/// or URL-safe alphabet, padded or not.
+fn is_base64(s: &str) -> bool {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::Engine;
+    let config =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    [base64::alphabet::STANDARD, base64::alphabet::URL_SAFE]
+        .iter()
+        .any(|a| GeneralPurpose::new(a, config).decode(s).is_ok())
 }
 
 /// INVALID_ARGUMENT for a body that is not the request's JSON.
@@ -335,21 +432,53 @@ mod tests {
     }
 
     #[test]
+    fn a_payload_that_is_not_base64_is_named_with_the_raw_route() {
+        let json = Json::new().unwrap();
+        let e = json
+            .from_slice::<p::SubmitRequest>(br#"{"kind":"echo","payload":"hello world"}"#)
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let m = e.message();
+        assert!(
+            m.contains("payload: must be base64") && m.contains("/v1/kinds/echo/jobs"),
+            "{m}"
+        );
+        assert!(!m.contains("Invalid symbol"), "{m}");
+        let e = json
+            .from_slice::<p::SubmitBatchRequest>(
+                br#"{"requests":[{"kind":"echo","payload":"aGk="},{"kind":"echo","payload":"a b"}]}"#,
+            )
+            .unwrap_err();
+        assert!(
+            e.message().contains("requests[1].payload"),
+            "{}",
+            e.message()
+        );
+        assert!(!e.message().contains("requests[0]"), "{}", e.message());
+        // Base64 in either alphabet, padded or not, is taken.
+        for ok in ["aGk=", "aGk", "-_8", ""] {
+            let body = format!(r#"{{"kind":"echo","payload":"{ok}"}}"#);
+            json.from_slice::<p::SubmitRequest>(body.as_bytes())
+                .unwrap_or_else(|e| panic!("{ok}: {e:?}"));
+        }
+    }
+
+    #[test]
     fn status_json_carries_bad_request_details() {
         let json = Json::new().unwrap();
         let status: Status = ApiError::invalid("kind", "not configured").into();
         let v: serde_json::Value = serde_json::from_slice(&json.status(&status)).unwrap();
         assert_eq!(v["code"], 3);
+        assert_eq!(v["codeName"], "INVALID_ARGUMENT");
         assert_eq!(
             v["details"][0]["@type"],
             "type.googleapis.com/google.rpc.BadRequest"
         );
         assert_eq!(v["details"][0]["fieldViolations"][0]["field"], "kind");
-        let plain: serde_json::Value =
-            serde_json::from_slice(&json.status(&Status::not_found("gone"))).unwrap();
+        let plain = json.status(&Status::not_found("gone"));
         assert_eq!(
-            plain,
-            serde_json::json!({"code": 5, "message": "gone", "details": []})
+            String::from_utf8(plain).unwrap(),
+            r#"{"code":5,"codeName":"NOT_FOUND","message":"gone","details":[]}"#
         );
     }
 }

@@ -13,6 +13,9 @@
 
 pub mod hosts;
 pub mod json;
+mod raw_submit;
+mod routes;
+mod stats;
 pub mod ui;
 
 use std::convert::Infallible;
@@ -23,7 +26,7 @@ use axum::body::Body;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Status};
@@ -34,6 +37,7 @@ use crate::api::JobApi;
 use crate::proto::{self, admin_service_server::AdminService, job_service_server::JobService};
 use crate::transport::auth::Tokens;
 use json::{Json, Named};
+use routes::{missed, route, Route};
 
 /// SSE comment lines this often keep proxies from closing a quiet stream.
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -133,163 +137,6 @@ pub fn http_status(code: Code) -> StatusCode {
     }
 }
 
-/// A route of the JSON door; ids and names as they appear in the path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Route {
-    Submit,
-    SubmitBatch,
-    List,
-    Get(String),
-    Cancel(String),
-    Events(String),
-    Logs(String),
-    AllEvents,
-    Retry,
-    Kinds,
-    PauseKind(String),
-    ResumeKind(String),
-    Schedules,
-    TriggerSchedule(String),
-    PauseSchedule(String),
-    ResumeSchedule(String),
-    Workers,
-    /// A file of the dashboard (no token needed: it holds no data).
-    Ui(&'static ui::Asset),
-    /// `/ui` → `/ui/`, so the page's relative links resolve.
-    UiRedirect,
-}
-
-impl Route {
-    /// The gRPC method the route calls: the token check is that method's.
-    fn grpc_method(&self) -> &'static str {
-        match self {
-            Route::Submit => "/jobd.v1.JobService/Submit",
-            Route::SubmitBatch => "/jobd.v1.JobService/SubmitBatch",
-            Route::List => "/jobd.v1.JobService/ListJobs",
-            Route::Get(_) => "/jobd.v1.JobService/GetStatus",
-            Route::Cancel(_) => "/jobd.v1.JobService/Cancel",
-            Route::Events(_) => "/jobd.v1.JobService/WatchStatus",
-            // `?follow=true` calls WatchLogs: the same roles.
-            Route::Logs(_) => "/jobd.v1.JobService/GetLogs",
-            Route::AllEvents => "/jobd.v1.JobService/WatchJobs",
-            Route::Retry => "/jobd.v1.AdminService/RetryJobs",
-            Route::Kinds => "/jobd.v1.AdminService/ListKinds",
-            Route::PauseKind(_) => "/jobd.v1.AdminService/PauseKind",
-            Route::ResumeKind(_) => "/jobd.v1.AdminService/ResumeKind",
-            Route::Schedules => "/jobd.v1.AdminService/ListSchedules",
-            Route::TriggerSchedule(_) => "/jobd.v1.AdminService/TriggerSchedule",
-            Route::PauseSchedule(_) => "/jobd.v1.AdminService/PauseSchedule",
-            Route::ResumeSchedule(_) => "/jobd.v1.AdminService/ResumeSchedule",
-            Route::Workers => "/jobd.v1.AdminService/ListWorkers",
-            Route::Ui(_) | Route::UiRedirect => "/ui/",
-        }
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum Miss {
-    NotFound,
-    /// The path exists for these methods only.
-    Method(&'static str),
-}
-
-/// The answer to a request that matches no route: 415 for a gRPC path
-/// without a gRPC content type, 404 for an unknown path, 405 (with
-/// `Allow`) for a known path and another method.
-fn missed(method: &Method, path: &str, miss: Miss) -> HttpError {
-    match miss {
-        Miss::NotFound if GRPC_PREFIXES.iter().any(|p| path.starts_with(p)) => {
-            HttpError::with_http(
-                Status::unimplemented(
-                    "unsupported content type: send application/grpc (or use the /v1/ JSON routes)",
-                ),
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            )
-        }
-        Miss::NotFound => HttpError::with_http(
-            Status::not_found(format!("no route for {method} {path}")),
-            StatusCode::NOT_FOUND,
-        ),
-        Miss::Method(allow) => HttpError {
-            status: Status::unimplemented(format!(
-                "{path} does not take {method}; it takes {allow}"
-            )),
-            http: Some(StatusCode::METHOD_NOT_ALLOWED),
-            allow: Some(allow),
-        },
-    }
-}
-
-/// Matches a request to its route. Hand-written rather than axum's router:
-/// custom methods are a `:verb` suffix on the last segment
-/// (`/v1/jobs/{id}:cancel`, Google's API style), which path patterns cannot
-/// split, and a wrong method must say which ones the path takes.
-fn route(method: &Method, path: &str) -> Result<Route, Miss> {
-    if path == "/ui" {
-        return (method == Method::GET)
-            .then_some(Route::UiRedirect)
-            .ok_or(Miss::Method("GET"));
-    }
-    if let Some(file) = path.strip_prefix("/ui/") {
-        let asset = ui::asset(file).ok_or(Miss::NotFound)?;
-        return (method == Method::GET)
-            .then_some(Route::Ui(asset))
-            .ok_or(Miss::Method("GET"));
-    }
-    let rest = path.strip_prefix("/v1/").ok_or(Miss::NotFound)?;
-    let segments: Vec<&str> = rest.split('/').collect();
-    let pick = |get: Option<Route>, post: Option<Route>| match (method, get, post) {
-        (&Method::GET, Some(r), _) | (&Method::POST, _, Some(r)) => Ok(r),
-        (_, Some(_), Some(_)) => Err(Miss::Method("GET, POST")),
-        (_, Some(_), None) => Err(Miss::Method("GET")),
-        (_, None, _) => Err(Miss::Method("POST")),
-    };
-    // `name:verb` → (name, verb); a name must not be empty.
-    let verb = |s: &str| -> Option<(String, Option<String>)> {
-        let (name, verb) = match s.rsplit_once(':') {
-            Some((n, v)) => (n, Some(v.to_string())),
-            None => (s, None),
-        };
-        (!name.is_empty()).then(|| (name.to_string(), verb))
-    };
-    match segments.as_slice() {
-        ["jobs"] => pick(Some(Route::List), Some(Route::Submit)),
-        ["jobs:batch"] => pick(None, Some(Route::SubmitBatch)),
-        ["jobs:retry"] => pick(None, Some(Route::Retry)),
-        ["jobs", last] => match verb(last).ok_or(Miss::NotFound)? {
-            (id, None) => pick(Some(Route::Get(id)), None),
-            (id, Some(v)) if v == "cancel" => pick(None, Some(Route::Cancel(id))),
-            _ => Err(Miss::NotFound),
-        },
-        ["jobs", id, "events"] if !id.is_empty() && !id.contains(':') => {
-            pick(Some(Route::Events(id.to_string())), None)
-        }
-        ["jobs", id, "logs"] if !id.is_empty() && !id.contains(':') => {
-            pick(Some(Route::Logs(id.to_string())), None)
-        }
-        ["events"] => pick(Some(Route::AllEvents), None),
-        ["kinds"] => pick(Some(Route::Kinds), None),
-        ["kinds", last] => match verb(last).ok_or(Miss::NotFound)? {
-            (k, Some(v)) if v == "pause" => pick(None, Some(Route::PauseKind(k))),
-            (k, Some(v)) if v == "resume" => pick(None, Some(Route::ResumeKind(k))),
-            _ => Err(Miss::NotFound),
-        },
-        ["schedules"] => pick(Some(Route::Schedules), None),
-        ["schedules", last] => match verb(last).ok_or(Miss::NotFound)? {
-            (s, Some(v)) if v == "trigger" => pick(None, Some(Route::TriggerSchedule(s))),
-            (s, Some(v)) if v == "pause" => pick(None, Some(Route::PauseSchedule(s))),
-            (s, Some(v)) if v == "resume" => pick(None, Some(Route::ResumeSchedule(s))),
-            _ => Err(Miss::NotFound),
-        },
-        ["workers"] => pick(Some(Route::Workers), None),
-        _ => Err(Miss::NotFound),
-    }
-}
-
-/// gRPC service paths: a request for one without a gRPC content type is a
-/// gRPC client's mistake, answered as gRPC answers it (415, UNIMPLEMENTED).
-const GRPC_PREFIXES: &[&str] = &["/jobd.v1.", "/grpc.health.", "/grpc.reflection."];
-
 /// The JSON door as an axum router (every path; [`route`] does the routing).
 pub fn router(api: Arc<HttpApi>) -> axum::Router {
     axum::Router::new()
@@ -306,11 +153,16 @@ impl HttpApi {
         let method = match route(req.method(), req.uri().path()) {
             // The dashboard's files are not calls.
             Ok(Route::Ui(asset)) => return ui::response(asset),
+            Ok(Route::Favicon) => return ui::response(&ui::FAVICON),
             Ok(Route::UiRedirect) => {
                 return (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, "/ui/")])
                     .into_response()
             }
-            Ok(r) => r.grpc_method(),
+            // Nor are these: no RPC's metrics.
+            Ok(r @ (Route::WhoAmI | Route::Throughput)) => {
+                return self.info(&r, &req).unwrap_or_else(|e| self.error(e))
+            }
+            Ok(r) => r.grpc_method().unwrap_or("other"),
             Err(_) => "other",
         };
         let deadline = self.request_timeout - self.request_timeout / 10;
@@ -339,7 +191,10 @@ impl HttpApi {
         let path = parts.uri.path();
         let route = route(&parts.method, path).map_err(|m| missed(&parts.method, path, m))?;
         refuse_cross_origin(&parts.headers)?;
-        let caller = self.tokens.check(&parts.headers, route.grpc_method())?;
+        let caller = match route.grpc_method() {
+            Some(method) => self.tokens.check(&parts.headers, method)?,
+            None => self.tokens.identify(&parts.headers)?,
+        };
         // The gRPC request the route stands for: same metadata (the
         // authorization header, traceparent, ...), same connection info
         // (per-connection and per-client bounds), and the caller.
@@ -353,6 +208,11 @@ impl HttpApi {
         match route {
             Route::Submit => {
                 let m: proto::SubmitRequest = self.body(&parts.headers, body).await?;
+                self.reply(jobs.submit(grpc.request(m)).await?.get_ref())
+            }
+            Route::SubmitRaw(kind) => {
+                let payload = self.raw_body(body).await?;
+                let m = raw_submit::request(kind, payload, query)?;
                 self.reply(jobs.submit(grpc.request(m)).await?.get_ref())
             }
             Route::SubmitBatch => {
@@ -424,8 +284,8 @@ impl HttpApi {
             }
             // Answered in `serve`.
             Route::Ui(asset) => Ok(ui::response(asset)),
-            Route::UiRedirect => {
-                Err(Status::internal("the /ui redirect is answered earlier").into())
+            Route::UiRedirect | Route::Favicon | Route::WhoAmI | Route::Throughput => {
+                Err(Status::internal("this route is answered earlier").into())
             }
         }
     }
@@ -461,6 +321,17 @@ impl HttpApi {
             &bytes
         };
         Ok(self.json.from_slice(bytes)?)
+    }
+
+    /// The request body as it is, at most `max_body` bytes (the same bound
+    /// and refusal as a JSON body).
+    async fn raw_body(&self, body: Body) -> Result<Vec<u8>, HttpError> {
+        Ok(http_body_util::Limited::new(body, self.max_body)
+            .collect()
+            .await
+            .map_err(|e| self.body_error(e))?
+            .to_bytes()
+            .to_vec())
     }
 
     fn body_error(&self, e: Box<dyn std::error::Error + Send + Sync>) -> HttpError {
@@ -703,6 +574,7 @@ fn authority<B>(req: &http::Request<B>) -> Option<&str> {
 fn wrong_host(name: &str) -> http::Response<Body> {
     let body = serde_json::json!({
         "code": Code::PermissionDenied as i32,
+        "codeName": "PERMISSION_DENIED",
         "details": [],
         "message": format!(
             "host {name:?} is not served here: add it to [http] allowed_hosts (requests \

@@ -1,20 +1,46 @@
 use super::*;
+use http::Method;
+use routes::Miss;
 
-/// Every row of the RPC table with an HTTP route is reached by that
-/// route, and the route's token check is that row's method.
+/// Every HTTP route of every row of the RPC table reaches a route whose
+/// token check and metrics label are that row's method; and every route
+/// that calls a method is one of its row's routes (no route beside the
+/// table).
 #[test]
 fn routes_follow_the_rpc_table() {
-    let mut reached = 0;
+    let mut reached = std::collections::HashSet::new();
     for rpc in crate::transport::methods::RPCS {
-        let Some(http) = rpc.http else { continue };
-        let (verb, path) = http.split_once(' ').expect("METHOD /path");
-        let path = path.replace("{id}", "abc").replace("{name}", "n1");
-        let method = Method::from_bytes(verb.as_bytes()).expect("HTTP method");
-        let r = route(&method, &path).unwrap_or_else(|e| panic!("{http}: {e:?}"));
-        assert_eq!(r.grpc_method(), rpc.path, "{http}");
-        reached += 1;
+        for http in rpc.http {
+            let (verb, path) = http.split_once(' ').expect("METHOD /path");
+            let path = path.replace("{id}", "abc").replace("{name}", "n1");
+            let method = Method::from_bytes(verb.as_bytes()).expect("HTTP method");
+            let r = route(&method, &path).unwrap_or_else(|e| panic!("{http}: {e:?}"));
+            assert_eq!(r.grpc_method(), Some(rpc.path), "{http}");
+            reached.insert(std::mem::discriminant(&r));
+        }
     }
-    assert_eq!(reached, 17);
+    assert_eq!(reached.len(), 18, "routes that call a method");
+    // The routes that call no method: the dashboard's files and the
+    // token-only information routes.
+    for (verb, path) in [
+        (Method::GET, "/ui/"),
+        (Method::GET, "/"),
+        (Method::GET, "/favicon.ico"),
+        (Method::GET, "/v1/whoami"),
+        (Method::GET, "/v1/stats/throughput"),
+    ] {
+        let r = route(&verb, path).unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        assert_eq!(r.grpc_method(), None, "{path}");
+        assert!(!reached.contains(&std::mem::discriminant(&r)), "{path}");
+    }
+    assert_eq!(
+        route(&Method::POST, "/v1/kinds/echo/jobs"),
+        Ok(Route::SubmitRaw("echo".into()))
+    );
+    assert_eq!(
+        route(&Method::GET, "/v1/kinds/echo/jobs"),
+        Err(Miss::Method("POST"))
+    );
 }
 
 #[test]
@@ -54,7 +80,8 @@ fn routes_split_custom_verbs_and_methods() {
     assert_eq!(route(&get, "/v1/jobs/"), Err(Miss::NotFound));
     assert_eq!(route(&post, "/v1/kinds/:pause"), Err(Miss::NotFound));
     assert_eq!(route(&get, "/v2/jobs"), Err(Miss::NotFound));
-    assert_eq!(route(&get, "/"), Err(Miss::NotFound));
+    assert_eq!(route(&get, "/"), Ok(Route::UiRedirect));
+    assert_eq!(route(&get, "/nope"), Err(Miss::NotFound));
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! The dashboard at `/ui/`: three static files embedded in the binary (no
+//! The dashboard at `/ui/`: four static files (page, script, style, icon) embedded in the binary (no
 //! CDN, no build step). The page calls the same `/v1/` routes with the
 //! user's token, so it can do exactly what that token may.
 //!
@@ -17,7 +17,16 @@ pub struct Asset {
     pub body: &'static str,
 }
 
+/// The icon, at `/ui/favicon.svg` and at `/favicon.ico` (where browsers
+/// look without a `<link>`; an SVG there is fine for them).
+pub const FAVICON: Asset = Asset {
+    name: "favicon.svg",
+    content_type: "image/svg+xml",
+    body: include_str!("ui/favicon.svg"),
+};
+
 const ASSETS: &[Asset] = &[
+    FAVICON,
     Asset {
         name: "",
         content_type: "text/html; charset=utf-8",

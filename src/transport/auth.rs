@@ -25,7 +25,7 @@ use crate::config::{Role, TokenConfig};
 use super::methods::allowed;
 
 /// The role as the config spells it.
-fn role_name(role: Role) -> &'static str {
+pub fn role_name(role: Role) -> &'static str {
     match role {
         Role::Submit => "submit",
         Role::Viewer => "viewer",
@@ -85,6 +85,15 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     (!token.is_empty()).then_some(token)
 }
 
+/// UNAUTHENTICATED without a token: how to send one, from the CLI and
+/// from anything else.
+pub const MISSING_TOKEN: &str = "missing bearer token: this daemon has [auth] on; pass --token \
+     TOKEN or set JOBD_TOKEN (jobd's commands), or send the header `authorization: Bearer TOKEN`";
+
+/// UNAUTHENTICATED with a token that is none of the configured ones.
+pub const UNKNOWN_TOKEN: &str = "token not recognised: it matches none of the daemon's [auth] \
+     tokens; check --token / JOBD_TOKEN (or the `authorization: Bearer` header)";
+
 /// The configured tokens; empty means authentication is off.
 #[derive(Clone, Default)]
 pub struct Tokens {
@@ -129,21 +138,34 @@ impl Tokens {
         found
     }
 
-    /// Whether a request with these headers may call `path`, and who made
-    /// it (`None` when authentication is off).
-    pub fn check(&self, headers: &http::HeaderMap, path: &str) -> Result<Option<Caller>, Status> {
+    /// Whether authentication is on (some token is configured).
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty()
+    }
+
+    /// Who sent a request with these headers (`None` when authentication
+    /// is off). A missing token and a token that matches none are told
+    /// apart, each saying what to do.
+    pub fn identify(&self, headers: &http::HeaderMap) -> Result<Option<Caller>, Status> {
         if self.tokens.is_empty() {
             return Ok(None);
         }
         let presented = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| bearer(v.as_bytes()))
-            .ok_or_else(|| {
-                Status::unauthenticated("missing bearer token (authorization: Bearer <token>)")
-            })?;
-        let (index, role) = self
+            .ok_or_else(|| Status::unauthenticated(MISSING_TOKEN))?;
+        let (token, role) = self
             .role(presented)
-            .ok_or_else(|| Status::unauthenticated("invalid token"))?;
+            .ok_or_else(|| Status::unauthenticated(UNKNOWN_TOKEN))?;
+        Ok(Some(Caller { token, role }))
+    }
+
+    /// Whether a request with these headers may call `path`, and who made
+    /// it (`None` when authentication is off).
+    pub fn check(&self, headers: &http::HeaderMap, path: &str) -> Result<Option<Caller>, Status> {
+        let Some(Caller { token: index, role }) = self.identify(headers)? else {
+            return Ok(None);
+        };
         if !allowed(role, path) {
             let method = path.rsplit('/').next().unwrap_or("");
             let needs = [Role::Submit, Role::Viewer, Role::Worker]

@@ -26,9 +26,10 @@ pub struct Rpc {
     /// `/package.Service/Method`; also the metric and span label.
     pub path: &'static str,
     pub access: Access,
-    /// The HTTP/JSON route that calls it: `"METHOD /path"`, with `{id}`
-    /// (or `{name}`) for a path parameter.
-    pub http: Option<&'static str>,
+    /// The HTTP/JSON routes that call it: `"METHOD /path"`, with `{id}`
+    /// (or `{name}`) for a path parameter. Submit has two: the JSON
+    /// SubmitRequest, and the raw body as the payload.
+    pub http: &'static [&'static str],
 }
 
 const READ: &[Role] = &[Role::Submit, Role::Viewer];
@@ -37,7 +38,7 @@ const VIEW: &[Role] = &[Role::Viewer];
 const WORKER: &[Role] = &[Role::Worker];
 const ADMIN: &[Role] = &[];
 
-const fn rpc(path: &'static str, access: Access, http: Option<&'static str>) -> Rpc {
+const fn rpc(path: &'static str, access: Access, http: &'static [&'static str]) -> Rpc {
     Rpc { path, access, http }
 }
 
@@ -48,102 +49,102 @@ pub const RPCS: &[Rpc] = &[
     rpc(
         "/jobd.v1.JobService/Submit",
         Roles(SUBMIT),
-        Some("POST /v1/jobs"),
+        &["POST /v1/jobs", "POST /v1/kinds/{name}/jobs"],
     ),
     rpc(
         "/jobd.v1.JobService/SubmitBatch",
         Roles(SUBMIT),
-        Some("POST /v1/jobs:batch"),
+        &["POST /v1/jobs:batch"],
     ),
     rpc(
         "/jobd.v1.JobService/GetStatus",
         Roles(READ),
-        Some("GET /v1/jobs/{id}"),
+        &["GET /v1/jobs/{id}"],
     ),
     rpc(
         "/jobd.v1.JobService/WatchStatus",
         Roles(READ),
-        Some("GET /v1/jobs/{id}/events"),
+        &["GET /v1/jobs/{id}/events"],
     ),
     rpc(
         "/jobd.v1.JobService/Cancel",
         Roles(ADMIN),
-        Some("POST /v1/jobs/{id}:cancel"),
+        &["POST /v1/jobs/{id}:cancel"],
     ),
     rpc(
         "/jobd.v1.JobService/ListJobs",
         Roles(READ),
-        Some("GET /v1/jobs"),
+        &["GET /v1/jobs"],
     ),
     rpc(
         "/jobd.v1.JobService/WatchJobs",
         Roles(READ),
-        Some("GET /v1/events"),
+        &["GET /v1/events"],
     ),
     rpc(
         "/jobd.v1.JobService/GetLogs",
         Roles(READ),
-        Some("GET /v1/jobs/{id}/logs"),
+        &["GET /v1/jobs/{id}/logs"],
     ),
-    rpc("/jobd.v1.JobService/WatchLogs", Roles(READ), None),
-    rpc("/jobd.v1.JobService/GetJobGraph", Roles(READ), None),
-    rpc("/jobd.v1.WorkerService/Connect", Roles(WORKER), None),
+    rpc("/jobd.v1.JobService/WatchLogs", Roles(READ), &[]),
+    rpc("/jobd.v1.JobService/GetJobGraph", Roles(READ), &[]),
+    rpc("/jobd.v1.WorkerService/Connect", Roles(WORKER), &[]),
     rpc(
         "/jobd.v1.AdminService/ListWorkers",
         Roles(VIEW),
-        Some("GET /v1/workers"),
+        &["GET /v1/workers"],
     ),
     rpc(
         "/jobd.v1.AdminService/PauseKind",
         Roles(ADMIN),
-        Some("POST /v1/kinds/{name}:pause"),
+        &["POST /v1/kinds/{name}:pause"],
     ),
     rpc(
         "/jobd.v1.AdminService/ResumeKind",
         Roles(ADMIN),
-        Some("POST /v1/kinds/{name}:resume"),
+        &["POST /v1/kinds/{name}:resume"],
     ),
     rpc(
         "/jobd.v1.AdminService/ListKinds",
         Roles(VIEW),
-        Some("GET /v1/kinds"),
+        &["GET /v1/kinds"],
     ),
     rpc(
         "/jobd.v1.AdminService/RetryJobs",
         Roles(ADMIN),
-        Some("POST /v1/jobs:retry"),
+        &["POST /v1/jobs:retry"],
     ),
     rpc(
         "/jobd.v1.AdminService/ListSchedules",
         Roles(VIEW),
-        Some("GET /v1/schedules"),
+        &["GET /v1/schedules"],
     ),
     rpc(
         "/jobd.v1.AdminService/TriggerSchedule",
         Roles(ADMIN),
-        Some("POST /v1/schedules/{name}:trigger"),
+        &["POST /v1/schedules/{name}:trigger"],
     ),
     rpc(
         "/jobd.v1.AdminService/PauseSchedule",
         Roles(ADMIN),
-        Some("POST /v1/schedules/{name}:pause"),
+        &["POST /v1/schedules/{name}:pause"],
     ),
     rpc(
         "/jobd.v1.AdminService/ResumeSchedule",
         Roles(ADMIN),
-        Some("POST /v1/schedules/{name}:resume"),
+        &["POST /v1/schedules/{name}:resume"],
     ),
-    rpc("/grpc.health.v1.Health/Check", Open, None),
-    rpc("/grpc.health.v1.Health/Watch", Open, None),
+    rpc("/grpc.health.v1.Health/Check", Open, &[]),
+    rpc("/grpc.health.v1.Health/Watch", Open, &[]),
     rpc(
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
         Open,
-        None,
+        &[],
     ),
     rpc(
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         Open,
-        None,
+        &[],
     ),
 ];
 
@@ -211,7 +212,7 @@ mod tests {
     fn viewer_reads_and_changes_nothing() {
         for r in RPCS {
             let name = r.path.rsplit('/').next().unwrap_or("");
-            let read = r.http.map_or_else(
+            let read = r.http.first().map_or_else(
                 || ["Get", "List", "Watch"].iter().any(|p| name.starts_with(p)),
                 |h| h.starts_with("GET "),
             );

@@ -104,7 +104,7 @@ impl Browser {
                     "goog:chromeOptions": {
                         "binary": binary,
                         "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
-                                 "--disable-dev-shm-usage", "--window-size=1280,860"],
+                                 "--disable-dev-shm-usage", "--window-size=1400,900"],
                     },
                 }}})),
             )
@@ -298,7 +298,8 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
     // 1-3. The jobs page is open; jobs submitted over gRPC appear and
     // finish there without a reload.
     b.goto(&format!("{ui}#/jobs")).await;
-    b.wait_for("table").await;
+    // No jobs yet: the page says how to submit one.
+    assert!(b.text_of("#jobs-empty").await.contains("jobd submit"));
     let loaded = b.script("return performance.timeOrigin").await;
     let script_job = submit(&mut grpc, req("echo", "<script>alert(1)</script>")).await;
     let mut others = Vec::new();
@@ -318,6 +319,29 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
         "the page was not reloaded"
     );
     b.screenshot("dashboard-jobs").await;
+    // At 1,400 px no id or date wraps; numbers sit right-aligned under
+    // right-aligned headings; every column has a heading.
+    let layout = b
+        .script(
+            "const lines = (td) => { const r = document.createRange(); r.selectNodeContents(td); \
+             return new Set([...r.getClientRects()].map((x) => Math.round(x.top))).size; }; \
+             const cells = [...document.querySelectorAll('td.id, td.t')]; \
+             const ths = [...document.querySelectorAll('th')]; \
+             return { cells: cells.length, wrapped: cells.filter((td) => lines(td) > 1).length, \
+               width: window.innerWidth, \
+               numbers: [...document.querySelectorAll('th.n, td.n')].map((e) => getComputedStyle(e).textAlign), \
+               headless: ths.filter((th) => !th.textContent.trim() && !th.querySelector('input')).length };",
+        )
+        .await;
+    assert!(layout["cells"].as_u64().unwrap() >= 10, "{layout}");
+    assert_eq!(layout["wrapped"], 0, "{layout}");
+    assert!(layout["width"].as_u64().unwrap() <= 1400, "{layout}");
+    let aligned = layout["numbers"].as_array().unwrap();
+    assert!(
+        !aligned.is_empty() && aligned.iter().all(|a| a == "right"),
+        "{layout}"
+    );
+    assert_eq!(layout["headless"], 0, "{layout}");
 
     // 4. Retry the FAILED job with a click; it succeeds, live.
     b.goto(&format!("{ui}#/job/{}", flaky.id)).await;
@@ -415,33 +439,95 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
         Err("no such alert".to_string())
     );
 
+    // The chart reads the daemon's per-minute counts: every job above
+    // that succeeded is there (not a browser-side count of a list page).
     b.goto(&format!("{ui}#/overview")).await;
     b.wait_for("#throughput").await;
+    let counted = b
+        .script("return Number(document.getElementById('throughput').dataset.succeeded)")
+        .await;
+    assert!(counted.as_u64().unwrap() >= 5, "{counted}");
     b.screenshot("dashboard-overview").await;
+
+    // Empty pages say how to add what they list.
+    b.goto(&format!("{ui}#/schedules")).await;
+    assert!(b
+        .text_of("#schedules-empty")
+        .await
+        .contains("[[schedules]]"));
+    b.goto(&format!("{ui}#/workers")).await;
+    assert!(b
+        .text_of("#workers-empty")
+        .await
+        .contains("jobd work --kind"));
     d.stop().await;
 
-    // With auth on, the page asks for a token; a viewer token sees
-    // everything and its clicks are refused.
+    // With auth on, the page asks for a token, says when one is not
+    // recognised, and a viewer token sees everything and no action it may
+    // not use.
     const VIEWER: &str = "viewer-token-0123456789";
+    const ADMIN: &str = "admin-token-0123456789";
     let d = start(&format!(
-        "[auth]\ntokens = [{{ token = \"{VIEWER}\", role = \"viewer\" }}]\n"
+        "[auth]\ntokens = [{{ token = \"{VIEWER}\", role = \"viewer\" }}, \
+         {{ token = \"{ADMIN}\", role = \"admin\" }}]\n"
     ))
     .await;
+    let mut admin_jobs = jobd::proto::job_service_client::JobServiceClient::with_interceptor(
+        tonic::transport::Channel::from_shared(d.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+        |mut r: tonic::Request<()>| {
+            r.metadata_mut()
+                .insert("authorization", format!("Bearer {ADMIN}").parse().unwrap());
+            Ok(r)
+        },
+    );
+    let mut r = req("fail", "permanent");
+    r.max_attempts = 1;
+    let dead = admin_jobs
+        .submit(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
     b.goto(&format!("{}/ui/#/kinds", d.url())).await;
-    b.banner_says("needs a token").await;
+    let missing = b.banner_says("needs a token").await;
+    b.type_into("#token", "not-a-token-0123456789").await;
+    b.click("#token-save").await;
+    let wrong = b.banner_says("not recognised").await;
+    assert_ne!(missing, wrong, "a wrong token is not a missing one");
+    let e = b.wait_for("#token").await;
+    b.call(
+        reqwest::Method::POST,
+        &format!("/element/{e}/clear"),
+        Some(json!({})),
+    )
+    .await
+    .unwrap();
     b.type_into("#token", VIEWER).await;
     b.click("#token-save").await;
-    b.wait_for("#pause-echo").await;
-    b.click("#pause-echo").await;
-    let said = b.banner_says("Not allowed").await;
-    assert!(
-        said.contains("viewer token may not call PauseKind"),
-        "{said}"
-    );
-    assert_eq!(
-        b.text_of("tr[data-kind='echo'] td.kind-state").await,
-        "running"
-    );
+    b.wait_for("tr[data-kind='echo']").await;
+    assert_eq!(b.text_of("#role").await, "role: viewer (read only)");
+    // Action buttons: all but the filter form's and the page links.
+    let buttons =
+        "return document.querySelectorAll('main button:not(#filter-apply):not([id^=page-])').length";
+    assert_eq!(b.script(buttons).await, 0, "a viewer gets no pause button");
+    assert!(b.find("#pause-echo").await.is_none());
+    b.goto(&format!("{}/ui/#/jobs", d.url())).await;
+    b.wait_for(&format!("tr[data-id='{}']", dead.id)).await;
+    assert_eq!(b.script(buttons).await, 0, "no bulk retry or cancel");
+    assert!(b.find("input.pick").await.is_none(), "nothing to tick");
+    b.goto(&format!("{}/ui/#/job/{}", d.url(), dead.id)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while b.text_of("dd[data-field='state']").await != "failed" {
+        assert!(tokio::time::Instant::now() < deadline, "never failed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(b.script(buttons).await, 0, "no retry for a viewer");
+    b.screenshot("dashboard-viewer").await;
     let _ = b
         .call(
             reqwest::Method::DELETE,

@@ -43,12 +43,16 @@ async fn client_commands_output_and_exit_codes() {
     assert_eq!(o.status.code(), Some(0));
     assert!(text(&o).contains("succeeded"), "{}", text(&o));
 
+    // --json is the reply in the proto3 JSON mapping, as grpcurl and the
+    // HTTP routes print it: camelCase, enum names, bytes as base64.
     let o = jobd(&addr, &["status", &id, "--json"]).await;
     assert_eq!(o.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["state"], "succeeded");
-    assert_eq!(v["result"]["text"], "hello");
-    assert_eq!(v["labels"]["team"], "web");
+    assert_eq!(v["job"]["state"], "JOB_STATE_SUCCEEDED");
+    assert_eq!(v["job"]["result"], "aGVsbG8=");
+    assert_eq!(v["job"]["labels"]["team"], "web");
+    assert_eq!(v["job"]["maxAttempts"], 3);
+    assert_eq!(v["payloadPreview"], "aGVsbG8=");
 
     let o = jobd(
         &addr,
@@ -65,15 +69,21 @@ async fn client_commands_output_and_exit_codes() {
     .await;
     assert_eq!(o.status.code(), Some(0));
     let last: serde_json::Value = serde_json::from_str(text(&o).lines().last().unwrap()).unwrap();
-    assert_eq!(last["job"]["state"], "succeeded");
+    assert_eq!(last["job"]["state"], "JOB_STATE_SUCCEEDED");
+    assert!(last["sequence"].is_string(), "uint64 as a string: {last}");
 
     let o = jobd(&addr, &["status", &uuid::Uuid::now_v7().to_string()]).await;
     assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stderr).contains("NOT_FOUND"));
 
-    let o = jobd(&addr, &["submit", "no-such-kind"]).await;
+    let o = jobd(&addr, &["submit", "ecoh"]).await;
     assert_eq!(o.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown kind"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unknown kind \"ecoh\"; did you mean \"echo\"?")
+            && err.contains("configured kinds: echo, fail, short, single, sleep"),
+        "{err}"
+    );
 
     let o = jobd(&addr, &["cancel", &id]).await;
     assert_eq!(o.status.code(), Some(64), "cancel of a finished job");
@@ -83,11 +93,11 @@ async fn client_commands_output_and_exit_codes() {
     let o = jobd(&addr, &["cancel", &later, "--json"]).await;
     assert_eq!(o.status.code(), Some(0));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["state"], "cancelled");
+    assert_eq!(v["job"]["state"], "JOB_STATE_CANCELLED");
 
     let o = jobd(&addr, &["list", "--state", "cancelled", "--json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v["jobs"].as_array().unwrap().len(), 1);
     let o = jobd(&addr, &["list"]).await;
     assert_eq!(
         text(&o).lines().count(),
@@ -101,11 +111,18 @@ async fn client_commands_output_and_exit_codes() {
     assert!(text(&o).contains("SERVING"));
     d.stop().await;
 
-    // A daemon that is down.
+    // A daemon that is down: what failed, and what to check.
     let down = format!("http://127.0.0.1:{}", crate::binary::free_port());
     let o = jobd(&down, &["status", &id]).await;
     assert_eq!(o.status.code(), Some(5));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot reach jobd"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "cannot connect to jobd at {down}: connection refused"
+        )) && err.contains("is jobd running there? Check --addr or JOBD_ADDR"),
+        "{err}"
+    );
+    assert!(!err.contains("transport error"), "{err}");
 }
 
 /// Labels, results and errors come from clients; `jobd status` shows their
@@ -349,8 +366,9 @@ async fn list_filters_by_label_and_ordering_key_and_orders_newest_first() {
             let o = jobd(&addr, &all).await;
             assert_eq!(o.status.code(), Some(0), "{o:?}");
             let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-            v.as_array()
-                .unwrap()
+            v["jobs"]
+                .as_array()
+                .map_or(&[][..], Vec::as_slice)
                 .iter()
                 .map(|j| j["id"].as_str().unwrap().to_string())
                 .collect::<Vec<_>>()
@@ -387,7 +405,7 @@ async fn list_filters_by_label_and_ordering_key_and_orders_newest_first() {
 
     let o = jobd(&addr, &["status", &ids[0], "--json"]).await;
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["ordering_key"], "user-1");
+    assert_eq!(v["job"]["orderingKey"], "user-1");
     let o = jobd(&addr, &["status", &ids[0]]).await;
     assert!(text(&o).contains("ordering key: user-1"), "{}", text(&o));
 
@@ -439,6 +457,6 @@ async fn list_label_filter_follows_pages_cut_short_by_the_scan() {
     )
     .await;
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v[0]["id"], needle.id.as_str());
+    assert_eq!(v["jobs"][0]["id"], needle.id.as_str());
     d.stop().await;
 }

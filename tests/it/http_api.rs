@@ -116,6 +116,8 @@ fn b64(s: &str) -> String {
 fn assert_error(r: &Reply, http: u16, code: i64) {
     assert_eq!(r.status, http, "{}", r.body);
     assert_eq!(r.body["code"], code, "{}", r.body);
+    let name = jobd::transport::grpc_metrics::code_name(tonic::Code::from(code as i32));
+    assert_eq!(r.body["codeName"], name, "the code's name too: {}", r.body);
     assert!(r.body["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert!(r.body["details"].is_array(), "{}", r.body);
     assert_eq!(
@@ -321,7 +323,7 @@ async fn errors_are_http_statuses_with_google_rpc_status_bodies() {
 
     // Unknown routes and verbs: 404; a known path with the wrong method:
     // 405 naming the methods it takes.
-    for path in ["/", "/v1/nothing", "/v1/jobs/x:explode", "/v2/jobs"] {
+    for path in ["/v1/nothing", "/v1/jobs/x:explode", "/v2/jobs", "/nothing"] {
         let r = h.get(path).await;
         assert_error(&r, 404, 5);
     }

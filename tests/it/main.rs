@@ -14,6 +14,7 @@ mod checkpoints;
 mod cli;
 mod docs;
 mod engine;
+mod first_hour;
 mod handlers;
 mod helpers;
 mod hostile_clients;

@@ -292,14 +292,15 @@ async fn cli_schedules_and_trigger() {
     let o = cli(&addr, &["schedules", "--json"]).await;
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v[0]["id"], "nightly");
-    assert_eq!(v[0]["timezone"], "America/New_York");
-    assert_eq!(v[0]["paused"], false);
-    assert!(v[0]["next_fire_at"].is_string(), "{v}");
+    let s = &v["schedules"][0];
+    assert_eq!(s["id"], "nightly");
+    assert_eq!(s["timezone"], "America/New_York");
+    assert_eq!(s["paused"], serde_json::Value::Null, "false is left out");
+    assert!(s["nextFireAt"].is_string(), "{v}");
     let o = cli(&addr, &["trigger", "nightly", "--json"]).await;
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let id = j["id"].as_str().unwrap().to_string();
+    let id = j["job"]["id"].as_str().unwrap().to_string();
     let o = cli(&addr, &["schedules"]).await;
     let table = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
@@ -310,5 +311,19 @@ async fn cli_schedules_and_trigger() {
         cli(&addr, &["trigger", "nope"]).await.status.code(),
         Some(3)
     );
+    // `schedules pause ID` / `resume ID`.
+    let o = cli(&addr, &["schedules", "pause", "nightly", "--json"]).await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["schedule"]["paused"], true, "{v}");
+    let o = cli(&addr, &["schedules", "resume", "nightly"]).await;
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let table = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        table.contains("nightly") && table.contains(" no "),
+        "{table}"
+    );
+    let o = cli(&addr, &["schedules", "pause", "nope"]).await;
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
     d.stop().await;
 }

@@ -434,7 +434,7 @@ async fn the_cli_presents_a_client_certificate() {
     .unwrap();
     assert_eq!(ok.status.code(), Some(0), "{ok:?}");
     let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
-    assert_eq!(v["job"]["idempotency_key"], "once");
+    assert_eq!(v["job"]["idempotencyKey"], "once");
     let refused = run(vec![]).await.unwrap();
     assert_eq!(refused.status.code(), Some(5), "{refused:?}");
     // Reported, not a death by SIGPIPE on the socket the daemon closed. The

@@ -16,6 +16,9 @@ use tonic::transport::Channel;
 use crate::proto::{self, job_service_client::JobServiceClient};
 
 mod progress_load;
+mod results;
+use results::{micros, wait_all_done};
+mod workflows;
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq)]
 pub enum Scenario {
@@ -36,6 +39,12 @@ pub enum Scenario {
     /// `drain` alone, then beside `--progress-jobs` running remote jobs
     /// reporting progress (kind `--progress-kind`); not in `all`.
     Progress,
+    /// A chain of `--jobs` (at most 1000) jobs, each depending on the one
+    /// before: per-link latency; not in `all`.
+    Chain,
+    /// `--jobs` parents and one callback depending on all: the last
+    /// parent's finish to the callback's start; not in `all`.
+    Fanin,
     /// All of the above.
     All,
 }
@@ -362,76 +371,6 @@ async fn batch(a: &BenchArgs, chans: &[Channel], b: usize) -> Row {
     )
 }
 
-fn micros(t: &Option<prost_types::Timestamp>) -> i64 {
-    t.as_ref()
-        .map_or(0, |t| t.seconds * 1_000_000 + i64::from(t.nanos) / 1000)
-}
-
-/// Pages through every job with the given label value.
-async fn jobs_labelled(ch: &Channel, run: &str) -> Result<Vec<proto::Job>, tonic::Status> {
-    let mut cl = JobServiceClient::new(ch.clone());
-    let mut out = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = cl
-            .list_jobs(proto::ListJobsRequest {
-                page_size: 1000,
-                page_token: token,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        out.extend(
-            page.jobs
-                .into_iter()
-                .filter(|j| j.labels.get("bench").map(String::as_str) == Some(run)),
-        );
-        if page.next_page_token.is_empty() {
-            return Ok(out);
-        }
-        token = page.next_page_token;
-    }
-}
-
-/// Waits until `n` jobs of this run finished. Polls one job (the last one
-/// submitted, which runs about last) cheaply, then lists the run.
-async fn wait_all_done(
-    ch: &Channel,
-    run: &str,
-    n: usize,
-    last: &str,
-    limit: Duration,
-) -> Result<Vec<proto::Job>, BenchError> {
-    let started = Instant::now();
-    let mut cl = JobServiceClient::new(ch.clone());
-    loop {
-        let j = cl
-            .get_status(proto::GetStatusRequest {
-                id: last.to_string(),
-            })
-            .await?
-            .into_inner()
-            .job
-            .unwrap_or_default();
-        if j.finished_at.is_some() || started.elapsed() > limit {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    loop {
-        let jobs = jobs_labelled(ch, run).await?;
-        let done = jobs.iter().filter(|j| j.finished_at.is_some()).count();
-        progress("waiting for jobs", done as u64, started);
-        if done >= n {
-            return Ok(jobs);
-        }
-        if started.elapsed() > limit {
-            return Err(BenchError::Unfinished { done, n, limit });
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 async fn drain(a: &BenchArgs, chans: &[Channel]) -> Result<Row, BenchError> {
     // Its own label per call: `progress` drains twice in one process.
     static RUNS: AtomicU64 = AtomicU64::new(0);
@@ -746,8 +685,11 @@ pub async fn run(a: &BenchArgs, addr: &str) -> Result<Vec<Row>, BenchError> {
     if a.scenario == Scenario::Preload {
         rows.push(preload(a, &chans).await?);
     }
-    if a.scenario == Scenario::Progress {
-        rows.extend(progress_load::progress_load(a, addr, &chans).await?);
+    match a.scenario {
+        Scenario::Progress => rows.extend(progress_load::progress_load(a, addr, &chans).await?),
+        Scenario::Chain => rows.push(workflows::chain(a, &chans).await?),
+        Scenario::Fanin => rows.push(workflows::fanin(a, &chans).await?),
+        _ => {}
     }
     if std::io::stderr().is_terminal() {
         eprintln!();

@@ -109,13 +109,42 @@ pub(super) async fn channel_to(common: &Common) -> Result<Channel, Failure> {
         .conn
         .endpoint()
         .map_err(|e| Failure(exit::USAGE, e.to_string()))?;
-    let url = endpoint.uri().to_string();
-    endpoint.connect().await.map_err(|e| {
-        Failure(
-            exit::UNAVAILABLE,
-            format!("cannot reach jobd at {url}: {e}"),
+    // As given (`127.0.0.1:50051` stays so; the URI would add a slash).
+    let url = common.conn.addr.clone();
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| Failure(exit::UNAVAILABLE, unreachable(&url, &e)))
+}
+
+/// Why the daemon at `url` could not be reached, in words that say what
+/// to do: tonic's own text is only "transport error", the cause is in its
+/// source chain (connection refused, no such host, a TLS alert, ...).
+pub(super) fn unreachable(url: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut causes: Vec<String> = Vec::new();
+    let mut refused = false;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        let text = err.to_string();
+        if text != "transport error" && !causes.iter().any(|c| c.contains(&text)) {
+            causes.push(text);
+        }
+        next = err.source();
+    }
+    let hint = "is jobd running there? Check --addr or JOBD_ADDR (default http://127.0.0.1:50051)";
+    if refused {
+        format!("cannot connect to jobd at {url}: connection refused; {hint}")
+    } else if causes.is_empty() {
+        format!("cannot connect to jobd at {url}; {hint}")
+    } else {
+        format!(
+            "cannot connect to jobd at {url}: {}; {hint}",
+            causes.join(": ")
         )
-    })
+    }
 }
 
 /// The token as an `authorization` header value, if one was given.

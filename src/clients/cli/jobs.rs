@@ -4,18 +4,20 @@
 use std::io::{IsTerminal, Read, Write};
 use std::time::{Duration, Instant};
 
-use clap::Args;
-use serde_json::{json, Value};
-
 use super::connection::JobClient;
-use super::output::{job_json, print_job, print_job_table, show_job, state_name, ts};
+use super::output::{print_job, print_job_table, print_json, state_name, ts};
 use super::{exit, parse_label, parse_state, Common, Failure};
 use crate::proto::{self, JobState};
+use clap::Args;
 
 // `jobd submit`'s flags; its help text is `ClientCommand::Submit`'s.
 #[derive(Args, Debug)]
 pub struct SubmitArgs {
     pub kind: String,
+    /// Words after the kind: not taken (a payload goes in --payload), but
+    /// caught to say so instead of clap's bare "unexpected argument".
+    #[arg(hide = true)]
+    pub stray: Vec<String>,
     /// Payload text.
     #[arg(long, conflicts_with = "payload_file")]
     pub payload: Option<String>,
@@ -89,6 +91,33 @@ pub struct ListArgs {
     pub common: Common,
 }
 
+impl SubmitArgs {
+    /// Refuses words after the kind (`jobd submit echo hi`), showing the
+    /// flag that takes them.
+    pub(super) fn check(&self) -> Result<(), Failure> {
+        if self.stray.is_empty() {
+            return Ok(());
+        }
+        let words = self.stray.join(" ");
+        let quoted = if words
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,:/=@".contains(c))
+        {
+            words.clone()
+        } else {
+            format!("'{}'", words.replace('\'', r"'\''"))
+        };
+        Err(Failure(
+            exit::USAGE,
+            format!(
+                "unexpected argument {words:?} after the kind: to send it as the payload, use \
+                 `jobd submit {} --payload {quoted}` (or --payload-file FILE, - for stdin)",
+                self.kind
+            ),
+        ))
+    }
+}
+
 /// `jobd submit`: prints the new job's id, or with `--wait` follows it to
 /// its end.
 pub(super) async fn submit(c: &mut JobClient, a: SubmitArgs, json: bool) -> Result<u8, Failure> {
@@ -114,24 +143,18 @@ pub(super) async fn submit(c: &mut JobClient, a: SubmitArgs, json: bool) -> Resu
         } as i32,
     };
     let r = c.submit(req).await?.into_inner();
+    if json && !a.wait {
+        print_json(&r);
+        return Ok(exit::OK);
+    }
     let job = r.job.unwrap_or_default();
     if !a.wait {
-        if json {
-            out!(
-                "{}",
-                json!({ "job": job_json(&job), "deduplicated": r.deduplicated })
-            );
+        let dedup = if r.deduplicated {
+            " (deduplicated)"
         } else {
-            out!(
-                "{}{}",
-                job.id,
-                if r.deduplicated {
-                    " (deduplicated)"
-                } else {
-                    ""
-                }
-            );
-        }
+            ""
+        };
+        out!("{}{dedup}", job.id);
         return Ok(exit::OK);
     }
     if !json {
@@ -165,29 +188,31 @@ pub(super) async fn status(
     output: Option<std::path::PathBuf>,
     json: bool,
 ) -> Result<u8, Failure> {
-    let j = c
+    let r = c
         .get_status(proto::GetStatusRequest { id })
         .await?
-        .into_inner()
-        .job
-        .unwrap_or_default();
+        .into_inner();
+    let j = r.job.clone().unwrap_or_default();
     if let Some(path) = output {
         std::fs::write(&path, &j.result)
             .map_err(|e| Failure(exit::ERROR, format!("cannot write {}: {e}", path.display())))?;
     }
-    show_job(&j, json);
+    if json {
+        print_json(&r);
+    } else {
+        print_job(&j);
+    }
     Ok(exit::OK)
 }
 
 /// `jobd cancel`: shows the job as the cancel left it.
 pub(super) async fn cancel(c: &mut JobClient, id: String, json: bool) -> Result<u8, Failure> {
-    let j = c
-        .cancel(proto::CancelRequest { id })
-        .await?
-        .into_inner()
-        .job
-        .unwrap_or_default();
-    show_job(&j, json);
+    let r = c.cancel(proto::CancelRequest { id }).await?.into_inner();
+    if json {
+        print_json(&r);
+    } else {
+        print_job(&r.job.unwrap_or_default());
+    }
     Ok(exit::OK)
 }
 
@@ -210,7 +235,7 @@ pub(super) async fn list(c: &mut JobClient, a: ListArgs, json: bool) -> Result<u
                 state: a.state.map_or(0, |s| s as i32),
                 kind: a.kind.clone().unwrap_or_default(),
                 page_size: (limit - jobs.len()).min(1000) as u32,
-                page_token: token,
+                page_token: std::mem::take(&mut token),
                 ordering_key: a.ordering_key.clone().unwrap_or_default(),
                 labels: labels.clone(),
                 order: order as i32,
@@ -225,7 +250,12 @@ pub(super) async fn list(c: &mut JobClient, a: ListArgs, json: bool) -> Result<u
         more = jobs.len() >= limit;
     }
     if json {
-        out!("{}", Value::Array(jobs.iter().map(job_json).collect()));
+        // One ListJobsResponse for every page read; its next_page_token
+        // continues after the last job shown.
+        print_json(&proto::ListJobsResponse {
+            jobs,
+            next_page_token: if more { token } else { String::new() },
+        });
     } else {
         print_job_table(&jobs, more);
     }
@@ -250,10 +280,11 @@ async fn follow(c: &mut JobClient, id: &str, json: bool) -> Result<proto::Job, F
         tokio::select! {
             msg = stream.message() => match msg? {
                 Some(ev) => {
-                    let job = ev.job.unwrap_or_default();
                     if json {
-                        out!("{}", json!({ "sequence": ev.sequence, "job": job_json(&job) }));
-                    } else if !live {
+                        print_json(&ev);
+                    }
+                    let job = ev.job.unwrap_or_default();
+                    if !json && !live {
                         out!("{} {} attempt={}", ts(&job.updated_at).as_str().unwrap_or("-"), state_name(job.state), job.attempt);
                     }
                     last = Some(job);
@@ -299,10 +330,7 @@ pub(super) async fn logs(
 ) -> Result<u8, Failure> {
     let print = |l: &proto::LogLine| {
         if json {
-            out!(
-                "{}",
-                json!({ "seq": l.seq, "attempt": l.attempt, "time": ts(&l.time), "text": l.text })
-            );
+            print_json(l);
         } else {
             out!(
                 "{} #{} {}",

@@ -1,7 +1,8 @@
 //! The CLI client: `jobd submit | status | watch | cancel | list | health`,
-//! and the operators' `pause | resume | kinds | retry | schedules | trigger`, talking gRPC to a
-//! running daemon. Tables for people, `--json` for
-//! scripts, and exit codes scripts can rely on (see [`exit`]).
+//! and the operators' `pause | resume | kinds | retry | schedules | trigger |
+//! workers`, talking gRPC to a running daemon. Tables for people, `--json`
+//! for scripts (the reply in the proto3 JSON mapping, as grpcurl and the
+//! HTTP routes print it), and exit codes scripts can rely on (see [`exit`]).
 
 use std::io::Write;
 
@@ -73,7 +74,6 @@ mod output;
 pub use admin::RetryArgs;
 pub use connection::{Connection, ConnectionError};
 pub use jobs::{ListArgs, SubmitArgs};
-pub use output::job_json;
 use output::printable;
 
 /// How to print, and how to reach the daemon: the client commands' flags
@@ -81,7 +81,9 @@ use output::printable;
 #[derive(Args, Debug, Clone)]
 #[command(next_help_heading = "Output")]
 pub struct Common {
-    /// Machine-readable output (one JSON document, or one per line for watch).
+    /// Machine-readable output: the reply in the proto3 JSON mapping, as
+    /// grpcurl and the HTTP routes print it (one document; one per line
+    /// for watch and logs).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -147,8 +149,17 @@ pub enum ClientCommand {
         #[command(flatten)]
         common: Common,
     },
-    /// Every cron schedule: kind, expression, zone, next fire, paused, last job.
+    /// Every cron schedule: kind, expression, zone, next fire, paused, last
+    /// job; `schedules pause ID` / `schedules resume ID` stop and restart
+    /// one's fires.
     Schedules {
+        #[command(subcommand)]
+        action: Option<ScheduleAction>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The connected remote workers: id, kinds, jobs in flight, address.
+    Workers {
         #[command(flatten)]
         common: Common,
     },
@@ -160,7 +171,8 @@ pub enum ClientCommand {
         common: Common,
     },
     /// Put FAILED (or CANCELLED) jobs back in the queue with their attempts
-    /// reset: the ones given by --id, or those matching the filter.
+    /// reset: the ones given by --id, those matching the filter, or with
+    /// --all every one.
     Retry(RetryArgs),
 }
 
@@ -179,10 +191,40 @@ impl ClientCommand {
             | ClientCommand::Pause { common, .. }
             | ClientCommand::Resume { common, .. }
             | ClientCommand::Kinds { common }
-            | ClientCommand::Schedules { common }
+            | ClientCommand::Workers { common }
+            | ClientCommand::Schedules {
+                action: None,
+                common,
+            }
             | ClientCommand::Trigger { common, .. } => common,
+            ClientCommand::Schedules {
+                action:
+                    Some(
+                        ScheduleAction::Pause { common, .. }
+                        | ScheduleAction::Resume { common, .. },
+                    ),
+                ..
+            } => common,
         }
     }
+}
+
+/// `jobd schedules pause|resume ID`.
+#[derive(Subcommand, Debug)]
+pub enum ScheduleAction {
+    /// Stop a schedule's fires (stored: holds across restarts and
+    /// instances) until `schedules resume`. Exit 3 for an unknown schedule.
+    Pause {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Let a paused schedule fire again, from its next fire time.
+    Resume {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 /// A flag value that clap refuses, in the words the user sees after
@@ -270,7 +312,10 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
     use connection::{admin_client, connect};
     let json = common.json;
     match cmd {
-        ClientCommand::Submit(args) => jobs::submit(&mut connect(common).await?, args, json).await,
+        ClientCommand::Submit(args) => {
+            args.check()?;
+            jobs::submit(&mut connect(common).await?, args, json).await
+        }
         ClientCommand::Status { id, output, .. } => {
             jobs::status(&mut connect(common).await?, id, output, json).await
         }
@@ -292,8 +337,21 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             admin::resume(&mut admin_client(common).await?, kind, json).await
         }
         ClientCommand::Kinds { .. } => admin::kinds(&mut admin_client(common).await?, json).await,
-        ClientCommand::Schedules { .. } => {
+        ClientCommand::Schedules { action: None, .. } => {
             admin::schedules(&mut admin_client(common).await?, json).await
+        }
+        ClientCommand::Schedules {
+            action: Some(action),
+            ..
+        } => {
+            let (id, pause) = match action {
+                ScheduleAction::Pause { id, .. } => (id, true),
+                ScheduleAction::Resume { id, .. } => (id, false),
+            };
+            admin::pause_schedule(&mut admin_client(common).await?, id, pause, json).await
+        }
+        ClientCommand::Workers { .. } => {
+            admin::workers(&mut admin_client(common).await?, json).await
         }
         ClientCommand::Trigger { id, .. } => {
             admin::trigger(&mut admin_client(common).await?, id, json).await

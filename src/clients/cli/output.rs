@@ -1,9 +1,12 @@
 //! What the commands print: tables and job details for people (daemon text
 //! made safe for a terminal), JSON for scripts.
 
-use serde_json::{json, Value};
+use std::sync::OnceLock;
+
+use serde_json::Value;
 
 use crate::api::convert::state_from_proto;
+use crate::http::json::{Json, Named};
 use crate::proto::{self, JobState};
 
 pub(super) fn state_name(s: i32) -> &'static str {
@@ -20,24 +23,21 @@ pub(super) fn ts(t: &Option<prost_types::Timestamp>) -> Value {
     }
 }
 
-/// A job as JSON (payload is not echoed; result as UTF-8 text when it is,
-/// else base64).
-pub fn job_json(j: &proto::Job) -> Value {
-    use base64::Engine;
-    let result = match std::str::from_utf8(&j.result) {
-        Ok(s) => json!({ "text": s }),
-        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(&j.result) }),
-    };
-    json!({
-        "id": j.id, "kind": j.kind, "state": state_name(j.state), "attempt": j.attempt,
-        "max_attempts": j.max_attempts, "priority": j.priority,
-        "idempotency_key": j.idempotency_key, "labels": j.labels,
-        "ordering_key": j.ordering_key,
-        "created_at": ts(&j.created_at), "updated_at": ts(&j.updated_at),
-        "started_at": ts(&j.started_at), "finished_at": ts(&j.finished_at),
-        "next_attempt_at": ts(&j.next_attempt_at), "last_error": j.last_error,
-        "result": result, "payload_size": j.payload_size,
-    })
+/// A reply printed as `--json` asked: the proto3 JSON mapping, exactly as
+/// grpcurl prints it and the HTTP/JSON routes answer it (lowerCamelCase
+/// fields, `JOB_STATE_…` enum names, bytes as base64, 64-bit integers as
+/// strings, fields at their default left out), on one line.
+pub(super) fn print_json<M: Named>(msg: &M) {
+    static JSON: OnceLock<Result<Json, String>> = OnceLock::new();
+    let printed = JSON
+        .get_or_init(|| Json::new().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(Clone::clone)
+        .and_then(|j| j.to_vec(msg).map_err(|s| s.message().to_string()));
+    match printed {
+        Ok(bytes) => out!("{}", String::from_utf8_lossy(&bytes)),
+        Err(e) => eprintln!("jobd: cannot print {} as JSON: {e}", M::NAME),
+    }
 }
 
 /// Text from the daemon made safe for a terminal: control characters
@@ -99,37 +99,7 @@ pub(super) fn print_job(j: &proto::Job) {
     }
 }
 
-fn kind_json(k: &proto::KindStatus) -> Value {
-    json!({
-        "kind": k.kind,
-        "handler": k.handler,
-        "paused": k.paused,
-        "queued": k.queued,
-        "running": k.running,
-        "retry_wait": k.retry_wait,
-        "failed": k.failed,
-        "concurrency": k.concurrency,
-        "connected_workers": k.connected_workers,
-    })
-}
-
-fn schedule_json(s: &proto::ScheduleStatus) -> Value {
-    json!({
-        "id": s.id,
-        "kind": s.kind,
-        "cron": s.cron,
-        "timezone": s.timezone,
-        "next_fire_at": ts(&s.next_fire_at),
-        "paused": s.paused,
-        "last_job_id": s.last_job_id,
-    })
-}
-
-pub(super) fn print_schedules(list: &[proto::ScheduleStatus], json: bool) {
-    if json {
-        out!("{}", Value::Array(list.iter().map(schedule_json).collect()));
-        return;
-    }
+pub(super) fn print_schedules(list: &[proto::ScheduleStatus]) {
     out!(
         "{:<16}  {:<12}  {:<20}  {:<16}  {:<26}  {:<6}  LAST_JOB",
         "ID",
@@ -159,11 +129,7 @@ pub(super) fn print_schedules(list: &[proto::ScheduleStatus], json: bool) {
     }
 }
 
-pub(super) fn print_kinds(kinds: &[proto::KindStatus], json: bool) {
-    if json {
-        out!("{}", Value::Array(kinds.iter().map(kind_json).collect()));
-        return;
-    }
+pub(super) fn print_kinds(kinds: &[proto::KindStatus]) {
     out!(
         "{:<16}  {:<12}  {:<6}  {:>8}  {:>8}  {:>10}  {:>8}  {:>5}  {:>7}",
         "KIND",
@@ -189,15 +155,6 @@ pub(super) fn print_kinds(kinds: &[proto::KindStatus], json: bool) {
             k.concurrency,
             k.connected_workers
         );
-    }
-}
-
-/// One job as `--json` asked: JSON, or the details for people.
-pub(super) fn show_job(j: &proto::Job, json: bool) {
-    if json {
-        out!("{}", job_json(j));
-    } else {
-        print_job(j);
     }
 }
 
@@ -234,21 +191,7 @@ pub(super) fn print_job_table(jobs: &[proto::Job], more: bool) {
 
 /// `jobd retry`'s answer: the ids on stdout (for scripts), what was skipped
 /// and the counts on stderr.
-pub(super) fn print_retry(r: &proto::RetryJobsResponse, dry_run: bool, json: bool) {
-    if json {
-        out!(
-            "{}",
-            json!({
-                "matched": r.matched,
-                "retried": r.retried,
-                "ids": r.ids,
-                "skipped": r.skipped.iter().map(|s| json!({"id": s.id, "reason": s.reason})).collect::<Vec<_>>(),
-                "more": r.more,
-                "dry_run": dry_run,
-            })
-        );
-        return;
-    }
+pub(super) fn print_retry(r: &proto::RetryJobsResponse, dry_run: bool) {
     for id in &r.ids {
         out!("{id}");
     }

@@ -13,6 +13,11 @@
   let refresh = null;
   // Jobs ticked on the jobs page, kept across live re-renders.
   const selected = new Set();
+  // Who the token is (GET /v1/whoami): its role and the methods it may
+  // call. Actions it may not use are not shown. Null until known, or when
+  // the daemon refused the token: then no action is shown.
+  let me = null;
+  const may = (method) => !!me && (me.methods || []).includes(method);
 
   const STATES = ["queued", "running", "retry_wait", "succeeded", "failed", "cancelled"];
   const TERMINAL = ["JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"];
@@ -73,7 +78,11 @@
 
   function failed(e) {
     if (e.name === "AbortError") return;
-    if (e.status === 401) {
+    if (e.status === 401 && (e.message || "").startsWith("token not recognised")) {
+      // The daemon tells a wrong token from a missing one.
+      banner("This token is not recognised by the daemon: check it and enter it again above.");
+      $("token").focus();
+    } else if (e.status === 401) {
       banner("This daemon needs a token: enter one above.");
       $("token").focus();
     } else if (e.status === 403) {
@@ -164,8 +173,8 @@
   const num = (v) => Number(v || 0);
 
   /** A throughput bar's fill (CSSOM: the CSP refuses style attributes). */
-  function fill(percent) {
-    const f = el("span", { class: "fill" });
+  function fill(percent, kind) {
+    const f = el("span", { class: kind ? "fill " + kind : "fill" });
     f.style.height = percent + "%";
     return f;
   }
@@ -174,13 +183,23 @@
     return el("span", { class: "state " + short(state) }, short(state));
   }
 
+  /**
+   * A table; a heading is text, or [text, "n"] for a column of numbers
+   * (right-aligned under a right-aligned heading), or a node.
+   */
   function table(headings, rows) {
+    const th = (h) => (Array.isArray(h) ? el("th", { class: h[1] }, h[0]) : el("th", {}, h));
     return el(
       "table",
       {},
-      el("thead", {}, el("tr", {}, headings.map((h) => el("th", {}, h)))),
+      el("thead", {}, el("tr", {}, headings.map(th))),
       el("tbody", {}, rows),
     );
+  }
+
+  /** What an empty page shows instead of an empty table. */
+  function hint(id, ...text) {
+    return el("p", { class: "hint", id }, ...text);
   }
 
   /** A job result or other bytes as text, cut to `max` characters. */
@@ -202,23 +221,23 @@
 
   async function overview() {
     const render = async () => {
-      const [kinds, recentFailed, done] = await Promise.all([
+      const [kinds, recentFailed, stats] = await Promise.all([
         api("GET", "/v1/kinds"),
         api("GET", "/v1/jobs?state=failed&order=newest_first&page_size=10"),
-        api("GET", "/v1/jobs?state=succeeded&order=newest_first&page_size=1000"),
+        // The daemon counts finished jobs per minute as they finish.
+        api("GET", "/v1/stats/throughput?minutes=10"),
       ]);
-      // Jobs finished per minute over the last 10 minutes.
-      const now = Date.now();
-      const perMinute = new Array(10).fill(0);
-      for (const j of done.jobs || []) {
-        const age = Math.floor((now - Date.parse(j.finishedAt)) / 60000);
-        if (age >= 0 && age < 10) perMinute[9 - age] += 1;
-      }
-      const peak = Math.max(1, ...perMinute);
+      const perMinute = (stats.minutes || []).map((m) => ({
+        succeeded: num(m.succeeded),
+        failed: num(m.failed),
+        start: m.start,
+      }));
+      const peak = Math.max(1, ...perMinute.map((m) => m.succeeded + m.failed));
+      const total = perMinute.reduce((t, m) => t + m.succeeded, 0);
       main.replaceChildren(
         el("h2", {}, "Kinds"),
         table(
-          ["kind", "handler", "queued", "running", "retry wait", "failed", "workers", ""],
+          ["kind", "handler", ["queued", "n"], ["running", "n"], ["retry wait", "n"], ["failed", "n"], ["workers", "n"], "paused"],
           (kinds.kinds || []).map((k) =>
             el(
               "tr",
@@ -234,16 +253,20 @@
             ),
           ),
         ),
-        el("h2", {}, "Succeeded per minute (last 10 minutes)"),
+        el("h2", {}, "Finished per minute (last 10 minutes; failed in red)"),
         el(
           "div",
-          { class: "bars", id: "throughput" },
-          perMinute.map((n, i) =>
+          { class: "bars", id: "throughput", "data-succeeded": total },
+          perMinute.map((m) =>
             el(
               "div",
-              { class: "bar", title: (9 - i) + " min ago: " + n },
-              fill(Math.round((n / peak) * 100)),
-              el("span", { class: "label" }, n),
+              {
+                class: "bar",
+                title: when(m.start) + ": " + m.succeeded + " succeeded, " + m.failed + " failed",
+              },
+              fill(Math.round((m.failed / peak) * 100), "bad"),
+              fill(Math.round((m.succeeded / peak) * 100)),
+              el("span", { class: "label" }, m.succeeded + m.failed),
             ),
           ),
         ),
@@ -254,9 +277,9 @@
             el(
               "tr",
               {},
-              el("td", {}, el("a", { href: "#/job/" + encodeURIComponent(j.id) }, j.id)),
+              el("td", { class: "id" }, el("a", { href: "#/job/" + encodeURIComponent(j.id) }, j.id)),
               el("td", {}, j.kind),
-              el("td", {}, when(j.finishedAt)),
+              el("td", { class: "t" }, when(j.finishedAt)),
               el("td", { class: "error" }, (j.lastError || "").slice(0, 200)),
             ),
           ),
@@ -289,28 +312,43 @@
       );
       const kindIn = el("input", { id: "filter-kind", placeholder: "kind", value: q.get("kind") || "" });
       const labelIn = el("input", { id: "filter-label", placeholder: "label k=v[,k=v]", value: q.get("label") || "" });
+      // Ticking jobs is for bulk actions: only when the token may act.
+      const bulkOk = may("RetryJobs") || may("Cancel");
       const rows = (list.jobs || []).map((j) =>
         el(
           "tr",
           { "data-id": j.id, "data-state": short(j.state) },
-          el(
-            "td",
-            {},
-            el("input", {
-              type: "checkbox",
-              class: "pick",
-              checked: selected.has(j.id),
-              onchange: (e) => (e.target.checked ? selected.add(j.id) : selected.delete(j.id)),
-            }),
-          ),
-          el("td", {}, el("a", { href: "#/job/" + encodeURIComponent(j.id) }, j.id)),
+          bulkOk
+            ? el(
+                "td",
+                {},
+                el("input", {
+                  type: "checkbox",
+                  class: "pick",
+                  checked: selected.has(j.id),
+                  onchange: (e) => (e.target.checked ? selected.add(j.id) : selected.delete(j.id)),
+                }),
+              )
+            : null,
+          el("td", { class: "id" }, el("a", { href: "#/job/" + encodeURIComponent(j.id) }, j.id)),
           el("td", {}, j.kind),
           el("td", {}, stateBadge(j.state)),
           el("td", { class: "n" }, num(j.attempt) + "/" + num(j.maxAttempts)),
-          el("td", {}, when(j.createdAt)),
+          el("td", { class: "t" }, when(j.createdAt)),
           el("td", { class: "error" }, (j.lastError || "").slice(0, 120)),
         ),
       );
+      const pickAll = el("input", {
+        type: "checkbox",
+        id: "pick-all",
+        title: "select every job on this page",
+        "aria-label": "select all",
+        onchange: (e) => {
+          for (const j of list.jobs || []) e.target.checked ? selected.add(j.id) : selected.delete(j.id);
+          for (const box of main.querySelectorAll("input.pick")) box.checked = e.target.checked;
+        },
+      });
+      const headings = ["job", "kind", "state", ["attempt", "n"], "created", "last error"];
       main.replaceChildren(
         el(
           "form",
@@ -329,14 +367,20 @@
         el(
           "div",
           { class: "actions" },
-          el("button", { id: "bulk-retry", onclick: () => bulk("retry").catch(failed) }, "Retry selected"),
-          el("button", { id: "bulk-cancel", onclick: () => bulk("cancel").catch(failed) }, "Cancel selected"),
+          may("RetryJobs")
+            ? el("button", { id: "bulk-retry", onclick: () => bulk("retry").catch(failed) }, "Retry selected")
+            : null,
+          may("Cancel")
+            ? el("button", { id: "bulk-cancel", onclick: () => bulk("cancel").catch(failed) }, "Cancel selected")
+            : null,
           q.get("page_token") ? el("button", { id: "page-first", onclick: () => go({ page_token: "" }) }, "First page") : null,
           list.nextPageToken
             ? el("button", { id: "page-next", onclick: () => go({ page_token: list.nextPageToken }) }, "Next page")
             : null,
         ),
-        table(["", "job", "kind", "state", "attempt", "created", "last error"], rows),
+        (list.jobs || []).length
+          ? table(bulkOk ? [pickAll, ...headings] : headings, rows)
+          : hint("jobs-empty", "No jobs match. Submit one: jobd submit echo --payload hi"),
       );
     };
     const bulk = async (what) => {
@@ -392,18 +436,18 @@
       const result = preview(j.result, 4096);
       const field = (name, value) => [el("dt", {}, name), el("dd", { "data-field": name }, value)];
       const actions = [];
-      if (!TERMINAL.includes(j.state)) {
+      if (!TERMINAL.includes(j.state) && may("Cancel")) {
         actions.push(
           el("button", { id: "job-cancel", onclick: () => act(path + ":cancel") }, "Cancel"),
         );
       }
-      if (j.state === "JOB_STATE_FAILED" || j.state === "JOB_STATE_CANCELLED") {
+      if ((j.state === "JOB_STATE_FAILED" || j.state === "JOB_STATE_CANCELLED") && may("RetryJobs")) {
         actions.push(
           el("button", { id: "job-retry", onclick: () => act("/v1/jobs:retry", { ids: [j.id] }) }, "Retry"),
         );
       }
       main.replaceChildren(
-        el("h2", {}, "Job ", el("code", {}, j.id), " ", stateBadge(j.state)),
+        el("h2", {}, "Job ", el("code", { class: "id" }, j.id), " ", stateBadge(j.state)),
         el("div", { class: "actions" }, actions),
         el(
           "dl",
@@ -495,7 +539,7 @@
       main.replaceChildren(
         el("h2", {}, "Kinds"),
         table(
-          ["kind", "handler", "concurrency", "queued", "running", "state", ""],
+          ["kind", "handler", ["concurrency", "n"], ["queued", "n"], ["running", "n"], "state", "actions"],
           (list.kinds || []).map((k) =>
             el(
               "tr",
@@ -509,7 +553,7 @@
               el(
                 "td",
                 {},
-                el(
+                !may(k.paused ? "ResumeKind" : "PauseKind") ? null : el(
                   "button",
                   {
                     id: (k.paused ? "resume-" : "pause-") + k.kind,
@@ -540,10 +584,21 @@
             return render();
           })
           .catch(failed);
+      if (!(list.schedules || []).length) {
+        main.replaceChildren(
+          el("h2", {}, "Schedules"),
+          hint(
+            "schedules-empty",
+            "No schedules. Add one to the config file and restart jobd:",
+            el("pre", {}, '[[schedules]]\nid = "nightly"\nkind = "echo"\ncron = "0 3 * * *"'),
+          ),
+        );
+        return;
+      }
       main.replaceChildren(
         el("h2", {}, "Schedules"),
         table(
-          ["schedule", "kind", "cron", "time zone", "next fire", "last job", ""],
+          ["schedule", "kind", "cron", "time zone", "next fire", "last job", "actions"],
           (list.schedules || []).map((s) =>
             el(
               "tr",
@@ -552,13 +607,15 @@
               el("td", {}, s.kind),
               el("td", {}, el("code", {}, s.cron)),
               el("td", {}, s.timezone),
-              el("td", {}, s.paused ? "paused" : when(s.nextFireAt)),
-              el("td", {}, s.lastJobId ? el("a", { href: "#/job/" + encodeURIComponent(s.lastJobId) }, s.lastJobId) : ""),
+              el("td", { class: "t" }, s.paused ? "paused" : when(s.nextFireAt)),
+              el("td", { class: "id" }, s.lastJobId ? el("a", { href: "#/job/" + encodeURIComponent(s.lastJobId) }, s.lastJobId) : ""),
               el(
                 "td",
                 {},
-                el("button", { onclick: post(s, "trigger") }, "Run now"),
-                el("button", { onclick: post(s, s.paused ? "resume" : "pause") }, s.paused ? "Resume" : "Pause"),
+                may("TriggerSchedule") ? el("button", { onclick: post(s, "trigger") }, "Run now") : null,
+                may(s.paused ? "ResumeSchedule" : "PauseSchedule")
+                  ? el("button", { onclick: post(s, s.paused ? "resume" : "pause") }, s.paused ? "Resume" : "Pause")
+                  : null,
               ),
             ),
           ),
@@ -572,21 +629,33 @@
   async function workers() {
     const render = async () => {
       const list = await api("GET", "/v1/workers");
+      if (!(list.workers || []).length) {
+        main.replaceChildren(
+          el("h2", {}, "Workers"),
+          hint(
+            "workers-empty",
+            "No workers connected. Declare a kind with handler = \"remote\", then run a worker for it:",
+            el("pre", {}, "jobd work --kind KIND -- COMMAND"),
+            "(or a Python / TypeScript SDK worker).",
+          ),
+        );
+        return;
+      }
       main.replaceChildren(
         el("h2", {}, "Workers"),
         table(
-          ["worker", "session", "kinds", "in flight", "address", "connected", "last seen"],
+          ["worker", "session", "kinds", ["in flight", "n"], "address", "connected", "last seen"],
           (list.workers || []).map((w) =>
             el(
               "tr",
               {},
               el("td", {}, w.workerId),
-              el("td", {}, w.sessionId),
+              el("td", { class: "id" }, w.sessionId),
               el("td", {}, (w.kinds || []).join(", ")),
               el("td", { class: "n" }, num(w.inFlight) + "/" + num(w.maxInFlight)),
-              el("td", {}, w.address),
-              el("td", {}, when(w.connectedAt)),
-              el("td", {}, when(w.lastSeen)),
+              el("td", { class: "id" }, w.address),
+              el("td", { class: "t" }, when(w.connectedAt)),
+              el("td", { class: "t" }, when(w.lastSeen)),
             ),
           ),
         ),
@@ -594,6 +663,20 @@
     };
     await render();
     follow(render);
+  }
+
+  /** Asks who the token is; on a refusal, no action is shown. */
+  async function identify() {
+    try {
+      me = await api("GET", "/v1/whoami");
+      $("role").textContent = !me.authEnabled
+        ? ""
+        : "role: " + me.role + (may("RetryJobs") || may("Submit") ? "" : " (read only)");
+    } catch (e) {
+      me = null;
+      $("role").textContent = "";
+      throw e;
+    }
   }
 
   function route() {
@@ -628,13 +711,20 @@
     page.catch(failed);
   }
 
+  /** Learns who the token is, then shows the page. */
+  function start() {
+    identify()
+      .catch(failed)
+      .finally(route);
+  }
+
   $("token").value = token;
   $("token-form").addEventListener("submit", (e) => {
     e.preventDefault();
     token = $("token").value.trim();
     sessionStorage.setItem("jobd-token", token);
-    route();
+    start();
   });
   window.addEventListener("hashchange", route);
-  route();
+  start();
 })();

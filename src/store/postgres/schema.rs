@@ -178,7 +178,11 @@ pub(super) async fn migrate(client: &mut Object, schema: &str) -> Result<(), Sto
             &[&(i as i32 + 1)],
         )
         .await?;
-        tracing::info!(version = i + 1, schema, "applied store migration");
+        tracing::debug!(version = i + 1, schema, "applied store migration");
     }
-    Ok(tx.commit().await?)
+    tx.commit().await?;
+    if version < known {
+        tracing::info!(schema, "store migrated from v{version} to v{known}");
+    }
+    Ok(())
 }

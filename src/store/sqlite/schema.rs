@@ -79,7 +79,10 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", i as i64 + 1)
             .map_err(map_err)?;
         tx.commit().map_err(map_err)?;
-        tracing::info!(version = i + 1, "applied store migration");
+        tracing::debug!(version = i + 1, "applied store migration");
+    }
+    if version < known {
+        tracing::info!("store migrated from v{version} to v{known}");
     }
     Ok(())
 }
