@@ -66,7 +66,7 @@ FATAL = {
 def session(stub, args, pool):
     """Holds one stream until it ends; returns whether jobd welcomed us."""
     s, welcomed = Session(), False
-    s.send(hello=pb.Hello(worker_id=f"{socket.gethostname()}-{os.getpid()}",
+    s.send(hello=pb.Hello(worker_id=args.worker_id,
                           kinds=args.kind, max_in_flight=args.max_in_flight))
     token = [("authorization", f"Bearer {args.token}")] if args.token else None
     try:
@@ -106,6 +106,8 @@ if __name__ == "__main__":
     p.add_argument("--max-in-flight", type=int, default=8, help="jobs run at once")
     p.add_argument("--mode", choices=["echo", "sleep"], default="echo")
     p.add_argument("--log", help="append 'job_id attempt' per execution to this file")
+    p.add_argument("--worker-id", default=f"{socket.gethostname()}-{os.getpid()}",
+                   help="the name jobd shows for this worker (default: HOST-PID)")
     args = p.parse_args()
     tls = args.tls_ca is not None or args.addr.startswith("https://")
     args.addr = args.addr.split("://", 1)[-1]

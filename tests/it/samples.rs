@@ -16,8 +16,8 @@
 //!   masked; a run of spaces matches any run of spaces; a line `...` matches
 //!   any lines. A UUID the docs show in an output stands for the real one in
 //!   the commands after it.
-//! - ```` ```console needs-polish ```` is skipped (a feature not merged yet)
-//!   and listed; ```` ```console skip ```` needs a `<!-- skip: why -->` line
+//! - ```` ```console pending ```` is skipped (a feature not merged yet) and
+//!   listed; ```` ```console skip ```` needs a `<!-- skip: why -->` line
 //!   right above it.
 //! - `SAMPLES_BLESS=1` writes the real outputs into the docs instead of
 //!   failing (review the diff before committing).
@@ -108,8 +108,8 @@ fn parse(path: &Path) -> Doc {
             continue;
         }
         let words: Vec<&str> = info.split_whitespace().collect();
-        let skip = if words.contains(&"needs-polish") {
-            Some("needs-polish".to_string())
+        let skip = if words.contains(&"pending") {
+            Some("pending: a feature not merged yet".to_string())
         } else if words.contains(&"skip") {
             let reason = open
                 .checked_sub(1)
@@ -307,12 +307,15 @@ const TIMESTAMP: &str = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:
 const HTTP_DATE: &str = r"[A-Z][a-z]{2}, \d\d [A-Z][a-z]{2} \d{4} \d\d:\d\d:\d\d GMT";
 const DURATION: &str = r"\b\d+(?:\.\d+)?(?:ns|µs|us|ms|s|m|h)\b";
 const CONTENT_LENGTH: &str = r"(?i:content-length): \d+";
+/// A loopback address with a port: a client's (ephemeral) port in a
+/// worker list, say.
+const LOOPBACK_PORT: &str = r"127\.0\.0\.1:\d+";
 
 impl Masks {
     fn new() -> Masks {
         Masks {
             token: Regex::new(&format!(
-                "(?P<uuid>{UUID})|(?P<ts>{TIMESTAMP})|(?P<date>{HTTP_DATE})|(?P<cl>{CONTENT_LENGTH})|(?P<dur>{DURATION})| {{2,}}"
+                "(?P<uuid>{UUID})|(?P<ts>{TIMESTAMP})|(?P<date>{HTTP_DATE})|(?P<cl>{CONTENT_LENGTH})|(?P<lo>{LOOPBACK_PORT})|(?P<dur>{DURATION})| {{2,}}"
             ))
             .unwrap(),
             uuid: Regex::new(UUID).unwrap(),
@@ -341,6 +344,8 @@ impl Masks {
                 re.push_str(HTTP_DATE);
             } else if m.name("cl").is_some() {
                 re.push_str(r"(?i:content-length): \d+");
+            } else if m.name("lo").is_some() {
+                re.push_str(LOOPBACK_PORT);
             } else if m.name("dur").is_some() {
                 re.push_str(r"\d+(?:\.\d+)?(?:ns|µs|us|ms|s|m|h)");
             } else {
