@@ -18,6 +18,8 @@ use super::{
 };
 use crate::job::{now_micros, Job, JobState, Micros, NewJob};
 
+mod deps;
+
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     closed: AtomicBool,
@@ -171,55 +173,6 @@ impl Inner {
             .iter()
             .map(|s| self.counts.get(s).copied().unwrap_or(0))
             .sum()
-    }
-
-    /// Each parent's id and state; `None` when one does not exist.
-    fn parent_states(&self, parents: &[Uuid]) -> Option<Vec<(Uuid, JobState)>> {
-        parents
-            .iter()
-            .map(|p| self.jobs.get(p).map(|e| (*p, e.job.state)))
-            .collect()
-    }
-
-    /// `job` just became terminal: its WAITING children move (released,
-    /// cancelled, or one parent fewer), and so on down the graph.
-    fn ended(&mut self, job: &Job, now: Micros) {
-        let mut ended = vec![(job.id, job.state)];
-        while let Some((parent, state)) = ended.pop() {
-            let children = self.children.get(&parent).cloned().unwrap_or_default();
-            for child in children {
-                let waits = self
-                    .jobs
-                    .get(&child)
-                    .is_some_and(|e| e.job.state == JobState::Waiting);
-                if !waits {
-                    continue;
-                }
-                let moved =
-                    self.update(child, |c| super::deps::parent_ended(c, parent, state, now));
-                if let Some((true, c)) = moved {
-                    if c.state.is_terminal() {
-                        ended.push((c.id, c.state));
-                    }
-                    let prev = JobState::Waiting;
-                    self.moved.push(super::deps::Moved { prev, job: c });
-                }
-            }
-        }
-    }
-
-    /// `job` left a terminal state (RetryJobs): children that still wait
-    /// count it as unfinished again.
-    fn reopened(&mut self, id: Uuid) {
-        for child in self.children.get(&id).cloned().unwrap_or_default() {
-            if let Some(e) = self
-                .jobs
-                .get_mut(&child)
-                .filter(|e| e.job.state == JobState::Waiting)
-            {
-                e.job.waiting_on += 1;
-            }
-        }
     }
 
     fn due(set: &BTreeSet<(Micros, Uuid)>, now: Micros, limit: usize) -> Vec<Uuid> {
