@@ -175,6 +175,29 @@ impl Inner {
             .sum()
     }
 
+    /// An attempt's outcome, if it still holds the job; a terminal one
+    /// moves the job's children.
+    fn finish(
+        &mut self,
+        id: Uuid,
+        attempt: u32,
+        outcome: Outcome,
+        now: Micros,
+        worker: &str,
+    ) -> Option<Job> {
+        match self.update(id, |j| {
+            transition::finish_on(j, attempt, outcome, now, worker)
+        }) {
+            Some((true, job)) => {
+                if job.state.is_terminal() {
+                    self.ended(&job, now);
+                }
+                Some(job)
+            }
+            _ => None,
+        }
+    }
+
     fn due(set: &BTreeSet<(Micros, Uuid)>, now: Micros, limit: usize) -> Vec<Uuid> {
         set.iter()
             .take_while(|(t, _)| *t <= now)
@@ -377,18 +400,18 @@ impl Store for MemoryStore {
         outcome: Outcome,
         now: Micros,
     ) -> Result<Option<Job>, StoreError> {
+        Ok(self.lock()?.finish(id, attempt, outcome, now, ""))
+    }
+
+    async fn finish_many(
+        &self,
+        items: Vec<super::Finish>,
+    ) -> Result<super::FinishResults, StoreError> {
         let mut g = self.lock()?;
-        Ok(
-            match g.update(id, |j| transition::finish(j, attempt, outcome, now)) {
-                Some((true, job)) => {
-                    if job.state.is_terminal() {
-                        g.ended(&job, now);
-                    }
-                    Some(job)
-                }
-                _ => None,
-            },
-        )
+        Ok(items
+            .into_iter()
+            .map(|f| Ok(g.finish(f.id, f.attempt, f.outcome, f.now, &f.worker)))
+            .collect())
     }
 
     async fn cancel(&self, id: Uuid, now: Micros) -> Result<CancelOutcome, StoreError> {
