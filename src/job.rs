@@ -155,6 +155,26 @@ pub struct Job {
     pub waiting_on: u32,
     /// What a parent's FAILED or CANCELLED end does to it.
     pub on_parent_failure: ParentFailure,
+    /// Its last [`MAX_ATTEMPT_HISTORY`] ended attempts, oldest first.
+    pub attempts: Vec<AttemptRecord>,
+}
+
+/// Ended attempts a job keeps (the oldest go first).
+pub const MAX_ATTEMPT_HISTORY: usize = 25;
+/// Error text kept per attempt in the history.
+pub const MAX_ATTEMPT_ERROR_BYTES: usize = 1024;
+
+/// One ended attempt: when, how, and where it ran.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub started_at: Micros,
+    pub finished_at: Micros,
+    /// succeeded, failed, retried, lost, cancelled or requeued.
+    pub outcome: String,
+    pub error: String,
+    /// A remote worker's id, "local", or empty when unknown.
+    pub worker: String,
 }
 
 /// What a job does when one of its parents ends FAILED or CANCELLED.
@@ -312,6 +332,7 @@ impl NewJob {
             parents: self.parents,
             waiting_on: 0,
             on_parent_failure: self.on_parent_failure,
+            attempts: Vec::new(),
         }
     }
 }

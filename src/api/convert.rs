@@ -77,6 +77,18 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
         checkpoint_size: j.checkpoint.len() as u64,
         parent_ids: j.parents.iter().map(Uuid::to_string).collect(),
         waiting_on: j.waiting_on,
+        attempts: j
+            .attempts
+            .iter()
+            .map(|a| proto::JobAttempt {
+                attempt: a.attempt,
+                started_at: Some(timestamp(a.started_at)),
+                finished_at: Some(timestamp(a.finished_at)),
+                outcome: a.outcome.clone(),
+                error: a.error.clone(),
+                worker: a.worker.clone(),
+            })
+            .collect(),
         on_dependency_failure: match j.on_parent_failure {
             crate::job::ParentFailure::Cancel => proto::DependencyFailure::Cancel,
             crate::job::ParentFailure::Run => proto::DependencyFailure::Run,

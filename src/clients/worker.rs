@@ -121,6 +121,7 @@ impl WorkJob {
             notes: self.notes.clone(),
             checkpoint: Bytes::new(),
             parents: Vec::new(),
+            ran_on: Default::default(),
         }
     }
 }
@@ -536,6 +537,7 @@ pub async fn serve_command(
                 notes: job.notes,
                 checkpoint: job.checkpoint,
                 parents: job.parents,
+                ran_on: Default::default(),
             };
             handler.run(ctx).await.map(|o| o.result)
         }

@@ -103,7 +103,10 @@ impl Engine {
         let began = std::time::Instant::now();
         let span = self.wiring.spans.get().map(|s| process_span(s, &job));
         let (notes, logs_written) = self.notes_for(job.id, job.attempt);
-        let ended = self.execute(&job, stop, notes, span.as_ref()).await;
+        let ran_on = crate::handlers::RanOn::default();
+        let ended = self
+            .execute(&job, stop, notes, span.as_ref(), &ran_on)
+            .await;
         // In the attempt's span: RUST_LOG=jobd=debug shows why it failed.
         if let Ended::Ran(Err(e)) = &ended {
             tracing::debug!(error = %e, "attempt failed");
@@ -131,7 +134,7 @@ impl Engine {
         // attempt reported are kept.
         logs_written.wait(LOG_DRAIN_WAIT).await;
         self.flush_progress(job.id, job.attempt).await;
-        self.complete(job, outcome).await;
+        self.complete(job, outcome, ran_on.name()).await;
     }
 
     /// Where a local handler's progress and log lines go: stored for this
@@ -205,6 +208,7 @@ impl Engine {
         stop: tokio_util::sync::CancellationToken,
         notes: crate::handlers::Notes,
         span: Option<&crate::otel::ActiveSpan>,
+        ran_on: &crate::handlers::RanOn,
     ) -> Ended {
         let Some(handler) = self.registry.get(&job.kind) else {
             return Ended::Ran(Err(HandlerError::permanent(format!(
@@ -223,6 +227,7 @@ impl Engine {
             cancel: stop.clone(),
             notes,
             checkpoint: job.checkpoint.clone(),
+            ran_on: ran_on.clone(),
             parents: if job.parents.is_empty() {
                 Vec::new()
             } else {

@@ -49,6 +49,8 @@ pub(super) struct Pending {
     pub(super) outcome: Outcome,
     /// When the handler returned.
     pub(super) now: Micros,
+    /// Where the attempt ran (its history's `worker`).
+    pub(super) worker: String,
     /// One of [`Engine::pending`]'s permits, returned once the outcome is
     /// committed (or given up on): that is the bound on pending outcomes.
     pub(super) _permit: OwnedSemaphorePermit,
@@ -58,7 +60,7 @@ impl Engine {
     /// Hands an attempt's outcome to the completion path. Waits while
     /// [`Engine::pending`] is at its bound (back-pressure on the pool: the
     /// caller still holds its worker slot).
-    pub(super) async fn complete(&self, job: Job, outcome: Outcome) {
+    pub(super) async fn complete(&self, job: Job, outcome: Outcome, worker: String) {
         let now = now_micros();
         let Ok(permit) = self.completion.pending.clone().acquire_owned().await else {
             return;
@@ -67,6 +69,7 @@ impl Engine {
             job,
             outcome,
             now,
+            worker,
             _permit: permit,
         };
         if self.completion.outcomes.send(p).await.is_err() {
@@ -112,6 +115,7 @@ impl Engine {
                     attempt: p.job.attempt,
                     outcome: p.outcome.clone(),
                     now: p.now,
+                    worker: p.worker.clone(),
                 })
                 .collect();
             match self.store.finish_many(items).await {

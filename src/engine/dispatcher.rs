@@ -368,7 +368,8 @@ impl Engine {
                     "attempt {} waited for a free worker and was given back; not counted",
                     job.attempt
                 );
-                self.complete(job, Outcome::Requeue { reason }).await;
+                self.complete(job, Outcome::Requeue { reason }, String::new())
+                    .await;
             }
         }
     }

@@ -77,7 +77,8 @@ impl Engine {
                 "attempt {} was submitted as the daemon stopped and was given back; not counted",
                 job.attempt
             );
-            self.complete(job, Outcome::Requeue { reason }).await;
+            self.complete(job, Outcome::Requeue { reason }, String::new())
+                .await;
         }
     }
 }

@@ -43,6 +43,24 @@ pub struct JobContext {
     /// Its parents' outcomes (depends_on order), results inlined up to
     /// [`MAX_PARENT_RESULTS_BYTES`] in all.
     pub parents: Vec<ParentResult>,
+    /// Where the attempt ran, for its history: a handler that hands the
+    /// work elsewhere (remote) names the worker here.
+    pub ran_on: RanOn,
+}
+
+/// Where an attempt ran: set once by the handler that knows; "local"
+/// otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct RanOn(Arc<std::sync::OnceLock<String>>);
+
+impl RanOn {
+    pub fn set(&self, worker: &str) {
+        let _ = self.0.set(worker.to_string());
+    }
+
+    pub fn name(&self) -> String {
+        self.0.get().cloned().unwrap_or_else(|| "local".into())
+    }
 }
 
 /// Parents' results inlined for one attempt, in all; past it the rest are

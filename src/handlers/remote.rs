@@ -532,6 +532,7 @@ impl Workers {
             }
             let (tx, rx) = oneshot::channel();
             s.in_flight.insert((job.id, job.attempt), tx);
+            job.ran_on.set(&s.worker_id);
             if let Some(m) = self.metrics() {
                 m.worker_assigned(&job.kind);
             }

@@ -34,7 +34,7 @@ pub fn decode_trace(s: Option<String>) -> Option<TraceContext> {
 pub const COLS: &str = "id, kind, state, attempt, max_attempts, priority, idempotency_key, \
     request_hash, labels, payload, result, timeout_us, created_at, updated_at, started_at, \
     finished_at, next_attempt_at, lease_expires_at, last_error, sequence, ordering_key, trace, \
-    progress, checkpoint, parents, waiting_on, dep_policy";
+    progress, checkpoint, parents, waiting_on, dep_policy, attempts";
 
 /// How many columns [`COLS`] names, counted from the text so the two cannot
 /// drift apart.
@@ -117,6 +117,59 @@ pub fn decode_ids(b: &[u8]) -> Vec<Uuid> {
     b.chunks_exact(16)
         .filter_map(|c| Uuid::from_slice(c).ok())
         .collect()
+}
+
+/// The attempt history as stored (`attempts`): per record its attempt
+/// (u32), start and end (i64), then outcome, error and worker, each a u32
+/// length and the bytes; little-endian. `None` for no history.
+pub fn encode_attempts(a: &[crate::job::AttemptRecord]) -> Option<Vec<u8>> {
+    if a.is_empty() {
+        return None;
+    }
+    let mut out = Vec::new();
+    for r in a {
+        out.extend_from_slice(&r.attempt.to_le_bytes());
+        out.extend_from_slice(&r.started_at.to_le_bytes());
+        out.extend_from_slice(&r.finished_at.to_le_bytes());
+        for s in [&r.outcome, &r.error, &r.worker] {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    Some(out)
+}
+
+/// The records [`encode_attempts`] wrote; a damaged tail is dropped.
+pub fn decode_attempts(mut b: &[u8]) -> Vec<crate::job::AttemptRecord> {
+    fn take<const N: usize>(b: &mut &[u8]) -> Option<[u8; N]> {
+        let v = b.get(..N)?.try_into().ok()?;
+        *b = &b[N..];
+        Some(v)
+    }
+    fn text(b: &mut &[u8]) -> Option<String> {
+        let n = u32::from_le_bytes(take::<4>(b)?) as usize;
+        let s = String::from_utf8_lossy(b.get(..n)?).into_owned();
+        *b = &b[n..];
+        Some(s)
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let r = (|| {
+            Some(crate::job::AttemptRecord {
+                attempt: u32::from_le_bytes(take::<4>(&mut b)?),
+                started_at: i64::from_le_bytes(take::<8>(&mut b)?),
+                finished_at: i64::from_le_bytes(take::<8>(&mut b)?),
+                outcome: text(&mut b)?,
+                error: text(&mut b)?,
+                worker: text(&mut b)?,
+            })
+        })();
+        match r {
+            Some(r) => out.push(r),
+            None => break,
+        }
+    }
+    out
 }
 
 /// What a parent's failure does, as stored (`dep_policy`).

@@ -168,6 +168,8 @@ pub struct Finish {
     pub outcome: Outcome,
     /// When the attempt ended (its `finished_at` / `updated_at`).
     pub now: Micros,
+    /// Where it ran, for the attempt history ("local", a worker's id).
+    pub worker: String,
 }
 
 /// Per outcome of [`Store::finish_many`], what [`Store::finish`] answers.

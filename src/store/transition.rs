@@ -77,13 +77,27 @@ pub fn before_claim(job: &Job) -> Job {
 /// Applies an attempt's outcome if `attempt` is still the running one.
 /// Returns false (and changes nothing) for a stale attempt.
 pub fn finish(job: &mut Job, attempt: u32, outcome: Outcome, now: Micros) -> bool {
+    finish_on(job, attempt, outcome, now, "")
+}
+
+/// [`finish`], recording in the attempt history that it ran on `worker`.
+pub fn finish_on(job: &mut Job, attempt: u32, outcome: Outcome, now: Micros, worker: &str) -> bool {
     if job.state != JobState::Running || job.attempt != attempt {
         return false;
     }
     job.lease_expires_at = None;
+    let (label, error) = match &outcome {
+        Outcome::Succeeded { .. } => ("succeeded", ""),
+        Outcome::Retry { error, .. } => ("retried", error.as_str()),
+        Outcome::Failed { error } => ("failed", error.as_str()),
+        Outcome::Requeue { reason } => ("requeued", reason.as_str()),
+    };
+    ended(job, label, error, now, worker);
     match outcome {
         Outcome::Succeeded { result } => {
             job.result = result;
+            // The history keeps what went wrong before.
+            job.last_error = String::new();
             job.finished_at = Some(now);
             touch(job, JobState::Succeeded, now);
         }
@@ -108,8 +122,27 @@ pub fn finish(job: &mut Job, attempt: u32, outcome: Outcome, now: Micros) -> boo
     true
 }
 
+/// Records the running attempt's end in the job's history (bounded).
+fn ended(job: &mut Job, outcome: &str, error: &str, now: Micros, worker: &str) {
+    if job.attempts.len() >= crate::job::MAX_ATTEMPT_HISTORY {
+        job.attempts.remove(0);
+    }
+    let error = crate::handlers::cut_str(error, crate::job::MAX_ATTEMPT_ERROR_BYTES);
+    job.attempts.push(crate::job::AttemptRecord {
+        attempt: job.attempt,
+        started_at: job.started_at.unwrap_or(now),
+        finished_at: now,
+        outcome: outcome.to_string(),
+        error: error.to_string(),
+        worker: worker.to_string(),
+    });
+}
+
 /// Cancels a job that is not terminal.
 pub fn cancel(job: &mut Job, now: Micros) {
+    if job.state == JobState::Running {
+        ended(job, "cancelled", "cancelled", now, "");
+    }
     job.lease_expires_at = None;
     job.next_attempt_at = None;
     job.finished_at = Some(now);
@@ -131,6 +164,8 @@ pub fn lease_lost(job: &mut Job, now: Micros, why: &str) {
     debug_assert_eq!(job.state, JobState::Running);
     job.lease_expires_at = None;
     job.last_error = format!("attempt {} lost: {why}", job.attempt);
+    let error = job.last_error.clone();
+    ended(job, "lost", &error, now, "");
     if job.attempt >= job.max_attempts {
         job.finished_at = Some(now);
         touch(job, JobState::Failed, now);

@@ -433,6 +433,7 @@ pub async fn finish_many_fences_each_outcome(s: SharedStore) {
             result: Bytes::from_static(b"ok"),
         },
         now,
+        worker: "w-1".into(),
     };
     let retry = store::Finish {
         outcome: Outcome::Retry {
@@ -483,6 +484,18 @@ pub async fn finish_many_fences_each_outcome(s: SharedStore) {
         "stale attempt fenced"
     );
     assert_eq!(got(2).await.state, JobState::RetryWait);
+    // Each attempt's end is in the job's history, with where it ran.
+    let h = s.get(c[0].id).await.unwrap().unwrap().attempts;
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(
+        (h[0].attempt, h[0].outcome.as_str(), h[0].worker.as_str()),
+        (c[0].attempt, "succeeded", "w-1")
+    );
+    let h = s.get(c[2].id).await.unwrap().unwrap().attempts;
+    assert_eq!(
+        (h[0].outcome.as_str(), h[0].error.as_str()),
+        ("retried", "again")
+    );
 }
 
 /// RetryJobs: FAILED and CANCELLED jobs go back to QUEUED with their

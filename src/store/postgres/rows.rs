@@ -68,6 +68,9 @@ pub(super) fn job(r: &Row) -> Result<Job, StoreError> {
         parents: col::<Option<Vec<Uuid>>>(r, 24)?.unwrap_or_default(),
         waiting_on: col::<i32>(r, 25)?.max(0) as u32,
         on_parent_failure: crate::store::codec::policy_from_code(col::<i16>(r, 26)?.into()),
+        attempts: crate::store::codec::decode_attempts(
+            &col::<Option<Vec<u8>>>(r, 27)?.unwrap_or_default(),
+        ),
     })
 }
 

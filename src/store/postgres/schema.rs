@@ -133,6 +133,11 @@ CREATE TABLE job_deps (
 CREATE INDEX job_deps_child ON job_deps (child);
 CREATE INDEX jobs_waiting ON jobs (id) WHERE state = 6;
 "#,
+    r#"
+-- v11: each job's attempt history (the last 25 ended attempts: when, how,
+-- where), encoded in one column (see codec::encode_attempts).
+ALTER TABLE jobs ADD COLUMN attempts BYTEA;
+"#,
 ];
 
 /// An advisory-lock key per schema, so instances on different schemas of

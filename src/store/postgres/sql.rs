@@ -202,14 +202,15 @@ pub(super) const RENEW: &str = "UPDATE jobs SET lease_expires_at = $1 WHERE id I
 const SAVE: &str = "WITH x AS (
   SELECT * FROM unnest($1::uuid[], $2::int2[], $3::int4[], $4::bytea[], $5::int8[], $6::int8[],
     $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::int2[], $13::int4[],
-    $16::int4[])
+    $16::int4[], $17::bytea[])
   AS x(id, state, attempt, result, updated_at, started_at, finished_at, next_attempt_at,
-    lease_expires_at, last_error, sequence, old_state, old_attempt, waiting_on)
+    lease_expires_at, last_error, sequence, old_state, old_attempt, waiting_on, attempts)
 ), u AS (
   UPDATE jobs j SET state = x.state, attempt = x.attempt, result = x.result,
     updated_at = x.updated_at, started_at = x.started_at, finished_at = x.finished_at,
     next_attempt_at = x.next_attempt_at, lease_expires_at = x.lease_expires_at,
     last_error = x.last_error, sequence = x.sequence, waiting_on = x.waiting_on,
+    attempts = x.attempts,
     owner = CASE WHEN x.state = 1 THEN $14 ELSE NULL END
   FROM x WHERE j.id = x.id AND j.state = x.old_state AND j.attempt = x.old_attempt
   RETURNING j.id, j.sequence, j.state, j.attempt, j.updated_at, j.started_at, j.finished_at,
@@ -359,6 +360,10 @@ pub(super) async fn save(
     let old_states: Vec<i16> = old.iter().map(|(s, _)| state_code(*s)).collect();
     let old_attempts: Vec<i32> = old.iter().map(|(_, a)| to_i32(*a)).collect();
     let waiting: Vec<i32> = jobs.iter().map(|j| to_i32(j.waiting_on)).collect();
+    let history: Vec<Option<Vec<u8>>> = jobs
+        .iter()
+        .map(|j| crate::store::codec::encode_attempts(&j.attempts))
+        .collect();
     let st = tx.prepare_cached(SAVE).await?;
     let row = tx
         .query_one(
@@ -380,6 +385,7 @@ pub(super) async fn save(
                 &w.instance,
                 &w.channel,
                 &waiting,
+                &history,
             ],
         )
         .await?;

@@ -58,6 +58,7 @@ pub(super) fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
         parents: codec::decode_ids(&r.get::<_, Option<Vec<u8>>>(24)?.unwrap_or_default()),
         waiting_on: r.get(25)?,
         on_parent_failure: codec::policy_from_code(r.get(26)?),
+        attempts: codec::decode_attempts(&r.get::<_, Option<Vec<u8>>>(27)?.unwrap_or_default()),
     })
 }
 

@@ -183,6 +183,7 @@ async fn a_failing_outcome_does_not_undo_the_others() {
             result: Default::default(),
         },
         now: now_micros(),
+        worker: String::new(),
     };
     let r = store
         .finish_many(ids.iter().map(|&id| done(id)).collect())

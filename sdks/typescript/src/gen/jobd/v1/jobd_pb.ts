@@ -30,7 +30,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file jobd/v1/jobd.proto.
  */
 export const file_jobd_v1_jobd: GenFile = /*@__PURE__*/
-  fileDesc("ChJqb2JkL3YxL2pvYmQucHJvdG8SB2pvYmQudjEiLwoSR2V0Sm9iR3JhcGhSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWRlcHRoGAIgASgNImUKE0dldEpvYkdyYXBoUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYmQudjEuSm9iEh8KBWVkZ2VzGAIgAygLMhAuam9iZC52MS5Kb2JFZGdlEhEKCXRydW5jYXRlZBgDIAEoCCIoCgdKb2JFZGdlEg4KBnBhcmVudBgBIAEoCRINCgVjaGlsZBgCIAEoCSJyCgxQYXJlbnRSZXN1bHQSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIgCgVzdGF0ZRgDIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDgoGcmVzdWx0GAQgASgMEhYKDnJlc3VsdF9vbWl0dGVkGAUgASgIInAKC0pvYlByb2dyZXNzEg8KB3BlcmNlbnQYASABKA0SDwoHbWVzc2FnZRgCIAEoCRIPCgdkZXRhaWxzGAMgASgMEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjoKDkdldExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEEg0KBWxpbWl0GAMgASgNIjIKD0dldExvZ3NSZXNwb25zZRIfCgVsaW5lcxgBIAMoCzIQLmpvYmQudjEuTG9nTGluZSItChBXYXRjaExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEIl8KB0xvZ0xpbmUSCwoDc2VxGAEgASgEEg8KB2F0dGVtcHQYAiABKA0SKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEdGV4dBgEIAEoCSKxBgoDSm9iEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSIAoFc3RhdGUYAyABKA4yES5qb2JkLnYxLkpvYlN0YXRlEg8KB2F0dGVtcHQYBCABKA0SFAoMbWF4X2F0dGVtcHRzGAUgASgNEhAKCHByaW9yaXR5GAYgASgFEhcKD2lkZW1wb3RlbmN5X2tleRgHIAEoCRIoCgZsYWJlbHMYCCADKAsyGC5qb2JkLnYxLkpvYi5MYWJlbHNFbnRyeRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbmV4dF9hdHRlbXB0X2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGA4gASgJEg4KBnJlc3VsdBgPIAEoDBIUCgxwYXlsb2FkX3NpemUYECABKAQSKgoHdGltZW91dBgRIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIYChByZXN1bHRfdHJ1bmNhdGVkGBIgASgIEhQKDG9yZGVyaW5nX2tleRgTIAEoCRITCgt0cmFjZXBhcmVudBgUIAEoCRImCghwcm9ncmVzcxgVIAEoCzIULmpvYmQudjEuSm9iUHJvZ3Jlc3MSFwoPY2hlY2twb2ludF9zaXplGBYgASgEEhIKCnBhcmVudF9pZHMYFyADKAkSEgoKd2FpdGluZ19vbhgYIAEoDRI5ChVvbl9kZXBlbmRlbmN5X2ZhaWx1cmUYGSABKA4yGi5qb2JkLnYxLkRlcGVuZGVuY3lGYWlsdXJlGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEijwMKDVN1Ym1pdFJlcXVlc3QSDAoEa2luZBgBIAEoCRIPCgdwYXlsb2FkGAIgASgMEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRIQCghwcmlvcml0eRgEIAEoBRIUCgxtYXhfYXR0ZW1wdHMYBSABKA0SKgoHdGltZW91dBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIqCgZydW5fYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKBmxhYmVscxgIIAMoCzIiLmpvYmQudjEuU3VibWl0UmVxdWVzdC5MYWJlbHNFbnRyeRIUCgxvcmRlcmluZ19rZXkYCSABKAkSEgoKZGVwZW5kc19vbhgKIAMoCRI5ChVvbl9kZXBlbmRlbmN5X2ZhaWx1cmUYCyABKA4yGi5qb2JkLnYxLkRlcGVuZGVuY3lGYWlsdXJlGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQQoOU3VibWl0UmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISFAoMZGVkdXBsaWNhdGVkGAIgASgIIj4KElN1Ym1pdEJhdGNoUmVxdWVzdBIoCghyZXF1ZXN0cxgBIAMoCzIWLmpvYmQudjEuU3VibWl0UmVxdWVzdCJqCgxTdWJtaXRSZXN1bHQSKwoIYWNjZXB0ZWQYASABKAsyFy5qb2JkLnYxLlN1Ym1pdFJlc3BvbnNlSAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQggKBnJlc3VsdCI9ChNTdWJtaXRCYXRjaFJlc3BvbnNlEiYKB3Jlc3VsdHMYASADKAsyFS5qb2JkLnYxLlN1Ym1pdFJlc3VsdCIeChBHZXRTdGF0dXNSZXF1ZXN0EgoKAmlkGAEgASgJIkcKEUdldFN0YXR1c1Jlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhcKD3BheWxvYWRfcHJldmlldxgCIAEoDCI4ChJXYXRjaFN0YXR1c1JlcXVlc3QSCgoCaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiNwoISm9iRXZlbnQSGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIc2VxdWVuY2UYAiABKAQiGwoNQ2FuY2VsUmVxdWVzdBIKCgJpZBgBIAEoCSIrCg5DYW5jZWxSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYiKKAgoPTGlzdEpvYnNSZXF1ZXN0EiAKBXN0YXRlGAEgASgOMhEuam9iZC52MS5Kb2JTdGF0ZRIMCgRraW5kGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJEhQKDG9yZGVyaW5nX2tleRgFIAEoCRI0CgZsYWJlbHMYBiADKAsyJC5qb2JkLnYxLkxpc3RKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIlCgVvcmRlchgHIAEoDjIWLmpvYmQudjEuTGlzdEpvYnNPcmRlchotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlEKEFdhdGNoSm9ic1JlcXVlc3QSDAoEa2luZBgBIAEoCRIgCgVzdGF0ZRgCIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDQoFYWZ0ZXIYAyABKAQiQAoRV2F0Y2hKb2JzUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIcG9zaXRpb24YAiABKAQiRwoQTGlzdEpvYnNSZXNwb25zZRIaCgRqb2JzGAEgAygLMgwuam9iZC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIosCCg1Xb3JrZXJNZXNzYWdlEh8KBWhlbGxvGAEgASgLMg4uam9iZC52MS5IZWxsb0gAEicKCWhlYXJ0YmVhdBgCIAEoCzISLmpvYmQudjEuSGVhcnRiZWF0SAASJQoIY29tcGxldGUYAyABKAsyES5qb2JkLnYxLkNvbXBsZXRlSAASHQoEZmFpbBgEIAEoCzINLmpvYmQudjEuRmFpbEgAEiUKCHByb2dyZXNzGAUgASgLMhEuam9iZC52MS5Qcm9ncmVzc0gAEhsKA2xvZxgGIAEoCzIMLmpvYmQudjEuTG9nSAASHwoFdG91Y2gYByABKAsyDi5qb2JkLnYxLlRvdWNoSABCBQoDbXNnIn4KBVRvdWNoEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEiwKCWV4dGVuZF9ieRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIXCgpjaGVja3BvaW50GAQgASgMSACIAQFCDQoLX2NoZWNrcG9pbnQiXgoIUHJvZ3Jlc3MSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDwoHcGVyY2VudBgDIAEoDRIPCgdtZXNzYWdlGAQgASgJEg8KB2RldGFpbHMYBSABKAwiNQoDTG9nEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg0KBWxpbmVzGAMgAygJIpsBCgVIZWxsbxIRCgl3b3JrZXJfaWQYASABKAkSDQoFa2luZHMYAiADKAkSFQoNbWF4X2luX2ZsaWdodBgDIAEoDRIqCgZsYWJlbHMYBCADKAsyGi5qb2JkLnYxLkhlbGxvLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiCwoJSGVhcnRiZWF0IjsKCENvbXBsZXRlEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg4KBnJlc3VsdBgDIAEoDCJ5CgRGYWlsEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg0KBWVycm9yGAMgASgJEhEKCXBlcm1hbmVudBgEIAEoCBIuCgtyZXRyeV9hZnRlchgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLwAQoNU2VydmVyTWVzc2FnZRIjCgd3ZWxjb21lGAEgASgLMhAuam9iZC52MS5XZWxjb21lSAASIQoGYXNzaWduGAIgASgLMg8uam9iZC52MS5Bc3NpZ25IABIkCgZjYW5jZWwYAyABKAsyEi5qb2JkLnYxLkNhbmNlbEpvYkgAEiEKA2FjaxgEIAEoCzISLmpvYmQudjEuUmVwb3J0QWNrSAASHwoFZHJhaW4YBSABKAsyDi5qb2JkLnYxLkRyYWluSAASJgoJdG91Y2hfYWNrGAYgASgLMhEuam9iZC52MS5Ub3VjaEFja0gAQgUKA21zZyJoCghUb3VjaEFjaxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIsCghkZWFkbGluZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc3RhbGUYBCABKAgiVAoHV2VsY29tZRISCgpzZXNzaW9uX2lkGAEgASgJEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiL9AQoGQXNzaWduEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEg8KB3BheWxvYWQYAiABKAwSLAoIZGVhZGxpbmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KB2hlYWRlcnMYBCADKAsyHC5qb2JkLnYxLkFzc2lnbi5IZWFkZXJzRW50cnkSEgoKY2hlY2twb2ludBgFIAEoDBImCgdwYXJlbnRzGAYgAygLMhUuam9iZC52MS5QYXJlbnRSZXN1bHQaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiPAoJQ2FuY2VsSm9iEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg4KBnJlYXNvbhgDIAEoCSI7CglSZXBvcnRBY2sSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDQoFc3RhbGUYAyABKAgiNQoFRHJhaW4SLAoIZGVhZGxpbmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhYKFExpc3RTY2hlZHVsZXNSZXF1ZXN0IkMKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIqCglzY2hlZHVsZXMYASADKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIqEBCg5TY2hlZHVsZVN0YXR1cxIKCgJpZBgBIAEoCRIMCgRraW5kGAIgASgJEgwKBGNyb24YAyABKAkSEAoIdGltZXpvbmUYBCABKAkSMAoMbmV4dF9maXJlX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZwYXVzZWQYBiABKAgSEwoLbGFzdF9qb2JfaWQYByABKAkiJAoWVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSI0ChdUcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYiIiChRQYXVzZVNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSJCChVQYXVzZVNjaGVkdWxlUmVzcG9uc2USKQoIc2NoZWR1bGUYASABKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIiMKFVJlc3VtZVNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSJDChZSZXN1bWVTY2hlZHVsZVJlc3BvbnNlEikKCHNjaGVkdWxlGAEgASgLMhcuam9iZC52MS5TY2hlZHVsZVN0YXR1cyIgChBQYXVzZUtpbmRSZXF1ZXN0EgwKBGtpbmQYASABKAkiPQoRUGF1c2VLaW5kUmVzcG9uc2USKAoLa2luZF9zdGF0dXMYASABKAsyEy5qb2JkLnYxLktpbmRTdGF0dXMiIQoRUmVzdW1lS2luZFJlcXVlc3QSDAoEa2luZBgBIAEoCSI+ChJSZXN1bWVLaW5kUmVzcG9uc2USKAoLa2luZF9zdGF0dXMYASABKAsyEy5qb2JkLnYxLktpbmRTdGF0dXMiEgoQTGlzdEtpbmRzUmVxdWVzdCI3ChFMaXN0S2luZHNSZXNwb25zZRIiCgVraW5kcxgBIAMoCzITLmpvYmQudjEuS2luZFN0YXR1cyKwAQoKS2luZFN0YXR1cxIMCgRraW5kGAEgASgJEg8KB2hhbmRsZXIYAiABKAkSDgoGcGF1c2VkGAMgASgIEg4KBnF1ZXVlZBgEIAEoBBIPCgdydW5uaW5nGAUgASgEEhIKCnJldHJ5X3dhaXQYBiABKAQSDgoGZmFpbGVkGAcgASgEEhMKC2NvbmN1cnJlbmN5GAggASgNEhkKEWNvbm5lY3RlZF93b3JrZXJzGAkgASgNImUKEFJldHJ5Sm9ic1JlcXVlc3QSCwoDaWRzGAEgAygJEiQKBmZpbHRlchgCIAEoCzIULmpvYmQudjEuUmV0cnlGaWx0ZXISDwoHZHJ5X3J1bhgDIAEoCBINCgVsaW1pdBgEIAEoDSKHAgoLUmV0cnlGaWx0ZXISIAoFc3RhdGUYASABKA4yES5qb2JkLnYxLkpvYlN0YXRlEgwKBGtpbmQYAiABKAkSMAoGbGFiZWxzGAMgAygLMiAuam9iZC52MS5SZXRyeUZpbHRlci5MYWJlbHNFbnRyeRIyCg5maW5pc2hlZF9hZnRlchgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPZmluaXNoZWRfYmVmb3JlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIngKEVJldHJ5Sm9ic1Jlc3BvbnNlEg8KB21hdGNoZWQYASABKAQSDwoHcmV0cmllZBgCIAEoBBILCgNpZHMYAyADKAkSJgoHc2tpcHBlZBgEIAMoCzIVLmpvYmQudjEuUmV0cnlTa2lwcGVkEgwKBG1vcmUYBSABKAgiKgoMUmV0cnlTa2lwcGVkEgoKAmlkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIiChJMaXN0V29ya2Vyc1JlcXVlc3QSDAoEa2luZBgBIAEoCSI+ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEicKB3dvcmtlcnMYASADKAsyFi5qb2JkLnYxLldvcmtlclNlc3Npb24ixAIKDVdvcmtlclNlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCgl3b3JrZXJfaWQYAiABKAkSDQoFa2luZHMYAyADKAkSEQoJaW5fZmxpZ2h0GAQgASgNEhUKDW1heF9pbl9mbGlnaHQYBSABKA0SMAoMY29ubmVjdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglsYXN0X3NlZW4YByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2FkZHJlc3MYCCABKAkSMgoGbGFiZWxzGAkgAygLMiIuam9iZC52MS5Xb3JrZXJTZXNzaW9uLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEqywEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEpPQl9TVEFURV9RVUVVRUQQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhgKFEpPQl9TVEFURV9SRVRSWV9XQUlUEAMSFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBAEEhQKEEpPQl9TVEFURV9GQUlMRUQQBRIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAYSFQoRSk9CX1NUQVRFX1dBSVRJTkcQBypyChFEZXBlbmRlbmN5RmFpbHVyZRIiCh5ERVBFTkRFTkNZX0ZBSUxVUkVfVU5TUEVDSUZJRUQQABIdChlERVBFTkRFTkNZX0ZBSUxVUkVfQ0FOQ0VMEAESGgoWREVQRU5ERU5DWV9GQUlMVVJFX1JVThACKnQKDUxpc3RKb2JzT3JkZXISHwobTElTVF9KT0JTX09SREVSX1VOU1BFQ0lGSUVEEAASIAocTElTVF9KT0JTX09SREVSX09MREVTVF9GSVJTVBABEiAKHExJU1RfSk9CU19PUkRFUl9ORVdFU1RfRklSU1QQAjKcBQoKSm9iU2VydmljZRI5CgZTdWJtaXQSFi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QaFy5qb2JkLnYxLlN1Ym1pdFJlc3BvbnNlEkgKC1N1Ym1pdEJhdGNoEhsuam9iZC52MS5TdWJtaXRCYXRjaFJlcXVlc3QaHC5qb2JkLnYxLlN1Ym1pdEJhdGNoUmVzcG9uc2USQgoJR2V0U3RhdHVzEhkuam9iZC52MS5HZXRTdGF0dXNSZXF1ZXN0Ghouam9iZC52MS5HZXRTdGF0dXNSZXNwb25zZRI/CgtXYXRjaFN0YXR1cxIbLmpvYmQudjEuV2F0Y2hTdGF0dXNSZXF1ZXN0GhEuam9iZC52MS5Kb2JFdmVudDABEjkKBkNhbmNlbBIWLmpvYmQudjEuQ2FuY2VsUmVxdWVzdBoXLmpvYmQudjEuQ2FuY2VsUmVzcG9uc2USPwoITGlzdEpvYnMSGC5qb2JkLnYxLkxpc3RKb2JzUmVxdWVzdBoZLmpvYmQudjEuTGlzdEpvYnNSZXNwb25zZRJECglXYXRjaEpvYnMSGS5qb2JkLnYxLldhdGNoSm9ic1JlcXVlc3QaGi5qb2JkLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAESPAoHR2V0TG9ncxIXLmpvYmQudjEuR2V0TG9nc1JlcXVlc3QaGC5qb2JkLnYxLkdldExvZ3NSZXNwb25zZRI6CglXYXRjaExvZ3MSGS5qb2JkLnYxLldhdGNoTG9nc1JlcXVlc3QaEC5qb2JkLnYxLkxvZ0xpbmUwARJICgtHZXRKb2JHcmFwaBIbLmpvYmQudjEuR2V0Sm9iR3JhcGhSZXF1ZXN0Ghwuam9iZC52MS5HZXRKb2JHcmFwaFJlc3BvbnNlMk4KDVdvcmtlclNlcnZpY2USPQoHQ29ubmVjdBIWLmpvYmQudjEuV29ya2VyTWVzc2FnZRoWLmpvYmQudjEuU2VydmVyTWVzc2FnZSgBMAEytAUKDEFkbWluU2VydmljZRJICgtMaXN0V29ya2VycxIbLmpvYmQudjEuTGlzdFdvcmtlcnNSZXF1ZXN0Ghwuam9iZC52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlEkIKCVBhdXNlS2luZBIZLmpvYmQudjEuUGF1c2VLaW5kUmVxdWVzdBoaLmpvYmQudjEuUGF1c2VLaW5kUmVzcG9uc2USRQoKUmVzdW1lS2luZBIaLmpvYmQudjEuUmVzdW1lS2luZFJlcXVlc3QaGy5qb2JkLnYxLlJlc3VtZUtpbmRSZXNwb25zZRJCCglMaXN0S2luZHMSGS5qb2JkLnYxLkxpc3RLaW5kc1JlcXVlc3QaGi5qb2JkLnYxLkxpc3RLaW5kc1Jlc3BvbnNlEkIKCVJldHJ5Sm9icxIZLmpvYmQudjEuUmV0cnlKb2JzUmVxdWVzdBoaLmpvYmQudjEuUmV0cnlKb2JzUmVzcG9uc2USTgoNTGlzdFNjaGVkdWxlcxIdLmpvYmQudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaHi5qb2JkLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJUCg9UcmlnZ2VyU2NoZWR1bGUSHy5qb2JkLnYxLlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QaIC5qb2JkLnYxLlRyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEk4KDVBhdXNlU2NoZWR1bGUSHS5qb2JkLnYxLlBhdXNlU2NoZWR1bGVSZXF1ZXN0Gh4uam9iZC52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USUQoOUmVzdW1lU2NoZWR1bGUSHi5qb2JkLnYxLlJlc3VtZVNjaGVkdWxlUmVxdWVzdBofLmpvYmQudjEuUmVzdW1lU2NoZWR1bGVSZXNwb25zZUIpWidnaXRodWIuY29tL2pvYmQvam9iZC9nZW4vam9iZC92MTtqb2JkdjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChJqb2JkL3YxL2pvYmQucHJvdG8SB2pvYmQudjEiLwoSR2V0Sm9iR3JhcGhSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWRlcHRoGAIgASgNImUKE0dldEpvYkdyYXBoUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYmQudjEuSm9iEh8KBWVkZ2VzGAIgAygLMhAuam9iZC52MS5Kb2JFZGdlEhEKCXRydW5jYXRlZBgDIAEoCCIoCgdKb2JFZGdlEg4KBnBhcmVudBgBIAEoCRINCgVjaGlsZBgCIAEoCSJyCgxQYXJlbnRSZXN1bHQSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIgCgVzdGF0ZRgDIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDgoGcmVzdWx0GAQgASgMEhYKDnJlc3VsdF9vbWl0dGVkGAUgASgIInAKC0pvYlByb2dyZXNzEg8KB3BlcmNlbnQYASABKA0SDwoHbWVzc2FnZRgCIAEoCRIPCgdkZXRhaWxzGAMgASgMEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjoKDkdldExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEEg0KBWxpbWl0GAMgASgNIjIKD0dldExvZ3NSZXNwb25zZRIfCgVsaW5lcxgBIAMoCzIQLmpvYmQudjEuTG9nTGluZSItChBXYXRjaExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEIl8KB0xvZ0xpbmUSCwoDc2VxGAEgASgEEg8KB2F0dGVtcHQYAiABKA0SKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEdGV4dBgEIAEoCSLYBgoDSm9iEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSIAoFc3RhdGUYAyABKA4yES5qb2JkLnYxLkpvYlN0YXRlEg8KB2F0dGVtcHQYBCABKA0SFAoMbWF4X2F0dGVtcHRzGAUgASgNEhAKCHByaW9yaXR5GAYgASgFEhcKD2lkZW1wb3RlbmN5X2tleRgHIAEoCRIoCgZsYWJlbHMYCCADKAsyGC5qb2JkLnYxLkpvYi5MYWJlbHNFbnRyeRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbmV4dF9hdHRlbXB0X2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGA4gASgJEg4KBnJlc3VsdBgPIAEoDBIUCgxwYXlsb2FkX3NpemUYECABKAQSKgoHdGltZW91dBgRIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIYChByZXN1bHRfdHJ1bmNhdGVkGBIgASgIEhQKDG9yZGVyaW5nX2tleRgTIAEoCRITCgt0cmFjZXBhcmVudBgUIAEoCRImCghwcm9ncmVzcxgVIAEoCzIULmpvYmQudjEuSm9iUHJvZ3Jlc3MSFwoPY2hlY2twb2ludF9zaXplGBYgASgEEhIKCnBhcmVudF9pZHMYFyADKAkSEgoKd2FpdGluZ19vbhgYIAEoDRI5ChVvbl9kZXBlbmRlbmN5X2ZhaWx1cmUYGSABKA4yGi5qb2JkLnYxLkRlcGVuZGVuY3lGYWlsdXJlEiUKCGF0dGVtcHRzGBogAygLMhMuam9iZC52MS5Kb2JBdHRlbXB0Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEirgEKCkpvYkF0dGVtcHQSDwoHYXR0ZW1wdBgBIAEoDRIuCgpzdGFydGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHb3V0Y29tZRgEIAEoCRINCgVlcnJvchgFIAEoCRIOCgZ3b3JrZXIYBiABKAkijwMKDVN1Ym1pdFJlcXVlc3QSDAoEa2luZBgBIAEoCRIPCgdwYXlsb2FkGAIgASgMEhcKD2lkZW1wb3RlbmN5X2tleRgDIAEoCRIQCghwcmlvcml0eRgEIAEoBRIUCgxtYXhfYXR0ZW1wdHMYBSABKA0SKgoHdGltZW91dBgGIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIqCgZydW5fYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKBmxhYmVscxgIIAMoCzIiLmpvYmQudjEuU3VibWl0UmVxdWVzdC5MYWJlbHNFbnRyeRIUCgxvcmRlcmluZ19rZXkYCSABKAkSEgoKZGVwZW5kc19vbhgKIAMoCRI5ChVvbl9kZXBlbmRlbmN5X2ZhaWx1cmUYCyABKA4yGi5qb2JkLnYxLkRlcGVuZGVuY3lGYWlsdXJlGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQQoOU3VibWl0UmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISFAoMZGVkdXBsaWNhdGVkGAIgASgIIj4KElN1Ym1pdEJhdGNoUmVxdWVzdBIoCghyZXF1ZXN0cxgBIAMoCzIWLmpvYmQudjEuU3VibWl0UmVxdWVzdCJqCgxTdWJtaXRSZXN1bHQSKwoIYWNjZXB0ZWQYASABKAsyFy5qb2JkLnYxLlN1Ym1pdFJlc3BvbnNlSAASIwoFZXJyb3IYAiABKAsyEi5nb29nbGUucnBjLlN0YXR1c0gAQggKBnJlc3VsdCI9ChNTdWJtaXRCYXRjaFJlc3BvbnNlEiYKB3Jlc3VsdHMYASADKAsyFS5qb2JkLnYxLlN1Ym1pdFJlc3VsdCIeChBHZXRTdGF0dXNSZXF1ZXN0EgoKAmlkGAEgASgJIkcKEUdldFN0YXR1c1Jlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhcKD3BheWxvYWRfcHJldmlldxgCIAEoDCI4ChJXYXRjaFN0YXR1c1JlcXVlc3QSCgoCaWQYASABKAkSFgoOYWZ0ZXJfc2VxdWVuY2UYAiABKAQiNwoISm9iRXZlbnQSGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIc2VxdWVuY2UYAiABKAQiGwoNQ2FuY2VsUmVxdWVzdBIKCgJpZBgBIAEoCSIrCg5DYW5jZWxSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYiKKAgoPTGlzdEpvYnNSZXF1ZXN0EiAKBXN0YXRlGAEgASgOMhEuam9iZC52MS5Kb2JTdGF0ZRIMCgRraW5kGAIgASgJEhEKCXBhZ2Vfc2l6ZRgDIAEoDRISCgpwYWdlX3Rva2VuGAQgASgJEhQKDG9yZGVyaW5nX2tleRgFIAEoCRI0CgZsYWJlbHMYBiADKAsyJC5qb2JkLnYxLkxpc3RKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIlCgVvcmRlchgHIAEoDjIWLmpvYmQudjEuTGlzdEpvYnNPcmRlchotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIlEKEFdhdGNoSm9ic1JlcXVlc3QSDAoEa2luZBgBIAEoCRIgCgVzdGF0ZRgCIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDQoFYWZ0ZXIYAyABKAQiQAoRV2F0Y2hKb2JzUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISEAoIcG9zaXRpb24YAiABKAQiRwoQTGlzdEpvYnNSZXNwb25zZRIaCgRqb2JzGAEgAygLMgwuam9iZC52MS5Kb2ISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIosCCg1Xb3JrZXJNZXNzYWdlEh8KBWhlbGxvGAEgASgLMg4uam9iZC52MS5IZWxsb0gAEicKCWhlYXJ0YmVhdBgCIAEoCzISLmpvYmQudjEuSGVhcnRiZWF0SAASJQoIY29tcGxldGUYAyABKAsyES5qb2JkLnYxLkNvbXBsZXRlSAASHQoEZmFpbBgEIAEoCzINLmpvYmQudjEuRmFpbEgAEiUKCHByb2dyZXNzGAUgASgLMhEuam9iZC52MS5Qcm9ncmVzc0gAEhsKA2xvZxgGIAEoCzIMLmpvYmQudjEuTG9nSAASHwoFdG91Y2gYByABKAsyDi5qb2JkLnYxLlRvdWNoSABCBQoDbXNnIn4KBVRvdWNoEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEiwKCWV4dGVuZF9ieRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIXCgpjaGVja3BvaW50GAQgASgMSACIAQFCDQoLX2NoZWNrcG9pbnQiXgoIUHJvZ3Jlc3MSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDwoHcGVyY2VudBgDIAEoDRIPCgdtZXNzYWdlGAQgASgJEg8KB2RldGFpbHMYBSABKAwiNQoDTG9nEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg0KBWxpbmVzGAMgAygJIpsBCgVIZWxsbxIRCgl3b3JrZXJfaWQYASABKAkSDQoFa2luZHMYAiADKAkSFQoNbWF4X2luX2ZsaWdodBgDIAEoDRIqCgZsYWJlbHMYBCADKAsyGi5qb2JkLnYxLkhlbGxvLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiCwoJSGVhcnRiZWF0IjsKCENvbXBsZXRlEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg4KBnJlc3VsdBgDIAEoDCJ5CgRGYWlsEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg0KBWVycm9yGAMgASgJEhEKCXBlcm1hbmVudBgEIAEoCBIuCgtyZXRyeV9hZnRlchgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLwAQoNU2VydmVyTWVzc2FnZRIjCgd3ZWxjb21lGAEgASgLMhAuam9iZC52MS5XZWxjb21lSAASIQoGYXNzaWduGAIgASgLMg8uam9iZC52MS5Bc3NpZ25IABIkCgZjYW5jZWwYAyABKAsyEi5qb2JkLnYxLkNhbmNlbEpvYkgAEiEKA2FjaxgEIAEoCzISLmpvYmQudjEuUmVwb3J0QWNrSAASHwoFZHJhaW4YBSABKAsyDi5qb2JkLnYxLkRyYWluSAASJgoJdG91Y2hfYWNrGAYgASgLMhEuam9iZC52MS5Ub3VjaEFja0gAQgUKA21zZyJoCghUb3VjaEFjaxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIsCghkZWFkbGluZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFc3RhbGUYBCABKAgiVAoHV2VsY29tZRISCgpzZXNzaW9uX2lkGAEgASgJEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiL9AQoGQXNzaWduEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEg8KB3BheWxvYWQYAiABKAwSLAoIZGVhZGxpbmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi0KB2hlYWRlcnMYBCADKAsyHC5qb2JkLnYxLkFzc2lnbi5IZWFkZXJzRW50cnkSEgoKY2hlY2twb2ludBgFIAEoDBImCgdwYXJlbnRzGAYgAygLMhUuam9iZC52MS5QYXJlbnRSZXN1bHQaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiPAoJQ2FuY2VsSm9iEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg4KBnJlYXNvbhgDIAEoCSI7CglSZXBvcnRBY2sSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SDQoFc3RhbGUYAyABKAgiNQoFRHJhaW4SLAoIZGVhZGxpbmUYASABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIhYKFExpc3RTY2hlZHVsZXNSZXF1ZXN0IkMKFUxpc3RTY2hlZHVsZXNSZXNwb25zZRIqCglzY2hlZHVsZXMYASADKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIqEBCg5TY2hlZHVsZVN0YXR1cxIKCgJpZBgBIAEoCRIMCgRraW5kGAIgASgJEgwKBGNyb24YAyABKAkSEAoIdGltZXpvbmUYBCABKAkSMAoMbmV4dF9maXJlX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIOCgZwYXVzZWQYBiABKAgSEwoLbGFzdF9qb2JfaWQYByABKAkiJAoWVHJpZ2dlclNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSI0ChdUcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYiIiChRQYXVzZVNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSJCChVQYXVzZVNjaGVkdWxlUmVzcG9uc2USKQoIc2NoZWR1bGUYASABKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIiMKFVJlc3VtZVNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSJDChZSZXN1bWVTY2hlZHVsZVJlc3BvbnNlEikKCHNjaGVkdWxlGAEgASgLMhcuam9iZC52MS5TY2hlZHVsZVN0YXR1cyIgChBQYXVzZUtpbmRSZXF1ZXN0EgwKBGtpbmQYASABKAkiPQoRUGF1c2VLaW5kUmVzcG9uc2USKAoLa2luZF9zdGF0dXMYASABKAsyEy5qb2JkLnYxLktpbmRTdGF0dXMiIQoRUmVzdW1lS2luZFJlcXVlc3QSDAoEa2luZBgBIAEoCSI+ChJSZXN1bWVLaW5kUmVzcG9uc2USKAoLa2luZF9zdGF0dXMYASABKAsyEy5qb2JkLnYxLktpbmRTdGF0dXMiEgoQTGlzdEtpbmRzUmVxdWVzdCI3ChFMaXN0S2luZHNSZXNwb25zZRIiCgVraW5kcxgBIAMoCzITLmpvYmQudjEuS2luZFN0YXR1cyKwAQoKS2luZFN0YXR1cxIMCgRraW5kGAEgASgJEg8KB2hhbmRsZXIYAiABKAkSDgoGcGF1c2VkGAMgASgIEg4KBnF1ZXVlZBgEIAEoBBIPCgdydW5uaW5nGAUgASgEEhIKCnJldHJ5X3dhaXQYBiABKAQSDgoGZmFpbGVkGAcgASgEEhMKC2NvbmN1cnJlbmN5GAggASgNEhkKEWNvbm5lY3RlZF93b3JrZXJzGAkgASgNImUKEFJldHJ5Sm9ic1JlcXVlc3QSCwoDaWRzGAEgAygJEiQKBmZpbHRlchgCIAEoCzIULmpvYmQudjEuUmV0cnlGaWx0ZXISDwoHZHJ5X3J1bhgDIAEoCBINCgVsaW1pdBgEIAEoDSKHAgoLUmV0cnlGaWx0ZXISIAoFc3RhdGUYASABKA4yES5qb2JkLnYxLkpvYlN0YXRlEgwKBGtpbmQYAiABKAkSMAoGbGFiZWxzGAMgAygLMiAuam9iZC52MS5SZXRyeUZpbHRlci5MYWJlbHNFbnRyeRIyCg5maW5pc2hlZF9hZnRlchgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPZmluaXNoZWRfYmVmb3JlGAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIngKEVJldHJ5Sm9ic1Jlc3BvbnNlEg8KB21hdGNoZWQYASABKAQSDwoHcmV0cmllZBgCIAEoBBILCgNpZHMYAyADKAkSJgoHc2tpcHBlZBgEIAMoCzIVLmpvYmQudjEuUmV0cnlTa2lwcGVkEgwKBG1vcmUYBSABKAgiKgoMUmV0cnlTa2lwcGVkEgoKAmlkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIiChJMaXN0V29ya2Vyc1JlcXVlc3QSDAoEa2luZBgBIAEoCSI+ChNMaXN0V29ya2Vyc1Jlc3BvbnNlEicKB3dvcmtlcnMYASADKAsyFi5qb2JkLnYxLldvcmtlclNlc3Npb24ixAIKDVdvcmtlclNlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIRCgl3b3JrZXJfaWQYAiABKAkSDQoFa2luZHMYAyADKAkSEQoJaW5fZmxpZ2h0GAQgASgNEhUKDW1heF9pbl9mbGlnaHQYBSABKA0SMAoMY29ubmVjdGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCglsYXN0X3NlZW4YByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB2FkZHJlc3MYCCABKAkSMgoGbGFiZWxzGAkgAygLMiIuam9iZC52MS5Xb3JrZXJTZXNzaW9uLkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEqywEKCEpvYlN0YXRlEhkKFUpPQl9TVEFURV9VTlNQRUNJRklFRBAAEhQKEEpPQl9TVEFURV9RVUVVRUQQARIVChFKT0JfU1RBVEVfUlVOTklORxACEhgKFEpPQl9TVEFURV9SRVRSWV9XQUlUEAMSFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBAEEhQKEEpPQl9TVEFURV9GQUlMRUQQBRIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAYSFQoRSk9CX1NUQVRFX1dBSVRJTkcQBypyChFEZXBlbmRlbmN5RmFpbHVyZRIiCh5ERVBFTkRFTkNZX0ZBSUxVUkVfVU5TUEVDSUZJRUQQABIdChlERVBFTkRFTkNZX0ZBSUxVUkVfQ0FOQ0VMEAESGgoWREVQRU5ERU5DWV9GQUlMVVJFX1JVThACKnQKDUxpc3RKb2JzT3JkZXISHwobTElTVF9KT0JTX09SREVSX1VOU1BFQ0lGSUVEEAASIAocTElTVF9KT0JTX09SREVSX09MREVTVF9GSVJTVBABEiAKHExJU1RfSk9CU19PUkRFUl9ORVdFU1RfRklSU1QQAjKcBQoKSm9iU2VydmljZRI5CgZTdWJtaXQSFi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QaFy5qb2JkLnYxLlN1Ym1pdFJlc3BvbnNlEkgKC1N1Ym1pdEJhdGNoEhsuam9iZC52MS5TdWJtaXRCYXRjaFJlcXVlc3QaHC5qb2JkLnYxLlN1Ym1pdEJhdGNoUmVzcG9uc2USQgoJR2V0U3RhdHVzEhkuam9iZC52MS5HZXRTdGF0dXNSZXF1ZXN0Ghouam9iZC52MS5HZXRTdGF0dXNSZXNwb25zZRI/CgtXYXRjaFN0YXR1cxIbLmpvYmQudjEuV2F0Y2hTdGF0dXNSZXF1ZXN0GhEuam9iZC52MS5Kb2JFdmVudDABEjkKBkNhbmNlbBIWLmpvYmQudjEuQ2FuY2VsUmVxdWVzdBoXLmpvYmQudjEuQ2FuY2VsUmVzcG9uc2USPwoITGlzdEpvYnMSGC5qb2JkLnYxLkxpc3RKb2JzUmVxdWVzdBoZLmpvYmQudjEuTGlzdEpvYnNSZXNwb25zZRJECglXYXRjaEpvYnMSGS5qb2JkLnYxLldhdGNoSm9ic1JlcXVlc3QaGi5qb2JkLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAESPAoHR2V0TG9ncxIXLmpvYmQudjEuR2V0TG9nc1JlcXVlc3QaGC5qb2JkLnYxLkdldExvZ3NSZXNwb25zZRI6CglXYXRjaExvZ3MSGS5qb2JkLnYxLldhdGNoTG9nc1JlcXVlc3QaEC5qb2JkLnYxLkxvZ0xpbmUwARJICgtHZXRKb2JHcmFwaBIbLmpvYmQudjEuR2V0Sm9iR3JhcGhSZXF1ZXN0Ghwuam9iZC52MS5HZXRKb2JHcmFwaFJlc3BvbnNlMk4KDVdvcmtlclNlcnZpY2USPQoHQ29ubmVjdBIWLmpvYmQudjEuV29ya2VyTWVzc2FnZRoWLmpvYmQudjEuU2VydmVyTWVzc2FnZSgBMAEytAUKDEFkbWluU2VydmljZRJICgtMaXN0V29ya2VycxIbLmpvYmQudjEuTGlzdFdvcmtlcnNSZXF1ZXN0Ghwuam9iZC52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlEkIKCVBhdXNlS2luZBIZLmpvYmQudjEuUGF1c2VLaW5kUmVxdWVzdBoaLmpvYmQudjEuUGF1c2VLaW5kUmVzcG9uc2USRQoKUmVzdW1lS2luZBIaLmpvYmQudjEuUmVzdW1lS2luZFJlcXVlc3QaGy5qb2JkLnYxLlJlc3VtZUtpbmRSZXNwb25zZRJCCglMaXN0S2luZHMSGS5qb2JkLnYxLkxpc3RLaW5kc1JlcXVlc3QaGi5qb2JkLnYxLkxpc3RLaW5kc1Jlc3BvbnNlEkIKCVJldHJ5Sm9icxIZLmpvYmQudjEuUmV0cnlKb2JzUmVxdWVzdBoaLmpvYmQudjEuUmV0cnlKb2JzUmVzcG9uc2USTgoNTGlzdFNjaGVkdWxlcxIdLmpvYmQudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaHi5qb2JkLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJUCg9UcmlnZ2VyU2NoZWR1bGUSHy5qb2JkLnYxLlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QaIC5qb2JkLnYxLlRyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEk4KDVBhdXNlU2NoZWR1bGUSHS5qb2JkLnYxLlBhdXNlU2NoZWR1bGVSZXF1ZXN0Gh4uam9iZC52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USUQoOUmVzdW1lU2NoZWR1bGUSHi5qb2JkLnYxLlJlc3VtZVNjaGVkdWxlUmVxdWVzdBofLmpvYmQudjEuUmVzdW1lU2NoZWR1bGVSZXNwb25zZUIpWidnaXRodWIuY29tL2pvYmQvam9iZC9nZW4vam9iZC92MTtqb2JkdjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * @generated from message jobd.v1.GetJobGraphRequest
@@ -483,6 +483,15 @@ export type Job = Message<"jobd.v1.Job"> & {
    * @generated from field: jobd.v1.DependencyFailure on_dependency_failure = 25;
    */
   onDependencyFailure: DependencyFailure;
+
+  /**
+   * The job's last 25 attempts, oldest first: where each ran and how it
+   * ended (`last_error` is cleared when an attempt succeeds; its error
+   * stays here).
+   *
+   * @generated from field: repeated jobd.v1.JobAttempt attempts = 26;
+   */
+  attempts: JobAttempt[];
 };
 
 /**
@@ -491,6 +500,58 @@ export type Job = Message<"jobd.v1.Job"> & {
  */
 export const JobSchema: GenMessage<Job> = /*@__PURE__*/
   messageDesc(file_jobd_v1_jobd, 9);
+
+/**
+ * JobAttempt is one ended attempt of a job.
+ *
+ * @generated from message jobd.v1.JobAttempt
+ */
+export type JobAttempt = Message<"jobd.v1.JobAttempt"> & {
+  /**
+   * @generated from field: uint32 attempt = 1;
+   */
+  attempt: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp started_at = 2;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp finished_at = 3;
+   */
+  finishedAt?: Timestamp | undefined;
+
+  /**
+   * succeeded, failed (no retry), retried, lost (lease or daemon), cancelled
+   * or requeued (drain; the attempt did not count).
+   *
+   * @generated from field: string outcome = 4;
+   */
+  outcome: string;
+
+  /**
+   * The attempt's error (at most 1 KiB kept here), or empty.
+   *
+   * @generated from field: string error = 5;
+   */
+  error: string;
+
+  /**
+   * Where it ran: a remote worker's worker_id, "local" for the daemon's own
+   * handlers, or empty when unknown (a lost attempt).
+   *
+   * @generated from field: string worker = 6;
+   */
+  worker: string;
+};
+
+/**
+ * Describes the message jobd.v1.JobAttempt.
+ * Use `create(JobAttemptSchema)` to create a new message.
+ */
+export const JobAttemptSchema: GenMessage<JobAttempt> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 10);
 
 /**
  * @generated from message jobd.v1.SubmitRequest
@@ -597,7 +658,7 @@ export type SubmitRequest = Message<"jobd.v1.SubmitRequest"> & {
  * Use `create(SubmitRequestSchema)` to create a new message.
  */
 export const SubmitRequestSchema: GenMessage<SubmitRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 10);
+  messageDesc(file_jobd_v1_jobd, 11);
 
 /**
  * @generated from message jobd.v1.SubmitResponse
@@ -626,7 +687,7 @@ export type SubmitResponse = Message<"jobd.v1.SubmitResponse"> & {
  * Use `create(SubmitResponseSchema)` to create a new message.
  */
 export const SubmitResponseSchema: GenMessage<SubmitResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 11);
+  messageDesc(file_jobd_v1_jobd, 12);
 
 /**
  * @generated from message jobd.v1.SubmitBatchRequest
@@ -645,7 +706,7 @@ export type SubmitBatchRequest = Message<"jobd.v1.SubmitBatchRequest"> & {
  * Use `create(SubmitBatchRequestSchema)` to create a new message.
  */
 export const SubmitBatchRequestSchema: GenMessage<SubmitBatchRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 12);
+  messageDesc(file_jobd_v1_jobd, 13);
 
 /**
  * SubmitResult answers one entry of a SubmitBatchRequest, at the same index.
@@ -679,7 +740,7 @@ export type SubmitResult = Message<"jobd.v1.SubmitResult"> & {
  * Use `create(SubmitResultSchema)` to create a new message.
  */
 export const SubmitResultSchema: GenMessage<SubmitResult> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 13);
+  messageDesc(file_jobd_v1_jobd, 14);
 
 /**
  * @generated from message jobd.v1.SubmitBatchResponse
@@ -698,7 +759,7 @@ export type SubmitBatchResponse = Message<"jobd.v1.SubmitBatchResponse"> & {
  * Use `create(SubmitBatchResponseSchema)` to create a new message.
  */
 export const SubmitBatchResponseSchema: GenMessage<SubmitBatchResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 14);
+  messageDesc(file_jobd_v1_jobd, 15);
 
 /**
  * @generated from message jobd.v1.GetStatusRequest
@@ -717,7 +778,7 @@ export type GetStatusRequest = Message<"jobd.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 15);
+  messageDesc(file_jobd_v1_jobd, 16);
 
 /**
  * @generated from message jobd.v1.GetStatusResponse
@@ -742,7 +803,7 @@ export type GetStatusResponse = Message<"jobd.v1.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 16);
+  messageDesc(file_jobd_v1_jobd, 17);
 
 /**
  * @generated from message jobd.v1.WatchStatusRequest
@@ -774,7 +835,7 @@ export type WatchStatusRequest = Message<"jobd.v1.WatchStatusRequest"> & {
  * Use `create(WatchStatusRequestSchema)` to create a new message.
  */
 export const WatchStatusRequestSchema: GenMessage<WatchStatusRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 17);
+  messageDesc(file_jobd_v1_jobd, 18);
 
 /**
  * JobEvent is one message of a WatchStatus stream: a snapshot of the job
@@ -805,7 +866,7 @@ export type JobEvent = Message<"jobd.v1.JobEvent"> & {
  * Use `create(JobEventSchema)` to create a new message.
  */
 export const JobEventSchema: GenMessage<JobEvent> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 18);
+  messageDesc(file_jobd_v1_jobd, 19);
 
 /**
  * @generated from message jobd.v1.CancelRequest
@@ -824,7 +885,7 @@ export type CancelRequest = Message<"jobd.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 19);
+  messageDesc(file_jobd_v1_jobd, 20);
 
 /**
  * @generated from message jobd.v1.CancelResponse
@@ -841,7 +902,7 @@ export type CancelResponse = Message<"jobd.v1.CancelResponse"> & {
  * Use `create(CancelResponseSchema)` to create a new message.
  */
 export const CancelResponseSchema: GenMessage<CancelResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 20);
+  messageDesc(file_jobd_v1_jobd, 21);
 
 /**
  * @generated from message jobd.v1.ListJobsRequest
@@ -902,7 +963,7 @@ export type ListJobsRequest = Message<"jobd.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 21);
+  messageDesc(file_jobd_v1_jobd, 22);
 
 /**
  * @generated from message jobd.v1.WatchJobsRequest
@@ -936,7 +997,7 @@ export type WatchJobsRequest = Message<"jobd.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 22);
+  messageDesc(file_jobd_v1_jobd, 23);
 
 /**
  * @generated from message jobd.v1.WatchJobsResponse
@@ -963,7 +1024,7 @@ export type WatchJobsResponse = Message<"jobd.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 23);
+  messageDesc(file_jobd_v1_jobd, 24);
 
 /**
  * @generated from message jobd.v1.ListJobsResponse
@@ -987,7 +1048,7 @@ export type ListJobsResponse = Message<"jobd.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 24);
+  messageDesc(file_jobd_v1_jobd, 25);
 
 /**
  * @generated from message jobd.v1.WorkerMessage
@@ -1046,7 +1107,7 @@ export type WorkerMessage = Message<"jobd.v1.WorkerMessage"> & {
  * Use `create(WorkerMessageSchema)` to create a new message.
  */
 export const WorkerMessageSchema: GenMessage<WorkerMessage> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 25);
+  messageDesc(file_jobd_v1_jobd, 26);
 
 /**
  * Touch pushes an attempt's deadline to `extend_by` from now, never past
@@ -1092,7 +1153,7 @@ export type Touch = Message<"jobd.v1.Touch"> & {
  * Use `create(TouchSchema)` to create a new message.
  */
 export const TouchSchema: GenMessage<Touch> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 26);
+  messageDesc(file_jobd_v1_jobd, 27);
 
 /**
  * Progress reports how far an attempt got: the latest value is kept
@@ -1142,7 +1203,7 @@ export type Progress = Message<"jobd.v1.Progress"> & {
  * Use `create(ProgressSchema)` to create a new message.
  */
 export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 27);
+  messageDesc(file_jobd_v1_jobd, 28);
 
 /**
  * Log appends lines to the job's log (GetLogs, WatchLogs), tagged with the
@@ -1173,7 +1234,7 @@ export type Log = Message<"jobd.v1.Log"> & {
  * Use `create(LogSchema)` to create a new message.
  */
 export const LogSchema: GenMessage<Log> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 28);
+  messageDesc(file_jobd_v1_jobd, 29);
 
 /**
  * Hello opens a session.
@@ -1213,7 +1274,7 @@ export type Hello = Message<"jobd.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 29);
+  messageDesc(file_jobd_v1_jobd, 30);
 
 /**
  * @generated from message jobd.v1.Heartbeat
@@ -1226,7 +1287,7 @@ export type Heartbeat = Message<"jobd.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 30);
+  messageDesc(file_jobd_v1_jobd, 31);
 
 /**
  * Complete reports a successful attempt; `result` is cut to the kind's
@@ -1256,7 +1317,7 @@ export type Complete = Message<"jobd.v1.Complete"> & {
  * Use `create(CompleteSchema)` to create a new message.
  */
 export const CompleteSchema: GenMessage<Complete> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 31);
+  messageDesc(file_jobd_v1_jobd, 32);
 
 /**
  * Fail reports a failed attempt: retried with the kind's backoff (or after
@@ -1296,7 +1357,7 @@ export type Fail = Message<"jobd.v1.Fail"> & {
  * Use `create(FailSchema)` to create a new message.
  */
 export const FailSchema: GenMessage<Fail> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 32);
+  messageDesc(file_jobd_v1_jobd, 33);
 
 /**
  * @generated from message jobd.v1.ServerMessage
@@ -1349,7 +1410,7 @@ export type ServerMessage = Message<"jobd.v1.ServerMessage"> & {
  * Use `create(ServerMessageSchema)` to create a new message.
  */
 export const ServerMessageSchema: GenMessage<ServerMessage> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 33);
+  messageDesc(file_jobd_v1_jobd, 34);
 
 /**
  * TouchAck answers a Touch: the attempt's deadline now, or `stale`.
@@ -1383,7 +1444,7 @@ export type TouchAck = Message<"jobd.v1.TouchAck"> & {
  * Use `create(TouchAckSchema)` to create a new message.
  */
 export const TouchAckSchema: GenMessage<TouchAck> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 34);
+  messageDesc(file_jobd_v1_jobd, 35);
 
 /**
  * @generated from message jobd.v1.Welcome
@@ -1407,7 +1468,7 @@ export type Welcome = Message<"jobd.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 35);
+  messageDesc(file_jobd_v1_jobd, 36);
 
 /**
  * Assign hands one attempt of a job to the worker.
@@ -1460,7 +1521,7 @@ export type Assign = Message<"jobd.v1.Assign"> & {
  * Use `create(AssignSchema)` to create a new message.
  */
 export const AssignSchema: GenMessage<Assign> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 36);
+  messageDesc(file_jobd_v1_jobd, 37);
 
 /**
  * CancelJob tells the worker to stop an attempt (cancelled, timed out).
@@ -1489,7 +1550,7 @@ export type CancelJob = Message<"jobd.v1.CancelJob"> & {
  * Use `create(CancelJobSchema)` to create a new message.
  */
 export const CancelJobSchema: GenMessage<CancelJob> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 37);
+  messageDesc(file_jobd_v1_jobd, 38);
 
 /**
  * ReportAck answers every Complete and Fail, once the outcome is committed
@@ -1524,7 +1585,7 @@ export type ReportAck = Message<"jobd.v1.ReportAck"> & {
  * Use `create(ReportAckSchema)` to create a new message.
  */
 export const ReportAckSchema: GenMessage<ReportAck> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 38);
+  messageDesc(file_jobd_v1_jobd, 39);
 
 /**
  * Drain: jobd is shutting down; report what you hold before the deadline.
@@ -1543,7 +1604,7 @@ export type Drain = Message<"jobd.v1.Drain"> & {
  * Use `create(DrainSchema)` to create a new message.
  */
 export const DrainSchema: GenMessage<Drain> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 39);
+  messageDesc(file_jobd_v1_jobd, 40);
 
 /**
  * @generated from message jobd.v1.ListSchedulesRequest
@@ -1556,7 +1617,7 @@ export type ListSchedulesRequest = Message<"jobd.v1.ListSchedulesRequest"> & {
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 40);
+  messageDesc(file_jobd_v1_jobd, 41);
 
 /**
  * @generated from message jobd.v1.ListSchedulesResponse
@@ -1573,7 +1634,7 @@ export type ListSchedulesResponse = Message<"jobd.v1.ListSchedulesResponse"> & {
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 41);
+  messageDesc(file_jobd_v1_jobd, 42);
 
 /**
  * @generated from message jobd.v1.ScheduleStatus
@@ -1626,7 +1687,7 @@ export type ScheduleStatus = Message<"jobd.v1.ScheduleStatus"> & {
  * Use `create(ScheduleStatusSchema)` to create a new message.
  */
 export const ScheduleStatusSchema: GenMessage<ScheduleStatus> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 42);
+  messageDesc(file_jobd_v1_jobd, 43);
 
 /**
  * @generated from message jobd.v1.TriggerScheduleRequest
@@ -1643,7 +1704,7 @@ export type TriggerScheduleRequest = Message<"jobd.v1.TriggerScheduleRequest"> &
  * Use `create(TriggerScheduleRequestSchema)` to create a new message.
  */
 export const TriggerScheduleRequestSchema: GenMessage<TriggerScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 43);
+  messageDesc(file_jobd_v1_jobd, 44);
 
 /**
  * @generated from message jobd.v1.TriggerScheduleResponse
@@ -1660,7 +1721,7 @@ export type TriggerScheduleResponse = Message<"jobd.v1.TriggerScheduleResponse">
  * Use `create(TriggerScheduleResponseSchema)` to create a new message.
  */
 export const TriggerScheduleResponseSchema: GenMessage<TriggerScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 44);
+  messageDesc(file_jobd_v1_jobd, 45);
 
 /**
  * @generated from message jobd.v1.PauseScheduleRequest
@@ -1677,7 +1738,7 @@ export type PauseScheduleRequest = Message<"jobd.v1.PauseScheduleRequest"> & {
  * Use `create(PauseScheduleRequestSchema)` to create a new message.
  */
 export const PauseScheduleRequestSchema: GenMessage<PauseScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 45);
+  messageDesc(file_jobd_v1_jobd, 46);
 
 /**
  * @generated from message jobd.v1.PauseScheduleResponse
@@ -1694,7 +1755,7 @@ export type PauseScheduleResponse = Message<"jobd.v1.PauseScheduleResponse"> & {
  * Use `create(PauseScheduleResponseSchema)` to create a new message.
  */
 export const PauseScheduleResponseSchema: GenMessage<PauseScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 46);
+  messageDesc(file_jobd_v1_jobd, 47);
 
 /**
  * @generated from message jobd.v1.ResumeScheduleRequest
@@ -1711,7 +1772,7 @@ export type ResumeScheduleRequest = Message<"jobd.v1.ResumeScheduleRequest"> & {
  * Use `create(ResumeScheduleRequestSchema)` to create a new message.
  */
 export const ResumeScheduleRequestSchema: GenMessage<ResumeScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 47);
+  messageDesc(file_jobd_v1_jobd, 48);
 
 /**
  * @generated from message jobd.v1.ResumeScheduleResponse
@@ -1728,7 +1789,7 @@ export type ResumeScheduleResponse = Message<"jobd.v1.ResumeScheduleResponse"> &
  * Use `create(ResumeScheduleResponseSchema)` to create a new message.
  */
 export const ResumeScheduleResponseSchema: GenMessage<ResumeScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 48);
+  messageDesc(file_jobd_v1_jobd, 49);
 
 /**
  * @generated from message jobd.v1.PauseKindRequest
@@ -1745,7 +1806,7 @@ export type PauseKindRequest = Message<"jobd.v1.PauseKindRequest"> & {
  * Use `create(PauseKindRequestSchema)` to create a new message.
  */
 export const PauseKindRequestSchema: GenMessage<PauseKindRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 49);
+  messageDesc(file_jobd_v1_jobd, 50);
 
 /**
  * @generated from message jobd.v1.PauseKindResponse
@@ -1762,7 +1823,7 @@ export type PauseKindResponse = Message<"jobd.v1.PauseKindResponse"> & {
  * Use `create(PauseKindResponseSchema)` to create a new message.
  */
 export const PauseKindResponseSchema: GenMessage<PauseKindResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 50);
+  messageDesc(file_jobd_v1_jobd, 51);
 
 /**
  * @generated from message jobd.v1.ResumeKindRequest
@@ -1779,7 +1840,7 @@ export type ResumeKindRequest = Message<"jobd.v1.ResumeKindRequest"> & {
  * Use `create(ResumeKindRequestSchema)` to create a new message.
  */
 export const ResumeKindRequestSchema: GenMessage<ResumeKindRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 51);
+  messageDesc(file_jobd_v1_jobd, 52);
 
 /**
  * @generated from message jobd.v1.ResumeKindResponse
@@ -1796,7 +1857,7 @@ export type ResumeKindResponse = Message<"jobd.v1.ResumeKindResponse"> & {
  * Use `create(ResumeKindResponseSchema)` to create a new message.
  */
 export const ResumeKindResponseSchema: GenMessage<ResumeKindResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 52);
+  messageDesc(file_jobd_v1_jobd, 53);
 
 /**
  * @generated from message jobd.v1.ListKindsRequest
@@ -1809,7 +1870,7 @@ export type ListKindsRequest = Message<"jobd.v1.ListKindsRequest"> & {
  * Use `create(ListKindsRequestSchema)` to create a new message.
  */
 export const ListKindsRequestSchema: GenMessage<ListKindsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 53);
+  messageDesc(file_jobd_v1_jobd, 54);
 
 /**
  * @generated from message jobd.v1.ListKindsResponse
@@ -1826,7 +1887,7 @@ export type ListKindsResponse = Message<"jobd.v1.ListKindsResponse"> & {
  * Use `create(ListKindsResponseSchema)` to create a new message.
  */
 export const ListKindsResponseSchema: GenMessage<ListKindsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 54);
+  messageDesc(file_jobd_v1_jobd, 55);
 
 /**
  * KindStatus is one kind as this instance sees it; the job counts come
@@ -1893,7 +1954,7 @@ export type KindStatus = Message<"jobd.v1.KindStatus"> & {
  * Use `create(KindStatusSchema)` to create a new message.
  */
 export const KindStatusSchema: GenMessage<KindStatus> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 55);
+  messageDesc(file_jobd_v1_jobd, 56);
 
 /**
  * @generated from message jobd.v1.RetryJobsRequest
@@ -1932,7 +1993,7 @@ export type RetryJobsRequest = Message<"jobd.v1.RetryJobsRequest"> & {
  * Use `create(RetryJobsRequestSchema)` to create a new message.
  */
 export const RetryJobsRequestSchema: GenMessage<RetryJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 56);
+  messageDesc(file_jobd_v1_jobd, 57);
 
 /**
  * RetryFilter selects finished jobs to retry; every field set must match.
@@ -1979,7 +2040,7 @@ export type RetryFilter = Message<"jobd.v1.RetryFilter"> & {
  * Use `create(RetryFilterSchema)` to create a new message.
  */
 export const RetryFilterSchema: GenMessage<RetryFilter> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 57);
+  messageDesc(file_jobd_v1_jobd, 58);
 
 /**
  * @generated from message jobd.v1.RetryJobsResponse
@@ -2026,7 +2087,7 @@ export type RetryJobsResponse = Message<"jobd.v1.RetryJobsResponse"> & {
  * Use `create(RetryJobsResponseSchema)` to create a new message.
  */
 export const RetryJobsResponseSchema: GenMessage<RetryJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 58);
+  messageDesc(file_jobd_v1_jobd, 59);
 
 /**
  * @generated from message jobd.v1.RetrySkipped
@@ -2048,7 +2109,7 @@ export type RetrySkipped = Message<"jobd.v1.RetrySkipped"> & {
  * Use `create(RetrySkippedSchema)` to create a new message.
  */
 export const RetrySkippedSchema: GenMessage<RetrySkipped> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 59);
+  messageDesc(file_jobd_v1_jobd, 60);
 
 /**
  * @generated from message jobd.v1.ListWorkersRequest
@@ -2067,7 +2128,7 @@ export type ListWorkersRequest = Message<"jobd.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 60);
+  messageDesc(file_jobd_v1_jobd, 61);
 
 /**
  * @generated from message jobd.v1.ListWorkersResponse
@@ -2084,7 +2145,7 @@ export type ListWorkersResponse = Message<"jobd.v1.ListWorkersResponse"> & {
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 61);
+  messageDesc(file_jobd_v1_jobd, 62);
 
 /**
  * WorkerSession is one connected worker process.
@@ -2149,7 +2210,7 @@ export type WorkerSession = Message<"jobd.v1.WorkerSession"> & {
  * Use `create(WorkerSessionSchema)` to create a new message.
  */
 export const WorkerSessionSchema: GenMessage<WorkerSession> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 62);
+  messageDesc(file_jobd_v1_jobd, 63);
 
 /**
  * JobState is where a job is in its life.

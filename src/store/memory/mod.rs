@@ -18,6 +18,8 @@ use super::{
 };
 use crate::job::{now_micros, Job, JobState, Micros, NewJob};
 
+mod deps;
+
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     closed: AtomicBool,
@@ -173,52 +175,26 @@ impl Inner {
             .sum()
     }
 
-    /// Each parent's id and state; `None` when one does not exist.
-    fn parent_states(&self, parents: &[Uuid]) -> Option<Vec<(Uuid, JobState)>> {
-        parents
-            .iter()
-            .map(|p| self.jobs.get(p).map(|e| (*p, e.job.state)))
-            .collect()
-    }
-
-    /// `job` just became terminal: its WAITING children move (released,
-    /// cancelled, or one parent fewer), and so on down the graph.
-    fn ended(&mut self, job: &Job, now: Micros) {
-        let mut ended = vec![(job.id, job.state)];
-        while let Some((parent, state)) = ended.pop() {
-            let children = self.children.get(&parent).cloned().unwrap_or_default();
-            for child in children {
-                let waits = self
-                    .jobs
-                    .get(&child)
-                    .is_some_and(|e| e.job.state == JobState::Waiting);
-                if !waits {
-                    continue;
+    /// An attempt's outcome, if it still holds the job; a terminal one
+    /// moves the job's children.
+    fn finish(
+        &mut self,
+        id: Uuid,
+        attempt: u32,
+        outcome: Outcome,
+        now: Micros,
+        worker: &str,
+    ) -> Option<Job> {
+        match self.update(id, |j| {
+            transition::finish_on(j, attempt, outcome, now, worker)
+        }) {
+            Some((true, job)) => {
+                if job.state.is_terminal() {
+                    self.ended(&job, now);
                 }
-                let moved =
-                    self.update(child, |c| super::deps::parent_ended(c, parent, state, now));
-                if let Some((true, c)) = moved {
-                    if c.state.is_terminal() {
-                        ended.push((c.id, c.state));
-                    }
-                    let prev = JobState::Waiting;
-                    self.moved.push(super::deps::Moved { prev, job: c });
-                }
+                Some(job)
             }
-        }
-    }
-
-    /// `job` left a terminal state (RetryJobs): children that still wait
-    /// count it as unfinished again.
-    fn reopened(&mut self, id: Uuid) {
-        for child in self.children.get(&id).cloned().unwrap_or_default() {
-            if let Some(e) = self
-                .jobs
-                .get_mut(&child)
-                .filter(|e| e.job.state == JobState::Waiting)
-            {
-                e.job.waiting_on += 1;
-            }
+            _ => None,
         }
     }
 
@@ -424,18 +400,18 @@ impl Store for MemoryStore {
         outcome: Outcome,
         now: Micros,
     ) -> Result<Option<Job>, StoreError> {
+        Ok(self.lock()?.finish(id, attempt, outcome, now, ""))
+    }
+
+    async fn finish_many(
+        &self,
+        items: Vec<super::Finish>,
+    ) -> Result<super::FinishResults, StoreError> {
         let mut g = self.lock()?;
-        Ok(
-            match g.update(id, |j| transition::finish(j, attempt, outcome, now)) {
-                Some((true, job)) => {
-                    if job.state.is_terminal() {
-                        g.ended(&job, now);
-                    }
-                    Some(job)
-                }
-                _ => None,
-            },
-        )
+        Ok(items
+            .into_iter()
+            .map(|f| Ok(g.finish(f.id, f.attempt, f.outcome, f.now, &f.worker)))
+            .collect())
     }
 
     async fn cancel(&self, id: Uuid, now: Micros) -> Result<CancelOutcome, StoreError> {
