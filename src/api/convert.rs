@@ -89,9 +89,11 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
                 worker: a.worker.clone(),
             })
             .collect(),
-        on_dependency_failure: match j.on_parent_failure {
-            crate::job::ParentFailure::Cancel => proto::DependencyFailure::Cancel,
-            crate::job::ParentFailure::Run => proto::DependencyFailure::Run,
+        // Unset for a job without parents (nothing to say).
+        on_dependency_failure: match (j.parents.is_empty(), j.on_parent_failure) {
+            (true, _) => proto::DependencyFailure::Unspecified,
+            (false, crate::job::ParentFailure::Cancel) => proto::DependencyFailure::Cancel,
+            (false, crate::job::ParentFailure::Run) => proto::DependencyFailure::Run,
         } as i32,
     }
 }
