@@ -213,6 +213,17 @@ async fn start_daemon(config: &str) -> Daemon {
         Some(admin_listener),
         shutdown.clone(),
     ));
+    // As a reader waits for "jobd serving": the first sample must not race
+    // the start (recovery, migrations), which would change what it prints.
+    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let t0 = Instant::now();
+    while crate::helpers::http_get(admin_addr, "/readyz").await.0 != 200 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "sample daemon never ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Daemon {
         doc_port: port_of(config, "listen", DOC_PORT),
         port,
