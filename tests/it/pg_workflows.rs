@@ -1,1 +1,0 @@
-//! Local stub: main registers this module but has not committed the file yet.
