@@ -50,6 +50,7 @@ named! {
     p::JobEvent => "jobd.v1.JobEvent",
     p::LogLine => "jobd.v1.LogLine",
     p::GetLogsResponse => "jobd.v1.GetLogsResponse",
+    p::GetJobGraphResponse => "jobd.v1.GetJobGraphResponse",
     p::WatchJobsRequest => "jobd.v1.WatchJobsRequest",
     p::WatchJobsResponse => "jobd.v1.WatchJobsResponse",
     p::RetryJobsRequest => "jobd.v1.RetryJobsRequest",
@@ -363,7 +364,8 @@ pub fn bad_body(description: String) -> Status {
     .into()
 }
 
-fn bad_query(key: &str, description: &str) -> Status {
+/// A query parameter refused: 400 with a BadRequest naming `query.{key}`.
+pub fn bad_query(key: &str, description: &str) -> Status {
     ApiError::InvalidArgument(vec![Violation {
         field: format!("query.{key}"),
         description: description.into(),

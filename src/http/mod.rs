@@ -238,6 +238,7 @@ impl HttpApi {
                 Ok(self.sse(stream, |e: &proto::JobEvent| e.sequence))
             }
             Route::Logs(id) => self.logs(jobs, &grpc, id, query).await,
+            Route::Graph(id) => self.graph(jobs, &grpc, id, query).await,
             Route::AllEvents => {
                 let mut m: proto::WatchJobsRequest = self.json.from_query(query)?;
                 if let Some(after) = last_event_id(&parts.headers)? {
@@ -360,12 +361,6 @@ impl HttpApi {
         Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
     }
 
-    /// A watch stream as server-sent events: `id:` is the event's resume
-    /// position (WatchStatus' sequence, WatchJobs' position), so a
-    /// browser's EventSource resumes by itself; `data:` the message. A
-    /// stream that ends with an error (drain, a stalled reader, a resume
-    /// position too old) sends it as an `error` event with the status JSON,
-    /// then ends.
     /// `GET /v1/jobs/{id}/logs?after=&limit=` (GetLogs, JSON), or with
     /// `follow=true` the lines as server-sent events (WatchLogs; `id:` is
     /// the line's seq, and `Last-Event-ID` resumes).
@@ -400,6 +395,36 @@ impl HttpApi {
         self.reply(jobs.get_logs(grpc.request(m)).await?.get_ref())
     }
 
+    /// `GET /v1/jobs/{id}/graph?depth=N` (GetJobGraph): `depth` a number
+    /// (absent or 0: the default), no other parameter.
+    async fn graph(
+        &self,
+        jobs: &JobApi,
+        grpc: &GrpcParts<'_>,
+        id: String,
+        query: &str,
+    ) -> Result<Response, HttpError> {
+        let mut depth = 0;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "depth" => {
+                    depth = v.parse().map_err(|_| {
+                        json::bad_query(&k, &format!("expected a number of steps, got {v:?}"))
+                    })?;
+                }
+                _ => return Err(json::bad_query(&k, "unknown query parameter").into()),
+            }
+        }
+        let m = proto::GetJobGraphRequest { id, depth };
+        self.reply(jobs.get_job_graph(grpc.request(m)).await?.get_ref())
+    }
+
+    /// A watch stream as server-sent events: `id:` is the event's resume
+    /// position (WatchStatus' sequence, WatchJobs' position), so a
+    /// browser's EventSource resumes by itself; `data:` the message. A
+    /// stream that ends with an error (drain, a stalled reader, a resume
+    /// position too old) sends it as an `error` event with the status JSON,
+    /// then ends.
     fn sse<S, M>(&self, stream: S, position: fn(&M) -> u64) -> Response
     where
         S: futures_util::Stream<Item = Result<M, Status>> + Send + 'static,

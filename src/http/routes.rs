@@ -18,6 +18,8 @@ pub(super) enum Route {
     Cancel(String),
     Events(String),
     Logs(String),
+    /// `GET /v1/jobs/{id}/graph?depth=N`: GetJobGraph.
+    Graph(String),
     AllEvents,
     Retry,
     Kinds,
@@ -55,6 +57,7 @@ impl Route {
             Route::Events(_) => "/jobd.v1.JobService/WatchStatus",
             // `?follow=true` calls WatchLogs: the same roles.
             Route::Logs(_) => "/jobd.v1.JobService/GetLogs",
+            Route::Graph(_) => "/jobd.v1.JobService/GetJobGraph",
             Route::AllEvents => "/jobd.v1.JobService/WatchJobs",
             Route::Retry => "/jobd.v1.AdminService/RetryJobs",
             Route::Kinds => "/jobd.v1.AdminService/ListKinds",
@@ -159,6 +162,9 @@ pub(super) fn route(method: &Method, path: &str) -> Result<Route, Miss> {
         }
         ["jobs", id, "logs"] if !id.is_empty() && !id.contains(':') => {
             pick(Some(Route::Logs(id.to_string())), None)
+        }
+        ["jobs", id, "graph"] if !id.is_empty() && !id.contains(':') => {
+            pick(Some(Route::Graph(id.to_string())), None)
         }
         ["events"] => pick(Some(Route::AllEvents), None),
         ["kinds"] => pick(Some(Route::Kinds), None),

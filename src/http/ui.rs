@@ -1,6 +1,7 @@
-//! The dashboard at `/ui/`: four static files (page, script, style, icon) embedded in the binary (no
-//! CDN, no build step). The page calls the same `/v1/` routes with the
-//! user's token, so it can do exactly what that token may.
+//! The dashboard at `/ui/`: five static files (page, two scripts, style,
+//! icon) embedded in the binary (no CDN, no build step). The page calls the
+//! same `/v1/` routes with the user's token, so it can do exactly what that
+//! token may.
 //!
 //! It shows user data (payloads, results, errors), so it puts every value
 //! in the page as text, never as HTML, and the CSP below forbids inline
@@ -36,6 +37,11 @@ const ASSETS: &[Asset] = &[
         name: "app.js",
         content_type: "text/javascript; charset=utf-8",
         body: include_str!("ui/app.js"),
+    },
+    Asset {
+        name: "graph.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_str!("ui/graph.js"),
     },
     Asset {
         name: "app.css",

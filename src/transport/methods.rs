@@ -87,7 +87,11 @@ pub const RPCS: &[Rpc] = &[
         &["GET /v1/jobs/{id}/logs"],
     ),
     rpc("/jobd.v1.JobService/WatchLogs", Roles(READ), &[]),
-    rpc("/jobd.v1.JobService/GetJobGraph", Roles(READ), &[]),
+    rpc(
+        "/jobd.v1.JobService/GetJobGraph",
+        Roles(READ),
+        &["GET /v1/jobs/{id}/graph"],
+    ),
     rpc("/jobd.v1.WorkerService/Connect", Roles(WORKER), &[]),
     rpc(
         "/jobd.v1.AdminService/ListWorkers",

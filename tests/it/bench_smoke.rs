@@ -128,7 +128,7 @@ async fn bench_progress_runs() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = v.as_array().unwrap();
-    assert_eq!(rows.len(), 2, "{v}");
+    assert_eq!(rows.len(), 3, "{v}");
     assert_eq!(rows[1]["scenario"], "drain+progress", "{v}");
     assert!(rows[1]["ratio_to_baseline"].as_f64().unwrap() > 0.0, "{v}");
     let mut c = d.client().await;

@@ -2,7 +2,8 @@
 //! (chromedriver, plain HTTP + JSON). Jobs are submitted over gRPC and must
 //! show up and finish on an open page without a reload; a FAILED job is
 //! retried by a click and succeeds; a kind is paused by a click; a payload
-//! holding `<script>` is shown as text. Screenshots go to
+//! holding `<script>` is shown as text; a job page draws its workflow
+//! graph and redraws it when a parent finishes. Screenshots go to
 //! `$JOBD_SCREENSHOT_DIR` (default: the test's target dir).
 //!
 //! Needs `chromium` and `chromedriver` (Debian: chromium, chromium-driver;
@@ -431,9 +432,13 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
     assert_eq!(b.text_of("#job-result").await, "<script>alert(1)</script>");
     assert_eq!(b.text_of("#job-payload").await, "<script>alert(1)</script>");
     let scripts = b
-        .script("return document.querySelectorAll('script').length")
+        .script("return [...document.querySelectorAll('script')].map((s) => s.getAttribute('src'))")
         .await;
-    assert_eq!(scripts, 1, "only the page's own script");
+    assert_eq!(
+        scripts,
+        json!(["graph.js", "app.js"]),
+        "only the page's own scripts"
+    );
     assert_eq!(
         b.call(reqwest::Method::GET, "/alert/text", None).await,
         Err("no such alert".to_string())
@@ -543,4 +548,161 @@ async fn state_of(
     id: &str,
 ) -> proto::JobState {
     state(&status(c, id).await)
+}
+
+/// A workflow for the job page's graph: `extract` runs until the test
+/// creates `{dir}/go`; the others finish at once.
+const GRAPH_KINDS: &str = r#"
+[kinds.extract]
+handler = "command"
+command = ["sh", "-c", "while [ ! -e {dir}/go ]; do sleep 0.05; done; echo extracted"]
+
+[kinds.download]
+handler = "echo"
+
+[kinds.transform]
+handler = "echo"
+
+[kinds.report]
+handler = "echo"
+
+[kinds.notify]
+handler = "echo"
+"#;
+
+/// The job page draws the job's graph (parents above, children below,
+/// nodes linking to their pages, coloured by state), and redraws it live
+/// when a parent finishes, which is no event of the page's job.
+#[tokio::test]
+async fn job_page_draws_the_workflow_graph() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let d = start_with("", GRAPH_KINDS).await;
+    let ui = format!("{}/ui/", d.url());
+    let mut grpc = d.client().await;
+    // `download` has finished before the rest is submitted: `transform`
+    // waits on `extract` alone.
+    let download = submit(&mut grpc, req("download", "")).await;
+    wait_terminal(&mut grpc, &download.id).await;
+    let jobs = crate::workflows::batch(
+        &mut grpc,
+        vec![
+            req("extract", ""),
+            crate::workflows::dep("transform", &["$0", download.id.as_str()], false),
+            crate::workflows::dep("report", &["$1"], false),
+            crate::workflows::dep("notify", &["$1"], true),
+        ],
+    )
+    .await;
+    let [extract, transform, report, notify] = &jobs[..] else {
+        unreachable!()
+    };
+    let node =
+        |id: &str, state: &str| format!("#job-graph a.node[data-id='{id}'][data-state='{state}']");
+    b.goto(&format!("{ui}#/job/{}", transform.id)).await;
+    b.wait_for(&node(&extract.id, "running")).await;
+    b.wait_for(&node(&transform.id, "waiting")).await;
+    let shape = b
+        .script(
+            "const s = document.getElementById('job-graph-svg'); \
+             const top = (id) => Number(s.querySelector(`a.node[data-id='${id}'] rect`).getAttribute('y')); \
+             return { nodes: s.querySelectorAll('a.node').length, \
+               edges: [...s.querySelectorAll('path.edge')].map((e) => e.dataset.parent + '>' + e.dataset.child).sort(), \
+               self: s.querySelector('a.node.self').dataset.id, \
+               links: [...s.querySelectorAll('a.node')].map((a) => a.getAttribute('href')).sort(), \
+               y: Object.fromEntries([...s.querySelectorAll('a.node')].map((a) => [a.dataset.id, top(a.dataset.id)])) };",
+        )
+        .await;
+    assert_eq!(shape["nodes"], 5, "{shape}");
+    let mut edges = vec![
+        format!("{}>{}", extract.id, transform.id),
+        format!("{}>{}", download.id, transform.id),
+        format!("{}>{}", transform.id, report.id),
+        format!("{}>{}", transform.id, notify.id),
+    ];
+    edges.sort();
+    assert_eq!(shape["edges"], json!(edges), "{shape}");
+    assert_eq!(shape["self"], transform.id.as_str(), "{shape}");
+    let mut links: Vec<String> = [
+        &download.id,
+        &extract.id,
+        &transform.id,
+        &report.id,
+        &notify.id,
+    ]
+    .iter()
+    .map(|id| format!("#/job/{id}"))
+    .collect();
+    links.sort();
+    assert_eq!(shape["links"], json!(links), "{shape}");
+    // Parents above the job, children below it.
+    let y = |id: &str| shape["y"][id].as_f64().unwrap();
+    assert_eq!(y(&extract.id), y(&download.id), "{shape}");
+    assert!(y(&extract.id) < y(&transform.id), "{shape}");
+    assert!(y(&transform.id) < y(&report.id), "{shape}");
+    assert_eq!(y(&report.id), y(&notify.id), "{shape}");
+    // The job's own fields: what it waits for, what a failure does.
+    assert_eq!(
+        b.text_of("dd[data-field='waiting on']").await,
+        "1 of 2 parents"
+    );
+    assert!(b
+        .text_of("dd[data-field='on parent failure']")
+        .await
+        .starts_with("cancelled"));
+    let fill = |id: &str| {
+        format!(
+            "return getComputedStyle(document.querySelector(\"#job-graph a.node[data-id='{id}'] rect\")).fill"
+        )
+    };
+    let running = b.script(&fill(&extract.id)).await;
+    let succeeded = b.script(&fill(&download.id)).await;
+    assert_ne!(running, succeeded);
+    // Tall enough for the whole graph under the job's fields.
+    b.call(
+        reqwest::Method::POST,
+        "/window/rect",
+        Some(json!({"width": 1400, "height": 1100})),
+    )
+    .await
+    .unwrap();
+    b.screenshot("dashboard-job-graph").await;
+
+    // The parent finishes: its node turns to succeeded (colour and text),
+    // and the job and its children follow, without a reload.
+    let loaded = b.script("return performance.timeOrigin").await;
+    std::fs::write(d.dir.path().join("go"), "").unwrap();
+    b.wait_for(&node(&extract.id, "succeeded")).await;
+    assert_eq!(b.script(&fill(&extract.id)).await, succeeded);
+    let sub = format!("#job-graph a.node[data-id='{}'] text.sub", extract.id);
+    assert!(b.text_of(&sub).await.starts_with("succeeded"));
+    for j in [transform, report, notify] {
+        b.wait_for(&node(&j.id, "succeeded")).await;
+    }
+    assert_eq!(b.text_of("dd[data-field='state']").await, "succeeded");
+    assert!(b.find("dd[data-field='waiting on']").await.is_none());
+    assert_eq!(b.script("return performance.timeOrigin").await, loaded);
+
+    // A node is a link to its job's page, which draws the graph from there.
+    b.click(&format!("#job-graph a.node[data-id='{}']", report.id))
+        .await;
+    b.wait_for(&format!("#job-graph a.node.self[data-id='{}']", report.id))
+        .await;
+    // The jobs list filters by WAITING too; a job in no workflow shows no
+    // graph.
+    b.goto(&format!("{ui}#/jobs")).await;
+    b.wait_for("#filter-state option[value='waiting']").await;
+    let lone = submit(&mut grpc, req("download", "")).await;
+    b.goto(&format!("{ui}#/job/{}", lone.id)).await;
+    b.wait_for("#job-graph-slot[data-jobs='1']").await;
+    assert!(b.find("#job-graph").await.is_none());
+    let _ = b
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/session/{}", b.session),
+            None,
+        )
+        .await;
+    d.stop().await;
 }

@@ -1098,6 +1098,7 @@ async fn dashboard_files_are_embedded_with_a_strict_csp() {
         ("/ui/", "text/html", "<script src=\"app.js\""),
         ("/ui/index.html", "text/html", "<main id=\"main\">"),
         ("/ui/app.js", "text/javascript", "textContent"),
+        ("/ui/graph.js", "text/javascript", "createElementNS"),
         ("/ui/app.css", "text/css", ".state"),
     ] {
         let r = get(path).await.unwrap();
@@ -1116,8 +1117,10 @@ async fn dashboard_files_are_embedded_with_a_strict_csp() {
         assert!(body.contains(has), "{path}");
     }
     // The page never builds HTML from data.
-    let js = get("/ui/app.js").await.unwrap().text().await.unwrap();
-    assert!(!js.contains("innerHTML") && !js.contains("insertAdjacentHTML"));
+    for script in ["/ui/app.js", "/ui/graph.js"] {
+        let js = get(script).await.unwrap().text().await.unwrap();
+        assert!(!js.contains("innerHTML") && !js.contains("insertAdjacentHTML"));
+    }
     let r = get("/ui/secret.txt").await.unwrap();
     assert_eq!(r.status(), 404);
     // The data still needs the token.

@@ -23,6 +23,7 @@ mod hostile_files;
 mod hostile_workers;
 mod http_api;
 mod interop;
+mod job_graph;
 mod limits;
 mod long_running;
 mod operations;

@@ -7,11 +7,21 @@
     job = client.wait(job.id, timeout=60)
     job.state == "SUCCEEDED"
 
+    # A workflow: parents and a callback that runs after all of them
+    # ("$N": entry N of the same batch) and receives their results.
+    client.submit_batch([jobd.Submit("fetch", u) for u in urls]
+                        + [jobd.Submit("report", depends_on=[f"${i}" for i in range(len(urls))],
+                                       on_dependency_failure="run")])
+
     worker = jobd.Worker("127.0.0.1:50051", max_in_flight=8)
 
     @worker.task("resize")
     def resize(ctx: jobd.Context, payload: bytes):
         return {"ok": True}
+
+    @worker.task("report")
+    def report(ctx: jobd.Context, payload: bytes):
+        return [p.json() for p in ctx.parents]     # parents' results, in depends_on order
 
     worker.run()
 
@@ -43,10 +53,14 @@ from .errors import (
 )
 from .types import (
     Job,
+    JobAttempt,
     JobChange,
+    JobEdge,
     JobEvent,
+    JobGraph,
     KindStatus,
     LogLine,
+    ParentResult,
     Progress,
     RetryResult,
     State,
@@ -68,8 +82,12 @@ __all__ = [
     "TLS",
     "State",
     "Job",
+    "JobAttempt",
     "JobEvent",
     "JobChange",
+    "JobGraph",
+    "JobEdge",
+    "ParentResult",
     "Submit",
     "SubmitResult",
     "RetryResult",

@@ -6,7 +6,8 @@
         async for event in client.watch(job.id): ...
         async for j in client.list(kind="resize", state="FAILED"): ...
 
-Every method has the sync client's arguments and meaning; the streams
+Every method has the sync client's arguments and meaning (`submit` with
+`depends_on`, `graph`, ...); the streams
 (`watch`, `watch_jobs`, `list`, `logs`) are async iterators.
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ from .client import (
     _submit_request,
 )
 from .errors import JobdError, ResourceExhausted, Timeout, error_from_rpc
-from .types import Job, JobChange, JobEvent, KindStatus, LogLine, Payload, RetryResult, State, Submit, SubmitResult, WorkerSession
+from .types import Job, JobChange, JobEvent, JobGraph, KindStatus, LogLine, Payload, RetryResult, State, Submit, SubmitResult, WorkerSession
 from .v1 import jobd_pb2 as pb
 from .v1 import jobd_pb2_grpc
 
@@ -106,10 +107,15 @@ class Client:
         ordering_key: Optional[str] = None,
         max_attempts: int = 0,
         timeout: Optional[float] = None,
+        depends_on: Optional[Iterable[Union[str, Job]]] = None,
+        on_dependency_failure: Optional[str] = None,
         retries: Optional[int] = None,
     ) -> Job:
         """See `jobd.Client.submit`."""
-        req = _submit_request(kind, payload, key, priority, delay, run_at, labels, ordering_key, max_attempts, timeout)
+        req = _submit_request(
+            kind, payload, key, priority, delay, run_at, labels, ordering_key, max_attempts, timeout,
+            depends_on, on_dependency_failure,
+        )
         reply = await self._with_retries(self._jobs.Submit, req, retries)
         return Job.from_proto(reply.job, reply.deduplicated)
 
@@ -122,6 +128,11 @@ class Client:
 
     async def get(self, id: str) -> Job:
         return Job.from_proto((await self._call(self._jobs.GetStatus, pb.GetStatusRequest(id=id))).job)
+
+    async def graph(self, id: str, *, depth: int = 0) -> JobGraph:
+        """See `jobd.Client.graph`."""
+        reply = await self._call(self._jobs.GetJobGraph, pb.GetJobGraphRequest(id=id, depth=depth))
+        return JobGraph.from_proto(reply)
 
     async def cancel(self, id: str) -> Job:
         return Job.from_proto((await self._call(self._jobs.Cancel, pb.CancelRequest(id=id))).job)

@@ -14,6 +14,7 @@ from .types import (
     Job,
     JobChange,
     JobEvent,
+    JobGraph,
     KindStatus,
     LogLine,
     Payload,
@@ -56,8 +57,13 @@ def _submit_request(
     ordering_key: Optional[str],
     max_attempts: int,
     timeout: Optional[float],
+    depends_on: Optional[Iterable[Union[str, Job]]],
+    on_dependency_failure: Optional[str],
 ) -> pb.SubmitRequest:
-    return Submit(kind, payload, key, priority, delay, run_at, labels, ordering_key, max_attempts, timeout).to_proto()
+    return Submit(
+        kind, payload, key, priority, delay, run_at, labels, ordering_key, max_attempts, timeout,
+        depends_on, on_dependency_failure,
+    ).to_proto()
 
 
 def _batch_request(entries: Iterable[Union[Submit, pb.SubmitRequest]]) -> pb.SubmitBatchRequest:
@@ -240,6 +246,8 @@ class Client:
         ordering_key: Optional[str] = None,
         max_attempts: int = 0,
         timeout: Optional[float] = None,
+        depends_on: Optional[Iterable[Union[str, Job]]] = None,
+        on_dependency_failure: Optional[str] = None,
         retries: Optional[int] = None,
     ) -> Job:
         """Submits one job; returns it once it is durable in jobd's store.
@@ -251,8 +259,18 @@ class Client:
         Unix time): not before then. `max_attempts` 0 and `timeout` None
         (seconds per attempt) take the kind's defaults. RESOURCE_EXHAUSTED
         is retried after jobd's RetryInfo delay, at most `retries` times
-        (default: the client's, 3)."""
-        req = _submit_request(kind, payload, key, priority, delay, run_at, labels, ordering_key, max_attempts, timeout)
+        (default: the client's, 3).
+
+        `depends_on`: jobs (ids, or Jobs) this one waits for: it is WAITING
+        until every one is terminal, and its attempts receive their results
+        (`ctx.parents`). `on_dependency_failure`: when a parent ends FAILED
+        or CANCELLED, "cancel" (the default: this job is CANCELLED too) or
+        "run" (it runs anyway, once every parent is terminal). An unknown
+        parent id is InvalidArgument."""
+        req = _submit_request(
+            kind, payload, key, priority, delay, run_at, labels, ordering_key, max_attempts, timeout,
+            depends_on, on_dependency_failure,
+        )
         reply = self._with_retries(self._jobs.Submit, req, retries)
         return Job.from_proto(reply.job, reply.deduplicated)
 
@@ -261,13 +279,25 @@ class Client:
     ) -> List[SubmitResult]:
         """Submits many jobs in one call (one store commit): one result per
         entry, in order, each with `.job` or `.error` (a JobdError). A call
-        refused whole with RESOURCE_EXHAUSTED is retried as `submit` is."""
+        refused whole with RESOURCE_EXHAUSTED is retried as `submit` is.
+
+        An entry's `depends_on` may name an earlier entry as "$N" (its
+        0-based index): a whole graph goes in one atomic call, e.g. parents
+        and a callback `Submit("report", depends_on=["$0", "$1"],
+        on_dependency_failure="run")`."""
         reply = self._with_retries(self._jobs.SubmitBatch, _batch_request(entries), retries)
         return [SubmitResult.from_proto(r) for r in reply.results]
 
     def get(self, id: str) -> Job:
         """The job as it is now. NotFound when there is no such job."""
         return Job.from_proto(self._call(self._jobs.GetStatus, pb.GetStatusRequest(id=id)).job)
+
+    def graph(self, id: str, *, depth: int = 0) -> JobGraph:
+        """The job's ancestors and descendants (`depends_on` edges), up to
+        `depth` steps each way (0: jobd's default, 3; at most 10), at most
+        1,000 jobs: `.jobs` (the job first), `.edges` (`JobEdge(parent,
+        child)`), `.truncated`. NotFound when there is no such job."""
+        return JobGraph.from_proto(self._call(self._jobs.GetJobGraph, pb.GetJobGraphRequest(id=id, depth=depth)))
 
     def cancel(self, id: str) -> Job:
         """Cancels a job: a waiting one at once, a running one is stopped
@@ -309,7 +339,8 @@ class Client:
 
     def wait(self, id: str, timeout: Optional[float] = None) -> Job:
         """Watches the job until it is SUCCEEDED, FAILED or CANCELLED and
-        returns it (whatever the outcome: check `job.state`). Raises
+        returns it (whatever the outcome: check `job.state`; a WAITING job
+        is not finished: it goes on waiting for its parents). Raises
         jobd.Timeout when it is not finished within `timeout` seconds."""
         last: Optional[Job] = None
         try:
@@ -426,7 +457,9 @@ class Client:
     ) -> RetryResult:
         """Puts FAILED or CANCELLED jobs back to QUEUED with their attempts
         reset: the given `ids`, or every job matching the filter (`state`
-        FAILED by default)."""
+        FAILED by default). A job a parent's failure cancelled goes back to
+        WAITING while some parent has not finished (retry the failed parent
+        first, then what it cancelled)."""
         req = _retry_request(ids, state, kind, labels, finished_after, finished_before, dry_run, limit)
         return _retry_result(self._call(self._admin.RetryJobs, req))
 

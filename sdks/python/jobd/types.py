@@ -7,7 +7,7 @@ import enum
 import json as _json
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union, cast
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union, cast
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -17,6 +17,10 @@ from .v1 import jobd_pb2 as pb
 __all__ = [
     "State",
     "Job",
+    "JobAttempt",
+    "JobGraph",
+    "JobEdge",
+    "ParentResult",
     "JobEvent",
     "JobChange",
     "Submit",
@@ -39,6 +43,9 @@ class State(str, enum.Enum):
     """A job's state; compares equal to its name: `job.state == "SUCCEEDED"`."""
 
     UNSPECIFIED = "UNSPECIFIED"
+    #: Some of its parents (`depends_on`) have not finished: not claimed
+    #: until they have. Not terminal.
+    WAITING = "WAITING"
     QUEUED = "QUEUED"
     RUNNING = "RUNNING"
     RETRY_WAIT = "RETRY_WAIT"
@@ -59,8 +66,13 @@ class State(str, enum.Enum):
 
     @classmethod
     def from_proto(cls, value: int) -> "State":
+        """The state of a wire value; UNSPECIFIED for one this SDK does not
+        know (a state added to jobd later)."""
         name = pb.JobState.Name(value) if value in pb.JobState.values() else "JOB_STATE_UNSPECIFIED"
-        return cls(name[len("JOB_STATE_"):])
+        try:
+            return cls(name[len("JOB_STATE_"):])
+        except ValueError:
+            return cls.UNSPECIFIED
 
     @classmethod
     def parse(cls, value: Union["State", str, None]) -> "State":
@@ -82,6 +94,45 @@ class State(str, enum.Enum):
 
 
 _TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
+
+
+def _dependency_failure_to_proto(value: Optional[str]) -> "pb.DependencyFailure":
+    if value is None:
+        return pb.DEPENDENCY_FAILURE_UNSPECIFIED
+    if not isinstance(value, str):
+        raise TypeError(f"on_dependency_failure must be 'cancel' or 'run', not {type(value).__name__}")
+    v = value.lower()
+    if v == "cancel":
+        return pb.DEPENDENCY_FAILURE_CANCEL
+    if v == "run":
+        return pb.DEPENDENCY_FAILURE_RUN
+    raise ValueError(f"on_dependency_failure must be 'cancel' or 'run', not {value!r}")
+
+
+def _dependency_failure_from_proto(value: int, has_parents: bool) -> Optional[str]:
+    if value == pb.DEPENDENCY_FAILURE_RUN:
+        return "run"
+    if value == pb.DEPENDENCY_FAILURE_CANCEL or has_parents:
+        return "cancel"  # UNSPECIFIED with parents: the default
+    return None
+
+
+def _depends_on(value: Any) -> List[str]:
+    """`depends_on` as the ids sent: each a job id, "$N" (an earlier entry
+    of the same batch), or a Job (its id)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"depends_on must be a list of job ids (or \"$N\" batch references), not {type(value).__name__}")
+    out = []
+    for v in value:
+        if isinstance(v, Job):
+            out.append(v.id)
+        elif isinstance(v, str):
+            out.append(v)
+        else:
+            raise TypeError(f"depends_on entries must be job ids (str) or Jobs, not {type(v).__name__}")
+    return out
 
 
 def _time(ts: timestamp_pb2.Timestamp, msg: Any, name: str) -> Optional[_dt.datetime]:
@@ -169,6 +220,83 @@ class LogLine:
 
 
 @dataclass
+class JobAttempt:
+    """One ended attempt of a job (`Job.attempts`, the last 25, oldest first)."""
+
+    attempt: int
+    started_at: Optional[_dt.datetime]
+    finished_at: Optional[_dt.datetime]
+    #: "succeeded", "failed" (no retry), "retried", "lost" (lease or
+    #: daemon), "cancelled" or "requeued" (drain; the attempt did not count).
+    outcome: str
+    #: The attempt's error (at most 1 KiB kept), or "".
+    error: str = ""
+    #: Where it ran: a remote worker's worker_id, "local" for the daemon's
+    #: own handlers, "" when unknown (a lost attempt).
+    worker: str = ""
+
+    @classmethod
+    def from_proto(cls, a: pb.JobAttempt) -> "JobAttempt":
+        return cls(
+            attempt=a.attempt,
+            started_at=_time(a.started_at, a, "started_at"),
+            finished_at=_time(a.finished_at, a, "finished_at"),
+            outcome=a.outcome,
+            error=a.error,
+            worker=a.worker,
+        )
+
+
+@dataclass
+class ParentResult:
+    """One parent's outcome, as a child's attempt receives it (`ctx.parents`)."""
+
+    id: str
+    kind: str
+    #: Terminal: SUCCEEDED, or FAILED / CANCELLED for a child submitted with
+    #: `on_dependency_failure="run"`.
+    state: State
+    #: The parent's result (empty unless SUCCEEDED, or when omitted).
+    result: bytes = b""
+    #: The result was not inlined: a child's attempt receives at most 1 MiB
+    #: of its parents' results in all. Read it with `client.get(id)`.
+    result_omitted: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state is State.SUCCEEDED
+
+    def json(self) -> Any:
+        """The result decoded as JSON; None when it is empty (a parent that
+        did not succeed, or returned nothing). ValueError when the result
+        was omitted (read it with `client.get(id)`)."""
+        self._check_inlined()
+        return _json.loads(self.result) if self.result else None
+
+    def text(self) -> str:
+        """The result decoded as UTF-8."""
+        self._check_inlined()
+        return self.result.decode("utf-8")
+
+    def _check_inlined(self) -> None:
+        if self.result_omitted:
+            raise ValueError(
+                f"the result of parent {self.id} was not inlined (over the 1 MiB of parents' results an "
+                "attempt receives): read it with client.get(id)"
+            )
+
+    @classmethod
+    def from_proto(cls, p: pb.ParentResult) -> "ParentResult":
+        return cls(
+            id=p.id,
+            kind=p.kind,
+            state=State.from_proto(p.state),
+            result=bytes(p.result),
+            result_omitted=p.result_omitted,
+        )
+
+
+@dataclass
 class Job:
     """A snapshot of one job."""
 
@@ -202,6 +330,16 @@ class Job:
     #: Size in bytes of the checkpoint an attempt saved (`ctx.touch(checkpoint=...)`),
     #: handed to the next attempt as `ctx.checkpoint`; 0 for none.
     checkpoint_size: int = 0
+    #: The jobs this one depends on (`depends_on`), in that order.
+    parent_ids: List[str] = field(default_factory=list)
+    #: How many of them have not finished yet (WAITING while above 0).
+    waiting_on: int = 0
+    #: "cancel" or "run" for a job with parents (`on_dependency_failure`);
+    #: None for a job without.
+    on_dependency_failure: Optional[str] = None
+    #: The job's last 25 ended attempts, oldest first: where each ran and
+    #: how it ended (the error of an attempt that was retried stays here).
+    attempts: List[JobAttempt] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -246,6 +384,56 @@ class Job:
             progress=Progress.from_proto(j.progress) if j.HasField("progress") else None,
             deduplicated=deduplicated,
             checkpoint_size=j.checkpoint_size,
+            parent_ids=list(j.parent_ids),
+            waiting_on=j.waiting_on,
+            on_dependency_failure=_dependency_failure_from_proto(j.on_dependency_failure, len(j.parent_ids) > 0),
+            attempts=[JobAttempt.from_proto(a) for a in j.attempts],
+        )
+
+
+@dataclass(frozen=True)
+class JobEdge:
+    """`child` depends on `parent`."""
+
+    parent: str
+    child: str
+
+
+@dataclass
+class JobGraph:
+    """A job's neighbourhood in the dependency graph (`Client.graph`): its
+    ancestors and descendants up to the depth asked, at most 1,000 jobs."""
+
+    #: The job asked for first, then the others in the order found.
+    jobs: List[Job]
+    #: Every edge between the jobs here, sorted.
+    edges: List[JobEdge]
+    #: The bound (depth, or 1,000 jobs) left some jobs out.
+    truncated: bool = False
+
+    @property
+    def job(self) -> Job:
+        """The job asked for."""
+        return self.jobs[0]
+
+    def get(self, id: str) -> Optional[Job]:
+        """The job with this id, if it is in the graph."""
+        return next((j for j in self.jobs if j.id == id), None)
+
+    def parents_of(self, id: str) -> List[str]:
+        """Ids of the parents of `id` that are in the graph."""
+        return [e.parent for e in self.edges if e.child == id]
+
+    def children_of(self, id: str) -> List[str]:
+        """Ids of the children of `id` that are in the graph."""
+        return [e.child for e in self.edges if e.parent == id]
+
+    @classmethod
+    def from_proto(cls, r: pb.GetJobGraphResponse) -> "JobGraph":
+        return cls(
+            jobs=[Job.from_proto(j) for j in r.jobs],
+            edges=[JobEdge(e.parent, e.child) for e in r.edges],
+            truncated=r.truncated,
         )
 
 
@@ -271,7 +459,9 @@ class JobChange:
 
 @dataclass
 class Submit:
-    """One entry of `Client.submit_batch`: the same arguments as `submit`."""
+    """One entry of `Client.submit_batch`: the same arguments as `submit`.
+    `depends_on` may name an earlier entry of the same batch as "$N" (its
+    0-based index, below this entry's own)."""
 
     kind: str
     payload: Payload = b""
@@ -283,6 +473,8 @@ class Submit:
     ordering_key: Optional[str] = None
     max_attempts: int = 0
     timeout: Optional[float] = None
+    depends_on: Optional[Iterable[Union[str, "Job"]]] = None
+    on_dependency_failure: Optional[str] = None
 
     def to_proto(self) -> pb.SubmitRequest:
         r = pb.SubmitRequest(
@@ -292,6 +484,8 @@ class Submit:
             priority=self.priority,
             max_attempts=self.max_attempts,
             ordering_key=self.ordering_key or "",
+            depends_on=_depends_on(self.depends_on),
+            on_dependency_failure=_dependency_failure_to_proto(self.on_dependency_failure),
         )
         if self.labels:
             r.labels.update(self.labels)

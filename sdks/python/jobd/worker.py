@@ -45,7 +45,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from ._conn import TLSOption, Connection
 from .errors import JobdError, error_from_rpc
-from .types import Payload, encode_payload
+from .types import ParentResult, Payload, encode_payload
 from .v1 import jobd_pb2 as pb
 from .v1 import jobd_pb2_grpc
 
@@ -105,7 +105,9 @@ class Context:
     first), `max_attempts`, `deadline` (aware datetime: jobd stops the
     attempt then), `headers` (trace context: `traceparent`); `checkpoint`
     (bytes or None), what an earlier attempt saved with
-    `touch(checkpoint=...)`; `cancelled`, a threading.Event set when jobd
+    `touch(checkpoint=...)`; `parents`, the results of the jobs this one
+    depends on (`ParentResult`s in `depends_on` order; empty for a job
+    without parents); `cancelled`, a threading.Event set when jobd
     cancels the attempt (cancelled, timed out) or the worker gives it up
     (session lost, drain timeout). An async task is cancelled (asyncio) as
     well.
@@ -117,8 +119,8 @@ class Context:
     """
 
     __slots__ = (
-        "job_id", "kind", "attempt", "max_attempts", "payload", "headers", "checkpoint", "cancelled", "_deadline",
-        "_send", "_out",
+        "job_id", "kind", "attempt", "max_attempts", "payload", "headers", "checkpoint", "parents", "cancelled",
+        "_deadline", "_send", "_out",
     )
 
     def __init__(
@@ -132,6 +134,7 @@ class Context:
         headers: Mapping[str, str],
         send: Callable[[pb.WorkerMessage], None],
         checkpoint: Optional[bytes] = None,
+        parents: Sequence[ParentResult] = (),
     ) -> None:
         self.job_id = job_id
         self.kind = kind
@@ -143,6 +146,12 @@ class Context:
         #: (`touch(checkpoint=...)`, Assign.checkpoint): resume from it.
         #: None when no attempt saved one (or it saved an empty one).
         self.checkpoint: Optional[bytes] = checkpoint or None
+        #: The jobs this one depends on (`depends_on`), in that order, each
+        #: with its id, kind, terminal state and result (`.json()`,
+        #: `.text()`; `result_omitted` past the 1 MiB an attempt receives
+        #: in all: read it with `client.get(id)`). Empty for a job without
+        #: parents.
+        self.parents: List[ParentResult] = list(parents)
         self.cancelled = threading.Event()
         self._deadline = deadline
         # Sends a message on this attempt's session, from any thread.
@@ -873,7 +882,8 @@ class Worker:
         key = (job.id, job.attempt)
         deadline = a.deadline if a.HasField("deadline") else None
         ctx = Context(
-            job.id, job.kind, job.attempt, job.max_attempts, a.payload, deadline, a.headers, s.send, bytes(a.checkpoint)
+            job.id, job.kind, job.attempt, job.max_attempts, a.payload, deadline, a.headers, s.send, bytes(a.checkpoint),
+            [ParentResult.from_proto(p) for p in a.parents],
         )
         att = _Attempt(key, ctx, self.tasks.get(job.kind))
         with s.cond:

@@ -42,9 +42,11 @@ BOUND = 60.0
 
 # Remote kinds used by the tests, one per test so they never share work.
 # (py_checkpoint: 3 attempts and the 1 s heartbeat interval, so a killed
-# worker's attempt is lost and retried at once.)
+# worker's attempt is lost and retried at once. py_parent and py_child: the
+# workflow tests' parents and children.)
 REMOTE_KINDS = [
     "py", "py_cancel", "py_drain", "py_kill", "py_auth", "py_tls", "py_full", "py_progress", "py_checkpoint",
+    "py_parent", "py_child",
 ]
 
 BASE = """

@@ -27,6 +27,11 @@ def test_state_is_a_str_enum():
     assert {s for s in jobd.State if s.terminal} == {"SUCCEEDED", "FAILED", "CANCELLED"}
     with pytest.raises(ValueError):
         jobd.State.parse("DONE")
+    # WAITING (parents not finished): known, not terminal, both ways.
+    assert jobd.State.from_proto(pb.JOB_STATE_WAITING) is jobd.State.WAITING and not jobd.State.WAITING.terminal
+    assert jobd.State.parse("waiting").to_proto() == pb.JOB_STATE_WAITING
+    # Every state of the proto has its name here (none is mapped to UNSPECIFIED).
+    assert {jobd.State.from_proto(v).to_proto() for v in pb.JobState.values()} == set(pb.JobState.values())
 
 
 def test_payloads():
@@ -49,6 +54,86 @@ def test_job_from_proto():
     assert job.state == "SUCCEEDED" and job.done and job.json() == {"ok": True} and job.labels == {"a": "b"}
     assert job.finished_at == datetime.datetime.fromtimestamp(1_700_000_000, datetime.timezone.utc)
     assert job.started_at is None and job.timeout is None
+
+
+def test_workflow_values():
+    """depends_on / on_dependency_failure on the wire; the Job's parents,
+    waiting count and attempt history; the graph; a parent's result."""
+    r = jobd.Submit("k", depends_on=["$0", "0190"], on_dependency_failure="run").to_proto()
+    assert list(r.depends_on) == ["$0", "0190"] and r.on_dependency_failure == pb.DEPENDENCY_FAILURE_RUN
+    r = jobd.Submit("k", depends_on=(j for j in [jobd.Job("a", "k", jobd.State.QUEUED)]), on_dependency_failure="CANCEL")
+    assert list(r.to_proto().depends_on) == ["a"] and r.to_proto().on_dependency_failure == pb.DEPENDENCY_FAILURE_CANCEL
+    plain = jobd.Submit("k").to_proto()
+    assert list(plain.depends_on) == [] and plain.on_dependency_failure == pb.DEPENDENCY_FAILURE_UNSPECIFIED
+    with pytest.raises(TypeError):
+        jobd.Submit("k", depends_on="a").to_proto()
+    with pytest.raises(TypeError):
+        jobd.Submit("k", depends_on=[1]).to_proto()
+    with pytest.raises(ValueError):
+        jobd.Submit("k", on_dependency_failure="skip").to_proto()
+
+    j = pb.Job(
+        id="c", kind="k", state=pb.JOB_STATE_WAITING, parent_ids=["a", "b"], waiting_on=1,
+        on_dependency_failure=pb.DEPENDENCY_FAILURE_RUN,
+        attempts=[pb.JobAttempt(attempt=1, outcome="retried", error="boom", worker="w-1")],
+    )
+    j.attempts[0].finished_at.FromSeconds(1_700_000_000)
+    job = jobd.Job.from_proto(j)
+    assert job.state is jobd.State.WAITING and not job.done
+    assert (job.parent_ids, job.waiting_on, job.on_dependency_failure) == (["a", "b"], 1, "run")
+    [a] = job.attempts
+    assert a == jobd.JobAttempt(1, None, datetime.datetime.fromtimestamp(1_700_000_000, datetime.timezone.utc), "retried", "boom", "w-1")
+    # Unset: None for a job without parents, the default for one with.
+    assert jobd.Job.from_proto(pb.Job(id="x")).on_dependency_failure is None
+    assert jobd.Job.from_proto(pb.Job(id="x", parent_ids=["a"])).on_dependency_failure == "cancel"
+
+    g = jobd.JobGraph.from_proto(
+        pb.GetJobGraphResponse(
+            jobs=[pb.Job(id="b"), pb.Job(id="a"), pb.Job(id="c")],
+            edges=[pb.JobEdge(parent="a", child="b"), pb.JobEdge(parent="b", child="c")],
+            truncated=True,
+        )
+    )
+    assert g.job.id == "b" and g.truncated and g.edges[0] == jobd.JobEdge("a", "b")
+    assert g.parents_of("b") == ["a"] and g.children_of("b") == ["c"] and g.get("c").id == "c" and g.get("z") is None
+
+    ok = jobd.ParentResult.from_proto(pb.ParentResult(id="p", kind="k", state=pb.JOB_STATE_SUCCEEDED, result=b'{"n":1}'))
+    assert ok.succeeded and ok.state is jobd.State.SUCCEEDED and ok.json() == {"n": 1} and ok.text() == '{"n":1}'
+    failed = jobd.ParentResult.from_proto(pb.ParentResult(id="p", state=pb.JOB_STATE_FAILED))
+    assert not failed.succeeded and failed.json() is None and failed.result == b""
+    omitted = jobd.ParentResult.from_proto(pb.ParentResult(id="p", state=pb.JOB_STATE_SUCCEEDED, result_omitted=True))
+    with pytest.raises(ValueError, match="client.get"):
+        omitted.json()
+
+
+def test_worker_context_parents():
+    """Assign.parents reaches the task as ctx.parents, in order; empty
+    without parents."""
+    from jobd.worker import _Pool, _Session
+
+    w = jobd.Worker("127.0.0.1:1")
+    got = {}
+    w.register("k", lambda ctx: got.setdefault(ctx.job_id, ctx.parents))
+    s = _Session()
+    w._pool = _Pool(2)
+    try:
+        a = pb.Assign(
+            job=pb.Job(id="c", kind="k", attempt=1, parent_ids=["p2", "p1"]),
+            parents=[
+                pb.ParentResult(id="p2", kind="k", state=pb.JOB_STATE_FAILED),
+                pb.ParentResult(id="p1", kind="k", state=pb.JOB_STATE_SUCCEEDED, result=b"[1]"),
+            ],
+        )
+        w._assign(s, a)
+        w._assign(s, pb.Assign(job=pb.Job(id="lone", kind="k", attempt=1)))
+        deadline = time.monotonic() + 10
+        while len(got) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        w._pool.shutdown()
+    assert [(p.id, p.state, p.json()) for p in got["c"]] == [("p2", "FAILED", None), ("p1", "SUCCEEDED", [1])]
+    assert got["lone"] == []
 
 
 def _any(msg) -> any_pb2.Any:

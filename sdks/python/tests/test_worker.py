@@ -380,5 +380,9 @@ def test_serve_in_asyncio_and_retry_later(start_daemon):
         return done
 
     done = asyncio.run(main())
-    assert done.state == "SUCCEEDED" and done.json() == {"attempt": 2} and done.last_error == "not yet"
+    assert done.state == "SUCCEEDED" and done.json() == {"attempt": 2}
+    # A success clears last_error; the retried attempt's error stays in the history.
+    assert done.last_error == ""
+    assert [(a.attempt, a.outcome, a.error) for a in done.attempts] == [(1, "retried", "not yet"), (2, "succeeded", "")]
+    assert all(a.worker and a.started_at and a.finished_at for a in done.attempts), done.attempts
     assert (done.started_at - done.created_at).total_seconds() >= 0.5, "the second attempt started early"

@@ -13,13 +13,17 @@ import {
 } from "./errors.js";
 import * as pb from "./gen/jobd/v1/jobd_pb.js";
 import {
+  dependencyFailureValue,
   encodePayload,
   fromProto,
+  graphFromProto,
   isTerminal,
   logLineFromProto,
   stateValue,
+  type DependencyFailure,
   type Job,
   type JobEvent,
+  type JobGraph,
   type JobState,
   type LogLine,
   type Payload,
@@ -65,6 +69,19 @@ export interface SubmitOptions {
   maxAttempts?: number;
   /** Per-attempt timeout (default: the kind's). */
   timeoutMs?: number;
+  /**
+   * Jobs this one waits for (WAITING until every one is terminal; its
+   * attempts receive their results as `ctx.parents`): job ids (or jobs),
+   * or in `submitBatch` `"$N"` for the batch's entry N (0-based, below this
+   * entry's own index). An unknown id or a bad `"$N"` is InvalidArgumentError.
+   */
+  dependsOn?: ReadonlyArray<string | Pick<Job, "id">>;
+  /**
+   * When a parent ends FAILED or CANCELLED: `"cancel"` (default: this job is
+   * CANCELLED too, and so on down the graph) or `"run"` (it runs once every
+   * parent is terminal, whatever their outcome: a "finally" callback).
+   */
+  onDependencyFailure?: DependencyFailure;
   /** W3C trace context handed to every attempt. */
   traceparent?: string;
   tracestate?: string;
@@ -139,6 +156,12 @@ export interface LogsOptions {
    * seen) when it broke with UNAVAILABLE (default 5; 0 never).
    */
   reconnects?: number;
+}
+
+/** Options of `graph`. */
+export interface GraphOptions extends CallOptions {
+  /** Steps up and down from the job, at most 10 (unset or 0: jobd's default, 3). */
+  depth?: number;
 }
 
 /** Options of `wait`. */
@@ -237,6 +260,10 @@ export class Client {
    * call and one store commit. Each entry is answered on its own, in order:
    * `{ ok: true, job }` or `{ ok: false, error }`. A RESOURCE_EXHAUSTED of the
    * whole call is retried like `submit`'s.
+   *
+   * An entry's `dependsOn` may name an earlier entry as `"$N"` (its 0-based
+   * index), so a whole graph goes in one atomic call: e.g. parents, then a
+   * callback `{ kind: "report", dependsOn: ["$0", "$1"], onDependencyFailure: "run" }`.
    */
   async submitBatch(entries: BatchEntry[], options: CallOptions & { retries?: number } = {}): Promise<BatchResult[]> {
     const requests = entries.map((e) => submitRequest(e.kind, e.payload, e));
@@ -257,6 +284,21 @@ export class Client {
   async get(id: string, options: CallOptions = {}): Promise<Job> {
     const res = await call(() => this.jobs.getStatus({ id }, options));
     return fromProto(res.job!);
+  }
+
+  /**
+   * The job's ancestors and descendants (`dependsOn` edges), up to `depth`
+   * steps each way (default 3, at most 10), at most 1,000 jobs: `jobs` (the
+   * job first), `edges` (`{ parent, child }`), `truncated`. Rejects with
+   * NotFoundError when there is no such job.
+   */
+  async graph(id: string, options: GraphOptions = {}): Promise<JobGraph> {
+    const depth = options.depth ?? 0;
+    if (!Number.isInteger(depth) || depth < 0) throw new RangeError(`graph depth must be an integer, at least 0, not ${depth}`);
+    const res = await call(() =>
+      this.jobs.getJobGraph({ id, depth }, { signal: options.signal, timeoutMs: options.timeoutMs }),
+    );
+    return graphFromProto(res);
   }
 
   /**
@@ -292,7 +334,8 @@ export class Client {
 
   /**
    * Follows the job until it is terminal and returns that snapshot
-   * (SUCCEEDED, FAILED or CANCELLED: check `state`). Rejects with
+   * (SUCCEEDED, FAILED or CANCELLED: check `state`; a WAITING job is not
+   * finished, it goes on waiting for its parents). Rejects with
    * DeadlineExceededError after `timeoutMs`.
    */
   async wait(id: string, options: WaitOptions = {}): Promise<Job> {
@@ -439,7 +482,9 @@ export class Client {
 
   /**
    * Puts FAILED or CANCELLED jobs back to QUEUED with their attempts reset
-   * (same ids). Needs an `admin` token when auth is on.
+   * (same ids); a job a parent's failure cancelled goes back to WAITING
+   * while some parent has not finished (retry the failed parent first,
+   * then what it cancelled). Needs an `admin` token when auth is on.
    */
   async retry(target: RetryTarget, options: CallOptions & { dryRun?: boolean; limit?: number } = {}): Promise<RetryOutcome> {
     const req = create(pb.RetryJobsRequestSchema, { dryRun: options.dryRun ?? false, limit: options.limit ?? 0 });
@@ -530,6 +575,21 @@ function submitRequest(kind: string, payload: Payload, o: Omit<SubmitOptions, "s
     runAt,
     labels: o.labels ?? {},
     orderingKey: o.orderingKey ?? "",
+    dependsOn: dependsOn(o.dependsOn),
+    onDependencyFailure: dependencyFailureValue(o.onDependencyFailure),
+  });
+}
+
+/** `dependsOn` as the ids sent (a job stands for its id). */
+function dependsOn(d: SubmitOptions["dependsOn"]): string[] {
+  if (d === undefined) return [];
+  if (typeof d === "string" || !Array.isArray(d)) {
+    throw new TypeError(`dependsOn must be an array of job ids (or "$N" batch references), not ${typeof d}`);
+  }
+  return d.map((p) => {
+    const id = typeof p === "string" ? p : p?.id;
+    if (typeof id !== "string") throw new TypeError(`dependsOn entries must be job ids or jobs, not ${JSON.stringify(p)}`);
+    return id;
   });
 }
 

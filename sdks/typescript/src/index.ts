@@ -8,6 +8,7 @@ export type {
   BatchResult,
   CallOptions,
   ClientOptions,
+  GraphOptions,
   JobChange,
   JobPage,
   ListFilter,
@@ -25,7 +26,19 @@ export type { Handler, HandlerResult, TouchOptions, WorkerOptions } from "./work
 export { DEFAULT_ADDRESS } from "./connection.js";
 export type { ConnectionOptions, TlsOptions } from "./connection.js";
 export { TERMINAL_STATES, decodeJson, decodeText, encodePayload, isTerminal } from "./job.js";
-export type { Job, JobEvent, JobProgress, JobState, LogLine, Payload } from "./job.js";
+export type {
+  DependencyFailure,
+  Job,
+  JobAttempt,
+  JobEdge,
+  JobEvent,
+  JobGraph,
+  JobProgress,
+  JobState,
+  LogLine,
+  ParentResult,
+  Payload,
+} from "./job.js";
 export {
   MAX_CHECKPOINT_BYTES,
   MAX_LOG_LINE_BYTES,

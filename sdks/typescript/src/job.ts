@@ -3,8 +3,19 @@
 import { durationMs, timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 import * as pb from "./gen/jobd/v1/jobd_pb.js";
 
-/** A job's state by name: `"QUEUED"`, `"RUNNING"`, `"SUCCEEDED"`, ... */
+/**
+ * A job's state by name: `"WAITING"` (parents not finished), `"QUEUED"`,
+ * `"RUNNING"`, `"RETRY_WAIT"`, `"SUCCEEDED"`, `"FAILED"`, `"CANCELLED"`
+ * (`"UNSPECIFIED"` for a state this SDK does not know).
+ */
 export type JobState = keyof typeof pb.JobState;
+
+/**
+ * What a job with parents does when one ends FAILED or CANCELLED: `"cancel"`
+ * (the default: it is CANCELLED too, and so on down the graph) or `"run"`
+ * (it runs once every parent is terminal, whatever their outcome).
+ */
+export type DependencyFailure = "cancel" | "run";
 
 /** States a job never leaves. */
 export const TERMINAL_STATES: ReadonlySet<JobState> = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
@@ -49,6 +60,69 @@ export interface Job {
   progress: JobProgress | undefined;
   /** Size in bytes of the checkpoint an attempt saved (`ctx.touch({ checkpoint })`), handed to the next attempt; 0 for none. */
   checkpointSize: number;
+  /** The jobs this one depends on (`dependsOn`), in that order; empty for none. */
+  parentIds: string[];
+  /** How many of them have not finished yet (WAITING while above 0). */
+  waitingOn: number;
+  /** `"cancel"` or `"run"` for a job with parents; `undefined` for a job without. */
+  onDependencyFailure: DependencyFailure | undefined;
+  /** The job's last 25 ended attempts, oldest first: where each ran and how it ended. */
+  attempts: JobAttempt[];
+}
+
+/** One ended attempt of a job (`job.attempts`). */
+export interface JobAttempt {
+  attempt: number;
+  startedAt: Date | undefined;
+  finishedAt: Date | undefined;
+  /**
+   * `"succeeded"`, `"failed"` (no retry), `"retried"`, `"lost"` (lease or
+   * daemon), `"cancelled"` or `"requeued"` (drain; the attempt did not count).
+   */
+  outcome: string;
+  /** The attempt's error (at most 1 KiB kept), or `""`. */
+  error: string;
+  /** Where it ran: a remote worker's workerId, `"local"` for the daemon's own handlers, `""` when unknown. */
+  worker: string;
+}
+
+/** `child` depends on `parent`. */
+export interface JobEdge {
+  parent: string;
+  child: string;
+}
+
+/** A job's neighbourhood in the dependency graph, from `client.graph`. */
+export interface JobGraph {
+  /** The job asked for first, then the others in the order found. */
+  jobs: Job[];
+  /** Every edge between the jobs here, sorted. */
+  edges: JobEdge[];
+  /** The bound (depth, or 1,000 jobs) left some jobs out. */
+  truncated: boolean;
+}
+
+/** One parent's outcome, as its child's attempt receives it (`ctx.parents`). */
+export interface ParentResult {
+  id: string;
+  kind: string;
+  /** Terminal: SUCCEEDED, or FAILED / CANCELLED for a child submitted with `onDependencyFailure: "run"`. */
+  state: JobState;
+  /** The parent's result (empty unless SUCCEEDED, or when omitted). */
+  result: Uint8Array;
+  /**
+   * The result was not inlined: an attempt receives at most 1 MiB of its
+   * parents' results in all. Read it with `client.get(id)`.
+   */
+  resultOmitted: boolean;
+  /**
+   * The result parsed as JSON; `undefined` when it is empty (a parent that
+   * did not succeed, or returned nothing). Throws when the result was
+   * omitted, and (Permanent) when it is not JSON.
+   */
+  json<T = unknown>(): T | undefined;
+  /** The result as UTF-8 text (throws when it was omitted). */
+  text(): string;
 }
 
 /** A job's progress, as its worker last reported it (jobd stores at most one value per job every 200 ms). */
@@ -125,6 +199,48 @@ export function stateValue(s: JobState | undefined): pb.JobState {
   return v;
 }
 
+/** A dependency-failure option as the wire value; `undefined`: unset (the default, cancel). */
+export function dependencyFailureValue(d: DependencyFailure | undefined): pb.DependencyFailure {
+  switch (d) {
+    case undefined:
+      return pb.DependencyFailure.UNSPECIFIED;
+    case "cancel":
+      return pb.DependencyFailure.CANCEL;
+    case "run":
+      return pb.DependencyFailure.RUN;
+    default:
+      throw new TypeError(`onDependencyFailure must be "cancel" or "run", not ${JSON.stringify(d)}`);
+  }
+}
+
+function dependencyFailureName(d: pb.DependencyFailure, hasParents: boolean): DependencyFailure | undefined {
+  if (d === pb.DependencyFailure.RUN) return "run";
+  // Unset with parents: the default.
+  if (d === pb.DependencyFailure.CANCEL || hasParents) return "cancel";
+  return undefined;
+}
+
+/** A generated JobAttempt message as a plain object. */
+export function attemptFromProto(a: pb.JobAttempt): JobAttempt {
+  return {
+    attempt: a.attempt,
+    startedAt: date(a.startedAt),
+    finishedAt: date(a.finishedAt),
+    outcome: a.outcome,
+    error: a.error,
+    worker: a.worker,
+  };
+}
+
+/** A generated GetJobGraphResponse as a plain object. */
+export function graphFromProto(g: pb.GetJobGraphResponse): JobGraph {
+  return {
+    jobs: g.jobs.map(fromProto),
+    edges: g.edges.map((e) => ({ parent: e.parent, child: e.child })),
+    truncated: g.truncated,
+  };
+}
+
 /** A generated Job message as a plain object. */
 export function fromProto(j: pb.Job): Job {
   return {
@@ -157,6 +273,10 @@ export function fromProto(j: pb.Job): Job {
         }
       : undefined,
     checkpointSize: Number(j.checkpointSize),
+    parentIds: [...j.parentIds],
+    waitingOn: j.waitingOn,
+    onDependencyFailure: dependencyFailureName(j.onDependencyFailure, j.parentIds.length > 0),
+    attempts: j.attempts.map(attemptFromProto),
   };
 }
 

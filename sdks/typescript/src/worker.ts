@@ -21,6 +21,8 @@
 //   when stale: then a checkpoint was not kept); touches of one attempt are
 //   answered in order, and those still waiting when the attempt ends
 //   resolve null; `ctx.checkpoint` is the Assign's (the last one saved);
+// - `ctx.parents` is the Assign's parents' results (fan-in), typed, in
+//   depends_on order;
 // - a broken session is opened again after a capped, jittered backoff;
 // - stop() (or SIGTERM/SIGINT) drains: held jobs finish and are reported,
 //   then the stream is closed.
@@ -32,7 +34,7 @@ import { createClient, type Client as ConnectClient } from "@connectrpc/connect"
 import { connect, type Connection, type ConnectionOptions } from "./connection.js";
 import { toJobdError, type JobdError } from "./errors.js";
 import * as pb from "./gen/jobd/v1/jobd_pb.js";
-import { decodeJson, decodeText, encodePayload, type Payload } from "./job.js";
+import { decodeJson, decodeText, encodePayload, stateName, type ParentResult, type Payload } from "./job.js";
 import { checkCheckpoint, checkProgress, logBatches, type ProgressDetails, type ProgressValue } from "./progress.js";
 import { AsyncQueue, backoffMs } from "./util.js";
 
@@ -128,6 +130,13 @@ export class JobContext {
    */
   readonly checkpoint: Uint8Array | undefined;
   /**
+   * The results of the jobs this one depends on (`dependsOn`), in that
+   * order: each parent's id, kind, terminal state and result (`json()`,
+   * `text()`; `resultOmitted` past the 1 MiB an attempt receives in all:
+   * read it with `client.get(id)`). Empty for a job without parents.
+   */
+  readonly parents: readonly ParentResult[];
+  /**
    * Aborted when jobd cancels the attempt (a client's cancel, its timeout,
    * a drain past its deadline), when the session is lost, and when a stop
    * runs out of time. Its reason says which. A report after it is dropped.
@@ -146,6 +155,7 @@ export class JobContext {
     this.headers = { ...assign.headers };
     this.payload = assign.payload;
     this.checkpoint = assign.checkpoint.length > 0 ? assign.checkpoint : undefined;
+    this.parents = Object.freeze(assign.parents.map(parentFromProto));
     this.signal = signal;
     this.#out = out;
   }
@@ -228,6 +238,37 @@ export class JobContext {
   text(): string {
     return decodeText(this.payload);
   }
+}
+
+/** A generated ParentResult message as a plain object with its decoders. */
+function parentFromProto(p: pb.ParentResult): ParentResult {
+  const inlined = () => {
+    if (p.resultOmitted) {
+      throw new Error(
+        `the result of parent ${p.id} was not inlined (over the 1 MiB of parents' results an attempt receives): read it with client.get(id)`,
+      );
+    }
+  };
+  return {
+    id: p.id,
+    kind: p.kind,
+    state: stateName(p.state),
+    result: p.result,
+    resultOmitted: p.resultOmitted,
+    json<T = unknown>(): T | undefined {
+      inlined();
+      if (p.result.length === 0) return undefined;
+      try {
+        return decodeJson<T>(p.result);
+      } catch (e) {
+        throw new Permanent(`the result of parent ${p.id} is not JSON: ${(e as Error).message}`, { cause: e });
+      }
+    },
+    text(): string {
+      inlined();
+      return decodeText(p.result);
+    },
+  };
 }
 
 /** Progress messages of one attempt are at least this far apart (the latest in between is kept). */

@@ -32,7 +32,10 @@ export function haveProgram(t: TestContext, program: string, args: string[]): bo
   return need(t, program, ok, `install ${program}`);
 }
 
-/** A config for tests: remote kinds `ts` and `ts.slow`, builtins echo/sleep/fail. */
+/**
+ * A config for tests: remote kinds `ts`, `ts.slow`, and `ts.parent` /
+ * `ts.child` (workflows), builtins echo/sleep/fail.
+ */
 export const KINDS = `
 [kinds.echo]
 handler = "echo"
@@ -53,6 +56,20 @@ backoff = { initial = "100ms", max = "1s", multiplier = 2.0 }
 [kinds."ts.slow"]
 handler = "remote"
 concurrency = 16
+timeout = "60s"
+max_attempts = 3
+backoff = { initial = "100ms", max = "1s", multiplier = 2.0 }
+
+[kinds."ts.parent"]
+handler = "remote"
+concurrency = 128
+timeout = "60s"
+max_attempts = 3
+backoff = { initial = "100ms", max = "1s", multiplier = 2.0 }
+
+[kinds."ts.child"]
+handler = "remote"
+concurrency = 128
 timeout = "60s"
 max_attempts = 3
 backoff = { initial = "100ms", max = "1s", multiplier = 2.0 }

@@ -18,6 +18,7 @@ import {
   InvalidArgumentError,
   JobContext,
   MAX_CHECKPOINT_BYTES,
+  Permanent,
   pb,
   JobdError,
   ResourceExhaustedError,
@@ -213,6 +214,37 @@ test("ctx.touch and ctx.checkpoint: options checked, handed to the attempt", asy
   assert.equal(sent.length, n, "nothing of a refused touch is sent");
   // A context without a session (after the attempt ended): null, nothing sent.
   assert.equal(await none.touch({ checkpoint: "x" }), null);
+});
+
+test("ctx.parents: Assign.parents in depends_on order, typed, with decoders", () => {
+  const assign = create(pb.AssignSchema, {
+    job: { id: "c", kind: "k", attempt: 1, parentIds: ["p2", "p1", "p3"] },
+    parents: [
+      { id: "p2", kind: "a", state: pb.JobState.FAILED },
+      { id: "p1", kind: "b", state: pb.JobState.SUCCEEDED, result: encodePayload({ n: 1 }) },
+      { id: "p3", kind: "b", state: pb.JobState.SUCCEEDED, resultOmitted: true },
+    ],
+  });
+  const ctx = new JobContext(assign, new AbortController().signal);
+  assert.deepEqual(
+    ctx.parents.map((p) => [p.id, p.kind, p.state, p.resultOmitted]),
+    [
+      ["p2", "a", "FAILED", false],
+      ["p1", "b", "SUCCEEDED", false],
+      ["p3", "b", "SUCCEEDED", true],
+    ],
+  );
+  assert.equal(ctx.parents[0]!.json(), undefined, "an empty result");
+  assert.deepEqual(ctx.parents[1]!.json<{ n: number }>(), { n: 1 });
+  assert.equal(ctx.parents[1]!.text(), '{"n":1}');
+  assert.throws(() => ctx.parents[2]!.json(), /client\.get/);
+  const bad = new JobContext(
+    create(pb.AssignSchema, { job: { id: "c" }, parents: [{ id: "p", result: encodePayload("not json") }] }),
+    new AbortController().signal,
+  );
+  assert.throws(() => bad.parents[0]!.json(), Permanent);
+  const none = new JobContext(create(pb.AssignSchema, { job: { id: "j", kind: "k", attempt: 1 } }), new AbortController().signal);
+  assert.deepEqual(none.parents, []);
 });
 
 function statSafe(p: string): boolean {

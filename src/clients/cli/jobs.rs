@@ -66,7 +66,7 @@ pub struct SubmitArgs {
 // `jobd list`'s flags; its help text is `ClientCommand::List`'s.
 #[derive(Args, Debug)]
 pub struct ListArgs {
-    /// queued, running, retry_wait, succeeded, failed or cancelled.
+    /// waiting, queued, running, retry_wait, succeeded, failed or cancelled.
     #[arg(long, value_parser = parse_state)]
     pub state: Option<JobState>,
     /// Only jobs of this kind.
@@ -181,7 +181,8 @@ fn read_payload(payload: Option<String>, file: Option<&str>) -> Result<Vec<u8>, 
     })
 }
 
-/// `jobd status`: shows the job; `--output` writes its raw result bytes.
+/// `jobd status`: shows the job, with its parents and children when it is
+/// part of a workflow; `--output` writes its raw result bytes.
 pub(super) async fn status(
     c: &mut JobClient,
     id: String,
@@ -201,6 +202,7 @@ pub(super) async fn status(
         print_json(&r);
     } else {
         print_job(&j);
+        super::graph::print_relations(c, &j).await?;
     }
     Ok(exit::OK)
 }

@@ -1,4 +1,5 @@
-//! The CLI client: `jobd submit | status | watch | cancel | list | health`,
+//! The CLI client: `jobd submit | status | graph | watch | cancel | list |
+//! health`,
 //! and the operators' `pause | resume | kinds | retry | schedules | trigger |
 //! workers`, talking gRPC to a running daemon. Tables for people, `--json`
 //! for scripts (the reply in the proto3 JSON mapping, as grpcurl and the
@@ -67,6 +68,7 @@ pub mod exit {
 
 mod admin;
 mod connection;
+mod graph;
 mod health;
 mod jobs;
 mod output;
@@ -100,6 +102,16 @@ pub enum ClientCommand {
         /// Write the raw result bytes to this file (for binary results).
         #[arg(long)]
         output: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A job's workflow: its ancestors and descendants (depends_on), with
+    /// their states, as an indented tree.
+    Graph {
+        id: String,
+        /// Steps up and down from the job (1..=10; default 3).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+        depth: u32,
         #[command(flatten)]
         common: Common,
     },
@@ -184,6 +196,7 @@ impl ClientCommand {
             | ClientCommand::List(ListArgs { common, .. })
             | ClientCommand::Retry(RetryArgs { common, .. })
             | ClientCommand::Status { common, .. }
+            | ClientCommand::Graph { common, .. }
             | ClientCommand::Watch { common, .. }
             | ClientCommand::Logs { common, .. }
             | ClientCommand::Cancel { common, .. }
@@ -233,7 +246,7 @@ pub enum ScheduleAction {
 pub enum BadValue {
     #[error("{0:?}: expected key=value")]
     Label(String),
-    #[error("{0:?}: one of queued, running, retry_wait, succeeded, failed, cancelled")]
+    #[error("{0:?}: one of waiting, queued, running, retry_wait, succeeded, failed, cancelled")]
     State(String),
 }
 
@@ -318,6 +331,9 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
         }
         ClientCommand::Status { id, output, .. } => {
             jobs::status(&mut connect(common).await?, id, output, json).await
+        }
+        ClientCommand::Graph { id, depth, .. } => {
+            graph::graph(&mut connect(common).await?, id, depth, json).await
         }
         ClientCommand::Watch { id, .. } => {
             jobs::follow_to_end(&mut connect(common).await?, &id, json).await

@@ -19,7 +19,7 @@
   let me = null;
   const may = (method) => !!me && (me.methods || []).includes(method);
 
-  const STATES = ["queued", "running", "retry_wait", "succeeded", "failed", "cancelled"];
+  const STATES = ["waiting", "queued", "running", "retry_wait", "succeeded", "failed", "cancelled"];
   const TERMINAL = ["JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"];
 
   /** An element with attributes and children (strings become text). */
@@ -409,8 +409,44 @@
     follow(render);
   }
 
+  /**
+   * The job page's workflow graph (GET /v1/jobs/{id}/graph, drawn by
+   * graph.js): `kick()` on load and on each event of the job; it is
+   * fetched again every 2 s while a job in it is unfinished (a parent's end
+   * is no event of this job). `slot()` is its place on the page (empty for
+   * a job in no workflow); `onRoot` gets the job as the graph saw it.
+   */
+  function jobGraph(path, id, signal, onRoot) {
+    let view = [];
+    let count;
+    // `data-jobs`: how many jobs the last reply held (1: no workflow).
+    const slot = () => el("div", { id: "job-graph-slot", "data-jobs": count }, view);
+    const draw = async () => {
+      const g = await api("GET", path + "/graph");
+      const jobs = g.jobs || [];
+      if (jobs[0]) onRoot(jobs[0]);
+      count = jobs.length;
+      const more = g.truncated || jobs.length > window.jobdGraph.MAX_NODES;
+      view = jobs.length < 2 ? [] : [
+        el("h3", {}, "Workflow (parents above, children below)"),
+        el("div", { id: "job-graph", class: "graph" }, window.jobdGraph.draw(g)),
+        more ? hint("job-graph-more", "More jobs are linked than shown: jobd graph " + id + " --depth N lists them.") : null,
+      ];
+      const at = $("job-graph-slot");
+      if (at && !signal.aborted) at.replaceWith(slot());
+      return jobs.length > 1 && jobs.some((j) => !TERMINAL.includes(j.state));
+    };
+    return { slot, kick: window.jobdGraph.poller(draw, signal) };
+  }
+
   async function job(id) {
     const path = "/v1/jobs/" + encodeURIComponent(id);
+    const signal = abort.signal;
+    const waitingOn = (j) => num(j.waitingOn) + " of " + (j.parentIds || []).length + " parents";
+    const graph = jobGraph(path, id, signal, (root) => {
+      const dd = main.querySelector("dd[data-field='waiting on']");
+      if (dd && root.state === "JOB_STATE_WAITING") dd.textContent = waitingOn(root);
+    });
     let payload = { text: "", cut: false };
     // The log's tail: the newest LOG_TAIL lines, followed live.
     const LOG_TAIL = 200;
@@ -465,7 +501,14 @@
           field("next attempt", when(j.nextAttemptAt)),
           field("timeout", j.timeout || ""),
           field("payload size", num(j.payloadSize) + " bytes"),
+          j.state === "JOB_STATE_WAITING" ? field("waiting on", waitingOn(j)) : null,
+          (j.parentIds || []).length
+            ? field("on parent failure", j.onDependencyFailure === "DEPENDENCY_FAILURE_RUN"
+              ? "run anyway, once every parent has finished"
+              : "cancelled if a parent fails or is cancelled")
+            : null,
         ),
+        graph.slot(),
         el("h3", {}, "Progress"),
         progressOf(j),
         el("h3", {}, "Log (newest " + LOG_TAIL + " lines)"),
@@ -488,8 +531,8 @@
     const whole = Number(first.job.payloadSize || 0);
     if (first.payloadPreview && atob(first.payloadPreview).length < whole) payload.cut = true;
     show(first.job);
+    graph.kick();
     refresh = null;
-    const signal = abort.signal;
     // The job's own stream: each state change, live; it ends at a terminal
     // state (a retry puts the job back: follow it again).
     const watch = async () => {
@@ -499,6 +542,7 @@
           if (event === "message") {
             last = data.job;
             show(data.job);
+            graph.kick();
           } else {
             banner(data.message);
           }

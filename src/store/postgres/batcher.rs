@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{pooled, sql, Writer};
+use super::{deps, pooled, sql, Writer};
 use crate::job::{Job, JobState, Micros};
 use crate::store::{transition, Outcome, StoreError};
 
@@ -26,6 +26,8 @@ struct FinishRequest {
     attempt: u32,
     outcome: Outcome,
     now: Micros,
+    /// Where the attempt ran (its history's `worker`).
+    worker: String,
     reply: oneshot::Sender<Result<Option<Job>, StoreError>>,
 }
 
@@ -55,6 +57,7 @@ impl Batcher {
         attempt: u32,
         outcome: Outcome,
         now: Micros,
+        worker: String,
     ) -> Result<Option<Job>, StoreError> {
         let (reply, rx) = oneshot::channel();
         let req = FinishRequest {
@@ -62,6 +65,7 @@ impl Batcher {
             attempt,
             outcome,
             now,
+            worker,
             reply,
         };
         let gone = || StoreError::Unavailable("postgres store is closed".into());
@@ -86,9 +90,9 @@ async fn finish_loop(
         if n == 0 {
             return;
         }
-        let requests: Vec<(Uuid, u32, Outcome, Micros)> = batch
+        let requests: Vec<(Uuid, u32, Outcome, Micros, String)> = batch
             .iter()
-            .map(|r| (r.id, r.attempt, r.outcome.clone(), r.now))
+            .map(|r| (r.id, r.attempt, r.outcome.clone(), r.now, r.worker.clone()))
             .collect();
         let result = match tokio::time::timeout(timeout, finish_batch(&pool, &w, requests)).await {
             Ok(r) => r,
@@ -116,7 +120,7 @@ async fn finish_loop(
 async fn finish_batch(
     pool: &Pool,
     w: &Writer,
-    requests: Vec<(Uuid, u32, Outcome, Micros)>,
+    requests: Vec<(Uuid, u32, Outcome, Micros, String)>,
 ) -> Result<Vec<Option<Job>>, StoreError> {
     let mut c = pooled(pool).await?;
     let tx = c.transaction().await?;
@@ -134,9 +138,9 @@ async fn finish_batch(
         .collect();
     let mut answers = Vec::with_capacity(requests.len());
     let mut changed = HashSet::new();
-    for (id, attempt, outcome, now) in requests {
+    for (id, attempt, outcome, now, worker) in requests {
         let answer = jobs.get_mut(&id).and_then(|(j, _)| {
-            transition::finish(j, attempt, outcome, now).then(|| {
+            transition::finish_on(j, attempt, outcome, now, &worker).then(|| {
                 changed.insert(id);
                 j.clone()
             })
@@ -148,6 +152,9 @@ async fn finish_batch(
         .filter(|(j, _)| changed.contains(&j.id))
         .unzip();
     sql::save(w, &tx, &done, &old).await?;
+    // Only RUNNING jobs finish, so every terminal one just ended.
+    let moved = deps::cascade(w, &tx, &done).await?;
     tx.commit().await?;
+    w.publish(moved);
     Ok(answers)
 }

@@ -15,6 +15,7 @@
 //!   then children, each set in id order.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
 
 use tokio_postgres::types::ToSql;
@@ -24,7 +25,7 @@ use super::{pooled, rows, sql, PostgresStore, Tx, Writer};
 use crate::job::{Job, JobState, Micros};
 use crate::store::codec::COLS;
 use crate::store::deps::{self, Moved};
-use crate::store::StoreError;
+use crate::store::{transition, RetryOutcome, StoreError};
 
 /// The WAITING children of the jobs in `$1`, locked in id order.
 static LOCK_CHILDREN: LazyLock<String> = LazyLock::new(|| {
@@ -207,6 +208,72 @@ impl Writer {
 }
 
 impl PostgresStore {
+    /// RetryJobs: each FAILED or CANCELLED job back to the queue, or, when
+    /// it has parents, where they say now ([`deps::replace`]: WAITING
+    /// again, or refused while a failed parent still cancels it). Parents
+    /// are held `FOR SHARE` while deciding; a job retried here counts for
+    /// the jobs after it in `ids` as it is now.
+    pub(super) async fn retry_jobs(
+        &self,
+        ids: &[Uuid],
+        now: Micros,
+        max_backlog: u64,
+    ) -> Result<Vec<RetryOutcome>, StoreError> {
+        self.run(async {
+            let mut c = pooled(&self.pool).await?;
+            let tx = c.transaction().await?;
+            let mut found: HashMap<Uuid, Job> = sql::select(&tx, &sql::LOCK_IDS, &[&ids])
+                .await?
+                .into_iter()
+                .map(|j| (j.id, j))
+                .collect();
+            let parents = parents_of(found.values().filter(|j| transition::retryable(j.state)));
+            let mut states = share_states(&tx, &parents).await?;
+            // Like submits, against this instance's count of waiting jobs.
+            let mut room = (max_backlog.min(i64::MAX as u64) as i64)
+                .saturating_sub(self.w.waiting.load(Ordering::Acquire));
+            let mut out = Vec::with_capacity(ids.len());
+            let (mut changed, mut old, mut slots) = (Vec::new(), Vec::new(), Vec::new());
+            for id in ids {
+                let before = found.get(id).filter(|j| !j.parents.is_empty()).cloned();
+                out.push(
+                    match transition::decide_retry(found.remove(id), room > 0, now) {
+                        transition::RetryDecision::Skip(skipped) => skipped,
+                        transition::RetryDecision::Retry {
+                            mut job,
+                            prev,
+                            attempt,
+                        } => {
+                            let ps = parent_states(&job, &states);
+                            if !deps::replace(&mut job, ps, now) {
+                                RetryOutcome::NotRetryable(before.unwrap_or(job))
+                            } else {
+                                room -= 1;
+                                states.insert(job.id, job.state);
+                                slots.push((out.len(), prev));
+                                old.push((prev, attempt));
+                                changed.push(job);
+                                // Answered below, once counted.
+                                RetryOutcome::NotFound
+                            }
+                        }
+                    },
+                );
+            }
+            reopen(&tx, &mut changed).await?;
+            for ((slot, prev), job) in slots.into_iter().zip(&changed) {
+                out[slot] = RetryOutcome::Retried {
+                    job: job.clone(),
+                    prev,
+                };
+            }
+            sql::save(&self.w, &tx, &changed, &old).await?;
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
+    }
+
     /// The sweeper's re-check: WAITING jobs whose parents all ended (a
     /// release that should not have been missed), moved where their parents
     /// say, each under its lock with its parents held `FOR SHARE`; the
@@ -232,30 +299,32 @@ impl PostgresStore {
         parents.sort_unstable();
         parents.dedup();
         self.run(async {
-                let mut c = pooled(&self.pool).await?;
-                let tx = c.transaction().await?;
-                // Parents first, then children: the order every writer takes.
-                let states = share_states(&tx, &parents).await?;
-                let params: [&(dyn ToSql + Sync); 1] = [&ids];
-                let mut jobs = sql::select(&tx, &LOCK_STRANDED, &params).await?;
-                jobs.retain_mut(|j| {
-                    let ps = parent_states(j, &states);
-                    !ps.iter().any(|(_, s)| !s.is_terminal()) && deps::recheck(j, ps, now)
-                });
-                let old: Vec<(JobState, u32)> =
-                    jobs.iter().map(|j| (JobState::Waiting, j.attempt)).collect();
-                sql::save(&self.w, &tx, &jobs, &old).await?;
-                let cascaded = cascade(&self.w, &tx, &jobs).await?;
-                tx.commit().await?;
-                self.w.publish(cascaded);
-                Ok(jobs
-                    .into_iter()
-                    .map(|job| Moved {
-                        prev: JobState::Waiting,
-                        job,
-                    })
-                    .collect())
-            })
-            .await
+            let mut c = pooled(&self.pool).await?;
+            let tx = c.transaction().await?;
+            // Parents first, then children: the order every writer takes.
+            let states = share_states(&tx, &parents).await?;
+            let params: [&(dyn ToSql + Sync); 1] = [&ids];
+            let mut jobs = sql::select(&tx, &LOCK_STRANDED, &params).await?;
+            jobs.retain_mut(|j| {
+                let ps = parent_states(j, &states);
+                !ps.iter().any(|(_, s)| !s.is_terminal()) && deps::recheck(j, ps, now)
+            });
+            let old: Vec<(JobState, u32)> = jobs
+                .iter()
+                .map(|j| (JobState::Waiting, j.attempt))
+                .collect();
+            sql::save(&self.w, &tx, &jobs, &old).await?;
+            let cascaded = cascade(&self.w, &tx, &jobs).await?;
+            tx.commit().await?;
+            self.w.publish(cascaded);
+            Ok(jobs
+                .into_iter()
+                .map(|job| Moved {
+                    prev: JobState::Waiting,
+                    job,
+                })
+                .collect())
+        })
+        .await
     }
 }

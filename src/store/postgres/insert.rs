@@ -65,21 +65,14 @@ async fn plan(
         .filter_map(|j| j.idempotency_key.as_deref())
         .collect();
     let existing = sql::by_keys(tx, &keys).await?;
-    // Parents outside the batch, held until the commit. Entries may name
-    // earlier entries of the batch: those are known from `placed`.
-    let batch: HashSet<Uuid> = jobs.iter().map(|j| j.id).collect();
-    let mut outside: Vec<Uuid> = jobs
-        .iter()
-        .flat_map(|j| j.parents.iter().copied())
-        .filter(|p| !batch.contains(p))
-        .collect();
-    outside.sort_unstable();
-    outside.dedup();
-    let stored = deps::share_states(tx, &outside).await?;
     let with_parents = jobs.iter().any(|j| !j.parents.is_empty());
+    let stored = match with_parents {
+        true => deps::share_states(tx, &outside_parents(jobs)).await?,
+        false => HashMap::new(),
+    };
     let mut placed: HashMap<Uuid, JobState> = HashMap::new();
-    let mut room = (max_backlog.min(i64::MAX as u64) as i64)
-        .saturating_sub(w.waiting.load(Ordering::Acquire));
+    let mut room =
+        (max_backlog.min(i64::MAX as u64) as i64).saturating_sub(w.waiting.load(Ordering::Acquire));
     let mut out: Vec<Option<InsertOutcome>> = vec![None; jobs.len()];
     // Index into `fresh` of the job taking each key in this batch.
     let mut batch_keys: HashMap<String, usize> = HashMap::new();
@@ -123,6 +116,21 @@ async fn plan(
         fresh.push((i, job));
     }
     Ok(Plan { out, fresh })
+}
+
+/// The parents a batch names that are not entries of it, each once: they
+/// are held `FOR SHARE` until the commit. (Entries may name earlier
+/// entries of the batch, known from what was planned before them.)
+fn outside_parents(jobs: &[NewJob]) -> Vec<Uuid> {
+    let batch: HashSet<Uuid> = jobs.iter().map(|j| j.id).collect();
+    let mut ids: Vec<Uuid> = jobs
+        .iter()
+        .flat_map(|j| j.parents.iter().copied())
+        .filter(|p| !batch.contains(p))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// Where `new` stands among its parents (earlier entries of the batch, or

@@ -18,7 +18,6 @@
 //! - Idempotency keys are a UNIQUE column: concurrent submits of one key to
 //!   different instances meet in the index and make one job.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::codec::state_code;
+use super::deps::Moved;
 use super::{
     transition, CancelOutcome, Change, ClaimOutcome, ClaimRequest, Detail, InsertOutcome,
     ListQuery, Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
@@ -43,6 +43,8 @@ use crate::job::{add_micros, now_micros, Job, JobState, Micros, NewJob};
 mod batcher;
 mod claim;
 mod connect;
+mod deps;
+mod insert;
 mod listen;
 mod progress;
 mod rows;
@@ -99,6 +101,9 @@ struct Writer {
     /// since: the backlog bound. Recounted every second, so other
     /// instances' submits are seen within a second.
     waiting: AtomicI64,
+    /// Children moved by their parents' ends in committed transactions,
+    /// until the engine takes them ([`Store::take_moved`]).
+    moved: std::sync::Mutex<Vec<Moved>>,
 }
 
 type Tx<'a> = deadpool_postgres::Transaction<'a>;
@@ -166,6 +171,7 @@ impl PostgresStore {
             instance,
             channel: format!("jobd_{schema}"),
             waiting: AtomicI64::new(0),
+            moved: std::sync::Mutex::new(Vec::new()),
         });
         let stop = CancellationToken::new();
         let finisher = Batcher::start(pool.clone(), w.clone(), cfg.timeout, stop.clone());
@@ -262,7 +268,14 @@ impl PostgresStore {
                 changed
             });
             sql::save(&self.w, &tx, &jobs, &old).await?;
+            let ended = jobs
+                .iter()
+                .zip(&old)
+                .filter(|(_, (s, _))| !s.is_terminal())
+                .map(|(j, _)| j);
+            let moved = deps::cascade(&self.w, &tx, ended).await?;
             tx.commit().await?;
+            self.w.publish(moved);
             Ok(jobs)
         })
         .await
@@ -276,84 +289,7 @@ impl Store for PostgresStore {
         jobs: Vec<NewJob>,
         max_backlog: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
-        let out = self
-            .run(async {
-                let mut c = pooled(&self.pool).await?;
-                let tx = c.transaction().await?;
-                let keys: Vec<&str> = jobs
-                    .iter()
-                    .filter_map(|j| j.idempotency_key.as_deref())
-                    .collect();
-                let existing = sql::by_keys(&tx, &keys).await?;
-                let mut room = (max_backlog.min(i64::MAX as u64) as i64)
-                    .saturating_sub(self.w.waiting.load(Ordering::Acquire));
-                let mut out: Vec<Option<InsertOutcome>> = vec![None; jobs.len()];
-                // Index into `fresh` of the job taking each key in this batch.
-                let mut batch_keys: HashMap<String, usize> = HashMap::new();
-                let mut fresh: Vec<(usize, Job)> = Vec::new();
-                for (i, new) in jobs.iter().enumerate() {
-                    if let Some(k) = &new.idempotency_key {
-                        if let Some(e) = existing.get(k) {
-                            out[i] = Some(dedup(e, &new.request_hash));
-                            continue;
-                        }
-                        if let Some(&f) = batch_keys.get(k) {
-                            out[i] = Some(dedup(&fresh[f].1, &new.request_hash));
-                            continue;
-                        }
-                    }
-                    if room <= 0 {
-                        out[i] = Some(InsertOutcome::BacklogFull);
-                        continue;
-                    }
-                    room -= 1;
-                    if let Some(k) = &new.idempotency_key {
-                        batch_keys.insert(k.clone(), fresh.len());
-                    }
-                    // `start` is declined here: instances share the queue,
-                    // so a job always goes through the claim (see
-                    // `NewJob::start`); the engine does not ask for it.
-                    fresh.push((i, new.clone().into_job()));
-                }
-                // Rows go in key order, so two batches racing on the same
-                // keys wait for each other instead of deadlocking.
-                let mut rows: Vec<&Job> = fresh.iter().map(|(_, j)| j).collect();
-                rows.sort_by(|a, b| a.idempotency_key.cmp(&b.idempotency_key));
-                let inserted = sql::insert_rows(&tx, &rows).await?;
-                // A job missing from `inserted` lost its key to a concurrent
-                // submit that committed first: answer with that job.
-                let lost: Vec<&str> = fresh
-                    .iter()
-                    .filter(|(_, j)| !inserted.contains(&j.id))
-                    .filter_map(|(_, j)| j.idempotency_key.as_deref())
-                    .collect();
-                let winners = sql::by_keys(&tx, &lost).await?;
-                let mut created = 0;
-                for (i, job) in &fresh {
-                    out[*i] = Some(if inserted.contains(&job.id) {
-                        created += 1;
-                        InsertOutcome::Created(job.clone())
-                    } else {
-                        let w = job
-                            .idempotency_key
-                            .as_ref()
-                            .and_then(|k| winners.get(k))
-                            .ok_or_else(|| {
-                                StoreError::Internal(
-                                    format!("job {} was not stored", job.id).into(),
-                                )
-                            })?;
-                        dedup(w, &job.request_hash)
-                    });
-                }
-                tx.commit().await?;
-                self.w.waiting.fetch_add(created, Ordering::AcqRel);
-                Ok(out)
-            })
-            .await?;
-        out.into_iter()
-            .map(|o| o.ok_or_else(|| StoreError::Internal("submit without outcome".into())))
-            .collect()
+        self.insert_jobs(jobs, max_backlog).await
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -407,8 +343,25 @@ impl Store for PostgresStore {
         outcome: Outcome,
         now: Micros,
     ) -> Result<Option<Job>, StoreError> {
-        self.run(self.finisher.finish(id, attempt, outcome, now))
-            .await
+        self.run(
+            self.finisher
+                .finish(id, attempt, outcome, now, String::new()),
+        )
+        .await
+    }
+
+    async fn finish_many(
+        &self,
+        items: Vec<crate::store::Finish>,
+    ) -> Result<crate::store::FinishResults, StoreError> {
+        // Each joins the batcher's next batch: one transaction for them all.
+        let each = items.into_iter().map(|f| {
+            self.run(
+                self.finisher
+                    .finish(f.id, f.attempt, f.outcome, f.now, f.worker),
+            )
+        });
+        Ok(futures_util::future::join_all(each).await)
     }
 
     async fn cancel(&self, id: Uuid, now: Micros) -> Result<CancelOutcome, StoreError> {
@@ -418,17 +371,21 @@ impl Store for PostgresStore {
             let Some(mut job) = sql::select(&tx, &sql::LOCK_ONE, &[&id]).await?.pop() else {
                 return Ok(CancelOutcome::NotFound);
             };
+            let mut moved = Vec::new();
             let out = match job.state {
                 JobState::Cancelled => CancelOutcome::AlreadyCancelled(job),
                 JobState::Succeeded | JobState::Failed => CancelOutcome::AlreadyFinished(job),
                 prev => {
                     let a = job.attempt;
                     transition::cancel(&mut job, now);
-                    sql::save(&self.w, &tx, std::slice::from_ref(&job), &[(prev, a)]).await?;
+                    let one = std::slice::from_ref(&job);
+                    sql::save(&self.w, &tx, one, &[(prev, a)]).await?;
+                    moved = deps::cascade(&self.w, &tx, one).await?;
                     CancelOutcome::Cancelled { job, prev }
                 }
             };
             tx.commit().await?;
+            self.w.publish(moved);
             Ok(out)
         })
         .await
@@ -530,37 +487,7 @@ impl Store for PostgresStore {
         now: Micros,
         max_backlog: u64,
     ) -> Result<Vec<RetryOutcome>, StoreError> {
-        self.run(async {
-            let mut c = pooled(&self.pool).await?;
-            let tx = c.transaction().await?;
-            let mut found: HashMap<Uuid, Job> = sql::select(&tx, &sql::LOCK_IDS, &[&ids])
-                .await?
-                .into_iter()
-                .map(|j| (j.id, j))
-                .collect();
-            // Like submits, against this instance's count of waiting jobs.
-            let mut room = (max_backlog.min(i64::MAX as u64) as i64)
-                .saturating_sub(self.w.waiting.load(Ordering::Acquire));
-            let mut out = Vec::with_capacity(ids.len());
-            let (mut changed, mut old) = (Vec::new(), Vec::new());
-            for id in ids {
-                out.push(
-                    match transition::decide_retry(found.remove(id), room > 0, now) {
-                        transition::RetryDecision::Skip(skipped) => skipped,
-                        transition::RetryDecision::Retry { job, prev, attempt } => {
-                            room -= 1;
-                            old.push((prev, attempt));
-                            changed.push(job.clone());
-                            RetryOutcome::Retried { job, prev }
-                        }
-                    },
-                );
-            }
-            sql::save(&self.w, &tx, &changed, &old).await?;
-            tx.commit().await?;
-            Ok(out)
-        })
-        .await
+        self.retry_jobs(ids, now, max_backlog).await
     }
 
     async fn set_kind_paused(
@@ -666,16 +593,12 @@ impl Store for PostgresStore {
         self.put_logs(id, attempt, lines, at, keep).await
     }
 
-    fn take_moved(&self) -> Vec<crate::store::deps::Moved> {
-        Vec::new()
+    fn take_moved(&self) -> Vec<Moved> {
+        self.w.take_moved()
     }
 
-    async fn release_waiting(
-        &self,
-        _now: Micros,
-        _limit: usize,
-    ) -> Result<Vec<crate::store::deps::Moved>, StoreError> {
-        Ok(Vec::new())
+    async fn release_waiting(&self, now: Micros, limit: usize) -> Result<Vec<Moved>, StoreError> {
+        self.recheck_waiting(now, limit).await
     }
 
     async fn children(&self, id: Uuid, limit: usize) -> Result<Vec<Uuid>, StoreError> {
