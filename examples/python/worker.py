@@ -17,11 +17,36 @@ import grpc
 from jobd.v1 import jobd_pb2 as pb, jobd_pb2_grpc
 
 
-def work(payload: bytes, stop: threading.Event, mode: str) -> bytes:
-    """The job itself: replace it. Return the result; raise to fail the attempt."""
+def work(payload: bytes, stop: threading.Event, mode: str, job: "Attempt") -> bytes:
+    """The job itself: replace it. Return the result; raise to fail the attempt.
+
+    `job` tells jobd how far it got (progress, log lines) and where a retry
+    should resume (checkpoint, handed to the next attempt as job.checkpoint).
+    """
+    step = int(job.checkpoint or b"0")  # 0, or where an earlier attempt stopped
+    job.log(f"starting at step {step}")
     if mode == "sleep":  # payload = milliseconds; stops early on cancel
+        job.progress(0, "sleeping")
         stop.wait(int(payload or b"0") / 1000)
+    job.save_checkpoint(b"1")  # a retry from here would skip step 0
+    job.progress(100, "done")
     return payload
+
+
+class Attempt:
+    """What a running attempt tells jobd (WorkerService Progress, Log, Touch)."""
+
+    def __init__(self, s, key, checkpoint: bytes):
+        self.s, self.ids, self.checkpoint = s, dict(job_id=key[0], attempt=key[1]), checkpoint
+
+    def progress(self, percent: int, message: str = "") -> None:
+        self.s.send(progress=pb.Progress(percent=percent, message=message, **self.ids))
+
+    def log(self, *lines: str) -> None:
+        self.s.send(log=pb.Log(lines=list(lines), **self.ids))
+
+    def save_checkpoint(self, data: bytes) -> None:  # at most 64 KiB; jobd acks it (TouchAck)
+        self.s.send(touch=pb.Touch(checkpoint=data, **self.ids))
 
 
 class Session:
@@ -44,12 +69,12 @@ class Session:
             self.send(heartbeat=pb.Heartbeat())
 
 
-def run_job(s, args, key, payload, stop):
+def run_job(s, args, key, payload, stop, checkpoint=b""):
     if args.log:  # one append per line: whole lines even with several processes
         with open(args.log, "a") as f:
             f.write(f"{key[0]} {key[1]}\n")
     try:
-        report = {"complete": pb.Complete(job_id=key[0], attempt=key[1], result=work(payload, stop, args.mode))}
+        report = {"complete": pb.Complete(job_id=key[0], attempt=key[1], result=work(payload, stop, args.mode, Attempt(s, key, checkpoint)))}
     except Exception as e:
         report = {"fail": pb.Fail(job_id=key[0], attempt=key[1], error=repr(e))}
     if s.held.pop(key, None) is not None:  # gone if cancelled: its report would be stale
@@ -79,7 +104,7 @@ def session(stub, args, pool):
             elif what == "assign" and not s.draining:  # (jobd assigns nothing after drain)
                 key, stop = (msg.assign.job.id, msg.assign.job.attempt), threading.Event()
                 s.held[key] = stop
-                pool.submit(run_job, s, args, key, msg.assign.payload, stop)
+                pool.submit(run_job, s, args, key, msg.assign.payload, stop, msg.assign.checkpoint)
             elif what == "cancel" and (stop := s.held.pop((msg.cancel.job_id, msg.cancel.attempt), None)):
                 stop.set()
             elif what == "drain":  # finish what we hold; jobd ends the stream when it stops

@@ -435,3 +435,39 @@ fn pki_with_names() -> (String, String, String) {
     let cert = leaf.signed_by(&key, &issuer).unwrap().pem();
     (ca_pem, cert, key.serialize_pem())
 }
+
+/// worker.py's attempts report progress, a log line and a checkpoint
+/// (#29): jobd shows them on the job, and a retry's attempt receives the
+/// checkpoint (the log line says where it starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_worker_reports_progress_a_log_line_and_a_checkpoint() {
+    if !available("python3", &["-c", "import grpc_tools"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let stubs = tmp.path().join("stubs");
+    std::fs::create_dir(&stubs).unwrap();
+    generate_stubs(&stubs).await;
+    let d = start_with(HEAD, KINDS_PY).await;
+    let _w = worker_connects(&stubs, &["--addr", &d.url(), "--kind", "py"]).await;
+    let mut c = d.client().await;
+    let job = submit(&mut c, req("py", "x")).await;
+    let j = wait_terminal(&mut c, &job.id).await;
+    assert_eq!(state(&j), JobState::Succeeded, "{}", j.last_error);
+    let p = j.progress.expect("progress");
+    assert_eq!((p.percent, p.message.as_str()), (100, "done"));
+    assert_eq!(j.checkpoint_size, 1);
+    let lines = c
+        .get_logs(proto::GetLogsRequest {
+            id: job.id.clone(),
+            after: 0,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .lines;
+    let text: Vec<&str> = lines.iter().map(|l| l.text.as_str()).collect();
+    assert_eq!(text, ["starting at step 0"]);
+    d.stop().await;
+}
