@@ -157,6 +157,8 @@ pub struct Job {
     pub on_parent_failure: ParentFailure,
     /// Its last [`MAX_ATTEMPT_HISTORY`] ended attempts, oldest first.
     pub attempts: Vec<AttemptRecord>,
+    /// Not started by then, it ends FAILED (never starts late).
+    pub start_before: Option<Micros>,
 }
 
 /// Ended attempts a job keeps (the oldest go first).
@@ -298,6 +300,8 @@ pub struct NewJob {
     /// Jobs it waits for (existing ids; the API resolves `$N`).
     pub parents: Vec<Uuid>,
     pub on_parent_failure: ParentFailure,
+    /// The start deadline (see [`Job::start_before`]).
+    pub start_before: Option<Micros>,
 }
 
 impl NewJob {
@@ -333,6 +337,7 @@ impl NewJob {
             waiting_on: 0,
             on_parent_failure: self.on_parent_failure,
             attempts: Vec::new(),
+            start_before: self.start_before,
         }
     }
 }
@@ -358,6 +363,7 @@ impl NewJob {
             start: None,
             parents: Vec::new(),
             on_parent_failure: Default::default(),
+            start_before: None,
         }
     }
 }

@@ -43,6 +43,7 @@ pub struct Metrics {
     worker_assigned: Family<Labels, Counter>,
     log_lines: Family<Labels, Counter>,
     heartbeat_timeouts: Family<Labels, Counter>,
+    jobs_expired: Family<Labels, Counter>,
     worker_lost: Counter,
     worker_stale_reports: Counter,
     run_seconds: HistFamily,
@@ -98,6 +99,7 @@ impl Metrics {
             worker_assigned: Family::default(),
             log_lines: Family::default(),
             heartbeat_timeouts: Family::default(),
+            jobs_expired: Family::default(),
             worker_lost: Counter::default(),
             worker_stale_reports: Counter::default(),
             run_seconds: hist(),
@@ -225,6 +227,11 @@ impl Metrics {
             self.heartbeat_timeouts.clone(),
         );
         r.register(
+            "jobs_expired",
+            "Jobs ended FAILED for not starting before their start deadline (start_before, start_within)",
+            self.jobs_expired.clone(),
+        );
+        r.register(
             "job_log_lines",
             "Log lines stored for jobs (workers' Log messages), per kind",
             self.log_lines.clone(),
@@ -317,6 +324,7 @@ impl Metrics {
             &self.worker_assigned,
             &self.log_lines,
             &self.heartbeat_timeouts,
+            &self.jobs_expired,
         ] {
             let _ = c.get_or_create(&k);
         }
@@ -405,6 +413,11 @@ impl Metrics {
         self.heartbeat_timeouts
             .get_or_create(&kind(kind_name))
             .inc();
+    }
+
+    /// A job of the kind expired before it started.
+    pub fn job_expired(&self, kind_name: &str) {
+        self.jobs_expired.get_or_create(&kind(kind_name)).inc();
     }
 
     /// Log lines stored for jobs of the kind.

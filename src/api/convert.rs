@@ -75,6 +75,7 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
             updated_at: Some(timestamp(p.updated_at)),
         }),
         checkpoint_size: j.checkpoint.len() as u64,
+        start_before: j.start_before.map(timestamp),
         parent_ids: j.parents.iter().map(Uuid::to_string).collect(),
         waiting_on: j.waiting_on,
         attempts: j

@@ -77,6 +77,7 @@ pub fn submit<'a>(
     };
     let now = now_micros();
     let run_at = submit_run_at(&req, now, &mut v);
+    let start_before = submit_start_before(&req, now, run_at, &mut v);
     submit_labels(&req, &mut v);
     let (Some(kind), true) = (kind, v.list.is_empty()) else {
         return Err(ApiError::InvalidArgument(v.list));
@@ -87,6 +88,15 @@ pub fn submit<'a>(
         req.max_attempts
     };
     let timeout = timeout.unwrap_or(kind.timeout);
+    // The kind's start_within counts from now; the earlier deadline wins.
+    let start_before = match kind.start_within {
+        Some(w) => Some(
+            start_before
+                .map_or(i64::MAX, |t| t)
+                .min(crate::job::add_micros(now, w)),
+        ),
+        None => start_before,
+    };
     let request_hash = request_hash(&req, max_attempts, timeout);
     let labels = req.labels.into_iter().collect();
     Ok(NewJob {
@@ -106,6 +116,7 @@ pub fn submit<'a>(
         start: None,
         parents: Vec::new(),
         on_parent_failure: Default::default(),
+        start_before,
     })
 }
 
@@ -204,6 +215,26 @@ fn submit_run_at(
             }
         },
     }
+}
+
+/// A start deadline: valid, in the future, within a year, and after
+/// `run_at` (a job due after its deadline could never start).
+fn submit_start_before(
+    req: &proto::SubmitRequest,
+    now: Micros,
+    run_at: Option<Micros>,
+    v: &mut Violations<'_>,
+) -> Option<Micros> {
+    let t = req.start_before.as_ref()?;
+    let bad = match timestamp_micros(t) {
+        None => "not a valid timestamp",
+        Some(m) if m <= now => "already past: a start deadline must be in the future",
+        Some(m) if m > now + MAX_RUN_AT_AHEAD.as_micros() as i64 => "at most one year ahead",
+        Some(m) if run_at.is_some_and(|r| r >= m) => "not after run_at: the job could never start",
+        Some(m) => return Some(m),
+    };
+    v.bad("start_before", bad.into());
+    None
 }
 
 /// How many labels, and the size of each key and value.

@@ -111,6 +111,15 @@ pub struct KindConfig {
         serialize_with = "ser_opt_duration"
     )]
     pub heartbeat_timeout: Option<Duration>,
+    /// A start deadline for every job of the kind, counted from its
+    /// submit: not started within it, a job ends FAILED ("expired: …")
+    /// and never starts late. A submit's own `start_before` may be earlier.
+    #[serde(
+        default,
+        deserialize_with = "opt_duration",
+        serialize_with = "ser_opt_duration"
+    )]
+    pub start_within: Option<Duration>,
     /// The longest a worker's Touch may push an attempt's deadline, counted
     /// from its start; default ten times `timeout`, at least `timeout`.
     #[serde(
@@ -127,6 +136,8 @@ pub struct KindConfig {
 pub(super) const DEFAULT_LOG_LINES: usize = 1000;
 /// Most [`KindConfig::log_lines`].
 pub(super) const MAX_LOG_LINES: usize = 100_000;
+/// Longest `start_within`.
+const MAX_START_WITHIN: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// Exponential backoff with full jitter: the wait before attempt n+1 is
 /// uniform in [0, min(max, initial * multiplier^(n-1))].
@@ -198,6 +209,8 @@ pub struct KindSettings {
     pub log_lines: usize,
     /// See [`KindConfig::max_timeout`].
     pub max_timeout: Duration,
+    /// See [`KindConfig::start_within`].
+    pub start_within: Option<Duration>,
 }
 
 impl Config {
@@ -300,6 +313,11 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<KindSettings>, ConfigError>
                 "must be at least the kind's timeout",
             ));
         }
+        if k.start_within
+            .is_some_and(|d| d.is_zero() || d > MAX_START_WITHIN)
+        {
+            return Err(invalid(key("start_within"), "more than 0 and at most 366d"));
+        }
         let log_lines = k.log_lines.unwrap_or(DEFAULT_LOG_LINES);
         if log_lines == 0 || log_lines > MAX_LOG_LINES {
             return Err(invalid(key("log_lines"), "must be 1 to 100000"));
@@ -318,6 +336,7 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<KindSettings>, ConfigError>
             heartbeat_timeout: k.heartbeat_timeout,
             log_lines,
             max_timeout,
+            start_within: k.start_within,
         });
     }
     Ok(kinds)

@@ -115,7 +115,8 @@ impl Engine {
                     ahead_in_flight -= reserved.ahead_total;
                     predicted = freed;
                     match jobs {
-                        Ok(ClaimOutcome { jobs, rate_limited }) => {
+                        Ok(ClaimOutcome { jobs, expired, rate_limited }) => {
+                            self.expired(JobState::Queued, &expired);
                             rate_wake = self.rate_wake(rate_wake, rate_limited);
                             // A full batch: there may be more waiting.
                             let limit = reserved.global.num_permits() + reserved.ahead_total;

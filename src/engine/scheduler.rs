@@ -213,6 +213,7 @@ impl Engine {
             start: None,
             parents: Vec::new(),
             on_parent_failure: Default::default(),
+            start_before: None,
         };
         let out = self.submit(vec![job]).await?.pop();
         let job = match out {

@@ -23,11 +23,15 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// (other instances' transitions move them too); the ordering-key gauge
 /// too, on every store.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// Start deadlines and WAITING jobs are looked at this often at most
+/// (each pass is a query over an index, whatever the load).
+const DEADLINES_EVERY: Duration = Duration::from_millis(500);
 
 impl Engine {
     pub(super) async fn sweep_loop(self: Arc<Self>) {
         let mut next_prune = now_micros();
         let mut next_gauges = now_micros();
+        let mut next_deadlines = now_micros();
         loop {
             let now = now_micros();
             if self.settings.shared {
@@ -35,6 +39,11 @@ impl Engine {
                 self.refresh_paused().await;
             }
             self.sweep_once(now).await;
+            if now >= next_deadlines {
+                self.expire_unstarted(now).await;
+                self.release_waiting(now).await;
+                next_deadlines = add_micros(now, DEADLINES_EVERY);
+            }
             if now >= next_prune {
                 self.prune(now).await;
                 next_prune = add_micros(now, PRUNE_EVERY);
@@ -106,7 +115,6 @@ impl Engine {
                 }
             }
         }
-        self.release_waiting(now).await;
         // Due delayed jobs, promoted retries, or a hint that was dropped:
         // one claim attempt a sweep covers them all.
         self.hint();

@@ -46,6 +46,31 @@ impl Engine {
         }
     }
 
+    /// Jobs that passed their start deadline before starting (found by a
+    /// claim, or by the sweeper): announced and counted.
+    pub(super) fn expired(&self, prev: JobState, jobs: &[Job]) {
+        for j in jobs {
+            tracing::debug!(job = %j.id, kind = %j.kind, "job expired before it started");
+            self.changed(Some(prev), j);
+            self.metrics.job_expired(&j.kind);
+        }
+        if !jobs.is_empty() {
+            self.publish_moved();
+        }
+    }
+
+    /// The sweeper's pass over start deadlines.
+    pub(super) async fn expire_unstarted(&self, now: Micros) {
+        match self.store.expire_unstarted(now, RECHECK_BATCH).await {
+            Ok(moved) => {
+                for m in &moved {
+                    self.expired(m.prev, std::slice::from_ref(&m.job));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "expiring jobs past their start deadline failed"),
+        }
+    }
+
     /// The sweeper's safety net: WAITING jobs whose parents are all
     /// terminal (a release a crash or a bug left undone) move on.
     pub(super) async fn release_waiting(&self, now: Micros) {

@@ -226,6 +226,9 @@ pub struct ClaimRequest {
 #[derive(Debug, Clone, Default)]
 pub struct ClaimOutcome {
     pub jobs: Vec<Job>,
+    /// Jobs the claim found past their start deadline: FAILED instead of
+    /// started (they were QUEUED).
+    pub expired: Vec<Job>,
     /// Kinds with jobs left QUEUED for want of tokens, each with when its
     /// bucket next holds one (the dispatcher claims again then).
     pub rate_limited: Vec<(String, Micros)>,
@@ -395,6 +398,13 @@ pub trait Store: Send + Sync + 'static {
         at: Micros,
         keep: usize,
     ) -> Result<bool, StoreError>;
+    /// Up to `limit` jobs not started (QUEUED, RETRY_WAIT, WAITING) whose
+    /// start deadline passed by `now`, ended FAILED ("expired: …").
+    async fn expire_unstarted(
+        &self,
+        now: Micros,
+        limit: usize,
+    ) -> Result<Vec<deps::Moved>, StoreError>;
     /// Transitions this store made as consequences of others (children
     /// released or cancelled by their parents' ends, in finish, cancel,
     /// retry and the sweeps) since the last call, for the engine to

@@ -21,6 +21,33 @@ pub fn release(job: &mut Job, now: Micros) {
     job.updated_at = now;
 }
 
+/// A claim of a job whose start deadline has passed: it ends FAILED
+/// instead of starting late. True when it started (RUNNING).
+pub fn claim_or_expire(job: &mut Job, now: Micros, lease_slack: std::time::Duration) -> bool {
+    if is_expired(job, now) {
+        expire(job, now);
+        return false;
+    }
+    claim(job, now, lease_slack);
+    true
+}
+
+/// Whether `job` (not started) is past its start deadline at `now`.
+pub fn is_expired(job: &Job, now: Micros) -> bool {
+    job.start_before.is_some_and(|t| t <= now)
+}
+
+/// A job not started by its deadline: FAILED, saying so.
+pub fn expire(job: &mut Job, now: Micros) {
+    let at = job.start_before.unwrap_or(now);
+    job.last_error = format!("expired: not started before {}", crate::config::rfc3339(at));
+    job.next_attempt_at = None;
+    job.lease_expires_at = None;
+    job.finished_at = Some(now);
+    job.waiting_on = 0;
+    touch(job, JobState::Failed, now);
+}
+
 /// QUEUED -> RUNNING with a new attempt number and lease.
 pub fn claim(job: &mut Job, now: Micros, lease_slack: std::time::Duration) {
     debug_assert_eq!(job.state, JobState::Queued);
@@ -50,7 +77,7 @@ pub fn create(
         .filter(|_| new.run_at.is_none_or(|t| t <= new.created_at));
     let mut job = new.into_job();
     let ready = super::deps::place(&mut job, standing, now);
-    if let Some(slack) = start.filter(|_| ready) {
+    if let Some(slack) = start.filter(|_| ready && !is_expired(&job, now)) {
         if !kind_has_ready(&job.kind) {
             let now = now.max(job.created_at);
             claim(&mut job, now, slack);
@@ -185,6 +212,8 @@ pub fn retry(job: &mut Job, now: Micros) {
     job.finished_at = None;
     job.next_attempt_at = None;
     job.lease_expires_at = None;
+    // A retry is a fresh start: the old deadline would expire it at once.
+    job.start_before = None;
     touch(job, JobState::Queued, now);
 }
 

@@ -180,6 +180,13 @@ impl Store for GatedStore {
     ) -> Result<bool, StoreError> {
         self.inner.append_logs(id, attempt, lines, at, keep).await
     }
+    async fn expire_unstarted(
+        &self,
+        now: Micros,
+        limit: usize,
+    ) -> Result<Vec<jobd::store::deps::Moved>, StoreError> {
+        self.inner.expire_unstarted(now, limit).await
+    }
     fn take_moved(&self) -> Vec<jobd::store::deps::Moved> {
         self.inner.take_moved()
     }
@@ -279,6 +286,7 @@ fn echo_job() -> NewJob {
         start: None,
         parents: Vec::new(),
         on_parent_failure: Default::default(),
+        start_before: None,
     }
 }
 

@@ -41,6 +41,7 @@ mod schedules;
 mod sdk_python;
 mod sdk_typescript;
 mod stalled_watchers;
+mod start_deadlines;
 mod store_contract;
 mod tls;
 mod trace;

@@ -36,6 +36,7 @@ fn job(kind: &str, parents: &[Uuid], policy: ParentFailure) -> NewJob {
         start: None,
         parents: parents.to_vec(),
         on_parent_failure: policy,
+        start_before: None,
     }
 }
 

@@ -32,6 +32,7 @@ fn new_job(kind: &str, priority: i32) -> NewJob {
         start: None,
         parents: Vec::new(),
         on_parent_failure: Default::default(),
+        start_before: None,
     }
 }
 

@@ -59,6 +59,10 @@ pub struct SubmitArgs {
     /// it is cancelled too).
     #[arg(long)]
     pub run_on_dependency_failure: bool,
+    /// Not started within this (e.g. 30s), the job ends FAILED instead of
+    /// starting late.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub start_within: Option<Duration>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -141,6 +145,9 @@ pub(super) async fn submit(c: &mut JobClient, a: SubmitArgs, json: bool) -> Resu
         } else {
             proto::DependencyFailure::Cancel
         } as i32,
+        start_before: a
+            .start_within
+            .map(|d| prost_types::Timestamp::from(std::time::SystemTime::now() + d)),
     };
     let r = c.submit(req).await?.into_inner();
     if json && !a.wait {

@@ -371,13 +371,16 @@ impl Store for MemoryStore {
             .into_iter()
             .map(|(_, id)| id)
             .collect();
-        let jobs: Vec<Job> = candidates
+        let (jobs, expired): (Vec<Job>, Vec<Job>) = candidates
             .into_iter()
             .filter_map(|id| {
-                g.update(id, |j| transition::claim(j, now, req.lease_slack))
+                g.update(id, |j| transition::claim_or_expire(j, now, req.lease_slack))
                     .map(|(_, j)| j)
             })
-            .collect();
+            .partition(|j| j.state == JobState::Running);
+        for j in &expired {
+            g.ended(j, now);
+        }
         let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
         let mut rate_limited = Vec::new();
         for (kind, b) in &budgets {
@@ -390,7 +393,40 @@ impl Store for MemoryStore {
                 rate_limited.push((kind.to_string(), at));
             }
         }
-        Ok(ClaimOutcome { jobs, rate_limited })
+        Ok(ClaimOutcome {
+            jobs,
+            expired,
+            rate_limited,
+        })
+    }
+
+    async fn expire_unstarted(
+        &self,
+        now: Micros,
+        limit: usize,
+    ) -> Result<Vec<super::deps::Moved>, StoreError> {
+        let mut g = self.lock()?;
+        let due: Vec<Uuid> = g
+            .jobs
+            .values()
+            .filter(|e| {
+                matches!(
+                    e.job.state,
+                    JobState::Queued | JobState::RetryWait | JobState::Waiting
+                ) && transition::is_expired(&e.job, now)
+            })
+            .take(limit)
+            .map(|e| e.job.id)
+            .collect();
+        let mut out = Vec::with_capacity(due.len());
+        for id in due {
+            let prev = g.jobs[&id].job.state;
+            if let Some((_, job)) = g.update(id, |j| transition::expire(j, now)) {
+                g.ended(&job, now);
+                out.push(super::deps::Moved { prev, job });
+            }
+        }
+        Ok(out)
     }
 
     async fn finish(

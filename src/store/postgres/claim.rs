@@ -6,7 +6,7 @@
 //! claim's one transaction.
 
 use super::{pooled, rows, sql, PostgresStore, Tx};
-use crate::job::{add_micros, now_micros, Job};
+use crate::job::{add_micros, now_micros, Job, JobState};
 use crate::store::limits::{self, Bucket, KindBudget};
 use crate::store::{transition, ClaimOutcome, ClaimRequest, StoreError};
 
@@ -28,16 +28,20 @@ impl PostgresStore {
             return Ok(ClaimOutcome::default());
         }
         let lease = add_micros(req.now, self.lease_ttl);
-        let jobs = self
+        let (jobs, expired) = self
             .transition_selected(&sql::CLAIM, &[&kinds, &caps, &(req.limit as i64)], |j| {
-                transition::claim(j, req.now, req.lease_slack);
-                // The lease is renewed while this instance runs the attempt.
-                j.lease_expires_at = Some(lease);
+                if transition::claim_or_expire(j, req.now, req.lease_slack) {
+                    // The lease is renewed while this instance runs the attempt.
+                    j.lease_expires_at = Some(lease);
+                }
                 true
             })
-            .await?;
+            .await?
+            .into_iter()
+            .partition(|j| j.state == JobState::Running);
         Ok(ClaimOutcome {
             jobs,
+            expired,
             rate_limited: Vec::new(),
         })
     }
@@ -72,14 +76,23 @@ impl PostgresStore {
             let mut old = Vec::new();
             for (_, mut j) in limits::pick(candidates, req.limit) {
                 old.push((j.state, j.attempt));
-                transition::claim(&mut j, now, req.lease_slack);
-                j.lease_expires_at = Some(lease);
+                if transition::claim_or_expire(&mut j, now, req.lease_slack) {
+                    j.lease_expires_at = Some(lease);
+                }
                 jobs.push(j);
             }
             sql::save(&self.w, &tx, &jobs, &old).await?;
+            let (jobs, expired): (Vec<Job>, Vec<Job>) =
+                jobs.into_iter().partition(|j| j.state == JobState::Running);
+            let moved = super::deps::cascade(&self.w, &tx, &expired).await?;
             let rate_limited = settle_buckets(&tx, budgets, &jobs, now).await?;
             tx.commit().await?;
-            Ok(ClaimOutcome { jobs, rate_limited })
+            self.w.publish(moved);
+            Ok(ClaimOutcome {
+                jobs,
+                expired,
+                rate_limited,
+            })
         })
         .await
     }

@@ -593,6 +593,22 @@ impl Store for PostgresStore {
         self.put_logs(id, attempt, lines, at, keep).await
     }
 
+    async fn expire_unstarted(&self, now: Micros, limit: usize) -> Result<Vec<Moved>, StoreError> {
+        let mut prev = Vec::new();
+        let jobs = self
+            .transition_selected(&sql::EXPIRE_UNSTARTED, &[&now, &(limit as i64)], |j| {
+                prev.push(j.state);
+                transition::expire(j, now);
+                true
+            })
+            .await?;
+        Ok(prev
+            .into_iter()
+            .zip(jobs)
+            .map(|(prev, job)| Moved { prev, job })
+            .collect())
+    }
+
     fn take_moved(&self) -> Vec<Moved> {
         self.w.take_moved()
     }

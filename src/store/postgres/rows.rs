@@ -71,6 +71,7 @@ pub(super) fn job(r: &Row) -> Result<Job, StoreError> {
         attempts: crate::store::codec::decode_attempts(
             &col::<Option<Vec<u8>>>(r, 27)?.unwrap_or_default(),
         ),
+        start_before: col(r, 28)?,
     })
 }
 

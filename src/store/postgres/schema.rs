@@ -138,6 +138,13 @@ CREATE INDEX jobs_waiting ON jobs (id) WHERE state = 6;
 -- where), encoded in one column (see codec::encode_attempts).
 ALTER TABLE jobs ADD COLUMN attempts BYTEA;
 "#,
+    r#"
+-- v12: start deadlines. A job not started by `start_before` ends FAILED;
+-- the sweeper finds such jobs among those not started through this index.
+ALTER TABLE jobs ADD COLUMN start_before BIGINT;
+CREATE INDEX jobs_start_before ON jobs (start_before)
+    WHERE start_before IS NOT NULL AND state IN (0, 2, 6);
+"#,
 ];
 
 /// An advisory-lock key per schema, so instances on different schemas of

@@ -335,10 +335,12 @@ impl Store for SqliteStore {
                         .map_err(|e| StoreError::Corrupt(Detail::new(e.to_string()).because(e)))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let jobs = transition_all(tx, st, picked, |j| {
-                transition::claim(j, now, req.lease_slack);
+            let (jobs, expired): (Vec<Job>, Vec<Job>) = transition_all(tx, st, picked, |j| {
+                transition::claim_or_expire(j, now, req.lease_slack);
                 true
-            })?;
+            })?
+            .into_iter()
+            .partition(|j| j.state == JobState::Running);
             let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
             let mut rate_limited = Vec::new();
             for (kind, b, found) in budgets {
@@ -351,7 +353,38 @@ impl Store for SqliteStore {
                     st.buckets.insert(kind, bucket);
                 }
             }
-            Ok(ClaimOutcome { jobs, rate_limited })
+            Ok(ClaimOutcome {
+                jobs,
+                expired,
+                rate_limited,
+            })
+        })
+        .await
+    }
+
+    async fn expire_unstarted(
+        &self,
+        now: Micros,
+        limit: usize,
+    ) -> Result<Vec<crate::store::deps::Moved>, StoreError> {
+        self.write(move |tx, st| {
+            let due = ids(
+                tx,
+                "SELECT id FROM jobs INDEXED BY jobs_start_before WHERE start_before IS NOT NULL \
+                 AND state IN (0, 2, 6) AND start_before <= ?1 ORDER BY start_before LIMIT ?2",
+                (now, limit as i64),
+            )?;
+            let mut out = Vec::with_capacity(due.len());
+            for id in due {
+                let Some(mut job) = load(tx, id)? else {
+                    continue;
+                };
+                let (prev, attempt) = (job.state, job.attempt);
+                transition::expire(&mut job, now);
+                save(tx, st, &job, prev, attempt)?;
+                out.push(crate::store::deps::Moved { prev, job });
+            }
+            Ok(out)
         })
         .await
     }

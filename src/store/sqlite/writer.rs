@@ -188,7 +188,8 @@ pub(super) fn save(
         .prepare_cached(
             "UPDATE jobs SET state = ?2, attempt = ?3, result = ?4, updated_at = ?5, \
              started_at = ?6, finished_at = ?7, next_attempt_at = ?8, lease_expires_at = ?9, \
-             last_error = ?10, sequence = ?11, waiting_on = ?14, attempts = ?15 \
+             last_error = ?10, sequence = ?11, waiting_on = ?14, attempts = ?15, \
+             start_before = ?16 \
              WHERE id = ?1 AND state = ?12 AND attempt = ?13",
         )
         .and_then(|mut s| {
@@ -208,6 +209,7 @@ pub(super) fn save(
                 old_attempt,
                 job.waiting_on,
                 codec::encode_attempts(&job.attempts),
+                job.start_before,
             ])
         })
         .map_err(map_err)?;
@@ -310,7 +312,7 @@ pub(super) fn insert_one(
     });
     tx.prepare_cached(&format!(
         "INSERT INTO jobs ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)"
+         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -342,6 +344,7 @@ pub(super) fn insert_one(
             job.waiting_on,
             codec::policy_code(job.on_parent_failure),
             codec::encode_attempts(&job.attempts),
+            job.start_before,
         ])
     })
     .map_err(map_err)?;
