@@ -611,6 +611,10 @@ mod tests {
             ordering_key: "customer-7".into(),
             depends_on: vec!["$0".into(), Uuid::now_v7().to_string()],
             on_dependency_failure: proto::DependencyFailure::Run as i32,
+            start_before: Some(prost_types::Timestamp {
+                seconds: 1_900_000_100,
+                nanos: 9,
+            }),
         };
         vec![
             full.encode_to_vec(),
