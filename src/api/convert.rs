@@ -12,30 +12,14 @@ pub fn timestamp(m: Micros) -> prost_types::Timestamp {
     }
 }
 
+/// See [`JobState::to_proto`].
 pub fn state_to_proto(s: JobState) -> proto::JobState {
-    match s {
-        JobState::Queued => proto::JobState::Queued,
-        JobState::Running => proto::JobState::Running,
-        JobState::RetryWait => proto::JobState::RetryWait,
-        JobState::Succeeded => proto::JobState::Succeeded,
-        JobState::Failed => proto::JobState::Failed,
-        JobState::Cancelled => proto::JobState::Cancelled,
-        JobState::Waiting => proto::JobState::Waiting,
-    }
+    s.to_proto()
 }
 
-/// `None` for UNSPECIFIED (no filter).
+/// `None` for UNSPECIFIED (no filter); see [`JobState::from_proto`].
 pub fn state_from_proto(s: proto::JobState) -> Option<JobState> {
-    Some(match s {
-        proto::JobState::Unspecified => return None,
-        proto::JobState::Queued => JobState::Queued,
-        proto::JobState::Running => JobState::Running,
-        proto::JobState::RetryWait => JobState::RetryWait,
-        proto::JobState::Succeeded => JobState::Succeeded,
-        proto::JobState::Failed => JobState::Failed,
-        proto::JobState::Cancelled => JobState::Cancelled,
-        proto::JobState::Waiting => JobState::Waiting,
-    })
+    JobState::from_proto(s)
 }
 
 pub fn job_to_proto(j: &Job) -> proto::Job {

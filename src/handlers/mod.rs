@@ -83,7 +83,7 @@ impl ParentResult {
         crate::proto::ParentResult {
             id: self.id.to_string(),
             kind: self.kind.clone(),
-            state: crate::api::convert::state_to_proto(self.state) as i32,
+            state: self.state.to_proto() as i32,
             result: self.result.to_vec(),
             result_omitted: self.omitted,
         }
@@ -97,7 +97,7 @@ impl ParentResult {
             id: Uuid::try_parse(&p.id).ok()?,
             kind: p.kind,
             state: state
-                .and_then(crate::api::convert::state_from_proto)
+                .and_then(crate::job::JobState::from_proto)
                 .unwrap_or(crate::job::JobState::Succeeded),
             result: p.result.into(),
             omitted: p.result_omitted,
