@@ -39,6 +39,17 @@ async fn each_attempt_is_kept_with_where_it_ran() {
         j.attempts[0]
     );
     assert!(micros(&j.attempts[0].finished_at) >= micros(&j.attempts[0].started_at));
+    // `jobd status` lists them, the earlier error with them.
+    let out = std::process::Command::new(bin())
+        .args(["status", &job.id, "--addr", &d.url()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("attempts:"), "{text}");
+    assert!(
+        text.contains("retried") && text.contains("first try fails"),
+        "{text}"
+    );
     // A remote worker's attempt names it.
     let mut w = crate::remote::raw(&d.url(), crate::remote::hello(&["r"], 1))
         .await

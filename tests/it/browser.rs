@@ -360,6 +360,12 @@ command = ["sh", "-c", "if [ -e {dir}/ran ]; then echo fixed; else touch {dir}/r
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(b.text_of("#job-result").await.trim(), "fixed");
+    // The attempt history explains the earlier failure (#35).
+    let history = b.text_of("#job-attempts").await;
+    assert!(
+        history.contains("failed") && history.contains("succeeded") && history.contains("local"),
+        "{history:?}"
+    );
     b.screenshot("dashboard-job").await;
     assert_eq!(
         state_of(&mut grpc, &flaky.id).await,

@@ -88,6 +88,23 @@ pub(super) fn print_job(j: &proto::Job) {
     if !j.last_error.is_empty() {
         out!("last error:   {}", printable(&j.last_error, true));
     }
+    // The history explains what went before: shown when there is more
+    // than one clean attempt to tell.
+    if j.attempts.len() > 1 || j.attempts.iter().any(|a| !a.error.is_empty()) {
+        out!("attempts:");
+        for a in &j.attempts {
+            let error = printable(&a.error, true);
+            let worker = if a.worker.is_empty() { "-" } else { &a.worker };
+            out!(
+                "  {:>3}  {:<9}  {:<16}  {}  {}",
+                a.attempt,
+                a.outcome,
+                printable(worker, false),
+                show(&a.finished_at),
+                error
+            );
+        }
+    }
     if !j.result.is_empty() {
         match std::str::from_utf8(&j.result) {
             Ok(text) => out!("result:       {}", printable(text.trim_end(), true)),

@@ -515,12 +515,31 @@
         el("pre", { id: "job-log" }, logText()),
         el("h3", {}, "Last error"),
         el("pre", { id: "job-error", class: "error" }, j.lastError || ""),
+        el("h3", {}, "Attempts"),
+        attemptsOf(j),
         el("h3", {}, "Result", result.cut || j.resultTruncated ? " (first part)" : ""),
         el("pre", { id: "job-result" }, result.text),
         el("h3", {}, "Payload", payload.cut ? " (first part)" : ""),
         el("pre", { id: "job-payload" }, payload.text),
       );
     };
+    // The attempt history: where each ran and how it ended (a success
+    // clears lastError; what went wrong before stays here).
+    const attemptsOf = (j) => el(
+      "table",
+      { id: "job-attempts" },
+      el("tr", {}, ...["#", "outcome", "worker", "started", "ended", "error"].map((h) => el("th", {}, h))),
+      ...(j.attempts || []).map((a) => el(
+        "tr",
+        {},
+        el("td", { class: "num" }, num(a.attempt)),
+        el("td", {}, a.outcome),
+        el("td", {}, a.worker || ""),
+        el("td", { class: "date" }, when(a.startedAt)),
+        el("td", { class: "date" }, when(a.finishedAt)),
+        el("td", { class: "error" }, (a.error || "").slice(0, 200)),
+      )),
+    );
     const act = (p, body) =>
       api("POST", p, body === undefined ? undefined : body)
         .then(() => banner("", ""))
