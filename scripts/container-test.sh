@@ -317,7 +317,8 @@ grpc_health() { # -> SERVING / NOT_SERVING / UNREACHABLE
     case $out in *NOT_SERVING*) echo NOT_SERVING ;; *SERVING*) echo SERVING ;; *) echo UNREACHABLE ;; esac
   fi
 }
-job_state() { "$JOBD" status "$1" --json --addr "$ADDR" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])'; }
+# `status --json` prints GetStatusResponse in the proto3 JSON mapping.
+job_state() { "$JOBD" status "$1" --json --addr "$ADDR" | python3 -c 'import json,sys; print(json.load(sys.stdin)["job"]["state"])'; }
 http_code() { curl -s -o /dev/null -m 2 -w '%{http_code}' "http://127.0.0.1:$AP$1" || true; }
 wait_serving() { # container seconds
   local i
@@ -365,7 +366,7 @@ pass "readyz: /readyz on published port $AP -> 200"
 job=$("$JOBD" submit echo --payload "hello from the host" --addr "$ADDR")
 timeout 30 "$JOBD" watch "$job" --addr "$ADDR" >/dev/null || fail "job $job from the host did not succeed"
 state=$(job_state "$job")
-[ "$state" = succeeded ] || fail "job $job from the host: $state"
+[ "$state" = JOB_STATE_SUCCEEDED ] || fail "job $job from the host: $state"
 pass "submit from host: job $job -> $state"
 
 # SIGTERM: NOT_SERVING at once (still answering during drain.grace), exit 0
@@ -397,7 +398,7 @@ pass "sigterm: NOT_SERVING after ${nsv_ms} ms (readyz 503), exit 0 after ${exit_
 run_jobd "$C2" -e JOBD_LISTEN=0.0.0.0:50052 -p "127.0.0.1:$GP:50052"
 wait_serving "$C2" 30
 state=$(job_state "$job")
-[ "$state" = succeeded ] || fail "after the restart job $job is $state"
+[ "$state" = JOB_STATE_SUCCEEDED ] || fail "after the restart job $job is $state"
 pass "restart: same volume, job $job still $state"
 podman healthcheck run "$C2" >/dev/null 2>&1 || fail "healthcheck with JOBD_LISTEN=0.0.0.0:50052: unhealthy"
 pass "healthcheck follows JOBD_LISTEN: port 50052 -> healthy"
