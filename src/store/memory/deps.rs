@@ -5,6 +5,8 @@ use uuid::Uuid;
 
 use super::Inner;
 use crate::job::{Job, JobState, Micros};
+use crate::store::deps::{self, Moved};
+use crate::store::transition;
 
 impl Inner {
     /// Each parent's id and state; `None` when one does not exist.
@@ -55,5 +57,46 @@ impl Inner {
                 e.job.waiting_on += 1;
             }
         }
+    }
+
+    /// Up to `limit` WAITING jobs whose parents all ended, moved on.
+    pub(super) fn release_waiting(&mut self, now: Micros, limit: usize) -> Vec<Moved> {
+        let mut out = Vec::new();
+        let waiting: Vec<Uuid> = self.waiting_jobs.iter().copied().collect();
+        for id in waiting {
+            if out.len() >= limit {
+                break;
+            }
+            let parents = self.jobs[&id].job.parents.clone();
+            let states = self.parent_states(&parents).unwrap_or_default();
+            if states.iter().any(|(_, s)| !s.is_terminal()) {
+                continue;
+            }
+            if let Some((true, job)) = self.update(id, |j| deps::recheck(j, states, now)) {
+                if job.state.is_terminal() {
+                    self.ended(&job, now);
+                }
+                out.push(Moved {
+                    prev: JobState::Waiting,
+                    job,
+                });
+            }
+        }
+        out
+    }
+
+    /// Up to `limit` jobs not started whose start deadline passed, ended
+    /// FAILED (from the deadline index: no scan of every job).
+    pub(super) fn expire_unstarted(&mut self, now: Micros, limit: usize) -> Vec<Moved> {
+        let due = Inner::due(&self.deadlines, now, limit);
+        let mut out = Vec::with_capacity(due.len());
+        for id in due {
+            let prev = self.jobs[&id].job.state;
+            if let Some((_, job)) = self.update(id, |j| transition::expire(j, now)) {
+                self.ended(&job, now);
+                out.push(Moved { prev, job });
+            }
+        }
+        out
     }
 }

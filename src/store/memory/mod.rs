@@ -77,6 +77,8 @@ struct Inner {
     children: HashMap<Uuid, Vec<Uuid>>,
     /// WAITING jobs, for the sweeper's re-check.
     waiting_jobs: BTreeSet<Uuid>,
+    /// Start deadlines of jobs not started (QUEUED, RETRY_WAIT, WAITING).
+    deadlines: BTreeSet<(Micros, Uuid)>,
     /// Children moved by their parents' ends, not yet taken by the engine.
     moved: Vec<super::deps::Moved>,
 }
@@ -128,6 +130,9 @@ impl Inner {
             }
             JobState::Waiting => set(&mut self.waiting_jobs, j.id, add),
             _ => {}
+        }
+        if let Some(t) = j.start_before.filter(|_| j.state.is_waiting()) {
+            set(&mut self.deadlines, (t, j.id), add);
         }
         if let Some(key) = j.ordering_key.as_ref().filter(|_| !j.state.is_terminal()) {
             let slot = (j.kind.clone(), key.clone());
@@ -405,28 +410,7 @@ impl Store for MemoryStore {
         now: Micros,
         limit: usize,
     ) -> Result<Vec<super::deps::Moved>, StoreError> {
-        let mut g = self.lock()?;
-        let due: Vec<Uuid> = g
-            .jobs
-            .values()
-            .filter(|e| {
-                matches!(
-                    e.job.state,
-                    JobState::Queued | JobState::RetryWait | JobState::Waiting
-                ) && transition::is_expired(&e.job, now)
-            })
-            .take(limit)
-            .map(|e| e.job.id)
-            .collect();
-        let mut out = Vec::with_capacity(due.len());
-        for id in due {
-            let prev = g.jobs[&id].job.state;
-            if let Some((_, job)) = g.update(id, |j| transition::expire(j, now)) {
-                g.ended(&job, now);
-                out.push(super::deps::Moved { prev, job });
-            }
-        }
-        Ok(out)
+        Ok(self.lock()?.expire_unstarted(now, limit))
     }
 
     async fn finish(
@@ -800,29 +784,7 @@ impl Store for MemoryStore {
         now: Micros,
         limit: usize,
     ) -> Result<Vec<super::deps::Moved>, StoreError> {
-        let mut g = self.lock()?;
-        let mut out = Vec::new();
-        let waiting: Vec<Uuid> = g.waiting_jobs.iter().copied().collect();
-        for id in waiting {
-            if out.len() >= limit {
-                break;
-            }
-            let parents = g.jobs[&id].job.parents.clone();
-            let states = g.parent_states(&parents).unwrap_or_default();
-            if states.iter().any(|(_, s)| !s.is_terminal()) {
-                continue;
-            }
-            if let Some((true, job)) = g.update(id, |j| super::deps::recheck(j, states, now)) {
-                if job.state.is_terminal() {
-                    g.ended(&job, now);
-                }
-                out.push(super::deps::Moved {
-                    prev: JobState::Waiting,
-                    job,
-                });
-            }
-        }
-        Ok(out)
+        Ok(self.lock()?.release_waiting(now, limit))
     }
 
     async fn children(&self, id: Uuid, limit: usize) -> Result<Vec<Uuid>, StoreError> {

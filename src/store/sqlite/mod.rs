@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::codec::{self, decode_labels, encode_labels, COLS};
 use super::limits::{self, Bucket, KindBudget};
 mod checkpoint;
+mod deadlines;
 mod deps;
 mod progress;
 mod rows;
@@ -367,26 +368,7 @@ impl Store for SqliteStore {
         now: Micros,
         limit: usize,
     ) -> Result<Vec<crate::store::deps::Moved>, StoreError> {
-        self.write(move |tx, st| {
-            let due = ids(
-                tx,
-                "SELECT id FROM jobs INDEXED BY jobs_start_before WHERE start_before IS NOT NULL \
-                 AND state IN (0, 2, 6) AND start_before <= ?1 ORDER BY start_before LIMIT ?2",
-                (now, limit as i64),
-            )?;
-            let mut out = Vec::with_capacity(due.len());
-            for id in due {
-                let Some(mut job) = load(tx, id)? else {
-                    continue;
-                };
-                let (prev, attempt) = (job.state, job.attempt);
-                transition::expire(&mut job, now);
-                save(tx, st, &job, prev, attempt)?;
-                out.push(crate::store::deps::Moved { prev, job });
-            }
-            Ok(out)
-        })
-        .await
+        self.expire_due(now, limit).await
     }
 
     async fn finish(
