@@ -649,3 +649,26 @@ async fn database_restart_under_load_loses_no_acknowledged_job() {
 fn jobd_pg_schema_versions() -> i32 {
     12
 }
+
+/// jobd's connections plan each prepared statement once (a generic plan:
+/// re-planning the claim and result statements on every execution was a
+/// fifth of the server's CPU in a burn-down), unless the URL's own
+/// `options` say otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_plan_each_statement_once_unless_the_url_says_otherwise() {
+    let Some(pg) = PgSchema::new("plans").await else {
+        return;
+    };
+    let mode = |url: String| async move {
+        let c = store::postgres::connect(&url).await.unwrap();
+        let row = c.query_one("SHOW plan_cache_mode", &[]).await.unwrap();
+        row.get::<_, String>(0)
+    };
+    assert_eq!(mode(pg.url.clone()).await, "force_generic_plan");
+    let sep = if pg.url.contains('?') { '&' } else { '?' };
+    let own = format!(
+        "{}{sep}options=-c%20plan_cache_mode%3Dforce_custom_plan",
+        pg.url
+    );
+    assert_eq!(mode(own).await, "force_custom_plan");
+}

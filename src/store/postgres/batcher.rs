@@ -151,9 +151,14 @@ async fn finish_batch(
         .into_values()
         .filter(|(j, _)| changed.contains(&j.id))
         .unzip();
-    sql::save(w, &tx, &done, &old).await?;
-    // Only RUNNING jobs finish, so every terminal one just ended.
-    let moved = deps::cascade(w, &tx, &done).await?;
+    let parents = sql::save_finished(w, &tx, &done, &old).await?;
+    // Only RUNNING jobs finish, so every terminal one just ended. Without
+    // children among them the cascade has nothing to read: one round trip
+    // of the batch's five saved (and its lock query on the server).
+    let moved = match parents {
+        true => deps::cascade(w, &tx, &done).await?,
+        false => Vec::new(),
+    };
     tx.commit().await?;
     w.publish(moved);
     Ok(answers)

@@ -11,6 +11,9 @@ use super::{Detail, StoreError};
 use crate::client_tls::{client_config, Fields};
 use crate::config::{ClientTls, PostgresUrl, ServerCheck, SslMode};
 
+/// Sent with every connection (libpq's `options`): see [`Connector::new`].
+const GENERIC_PLANS: &str = "-c plan_cache_mode=force_generic_plan";
+
 /// Everything a new connection needs: pool, LISTEN and ping use one.
 #[derive(Clone)]
 pub(crate) struct Connector {
@@ -24,6 +27,15 @@ impl Connector {
         let mut config: tokio_postgres::Config = url.driver_url.parse().map_err(|e| {
             StoreError::Internal(Detail::new(format!("bad postgres URL: {e}")).because(e))
         })?;
+        // Each prepared statement is planned once per connection. Left to
+        // choose, PostgreSQL re-planned the claim and result statements on
+        // every execution (custom plans): planning (GetCachedPlan) was ~21%
+        // of the server's CPU in a burn-down, 0.07 ms against 0.02 ms of
+        // execution for a claim. The URL's own `options` come after, so an
+        // operator's `-c plan_cache_mode=...` wins.
+        let user = config.get_options().unwrap_or_default();
+        let options = format!("{GENERIC_PLANS} {user}");
+        config.options(options.trim());
         config.ssl_mode(match url.ssl_mode {
             SslMode::Disable => DriverSslMode::Disable,
             SslMode::Prefer => DriverSslMode::Prefer,

@@ -207,7 +207,25 @@ pub(super) const RENEW: &str = "UPDATE jobs SET lease_expires_at = $1 WHERE id I
 /// Writes back the jobs a transition changed, fenced on the state and
 /// attempt each was read with; records each change in `job_events` and
 /// announces it. One round trip for any number of jobs.
-const SAVE: &str = "WITH x AS (
+static SAVE: LazyLock<String> = LazyLock::new(|| format!("{SAVE_CTES}SELECT {NOTIFY} FROM u"));
+
+/// [`SAVE`] for a batch of results, which also says whether any of the
+/// jobs is a parent (has `job_deps` rows). The statement's snapshot is
+/// taken after the batch locked its rows `FOR UPDATE`, so it sees every
+/// child whose insert held a parent `FOR SHARE` (see `deps.rs`), as the
+/// cascade's own query would: a batch without children skips that query.
+static SAVE_FINISHED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{SAVE_CTES}SELECT {NOTIFY}, EXISTS (SELECT 1 FROM job_deps WHERE parent = ANY($1)) FROM u"
+    )
+});
+
+/// Announces each saved job of `u` (`$15` the channel); the count is
+/// checked.
+const NOTIFY: &str = "count(pg_notify($15, u.id::text || ':' || u.sequence::text))";
+
+/// The writes of [`SAVE`]; `u` holds the rows changed.
+const SAVE_CTES: &str = "WITH x AS (
   SELECT * FROM unnest($1::uuid[], $2::int2[], $3::int4[], $4::bytea[], $5::int8[], $6::int8[],
     $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::int2[], $13::int4[],
     $16::int4[], $17::bytea[], $18::int8[])
@@ -229,7 +247,7 @@ const SAVE: &str = "WITH x AS (
     finished_at, next_attempt_at, lease_expires_at, last_error)
   SELECT * FROM u
 )
-SELECT count(pg_notify($15, u.id::text || ':' || u.sequence::text)) FROM u";
+";
 
 /// New jobs, one row per array element. A job's parents come as the text
 /// of a `uuid[]` (`unnest` would flatten an array of arrays); NULL when it
@@ -346,8 +364,31 @@ pub(super) async fn save(
     jobs: &[Job],
     old: &[(JobState, u32)],
 ) -> Result<(), StoreError> {
+    save_as(w, tx, jobs, old, &SAVE).await.map(|_| ())
+}
+
+/// [`save`] for a batch of results: also whether any of `jobs` has
+/// children, read under the batch's row locks ([`SAVE_FINISHED`]).
+pub(super) async fn save_finished(
+    w: &Writer,
+    tx: &Tx<'_>,
+    jobs: &[Job],
+    old: &[(JobState, u32)],
+) -> Result<bool, StoreError> {
+    save_as(w, tx, jobs, old, &SAVE_FINISHED).await
+}
+
+/// Runs `statement` ([`SAVE`] or [`SAVE_FINISHED`]) for `jobs`; returns
+/// its second column where it has one (else `false`).
+async fn save_as(
+    w: &Writer,
+    tx: &Tx<'_>,
+    jobs: &[Job],
+    old: &[(JobState, u32)],
+    statement: &str,
+) -> Result<bool, StoreError> {
     if jobs.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let ids: Vec<Uuid> = jobs.iter().map(|j| j.id).collect();
     let states: Vec<i16> = jobs.iter().map(|j| state_code(j.state)).collect();
@@ -375,7 +416,7 @@ pub(super) async fn save(
         .map(|j| crate::store::codec::encode_attempts(&j.attempts))
         .collect();
     let deadlines: Vec<Option<i64>> = jobs.iter().map(|j| j.start_before).collect();
-    let st = tx.prepare_cached(SAVE).await?;
+    let st = tx.prepare_cached(statement).await?;
     let row = tx
         .query_one(
             &st,
@@ -419,5 +460,8 @@ pub(super) async fn save(
         .map(|(j, (s, _))| i64::from(j.state.is_waiting()) - i64::from(s.is_waiting()))
         .sum();
     w.waiting.fetch_add(delta, Ordering::AcqRel);
-    Ok(())
+    match row.len() {
+        1 => Ok(false),
+        _ => rows::col(&row, 1),
+    }
 }

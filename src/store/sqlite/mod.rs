@@ -25,6 +25,7 @@ use super::limits::{self, Bucket, KindBudget};
 mod checkpoint;
 mod deadlines;
 mod deps;
+mod outcomes;
 mod progress;
 mod rows;
 mod schema;
@@ -160,7 +161,11 @@ impl SqliteStore {
             });
             (reply, failed)
         });
-        let work = Work { run, single_change };
+        let work = Work {
+            run,
+            single_change,
+            outcomes: false,
+        };
         self.writer
             .send(Request::Work(work))
             .await
@@ -388,41 +393,7 @@ impl Store for SqliteStore {
     }
 
     async fn finish_many(&self, items: Vec<Finish>) -> Result<FinishResults, StoreError> {
-        // One write request for the whole group (one reply, one wake-up).
-        // One failing outcome must not undo the others, but a savepoint per
-        // outcome copies every page each outcome touches into a sub-journal
-        // again (a fifth of the writer's time in a burn-down, perf). So all
-        // outcomes go in one savepoint, and only if one fails is the group
-        // redone with a savepoint per outcome.
-        self.write(move |tx, st| {
-            let sp = |sql: &str| exec_cached(tx, sql).map_err(map_err);
-            let (waiting, moved) = (st.waiting, st.moved.len());
-            sp("SAVEPOINT fm")?;
-            let fast: Result<Vec<_>, _> = items.iter().map(|f| finish_one(tx, st, f)).collect();
-            if let Ok(jobs) = fast {
-                sp("RELEASE fm")?;
-                return Ok(jobs.into_iter().map(Ok).collect());
-            }
-            st.waiting = waiting;
-            st.moved.truncate(moved);
-            sp("ROLLBACK TO fm")?;
-            sp("RELEASE fm")?;
-            let mut out = Vec::with_capacity(items.len());
-            for f in &items {
-                sp("SAVEPOINT f")?;
-                let (waiting, moved) = (st.waiting, st.moved.len());
-                let r = finish_one(tx, st, f);
-                if r.is_err() {
-                    st.waiting = waiting;
-                    st.moved.truncate(moved);
-                    sp("ROLLBACK TO f")?;
-                }
-                sp("RELEASE f")?;
-                out.push(r);
-            }
-            Ok(out)
-        })
-        .await
+        self.write_outcomes(items).await
     }
 
     async fn cancel(&self, id: Uuid, now: Micros) -> Result<CancelOutcome, StoreError> {

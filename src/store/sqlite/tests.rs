@@ -143,9 +143,22 @@ async fn a_failing_insert_does_not_sink_its_group() {
 }
 
 /// One outcome that cannot be applied (its row went bad) fails alone:
-/// the group's other outcomes are still committed.
+/// the group's other outcomes are still committed. Without children in
+/// the store the outcomes run without a savepoint (SQLite undoes the
+/// failing statement alone).
 #[tokio::test]
 async fn a_failing_outcome_does_not_undo_the_others() {
+    failing_outcome_alone(false).await;
+}
+
+/// The same where a job has a child (the outcomes then run in savepoints),
+/// and the child of a committed outcome is released.
+#[tokio::test]
+async fn a_failing_outcome_does_not_undo_the_others_with_children() {
+    failing_outcome_alone(true).await;
+}
+
+async fn failing_outcome_alone(with_child: bool) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
     let store = SqliteStore::open(&path).await.unwrap();
@@ -157,6 +170,17 @@ async fn a_failing_outcome_does_not_undo_the_others() {
         };
         ids.push(j.id);
         store.insert(vec![j], u64::MAX).await.unwrap();
+    }
+    let child = NewJob {
+        id: Uuid::now_v7(),
+        parents: vec![ids[0]],
+        ..NewJob::example()
+    };
+    let child_id = child.id;
+    if with_child {
+        store.insert(vec![child], u64::MAX).await.unwrap();
+        let waiting = store.get(child_id).await.unwrap().unwrap();
+        assert_eq!(waiting.state, JobState::Waiting);
     }
     let claimed = store
         .claim(&ClaimRequest {
@@ -195,6 +219,10 @@ async fn a_failing_outcome_does_not_undo_the_others() {
         assert_eq!(j.state, JobState::Succeeded);
         let stored = store.get(ids[i]).await.unwrap().unwrap();
         assert_eq!(stored.state, JobState::Succeeded, "committed");
+    }
+    if with_child {
+        let released = store.get(child_id).await.unwrap().unwrap();
+        assert_eq!(released.state, JobState::Queued, "its parent succeeded");
     }
 }
 

@@ -37,6 +37,10 @@ pub(super) struct Work {
     /// savepoint; others get one, which copies every page they change into
     /// a sub-journal (13% of the writer during unary submits, perf).
     pub(super) single_change: bool,
+    /// Attempts' outcomes ([`super::outcomes`]): while no job has children
+    /// each outcome is one single-row `UPDATE`, so the request needs no
+    /// savepoint then either.
+    pub(super) outcomes: bool,
 }
 
 pub(super) enum Request {
@@ -110,7 +114,9 @@ pub(super) fn run_group(conn: &mut Connection, batch: &mut Vec<Work>, st: &mut W
             replies.push((w.run)(Err(err)).0);
             continue;
         }
-        let savepoint = !w.single_change;
+        // Outcomes undo themselves while no job has children (see Work).
+        let self_undoing = w.single_change || (w.outcomes && !st.has_deps);
+        let savepoint = !self_undoing;
         if savepoint {
             if let Err(e) = exec_cached(&tx, "SAVEPOINT w") {
                 replies.push((w.run)(Err(map_err(e))).0);
@@ -166,8 +172,12 @@ pub(super) fn exec_cached(tx: &Transaction<'_>, sql: &str) -> rusqlite::Result<u
     tx.prepare_cached(sql).and_then(|mut s| s.execute([]))
 }
 
+/// One job by id (its text built once: the statement cache hashes it).
+static LOAD: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {COLS} FROM jobs WHERE id = ?1"));
+
 pub(super) fn load(tx: &Transaction<'_>, id: Uuid) -> Result<Option<Job>, StoreError> {
-    tx.prepare_cached(&format!("SELECT {COLS} FROM jobs WHERE id = ?1"))
+    tx.prepare_cached(&LOAD)
         .and_then(|mut s| {
             s.query_row([id.as_bytes().as_slice()], row_to_job)
                 .optional()
