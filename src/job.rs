@@ -159,6 +159,9 @@ pub struct Job {
     pub attempts: Vec<AttemptRecord>,
     /// Not started by then, it ends FAILED (never starts late).
     pub start_before: Option<Micros>,
+    /// The key a `round_robin` kind's claims rotate over: the submit's
+    /// `fairness_key`, else its ordering key, else "" (one shared key).
+    pub fairness_key: String,
 }
 
 /// Ended attempts a job keeps (the oldest go first).
@@ -302,6 +305,8 @@ pub struct NewJob {
     pub on_parent_failure: ParentFailure,
     /// The start deadline (see [`Job::start_before`]).
     pub start_before: Option<Micros>,
+    /// See [`Job::fairness_key`] (already defaulted to the ordering key).
+    pub fairness_key: String,
 }
 
 impl NewJob {
@@ -338,6 +343,7 @@ impl NewJob {
             on_parent_failure: self.on_parent_failure,
             attempts: Vec::new(),
             start_before: self.start_before,
+            fairness_key: self.fairness_key,
         }
     }
 }
@@ -364,6 +370,7 @@ impl NewJob {
             parents: Vec::new(),
             on_parent_failure: Default::default(),
             start_before: None,
+            fairness_key: String::new(),
         }
     }
 }

@@ -47,6 +47,7 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
         timeout: prost_types::Duration::try_from(j.timeout).ok(),
         result_truncated: false,
         ordering_key: j.ordering_key.clone().unwrap_or_default(),
+        fairness_key: j.fairness_key.clone(),
         traceparent: j
             .trace
             .as_ref()

@@ -99,6 +99,11 @@ pub fn submit<'a>(
     };
     let request_hash = request_hash(&req, max_attempts, timeout);
     let labels = req.labels.into_iter().collect();
+    let fairness_key = if req.fairness_key.is_empty() {
+        req.ordering_key.clone()
+    } else {
+        req.fairness_key
+    };
     Ok(NewJob {
         id: Uuid::now_v7(),
         kind: req.kind,
@@ -117,6 +122,7 @@ pub fn submit<'a>(
         parents: Vec::new(),
         on_parent_failure: Default::default(),
         start_before,
+        fairness_key,
     })
 }
 
@@ -186,6 +192,10 @@ fn submit_keys(req: &proto::SubmitRequest, v: &mut Violations<'_>) {
     }
     if let Some(why) = ordering_key_problem(&req.ordering_key) {
         v.bad("ordering_key", why);
+    }
+    // The same bound and alphabet as the ordering key it defaults to.
+    if let Some(why) = ordering_key_problem(&req.fairness_key) {
+        v.bad("fairness_key", why);
     }
     if req.max_attempts > MAX_ATTEMPTS_LIMIT {
         v.bad(
@@ -300,6 +310,10 @@ pub fn request_hash(req: &proto::SubmitRequest, max_attempts: u32, timeout: Dura
     if !req.ordering_key.is_empty() {
         field(b"ordering_key");
         field(req.ordering_key.as_bytes());
+    }
+    if !req.fairness_key.is_empty() {
+        field(b"fairness_key");
+        field(req.fairness_key.as_bytes());
     }
     h.finalize().into()
 }
@@ -615,6 +629,7 @@ mod tests {
                 seconds: 1_900_000_100,
                 nanos: 9,
             }),
+            fairness_key: "tenant-3".into(),
         };
         vec![
             full.encode_to_vec(),

@@ -214,6 +214,7 @@ impl Engine {
             parents: Vec::new(),
             on_parent_failure: Default::default(),
             start_before: None,
+            fairness_key: String::new(),
         };
         let out = self.submit(vec![job]).await?.pop();
         let job = match out {

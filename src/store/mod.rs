@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod deps;
+pub mod fairness;
 pub mod limits;
 pub mod memory;
 pub mod postgres;

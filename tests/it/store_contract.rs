@@ -33,6 +33,7 @@ fn new_job(kind: &str, priority: i32) -> NewJob {
         parents: Vec::new(),
         on_parent_failure: Default::default(),
         start_before: None,
+        fairness_key: String::new(),
     }
 }
 
@@ -925,6 +926,102 @@ pub async fn workflows_release_and_cascade(s: SharedStore) {
         .is_empty());
 }
 
+fn fair_limits(key_rate: Option<(f64, u32)>) -> HashMap<String, store::KindLimits> {
+    HashMap::from([(
+        "rr".to_string(),
+        store::KindLimits {
+            fairness: jobd::config::Fairness::RoundRobin,
+            key_rate: key_rate.map(|(per_second, burst)| store::RateLimit { per_second, burst }),
+            ..Default::default()
+        },
+    )])
+}
+
+fn fair_job(key: &str, priority: i32) -> NewJob {
+    NewJob {
+        fairness_key: key.into(),
+        ..new_job("rr", priority)
+    }
+}
+
+/// A round_robin kind's claims take one job per key per turn, from the key
+/// after the one served last; a key's own jobs keep priority order; jobs
+/// with no key share the key "".
+pub async fn round_robin_claims_rotate_over_keys(s: SharedStore) {
+    let mut ids = HashMap::new();
+    for (key, prio, name) in [
+        ("a", 0, "a1"),
+        ("a", 0, "a2"),
+        ("a", 0, "a3"),
+        ("b", 0, "b1"),
+        ("c", 0, "c2"),
+        ("c", 5, "c1"),
+        ("", 0, "none"),
+    ] {
+        let j = insert(&s, fair_job(key, prio)).await;
+        assert_eq!(j.fairness_key, key);
+        assert_eq!(get(&s, j.id).await.fairness_key, key, "stored");
+        ids.insert(j.id, name);
+    }
+    let mut req = claim_req(1, &[("rr", 1)]);
+    req.limits = fair_limits(None);
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        req.now = now_micros();
+        let got = s.claim(&req).await.unwrap().jobs;
+        assert_eq!(got.len(), 1);
+        order.push(ids[&got[0].id]);
+    }
+    assert_eq!(order, ["none", "a1", "b1"]);
+    // Four at once: one per key per turn, c (after b) first.
+    req.kinds.insert("rr".into(), 4);
+    req.limit = 4;
+    req.now = now_micros();
+    let got = s.claim(&req).await.unwrap().jobs;
+    let names: Vec<&str> = got.iter().map(|j| ids[&j.id]).collect();
+    assert_eq!(names, ["c1", "a2", "c2", "a3"]);
+    req.now = now_micros();
+    assert!(s.claim(&req).await.unwrap().jobs.is_empty());
+}
+
+/// `key_rate`: each key has its own bucket, kept by the store; a claim
+/// held back by a key's bucket says when it next has a token.
+pub async fn key_rate_holds_each_key_to_its_bucket(s: SharedStore) {
+    for key in ["a", "b"] {
+        for _ in 0..4 {
+            insert(&s, fair_job(key, 0)).await;
+        }
+    }
+    let mut req = claim_req(10, &[("rr", 10)]);
+    req.limits = fair_limits(Some((1.0, 2)));
+    let before = now_micros();
+    let out = s.claim(&req).await.unwrap();
+    let mut keys: Vec<&str> = out.jobs.iter().map(|j| j.fairness_key.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, ["a", "a", "b", "b"], "each key's burst, no more");
+    let wake = out
+        .rate_limited
+        .iter()
+        .find(|(k, _)| k == "rr")
+        .expect("held back")
+        .1;
+    assert!(
+        (before + 900_000..before + 1_500_000).contains(&wake),
+        "next token in about 1 s: {}",
+        wake - before
+    );
+    req.now = now_micros();
+    let again = s.claim(&req).await.unwrap();
+    assert!(again.jobs.is_empty(), "{:?}", again.jobs);
+    assert!(!again.rate_limited.is_empty());
+    // Another key is not held back by a and b's empty buckets.
+    insert(&s, fair_job("c", 0)).await;
+    req.now = now_micros();
+    let got = s.claim(&req).await.unwrap().jobs;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].fairness_key, "c");
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory {
@@ -971,7 +1068,9 @@ contract!(
     schedules_are_stored,
     start_at_insert_only_when_nothing_of_its_kind_is_ready,
     progress_logs_and_checkpoints,
-    workflows_release_and_cascade
+    workflows_release_and_cascade,
+    round_robin_claims_rotate_over_keys,
+    key_rate_holds_each_key_to_its_bucket
 );
 
 #[tokio::test]

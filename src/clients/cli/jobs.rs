@@ -48,6 +48,10 @@ pub struct SubmitArgs {
     /// with the same key run at once, in submit order.
     #[arg(long)]
     pub ordering_key: Option<String>,
+    /// Fairness key (default: the ordering key): a kind with
+    /// `fairness = "round_robin"` claims its jobs key by key in rotation.
+    #[arg(long)]
+    pub fairness_key: Option<String>,
     /// Wait until the job finishes; exit 4 if it FAILED or was CANCELLED.
     #[arg(long)]
     pub wait: bool,
@@ -148,6 +152,7 @@ pub(super) async fn submit(c: &mut JobClient, a: SubmitArgs, json: bool) -> Resu
         start_before: a
             .start_within
             .map(|d| prost_types::Timestamp::from(std::time::SystemTime::now() + d)),
+        fairness_key: a.fairness_key.unwrap_or_default(),
     };
     let r = c.submit(req).await?.into_inner();
     if json && !a.wait {

@@ -11,13 +11,14 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::limits::{self, Bucket, KindBudget};
+use super::limits::Bucket;
 use super::{
     transition, CancelOutcome, ClaimOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome,
     RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
 use crate::job::{now_micros, Job, JobState, Micros, NewJob};
 
+mod claim;
 mod deps;
 
 pub struct MemoryStore {
@@ -73,6 +74,13 @@ struct Inner {
     by_key: HashMap<(String, String), KeyJobs>,
     /// Rated kinds' token buckets.
     buckets: HashMap<String, Bucket>,
+    /// Due QUEUED jobs per kind and fairness key, in claim order: a
+    /// round_robin claim reads each key's heads (see `claim.rs`).
+    fair: HashMap<String, claim::ByKey>,
+    /// Each round_robin kind's key served last.
+    cursors: HashMap<String, String>,
+    /// Each fairness key's bucket (`key_rate`).
+    key_buckets: super::fairness::KeyBuckets,
     /// Who depends on whom: children by parent.
     children: HashMap<Uuid, Vec<Uuid>>,
     /// WAITING jobs, for the sweeper's re-check.
@@ -108,6 +116,7 @@ impl Inner {
                 Some(t) => set(&mut self.delayed, (t, j.id), add),
                 None => {
                     let k = (Reverse(j.priority), e.seq, j.id);
+                    self.fair_index(j, k, add);
                     // The kind's name is copied once, not at every change.
                     match self.ready.get_mut(&j.kind) {
                         Some(ready) => set(ready, k, add),
@@ -324,85 +333,7 @@ impl Store for MemoryStore {
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        let mut g = self.lock()?;
-        // Stamped when the claim takes effect, under the lock.
-        let now = now_micros().max(req.now);
-        let budgets: HashMap<&str, KindBudget> = req
-            .kinds
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| {
-                let limits = req.limits.get(k).copied().unwrap_or_default();
-                let b =
-                    KindBudget::new((*n).min(req.limit), limits, g.buckets.get(k).copied(), now);
-                (k.as_str(), b)
-            })
-            .collect();
-        // Each kind's due jobs, in order, as far as its budget reads (one
-        // past what a rate allows, to learn whether the rate held it back);
-        // then the best `limit` over all kinds, as the SQL stores do.
-        let mut found: HashMap<&str, usize> = HashMap::new();
-        let mut candidates = Vec::new();
-        for (name, b) in &budgets {
-            let Some(ready) = g.ready.get(*name) else {
-                continue;
-            };
-            let mut n = 0;
-            for (Reverse(priority), seq, id) in ready {
-                if n >= b.to_read() {
-                    break;
-                }
-                let job = &g.jobs[id].job;
-                if let (Some(max), Some(key)) = (b.limits.key_concurrency, &job.ordering_key) {
-                    // Places held: the key's running and retrying jobs, then
-                    // its queued ones submitted earlier.
-                    let max = max as usize;
-                    let held = g
-                        .by_key
-                        .get(&(job.kind.clone(), key.clone()))
-                        .map_or(0, |k| k.busy + k.queued.range(..*seq).take(max).count());
-                    if held >= max {
-                        continue;
-                    }
-                }
-                n += 1;
-                if n <= b.allowed() {
-                    candidates.push((*priority, *seq as i64, name.to_string(), *id));
-                }
-            }
-            found.insert(name, n);
-        }
-        let candidates: Vec<Uuid> = limits::pick(candidates, req.limit)
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect();
-        let (jobs, expired): (Vec<Job>, Vec<Job>) = candidates
-            .into_iter()
-            .filter_map(|id| {
-                g.update(id, |j| transition::claim_or_expire(j, now, req.lease_slack))
-                    .map(|(_, j)| j)
-            })
-            .partition(|j| j.state == JobState::Running);
-        for j in &expired {
-            g.ended(j, now);
-        }
-        let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
-        let mut rate_limited = Vec::new();
-        for (kind, b) in &budgets {
-            let got = taken.get(*kind).copied().unwrap_or(0);
-            let (bucket, wake) = b.settle(found.get(kind).copied().unwrap_or(0), got, now);
-            if let Some(bucket) = bucket {
-                g.buckets.insert(kind.to_string(), bucket);
-            }
-            if let Some(at) = wake {
-                rate_limited.push((kind.to_string(), at));
-            }
-        }
-        Ok(ClaimOutcome {
-            jobs,
-            expired,
-            rate_limited,
-        })
+        Ok(self.lock()?.claim(req))
     }
 
     async fn expire_unstarted(

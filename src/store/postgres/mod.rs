@@ -44,6 +44,7 @@ mod batcher;
 mod claim;
 mod connect;
 mod deps;
+mod fair;
 mod insert;
 mod listen;
 mod progress;
@@ -74,6 +75,8 @@ pub struct PostgresStore {
     timeout: Duration,
     last_renew: AtomicI64,
     last_count: AtomicI64,
+    /// When this instance last dropped refilled key buckets (`key_rate`).
+    key_rates_pruned: AtomicI64,
     closed: AtomicBool,
     stop: CancellationToken,
     /// Results go to the batcher.
@@ -183,6 +186,7 @@ impl PostgresStore {
             timeout: cfg.timeout,
             last_renew: AtomicI64::new(0),
             last_count: AtomicI64::new(0),
+            key_rates_pruned: AtomicI64::new(0),
             closed: AtomicBool::new(false),
             stop,
             finisher,

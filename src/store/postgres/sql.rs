@@ -20,7 +20,7 @@ fn select_cols(tail: &str) -> String {
 }
 
 /// [`COLS`] with a table alias, for queries that join.
-fn prefixed(alias: &str) -> String {
+pub(super) fn prefixed(alias: &str) -> String {
     COLS.split(", ")
         .map(|c| format!("{alias}.{c}"))
         .collect::<Vec<_>>()
@@ -237,17 +237,18 @@ SELECT count(pg_notify($15, u.id::text || ':' || u.sequence::text)) FROM u";
 const INSERT: &str = "INSERT INTO jobs (id, kind, state, attempt, max_attempts, priority,
     idempotency_key, request_hash, labels, payload, result, timeout_us, created_at, updated_at,
     next_attempt_at, finished_at, last_error, sequence, ordering_key, trace, parents, waiting_on,
-    dep_policy, start_before)
+    dep_policy, start_before, fairness_key)
   SELECT id, kind, state, attempt, max_attempts, priority, idempotency_key, request_hash, labels,
     payload, result, timeout_us, created_at, updated_at, next_attempt_at, finished_at, last_error,
-    sequence, ordering_key, trace, parents::uuid[], waiting_on, dep_policy, start_before
+    sequence, ordering_key, trace, parents::uuid[], waiting_on, dep_policy, start_before,
+    fairness_key
   FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int4[], $5::int4[], $6::int4[],
     $7::text[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[], $12::int8[], $13::int8[],
     $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::int8[], $19::text[], $20::text[],
-    $21::text[], $22::int4[], $23::int2[], $24::int8[])
+    $21::text[], $22::int4[], $23::int2[], $24::int8[], $25::text[])
   AS x(id, kind, state, attempt, max_attempts, priority, idempotency_key, request_hash, labels,
     payload, result, timeout_us, created_at, updated_at, next_attempt_at, finished_at, last_error,
-    sequence, ordering_key, trace, parents, waiting_on, dep_policy, start_before)
+    sequence, ordering_key, trace, parents, waiting_on, dep_policy, start_before, fairness_key)
   ON CONFLICT DO NOTHING RETURNING id";
 
 /// `ids` as the text of a PostgreSQL `uuid[]`; `None` when empty.
@@ -325,6 +326,7 @@ pub(super) async fn insert_rows(tx: &Tx<'_>, jobs: &[&Job]) -> Result<HashSet<Uu
         .map(|j| policy_code(j.on_parent_failure))
         .collect();
     let deadlines: Vec<Option<i64>> = jobs.iter().map(|j| j.start_before).collect();
+    let fkeys: Vec<&str> = jobs.iter().map(|j| j.fairness_key.as_str()).collect();
     let st = tx.prepare_cached(INSERT).await?;
     let rows = tx
         .query(
@@ -332,7 +334,7 @@ pub(super) async fn insert_rows(tx: &Tx<'_>, jobs: &[&Job]) -> Result<HashSet<Uu
             &[
                 &ids, &kinds, &states, &attempts, &max, &prio, &keys, &hashes, &labels, &payloads,
                 &results, &timeouts, &created, &updated, &next, &finished, &errors, &seqs, &okeys,
-                &traces, &parents, &waiting, &policies, &deadlines,
+                &traces, &parents, &waiting, &policies, &deadlines, &fkeys,
             ],
         )
         .await?;

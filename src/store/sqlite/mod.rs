@@ -23,6 +23,7 @@ use uuid::Uuid;
 use super::codec::{self, decode_labels, encode_labels, COLS};
 use super::limits::{self, Bucket, KindBudget};
 mod checkpoint;
+mod claim;
 mod deadlines;
 mod deps;
 mod progress;
@@ -116,6 +117,8 @@ impl SqliteStore {
                     WriterState {
                         waiting,
                         buckets: HashMap::new(),
+                        cursors: HashMap::new(),
+                        key_buckets: Default::default(),
                         has_deps,
                         moved: Vec::new(),
                         committed,
@@ -283,84 +286,7 @@ impl Store for SqliteStore {
 
     async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         let req = req.clone();
-        self.write(move |tx, st| {
-            // Stamped when the claim takes effect (after the writes queued
-            // before it, such as the end of a key's previous job).
-            let now = now_micros().max(req.now);
-            // Each kind's own queue, up to its free slots (and tokens); then
-            // the best `limit` of those by priority and age.
-            let mut candidates = Vec::new();
-            let mut budgets = Vec::new();
-            for (kind, cap) in req.kinds.iter().filter(|(_, n)| **n > 0) {
-                let limits = req.limits.get(kind).copied().unwrap_or_default();
-                let b = KindBudget::new(
-                    (*cap).min(req.limit),
-                    limits,
-                    st.buckets.get(kind).copied(),
-                    now,
-                );
-                let row = |r: &Row<'_>| {
-                    Ok((
-                        r.get::<_, i32>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
-                };
-                let read = b.to_read() as i64;
-                let mut s;
-                let rows = match limits.key_concurrency {
-                    Some(max) => {
-                        s = tx.prepare_cached(CLAIM_KEYED).map_err(map_err)?;
-                        s.query_map(params![kind, read, max], row)
-                    }
-                    None => {
-                        s = tx.prepare_cached(CLAIM_KIND).map_err(map_err)?;
-                        s.query_map(params![kind, read], row)
-                    }
-                }
-                .map_err(map_err)?;
-                let mut found = 0;
-                for r in rows {
-                    let (prio, seq, id) = r.map_err(map_err)?;
-                    found += 1;
-                    if found <= b.allowed() {
-                        candidates.push((prio, seq, kind.clone(), id));
-                    }
-                }
-                budgets.push((kind.clone(), b, found));
-            }
-            let picked = limits::pick(candidates, req.limit)
-                .into_iter()
-                .map(|(_, id)| {
-                    Uuid::from_slice(&id)
-                        .map_err(|e| StoreError::Corrupt(Detail::new(e.to_string()).because(e)))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let (jobs, expired): (Vec<Job>, Vec<Job>) = transition_all(tx, st, picked, |j| {
-                transition::claim_or_expire(j, now, req.lease_slack);
-                true
-            })?
-            .into_iter()
-            .partition(|j| j.state == JobState::Running);
-            let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
-            let mut rate_limited = Vec::new();
-            for (kind, b, found) in budgets {
-                let got = taken.get(&kind).copied().unwrap_or(0);
-                let (bucket, wake) = b.settle(found, got, now);
-                if let Some(at) = wake {
-                    rate_limited.push((kind.clone(), at));
-                }
-                if let Some(bucket) = bucket {
-                    st.buckets.insert(kind, bucket);
-                }
-            }
-            Ok(ClaimOutcome {
-                jobs,
-                expired,
-                rate_limited,
-            })
-        })
-        .await
+        self.write(move |tx, st| claim::claim(tx, st, &req)).await
     }
 
     async fn expire_unstarted(

@@ -12,6 +12,10 @@ pub(super) struct WriterState {
     /// Rated kinds' token buckets (one process claims from this file, so
     /// they live here; a restart starts them full).
     pub(super) buckets: HashMap<String, Bucket>,
+    /// Each round_robin kind's key served last (a restart starts over).
+    pub(super) cursors: HashMap<String, String>,
+    /// Each fairness key's bucket (`key_rate`), like `buckets`.
+    pub(super) key_buckets: crate::store::fairness::KeyBuckets,
     /// Some job has parents: a job's end looks for children (a store that
     /// never saw depends_on skips the lookup).
     pub(super) has_deps: bool,
@@ -312,7 +316,7 @@ pub(super) fn insert_one(
     });
     tx.prepare_cached(&format!(
         "INSERT INTO jobs ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
+         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -345,6 +349,7 @@ pub(super) fn insert_one(
             codec::policy_code(job.on_parent_failure),
             codec::encode_attempts(&job.attempts),
             job.start_before,
+            job.fairness_key,
         ])
     })
     .map_err(map_err)?;

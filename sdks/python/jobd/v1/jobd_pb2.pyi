@@ -138,7 +138,7 @@ class LogLine(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., attempt: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "kind", "state", "attempt", "max_attempts", "priority", "idempotency_key", "labels", "created_at", "updated_at", "started_at", "finished_at", "next_attempt_at", "last_error", "result", "payload_size", "timeout", "result_truncated", "ordering_key", "traceparent", "progress", "checkpoint_size", "parent_ids", "waiting_on", "on_dependency_failure", "attempts", "start_before")
+    __slots__ = ("id", "kind", "state", "attempt", "max_attempts", "priority", "idempotency_key", "labels", "created_at", "updated_at", "started_at", "finished_at", "next_attempt_at", "last_error", "result", "payload_size", "timeout", "result_truncated", "ordering_key", "traceparent", "progress", "checkpoint_size", "parent_ids", "waiting_on", "on_dependency_failure", "attempts", "start_before", "fairness_key")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +173,7 @@ class Job(_message.Message):
     ON_DEPENDENCY_FAILURE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     START_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    FAIRNESS_KEY_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     state: JobState
@@ -200,7 +201,8 @@ class Job(_message.Message):
     on_dependency_failure: DependencyFailure
     attempts: _containers.RepeatedCompositeFieldContainer[JobAttempt]
     start_before: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_truncated: bool = ..., ordering_key: _Optional[str] = ..., traceparent: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., checkpoint_size: _Optional[int] = ..., parent_ids: _Optional[_Iterable[str]] = ..., waiting_on: _Optional[int] = ..., on_dependency_failure: _Optional[_Union[DependencyFailure, str]] = ..., attempts: _Optional[_Iterable[_Union[JobAttempt, _Mapping]]] = ..., start_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    fairness_key: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_truncated: bool = ..., ordering_key: _Optional[str] = ..., traceparent: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., checkpoint_size: _Optional[int] = ..., parent_ids: _Optional[_Iterable[str]] = ..., waiting_on: _Optional[int] = ..., on_dependency_failure: _Optional[_Union[DependencyFailure, str]] = ..., attempts: _Optional[_Iterable[_Union[JobAttempt, _Mapping]]] = ..., start_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fairness_key: _Optional[str] = ...) -> None: ...
 
 class JobAttempt(_message.Message):
     __slots__ = ("attempt", "started_at", "finished_at", "outcome", "error", "worker")
@@ -219,7 +221,7 @@ class JobAttempt(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("kind", "payload", "idempotency_key", "priority", "max_attempts", "timeout", "run_at", "labels", "ordering_key", "depends_on", "on_dependency_failure", "start_before")
+    __slots__ = ("kind", "payload", "idempotency_key", "priority", "max_attempts", "timeout", "run_at", "labels", "ordering_key", "depends_on", "on_dependency_failure", "start_before", "fairness_key")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +241,7 @@ class SubmitRequest(_message.Message):
     DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
     ON_DEPENDENCY_FAILURE_FIELD_NUMBER: _ClassVar[int]
     START_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    FAIRNESS_KEY_FIELD_NUMBER: _ClassVar[int]
     kind: str
     payload: bytes
     idempotency_key: str
@@ -251,7 +254,8 @@ class SubmitRequest(_message.Message):
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     on_dependency_failure: DependencyFailure
     start_before: _timestamp_pb2.Timestamp
-    def __init__(self, kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ordering_key: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., on_dependency_failure: _Optional[_Union[DependencyFailure, str]] = ..., start_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    fairness_key: str
+    def __init__(self, kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ordering_key: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., on_dependency_failure: _Optional[_Union[DependencyFailure, str]] = ..., start_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., fairness_key: _Optional[str] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
     __slots__ = ("job", "deduplicated")
