@@ -15,6 +15,7 @@ mod checkpoints;
 mod cli;
 mod docs;
 mod engine;
+mod fairness;
 mod first_hour;
 mod handlers;
 mod helpers;
