@@ -13,7 +13,7 @@ KEYS=${KEYS:-10000}
 STORE=${STORE:-sqlite}
 DB=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/test}
 
-cargo build --release --quiet
+[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet   # NO_BUILD=1: the binary as it is
 JOBD=$PWD/target/release/jobd
 WORK=$(mktemp -d)
 RES=$PWD/target/bench-results; mkdir -p "$RES"
