@@ -15,7 +15,9 @@ use crate::store::ListQuery;
 
 pub use crate::job::{is_valid_kind, MAX_KIND_LEN};
 mod depends;
+mod schedule;
 pub use depends::depends_on;
+pub use schedule::{overlap_to_proto, schedule};
 
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 pub const MAX_LABELS: usize = 32;

@@ -17,6 +17,7 @@ mod parts;
 pub mod progress;
 pub mod retry;
 mod scheduler;
+mod stored_schedules;
 mod sweeper;
 pub mod workflows;
 
@@ -64,6 +65,16 @@ pub enum EngineError {
     UnknownKind(String),
     #[error("schedule {0:?} is not configured")]
     UnknownSchedule(String),
+    #[error("schedule {0:?} exists already")]
+    ScheduleExists(String),
+    /// Update or Delete of a `[[schedules]]` entry.
+    #[error("schedule {0:?} is defined in the config")]
+    ScheduleInConfig(String),
+    /// A stored definition that no longer checks here (its kind is gone).
+    #[error("schedule {0:?} cannot run here: {1}")]
+    ScheduleUnusable(String, String),
+    #[error("at most {max} schedules")]
+    TooManySchedules { max: usize },
     #[error("backlog is full ({max} jobs waiting)")]
     BacklogFull { max: u64 },
     #[error("depends_on: job {0} not found")]

@@ -632,6 +632,122 @@ pub async fn schedules_are_stored(s: SharedStore) {
     assert!(!s.schedules().await.unwrap()[0].paused);
 }
 
+/// Schedules created through the API: the definition is stored with the
+/// row; an id in use by a stored schedule is refused, a config row (no
+/// definition) is taken over; the bound on stored schedules holds in the
+/// same commit; update and delete touch stored schedules only; two
+/// concurrent creates of one id make one.
+pub async fn stored_schedule_definitions(s: SharedStore) {
+    use jobd::store::CreateSchedule::{Created, Exists, Full};
+    s.init_schedule("cfg", 5_000).await.unwrap();
+    assert_eq!(
+        s.create_schedule("a", "{\"v\":1}", 1_000, 3).await.unwrap(),
+        Created
+    );
+    assert_eq!(
+        s.create_schedule("a", "{\"v\":2}", 2_000, 3).await.unwrap(),
+        Exists
+    );
+    let a = s
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == "a")
+        .unwrap();
+    assert_eq!(a.definition.as_deref(), Some("{\"v\":1}"));
+    assert_eq!(
+        (a.next_fire_at, a.paused, a.last_job_id),
+        (1_000, false, None)
+    );
+    // The config row stays a config row to update and delete...
+    assert!(!s.update_schedule("cfg", "{}", None).await.unwrap());
+    assert!(!s.delete_schedule("cfg").await.unwrap());
+    assert!(!s.update_schedule("zz", "{}", None).await.unwrap());
+    assert!(!s.delete_schedule("zz").await.unwrap());
+    // ...and is taken over by a create (its config entry was removed).
+    s.set_schedule_paused("cfg", true).await.unwrap();
+    assert_eq!(
+        s.create_schedule("cfg", "{}", 7_000, 3).await.unwrap(),
+        Created
+    );
+    let cfg = s
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == "cfg")
+        .unwrap();
+    assert_eq!(
+        (cfg.next_fire_at, cfg.paused, cfg.definition.as_deref()),
+        (7_000, false, Some("{}"))
+    );
+    // The bound counts stored definitions only (config rows are free).
+    s.init_schedule("cfg2", 5_000).await.unwrap();
+    assert_eq!(
+        s.create_schedule("b", "{}", 1_000, 3).await.unwrap(),
+        Created
+    );
+    assert_eq!(s.create_schedule("c", "{}", 1_000, 3).await.unwrap(), Full);
+    // Update: the definition, and the next fire only when given.
+    assert!(s.update_schedule("a", "{\"v\":3}", None).await.unwrap());
+    let a = s
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == "a")
+        .unwrap();
+    assert_eq!(
+        (a.next_fire_at, a.definition.as_deref()),
+        (1_000, Some("{\"v\":3}"))
+    );
+    assert!(s
+        .update_schedule("a", "{\"v\":4}", Some(8_000))
+        .await
+        .unwrap());
+    let a = s
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == "a")
+        .unwrap();
+    assert_eq!(
+        (a.next_fire_at, a.definition.as_deref()),
+        (8_000, Some("{\"v\":4}"))
+    );
+    // Fires still take the stored row by compare-and-set.
+    assert!(s.advance_schedule("a", 8_000, 9_000).await.unwrap());
+    // Delete: gone, and room for another.
+    assert!(s.delete_schedule("a").await.unwrap());
+    assert!(!s.delete_schedule("a").await.unwrap());
+    assert!(!s.advance_schedule("a", 9_000, 10_000).await.unwrap());
+    assert!(s.schedules().await.unwrap().iter().all(|r| r.id != "a"));
+    assert_eq!(
+        s.create_schedule("c", "{}", 1_000, 3).await.unwrap(),
+        Created
+    );
+    // Racing creates of one id (and of two ids at the bound): one wins.
+    let race = |id: &'static str| {
+        let s = s.clone();
+        tokio::spawn(async move { s.create_schedule(id, "{}", 1_000, 5).await.unwrap() })
+    };
+    let (x, y, z) = (race("r"), race("r"), race("q"));
+    let mut got = vec![x.await.unwrap(), y.await.unwrap(), z.await.unwrap()];
+    got.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(got.iter().filter(|o| **o == Created).count(), 2, "{got:?}");
+    assert_eq!(
+        s.schedules()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.definition.is_some())
+            .count(),
+        5
+    );
+}
+
 /// `NewJob::start`: a job the engine holds a free slot for is stored
 /// RUNNING in its insert's commit, unless a job of its kind is ready before
 /// it or it is delayed. PostgreSQL declines (instances share the queue).
@@ -969,6 +1085,7 @@ contract!(
     retry_requeues_dead_jobs,
     paused_kinds_are_stored,
     schedules_are_stored,
+    stored_schedule_definitions,
     start_at_insert_only_when_nothing_of_its_kind_is_ready,
     progress_logs_and_checkpoints,
     workflows_release_and_cascade

@@ -13,12 +13,13 @@ use uuid::Uuid;
 
 use super::limits::{self, Bucket, KindBudget};
 use super::{
-    transition, CancelOutcome, ClaimOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome,
-    RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
+    transition, CancelOutcome, ClaimOutcome, ClaimRequest, CreateSchedule, InsertOutcome,
+    ListQuery, Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
 use crate::job::{now_micros, Job, JobState, Micros, NewJob};
 
 mod deps;
+mod schedules;
 
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -591,15 +592,7 @@ impl Store for MemoryStore {
     }
 
     async fn init_schedule(&self, id: &str, next_fire_at: Micros) -> Result<(), StoreError> {
-        self.lock()?
-            .schedules
-            .entry(id.to_string())
-            .or_insert_with(|| ScheduleRow {
-                id: id.to_string(),
-                next_fire_at,
-                paused: false,
-                last_job_id: None,
-            });
+        self.lock()?.init_schedule(id, next_fire_at);
         Ok(())
     }
 
@@ -613,14 +606,7 @@ impl Store for MemoryStore {
         old: Micros,
         new: Micros,
     ) -> Result<bool, StoreError> {
-        let mut g = self.lock()?;
-        match g.schedules.get_mut(id) {
-            Some(r) if r.next_fire_at == old => {
-                r.next_fire_at = new;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.lock()?.advance_schedule(id, old, new))
     }
 
     async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError> {
@@ -631,13 +617,33 @@ impl Store for MemoryStore {
     }
 
     async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
-        Ok(match self.lock()?.schedules.get_mut(id) {
-            Some(r) => {
-                r.paused = paused;
-                true
-            }
-            None => false,
-        })
+        let mut g = self.lock()?;
+        Ok(g.schedules.get_mut(id).map(|r| r.paused = paused).is_some())
+    }
+
+    async fn create_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Micros,
+        max: usize,
+    ) -> Result<CreateSchedule, StoreError> {
+        Ok(self
+            .lock()?
+            .create_schedule(id, definition, next_fire_at, max))
+    }
+
+    async fn update_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Option<Micros>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.lock()?.update_schedule(id, definition, next_fire_at))
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.lock()?.delete_schedule(id))
     }
 
     async fn set_progress(

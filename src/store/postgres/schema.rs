@@ -145,6 +145,12 @@ ALTER TABLE jobs ADD COLUMN start_before BIGINT;
 CREATE INDEX jobs_start_before ON jobs (start_before)
     WHERE start_before IS NOT NULL AND state IN (0, 2, 6);
 "#,
+    r#"
+-- v13: schedules created through the API (CreateSchedule) keep their
+-- definition (JSON) in their row, so every instance's scheduler runs them;
+-- config schedules' rows leave it NULL.
+ALTER TABLE schedules ADD COLUMN definition TEXT;
+"#,
 ];
 
 /// An advisory-lock key per schema, so instances on different schemas of

@@ -176,19 +176,6 @@ pub(super) const RESUME_KIND: &str = "DELETE FROM kind_pauses WHERE kind = $1";
 
 pub(super) const PAUSED_KINDS: &str = "SELECT kind FROM kind_pauses";
 
-pub(super) const INIT_SCHEDULE: &str = "INSERT INTO schedules (id, next_fire_at) VALUES ($1, $2) \
-     ON CONFLICT (id) DO NOTHING";
-
-pub(super) const SCHEDULES: &str =
-    "SELECT id, next_fire_at, paused, last_job_id FROM schedules ORDER BY id";
-
-pub(super) const ADVANCE_SCHEDULE: &str =
-    "UPDATE schedules SET next_fire_at = $3 WHERE id = $1 AND next_fire_at = $2";
-
-pub(super) const SCHEDULE_LAST_JOB: &str = "UPDATE schedules SET last_job_id = $2 WHERE id = $1";
-
-pub(super) const PAUSE_SCHEDULE: &str = "UPDATE schedules SET paused = $2 WHERE id = $1";
-
 pub(super) const PRUNE_EVENTS: &str =
     "DELETE FROM job_events WHERE ctid IN (SELECT ctid FROM job_events \
      WHERE updated_at < $1 LIMIT $2)";

@@ -27,6 +27,7 @@ mod deadlines;
 mod deps;
 mod progress;
 mod rows;
+mod schedules;
 mod schema;
 mod sql;
 #[cfg(test)]
@@ -619,36 +620,11 @@ impl Store for SqliteStore {
     }
 
     async fn init_schedule(&self, id: &str, next_fire_at: Micros) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.write(move |tx, _| {
-            tx.prepare_cached(
-                "INSERT INTO schedules (id, next_fire_at) VALUES (?1, ?2) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .and_then(|mut s| s.execute(params![id, next_fire_at]))
-            .map(|_| ())
-            .map_err(map_err)
-        })
-        .await
+        self.schedule_init(id, next_fire_at).await
     }
 
     async fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
-        self.read(|c| {
-            let mut s = c.prepare_cached(
-                "SELECT id, next_fire_at, paused, last_job_id FROM schedules ORDER BY id",
-            )?;
-            let rows = s.query_map([], |r| {
-                let last: Option<String> = r.get(3)?;
-                Ok(ScheduleRow {
-                    id: r.get(0)?,
-                    next_fire_at: r.get(1)?,
-                    paused: r.get::<_, i64>(2)? != 0,
-                    last_job_id: last.and_then(|s| Uuid::try_parse(&s).ok()),
-                })
-            })?;
-            rows.collect()
-        })
-        .await
+        self.schedule_rows().await
     }
 
     async fn advance_schedule(
@@ -657,38 +633,39 @@ impl Store for SqliteStore {
         old: Micros,
         new: Micros,
     ) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        self.write(move |tx, _| {
-            tx.prepare_cached(
-                "UPDATE schedules SET next_fire_at = ?3 WHERE id = ?1 AND next_fire_at = ?2",
-            )
-            .and_then(|mut s| s.execute(params![id, old, new]))
-            .map(|n| n == 1)
-            .map_err(map_err)
-        })
-        .await
+        self.schedule_advance(id, old, new).await
     }
 
     async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.write(move |tx, _| {
-            tx.prepare_cached("UPDATE schedules SET last_job_id = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id, job.to_string()]))
-                .map(|_| ())
-                .map_err(map_err)
-        })
-        .await
+        self.schedule_last_job(id, job).await
     }
 
     async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        self.write(move |tx, _| {
-            tx.prepare_cached("UPDATE schedules SET paused = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id, paused as i64]))
-                .map(|n| n == 1)
-                .map_err(map_err)
-        })
-        .await
+        self.schedule_paused(id, paused).await
+    }
+
+    async fn create_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Micros,
+        max: usize,
+    ) -> Result<crate::store::CreateSchedule, StoreError> {
+        self.schedule_create(id, definition, next_fire_at, max)
+            .await
+    }
+
+    async fn update_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Option<Micros>,
+    ) -> Result<bool, StoreError> {
+        self.schedule_update(id, definition, next_fire_at).await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        self.schedule_delete(id).await
     }
 
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {
