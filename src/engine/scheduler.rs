@@ -7,7 +7,7 @@
 //! stored (with a compare-and-set on a shared store), so a crash between the
 //! two never loses a fire: it is submitted again and deduplicated.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +15,6 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::stored_schedules::StoredCache;
 use super::{Engine, EngineError};
 use crate::config::{rfc3339, Overlap, Schedule};
 use crate::job::{add_micros, now_micros, Job, JobState, Micros, NewJob};
@@ -361,5 +360,41 @@ impl Engine {
             if paused { "paused" } else { "resumed" }
         );
         Ok(())
+    }
+}
+
+/// Stored definitions as the scheduler last decoded them, kept while the
+/// text is the same, so a round does not parse every cron expression
+/// again. `None`: the definition does not check here (logged once).
+#[derive(Default)]
+struct StoredCache {
+    by_id: HashMap<String, (String, Option<Arc<Schedule>>)>,
+}
+
+impl StoredCache {
+    /// The schedule of a stored row; `None` for a config row, or a
+    /// definition that does not check here.
+    fn get(&mut self, engine: &Engine, row: &ScheduleRow) -> Option<Arc<Schedule>> {
+        let text = row.definition.as_deref()?;
+        if let Some((t, s)) = self.by_id.get(&row.id) {
+            if t == text {
+                return s.clone();
+            }
+        }
+        let s = match engine.decode_schedule(text) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(why) => {
+                tracing::warn!(schedule = row.id, error = %why, "stored schedule not run here");
+                None
+            }
+        };
+        self.by_id
+            .insert(row.id.clone(), (text.to_string(), s.clone()));
+        s
+    }
+
+    /// Drops what was deleted.
+    fn forget_missing(&mut self, rows: &BTreeMap<String, ScheduleRow>) {
+        self.by_id.retain(|id, _| rows.contains_key(id));
     }
 }

@@ -5,50 +5,11 @@
 //! compare-and-set and idempotency key as a config schedule's). Config
 //! schedules are read-only here.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
-
 use super::scheduler::{ScheduleStatus, NEVER};
 use super::{Engine, EngineError};
 use crate::config::{Schedule, ScheduleConfig, MAX_SCHEDULES};
 use crate::job::now_micros;
-use crate::store::{CreateSchedule, ScheduleRow};
-
-/// Stored definitions as the scheduler last decoded them, kept while the
-/// text is the same, so a round does not parse every cron expression
-/// again. `None`: the definition does not check here (logged once).
-#[derive(Default)]
-pub(super) struct StoredCache {
-    by_id: HashMap<String, (String, Option<Arc<Schedule>>)>,
-}
-
-impl StoredCache {
-    /// The schedule of a stored row; `None` for a config row, or a
-    /// definition that does not check here.
-    pub(super) fn get(&mut self, engine: &Engine, row: &ScheduleRow) -> Option<Arc<Schedule>> {
-        let text = row.definition.as_deref()?;
-        if let Some((t, s)) = self.by_id.get(&row.id) {
-            if t == text {
-                return s.clone();
-            }
-        }
-        let s = match engine.decode_schedule(text) {
-            Ok(s) => Some(Arc::new(s)),
-            Err(why) => {
-                tracing::warn!(schedule = row.id, error = %why, "stored schedule not run here");
-                None
-            }
-        };
-        self.by_id
-            .insert(row.id.clone(), (text.to_string(), s.clone()));
-        s
-    }
-
-    /// Drops what was deleted.
-    pub(super) fn forget_missing(&mut self, rows: &BTreeMap<String, ScheduleRow>) {
-        self.by_id.retain(|id, _| rows.contains_key(id));
-    }
-}
+use crate::store::CreateSchedule;
 
 impl Engine {
     /// The payload bound of a configured kind; `None` when it is not

@@ -592,8 +592,7 @@ impl Store for MemoryStore {
     }
 
     async fn init_schedule(&self, id: &str, next_fire_at: Micros) -> Result<(), StoreError> {
-        self.lock()?.init_schedule(id, next_fire_at);
-        Ok(())
+        self.lock().map(|mut g| g.init_schedule(id, next_fire_at))
     }
 
     async fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
@@ -610,15 +609,11 @@ impl Store for MemoryStore {
     }
 
     async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError> {
-        if let Some(r) = self.lock()?.schedules.get_mut(id) {
-            r.last_job_id = Some(job);
-        }
-        Ok(())
+        self.lock().map(|mut g| g.set_schedule_last_job(id, job))
     }
 
     async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
-        let mut g = self.lock()?;
-        Ok(g.schedules.get_mut(id).map(|r| r.paused = paused).is_some())
+        Ok(self.lock()?.set_schedule_paused(id, paused))
     }
 
     async fn create_schedule(
@@ -628,9 +623,8 @@ impl Store for MemoryStore {
         next_fire_at: Micros,
         max: usize,
     ) -> Result<CreateSchedule, StoreError> {
-        Ok(self
-            .lock()?
-            .create_schedule(id, definition, next_fire_at, max))
+        let mut g = self.lock()?;
+        Ok(g.create_schedule(id, definition, next_fire_at, max))
     }
 
     async fn update_schedule(

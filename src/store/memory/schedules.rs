@@ -18,6 +18,20 @@ impl Inner {
             });
     }
 
+    pub(super) fn set_schedule_last_job(&mut self, id: &str, job: uuid::Uuid) {
+        if let Some(r) = self.schedules.get_mut(id) {
+            r.last_job_id = Some(job);
+        }
+    }
+
+    /// False when `id` has no row.
+    pub(super) fn set_schedule_paused(&mut self, id: &str, paused: bool) -> bool {
+        self.schedules
+            .get_mut(id)
+            .map(|r| r.paused = paused)
+            .is_some()
+    }
+
     pub(super) fn advance_schedule(&mut self, id: &str, old: Micros, new: Micros) -> bool {
         match self.schedules.get_mut(id) {
             Some(r) if r.next_fire_at == old => {

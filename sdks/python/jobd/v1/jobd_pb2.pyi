@@ -34,6 +34,18 @@ class ListJobsOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     LIST_JOBS_ORDER_UNSPECIFIED: _ClassVar[ListJobsOrder]
     LIST_JOBS_ORDER_OLDEST_FIRST: _ClassVar[ListJobsOrder]
     LIST_JOBS_ORDER_NEWEST_FIRST: _ClassVar[ListJobsOrder]
+
+class ScheduleSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULE_SOURCE_UNSPECIFIED: _ClassVar[ScheduleSource]
+    SCHEDULE_SOURCE_CONFIG: _ClassVar[ScheduleSource]
+    SCHEDULE_SOURCE_API: _ClassVar[ScheduleSource]
+
+class ScheduleOverlap(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULE_OVERLAP_UNSPECIFIED: _ClassVar[ScheduleOverlap]
+    SCHEDULE_OVERLAP_ALLOW: _ClassVar[ScheduleOverlap]
+    SCHEDULE_OVERLAP_SKIP: _ClassVar[ScheduleOverlap]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -48,6 +60,12 @@ DEPENDENCY_FAILURE_RUN: DependencyFailure
 LIST_JOBS_ORDER_UNSPECIFIED: ListJobsOrder
 LIST_JOBS_ORDER_OLDEST_FIRST: ListJobsOrder
 LIST_JOBS_ORDER_NEWEST_FIRST: ListJobsOrder
+SCHEDULE_SOURCE_UNSPECIFIED: ScheduleSource
+SCHEDULE_SOURCE_CONFIG: ScheduleSource
+SCHEDULE_SOURCE_API: ScheduleSource
+SCHEDULE_OVERLAP_UNSPECIFIED: ScheduleOverlap
+SCHEDULE_OVERLAP_ALLOW: ScheduleOverlap
+SCHEDULE_OVERLAP_SKIP: ScheduleOverlap
 
 class GetJobGraphRequest(_message.Message):
     __slots__ = ("id", "depth")
@@ -571,7 +589,14 @@ class ListSchedulesResponse(_message.Message):
     def __init__(self, schedules: _Optional[_Iterable[_Union[ScheduleStatus, _Mapping]]] = ...) -> None: ...
 
 class ScheduleStatus(_message.Message):
-    __slots__ = ("id", "kind", "cron", "timezone", "next_fire_at", "paused", "last_job_id")
+    __slots__ = ("id", "kind", "cron", "timezone", "next_fire_at", "paused", "last_job_id", "source", "payload", "labels", "overlap", "catchup")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CRON_FIELD_NUMBER: _ClassVar[int]
@@ -579,6 +604,11 @@ class ScheduleStatus(_message.Message):
     NEXT_FIRE_AT_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     LAST_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     cron: str
@@ -586,7 +616,73 @@ class ScheduleStatus(_message.Message):
     next_fire_at: _timestamp_pb2.Timestamp
     paused: bool
     last_job_id: str
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., cron: _Optional[str] = ..., timezone: _Optional[str] = ..., next_fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused: bool = ..., last_job_id: _Optional[str] = ...) -> None: ...
+    source: ScheduleSource
+    payload: str
+    labels: _containers.ScalarMap[str, str]
+    overlap: ScheduleOverlap
+    catchup: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., cron: _Optional[str] = ..., timezone: _Optional[str] = ..., next_fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused: bool = ..., last_job_id: _Optional[str] = ..., source: _Optional[_Union[ScheduleSource, str]] = ..., payload: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., overlap: _Optional[_Union[ScheduleOverlap, str]] = ..., catchup: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ScheduleDefinition(_message.Message):
+    __slots__ = ("id", "kind", "cron", "timezone", "payload", "labels", "overlap", "catchup")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    cron: str
+    timezone: str
+    payload: str
+    labels: _containers.ScalarMap[str, str]
+    overlap: ScheduleOverlap
+    catchup: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., cron: _Optional[str] = ..., timezone: _Optional[str] = ..., payload: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., overlap: _Optional[_Union[ScheduleOverlap, str]] = ..., catchup: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class CreateScheduleRequest(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: ScheduleDefinition
+    def __init__(self, schedule: _Optional[_Union[ScheduleDefinition, _Mapping]] = ...) -> None: ...
+
+class CreateScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: ScheduleStatus
+    def __init__(self, schedule: _Optional[_Union[ScheduleStatus, _Mapping]] = ...) -> None: ...
+
+class UpdateScheduleRequest(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: ScheduleDefinition
+    def __init__(self, schedule: _Optional[_Union[ScheduleDefinition, _Mapping]] = ...) -> None: ...
+
+class UpdateScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: ScheduleStatus
+    def __init__(self, schedule: _Optional[_Union[ScheduleStatus, _Mapping]] = ...) -> None: ...
+
+class DeleteScheduleRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class DeleteScheduleResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class TriggerScheduleRequest(_message.Message):
     __slots__ = ("id",)

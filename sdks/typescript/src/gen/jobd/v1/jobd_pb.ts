@@ -30,7 +30,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file jobd/v1/jobd.proto.
  */
 export const file_jobd_v1_jobd: GenFile = /*@__PURE__*/
-  fileDesc("ChJqb2JkL3YxL2pvYmQucHJvdG8SB2pvYmQudjEiLwoSR2V0Sm9iR3JhcGhSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWRlcHRoGAIgASgNImUKE0dldEpvYkdyYXBoUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYmQudjEuSm9iEh8KBWVkZ2VzGAIgAygLMhAuam9iZC52MS5Kb2JFZGdlEhEKCXRydW5jYXRlZBgDIAEoCCIoCgdKb2JFZGdlEg4KBnBhcmVudBgBIAEoCRINCgVjaGlsZBgCIAEoCSJyCgxQYXJlbnRSZXN1bHQSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIgCgVzdGF0ZRgDIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDgoGcmVzdWx0GAQgASgMEhYKDnJlc3VsdF9vbWl0dGVkGAUgASgIInAKC0pvYlByb2dyZXNzEg8KB3BlcmNlbnQYASABKA0SDwoHbWVzc2FnZRgCIAEoCRIPCgdkZXRhaWxzGAMgASgMEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjoKDkdldExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEEg0KBWxpbWl0GAMgASgNIjIKD0dldExvZ3NSZXNwb25zZRIfCgVsaW5lcxgBIAMoCzIQLmpvYmQudjEuTG9nTGluZSItChBXYXRjaExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEIl8KB0xvZ0xpbmUSCwoDc2VxGAEgASgEEg8KB2F0dGVtcHQYAiABKA0SKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEdGV4dBgEIAEoCSKKBwoDSm9iEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSIAoFc3RhdGUYAyABKA4yES5qb2JkLnYxLkpvYlN0YXRlEg8KB2F0dGVtcHQYBCABKA0SFAoMbWF4X2F0dGVtcHRzGAUgASgNEhAKCHByaW9yaXR5GAYgASgFEhcKD2lkZW1wb3RlbmN5X2tleRgHIAEoCRIoCgZsYWJlbHMYCCADKAsyGC5qb2JkLnYxLkpvYi5MYWJlbHNFbnRyeRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbmV4dF9hdHRlbXB0X2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGA4gASgJEg4KBnJlc3VsdBgPIAEoDBIUCgxwYXlsb2FkX3NpemUYECABKAQSKgoHdGltZW91dBgRIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIYChByZXN1bHRfdHJ1bmNhdGVkGBIgASgIEhQKDG9yZGVyaW5nX2tleRgTIAEoCRITCgt0cmFjZXBhcmVudBgUIAEoCRImCghwcm9ncmVzcxgVIAEoCzIULmpvYmQudjEuSm9iUHJvZ3Jlc3MSFwoPY2hlY2twb2ludF9zaXplGBYgASgEEhIKCnBhcmVudF9pZHMYFyADKAkSEgoKd2FpdGluZ19vbhgYIAEoDRI5ChVvbl9kZXBlbmRlbmN5X2ZhaWx1cmUYGSABKA4yGi5qb2JkLnYxLkRlcGVuZGVuY3lGYWlsdXJlEiUKCGF0dGVtcHRzGBogAygLMhMuam9iZC52MS5Kb2JBdHRlbXB0EjAKDHN0YXJ0X2JlZm9yZRgbIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKuAQoKSm9iQXR0ZW1wdBIPCgdhdHRlbXB0GAEgASgNEi4KCnN0YXJ0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdvdXRjb21lGAQgASgJEg0KBWVycm9yGAUgASgJEg4KBndvcmtlchgGIAEoCSLBAwoNU3VibWl0UmVxdWVzdBIMCgRraW5kGAEgASgJEg8KB3BheWxvYWQYAiABKAwSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEhAKCHByaW9yaXR5GAQgASgFEhQKDG1heF9hdHRlbXB0cxgFIAEoDRIqCgd0aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKBnJ1bl9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoGbGFiZWxzGAggAygLMiIuam9iZC52MS5TdWJtaXRSZXF1ZXN0LkxhYmVsc0VudHJ5EhQKDG9yZGVyaW5nX2tleRgJIAEoCRISCgpkZXBlbmRzX29uGAogAygJEjkKFW9uX2RlcGVuZGVuY3lfZmFpbHVyZRgLIAEoDjIaLmpvYmQudjEuRGVwZW5kZW5jeUZhaWx1cmUSMAoMc3RhcnRfYmVmb3JlGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkEKDlN1Ym1pdFJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhQKDGRlZHVwbGljYXRlZBgCIAEoCCI+ChJTdWJtaXRCYXRjaFJlcXVlc3QSKAoIcmVxdWVzdHMYASADKAsyFi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QiagoMU3VibWl0UmVzdWx0EisKCGFjY2VwdGVkGAEgASgLMhcuam9iZC52MS5TdWJtaXRSZXNwb25zZUgAEiMKBWVycm9yGAIgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXNIAEIICgZyZXN1bHQiPQoTU3VibWl0QmF0Y2hSZXNwb25zZRImCgdyZXN1bHRzGAEgAygLMhUuam9iZC52MS5TdWJtaXRSZXN1bHQiHgoQR2V0U3RhdHVzUmVxdWVzdBIKCgJpZBgBIAEoCSJHChFHZXRTdGF0dXNSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYhIXCg9wYXlsb2FkX3ByZXZpZXcYAiABKAwiOAoSV2F0Y2hTdGF0dXNSZXF1ZXN0EgoKAmlkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIjcKCEpvYkV2ZW50EhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhAKCHNlcXVlbmNlGAIgASgEIhsKDUNhbmNlbFJlcXVlc3QSCgoCaWQYASABKAkiKwoOQ2FuY2VsUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2IiigIKD0xpc3RKb2JzUmVxdWVzdBIgCgVzdGF0ZRgBIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDAoEa2luZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCRIUCgxvcmRlcmluZ19rZXkYBSABKAkSNAoGbGFiZWxzGAYgAygLMiQuam9iZC52MS5MaXN0Sm9ic1JlcXVlc3QuTGFiZWxzRW50cnkSJQoFb3JkZXIYByABKA4yFi5qb2JkLnYxLkxpc3RKb2JzT3JkZXIaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJRChBXYXRjaEpvYnNSZXF1ZXN0EgwKBGtpbmQYASABKAkSIAoFc3RhdGUYAiABKA4yES5qb2JkLnYxLkpvYlN0YXRlEg0KBWFmdGVyGAMgASgEIkAKEVdhdGNoSm9ic1Jlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhAKCHBvc2l0aW9uGAIgASgEIkcKEExpc3RKb2JzUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYmQudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKLAgoNV29ya2VyTWVzc2FnZRIfCgVoZWxsbxgBIAEoCzIOLmpvYmQudjEuSGVsbG9IABInCgloZWFydGJlYXQYAiABKAsyEi5qb2JkLnYxLkhlYXJ0YmVhdEgAEiUKCGNvbXBsZXRlGAMgASgLMhEuam9iZC52MS5Db21wbGV0ZUgAEh0KBGZhaWwYBCABKAsyDS5qb2JkLnYxLkZhaWxIABIlCghwcm9ncmVzcxgFIAEoCzIRLmpvYmQudjEuUHJvZ3Jlc3NIABIbCgNsb2cYBiABKAsyDC5qb2JkLnYxLkxvZ0gAEh8KBXRvdWNoGAcgASgLMg4uam9iZC52MS5Ub3VjaEgAQgUKA21zZyJ+CgVUb3VjaBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIsCglleHRlbmRfYnkYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFwoKY2hlY2twb2ludBgEIAEoDEgAiAEBQg0KC19jaGVja3BvaW50Il4KCFByb2dyZXNzEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg8KB3BlcmNlbnQYAyABKA0SDwoHbWVzc2FnZRgEIAEoCRIPCgdkZXRhaWxzGAUgASgMIjUKA0xvZxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVsaW5lcxgDIAMoCSKbAQoFSGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEg0KBWtpbmRzGAIgAygJEhUKDW1heF9pbl9mbGlnaHQYAyABKA0SKgoGbGFiZWxzGAQgAygLMhouam9iZC52MS5IZWxsby5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIgsKCUhlYXJ0YmVhdCI7CghDb21wbGV0ZRIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIOCgZyZXN1bHQYAyABKAwieQoERmFpbBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVlcnJvchgDIAEoCRIRCglwZXJtYW5lbnQYBCABKAgSLgoLcmV0cnlfYWZ0ZXIYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i8AEKDVNlcnZlck1lc3NhZ2USIwoHd2VsY29tZRgBIAEoCzIQLmpvYmQudjEuV2VsY29tZUgAEiEKBmFzc2lnbhgCIAEoCzIPLmpvYmQudjEuQXNzaWduSAASJAoGY2FuY2VsGAMgASgLMhIuam9iZC52MS5DYW5jZWxKb2JIABIhCgNhY2sYBCABKAsyEi5qb2JkLnYxLlJlcG9ydEFja0gAEh8KBWRyYWluGAUgASgLMg4uam9iZC52MS5EcmFpbkgAEiYKCXRvdWNoX2FjaxgGIAEoCzIRLmpvYmQudjEuVG91Y2hBY2tIAEIFCgNtc2ciaAoIVG91Y2hBY2sSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SLAoIZGVhZGxpbmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXN0YWxlGAQgASgIIlQKB1dlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i/QEKBkFzc2lnbhIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYhIPCgdwYXlsb2FkGAIgASgMEiwKCGRlYWRsaW5lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCgdoZWFkZXJzGAQgAygLMhwuam9iZC52MS5Bc3NpZ24uSGVhZGVyc0VudHJ5EhIKCmNoZWNrcG9pbnQYBSABKAwSJgoHcGFyZW50cxgGIAMoCzIVLmpvYmQudjEuUGFyZW50UmVzdWx0Gi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKCUNhbmNlbEpvYhIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIOCgZyZWFzb24YAyABKAkiOwoJUmVwb3J0QWNrEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg0KBXN0YWxlGAMgASgIIjUKBURyYWluEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIWChRMaXN0U2NoZWR1bGVzUmVxdWVzdCJDChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USKgoJc2NoZWR1bGVzGAEgAygLMhcuam9iZC52MS5TY2hlZHVsZVN0YXR1cyKhAQoOU2NoZWR1bGVTdGF0dXMSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIMCgRjcm9uGAMgASgJEhAKCHRpbWV6b25lGAQgASgJEjAKDG5leHRfZmlyZV9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcGF1c2VkGAYgASgIEhMKC2xhc3Rfam9iX2lkGAcgASgJIiQKFlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiNAoXVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2IiIgoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiQgoVUGF1c2VTY2hlZHVsZVJlc3BvbnNlEikKCHNjaGVkdWxlGAEgASgLMhcuam9iZC52MS5TY2hlZHVsZVN0YXR1cyIjChVSZXN1bWVTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiQwoWUmVzdW1lU2NoZWR1bGVSZXNwb25zZRIpCghzY2hlZHVsZRgBIAEoCzIXLmpvYmQudjEuU2NoZWR1bGVTdGF0dXMiIAoQUGF1c2VLaW5kUmVxdWVzdBIMCgRraW5kGAEgASgJIj0KEVBhdXNlS2luZFJlc3BvbnNlEigKC2tpbmRfc3RhdHVzGAEgASgLMhMuam9iZC52MS5LaW5kU3RhdHVzIiEKEVJlc3VtZUtpbmRSZXF1ZXN0EgwKBGtpbmQYASABKAkiPgoSUmVzdW1lS2luZFJlc3BvbnNlEigKC2tpbmRfc3RhdHVzGAEgASgLMhMuam9iZC52MS5LaW5kU3RhdHVzIhIKEExpc3RLaW5kc1JlcXVlc3QiNwoRTGlzdEtpbmRzUmVzcG9uc2USIgoFa2luZHMYASADKAsyEy5qb2JkLnYxLktpbmRTdGF0dXMisAEKCktpbmRTdGF0dXMSDAoEa2luZBgBIAEoCRIPCgdoYW5kbGVyGAIgASgJEg4KBnBhdXNlZBgDIAEoCBIOCgZxdWV1ZWQYBCABKAQSDwoHcnVubmluZxgFIAEoBBISCgpyZXRyeV93YWl0GAYgASgEEg4KBmZhaWxlZBgHIAEoBBITCgtjb25jdXJyZW5jeRgIIAEoDRIZChFjb25uZWN0ZWRfd29ya2VycxgJIAEoDSJlChBSZXRyeUpvYnNSZXF1ZXN0EgsKA2lkcxgBIAMoCRIkCgZmaWx0ZXIYAiABKAsyFC5qb2JkLnYxLlJldHJ5RmlsdGVyEg8KB2RyeV9ydW4YAyABKAgSDQoFbGltaXQYBCABKA0ihwIKC1JldHJ5RmlsdGVyEiAKBXN0YXRlGAEgASgOMhEuam9iZC52MS5Kb2JTdGF0ZRIMCgRraW5kGAIgASgJEjAKBmxhYmVscxgDIAMoCzIgLmpvYmQudjEuUmV0cnlGaWx0ZXIuTGFiZWxzRW50cnkSMgoOZmluaXNoZWRfYWZ0ZXIYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2ZpbmlzaGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ4ChFSZXRyeUpvYnNSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgEEg8KB3JldHJpZWQYAiABKAQSCwoDaWRzGAMgAygJEiYKB3NraXBwZWQYBCADKAsyFS5qb2JkLnYxLlJldHJ5U2tpcHBlZBIMCgRtb3JlGAUgASgIIioKDFJldHJ5U2tpcHBlZBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiIgoSTGlzdFdvcmtlcnNSZXF1ZXN0EgwKBGtpbmQYASABKAkiPgoTTGlzdFdvcmtlcnNSZXNwb25zZRInCgd3b3JrZXJzGAEgAygLMhYuam9iZC52MS5Xb3JrZXJTZXNzaW9uIsQCCg1Xb3JrZXJTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSEQoJd29ya2VyX2lkGAIgASgJEg0KBWtpbmRzGAMgAygJEhEKCWluX2ZsaWdodBgEIAEoDRIVCg1tYXhfaW5fZmxpZ2h0GAUgASgNEjAKDGNvbm5lY3RlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbGFzdF9zZWVuGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhZGRyZXNzGAggASgJEjIKBmxhYmVscxgJIAMoCzIiLmpvYmQudjEuV29ya2VyU2Vzc2lvbi5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBKssBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIYChRKT0JfU1RBVEVfUkVUUllfV0FJVBADEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQBBIUChBKT0JfU1RBVEVfRkFJTEVEEAUSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAGEhUKEUpPQl9TVEFURV9XQUlUSU5HEAcqcgoRRGVwZW5kZW5jeUZhaWx1cmUSIgoeREVQRU5ERU5DWV9GQUlMVVJFX1VOU1BFQ0lGSUVEEAASHQoZREVQRU5ERU5DWV9GQUlMVVJFX0NBTkNFTBABEhoKFkRFUEVOREVOQ1lfRkFJTFVSRV9SVU4QAip0Cg1MaXN0Sm9ic09yZGVyEh8KG0xJU1RfSk9CU19PUkRFUl9VTlNQRUNJRklFRBAAEiAKHExJU1RfSk9CU19PUkRFUl9PTERFU1RfRklSU1QQARIgChxMSVNUX0pPQlNfT1JERVJfTkVXRVNUX0ZJUlNUEAIynAUKCkpvYlNlcnZpY2USOQoGU3VibWl0EhYuam9iZC52MS5TdWJtaXRSZXF1ZXN0Ghcuam9iZC52MS5TdWJtaXRSZXNwb25zZRJICgtTdWJtaXRCYXRjaBIbLmpvYmQudjEuU3VibWl0QmF0Y2hSZXF1ZXN0Ghwuam9iZC52MS5TdWJtaXRCYXRjaFJlc3BvbnNlEkIKCUdldFN0YXR1cxIZLmpvYmQudjEuR2V0U3RhdHVzUmVxdWVzdBoaLmpvYmQudjEuR2V0U3RhdHVzUmVzcG9uc2USPwoLV2F0Y2hTdGF0dXMSGy5qb2JkLnYxLldhdGNoU3RhdHVzUmVxdWVzdBoRLmpvYmQudjEuSm9iRXZlbnQwARI5CgZDYW5jZWwSFi5qb2JkLnYxLkNhbmNlbFJlcXVlc3QaFy5qb2JkLnYxLkNhbmNlbFJlc3BvbnNlEj8KCExpc3RKb2JzEhguam9iZC52MS5MaXN0Sm9ic1JlcXVlc3QaGS5qb2JkLnYxLkxpc3RKb2JzUmVzcG9uc2USRAoJV2F0Y2hKb2JzEhkuam9iZC52MS5XYXRjaEpvYnNSZXF1ZXN0Ghouam9iZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEjwKB0dldExvZ3MSFy5qb2JkLnYxLkdldExvZ3NSZXF1ZXN0Ghguam9iZC52MS5HZXRMb2dzUmVzcG9uc2USOgoJV2F0Y2hMb2dzEhkuam9iZC52MS5XYXRjaExvZ3NSZXF1ZXN0GhAuam9iZC52MS5Mb2dMaW5lMAESSAoLR2V0Sm9iR3JhcGgSGy5qb2JkLnYxLkdldEpvYkdyYXBoUmVxdWVzdBocLmpvYmQudjEuR2V0Sm9iR3JhcGhSZXNwb25zZTJOCg1Xb3JrZXJTZXJ2aWNlEj0KB0Nvbm5lY3QSFi5qb2JkLnYxLldvcmtlck1lc3NhZ2UaFi5qb2JkLnYxLlNlcnZlck1lc3NhZ2UoATABMrQFCgxBZG1pblNlcnZpY2USSAoLTGlzdFdvcmtlcnMSGy5qb2JkLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBocLmpvYmQudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJCCglQYXVzZUtpbmQSGS5qb2JkLnYxLlBhdXNlS2luZFJlcXVlc3QaGi5qb2JkLnYxLlBhdXNlS2luZFJlc3BvbnNlEkUKClJlc3VtZUtpbmQSGi5qb2JkLnYxLlJlc3VtZUtpbmRSZXF1ZXN0Ghsuam9iZC52MS5SZXN1bWVLaW5kUmVzcG9uc2USQgoJTGlzdEtpbmRzEhkuam9iZC52MS5MaXN0S2luZHNSZXF1ZXN0Ghouam9iZC52MS5MaXN0S2luZHNSZXNwb25zZRJCCglSZXRyeUpvYnMSGS5qb2JkLnYxLlJldHJ5Sm9ic1JlcXVlc3QaGi5qb2JkLnYxLlJldHJ5Sm9ic1Jlc3BvbnNlEk4KDUxpc3RTY2hlZHVsZXMSHS5qb2JkLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0Gh4uam9iZC52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USVAoPVHJpZ2dlclNjaGVkdWxlEh8uam9iZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0GiAuam9iZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRJOCg1QYXVzZVNjaGVkdWxlEh0uam9iZC52MS5QYXVzZVNjaGVkdWxlUmVxdWVzdBoeLmpvYmQudjEuUGF1c2VTY2hlZHVsZVJlc3BvbnNlElEKDlJlc3VtZVNjaGVkdWxlEh4uam9iZC52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaHy5qb2JkLnYxLlJlc3VtZVNjaGVkdWxlUmVzcG9uc2VCKVonZ2l0aHViLmNvbS9qb2JkL2pvYmQvZ2VuL2pvYmQvdjE7am9iZHYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChJqb2JkL3YxL2pvYmQucHJvdG8SB2pvYmQudjEiLwoSR2V0Sm9iR3JhcGhSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWRlcHRoGAIgASgNImUKE0dldEpvYkdyYXBoUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYmQudjEuSm9iEh8KBWVkZ2VzGAIgAygLMhAuam9iZC52MS5Kb2JFZGdlEhEKCXRydW5jYXRlZBgDIAEoCCIoCgdKb2JFZGdlEg4KBnBhcmVudBgBIAEoCRINCgVjaGlsZBgCIAEoCSJyCgxQYXJlbnRSZXN1bHQSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIgCgVzdGF0ZRgDIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDgoGcmVzdWx0GAQgASgMEhYKDnJlc3VsdF9vbWl0dGVkGAUgASgIInAKC0pvYlByb2dyZXNzEg8KB3BlcmNlbnQYASABKA0SDwoHbWVzc2FnZRgCIAEoCRIPCgdkZXRhaWxzGAMgASgMEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjoKDkdldExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEEg0KBWxpbWl0GAMgASgNIjIKD0dldExvZ3NSZXNwb25zZRIfCgVsaW5lcxgBIAMoCzIQLmpvYmQudjEuTG9nTGluZSItChBXYXRjaExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEIl8KB0xvZ0xpbmUSCwoDc2VxGAEgASgEEg8KB2F0dGVtcHQYAiABKA0SKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEdGV4dBgEIAEoCSKKBwoDSm9iEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSIAoFc3RhdGUYAyABKA4yES5qb2JkLnYxLkpvYlN0YXRlEg8KB2F0dGVtcHQYBCABKA0SFAoMbWF4X2F0dGVtcHRzGAUgASgNEhAKCHByaW9yaXR5GAYgASgFEhcKD2lkZW1wb3RlbmN5X2tleRgHIAEoCRIoCgZsYWJlbHMYCCADKAsyGC5qb2JkLnYxLkpvYi5MYWJlbHNFbnRyeRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbmV4dF9hdHRlbXB0X2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGA4gASgJEg4KBnJlc3VsdBgPIAEoDBIUCgxwYXlsb2FkX3NpemUYECABKAQSKgoHdGltZW91dBgRIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIYChByZXN1bHRfdHJ1bmNhdGVkGBIgASgIEhQKDG9yZGVyaW5nX2tleRgTIAEoCRITCgt0cmFjZXBhcmVudBgUIAEoCRImCghwcm9ncmVzcxgVIAEoCzIULmpvYmQudjEuSm9iUHJvZ3Jlc3MSFwoPY2hlY2twb2ludF9zaXplGBYgASgEEhIKCnBhcmVudF9pZHMYFyADKAkSEgoKd2FpdGluZ19vbhgYIAEoDRI5ChVvbl9kZXBlbmRlbmN5X2ZhaWx1cmUYGSABKA4yGi5qb2JkLnYxLkRlcGVuZGVuY3lGYWlsdXJlEiUKCGF0dGVtcHRzGBogAygLMhMuam9iZC52MS5Kb2JBdHRlbXB0EjAKDHN0YXJ0X2JlZm9yZRgbIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKuAQoKSm9iQXR0ZW1wdBIPCgdhdHRlbXB0GAEgASgNEi4KCnN0YXJ0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdvdXRjb21lGAQgASgJEg0KBWVycm9yGAUgASgJEg4KBndvcmtlchgGIAEoCSLBAwoNU3VibWl0UmVxdWVzdBIMCgRraW5kGAEgASgJEg8KB3BheWxvYWQYAiABKAwSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEhAKCHByaW9yaXR5GAQgASgFEhQKDG1heF9hdHRlbXB0cxgFIAEoDRIqCgd0aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKBnJ1bl9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoGbGFiZWxzGAggAygLMiIuam9iZC52MS5TdWJtaXRSZXF1ZXN0LkxhYmVsc0VudHJ5EhQKDG9yZGVyaW5nX2tleRgJIAEoCRISCgpkZXBlbmRzX29uGAogAygJEjkKFW9uX2RlcGVuZGVuY3lfZmFpbHVyZRgLIAEoDjIaLmpvYmQudjEuRGVwZW5kZW5jeUZhaWx1cmUSMAoMc3RhcnRfYmVmb3JlGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkEKDlN1Ym1pdFJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhQKDGRlZHVwbGljYXRlZBgCIAEoCCI+ChJTdWJtaXRCYXRjaFJlcXVlc3QSKAoIcmVxdWVzdHMYASADKAsyFi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QiagoMU3VibWl0UmVzdWx0EisKCGFjY2VwdGVkGAEgASgLMhcuam9iZC52MS5TdWJtaXRSZXNwb25zZUgAEiMKBWVycm9yGAIgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXNIAEIICgZyZXN1bHQiPQoTU3VibWl0QmF0Y2hSZXNwb25zZRImCgdyZXN1bHRzGAEgAygLMhUuam9iZC52MS5TdWJtaXRSZXN1bHQiHgoQR2V0U3RhdHVzUmVxdWVzdBIKCgJpZBgBIAEoCSJHChFHZXRTdGF0dXNSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYhIXCg9wYXlsb2FkX3ByZXZpZXcYAiABKAwiOAoSV2F0Y2hTdGF0dXNSZXF1ZXN0EgoKAmlkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIjcKCEpvYkV2ZW50EhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhAKCHNlcXVlbmNlGAIgASgEIhsKDUNhbmNlbFJlcXVlc3QSCgoCaWQYASABKAkiKwoOQ2FuY2VsUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2IiigIKD0xpc3RKb2JzUmVxdWVzdBIgCgVzdGF0ZRgBIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDAoEa2luZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCRIUCgxvcmRlcmluZ19rZXkYBSABKAkSNAoGbGFiZWxzGAYgAygLMiQuam9iZC52MS5MaXN0Sm9ic1JlcXVlc3QuTGFiZWxzRW50cnkSJQoFb3JkZXIYByABKA4yFi5qb2JkLnYxLkxpc3RKb2JzT3JkZXIaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJRChBXYXRjaEpvYnNSZXF1ZXN0EgwKBGtpbmQYASABKAkSIAoFc3RhdGUYAiABKA4yES5qb2JkLnYxLkpvYlN0YXRlEg0KBWFmdGVyGAMgASgEIkAKEVdhdGNoSm9ic1Jlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhAKCHBvc2l0aW9uGAIgASgEIkcKEExpc3RKb2JzUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYmQudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKLAgoNV29ya2VyTWVzc2FnZRIfCgVoZWxsbxgBIAEoCzIOLmpvYmQudjEuSGVsbG9IABInCgloZWFydGJlYXQYAiABKAsyEi5qb2JkLnYxLkhlYXJ0YmVhdEgAEiUKCGNvbXBsZXRlGAMgASgLMhEuam9iZC52MS5Db21wbGV0ZUgAEh0KBGZhaWwYBCABKAsyDS5qb2JkLnYxLkZhaWxIABIlCghwcm9ncmVzcxgFIAEoCzIRLmpvYmQudjEuUHJvZ3Jlc3NIABIbCgNsb2cYBiABKAsyDC5qb2JkLnYxLkxvZ0gAEh8KBXRvdWNoGAcgASgLMg4uam9iZC52MS5Ub3VjaEgAQgUKA21zZyJ+CgVUb3VjaBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIsCglleHRlbmRfYnkYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFwoKY2hlY2twb2ludBgEIAEoDEgAiAEBQg0KC19jaGVja3BvaW50Il4KCFByb2dyZXNzEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg8KB3BlcmNlbnQYAyABKA0SDwoHbWVzc2FnZRgEIAEoCRIPCgdkZXRhaWxzGAUgASgMIjUKA0xvZxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVsaW5lcxgDIAMoCSKbAQoFSGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEg0KBWtpbmRzGAIgAygJEhUKDW1heF9pbl9mbGlnaHQYAyABKA0SKgoGbGFiZWxzGAQgAygLMhouam9iZC52MS5IZWxsby5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIgsKCUhlYXJ0YmVhdCI7CghDb21wbGV0ZRIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIOCgZyZXN1bHQYAyABKAwieQoERmFpbBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVlcnJvchgDIAEoCRIRCglwZXJtYW5lbnQYBCABKAgSLgoLcmV0cnlfYWZ0ZXIYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i8AEKDVNlcnZlck1lc3NhZ2USIwoHd2VsY29tZRgBIAEoCzIQLmpvYmQudjEuV2VsY29tZUgAEiEKBmFzc2lnbhgCIAEoCzIPLmpvYmQudjEuQXNzaWduSAASJAoGY2FuY2VsGAMgASgLMhIuam9iZC52MS5DYW5jZWxKb2JIABIhCgNhY2sYBCABKAsyEi5qb2JkLnYxLlJlcG9ydEFja0gAEh8KBWRyYWluGAUgASgLMg4uam9iZC52MS5EcmFpbkgAEiYKCXRvdWNoX2FjaxgGIAEoCzIRLmpvYmQudjEuVG91Y2hBY2tIAEIFCgNtc2ciaAoIVG91Y2hBY2sSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SLAoIZGVhZGxpbmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXN0YWxlGAQgASgIIlQKB1dlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i/QEKBkFzc2lnbhIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYhIPCgdwYXlsb2FkGAIgASgMEiwKCGRlYWRsaW5lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCgdoZWFkZXJzGAQgAygLMhwuam9iZC52MS5Bc3NpZ24uSGVhZGVyc0VudHJ5EhIKCmNoZWNrcG9pbnQYBSABKAwSJgoHcGFyZW50cxgGIAMoCzIVLmpvYmQudjEuUGFyZW50UmVzdWx0Gi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKCUNhbmNlbEpvYhIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIOCgZyZWFzb24YAyABKAkiOwoJUmVwb3J0QWNrEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg0KBXN0YWxlGAMgASgIIjUKBURyYWluEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIWChRMaXN0U2NoZWR1bGVzUmVxdWVzdCJDChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USKgoJc2NoZWR1bGVzGAEgAygLMhcuam9iZC52MS5TY2hlZHVsZVN0YXR1cyKWAwoOU2NoZWR1bGVTdGF0dXMSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIMCgRjcm9uGAMgASgJEhAKCHRpbWV6b25lGAQgASgJEjAKDG5leHRfZmlyZV9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcGF1c2VkGAYgASgIEhMKC2xhc3Rfam9iX2lkGAcgASgJEicKBnNvdXJjZRgIIAEoDjIXLmpvYmQudjEuU2NoZWR1bGVTb3VyY2USDwoHcGF5bG9hZBgJIAEoCRIzCgZsYWJlbHMYCiADKAsyIy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzLkxhYmVsc0VudHJ5EikKB292ZXJsYXAYCyABKA4yGC5qb2JkLnYxLlNjaGVkdWxlT3ZlcmxhcBIqCgdjYXRjaHVwGAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEingIKElNjaGVkdWxlRGVmaW5pdGlvbhIKCgJpZBgBIAEoCRIMCgRraW5kGAIgASgJEgwKBGNyb24YAyABKAkSEAoIdGltZXpvbmUYBCABKAkSDwoHcGF5bG9hZBgFIAEoCRI3CgZsYWJlbHMYBiADKAsyJy5qb2JkLnYxLlNjaGVkdWxlRGVmaW5pdGlvbi5MYWJlbHNFbnRyeRIpCgdvdmVybGFwGAcgASgOMhguam9iZC52MS5TY2hlZHVsZU92ZXJsYXASKgoHY2F0Y2h1cBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkYKFUNyZWF0ZVNjaGVkdWxlUmVxdWVzdBItCghzY2hlZHVsZRgBIAEoCzIbLmpvYmQudjEuU2NoZWR1bGVEZWZpbml0aW9uIkMKFkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USKQoIc2NoZWR1bGUYASABKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIkYKFVVwZGF0ZVNjaGVkdWxlUmVxdWVzdBItCghzY2hlZHVsZRgBIAEoCzIbLmpvYmQudjEuU2NoZWR1bGVEZWZpbml0aW9uIkMKFlVwZGF0ZVNjaGVkdWxlUmVzcG9uc2USKQoIc2NoZWR1bGUYASABKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIiMKFURlbGV0ZVNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSIYChZEZWxldGVTY2hlZHVsZVJlc3BvbnNlIiQKFlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiNAoXVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2IiIgoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiQgoVUGF1c2VTY2hlZHVsZVJlc3BvbnNlEikKCHNjaGVkdWxlGAEgASgLMhcuam9iZC52MS5TY2hlZHVsZVN0YXR1cyIjChVSZXN1bWVTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiQwoWUmVzdW1lU2NoZWR1bGVSZXNwb25zZRIpCghzY2hlZHVsZRgBIAEoCzIXLmpvYmQudjEuU2NoZWR1bGVTdGF0dXMiIAoQUGF1c2VLaW5kUmVxdWVzdBIMCgRraW5kGAEgASgJIj0KEVBhdXNlS2luZFJlc3BvbnNlEigKC2tpbmRfc3RhdHVzGAEgASgLMhMuam9iZC52MS5LaW5kU3RhdHVzIiEKEVJlc3VtZUtpbmRSZXF1ZXN0EgwKBGtpbmQYASABKAkiPgoSUmVzdW1lS2luZFJlc3BvbnNlEigKC2tpbmRfc3RhdHVzGAEgASgLMhMuam9iZC52MS5LaW5kU3RhdHVzIhIKEExpc3RLaW5kc1JlcXVlc3QiNwoRTGlzdEtpbmRzUmVzcG9uc2USIgoFa2luZHMYASADKAsyEy5qb2JkLnYxLktpbmRTdGF0dXMisAEKCktpbmRTdGF0dXMSDAoEa2luZBgBIAEoCRIPCgdoYW5kbGVyGAIgASgJEg4KBnBhdXNlZBgDIAEoCBIOCgZxdWV1ZWQYBCABKAQSDwoHcnVubmluZxgFIAEoBBISCgpyZXRyeV93YWl0GAYgASgEEg4KBmZhaWxlZBgHIAEoBBITCgtjb25jdXJyZW5jeRgIIAEoDRIZChFjb25uZWN0ZWRfd29ya2VycxgJIAEoDSJlChBSZXRyeUpvYnNSZXF1ZXN0EgsKA2lkcxgBIAMoCRIkCgZmaWx0ZXIYAiABKAsyFC5qb2JkLnYxLlJldHJ5RmlsdGVyEg8KB2RyeV9ydW4YAyABKAgSDQoFbGltaXQYBCABKA0ihwIKC1JldHJ5RmlsdGVyEiAKBXN0YXRlGAEgASgOMhEuam9iZC52MS5Kb2JTdGF0ZRIMCgRraW5kGAIgASgJEjAKBmxhYmVscxgDIAMoCzIgLmpvYmQudjEuUmV0cnlGaWx0ZXIuTGFiZWxzRW50cnkSMgoOZmluaXNoZWRfYWZ0ZXIYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2ZpbmlzaGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ4ChFSZXRyeUpvYnNSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgEEg8KB3JldHJpZWQYAiABKAQSCwoDaWRzGAMgAygJEiYKB3NraXBwZWQYBCADKAsyFS5qb2JkLnYxLlJldHJ5U2tpcHBlZBIMCgRtb3JlGAUgASgIIioKDFJldHJ5U2tpcHBlZBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiIgoSTGlzdFdvcmtlcnNSZXF1ZXN0EgwKBGtpbmQYASABKAkiPgoTTGlzdFdvcmtlcnNSZXNwb25zZRInCgd3b3JrZXJzGAEgAygLMhYuam9iZC52MS5Xb3JrZXJTZXNzaW9uIsQCCg1Xb3JrZXJTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSEQoJd29ya2VyX2lkGAIgASgJEg0KBWtpbmRzGAMgAygJEhEKCWluX2ZsaWdodBgEIAEoDRIVCg1tYXhfaW5fZmxpZ2h0GAUgASgNEjAKDGNvbm5lY3RlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbGFzdF9zZWVuGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhZGRyZXNzGAggASgJEjIKBmxhYmVscxgJIAMoCzIiLmpvYmQudjEuV29ya2VyU2Vzc2lvbi5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBKssBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIYChRKT0JfU1RBVEVfUkVUUllfV0FJVBADEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQBBIUChBKT0JfU1RBVEVfRkFJTEVEEAUSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAGEhUKEUpPQl9TVEFURV9XQUlUSU5HEAcqcgoRRGVwZW5kZW5jeUZhaWx1cmUSIgoeREVQRU5ERU5DWV9GQUlMVVJFX1VOU1BFQ0lGSUVEEAASHQoZREVQRU5ERU5DWV9GQUlMVVJFX0NBTkNFTBABEhoKFkRFUEVOREVOQ1lfRkFJTFVSRV9SVU4QAip0Cg1MaXN0Sm9ic09yZGVyEh8KG0xJU1RfSk9CU19PUkRFUl9VTlNQRUNJRklFRBAAEiAKHExJU1RfSk9CU19PUkRFUl9PTERFU1RfRklSU1QQARIgChxMSVNUX0pPQlNfT1JERVJfTkVXRVNUX0ZJUlNUEAIqZgoOU2NoZWR1bGVTb3VyY2USHwobU0NIRURVTEVfU09VUkNFX1VOU1BFQ0lGSUVEEAASGgoWU0NIRURVTEVfU09VUkNFX0NPTkZJRxABEhcKE1NDSEVEVUxFX1NPVVJDRV9BUEkQAipqCg9TY2hlZHVsZU92ZXJsYXASIAocU0NIRURVTEVfT1ZFUkxBUF9VTlNQRUNJRklFRBAAEhoKFlNDSEVEVUxFX09WRVJMQVBfQUxMT1cQARIZChVTQ0hFRFVMRV9PVkVSTEFQX1NLSVAQAjKcBQoKSm9iU2VydmljZRI5CgZTdWJtaXQSFi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QaFy5qb2JkLnYxLlN1Ym1pdFJlc3BvbnNlEkgKC1N1Ym1pdEJhdGNoEhsuam9iZC52MS5TdWJtaXRCYXRjaFJlcXVlc3QaHC5qb2JkLnYxLlN1Ym1pdEJhdGNoUmVzcG9uc2USQgoJR2V0U3RhdHVzEhkuam9iZC52MS5HZXRTdGF0dXNSZXF1ZXN0Ghouam9iZC52MS5HZXRTdGF0dXNSZXNwb25zZRI/CgtXYXRjaFN0YXR1cxIbLmpvYmQudjEuV2F0Y2hTdGF0dXNSZXF1ZXN0GhEuam9iZC52MS5Kb2JFdmVudDABEjkKBkNhbmNlbBIWLmpvYmQudjEuQ2FuY2VsUmVxdWVzdBoXLmpvYmQudjEuQ2FuY2VsUmVzcG9uc2USPwoITGlzdEpvYnMSGC5qb2JkLnYxLkxpc3RKb2JzUmVxdWVzdBoZLmpvYmQudjEuTGlzdEpvYnNSZXNwb25zZRJECglXYXRjaEpvYnMSGS5qb2JkLnYxLldhdGNoSm9ic1JlcXVlc3QaGi5qb2JkLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAESPAoHR2V0TG9ncxIXLmpvYmQudjEuR2V0TG9nc1JlcXVlc3QaGC5qb2JkLnYxLkdldExvZ3NSZXNwb25zZRI6CglXYXRjaExvZ3MSGS5qb2JkLnYxLldhdGNoTG9nc1JlcXVlc3QaEC5qb2JkLnYxLkxvZ0xpbmUwARJICgtHZXRKb2JHcmFwaBIbLmpvYmQudjEuR2V0Sm9iR3JhcGhSZXF1ZXN0Ghwuam9iZC52MS5HZXRKb2JHcmFwaFJlc3BvbnNlMk4KDVdvcmtlclNlcnZpY2USPQoHQ29ubmVjdBIWLmpvYmQudjEuV29ya2VyTWVzc2FnZRoWLmpvYmQudjEuU2VydmVyTWVzc2FnZSgBMAEyrQcKDEFkbWluU2VydmljZRJICgtMaXN0V29ya2VycxIbLmpvYmQudjEuTGlzdFdvcmtlcnNSZXF1ZXN0Ghwuam9iZC52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlEkIKCVBhdXNlS2luZBIZLmpvYmQudjEuUGF1c2VLaW5kUmVxdWVzdBoaLmpvYmQudjEuUGF1c2VLaW5kUmVzcG9uc2USRQoKUmVzdW1lS2luZBIaLmpvYmQudjEuUmVzdW1lS2luZFJlcXVlc3QaGy5qb2JkLnYxLlJlc3VtZUtpbmRSZXNwb25zZRJCCglMaXN0S2luZHMSGS5qb2JkLnYxLkxpc3RLaW5kc1JlcXVlc3QaGi5qb2JkLnYxLkxpc3RLaW5kc1Jlc3BvbnNlEkIKCVJldHJ5Sm9icxIZLmpvYmQudjEuUmV0cnlKb2JzUmVxdWVzdBoaLmpvYmQudjEuUmV0cnlKb2JzUmVzcG9uc2USTgoNTGlzdFNjaGVkdWxlcxIdLmpvYmQudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaHi5qb2JkLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJUCg9UcmlnZ2VyU2NoZWR1bGUSHy5qb2JkLnYxLlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QaIC5qb2JkLnYxLlRyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEk4KDVBhdXNlU2NoZWR1bGUSHS5qb2JkLnYxLlBhdXNlU2NoZWR1bGVSZXF1ZXN0Gh4uam9iZC52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USUQoOUmVzdW1lU2NoZWR1bGUSHi5qb2JkLnYxLlJlc3VtZVNjaGVkdWxlUmVxdWVzdBofLmpvYmQudjEuUmVzdW1lU2NoZWR1bGVSZXNwb25zZRJRCg5DcmVhdGVTY2hlZHVsZRIeLmpvYmQudjEuQ3JlYXRlU2NoZWR1bGVSZXF1ZXN0Gh8uam9iZC52MS5DcmVhdGVTY2hlZHVsZVJlc3BvbnNlElEKDlVwZGF0ZVNjaGVkdWxlEh4uam9iZC52MS5VcGRhdGVTY2hlZHVsZVJlcXVlc3QaHy5qb2JkLnYxLlVwZGF0ZVNjaGVkdWxlUmVzcG9uc2USUQoORGVsZXRlU2NoZWR1bGUSHi5qb2JkLnYxLkRlbGV0ZVNjaGVkdWxlUmVxdWVzdBofLmpvYmQudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZUIpWidnaXRodWIuY29tL2pvYmQvam9iZC9nZW4vam9iZC92MTtqb2JkdjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * @generated from message jobd.v1.GetJobGraphRequest
@@ -1698,6 +1698,39 @@ export type ScheduleStatus = Message<"jobd.v1.ScheduleStatus"> & {
    * @generated from field: string last_job_id = 7;
    */
   lastJobId: string;
+
+  /**
+   * Where the schedule is defined.
+   *
+   * @generated from field: jobd.v1.ScheduleSource source = 8;
+   */
+  source: ScheduleSource;
+
+  /**
+   * The payload of each fire's job.
+   *
+   * @generated from field: string payload = 9;
+   */
+  payload: string;
+
+  /**
+   * The labels of each fire's job (besides `schedule` = id).
+   *
+   * @generated from field: map<string, string> labels = 10;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * @generated from field: jobd.v1.ScheduleOverlap overlap = 11;
+   */
+  overlap: ScheduleOverlap;
+
+  /**
+   * How late a missed fire may still run; unset for 0.
+   *
+   * @generated from field: google.protobuf.Duration catchup = 12;
+   */
+  catchup?: Duration | undefined;
 };
 
 /**
@@ -1706,6 +1739,176 @@ export type ScheduleStatus = Message<"jobd.v1.ScheduleStatus"> & {
  */
 export const ScheduleStatusSchema: GenMessage<ScheduleStatus> = /*@__PURE__*/
   messageDesc(file_jobd_v1_jobd, 43);
+
+/**
+ * A schedule as CreateSchedule and UpdateSchedule take it: the fields of a
+ * `[[schedules]]` entry of the config, checked the same way.
+ *
+ * @generated from message jobd.v1.ScheduleDefinition
+ */
+export type ScheduleDefinition = Message<"jobd.v1.ScheduleDefinition"> & {
+  /**
+   * [a-z0-9][a-z0-9_.-]{0,63}
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * A configured kind.
+   *
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * 5 fields (minute hour day month weekday), or 6 with seconds first.
+   *
+   * @generated from field: string cron = 3;
+   */
+  cron: string;
+
+  /**
+   * IANA time zone the expression is read in; empty: UTC.
+   *
+   * @generated from field: string timezone = 4;
+   */
+  timezone: string;
+
+  /**
+   * The payload of each fire's job (at most the kind's max_payload_bytes).
+   *
+   * @generated from field: string payload = 5;
+   */
+  payload: string;
+
+  /**
+   * At most 31 (each fire adds `schedule` = id).
+   *
+   * @generated from field: map<string, string> labels = 6;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * @generated from field: jobd.v1.ScheduleOverlap overlap = 7;
+   */
+  overlap: ScheduleOverlap;
+
+  /**
+   * How late a missed fire may still run (after downtime); at most 7 days;
+   * unset: 0.
+   *
+   * @generated from field: google.protobuf.Duration catchup = 8;
+   */
+  catchup?: Duration | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.ScheduleDefinition.
+ * Use `create(ScheduleDefinitionSchema)` to create a new message.
+ */
+export const ScheduleDefinitionSchema: GenMessage<ScheduleDefinition> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 44);
+
+/**
+ * @generated from message jobd.v1.CreateScheduleRequest
+ */
+export type CreateScheduleRequest = Message<"jobd.v1.CreateScheduleRequest"> & {
+  /**
+   * @generated from field: jobd.v1.ScheduleDefinition schedule = 1;
+   */
+  schedule?: ScheduleDefinition | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.CreateScheduleRequest.
+ * Use `create(CreateScheduleRequestSchema)` to create a new message.
+ */
+export const CreateScheduleRequestSchema: GenMessage<CreateScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 45);
+
+/**
+ * @generated from message jobd.v1.CreateScheduleResponse
+ */
+export type CreateScheduleResponse = Message<"jobd.v1.CreateScheduleResponse"> & {
+  /**
+   * @generated from field: jobd.v1.ScheduleStatus schedule = 1;
+   */
+  schedule?: ScheduleStatus | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.CreateScheduleResponse.
+ * Use `create(CreateScheduleResponseSchema)` to create a new message.
+ */
+export const CreateScheduleResponseSchema: GenMessage<CreateScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 46);
+
+/**
+ * @generated from message jobd.v1.UpdateScheduleRequest
+ */
+export type UpdateScheduleRequest = Message<"jobd.v1.UpdateScheduleRequest"> & {
+  /**
+   * The whole new definition; `id` names the schedule to change.
+   *
+   * @generated from field: jobd.v1.ScheduleDefinition schedule = 1;
+   */
+  schedule?: ScheduleDefinition | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.UpdateScheduleRequest.
+ * Use `create(UpdateScheduleRequestSchema)` to create a new message.
+ */
+export const UpdateScheduleRequestSchema: GenMessage<UpdateScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 47);
+
+/**
+ * @generated from message jobd.v1.UpdateScheduleResponse
+ */
+export type UpdateScheduleResponse = Message<"jobd.v1.UpdateScheduleResponse"> & {
+  /**
+   * @generated from field: jobd.v1.ScheduleStatus schedule = 1;
+   */
+  schedule?: ScheduleStatus | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.UpdateScheduleResponse.
+ * Use `create(UpdateScheduleResponseSchema)` to create a new message.
+ */
+export const UpdateScheduleResponseSchema: GenMessage<UpdateScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 48);
+
+/**
+ * @generated from message jobd.v1.DeleteScheduleRequest
+ */
+export type DeleteScheduleRequest = Message<"jobd.v1.DeleteScheduleRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message jobd.v1.DeleteScheduleRequest.
+ * Use `create(DeleteScheduleRequestSchema)` to create a new message.
+ */
+export const DeleteScheduleRequestSchema: GenMessage<DeleteScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 49);
+
+/**
+ * @generated from message jobd.v1.DeleteScheduleResponse
+ */
+export type DeleteScheduleResponse = Message<"jobd.v1.DeleteScheduleResponse"> & {
+};
+
+/**
+ * Describes the message jobd.v1.DeleteScheduleResponse.
+ * Use `create(DeleteScheduleResponseSchema)` to create a new message.
+ */
+export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 50);
 
 /**
  * @generated from message jobd.v1.TriggerScheduleRequest
@@ -1722,7 +1925,7 @@ export type TriggerScheduleRequest = Message<"jobd.v1.TriggerScheduleRequest"> &
  * Use `create(TriggerScheduleRequestSchema)` to create a new message.
  */
 export const TriggerScheduleRequestSchema: GenMessage<TriggerScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 44);
+  messageDesc(file_jobd_v1_jobd, 51);
 
 /**
  * @generated from message jobd.v1.TriggerScheduleResponse
@@ -1739,7 +1942,7 @@ export type TriggerScheduleResponse = Message<"jobd.v1.TriggerScheduleResponse">
  * Use `create(TriggerScheduleResponseSchema)` to create a new message.
  */
 export const TriggerScheduleResponseSchema: GenMessage<TriggerScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 45);
+  messageDesc(file_jobd_v1_jobd, 52);
 
 /**
  * @generated from message jobd.v1.PauseScheduleRequest
@@ -1756,7 +1959,7 @@ export type PauseScheduleRequest = Message<"jobd.v1.PauseScheduleRequest"> & {
  * Use `create(PauseScheduleRequestSchema)` to create a new message.
  */
 export const PauseScheduleRequestSchema: GenMessage<PauseScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 46);
+  messageDesc(file_jobd_v1_jobd, 53);
 
 /**
  * @generated from message jobd.v1.PauseScheduleResponse
@@ -1773,7 +1976,7 @@ export type PauseScheduleResponse = Message<"jobd.v1.PauseScheduleResponse"> & {
  * Use `create(PauseScheduleResponseSchema)` to create a new message.
  */
 export const PauseScheduleResponseSchema: GenMessage<PauseScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 47);
+  messageDesc(file_jobd_v1_jobd, 54);
 
 /**
  * @generated from message jobd.v1.ResumeScheduleRequest
@@ -1790,7 +1993,7 @@ export type ResumeScheduleRequest = Message<"jobd.v1.ResumeScheduleRequest"> & {
  * Use `create(ResumeScheduleRequestSchema)` to create a new message.
  */
 export const ResumeScheduleRequestSchema: GenMessage<ResumeScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 48);
+  messageDesc(file_jobd_v1_jobd, 55);
 
 /**
  * @generated from message jobd.v1.ResumeScheduleResponse
@@ -1807,7 +2010,7 @@ export type ResumeScheduleResponse = Message<"jobd.v1.ResumeScheduleResponse"> &
  * Use `create(ResumeScheduleResponseSchema)` to create a new message.
  */
 export const ResumeScheduleResponseSchema: GenMessage<ResumeScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 49);
+  messageDesc(file_jobd_v1_jobd, 56);
 
 /**
  * @generated from message jobd.v1.PauseKindRequest
@@ -1824,7 +2027,7 @@ export type PauseKindRequest = Message<"jobd.v1.PauseKindRequest"> & {
  * Use `create(PauseKindRequestSchema)` to create a new message.
  */
 export const PauseKindRequestSchema: GenMessage<PauseKindRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 50);
+  messageDesc(file_jobd_v1_jobd, 57);
 
 /**
  * @generated from message jobd.v1.PauseKindResponse
@@ -1841,7 +2044,7 @@ export type PauseKindResponse = Message<"jobd.v1.PauseKindResponse"> & {
  * Use `create(PauseKindResponseSchema)` to create a new message.
  */
 export const PauseKindResponseSchema: GenMessage<PauseKindResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 51);
+  messageDesc(file_jobd_v1_jobd, 58);
 
 /**
  * @generated from message jobd.v1.ResumeKindRequest
@@ -1858,7 +2061,7 @@ export type ResumeKindRequest = Message<"jobd.v1.ResumeKindRequest"> & {
  * Use `create(ResumeKindRequestSchema)` to create a new message.
  */
 export const ResumeKindRequestSchema: GenMessage<ResumeKindRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 52);
+  messageDesc(file_jobd_v1_jobd, 59);
 
 /**
  * @generated from message jobd.v1.ResumeKindResponse
@@ -1875,7 +2078,7 @@ export type ResumeKindResponse = Message<"jobd.v1.ResumeKindResponse"> & {
  * Use `create(ResumeKindResponseSchema)` to create a new message.
  */
 export const ResumeKindResponseSchema: GenMessage<ResumeKindResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 53);
+  messageDesc(file_jobd_v1_jobd, 60);
 
 /**
  * @generated from message jobd.v1.ListKindsRequest
@@ -1888,7 +2091,7 @@ export type ListKindsRequest = Message<"jobd.v1.ListKindsRequest"> & {
  * Use `create(ListKindsRequestSchema)` to create a new message.
  */
 export const ListKindsRequestSchema: GenMessage<ListKindsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 54);
+  messageDesc(file_jobd_v1_jobd, 61);
 
 /**
  * @generated from message jobd.v1.ListKindsResponse
@@ -1905,7 +2108,7 @@ export type ListKindsResponse = Message<"jobd.v1.ListKindsResponse"> & {
  * Use `create(ListKindsResponseSchema)` to create a new message.
  */
 export const ListKindsResponseSchema: GenMessage<ListKindsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 55);
+  messageDesc(file_jobd_v1_jobd, 62);
 
 /**
  * KindStatus is one kind as this instance sees it; the job counts come
@@ -1972,7 +2175,7 @@ export type KindStatus = Message<"jobd.v1.KindStatus"> & {
  * Use `create(KindStatusSchema)` to create a new message.
  */
 export const KindStatusSchema: GenMessage<KindStatus> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 56);
+  messageDesc(file_jobd_v1_jobd, 63);
 
 /**
  * @generated from message jobd.v1.RetryJobsRequest
@@ -2011,7 +2214,7 @@ export type RetryJobsRequest = Message<"jobd.v1.RetryJobsRequest"> & {
  * Use `create(RetryJobsRequestSchema)` to create a new message.
  */
 export const RetryJobsRequestSchema: GenMessage<RetryJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 57);
+  messageDesc(file_jobd_v1_jobd, 64);
 
 /**
  * RetryFilter selects finished jobs to retry; every field set must match.
@@ -2058,7 +2261,7 @@ export type RetryFilter = Message<"jobd.v1.RetryFilter"> & {
  * Use `create(RetryFilterSchema)` to create a new message.
  */
 export const RetryFilterSchema: GenMessage<RetryFilter> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 58);
+  messageDesc(file_jobd_v1_jobd, 65);
 
 /**
  * @generated from message jobd.v1.RetryJobsResponse
@@ -2105,7 +2308,7 @@ export type RetryJobsResponse = Message<"jobd.v1.RetryJobsResponse"> & {
  * Use `create(RetryJobsResponseSchema)` to create a new message.
  */
 export const RetryJobsResponseSchema: GenMessage<RetryJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 59);
+  messageDesc(file_jobd_v1_jobd, 66);
 
 /**
  * @generated from message jobd.v1.RetrySkipped
@@ -2127,7 +2330,7 @@ export type RetrySkipped = Message<"jobd.v1.RetrySkipped"> & {
  * Use `create(RetrySkippedSchema)` to create a new message.
  */
 export const RetrySkippedSchema: GenMessage<RetrySkipped> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 60);
+  messageDesc(file_jobd_v1_jobd, 67);
 
 /**
  * @generated from message jobd.v1.ListWorkersRequest
@@ -2146,7 +2349,7 @@ export type ListWorkersRequest = Message<"jobd.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 61);
+  messageDesc(file_jobd_v1_jobd, 68);
 
 /**
  * @generated from message jobd.v1.ListWorkersResponse
@@ -2163,7 +2366,7 @@ export type ListWorkersResponse = Message<"jobd.v1.ListWorkersResponse"> & {
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 62);
+  messageDesc(file_jobd_v1_jobd, 69);
 
 /**
  * WorkerSession is one connected worker process.
@@ -2228,7 +2431,7 @@ export type WorkerSession = Message<"jobd.v1.WorkerSession"> & {
  * Use `create(WorkerSessionSchema)` to create a new message.
  */
 export const WorkerSessionSchema: GenMessage<WorkerSession> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 63);
+  messageDesc(file_jobd_v1_jobd, 70);
 
 /**
  * JobState is where a job is in its life.
@@ -2370,6 +2573,72 @@ export enum ListJobsOrder {
  */
 export const ListJobsOrderSchema: GenEnum<ListJobsOrder> = /*@__PURE__*/
   enumDesc(file_jobd_v1_jobd, 2);
+
+/**
+ * Where a schedule is defined.
+ *
+ * @generated from enum jobd.v1.ScheduleSource
+ */
+export enum ScheduleSource {
+  /**
+   * @generated from enum value: SCHEDULE_SOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * `[[schedules]]` in the config: read-only through the API.
+   *
+   * @generated from enum value: SCHEDULE_SOURCE_CONFIG = 1;
+   */
+  CONFIG = 1,
+
+  /**
+   * Created through CreateSchedule, stored in the store.
+   *
+   * @generated from enum value: SCHEDULE_SOURCE_API = 2;
+   */
+  API = 2,
+}
+
+/**
+ * Describes the enum jobd.v1.ScheduleSource.
+ */
+export const ScheduleSourceSchema: GenEnum<ScheduleSource> = /*@__PURE__*/
+  enumDesc(file_jobd_v1_jobd, 3);
+
+/**
+ * What a fire does while the previous job of its schedule is unfinished.
+ *
+ * @generated from enum jobd.v1.ScheduleOverlap
+ */
+export enum ScheduleOverlap {
+  /**
+   * Unset: ALLOW.
+   *
+   * @generated from enum value: SCHEDULE_OVERLAP_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Submit the fire anyway.
+   *
+   * @generated from enum value: SCHEDULE_OVERLAP_ALLOW = 1;
+   */
+  ALLOW = 1,
+
+  /**
+   * Skip the fire.
+   *
+   * @generated from enum value: SCHEDULE_OVERLAP_SKIP = 2;
+   */
+  SKIP = 2,
+}
+
+/**
+ * Describes the enum jobd.v1.ScheduleOverlap.
+ */
+export const ScheduleOverlapSchema: GenEnum<ScheduleOverlap> = /*@__PURE__*/
+  enumDesc(file_jobd_v1_jobd, 4);
 
 /**
  * JobService takes jobs and reports on them. Every RPC is safe to retry:
@@ -2658,6 +2927,46 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ResumeScheduleRequestSchema;
     output: typeof ResumeScheduleResponseSchema;
+  },
+  /**
+   * CreateSchedule stores a new schedule, checked exactly as a
+   * `[[schedules]]` entry of the config is (INVALID_ARGUMENT naming the
+   * field). Stored: it survives a restart and fires on every instance
+   * sharing the store, once per fire time. ALREADY_EXISTS for an id in use
+   * (config or stored); RESOURCE_EXHAUSTED when config and stored schedules
+   * together reach the bound (1000).
+   *
+   * @generated from rpc jobd.v1.AdminService.CreateSchedule
+   */
+  createSchedule: {
+    methodKind: "unary";
+    input: typeof CreateScheduleRequestSchema;
+    output: typeof CreateScheduleResponseSchema;
+  },
+  /**
+   * UpdateSchedule replaces a stored schedule's definition; a new cron
+   * expression or time zone starts from the next fire after now. NOT_FOUND
+   * for an unknown id; FAILED_PRECONDITION for a config schedule (change
+   * the config instead).
+   *
+   * @generated from rpc jobd.v1.AdminService.UpdateSchedule
+   */
+  updateSchedule: {
+    methodKind: "unary";
+    input: typeof UpdateScheduleRequestSchema;
+    output: typeof UpdateScheduleResponseSchema;
+  },
+  /**
+   * DeleteSchedule removes a stored schedule: no fire after it (jobs it
+   * submitted stay). NOT_FOUND for an unknown id; FAILED_PRECONDITION for a
+   * config schedule.
+   *
+   * @generated from rpc jobd.v1.AdminService.DeleteSchedule
+   */
+  deleteSchedule: {
+    methodKind: "unary";
+    input: typeof DeleteScheduleRequestSchema;
+    output: typeof DeleteScheduleResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_jobd_v1_jobd, 2);
