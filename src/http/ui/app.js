@@ -684,8 +684,10 @@
             schedule.labels[l.slice(0, i).trim()] = l.slice(i + 1).trim();
           }
           if (catchup.value.trim()) schedule.catchup = catchup.value.trim();
+          const f = e.target;
           api("POST", "/v1/schedules", { schedule })
             .then((r) => {
+              f.reset();
               banner("Created schedule " + r.schedule.id + ".", "info");
               return done();
             })
@@ -707,14 +709,20 @@
   async function schedules() {
     // The table re-renders on live updates; the form stays put (a user
     // typing in it keeps focus and text). Its kinds come from ListKinds.
+    // The form is added once the token is known to may create.
     const holder = el("div", { id: "schedules-list" });
-    let form = null;
-    if (may("CreateSchedule")) {
-      const kinds = await api("GET", "/v1/kinds").catch(() => ({ kinds: [] }));
-      form = [el("h3", {}, "New schedule"), scheduleForm((kinds.kinds || []).map((k) => k.kind), () => render())];
-    }
-    main.replaceChildren(el("h2", {}, "Schedules"), holder, form);
+    const formBox = el("div", {});
+    let form = false;
+    main.replaceChildren(el("h2", {}, "Schedules"), holder, formBox);
     const render = async () => {
+      if (!form && may("CreateSchedule")) {
+        form = true;
+        const kinds = await api("GET", "/v1/kinds").catch(() => ({ kinds: [] }));
+        formBox.replaceChildren(
+          el("h3", {}, "New schedule"),
+          scheduleForm((kinds.kinds || []).map((k) => k.kind), () => render()),
+        );
+      }
       const list = await api("GET", "/v1/schedules");
       const post = (s, verb) => () =>
         api("POST", "/v1/schedules/" + encodeURIComponent(s.id) + ":" + verb)
