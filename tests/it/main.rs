@@ -13,6 +13,7 @@ mod binary;
 mod browser;
 mod checkpoints;
 mod cli;
+mod dedup;
 mod docs;
 mod engine;
 mod first_hour;
