@@ -88,6 +88,10 @@ pub(super) fn print_job(j: &proto::Job) {
     if j.next_attempt_at.is_some() {
         out!("next attempt: {}", show(&j.next_attempt_at));
     }
+    if let Some(p) = &j.progress {
+        let message = printable(&p.message, true);
+        out!("progress:     {}% {message}", p.percent);
+    }
     if j.start_before.is_some() {
         out!("start before: {}", show(&j.start_before));
     }
