@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::convert::{job_to_proto, timestamp};
 use super::error::ApiError;
 use super::validate::{self, RetryFilter, RetrySelection};
+use super::validate_schedule;
 use crate::config::HandlerSpec;
 use crate::engine::{Engine, ScheduleStatus};
 use crate::handlers::remote::Workers;
@@ -233,7 +234,7 @@ fn schedule_to_proto(s: ScheduleStatus) -> proto::ScheduleStatus {
         } as i32,
         payload: s.schedule.payload,
         labels: s.schedule.labels.into_iter().collect(),
-        overlap: validate::overlap_to_proto(s.schedule.overlap) as i32,
+        overlap: validate_schedule::overlap_to_proto(s.schedule.overlap) as i32,
         catchup: (!s.schedule.catchup.is_zero())
             .then(|| prost_types::Duration::try_from(s.schedule.catchup).ok())
             .flatten(),
@@ -411,7 +412,7 @@ impl AdminService for AdminApi {
         request: Request<proto::CreateScheduleRequest>,
     ) -> Result<Response<proto::CreateScheduleResponse>, Status> {
         let engine = &self.engine;
-        let s = validate::schedule(request.into_inner().schedule, &|k| {
+        let s = validate_schedule::schedule(request.into_inner().schedule, &|k| {
             engine.schedule_payload_bound(k)
         })?;
         let status = engine.create_schedule(s).await.map_err(ApiError::from)?;
@@ -425,7 +426,7 @@ impl AdminService for AdminApi {
         request: Request<proto::UpdateScheduleRequest>,
     ) -> Result<Response<proto::UpdateScheduleResponse>, Status> {
         let engine = &self.engine;
-        let s = validate::schedule(request.into_inner().schedule, &|k| {
+        let s = validate_schedule::schedule(request.into_inner().schedule, &|k| {
             engine.schedule_payload_bound(k)
         })?;
         let status = match engine.update_schedule(s).await {

@@ -14,10 +14,10 @@ use crate::proto;
 use crate::store::ListQuery;
 
 pub use crate::job::{is_valid_kind, MAX_KIND_LEN};
+mod dedup;
 mod depends;
-mod schedule;
+pub use dedup::MAX_DEDUP_KEY_BYTES;
 pub use depends::depends_on;
-pub use schedule::{overlap_to_proto, schedule};
 
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 pub const MAX_LABELS: usize = 32;
@@ -36,7 +36,7 @@ pub fn job_id(field: &str, s: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::invalid(field, format!("{s:?} is not a job id (a UUID)")))
 }
 
-fn duration(d: &prost_types::Duration) -> Option<Duration> {
+pub(super) fn duration(d: &prost_types::Duration) -> Option<Duration> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return None;
     }
@@ -80,6 +80,7 @@ pub fn submit<'a>(
     let now = now_micros();
     let run_at = submit_run_at(&req, now, &mut v);
     let start_before = submit_start_before(&req, now, run_at, &mut v);
+    let dedup = dedup::dedup(req.dedup.as_ref(), run_at.is_some(), &mut v);
     submit_labels(&req, &mut v);
     let (Some(kind), true) = (kind, v.list.is_empty()) else {
         return Err(ApiError::InvalidArgument(v.list));
@@ -101,6 +102,16 @@ pub fn submit<'a>(
     };
     let request_hash = request_hash(&req, max_attempts, timeout);
     let labels = req.labels.into_iter().collect();
+    // A first DEBOUNCE submit waits its window too (capped by max_wait).
+    let run_at = match &dedup {
+        Some(crate::job::Dedup {
+            mode: crate::job::DedupMode::Debounce { window, max_wait },
+            ..
+        }) => Some(crate::store::dedup::debounced_run_at(
+            now, now, *window, *max_wait,
+        )),
+        _ => run_at,
+    };
     Ok(NewJob {
         id: Uuid::now_v7(),
         kind: req.kind,
@@ -119,6 +130,7 @@ pub fn submit<'a>(
         parents: Vec::new(),
         on_parent_failure: Default::default(),
         start_before,
+        dedup,
     })
 }
 
@@ -302,6 +314,17 @@ pub fn request_hash(req: &proto::SubmitRequest, max_attempts: u32, timeout: Dura
     if !req.ordering_key.is_empty() {
         field(b"ordering_key");
         field(req.ordering_key.as_bytes());
+    }
+    if let Some(d) = &req.dedup {
+        field(b"dedup");
+        field(d.key.as_bytes());
+        field(&d.mode.to_le_bytes());
+        for t in [&d.window, &d.max_wait] {
+            match t {
+                Some(t) => field(format!("{}.{}", t.seconds, t.nanos).as_bytes()),
+                None => field(b"-"),
+            }
+        }
     }
     h.finalize().into()
 }
@@ -616,6 +639,15 @@ mod tests {
             start_before: Some(prost_types::Timestamp {
                 seconds: 1_900_000_100,
                 nanos: 9,
+            }),
+            dedup: Some(proto::Dedup {
+                key: "d".into(),
+                mode: proto::DedupMode::Debounce as i32,
+                window: Some(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                max_wait: None,
             }),
         };
         vec![

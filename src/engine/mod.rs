@@ -41,6 +41,7 @@ use crate::events::{Events, Subscription, TooManyWatchers};
 use crate::handlers::Registry;
 use crate::job::{now_micros, Job, JobState, NewJob};
 use crate::metrics::Metrics;
+use crate::store::dedup::DedupOutcome;
 use crate::store::{CancelOutcome, InsertOutcome, ListQuery, SharedStore, StoreError};
 
 /// Added to a job's timeout to form its lease: the worker enforces the
@@ -429,7 +430,7 @@ impl Engine {
                 return Err(EngineError::DiskReserve(why));
             }
         }
-        let delayed = jobs
+        let mut delayed = jobs
             .iter()
             .any(|j| j.run_at.is_some_and(|t| t > j.created_at));
         let mut held = self.hold_slots(&mut jobs).into_iter();
@@ -466,6 +467,16 @@ impl Engine {
                     continue;
                 }
                 InsertOutcome::Deduplicated(job) => self.metrics.deduplicated(job),
+                InsertOutcome::Merged { job, outcome } => {
+                    self.metrics.deduplicated(job);
+                    if *outcome != DedupOutcome::Kept {
+                        // Same state, new payload or time: watchers see
+                        // the new sequence, and the time may be now.
+                        self.events.publish(job);
+                        wake = true;
+                        delayed |= job.next_attempt_at.is_some();
+                    }
+                }
                 InsertOutcome::Conflict { .. } => self.metrics.reject("idempotency_conflict"),
                 InsertOutcome::BacklogFull => self.metrics.reject("backlog_full"),
                 InsertOutcome::UnknownParent(_) => self.metrics.reject("unknown_parent"),

@@ -237,6 +237,7 @@ impl Engine {
             parents: Vec::new(),
             on_parent_failure: Default::default(),
             start_before: None,
+            dedup: None,
         };
         let out = self.submit(vec![job]).await?.pop();
         let job = match out {
@@ -244,7 +245,7 @@ impl Engine {
                 self.metrics.schedule_fired(&s.id);
                 j
             }
-            Some(InsertOutcome::Deduplicated(j)) => j,
+            Some(InsertOutcome::Deduplicated(j) | InsertOutcome::Merged { job: j, .. }) => j,
             Some(InsertOutcome::UnknownParent(id)) => return Err(EngineError::UnknownParent(id)),
             Some(InsertOutcome::BacklogFull) => {
                 return Err(EngineError::BacklogFull {

@@ -5,6 +5,7 @@
 //! [`transition`] so that every implementation applies the same ones.
 
 pub mod codec;
+pub mod dedup;
 pub mod deps;
 pub mod limits;
 pub mod memory;
@@ -129,6 +130,12 @@ pub enum InsertOutcome {
     Created(Job),
     /// Same idempotency key, same request: the existing job.
     Deduplicated(Job),
+    /// A job of the kind held the submit's dedup key: the job as it is now
+    /// (unchanged for KEEP), and what the merge did ([`dedup::merge`]).
+    Merged {
+        job: Job,
+        outcome: dedup::DedupOutcome,
+    },
     /// Same idempotency key, different request.
     Conflict {
         existing_id: Uuid,
@@ -137,6 +144,18 @@ pub enum InsertOutcome {
     BacklogFull,
     /// A parent (depends_on) does not exist; nothing was stored.
     UnknownParent(Uuid),
+}
+
+/// The answer to a submit whose idempotency key `existing` holds: the same
+/// job when the request (its hash) is the same, a conflict otherwise.
+pub fn idempotent(existing: &Job, request_hash: &[u8; 32]) -> InsertOutcome {
+    if existing.request_hash == *request_hash {
+        InsertOutcome::Deduplicated(existing.clone())
+    } else {
+        InsertOutcome::Conflict {
+            existing_id: existing.id,
+        }
+    }
 }
 
 /// How an attempt ended, as the engine decided it.

@@ -311,6 +311,7 @@ fn echo_job() -> NewJob {
         parents: Vec::new(),
         on_parent_failure: Default::default(),
         start_before: None,
+        dedup: None,
     }
 }
 

@@ -14,6 +14,7 @@ mod binary;
 mod browser;
 mod checkpoints;
 mod cli;
+mod dedup;
 mod docs;
 mod engine;
 mod first_hour;

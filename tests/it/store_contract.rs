@@ -33,6 +33,7 @@ fn new_job(kind: &str, priority: i32) -> NewJob {
         parents: Vec::new(),
         on_parent_failure: Default::default(),
         start_before: None,
+        dedup: None,
     }
 }
 
@@ -1041,6 +1042,77 @@ pub async fn workflows_release_and_cascade(s: SharedStore) {
         .is_empty());
 }
 
+/// Dedup keys (`store::dedup`): held while a job has not started, merged
+/// into by KEEP and REPLACE, free again once it starts; a drain requeue or
+/// RetryJobs does not take a key back (no second holder, no error).
+pub async fn dedup_keys_are_held_until_a_job_starts(s: SharedStore) {
+    use jobd::job::{Dedup, DedupMode};
+    use jobd::store::dedup::DedupOutcome;
+    let keyed = |mode: DedupMode, payload: &'static [u8]| NewJob {
+        payload: Bytes::from_static(payload),
+        dedup: Some(Dedup {
+            key: "k1".into(),
+            mode,
+        }),
+        ..new_job("d", 0)
+    };
+    let merged = |o: InsertOutcome| match o {
+        InsertOutcome::Merged { job, outcome } => (job, outcome),
+        other => panic!("{other:?}"),
+    };
+    let a = insert(&s, keyed(DedupMode::Keep, b"one")).await;
+    assert_eq!(a.dedup_key.as_deref(), Some("k1"));
+    let out = s
+        .insert(vec![keyed(DedupMode::Replace, b"two")], u64::MAX)
+        .await;
+    let (r, outcome) = merged(out.unwrap().pop().unwrap());
+    assert_eq!((r.id, outcome), (a.id, DedupOutcome::Replaced));
+    assert_eq!((&r.payload[..], r.sequence), (&b"two"[..], a.sequence + 1));
+    assert_eq!(get(&s, a.id).await.payload, r.payload);
+    let out = s
+        .insert(vec![keyed(DedupMode::Keep, b"three")], u64::MAX)
+        .await;
+    let (k, outcome) = merged(out.unwrap().pop().unwrap());
+    assert_eq!(
+        (k.id, outcome, &k.payload[..]),
+        (a.id, DedupOutcome::Kept, &b"two"[..])
+    );
+    // Started: the key is free for a new job.
+    let claimed = s.claim(&claim_req(1, &[("d", 1)])).await.unwrap().jobs;
+    assert_eq!(claimed[0].id, a.id);
+    let b = insert(&s, keyed(DedupMode::Keep, b"four")).await;
+    assert_ne!(b.id, a.id);
+    // A drained attempt goes back QUEUED at attempt 0 without its key.
+    let back = Outcome::Requeue {
+        reason: "drain".into(),
+    };
+    let a2 = s
+        .finish(a.id, 1, back, now_micros())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a2.state, a2.attempt, a2.dedup_key),
+        (JobState::Queued, 0, None)
+    );
+    let out = s
+        .insert(vec![keyed(DedupMode::Keep, b"five")], u64::MAX)
+        .await;
+    assert_eq!(merged(out.unwrap().pop().unwrap()).0.id, b.id);
+    // RetryJobs: a fresh start, without the key.
+    s.cancel(b.id, now_micros()).await.unwrap();
+    let c = insert(&s, keyed(DedupMode::Keep, b"six")).await;
+    let retried = s.retry(&[b.id], now_micros(), u64::MAX).await.unwrap();
+    match &retried[0] {
+        RetryOutcome::Retried { job, .. } => assert_eq!(job.dedup_key, None),
+        other => panic!("{other:?}"),
+    }
+    let out = s
+        .insert(vec![keyed(DedupMode::Keep, b"seven")], u64::MAX)
+        .await;
+    assert_eq!(merged(out.unwrap().pop().unwrap()).0.id, c.id);
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory {
@@ -1088,7 +1160,8 @@ contract!(
     stored_schedule_definitions,
     start_at_insert_only_when_nothing_of_its_kind_is_ready,
     progress_logs_and_checkpoints,
-    workflows_release_and_cascade
+    workflows_release_and_cascade,
+    dedup_keys_are_held_until_a_job_starts
 );
 
 #[tokio::test]

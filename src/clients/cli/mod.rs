@@ -96,7 +96,7 @@ pub struct Common {
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
     /// Submit a job.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show a job.
     Status {
         id: String,
@@ -194,8 +194,8 @@ impl ClientCommand {
     /// The connection and output flags every client command carries.
     pub fn common(&self) -> &Common {
         match self {
-            ClientCommand::Submit(SubmitArgs { common, .. })
-            | ClientCommand::List(ListArgs { common, .. })
+            ClientCommand::Submit(a) => &a.common,
+            ClientCommand::List(ListArgs { common, .. })
             | ClientCommand::Retry(RetryArgs { common, .. })
             | ClientCommand::Status { common, .. }
             | ClientCommand::Graph { common, .. }
@@ -347,7 +347,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
     match cmd {
         ClientCommand::Submit(args) => {
             args.check()?;
-            jobs::submit(&mut connect(common).await?, args, json).await
+            jobs::submit(&mut connect(common).await?, *args, json).await
         }
         ClientCommand::Status { id, output, .. } => {
             jobs::status(&mut connect(common).await?, id, output, json).await

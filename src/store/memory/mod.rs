@@ -19,6 +19,7 @@ use super::{
 use crate::job::{now_micros, Job, JobState, Micros, NewJob};
 
 mod deps;
+mod insert;
 mod schedules;
 
 pub struct MemoryStore {
@@ -65,6 +66,9 @@ struct Inner {
     retries: BTreeSet<(Micros, Uuid)>,
     leases: BTreeSet<(Micros, Uuid)>,
     idempotency: HashMap<String, Uuid>,
+    /// The job last given each (kind, dedup key); it holds the key only
+    /// while `dedup::holds_key` says so.
+    dedup: HashMap<(String, String), Uuid>,
     counts: StateCounts,
     /// Payload and result bytes of every job held.
     bytes: u64,
@@ -244,53 +248,7 @@ impl Store for MemoryStore {
         max_backlog: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         let mut g = self.lock()?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for new in jobs {
-            if let Some(key) = &new.idempotency_key {
-                if let Some(existing) = g.idempotency.get(key).and_then(|id| g.jobs.get(id)) {
-                    out.push(if existing.job.request_hash == new.request_hash {
-                        InsertOutcome::Deduplicated(existing.job.clone())
-                    } else {
-                        InsertOutcome::Conflict {
-                            existing_id: existing.job.id,
-                        }
-                    });
-                    continue;
-                }
-            }
-            if g.waiting() >= max_backlog || g.bytes + new.payload.len() as u64 > self.max_bytes {
-                out.push(InsertOutcome::BacklogFull);
-                continue;
-            }
-            let Some(parents) = g.parent_states(&new.parents) else {
-                let missing = new.parents.iter().find(|p| !g.jobs.contains_key(p));
-                out.push(InsertOutcome::UnknownParent(
-                    *missing.expect("one is missing"),
-                ));
-                continue;
-            };
-            let standing = super::deps::standing(new.on_parent_failure, parents);
-            let job = super::transition::create(new, now_micros(), standing, |kind| {
-                g.ready.get(kind).is_some_and(|r| !r.is_empty())
-            });
-            for p in &job.parents {
-                g.children.entry(*p).or_default().push(job.id);
-            }
-            if let Some(key) = &job.idempotency_key {
-                g.idempotency.insert(key.clone(), job.id);
-            }
-            let seq = g.next_seq;
-            g.next_seq += 1;
-            let e = Entry {
-                job: job.clone(),
-                seq,
-                logs: Default::default(),
-            };
-            g.keys(&e, true);
-            g.jobs.insert(job.id, e);
-            out.push(InsertOutcome::Created(job));
-        }
-        Ok(out)
+        Ok(g.insert(jobs, max_backlog, self.max_bytes))
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -760,6 +718,12 @@ impl Store for MemoryStore {
             if let Some(e) = g.jobs.remove(id) {
                 g.keys(&e, false);
                 g.children.remove(id);
+                if let Some(k) = &e.job.dedup_key {
+                    let k = (e.job.kind.clone(), k.clone());
+                    if g.dedup.get(&k) == Some(&e.job.id) {
+                        g.dedup.remove(&k);
+                    }
+                }
                 if let Some(k) = &e.job.idempotency_key {
                     g.idempotency.remove(k);
                 }

@@ -43,6 +43,7 @@ use crate::job::{add_micros, now_micros, Job, JobState, Micros, NewJob};
 mod batcher;
 mod claim;
 mod connect;
+mod dedup;
 mod deps;
 mod insert;
 mod listen;
@@ -114,16 +115,6 @@ async fn pooled(pool: &Pool) -> Result<Object, StoreError> {
     pool.get().await.map_err(|e| {
         StoreError::Unavailable(Detail::new(format!("postgres: {}", error_chain(&e))).because(e))
     })
-}
-
-fn dedup(existing: &Job, hash: &[u8; 32]) -> InsertOutcome {
-    if existing.request_hash == *hash {
-        InsertOutcome::Deduplicated(existing.clone())
-    } else {
-        InsertOutcome::Conflict {
-            existing_id: existing.id,
-        }
-    }
 }
 
 impl PostgresStore {

@@ -1,6 +1,6 @@
 //! Schedule rows on PostgreSQL, shared by every instance: config
 //! schedules' stored state (next fire, pause, last job) and the definitions
-//! of schedules created through the API (`definition`, migration v13),
+//! of schedules created through the API (`definition`, migration v14),
 //! which every instance's scheduler reads each round.
 
 use uuid::Uuid;

@@ -24,6 +24,7 @@ use super::codec::{self, decode_labels, encode_labels, COLS};
 use super::limits::{self, Bucket, KindBudget};
 mod checkpoint;
 mod deadlines;
+mod dedup;
 mod deps;
 mod progress;
 mod rows;
@@ -239,10 +240,24 @@ impl Store for SqliteStore {
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         // One job without parents: at most its INSERT changes anything, as
         // the last step (a job with parents writes its edges too).
-        let single = jobs.len() == 1 && jobs[0].parents.is_empty();
+        let single = jobs.len() == 1 && jobs[0].parents.is_empty() && jobs[0].dedup.is_none();
         self.write_with(single, move |tx, st| {
+            // Entries answered by an existing job: `$N` naming them means it.
+            let mut aliases: HashMap<Uuid, Uuid> = HashMap::new();
             jobs.into_iter()
-                .map(|j| insert_one(tx, st, j, max_backlog))
+                .map(|mut j| {
+                    for p in j.parents.iter_mut() {
+                        *p = aliases.get(p).copied().unwrap_or(*p);
+                    }
+                    let id = j.id;
+                    let o = insert_one(tx, st, j, max_backlog)?;
+                    if let InsertOutcome::Deduplicated(e) | InsertOutcome::Merged { job: e, .. } =
+                        &o
+                    {
+                        aliases.insert(id, e.id);
+                    }
+                    Ok(o)
+                })
                 .collect()
         })
         .await

@@ -1,6 +1,6 @@
 //! Schedule rows on SQLite: config schedules' stored state (next fire,
 //! pause, last job) and the definitions of schedules created through the
-//! API (`definition`, migration 14).
+//! API (`definition`, migration 15).
 
 use super::*;
 use crate::store::CreateSchedule;

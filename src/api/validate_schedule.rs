@@ -9,7 +9,7 @@ use crate::proto;
 
 /// Checks `def`; `payload_bound(kind)` is a configured kind's payload
 /// bound (`None`: not configured).
-pub fn schedule(
+pub(super) fn schedule(
     def: Option<proto::ScheduleDefinition>,
     payload_bound: &dyn Fn(&str) -> Option<usize>,
 ) -> Result<Schedule, ApiError> {
@@ -31,7 +31,7 @@ pub fn schedule(
     };
     let catchup = match d.catchup {
         None => None,
-        Some(c) => Some(super::duration(&c).ok_or_else(|| {
+        Some(c) => Some(super::validate::duration(&c).ok_or_else(|| {
             ApiError::invalid("schedule.catchup", "must be a valid, non-negative duration")
         })?),
     };
@@ -53,8 +53,8 @@ pub fn schedule(
         })
 }
 
-/// A schedule as ListSchedules shows it.
-pub fn overlap_to_proto(o: Overlap) -> proto::ScheduleOverlap {
+/// A schedule's overlap as ListSchedules shows it.
+pub(super) fn overlap_to_proto(o: Overlap) -> proto::ScheduleOverlap {
     match o {
         Overlap::Allow => proto::ScheduleOverlap::Allow,
         Overlap::Skip => proto::ScheduleOverlap::Skip,
