@@ -647,5 +647,5 @@ async fn database_restart_under_load_loses_no_acknowledged_job() {
 
 /// Schema versions this jobd knows (one per migration).
 fn jobd_pg_schema_versions() -> i32 {
-    13
+    15
 }

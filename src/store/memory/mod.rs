@@ -13,13 +13,15 @@ use uuid::Uuid;
 
 use super::limits::Bucket;
 use super::{
-    transition, CancelOutcome, ClaimOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome,
-    RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
+    transition, CancelOutcome, ClaimOutcome, ClaimRequest, CreateSchedule, InsertOutcome,
+    ListQuery, Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
-use crate::job::{now_micros, Job, JobState, Micros, NewJob};
+use crate::job::{Job, JobState, Micros, NewJob};
 
 mod claim;
 mod deps;
+mod insert;
+mod schedules;
 
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -65,6 +67,9 @@ struct Inner {
     retries: BTreeSet<(Micros, Uuid)>,
     leases: BTreeSet<(Micros, Uuid)>,
     idempotency: HashMap<String, Uuid>,
+    /// The job last given each (kind, dedup key); it holds the key only
+    /// while `dedup::holds_key` says so.
+    dedup: HashMap<(String, String), Uuid>,
     counts: StateCounts,
     /// Payload and result bytes of every job held.
     bytes: u64,
@@ -252,53 +257,7 @@ impl Store for MemoryStore {
         max_backlog: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         let mut g = self.lock()?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for new in jobs {
-            if let Some(key) = &new.idempotency_key {
-                if let Some(existing) = g.idempotency.get(key).and_then(|id| g.jobs.get(id)) {
-                    out.push(if existing.job.request_hash == new.request_hash {
-                        InsertOutcome::Deduplicated(existing.job.clone())
-                    } else {
-                        InsertOutcome::Conflict {
-                            existing_id: existing.job.id,
-                        }
-                    });
-                    continue;
-                }
-            }
-            if g.waiting() >= max_backlog || g.bytes + new.payload.len() as u64 > self.max_bytes {
-                out.push(InsertOutcome::BacklogFull);
-                continue;
-            }
-            let Some(parents) = g.parent_states(&new.parents) else {
-                let missing = new.parents.iter().find(|p| !g.jobs.contains_key(p));
-                out.push(InsertOutcome::UnknownParent(
-                    *missing.expect("one is missing"),
-                ));
-                continue;
-            };
-            let standing = super::deps::standing(new.on_parent_failure, parents);
-            let job = super::transition::create(new, now_micros(), standing, |kind| {
-                g.ready.get(kind).is_some_and(|r| !r.is_empty())
-            });
-            for p in &job.parents {
-                g.children.entry(*p).or_default().push(job.id);
-            }
-            if let Some(key) = &job.idempotency_key {
-                g.idempotency.insert(key.clone(), job.id);
-            }
-            let seq = g.next_seq;
-            g.next_seq += 1;
-            let e = Entry {
-                job: job.clone(),
-                seq,
-                logs: Default::default(),
-            };
-            g.keys(&e, true);
-            g.jobs.insert(job.id, e);
-            out.push(InsertOutcome::Created(job));
-        }
-        Ok(out)
+        Ok(g.insert(jobs, max_backlog, self.max_bytes))
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -522,16 +481,7 @@ impl Store for MemoryStore {
     }
 
     async fn init_schedule(&self, id: &str, next_fire_at: Micros) -> Result<(), StoreError> {
-        self.lock()?
-            .schedules
-            .entry(id.to_string())
-            .or_insert_with(|| ScheduleRow {
-                id: id.to_string(),
-                next_fire_at,
-                paused: false,
-                last_job_id: None,
-            });
-        Ok(())
+        self.lock().map(|mut g| g.init_schedule(id, next_fire_at))
     }
 
     async fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
@@ -544,31 +494,39 @@ impl Store for MemoryStore {
         old: Micros,
         new: Micros,
     ) -> Result<bool, StoreError> {
-        let mut g = self.lock()?;
-        match g.schedules.get_mut(id) {
-            Some(r) if r.next_fire_at == old => {
-                r.next_fire_at = new;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.lock()?.advance_schedule(id, old, new))
     }
 
     async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError> {
-        if let Some(r) = self.lock()?.schedules.get_mut(id) {
-            r.last_job_id = Some(job);
-        }
-        Ok(())
+        self.lock().map(|mut g| g.set_schedule_last_job(id, job))
     }
 
     async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
-        Ok(match self.lock()?.schedules.get_mut(id) {
-            Some(r) => {
-                r.paused = paused;
-                true
-            }
-            None => false,
-        })
+        Ok(self.lock()?.set_schedule_paused(id, paused))
+    }
+
+    async fn create_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Micros,
+        max: usize,
+    ) -> Result<CreateSchedule, StoreError> {
+        let mut g = self.lock()?;
+        Ok(g.create_schedule(id, definition, next_fire_at, max))
+    }
+
+    async fn update_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Option<Micros>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.lock()?.update_schedule(id, definition, next_fire_at))
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.lock()?.delete_schedule(id))
     }
 
     async fn set_progress(
@@ -691,6 +649,12 @@ impl Store for MemoryStore {
             if let Some(e) = g.jobs.remove(id) {
                 g.keys(&e, false);
                 g.children.remove(id);
+                if let Some(k) = &e.job.dedup_key {
+                    let k = (e.job.kind.clone(), k.clone());
+                    if g.dedup.get(&k) == Some(&e.job.id) {
+                        g.dedup.remove(&k);
+                    }
+                }
                 if let Some(k) = &e.job.idempotency_key {
                     g.idempotency.remove(k);
                 }

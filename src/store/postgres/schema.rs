@@ -146,7 +146,22 @@ CREATE INDEX jobs_start_before ON jobs (start_before)
     WHERE start_before IS NOT NULL AND state IN (0, 2, 6);
 "#,
     r#"
--- v13: fair claiming. Each job's fairness key (its submit's fairness_key,
+-- v13: deduplication modes. A job holds its dedup key while it has not
+-- started (QUEUED or WAITING, attempt 0). The unique index makes a second
+-- holder of one (kind, key) impossible, across instances: a racing insert
+-- waits for the first commit, then finds the holder.
+ALTER TABLE jobs ADD COLUMN dedup_key TEXT;
+CREATE UNIQUE INDEX jobs_dedup ON jobs (kind, dedup_key)
+    WHERE dedup_key IS NOT NULL AND attempt = 0 AND state IN (0, 6);
+"#,
+    r#"
+-- v14: schedules created through the API (CreateSchedule) keep their
+-- definition (JSON) in their row, so every instance's scheduler runs them;
+-- config schedules' rows leave it NULL.
+ALTER TABLE schedules ADD COLUMN definition TEXT;
+"#,
+    r#"
+-- v15: fair claiming. Each job's fairness key (its submit's fairness_key,
 -- else its ordering key, else ''); jobs_fair lets a round_robin kind's
 -- claim skip from key to key and read each key's heads. kind_fair holds
 -- each round_robin kind's key served last (its row is the lock that

@@ -25,9 +25,11 @@ use super::limits::{self, Bucket, KindBudget};
 mod checkpoint;
 mod claim;
 mod deadlines;
+mod dedup;
 mod deps;
 mod progress;
 mod rows;
+mod schedules;
 mod schema;
 mod sql;
 #[cfg(test)]
@@ -241,10 +243,24 @@ impl Store for SqliteStore {
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         // One job without parents: at most its INSERT changes anything, as
         // the last step (a job with parents writes its edges too).
-        let single = jobs.len() == 1 && jobs[0].parents.is_empty();
+        let single = jobs.len() == 1 && jobs[0].parents.is_empty() && jobs[0].dedup.is_none();
         self.write_with(single, move |tx, st| {
+            // Entries answered by an existing job: `$N` naming them means it.
+            let mut aliases: HashMap<Uuid, Uuid> = HashMap::new();
             jobs.into_iter()
-                .map(|j| insert_one(tx, st, j, max_backlog))
+                .map(|mut j| {
+                    for p in j.parents.iter_mut() {
+                        *p = aliases.get(p).copied().unwrap_or(*p);
+                    }
+                    let id = j.id;
+                    let o = insert_one(tx, st, j, max_backlog)?;
+                    if let InsertOutcome::Deduplicated(e) | InsertOutcome::Merged { job: e, .. } =
+                        &o
+                    {
+                        aliases.insert(id, e.id);
+                    }
+                    Ok(o)
+                })
                 .collect()
         })
         .await
@@ -545,36 +561,11 @@ impl Store for SqliteStore {
     }
 
     async fn init_schedule(&self, id: &str, next_fire_at: Micros) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.write(move |tx, _| {
-            tx.prepare_cached(
-                "INSERT INTO schedules (id, next_fire_at) VALUES (?1, ?2) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .and_then(|mut s| s.execute(params![id, next_fire_at]))
-            .map(|_| ())
-            .map_err(map_err)
-        })
-        .await
+        self.schedule_init(id, next_fire_at).await
     }
 
     async fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
-        self.read(|c| {
-            let mut s = c.prepare_cached(
-                "SELECT id, next_fire_at, paused, last_job_id FROM schedules ORDER BY id",
-            )?;
-            let rows = s.query_map([], |r| {
-                let last: Option<String> = r.get(3)?;
-                Ok(ScheduleRow {
-                    id: r.get(0)?,
-                    next_fire_at: r.get(1)?,
-                    paused: r.get::<_, i64>(2)? != 0,
-                    last_job_id: last.and_then(|s| Uuid::try_parse(&s).ok()),
-                })
-            })?;
-            rows.collect()
-        })
-        .await
+        self.schedule_rows().await
     }
 
     async fn advance_schedule(
@@ -583,38 +574,39 @@ impl Store for SqliteStore {
         old: Micros,
         new: Micros,
     ) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        self.write(move |tx, _| {
-            tx.prepare_cached(
-                "UPDATE schedules SET next_fire_at = ?3 WHERE id = ?1 AND next_fire_at = ?2",
-            )
-            .and_then(|mut s| s.execute(params![id, old, new]))
-            .map(|n| n == 1)
-            .map_err(map_err)
-        })
-        .await
+        self.schedule_advance(id, old, new).await
     }
 
     async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.write(move |tx, _| {
-            tx.prepare_cached("UPDATE schedules SET last_job_id = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id, job.to_string()]))
-                .map(|_| ())
-                .map_err(map_err)
-        })
-        .await
+        self.schedule_last_job(id, job).await
     }
 
     async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        self.write(move |tx, _| {
-            tx.prepare_cached("UPDATE schedules SET paused = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id, paused as i64]))
-                .map(|n| n == 1)
-                .map_err(map_err)
-        })
-        .await
+        self.schedule_paused(id, paused).await
+    }
+
+    async fn create_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Micros,
+        max: usize,
+    ) -> Result<crate::store::CreateSchedule, StoreError> {
+        self.schedule_create(id, definition, next_fire_at, max)
+            .await
+    }
+
+    async fn update_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Option<Micros>,
+    ) -> Result<bool, StoreError> {
+        self.schedule_update(id, definition, next_fire_at).await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        self.schedule_delete(id).await
     }
 
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {
