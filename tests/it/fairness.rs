@@ -304,5 +304,25 @@ async fn fairness_keys_are_checked_stored_and_default_to_the_ordering_key() {
     submit(&mut c, r.clone()).await;
     r.fairness_key = "b".into();
     assert_eq!(c.submit(r).await.unwrap_err().code(), Code::AlreadyExists);
+    // The CLI submits with a key and shows it.
+    let addr = d.addr.to_string();
+    let out = cli(
+        &addr,
+        &[
+            "submit",
+            "fair",
+            "--payload",
+            "1",
+            "--fairness-key",
+            "tenant-9",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(status(&mut c, &id).await.fairness_key, "tenant-9");
+    let out = cli(&addr, &["status", &id]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("fairness key: tenant-9"), "{text}");
     d.stop().await;
 }

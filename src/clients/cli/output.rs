@@ -75,6 +75,10 @@ pub(super) fn print_job(j: &proto::Job) {
     if !j.dedup_key.is_empty() {
         out!("dedup key:    {}", printable(&j.dedup_key, false));
     }
+    // Only a key of its own: by default it is the ordering key shown above.
+    if !j.fairness_key.is_empty() && j.fairness_key != j.ordering_key {
+        out!("fairness key: {}", printable(&j.fairness_key, false));
+    }
     for (k, v) in &j.labels {
         out!(
             "label:        {}={}",
