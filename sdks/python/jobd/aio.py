@@ -113,11 +113,12 @@ class Client:
         start_within: Optional[float] = None,
         start_before: Optional[Union[_dt.datetime, float]] = None,
         dedup: Optional[Dedup] = None,
+        fairness_key: Optional[str] = None,
     ) -> Job:
         """See `jobd.Client.submit`."""
         req = _submit_request(
             kind, payload, key, priority, delay, run_at, labels, ordering_key, max_attempts, timeout,
-            depends_on, on_dependency_failure, start_within, start_before, dedup,
+            depends_on, on_dependency_failure, start_within, start_before, dedup, fairness_key,
         )
         reply = await self._with_retries(self._jobs.Submit, req, retries)
         return Job.from_proto(reply.job, reply.deduplicated, reply.dedup_outcome)

@@ -63,10 +63,11 @@ def _submit_request(
     start_within: Optional[float],
     start_before: Optional[Union[_dt.datetime, float]],
     dedup: Optional[Dedup],
+    fairness_key: Optional[str],
 ) -> pb.SubmitRequest:
     return Submit(
         kind, payload, key, priority, delay, run_at, labels, ordering_key, max_attempts, timeout,
-        depends_on, on_dependency_failure, start_within, start_before, dedup,
+        depends_on, on_dependency_failure, start_within, start_before, dedup, fairness_key,
     ).to_proto()
 
 
@@ -256,6 +257,7 @@ class Client:
         start_within: Optional[float] = None,
         start_before: Optional[Union[_dt.datetime, float]] = None,
         dedup: Optional[Dedup] = None,
+        fairness_key: Optional[str] = None,
     ) -> Job:
         """Submits one job; returns it once it is durable in jobd's store.
 
@@ -281,10 +283,14 @@ class Client:
         `dedup`: a `jobd.Dedup(key, mode="keep"|"replace"|"debounce",
         window=None, max_wait=None)`: the kind's job that holds the key and
         has not started takes this submit; `job.dedup_outcome` says what
-        happened ("created", "kept", "replaced", "debounced")."""
+        happened ("created", "kept", "replaced", "debounced").
+
+        `fairness_key`: the key a `fairness = "round_robin"` kind's claims
+        rotate over (e.g. a tenant; at most 256 bytes, no NUL); without it,
+        `ordering_key` (`job.fairness_key`)."""
         req = _submit_request(
             kind, payload, key, priority, delay, run_at, labels, ordering_key, max_attempts, timeout,
-            depends_on, on_dependency_failure, start_within, start_before, dedup,
+            depends_on, on_dependency_failure, start_within, start_before, dedup, fairness_key,
         )
         reply = self._with_retries(self._jobs.Submit, req, retries)
         return Job.from_proto(reply.job, reply.deduplicated, reply.dedup_outcome)

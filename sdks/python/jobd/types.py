@@ -410,6 +410,9 @@ class Job:
     #: "kept" (the job holding the key, unchanged; `deduplicated` is True
     #: too), "replaced" or "debounced" (that job, updated). None otherwise.
     dedup_outcome: Optional[str] = None
+    #: The key a `fairness = "round_robin"` kind's claims rotate over: the
+    #: submit's `fairness_key`, else its `ordering_key`, else "".
+    fairness_key: str = ""
 
     @property
     def done(self) -> bool:
@@ -463,6 +466,7 @@ class Job:
             start_before=_time(j.start_before, j, "start_before"),
             dedup_key=j.dedup_key,
             dedup_outcome=_dedup_outcome(dedup_outcome),
+            fairness_key=j.fairness_key,
         )
 
 
@@ -556,6 +560,9 @@ class Submit:
     #: The start deadline: an aware datetime or a Unix time.
     start_before: Optional[Union[_dt.datetime, float]] = None
     dedup: Optional[Dedup] = None
+    #: The key a `fairness = "round_robin"` kind's claims rotate over
+    #: (default: `ordering_key`).
+    fairness_key: Optional[str] = None
 
     def to_proto(self) -> pb.SubmitRequest:
         r = pb.SubmitRequest(
@@ -567,6 +574,7 @@ class Submit:
             ordering_key=self.ordering_key or "",
             depends_on=_depends_on(self.depends_on),
             on_dependency_failure=_dependency_failure_to_proto(self.on_dependency_failure),
+            fairness_key=self.fairness_key or "",
         )
         if self.labels:
             r.labels.update(self.labels)

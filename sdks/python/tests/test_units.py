@@ -2,6 +2,7 @@
 the worker's handling of stale acks."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import pickle
@@ -459,3 +460,16 @@ def test_dedup_and_start_deadline_values():
     }
     ok = pb.SubmitResult(accepted=pb.SubmitResponse(job=pb.Job(id="i"), dedup_outcome=pb.DEDUP_OUTCOME_REPLACED))
     assert jobd.SubmitResult.from_proto(ok).dedup_outcome == "replaced"
+
+
+def test_fairness_key_values():
+    """fairness_key on the wire, last in Submit (positional use unchanged); Job's back."""
+    assert jobd.Submit("k", fairness_key="t-1").to_proto().fairness_key == "t-1"
+    assert jobd.Submit("k").to_proto().fairness_key == ""
+    positional = jobd.Submit("k", b"", None, 0, None, None, None, "ord", 0, None, None, None, None, None, None, "fair")
+    r = positional.to_proto()
+    assert r.ordering_key == "ord" and r.fairness_key == "fair"
+    assert jobd.Job.from_proto(pb.Job(id="i", kind="k", fairness_key="t-2")).fairness_key == "t-2"
+    assert jobd.Job.from_proto(pb.Job(id="i", kind="k")).fairness_key == ""
+    assert [f.name for f in dataclasses.fields(jobd.Job)][-1] == "fairness_key"
+    assert [f.name for f in dataclasses.fields(jobd.Submit)][-1] == "fairness_key"

@@ -112,6 +112,11 @@ export interface SubmitOptions {
   startBefore?: Date;
   /** Merge into the kind's job that holds this key and has not started; `dedupOutcome` says what happened. */
   dedup?: DedupOptions;
+  /**
+   * The key a `fairness = "round_robin"` kind's claims rotate over (e.g. a
+   * tenant; at most 256 bytes, no NUL); default: `orderingKey`.
+   */
+  fairnessKey?: string;
   /** W3C trace context handed to every attempt. */
   traceparent?: string;
   tracestate?: string;
@@ -620,6 +625,7 @@ function submitRequest(kind: string, payload: Payload, o: Omit<SubmitOptions, "s
     onDependencyFailure: dependencyFailureValue(o.onDependencyFailure),
     startBefore,
     dedup: dedup(o.dedup),
+    fairnessKey: o.fairnessKey ?? "",
   });
 }
 

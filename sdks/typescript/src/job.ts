@@ -91,6 +91,8 @@ export interface Job {
   startBefore: Date | undefined;
   /** Its `dedup.key`, or `""`. Held while the job has not started. */
   dedupKey: string;
+  /** The key a `fairness = "round_robin"` kind's claims rotate over: the submit's `fairnessKey`, else its `orderingKey`, else `""`. */
+  fairnessKey: string;
 }
 
 /** One ended attempt of a job (`job.attempts`). */
@@ -333,6 +335,7 @@ export function fromProto(j: pb.Job): Job {
     attempts: j.attempts.map(attemptFromProto),
     startBefore: date(j.startBefore),
     dedupKey: j.dedupKey,
+    fairnessKey: j.fairnessKey,
   };
 }
 
