@@ -70,7 +70,13 @@ impl Engine {
                     let rows: BTreeMap<_, _> =
                         rows.into_iter().map(|r| (r.id.clone(), r)).collect();
                     for s in self.settings.schedules.iter() {
-                        let Some(row) = rows.get(&s.id) else { continue };
+                        let Some(row) = rows.get(&s.id) else {
+                            // Its row is gone (deleted through another
+                            // instance, whose config lacks it): add it
+                            // again, so this config's schedule goes on.
+                            rows_ready = false;
+                            continue;
+                        };
                         wake = wake.min(self.due_or_next(s, row, now).await);
                     }
                     // Schedules created through the API, on any instance:

@@ -27,6 +27,12 @@ pub const MAX_KEYS_PER_CLAIM: usize = 1000;
 /// as none, so refilled buckets are dropped first; past the bound the
 /// fullest go (their keys may then start up to `key_burst` a little early).
 pub const MAX_KEY_BUCKETS: usize = 100_000;
+/// Keys read at a time by a kind with a `key_rate` (see
+/// [`FairClaim::keys_to_read`]).
+pub const KEY_READ_BATCH: usize = 100;
+/// How long a claim that served nothing, having looked at
+/// [`MAX_KEYS_PER_CLAIM`] keys all out of tokens, waits before the next.
+const EMPTY_CLAIM_PAUSE_US: Micros = 50_000;
 
 /// How often (µs) a store drops the refilled key buckets it keeps.
 pub const PRUNE_EVERY: Micros = 10_000_000;
@@ -105,10 +111,16 @@ impl FairClaim {
         self.keys.len() < self.want && self.looked < MAX_KEYS_PER_CLAIM
     }
 
-    /// How many keys the store may still offer in one read.
+    /// How many keys the store may still offer in one read. With a
+    /// `key_rate`, keys may be out of tokens: read at least
+    /// [`KEY_READ_BATCH`] at a time, not a round trip per few keys.
     pub fn keys_to_read(&self) -> usize {
-        (self.want - self.keys.len().min(self.want))
-            .min(MAX_KEYS_PER_CLAIM - self.looked.min(MAX_KEYS_PER_CLAIM))
+        let missing = self.want - self.keys.len().min(self.want);
+        let n = match self.key_rate {
+            Some(_) => missing.max(KEY_READ_BATCH),
+            None => missing,
+        };
+        n.min(MAX_KEYS_PER_CLAIM - self.looked.min(MAX_KEYS_PER_CLAIM))
     }
 
     /// The usable keys, in rotation order: the store reads their heads.
@@ -206,7 +218,15 @@ impl FairClaim {
             }
         }
         if self.looked >= MAX_KEYS_PER_CLAIM && taken.len() < self.want {
-            held = Some(self.now);
+            // More keys past the bound may have tokens: claim again soon.
+            // Not at once when this claim served nothing (every key it
+            // looked at was out of tokens), or thousands of such keys
+            // would keep the claim spinning until tokens come back.
+            let again = match taken.is_empty() {
+                true => self.now + EMPTY_CLAIM_PAUSE_US,
+                false => self.now,
+            };
+            held = Some(held.map_or(again, |h| h.min(again)));
         }
         Settled {
             cursor,
@@ -265,7 +285,9 @@ impl KeyBuckets {
                     .map(|(k, b)| (rate.available(Some(*b), now), k.clone()))
                     .collect();
                 by_fill.sort_by(|a, b| b.0.total_cmp(&a.0));
-                for (_, k) in by_fill.into_iter().take(m.len() - MAX_KEY_BUCKETS) {
+                // Down to 90%, so the sort is not paid on every claim.
+                let extra = m.len() - MAX_KEY_BUCKETS * 9 / 10;
+                for (_, k) in by_fill.into_iter().take(extra) {
                     m.remove(&k);
                 }
             }
@@ -348,7 +370,9 @@ mod tests {
         assert_eq!(n + 1, MAX_KEYS_PER_CLAIM);
         let s = c.settle(&[]);
         assert_eq!(s.cursor.as_deref(), Some("k00999"));
-        assert_eq!(s.wake, Some(0));
+        // Nothing served: not at once (1,000s of held keys must not spin
+        // the claim), but before the keys' own next token.
+        assert_eq!(s.wake, Some(EMPTY_CLAIM_PAUSE_US));
     }
 
     #[test]
@@ -371,6 +395,6 @@ mod tests {
             )
         });
         b.save("k", &RATE, many.collect(), now);
-        assert_eq!(b.len("k"), MAX_KEY_BUCKETS);
+        assert_eq!(b.len("k"), MAX_KEY_BUCKETS * 9 / 10);
     }
 }

@@ -1061,7 +1061,9 @@ pub async fn dedup_keys_are_held_until_a_job_starts(s: SharedStore) {
         InsertOutcome::Merged { job, outcome } => (job, outcome),
         other => panic!("{other:?}"),
     };
-    let a = insert(&s, keyed(DedupMode::Keep, b"one")).await;
+    // A longer payload first: a REPLACE that shrinks it must keep the
+    // memory store's byte count right.
+    let a = insert(&s, keyed(DedupMode::Keep, b"one, the longest payload")).await;
     assert_eq!(a.dedup_key.as_deref(), Some("k1"));
     let out = s
         .insert(vec![keyed(DedupMode::Replace, b"two")], u64::MAX)

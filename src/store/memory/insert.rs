@@ -86,11 +86,12 @@ impl Inner {
         let job = match merged {
             None => held.job.clone(),
             Some(m) => {
-                let bytes = self.bytes - held.job.payload.len() as u64 + m.payload.len() as u64;
-                if bytes > max_bytes {
+                // `update` moves `bytes` (its index step counts payloads).
+                let after = self.bytes.saturating_sub(held.job.payload.len() as u64)
+                    + m.payload.len() as u64;
+                if after > max_bytes {
                     return Some(InsertOutcome::BacklogFull);
                 }
-                self.bytes = bytes;
                 self.update(id, |j| *j = m)?.1
             }
         };

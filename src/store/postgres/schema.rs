@@ -168,7 +168,8 @@ ALTER TABLE schedules ADD COLUMN definition TEXT;
 -- serializes the kind's claims across instances); key_rates each key's
 -- token bucket (key_rate), pruned once refilled.
 ALTER TABLE jobs ADD COLUMN fairness_key TEXT NOT NULL DEFAULT '';
-UPDATE jobs SET fairness_key = ordering_key WHERE ordering_key IS NOT NULL;
+UPDATE jobs SET fairness_key = ordering_key WHERE ordering_key IS NOT NULL
+    AND state IN (0, 1, 2, 6);
 CREATE INDEX jobs_fair ON jobs (kind, fairness_key, priority DESC, seq)
     WHERE state = 0 AND next_attempt_at IS NULL;
 CREATE TABLE kind_fair (kind TEXT PRIMARY KEY, last_key TEXT);
