@@ -159,6 +159,12 @@ pub struct Job {
     pub attempts: Vec<AttemptRecord>,
     /// Not started by then, it ends FAILED (never starts late).
     pub start_before: Option<Micros>,
+    /// The dedup key it was submitted with ([`Dedup`]); held while it has
+    /// not started.
+    pub dedup_key: Option<String>,
+    /// The key a `round_robin` kind's claims rotate over: the submit's
+    /// `fairness_key`, else its ordering key, else "" (one shared key).
+    pub fairness_key: String,
 }
 
 /// Ended attempts a job keeps (the oldest go first).
@@ -177,6 +183,30 @@ pub struct AttemptRecord {
     pub error: String,
     /// A remote worker's id, "local", or empty when unknown.
     pub worker: String,
+}
+
+/// A submit's deduplication (`SubmitRequest.dedup`): what to do when a job
+/// of the same kind holds `key` and has not started yet. The rules are
+/// `store::dedup`'s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dedup {
+    pub key: String,
+    pub mode: DedupMode,
+}
+
+/// See [`Dedup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupMode {
+    /// The existing job, unchanged.
+    Keep,
+    /// The existing job takes the new payload, labels and run_at.
+    Replace,
+    /// Replace, with run_at = now + `window`, never later than the first
+    /// submit + `max_wait`.
+    Debounce {
+        window: Duration,
+        max_wait: Option<Duration>,
+    },
 }
 
 /// What a job does when one of its parents ends FAILED or CANCELLED.
@@ -302,6 +332,10 @@ pub struct NewJob {
     pub on_parent_failure: ParentFailure,
     /// The start deadline (see [`Job::start_before`]).
     pub start_before: Option<Micros>,
+    /// Merge into a not-started job of the same kind and key.
+    pub dedup: Option<Dedup>,
+    /// See [`Job::fairness_key`] (already defaulted to the ordering key).
+    pub fairness_key: String,
 }
 
 impl NewJob {
@@ -338,6 +372,8 @@ impl NewJob {
             on_parent_failure: self.on_parent_failure,
             attempts: Vec::new(),
             start_before: self.start_before,
+            dedup_key: self.dedup.map(|d| d.key),
+            fairness_key: self.fairness_key,
         }
     }
 }
@@ -364,6 +400,8 @@ impl NewJob {
             parents: Vec::new(),
             on_parent_failure: Default::default(),
             start_before: None,
+            dedup: None,
+            fairness_key: String::new(),
         }
     }
 }

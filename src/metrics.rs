@@ -33,6 +33,7 @@ pub struct Metrics {
     backlog: Family<Labels, Gauge>,
     inflight: Family<Labels, Gauge>,
     retry_wait: Family<Labels, Gauge>,
+    waiting: Family<Labels, Gauge>,
     unconfigured: Family<Labels, Gauge>,
     kind_paused: Family<Labels, Gauge>,
     rate_limited: Family<Labels, Counter>,
@@ -89,6 +90,7 @@ impl Metrics {
             backlog: Family::default(),
             inflight: Family::default(),
             retry_wait: Family::default(),
+            waiting: Family::default(),
             unconfigured: Family::default(),
             kind_paused: Family::default(),
             rate_limited: Family::default(),
@@ -172,6 +174,11 @@ impl Metrics {
             "retry_wait",
             "Jobs in state RETRY_WAIT",
             self.retry_wait.clone(),
+        );
+        r.register(
+            "waiting",
+            "Jobs in state WAITING (on their parents, depends_on)",
+            self.waiting.clone(),
         );
         r.register(
             "unconfigured_kind_jobs",
@@ -298,6 +305,7 @@ impl Metrics {
             JobState::Queued => Some(&self.backlog),
             JobState::Running => Some(&self.inflight),
             JobState::RetryWait => Some(&self.retry_wait),
+            JobState::Waiting => Some(&self.waiting),
             _ => None,
         }
     }
@@ -311,6 +319,7 @@ impl Metrics {
             &self.backlog,
             &self.inflight,
             &self.retry_wait,
+            &self.waiting,
             &self.kind_paused,
             &self.keys_waiting,
             &self.worker_sessions,

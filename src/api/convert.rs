@@ -47,6 +47,7 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
         timeout: prost_types::Duration::try_from(j.timeout).ok(),
         result_truncated: false,
         ordering_key: j.ordering_key.clone().unwrap_or_default(),
+        fairness_key: j.fairness_key.clone(),
         traceparent: j
             .trace
             .as_ref()
@@ -60,6 +61,7 @@ pub fn job_to_proto(j: &Job) -> proto::Job {
         }),
         checkpoint_size: j.checkpoint.len() as u64,
         start_before: j.start_before.map(timestamp),
+        dedup_key: j.dedup_key.clone().unwrap_or_default(),
         parent_ids: j.parents.iter().map(Uuid::to_string).collect(),
         waiting_on: j.waiting_on,
         attempts: j
@@ -125,6 +127,17 @@ pub fn event_within(j: &Job, max_bytes: usize) -> proto::JobEvent {
     proto::JobEvent {
         job: Some(job_within(j, max_bytes)),
         sequence: j.sequence,
+    }
+}
+
+/// A merge's outcome as the API says it.
+pub fn dedup_outcome(o: crate::store::dedup::DedupOutcome) -> proto::DedupOutcome {
+    use crate::store::dedup::DedupOutcome as D;
+    match o {
+        D::Created => proto::DedupOutcome::Created,
+        D::Kept => proto::DedupOutcome::Kept,
+        D::Replaced => proto::DedupOutcome::Replaced,
+        D::Debounced => proto::DedupOutcome::Debounced,
     }
 }
 

@@ -36,6 +36,20 @@ pub enum ApiError {
     /// `hint`: as [`ApiError::UnknownKind`]'s.
     #[error("schedule {id:?} is not configured{hint}")]
     UnknownSchedule { id: String, hint: String },
+    #[error("schedule {0:?} exists already (ids are shared by config and stored schedules)")]
+    ScheduleExists(String),
+    #[error(
+        "schedule {0:?} is defined in the config ([[schedules]]): change it there, the API \
+         changes only schedules created through it"
+    )]
+    ScheduleInConfig(String),
+    #[error("schedule {0:?} cannot run on this instance: {1}; update or delete it")]
+    ScheduleUnusable(String, String),
+    #[error(
+        "at most {max} schedules, config and stored together (config::MAX_SCHEDULES); \
+         delete one first"
+    )]
+    TooManySchedules { max: usize },
     #[error(
         "idempotency key {key:?} is already used by job {existing_id} for a different request"
     )]
@@ -107,6 +121,10 @@ impl From<EngineError> for ApiError {
                 id,
                 hint: String::new(),
             },
+            EngineError::ScheduleExists(id) => ApiError::ScheduleExists(id),
+            EngineError::ScheduleInConfig(id) => ApiError::ScheduleInConfig(id),
+            EngineError::ScheduleUnusable(id, why) => ApiError::ScheduleUnusable(id, why),
+            EngineError::TooManySchedules { max } => ApiError::TooManySchedules { max },
             EngineError::UnknownParent(id) => {
                 ApiError::invalid("depends_on", format!("job {id} not found"))
             }
@@ -165,7 +183,12 @@ impl From<ApiError> for Status {
             ApiError::WatchStalled { .. } => Status::resource_exhausted(msg),
             ApiError::Draining | ApiError::DiskReserve(_) => Status::unavailable(msg),
             ApiError::PositionGone { .. } => Status::out_of_range(msg),
-            ApiError::AlreadyFinished { .. } => Status::failed_precondition(msg),
+            ApiError::AlreadyFinished { .. }
+            | ApiError::ScheduleInConfig(_)
+            | ApiError::ScheduleUnusable(..) => Status::failed_precondition(msg),
+            ApiError::ScheduleExists(_) => Status::already_exists(msg),
+            // No retry info: waiting does not make room.
+            ApiError::TooManySchedules { .. } => Status::resource_exhausted(msg),
             ApiError::Unavailable(detail) => {
                 if let Some(suppressed) = UNAVAILABLE_LOG.admit() {
                     tracing::warn!(%detail, suppressed, "store unavailable");

@@ -9,6 +9,7 @@ pub mod logs;
 pub mod operations;
 pub mod places;
 pub mod validate;
+mod validate_schedule;
 pub mod workers;
 
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use crate::engine::{Engine, EngineError};
 use crate::events::Subscription;
 use crate::job::{Job, TraceContext};
 use crate::proto::{self, job_service_server::JobService};
+use crate::store::dedup::DedupOutcome;
 use crate::store::{CancelOutcome, InsertOutcome, ListQuery};
 use crate::transport::auth::{Caller, Tokens};
 use error::{to_rpc_status, ApiError};
@@ -159,10 +161,20 @@ impl JobApi {
             InsertOutcome::Created(job) => Ok(proto::SubmitResponse {
                 job: Some(self.job(&job)),
                 deduplicated: false,
+                dedup_outcome: match job.dedup_key {
+                    Some(_) => proto::DedupOutcome::Created,
+                    None => proto::DedupOutcome::Unspecified,
+                } as i32,
             }),
             InsertOutcome::Deduplicated(job) => Ok(proto::SubmitResponse {
                 job: Some(self.job(&job)),
                 deduplicated: true,
+                dedup_outcome: proto::DedupOutcome::Unspecified as i32,
+            }),
+            InsertOutcome::Merged { job, outcome } => Ok(proto::SubmitResponse {
+                job: Some(self.job(&job)),
+                deduplicated: outcome == DedupOutcome::Kept,
+                dedup_outcome: convert::dedup_outcome(outcome) as i32,
             }),
             InsertOutcome::Conflict { existing_id } => Err(ApiError::IdempotencyConflict {
                 key: key.unwrap_or_default().to_string(),

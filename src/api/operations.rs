@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::convert::{job_to_proto, timestamp};
 use super::error::ApiError;
 use super::validate::{self, RetryFilter, RetrySelection};
+use super::validate_schedule;
 use crate::config::HandlerSpec;
 use crate::engine::{Engine, ScheduleStatus};
 use crate::handlers::remote::Workers;
@@ -226,6 +227,17 @@ fn schedule_to_proto(s: ScheduleStatus) -> proto::ScheduleStatus {
         next_fire_at: s.next_fire_at.map(timestamp),
         paused: s.paused,
         last_job_id: s.last_job_id.map(|u| u.to_string()).unwrap_or_default(),
+        source: if s.from_config {
+            proto::ScheduleSource::Config
+        } else {
+            proto::ScheduleSource::Api
+        } as i32,
+        payload: s.schedule.payload,
+        labels: s.schedule.labels.into_iter().collect(),
+        overlap: validate_schedule::overlap_to_proto(s.schedule.overlap) as i32,
+        catchup: (!s.schedule.catchup.is_zero())
+            .then(|| prost_types::Duration::try_from(s.schedule.catchup).ok())
+            .flatten(),
     }
 }
 
@@ -393,6 +405,49 @@ impl AdminService for AdminApi {
         Ok(Response::new(proto::PauseScheduleResponse {
             schedule: Some(schedule),
         }))
+    }
+
+    async fn create_schedule(
+        &self,
+        request: Request<proto::CreateScheduleRequest>,
+    ) -> Result<Response<proto::CreateScheduleResponse>, Status> {
+        let engine = &self.engine;
+        let s = validate_schedule::schedule(request.into_inner().schedule, &|k| {
+            engine.schedule_payload_bound(k)
+        })?;
+        let status = engine.create_schedule(s).await.map_err(ApiError::from)?;
+        Ok(Response::new(proto::CreateScheduleResponse {
+            schedule: Some(schedule_to_proto(status)),
+        }))
+    }
+
+    async fn update_schedule(
+        &self,
+        request: Request<proto::UpdateScheduleRequest>,
+    ) -> Result<Response<proto::UpdateScheduleResponse>, Status> {
+        let engine = &self.engine;
+        let s = validate_schedule::schedule(request.into_inner().schedule, &|k| {
+            engine.schedule_payload_bound(k)
+        })?;
+        let status = match engine.update_schedule(s).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.with_schedule_hint(e.into()).await.into()),
+        };
+        Ok(Response::new(proto::UpdateScheduleResponse {
+            schedule: Some(schedule_to_proto(status)),
+        }))
+    }
+
+    async fn delete_schedule(
+        &self,
+        request: Request<proto::DeleteScheduleRequest>,
+    ) -> Result<Response<proto::DeleteScheduleResponse>, Status> {
+        let id = request.into_inner().id;
+        schedule_id(&id)?;
+        if let Err(e) = self.engine.delete_schedule(&id).await {
+            return Err(self.with_schedule_hint(e.into()).await.into());
+        }
+        Ok(Response::new(proto::DeleteScheduleResponse {}))
     }
 
     async fn resume_schedule(

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::error::{ApiError, Violation};
@@ -14,8 +13,12 @@ use crate::proto;
 use crate::store::ListQuery;
 
 pub use crate::job::{is_valid_kind, MAX_KIND_LEN};
+mod dedup;
 mod depends;
+mod request_hash;
+pub use dedup::MAX_DEDUP_KEY_BYTES;
 pub use depends::depends_on;
+pub use request_hash::request_hash;
 
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 pub const MAX_LABELS: usize = 32;
@@ -34,7 +37,7 @@ pub fn job_id(field: &str, s: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::invalid(field, format!("{s:?} is not a job id (a UUID)")))
 }
 
-fn duration(d: &prost_types::Duration) -> Option<Duration> {
+pub(super) fn duration(d: &prost_types::Duration) -> Option<Duration> {
     if d.seconds < 0 || d.nanos < 0 || d.nanos >= 1_000_000_000 {
         return None;
     }
@@ -78,6 +81,7 @@ pub fn submit<'a>(
     let now = now_micros();
     let run_at = submit_run_at(&req, now, &mut v);
     let start_before = submit_start_before(&req, now, run_at, &mut v);
+    let dedup = dedup::dedup(req.dedup.as_ref(), run_at.is_some(), &mut v);
     submit_labels(&req, &mut v);
     let (Some(kind), true) = (kind, v.list.is_empty()) else {
         return Err(ApiError::InvalidArgument(v.list));
@@ -99,6 +103,21 @@ pub fn submit<'a>(
     };
     let request_hash = request_hash(&req, max_attempts, timeout);
     let labels = req.labels.into_iter().collect();
+    // A first DEBOUNCE submit waits its window too (capped by max_wait).
+    let run_at = match &dedup {
+        Some(crate::job::Dedup {
+            mode: crate::job::DedupMode::Debounce { window, max_wait },
+            ..
+        }) => Some(crate::store::dedup::debounced_run_at(
+            now, now, *window, *max_wait,
+        )),
+        _ => run_at,
+    };
+    let fairness_key = if req.fairness_key.is_empty() {
+        req.ordering_key.clone()
+    } else {
+        req.fairness_key
+    };
     Ok(NewJob {
         id: Uuid::now_v7(),
         kind: req.kind,
@@ -117,6 +136,8 @@ pub fn submit<'a>(
         parents: Vec::new(),
         on_parent_failure: Default::default(),
         start_before,
+        dedup,
+        fairness_key,
     })
 }
 
@@ -186,6 +207,10 @@ fn submit_keys(req: &proto::SubmitRequest, v: &mut Violations<'_>) {
     }
     if let Some(why) = ordering_key_problem(&req.ordering_key) {
         v.bad("ordering_key", why);
+    }
+    // The same bound and alphabet as the ordering key it defaults to.
+    if let Some(why) = ordering_key_problem(&req.fairness_key) {
+        v.bad("fairness_key", why);
     }
     if req.max_attempts > MAX_ATTEMPTS_LIMIT {
         v.bad(
@@ -267,41 +292,6 @@ pub fn ordering_key_problem(key: &str) -> Option<String> {
     } else {
         None
     }
-}
-
-/// A hash of everything a submit asks for, so a reused idempotency key with a
-/// different request is told apart from a retry of the same one. Fields are
-/// length-prefixed so no two requests encode alike. `max_attempts` and
-/// `timeout` are the effective values (the kind's default filled in), so
-/// leaving a field to the default and spelling the default out are the same
-/// request.
-pub fn request_hash(req: &proto::SubmitRequest, max_attempts: u32, timeout: Duration) -> [u8; 32] {
-    let mut h = Sha256::new();
-    let mut field = |b: &[u8]| {
-        h.update((b.len() as u64).to_le_bytes());
-        h.update(b);
-    };
-    field(req.kind.as_bytes());
-    field(&req.payload);
-    field(&req.priority.to_le_bytes());
-    field(&max_attempts.to_le_bytes());
-    field(format!("{}.{}", timeout.as_secs(), timeout.subsec_nanos()).as_bytes());
-    match &req.run_at {
-        Some(t) => field(format!("{}.{}", t.seconds, t.nanos).as_bytes()),
-        None => field(b"-"),
-    }
-    let mut labels: Vec<_> = req.labels.iter().collect();
-    labels.sort();
-    for (k, v) in labels {
-        field(k.as_bytes());
-        field(v.as_bytes());
-    }
-    // Only when set, so jobs stored before ordering keys keep their hash.
-    if !req.ordering_key.is_empty() {
-        field(b"ordering_key");
-        field(req.ordering_key.as_bytes());
-    }
-    h.finalize().into()
 }
 
 /// A ListJobs request as a store query (its `limit` one more than the
@@ -615,6 +605,16 @@ mod tests {
                 seconds: 1_900_000_100,
                 nanos: 9,
             }),
+            dedup: Some(proto::Dedup {
+                key: "d".into(),
+                mode: proto::DedupMode::Debounce as i32,
+                window: Some(prost_types::Duration {
+                    seconds: 5,
+                    nanos: 0,
+                }),
+                max_wait: None,
+            }),
+            fairness_key: "tenant-3".into(),
         };
         vec![
             full.encode_to_vec(),
@@ -742,25 +742,5 @@ mod tests {
             let found = |k: &str| (k == name).then_some(&kind).ok_or(String::new());
             assert!(submit(req, "", found).is_err());
         }
-    }
-
-    #[test]
-    fn request_hash_tells_requests_apart() {
-        let a = proto::SubmitRequest {
-            kind: "echo".into(),
-            payload: b"x".to_vec(),
-            ..Default::default()
-        };
-        let hash = |r: &proto::SubmitRequest| request_hash(r, 3, Duration::from_secs(60));
-        let mut b = a.clone();
-        assert_eq!(hash(&a), hash(&b));
-        b.priority = 1;
-        assert_ne!(hash(&a), hash(&b));
-        let mut c = a.clone();
-        c.kind = "echox".into();
-        c.payload = vec![];
-        assert_ne!(hash(&a), hash(&c));
-        assert_ne!(hash(&a), request_hash(&a, 4, Duration::from_secs(60)));
-        assert_ne!(hash(&a), request_hash(&a, 3, Duration::from_millis(60_001)));
     }
 }

@@ -101,6 +101,16 @@ pub struct KindConfig {
     /// Attempts that may start at once after an idle spell; default: the
     /// rate per second, rounded up (at least 1).
     pub burst: Option<u32>,
+    /// How a claim orders the kind's due jobs: `"none"` (default: priority,
+    /// then submit order) or `"round_robin"` (key by key, see
+    /// [`Fairness::RoundRobin`]).
+    pub fairness: Option<Fairness>,
+    /// Each fairness key's own rate (`"5/s"`, like `rate`), for all
+    /// instances together; needs `fairness = "round_robin"`.
+    pub key_rate: Option<String>,
+    /// Each fairness key's burst; default: `key_rate` per second, rounded
+    /// up (at least 1).
+    pub key_burst: Option<u32>,
     /// An attempt that reports no progress and writes no log line for this
     /// long fails with "heartbeat timeout" (retryable), even while its
     /// worker session is alive: a hung handler in a live process. Unset:
@@ -348,7 +358,8 @@ pub(crate) const MAX_KEY_CONCURRENCY: u32 = 10_000;
 pub(crate) const MAX_RATE_PER_SECOND: f64 = 1_000_000.0;
 pub(crate) const MAX_BURST: u32 = 1_000_000;
 
-/// `key_concurrency`, `rate` and `burst`, checked.
+/// `key_concurrency`, `rate`, `burst`, `fairness`, `key_rate` and
+/// `key_burst`, checked.
 fn limits(name: &str, k: &KindConfig) -> Result<KindLimits, ConfigError> {
     let key = |f: &str| format!("kinds.{name}.{f}");
     if let Some(n) = k.key_concurrency {
@@ -359,34 +370,65 @@ fn limits(name: &str, k: &KindConfig) -> Result<KindLimits, ConfigError> {
             ));
         }
     }
-    let rate = match &k.rate {
-        None => {
-            if k.burst.is_some() {
-                return Err(invalid(key("burst"), "needs a rate"));
-            }
-            None
-        }
-        Some(r) => {
-            let per_second = parse_rate(r).ok_or_else(|| {
-                invalid(
-                    key("rate"),
-                    format!(
-                        "{r:?} is not a rate: a count above 0 per second, minute or hour, \
-                         like \"50/s\", \"600/m\" or \"1000/h\" (at most {MAX_RATE_PER_SECOND}/s)"
-                    ),
-                )
-            })?;
-            let burst = k.burst.unwrap_or(per_second.ceil().max(1.0) as u32);
-            if burst == 0 || burst > MAX_BURST {
-                return Err(invalid(key("burst"), format!("must be 1..={MAX_BURST}")));
-            }
-            Some(RateLimit { per_second, burst })
-        }
-    };
+    let rate = rate_limit(k.rate.as_deref(), k.burst, &key("rate"), &key("burst"))?;
+    let fairness = k.fairness.unwrap_or_default();
+    let key_rate = rate_limit(
+        k.key_rate.as_deref(),
+        k.key_burst,
+        &key("key_rate"),
+        &key("key_burst"),
+    )?;
+    if key_rate.is_some() && fairness != Fairness::RoundRobin {
+        // Per-key buckets are checked key by key, which only a rotation
+        // over the keys does without walking a flooding key's jobs.
+        return Err(invalid(
+            key("key_rate"),
+            "needs fairness = \"round_robin\" (buckets are per fairness key)",
+        ));
+    }
+    if fairness == Fairness::RoundRobin && k.key_concurrency.is_some() {
+        return Err(invalid(
+            key("fairness"),
+            "round_robin does not combine with key_concurrency (a kind rotates over its keys \
+             or runs each key in order, not both)",
+        ));
+    }
     Ok(KindLimits {
         key_concurrency: k.key_concurrency,
         rate,
+        fairness,
+        key_rate,
     })
+}
+
+/// A rate and its burst (`rate`/`burst` or `key_rate`/`key_burst`),
+/// checked; errors name `rate_key` or `burst_key`.
+fn rate_limit(
+    rate: Option<&str>,
+    burst: Option<u32>,
+    rate_key: &str,
+    burst_key: &str,
+) -> Result<Option<RateLimit>, ConfigError> {
+    let Some(r) = rate else {
+        if burst.is_some() {
+            return Err(invalid(burst_key, "needs a rate"));
+        }
+        return Ok(None);
+    };
+    let per_second = parse_rate(r).ok_or_else(|| {
+        invalid(
+            rate_key,
+            format!(
+                "{r:?} is not a rate: a count above 0 per second, minute or hour, \
+                 like \"50/s\", \"600/m\" or \"1000/h\" (at most {MAX_RATE_PER_SECOND}/s)"
+            ),
+        )
+    })?;
+    let burst = burst.unwrap_or(per_second.ceil().max(1.0) as u32);
+    if burst == 0 || burst > MAX_BURST {
+        return Err(invalid(burst_key, format!("must be 1..={MAX_BURST}")));
+    }
+    Ok(Some(RateLimit { per_second, burst }))
 }
 
 /// `"N/s"`, `"N/m"` or `"N/h"` (N above 0, may have a fraction) as a
@@ -563,6 +605,23 @@ pub struct KindLimits {
     /// ones start in submit order. `None`: keys are stored and ignored.
     pub key_concurrency: Option<u32>,
     pub rate: Option<RateLimit>,
+    /// How the claim orders the kind's due jobs.
+    pub fairness: Fairness,
+    /// Each fairness key's own token bucket (round_robin kinds only).
+    pub key_rate: Option<RateLimit>,
+}
+
+/// A kind's `fairness` option.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fairness {
+    /// Priority, then submit order, over all the kind's due jobs.
+    #[default]
+    None,
+    /// Claims take the due jobs key by key (the job's fairness key, by
+    /// default its ordering key): one job per key per turn, starting after
+    /// the key served last; priority and submit order hold within a key.
+    RoundRobin,
 }
 
 /// Attempts started per second at most, with bursts of up to `burst`.

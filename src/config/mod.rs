@@ -17,7 +17,8 @@ pub mod warnings;
 
 pub use auth::{AuthConfig, Role, Secret, TokenConfig};
 pub use kinds::{
-    BackoffConfig, HandlerSpec, HandlerType, KindConfig, KindLimits, KindSettings, RateLimit,
+    BackoffConfig, Fairness, HandlerSpec, HandlerType, KindConfig, KindLimits, KindSettings,
+    RateLimit,
 };
 pub use postgres_url::{PostgresUrl, PostgresUrlError, ServerCheck, SslMode};
 pub use schedules::{

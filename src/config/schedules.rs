@@ -52,7 +52,8 @@ pub struct ScheduleConfig {
     #[serde(
         default,
         deserialize_with = "opt_duration",
-        serialize_with = "super::ser_opt_duration"
+        serialize_with = "super::ser_opt_duration",
+        skip_serializing_if = "Option::is_none"
     )]
     pub catchup: Option<Duration>,
 }
@@ -131,25 +132,52 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<Schedule>, ConfigError> {
     if config.schedules.len() > MAX_SCHEDULES {
         return Err(invalid("schedules", format!("at most {MAX_SCHEDULES}")));
     }
+    let max_payload = |kind: &str| {
+        config.kinds.get(kind).map(|k| {
+            k.max_payload_bytes
+                .unwrap_or(config.queue.max_payload_bytes)
+        })
+    };
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(config.schedules.len());
     for (i, s) in config.schedules.iter().enumerate() {
-        let key = |f: &str| format!("schedules[{i}].{f}");
+        let prefix = format!("schedules[{i}]");
+        let checked = s.check(&prefix, &max_payload)?;
+        if !seen.insert(s.id.as_str()) {
+            return Err(invalid(
+                format!("{prefix}.id"),
+                format!("{:?} is used twice", s.id),
+            ));
+        }
+        out.push(checked);
+    }
+    Ok(out)
+}
+
+impl ScheduleConfig {
+    /// Checks one schedule, as the config and CreateSchedule /
+    /// UpdateSchedule both do: errors name the key as `{prefix}.{field}`.
+    /// `max_payload(kind)` is the kind's payload bound, `None` when the
+    /// kind is not configured.
+    pub fn check(
+        &self,
+        prefix: &str,
+        max_payload: &dyn Fn(&str) -> Option<usize>,
+    ) -> Result<Schedule, ConfigError> {
+        let s = self;
+        let key = |f: &str| format!("{prefix}.{f}");
         if !crate::job::is_valid_kind(&s.id) {
             return Err(invalid(
                 key("id"),
                 "schedule ids match [a-z0-9][a-z0-9_.-]{0,63}",
             ));
         }
-        if !seen.insert(s.id.as_str()) {
-            return Err(invalid(key("id"), format!("{:?} is used twice", s.id)));
-        }
-        if !config.kinds.contains_key(&s.kind) {
+        let Some(max_payload_bytes) = max_payload(&s.kind) else {
             return Err(invalid(
                 key("kind"),
                 format!("{:?} is not a configured kind", s.kind),
             ));
-        }
+        };
         let cron = parse_cron(&s.cron).map_err(|e| invalid_because(key("cron"), e))?;
         let timezone = match &s.timezone {
             None => chrono_tz::UTC,
@@ -157,10 +185,10 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<Schedule>, ConfigError> {
                 .parse::<chrono_tz::Tz>()
                 .map_err(|_| invalid(key("timezone"), format!("{z:?} is not an IANA time zone")))?,
         };
-        if s.payload.len() > config.queue.max_payload_bytes {
+        if s.payload.len() > max_payload_bytes {
             return Err(invalid(
                 key("payload"),
-                "larger than queue.max_payload_bytes",
+                format!("larger than the kind's max_payload_bytes ({max_payload_bytes})"),
             ));
         }
         // One label is added: schedule = id.
@@ -182,7 +210,7 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<Schedule>, ConfigError> {
         if catchup > MAX_CATCHUP {
             return Err(invalid(key("catchup"), "at most 7 days"));
         }
-        out.push(Schedule {
+        Ok(Schedule {
             id: s.id.clone(),
             kind: s.kind.clone(),
             cron_text: s.cron.clone(),
@@ -192,9 +220,25 @@ pub(super) fn resolve(config: &Config) -> Result<Vec<Schedule>, ConfigError> {
             labels: s.labels.clone(),
             overlap: s.overlap,
             catchup,
-        });
+        })
     }
-    Ok(out)
+}
+
+impl Schedule {
+    /// The definition as written, for storing a schedule created through
+    /// the API ([`ScheduleConfig::check`] gives this schedule back).
+    pub fn to_config(&self) -> ScheduleConfig {
+        ScheduleConfig {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            cron: self.cron_text.clone(),
+            timezone: Some(self.timezone.name().to_string()),
+            payload: self.payload.clone(),
+            labels: self.labels.clone(),
+            overlap: self.overlap,
+            catchup: (!self.catchup.is_zero()).then_some(self.catchup),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -236,6 +280,41 @@ mod tests {
         let s = sched("*/1 * * * * *", "UTC");
         let c = s.next_after(at("2026-03-08T06:00:00.5Z")).unwrap();
         assert_eq!(rfc3339(c), "2026-03-08T06:00:01Z");
+    }
+
+    /// What CreateSchedule stores (JSON of the definition) reads back as
+    /// the same schedule, with and without `catchup`.
+    #[test]
+    fn stored_definition_round_trips() {
+        let all = |k: &str| (k == "echo").then_some(1024);
+        for catchup in [None, Some(Duration::from_secs(90))] {
+            let c = ScheduleConfig {
+                id: "s".into(),
+                kind: "echo".into(),
+                cron: "*/5 * * * * *".into(),
+                timezone: Some("Asia/Tokyo".into()),
+                payload: "p".into(),
+                labels: [("a".to_string(), "b".to_string())].into(),
+                overlap: Overlap::Skip,
+                catchup,
+            };
+            let s = c.check("schedule", &all).unwrap();
+            let text = serde_json::to_string(&s.to_config()).unwrap();
+            let back: ScheduleConfig = serde_json::from_str(&text).unwrap();
+            let b = back.check("schedule", &all).unwrap();
+            assert_eq!(
+                (&b.cron_text, b.timezone, &b.labels, b.overlap, b.catchup),
+                (&s.cron_text, s.timezone, &s.labels, s.overlap, s.catchup),
+                "{text}"
+            );
+        }
+        let e = ScheduleConfig {
+            kind: "nope".into(),
+            ..serde_json::from_str(r#"{"id":"s","kind":"echo","cron":"* * * * *"}"#).unwrap()
+        }
+        .check("schedule", &all)
+        .unwrap_err();
+        assert!(e.to_string().contains("`schedule.kind`"), "{e}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod parts;
 pub mod progress;
 pub mod retry;
 mod scheduler;
+mod stored_schedules;
 mod sweeper;
 pub mod workflows;
 
@@ -40,6 +41,7 @@ use crate::events::{Events, Subscription, TooManyWatchers};
 use crate::handlers::Registry;
 use crate::job::{now_micros, Job, JobState, NewJob};
 use crate::metrics::Metrics;
+use crate::store::dedup::DedupOutcome;
 use crate::store::{CancelOutcome, InsertOutcome, ListQuery, SharedStore, StoreError};
 
 /// Added to a job's timeout to form its lease: the worker enforces the
@@ -64,6 +66,16 @@ pub enum EngineError {
     UnknownKind(String),
     #[error("schedule {0:?} is not configured")]
     UnknownSchedule(String),
+    #[error("schedule {0:?} exists already")]
+    ScheduleExists(String),
+    /// Update or Delete of a `[[schedules]]` entry.
+    #[error("schedule {0:?} is defined in the config")]
+    ScheduleInConfig(String),
+    /// A stored definition that no longer checks here (its kind is gone).
+    #[error("schedule {0:?} cannot run here: {1}")]
+    ScheduleUnusable(String, String),
+    #[error("at most {max} schedules")]
+    TooManySchedules { max: usize },
     #[error("backlog is full ({max} jobs waiting)")]
     BacklogFull { max: u64 },
     #[error("depends_on: job {0} not found")]
@@ -418,7 +430,7 @@ impl Engine {
                 return Err(EngineError::DiskReserve(why));
             }
         }
-        let delayed = jobs
+        let mut delayed = jobs
             .iter()
             .any(|j| j.run_at.is_some_and(|t| t > j.created_at));
         let mut held = self.hold_slots(&mut jobs).into_iter();
@@ -455,6 +467,16 @@ impl Engine {
                     continue;
                 }
                 InsertOutcome::Deduplicated(job) => self.metrics.deduplicated(job),
+                InsertOutcome::Merged { job, outcome } => {
+                    self.metrics.deduplicated(job);
+                    if *outcome != DedupOutcome::Kept {
+                        // Same state, new payload or time: watchers see
+                        // the new sequence, and the time may be now.
+                        self.events.publish(job);
+                        wake = true;
+                        delayed |= job.next_attempt_at.is_some();
+                    }
+                }
                 InsertOutcome::Conflict { .. } => self.metrics.reject("idempotency_conflict"),
                 InsertOutcome::BacklogFull => self.metrics.reject("backlog_full"),
                 InsertOutcome::UnknownParent(_) => self.metrics.reject("unknown_parent"),

@@ -7,7 +7,7 @@
 //! stored (with a compare-and-set on a shared store), so a crash between the
 //! two never loses a fire: it is submitted again and deduplicated.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +34,7 @@ const MAX_MISSED_WALK: u64 = 100_000;
 /// bounded steps.
 const MAX_FIRES_PER_ROUND: usize = 100;
 /// Stored next fire of a schedule that never matches again.
-const NEVER: Micros = Micros::MAX;
+pub(super) const NEVER: Micros = Micros::MAX;
 
 /// A schedule as ListSchedules shows it.
 #[derive(Debug, Clone)]
@@ -44,13 +44,20 @@ pub struct ScheduleStatus {
     pub next_fire_at: Option<Micros>,
     pub paused: bool,
     pub last_job_id: Option<Uuid>,
+    /// `[[schedules]]` in the config (read-only through the API), or
+    /// created through the API and stored.
+    pub from_config: bool,
 }
 
 impl Engine {
     pub(super) async fn schedule_loop(self: Arc<Self>) {
-        if self.settings.schedules.is_empty() {
-            return;
-        }
+        let config_ids: HashSet<&str> = self
+            .settings
+            .schedules
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect();
+        let mut stored = StoredCache::default();
         let mut rows_ready = false;
         loop {
             let now = now_micros();
@@ -63,13 +70,26 @@ impl Engine {
                     let rows: BTreeMap<_, _> =
                         rows.into_iter().map(|r| (r.id.clone(), r)).collect();
                     for s in self.settings.schedules.iter() {
-                        let Some(row) = rows.get(&s.id) else { continue };
-                        let next = if row.next_fire_at <= now {
-                            self.fire_due(s, row, now).await
-                        } else {
-                            row.next_fire_at
+                        let Some(row) = rows.get(&s.id) else {
+                            // Its row is gone (deleted through another
+                            // instance, whose config lacks it): add it
+                            // again, so this config's schedule goes on.
+                            rows_ready = false;
+                            continue;
                         };
-                        wake = wake.min(next);
+                        wake = wake.min(self.due_or_next(s, row, now).await);
+                    }
+                    // Schedules created through the API, on any instance:
+                    // re-read every round. A config schedule of the same
+                    // id (another instance's config) wins here.
+                    stored.forget_missing(&rows);
+                    for row in rows.values() {
+                        if config_ids.contains(row.id.as_str()) {
+                            continue;
+                        }
+                        if let Some(s) = stored.get(&self, row) {
+                            wake = wake.min(self.due_or_next(&s, row, now).await);
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "reading schedules failed"),
@@ -79,6 +99,15 @@ impl Engine {
                 _ = self.stops.stop_dispatch.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
+        }
+    }
+
+    /// Fires `s` if due; its next fire time.
+    async fn due_or_next(&self, s: &Schedule, row: &ScheduleRow, now: Micros) -> Micros {
+        if row.next_fire_at <= now {
+            self.fire_due(s, row, now).await
+        } else {
+            row.next_fire_at
         }
     }
 
@@ -214,6 +243,8 @@ impl Engine {
             parents: Vec::new(),
             on_parent_failure: Default::default(),
             start_before: None,
+            dedup: None,
+            fairness_key: String::new(),
         };
         let out = self.submit(vec![job]).await?.pop();
         let job = match out {
@@ -221,7 +252,7 @@ impl Engine {
                 self.metrics.schedule_fired(&s.id);
                 j
             }
-            Some(InsertOutcome::Deduplicated(j)) => j,
+            Some(InsertOutcome::Deduplicated(j) | InsertOutcome::Merged { job: j, .. }) => j,
             Some(InsertOutcome::UnknownParent(id)) => return Err(EngineError::UnknownParent(id)),
             Some(InsertOutcome::BacklogFull) => {
                 return Err(EngineError::BacklogFull {
@@ -241,15 +272,30 @@ impl Engine {
         Ok(job)
     }
 
-    fn schedule(&self, id: &str) -> Result<&Schedule, EngineError> {
-        self.settings
-            .schedules
-            .iter()
-            .find(|s| s.id == id)
-            .ok_or_else(|| EngineError::UnknownSchedule(id.to_string()))
+    /// The schedule `id`, from the config or else the store; whether it is
+    /// the config's.
+    pub(super) async fn find_schedule(&self, id: &str) -> Result<(Schedule, bool), EngineError> {
+        if let Some(s) = self.settings.schedules.iter().find(|s| s.id == id) {
+            return Ok((s.clone(), true));
+        }
+        let row = self
+            .store
+            .schedules()
+            .await?
+            .into_iter()
+            .find(|r| r.id == id);
+        match row.as_ref().and_then(|r| r.definition.as_deref()) {
+            Some(d) => self
+                .decode_schedule(d)
+                .map(|s| (s, false))
+                .map_err(|why| EngineError::ScheduleUnusable(id.to_string(), why)),
+            None => Err(EngineError::UnknownSchedule(id.to_string())),
+        }
     }
 
-    /// ListSchedules: every configured schedule with its stored state.
+    /// ListSchedules: every configured schedule with its stored state, then
+    /// every stored one (those whose definition no longer checks, e.g. its
+    /// kind is gone from this instance's config, are left out and logged).
     pub async fn list_schedules(&self) -> Result<Vec<ScheduleStatus>, EngineError> {
         let rows: BTreeMap<_, _> = self
             .store
@@ -259,31 +305,46 @@ impl Engine {
             .map(|r| (r.id.clone(), r))
             .collect();
         let now = now_micros();
-        Ok(self
+        let status = |s: Schedule, row: Option<&ScheduleRow>, from_config: bool| {
+            let next = row.map_or_else(|| s.next_after(now).unwrap_or(NEVER), |r| r.next_fire_at);
+            ScheduleStatus {
+                schedule: s,
+                next_fire_at: (next != NEVER).then_some(next),
+                paused: row.is_some_and(|r| r.paused),
+                last_job_id: row.and_then(|r| r.last_job_id),
+                from_config,
+            }
+        };
+        let mut out: Vec<ScheduleStatus> = self
             .settings
             .schedules
             .iter()
-            .map(|s| {
-                let row = rows.get(&s.id);
-                let next =
-                    row.map_or_else(|| s.next_after(now).unwrap_or(NEVER), |r| r.next_fire_at);
-                ScheduleStatus {
-                    schedule: s.clone(),
-                    next_fire_at: (next != NEVER).then_some(next),
-                    paused: row.is_some_and(|r| r.paused),
-                    last_job_id: row.and_then(|r| r.last_job_id),
+            .map(|s| status(s.clone(), rows.get(&s.id), true))
+            .collect();
+        for row in rows.values() {
+            let Some(d) = &row.definition else { continue };
+            if self.settings.schedules.iter().any(|s| s.id == row.id) {
+                continue;
+            }
+            match self.decode_schedule(d) {
+                Ok(s) => out.push(status(s, Some(row), false)),
+                Err(e) => {
+                    tracing::warn!(schedule = row.id, error = %e, "stored schedule not usable")
                 }
-            })
-            .collect())
+            }
+        }
+        Ok(out)
     }
 
     /// TriggerSchedule: one fire now, whatever the cron expression, pause
     /// or overlap say (an operator asked for it).
     pub async fn trigger_schedule(&self, id: &str) -> Result<Job, EngineError> {
-        let s = self.schedule(id)?.clone();
-        self.store
-            .init_schedule(&s.id, s.next_after(now_micros()).unwrap_or(NEVER))
-            .await?;
+        let (s, from_config) = self.find_schedule(id).await?;
+        if from_config {
+            self.store
+                .init_schedule(&s.id, s.next_after(now_micros()).unwrap_or(NEVER))
+                .await?;
+        }
         let key = format!("schedule:{}:manual:{}", s.id, rfc3339(now_micros()));
         self.submit_fire(&s, key).await
     }
@@ -291,10 +352,12 @@ impl Engine {
     /// PauseSchedule / ResumeSchedule, stored. While paused, fires pass
     /// without a job and without counting as missed.
     pub async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<(), EngineError> {
-        let s = self.schedule(id)?;
-        self.store
-            .init_schedule(&s.id, s.next_after(now_micros()).unwrap_or(NEVER))
-            .await?;
+        let (s, from_config) = self.find_schedule(id).await?;
+        if from_config {
+            self.store
+                .init_schedule(&s.id, s.next_after(now_micros()).unwrap_or(NEVER))
+                .await?;
+        }
         if !self.store.set_schedule_paused(id, paused).await? {
             return Err(EngineError::UnknownSchedule(id.to_string()));
         }
@@ -305,5 +368,41 @@ impl Engine {
             if paused { "paused" } else { "resumed" }
         );
         Ok(())
+    }
+}
+
+/// Stored definitions as the scheduler last decoded them, kept while the
+/// text is the same, so a round does not parse every cron expression
+/// again. `None`: the definition does not check here (logged once).
+#[derive(Default)]
+struct StoredCache {
+    by_id: HashMap<String, (String, Option<Arc<Schedule>>)>,
+}
+
+impl StoredCache {
+    /// The schedule of a stored row; `None` for a config row, or a
+    /// definition that does not check here.
+    fn get(&mut self, engine: &Engine, row: &ScheduleRow) -> Option<Arc<Schedule>> {
+        let text = row.definition.as_deref()?;
+        if let Some((t, s)) = self.by_id.get(&row.id) {
+            if t == text {
+                return s.clone();
+            }
+        }
+        let s = match engine.decode_schedule(text) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(why) => {
+                tracing::warn!(schedule = row.id, error = %why, "stored schedule not run here");
+                None
+            }
+        };
+        self.by_id
+            .insert(row.id.clone(), (text.to_string(), s.clone()));
+        s
+    }
+
+    /// Drops what was deleted.
+    fn forget_missing(&mut self, rows: &BTreeMap<String, ScheduleRow>) {
+        self.by_id.retain(|id, _| rows.contains_key(id));
     }
 }

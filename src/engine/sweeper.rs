@@ -187,8 +187,13 @@ impl Engine {
             .kinds
             .keys()
             .flat_map(|k| {
-                [JobState::Queued, JobState::Running, JobState::RetryWait]
-                    .map(|s| ((s, k.clone()), 0))
+                [
+                    JobState::Queued,
+                    JobState::Running,
+                    JobState::RetryWait,
+                    JobState::Waiting,
+                ]
+                .map(|s| ((s, k.clone()), 0))
             })
             .collect();
         for (state, kind, n) in rows {

@@ -15,6 +15,7 @@ pub mod hosts;
 pub mod json;
 mod raw_submit;
 mod routes;
+mod schedule_routes;
 mod stats;
 pub mod ui;
 
@@ -263,21 +264,15 @@ impl HttpApi {
                 let m = proto::ResumeKindRequest { kind };
                 self.reply(admin.resume_kind(grpc.request(m)).await?.get_ref())
             }
-            Route::Schedules => {
-                let m: proto::ListSchedulesRequest = self.json.from_query(query)?;
-                self.reply(admin.list_schedules(grpc.request(m)).await?.get_ref())
-            }
-            Route::TriggerSchedule(id) => {
-                let m = proto::TriggerScheduleRequest { id };
-                self.reply(admin.trigger_schedule(grpc.request(m)).await?.get_ref())
-            }
-            Route::PauseSchedule(id) => {
-                let m = proto::PauseScheduleRequest { id };
-                self.reply(admin.pause_schedule(grpc.request(m)).await?.get_ref())
-            }
-            Route::ResumeSchedule(id) => {
-                let m = proto::ResumeScheduleRequest { id };
-                self.reply(admin.resume_schedule(grpc.request(m)).await?.get_ref())
+            Route::Schedules
+            | Route::TriggerSchedule(_)
+            | Route::PauseSchedule(_)
+            | Route::ResumeSchedule(_)
+            | Route::CreateSchedule
+            | Route::UpdateSchedule(_)
+            | Route::DeleteSchedule(_) => {
+                self.schedules(admin, &grpc, route, query, &parts.headers, body)
+                    .await
             }
             Route::Workers => {
                 let m: proto::ListWorkersRequest = self.json.from_query(query)?;

@@ -11,12 +11,13 @@ use crate::api::error::{ApiError, Violation};
 use crate::proto;
 
 /// The query parameters taken, for the refusal of any other.
-const PARAMETERS: &str = "key, priority, delay, label, ordering_key, max_attempts, timeout";
+const PARAMETERS: &str =
+    "key, priority, delay, label, ordering_key, fairness_key, max_attempts, timeout";
 
 /// The SubmitRequest for `kind` with `payload`, from the query string:
 /// `key` (idempotency key), `priority`, `delay` (a duration such as `30s`:
 /// not before then), `label=k=v` (repeatable), `ordering_key`,
-/// `max_attempts`, `timeout`. Every bad parameter is named.
+/// `fairness_key`, `max_attempts`, `timeout`. Every bad parameter is named.
 pub(super) fn request(
     kind: String,
     payload: Vec<u8>,
@@ -44,6 +45,7 @@ pub(super) fn request(
         match key.as_ref() {
             "key" | "idempotency_key" => m.idempotency_key = value.into_owned(),
             "ordering_key" => m.ordering_key = value.into_owned(),
+            "fairness_key" => m.fairness_key = value.into_owned(),
             "priority" => match value.parse() {
                 Ok(p) => m.priority = p,
                 Err(_) => refuse(format!(
@@ -97,7 +99,8 @@ mod tests {
         let m = request(
             "echo".into(),
             b"hi there".to_vec(),
-            "key=k1&priority=-3&delay=30s&label=a=b&label=c=d%3De&ordering_key=o&timeout=2s",
+            "key=k1&priority=-3&delay=30s&label=a=b&label=c=d%3De&ordering_key=o&timeout=2s\
+             &fairness_key=t",
         )
         .unwrap();
         assert_eq!(m.kind, "echo");
@@ -105,6 +108,7 @@ mod tests {
         assert_eq!(m.idempotency_key, "k1");
         assert_eq!(m.priority, -3);
         assert_eq!(m.ordering_key, "o");
+        assert_eq!(m.fairness_key, "t");
         assert_eq!(m.labels.get("c").map(String::as_str), Some("d=e"));
         assert_eq!(m.timeout.unwrap().seconds, 2);
         let run_at = SystemTime::try_from(m.run_at.unwrap()).unwrap();

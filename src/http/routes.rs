@@ -29,6 +29,10 @@ pub(super) enum Route {
     TriggerSchedule(String),
     PauseSchedule(String),
     ResumeSchedule(String),
+    CreateSchedule,
+    /// `PUT /v1/schedules/{id}`: the whole new definition.
+    UpdateSchedule(String),
+    DeleteSchedule(String),
     Workers,
     /// A file of the dashboard (no token needed: it holds no data).
     Ui(&'static ui::Asset),
@@ -67,6 +71,9 @@ impl Route {
             Route::TriggerSchedule(_) => "/jobd.v1.AdminService/TriggerSchedule",
             Route::PauseSchedule(_) => "/jobd.v1.AdminService/PauseSchedule",
             Route::ResumeSchedule(_) => "/jobd.v1.AdminService/ResumeSchedule",
+            Route::CreateSchedule => "/jobd.v1.AdminService/CreateSchedule",
+            Route::UpdateSchedule(_) => "/jobd.v1.AdminService/UpdateSchedule",
+            Route::DeleteSchedule(_) => "/jobd.v1.AdminService/DeleteSchedule",
             Route::Workers => "/jobd.v1.AdminService/ListWorkers",
             Route::Ui(_)
             | Route::UiRedirect
@@ -176,8 +183,13 @@ pub(super) fn route(method: &Method, path: &str) -> Result<Route, Miss> {
             (k, Some(v)) if v == "resume" => pick(None, Some(Route::ResumeKind(k))),
             _ => Err(Miss::NotFound),
         },
-        ["schedules"] => pick(Some(Route::Schedules), None),
+        ["schedules"] => pick(Some(Route::Schedules), Some(Route::CreateSchedule)),
         ["schedules", last] => match verb(last).ok_or(Miss::NotFound)? {
+            (s, None) => match *method {
+                Method::PUT => Ok(Route::UpdateSchedule(s)),
+                Method::DELETE => Ok(Route::DeleteSchedule(s)),
+                _ => Err(Miss::Method("PUT, DELETE")),
+            },
             (s, Some(v)) if v == "trigger" => pick(None, Some(Route::TriggerSchedule(s))),
             (s, Some(v)) if v == "pause" => pick(None, Some(Route::PauseSchedule(s))),
             (s, Some(v)) if v == "resume" => pick(None, Some(Route::ResumeSchedule(s))),

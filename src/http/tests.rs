@@ -19,7 +19,7 @@ fn routes_follow_the_rpc_table() {
             reached.insert(std::mem::discriminant(&r));
         }
     }
-    assert_eq!(reached.len(), 19, "routes that call a method");
+    assert_eq!(reached.len(), 22, "routes that call a method");
     // The routes that call no method: the dashboard's files and the
     // token-only information routes.
     for (verb, path) in [
@@ -65,6 +65,19 @@ fn routes_split_custom_verbs_and_methods() {
     assert_eq!(
         route(&post, "/v1/schedules/s1:trigger"),
         Ok(Route::TriggerSchedule("s1".into()))
+    );
+    assert_eq!(route(&post, "/v1/schedules"), Ok(Route::CreateSchedule));
+    assert_eq!(
+        route(&Method::PUT, "/v1/schedules/s1"),
+        Ok(Route::UpdateSchedule("s1".into()))
+    );
+    assert_eq!(
+        route(&Method::DELETE, "/v1/schedules/s1"),
+        Ok(Route::DeleteSchedule("s1".into()))
+    );
+    assert_eq!(
+        route(&get, "/v1/schedules/s1"),
+        Err(Miss::Method("PUT, DELETE"))
     );
     assert_eq!(route(&post, "/v1/jobs:batch"), Ok(Route::SubmitBatch));
     assert_eq!(route(&get, "/v1/events"), Ok(Route::AllEvents));

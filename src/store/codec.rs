@@ -34,7 +34,8 @@ pub fn decode_trace(s: Option<String>) -> Option<TraceContext> {
 pub const COLS: &str = "id, kind, state, attempt, max_attempts, priority, idempotency_key, \
     request_hash, labels, payload, result, timeout_us, created_at, updated_at, started_at, \
     finished_at, next_attempt_at, lease_expires_at, last_error, sequence, ordering_key, trace, \
-    progress, checkpoint, parents, waiting_on, dep_policy, attempts, start_before";
+    progress, checkpoint, parents, waiting_on, dep_policy, attempts, start_before, dedup_key, \
+    fairness_key";
 
 /// How many columns [`COLS`] names, counted from the text so the two cannot
 /// drift apart.

@@ -102,11 +102,31 @@ impl KindBudget {
 
 /// The best `limit` candidates over all kinds, highest priority first, then
 /// oldest (`seq`), as every claim orders them. Candidates are
-/// `(priority, seq, kind, item)`.
-pub fn pick<T>(mut candidates: Vec<(i32, i64, String, T)>, limit: usize) -> Vec<(String, T)> {
-    candidates.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    candidates.truncate(limit);
-    candidates.into_iter().map(|(_, _, k, t)| (k, t)).collect()
+/// `(priority, seq, kind, item)`, each kind's in the order the kind takes
+/// them: the global order decides how many of each kind are taken, the
+/// kind's own order which (a round_robin kind's rotation; for the others
+/// the two orders agree).
+pub fn pick<T>(candidates: Vec<(i32, i64, String, T)>, limit: usize) -> Vec<(String, T)> {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_unstable_by(|a, b| {
+        let (a, b) = (&candidates[*a], &candidates[*b]);
+        b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+    });
+    order.truncate(limit);
+    // The places, in global order, each filled by its kind's next job in
+    // the kind's own order.
+    let places: Vec<String> = order.iter().map(|i| candidates[*i].2.clone()).collect();
+    let mut own: HashMap<String, std::collections::VecDeque<T>> = HashMap::new();
+    for (_, _, k, t) in candidates {
+        own.entry(k).or_default().push_back(t);
+    }
+    places
+        .into_iter()
+        .filter_map(|k| {
+            let t = own.get_mut(&k)?.pop_front()?;
+            Some((k, t))
+        })
+        .collect()
 }
 
 /// Jobs taken per kind.
@@ -140,8 +160,8 @@ mod tests {
     #[test]
     fn the_rate_cuts_slots_and_says_when_it_held_jobs_back() {
         let limits = KindLimits {
-            key_concurrency: None,
             rate: Some(RATE),
+            ..KindLimits::default()
         };
         let b = KindBudget::new(16, limits, Some(Bucket { tokens: 2.5, at: 0 }), 0);
         assert_eq!((b.allowed(), b.to_read()), (2, 3));
@@ -162,11 +182,20 @@ mod tests {
     #[test]
     fn pick_orders_by_priority_then_age() {
         let c = vec![
-            (0, 3, "a".to_string(), 'x'),
-            (5, 9, "b".to_string(), 'y'),
             (0, 1, "a".to_string(), 'z'),
+            (5, 9, "b".to_string(), 'y'),
+            (0, 3, "a".to_string(), 'x'),
         ];
         let got: Vec<char> = pick(c, 2).into_iter().map(|(_, t)| t).collect();
         assert_eq!(got, vec!['y', 'z']);
+        // A kind's own order decides which of its jobs fill its places: a
+        // round_robin kind lists another key's younger job first.
+        let c = vec![
+            (0, 7, "r".to_string(), 'b'),
+            (0, 2, "r".to_string(), 'a'),
+            (1, 5, "p".to_string(), 'p'),
+        ];
+        let got: Vec<char> = pick(c, 2).into_iter().map(|(_, t)| t).collect();
+        assert_eq!(got, vec!['p', 'b']);
     }
 }

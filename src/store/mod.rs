@@ -5,7 +5,9 @@
 //! [`transition`] so that every implementation applies the same ones.
 
 pub mod codec;
+pub mod dedup;
 pub mod deps;
+pub mod fairness;
 pub mod limits;
 pub mod memory;
 pub mod postgres;
@@ -129,6 +131,12 @@ pub enum InsertOutcome {
     Created(Job),
     /// Same idempotency key, same request: the existing job.
     Deduplicated(Job),
+    /// A job of the kind held the submit's dedup key: the job as it is now
+    /// (unchanged for KEEP), and what the merge did ([`dedup::merge`]).
+    Merged {
+        job: Job,
+        outcome: dedup::DedupOutcome,
+    },
     /// Same idempotency key, different request.
     Conflict {
         existing_id: Uuid,
@@ -137,6 +145,18 @@ pub enum InsertOutcome {
     BacklogFull,
     /// A parent (depends_on) does not exist; nothing was stored.
     UnknownParent(Uuid),
+}
+
+/// The answer to a submit whose idempotency key `existing` holds: the same
+/// job when the request (its hash) is the same, a conflict otherwise.
+pub fn idempotent(existing: &Job, request_hash: &[u8; 32]) -> InsertOutcome {
+    if existing.request_hash == *request_hash {
+        InsertOutcome::Deduplicated(existing.clone())
+    } else {
+        InsertOutcome::Conflict {
+            existing_id: existing.id,
+        }
+    }
 }
 
 /// How an attempt ended, as the engine decided it.
@@ -266,6 +286,20 @@ pub struct ScheduleRow {
     pub paused: bool,
     /// The job of the last fire (for `overlap = "skip"` and ListSchedules).
     pub last_job_id: Option<Uuid>,
+    /// A schedule created through the API: its definition (the engine's
+    /// JSON of [`crate::config::ScheduleConfig`], opaque here). `None` for
+    /// a config schedule's row.
+    pub definition: Option<String>,
+}
+
+/// What [`Store::create_schedule`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateSchedule {
+    Created,
+    /// A schedule created through the API has this id already.
+    Exists,
+    /// `max` schedules created through the API are stored already.
+    Full,
 }
 
 /// Number of jobs in each state.
@@ -376,6 +410,29 @@ pub trait Store: Send + Sync + 'static {
     async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError>;
     /// Pauses or resumes a schedule; false when it has no row.
     async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError>;
+    /// Stores a schedule created through the API: its row, holding
+    /// `definition` and its first fire, unpaused. A row without a definition
+    /// (left by a config schedule since removed) is taken over. At most
+    /// `max` rows with a definition, checked in the same commit.
+    async fn create_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Micros,
+        max: usize,
+    ) -> Result<CreateSchedule, StoreError>;
+    /// Replaces the definition of a schedule created through the API, and
+    /// its next fire when `next_fire_at` is given; false when there is no
+    /// such schedule (config rows are never changed here).
+    async fn update_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Option<Micros>,
+    ) -> Result<bool, StoreError>;
+    /// Deletes a schedule created through the API (row and definition);
+    /// false when there is no such schedule.
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError>;
     /// Deletes up to `limit` terminal jobs that finished before `before`.
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError>;
     /// Stores `progress` as the job's latest if `attempt` is its running

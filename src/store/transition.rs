@@ -142,6 +142,9 @@ pub fn finish_on(job: &mut Job, attempt: u32, outcome: Outcome, now: Micros, wor
             // Drain: the attempt was cut short by us, not by the job, so it
             // does not count.
             job.attempt = job.attempt.saturating_sub(1);
+            // It started once: its dedup key, which a new job may hold by
+            // now, is not taken back (see `dedup::holds_key`).
+            job.dedup_key = None;
             job.last_error = reason;
             touch(job, JobState::Queued, now);
         }
@@ -214,6 +217,8 @@ pub fn retry(job: &mut Job, now: Micros) {
     job.lease_expires_at = None;
     // A retry is a fresh start: the old deadline would expire it at once.
     job.start_before = None;
+    // Nor does it take its dedup key back: another job may hold it now.
+    job.dedup_key = None;
     touch(job, JobState::Queued, now);
 }
 

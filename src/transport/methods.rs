@@ -138,6 +138,21 @@ pub const RPCS: &[Rpc] = &[
         Roles(ADMIN),
         &["POST /v1/schedules/{name}:resume"],
     ),
+    rpc(
+        "/jobd.v1.AdminService/CreateSchedule",
+        Roles(ADMIN),
+        &["POST /v1/schedules"],
+    ),
+    rpc(
+        "/jobd.v1.AdminService/UpdateSchedule",
+        Roles(ADMIN),
+        &["PUT /v1/schedules/{name}"],
+    ),
+    rpc(
+        "/jobd.v1.AdminService/DeleteSchedule",
+        Roles(ADMIN),
+        &["DELETE /v1/schedules/{name}"],
+    ),
     rpc("/grpc.health.v1.Health/Check", Open, &[]),
     rpc("/grpc.health.v1.Health/Watch", Open, &[]),
     rpc(

@@ -712,3 +712,100 @@ async fn job_page_draws_the_workflow_graph() {
         .await;
     d.stop().await;
 }
+
+/// The schedules page's create form (CreateSchedule) and delete button
+/// (DeleteSchedule): a schedule made in the form is stored with every
+/// field as typed; a bad cron expression is refused in the banner, naming
+/// the field; config schedules have no delete button; a stored one is
+/// deleted by a click (after the confirmation).
+#[tokio::test]
+async fn schedules_page_creates_and_deletes() {
+    let Some(b) = Browser::start().await else {
+        return;
+    };
+    let d = start("[[schedules]]\nid = \"nightly\"\nkind = \"echo\"\ncron = \"0 3 * * *\"\n").await;
+    let page = format!("{}/ui/#/schedules", d.url());
+    let mut a = admin(&d.url()).await;
+    let list = |a: &mut jobd::proto::admin_service_client::AdminServiceClient<_>| {
+        let mut a = a.clone();
+        async move {
+            a.list_schedules(proto::ListSchedulesRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .schedules
+        }
+    };
+    b.goto(&page).await;
+    b.wait_for("tr[data-schedule='nightly'][data-source='config']")
+        .await;
+    assert!(
+        b.find("tr[data-schedule='nightly'] button.delete")
+            .await
+            .is_none(),
+        "config schedules are read-only"
+    );
+    b.type_into("#schedule-id", "from-ui").await;
+    b.type_into("#schedule-cron", "0 4 * * *").await;
+    b.type_into("#schedule-timezone", "Europe/Paris").await;
+    b.type_into("#schedule-payload", "hello").await;
+    b.type_into("#schedule-labels", "team=ops, tier=gold").await;
+    b.type_into("#schedule-catchup", "60s").await;
+    b.script(
+        "document.getElementById('schedule-overlap').value = 'SCHEDULE_OVERLAP_SKIP'; return 0",
+    )
+    .await;
+    b.click("#schedule-create-submit").await;
+    b.banner_says("Created schedule from-ui").await;
+    b.wait_for("tr[data-schedule='from-ui'][data-source='api'] button.delete")
+        .await;
+    b.screenshot("dashboard-schedules").await;
+    let s = list(&mut a)
+        .await
+        .into_iter()
+        .find(|s| s.id == "from-ui")
+        .expect("stored");
+    assert_eq!(
+        (
+            s.kind.as_str(),
+            s.cron.as_str(),
+            s.timezone.as_str(),
+            s.payload.as_str()
+        ),
+        ("echo", "0 4 * * *", "Europe/Paris", "hello")
+    );
+    assert_eq!(s.labels.get("tier").map(String::as_str), Some("gold"));
+    assert_eq!(s.overlap, proto::ScheduleOverlap::Skip as i32);
+    assert_eq!(s.catchup.map(|c| c.seconds), Some(60));
+    assert_eq!(s.source, proto::ScheduleSource::Api as i32);
+
+    // A bad expression: the daemon's refusal, naming the field.
+    b.goto(&page).await;
+    b.type_into("#schedule-id", "bad").await;
+    b.type_into("#schedule-cron", "61 * * * *").await;
+    b.click("#schedule-create-submit").await;
+    b.banner_says("schedule.cron").await;
+    assert_eq!(list(&mut a).await.len(), 2);
+
+    // Delete, confirmed in the dialog.
+    b.click("tr[data-schedule='from-ui'] button.delete").await;
+    b.call(reqwest::Method::POST, "/alert/accept", Some(json!({})))
+        .await
+        .unwrap();
+    b.banner_says("Deleted schedule from-ui").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while b.find("tr[data-schedule='from-ui']").await.is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "row never left");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<String> = list(&mut a).await.into_iter().map(|s| s.id).collect();
+    assert_eq!(ids, ["nightly"]);
+    let _ = b
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/session/{}", b.session),
+            None,
+        )
+        .await;
+    d.stop().await;
+}

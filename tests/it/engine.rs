@@ -159,6 +159,30 @@ impl Store for GatedStore {
     async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
         self.inner.set_schedule_paused(id, paused).await
     }
+    async fn create_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Micros,
+        max: usize,
+    ) -> Result<jobd::store::CreateSchedule, StoreError> {
+        self.inner
+            .create_schedule(id, definition, next_fire_at, max)
+            .await
+    }
+    async fn update_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Option<Micros>,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .update_schedule(id, definition, next_fire_at)
+            .await
+    }
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.delete_schedule(id).await
+    }
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {
         self.inner.prune(before, limit).await
     }
@@ -287,6 +311,8 @@ fn echo_job() -> NewJob {
         parents: Vec::new(),
         on_parent_failure: Default::default(),
         start_before: None,
+        dedup: None,
+        fairness_key: String::new(),
     }
 }
 

@@ -6,6 +6,7 @@
 #![allow(clippy::too_many_lines, unreachable_pub)]
 
 mod api;
+mod api_schedules;
 mod attempts;
 mod auth;
 mod bench_smoke;
@@ -13,8 +14,10 @@ mod binary;
 mod browser;
 mod checkpoints;
 mod cli;
+mod dedup;
 mod docs;
 mod engine;
+mod fairness;
 mod first_hour;
 mod handlers;
 mod helpers;

@@ -141,6 +141,7 @@ async fn metrics_after_a_scripted_workload_agree_with_the_store() {
         (JobState::Queued, "jobd_backlog_queued"),
         (JobState::Running, "jobd_processing_inflight"),
         (JobState::RetryWait, "jobd_retry_wait"),
+        (JobState::Waiting, "jobd_waiting"),
     ] {
         for kind in ["echo", "fail", "sleep"] {
             let want = count(&mut c, state, kind).await;
@@ -251,6 +252,7 @@ async fn kind_series_start_at_zero_and_watch_jobs_has_its_own_label() {
             "jobd_backlog_queued",
             "jobd_processing_inflight",
             "jobd_retry_wait",
+            "jobd_waiting",
             "jobd_kind_paused",
             "jobd_jobs_submitted_total",
         ] {
@@ -289,5 +291,27 @@ async fn kind_series_start_at_zero_and_watch_jobs_has_its_own_label() {
         "{text}"
     );
     assert!(!text.contains("method=\"other\""), "{text}");
+    d.stop().await;
+}
+
+/// `jobd_waiting{kind}` follows a child from WAITING to its release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waiting_gauge_follows_a_child_until_its_parent_ends() {
+    let d = start("").await;
+    let mut c = d.client().await;
+    let parent = submit(&mut c, req("sleep", "300")).await;
+    let child = submit(
+        &mut c,
+        jobd::proto::SubmitRequest {
+            depends_on: vec![parent.id.clone()],
+            ..req("echo", "after")
+        },
+    )
+    .await;
+    let waiting = must_sample(&scrape(d.admin).await, "jobd_waiting{kind=\"echo\"}");
+    assert_eq!(waiting, 1.0);
+    wait_terminal(&mut c, &child.id).await;
+    let waiting = must_sample(&scrape(d.admin).await, "jobd_waiting{kind=\"echo\"}");
+    assert_eq!(waiting, 0.0);
     d.stop().await;
 }

@@ -37,6 +37,8 @@ fn job(kind: &str, parents: &[Uuid], policy: ParentFailure) -> NewJob {
         parents: parents.to_vec(),
         on_parent_failure: policy,
         start_before: None,
+        dedup: None,
+        fairness_key: String::new(),
     }
 }
 

@@ -647,7 +647,7 @@ async fn database_restart_under_load_loses_no_acknowledged_job() {
 
 /// Schema versions this jobd knows (one per migration).
 fn jobd_pg_schema_versions() -> i32 {
-    12
+    15
 }
 
 /// jobd's connections plan each prepared statement once (a generic plan:

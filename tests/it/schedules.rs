@@ -18,7 +18,7 @@ fn every_second(id: &str, kind: &str, extra: &str) -> String {
 }
 
 /// Every job of schedule `id`, with its fire time (µs) from its key.
-async fn fires(
+pub async fn fires(
     c: &mut proto::job_service_client::JobServiceClient<Channel>,
     id: &str,
 ) -> Vec<(i64, proto::Job)> {
@@ -53,7 +53,7 @@ async fn fires(
 }
 
 /// Fire times are whole seconds, none twice.
-fn assert_distinct_seconds(f: &[(i64, proto::Job)]) {
+pub fn assert_distinct_seconds(f: &[(i64, proto::Job)]) {
     for w in f.windows(2) {
         assert!(w[1].0 > w[0].0, "fire twice: {}", w[0].1.idempotency_key);
     }
@@ -64,7 +64,7 @@ fn assert_distinct_seconds(f: &[(i64, proto::Job)]) {
 }
 
 /// Seconds between consecutive fires.
-fn gaps(f: &[(i64, proto::Job)]) -> Vec<i64> {
+pub fn gaps(f: &[(i64, proto::Job)]) -> Vec<i64> {
     f.windows(2)
         .map(|w| (w[1].0 - w[0].0) / 1_000_000)
         .collect()

@@ -123,11 +123,17 @@ async fn stalled_watch_jobs_readers_hold_little_and_end_at_the_idle_timeout() {
         assert_eq!(status, 200);
         held.push(body);
     }
-    assert_eq!(
-        watchers(&admin).await,
-        STREAMS as f64,
-        "counted in the gauge"
-    );
+    // The gauge counts a stream once its handler runs, which may be a
+    // moment after the response headers went out: poll briefly.
+    let mut counted = watchers(&admin).await;
+    for _ in 0..50 {
+        if counted == STREAMS as f64 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        counted = watchers(&admin).await;
+    }
+    assert_eq!(counted, STREAMS as f64, "counted in the gauge");
     // Every place is taken: one more is refused.
     let refused = match c.watch_jobs(proto::WatchJobsRequest::default()).await {
         Err(e) => e,

@@ -33,6 +33,8 @@ fn new_job(kind: &str, priority: i32) -> NewJob {
         parents: Vec::new(),
         on_parent_failure: Default::default(),
         start_before: None,
+        dedup: None,
+        fairness_key: String::new(),
     }
 }
 
@@ -632,6 +634,122 @@ pub async fn schedules_are_stored(s: SharedStore) {
     assert!(!s.schedules().await.unwrap()[0].paused);
 }
 
+/// Schedules created through the API: the definition is stored with the
+/// row; an id in use by a stored schedule is refused, a config row (no
+/// definition) is taken over; the bound on stored schedules holds in the
+/// same commit; update and delete touch stored schedules only; two
+/// concurrent creates of one id make one.
+pub async fn stored_schedule_definitions(s: SharedStore) {
+    use jobd::store::CreateSchedule::{Created, Exists, Full};
+    s.init_schedule("cfg", 5_000).await.unwrap();
+    assert_eq!(
+        s.create_schedule("a", "{\"v\":1}", 1_000, 3).await.unwrap(),
+        Created
+    );
+    assert_eq!(
+        s.create_schedule("a", "{\"v\":2}", 2_000, 3).await.unwrap(),
+        Exists
+    );
+    let a = s
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == "a")
+        .unwrap();
+    assert_eq!(a.definition.as_deref(), Some("{\"v\":1}"));
+    assert_eq!(
+        (a.next_fire_at, a.paused, a.last_job_id),
+        (1_000, false, None)
+    );
+    // The config row stays a config row to update and delete...
+    assert!(!s.update_schedule("cfg", "{}", None).await.unwrap());
+    assert!(!s.delete_schedule("cfg").await.unwrap());
+    assert!(!s.update_schedule("zz", "{}", None).await.unwrap());
+    assert!(!s.delete_schedule("zz").await.unwrap());
+    // ...and is taken over by a create (its config entry was removed).
+    s.set_schedule_paused("cfg", true).await.unwrap();
+    assert_eq!(
+        s.create_schedule("cfg", "{}", 7_000, 3).await.unwrap(),
+        Created
+    );
+    let cfg = s
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == "cfg")
+        .unwrap();
+    assert_eq!(
+        (cfg.next_fire_at, cfg.paused, cfg.definition.as_deref()),
+        (7_000, false, Some("{}"))
+    );
+    // The bound counts stored definitions only (config rows are free).
+    s.init_schedule("cfg2", 5_000).await.unwrap();
+    assert_eq!(
+        s.create_schedule("b", "{}", 1_000, 3).await.unwrap(),
+        Created
+    );
+    assert_eq!(s.create_schedule("c", "{}", 1_000, 3).await.unwrap(), Full);
+    // Update: the definition, and the next fire only when given.
+    assert!(s.update_schedule("a", "{\"v\":3}", None).await.unwrap());
+    let a = s
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == "a")
+        .unwrap();
+    assert_eq!(
+        (a.next_fire_at, a.definition.as_deref()),
+        (1_000, Some("{\"v\":3}"))
+    );
+    assert!(s
+        .update_schedule("a", "{\"v\":4}", Some(8_000))
+        .await
+        .unwrap());
+    let a = s
+        .schedules()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.id == "a")
+        .unwrap();
+    assert_eq!(
+        (a.next_fire_at, a.definition.as_deref()),
+        (8_000, Some("{\"v\":4}"))
+    );
+    // Fires still take the stored row by compare-and-set.
+    assert!(s.advance_schedule("a", 8_000, 9_000).await.unwrap());
+    // Delete: gone, and room for another.
+    assert!(s.delete_schedule("a").await.unwrap());
+    assert!(!s.delete_schedule("a").await.unwrap());
+    assert!(!s.advance_schedule("a", 9_000, 10_000).await.unwrap());
+    assert!(s.schedules().await.unwrap().iter().all(|r| r.id != "a"));
+    assert_eq!(
+        s.create_schedule("c", "{}", 1_000, 3).await.unwrap(),
+        Created
+    );
+    // Racing creates of one id (and of two ids at the bound): one wins.
+    let race = |id: &'static str| {
+        let s = s.clone();
+        tokio::spawn(async move { s.create_schedule(id, "{}", 1_000, 5).await.unwrap() })
+    };
+    let (x, y, z) = (race("r"), race("r"), race("q"));
+    let mut got = vec![x.await.unwrap(), y.await.unwrap(), z.await.unwrap()];
+    got.sort_by_key(|o| format!("{o:?}"));
+    assert_eq!(got.iter().filter(|o| **o == Created).count(), 2, "{got:?}");
+    assert_eq!(
+        s.schedules()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|r| r.definition.is_some())
+            .count(),
+        5
+    );
+}
+
 /// `NewJob::start`: a job the engine holds a free slot for is stored
 /// RUNNING in its insert's commit, unless a job of its kind is ready before
 /// it or it is delayed. PostgreSQL declines (instances share the queue).
@@ -925,6 +1043,175 @@ pub async fn workflows_release_and_cascade(s: SharedStore) {
         .is_empty());
 }
 
+/// Dedup keys (`store::dedup`): held while a job has not started, merged
+/// into by KEEP and REPLACE, free again once it starts; a drain requeue or
+/// RetryJobs does not take a key back (no second holder, no error).
+pub async fn dedup_keys_are_held_until_a_job_starts(s: SharedStore) {
+    use jobd::job::{Dedup, DedupMode};
+    use jobd::store::dedup::DedupOutcome;
+    let keyed = |mode: DedupMode, payload: &'static [u8]| NewJob {
+        payload: Bytes::from_static(payload),
+        dedup: Some(Dedup {
+            key: "k1".into(),
+            mode,
+        }),
+        ..new_job("d", 0)
+    };
+    let merged = |o: InsertOutcome| match o {
+        InsertOutcome::Merged { job, outcome } => (job, outcome),
+        other => panic!("{other:?}"),
+    };
+    // A longer payload first: a REPLACE that shrinks it must keep the
+    // memory store's byte count right.
+    let a = insert(&s, keyed(DedupMode::Keep, b"one, the longest payload")).await;
+    assert_eq!(a.dedup_key.as_deref(), Some("k1"));
+    let out = s
+        .insert(vec![keyed(DedupMode::Replace, b"two")], u64::MAX)
+        .await;
+    let (r, outcome) = merged(out.unwrap().pop().unwrap());
+    assert_eq!((r.id, outcome), (a.id, DedupOutcome::Replaced));
+    assert_eq!((&r.payload[..], r.sequence), (&b"two"[..], a.sequence + 1));
+    assert_eq!(get(&s, a.id).await.payload, r.payload);
+    let out = s
+        .insert(vec![keyed(DedupMode::Keep, b"three")], u64::MAX)
+        .await;
+    let (k, outcome) = merged(out.unwrap().pop().unwrap());
+    assert_eq!(
+        (k.id, outcome, &k.payload[..]),
+        (a.id, DedupOutcome::Kept, &b"two"[..])
+    );
+    // Started: the key is free for a new job.
+    let claimed = s.claim(&claim_req(1, &[("d", 1)])).await.unwrap().jobs;
+    assert_eq!(claimed[0].id, a.id);
+    let b = insert(&s, keyed(DedupMode::Keep, b"four")).await;
+    assert_ne!(b.id, a.id);
+    // A drained attempt goes back QUEUED at attempt 0 without its key.
+    let back = Outcome::Requeue {
+        reason: "drain".into(),
+    };
+    let a2 = s
+        .finish(a.id, 1, back, now_micros())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a2.state, a2.attempt, a2.dedup_key),
+        (JobState::Queued, 0, None)
+    );
+    let out = s
+        .insert(vec![keyed(DedupMode::Keep, b"five")], u64::MAX)
+        .await;
+    assert_eq!(merged(out.unwrap().pop().unwrap()).0.id, b.id);
+    // RetryJobs: a fresh start, without the key.
+    s.cancel(b.id, now_micros()).await.unwrap();
+    let c = insert(&s, keyed(DedupMode::Keep, b"six")).await;
+    let retried = s.retry(&[b.id], now_micros(), u64::MAX).await.unwrap();
+    match &retried[0] {
+        RetryOutcome::Retried { job, .. } => assert_eq!(job.dedup_key, None),
+        other => panic!("{other:?}"),
+    }
+    let out = s
+        .insert(vec![keyed(DedupMode::Keep, b"seven")], u64::MAX)
+        .await;
+    assert_eq!(merged(out.unwrap().pop().unwrap()).0.id, c.id);
+}
+
+fn fair_limits(key_rate: Option<(f64, u32)>) -> HashMap<String, store::KindLimits> {
+    HashMap::from([(
+        "rr".to_string(),
+        store::KindLimits {
+            fairness: jobd::config::Fairness::RoundRobin,
+            key_rate: key_rate.map(|(per_second, burst)| store::RateLimit { per_second, burst }),
+            ..Default::default()
+        },
+    )])
+}
+
+fn fair_job(key: &str, priority: i32) -> NewJob {
+    NewJob {
+        fairness_key: key.into(),
+        ..new_job("rr", priority)
+    }
+}
+
+/// A round_robin kind's claims take one job per key per turn, from the key
+/// after the one served last; a key's own jobs keep priority order; jobs
+/// with no key share the key "".
+pub async fn round_robin_claims_rotate_over_keys(s: SharedStore) {
+    let mut ids = HashMap::new();
+    for (key, prio, name) in [
+        ("a", 0, "a1"),
+        ("a", 0, "a2"),
+        ("a", 0, "a3"),
+        ("b", 0, "b1"),
+        ("c", 0, "c2"),
+        ("c", 5, "c1"),
+        ("", 0, "none"),
+    ] {
+        let j = insert(&s, fair_job(key, prio)).await;
+        assert_eq!(j.fairness_key, key);
+        assert_eq!(get(&s, j.id).await.fairness_key, key, "stored");
+        ids.insert(j.id, name);
+    }
+    let mut req = claim_req(1, &[("rr", 1)]);
+    req.limits = fair_limits(None);
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        req.now = now_micros();
+        let got = s.claim(&req).await.unwrap().jobs;
+        assert_eq!(got.len(), 1);
+        order.push(ids[&got[0].id]);
+    }
+    assert_eq!(order, ["none", "a1", "b1"]);
+    // Four at once: one per key per turn, c (after b) first.
+    req.kinds.insert("rr".into(), 4);
+    req.limit = 4;
+    req.now = now_micros();
+    let got = s.claim(&req).await.unwrap().jobs;
+    let names: Vec<&str> = got.iter().map(|j| ids[&j.id]).collect();
+    assert_eq!(names, ["c1", "a2", "c2", "a3"]);
+    req.now = now_micros();
+    assert!(s.claim(&req).await.unwrap().jobs.is_empty());
+}
+
+/// `key_rate`: each key has its own bucket, kept by the store; a claim
+/// held back by a key's bucket says when it next has a token.
+pub async fn key_rate_holds_each_key_to_its_bucket(s: SharedStore) {
+    for key in ["a", "b"] {
+        for _ in 0..4 {
+            insert(&s, fair_job(key, 0)).await;
+        }
+    }
+    let mut req = claim_req(10, &[("rr", 10)]);
+    req.limits = fair_limits(Some((1.0, 2)));
+    let before = now_micros();
+    let out = s.claim(&req).await.unwrap();
+    let mut keys: Vec<&str> = out.jobs.iter().map(|j| j.fairness_key.as_str()).collect();
+    keys.sort();
+    assert_eq!(keys, ["a", "a", "b", "b"], "each key's burst, no more");
+    let wake = out
+        .rate_limited
+        .iter()
+        .find(|(k, _)| k == "rr")
+        .expect("held back")
+        .1;
+    assert!(
+        (before + 900_000..before + 1_500_000).contains(&wake),
+        "next token in about 1 s: {}",
+        wake - before
+    );
+    req.now = now_micros();
+    let again = s.claim(&req).await.unwrap();
+    assert!(again.jobs.is_empty(), "{:?}", again.jobs);
+    assert!(!again.rate_limited.is_empty());
+    // Another key is not held back by a and b's empty buckets.
+    insert(&s, fair_job("c", 0)).await;
+    req.now = now_micros();
+    let got = s.claim(&req).await.unwrap().jobs;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].fairness_key, "c");
+}
+
 macro_rules! contract {
     ($($name:ident),*) => {
         mod memory {
@@ -969,9 +1256,13 @@ contract!(
     retry_requeues_dead_jobs,
     paused_kinds_are_stored,
     schedules_are_stored,
+    stored_schedule_definitions,
     start_at_insert_only_when_nothing_of_its_kind_is_ready,
     progress_logs_and_checkpoints,
-    workflows_release_and_cascade
+    workflows_release_and_cascade,
+    dedup_keys_are_held_until_a_job_starts,
+    round_robin_claims_rotate_over_keys,
+    key_rate_holds_each_key_to_its_bucket
 );
 
 #[tokio::test]

@@ -52,6 +52,7 @@ from .errors import (
     Unknown,
 )
 from .types import (
+    Dedup,
     Job,
     JobAttempt,
     JobChange,
@@ -90,6 +91,7 @@ __all__ = [
     "ParentResult",
     "Submit",
     "SubmitResult",
+    "Dedup",
     "RetryResult",
     "KindStatus",
     "WorkerSession",

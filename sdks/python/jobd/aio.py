@@ -33,7 +33,7 @@ from .client import (
     _submit_request,
 )
 from .errors import JobdError, ResourceExhausted, Timeout, error_from_rpc
-from .types import Job, JobChange, JobEvent, JobGraph, KindStatus, LogLine, Payload, RetryResult, State, Submit, SubmitResult, WorkerSession
+from .types import Dedup, Job, JobChange, JobEvent, JobGraph, KindStatus, LogLine, Payload, RetryResult, State, Submit, SubmitResult, WorkerSession
 from .v1 import jobd_pb2 as pb
 from .v1 import jobd_pb2_grpc
 
@@ -110,14 +110,18 @@ class Client:
         depends_on: Optional[Iterable[Union[str, Job]]] = None,
         on_dependency_failure: Optional[str] = None,
         retries: Optional[int] = None,
+        start_within: Optional[float] = None,
+        start_before: Optional[Union[_dt.datetime, float]] = None,
+        dedup: Optional[Dedup] = None,
+        fairness_key: Optional[str] = None,
     ) -> Job:
         """See `jobd.Client.submit`."""
         req = _submit_request(
             kind, payload, key, priority, delay, run_at, labels, ordering_key, max_attempts, timeout,
-            depends_on, on_dependency_failure,
+            depends_on, on_dependency_failure, start_within, start_before, dedup, fairness_key,
         )
         reply = await self._with_retries(self._jobs.Submit, req, retries)
-        return Job.from_proto(reply.job, reply.deduplicated)
+        return Job.from_proto(reply.job, reply.deduplicated, reply.dedup_outcome)
 
     async def submit_batch(
         self, entries: Iterable[Union[Submit, pb.SubmitRequest]], *, retries: Optional[int] = None

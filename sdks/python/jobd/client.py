@@ -11,6 +11,7 @@ import grpc
 from ._conn import TLSOption, Connection
 from .errors import JobdError, ResourceExhausted, Timeout, Unavailable, error_from_rpc
 from .types import (
+    Dedup,
     Job,
     JobChange,
     JobEvent,
@@ -59,10 +60,14 @@ def _submit_request(
     timeout: Optional[float],
     depends_on: Optional[Iterable[Union[str, Job]]],
     on_dependency_failure: Optional[str],
+    start_within: Optional[float],
+    start_before: Optional[Union[_dt.datetime, float]],
+    dedup: Optional[Dedup],
+    fairness_key: Optional[str],
 ) -> pb.SubmitRequest:
     return Submit(
         kind, payload, key, priority, delay, run_at, labels, ordering_key, max_attempts, timeout,
-        depends_on, on_dependency_failure,
+        depends_on, on_dependency_failure, start_within, start_before, dedup, fairness_key,
     ).to_proto()
 
 
@@ -118,9 +123,9 @@ def _retry_request(
         if labels:
             f.labels.update(labels)
         if finished_after is not None:
-            f.finished_after.CopyFrom(_timestamp(finished_after))
+            f.finished_after.CopyFrom(_timestamp(finished_after, "finished_after"))
         if finished_before is not None:
-            f.finished_before.CopyFrom(_timestamp(finished_before))
+            f.finished_before.CopyFrom(_timestamp(finished_before, "finished_before"))
     return r
 
 
@@ -249,6 +254,10 @@ class Client:
         depends_on: Optional[Iterable[Union[str, Job]]] = None,
         on_dependency_failure: Optional[str] = None,
         retries: Optional[int] = None,
+        start_within: Optional[float] = None,
+        start_before: Optional[Union[_dt.datetime, float]] = None,
+        dedup: Optional[Dedup] = None,
+        fairness_key: Optional[str] = None,
     ) -> Job:
         """Submits one job; returns it once it is durable in jobd's store.
 
@@ -266,13 +275,25 @@ class Client:
         (`ctx.parents`). `on_dependency_failure`: when a parent ends FAILED
         or CANCELLED, "cancel" (the default: this job is CANCELLED too) or
         "run" (it runs anyway, once every parent is terminal). An unknown
-        parent id is InvalidArgument."""
+        parent id is InvalidArgument.
+
+        `start_within` (seconds from now) or `start_before` (an aware
+        datetime or a Unix time): the start deadline; a job not started by
+        then ends FAILED ("expired: ..."), never late (`job.start_before`).
+        `dedup`: a `jobd.Dedup(key, mode="keep"|"replace"|"debounce",
+        window=None, max_wait=None)`: the kind's job that holds the key and
+        has not started takes this submit; `job.dedup_outcome` says what
+        happened ("created", "kept", "replaced", "debounced").
+
+        `fairness_key`: the key a `fairness = "round_robin"` kind's claims
+        rotate over (e.g. a tenant; at most 256 bytes, no NUL); without it,
+        `ordering_key` (`job.fairness_key`)."""
         req = _submit_request(
             kind, payload, key, priority, delay, run_at, labels, ordering_key, max_attempts, timeout,
-            depends_on, on_dependency_failure,
+            depends_on, on_dependency_failure, start_within, start_before, dedup, fairness_key,
         )
         reply = self._with_retries(self._jobs.Submit, req, retries)
-        return Job.from_proto(reply.job, reply.deduplicated)
+        return Job.from_proto(reply.job, reply.deduplicated, reply.dedup_outcome)
 
     def submit_batch(
         self, entries: Iterable[Union[Submit, pb.SubmitRequest]], *, retries: Optional[int] = None

@@ -25,6 +25,7 @@ __all__ = [
     "JobChange",
     "Submit",
     "SubmitResult",
+    "Dedup",
     "RetryResult",
     "KindStatus",
     "WorkerSession",
@@ -117,6 +118,65 @@ def _dependency_failure_from_proto(value: int, has_parents: bool) -> Optional[st
     return None
 
 
+#: `Dedup.mode` values, as sent.
+_DEDUP_MODES: Dict[str, "pb.DedupMode"] = {
+    "keep": pb.DEDUP_MODE_KEEP,
+    "replace": pb.DEDUP_MODE_REPLACE,
+    "debounce": pb.DEDUP_MODE_DEBOUNCE,
+}
+
+#: `SubmitResponse.dedup_outcome` values, as `Job.dedup_outcome` tells them.
+_DEDUP_OUTCOMES: Dict[int, str] = {
+    pb.DEDUP_OUTCOME_CREATED: "created",
+    pb.DEDUP_OUTCOME_KEPT: "kept",
+    pb.DEDUP_OUTCOME_REPLACED: "replaced",
+    pb.DEDUP_OUTCOME_DEBOUNCED: "debounced",
+}
+
+
+def _dedup_outcome(value: int) -> Optional[str]:
+    """"created", "kept", "replaced" or "debounced"; None for a submit
+    without dedup (or an outcome this SDK does not know)."""
+    return _DEDUP_OUTCOMES.get(value)
+
+
+@dataclass(frozen=True)
+class Dedup:
+    """A submit's deduplication over the kind's jobs that have not started
+    (QUEUED, delayed or WAITING): the job that holds `key` takes the submit.
+
+    `mode`: "keep" (the default: that job is returned as it is,
+    `deduplicated` True), "replace" (it takes the new payload, labels and
+    run_at: same id, watchers see a change) or "debounce" ("replace", and it
+    runs `window` seconds after the last submit, never later than `max_wait`
+    seconds after the first). No job holding the key: a new one (which
+    "debounce" delays by `window` too). `window` is required with
+    "debounce" and refused with the other modes, as is `max_wait`; jobd
+    checks the bounds (key 1..=256 bytes; durations more than 0, at most a
+    year) and names the field of a bad one (InvalidArgument "dedup.key")."""
+
+    key: str
+    mode: str = "keep"
+    #: Seconds; "debounce" only (required there).
+    window: Optional[float] = None
+    #: Seconds; "debounce" only (optional).
+    max_wait: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.key, str):
+            raise TypeError(f"Dedup.key must be a str, not {type(self.key).__name__}")
+        if not isinstance(self.mode, str) or self.mode.lower() not in _DEDUP_MODES:
+            raise ValueError(f"Dedup.mode must be 'keep', 'replace' or 'debounce', not {self.mode!r}")
+
+    def to_proto(self) -> pb.Dedup:
+        d = pb.Dedup(key=self.key, mode=_DEDUP_MODES[self.mode.lower()])
+        if self.window is not None:
+            d.window.CopyFrom(_duration(self.window))
+        if self.max_wait is not None:
+            d.max_wait.CopyFrom(_duration(self.max_wait))
+        return d
+
+
 def _depends_on(value: Any) -> List[str]:
     """`depends_on` as the ids sent: each a job id, "$N" (an earlier entry
     of the same batch), or a Job (its id)."""
@@ -151,11 +211,11 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
-def _timestamp(when: Union[_dt.datetime, float]) -> timestamp_pb2.Timestamp:
+def _timestamp(when: Union[_dt.datetime, float], what: str = "run_at") -> timestamp_pb2.Timestamp:
     t = timestamp_pb2.Timestamp()
     if isinstance(when, _dt.datetime):
         if when.tzinfo is None:
-            raise ValueError("run_at must be timezone-aware (e.g. datetime.now(timezone.utc))")
+            raise ValueError(f"{what} must be timezone-aware (e.g. datetime.now(timezone.utc))")
         when = when.timestamp()
     t.FromNanoseconds(int(round(when * 1e9)))
     return t
@@ -340,6 +400,19 @@ class Job:
     #: The job's last 25 ended attempts, oldest first: where each ran and
     #: how it ended (the error of an attempt that was retried stays here).
     attempts: List[JobAttempt] = field(default_factory=list)
+    #: Its start deadline (`start_before`, `start_within`, or the kind's
+    #: `start_within`): not started by then, it ends FAILED ("expired: ...").
+    #: None for none.
+    start_before: Optional[_dt.datetime] = None
+    #: Its `Dedup.key`, or "". Held while the job has not started.
+    dedup_key: str = ""
+    #: Set by `submit` with `dedup`: what it did, "created" (a new job),
+    #: "kept" (the job holding the key, unchanged; `deduplicated` is True
+    #: too), "replaced" or "debounced" (that job, updated). None otherwise.
+    dedup_outcome: Optional[str] = None
+    #: The key a `fairness = "round_robin"` kind's claims rotate over: the
+    #: submit's `fairness_key`, else its `ordering_key`, else "".
+    fairness_key: str = ""
 
     @property
     def done(self) -> bool:
@@ -359,7 +432,9 @@ class Job:
         return self.result.decode("utf-8")
 
     @classmethod
-    def from_proto(cls, j: pb.Job, deduplicated: bool = False) -> "Job":
+    def from_proto(
+        cls, j: pb.Job, deduplicated: bool = False, dedup_outcome: "pb.DedupOutcome" = pb.DEDUP_OUTCOME_UNSPECIFIED
+    ) -> "Job":
         return cls(
             id=j.id,
             kind=j.kind,
@@ -388,6 +463,10 @@ class Job:
             waiting_on=j.waiting_on,
             on_dependency_failure=_dependency_failure_from_proto(j.on_dependency_failure, len(j.parent_ids) > 0),
             attempts=[JobAttempt.from_proto(a) for a in j.attempts],
+            start_before=_time(j.start_before, j, "start_before"),
+            dedup_key=j.dedup_key,
+            dedup_outcome=_dedup_outcome(dedup_outcome),
+            fairness_key=j.fairness_key,
         )
 
 
@@ -461,7 +540,8 @@ class JobChange:
 class Submit:
     """One entry of `Client.submit_batch`: the same arguments as `submit`.
     `depends_on` may name an earlier entry of the same batch as "$N" (its
-    0-based index, below this entry's own)."""
+    0-based index, below this entry's own). A later entry's `dedup` merges
+    into an earlier entry holding the same key."""
 
     kind: str
     payload: Payload = b""
@@ -475,6 +555,14 @@ class Submit:
     timeout: Optional[float] = None
     depends_on: Optional[Iterable[Union[str, "Job"]]] = None
     on_dependency_failure: Optional[str] = None
+    #: Seconds from now: the start deadline (`start_before` = now + this).
+    start_within: Optional[float] = None
+    #: The start deadline: an aware datetime or a Unix time.
+    start_before: Optional[Union[_dt.datetime, float]] = None
+    dedup: Optional[Dedup] = None
+    #: The key a `fairness = "round_robin"` kind's claims rotate over
+    #: (default: `ordering_key`).
+    fairness_key: Optional[str] = None
 
     def to_proto(self) -> pb.SubmitRequest:
         r = pb.SubmitRequest(
@@ -486,6 +574,7 @@ class Submit:
             ordering_key=self.ordering_key or "",
             depends_on=_depends_on(self.depends_on),
             on_dependency_failure=_dependency_failure_to_proto(self.on_dependency_failure),
+            fairness_key=self.fairness_key or "",
         )
         if self.labels:
             r.labels.update(self.labels)
@@ -497,6 +586,16 @@ class Submit:
             r.run_at.CopyFrom(_timestamp(time.time() + self.delay))
         elif self.run_at is not None:
             r.run_at.CopyFrom(_timestamp(self.run_at))
+        if self.start_within is not None and self.start_before is not None:
+            raise ValueError("give start_within or start_before, not both")
+        if self.start_within is not None:
+            r.start_before.CopyFrom(_timestamp(time.time() + self.start_within))
+        elif self.start_before is not None:
+            r.start_before.CopyFrom(_timestamp(self.start_before, "start_before"))
+        if self.dedup is not None:
+            if not isinstance(self.dedup, Dedup):
+                raise TypeError(f"dedup must be a jobd.Dedup, not {type(self.dedup).__name__}")
+            r.dedup.CopyFrom(self.dedup.to_proto())
         return r
 
 
@@ -515,10 +614,16 @@ class SubmitResult:
     def deduplicated(self) -> bool:
         return self.job is not None and self.job.deduplicated
 
+    @property
+    def dedup_outcome(self) -> Optional[str]:
+        """The entry's `Job.dedup_outcome` (None for a refused entry)."""
+        return None if self.job is None else self.job.dedup_outcome
+
     @classmethod
     def from_proto(cls, r: pb.SubmitResult) -> "SubmitResult":
         if r.WhichOneof("result") == "accepted":
-            return cls(job=Job.from_proto(r.accepted.job, r.accepted.deduplicated))
+            a = r.accepted
+            return cls(job=Job.from_proto(a.job, a.deduplicated, a.dedup_outcome))
         return cls(error=error_from_status(r.error))
 
 

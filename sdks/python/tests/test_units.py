@@ -2,6 +2,7 @@
 the worker's handling of stale acks."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import pickle
@@ -414,3 +415,61 @@ def test_worker_touch_acks_resolve_the_attempts_touches():
 def test_job_checkpoint_size_from_proto():
     assert jobd.Job.from_proto(pb.Job(id="i", kind="k", checkpoint_size=65536)).checkpoint_size == 65536
     assert jobd.Job.from_proto(pb.Job(id="i", kind="k")).checkpoint_size == 0
+
+
+def test_dedup_and_start_deadline_values():
+    """Dedup and the start deadline on the wire; Job's fields back."""
+    r = jobd.Submit("k", dedup=jobd.Dedup("a", "Debounce", window=1.5, max_wait=60), start_within=30).to_proto()
+    assert r.dedup.key == "a" and r.dedup.mode == pb.DEDUP_MODE_DEBOUNCE
+    assert r.dedup.window.ToMilliseconds() == 1500 and r.dedup.max_wait.ToSeconds() == 60
+    assert abs(r.start_before.ToMilliseconds() / 1000 - (time.time() + 30)) < 5
+    keep = jobd.Submit("k", dedup=jobd.Dedup("b")).to_proto()
+    assert keep.dedup.mode == pb.DEDUP_MODE_KEEP and not keep.dedup.HasField("window")
+    assert not keep.HasField("start_before") and not jobd.Submit("k").to_proto().HasField("dedup")
+    at = datetime.datetime(2030, 1, 1, tzinfo=datetime.timezone.utc)
+    assert jobd.Submit("k", start_before=at).to_proto().start_before.ToSeconds() == int(at.timestamp())
+    assert jobd.Submit("k", start_before=1_900_000_000.5).to_proto().start_before.ToMilliseconds() == 1_900_000_000_500
+    with pytest.raises(ValueError, match="start_before must be timezone-aware"):
+        jobd.Submit("k", start_before=datetime.datetime(2030, 1, 1)).to_proto()
+    with pytest.raises(ValueError, match="not both"):
+        jobd.Submit("k", start_within=1, start_before=at).to_proto()
+    with pytest.raises(ValueError, match="Dedup.mode"):
+        jobd.Dedup("k", "discard")
+    with pytest.raises(TypeError):
+        jobd.Dedup(b"k")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        jobd.Submit("k", dedup=("k", "keep")).to_proto()  # type: ignore[arg-type]
+    d = jobd.Dedup("k")
+    with pytest.raises(AttributeError):
+        d.key = "other"  # type: ignore[misc]  # frozen
+
+    j = pb.Job(id="i", kind="k", dedup_key="dk")
+    j.start_before.FromSeconds(1_700_000_000)
+    job = jobd.Job.from_proto(j, True, pb.DEDUP_OUTCOME_KEPT)
+    assert job.dedup_key == "dk" and job.dedup_outcome == "kept" and job.deduplicated
+    assert job.start_before == datetime.datetime.fromtimestamp(1_700_000_000, datetime.timezone.utc)
+    plain = jobd.Job.from_proto(pb.Job(id="i", kind="k"))
+    assert plain.start_before is None and plain.dedup_key == "" and plain.dedup_outcome is None
+    outcomes = {v: jobd.Job.from_proto(pb.Job(), False, v).dedup_outcome for v in pb.DedupOutcome.values()}
+    assert outcomes == {
+        pb.DEDUP_OUTCOME_UNSPECIFIED: None,
+        pb.DEDUP_OUTCOME_CREATED: "created",
+        pb.DEDUP_OUTCOME_KEPT: "kept",
+        pb.DEDUP_OUTCOME_REPLACED: "replaced",
+        pb.DEDUP_OUTCOME_DEBOUNCED: "debounced",
+    }
+    ok = pb.SubmitResult(accepted=pb.SubmitResponse(job=pb.Job(id="i"), dedup_outcome=pb.DEDUP_OUTCOME_REPLACED))
+    assert jobd.SubmitResult.from_proto(ok).dedup_outcome == "replaced"
+
+
+def test_fairness_key_values():
+    """fairness_key on the wire, last in Submit (positional use unchanged); Job's back."""
+    assert jobd.Submit("k", fairness_key="t-1").to_proto().fairness_key == "t-1"
+    assert jobd.Submit("k").to_proto().fairness_key == ""
+    positional = jobd.Submit("k", b"", None, 0, None, None, None, "ord", 0, None, None, None, None, None, None, "fair")
+    r = positional.to_proto()
+    assert r.ordering_key == "ord" and r.fairness_key == "fair"
+    assert jobd.Job.from_proto(pb.Job(id="i", kind="k", fairness_key="t-2")).fairness_key == "t-2"
+    assert jobd.Job.from_proto(pb.Job(id="i", kind="k")).fairness_key == ""
+    assert [f.name for f in dataclasses.fields(jobd.Job)][-1] == "fairness_key"
+    assert [f.name for f in dataclasses.fields(jobd.Submit)][-1] == "fairness_key"

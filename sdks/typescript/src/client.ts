@@ -13,6 +13,8 @@ import {
 } from "./errors.js";
 import * as pb from "./gen/jobd/v1/jobd_pb.js";
 import {
+  dedupModeValue,
+  dedupOutcomeName,
   dependencyFailureValue,
   encodePayload,
   fromProto,
@@ -20,6 +22,8 @@ import {
   isTerminal,
   logLineFromProto,
   stateValue,
+  type DedupMode,
+  type DedupOutcome,
   type DependencyFailure,
   type Job,
   type JobEvent,
@@ -48,6 +52,23 @@ export interface CallOptions {
   signal?: AbortSignal;
   /** Deadline of the call (it then rejects with DeadlineExceededError). */
   timeoutMs?: number;
+}
+
+/**
+ * A submit's deduplication over the kind's jobs that have not started
+ * (QUEUED, delayed or WAITING): the job holding `key` takes the submit, as
+ * `mode` says (default `"keep"`). No job holding it: a new one (which
+ * `"debounce"` delays by `windowMs` too). jobd checks the bounds and names
+ * the field of a bad one (InvalidArgumentError, `field` `"dedup.key"`).
+ */
+export interface DedupOptions {
+  /** Required, 1..=256 bytes, no NUL. */
+  key: string;
+  mode?: DedupMode;
+  /** `"debounce"` only, required there: the job runs this long after the last submit. */
+  windowMs?: number;
+  /** `"debounce"` only: never later than this long after the job's first submit. */
+  maxWaitMs?: number;
 }
 
 /** How a job is submitted; every field is optional. */
@@ -82,6 +103,20 @@ export interface SubmitOptions {
    * parent is terminal, whatever their outcome: a "finally" callback).
    */
   onDependencyFailure?: DependencyFailure;
+  /**
+   * Start deadline, this many milliseconds from now: a job not started by
+   * then ends FAILED ("expired: …") and never starts late (`job.startBefore`).
+   */
+  startWithinMs?: number;
+  /** Start deadline as a time (wins over `startWithinMs`). */
+  startBefore?: Date;
+  /** Merge into the kind's job that holds this key and has not started; `dedupOutcome` says what happened. */
+  dedup?: DedupOptions;
+  /**
+   * The key a `fairness = "round_robin"` kind's claims rotate over (e.g. a
+   * tenant; at most 256 bytes, no NUL); default: `orderingKey`.
+   */
+  fairnessKey?: string;
   /** W3C trace context handed to every attempt. */
   traceparent?: string;
   tracestate?: string;
@@ -91,8 +126,10 @@ export interface SubmitOptions {
 
 /** A job as submitted. */
 export interface SubmittedJob extends Job {
-  /** True when an earlier job with the same key and request was returned. */
+  /** True when an earlier job was returned unchanged: the same key and request, or a dedup `"keep"`. */
   deduplicated: boolean;
+  /** What `dedup` did; `undefined` for a submit without it. */
+  dedupOutcome: DedupOutcome | undefined;
 }
 
 /** One entry of `submitBatch`. */
@@ -103,8 +140,8 @@ export interface BatchEntry extends Omit<SubmitOptions, "signal" | "retries" | "
 
 /** What `submitBatch` answers for one entry, at the same index. */
 export type BatchResult =
-  | { ok: true; job: Job; deduplicated: boolean; error?: undefined }
-  | { ok: false; error: JobdError; job?: undefined; deduplicated?: undefined };
+  | { ok: true; job: Job; deduplicated: boolean; dedupOutcome: DedupOutcome | undefined; error?: undefined }
+  | { ok: false; error: JobdError; job?: undefined; deduplicated?: undefined; dedupOutcome?: undefined };
 
 /** Which jobs `list` returns; every field is optional. */
 export interface ListFilter {
@@ -252,7 +289,8 @@ export class Client {
     const res = await this.withRetry({ signal: options.signal, retries: options.retries }, (o) =>
       this.jobs.submit(req, { ...o, headers }),
     );
-    return { ...fromProto(res.job!), deduplicated: res.deduplicated };
+    const dedupOutcome = dedupOutcomeName(res.dedupOutcome);
+    return { ...fromProto(res.job!), deduplicated: res.deduplicated, dedupOutcome };
   }
 
   /**
@@ -264,13 +302,16 @@ export class Client {
    * An entry's `dependsOn` may name an earlier entry as `"$N"` (its 0-based
    * index), so a whole graph goes in one atomic call: e.g. parents, then a
    * callback `{ kind: "report", dependsOn: ["$0", "$1"], onDependencyFailure: "run" }`.
+   * A later entry's `dedup` merges into an earlier entry holding the same key.
    */
   async submitBatch(entries: BatchEntry[], options: CallOptions & { retries?: number } = {}): Promise<BatchResult[]> {
     const requests = entries.map((e) => submitRequest(e.kind, e.payload, e));
     const res = await this.withRetry(options, (o) => this.jobs.submitBatch({ requests }, o));
     return res.results.map((r): BatchResult => {
       if (r.result.case === "accepted") {
-        return { ok: true, job: fromProto(r.result.value.job!), deduplicated: r.result.value.deduplicated };
+        const a = r.result.value;
+        const dedupOutcome = dedupOutcomeName(a.dedupOutcome);
+        return { ok: true, job: fromProto(a.job!), deduplicated: a.deduplicated, dedupOutcome };
       }
       const status = r.result.case === "error" ? r.result.value : undefined;
       return {
@@ -565,6 +606,11 @@ function submitRequest(kind: string, payload: Payload, o: Omit<SubmitOptions, "s
     : o.delayMs !== undefined && o.delayMs > 0
       ? timestampFromMs(Date.now() + o.delayMs)
       : undefined;
+  const startBefore = o.startBefore
+    ? timestampFromDate(o.startBefore)
+    : o.startWithinMs !== undefined
+      ? timestampFromMs(Date.now() + o.startWithinMs)
+      : undefined;
   return create(pb.SubmitRequestSchema, {
     kind,
     payload: encodePayload(payload),
@@ -577,6 +623,23 @@ function submitRequest(kind: string, payload: Payload, o: Omit<SubmitOptions, "s
     orderingKey: o.orderingKey ?? "",
     dependsOn: dependsOn(o.dependsOn),
     onDependencyFailure: dependencyFailureValue(o.onDependencyFailure),
+    startBefore,
+    dedup: dedup(o.dedup),
+    fairnessKey: o.fairnessKey ?? "",
+  });
+}
+
+/** `dedup` as sent; jobd checks the key and the durations (naming the field). */
+function dedup(d: DedupOptions | undefined): pb.Dedup | undefined {
+  if (d === undefined) return undefined;
+  if (typeof d !== "object" || d === null || typeof d.key !== "string") {
+    throw new TypeError(`dedup must be { key: string, mode?, windowMs?, maxWaitMs? }, not ${JSON.stringify(d)}`);
+  }
+  return create(pb.DedupSchema, {
+    key: d.key,
+    mode: dedupModeValue(d.mode),
+    window: d.windowMs !== undefined ? durationFromMs(d.windowMs) : undefined,
+    maxWait: d.maxWaitMs !== undefined ? durationFromMs(d.maxWaitMs) : undefined,
   });
 }
 

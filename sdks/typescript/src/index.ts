@@ -8,6 +8,7 @@ export type {
   BatchResult,
   CallOptions,
   ClientOptions,
+  DedupOptions,
   GraphOptions,
   JobChange,
   JobPage,
@@ -27,6 +28,8 @@ export { DEFAULT_ADDRESS } from "./connection.js";
 export type { ConnectionOptions, TlsOptions } from "./connection.js";
 export { TERMINAL_STATES, decodeJson, decodeText, encodePayload, isTerminal } from "./job.js";
 export type {
+  DedupMode,
+  DedupOutcome,
   DependencyFailure,
   Job,
   JobAttempt,

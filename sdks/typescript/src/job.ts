@@ -17,6 +17,21 @@ export type JobState = keyof typeof pb.JobState;
  */
 export type DependencyFailure = "cancel" | "run";
 
+/**
+ * What a submit's `dedup` does when a job of the kind that has not started
+ * holds its key: `"keep"` (the default: that job, unchanged), `"replace"`
+ * (it takes the new payload, labels and run_at) or `"debounce"` (replace,
+ * and it runs `windowMs` after the last submit, capped by `maxWaitMs`).
+ */
+export type DedupMode = "keep" | "replace" | "debounce";
+
+/**
+ * What a submit's `dedup` did: `"created"` (no job held the key: a new
+ * one), `"kept"` (the job holding it, unchanged), `"replaced"` or
+ * `"debounced"` (that job, updated: same id, one more `sequence`).
+ */
+export type DedupOutcome = "created" | "kept" | "replaced" | "debounced";
+
 /** States a job never leaves. */
 export const TERMINAL_STATES: ReadonlySet<JobState> = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
 
@@ -68,6 +83,16 @@ export interface Job {
   onDependencyFailure: DependencyFailure | undefined;
   /** The job's last 25 ended attempts, oldest first: where each ran and how it ended. */
   attempts: JobAttempt[];
+  /**
+   * Its start deadline (`startBefore`, `startWithinMs`, or the kind's
+   * `start_within`): not started by then, it ends FAILED ("expired: …").
+   * `undefined` for none.
+   */
+  startBefore: Date | undefined;
+  /** Its `dedup.key`, or `""`. Held while the job has not started. */
+  dedupKey: string;
+  /** The key a `fairness = "round_robin"` kind's claims rotate over: the submit's `fairnessKey`, else its `orderingKey`, else `""`. */
+  fairnessKey: string;
 }
 
 /** One ended attempt of a job (`job.attempts`). */
@@ -213,6 +238,37 @@ export function dependencyFailureValue(d: DependencyFailure | undefined): pb.Dep
   }
 }
 
+/** A dedup mode as the wire value; `undefined`: unset (KEEP). */
+export function dedupModeValue(m: DedupMode | undefined): pb.DedupMode {
+  switch (m) {
+    case undefined:
+    case "keep":
+      return pb.DedupMode.KEEP;
+    case "replace":
+      return pb.DedupMode.REPLACE;
+    case "debounce":
+      return pb.DedupMode.DEBOUNCE;
+    default:
+      throw new TypeError(`dedup.mode must be "keep", "replace" or "debounce", not ${JSON.stringify(m)}`);
+  }
+}
+
+/** A SubmitResponse's dedup outcome; `undefined` for a submit without dedup (or an outcome this SDK does not know). */
+export function dedupOutcomeName(o: pb.DedupOutcome): DedupOutcome | undefined {
+  switch (o) {
+    case pb.DedupOutcome.CREATED:
+      return "created";
+    case pb.DedupOutcome.KEPT:
+      return "kept";
+    case pb.DedupOutcome.REPLACED:
+      return "replaced";
+    case pb.DedupOutcome.DEBOUNCED:
+      return "debounced";
+    default:
+      return undefined;
+  }
+}
+
 function dependencyFailureName(d: pb.DependencyFailure, hasParents: boolean): DependencyFailure | undefined {
   if (d === pb.DependencyFailure.RUN) return "run";
   // Unset with parents: the default.
@@ -277,6 +333,9 @@ export function fromProto(j: pb.Job): Job {
     waitingOn: j.waitingOn,
     onDependencyFailure: dependencyFailureName(j.onDependencyFailure, j.parentIds.length > 0),
     attempts: j.attempts.map(attemptFromProto),
+    startBefore: date(j.startBefore),
+    dedupKey: j.dedupKey,
+    fairnessKey: j.fairnessKey,
   };
 }
 

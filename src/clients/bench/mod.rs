@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 use crate::proto::{self, job_service_client::JobServiceClient};
 
+mod fair;
 mod progress_load;
 mod results;
 use results::{micros, wait_all_done};
@@ -45,6 +46,10 @@ pub enum Scenario {
     /// `--jobs` parents and one callback depending on all: the last
     /// parent's finish to the callback's start; not in `all`.
     Fanin,
+    /// `drain` over `--keys` fairness keys on `--kind` (plain), then on
+    /// `--fair-kind` (`fairness = "round_robin"`), with the ratio; not in
+    /// `all`.
+    Fair,
     /// All of the above.
     All,
 }
@@ -72,9 +77,16 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 200_000)]
     pub jobs: usize,
     /// `drain`: spread the jobs over this many ordering keys (round robin),
-    /// to measure claims under `key_concurrency`; 0: no keys.
+    /// to measure claims under `key_concurrency`; 0: no keys. `fair`: the
+    /// fairness keys (default 10,000).
     #[arg(long, default_value_t = 0)]
     pub keys: usize,
+    /// `fair`: the kind declared with `fairness = "round_robin"`.
+    #[arg(long, default_value = "fair")]
+    pub fair_kind: String,
+    /// Set by `fair`: `drain`'s keys go in `fairness_key`.
+    #[arg(skip)]
+    pub fairness_keys: bool,
     /// Offered submits per second for `e2e`.
     #[arg(long, default_value_t = 200)]
     pub rate: u64,
@@ -394,7 +406,12 @@ async fn drain(a: &BenchArgs, chans: &[Channel]) -> Result<Row, BenchError> {
                 labels: [("bench".to_string(), run.clone())].into(),
                 ordering_key: match a.keys {
                     0 => String::new(),
+                    _ if a.fairness_keys => String::new(),
                     k => format!("key-{}", (loaded + i) % k),
+                },
+                fairness_key: match a.keys {
+                    k if k > 0 && a.fairness_keys => format!("key-{}", (loaded + i) % k),
+                    _ => String::new(),
                 },
                 ..echo(&a.kind, (loaded + i) as u64)
             })
@@ -429,6 +446,7 @@ async fn drain(a: &BenchArgs, chans: &[Channel]) -> Result<Row, BenchError> {
     }
     let keys = match a.keys {
         0 => String::new(),
+        k if a.fairness_keys => format!(" over {k} fairness keys"),
         k => format!(" over {k} ordering keys"),
     };
     let note = if late {
@@ -689,6 +707,7 @@ pub async fn run(a: &BenchArgs, addr: &str) -> Result<Vec<Row>, BenchError> {
         Scenario::Progress => rows.extend(progress_load::progress_load(a, addr, &chans).await?),
         Scenario::Chain => rows.push(workflows::chain(a, &chans).await?),
         Scenario::Fanin => rows.push(workflows::fanin(a, &chans).await?),
+        Scenario::Fair => rows.extend(fair::fair(a, &chans).await?),
         _ => {}
     }
     if std::io::stderr().is_terminal() {

@@ -48,6 +48,10 @@ pub struct SubmitArgs {
     /// with the same key run at once, in submit order.
     #[arg(long)]
     pub ordering_key: Option<String>,
+    /// Fairness key (default: the ordering key): a kind with
+    /// `fairness = "round_robin"` claims its jobs key by key in rotation.
+    #[arg(long)]
+    pub fairness_key: Option<String>,
     /// Wait until the job finishes; exit 4 if it FAILED or was CANCELLED.
     #[arg(long)]
     pub wait: bool,
@@ -63,8 +67,32 @@ pub struct SubmitArgs {
     /// starting late.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub start_within: Option<Duration>,
+    /// Dedup key: merge into the job of this kind and key that has not
+    /// started yet, if there is one (see --dedup-mode).
+    #[arg(long, value_name = "KEY")]
+    pub dedup: Option<String>,
+    /// keep (return the waiting job as it is), replace (give it this
+    /// payload, labels and delay) or debounce (replace, and run it
+    /// --dedup-window after the last submit).
+    #[arg(long, value_parser = parse_dedup_mode, default_value = "keep", requires = "dedup")]
+    pub dedup_mode: proto::DedupMode,
+    /// debounce: how long after the last submit the job runs (e.g. 5s).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "dedup")]
+    pub dedup_window: Option<Duration>,
+    /// debounce: never later than this after the first submit (e.g. 1m).
+    #[arg(long, value_parser = humantime::parse_duration, requires = "dedup")]
+    pub dedup_max_wait: Option<Duration>,
     #[command(flatten)]
     pub common: Common,
+}
+
+fn parse_dedup_mode(s: &str) -> Result<proto::DedupMode, String> {
+    match s {
+        "keep" => Ok(proto::DedupMode::Keep),
+        "replace" => Ok(proto::DedupMode::Replace),
+        "debounce" => Ok(proto::DedupMode::Debounce),
+        _ => Err(format!("{s:?}: keep, replace or debounce")),
+    }
 }
 
 // `jobd list`'s flags; its help text is `ClientCommand::List`'s.
@@ -148,6 +176,17 @@ pub(super) async fn submit(c: &mut JobClient, a: SubmitArgs, json: bool) -> Resu
         start_before: a
             .start_within
             .map(|d| prost_types::Timestamp::from(std::time::SystemTime::now() + d)),
+        dedup: a.dedup.map(|key| proto::Dedup {
+            key,
+            mode: a.dedup_mode as i32,
+            window: a
+                .dedup_window
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
+            max_wait: a
+                .dedup_max_wait
+                .and_then(|d| prost_types::Duration::try_from(d).ok()),
+        }),
+        fairness_key: a.fairness_key.unwrap_or_default(),
     };
     let r = c.submit(req).await?.into_inner();
     if json && !a.wait {
@@ -156,10 +195,12 @@ pub(super) async fn submit(c: &mut JobClient, a: SubmitArgs, json: bool) -> Resu
     }
     let job = r.job.unwrap_or_default();
     if !a.wait {
-        let dedup = if r.deduplicated {
-            " (deduplicated)"
-        } else {
-            ""
+        let dedup = match proto::DedupOutcome::try_from(r.dedup_outcome) {
+            Ok(proto::DedupOutcome::Kept) => " (kept: a job held the dedup key)",
+            Ok(proto::DedupOutcome::Replaced) => " (replaced the job holding the dedup key)",
+            Ok(proto::DedupOutcome::Debounced) => " (debounced the job holding the dedup key)",
+            _ if r.deduplicated => " (deduplicated)",
+            _ => "",
         };
         out!("{}{dedup}", job.id);
         return Ok(exit::OK);

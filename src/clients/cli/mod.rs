@@ -72,6 +72,7 @@ mod graph;
 mod health;
 mod jobs;
 mod output;
+mod schedules;
 
 pub use admin::RetryArgs;
 pub use connection::{Connection, ConnectionError};
@@ -95,7 +96,7 @@ pub struct Common {
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
     /// Submit a job.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show a job.
     Status {
         id: String,
@@ -163,7 +164,8 @@ pub enum ClientCommand {
     },
     /// Every cron schedule: kind, expression, zone, next fire, paused, last
     /// job; `schedules pause ID` / `schedules resume ID` stop and restart
-    /// one's fires.
+    /// one's fires; `schedules create|update|delete ID` manage schedules
+    /// stored through the API.
     Schedules {
         #[command(subcommand)]
         action: Option<ScheduleAction>,
@@ -192,8 +194,8 @@ impl ClientCommand {
     /// The connection and output flags every client command carries.
     pub fn common(&self) -> &Common {
         match self {
-            ClientCommand::Submit(SubmitArgs { common, .. })
-            | ClientCommand::List(ListArgs { common, .. })
+            ClientCommand::Submit(a) => &a.common,
+            ClientCommand::List(ListArgs { common, .. })
             | ClientCommand::Retry(RetryArgs { common, .. })
             | ClientCommand::Status { common, .. }
             | ClientCommand::Graph { common, .. }
@@ -214,15 +216,20 @@ impl ClientCommand {
                 action:
                     Some(
                         ScheduleAction::Pause { common, .. }
-                        | ScheduleAction::Resume { common, .. },
+                        | ScheduleAction::Resume { common, .. }
+                        | ScheduleAction::Delete { common, .. },
                     ),
                 ..
             } => common,
+            ClientCommand::Schedules {
+                action: Some(ScheduleAction::Create(args) | ScheduleAction::Update(args)),
+                ..
+            } => &args.common,
         }
     }
 }
 
-/// `jobd schedules pause|resume ID`.
+/// `jobd schedules pause|resume|create|update|delete ID`.
 #[derive(Subcommand, Debug)]
 pub enum ScheduleAction {
     /// Stop a schedule's fires (stored: holds across restarts and
@@ -234,6 +241,19 @@ pub enum ScheduleAction {
     },
     /// Let a paused schedule fire again, from its next fire time.
     Resume {
+        id: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Store a new schedule (checked as the config's [[schedules]] are); it
+    /// survives restarts and fires on every instance sharing the store.
+    Create(Box<schedules::ScheduleArgs>),
+    /// Change a stored schedule: the flags given replace those fields.
+    /// Config schedules cannot be changed here (exit 64).
+    Update(Box<schedules::ScheduleArgs>),
+    /// Delete a stored schedule: no fire after it. Exit 3 for an unknown
+    /// schedule, 64 for a config schedule.
+    Delete {
         id: String,
         #[command(flatten)]
         common: Common,
@@ -327,7 +347,7 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
     match cmd {
         ClientCommand::Submit(args) => {
             args.check()?;
-            jobs::submit(&mut connect(common).await?, args, json).await
+            jobs::submit(&mut connect(common).await?, *args, json).await
         }
         ClientCommand::Status { id, output, .. } => {
             jobs::status(&mut connect(common).await?, id, output, json).await
@@ -360,11 +380,16 @@ async fn execute(cmd: ClientCommand, common: &Common) -> Result<u8, Failure> {
             action: Some(action),
             ..
         } => {
-            let (id, pause) = match action {
-                ScheduleAction::Pause { id, .. } => (id, true),
-                ScheduleAction::Resume { id, .. } => (id, false),
-            };
-            admin::pause_schedule(&mut admin_client(common).await?, id, pause, json).await
+            let a = &mut admin_client(common).await?;
+            match action {
+                ScheduleAction::Pause { id, .. } => admin::pause_schedule(a, id, true, json).await,
+                ScheduleAction::Resume { id, .. } => {
+                    admin::pause_schedule(a, id, false, json).await
+                }
+                ScheduleAction::Create(args) => schedules::create(a, *args, json).await,
+                ScheduleAction::Update(args) => schedules::update(a, *args, json).await,
+                ScheduleAction::Delete { id, .. } => schedules::delete(a, id, json).await,
+            }
         }
         ClientCommand::Workers { .. } => {
             admin::workers(&mut admin_client(common).await?, json).await

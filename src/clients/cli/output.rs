@@ -72,6 +72,13 @@ pub(super) fn print_job(j: &proto::Job) {
     if !j.ordering_key.is_empty() {
         out!("ordering key: {}", printable(&j.ordering_key, false));
     }
+    if !j.dedup_key.is_empty() {
+        out!("dedup key:    {}", printable(&j.dedup_key, false));
+    }
+    // Only a key of its own: by default it is the ordering key shown above.
+    if !j.fairness_key.is_empty() && j.fairness_key != j.ordering_key {
+        out!("fairness key: {}", printable(&j.fairness_key, false));
+    }
     for (k, v) in &j.labels {
         out!(
             "label:        {}={}",
@@ -84,6 +91,13 @@ pub(super) fn print_job(j: &proto::Job) {
     out!("finished:     {}", show(&j.finished_at));
     if j.next_attempt_at.is_some() {
         out!("next attempt: {}", show(&j.next_attempt_at));
+    }
+    if let Some(p) = &j.progress {
+        let message = printable(&p.message, true);
+        out!("progress:     {}% {message}", p.percent);
+    }
+    if j.start_before.is_some() {
+        out!("start before: {}", show(&j.start_before));
     }
     if !j.last_error.is_empty() {
         out!("last error:   {}", printable(&j.last_error, true));

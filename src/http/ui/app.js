@@ -495,10 +495,12 @@
           field("labels", Object.entries(j.labels || {}).map(([k, v]) => k + "=" + v).join(", ")),
           field("idempotency key", j.idempotencyKey || ""),
           field("ordering key", j.orderingKey || ""),
+          j.dedupKey ? field("dedup key", j.dedupKey) : null,
           field("created", when(j.createdAt)),
           field("started", when(j.startedAt)),
           field("finished", when(j.finishedAt)),
           field("next attempt", when(j.nextAttemptAt)),
+          j.startBefore ? field("start before", when(j.startBefore)) : null,
           field("timeout", j.timeout || ""),
           field("payload size", num(j.payloadSize) + " bytes"),
           j.state === "JOB_STATE_WAITING" ? field("waiting on", waitingOn(j)) : null,
@@ -637,8 +639,92 @@
     follow(render);
   }
 
+  /**
+   * The create form of the schedules page (CreateSchedule): the fields of a
+   * [[schedules]] entry. The daemon checks them as it checks the config and
+   * its refusal (naming the field) shows in the banner.
+   */
+  function scheduleForm(kindNames, done) {
+    const input = (id, placeholder, attrs) => el("input", Object.assign({ id, placeholder, "aria-label": placeholder }, attrs || {}));
+    const id = input("schedule-id", "id", { required: true });
+    const kind = el(
+      "select",
+      { id: "schedule-kind", "aria-label": "kind" },
+      kindNames.map((k) => el("option", { value: k }, k)),
+    );
+    const cron = input("schedule-cron", "cron, e.g. 0 3 * * *", { required: true });
+    const tz = input("schedule-timezone", "time zone (UTC)");
+    const payload = input("schedule-payload", "payload");
+    const labels = input("schedule-labels", "labels k=v[,k=v]");
+    const overlap = el(
+      "select",
+      { id: "schedule-overlap", "aria-label": "overlap" },
+      el("option", { value: "SCHEDULE_OVERLAP_ALLOW" }, "overlap: allow"),
+      el("option", { value: "SCHEDULE_OVERLAP_SKIP" }, "overlap: skip"),
+    );
+    const catchup = input("schedule-catchup", "catchup, e.g. 600s");
+    return el(
+      "form",
+      {
+        class: "filters",
+        id: "schedule-create",
+        onsubmit: (e) => {
+          e.preventDefault();
+          const schedule = {
+            id: id.value.trim(),
+            kind: kind.value,
+            cron: cron.value.trim(),
+            timezone: tz.value.trim(),
+            payload: payload.value,
+            labels: {},
+            overlap: overlap.value,
+          };
+          for (const l of labels.value.split(",")) {
+            if (!l.trim()) continue;
+            const i = l.indexOf("=");
+            if (i < 0) return banner("labels: " + JSON.stringify(l.trim()) + " is not k=v");
+            schedule.labels[l.slice(0, i).trim()] = l.slice(i + 1).trim();
+          }
+          if (catchup.value.trim()) schedule.catchup = catchup.value.trim();
+          const f = e.target;
+          api("POST", "/v1/schedules", { schedule })
+            .then((r) => {
+              f.reset();
+              banner("Created schedule " + r.schedule.id + ".", "info");
+              return done();
+            })
+            .catch(failed);
+        },
+      },
+      id,
+      kind,
+      cron,
+      tz,
+      payload,
+      labels,
+      overlap,
+      catchup,
+      el("button", { type: "submit", id: "schedule-create-submit" }, "Create schedule"),
+    );
+  }
+
   async function schedules() {
+    // The table re-renders on live updates; the form stays put (a user
+    // typing in it keeps focus and text). Its kinds come from ListKinds.
+    // The form is added once the token is known to may create.
+    const holder = el("div", { id: "schedules-list" });
+    const formBox = el("div", {});
+    let form = false;
+    main.replaceChildren(el("h2", {}, "Schedules"), holder, formBox);
     const render = async () => {
+      if (!form && may("CreateSchedule")) {
+        form = true;
+        const kinds = await api("GET", "/v1/kinds").catch(() => ({ kinds: [] }));
+        formBox.replaceChildren(
+          el("h3", {}, "New schedule"),
+          scheduleForm((kinds.kinds || []).map((k) => k.kind), () => render()),
+        );
+      }
       const list = await api("GET", "/v1/schedules");
       const post = (s, verb) => () =>
         api("POST", "/v1/schedules/" + encodeURIComponent(s.id) + ":" + verb)
@@ -647,37 +733,50 @@
             return render();
           })
           .catch(failed);
+      const remove = (s) => () => {
+        if (!confirm("Delete schedule " + s.id + "? Its fires stop on every instance.")) return;
+        api("DELETE", "/v1/schedules/" + encodeURIComponent(s.id))
+          .then(() => {
+            banner("Deleted schedule " + s.id + ".", "info");
+            return render();
+          })
+          .catch(failed);
+      };
       if (!(list.schedules || []).length) {
-        main.replaceChildren(
-          el("h2", {}, "Schedules"),
+        holder.replaceChildren(
           hint(
             "schedules-empty",
-            "No schedules. Add one to the config file and restart jobd:",
+            form ? "No schedules. Create one below, or add one to the config file and restart jobd:"
+              : "No schedules. Add one to the config file and restart jobd:",
             el("pre", {}, '[[schedules]]\nid = "nightly"\nkind = "echo"\ncron = "0 3 * * *"'),
           ),
         );
         return;
       }
-      main.replaceChildren(
-        el("h2", {}, "Schedules"),
+      const stored = (s) => s.source === "SCHEDULE_SOURCE_API";
+      holder.replaceChildren(
         table(
-          ["schedule", "kind", "cron", "time zone", "next fire", "last job", "actions"],
+          ["schedule", "kind", "cron", "time zone", "next fire", "last job", "defined in", "actions"],
           (list.schedules || []).map((s) =>
             el(
               "tr",
-              { "data-schedule": s.id },
+              { "data-schedule": s.id, "data-source": stored(s) ? "api" : "config" },
               el("td", {}, s.id),
               el("td", {}, s.kind),
               el("td", {}, el("code", {}, s.cron)),
               el("td", {}, s.timezone),
               el("td", { class: "t" }, s.paused ? "paused" : when(s.nextFireAt)),
               el("td", { class: "id" }, s.lastJobId ? el("a", { href: "#/job/" + encodeURIComponent(s.lastJobId) }, s.lastJobId) : ""),
+              el("td", {}, stored(s) ? "API" : "config"),
               el(
                 "td",
                 {},
                 may("TriggerSchedule") ? el("button", { onclick: post(s, "trigger") }, "Run now") : null,
                 may(s.paused ? "ResumeSchedule" : "PauseSchedule")
                   ? el("button", { onclick: post(s, s.paused ? "resume" : "pause") }, s.paused ? "Resume" : "Pause")
+                  : null,
+                stored(s) && may("DeleteSchedule")
+                  ? el("button", { class: "delete", onclick: remove(s) }, "Delete")
                   : null,
               ),
             ),

@@ -11,14 +11,17 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::limits::{self, Bucket, KindBudget};
+use super::limits::Bucket;
 use super::{
-    transition, CancelOutcome, ClaimOutcome, ClaimRequest, InsertOutcome, ListQuery, Outcome,
-    RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
+    transition, CancelOutcome, ClaimOutcome, ClaimRequest, CreateSchedule, InsertOutcome,
+    ListQuery, Outcome, RetryOutcome, ScheduleRow, StateCounts, Store, StoreError,
 };
-use crate::job::{now_micros, Job, JobState, Micros, NewJob};
+use crate::job::{Job, JobState, Micros, NewJob};
 
+mod claim;
 mod deps;
+mod insert;
+mod schedules;
 
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -64,6 +67,9 @@ struct Inner {
     retries: BTreeSet<(Micros, Uuid)>,
     leases: BTreeSet<(Micros, Uuid)>,
     idempotency: HashMap<String, Uuid>,
+    /// The job last given each (kind, dedup key); it holds the key only
+    /// while `dedup::holds_key` says so.
+    dedup: HashMap<(String, String), Uuid>,
     counts: StateCounts,
     /// Payload and result bytes of every job held.
     bytes: u64,
@@ -73,6 +79,13 @@ struct Inner {
     by_key: HashMap<(String, String), KeyJobs>,
     /// Rated kinds' token buckets.
     buckets: HashMap<String, Bucket>,
+    /// Due QUEUED jobs per kind and fairness key, in claim order: a
+    /// round_robin claim reads each key's heads (see `claim.rs`).
+    fair: HashMap<String, claim::ByKey>,
+    /// Each round_robin kind's key served last.
+    cursors: HashMap<String, String>,
+    /// Each fairness key's bucket (`key_rate`).
+    key_buckets: super::fairness::KeyBuckets,
     /// Who depends on whom: children by parent.
     children: HashMap<Uuid, Vec<Uuid>>,
     /// WAITING jobs, for the sweeper's re-check.
@@ -108,6 +121,7 @@ impl Inner {
                 Some(t) => set(&mut self.delayed, (t, j.id), add),
                 None => {
                     let k = (Reverse(j.priority), e.seq, j.id);
+                    self.fair_index(j, k, add);
                     // The kind's name is copied once, not at every change.
                     match self.ready.get_mut(&j.kind) {
                         Some(ready) => set(ready, k, add),
@@ -243,53 +257,7 @@ impl Store for MemoryStore {
         max_backlog: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         let mut g = self.lock()?;
-        let mut out = Vec::with_capacity(jobs.len());
-        for new in jobs {
-            if let Some(key) = &new.idempotency_key {
-                if let Some(existing) = g.idempotency.get(key).and_then(|id| g.jobs.get(id)) {
-                    out.push(if existing.job.request_hash == new.request_hash {
-                        InsertOutcome::Deduplicated(existing.job.clone())
-                    } else {
-                        InsertOutcome::Conflict {
-                            existing_id: existing.job.id,
-                        }
-                    });
-                    continue;
-                }
-            }
-            if g.waiting() >= max_backlog || g.bytes + new.payload.len() as u64 > self.max_bytes {
-                out.push(InsertOutcome::BacklogFull);
-                continue;
-            }
-            let Some(parents) = g.parent_states(&new.parents) else {
-                let missing = new.parents.iter().find(|p| !g.jobs.contains_key(p));
-                out.push(InsertOutcome::UnknownParent(
-                    *missing.expect("one is missing"),
-                ));
-                continue;
-            };
-            let standing = super::deps::standing(new.on_parent_failure, parents);
-            let job = super::transition::create(new, now_micros(), standing, |kind| {
-                g.ready.get(kind).is_some_and(|r| !r.is_empty())
-            });
-            for p in &job.parents {
-                g.children.entry(*p).or_default().push(job.id);
-            }
-            if let Some(key) = &job.idempotency_key {
-                g.idempotency.insert(key.clone(), job.id);
-            }
-            let seq = g.next_seq;
-            g.next_seq += 1;
-            let e = Entry {
-                job: job.clone(),
-                seq,
-                logs: Default::default(),
-            };
-            g.keys(&e, true);
-            g.jobs.insert(job.id, e);
-            out.push(InsertOutcome::Created(job));
-        }
-        Ok(out)
+        Ok(g.insert(jobs, max_backlog, self.max_bytes))
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Job>, StoreError> {
@@ -324,85 +292,7 @@ impl Store for MemoryStore {
     }
 
     async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
-        let mut g = self.lock()?;
-        // Stamped when the claim takes effect, under the lock.
-        let now = now_micros().max(req.now);
-        let budgets: HashMap<&str, KindBudget> = req
-            .kinds
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| {
-                let limits = req.limits.get(k).copied().unwrap_or_default();
-                let b =
-                    KindBudget::new((*n).min(req.limit), limits, g.buckets.get(k).copied(), now);
-                (k.as_str(), b)
-            })
-            .collect();
-        // Each kind's due jobs, in order, as far as its budget reads (one
-        // past what a rate allows, to learn whether the rate held it back);
-        // then the best `limit` over all kinds, as the SQL stores do.
-        let mut found: HashMap<&str, usize> = HashMap::new();
-        let mut candidates = Vec::new();
-        for (name, b) in &budgets {
-            let Some(ready) = g.ready.get(*name) else {
-                continue;
-            };
-            let mut n = 0;
-            for (Reverse(priority), seq, id) in ready {
-                if n >= b.to_read() {
-                    break;
-                }
-                let job = &g.jobs[id].job;
-                if let (Some(max), Some(key)) = (b.limits.key_concurrency, &job.ordering_key) {
-                    // Places held: the key's running and retrying jobs, then
-                    // its queued ones submitted earlier.
-                    let max = max as usize;
-                    let held = g
-                        .by_key
-                        .get(&(job.kind.clone(), key.clone()))
-                        .map_or(0, |k| k.busy + k.queued.range(..*seq).take(max).count());
-                    if held >= max {
-                        continue;
-                    }
-                }
-                n += 1;
-                if n <= b.allowed() {
-                    candidates.push((*priority, *seq as i64, name.to_string(), *id));
-                }
-            }
-            found.insert(name, n);
-        }
-        let candidates: Vec<Uuid> = limits::pick(candidates, req.limit)
-            .into_iter()
-            .map(|(_, id)| id)
-            .collect();
-        let (jobs, expired): (Vec<Job>, Vec<Job>) = candidates
-            .into_iter()
-            .filter_map(|id| {
-                g.update(id, |j| transition::claim_or_expire(j, now, req.lease_slack))
-                    .map(|(_, j)| j)
-            })
-            .partition(|j| j.state == JobState::Running);
-        for j in &expired {
-            g.ended(j, now);
-        }
-        let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
-        let mut rate_limited = Vec::new();
-        for (kind, b) in &budgets {
-            let got = taken.get(*kind).copied().unwrap_or(0);
-            let (bucket, wake) = b.settle(found.get(kind).copied().unwrap_or(0), got, now);
-            if let Some(bucket) = bucket {
-                g.buckets.insert(kind.to_string(), bucket);
-            }
-            if let Some(at) = wake {
-                rate_limited.push((kind.to_string(), at));
-            }
-        }
-        Ok(ClaimOutcome {
-            jobs,
-            expired,
-            rate_limited,
-        })
+        Ok(self.lock()?.claim(req))
     }
 
     async fn expire_unstarted(
@@ -591,16 +481,7 @@ impl Store for MemoryStore {
     }
 
     async fn init_schedule(&self, id: &str, next_fire_at: Micros) -> Result<(), StoreError> {
-        self.lock()?
-            .schedules
-            .entry(id.to_string())
-            .or_insert_with(|| ScheduleRow {
-                id: id.to_string(),
-                next_fire_at,
-                paused: false,
-                last_job_id: None,
-            });
-        Ok(())
+        self.lock().map(|mut g| g.init_schedule(id, next_fire_at))
     }
 
     async fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
@@ -613,31 +494,39 @@ impl Store for MemoryStore {
         old: Micros,
         new: Micros,
     ) -> Result<bool, StoreError> {
-        let mut g = self.lock()?;
-        match g.schedules.get_mut(id) {
-            Some(r) if r.next_fire_at == old => {
-                r.next_fire_at = new;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        Ok(self.lock()?.advance_schedule(id, old, new))
     }
 
     async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError> {
-        if let Some(r) = self.lock()?.schedules.get_mut(id) {
-            r.last_job_id = Some(job);
-        }
-        Ok(())
+        self.lock().map(|mut g| g.set_schedule_last_job(id, job))
     }
 
     async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
-        Ok(match self.lock()?.schedules.get_mut(id) {
-            Some(r) => {
-                r.paused = paused;
-                true
-            }
-            None => false,
-        })
+        Ok(self.lock()?.set_schedule_paused(id, paused))
+    }
+
+    async fn create_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Micros,
+        max: usize,
+    ) -> Result<CreateSchedule, StoreError> {
+        let mut g = self.lock()?;
+        Ok(g.create_schedule(id, definition, next_fire_at, max))
+    }
+
+    async fn update_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Option<Micros>,
+    ) -> Result<bool, StoreError> {
+        Ok(self.lock()?.update_schedule(id, definition, next_fire_at))
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.lock()?.delete_schedule(id))
     }
 
     async fn set_progress(
@@ -760,6 +649,12 @@ impl Store for MemoryStore {
             if let Some(e) = g.jobs.remove(id) {
                 g.keys(&e, false);
                 g.children.remove(id);
+                if let Some(k) = &e.job.dedup_key {
+                    let k = (e.job.kind.clone(), k.clone());
+                    if g.dedup.get(&k) == Some(&e.job.id) {
+                        g.dedup.remove(&k);
+                    }
+                }
                 if let Some(k) = &e.job.idempotency_key {
                     g.idempotency.remove(k);
                 }

@@ -5,13 +5,33 @@
 //! reads its queue with the key check and updates its bucket, all in the
 //! claim's one transaction.
 
-use super::{pooled, rows, sql, PostgresStore, Tx};
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use uuid::Uuid;
+
+use super::{fair, pooled, rows, sql, PostgresStore, Tx};
+use crate::config::Fairness;
 use crate::job::{add_micros, now_micros, Job, JobState};
+use crate::store::fairness::{min_some, FairClaim, PRUNE_EVERY};
 use crate::store::limits::{self, Bucket, KindBudget};
 use crate::store::{transition, ClaimOutcome, ClaimRequest, StoreError};
 
-/// A kind's budget for one claim, and how many due jobs its read found.
-type Budget<'k> = (&'k String, KindBudget, usize);
+/// A kind's budget for one claim, how many due jobs its read found, and
+/// for a round_robin kind its plan and each candidate's key.
+struct Budget<'k> {
+    kind: &'k String,
+    b: KindBudget,
+    found: usize,
+    fair: Option<(FairClaim, HashMap<Uuid, usize>)>,
+}
+
+/// What the claim's first locks answered for one kind.
+struct Locked {
+    bucket: Option<Bucket>,
+    /// A round_robin kind's key served last.
+    cursor: Option<String>,
+}
 
 impl PostgresStore {
     /// Each kind's own queue, up to its free slots; then the best `limit` of
@@ -63,11 +83,11 @@ impl PostgresStore {
         self.run(async {
             let mut c = pooled(&self.pool).await?;
             let tx = c.transaction().await?;
-            let buckets = lock_kinds(&tx, &kinds, req).await?;
+            let locked = lock_kinds(&tx, &kinds, req).await?;
             // Buckets refill up to when the locks were ours (the claim may
             // have waited for another instance's claim of the same kind).
             let locked_at = now_micros().max(req.now);
-            let (candidates, budgets) = read_due(&tx, kinds, buckets, req, locked_at).await?;
+            let (candidates, budgets) = read_due(&tx, kinds, locked, req, locked_at).await?;
             // Starts are stamped after the reads: whatever they saw ended
             // (a key's previous job) ended before these jobs started.
             let now = now_micros().max(locked_at);
@@ -85,7 +105,8 @@ impl PostgresStore {
             let (jobs, expired): (Vec<Job>, Vec<Job>) =
                 jobs.into_iter().partition(|j| j.state == JobState::Running);
             let moved = super::deps::cascade(&self.w, &tx, &expired).await?;
-            let rate_limited = settle_buckets(&tx, budgets, &jobs, now).await?;
+            let prune = self.prune_due(now);
+            let rate_limited = settle_buckets(&tx, budgets, &jobs, now, prune).await?;
             tx.commit().await?;
             self.w.publish(moved);
             Ok(ClaimOutcome {
@@ -98,17 +119,31 @@ impl PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// Whether this claim drops refilled key buckets: once per
+    /// [`PRUNE_EVERY`] per instance.
+    fn prune_due(&self, now: crate::job::Micros) -> bool {
+        let last = self.key_rates_pruned.load(Ordering::Relaxed);
+        now - last >= PRUNE_EVERY
+            && self
+                .key_rates_pruned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
 /// Locks first: each kind's bucket row (answered, for a rated kind), or its
-/// advisory lock (a kind with ordering keys).
+/// advisory lock (a kind with ordering keys); then a round_robin kind's
+/// cursor row.
 async fn lock_kinds(
     tx: &Tx<'_>,
     kinds: &[(&String, usize)],
     req: &ClaimRequest,
-) -> Result<Vec<Option<Bucket>>, StoreError> {
-    let mut buckets = Vec::with_capacity(kinds.len());
+) -> Result<Vec<Locked>, StoreError> {
+    let mut locked = Vec::with_capacity(kinds.len());
     for (kind, _) in kinds {
         let limits = req.limits.get(*kind).copied().unwrap_or_default();
-        buckets.push(match limits.rate {
+        let bucket = match limits.rate {
             Some(rate) => {
                 let init = tx.prepare_cached(sql::RATE_INIT).await?;
                 tx.execute(&init, &[kind, &f64::from(rate.burst), &req.now])
@@ -127,9 +162,14 @@ async fn lock_kinds(
                 }
                 None
             }
-        });
+        };
+        let cursor = match limits.fairness {
+            Fairness::RoundRobin => fair::lock(tx, kind).await?,
+            Fairness::None => None,
+        };
+        locked.push(Locked { bucket, cursor });
     }
-    Ok(buckets)
+    Ok(locked)
 }
 
 /// Each kind's due jobs, as many as its budget allows (with the key check
@@ -139,15 +179,31 @@ async fn lock_kinds(
 async fn read_due<'k>(
     tx: &Tx<'_>,
     kinds: Vec<(&'k String, usize)>,
-    buckets: Vec<Option<Bucket>>,
+    locked: Vec<Locked>,
     req: &ClaimRequest,
     locked_at: crate::job::Micros,
 ) -> Result<(Vec<(i32, i64, String, Job)>, Vec<Budget<'k>>), StoreError> {
     let mut candidates = Vec::new();
     let mut budgets = Vec::new();
-    for ((kind, cap), bucket) in kinds.into_iter().zip(buckets) {
+    for ((kind, cap), l) in kinds.into_iter().zip(locked) {
         let limits = req.limits.get(kind).copied().unwrap_or_default();
-        let b = KindBudget::new(cap, limits, bucket, locked_at);
+        let b = KindBudget::new(cap, limits, l.bucket, locked_at);
+        if limits.fairness == Fairness::RoundRobin {
+            let (plan, heads) = fair::read(tx, kind, &b, l.cursor.as_deref(), locked_at).await?;
+            let found = heads.len();
+            let mut keys = HashMap::new();
+            for (i, job, seq) in heads.into_iter().take(b.allowed()) {
+                keys.insert(job.id, i);
+                candidates.push((job.priority, seq, kind.clone(), job));
+            }
+            budgets.push(Budget {
+                kind,
+                b,
+                found,
+                fair: Some((plan, keys)),
+            });
+            continue;
+        }
         let read = b.to_read() as i64;
         let found = match limits.key_concurrency {
             Some(max) => {
@@ -164,27 +220,50 @@ async fn read_due<'k>(
             let seq: i64 = rows::col(r, rows::COLS_LEN)?;
             candidates.push((job.priority, seq, kind.clone(), job));
         }
-        budgets.push((kind, b, found.len()));
+        budgets.push(Budget {
+            kind,
+            b,
+            found: found.len(),
+            fair: None,
+        });
     }
     Ok((candidates, budgets))
 }
 
-/// Saves each rated kind's bucket after what the claim took; answers the
-/// kinds that left jobs waiting for tokens, with when the next one comes.
+/// Saves each rated kind's bucket after what the claim took, and each
+/// round_robin kind's cursor and key buckets; answers the kinds that left
+/// jobs waiting for tokens, with when the next one comes.
 async fn settle_buckets(
     tx: &Tx<'_>,
     budgets: Vec<Budget<'_>>,
     jobs: &[Job],
     now: crate::job::Micros,
+    prune: bool,
 ) -> Result<Vec<(String, crate::job::Micros)>, StoreError> {
     let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
     let mut rate_limited = Vec::new();
-    for (kind, b, found) in budgets {
+    for Budget {
+        kind,
+        b,
+        found,
+        fair,
+    } in budgets
+    {
         let got = taken.get(kind).copied().unwrap_or(0);
-        let (bucket, wake) = b.settle(found, got, now);
+        let (bucket, mut wake) = b.settle(found, got, now);
         if let Some(bucket) = bucket {
             let st = tx.prepare_cached(sql::RATE_SAVE).await?;
             tx.execute(&st, &[kind, &bucket.tokens, &bucket.at]).await?;
+        }
+        if let Some((plan, keys)) = fair {
+            let served: Vec<usize> = jobs
+                .iter()
+                .filter_map(|j| keys.get(&j.id))
+                .copied()
+                .collect();
+            let s = plan.settle(&served);
+            fair::save(tx, kind, b.limits.key_rate, &s, prune, now).await?;
+            wake = min_some(wake, s.wake);
         }
         if let Some(at) = wake {
             rate_limited.push((kind.clone(), at));

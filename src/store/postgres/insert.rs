@@ -9,10 +9,11 @@ use std::sync::atomic::Ordering;
 
 use uuid::Uuid;
 
-use super::{dedup, deps, pooled, sql, PostgresStore, Tx, Writer};
+use super::{dedup as held, deps, pooled, sql, PostgresStore, Tx, Writer};
 use crate::job::{now_micros, Job, JobState, NewJob};
+use crate::store::dedup::{self, DedupOutcome};
 use crate::store::deps::Standing;
-use crate::store::{transition, InsertOutcome, StoreError};
+use crate::store::{idempotent, transition, InsertOutcome, StoreError};
 
 /// Edges of the jobs just inserted.
 const INSERT_EDGES: &str = "INSERT INTO job_deps (parent, child) \
@@ -22,11 +23,17 @@ const INSERT_EDGES: &str = "INSERT INTO job_deps (parent, child) \
 /// theirs in the batch lost its idempotency key to a concurrent submit).
 const DELETE_JOBS: &str = "DELETE FROM jobs WHERE id = ANY($1)";
 
-/// What a batch stores: the answers known before the INSERT, and the jobs
-/// to insert, each with its entry's index.
+/// Times a batch runs again after losing a dedup key to a concurrent
+/// submit (each run finds the winner committed and merges into it).
+const DEDUP_RACE_RUNS: usize = 5;
+
+/// What a batch stores: the answers known before the INSERT, the jobs to
+/// insert (each with its entry's index), and the stored jobs merged into
+/// (dedup REPLACE or DEBOUNCE).
 struct Plan {
     out: Vec<Option<InsertOutcome>>,
     fresh: Vec<(usize, Job)>,
+    merged: Vec<Job>,
 }
 
 impl PostgresStore {
@@ -35,25 +42,55 @@ impl PostgresStore {
         jobs: Vec<NewJob>,
         max_backlog: u64,
     ) -> Result<Vec<InsertOutcome>, StoreError> {
-        let out = self
-            .run(async {
-                let mut c = pooled(&self.pool).await?;
-                let tx = c.transaction().await?;
-                let plan = plan(&self.w, &tx, &jobs, max_backlog).await?;
-                let (out, waiting) = store(&tx, plan).await?;
-                tx.commit().await?;
-                self.w.waiting.fetch_add(waiting, Ordering::AcqRel);
-                Ok(out)
-            })
-            .await?;
-        out.into_iter()
-            .map(|o| o.ok_or_else(|| StoreError::Internal("submit without outcome".into())))
-            .collect()
+        for _ in 0..DEDUP_RACE_RUNS {
+            let out = self
+                .run(async {
+                    let mut c = pooled(&self.pool).await?;
+                    let tx = c.transaction().await?;
+                    let plan = plan(&self.w, &tx, &jobs, max_backlog).await?;
+                    // None: a dedup key was lost; the transaction rolls back.
+                    let Some((out, waiting)) = store(&self.w, &tx, plan).await? else {
+                        return Ok(None);
+                    };
+                    tx.commit().await?;
+                    self.w.waiting.fetch_add(waiting, Ordering::AcqRel);
+                    Ok(Some(out))
+                })
+                .await?;
+            if out.is_none() {
+                tracing::debug!("a dedup key was taken by a concurrent submit; submitting again");
+            }
+            if let Some(out) = out {
+                return out
+                    .into_iter()
+                    .map(|o| o.ok_or_else(|| StoreError::Internal("submit without outcome".into())))
+                    .collect();
+            }
+        }
+        Err(StoreError::Unavailable(
+            "dedup key contended by concurrent submits; try again".into(),
+        ))
     }
 }
 
-/// Decides each entry: deduplicated, over the backlog bound, an unknown
-/// parent, or a job to insert (placed where its parents say).
+/// The jobs a batch's entries have been answered with so far: entries
+/// planned as new jobs, stored jobs they merged into, and the states of
+/// the parents named.
+#[derive(Default)]
+struct Seen {
+    /// Entry id -> the job that answered it (`$N` naming it means that job).
+    aliases: HashMap<Uuid, Uuid>,
+    /// Index into `fresh` of the job taking each idempotency key.
+    batch_keys: HashMap<String, usize>,
+    /// Index into `fresh` of the new job holding each (kind, dedup key).
+    batch_dedup: HashMap<(String, String), usize>,
+    /// Stored holders found, by (kind, dedup key): the job, and whether a
+    /// merge changed it.
+    holders: HashMap<(String, String), (Job, bool)>,
+}
+
+/// Decides each entry: deduplicated, merged, over the backlog bound, an
+/// unknown parent, or a job to insert (placed where its parents say).
 async fn plan(
     w: &Writer,
     tx: &Tx<'_>,
@@ -66,7 +103,7 @@ async fn plan(
         .collect();
     let existing = sql::by_keys(tx, &keys).await?;
     let with_parents = jobs.iter().any(|j| !j.parents.is_empty());
-    let stored = match with_parents {
+    let mut stored = match with_parents {
         true => deps::share_states(tx, &outside_parents(jobs)).await?,
         false => HashMap::new(),
     };
@@ -74,20 +111,36 @@ async fn plan(
     let mut room =
         (max_backlog.min(i64::MAX as u64) as i64).saturating_sub(w.waiting.load(Ordering::Acquire));
     let mut out: Vec<Option<InsertOutcome>> = vec![None; jobs.len()];
-    // Index into `fresh` of the job taking each key in this batch.
-    let mut batch_keys: HashMap<String, usize> = HashMap::new();
+    let mut seen = Seen::default();
     let mut fresh: Vec<(usize, Job)> = Vec::new();
     let now = now_micros();
     for (i, new) in jobs.iter().enumerate() {
-        if let Some(k) = &new.idempotency_key {
-            if let Some(e) = existing.get(k) {
-                out[i] = Some(dedup(e, &new.request_hash));
-                continue;
+        let aliased;
+        let new = if new.parents.iter().any(|p| seen.aliases.contains_key(p)) {
+            let mut n = new.clone();
+            for p in n.parents.iter_mut() {
+                *p = seen.aliases.get(p).copied().unwrap_or(*p);
             }
-            if let Some(&f) = batch_keys.get(k) {
-                out[i] = Some(dedup(&fresh[f].1, &new.request_hash));
-                continue;
+            // A job answering an earlier entry is a stored job: its state,
+            // locked like the other parents'.
+            let unknown: Vec<Uuid> = n
+                .parents
+                .iter()
+                .filter(|p| !placed.contains_key(p) && !stored.contains_key(p))
+                .copied()
+                .collect();
+            stored.extend(deps::share_states(tx, &unknown).await?);
+            aliased = n;
+            &aliased
+        } else {
+            new
+        };
+        if let Some(o) = answered(tx, new, &existing, &mut fresh, &mut seen, now).await? {
+            if let InsertOutcome::Deduplicated(j) | InsertOutcome::Merged { job: j, .. } = &o {
+                seen.aliases.insert(new.id, j.id);
             }
+            out[i] = Some(o);
+            continue;
         }
         if room <= 0 {
             out[i] = Some(InsertOutcome::BacklogFull);
@@ -108,14 +161,83 @@ async fn plan(
         };
         room -= 1;
         if let Some(k) = &new.idempotency_key {
-            batch_keys.insert(k.clone(), fresh.len());
+            seen.batch_keys.insert(k.clone(), fresh.len());
+        }
+        if let Some(k) = &job.dedup_key {
+            seen.batch_dedup
+                .insert((job.kind.clone(), k.clone()), fresh.len());
         }
         if with_parents {
             placed.insert(job.id, job.state);
         }
         fresh.push((i, job));
     }
-    Ok(Plan { out, fresh })
+    let merged = seen
+        .holders
+        .into_values()
+        .filter_map(|(j, changed)| changed.then_some(j))
+        .collect();
+    Ok(Plan { out, fresh, merged })
+}
+
+/// The answer of an existing job, if one answers `new`: its idempotency
+/// key (checked first), or the job of its kind holding its dedup key (an
+/// earlier entry of the batch, or a stored job, locked), merged into.
+async fn answered(
+    tx: &Tx<'_>,
+    new: &NewJob,
+    existing: &HashMap<String, Job>,
+    fresh: &mut [(usize, Job)],
+    seen: &mut Seen,
+    now: i64,
+) -> Result<Option<InsertOutcome>, StoreError> {
+    if let Some(k) = &new.idempotency_key {
+        if let Some(e) = existing.get(k) {
+            return Ok(Some(idempotent(e, &new.request_hash)));
+        }
+        if let Some(&f) = seen.batch_keys.get(k) {
+            return Ok(Some(idempotent(&fresh[f].1, &new.request_hash)));
+        }
+    }
+    let Some(d) = &new.dedup else {
+        return Ok(None);
+    };
+    let key = (new.kind.clone(), d.key.clone());
+    // Several merges in one commit are one change: one sequence step.
+    let merge = |into: &mut Job, changed: &mut bool| {
+        let (m, outcome) = dedup::merge(into, new, now);
+        if let Some(mut m) = m {
+            if *changed {
+                m.sequence = into.sequence;
+            }
+            *into = m;
+            *changed = true;
+        }
+        InsertOutcome::Merged {
+            job: into.clone(),
+            outcome,
+        }
+    };
+    if let Some(&f) = seen.batch_dedup.get(&key) {
+        // Not stored yet: its first event is still to come.
+        return Ok(Some(merge(&mut fresh[f].1, &mut true)));
+    }
+    if !seen.holders.contains_key(&key) {
+        match held::holder(tx, &new.kind, &d.key).await? {
+            Some(h) => seen.holders.insert(key.clone(), (h, false)),
+            None => return Ok(None),
+        };
+    }
+    let (job, changed) = seen.holders.get_mut(&key).expect("just found");
+    let o = merge(job, changed);
+    debug_assert!(!matches!(
+        o,
+        InsertOutcome::Merged {
+            outcome: DedupOutcome::Created,
+            ..
+        }
+    ));
+    Ok(Some(o))
 }
 
 /// The parents a batch names that are not entries of it, each once: they
@@ -150,8 +272,18 @@ fn standing(
 
 /// Inserts the planned jobs and their edges; answers every entry. Returns
 /// the answers and how many stored jobs count against the backlog.
-async fn store(tx: &Tx<'_>, plan: Plan) -> Result<(Vec<Option<InsertOutcome>>, i64), StoreError> {
-    let Plan { mut out, fresh } = plan;
+/// `None` when a job lost its dedup key to a concurrent submit (the batch
+/// must run again, to merge into the winner).
+async fn store(
+    w: &Writer,
+    tx: &Tx<'_>,
+    plan: Plan,
+) -> Result<Option<(Vec<Option<InsertOutcome>>, i64)>, StoreError> {
+    let Plan {
+        mut out,
+        fresh,
+        merged,
+    } = plan;
     // Rows go in key order, so two batches racing on the same keys wait
     // for each other instead of deadlocking.
     let mut rows: Vec<&Job> = fresh.iter().map(|(_, j)| j).collect();
@@ -165,6 +297,19 @@ async fn store(tx: &Tx<'_>, plan: Plan) -> Result<(Vec<Option<InsertOutcome>>, i
         .filter_map(|(_, j)| j.idempotency_key.as_deref())
         .collect();
     let winners = sql::by_keys(tx, &lost).await?;
+    // A job skipped without a winner by its idempotency key lost its dedup
+    // key (the unique index) to a submit that committed first.
+    let raced = fresh.iter().any(|(_, j)| {
+        !inserted.contains(&j.id)
+            && !j
+                .idempotency_key
+                .as_ref()
+                .is_some_and(|k| winners.contains_key(k))
+    });
+    if raced {
+        return Ok(None);
+    }
+    held::write(w, tx, &merged).await?;
     let orphans = orphans(&fresh, &inserted);
     if !orphans.is_empty() {
         let ids: Vec<Uuid> = orphans.keys().copied().collect();
@@ -191,14 +336,14 @@ async fn store(tx: &Tx<'_>, plan: Plan) -> Result<(Vec<Option<InsertOutcome>>, i
                 .ok_or_else(|| {
                     StoreError::Internal(format!("job {} was not stored", job.id).into())
                 })?;
-            dedup(w, &job.request_hash)
+            idempotent(w, &job.request_hash)
         });
     }
     if !parents.is_empty() {
         let st = tx.prepare_cached(INSERT_EDGES).await?;
         tx.execute(&st, &[&parents, &children]).await?;
     }
-    Ok((out, waiting))
+    Ok(Some((out, waiting)))
 }
 
 /// Jobs inserted whose parent in the batch was not (its key taken by a

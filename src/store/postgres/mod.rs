@@ -43,11 +43,14 @@ use crate::job::{add_micros, now_micros, Job, JobState, Micros, NewJob};
 mod batcher;
 mod claim;
 mod connect;
+mod dedup;
 mod deps;
+mod fair;
 mod insert;
 mod listen;
 mod progress;
 mod rows;
+mod schedules;
 mod schema;
 mod sql;
 
@@ -74,6 +77,8 @@ pub struct PostgresStore {
     timeout: Duration,
     last_renew: AtomicI64,
     last_count: AtomicI64,
+    /// When this instance last dropped refilled key buckets (`key_rate`).
+    key_rates_pruned: AtomicI64,
     closed: AtomicBool,
     stop: CancellationToken,
     /// Results go to the batcher.
@@ -113,16 +118,6 @@ async fn pooled(pool: &Pool) -> Result<Object, StoreError> {
     pool.get().await.map_err(|e| {
         StoreError::Unavailable(Detail::new(format!("postgres: {}", error_chain(&e))).because(e))
     })
-}
-
-fn dedup(existing: &Job, hash: &[u8; 32]) -> InsertOutcome {
-    if existing.request_hash == *hash {
-        InsertOutcome::Deduplicated(existing.clone())
-    } else {
-        InsertOutcome::Conflict {
-            existing_id: existing.id,
-        }
-    }
 }
 
 impl PostgresStore {
@@ -183,6 +178,7 @@ impl PostgresStore {
             timeout: cfg.timeout,
             last_renew: AtomicI64::new(0),
             last_count: AtomicI64::new(0),
+            key_rates_pruned: AtomicI64::new(0),
             closed: AtomicBool::new(false),
             stop,
             finisher,
@@ -523,27 +519,11 @@ impl Store for PostgresStore {
     }
 
     async fn init_schedule(&self, id: &str, next_fire_at: Micros) -> Result<(), StoreError> {
-        self.with_statement(sql::INIT_SCHEDULE, async |c, st| {
-            c.execute(st, &[&id, &next_fire_at]).await?;
-            Ok(())
-        })
-        .await
+        self.schedule_init(id, next_fire_at).await
     }
 
     async fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
-        self.with_statement(sql::SCHEDULES, async |c, st| {
-            let mut out = Vec::new();
-            for r in c.query(st, &[]).await? {
-                out.push(ScheduleRow {
-                    id: rows::col(&r, 0)?,
-                    next_fire_at: rows::col(&r, 1)?,
-                    paused: rows::col(&r, 2)?,
-                    last_job_id: rows::col(&r, 3)?,
-                });
-            }
-            Ok(out)
-        })
-        .await
+        self.schedule_rows().await
     }
 
     async fn advance_schedule(
@@ -552,25 +532,39 @@ impl Store for PostgresStore {
         old: Micros,
         new: Micros,
     ) -> Result<bool, StoreError> {
-        self.with_statement(sql::ADVANCE_SCHEDULE, async |c, st| {
-            Ok(c.execute(st, &[&id, &old, &new]).await? == 1)
-        })
-        .await
+        self.schedule_advance(id, old, new).await
     }
 
     async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError> {
-        self.with_statement(sql::SCHEDULE_LAST_JOB, async |c, st| {
-            c.execute(st, &[&id, &job]).await?;
-            Ok(())
-        })
-        .await
+        self.schedule_last_job(id, job).await
     }
 
     async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
-        self.with_statement(sql::PAUSE_SCHEDULE, async |c, st| {
-            Ok(c.execute(st, &[&id, &paused]).await? == 1)
-        })
-        .await
+        self.schedule_paused(id, paused).await
+    }
+
+    async fn create_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Micros,
+        max: usize,
+    ) -> Result<super::CreateSchedule, StoreError> {
+        self.schedule_create(id, definition, next_fire_at, max)
+            .await
+    }
+
+    async fn update_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Option<Micros>,
+    ) -> Result<bool, StoreError> {
+        self.schedule_update(id, definition, next_fire_at).await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        self.schedule_delete(id).await
     }
 
     async fn set_progress(

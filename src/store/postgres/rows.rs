@@ -72,6 +72,8 @@ pub(super) fn job(r: &Row) -> Result<Job, StoreError> {
             &col::<Option<Vec<u8>>>(r, 27)?.unwrap_or_default(),
         ),
         start_before: col(r, 28)?,
+        dedup_key: col(r, 29)?,
+        fairness_key: col(r, 30)?,
     })
 }
 

@@ -145,6 +145,38 @@ ALTER TABLE jobs ADD COLUMN start_before BIGINT;
 CREATE INDEX jobs_start_before ON jobs (start_before)
     WHERE start_before IS NOT NULL AND state IN (0, 2, 6);
 "#,
+    r#"
+-- v13: deduplication modes. A job holds its dedup key while it has not
+-- started (QUEUED or WAITING, attempt 0). The unique index makes a second
+-- holder of one (kind, key) impossible, across instances: a racing insert
+-- waits for the first commit, then finds the holder.
+ALTER TABLE jobs ADD COLUMN dedup_key TEXT;
+CREATE UNIQUE INDEX jobs_dedup ON jobs (kind, dedup_key)
+    WHERE dedup_key IS NOT NULL AND attempt = 0 AND state IN (0, 6);
+"#,
+    r#"
+-- v14: schedules created through the API (CreateSchedule) keep their
+-- definition (JSON) in their row, so every instance's scheduler runs them;
+-- config schedules' rows leave it NULL.
+ALTER TABLE schedules ADD COLUMN definition TEXT;
+"#,
+    r#"
+-- v15: fair claiming. Each job's fairness key (its submit's fairness_key,
+-- else its ordering key, else ''); jobs_fair lets a round_robin kind's
+-- claim skip from key to key and read each key's heads. kind_fair holds
+-- each round_robin kind's key served last (its row is the lock that
+-- serializes the kind's claims across instances); key_rates each key's
+-- token bucket (key_rate), pruned once refilled.
+ALTER TABLE jobs ADD COLUMN fairness_key TEXT NOT NULL DEFAULT '';
+UPDATE jobs SET fairness_key = ordering_key WHERE ordering_key IS NOT NULL
+    AND state IN (0, 1, 2, 6);
+CREATE INDEX jobs_fair ON jobs (kind, fairness_key, priority DESC, seq)
+    WHERE state = 0 AND next_attempt_at IS NULL;
+CREATE TABLE kind_fair (kind TEXT PRIMARY KEY, last_key TEXT);
+CREATE TABLE key_rates (kind TEXT NOT NULL, key TEXT NOT NULL,
+  tokens DOUBLE PRECISION NOT NULL, updated_at BIGINT NOT NULL,
+  PRIMARY KEY (kind, key));
+"#,
 ];
 
 /// An advisory-lock key per schema, so instances on different schemas of

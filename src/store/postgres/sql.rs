@@ -15,12 +15,12 @@ use crate::store::codec::{encode_labels, encode_trace, policy_code, state_code, 
 use crate::store::StoreError;
 
 /// `SELECT` of [`COLS`] with a `WHERE ...` tail.
-fn select_cols(tail: &str) -> String {
+pub(super) fn select_cols(tail: &str) -> String {
     format!("SELECT {COLS} FROM jobs {tail}")
 }
 
 /// [`COLS`] with a table alias, for queries that join.
-fn prefixed(alias: &str) -> String {
+pub(super) fn prefixed(alias: &str) -> String {
     COLS.split(", ")
         .map(|c| format!("{alias}.{c}"))
         .collect::<Vec<_>>()
@@ -176,19 +176,6 @@ pub(super) const RESUME_KIND: &str = "DELETE FROM kind_pauses WHERE kind = $1";
 
 pub(super) const PAUSED_KINDS: &str = "SELECT kind FROM kind_pauses";
 
-pub(super) const INIT_SCHEDULE: &str = "INSERT INTO schedules (id, next_fire_at) VALUES ($1, $2) \
-     ON CONFLICT (id) DO NOTHING";
-
-pub(super) const SCHEDULES: &str =
-    "SELECT id, next_fire_at, paused, last_job_id FROM schedules ORDER BY id";
-
-pub(super) const ADVANCE_SCHEDULE: &str =
-    "UPDATE schedules SET next_fire_at = $3 WHERE id = $1 AND next_fire_at = $2";
-
-pub(super) const SCHEDULE_LAST_JOB: &str = "UPDATE schedules SET last_job_id = $2 WHERE id = $1";
-
-pub(super) const PAUSE_SCHEDULE: &str = "UPDATE schedules SET paused = $2 WHERE id = $1";
-
 pub(super) const PRUNE_EVENTS: &str =
     "DELETE FROM job_events WHERE ctid IN (SELECT ctid FROM job_events \
      WHERE updated_at < $1 LIMIT $2)";
@@ -228,16 +215,16 @@ const NOTIFY: &str = "count(pg_notify($15, u.id::text || ':' || u.sequence::text
 const SAVE_CTES: &str = "WITH x AS (
   SELECT * FROM unnest($1::uuid[], $2::int2[], $3::int4[], $4::bytea[], $5::int8[], $6::int8[],
     $7::int8[], $8::int8[], $9::int8[], $10::text[], $11::int8[], $12::int2[], $13::int4[],
-    $16::int4[], $17::bytea[], $18::int8[])
+    $16::int4[], $17::bytea[], $18::int8[], $19::text[])
   AS x(id, state, attempt, result, updated_at, started_at, finished_at, next_attempt_at,
     lease_expires_at, last_error, sequence, old_state, old_attempt, waiting_on, attempts,
-    start_before)
+    start_before, dedup_key)
 ), u AS (
   UPDATE jobs j SET state = x.state, attempt = x.attempt, result = x.result,
     updated_at = x.updated_at, started_at = x.started_at, finished_at = x.finished_at,
     next_attempt_at = x.next_attempt_at, lease_expires_at = x.lease_expires_at,
     last_error = x.last_error, sequence = x.sequence, waiting_on = x.waiting_on,
-    attempts = x.attempts, start_before = x.start_before,
+    attempts = x.attempts, start_before = x.start_before, dedup_key = x.dedup_key,
     owner = CASE WHEN x.state = 1 THEN $14 ELSE NULL END
   FROM x WHERE j.id = x.id AND j.state = x.old_state AND j.attempt = x.old_attempt
   RETURNING j.id, j.sequence, j.state, j.attempt, j.updated_at, j.started_at, j.finished_at,
@@ -255,17 +242,19 @@ const SAVE_CTES: &str = "WITH x AS (
 const INSERT: &str = "INSERT INTO jobs (id, kind, state, attempt, max_attempts, priority,
     idempotency_key, request_hash, labels, payload, result, timeout_us, created_at, updated_at,
     next_attempt_at, finished_at, last_error, sequence, ordering_key, trace, parents, waiting_on,
-    dep_policy, start_before)
+    dep_policy, start_before, dedup_key, fairness_key)
   SELECT id, kind, state, attempt, max_attempts, priority, idempotency_key, request_hash, labels,
     payload, result, timeout_us, created_at, updated_at, next_attempt_at, finished_at, last_error,
-    sequence, ordering_key, trace, parents::uuid[], waiting_on, dep_policy, start_before
+    sequence, ordering_key, trace, parents::uuid[], waiting_on, dep_policy, start_before,
+    dedup_key, fairness_key
   FROM unnest($1::uuid[], $2::text[], $3::int2[], $4::int4[], $5::int4[], $6::int4[],
     $7::text[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[], $12::int8[], $13::int8[],
     $14::int8[], $15::int8[], $16::int8[], $17::text[], $18::int8[], $19::text[], $20::text[],
-    $21::text[], $22::int4[], $23::int2[], $24::int8[])
+    $21::text[], $22::int4[], $23::int2[], $24::int8[], $25::text[], $26::text[])
   AS x(id, kind, state, attempt, max_attempts, priority, idempotency_key, request_hash, labels,
     payload, result, timeout_us, created_at, updated_at, next_attempt_at, finished_at, last_error,
-    sequence, ordering_key, trace, parents, waiting_on, dep_policy, start_before)
+    sequence, ordering_key, trace, parents, waiting_on, dep_policy, start_before, dedup_key,
+    fairness_key)
   ON CONFLICT DO NOTHING RETURNING id";
 
 /// `ids` as the text of a PostgreSQL `uuid[]`; `None` when empty.
@@ -343,6 +332,8 @@ pub(super) async fn insert_rows(tx: &Tx<'_>, jobs: &[&Job]) -> Result<HashSet<Uu
         .map(|j| policy_code(j.on_parent_failure))
         .collect();
     let deadlines: Vec<Option<i64>> = jobs.iter().map(|j| j.start_before).collect();
+    let dedup: Vec<Option<&str>> = jobs.iter().map(|j| j.dedup_key.as_deref()).collect();
+    let fkeys: Vec<&str> = jobs.iter().map(|j| j.fairness_key.as_str()).collect();
     let st = tx.prepare_cached(INSERT).await?;
     let rows = tx
         .query(
@@ -350,7 +341,7 @@ pub(super) async fn insert_rows(tx: &Tx<'_>, jobs: &[&Job]) -> Result<HashSet<Uu
             &[
                 &ids, &kinds, &states, &attempts, &max, &prio, &keys, &hashes, &labels, &payloads,
                 &results, &timeouts, &created, &updated, &next, &finished, &errors, &seqs, &okeys,
-                &traces, &parents, &waiting, &policies, &deadlines,
+                &traces, &parents, &waiting, &policies, &deadlines, &dedup, &fkeys,
             ],
         )
         .await?;
@@ -416,6 +407,7 @@ async fn save_as(
         .map(|j| crate::store::codec::encode_attempts(&j.attempts))
         .collect();
     let deadlines: Vec<Option<i64>> = jobs.iter().map(|j| j.start_before).collect();
+    let dedup: Vec<Option<&str>> = jobs.iter().map(|j| j.dedup_key.as_deref()).collect();
     let st = tx.prepare_cached(statement).await?;
     let row = tx
         .query_one(
@@ -439,6 +431,7 @@ async fn save_as(
                 &waiting,
                 &history,
                 &deadlines,
+                &dedup,
             ],
         )
         .await?;

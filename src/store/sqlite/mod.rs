@@ -23,11 +23,14 @@ use uuid::Uuid;
 use super::codec::{self, decode_labels, encode_labels, COLS};
 use super::limits::{self, Bucket, KindBudget};
 mod checkpoint;
+mod claim;
 mod deadlines;
+mod dedup;
 mod deps;
 mod outcomes;
 mod progress;
 mod rows;
+mod schedules;
 mod schema;
 mod sql;
 #[cfg(test)]
@@ -117,6 +120,8 @@ impl SqliteStore {
                     WriterState {
                         waiting,
                         buckets: HashMap::new(),
+                        cursors: HashMap::new(),
+                        key_buckets: Default::default(),
                         has_deps,
                         moved: Vec::new(),
                         committed,
@@ -243,10 +248,24 @@ impl Store for SqliteStore {
     ) -> Result<Vec<InsertOutcome>, StoreError> {
         // One job without parents: at most its INSERT changes anything, as
         // the last step (a job with parents writes its edges too).
-        let single = jobs.len() == 1 && jobs[0].parents.is_empty();
+        let single = jobs.len() == 1 && jobs[0].parents.is_empty() && jobs[0].dedup.is_none();
         self.write_with(single, move |tx, st| {
+            // Entries answered by an existing job: `$N` naming them means it.
+            let mut aliases: HashMap<Uuid, Uuid> = HashMap::new();
             jobs.into_iter()
-                .map(|j| insert_one(tx, st, j, max_backlog))
+                .map(|mut j| {
+                    for p in j.parents.iter_mut() {
+                        *p = aliases.get(p).copied().unwrap_or(*p);
+                    }
+                    let id = j.id;
+                    let o = insert_one(tx, st, j, max_backlog)?;
+                    if let InsertOutcome::Deduplicated(e) | InsertOutcome::Merged { job: e, .. } =
+                        &o
+                    {
+                        aliases.insert(id, e.id);
+                    }
+                    Ok(o)
+                })
                 .collect()
         })
         .await
@@ -288,84 +307,7 @@ impl Store for SqliteStore {
 
     async fn claim(&self, req: &ClaimRequest) -> Result<ClaimOutcome, StoreError> {
         let req = req.clone();
-        self.write(move |tx, st| {
-            // Stamped when the claim takes effect (after the writes queued
-            // before it, such as the end of a key's previous job).
-            let now = now_micros().max(req.now);
-            // Each kind's own queue, up to its free slots (and tokens); then
-            // the best `limit` of those by priority and age.
-            let mut candidates = Vec::new();
-            let mut budgets = Vec::new();
-            for (kind, cap) in req.kinds.iter().filter(|(_, n)| **n > 0) {
-                let limits = req.limits.get(kind).copied().unwrap_or_default();
-                let b = KindBudget::new(
-                    (*cap).min(req.limit),
-                    limits,
-                    st.buckets.get(kind).copied(),
-                    now,
-                );
-                let row = |r: &Row<'_>| {
-                    Ok((
-                        r.get::<_, i32>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
-                };
-                let read = b.to_read() as i64;
-                let mut s;
-                let rows = match limits.key_concurrency {
-                    Some(max) => {
-                        s = tx.prepare_cached(CLAIM_KEYED).map_err(map_err)?;
-                        s.query_map(params![kind, read, max], row)
-                    }
-                    None => {
-                        s = tx.prepare_cached(CLAIM_KIND).map_err(map_err)?;
-                        s.query_map(params![kind, read], row)
-                    }
-                }
-                .map_err(map_err)?;
-                let mut found = 0;
-                for r in rows {
-                    let (prio, seq, id) = r.map_err(map_err)?;
-                    found += 1;
-                    if found <= b.allowed() {
-                        candidates.push((prio, seq, kind.clone(), id));
-                    }
-                }
-                budgets.push((kind.clone(), b, found));
-            }
-            let picked = limits::pick(candidates, req.limit)
-                .into_iter()
-                .map(|(_, id)| {
-                    Uuid::from_slice(&id)
-                        .map_err(|e| StoreError::Corrupt(Detail::new(e.to_string()).because(e)))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let (jobs, expired): (Vec<Job>, Vec<Job>) = transition_all(tx, st, picked, |j| {
-                transition::claim_or_expire(j, now, req.lease_slack);
-                true
-            })?
-            .into_iter()
-            .partition(|j| j.state == JobState::Running);
-            let taken = limits::taken_per_kind(jobs.iter().map(|j| j.kind.as_str()));
-            let mut rate_limited = Vec::new();
-            for (kind, b, found) in budgets {
-                let got = taken.get(&kind).copied().unwrap_or(0);
-                let (bucket, wake) = b.settle(found, got, now);
-                if let Some(at) = wake {
-                    rate_limited.push((kind.clone(), at));
-                }
-                if let Some(bucket) = bucket {
-                    st.buckets.insert(kind, bucket);
-                }
-            }
-            Ok(ClaimOutcome {
-                jobs,
-                expired,
-                rate_limited,
-            })
-        })
-        .await
+        self.write(move |tx, st| claim::claim(tx, st, &req)).await
     }
 
     async fn expire_unstarted(
@@ -590,36 +532,11 @@ impl Store for SqliteStore {
     }
 
     async fn init_schedule(&self, id: &str, next_fire_at: Micros) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.write(move |tx, _| {
-            tx.prepare_cached(
-                "INSERT INTO schedules (id, next_fire_at) VALUES (?1, ?2) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .and_then(|mut s| s.execute(params![id, next_fire_at]))
-            .map(|_| ())
-            .map_err(map_err)
-        })
-        .await
+        self.schedule_init(id, next_fire_at).await
     }
 
     async fn schedules(&self) -> Result<Vec<ScheduleRow>, StoreError> {
-        self.read(|c| {
-            let mut s = c.prepare_cached(
-                "SELECT id, next_fire_at, paused, last_job_id FROM schedules ORDER BY id",
-            )?;
-            let rows = s.query_map([], |r| {
-                let last: Option<String> = r.get(3)?;
-                Ok(ScheduleRow {
-                    id: r.get(0)?,
-                    next_fire_at: r.get(1)?,
-                    paused: r.get::<_, i64>(2)? != 0,
-                    last_job_id: last.and_then(|s| Uuid::try_parse(&s).ok()),
-                })
-            })?;
-            rows.collect()
-        })
-        .await
+        self.schedule_rows().await
     }
 
     async fn advance_schedule(
@@ -628,38 +545,39 @@ impl Store for SqliteStore {
         old: Micros,
         new: Micros,
     ) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        self.write(move |tx, _| {
-            tx.prepare_cached(
-                "UPDATE schedules SET next_fire_at = ?3 WHERE id = ?1 AND next_fire_at = ?2",
-            )
-            .and_then(|mut s| s.execute(params![id, old, new]))
-            .map(|n| n == 1)
-            .map_err(map_err)
-        })
-        .await
+        self.schedule_advance(id, old, new).await
     }
 
     async fn set_schedule_last_job(&self, id: &str, job: Uuid) -> Result<(), StoreError> {
-        let id = id.to_string();
-        self.write(move |tx, _| {
-            tx.prepare_cached("UPDATE schedules SET last_job_id = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id, job.to_string()]))
-                .map(|_| ())
-                .map_err(map_err)
-        })
-        .await
+        self.schedule_last_job(id, job).await
     }
 
     async fn set_schedule_paused(&self, id: &str, paused: bool) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        self.write(move |tx, _| {
-            tx.prepare_cached("UPDATE schedules SET paused = ?2 WHERE id = ?1")
-                .and_then(|mut s| s.execute(params![id, paused as i64]))
-                .map(|n| n == 1)
-                .map_err(map_err)
-        })
-        .await
+        self.schedule_paused(id, paused).await
+    }
+
+    async fn create_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Micros,
+        max: usize,
+    ) -> Result<crate::store::CreateSchedule, StoreError> {
+        self.schedule_create(id, definition, next_fire_at, max)
+            .await
+    }
+
+    async fn update_schedule(
+        &self,
+        id: &str,
+        definition: &str,
+        next_fire_at: Option<Micros>,
+    ) -> Result<bool, StoreError> {
+        self.schedule_update(id, definition, next_fire_at).await
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<bool, StoreError> {
+        self.schedule_delete(id).await
     }
 
     async fn prune(&self, before: Micros, limit: usize) -> Result<u64, StoreError> {

@@ -60,6 +60,8 @@ pub(super) fn row_to_job(r: &Row<'_>) -> rusqlite::Result<Job> {
         on_parent_failure: codec::policy_from_code(r.get(26)?),
         attempts: codec::decode_attempts(&r.get::<_, Option<Vec<u8>>>(27)?.unwrap_or_default()),
         start_before: r.get(28)?,
+        dedup_key: r.get(29)?,
+        fairness_key: r.get(30)?,
     })
 }
 

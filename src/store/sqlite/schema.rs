@@ -19,6 +19,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("migrations/0011.sql"),
     include_str!("migrations/0012.sql"),
     include_str!("migrations/0013.sql"),
+    include_str!("migrations/0014.sql"),
+    include_str!("migrations/0015.sql"),
+    include_str!("migrations/0016.sql"),
 ];
 
 pub(super) fn configure(conn: &Connection) -> rusqlite::Result<()> {

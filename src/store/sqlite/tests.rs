@@ -260,7 +260,7 @@ async fn bad_rows_are_corrupt() {
         raw.execute_batch(&format!(
             "DELETE FROM jobs; INSERT INTO jobs ({COLS}) VALUES ({}, {}, {}, {}, 1, 0, NULL, \
              {}, x'', x'', x'', 0, 0, 0, NULL, NULL, NULL, NULL, '', 0, NULL, NULL, NULL, NULL, \
-             NULL, 0, 0, NULL, NULL)",
+             NULL, 0, 0, NULL, NULL, NULL, '')",
             v("id"),
             v("kind"),
             v("state"),

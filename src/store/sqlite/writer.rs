@@ -12,6 +12,10 @@ pub(super) struct WriterState {
     /// Rated kinds' token buckets (one process claims from this file, so
     /// they live here; a restart starts them full).
     pub(super) buckets: HashMap<String, Bucket>,
+    /// Each round_robin kind's key served last (a restart starts over).
+    pub(super) cursors: HashMap<String, String>,
+    /// Each fairness key's bucket (`key_rate`), like `buckets`.
+    pub(super) key_buckets: crate::store::fairness::KeyBuckets,
     /// Some job has parents: a job's end looks for children (a store that
     /// never saw depends_on skips the lookup).
     pub(super) has_deps: bool,
@@ -199,7 +203,7 @@ pub(super) fn save(
             "UPDATE jobs SET state = ?2, attempt = ?3, result = ?4, updated_at = ?5, \
              started_at = ?6, finished_at = ?7, next_attempt_at = ?8, lease_expires_at = ?9, \
              last_error = ?10, sequence = ?11, waiting_on = ?14, attempts = ?15, \
-             start_before = ?16 \
+             start_before = ?16, dedup_key = ?17 \
              WHERE id = ?1 AND state = ?12 AND attempt = ?13",
         )
         .and_then(|mut s| {
@@ -220,6 +224,7 @@ pub(super) fn save(
                 job.waiting_on,
                 codec::encode_attempts(&job.attempts),
                 job.start_before,
+                job.dedup_key,
             ])
         })
         .map_err(map_err)?;
@@ -298,14 +303,11 @@ pub(super) fn insert_one(
             .and_then(|mut s| s.query_row([key], row_to_job).optional())
             .map_err(map_err)?;
         if let Some(job) = existing {
-            return Ok(if job.request_hash == new.request_hash {
-                InsertOutcome::Deduplicated(job)
-            } else {
-                InsertOutcome::Conflict {
-                    existing_id: job.id,
-                }
-            });
+            return Ok(crate::store::idempotent(&job, &new.request_hash));
         }
+    }
+    if let Some(o) = super::dedup::merge(tx, &new)? {
+        return Ok(o);
     }
     if st.waiting >= max_backlog.min(i64::MAX as u64) as i64 {
         return Ok(InsertOutcome::BacklogFull);
@@ -322,7 +324,7 @@ pub(super) fn insert_one(
     });
     tx.prepare_cached(&format!(
         "INSERT INTO jobs ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, \
-         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
+         ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)"
     ))
     .and_then(|mut s| {
         s.execute(params![
@@ -355,6 +357,8 @@ pub(super) fn insert_one(
             codec::policy_code(job.on_parent_failure),
             codec::encode_attempts(&job.attempts),
             job.start_before,
+            job.dedup_key,
+            job.fairness_key,
         ])
     })
     .map_err(map_err)?;

@@ -29,11 +29,38 @@ class DependencyFailure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPENDENCY_FAILURE_CANCEL: _ClassVar[DependencyFailure]
     DEPENDENCY_FAILURE_RUN: _ClassVar[DependencyFailure]
 
+class DedupMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEDUP_MODE_UNSPECIFIED: _ClassVar[DedupMode]
+    DEDUP_MODE_KEEP: _ClassVar[DedupMode]
+    DEDUP_MODE_REPLACE: _ClassVar[DedupMode]
+    DEDUP_MODE_DEBOUNCE: _ClassVar[DedupMode]
+
+class DedupOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEDUP_OUTCOME_UNSPECIFIED: _ClassVar[DedupOutcome]
+    DEDUP_OUTCOME_CREATED: _ClassVar[DedupOutcome]
+    DEDUP_OUTCOME_KEPT: _ClassVar[DedupOutcome]
+    DEDUP_OUTCOME_REPLACED: _ClassVar[DedupOutcome]
+    DEDUP_OUTCOME_DEBOUNCED: _ClassVar[DedupOutcome]
+
 class ListJobsOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LIST_JOBS_ORDER_UNSPECIFIED: _ClassVar[ListJobsOrder]
     LIST_JOBS_ORDER_OLDEST_FIRST: _ClassVar[ListJobsOrder]
     LIST_JOBS_ORDER_NEWEST_FIRST: _ClassVar[ListJobsOrder]
+
+class ScheduleSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULE_SOURCE_UNSPECIFIED: _ClassVar[ScheduleSource]
+    SCHEDULE_SOURCE_CONFIG: _ClassVar[ScheduleSource]
+    SCHEDULE_SOURCE_API: _ClassVar[ScheduleSource]
+
+class ScheduleOverlap(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCHEDULE_OVERLAP_UNSPECIFIED: _ClassVar[ScheduleOverlap]
+    SCHEDULE_OVERLAP_ALLOW: _ClassVar[ScheduleOverlap]
+    SCHEDULE_OVERLAP_SKIP: _ClassVar[ScheduleOverlap]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -45,9 +72,24 @@ JOB_STATE_WAITING: JobState
 DEPENDENCY_FAILURE_UNSPECIFIED: DependencyFailure
 DEPENDENCY_FAILURE_CANCEL: DependencyFailure
 DEPENDENCY_FAILURE_RUN: DependencyFailure
+DEDUP_MODE_UNSPECIFIED: DedupMode
+DEDUP_MODE_KEEP: DedupMode
+DEDUP_MODE_REPLACE: DedupMode
+DEDUP_MODE_DEBOUNCE: DedupMode
+DEDUP_OUTCOME_UNSPECIFIED: DedupOutcome
+DEDUP_OUTCOME_CREATED: DedupOutcome
+DEDUP_OUTCOME_KEPT: DedupOutcome
+DEDUP_OUTCOME_REPLACED: DedupOutcome
+DEDUP_OUTCOME_DEBOUNCED: DedupOutcome
 LIST_JOBS_ORDER_UNSPECIFIED: ListJobsOrder
 LIST_JOBS_ORDER_OLDEST_FIRST: ListJobsOrder
 LIST_JOBS_ORDER_NEWEST_FIRST: ListJobsOrder
+SCHEDULE_SOURCE_UNSPECIFIED: ScheduleSource
+SCHEDULE_SOURCE_CONFIG: ScheduleSource
+SCHEDULE_SOURCE_API: ScheduleSource
+SCHEDULE_OVERLAP_UNSPECIFIED: ScheduleOverlap
+SCHEDULE_OVERLAP_ALLOW: ScheduleOverlap
+SCHEDULE_OVERLAP_SKIP: ScheduleOverlap
 
 class GetJobGraphRequest(_message.Message):
     __slots__ = ("id", "depth")
@@ -138,7 +180,7 @@ class LogLine(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., attempt: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("id", "kind", "state", "attempt", "max_attempts", "priority", "idempotency_key", "labels", "created_at", "updated_at", "started_at", "finished_at", "next_attempt_at", "last_error", "result", "payload_size", "timeout", "result_truncated", "ordering_key", "traceparent", "progress", "checkpoint_size", "parent_ids", "waiting_on", "on_dependency_failure", "attempts", "start_before")
+    __slots__ = ("id", "kind", "state", "attempt", "max_attempts", "priority", "idempotency_key", "labels", "created_at", "updated_at", "started_at", "finished_at", "next_attempt_at", "last_error", "result", "payload_size", "timeout", "result_truncated", "ordering_key", "traceparent", "progress", "checkpoint_size", "parent_ids", "waiting_on", "on_dependency_failure", "attempts", "start_before", "dedup_key", "fairness_key")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +215,8 @@ class Job(_message.Message):
     ON_DEPENDENCY_FAILURE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     START_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_KEY_FIELD_NUMBER: _ClassVar[int]
+    FAIRNESS_KEY_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     state: JobState
@@ -200,7 +244,9 @@ class Job(_message.Message):
     on_dependency_failure: DependencyFailure
     attempts: _containers.RepeatedCompositeFieldContainer[JobAttempt]
     start_before: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_truncated: bool = ..., ordering_key: _Optional[str] = ..., traceparent: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., checkpoint_size: _Optional[int] = ..., parent_ids: _Optional[_Iterable[str]] = ..., waiting_on: _Optional[int] = ..., on_dependency_failure: _Optional[_Union[DependencyFailure, str]] = ..., attempts: _Optional[_Iterable[_Union[JobAttempt, _Mapping]]] = ..., start_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    dedup_key: str
+    fairness_key: str
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., priority: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., next_attempt_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_error: _Optional[str] = ..., result: _Optional[bytes] = ..., payload_size: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., result_truncated: bool = ..., ordering_key: _Optional[str] = ..., traceparent: _Optional[str] = ..., progress: _Optional[_Union[JobProgress, _Mapping]] = ..., checkpoint_size: _Optional[int] = ..., parent_ids: _Optional[_Iterable[str]] = ..., waiting_on: _Optional[int] = ..., on_dependency_failure: _Optional[_Union[DependencyFailure, str]] = ..., attempts: _Optional[_Iterable[_Union[JobAttempt, _Mapping]]] = ..., start_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dedup_key: _Optional[str] = ..., fairness_key: _Optional[str] = ...) -> None: ...
 
 class JobAttempt(_message.Message):
     __slots__ = ("attempt", "started_at", "finished_at", "outcome", "error", "worker")
@@ -219,7 +265,7 @@ class JobAttempt(_message.Message):
     def __init__(self, attempt: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcome: _Optional[str] = ..., error: _Optional[str] = ..., worker: _Optional[str] = ...) -> None: ...
 
 class SubmitRequest(_message.Message):
-    __slots__ = ("kind", "payload", "idempotency_key", "priority", "max_attempts", "timeout", "run_at", "labels", "ordering_key", "depends_on", "on_dependency_failure", "start_before")
+    __slots__ = ("kind", "payload", "idempotency_key", "priority", "max_attempts", "timeout", "run_at", "labels", "ordering_key", "depends_on", "on_dependency_failure", "start_before", "dedup", "fairness_key")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +285,8 @@ class SubmitRequest(_message.Message):
     DEPENDS_ON_FIELD_NUMBER: _ClassVar[int]
     ON_DEPENDENCY_FAILURE_FIELD_NUMBER: _ClassVar[int]
     START_BEFORE_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_FIELD_NUMBER: _ClassVar[int]
+    FAIRNESS_KEY_FIELD_NUMBER: _ClassVar[int]
     kind: str
     payload: bytes
     idempotency_key: str
@@ -251,15 +299,31 @@ class SubmitRequest(_message.Message):
     depends_on: _containers.RepeatedScalarFieldContainer[str]
     on_dependency_failure: DependencyFailure
     start_before: _timestamp_pb2.Timestamp
-    def __init__(self, kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ordering_key: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., on_dependency_failure: _Optional[_Union[DependencyFailure, str]] = ..., start_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    dedup: Dedup
+    fairness_key: str
+    def __init__(self, kind: _Optional[str] = ..., payload: _Optional[bytes] = ..., idempotency_key: _Optional[str] = ..., priority: _Optional[int] = ..., max_attempts: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., run_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., ordering_key: _Optional[str] = ..., depends_on: _Optional[_Iterable[str]] = ..., on_dependency_failure: _Optional[_Union[DependencyFailure, str]] = ..., start_before: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., dedup: _Optional[_Union[Dedup, _Mapping]] = ..., fairness_key: _Optional[str] = ...) -> None: ...
+
+class Dedup(_message.Message):
+    __slots__ = ("key", "mode", "window", "max_wait")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_WAIT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    mode: DedupMode
+    window: _duration_pb2.Duration
+    max_wait: _duration_pb2.Duration
+    def __init__(self, key: _Optional[str] = ..., mode: _Optional[_Union[DedupMode, str]] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class SubmitResponse(_message.Message):
-    __slots__ = ("job", "deduplicated")
+    __slots__ = ("job", "deduplicated", "dedup_outcome")
     JOB_FIELD_NUMBER: _ClassVar[int]
     DEDUPLICATED_FIELD_NUMBER: _ClassVar[int]
+    DEDUP_OUTCOME_FIELD_NUMBER: _ClassVar[int]
     job: Job
     deduplicated: bool
-    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., deduplicated: bool = ...) -> None: ...
+    dedup_outcome: DedupOutcome
+    def __init__(self, job: _Optional[_Union[Job, _Mapping]] = ..., deduplicated: bool = ..., dedup_outcome: _Optional[_Union[DedupOutcome, str]] = ...) -> None: ...
 
 class SubmitBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -571,7 +635,14 @@ class ListSchedulesResponse(_message.Message):
     def __init__(self, schedules: _Optional[_Iterable[_Union[ScheduleStatus, _Mapping]]] = ...) -> None: ...
 
 class ScheduleStatus(_message.Message):
-    __slots__ = ("id", "kind", "cron", "timezone", "next_fire_at", "paused", "last_job_id")
+    __slots__ = ("id", "kind", "cron", "timezone", "next_fire_at", "paused", "last_job_id", "source", "payload", "labels", "overlap", "catchup")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CRON_FIELD_NUMBER: _ClassVar[int]
@@ -579,6 +650,11 @@ class ScheduleStatus(_message.Message):
     NEXT_FIRE_AT_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FIELD_NUMBER: _ClassVar[int]
     LAST_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_FIELD_NUMBER: _ClassVar[int]
     id: str
     kind: str
     cron: str
@@ -586,7 +662,73 @@ class ScheduleStatus(_message.Message):
     next_fire_at: _timestamp_pb2.Timestamp
     paused: bool
     last_job_id: str
-    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., cron: _Optional[str] = ..., timezone: _Optional[str] = ..., next_fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused: bool = ..., last_job_id: _Optional[str] = ...) -> None: ...
+    source: ScheduleSource
+    payload: str
+    labels: _containers.ScalarMap[str, str]
+    overlap: ScheduleOverlap
+    catchup: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., cron: _Optional[str] = ..., timezone: _Optional[str] = ..., next_fire_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused: bool = ..., last_job_id: _Optional[str] = ..., source: _Optional[_Union[ScheduleSource, str]] = ..., payload: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., overlap: _Optional[_Union[ScheduleOverlap, str]] = ..., catchup: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class ScheduleDefinition(_message.Message):
+    __slots__ = ("id", "kind", "cron", "timezone", "payload", "labels", "overlap", "catchup")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    CATCHUP_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    kind: str
+    cron: str
+    timezone: str
+    payload: str
+    labels: _containers.ScalarMap[str, str]
+    overlap: ScheduleOverlap
+    catchup: _duration_pb2.Duration
+    def __init__(self, id: _Optional[str] = ..., kind: _Optional[str] = ..., cron: _Optional[str] = ..., timezone: _Optional[str] = ..., payload: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., overlap: _Optional[_Union[ScheduleOverlap, str]] = ..., catchup: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class CreateScheduleRequest(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: ScheduleDefinition
+    def __init__(self, schedule: _Optional[_Union[ScheduleDefinition, _Mapping]] = ...) -> None: ...
+
+class CreateScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: ScheduleStatus
+    def __init__(self, schedule: _Optional[_Union[ScheduleStatus, _Mapping]] = ...) -> None: ...
+
+class UpdateScheduleRequest(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: ScheduleDefinition
+    def __init__(self, schedule: _Optional[_Union[ScheduleDefinition, _Mapping]] = ...) -> None: ...
+
+class UpdateScheduleResponse(_message.Message):
+    __slots__ = ("schedule",)
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
+    schedule: ScheduleStatus
+    def __init__(self, schedule: _Optional[_Union[ScheduleStatus, _Mapping]] = ...) -> None: ...
+
+class DeleteScheduleRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class DeleteScheduleResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class TriggerScheduleRequest(_message.Message):
     __slots__ = ("id",)

@@ -722,6 +722,21 @@ class AdminServiceStub(object):
                 request_serializer=jobd_dot_v1_dot_jobd__pb2.ResumeScheduleRequest.SerializeToString,
                 response_deserializer=jobd_dot_v1_dot_jobd__pb2.ResumeScheduleResponse.FromString,
                 _registered_method=True)
+        self.CreateSchedule = channel.unary_unary(
+                '/jobd.v1.AdminService/CreateSchedule',
+                request_serializer=jobd_dot_v1_dot_jobd__pb2.CreateScheduleRequest.SerializeToString,
+                response_deserializer=jobd_dot_v1_dot_jobd__pb2.CreateScheduleResponse.FromString,
+                _registered_method=True)
+        self.UpdateSchedule = channel.unary_unary(
+                '/jobd.v1.AdminService/UpdateSchedule',
+                request_serializer=jobd_dot_v1_dot_jobd__pb2.UpdateScheduleRequest.SerializeToString,
+                response_deserializer=jobd_dot_v1_dot_jobd__pb2.UpdateScheduleResponse.FromString,
+                _registered_method=True)
+        self.DeleteSchedule = channel.unary_unary(
+                '/jobd.v1.AdminService/DeleteSchedule',
+                request_serializer=jobd_dot_v1_dot_jobd__pb2.DeleteScheduleRequest.SerializeToString,
+                response_deserializer=jobd_dot_v1_dot_jobd__pb2.DeleteScheduleResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer(object):
@@ -800,6 +815,37 @@ class AdminServiceServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSchedule(self, request, context):
+        """CreateSchedule stores a new schedule, checked exactly as a
+        `[[schedules]]` entry of the config is (INVALID_ARGUMENT naming the
+        field). Stored: it survives a restart and fires on every instance
+        sharing the store, once per fire time. ALREADY_EXISTS for an id in use
+        (config or stored); RESOURCE_EXHAUSTED when config and stored schedules
+        together reach the bound (1000).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSchedule(self, request, context):
+        """UpdateSchedule replaces a stored schedule's definition; a new cron
+        expression or time zone starts from the next fire after now. NOT_FOUND
+        for an unknown id; FAILED_PRECONDITION for a config schedule (change
+        the config instead).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSchedule(self, request, context):
+        """DeleteSchedule removes a stored schedule: no fire after it (jobs it
+        submitted stay). NOT_FOUND for an unknown id; FAILED_PRECONDITION for a
+        config schedule.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -847,6 +893,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ResumeSchedule,
                     request_deserializer=jobd_dot_v1_dot_jobd__pb2.ResumeScheduleRequest.FromString,
                     response_serializer=jobd_dot_v1_dot_jobd__pb2.ResumeScheduleResponse.SerializeToString,
+            ),
+            'CreateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSchedule,
+                    request_deserializer=jobd_dot_v1_dot_jobd__pb2.CreateScheduleRequest.FromString,
+                    response_serializer=jobd_dot_v1_dot_jobd__pb2.CreateScheduleResponse.SerializeToString,
+            ),
+            'UpdateSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSchedule,
+                    request_deserializer=jobd_dot_v1_dot_jobd__pb2.UpdateScheduleRequest.FromString,
+                    response_serializer=jobd_dot_v1_dot_jobd__pb2.UpdateScheduleResponse.SerializeToString,
+            ),
+            'DeleteSchedule': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSchedule,
+                    request_deserializer=jobd_dot_v1_dot_jobd__pb2.DeleteScheduleRequest.FromString,
+                    response_serializer=jobd_dot_v1_dot_jobd__pb2.DeleteScheduleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1094,6 +1155,87 @@ class AdminService(object):
             '/jobd.v1.AdminService/ResumeSchedule',
             jobd_dot_v1_dot_jobd__pb2.ResumeScheduleRequest.SerializeToString,
             jobd_dot_v1_dot_jobd__pb2.ResumeScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobd.v1.AdminService/CreateSchedule',
+            jobd_dot_v1_dot_jobd__pb2.CreateScheduleRequest.SerializeToString,
+            jobd_dot_v1_dot_jobd__pb2.CreateScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobd.v1.AdminService/UpdateSchedule',
+            jobd_dot_v1_dot_jobd__pb2.UpdateScheduleRequest.SerializeToString,
+            jobd_dot_v1_dot_jobd__pb2.UpdateScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSchedule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/jobd.v1.AdminService/DeleteSchedule',
+            jobd_dot_v1_dot_jobd__pb2.DeleteScheduleRequest.SerializeToString,
+            jobd_dot_v1_dot_jobd__pb2.DeleteScheduleResponse.FromString,
             options,
             channel_credentials,
             insecure,

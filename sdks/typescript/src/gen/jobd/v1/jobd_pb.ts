@@ -30,7 +30,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file jobd/v1/jobd.proto.
  */
 export const file_jobd_v1_jobd: GenFile = /*@__PURE__*/
-  fileDesc("ChJqb2JkL3YxL2pvYmQucHJvdG8SB2pvYmQudjEiLwoSR2V0Sm9iR3JhcGhSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWRlcHRoGAIgASgNImUKE0dldEpvYkdyYXBoUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYmQudjEuSm9iEh8KBWVkZ2VzGAIgAygLMhAuam9iZC52MS5Kb2JFZGdlEhEKCXRydW5jYXRlZBgDIAEoCCIoCgdKb2JFZGdlEg4KBnBhcmVudBgBIAEoCRINCgVjaGlsZBgCIAEoCSJyCgxQYXJlbnRSZXN1bHQSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIgCgVzdGF0ZRgDIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDgoGcmVzdWx0GAQgASgMEhYKDnJlc3VsdF9vbWl0dGVkGAUgASgIInAKC0pvYlByb2dyZXNzEg8KB3BlcmNlbnQYASABKA0SDwoHbWVzc2FnZRgCIAEoCRIPCgdkZXRhaWxzGAMgASgMEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjoKDkdldExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEEg0KBWxpbWl0GAMgASgNIjIKD0dldExvZ3NSZXNwb25zZRIfCgVsaW5lcxgBIAMoCzIQLmpvYmQudjEuTG9nTGluZSItChBXYXRjaExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEIl8KB0xvZ0xpbmUSCwoDc2VxGAEgASgEEg8KB2F0dGVtcHQYAiABKA0SKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEdGV4dBgEIAEoCSKKBwoDSm9iEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSIAoFc3RhdGUYAyABKA4yES5qb2JkLnYxLkpvYlN0YXRlEg8KB2F0dGVtcHQYBCABKA0SFAoMbWF4X2F0dGVtcHRzGAUgASgNEhAKCHByaW9yaXR5GAYgASgFEhcKD2lkZW1wb3RlbmN5X2tleRgHIAEoCRIoCgZsYWJlbHMYCCADKAsyGC5qb2JkLnYxLkpvYi5MYWJlbHNFbnRyeRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbmV4dF9hdHRlbXB0X2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGA4gASgJEg4KBnJlc3VsdBgPIAEoDBIUCgxwYXlsb2FkX3NpemUYECABKAQSKgoHdGltZW91dBgRIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIYChByZXN1bHRfdHJ1bmNhdGVkGBIgASgIEhQKDG9yZGVyaW5nX2tleRgTIAEoCRITCgt0cmFjZXBhcmVudBgUIAEoCRImCghwcm9ncmVzcxgVIAEoCzIULmpvYmQudjEuSm9iUHJvZ3Jlc3MSFwoPY2hlY2twb2ludF9zaXplGBYgASgEEhIKCnBhcmVudF9pZHMYFyADKAkSEgoKd2FpdGluZ19vbhgYIAEoDRI5ChVvbl9kZXBlbmRlbmN5X2ZhaWx1cmUYGSABKA4yGi5qb2JkLnYxLkRlcGVuZGVuY3lGYWlsdXJlEiUKCGF0dGVtcHRzGBogAygLMhMuam9iZC52MS5Kb2JBdHRlbXB0EjAKDHN0YXJ0X2JlZm9yZRgbIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKuAQoKSm9iQXR0ZW1wdBIPCgdhdHRlbXB0GAEgASgNEi4KCnN0YXJ0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi8KC2ZpbmlzaGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdvdXRjb21lGAQgASgJEg0KBWVycm9yGAUgASgJEg4KBndvcmtlchgGIAEoCSLBAwoNU3VibWl0UmVxdWVzdBIMCgRraW5kGAEgASgJEg8KB3BheWxvYWQYAiABKAwSFwoPaWRlbXBvdGVuY3lfa2V5GAMgASgJEhAKCHByaW9yaXR5GAQgASgFEhQKDG1heF9hdHRlbXB0cxgFIAEoDRIqCgd0aW1lb3V0GAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEioKBnJ1bl9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoGbGFiZWxzGAggAygLMiIuam9iZC52MS5TdWJtaXRSZXF1ZXN0LkxhYmVsc0VudHJ5EhQKDG9yZGVyaW5nX2tleRgJIAEoCRISCgpkZXBlbmRzX29uGAogAygJEjkKFW9uX2RlcGVuZGVuY3lfZmFpbHVyZRgLIAEoDjIaLmpvYmQudjEuRGVwZW5kZW5jeUZhaWx1cmUSMAoMc3RhcnRfYmVmb3JlGAwgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkEKDlN1Ym1pdFJlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhQKDGRlZHVwbGljYXRlZBgCIAEoCCI+ChJTdWJtaXRCYXRjaFJlcXVlc3QSKAoIcmVxdWVzdHMYASADKAsyFi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QiagoMU3VibWl0UmVzdWx0EisKCGFjY2VwdGVkGAEgASgLMhcuam9iZC52MS5TdWJtaXRSZXNwb25zZUgAEiMKBWVycm9yGAIgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXNIAEIICgZyZXN1bHQiPQoTU3VibWl0QmF0Y2hSZXNwb25zZRImCgdyZXN1bHRzGAEgAygLMhUuam9iZC52MS5TdWJtaXRSZXN1bHQiHgoQR2V0U3RhdHVzUmVxdWVzdBIKCgJpZBgBIAEoCSJHChFHZXRTdGF0dXNSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYhIXCg9wYXlsb2FkX3ByZXZpZXcYAiABKAwiOAoSV2F0Y2hTdGF0dXNSZXF1ZXN0EgoKAmlkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIjcKCEpvYkV2ZW50EhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhAKCHNlcXVlbmNlGAIgASgEIhsKDUNhbmNlbFJlcXVlc3QSCgoCaWQYASABKAkiKwoOQ2FuY2VsUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2IiigIKD0xpc3RKb2JzUmVxdWVzdBIgCgVzdGF0ZRgBIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDAoEa2luZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCRIUCgxvcmRlcmluZ19rZXkYBSABKAkSNAoGbGFiZWxzGAYgAygLMiQuam9iZC52MS5MaXN0Sm9ic1JlcXVlc3QuTGFiZWxzRW50cnkSJQoFb3JkZXIYByABKA4yFi5qb2JkLnYxLkxpc3RKb2JzT3JkZXIaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJRChBXYXRjaEpvYnNSZXF1ZXN0EgwKBGtpbmQYASABKAkSIAoFc3RhdGUYAiABKA4yES5qb2JkLnYxLkpvYlN0YXRlEg0KBWFmdGVyGAMgASgEIkAKEVdhdGNoSm9ic1Jlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhAKCHBvc2l0aW9uGAIgASgEIkcKEExpc3RKb2JzUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYmQudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKLAgoNV29ya2VyTWVzc2FnZRIfCgVoZWxsbxgBIAEoCzIOLmpvYmQudjEuSGVsbG9IABInCgloZWFydGJlYXQYAiABKAsyEi5qb2JkLnYxLkhlYXJ0YmVhdEgAEiUKCGNvbXBsZXRlGAMgASgLMhEuam9iZC52MS5Db21wbGV0ZUgAEh0KBGZhaWwYBCABKAsyDS5qb2JkLnYxLkZhaWxIABIlCghwcm9ncmVzcxgFIAEoCzIRLmpvYmQudjEuUHJvZ3Jlc3NIABIbCgNsb2cYBiABKAsyDC5qb2JkLnYxLkxvZ0gAEh8KBXRvdWNoGAcgASgLMg4uam9iZC52MS5Ub3VjaEgAQgUKA21zZyJ+CgVUb3VjaBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIsCglleHRlbmRfYnkYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFwoKY2hlY2twb2ludBgEIAEoDEgAiAEBQg0KC19jaGVja3BvaW50Il4KCFByb2dyZXNzEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg8KB3BlcmNlbnQYAyABKA0SDwoHbWVzc2FnZRgEIAEoCRIPCgdkZXRhaWxzGAUgASgMIjUKA0xvZxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVsaW5lcxgDIAMoCSKbAQoFSGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEg0KBWtpbmRzGAIgAygJEhUKDW1heF9pbl9mbGlnaHQYAyABKA0SKgoGbGFiZWxzGAQgAygLMhouam9iZC52MS5IZWxsby5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIgsKCUhlYXJ0YmVhdCI7CghDb21wbGV0ZRIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIOCgZyZXN1bHQYAyABKAwieQoERmFpbBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVlcnJvchgDIAEoCRIRCglwZXJtYW5lbnQYBCABKAgSLgoLcmV0cnlfYWZ0ZXIYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i8AEKDVNlcnZlck1lc3NhZ2USIwoHd2VsY29tZRgBIAEoCzIQLmpvYmQudjEuV2VsY29tZUgAEiEKBmFzc2lnbhgCIAEoCzIPLmpvYmQudjEuQXNzaWduSAASJAoGY2FuY2VsGAMgASgLMhIuam9iZC52MS5DYW5jZWxKb2JIABIhCgNhY2sYBCABKAsyEi5qb2JkLnYxLlJlcG9ydEFja0gAEh8KBWRyYWluGAUgASgLMg4uam9iZC52MS5EcmFpbkgAEiYKCXRvdWNoX2FjaxgGIAEoCzIRLmpvYmQudjEuVG91Y2hBY2tIAEIFCgNtc2ciaAoIVG91Y2hBY2sSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SLAoIZGVhZGxpbmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXN0YWxlGAQgASgIIlQKB1dlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i/QEKBkFzc2lnbhIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYhIPCgdwYXlsb2FkGAIgASgMEiwKCGRlYWRsaW5lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCgdoZWFkZXJzGAQgAygLMhwuam9iZC52MS5Bc3NpZ24uSGVhZGVyc0VudHJ5EhIKCmNoZWNrcG9pbnQYBSABKAwSJgoHcGFyZW50cxgGIAMoCzIVLmpvYmQudjEuUGFyZW50UmVzdWx0Gi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKCUNhbmNlbEpvYhIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIOCgZyZWFzb24YAyABKAkiOwoJUmVwb3J0QWNrEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg0KBXN0YWxlGAMgASgIIjUKBURyYWluEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIWChRMaXN0U2NoZWR1bGVzUmVxdWVzdCJDChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USKgoJc2NoZWR1bGVzGAEgAygLMhcuam9iZC52MS5TY2hlZHVsZVN0YXR1cyKhAQoOU2NoZWR1bGVTdGF0dXMSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIMCgRjcm9uGAMgASgJEhAKCHRpbWV6b25lGAQgASgJEjAKDG5leHRfZmlyZV9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcGF1c2VkGAYgASgIEhMKC2xhc3Rfam9iX2lkGAcgASgJIiQKFlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiNAoXVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2IiIgoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiQgoVUGF1c2VTY2hlZHVsZVJlc3BvbnNlEikKCHNjaGVkdWxlGAEgASgLMhcuam9iZC52MS5TY2hlZHVsZVN0YXR1cyIjChVSZXN1bWVTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiQwoWUmVzdW1lU2NoZWR1bGVSZXNwb25zZRIpCghzY2hlZHVsZRgBIAEoCzIXLmpvYmQudjEuU2NoZWR1bGVTdGF0dXMiIAoQUGF1c2VLaW5kUmVxdWVzdBIMCgRraW5kGAEgASgJIj0KEVBhdXNlS2luZFJlc3BvbnNlEigKC2tpbmRfc3RhdHVzGAEgASgLMhMuam9iZC52MS5LaW5kU3RhdHVzIiEKEVJlc3VtZUtpbmRSZXF1ZXN0EgwKBGtpbmQYASABKAkiPgoSUmVzdW1lS2luZFJlc3BvbnNlEigKC2tpbmRfc3RhdHVzGAEgASgLMhMuam9iZC52MS5LaW5kU3RhdHVzIhIKEExpc3RLaW5kc1JlcXVlc3QiNwoRTGlzdEtpbmRzUmVzcG9uc2USIgoFa2luZHMYASADKAsyEy5qb2JkLnYxLktpbmRTdGF0dXMisAEKCktpbmRTdGF0dXMSDAoEa2luZBgBIAEoCRIPCgdoYW5kbGVyGAIgASgJEg4KBnBhdXNlZBgDIAEoCBIOCgZxdWV1ZWQYBCABKAQSDwoHcnVubmluZxgFIAEoBBISCgpyZXRyeV93YWl0GAYgASgEEg4KBmZhaWxlZBgHIAEoBBITCgtjb25jdXJyZW5jeRgIIAEoDRIZChFjb25uZWN0ZWRfd29ya2VycxgJIAEoDSJlChBSZXRyeUpvYnNSZXF1ZXN0EgsKA2lkcxgBIAMoCRIkCgZmaWx0ZXIYAiABKAsyFC5qb2JkLnYxLlJldHJ5RmlsdGVyEg8KB2RyeV9ydW4YAyABKAgSDQoFbGltaXQYBCABKA0ihwIKC1JldHJ5RmlsdGVyEiAKBXN0YXRlGAEgASgOMhEuam9iZC52MS5Kb2JTdGF0ZRIMCgRraW5kGAIgASgJEjAKBmxhYmVscxgDIAMoCzIgLmpvYmQudjEuUmV0cnlGaWx0ZXIuTGFiZWxzRW50cnkSMgoOZmluaXNoZWRfYWZ0ZXIYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2ZpbmlzaGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ4ChFSZXRyeUpvYnNSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgEEg8KB3JldHJpZWQYAiABKAQSCwoDaWRzGAMgAygJEiYKB3NraXBwZWQYBCADKAsyFS5qb2JkLnYxLlJldHJ5U2tpcHBlZBIMCgRtb3JlGAUgASgIIioKDFJldHJ5U2tpcHBlZBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiIgoSTGlzdFdvcmtlcnNSZXF1ZXN0EgwKBGtpbmQYASABKAkiPgoTTGlzdFdvcmtlcnNSZXNwb25zZRInCgd3b3JrZXJzGAEgAygLMhYuam9iZC52MS5Xb3JrZXJTZXNzaW9uIsQCCg1Xb3JrZXJTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSEQoJd29ya2VyX2lkGAIgASgJEg0KBWtpbmRzGAMgAygJEhEKCWluX2ZsaWdodBgEIAEoDRIVCg1tYXhfaW5fZmxpZ2h0GAUgASgNEjAKDGNvbm5lY3RlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbGFzdF9zZWVuGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhZGRyZXNzGAggASgJEjIKBmxhYmVscxgJIAMoCzIiLmpvYmQudjEuV29ya2VyU2Vzc2lvbi5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBKssBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIYChRKT0JfU1RBVEVfUkVUUllfV0FJVBADEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQBBIUChBKT0JfU1RBVEVfRkFJTEVEEAUSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAGEhUKEUpPQl9TVEFURV9XQUlUSU5HEAcqcgoRRGVwZW5kZW5jeUZhaWx1cmUSIgoeREVQRU5ERU5DWV9GQUlMVVJFX1VOU1BFQ0lGSUVEEAASHQoZREVQRU5ERU5DWV9GQUlMVVJFX0NBTkNFTBABEhoKFkRFUEVOREVOQ1lfRkFJTFVSRV9SVU4QAip0Cg1MaXN0Sm9ic09yZGVyEh8KG0xJU1RfSk9CU19PUkRFUl9VTlNQRUNJRklFRBAAEiAKHExJU1RfSk9CU19PUkRFUl9PTERFU1RfRklSU1QQARIgChxMSVNUX0pPQlNfT1JERVJfTkVXRVNUX0ZJUlNUEAIynAUKCkpvYlNlcnZpY2USOQoGU3VibWl0EhYuam9iZC52MS5TdWJtaXRSZXF1ZXN0Ghcuam9iZC52MS5TdWJtaXRSZXNwb25zZRJICgtTdWJtaXRCYXRjaBIbLmpvYmQudjEuU3VibWl0QmF0Y2hSZXF1ZXN0Ghwuam9iZC52MS5TdWJtaXRCYXRjaFJlc3BvbnNlEkIKCUdldFN0YXR1cxIZLmpvYmQudjEuR2V0U3RhdHVzUmVxdWVzdBoaLmpvYmQudjEuR2V0U3RhdHVzUmVzcG9uc2USPwoLV2F0Y2hTdGF0dXMSGy5qb2JkLnYxLldhdGNoU3RhdHVzUmVxdWVzdBoRLmpvYmQudjEuSm9iRXZlbnQwARI5CgZDYW5jZWwSFi5qb2JkLnYxLkNhbmNlbFJlcXVlc3QaFy5qb2JkLnYxLkNhbmNlbFJlc3BvbnNlEj8KCExpc3RKb2JzEhguam9iZC52MS5MaXN0Sm9ic1JlcXVlc3QaGS5qb2JkLnYxLkxpc3RKb2JzUmVzcG9uc2USRAoJV2F0Y2hKb2JzEhkuam9iZC52MS5XYXRjaEpvYnNSZXF1ZXN0Ghouam9iZC52MS5XYXRjaEpvYnNSZXNwb25zZTABEjwKB0dldExvZ3MSFy5qb2JkLnYxLkdldExvZ3NSZXF1ZXN0Ghguam9iZC52MS5HZXRMb2dzUmVzcG9uc2USOgoJV2F0Y2hMb2dzEhkuam9iZC52MS5XYXRjaExvZ3NSZXF1ZXN0GhAuam9iZC52MS5Mb2dMaW5lMAESSAoLR2V0Sm9iR3JhcGgSGy5qb2JkLnYxLkdldEpvYkdyYXBoUmVxdWVzdBocLmpvYmQudjEuR2V0Sm9iR3JhcGhSZXNwb25zZTJOCg1Xb3JrZXJTZXJ2aWNlEj0KB0Nvbm5lY3QSFi5qb2JkLnYxLldvcmtlck1lc3NhZ2UaFi5qb2JkLnYxLlNlcnZlck1lc3NhZ2UoATABMrQFCgxBZG1pblNlcnZpY2USSAoLTGlzdFdvcmtlcnMSGy5qb2JkLnYxLkxpc3RXb3JrZXJzUmVxdWVzdBocLmpvYmQudjEuTGlzdFdvcmtlcnNSZXNwb25zZRJCCglQYXVzZUtpbmQSGS5qb2JkLnYxLlBhdXNlS2luZFJlcXVlc3QaGi5qb2JkLnYxLlBhdXNlS2luZFJlc3BvbnNlEkUKClJlc3VtZUtpbmQSGi5qb2JkLnYxLlJlc3VtZUtpbmRSZXF1ZXN0Ghsuam9iZC52MS5SZXN1bWVLaW5kUmVzcG9uc2USQgoJTGlzdEtpbmRzEhkuam9iZC52MS5MaXN0S2luZHNSZXF1ZXN0Ghouam9iZC52MS5MaXN0S2luZHNSZXNwb25zZRJCCglSZXRyeUpvYnMSGS5qb2JkLnYxLlJldHJ5Sm9ic1JlcXVlc3QaGi5qb2JkLnYxLlJldHJ5Sm9ic1Jlc3BvbnNlEk4KDUxpc3RTY2hlZHVsZXMSHS5qb2JkLnYxLkxpc3RTY2hlZHVsZXNSZXF1ZXN0Gh4uam9iZC52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USVAoPVHJpZ2dlclNjaGVkdWxlEh8uam9iZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXF1ZXN0GiAuam9iZC52MS5UcmlnZ2VyU2NoZWR1bGVSZXNwb25zZRJOCg1QYXVzZVNjaGVkdWxlEh0uam9iZC52MS5QYXVzZVNjaGVkdWxlUmVxdWVzdBoeLmpvYmQudjEuUGF1c2VTY2hlZHVsZVJlc3BvbnNlElEKDlJlc3VtZVNjaGVkdWxlEh4uam9iZC52MS5SZXN1bWVTY2hlZHVsZVJlcXVlc3QaHy5qb2JkLnYxLlJlc3VtZVNjaGVkdWxlUmVzcG9uc2VCKVonZ2l0aHViLmNvbS9qb2JkL2pvYmQvZ2VuL2pvYmQvdjE7am9iZHYxYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
+  fileDesc("ChJqb2JkL3YxL2pvYmQucHJvdG8SB2pvYmQudjEiLwoSR2V0Sm9iR3JhcGhSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWRlcHRoGAIgASgNImUKE0dldEpvYkdyYXBoUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYmQudjEuSm9iEh8KBWVkZ2VzGAIgAygLMhAuam9iZC52MS5Kb2JFZGdlEhEKCXRydW5jYXRlZBgDIAEoCCIoCgdKb2JFZGdlEg4KBnBhcmVudBgBIAEoCRINCgVjaGlsZBgCIAEoCSJyCgxQYXJlbnRSZXN1bHQSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIgCgVzdGF0ZRgDIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDgoGcmVzdWx0GAQgASgMEhYKDnJlc3VsdF9vbWl0dGVkGAUgASgIInAKC0pvYlByb2dyZXNzEg8KB3BlcmNlbnQYASABKA0SDwoHbWVzc2FnZRgCIAEoCRIPCgdkZXRhaWxzGAMgASgMEi4KCnVwZGF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjoKDkdldExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEEg0KBWxpbWl0GAMgASgNIjIKD0dldExvZ3NSZXNwb25zZRIfCgVsaW5lcxgBIAMoCzIQLmpvYmQudjEuTG9nTGluZSItChBXYXRjaExvZ3NSZXF1ZXN0EgoKAmlkGAEgASgJEg0KBWFmdGVyGAIgASgEIl8KB0xvZ0xpbmUSCwoDc2VxGAEgASgEEg8KB2F0dGVtcHQYAiABKA0SKAoEdGltZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDAoEdGV4dBgEIAEoCSKzBwoDSm9iEgoKAmlkGAEgASgJEgwKBGtpbmQYAiABKAkSIAoFc3RhdGUYAyABKA4yES5qb2JkLnYxLkpvYlN0YXRlEg8KB2F0dGVtcHQYBCABKA0SFAoMbWF4X2F0dGVtcHRzGAUgASgNEhAKCHByaW9yaXR5GAYgASgFEhcKD2lkZW1wb3RlbmN5X2tleRgHIAEoCRIoCgZsYWJlbHMYCCADKAsyGC5qb2JkLnYxLkpvYi5MYWJlbHNFbnRyeRIuCgpjcmVhdGVkX2F0GAkgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgp1cGRhdGVkX2F0GAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAsgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoPbmV4dF9hdHRlbXB0X2F0GA0gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgpsYXN0X2Vycm9yGA4gASgJEg4KBnJlc3VsdBgPIAEoDBIUCgxwYXlsb2FkX3NpemUYECABKAQSKgoHdGltZW91dBgRIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIYChByZXN1bHRfdHJ1bmNhdGVkGBIgASgIEhQKDG9yZGVyaW5nX2tleRgTIAEoCRITCgt0cmFjZXBhcmVudBgUIAEoCRImCghwcm9ncmVzcxgVIAEoCzIULmpvYmQudjEuSm9iUHJvZ3Jlc3MSFwoPY2hlY2twb2ludF9zaXplGBYgASgEEhIKCnBhcmVudF9pZHMYFyADKAkSEgoKd2FpdGluZ19vbhgYIAEoDRI5ChVvbl9kZXBlbmRlbmN5X2ZhaWx1cmUYGSABKA4yGi5qb2JkLnYxLkRlcGVuZGVuY3lGYWlsdXJlEiUKCGF0dGVtcHRzGBogAygLMhMuam9iZC52MS5Kb2JBdHRlbXB0EjAKDHN0YXJ0X2JlZm9yZRgbIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZGVkdXBfa2V5GB0gASgJEhQKDGZhaXJuZXNzX2tleRgcIAEoCRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIq4BCgpKb2JBdHRlbXB0Eg8KB2F0dGVtcHQYASABKA0SLgoKc3RhcnRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZmluaXNoZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg8KB291dGNvbWUYBCABKAkSDQoFZXJyb3IYBSABKAkSDgoGd29ya2VyGAYgASgJIvYDCg1TdWJtaXRSZXF1ZXN0EgwKBGtpbmQYASABKAkSDwoHcGF5bG9hZBgCIAEoDBIXCg9pZGVtcG90ZW5jeV9rZXkYAyABKAkSEAoIcHJpb3JpdHkYBCABKAUSFAoMbWF4X2F0dGVtcHRzGAUgASgNEioKB3RpbWVvdXQYBiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoGcnVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCgZsYWJlbHMYCCADKAsyIi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QuTGFiZWxzRW50cnkSFAoMb3JkZXJpbmdfa2V5GAkgASgJEhIKCmRlcGVuZHNfb24YCiADKAkSOQoVb25fZGVwZW5kZW5jeV9mYWlsdXJlGAsgASgOMhouam9iZC52MS5EZXBlbmRlbmN5RmFpbHVyZRIwCgxzdGFydF9iZWZvcmUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEh0KBWRlZHVwGA0gASgLMg4uam9iZC52MS5EZWR1cBIUCgxmYWlybmVzc19rZXkYDiABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKOAQoFRGVkdXASCwoDa2V5GAEgASgJEiAKBG1vZGUYAiABKA4yEi5qb2JkLnYxLkRlZHVwTW9kZRIpCgZ3aW5kb3cYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKwoIbWF4X3dhaXQYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ibwoOU3VibWl0UmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2ISFAoMZGVkdXBsaWNhdGVkGAIgASgIEiwKDWRlZHVwX291dGNvbWUYAyABKA4yFS5qb2JkLnYxLkRlZHVwT3V0Y29tZSI+ChJTdWJtaXRCYXRjaFJlcXVlc3QSKAoIcmVxdWVzdHMYASADKAsyFi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QiagoMU3VibWl0UmVzdWx0EisKCGFjY2VwdGVkGAEgASgLMhcuam9iZC52MS5TdWJtaXRSZXNwb25zZUgAEiMKBWVycm9yGAIgASgLMhIuZ29vZ2xlLnJwYy5TdGF0dXNIAEIICgZyZXN1bHQiPQoTU3VibWl0QmF0Y2hSZXNwb25zZRImCgdyZXN1bHRzGAEgAygLMhUuam9iZC52MS5TdWJtaXRSZXN1bHQiHgoQR2V0U3RhdHVzUmVxdWVzdBIKCgJpZBgBIAEoCSJHChFHZXRTdGF0dXNSZXNwb25zZRIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYhIXCg9wYXlsb2FkX3ByZXZpZXcYAiABKAwiOAoSV2F0Y2hTdGF0dXNSZXF1ZXN0EgoKAmlkGAEgASgJEhYKDmFmdGVyX3NlcXVlbmNlGAIgASgEIjcKCEpvYkV2ZW50EhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhAKCHNlcXVlbmNlGAIgASgEIhsKDUNhbmNlbFJlcXVlc3QSCgoCaWQYASABKAkiKwoOQ2FuY2VsUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2IiigIKD0xpc3RKb2JzUmVxdWVzdBIgCgVzdGF0ZRgBIAEoDjIRLmpvYmQudjEuSm9iU3RhdGUSDAoEa2luZBgCIAEoCRIRCglwYWdlX3NpemUYAyABKA0SEgoKcGFnZV90b2tlbhgEIAEoCRIUCgxvcmRlcmluZ19rZXkYBSABKAkSNAoGbGFiZWxzGAYgAygLMiQuam9iZC52MS5MaXN0Sm9ic1JlcXVlc3QuTGFiZWxzRW50cnkSJQoFb3JkZXIYByABKA4yFi5qb2JkLnYxLkxpc3RKb2JzT3JkZXIaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJRChBXYXRjaEpvYnNSZXF1ZXN0EgwKBGtpbmQYASABKAkSIAoFc3RhdGUYAiABKA4yES5qb2JkLnYxLkpvYlN0YXRlEg0KBWFmdGVyGAMgASgEIkAKEVdhdGNoSm9ic1Jlc3BvbnNlEhkKA2pvYhgBIAEoCzIMLmpvYmQudjEuSm9iEhAKCHBvc2l0aW9uGAIgASgEIkcKEExpc3RKb2JzUmVzcG9uc2USGgoEam9icxgBIAMoCzIMLmpvYmQudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSKLAgoNV29ya2VyTWVzc2FnZRIfCgVoZWxsbxgBIAEoCzIOLmpvYmQudjEuSGVsbG9IABInCgloZWFydGJlYXQYAiABKAsyEi5qb2JkLnYxLkhlYXJ0YmVhdEgAEiUKCGNvbXBsZXRlGAMgASgLMhEuam9iZC52MS5Db21wbGV0ZUgAEh0KBGZhaWwYBCABKAsyDS5qb2JkLnYxLkZhaWxIABIlCghwcm9ncmVzcxgFIAEoCzIRLmpvYmQudjEuUHJvZ3Jlc3NIABIbCgNsb2cYBiABKAsyDC5qb2JkLnYxLkxvZ0gAEh8KBXRvdWNoGAcgASgLMg4uam9iZC52MS5Ub3VjaEgAQgUKA21zZyJ+CgVUb3VjaBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIsCglleHRlbmRfYnkYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SFwoKY2hlY2twb2ludBgEIAEoDEgAiAEBQg0KC19jaGVja3BvaW50Il4KCFByb2dyZXNzEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg8KB3BlcmNlbnQYAyABKA0SDwoHbWVzc2FnZRgEIAEoCRIPCgdkZXRhaWxzGAUgASgMIjUKA0xvZxIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVsaW5lcxgDIAMoCSKbAQoFSGVsbG8SEQoJd29ya2VyX2lkGAEgASgJEg0KBWtpbmRzGAIgAygJEhUKDW1heF9pbl9mbGlnaHQYAyABKA0SKgoGbGFiZWxzGAQgAygLMhouam9iZC52MS5IZWxsby5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIgsKCUhlYXJ0YmVhdCI7CghDb21wbGV0ZRIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIOCgZyZXN1bHQYAyABKAwieQoERmFpbBIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRINCgVlcnJvchgDIAEoCRIRCglwZXJtYW5lbnQYBCABKAgSLgoLcmV0cnlfYWZ0ZXIYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i8AEKDVNlcnZlck1lc3NhZ2USIwoHd2VsY29tZRgBIAEoCzIQLmpvYmQudjEuV2VsY29tZUgAEiEKBmFzc2lnbhgCIAEoCzIPLmpvYmQudjEuQXNzaWduSAASJAoGY2FuY2VsGAMgASgLMhIuam9iZC52MS5DYW5jZWxKb2JIABIhCgNhY2sYBCABKAsyEi5qb2JkLnYxLlJlcG9ydEFja0gAEh8KBWRyYWluGAUgASgLMg4uam9iZC52MS5EcmFpbkgAEiYKCXRvdWNoX2FjaxgGIAEoCzIRLmpvYmQudjEuVG91Y2hBY2tIAEIFCgNtc2ciaAoIVG91Y2hBY2sSDgoGam9iX2lkGAEgASgJEg8KB2F0dGVtcHQYAiABKA0SLAoIZGVhZGxpbmUYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBXN0YWxlGAQgASgIIlQKB1dlbGNvbWUSEgoKc2Vzc2lvbl9pZBgBIAEoCRI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24i/QEKBkFzc2lnbhIZCgNqb2IYASABKAsyDC5qb2JkLnYxLkpvYhIPCgdwYXlsb2FkGAIgASgMEiwKCGRlYWRsaW5lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCgdoZWFkZXJzGAQgAygLMhwuam9iZC52MS5Bc3NpZ24uSGVhZGVyc0VudHJ5EhIKCmNoZWNrcG9pbnQYBSABKAwSJgoHcGFyZW50cxgGIAMoCzIVLmpvYmQudjEuUGFyZW50UmVzdWx0Gi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKCUNhbmNlbEpvYhIOCgZqb2JfaWQYASABKAkSDwoHYXR0ZW1wdBgCIAEoDRIOCgZyZWFzb24YAyABKAkiOwoJUmVwb3J0QWNrEg4KBmpvYl9pZBgBIAEoCRIPCgdhdHRlbXB0GAIgASgNEg0KBXN0YWxlGAMgASgIIjUKBURyYWluEiwKCGRlYWRsaW5lGAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCIWChRMaXN0U2NoZWR1bGVzUmVxdWVzdCJDChVMaXN0U2NoZWR1bGVzUmVzcG9uc2USKgoJc2NoZWR1bGVzGAEgAygLMhcuam9iZC52MS5TY2hlZHVsZVN0YXR1cyKWAwoOU2NoZWR1bGVTdGF0dXMSCgoCaWQYASABKAkSDAoEa2luZBgCIAEoCRIMCgRjcm9uGAMgASgJEhAKCHRpbWV6b25lGAQgASgJEjAKDG5leHRfZmlyZV9hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDgoGcGF1c2VkGAYgASgIEhMKC2xhc3Rfam9iX2lkGAcgASgJEicKBnNvdXJjZRgIIAEoDjIXLmpvYmQudjEuU2NoZWR1bGVTb3VyY2USDwoHcGF5bG9hZBgJIAEoCRIzCgZsYWJlbHMYCiADKAsyIy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzLkxhYmVsc0VudHJ5EikKB292ZXJsYXAYCyABKA4yGC5qb2JkLnYxLlNjaGVkdWxlT3ZlcmxhcBIqCgdjYXRjaHVwGAwgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEingIKElNjaGVkdWxlRGVmaW5pdGlvbhIKCgJpZBgBIAEoCRIMCgRraW5kGAIgASgJEgwKBGNyb24YAyABKAkSEAoIdGltZXpvbmUYBCABKAkSDwoHcGF5bG9hZBgFIAEoCRI3CgZsYWJlbHMYBiADKAsyJy5qb2JkLnYxLlNjaGVkdWxlRGVmaW5pdGlvbi5MYWJlbHNFbnRyeRIpCgdvdmVybGFwGAcgASgOMhguam9iZC52MS5TY2hlZHVsZU92ZXJsYXASKgoHY2F0Y2h1cBgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkYKFUNyZWF0ZVNjaGVkdWxlUmVxdWVzdBItCghzY2hlZHVsZRgBIAEoCzIbLmpvYmQudjEuU2NoZWR1bGVEZWZpbml0aW9uIkMKFkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USKQoIc2NoZWR1bGUYASABKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIkYKFVVwZGF0ZVNjaGVkdWxlUmVxdWVzdBItCghzY2hlZHVsZRgBIAEoCzIbLmpvYmQudjEuU2NoZWR1bGVEZWZpbml0aW9uIkMKFlVwZGF0ZVNjaGVkdWxlUmVzcG9uc2USKQoIc2NoZWR1bGUYASABKAsyFy5qb2JkLnYxLlNjaGVkdWxlU3RhdHVzIiMKFURlbGV0ZVNjaGVkdWxlUmVxdWVzdBIKCgJpZBgBIAEoCSIYChZEZWxldGVTY2hlZHVsZVJlc3BvbnNlIiQKFlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiNAoXVHJpZ2dlclNjaGVkdWxlUmVzcG9uc2USGQoDam9iGAEgASgLMgwuam9iZC52MS5Kb2IiIgoUUGF1c2VTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiQgoVUGF1c2VTY2hlZHVsZVJlc3BvbnNlEikKCHNjaGVkdWxlGAEgASgLMhcuam9iZC52MS5TY2hlZHVsZVN0YXR1cyIjChVSZXN1bWVTY2hlZHVsZVJlcXVlc3QSCgoCaWQYASABKAkiQwoWUmVzdW1lU2NoZWR1bGVSZXNwb25zZRIpCghzY2hlZHVsZRgBIAEoCzIXLmpvYmQudjEuU2NoZWR1bGVTdGF0dXMiIAoQUGF1c2VLaW5kUmVxdWVzdBIMCgRraW5kGAEgASgJIj0KEVBhdXNlS2luZFJlc3BvbnNlEigKC2tpbmRfc3RhdHVzGAEgASgLMhMuam9iZC52MS5LaW5kU3RhdHVzIiEKEVJlc3VtZUtpbmRSZXF1ZXN0EgwKBGtpbmQYASABKAkiPgoSUmVzdW1lS2luZFJlc3BvbnNlEigKC2tpbmRfc3RhdHVzGAEgASgLMhMuam9iZC52MS5LaW5kU3RhdHVzIhIKEExpc3RLaW5kc1JlcXVlc3QiNwoRTGlzdEtpbmRzUmVzcG9uc2USIgoFa2luZHMYASADKAsyEy5qb2JkLnYxLktpbmRTdGF0dXMisAEKCktpbmRTdGF0dXMSDAoEa2luZBgBIAEoCRIPCgdoYW5kbGVyGAIgASgJEg4KBnBhdXNlZBgDIAEoCBIOCgZxdWV1ZWQYBCABKAQSDwoHcnVubmluZxgFIAEoBBISCgpyZXRyeV93YWl0GAYgASgEEg4KBmZhaWxlZBgHIAEoBBITCgtjb25jdXJyZW5jeRgIIAEoDRIZChFjb25uZWN0ZWRfd29ya2VycxgJIAEoDSJlChBSZXRyeUpvYnNSZXF1ZXN0EgsKA2lkcxgBIAMoCRIkCgZmaWx0ZXIYAiABKAsyFC5qb2JkLnYxLlJldHJ5RmlsdGVyEg8KB2RyeV9ydW4YAyABKAgSDQoFbGltaXQYBCABKA0ihwIKC1JldHJ5RmlsdGVyEiAKBXN0YXRlGAEgASgOMhEuam9iZC52MS5Kb2JTdGF0ZRIMCgRraW5kGAIgASgJEjAKBmxhYmVscxgDIAMoCzIgLmpvYmQudjEuUmV0cnlGaWx0ZXIuTGFiZWxzRW50cnkSMgoOZmluaXNoZWRfYWZ0ZXIYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjMKD2ZpbmlzaGVkX2JlZm9yZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJ4ChFSZXRyeUpvYnNSZXNwb25zZRIPCgdtYXRjaGVkGAEgASgEEg8KB3JldHJpZWQYAiABKAQSCwoDaWRzGAMgAygJEiYKB3NraXBwZWQYBCADKAsyFS5qb2JkLnYxLlJldHJ5U2tpcHBlZBIMCgRtb3JlGAUgASgIIioKDFJldHJ5U2tpcHBlZBIKCgJpZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiIgoSTGlzdFdvcmtlcnNSZXF1ZXN0EgwKBGtpbmQYASABKAkiPgoTTGlzdFdvcmtlcnNSZXNwb25zZRInCgd3b3JrZXJzGAEgAygLMhYuam9iZC52MS5Xb3JrZXJTZXNzaW9uIsQCCg1Xb3JrZXJTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSEQoJd29ya2VyX2lkGAIgASgJEg0KBWtpbmRzGAMgAygJEhEKCWluX2ZsaWdodBgEIAEoDRIVCg1tYXhfaW5fZmxpZ2h0GAUgASgNEjAKDGNvbm5lY3RlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLQoJbGFzdF9zZWVuGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhZGRyZXNzGAggASgJEjIKBmxhYmVscxgJIAMoCzIiLmpvYmQudjEuV29ya2VyU2Vzc2lvbi5MYWJlbHNFbnRyeRotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBKssBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIUChBKT0JfU1RBVEVfUVVFVUVEEAESFQoRSk9CX1NUQVRFX1JVTk5JTkcQAhIYChRKT0JfU1RBVEVfUkVUUllfV0FJVBADEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQBBIUChBKT0JfU1RBVEVfRkFJTEVEEAUSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAGEhUKEUpPQl9TVEFURV9XQUlUSU5HEAcqcgoRRGVwZW5kZW5jeUZhaWx1cmUSIgoeREVQRU5ERU5DWV9GQUlMVVJFX1VOU1BFQ0lGSUVEEAASHQoZREVQRU5ERU5DWV9GQUlMVVJFX0NBTkNFTBABEhoKFkRFUEVOREVOQ1lfRkFJTFVSRV9SVU4QAiptCglEZWR1cE1vZGUSGgoWREVEVVBfTU9ERV9VTlNQRUNJRklFRBAAEhMKD0RFRFVQX01PREVfS0VFUBABEhYKEkRFRFVQX01PREVfUkVQTEFDRRACEhcKE0RFRFVQX01PREVfREVCT1VOQ0UQAyqZAQoMRGVkdXBPdXRjb21lEh0KGURFRFVQX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVERURVUF9PVVRDT01FX0NSRUFURUQQARIWChJERURVUF9PVVRDT01FX0tFUFQQAhIaChZERURVUF9PVVRDT01FX1JFUExBQ0VEEAMSGwoXREVEVVBfT1VUQ09NRV9ERUJPVU5DRUQQBCp0Cg1MaXN0Sm9ic09yZGVyEh8KG0xJU1RfSk9CU19PUkRFUl9VTlNQRUNJRklFRBAAEiAKHExJU1RfSk9CU19PUkRFUl9PTERFU1RfRklSU1QQARIgChxMSVNUX0pPQlNfT1JERVJfTkVXRVNUX0ZJUlNUEAIqZgoOU2NoZWR1bGVTb3VyY2USHwobU0NIRURVTEVfU09VUkNFX1VOU1BFQ0lGSUVEEAASGgoWU0NIRURVTEVfU09VUkNFX0NPTkZJRxABEhcKE1NDSEVEVUxFX1NPVVJDRV9BUEkQAipqCg9TY2hlZHVsZU92ZXJsYXASIAocU0NIRURVTEVfT1ZFUkxBUF9VTlNQRUNJRklFRBAAEhoKFlNDSEVEVUxFX09WRVJMQVBfQUxMT1cQARIZChVTQ0hFRFVMRV9PVkVSTEFQX1NLSVAQAjKcBQoKSm9iU2VydmljZRI5CgZTdWJtaXQSFi5qb2JkLnYxLlN1Ym1pdFJlcXVlc3QaFy5qb2JkLnYxLlN1Ym1pdFJlc3BvbnNlEkgKC1N1Ym1pdEJhdGNoEhsuam9iZC52MS5TdWJtaXRCYXRjaFJlcXVlc3QaHC5qb2JkLnYxLlN1Ym1pdEJhdGNoUmVzcG9uc2USQgoJR2V0U3RhdHVzEhkuam9iZC52MS5HZXRTdGF0dXNSZXF1ZXN0Ghouam9iZC52MS5HZXRTdGF0dXNSZXNwb25zZRI/CgtXYXRjaFN0YXR1cxIbLmpvYmQudjEuV2F0Y2hTdGF0dXNSZXF1ZXN0GhEuam9iZC52MS5Kb2JFdmVudDABEjkKBkNhbmNlbBIWLmpvYmQudjEuQ2FuY2VsUmVxdWVzdBoXLmpvYmQudjEuQ2FuY2VsUmVzcG9uc2USPwoITGlzdEpvYnMSGC5qb2JkLnYxLkxpc3RKb2JzUmVxdWVzdBoZLmpvYmQudjEuTGlzdEpvYnNSZXNwb25zZRJECglXYXRjaEpvYnMSGS5qb2JkLnYxLldhdGNoSm9ic1JlcXVlc3QaGi5qb2JkLnYxLldhdGNoSm9ic1Jlc3BvbnNlMAESPAoHR2V0TG9ncxIXLmpvYmQudjEuR2V0TG9nc1JlcXVlc3QaGC5qb2JkLnYxLkdldExvZ3NSZXNwb25zZRI6CglXYXRjaExvZ3MSGS5qb2JkLnYxLldhdGNoTG9nc1JlcXVlc3QaEC5qb2JkLnYxLkxvZ0xpbmUwARJICgtHZXRKb2JHcmFwaBIbLmpvYmQudjEuR2V0Sm9iR3JhcGhSZXF1ZXN0Ghwuam9iZC52MS5HZXRKb2JHcmFwaFJlc3BvbnNlMk4KDVdvcmtlclNlcnZpY2USPQoHQ29ubmVjdBIWLmpvYmQudjEuV29ya2VyTWVzc2FnZRoWLmpvYmQudjEuU2VydmVyTWVzc2FnZSgBMAEyrQcKDEFkbWluU2VydmljZRJICgtMaXN0V29ya2VycxIbLmpvYmQudjEuTGlzdFdvcmtlcnNSZXF1ZXN0Ghwuam9iZC52MS5MaXN0V29ya2Vyc1Jlc3BvbnNlEkIKCVBhdXNlS2luZBIZLmpvYmQudjEuUGF1c2VLaW5kUmVxdWVzdBoaLmpvYmQudjEuUGF1c2VLaW5kUmVzcG9uc2USRQoKUmVzdW1lS2luZBIaLmpvYmQudjEuUmVzdW1lS2luZFJlcXVlc3QaGy5qb2JkLnYxLlJlc3VtZUtpbmRSZXNwb25zZRJCCglMaXN0S2luZHMSGS5qb2JkLnYxLkxpc3RLaW5kc1JlcXVlc3QaGi5qb2JkLnYxLkxpc3RLaW5kc1Jlc3BvbnNlEkIKCVJldHJ5Sm9icxIZLmpvYmQudjEuUmV0cnlKb2JzUmVxdWVzdBoaLmpvYmQudjEuUmV0cnlKb2JzUmVzcG9uc2USTgoNTGlzdFNjaGVkdWxlcxIdLmpvYmQudjEuTGlzdFNjaGVkdWxlc1JlcXVlc3QaHi5qb2JkLnYxLkxpc3RTY2hlZHVsZXNSZXNwb25zZRJUCg9UcmlnZ2VyU2NoZWR1bGUSHy5qb2JkLnYxLlRyaWdnZXJTY2hlZHVsZVJlcXVlc3QaIC5qb2JkLnYxLlRyaWdnZXJTY2hlZHVsZVJlc3BvbnNlEk4KDVBhdXNlU2NoZWR1bGUSHS5qb2JkLnYxLlBhdXNlU2NoZWR1bGVSZXF1ZXN0Gh4uam9iZC52MS5QYXVzZVNjaGVkdWxlUmVzcG9uc2USUQoOUmVzdW1lU2NoZWR1bGUSHi5qb2JkLnYxLlJlc3VtZVNjaGVkdWxlUmVxdWVzdBofLmpvYmQudjEuUmVzdW1lU2NoZWR1bGVSZXNwb25zZRJRCg5DcmVhdGVTY2hlZHVsZRIeLmpvYmQudjEuQ3JlYXRlU2NoZWR1bGVSZXF1ZXN0Gh8uam9iZC52MS5DcmVhdGVTY2hlZHVsZVJlc3BvbnNlElEKDlVwZGF0ZVNjaGVkdWxlEh4uam9iZC52MS5VcGRhdGVTY2hlZHVsZVJlcXVlc3QaHy5qb2JkLnYxLlVwZGF0ZVNjaGVkdWxlUmVzcG9uc2USUQoORGVsZXRlU2NoZWR1bGUSHi5qb2JkLnYxLkRlbGV0ZVNjaGVkdWxlUmVxdWVzdBofLmpvYmQudjEuRGVsZXRlU2NoZWR1bGVSZXNwb25zZUIpWidnaXRodWIuY29tL2pvYmQvam9iZC9nZW4vam9iZC92MTtqb2JkdjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_google_rpc_status]);
 
 /**
  * @generated from message jobd.v1.GetJobGraphRequest
@@ -500,6 +500,23 @@ export type Job = Message<"jobd.v1.Job"> & {
    * @generated from field: google.protobuf.Timestamp start_before = 27;
    */
   startBefore?: Timestamp | undefined;
+
+  /**
+   * Its SubmitRequest.dedup.key; empty for none. Held while the job has
+   * not started (QUEUED or WAITING, attempt 0).
+   *
+   * @generated from field: string dedup_key = 29;
+   */
+  dedupKey: string;
+
+  /**
+   * The key a `fairness = "round_robin"` kind's claims rotate over:
+   * SubmitRequest.fairness_key, else the ordering key, else empty (jobs
+   * with neither share one key).
+   *
+   * @generated from field: string fairness_key = 28;
+   */
+  fairnessKey: string;
 };
 
 /**
@@ -669,6 +686,26 @@ export type SubmitRequest = Message<"jobd.v1.SubmitRequest"> & {
    * @generated from field: google.protobuf.Timestamp start_before = 12;
    */
   startBefore?: Timestamp | undefined;
+
+  /**
+   * Optional deduplication over the kind's jobs that have not started
+   * (QUEUED, delayed or WAITING; apart from idempotency_key, which is
+   * checked first). See Dedup.
+   *
+   * @generated from field: jobd.v1.Dedup dedup = 13;
+   */
+  dedup?: Dedup | undefined;
+
+  /**
+   * Optional, at most 256 bytes, no NUL; default: the ordering key. A kind
+   * with fairness = "round_robin" claims its due jobs key by key in
+   * rotation (one job per key per turn), so one key's flood does not hold
+   * up another key's jobs; its key_rate gives each key its own rate. Other
+   * kinds store the key and ignore it.
+   *
+   * @generated from field: string fairness_key = 14;
+   */
+  fairnessKey: string;
 };
 
 /**
@@ -677,6 +714,53 @@ export type SubmitRequest = Message<"jobd.v1.SubmitRequest"> & {
  */
 export const SubmitRequestSchema: GenMessage<SubmitRequest> = /*@__PURE__*/
   messageDesc(file_jobd_v1_jobd, 11);
+
+/**
+ * Dedup merges a submit into a job of the same kind and key that has not
+ * started yet, atomically on every store and across instances.
+ *
+ * @generated from message jobd.v1.Dedup
+ */
+export type Dedup = Message<"jobd.v1.Dedup"> & {
+  /**
+   * Required, 1..=256 bytes, no NUL.
+   *
+   * @generated from field: string key = 1;
+   */
+  key: string;
+
+  /**
+   * KEEP (the default), REPLACE or DEBOUNCE.
+   *
+   * @generated from field: jobd.v1.DedupMode mode = 2;
+   */
+  mode: DedupMode;
+
+  /**
+   * DEBOUNCE only, required: the job runs this long after the last submit
+   * (run_at = now + window), more than 0 and at most a year. The submit may
+   * not set run_at.
+   *
+   * @generated from field: google.protobuf.Duration window = 3;
+   */
+  window?: Duration | undefined;
+
+  /**
+   * DEBOUNCE only, optional: never later than this long after the job's
+   * first submit, however often it is submitted again (more than 0, at most
+   * a year).
+   *
+   * @generated from field: google.protobuf.Duration max_wait = 4;
+   */
+  maxWait?: Duration | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.Dedup.
+ * Use `create(DedupSchema)` to create a new message.
+ */
+export const DedupSchema: GenMessage<Dedup> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 12);
 
 /**
  * @generated from message jobd.v1.SubmitResponse
@@ -692,12 +776,19 @@ export type SubmitResponse = Message<"jobd.v1.SubmitResponse"> & {
   job?: Job | undefined;
 
   /**
-   * True when an earlier job with the same idempotency key and the same
-   * request was returned instead of a new one.
+   * True when an earlier job was returned unchanged instead of a new one:
+   * the same idempotency key and the same request, or a dedup KEEP.
    *
    * @generated from field: bool deduplicated = 2;
    */
   deduplicated: boolean;
+
+  /**
+   * What the dedup key did; UNSPECIFIED when the submit had none.
+   *
+   * @generated from field: jobd.v1.DedupOutcome dedup_outcome = 3;
+   */
+  dedupOutcome: DedupOutcome;
 };
 
 /**
@@ -705,7 +796,7 @@ export type SubmitResponse = Message<"jobd.v1.SubmitResponse"> & {
  * Use `create(SubmitResponseSchema)` to create a new message.
  */
 export const SubmitResponseSchema: GenMessage<SubmitResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 12);
+  messageDesc(file_jobd_v1_jobd, 13);
 
 /**
  * @generated from message jobd.v1.SubmitBatchRequest
@@ -724,7 +815,7 @@ export type SubmitBatchRequest = Message<"jobd.v1.SubmitBatchRequest"> & {
  * Use `create(SubmitBatchRequestSchema)` to create a new message.
  */
 export const SubmitBatchRequestSchema: GenMessage<SubmitBatchRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 13);
+  messageDesc(file_jobd_v1_jobd, 14);
 
 /**
  * SubmitResult answers one entry of a SubmitBatchRequest, at the same index.
@@ -758,7 +849,7 @@ export type SubmitResult = Message<"jobd.v1.SubmitResult"> & {
  * Use `create(SubmitResultSchema)` to create a new message.
  */
 export const SubmitResultSchema: GenMessage<SubmitResult> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 14);
+  messageDesc(file_jobd_v1_jobd, 15);
 
 /**
  * @generated from message jobd.v1.SubmitBatchResponse
@@ -777,7 +868,7 @@ export type SubmitBatchResponse = Message<"jobd.v1.SubmitBatchResponse"> & {
  * Use `create(SubmitBatchResponseSchema)` to create a new message.
  */
 export const SubmitBatchResponseSchema: GenMessage<SubmitBatchResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 15);
+  messageDesc(file_jobd_v1_jobd, 16);
 
 /**
  * @generated from message jobd.v1.GetStatusRequest
@@ -796,7 +887,7 @@ export type GetStatusRequest = Message<"jobd.v1.GetStatusRequest"> & {
  * Use `create(GetStatusRequestSchema)` to create a new message.
  */
 export const GetStatusRequestSchema: GenMessage<GetStatusRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 16);
+  messageDesc(file_jobd_v1_jobd, 17);
 
 /**
  * @generated from message jobd.v1.GetStatusResponse
@@ -821,7 +912,7 @@ export type GetStatusResponse = Message<"jobd.v1.GetStatusResponse"> & {
  * Use `create(GetStatusResponseSchema)` to create a new message.
  */
 export const GetStatusResponseSchema: GenMessage<GetStatusResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 17);
+  messageDesc(file_jobd_v1_jobd, 18);
 
 /**
  * @generated from message jobd.v1.WatchStatusRequest
@@ -853,7 +944,7 @@ export type WatchStatusRequest = Message<"jobd.v1.WatchStatusRequest"> & {
  * Use `create(WatchStatusRequestSchema)` to create a new message.
  */
 export const WatchStatusRequestSchema: GenMessage<WatchStatusRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 18);
+  messageDesc(file_jobd_v1_jobd, 19);
 
 /**
  * JobEvent is one message of a WatchStatus stream: a snapshot of the job
@@ -884,7 +975,7 @@ export type JobEvent = Message<"jobd.v1.JobEvent"> & {
  * Use `create(JobEventSchema)` to create a new message.
  */
 export const JobEventSchema: GenMessage<JobEvent> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 19);
+  messageDesc(file_jobd_v1_jobd, 20);
 
 /**
  * @generated from message jobd.v1.CancelRequest
@@ -903,7 +994,7 @@ export type CancelRequest = Message<"jobd.v1.CancelRequest"> & {
  * Use `create(CancelRequestSchema)` to create a new message.
  */
 export const CancelRequestSchema: GenMessage<CancelRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 20);
+  messageDesc(file_jobd_v1_jobd, 21);
 
 /**
  * @generated from message jobd.v1.CancelResponse
@@ -920,7 +1011,7 @@ export type CancelResponse = Message<"jobd.v1.CancelResponse"> & {
  * Use `create(CancelResponseSchema)` to create a new message.
  */
 export const CancelResponseSchema: GenMessage<CancelResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 21);
+  messageDesc(file_jobd_v1_jobd, 22);
 
 /**
  * @generated from message jobd.v1.ListJobsRequest
@@ -981,7 +1072,7 @@ export type ListJobsRequest = Message<"jobd.v1.ListJobsRequest"> & {
  * Use `create(ListJobsRequestSchema)` to create a new message.
  */
 export const ListJobsRequestSchema: GenMessage<ListJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 22);
+  messageDesc(file_jobd_v1_jobd, 23);
 
 /**
  * @generated from message jobd.v1.WatchJobsRequest
@@ -1015,7 +1106,7 @@ export type WatchJobsRequest = Message<"jobd.v1.WatchJobsRequest"> & {
  * Use `create(WatchJobsRequestSchema)` to create a new message.
  */
 export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 23);
+  messageDesc(file_jobd_v1_jobd, 24);
 
 /**
  * @generated from message jobd.v1.WatchJobsResponse
@@ -1042,7 +1133,7 @@ export type WatchJobsResponse = Message<"jobd.v1.WatchJobsResponse"> & {
  * Use `create(WatchJobsResponseSchema)` to create a new message.
  */
 export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 24);
+  messageDesc(file_jobd_v1_jobd, 25);
 
 /**
  * @generated from message jobd.v1.ListJobsResponse
@@ -1066,7 +1157,7 @@ export type ListJobsResponse = Message<"jobd.v1.ListJobsResponse"> & {
  * Use `create(ListJobsResponseSchema)` to create a new message.
  */
 export const ListJobsResponseSchema: GenMessage<ListJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 25);
+  messageDesc(file_jobd_v1_jobd, 26);
 
 /**
  * @generated from message jobd.v1.WorkerMessage
@@ -1125,7 +1216,7 @@ export type WorkerMessage = Message<"jobd.v1.WorkerMessage"> & {
  * Use `create(WorkerMessageSchema)` to create a new message.
  */
 export const WorkerMessageSchema: GenMessage<WorkerMessage> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 26);
+  messageDesc(file_jobd_v1_jobd, 27);
 
 /**
  * Touch pushes an attempt's deadline to `extend_by` from now, never past
@@ -1171,7 +1262,7 @@ export type Touch = Message<"jobd.v1.Touch"> & {
  * Use `create(TouchSchema)` to create a new message.
  */
 export const TouchSchema: GenMessage<Touch> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 27);
+  messageDesc(file_jobd_v1_jobd, 28);
 
 /**
  * Progress reports how far an attempt got: the latest value is kept
@@ -1221,7 +1312,7 @@ export type Progress = Message<"jobd.v1.Progress"> & {
  * Use `create(ProgressSchema)` to create a new message.
  */
 export const ProgressSchema: GenMessage<Progress> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 28);
+  messageDesc(file_jobd_v1_jobd, 29);
 
 /**
  * Log appends lines to the job's log (GetLogs, WatchLogs), tagged with the
@@ -1252,7 +1343,7 @@ export type Log = Message<"jobd.v1.Log"> & {
  * Use `create(LogSchema)` to create a new message.
  */
 export const LogSchema: GenMessage<Log> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 29);
+  messageDesc(file_jobd_v1_jobd, 30);
 
 /**
  * Hello opens a session.
@@ -1292,7 +1383,7 @@ export type Hello = Message<"jobd.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 30);
+  messageDesc(file_jobd_v1_jobd, 31);
 
 /**
  * @generated from message jobd.v1.Heartbeat
@@ -1305,7 +1396,7 @@ export type Heartbeat = Message<"jobd.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 31);
+  messageDesc(file_jobd_v1_jobd, 32);
 
 /**
  * Complete reports a successful attempt; `result` is cut to the kind's
@@ -1335,7 +1426,7 @@ export type Complete = Message<"jobd.v1.Complete"> & {
  * Use `create(CompleteSchema)` to create a new message.
  */
 export const CompleteSchema: GenMessage<Complete> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 32);
+  messageDesc(file_jobd_v1_jobd, 33);
 
 /**
  * Fail reports a failed attempt: retried with the kind's backoff (or after
@@ -1375,7 +1466,7 @@ export type Fail = Message<"jobd.v1.Fail"> & {
  * Use `create(FailSchema)` to create a new message.
  */
 export const FailSchema: GenMessage<Fail> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 33);
+  messageDesc(file_jobd_v1_jobd, 34);
 
 /**
  * @generated from message jobd.v1.ServerMessage
@@ -1428,7 +1519,7 @@ export type ServerMessage = Message<"jobd.v1.ServerMessage"> & {
  * Use `create(ServerMessageSchema)` to create a new message.
  */
 export const ServerMessageSchema: GenMessage<ServerMessage> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 34);
+  messageDesc(file_jobd_v1_jobd, 35);
 
 /**
  * TouchAck answers a Touch: the attempt's deadline now, or `stale`.
@@ -1462,7 +1553,7 @@ export type TouchAck = Message<"jobd.v1.TouchAck"> & {
  * Use `create(TouchAckSchema)` to create a new message.
  */
 export const TouchAckSchema: GenMessage<TouchAck> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 35);
+  messageDesc(file_jobd_v1_jobd, 36);
 
 /**
  * @generated from message jobd.v1.Welcome
@@ -1486,7 +1577,7 @@ export type Welcome = Message<"jobd.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 36);
+  messageDesc(file_jobd_v1_jobd, 37);
 
 /**
  * Assign hands one attempt of a job to the worker.
@@ -1539,7 +1630,7 @@ export type Assign = Message<"jobd.v1.Assign"> & {
  * Use `create(AssignSchema)` to create a new message.
  */
 export const AssignSchema: GenMessage<Assign> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 37);
+  messageDesc(file_jobd_v1_jobd, 38);
 
 /**
  * CancelJob tells the worker to stop an attempt (cancelled, timed out).
@@ -1568,7 +1659,7 @@ export type CancelJob = Message<"jobd.v1.CancelJob"> & {
  * Use `create(CancelJobSchema)` to create a new message.
  */
 export const CancelJobSchema: GenMessage<CancelJob> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 38);
+  messageDesc(file_jobd_v1_jobd, 39);
 
 /**
  * ReportAck answers every Complete and Fail, once the outcome is committed
@@ -1603,7 +1694,7 @@ export type ReportAck = Message<"jobd.v1.ReportAck"> & {
  * Use `create(ReportAckSchema)` to create a new message.
  */
 export const ReportAckSchema: GenMessage<ReportAck> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 39);
+  messageDesc(file_jobd_v1_jobd, 40);
 
 /**
  * Drain: jobd is shutting down; report what you hold before the deadline.
@@ -1622,7 +1713,7 @@ export type Drain = Message<"jobd.v1.Drain"> & {
  * Use `create(DrainSchema)` to create a new message.
  */
 export const DrainSchema: GenMessage<Drain> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 40);
+  messageDesc(file_jobd_v1_jobd, 41);
 
 /**
  * @generated from message jobd.v1.ListSchedulesRequest
@@ -1635,7 +1726,7 @@ export type ListSchedulesRequest = Message<"jobd.v1.ListSchedulesRequest"> & {
  * Use `create(ListSchedulesRequestSchema)` to create a new message.
  */
 export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 41);
+  messageDesc(file_jobd_v1_jobd, 42);
 
 /**
  * @generated from message jobd.v1.ListSchedulesResponse
@@ -1652,7 +1743,7 @@ export type ListSchedulesResponse = Message<"jobd.v1.ListSchedulesResponse"> & {
  * Use `create(ListSchedulesResponseSchema)` to create a new message.
  */
 export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 42);
+  messageDesc(file_jobd_v1_jobd, 43);
 
 /**
  * @generated from message jobd.v1.ScheduleStatus
@@ -1698,6 +1789,39 @@ export type ScheduleStatus = Message<"jobd.v1.ScheduleStatus"> & {
    * @generated from field: string last_job_id = 7;
    */
   lastJobId: string;
+
+  /**
+   * Where the schedule is defined.
+   *
+   * @generated from field: jobd.v1.ScheduleSource source = 8;
+   */
+  source: ScheduleSource;
+
+  /**
+   * The payload of each fire's job.
+   *
+   * @generated from field: string payload = 9;
+   */
+  payload: string;
+
+  /**
+   * The labels of each fire's job (besides `schedule` = id).
+   *
+   * @generated from field: map<string, string> labels = 10;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * @generated from field: jobd.v1.ScheduleOverlap overlap = 11;
+   */
+  overlap: ScheduleOverlap;
+
+  /**
+   * How late a missed fire may still run; unset for 0.
+   *
+   * @generated from field: google.protobuf.Duration catchup = 12;
+   */
+  catchup?: Duration | undefined;
 };
 
 /**
@@ -1705,7 +1829,177 @@ export type ScheduleStatus = Message<"jobd.v1.ScheduleStatus"> & {
  * Use `create(ScheduleStatusSchema)` to create a new message.
  */
 export const ScheduleStatusSchema: GenMessage<ScheduleStatus> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 43);
+  messageDesc(file_jobd_v1_jobd, 44);
+
+/**
+ * A schedule as CreateSchedule and UpdateSchedule take it: the fields of a
+ * `[[schedules]]` entry of the config, checked the same way.
+ *
+ * @generated from message jobd.v1.ScheduleDefinition
+ */
+export type ScheduleDefinition = Message<"jobd.v1.ScheduleDefinition"> & {
+  /**
+   * [a-z0-9][a-z0-9_.-]{0,63}
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * A configured kind.
+   *
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * 5 fields (minute hour day month weekday), or 6 with seconds first.
+   *
+   * @generated from field: string cron = 3;
+   */
+  cron: string;
+
+  /**
+   * IANA time zone the expression is read in; empty: UTC.
+   *
+   * @generated from field: string timezone = 4;
+   */
+  timezone: string;
+
+  /**
+   * The payload of each fire's job (at most the kind's max_payload_bytes).
+   *
+   * @generated from field: string payload = 5;
+   */
+  payload: string;
+
+  /**
+   * At most 31 (each fire adds `schedule` = id).
+   *
+   * @generated from field: map<string, string> labels = 6;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * @generated from field: jobd.v1.ScheduleOverlap overlap = 7;
+   */
+  overlap: ScheduleOverlap;
+
+  /**
+   * How late a missed fire may still run (after downtime); at most 7 days;
+   * unset: 0.
+   *
+   * @generated from field: google.protobuf.Duration catchup = 8;
+   */
+  catchup?: Duration | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.ScheduleDefinition.
+ * Use `create(ScheduleDefinitionSchema)` to create a new message.
+ */
+export const ScheduleDefinitionSchema: GenMessage<ScheduleDefinition> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 45);
+
+/**
+ * @generated from message jobd.v1.CreateScheduleRequest
+ */
+export type CreateScheduleRequest = Message<"jobd.v1.CreateScheduleRequest"> & {
+  /**
+   * @generated from field: jobd.v1.ScheduleDefinition schedule = 1;
+   */
+  schedule?: ScheduleDefinition | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.CreateScheduleRequest.
+ * Use `create(CreateScheduleRequestSchema)` to create a new message.
+ */
+export const CreateScheduleRequestSchema: GenMessage<CreateScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 46);
+
+/**
+ * @generated from message jobd.v1.CreateScheduleResponse
+ */
+export type CreateScheduleResponse = Message<"jobd.v1.CreateScheduleResponse"> & {
+  /**
+   * @generated from field: jobd.v1.ScheduleStatus schedule = 1;
+   */
+  schedule?: ScheduleStatus | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.CreateScheduleResponse.
+ * Use `create(CreateScheduleResponseSchema)` to create a new message.
+ */
+export const CreateScheduleResponseSchema: GenMessage<CreateScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 47);
+
+/**
+ * @generated from message jobd.v1.UpdateScheduleRequest
+ */
+export type UpdateScheduleRequest = Message<"jobd.v1.UpdateScheduleRequest"> & {
+  /**
+   * The whole new definition; `id` names the schedule to change.
+   *
+   * @generated from field: jobd.v1.ScheduleDefinition schedule = 1;
+   */
+  schedule?: ScheduleDefinition | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.UpdateScheduleRequest.
+ * Use `create(UpdateScheduleRequestSchema)` to create a new message.
+ */
+export const UpdateScheduleRequestSchema: GenMessage<UpdateScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 48);
+
+/**
+ * @generated from message jobd.v1.UpdateScheduleResponse
+ */
+export type UpdateScheduleResponse = Message<"jobd.v1.UpdateScheduleResponse"> & {
+  /**
+   * @generated from field: jobd.v1.ScheduleStatus schedule = 1;
+   */
+  schedule?: ScheduleStatus | undefined;
+};
+
+/**
+ * Describes the message jobd.v1.UpdateScheduleResponse.
+ * Use `create(UpdateScheduleResponseSchema)` to create a new message.
+ */
+export const UpdateScheduleResponseSchema: GenMessage<UpdateScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 49);
+
+/**
+ * @generated from message jobd.v1.DeleteScheduleRequest
+ */
+export type DeleteScheduleRequest = Message<"jobd.v1.DeleteScheduleRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message jobd.v1.DeleteScheduleRequest.
+ * Use `create(DeleteScheduleRequestSchema)` to create a new message.
+ */
+export const DeleteScheduleRequestSchema: GenMessage<DeleteScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 50);
+
+/**
+ * @generated from message jobd.v1.DeleteScheduleResponse
+ */
+export type DeleteScheduleResponse = Message<"jobd.v1.DeleteScheduleResponse"> & {
+};
+
+/**
+ * Describes the message jobd.v1.DeleteScheduleResponse.
+ * Use `create(DeleteScheduleResponseSchema)` to create a new message.
+ */
+export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_jobd_v1_jobd, 51);
 
 /**
  * @generated from message jobd.v1.TriggerScheduleRequest
@@ -1722,7 +2016,7 @@ export type TriggerScheduleRequest = Message<"jobd.v1.TriggerScheduleRequest"> &
  * Use `create(TriggerScheduleRequestSchema)` to create a new message.
  */
 export const TriggerScheduleRequestSchema: GenMessage<TriggerScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 44);
+  messageDesc(file_jobd_v1_jobd, 52);
 
 /**
  * @generated from message jobd.v1.TriggerScheduleResponse
@@ -1739,7 +2033,7 @@ export type TriggerScheduleResponse = Message<"jobd.v1.TriggerScheduleResponse">
  * Use `create(TriggerScheduleResponseSchema)` to create a new message.
  */
 export const TriggerScheduleResponseSchema: GenMessage<TriggerScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 45);
+  messageDesc(file_jobd_v1_jobd, 53);
 
 /**
  * @generated from message jobd.v1.PauseScheduleRequest
@@ -1756,7 +2050,7 @@ export type PauseScheduleRequest = Message<"jobd.v1.PauseScheduleRequest"> & {
  * Use `create(PauseScheduleRequestSchema)` to create a new message.
  */
 export const PauseScheduleRequestSchema: GenMessage<PauseScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 46);
+  messageDesc(file_jobd_v1_jobd, 54);
 
 /**
  * @generated from message jobd.v1.PauseScheduleResponse
@@ -1773,7 +2067,7 @@ export type PauseScheduleResponse = Message<"jobd.v1.PauseScheduleResponse"> & {
  * Use `create(PauseScheduleResponseSchema)` to create a new message.
  */
 export const PauseScheduleResponseSchema: GenMessage<PauseScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 47);
+  messageDesc(file_jobd_v1_jobd, 55);
 
 /**
  * @generated from message jobd.v1.ResumeScheduleRequest
@@ -1790,7 +2084,7 @@ export type ResumeScheduleRequest = Message<"jobd.v1.ResumeScheduleRequest"> & {
  * Use `create(ResumeScheduleRequestSchema)` to create a new message.
  */
 export const ResumeScheduleRequestSchema: GenMessage<ResumeScheduleRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 48);
+  messageDesc(file_jobd_v1_jobd, 56);
 
 /**
  * @generated from message jobd.v1.ResumeScheduleResponse
@@ -1807,7 +2101,7 @@ export type ResumeScheduleResponse = Message<"jobd.v1.ResumeScheduleResponse"> &
  * Use `create(ResumeScheduleResponseSchema)` to create a new message.
  */
 export const ResumeScheduleResponseSchema: GenMessage<ResumeScheduleResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 49);
+  messageDesc(file_jobd_v1_jobd, 57);
 
 /**
  * @generated from message jobd.v1.PauseKindRequest
@@ -1824,7 +2118,7 @@ export type PauseKindRequest = Message<"jobd.v1.PauseKindRequest"> & {
  * Use `create(PauseKindRequestSchema)` to create a new message.
  */
 export const PauseKindRequestSchema: GenMessage<PauseKindRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 50);
+  messageDesc(file_jobd_v1_jobd, 58);
 
 /**
  * @generated from message jobd.v1.PauseKindResponse
@@ -1841,7 +2135,7 @@ export type PauseKindResponse = Message<"jobd.v1.PauseKindResponse"> & {
  * Use `create(PauseKindResponseSchema)` to create a new message.
  */
 export const PauseKindResponseSchema: GenMessage<PauseKindResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 51);
+  messageDesc(file_jobd_v1_jobd, 59);
 
 /**
  * @generated from message jobd.v1.ResumeKindRequest
@@ -1858,7 +2152,7 @@ export type ResumeKindRequest = Message<"jobd.v1.ResumeKindRequest"> & {
  * Use `create(ResumeKindRequestSchema)` to create a new message.
  */
 export const ResumeKindRequestSchema: GenMessage<ResumeKindRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 52);
+  messageDesc(file_jobd_v1_jobd, 60);
 
 /**
  * @generated from message jobd.v1.ResumeKindResponse
@@ -1875,7 +2169,7 @@ export type ResumeKindResponse = Message<"jobd.v1.ResumeKindResponse"> & {
  * Use `create(ResumeKindResponseSchema)` to create a new message.
  */
 export const ResumeKindResponseSchema: GenMessage<ResumeKindResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 53);
+  messageDesc(file_jobd_v1_jobd, 61);
 
 /**
  * @generated from message jobd.v1.ListKindsRequest
@@ -1888,7 +2182,7 @@ export type ListKindsRequest = Message<"jobd.v1.ListKindsRequest"> & {
  * Use `create(ListKindsRequestSchema)` to create a new message.
  */
 export const ListKindsRequestSchema: GenMessage<ListKindsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 54);
+  messageDesc(file_jobd_v1_jobd, 62);
 
 /**
  * @generated from message jobd.v1.ListKindsResponse
@@ -1905,7 +2199,7 @@ export type ListKindsResponse = Message<"jobd.v1.ListKindsResponse"> & {
  * Use `create(ListKindsResponseSchema)` to create a new message.
  */
 export const ListKindsResponseSchema: GenMessage<ListKindsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 55);
+  messageDesc(file_jobd_v1_jobd, 63);
 
 /**
  * KindStatus is one kind as this instance sees it; the job counts come
@@ -1972,7 +2266,7 @@ export type KindStatus = Message<"jobd.v1.KindStatus"> & {
  * Use `create(KindStatusSchema)` to create a new message.
  */
 export const KindStatusSchema: GenMessage<KindStatus> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 56);
+  messageDesc(file_jobd_v1_jobd, 64);
 
 /**
  * @generated from message jobd.v1.RetryJobsRequest
@@ -2011,7 +2305,7 @@ export type RetryJobsRequest = Message<"jobd.v1.RetryJobsRequest"> & {
  * Use `create(RetryJobsRequestSchema)` to create a new message.
  */
 export const RetryJobsRequestSchema: GenMessage<RetryJobsRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 57);
+  messageDesc(file_jobd_v1_jobd, 65);
 
 /**
  * RetryFilter selects finished jobs to retry; every field set must match.
@@ -2058,7 +2352,7 @@ export type RetryFilter = Message<"jobd.v1.RetryFilter"> & {
  * Use `create(RetryFilterSchema)` to create a new message.
  */
 export const RetryFilterSchema: GenMessage<RetryFilter> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 58);
+  messageDesc(file_jobd_v1_jobd, 66);
 
 /**
  * @generated from message jobd.v1.RetryJobsResponse
@@ -2105,7 +2399,7 @@ export type RetryJobsResponse = Message<"jobd.v1.RetryJobsResponse"> & {
  * Use `create(RetryJobsResponseSchema)` to create a new message.
  */
 export const RetryJobsResponseSchema: GenMessage<RetryJobsResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 59);
+  messageDesc(file_jobd_v1_jobd, 67);
 
 /**
  * @generated from message jobd.v1.RetrySkipped
@@ -2127,7 +2421,7 @@ export type RetrySkipped = Message<"jobd.v1.RetrySkipped"> & {
  * Use `create(RetrySkippedSchema)` to create a new message.
  */
 export const RetrySkippedSchema: GenMessage<RetrySkipped> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 60);
+  messageDesc(file_jobd_v1_jobd, 68);
 
 /**
  * @generated from message jobd.v1.ListWorkersRequest
@@ -2146,7 +2440,7 @@ export type ListWorkersRequest = Message<"jobd.v1.ListWorkersRequest"> & {
  * Use `create(ListWorkersRequestSchema)` to create a new message.
  */
 export const ListWorkersRequestSchema: GenMessage<ListWorkersRequest> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 61);
+  messageDesc(file_jobd_v1_jobd, 69);
 
 /**
  * @generated from message jobd.v1.ListWorkersResponse
@@ -2163,7 +2457,7 @@ export type ListWorkersResponse = Message<"jobd.v1.ListWorkersResponse"> & {
  * Use `create(ListWorkersResponseSchema)` to create a new message.
  */
 export const ListWorkersResponseSchema: GenMessage<ListWorkersResponse> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 62);
+  messageDesc(file_jobd_v1_jobd, 70);
 
 /**
  * WorkerSession is one connected worker process.
@@ -2228,7 +2522,7 @@ export type WorkerSession = Message<"jobd.v1.WorkerSession"> & {
  * Use `create(WorkerSessionSchema)` to create a new message.
  */
 export const WorkerSessionSchema: GenMessage<WorkerSession> = /*@__PURE__*/
-  messageDesc(file_jobd_v1_jobd, 63);
+  messageDesc(file_jobd_v1_jobd, 71);
 
 /**
  * JobState is where a job is in its life.
@@ -2341,6 +2635,97 @@ export const DependencyFailureSchema: GenEnum<DependencyFailure> = /*@__PURE__*/
   enumDesc(file_jobd_v1_jobd, 1);
 
 /**
+ * What a submit with a dedup key does when a job holds the key.
+ *
+ * @generated from enum jobd.v1.DedupMode
+ */
+export enum DedupMode {
+  /**
+   * KEEP.
+   *
+   * @generated from enum value: DEDUP_MODE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The existing job is returned as it is (deduplicated = true).
+   *
+   * @generated from enum value: DEDUP_MODE_KEEP = 1;
+   */
+  KEEP = 1,
+
+  /**
+   * The existing job takes the new payload, labels and run_at: same id,
+   * sequence + 1, so watchers see the change.
+   *
+   * @generated from enum value: DEDUP_MODE_REPLACE = 2;
+   */
+  REPLACE = 2,
+
+  /**
+   * REPLACE, with run_at = now + window, capped at first submit + max_wait.
+   *
+   * @generated from enum value: DEDUP_MODE_DEBOUNCE = 3;
+   */
+  DEBOUNCE = 3,
+}
+
+/**
+ * Describes the enum jobd.v1.DedupMode.
+ */
+export const DedupModeSchema: GenEnum<DedupMode> = /*@__PURE__*/
+  enumDesc(file_jobd_v1_jobd, 2);
+
+/**
+ * What a submit with a dedup key did.
+ *
+ * @generated from enum jobd.v1.DedupOutcome
+ */
+export enum DedupOutcome {
+  /**
+   * No dedup given, or the idempotency key answered first.
+   *
+   * @generated from enum value: DEDUP_OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * No job held the key: a new job was created.
+   *
+   * @generated from enum value: DEDUP_OUTCOME_CREATED = 1;
+   */
+  CREATED = 1,
+
+  /**
+   * KEEP: the existing job, unchanged.
+   *
+   * @generated from enum value: DEDUP_OUTCOME_KEPT = 2;
+   */
+  KEPT = 2,
+
+  /**
+   * REPLACE: the existing job took the new payload, labels and run_at.
+   *
+   * @generated from enum value: DEDUP_OUTCOME_REPLACED = 3;
+   */
+  REPLACED = 3,
+
+  /**
+   * DEBOUNCE: the existing job took the new payload and labels, and its
+   * run_at moved (capped by max_wait).
+   *
+   * @generated from enum value: DEDUP_OUTCOME_DEBOUNCED = 4;
+   */
+  DEBOUNCED = 4,
+}
+
+/**
+ * Describes the enum jobd.v1.DedupOutcome.
+ */
+export const DedupOutcomeSchema: GenEnum<DedupOutcome> = /*@__PURE__*/
+  enumDesc(file_jobd_v1_jobd, 3);
+
+/**
  * ListJobsOrder is the order of a ListJobs page: by creation time (job ids
  * are time-ordered).
  *
@@ -2369,7 +2754,73 @@ export enum ListJobsOrder {
  * Describes the enum jobd.v1.ListJobsOrder.
  */
 export const ListJobsOrderSchema: GenEnum<ListJobsOrder> = /*@__PURE__*/
-  enumDesc(file_jobd_v1_jobd, 2);
+  enumDesc(file_jobd_v1_jobd, 4);
+
+/**
+ * Where a schedule is defined.
+ *
+ * @generated from enum jobd.v1.ScheduleSource
+ */
+export enum ScheduleSource {
+  /**
+   * @generated from enum value: SCHEDULE_SOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * `[[schedules]]` in the config: read-only through the API.
+   *
+   * @generated from enum value: SCHEDULE_SOURCE_CONFIG = 1;
+   */
+  CONFIG = 1,
+
+  /**
+   * Created through CreateSchedule, stored in the store.
+   *
+   * @generated from enum value: SCHEDULE_SOURCE_API = 2;
+   */
+  API = 2,
+}
+
+/**
+ * Describes the enum jobd.v1.ScheduleSource.
+ */
+export const ScheduleSourceSchema: GenEnum<ScheduleSource> = /*@__PURE__*/
+  enumDesc(file_jobd_v1_jobd, 5);
+
+/**
+ * What a fire does while the previous job of its schedule is unfinished.
+ *
+ * @generated from enum jobd.v1.ScheduleOverlap
+ */
+export enum ScheduleOverlap {
+  /**
+   * Unset: ALLOW.
+   *
+   * @generated from enum value: SCHEDULE_OVERLAP_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Submit the fire anyway.
+   *
+   * @generated from enum value: SCHEDULE_OVERLAP_ALLOW = 1;
+   */
+  ALLOW = 1,
+
+  /**
+   * Skip the fire.
+   *
+   * @generated from enum value: SCHEDULE_OVERLAP_SKIP = 2;
+   */
+  SKIP = 2,
+}
+
+/**
+ * Describes the enum jobd.v1.ScheduleOverlap.
+ */
+export const ScheduleOverlapSchema: GenEnum<ScheduleOverlap> = /*@__PURE__*/
+  enumDesc(file_jobd_v1_jobd, 6);
 
 /**
  * JobService takes jobs and reports on them. Every RPC is safe to retry:
@@ -2658,6 +3109,46 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof ResumeScheduleRequestSchema;
     output: typeof ResumeScheduleResponseSchema;
+  },
+  /**
+   * CreateSchedule stores a new schedule, checked exactly as a
+   * `[[schedules]]` entry of the config is (INVALID_ARGUMENT naming the
+   * field). Stored: it survives a restart and fires on every instance
+   * sharing the store, once per fire time. ALREADY_EXISTS for an id in use
+   * (config or stored); RESOURCE_EXHAUSTED when config and stored schedules
+   * together reach the bound (1000).
+   *
+   * @generated from rpc jobd.v1.AdminService.CreateSchedule
+   */
+  createSchedule: {
+    methodKind: "unary";
+    input: typeof CreateScheduleRequestSchema;
+    output: typeof CreateScheduleResponseSchema;
+  },
+  /**
+   * UpdateSchedule replaces a stored schedule's definition; a new cron
+   * expression or time zone starts from the next fire after now. NOT_FOUND
+   * for an unknown id; FAILED_PRECONDITION for a config schedule (change
+   * the config instead).
+   *
+   * @generated from rpc jobd.v1.AdminService.UpdateSchedule
+   */
+  updateSchedule: {
+    methodKind: "unary";
+    input: typeof UpdateScheduleRequestSchema;
+    output: typeof UpdateScheduleResponseSchema;
+  },
+  /**
+   * DeleteSchedule removes a stored schedule: no fire after it (jobs it
+   * submitted stay). NOT_FOUND for an unknown id; FAILED_PRECONDITION for a
+   * config schedule.
+   *
+   * @generated from rpc jobd.v1.AdminService.DeleteSchedule
+   */
+  deleteSchedule: {
+    methodKind: "unary";
+    input: typeof DeleteScheduleRequestSchema;
+    output: typeof DeleteScheduleResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_jobd_v1_jobd, 2);
