@@ -27,7 +27,8 @@ run() { # run SIDE BIN STORE N EXTRA
   printf 'listen = "%s"\nstore = "%s"\nadmin_listen = "off"\n[queue]\nmax_backlog = 10000000\n[drain]\ngrace = "0s"\n%s\n' "$ADDR" "$3" "$5" > "$W/cfg.toml"
   "$2" serve --config "$W/cfg.toml" 2>"$W/log" & PID=$!
   for _ in $(seq 300); do "$2" health --addr "$ADDR" >/dev/null 2>&1 && break; sleep 0.1; done
-  local pg0=0 pg1=0 d0 d1 w0 w1 rate
+  local pg0=0 pg1=0 d0 d1 w0 w1 rate label=sqlite
+  [ -n "$5" ] && label=pg
   d0=$(ticks /proc/$PID/stat); w0=$(ticks $(writer))
   [ -n "$5" ] && pg0=$(ticks $(backends))
   rate=$("$2" bench drain --addr "$ADDR" --jobs "$4" --json 2>/dev/null | python3 -c 'import json,sys; print(round(json.load(sys.stdin)[0]["rate"]))')
@@ -36,7 +37,7 @@ run() { # run SIDE BIN STORE N EXTRA
   stop
   python3 -c "
 t=$(getconf CLK_TCK); n=$4
-print('$1', 'pg' if '$5' else 'sqlite', $rate, round(($d1-$d0)*1e6/t/n,1), round(($w1-$w0)*1e6/t/n,1), round(($pg1-$pg0)*1e6/t/n,1))"
+print('$1', '$label', $rate, round(($d1-$d0)*1e6/t/n,1), round(($w1-$w0)*1e6/t/n,1), round(($pg1-$pg0)*1e6/t/n,1))"
 }
 {
   for r in $(seq "$RUNS"); do
