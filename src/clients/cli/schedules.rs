@@ -10,6 +10,7 @@ use clap::{Args, ValueEnum};
 use super::connection::AdminClient;
 use super::output::{print_json, print_schedules};
 use super::{exit, parse_label, Common, Failure};
+use crate::http::json::Named;
 use crate::proto;
 
 /// `--overlap`.
@@ -86,6 +87,16 @@ fn show(s: Option<proto::ScheduleStatus>) {
     print_schedules(&s.into_iter().collect::<Vec<_>>());
 }
 
+/// Prints a create's or update's reply (`--json`: as it is) and exits OK.
+fn answer<M: Named>(reply: &M, schedule: Option<proto::ScheduleStatus>, json: bool) -> u8 {
+    if json {
+        print_json(reply);
+    } else {
+        show(schedule);
+    }
+    exit::OK
+}
+
 /// `jobd schedules create`: shows the new schedule.
 pub(super) async fn create(
     a: &mut AdminClient,
@@ -108,12 +119,7 @@ pub(super) async fn create(
         })
         .await?
         .into_inner();
-    if json {
-        print_json(&r);
-    } else {
-        show(r.schedule);
-    }
-    Ok(exit::OK)
+    Ok(answer(&r, r.schedule.clone(), json))
 }
 
 /// `jobd schedules update`: the flags given over the stored definition.
@@ -153,12 +159,7 @@ pub(super) async fn update(
         })
         .await?
         .into_inner();
-    if json {
-        print_json(&r);
-    } else {
-        show(r.schedule);
-    }
-    Ok(exit::OK)
+    Ok(answer(&r, r.schedule.clone(), json))
 }
 
 /// `jobd schedules delete`.
