@@ -81,7 +81,13 @@ pub fn submit<'a>(
     let now = now_micros();
     let run_at = submit_run_at(&req, now, &mut v);
     let start_before = submit_start_before(&req, now, run_at, &mut v);
-    let dedup = dedup::dedup(req.dedup.as_ref(), run_at.is_some(), &mut v);
+    let dedup = dedup::dedup(
+        req.dedup.as_ref(),
+        run_at.is_some(),
+        start_before,
+        now,
+        &mut v,
+    );
     submit_labels(&req, &mut v);
     let (Some(kind), true) = (kind, v.list.is_empty()) else {
         return Err(ApiError::InvalidArgument(v.list));

@@ -336,6 +336,19 @@ async fn bad_dedups_name_their_field() {
             "run_at",
             "DEBOUNCE",
         ),
+        (
+            proto::SubmitRequest {
+                start_before: Some(ts_in(Duration::from_secs(1))),
+                ..with(proto::Dedup {
+                    key: "k".into(),
+                    mode: DedupMode::Debounce as i32,
+                    window: secs(5),
+                    max_wait: None,
+                })
+            },
+            "start_before",
+            "could never start",
+        ),
     ];
     for (r, field, words) in cases {
         let e = c.submit(r).await.unwrap_err();

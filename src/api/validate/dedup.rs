@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{duration, Violations, MAX_RUN_AT_AHEAD};
-use crate::job::{Dedup, DedupMode};
+use crate::job::{Dedup, DedupMode, Micros};
 use crate::proto;
 
 /// A dedup key's bound, the same as an idempotency key's.
@@ -11,10 +11,13 @@ pub const MAX_DEDUP_KEY_BYTES: usize = 256;
 
 /// The submit's dedup, checked; `None` when absent or bad (each problem
 /// added to `v`, naming its field). `has_run_at`: DEBOUNCE sets run_at
-/// itself, so a submit giving both is refused.
+/// itself, so a submit giving both is refused; and a start deadline
+/// (`start_before`) not after that run_at could never be met.
 pub(super) fn dedup(
     d: Option<&proto::Dedup>,
     has_run_at: bool,
+    start_before: Option<Micros>,
+    now: Micros,
     v: &mut Violations<'_>,
 ) -> Option<Dedup> {
     let d = d?;
@@ -55,11 +58,21 @@ pub(super) fn dedup(
             }
         }
     }
-    if matches!(mode, Some(DedupMode::Debounce { .. })) && has_run_at {
-        v.bad(
-            "run_at",
-            "not with dedup mode DEBOUNCE, which sets run_at = now + dedup.window".into(),
-        );
+    if let Some(DedupMode::Debounce { window, max_wait }) = mode {
+        if has_run_at {
+            v.bad(
+                "run_at",
+                "not with dedup mode DEBOUNCE, which sets run_at = now + dedup.window".into(),
+            );
+        }
+        let run_at = crate::store::dedup::debounced_run_at(now, now, window, max_wait);
+        if start_before.is_some_and(|t| t <= run_at) {
+            v.bad(
+                "start_before",
+                "not after the debounced run_at (now + dedup.window): the job could never start"
+                    .into(),
+            );
+        }
     }
     let mode = mode.filter(|_| v.list.len() == before)?;
     Some(Dedup {
