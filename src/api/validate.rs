@@ -81,13 +81,7 @@ pub fn submit<'a>(
     let now = now_micros();
     let run_at = submit_run_at(&req, now, &mut v);
     let start_before = submit_start_before(&req, now, run_at, &mut v);
-    let dedup = dedup::dedup(
-        req.dedup.as_ref(),
-        run_at.is_some(),
-        start_before,
-        now,
-        &mut v,
-    );
+    let dedup = dedup::dedup(req.dedup.as_ref(), run_at.is_some(), &mut v);
     submit_labels(&req, &mut v);
     let (Some(kind), true) = (kind, v.list.is_empty()) else {
         return Err(ApiError::InvalidArgument(v.list));
@@ -100,11 +94,10 @@ pub fn submit<'a>(
     let timeout = timeout.unwrap_or(kind.timeout);
     // The kind's start_within counts from now; the earlier deadline wins.
     let start_before = match kind.start_within {
-        Some(w) => Some(
-            start_before
-                .map_or(i64::MAX, |t| t)
-                .min(crate::job::add_micros(now, w)),
-        ),
+        Some(w) => {
+            let within = crate::job::add_micros(now, w);
+            Some(start_before.map_or(within, |t| t.min(within)))
+        }
         None => start_before,
     };
     let request_hash = request_hash(&req, max_attempts, timeout);
@@ -119,6 +112,17 @@ pub fn submit<'a>(
         )),
         _ => run_at,
     };
+    // Once more on the values in effect (the kind's start_within, the
+    // debounce window): a deadline not after run_at could never be met.
+    if let (Some(deadline), Some(due)) = (start_before, run_at) {
+        if deadline <= due {
+            return Err(ApiError::invalid(
+                format!("{prefix}start_before"),
+                "not after run_at (with the kind's start_within and any dedup window): \
+                 the job could never start",
+            ));
+        }
+    }
     let fairness_key = if req.fairness_key.is_empty() {
         req.ordering_key.clone()
     } else {
@@ -203,13 +207,8 @@ fn submit_kind<'a>(
 
 /// The idempotency key, the ordering key and `max_attempts`.
 fn submit_keys(req: &proto::SubmitRequest, v: &mut Violations<'_>) {
-    if req.idempotency_key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
-        v.bad(
-            "idempotency_key",
-            format!("at most {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
-        );
-    } else if req.idempotency_key.contains('\0') {
-        v.bad("idempotency_key", "must not contain NUL characters".into());
+    if let Some(why) = key_problem(&req.idempotency_key, MAX_IDEMPOTENCY_KEY_BYTES) {
+        v.bad("idempotency_key", why);
     }
     if let Some(why) = ordering_key_problem(&req.ordering_key) {
         v.bad("ordering_key", why);
@@ -291,8 +290,14 @@ fn submit_labels(req: &proto::SubmitRequest, v: &mut Violations<'_>) {
 
 /// Why an ordering key (in Submit or a ListJobs filter) is refused, if it is.
 pub fn ordering_key_problem(key: &str) -> Option<String> {
-    if key.len() > MAX_ORDERING_KEY_LEN {
-        Some(format!("at most {MAX_ORDERING_KEY_LEN} bytes"))
+    key_problem(key, MAX_ORDERING_KEY_LEN)
+}
+
+/// Why a client's key (idempotency, ordering, fairness, dedup) is refused,
+/// if it is: more than `max` bytes, or a NUL (the stores' text columns).
+fn key_problem(key: &str, max: usize) -> Option<String> {
+    if key.len() > max {
+        Some(format!("at most {max} bytes"))
     } else if key.contains('\0') {
         Some("must not contain NUL characters".into())
     } else {

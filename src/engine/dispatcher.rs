@@ -116,11 +116,13 @@ impl Engine {
                     predicted = freed;
                     match jobs {
                         Ok(ClaimOutcome { jobs, expired, rate_limited }) => {
+                            // A full batch: there may be more waiting. Jobs
+                            // found expired took places in it too.
+                            let limit = reserved.global.num_permits() + reserved.ahead_total;
+                            let found = jobs.len() + expired.len();
+                            more |= found > 0 && found == limit;
                             self.expired(JobState::Queued, &expired);
                             rate_wake = self.rate_wake(rate_wake, rate_limited);
-                            // A full batch: there may be more waiting.
-                            let limit = reserved.global.num_permits() + reserved.ahead_total;
-                            more |= !jobs.is_empty() && jobs.len() == limit;
                             self.spawn_workers(&mut workers, reserved, jobs);
                         }
                         Err(()) => {

@@ -47,16 +47,21 @@ impl Engine {
     }
 
     /// Jobs that passed their start deadline before starting (found by a
-    /// claim, or by the sweeper): announced and counted.
+    /// claim, or by the sweeper): announced and counted; then the children
+    /// their ends moved, once for all of them.
     pub(super) fn expired(&self, prev: JobState, jobs: &[Job]) {
         for j in jobs {
-            tracing::debug!(job = %j.id, kind = %j.kind, "job expired before it started");
-            self.changed(Some(prev), j);
-            self.metrics.job_expired(&j.kind);
+            self.expired_one(prev, j);
         }
         if !jobs.is_empty() {
             self.publish_moved();
         }
+    }
+
+    fn expired_one(&self, prev: JobState, j: &Job) {
+        tracing::debug!(job = %j.id, kind = %j.kind, "job expired before it started");
+        self.changed(Some(prev), j);
+        self.metrics.job_expired(&j.kind);
     }
 
     /// The sweeper's pass over start deadlines.
@@ -64,7 +69,10 @@ impl Engine {
         match self.store.expire_unstarted(now, RECHECK_BATCH).await {
             Ok(moved) => {
                 for m in &moved {
-                    self.expired(m.prev, std::slice::from_ref(&m.job));
+                    self.expired_one(m.prev, &m.job);
+                }
+                if !moved.is_empty() {
+                    self.publish_moved();
                 }
             }
             Err(e) => tracing::warn!(error = %e, "expiring jobs past their start deadline failed"),

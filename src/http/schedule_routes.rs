@@ -46,9 +46,10 @@ impl HttpApi {
                 if def.id.is_empty() {
                     def.id = id;
                 } else if def.id != id {
-                    return Err(Status::invalid_argument(format!(
-                        "schedule.id: {:?} differs from the path's {id:?}",
-                        def.id
+                    let why = format!("{:?} differs from the path's {id:?}", def.id);
+                    return Err(Status::from(crate::api::error::ApiError::invalid(
+                        "schedule.id",
+                        why,
                     ))
                     .into());
                 }

@@ -171,6 +171,15 @@ async fn bad_deadlines_are_refused() {
     };
     let e = c.submit(after_run_at).await.unwrap_err();
     assert!(field(&e).1.contains("run_at"), "{e}");
+    // The kind's start_within counts too: a job due after it never starts.
+    let late = proto::SubmitRequest {
+        run_at: before(Duration::from_secs(5)),
+        ..req("otp", "")
+    };
+    let e = c.submit(late).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+    assert_eq!(field(&e).0, "start_before");
+    assert!(field(&e).1.contains("could never start"), "{e}");
     let garbage = proto::SubmitRequest {
         start_before: Some(prost_types::Timestamp {
             seconds: 1,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::{duration, Violations, MAX_RUN_AT_AHEAD};
-use crate::job::{Dedup, DedupMode, Micros};
+use crate::job::{Dedup, DedupMode};
 use crate::proto;
 
 /// A dedup key's bound, the same as an idempotency key's.
@@ -11,23 +11,19 @@ pub const MAX_DEDUP_KEY_BYTES: usize = 256;
 
 /// The submit's dedup, checked; `None` when absent or bad (each problem
 /// added to `v`, naming its field). `has_run_at`: DEBOUNCE sets run_at
-/// itself, so a submit giving both is refused; and a start deadline
-/// (`start_before`) not after that run_at could never be met.
+/// itself, so a submit giving both is refused (the deadline is checked
+/// against that run_at by `submit`, once every value is known).
 pub(super) fn dedup(
     d: Option<&proto::Dedup>,
     has_run_at: bool,
-    start_before: Option<Micros>,
-    now: Micros,
     v: &mut Violations<'_>,
 ) -> Option<Dedup> {
     let d = d?;
     let before = v.list.len();
     if d.key.is_empty() {
         v.bad("dedup.key", "required".into());
-    } else if d.key.len() > MAX_DEDUP_KEY_BYTES {
-        v.bad("dedup.key", format!("at most {MAX_DEDUP_KEY_BYTES} bytes"));
-    } else if d.key.contains('\0') {
-        v.bad("dedup.key", "must not contain NUL characters".into());
+    } else if let Some(why) = super::key_problem(&d.key, MAX_DEDUP_KEY_BYTES) {
+        v.bad("dedup.key", why);
     }
     let window = bounded(d.window.as_ref(), "dedup.window", v);
     let max_wait = bounded(d.max_wait.as_ref(), "dedup.max_wait", v);
@@ -58,21 +54,11 @@ pub(super) fn dedup(
             }
         }
     }
-    if let Some(DedupMode::Debounce { window, max_wait }) = mode {
-        if has_run_at {
-            v.bad(
-                "run_at",
-                "not with dedup mode DEBOUNCE, which sets run_at = now + dedup.window".into(),
-            );
-        }
-        let run_at = crate::store::dedup::debounced_run_at(now, now, window, max_wait);
-        if start_before.is_some_and(|t| t <= run_at) {
-            v.bad(
-                "start_before",
-                "not after the debounced run_at (now + dedup.window): the job could never start"
-                    .into(),
-            );
-        }
+    if matches!(mode, Some(DedupMode::Debounce { .. })) && has_run_at {
+        v.bad(
+            "run_at",
+            "not with dedup mode DEBOUNCE, which sets run_at = now + dedup.window".into(),
+        );
     }
     let mode = mode.filter(|_| v.list.len() == before)?;
     Some(Dedup {

@@ -41,7 +41,12 @@ pub fn request_hash(req: &proto::SubmitRequest, max_attempts: u32, timeout: Dura
     if let Some(d) = &req.dedup {
         field(b"dedup");
         field(d.key.as_bytes());
-        field(&d.mode.to_le_bytes());
+        // KEEP spelled out and left to the default are the same request.
+        let mode = match proto::DedupMode::try_from(d.mode) {
+            Ok(proto::DedupMode::Unspecified) => proto::DedupMode::Keep as i32,
+            _ => d.mode,
+        };
+        field(&mode.to_le_bytes());
         for t in [&d.window, &d.max_wait] {
             match t {
                 Some(t) => field(format!("{}.{}", t.seconds, t.nanos).as_bytes()),
@@ -52,6 +57,12 @@ pub fn request_hash(req: &proto::SubmitRequest, max_attempts: u32, timeout: Dura
     if !req.fairness_key.is_empty() {
         field(b"fairness_key");
         field(req.fairness_key.as_bytes());
+    }
+    // Only when set, like the keys above: a different deadline is a
+    // different request.
+    if let Some(t) = &req.start_before {
+        field(b"start_before");
+        field(format!("{}.{}", t.seconds, t.nanos).as_bytes());
     }
     h.finalize().into()
 }

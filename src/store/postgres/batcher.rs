@@ -90,9 +90,24 @@ async fn finish_loop(
         if n == 0 {
             return;
         }
+        // Only the replies are needed afterwards: the rest moves out.
         let requests: Vec<(Uuid, u32, Outcome, Micros, String)> = batch
-            .iter()
-            .map(|r| (r.id, r.attempt, r.outcome.clone(), r.now, r.worker.clone()))
+            .iter_mut()
+            .map(|r| {
+                let outcome = std::mem::replace(
+                    &mut r.outcome,
+                    Outcome::Requeue {
+                        reason: String::new(),
+                    },
+                );
+                (
+                    r.id,
+                    r.attempt,
+                    outcome,
+                    r.now,
+                    std::mem::take(&mut r.worker),
+                )
+            })
             .collect();
         let result = match tokio::time::timeout(timeout, finish_batch(&pool, &w, requests)).await {
             Ok(r) => r,

@@ -40,9 +40,12 @@ pub(super) fn claim(
             (read_plain(tx, kind, &b)?, None)
         };
         let n = rows.len();
+        // Which key served each job: read back only by round_robin kinds.
         let mut keys = HashMap::new();
         for (i, (prio, seq, id)) in rows.into_iter().take(b.allowed()) {
-            keys.insert(id.clone(), i);
+            if plan.is_some() {
+                keys.insert(id.clone(), i);
+            }
             candidates.push((prio, seq, kind.clone(), id));
         }
         budgets.push((kind.clone(), b, n, plan, keys));
