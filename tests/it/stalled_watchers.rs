@@ -118,13 +118,22 @@ async fn stalled_watch_jobs_readers_hold_little_and_end_at_the_idle_timeout() {
     let (h2, conn) = h2::client::handshake(tcp).await.unwrap();
     let driver = tokio::spawn(conn);
     let mut held = Vec::new();
-    for _ in 0..STREAMS {
-        let (status, body) = stalled_watch(h2.clone(), addr, mark).await;
+    let t0 = std::time::Instant::now();
+    // Opened together: one after the other took 3.6 s on a slow run, past
+    // the 3 s idle timeout, so the first had ended before the last began.
+    let opened =
+        futures_util::future::join_all((0..STREAMS).map(|_| stalled_watch(h2.clone(), addr, mark)))
+            .await;
+    for (status, body) in opened {
         assert_eq!(status, 200);
         held.push(body);
     }
     // The gauge counts a stream once its handler runs, which may be a
     // moment after the response headers went out: poll briefly.
+    eprintln!(
+        "stalled WatchJobs: {STREAMS} streams opened in {:?}",
+        t0.elapsed()
+    );
     let mut counted = watchers(&admin).await;
     for _ in 0..50 {
         if counted == STREAMS as f64 {
