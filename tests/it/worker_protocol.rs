@@ -98,7 +98,10 @@ async fn assign_carries_the_submitters_trace_context_in_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn welcome_names_the_session_and_late_sessions_are_told_to_drain() {
-    let d = start_with("", KIND_R).await;
+    // The drain's deadline is far off: on a loaded machine the steps below
+    // can outlast the helpers' 2 s, and the streams would end before A's
+    // report (the flake's "jobd is shutting down").
+    let d = start_with("[drain]\ngrace = \"50ms\"\ntimeout = \"60s\"\n", KIND_R).await;
 
     // Worker A takes a job and holds it, so the drain waits for it.
     let (a_tx, a_call) = open(&d);
