@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -278,6 +279,31 @@ fn held(workers: &Workers, session: u64, job_id: &str, attempt: u32) -> Option<U
 /// gives up on a group well before); then it says stale.
 const ACK_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a session ended by the drain waits for the acks still on their
+/// way (the drain has already waited for the outcomes' commits) before it
+/// sends "shutting down", which ends the stream.
+const ACKS_AT_STOP: Duration = Duration::from_secs(5);
+
+/// Sends the ack of `(job_id, attempt)` once its outcome is committed, from
+/// a task of `acks`, so the session goes on reading meanwhile.
+fn ack_when_written(
+    acks: &mut JoinSet<()>,
+    written: tokio::sync::oneshot::Receiver<bool>,
+    outbox: &Outbox,
+    job_id: String,
+    attempt: u32,
+) {
+    let outbox = outbox.clone();
+    acks.spawn(async move {
+        let counted = tokio::time::timeout(ACK_WAIT, written)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(false);
+        ack(&outbox, job_id, attempt, counted);
+    });
+}
+
 /// Queues a `ReportAck`; false when the worker's outbox is full.
 fn ack(outbox: &Outbox, job_id: String, attempt: u32, counted: bool) -> bool {
     let ack = message(server_message::Msg::Ack(proto::ReportAck {
@@ -294,6 +320,16 @@ const SILENCE_CHECKS_PER_INTERVAL: u32 = 4;
 /// or starved): the gap is not held against the worker.
 const STALL: Duration = Duration::from_secs(1);
 
+/// Where a session runs: the engine, the sessions, its id, its outbox and
+/// the daemon's stop for streams.
+struct SessionAt<'a> {
+    engine: &'a Arc<Engine>,
+    workers: &'a Workers,
+    session: u64,
+    outbox: &'a Outbox,
+    stop: &'a CancellationToken,
+}
+
 /// Reads one session's messages until it ends; returns whether it was lost
 /// (silent, broken, or closed by the worker) rather than ended by jobd.
 ///
@@ -303,14 +339,18 @@ const STALL: Duration = Duration::from_secs(1);
 /// life forward by the delay, and a session found silent is looked at
 /// once more after its queued input had a chance to be read.
 async fn serve_session(
-    engine: &Arc<Engine>,
-    workers: &Workers,
-    session: u64,
+    at: SessionAt<'_>,
     mut inbound: Streaming<proto::WorkerMessage>,
     seen: Option<BytesSeen>,
-    outbox: &Outbox,
-    stop: &CancellationToken,
+    acks: &mut JoinSet<()>,
 ) -> bool {
+    let SessionAt {
+        engine,
+        workers,
+        session,
+        outbox,
+        stop,
+    } = at;
     let interval = workers.heartbeat_interval();
     let silent = interval * LOST_AFTER_INTERVALS;
     let every = interval / SILENCE_CHECKS_PER_INTERVAL;
@@ -349,6 +389,7 @@ async fn serve_session(
             }
             _ = stop.cancelled() => return false,
             _ = outbox.closed() => return true,
+            Some(_) = acks.join_next(), if !acks.is_empty() => continue,
         };
         let msg = match next {
             Ok(Some(m)) => m,
@@ -391,18 +432,9 @@ async fn serve_session(
             continue;
         };
         // The ack follows the commit of the outcome (a non-stale ack is a
-        // durability promise): sent from its own task, so the session goes
-        // on reading meanwhile. At most one per attempt in flight.
+        // durability promise). At most one per attempt in flight.
         let written = workers.report_and_wait(session, id, attempt, outcome);
-        let outbox = outbox.clone();
-        tokio::spawn(async move {
-            let counted = tokio::time::timeout(ACK_WAIT, written)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(false);
-            ack(&outbox, job_id, attempt, counted);
-        });
+        ack_when_written(acks, written, outbox, job_id, attempt);
     }
 }
 
@@ -475,11 +507,26 @@ impl WorkerService for WorkerApi {
         let engine = self.engine.clone();
         tokio::spawn(async move {
             let _client_place = client_place;
-            let lost = serve_session(&engine, &workers, session, inbound, seen, &tx, &stop).await;
+            let mut acks = JoinSet::new();
+            let at = SessionAt {
+                engine: &engine,
+                workers: &workers,
+                session,
+                outbox: &tx,
+                stop: &stop,
+            };
+            let lost = serve_session(at, inbound, seen, &mut acks).await;
             workers.close(session, lost);
             if stop.is_cancelled() {
+                // A report the drain saw committed is acked before the
+                // stream ends (the ack and the drain's end race otherwise).
+                let all = async { while acks.join_next().await.is_some() {} };
+                let _ = tokio::time::timeout(ACKS_AT_STOP, all).await;
                 let _ = tx.try_send(Err(Status::unavailable("jobd is shutting down")));
             }
+            // Acks still waiting go out on their own (a worker that closed
+            // its side may still read them).
+            acks.detach_all();
         });
         let out = ReceiverStream::new(rx).map(move |m| {
             if let Ok(proto::ServerMessage {

@@ -142,6 +142,64 @@ async fn never_late_on_postgres() {
     never_late_on(&pg.toml("")).await;
 }
 
+/// More jobs past their deadline than one sweeper pass takes (1,000):
+/// the passes that follow take the rest, and each ends FAILED with no
+/// attempt, counted once. On SQLite, a paused kind (only the sweeper can
+/// end them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_larger_than_one_sweep_all_expires() {
+    const N: usize = 2_500;
+    let d = start_with("store = \"sqlite:{dir}/jobd.db\"\n", KINDS).await;
+    let mut c = d.client().await;
+    let mut a = admin(&d.url()).await;
+    a.pause_kind(proto::PauseKindRequest {
+        kind: "echo".into(),
+    })
+    .await
+    .unwrap();
+    let mut ids = Vec::with_capacity(N);
+    for chunk in 0..N / 500 {
+        let requests = (0..500)
+            .map(|i| {
+                deadline(
+                    req("echo", &format!("{chunk}-{i}")),
+                    Duration::from_millis(500),
+                )
+            })
+            .collect();
+        let r = c
+            .submit_batch(proto::SubmitBatchRequest { requests })
+            .await
+            .unwrap()
+            .into_inner();
+        for r in r.results {
+            match r.result {
+                Some(proto::submit_result::Result::Accepted(a)) => ids.push(a.job.unwrap().id),
+                other => panic!("refused: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(ids.len(), N);
+    let series = "jobd_jobs_expired_total{kind=\"echo\"}";
+    let t = std::time::Instant::now();
+    loop {
+        let n = sample(&scrape(d.admin).await, series).unwrap_or(0.0);
+        if n as usize == N {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{n} of {N} expired after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for id in ids.iter().step_by(97) {
+        let j = status(&mut c, id).await;
+        assert_eq!((state(&j), j.attempt), (JobState::Failed, 0), "{j:?}");
+    }
+    d.stop().await;
+}
+
 /// Bad deadlines are INVALID_ARGUMENT naming `start_before`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_deadlines_are_refused() {

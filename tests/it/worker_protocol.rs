@@ -98,10 +98,7 @@ async fn assign_carries_the_submitters_trace_context_in_headers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn welcome_names_the_session_and_late_sessions_are_told_to_drain() {
-    // The drain's deadline is far off: on a loaded machine the steps below
-    // can outlast the helpers' 2 s, and the streams would end before A's
-    // report (the flake's "jobd is shutting down").
-    let d = start_with("[drain]\ngrace = \"50ms\"\ntimeout = \"60s\"\n", KIND_R).await;
+    let d = start_with("", KIND_R).await;
 
     // Worker A takes a job and holds it, so the drain waits for it.
     let (a_tx, a_call) = open(&d);
@@ -141,7 +138,9 @@ async fn welcome_names_the_session_and_late_sessions_are_told_to_drain() {
         other => panic!("a session opened during drain: expected drain, got {other:?}"),
     }
 
-    // A's report before the deadline counts.
+    // A's report before the deadline counts, and its ack comes before the
+    // stream ends: the drain ends with that commit, and its "shutting
+    // down" once overtook the ack (CI, under load).
     a_tx.send(proto::WorkerMessage {
         msg: Some(worker_message::Msg::Complete(proto::Complete {
             job_id: job.id.clone(),
