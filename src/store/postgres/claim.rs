@@ -47,12 +47,17 @@ impl PostgresStore {
         if kinds.is_empty() || req.limit == 0 {
             return Ok(ClaimOutcome::default());
         }
-        let lease = add_micros(req.now, self.lease_ttl);
+        // The time the rows were locked, not the request's: a job released
+        // after the request was made (its parents' outcomes committed in
+        // between) would otherwise start "before" its parents finished,
+        // and a deadline would be checked against a past moment.
+        let mut locked_at = None;
         let (jobs, expired) = self
             .transition_selected(&sql::CLAIM, &[&kinds, &caps, &(req.limit as i64)], |j| {
-                if transition::claim_or_expire(j, req.now, req.lease_slack) {
+                let now = *locked_at.get_or_insert_with(|| now_micros().max(req.now));
+                if transition::claim_or_expire(j, now, req.lease_slack) {
                     // The lease is renewed while this instance runs the attempt.
-                    j.lease_expires_at = Some(lease);
+                    j.lease_expires_at = Some(add_micros(now, self.lease_ttl));
                 }
                 true
             })
