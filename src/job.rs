@@ -26,6 +26,11 @@ pub fn is_valid_kind(s: &str) -> bool {
 /// Longest ordering key, in bytes.
 pub const MAX_ORDERING_KEY_LEN: usize = 256;
 
+/// The furthest ahead any time a job carries may be (a `run_at`, a start
+/// deadline, a kind's `start_within`, a debounce window): a year and a day.
+/// A time further off is almost surely a mistake, refused rather than stored.
+pub const MAX_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// Microseconds since the Unix epoch.
 pub type Micros = i64;
 

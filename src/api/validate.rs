@@ -24,7 +24,7 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 pub const MAX_LABELS: usize = 32;
 pub const MAX_LABEL_KEY_BYTES: usize = 63;
 pub const MAX_LABEL_VALUE_BYTES: usize = 256;
-pub const MAX_RUN_AT_AHEAD: Duration = Duration::from_secs(366 * 24 * 3600);
+pub const MAX_RUN_AT_AHEAD: Duration = crate::job::MAX_AHEAD;
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 

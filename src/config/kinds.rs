@@ -147,7 +147,7 @@ pub(super) const DEFAULT_LOG_LINES: usize = 1000;
 /// Most [`KindConfig::log_lines`].
 pub(super) const MAX_LOG_LINES: usize = 100_000;
 /// Longest `start_within`.
-const MAX_START_WITHIN: Duration = Duration::from_secs(366 * 24 * 3600);
+const MAX_START_WITHIN: Duration = crate::job::MAX_AHEAD;
 
 /// Exponential backoff with full jitter: the wait before attempt n+1 is
 /// uniform in [0, min(max, initial * multiplier^(n-1))].
