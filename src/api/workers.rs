@@ -280,9 +280,22 @@ fn held(workers: &Workers, session: u64, job_id: &str, attempt: u32) -> Option<U
 const ACK_WAIT: Duration = Duration::from_secs(60);
 
 /// How long a session ended by the drain waits for the acks still on their
-/// way (the drain has already waited for the outcomes' commits) before it
-/// sends "shutting down", which ends the stream.
-const ACKS_AT_STOP: Duration = Duration::from_secs(5);
+/// way before it sends "shutting down", which ends the stream. The drain
+/// has already waited for the outcomes' commits, so they come at once; only
+/// an outcome the store gave up on keeps its ack waiting, and this stays
+/// well inside the server's close timeout (`SERVER_CLOSE_TIMEOUT`, 5 s).
+const ACKS_AT_STOP: Duration = Duration::from_secs(2);
+
+/// A session's ack tasks. When the session's task ends (a panic included)
+/// the ones still waiting go on alone: a worker that closed its side of the
+/// stream may still read them.
+struct Acks(JoinSet<()>);
+
+impl Drop for Acks {
+    fn drop(&mut self) {
+        self.0.detach_all();
+    }
+}
 
 /// Sends the ack of `(job_id, attempt)` once its outcome is committed, from
 /// a task of `acks`, so the session goes on reading meanwhile.
@@ -507,7 +520,7 @@ impl WorkerService for WorkerApi {
         let engine = self.engine.clone();
         tokio::spawn(async move {
             let _client_place = client_place;
-            let mut acks = JoinSet::new();
+            let mut acks = Acks(JoinSet::new());
             let at = SessionAt {
                 engine: &engine,
                 workers: &workers,
@@ -515,18 +528,17 @@ impl WorkerService for WorkerApi {
                 outbox: &tx,
                 stop: &stop,
             };
-            let lost = serve_session(at, inbound, seen, &mut acks).await;
+            let lost = serve_session(at, inbound, seen, &mut acks.0).await;
             workers.close(session, lost);
             if stop.is_cancelled() {
                 // A report the drain saw committed is acked before the
                 // stream ends (the ack and the drain's end race otherwise).
-                let all = async { while acks.join_next().await.is_some() {} };
+                let all = async { while acks.0.join_next().await.is_some() {} };
                 let _ = tokio::time::timeout(ACKS_AT_STOP, all).await;
                 let _ = tx.try_send(Err(Status::unavailable("jobd is shutting down")));
+                // The stream ends with that error: later acks cannot reach it.
+                acks.0.abort_all();
             }
-            // Acks still waiting go out on their own (a worker that closed
-            // its side may still read them).
-            acks.detach_all();
         });
         let out = ReceiverStream::new(rx).map(move |m| {
             if let Ok(proto::ServerMessage {
