@@ -80,7 +80,7 @@ pub fn submit<'a>(
     };
     let now = now_micros();
     let run_at = submit_run_at(&req, now, &mut v);
-    let start_before = submit_start_before(&req, now, run_at, &mut v);
+    let start_before = submit_start_before(&req, now, &mut v);
     let dedup = dedup::dedup(req.dedup.as_ref(), run_at.is_some(), &mut v);
     submit_labels(&req, &mut v);
     let (Some(kind), true) = (kind, v.list.is_empty()) else {
@@ -247,12 +247,11 @@ fn submit_run_at(
     }
 }
 
-/// A start deadline: valid, in the future, within a year, and after
-/// `run_at` (a job due after its deadline could never start).
+/// A start deadline: valid, in the future, within a year (that it comes
+/// after the run_at in effect is checked once that is known).
 fn submit_start_before(
     req: &proto::SubmitRequest,
     now: Micros,
-    run_at: Option<Micros>,
     v: &mut Violations<'_>,
 ) -> Option<Micros> {
     let t = req.start_before.as_ref()?;
@@ -260,7 +259,6 @@ fn submit_start_before(
         None => "not a valid timestamp",
         Some(m) if m <= now => "already past: a start deadline must be in the future",
         Some(m) if m > now + MAX_RUN_AT_AHEAD.as_micros() as i64 => "at most one year ahead",
-        Some(m) if run_at.is_some_and(|r| r >= m) => "not after run_at: the job could never start",
         Some(m) => return Some(m),
     };
     v.bad("start_before", bad.into());

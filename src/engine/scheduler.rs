@@ -49,6 +49,26 @@ pub struct ScheduleStatus {
     pub from_config: bool,
 }
 
+impl ScheduleStatus {
+    /// `s` with its stored row; without a row (a config schedule that has
+    /// not fired yet) its next fire is computed from `now`.
+    pub(super) fn of(
+        s: Schedule,
+        row: Option<&ScheduleRow>,
+        from_config: bool,
+        now: Micros,
+    ) -> Self {
+        let next = row.map_or_else(|| s.next_after(now).unwrap_or(NEVER), |r| r.next_fire_at);
+        ScheduleStatus {
+            schedule: s,
+            next_fire_at: (next != NEVER).then_some(next),
+            paused: row.is_some_and(|r| r.paused),
+            last_job_id: row.and_then(|r| r.last_job_id),
+            from_config,
+        }
+    }
+}
+
 impl Engine {
     pub(super) async fn schedule_loop(self: Arc<Self>) {
         let config_ids: HashSet<&str> = self
@@ -278,12 +298,7 @@ impl Engine {
         if let Some(s) = self.settings.schedules.iter().find(|s| s.id == id) {
             return Ok((s.clone(), true));
         }
-        let row = self
-            .store
-            .schedules()
-            .await?
-            .into_iter()
-            .find(|r| r.id == id);
+        let row = self.stored_row(id).await?;
         match row.as_ref().and_then(|r| r.definition.as_deref()) {
             Some(d) => self
                 .decode_schedule(d)
@@ -305,29 +320,19 @@ impl Engine {
             .map(|r| (r.id.clone(), r))
             .collect();
         let now = now_micros();
-        let status = |s: Schedule, row: Option<&ScheduleRow>, from_config: bool| {
-            let next = row.map_or_else(|| s.next_after(now).unwrap_or(NEVER), |r| r.next_fire_at);
-            ScheduleStatus {
-                schedule: s,
-                next_fire_at: (next != NEVER).then_some(next),
-                paused: row.is_some_and(|r| r.paused),
-                last_job_id: row.and_then(|r| r.last_job_id),
-                from_config,
-            }
-        };
         let mut out: Vec<ScheduleStatus> = self
             .settings
             .schedules
             .iter()
-            .map(|s| status(s.clone(), rows.get(&s.id), true))
+            .map(|s| ScheduleStatus::of(s.clone(), rows.get(&s.id), true, now))
             .collect();
         for row in rows.values() {
             let Some(d) = &row.definition else { continue };
-            if self.settings.schedules.iter().any(|s| s.id == row.id) {
+            if self.is_config_schedule(&row.id) {
                 continue;
             }
             match self.decode_schedule(d) {
-                Ok(s) => out.push(status(s, Some(row), false)),
+                Ok(s) => out.push(ScheduleStatus::of(s, Some(row), false, now)),
                 Err(e) => {
                     tracing::warn!(schedule = row.id, error = %e, "stored schedule not usable")
                 }

@@ -9,7 +9,7 @@ use super::scheduler::{ScheduleStatus, NEVER};
 use super::{Engine, EngineError};
 use crate::config::{Schedule, ScheduleConfig, MAX_SCHEDULES};
 use crate::job::now_micros;
-use crate::store::CreateSchedule;
+use crate::store::{CreateSchedule, ScheduleRow};
 
 impl Engine {
     /// The payload bound of a configured kind; `None` when it is not
@@ -26,8 +26,17 @@ impl Engine {
             .map_err(|e| e.to_string())
     }
 
-    fn is_config_schedule(&self, id: &str) -> bool {
+    pub(super) fn is_config_schedule(&self, id: &str) -> bool {
         self.settings.schedules.iter().any(|s| s.id == id)
+    }
+
+    /// The stored row of schedule `id` that holds a definition (a config
+    /// schedule's row holds none).
+    pub(super) async fn stored_row(&self, id: &str) -> Result<Option<ScheduleRow>, EngineError> {
+        let rows = self.store.schedules().await?;
+        Ok(rows
+            .into_iter()
+            .find(|r| r.id == id && r.definition.is_some()))
     }
 
     /// CreateSchedule: stores `s` (already checked), first fire after now.
@@ -56,12 +65,8 @@ impl Engine {
         if self.is_config_schedule(&s.id) {
             return Err(EngineError::ScheduleInConfig(s.id));
         }
-        let rows = self.store.schedules().await?;
-        let Some(old) = rows
-            .iter()
-            .find(|r| r.id == s.id)
-            .and_then(|r| r.definition.as_deref())
-        else {
+        let row = self.stored_row(&s.id).await?;
+        let Some(old) = row.as_ref().and_then(|r| r.definition.as_deref()) else {
             return Err(EngineError::UnknownSchedule(s.id));
         };
         let same_times = self
@@ -90,21 +95,19 @@ impl Engine {
 
     /// A stored schedule's status (its row alone is decoded).
     async fn stored_status(&self, id: &str) -> Result<ScheduleStatus, EngineError> {
-        let rows = self.store.schedules().await?;
-        let row = rows
-            .into_iter()
-            .find(|r| r.id == id && r.definition.is_some())
+        let row = self
+            .stored_row(id)
+            .await?
             .ok_or_else(|| EngineError::UnknownSchedule(id.to_string()))?;
         let schedule = self
             .decode_schedule(row.definition.as_deref().unwrap_or_default())
             .map_err(|why| EngineError::ScheduleUnusable(id.to_string(), why))?;
-        Ok(ScheduleStatus {
+        Ok(ScheduleStatus::of(
             schedule,
-            next_fire_at: (row.next_fire_at != NEVER).then_some(row.next_fire_at),
-            paused: row.paused,
-            last_job_id: row.last_job_id,
-            from_config: false,
-        })
+            Some(&row),
+            false,
+            now_micros(),
+        ))
     }
 }
 

@@ -32,6 +32,9 @@ pub fn holds_key(job: &Job) -> bool {
 /// it must be stored, or `None` when nothing changes (KEEP), with what
 /// happened. Same id; the sequence moves so watchers see the change.
 pub fn merge(existing: &Job, new: &NewJob, now: Micros) -> (Option<Job>, DedupOutcome) {
+    // Never before the job's last change (another instance's clock, or a
+    // merge earlier in the same microsecond).
+    let now = now.max(existing.updated_at);
     let Some(d) = &new.dedup else {
         return (None, DedupOutcome::Kept);
     };

@@ -81,8 +81,7 @@ impl Inner {
         let d = new.dedup.as_ref()?;
         let id = *self.dedup.get(&(new.kind.clone(), d.key.clone()))?;
         let held = self.jobs.get(&id).filter(|e| dedup::holds_key(&e.job))?;
-        let now = now_micros().max(held.job.updated_at);
-        let (merged, outcome) = dedup::merge(&held.job, new, now);
+        let (merged, outcome) = dedup::merge(&held.job, new, now_micros());
         let job = match merged {
             None => held.job.clone(),
             Some(m) => {

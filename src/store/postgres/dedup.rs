@@ -8,7 +8,7 @@
 use std::sync::LazyLock;
 
 use super::{sql, Tx, Writer};
-use crate::job::{Job, JobState};
+use crate::job::{Job, JobState, NewJob};
 use crate::store::StoreError;
 
 /// The job holding `$2` among kind `$1`'s jobs, locked. A claim taking it
@@ -19,6 +19,28 @@ static HOLDER: LazyLock<String> = LazyLock::new(|| {
          AND state IN (0, 6) FOR UPDATE",
     )
 });
+
+/// Every holder of the (kind `$1[i]`, key `$2[i]`) pairs, locked in key
+/// order.
+const LOCK_HOLDERS: &str = "SELECT id FROM jobs \
+     WHERE (kind, dedup_key) IN (SELECT * FROM unnest($1::text[], $2::text[])) \
+       AND dedup_key IS NOT NULL AND attempt = 0 AND state IN (0, 6) \
+     ORDER BY kind, dedup_key FOR UPDATE";
+
+/// Locks the holders of every dedup key of a batch at once, in key order:
+/// two batches naming the same keys in different orders then wait for each
+/// other instead of deadlocking on their entry-by-entry [`holder`] locks.
+pub(super) async fn lock_holders(tx: &Tx<'_>, jobs: &[NewJob]) -> Result<(), StoreError> {
+    let (kinds, keys): (Vec<&str>, Vec<&str>) = jobs
+        .iter()
+        .filter_map(|j| Some((j.kind.as_str(), j.dedup.as_ref()?.key.as_str())))
+        .unzip();
+    if kinds.len() > 1 {
+        let st = tx.prepare_cached(LOCK_HOLDERS).await?;
+        tx.query(&st, &[&kinds, &keys]).await?;
+    }
+    Ok(())
+}
 
 const PAYLOAD: &str = "UPDATE jobs SET payload = $2, labels = $3 WHERE id = $1";
 

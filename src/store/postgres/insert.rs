@@ -107,6 +107,7 @@ async fn plan(
         true => deps::share_states(tx, &outside_parents(jobs)).await?,
         false => HashMap::new(),
     };
+    held::lock_holders(tx, jobs).await?;
     let mut placed: HashMap<Uuid, JobState> = HashMap::new();
     let mut room =
         (max_backlog.min(i64::MAX as u64) as i64).saturating_sub(w.waiting.load(Ordering::Acquire));

@@ -31,8 +31,7 @@ pub(super) fn merge(
     let Some(holder) = holder else {
         return Ok(None);
     };
-    let now = crate::job::now_micros().max(holder.updated_at);
-    let (merged, outcome) = dedup::merge(&holder, new, now);
+    let (merged, outcome) = dedup::merge(&holder, new, crate::job::now_micros());
     let Some(job) = merged else {
         return Ok(Some(InsertOutcome::Merged {
             job: holder,
